@@ -1,0 +1,59 @@
+# Two commands set everything up on a fresh Debian machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUNTIME_IMAGE := lambda-runtime/python:3.11
+BASE_IMAGE := lambda-runtime/base:bookworm
+PROTO := proto/lambdad/api/v1/functions.proto
+PYTEST_ARGS ?=
+
+.PHONY: help run test test-fast lint proto docker runtime-image bench man clean
+
+help:
+	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
+	@echo "make test           lint, then unit, integration and end-to-end tests"
+	@echo "make test-fast      unit tests only (no Docker engine needed)"
+	@echo "make lint           ruff and mypy"
+	@echo "make proto          regenerate the gRPC stubs from proto/"
+	@echo "make runtime-image  build $(RUNTIME_IMAGE) from Debian packages (about a minute)"
+	@echo "make bench          benchmarks: deploy and invoke latency"
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+docker:
+	@bash packaging/ensure-docker.sh
+
+runtime-image: docker
+	@bash packaging/runtime/python/build-base.sh $(BASE_IMAGE)
+	@docker build --quiet -t $(RUNTIME_IMAGE) packaging/runtime/python >/dev/null
+	@echo "runtime image $(RUNTIME_IMAGE) ready"
+
+run: $(BIN)/.installed runtime-image
+	@echo "lambdactl is at $(BIN)/lambdactl (or: source $(BIN)/activate)"
+	exec $(BIN)/lambdad $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check lambdad lambdactl tests bench packaging/runtime/python
+	$(BIN)/mypy
+
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: $(BIN)/.installed runtime-image lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+proto: $(BIN)/.installed
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(PROTO)
+
+bench: $(BIN)/.installed runtime-image
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from lambdad.main import main
+
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""The gRPC transport of the control plane: protobuf in, ControlPlane calls, protobuf out.
+
+Two grpc.aio servers share the servicer: one on the Unix socket (its directory's
+permissions are the access control) and one on TCP, where an interceptor demands
+`authorization: Bearer <key>` on every call but the health check.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lambdad.api.status import REASON_KEY, grpc_code
+from lambdad.api.v1 import functions_pb2 as pb
+from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
+from lambdad.control import (
+    BuildOutput,
+    ControlPlane,
+    DeployHeader,
+    DeployResult,
+    FunctionView,
+    Progress,
+)
+from lambdad.errors import InvalidArgument, LambdaError
+from lambdad.functions import Overrides
+
+log = logging.getLogger("lambdad.api")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 6 MiB invoke payload plus framing
+MAX_CHUNK_BYTES = 1024 * 1024
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FunctionService"].full_name
+
+R = TypeVar("R")
+
+if TYPE_CHECKING:  # grpc-stubs makes it generic; at run time it is a plain ABC
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+_STATUS = {"ready": pb.FUNCTION_STATUS_READY, "idle": pb.FUNCTION_STATUS_IDLE,
+           "deploying": pb.FUNCTION_STATUS_DEPLOYING}
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: LambdaError) -> None:
+    context.set_trailing_metadata(((REASON_KEY, exc.reason),))
+    await context.abort(grpc_code(exc), exc.message)
+
+
+def _unary(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await method(self, request, context)
+        except LambdaError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from None
+
+    return wrapper
+
+
+class FunctionServicer(pb_grpc.FunctionServiceServicer):
+    def __init__(self, control: ControlPlane) -> None:
+        self._control = control
+
+    async def Deploy(
+        self,
+        request_iterator: AsyncIterator[pb.DeployRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.DeployResponse]:
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("kind") != "header":
+                raise InvalidArgument("the first Deploy message must be the header")
+            async for event in self._control.deploy(
+                _header(first.header), _chunks(request_iterator), deployed_by=_caller(context)
+            ):
+                yield _deploy_response(event)
+        except LambdaError as exc:
+            log.warning("deploy failed reason=%s message=%s", exc.reason,
+                        exc.message.splitlines()[0] if exc.message else "")
+            await _abort(context, exc)
+
+    @_unary
+    async def Invoke(
+        self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.InvokeResponse:
+        result = await self._control.invoke(request.name, bytes(request.payload))
+        return pb.InvokeResponse(
+            status_code=result.status, payload=result.payload,
+            function_error=result.function_error, request_id=result.request_id,
+            executed_version=result.version, cold_start=result.cold_start,
+        )
+
+    @_unary
+    async def ListFunctions(
+        self, request: pb.ListFunctionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListFunctionsResponse:
+        views = await self._control.list_functions()
+        return pb.ListFunctionsResponse(functions=[_function(view) for view in views])
+
+    @_unary
+    async def GetFunction(
+        self, request: pb.GetFunctionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Function:
+        return _function(await self._control.get_function(request.name))
+
+    @_unary
+    async def DeleteFunction(
+        self, request: pb.DeleteFunctionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteFunctionResponse:
+        versions, instances = await self._control.delete(request.name)
+        return pb.DeleteFunctionResponse(
+            name=request.name, versions_removed=versions, instances_removed=instances
+        )
+
+
+def _caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    return "local" if context.peer().startswith("unix:") else "api-key"
+
+
+def _header(header: pb.DeployHeader) -> DeployHeader:
+    o = header.overrides
+    return DeployHeader(
+        name=header.name,
+        size=header.size,
+        sha256=header.sha256.lower(),
+        overrides=Overrides(
+            handler=o.handler if o.HasField("handler") else None,
+            timeout_s=o.timeout_seconds if o.HasField("timeout_seconds") else None,
+            memory_mb=o.memory_mb if o.HasField("memory_mb") else None,
+            env=dict(o.env),
+            network=o.network if o.HasField("network") else None,
+        ),
+    )
+
+
+async def _chunks(requests: AsyncIterator[pb.DeployRequest]) -> AsyncIterator[bytes]:
+    async for message in requests:
+        if message.WhichOneof("kind") != "chunk":
+            raise InvalidArgument("after the header, Deploy accepts only chunk messages")
+        if len(message.chunk) > MAX_CHUNK_BYTES:
+            raise InvalidArgument(f"a deploy chunk is larger than {MAX_CHUNK_BYTES} bytes")
+        yield bytes(message.chunk)
+
+
+def _deploy_response(event: Progress | BuildOutput | DeployResult) -> pb.DeployResponse:
+    if isinstance(event, Progress):
+        state = pb.DeployProgress.STATE_DONE if event.done else pb.DeployProgress.STATE_STARTED
+        return pb.DeployResponse(progress=pb.DeployProgress(
+            step=event.step, total_steps=event.total, title=event.title, state=state))
+    if isinstance(event, BuildOutput):
+        return pb.DeployResponse(build_output=event.line)
+    return pb.DeployResponse(result=pb.DeployResult(
+        name=event.name, version=event.version, image=event.image, url=event.url))
+
+
+def _function(view: FunctionView) -> pb.Function:
+    record = view.record
+    message = pb.Function(name=record.name, status=_STATUS[view.status], url=view.url)
+    active = record.active
+    if active is not None:
+        deployed_at = Timestamp()
+        deployed_at.FromDatetime(active.created_at)
+        config = active.config
+        message.version = active.number
+        message.deployed_at.CopyFrom(deployed_at)
+        message.image = active.image
+        message.code_sha256 = active.code_sha256
+        message.code_size = active.code_size
+        message.config.CopyFrom(pb.FunctionConfig(
+            runtime=config.runtime, handler=config.handler, timeout_seconds=config.timeout_s,
+            memory_mb=config.memory_mb, env=dict(config.env), network=config.network))
+    return message
+
+
+class BearerAuthInterceptor(_Interceptor):
+    """Refuses every RPC but health without a valid `authorization: Bearer <key>`."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = [key.encode() for key in keys]
+
+    def authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+        """None when the metadata carries a valid key, else why not."""
+        if not self._keys:
+            return "this daemon has no API key configured; TCP access is disabled"
+        value = ""
+        for key, item in metadata or ():
+            if key == "authorization":
+                value = item.decode() if isinstance(item, bytes) else item
+        if not value.startswith("Bearer "):
+            return "missing authorization metadata: send 'authorization: Bearer <api-key>'"
+        given = value[len("Bearer "):].strip().encode()
+        if any(hmac.compare_digest(given, key) for key in self._keys):
+            return None
+        return "invalid API key"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+            return handler
+        problem = self.authorized(handler_call_details.invocation_metadata)
+        if problem is None:
+            return handler
+        return _denying(handler, problem)
+
+
+def _denying(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape that fails the call with UNAUTHENTICATED."""
+
+    async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        context.set_trailing_metadata(((REASON_KEY, "Unauthenticated"),))
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_stream(
+        _request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await deny(_request, context)
+        yield None  # pragma: no cover - abort raises
+
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
+
+
+def build_server(
+    control: ControlPlane,
+    health_servicer: Any,  # grpc_health.v1.health.aio.HealthServicer (untyped)
+    *,
+    interceptors: list[Any] | None = None,
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=interceptors or (),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_FunctionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        FunctionServicer(control), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    return server

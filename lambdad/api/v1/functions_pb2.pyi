@@ -1,0 +1,206 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FunctionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUNCTION_STATUS_UNSPECIFIED: _ClassVar[FunctionStatus]
+    FUNCTION_STATUS_READY: _ClassVar[FunctionStatus]
+    FUNCTION_STATUS_IDLE: _ClassVar[FunctionStatus]
+    FUNCTION_STATUS_DEPLOYING: _ClassVar[FunctionStatus]
+FUNCTION_STATUS_UNSPECIFIED: FunctionStatus
+FUNCTION_STATUS_READY: FunctionStatus
+FUNCTION_STATUS_IDLE: FunctionStatus
+FUNCTION_STATUS_DEPLOYING: FunctionStatus
+
+class FunctionConfig(_message.Message):
+    __slots__ = ("runtime", "handler", "timeout_seconds", "memory_mb", "env", "network")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    runtime: str
+    handler: str
+    timeout_seconds: int
+    memory_mb: int
+    env: _containers.ScalarMap[str, str]
+    network: str
+    def __init__(self, runtime: _Optional[str] = ..., handler: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., memory_mb: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., network: _Optional[str] = ...) -> None: ...
+
+class ConfigOverrides(_message.Message):
+    __slots__ = ("handler", "timeout_seconds", "memory_mb", "env", "network")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HANDLER_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    handler: str
+    timeout_seconds: int
+    memory_mb: int
+    env: _containers.ScalarMap[str, str]
+    network: str
+    def __init__(self, handler: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., memory_mb: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., network: _Optional[str] = ...) -> None: ...
+
+class DeployHeader(_message.Message):
+    __slots__ = ("name", "size", "sha256", "overrides")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: str
+    overrides: ConfigOverrides
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., overrides: _Optional[_Union[ConfigOverrides, _Mapping]] = ...) -> None: ...
+
+class DeployRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: DeployHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[DeployHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class DeployProgress(_message.Message):
+    __slots__ = ("step", "total_steps", "title", "state")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[DeployProgress.State]
+        STATE_STARTED: _ClassVar[DeployProgress.State]
+        STATE_DONE: _ClassVar[DeployProgress.State]
+    STATE_UNSPECIFIED: DeployProgress.State
+    STATE_STARTED: DeployProgress.State
+    STATE_DONE: DeployProgress.State
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    title: str
+    state: DeployProgress.State
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., title: _Optional[str] = ..., state: _Optional[_Union[DeployProgress.State, str]] = ...) -> None: ...
+
+class DeployResult(_message.Message):
+    __slots__ = ("name", "version", "image", "url")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    image: str
+    url: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class DeployResponse(_message.Message):
+    __slots__ = ("progress", "build_output", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    BUILD_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: DeployProgress
+    build_output: str
+    result: DeployResult
+    def __init__(self, progress: _Optional[_Union[DeployProgress, _Mapping]] = ..., build_output: _Optional[str] = ..., result: _Optional[_Union[DeployResult, _Mapping]] = ...) -> None: ...
+
+class InvokeRequest(_message.Message):
+    __slots__ = ("name", "payload")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    payload: bytes
+    def __init__(self, name: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class InvokeResponse(_message.Message):
+    __slots__ = ("status_code", "payload", "function_error", "request_id", "executed_version", "cold_start")
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    status_code: int
+    payload: bytes
+    function_error: str
+    request_id: str
+    executed_version: int
+    cold_start: bool
+    def __init__(self, status_code: _Optional[int] = ..., payload: _Optional[bytes] = ..., function_error: _Optional[str] = ..., request_id: _Optional[str] = ..., executed_version: _Optional[int] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+
+class Function(_message.Message):
+    __slots__ = ("name", "version", "status", "url", "deployed_at", "image", "config", "code_sha256", "code_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYED_AT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CODE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    status: FunctionStatus
+    url: str
+    deployed_at: _timestamp_pb2.Timestamp
+    image: str
+    config: FunctionConfig
+    code_sha256: str
+    code_size: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[FunctionStatus, str]] = ..., url: _Optional[str] = ..., deployed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image: _Optional[str] = ..., config: _Optional[_Union[FunctionConfig, _Mapping]] = ..., code_sha256: _Optional[str] = ..., code_size: _Optional[int] = ...) -> None: ...
+
+class ListFunctionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFunctionsResponse(_message.Message):
+    __slots__ = ("functions",)
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    functions: _containers.RepeatedCompositeFieldContainer[Function]
+    def __init__(self, functions: _Optional[_Iterable[_Union[Function, _Mapping]]] = ...) -> None: ...
+
+class GetFunctionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteFunctionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteFunctionResponse(_message.Message):
+    __slots__ = ("name", "versions_removed", "instances_removed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    versions_removed: int
+    instances_removed: int
+    def __init__(self, name: _Optional[str] = ..., versions_removed: _Optional[int] = ..., instances_removed: _Optional[int] = ...) -> None: ...

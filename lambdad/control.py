@@ -1,0 +1,301 @@
+"""The control plane's use cases, free of gRPC: deploy, invoke, list, get, delete.
+
+The API layer translates protobuf to these calls and LambdaError to status codes;
+this module decides what happens, in which order, and what is left on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lambdad.build import BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
+from lambdad.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge
+from lambdad.functions import FunctionVersion, Overrides, validate_name
+from lambdad.functions.manifest import apply_overrides, parse_manifest
+from lambdad.runtime.invocation import InvocationRequest
+from lambdad.runtime.manager import RuntimeManager
+from lambdad.store import FunctionRecord, Store
+
+log = logging.getLogger("lambdad.control")
+
+DEPLOY_STEPS = 3
+
+
+@dataclass(frozen=True)
+class DeployHeader:
+    name: str
+    size: int
+    sha256: str
+    overrides: Overrides
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    title: str
+    done: bool
+    total: int = DEPLOY_STEPS
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    line: str
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    name: str
+    version: int
+    image: str
+    url: str
+
+
+DeployEvent = Progress | BuildOutput | DeployResult
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    request_id: str
+    status: int
+    payload: bytes
+    function_error: str  # "Unhandled" when the handler raised
+    version: int
+    cold_start: bool
+
+
+@dataclass(frozen=True)
+class FunctionView:
+    record: FunctionRecord
+    status: str  # "ready" | "idle" | "deploying"
+    url: str
+    instances: int
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        builder: ImageBuilder,
+        runtime: RuntimeManager,
+        spool_dir: Path,
+        image_prefix: str,
+        url_template: str,
+        max_code_bytes: int,
+        tar_limits: TarLimits,
+    ) -> None:
+        self._store = store
+        self._builder = builder
+        self._runtime = runtime
+        self._spool = spool_dir
+        self._image_prefix = image_prefix
+        self._url_template = url_template
+        self.max_code_bytes = max_code_bytes
+        self._tar_limits = tar_limits
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def url(self, name: str) -> str:
+        return self._url_template.format(name=name)
+
+    async def load(self) -> int:
+        """Routes every stored function's active version (at daemon start)."""
+        records = await self._store.list_functions()
+        for record in records:
+            if record.active is not None:
+                self._runtime.register(record.active)
+        return len(records)
+
+    def routed_functions(self) -> list[str]:
+        return self._runtime.routed()
+
+    async def prune_orphan_images(self) -> int:
+        """Removes images this daemon built that no version row references.
+
+        A deploy killed between its build and its row leaves such an image behind.
+        """
+        referenced = await self._store.version_images()
+        owned = await asyncio.to_thread(self._builder.owned_images)
+        removed = 0
+        for image_id, tags in owned:
+            if not referenced.intersection(tags):
+                await asyncio.to_thread(self._builder.remove_image, image_id)
+                removed += 1
+        if removed:
+            log.info("reconciled: removed %d image(s) without a version", removed)
+        return removed
+
+    # Deploy
+
+    async def deploy(
+        self, header: DeployHeader, chunks: AsyncIterator[bytes], *, deployed_by: str = "local"
+    ) -> AsyncIterator[DeployEvent]:
+        """Receives, validates, builds and starts a new version; nothing is left on failure."""
+        if header.name:
+            validate_name(header.name)
+        if header.size > self.max_code_bytes:
+            raise PayloadTooLarge(
+                f"code archive is {header.size} bytes; the limit is {self.max_code_bytes}"
+            )
+        if len(header.sha256) != 64 or not all(c in "0123456789abcdef" for c in header.sha256):
+            raise InvalidArgument("header.sha256 must be 64 lowercase hex digits")
+        self._spool.mkdir(parents=True, exist_ok=True)
+        archive = self._spool / f"upload-{secrets.token_hex(8)}.tar"
+        try:
+            await self._receive(header, chunks, archive)
+            summary = await asyncio.to_thread(tarball.validate, archive, self._tar_limits)
+            manifest_text = await asyncio.to_thread(tarball.read_member, archive, tarball.MANIFEST)
+            manifest = parse_manifest(
+                manifest_text, has_dockerfile=tarball.DOCKERFILE in summary.files
+            )
+            name = header.name or manifest.name
+            if not name:
+                raise InvalidArgument("no function name: pass --name or set name in lambda.toml")
+            config = apply_overrides(manifest.config, header.overrides)
+            if config.runtime != "docker" and "." in config.handler:
+                module = config.handler.rsplit(".", 1)[0].replace(".", "/")
+                if f"{module}.py" not in summary.files and \
+                        f"{module}/__init__.py" not in summary.files:
+                    raise InvalidArgument(
+                        f"handler {config.handler!r}: no {module}.py in the function folder"
+                    )
+            lock = self._locks.setdefault(name, asyncio.Lock())
+            async with lock:
+                async for event in self._build_and_start(
+                    name, config, archive, header, summary.unpacked_bytes, deployed_by
+                ):
+                    yield event
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                archive.unlink()
+
+    async def _receive(
+        self, header: DeployHeader, chunks: AsyncIterator[bytes], archive: Path
+    ) -> None:
+        digest = hashlib.sha256()
+        received = 0
+        with archive.open("wb") as out:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > header.size:
+                    raise InvalidArgument(
+                        f"upload is longer than the {header.size} bytes the header announced"
+                    )
+                digest.update(chunk)
+                await asyncio.to_thread(out.write, chunk)
+        if received < header.size:
+            raise InvalidArgument(
+                f"upload truncated: received {received} of {header.size} bytes"
+            )
+        if digest.hexdigest() != header.sha256:
+            raise InvalidArgument("upload checksum mismatch: the sha256 of the bytes received "
+                                  "differs from the header's")
+
+    async def _build_and_start(
+        self, name: str, config: object, archive: Path, header: DeployHeader,
+        unpacked: int, deployed_by: str,
+    ) -> AsyncIterator[DeployEvent]:
+        from lambdad.functions import FunctionConfig  # local: keeps the signature readable
+
+        assert isinstance(config, FunctionConfig)
+        number = await self._store.next_version_number(name)
+        image = f"{self._image_prefix}/{name}:v{number}"
+        yield Progress(2, f'Building image "{image}"', done=False)
+        built: BuiltImage | None = None
+        spec = BuildSpec(function=name, version=number, image=image, archive=archive,
+                         runtime=config.runtime)
+        try:
+            async for item in self._builder.build(spec):
+                if isinstance(item, BuiltImage):
+                    built = item
+                else:
+                    yield BuildOutput(item)
+            assert built is not None
+            yield Progress(2, f'Building image "{image}"', done=True)
+            yield Progress(3, "Starting container", done=False)
+            version = FunctionVersion(
+                function=name, number=number, image=image, image_id=built.image_id,
+                config=config, code_sha256=header.sha256, code_size=header.size,
+                created_at=datetime.now(UTC), deployed_by=deployed_by,
+            )
+            instance = await self._runtime.start_instance(version)
+        except BaseException:
+            await asyncio.to_thread(self._builder.remove_image, image)
+            raise
+        try:
+            await self._store.add_version(version, activate=True)
+        except BaseException:
+            await self._runtime.remove_instance(instance)
+            await asyncio.to_thread(self._builder.remove_image, image)
+            raise
+        self._runtime.activate(version, instance)
+        log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d",
+                 name, number, image, header.size, unpacked)
+        yield Progress(3, "Starting container", done=True)
+        yield DeployResult(name=name, version=number, image=image, url=self.url(name))
+
+    # Queries
+
+    async def list_functions(self) -> list[FunctionView]:
+        return [self._view(record) for record in await self._store.list_functions()]
+
+    async def get_function(self, name: str) -> FunctionView:
+        validate_name(name)
+        return self._view(await self._store.get_function(name))
+
+    def _view(self, record: FunctionRecord) -> FunctionView:
+        lock = self._locks.get(record.name)
+        if lock is not None and lock.locked():
+            status = "deploying"
+        elif self._runtime.is_warm(record.name):
+            status = "ready"
+        else:
+            status = "idle"
+        return FunctionView(record=record, status=status, url=self.url(record.name),
+                            instances=self._runtime.instance_count(record.name))
+
+    # Invoke and delete
+
+    async def invoke(self, name: str, payload: bytes) -> DirectResult:
+        """A synchronous invocation with a JSON payload, as `aws lambda invoke` does."""
+        validate_name(name)
+        request_id = str(uuid.uuid4())
+        request = InvocationRequest(
+            function=name, method=b"POST", target=b"/",
+            headers=[(b"host", f"{name}.invoke".encode()),
+                     (b"content-type", b"application/json")],
+            body=payload or b"{}", invocation_type="direct", request_id=request_id,
+        )
+        response = await self._runtime.invoke(request)
+        body = await response.read()
+        function_error = ""
+        for key, value in response.headers:
+            if key.lower() == b"lambda-function-error":
+                function_error = value.decode(errors="replace")
+        return DirectResult(request_id=request_id, status=response.status, payload=body,
+                            function_error=function_error, version=response.version,
+                            cold_start=response.cold_start)
+
+    async def delete(self, name: str) -> tuple[int, int]:
+        """Removes rows, instances and images; returns (versions, instances) removed."""
+        validate_name(name)
+        lock = self._locks.get(name)
+        if lock is not None and lock.locked():
+            raise FailedPrecondition(f"function {name!r} is being deployed; try again when it ends")
+        try:
+            versions = await self._store.delete_function(name)
+        except NotFound:
+            raise
+        instances = await self._runtime.remove_function(name)
+        for version in versions:
+            await asyncio.to_thread(self._builder.remove_image, version.image)
+        log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)
+        return len(versions), instances

@@ -1,0 +1,75 @@
+"""The daemon's one exception hierarchy.
+
+Every failure a client can see is one of these. The control API maps them to gRPC
+status codes in one table (`lambdad.api.status`), the gateway to HTTP status codes
+in another (`lambdad.gateway.status`); nothing else decides how an error looks.
+`reason` is a stable machine-readable word the CLI turns into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class LambdaError(Exception):
+    reason = "Internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(LambdaError):
+    reason = "InvalidArgument"
+
+
+class NotFound(LambdaError):
+    reason = "NotFound"
+
+
+class AlreadyExists(LambdaError):
+    reason = "AlreadyExists"
+
+
+class FailedPrecondition(LambdaError):
+    reason = "FailedPrecondition"
+
+
+class BuildFailed(FailedPrecondition):
+    """The function's image did not build; the message carries the last build lines."""
+
+    reason = "BuildFailed"
+
+
+class ResourceExhausted(LambdaError):
+    reason = "ResourceExhausted"
+
+
+class PayloadTooLarge(ResourceExhausted):
+    reason = "PayloadTooLarge"
+
+
+class Throttled(ResourceExhausted):
+    reason = "Throttled"
+
+
+class Unauthenticated(LambdaError):
+    reason = "Unauthenticated"
+
+
+class PermissionDenied(LambdaError):
+    reason = "PermissionDenied"
+
+
+class Unavailable(LambdaError):
+    reason = "Unavailable"
+
+
+class InstanceFailed(Unavailable):
+    """The instance serving a request died or broke the protocol (HTTP 502)."""
+
+    reason = "InstanceFailed"
+
+
+class FunctionTimeout(LambdaError):
+    """The function gave no answer within its timeout (HTTP 504)."""
+
+    reason = "FunctionTimeout"

@@ -1,0 +1,23 @@
+"""What a function is: its name rules, its manifest and its immutable versions."""
+
+from lambdad.functions.manifest import (
+    DEFAULT_HANDLER,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_TIMEOUT_S,
+    FunctionConfig,
+    Overrides,
+    parse_manifest,
+)
+from lambdad.functions.names import validate_name
+from lambdad.functions.version import FunctionVersion
+
+__all__ = [
+    "DEFAULT_HANDLER",
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_TIMEOUT_S",
+    "FunctionConfig",
+    "FunctionVersion",
+    "Overrides",
+    "parse_manifest",
+    "validate_name",
+]

@@ -1,0 +1,6 @@
+"""Docker labels on everything the daemon creates, so a restart can find it again."""
+
+FUNCTION = "lambda.function"
+VERSION = "lambda.version"
+INSTANCE = "lambda.instance"
+DAEMON = "lambda.daemon"  # which lambdad (state folder) owns the object

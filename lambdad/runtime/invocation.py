@@ -1,0 +1,65 @@
+"""What the gateway and the control API hand to the runtime manager, and get back.
+
+An invocation is an HTTP/1.1 exchange with one instance over its Unix socket. The
+request body is complete (bounded by the body limit); the response body streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Headers = list[tuple[bytes, bytes]]
+InvocationType = Literal["http", "direct", "event"]
+
+
+@dataclass(frozen=True)
+class InvocationRequest:
+    function: str
+    method: bytes
+    target: bytes  # path and query, as the client sent them
+    headers: Headers  # end-to-end headers only; the runtime manager adds Lambda-*
+    body: bytes
+    invocation_type: InvocationType
+    request_id: str
+    version: int | None = None  # None: the active version
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class InvocationResponse:
+    """A response whose body must be consumed (or not) and then released once."""
+
+    status: int
+    headers: Headers
+    version: int
+    cold_start: bool
+    body: AsyncIterator[bytes] = field(default_factory=_no_body)
+    release: Callable[[], Awaitable[None]] = _nothing
+
+    async def read(self) -> bytes:
+        """Collects the whole body and releases the instance."""
+        try:
+            return b"".join([chunk async for chunk in self.body])
+        finally:
+            await self.release()
+
+
+class Invoker(Protocol):
+    async def invoke(self, request: InvocationRequest) -> InvocationResponse:
+        """Sends one request to an instance of the function.
+
+        Raises NotFound (no such function), InstanceFailed (the instance died or
+        answered garbage), FunctionTimeout (no answer within the function's
+        timeout) or Unavailable (no instance could be started).
+        """
+        ...

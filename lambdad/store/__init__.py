@@ -1,0 +1,5 @@
+"""Durable metadata: functions and their versions, in SQLite through Peewee."""
+
+from lambdad.store.store import FunctionRecord, Store
+
+__all__ = ["FunctionRecord", "Store"]

@@ -1,0 +1,171 @@
+"""The async facade over SQLite.
+
+Every database call runs on one dedicated thread (one connection, serialized
+writes), so the event loop never blocks on disk and SQLite never sees two writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from peewee import SqliteDatabase
+
+from lambdad.errors import NotFound
+from lambdad.functions import FunctionConfig, FunctionVersion
+from lambdad.store.migrations import migrate
+from lambdad.store.models import FunctionRow, VersionRow, database
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    name: str
+    active: FunctionVersion | None
+    version_count: int
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._db = SqliteDatabase(
+            str(path),
+            pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
+                     "busy_timeout": 5000},
+        )
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        migrate(self.path)
+        database.initialize(self._db)
+        self._db.connect(reuse_if_open=True)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # Reads
+
+    async def list_functions(self) -> list[FunctionRecord]:
+        return await self._run(self._list_functions)
+
+    def _list_functions(self) -> list[FunctionRecord]:
+        return [self._record(row) for row in FunctionRow.select().order_by(FunctionRow.name)]
+
+    async def get_function(self, name: str) -> FunctionRecord:
+        return await self._run(lambda: self._get_function(name))
+
+    def _get_function(self, name: str) -> FunctionRecord:
+        row = FunctionRow.get_or_none(FunctionRow.name == name)
+        if row is None:
+            raise NotFound(f"no function named {name!r}")
+        return self._record(row)
+
+    def _record(self, row: FunctionRow) -> FunctionRecord:
+        active = None
+        if row.active_version is not None:
+            version = VersionRow.get_or_none(
+                (VersionRow.function == row.name) & (VersionRow.number == row.active_version)
+            )
+            active = _version(version) if version is not None else None
+        count = VersionRow.select().where(VersionRow.function == row.name).count()
+        return FunctionRecord(name=row.name, active=active, version_count=count)
+
+    async def versions(self, name: str) -> list[FunctionVersion]:
+        def query() -> list[FunctionVersion]:
+            rows = VersionRow.select().where(VersionRow.function == name).order_by(
+                VersionRow.number
+            )
+            return [_version(row) for row in rows]
+
+        return await self._run(query)
+
+    async def version_images(self) -> set[str]:
+        return await self._run(lambda: {row.image for row in VersionRow.select(VersionRow.image)})
+
+    async def next_version_number(self, name: str) -> int:
+        def query() -> int:
+            rows = VersionRow.select().where(VersionRow.function == name)
+            return max((row.number for row in rows), default=0) + 1
+
+        return await self._run(query)
+
+    # Writes
+
+    async def add_version(self, version: FunctionVersion, *, activate: bool) -> None:
+        """Records a built version (and its function on first deploy) in one transaction."""
+
+        def write() -> None:
+            with self._db.atomic():
+                row = FunctionRow.get_or_none(FunctionRow.name == version.function)
+                if row is None:
+                    row = FunctionRow.create(name=version.function, created_at=_now())
+                VersionRow.create(
+                    function=version.function,
+                    number=version.number,
+                    image=version.image,
+                    image_id=version.image_id,
+                    config=json.dumps(version.config.to_dict(), sort_keys=True),
+                    code_sha256=version.code_sha256,
+                    code_size=version.code_size,
+                    created_at=version.created_at,
+                    deployed_by=version.deployed_by,
+                )
+                if activate:
+                    row.active_version = version.number
+                    row.save()
+
+        await self._run(write)
+
+    async def delete_function(self, name: str) -> list[FunctionVersion]:
+        """Deletes the function and its versions; returns what was deleted."""
+
+        def write() -> list[FunctionVersion]:
+            with self._db.atomic():
+                row = FunctionRow.get_or_none(FunctionRow.name == name)
+                if row is None:
+                    raise NotFound(f"no function named {name!r}")
+                versions = [_version(v) for v in VersionRow.select().where(
+                    VersionRow.function == name)]
+                VersionRow.delete().where(VersionRow.function == name).execute()
+                row.delete_instance()
+                return versions
+
+        return await self._run(write)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _version(row: Any) -> FunctionVersion:
+    created = row.created_at
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return FunctionVersion(
+        function=row.function_id,
+        number=row.number,
+        image=row.image,
+        image_id=row.image_id,
+        config=FunctionConfig.from_dict(json.loads(row.config)),
+        code_sha256=row.code_sha256,
+        code_size=row.code_size,
+        created_at=created,
+        deployed_by=row.deployed_by,
+    )

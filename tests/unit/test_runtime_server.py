@@ -1,0 +1,286 @@
+"""Runs the real in-image Python runtime as a subprocess and talks HTTP to it on a Unix socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RUNTIME_DIR = Path(__file__).parents[2] / "packaging" / "runtime" / "python"
+
+HANDLER_CODE = textwrap.dedent(
+    """
+    import sys
+
+    def handler(event, context):
+        if isinstance(event, dict) and event.get("version") == "2.0":
+            if event["rawPath"] == "/greet":
+                name = (event.get("queryStringParameters") or {}).get("name", "world")
+                return {
+                    "statusCode": 200,
+                    "headers": {"Content-Type": "text/plain"},
+                    "body": f"Hello, {name}!",
+                }
+            return {"event": event, "request_id": context.aws_request_id}
+        op = event.get("op") if isinstance(event, dict) else None
+        if op == "raise":
+            raise ValueError("boom")
+        if op == "exit":
+            sys.exit(event["code"])
+        if op == "context":
+            return {
+                "function_name": context.function_name,
+                "memory": context.memory_limit_in_mb,
+                "request_id": context.aws_request_id,
+                "remaining": context.get_remaining_time_in_millis(),
+            }
+        return {"echo": event}
+    """
+)
+
+
+@dataclass
+class Runtime:
+    proc: subprocess.Popen[bytes]
+    sock_path: str
+
+    def conn(self) -> UnixHTTPConnection:
+        return UnixHTTPConnection(self.sock_path)
+
+    def stop(self, terminate: bool = True) -> tuple[int, str]:
+        if terminate and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stderr is not None
+        return self.proc.returncode, self.proc.stderr.read().decode()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("fn.localhost", timeout=5)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(self.path)
+        self.sock = s
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))  # AF_UNIX paths are limited to ~108 bytes
+    (d / "app.py").write_text(HANDLER_CODE)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start(workdir: Path, handler: str = "app.handler", wait: bool = True) -> Runtime:
+    sock_path = str(workdir / "s.sock")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(RUNTIME_DIR),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "_HANDLER": handler,
+        "AWS_LAMBDA_FUNCTION_NAME": "greet",
+        "AWS_LAMBDA_FUNCTION_VERSION": "1",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+        "LAMBDA_SOCKET": sock_path,
+        "LAMBDA_TASK_ROOT": str(workdir),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lambda_runtime"],
+        env=env,
+        cwd=str(workdir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    rt = Runtime(proc, sock_path)
+    if wait:
+        deadline = time.monotonic() + 5
+        while not os.path.exists(sock_path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                code, err = rt.stop()
+                pytest.fail(f"runtime did not start (exit {code}): {err}")
+            time.sleep(0.01)
+    return rt
+
+
+@pytest.fixture
+def runtime(workdir: Path) -> Iterator[Runtime]:
+    rt = start(workdir)
+    yield rt
+    rt.stop()
+
+
+def request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    kind: str = "http",
+    headers: dict[str, str] | None = None,
+) -> http.client.HTTPResponse:
+    hdrs = {"Lambda-Invocation-Type": kind, "Lambda-Request-Id": "req-42", **(headers or {})}
+    conn.request(method, url, body=body, headers=hdrs)
+    return conn.getresponse()
+
+
+def test_http_greet(runtime: Runtime) -> None:
+    resp = request(runtime.conn(), "GET", "/greet?name=Ada")
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "text/plain"
+    assert resp.getheader("Content-Length") == str(len("Hello, Ada!"))
+    assert resp.read() == b"Hello, Ada!"
+
+
+def test_http_event_shape_reaches_handler(runtime: Runtime) -> None:
+    resp = request(
+        runtime.conn(),
+        "POST",
+        "/items?a=1&a=2",
+        body=b'{"x": 1}',
+        headers={"Content-Type": "application/json", "X-Forwarded-For": "198.51.100.4"},
+    )
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "application/json"
+    data = json.loads(resp.read())
+    event = data["event"]
+    assert data["request_id"] == "req-42"
+    assert event["rawPath"] == "/items"
+    assert event["queryStringParameters"] == {"a": "1,2"}
+    assert event["body"] == '{"x": 1}'
+    assert event["requestContext"]["http"]["method"] == "POST"
+    assert event["requestContext"]["http"]["sourceIp"] == "198.51.100.4"
+    assert "lambda-invocation-type" not in event["headers"]
+
+
+def test_direct_invoke_json(runtime: Runtime) -> None:
+    resp = request(runtime.conn(), "POST", "/", body=b'{"a": [1, 2]}', kind="direct")
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "application/json"
+    assert json.loads(resp.read()) == {"echo": {"a": [1, 2]}}
+
+
+def test_event_invoke_with_context(runtime: Runtime) -> None:
+    deadline = int(time.time() * 1000) + 60_000
+    resp = request(
+        runtime.conn(),
+        "POST",
+        "/",
+        body=b'{"op": "context"}',
+        kind="event",
+        headers={"Lambda-Deadline-Ms": str(deadline)},
+    )
+    data = json.loads(resp.read())
+    assert data["function_name"] == "greet"
+    assert data["memory"] == 256
+    assert data["request_id"] == "req-42"
+    assert 50_000 < data["remaining"] <= 60_000
+
+
+def test_direct_invalid_json_is_400(runtime: Runtime) -> None:
+    resp = request(runtime.conn(), "POST", "/", body=b"{nope", kind="direct")
+    assert resp.status == 400
+    assert json.loads(resp.read())["errorType"] == "Runtime.InvalidPayload"
+    assert resp.getheader("Lambda-Function-Error") is None
+
+
+def test_handler_exception_is_500(runtime: Runtime) -> None:
+    resp = request(runtime.conn(), "POST", "/", body=b'{"op": "raise"}', kind="direct")
+    assert resp.status == 500
+    assert resp.getheader("Lambda-Function-Error") == "Unhandled"
+    assert json.loads(resp.read()) == {"errorMessage": "boom", "errorType": "ValueError"}
+    # The runtime survives the handler's exception.
+    assert request(runtime.conn(), "POST", "/", body=b"{}", kind="direct").status == 200
+    _, stderr = runtime.stop()
+    assert "Traceback" in stderr
+    assert "ValueError: boom" in stderr
+
+
+def test_keep_alive_two_requests_one_connection(runtime: Runtime) -> None:
+    conn = runtime.conn()
+    first = request(conn, "GET", "/greet?name=one")
+    assert first.read() == b"Hello, one!"
+    sock = conn.sock
+    assert sock is not None
+    second = request(conn, "POST", "/", body=b'{"n": 2}', kind="direct")
+    assert json.loads(second.read()) == {"echo": {"n": 2}}
+    assert conn.sock is sock  # http.client would have reconnected had the server closed it
+
+
+def test_chunked_request_body(runtime: Runtime) -> None:
+    conn = runtime.conn()
+    conn.request(
+        "POST",
+        "/",
+        body=iter([b'{"chunked"', b": ", b"true}"]),
+        headers={"Lambda-Invocation-Type": "direct", "Transfer-Encoding": "chunked"},
+        encode_chunked=True,
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert json.loads(resp.read()) == {"echo": {"chunked": True}}
+    # The connection stays usable after a chunked body.
+    assert request(conn, "GET", "/greet").read() == b"Hello, world!"
+
+
+def test_malformed_chunked_body_is_400(runtime: Runtime) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(runtime.sock_path)
+        s.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nLambda-Invocation-Type: direct\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 400")
+
+
+def test_import_failure_exits_1(workdir: Path) -> None:
+    rt = start(workdir, handler="missing.handler", wait=False)
+    code, stderr = rt.stop(terminate=False)
+    assert code == 1
+    assert "Runtime.ImportModuleError: Unable to import module 'missing'" in stderr
+    assert not os.path.exists(rt.sock_path)
+
+
+def test_handler_not_found_exits_1(workdir: Path) -> None:
+    rt = start(workdir, handler="app.nothing", wait=False)
+    code, stderr = rt.stop(terminate=False)
+    assert code == 1
+    assert "Runtime.HandlerNotFound: handler 'nothing' missing on module 'app'" in stderr
+
+
+def test_handler_sys_exit_ends_process(runtime: Runtime) -> None:
+    conn = runtime.conn()
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        request(conn, "POST", "/", body=b'{"op": "exit", "code": 7}', kind="direct")
+    assert runtime.proc.wait(timeout=3) == 7
+
+
+def test_sigterm_exits_promptly(runtime: Runtime) -> None:
+    conn = runtime.conn()  # an idle keep-alive connection must not delay shutdown
+    assert request(conn, "GET", "/greet").status == 200
+    start_t = time.monotonic()
+    runtime.proc.send_signal(signal.SIGTERM)
+    assert runtime.proc.wait(timeout=2) == 0
+    assert time.monotonic() - start_t < 1
+    assert not os.path.exists(runtime.sock_path)
+    conn.close()

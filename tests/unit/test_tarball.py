@@ -1,0 +1,131 @@
+"""Hostile and broken archives are refused before anything is extracted."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lambdad.build import tarball
+from lambdad.build.tarball import TarLimits
+from lambdad.errors import InvalidArgument, PayloadTooLarge
+
+
+def _archive(tmp_path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]],
+             mode: str = "w:gz") -> Path:
+    path = tmp_path / "code.tar.gz"
+    with tarfile.open(path, mode) as archive:
+        for member in members:
+            if isinstance(member, tuple):
+                name, data = member
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            else:
+                archive.addfile(member)
+    return path
+
+
+def _info(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+def test_accepts_a_plain_function_folder(tmp_path: Path) -> None:
+    path = _archive(tmp_path, [
+        _info("pkg", tarfile.DIRTYPE),
+        ("handler.py", b"def handler(e, c): return 1\n"),
+        ("pkg/mod.py", b"x = 1\n"),
+        ("./lambda.toml", b'name = "greet"\n'),
+        _info("pkg/alias.py", tarfile.SYMTYPE, "mod.py"),
+        _info("pkg/hard.py", tarfile.LNKTYPE, "pkg/mod.py"),
+    ])
+    summary = tarball.validate(path)
+    assert summary.members == 6
+    assert summary.files == {"handler.py", "pkg/mod.py", "lambda.toml"}
+    assert summary.unpacked_bytes == len(b"def handler(e, c): return 1\n") + 6 + 15
+    assert tarball.read_member(path, "lambda.toml") == 'name = "greet"\n'
+    assert tarball.read_member(path, "missing.toml") is None
+
+
+def test_uncompressed_archives_are_accepted_too(tmp_path: Path) -> None:
+    path = _archive(tmp_path, [("handler.py", b"x")], mode="w")
+    assert tarball.validate(path).files == {"handler.py"}
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (("/etc/passwd", b"x"), "absolute path"),
+        (("../escape.py", b"x"), "'..' in path"),
+        (("a/../../escape.py", b"x"), "'..' in path"),
+        (_info("dev", tarfile.CHRTYPE), "device files"),
+        (_info("blk", tarfile.BLKTYPE), "device files"),
+        (_info("fifo", tarfile.FIFOTYPE), "fifos"),
+        (_info("link", tarfile.SYMTYPE, "/etc/passwd"), "symlink to absolute path"),
+        (_info("link", tarfile.SYMTYPE, "../../etc/passwd"), "points outside"),
+        (_info("a/link", tarfile.SYMTYPE, "../../x"), "points outside"),
+        (_info("hard", tarfile.LNKTYPE, "/etc/shadow"), "points outside"),
+        (_info("hard", tarfile.LNKTYPE, "../x"), "points outside"),
+        (_info("hard", tarfile.LNKTYPE, "not-in-archive"), "not an earlier file"),
+    ],
+)
+def test_hostile_members_are_refused_by_name(
+    tmp_path: Path, member: tarfile.TarInfo | tuple[str, bytes], message: str
+) -> None:
+    path = _archive(tmp_path, [("handler.py", b"ok"), member], mode="w")
+    with pytest.raises(InvalidArgument) as caught:
+        tarball.validate(path)
+    assert message in caught.value.message
+    name = member[0] if isinstance(member, tuple) else member.name
+    assert repr(name) in caught.value.message
+
+
+def test_symlink_inside_the_tree_is_fine(tmp_path: Path) -> None:
+    path = _archive(tmp_path, [("a/b/x.py", b""), _info("a/b/l", tarfile.SYMTYPE, "../b/x.py")])
+    tarball.validate(path)
+
+
+def test_member_count_cap(tmp_path: Path) -> None:
+    path = _archive(tmp_path, [(f"f{i}.py", b"") for i in range(11)])
+    with pytest.raises(PayloadTooLarge, match="more than 10 members"):
+        tarball.validate(path, TarLimits(max_members=10))
+
+
+def test_decompression_bomb_is_stopped_by_the_unpacked_cap(tmp_path: Path) -> None:
+    # 64 MiB of zeros compresses to about 64 KiB.
+    path = tmp_path / "bomb.tar.gz"
+    with gzip.open(path, "wb") as gz, tarfile.open(fileobj=gz, mode="w") as archive:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 64 * 1024 * 1024
+        archive.addfile(info, io.BytesIO(bytes(info.size)))
+    assert path.stat().st_size < 1024 * 1024
+    with pytest.raises(PayloadTooLarge, match="unpacks to more than"):
+        tarball.validate(path, TarLimits(max_unpacked_bytes=8 * 1024 * 1024))
+
+
+@pytest.mark.parametrize("data", [b"", b"not a tarball at all", b"\x1f\x8b\x08garbage"])
+def test_garbage_is_invalid_argument(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "x.tar"
+    path.write_bytes(data)
+    with pytest.raises(InvalidArgument):
+        tarball.validate(path)
+
+
+def test_truncated_archive_is_invalid_argument(tmp_path: Path) -> None:
+    path = _archive(tmp_path, [("big.bin", bytes(range(256)) * 4096)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidArgument, match="not a valid tar archive"):
+        tarball.validate(path)
+
+
+def test_extract_writes_the_tree(tmp_path: Path) -> None:
+    path = _archive(tmp_path, [("pkg/mod.py", b"x = 1\n"), ("handler.py", b"h")])
+    tarball.extract(path, tmp_path / "out")
+    assert (tmp_path / "out" / "pkg" / "mod.py").read_text() == "x = 1\n"
