@@ -41,10 +41,12 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FunctionService"].full_name
 
 R = TypeVar("R")
 
-if TYPE_CHECKING:  # grpc-stubs makes it generic; at run time it is a plain ABC
+if TYPE_CHECKING:  # grpc-stubs makes these generic; at run time they are plain classes
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     _Interceptor = grpc.aio.ServerInterceptor
+    Handler = grpc.RpcMethodHandler
 _STATUS = {"ready": pb.FUNCTION_STATUS_READY, "idle": pb.FUNCTION_STATUS_IDLE,
            "deploying": pb.FUNCTION_STATUS_DEPLOYING}
 
@@ -206,9 +208,9 @@ class BearerAuthInterceptor(_Interceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
             return handler
@@ -218,7 +220,7 @@ class BearerAuthInterceptor(_Interceptor):
         return _denying(handler, problem)
 
 
-def _denying(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _denying(handler: Handler, message: str) -> Handler:
     """A handler of the same shape that fails the call with UNAUTHENTICATED."""
 
     async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -119,11 +119,11 @@ def parse_manifest(text: str | None, *, has_dockerfile: bool) -> Manifest:
 def apply_overrides(config: FunctionConfig, overrides: Overrides) -> FunctionConfig:
     merged = replace(
         config,
-        handler=overrides.handler or config.handler,
-        timeout_s=overrides.timeout_s or config.timeout_s,
-        memory_mb=overrides.memory_mb or config.memory_mb,
+        handler=config.handler if overrides.handler is None else overrides.handler,
+        timeout_s=config.timeout_s if overrides.timeout_s is None else overrides.timeout_s,
+        memory_mb=config.memory_mb if overrides.memory_mb is None else overrides.memory_mb,
         env={**config.env, **overrides.env},
-        network=overrides.network or config.network,
+        network=config.network if overrides.network is None else overrides.network,
     )
     return validate_config(merged)
 

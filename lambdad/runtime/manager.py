@@ -21,7 +21,7 @@ from typing import Any
 
 from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailable
 from lambdad.functions import FunctionVersion
-from lambdad.runtime.docker_backend import SOCKET_NAME, DockerBackend
+from lambdad.runtime.docker_backend import SOCKET_NAME, ContainerState, DockerBackend
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.upstream import UpstreamConnection, UpstreamError
 
@@ -219,7 +219,7 @@ class RuntimeManager:
                 ) from None
             except UpstreamError as exc:
                 await self._release(instance, conn)
-                state = await asyncio.to_thread(self._backend.state, instance.container_id)
+                state = await self._settled_state(instance)
                 if state.running and reused and attempt < 2:
                     continue  # a stale keep-alive connection; the instance itself is fine
                 await self._kill(instance, str(exc))
@@ -241,6 +241,20 @@ class RuntimeManager:
                 release=_once(functools.partial(self._release, instance, conn)),
             )
         raise Unavailable(f"no instance of {name!r} could take the request")
+
+    async def _settled_state(self, instance: Instance) -> ContainerState:
+        """The container's state once a dying process has had a moment to exit.
+
+        A crash closes the socket a little before Docker records the exit; asking
+        at once would report a running container and a vaguer error.
+        """
+        state = await asyncio.to_thread(self._backend.state, instance.container_id)
+        for _ in range(10):
+            if not state.running:
+                break
+            await asyncio.sleep(0.05)
+            state = await asyncio.to_thread(self._backend.state, instance.container_id)
+        return state
 
     async def _body(
         self, instance: Instance, conn: UpstreamConnection, deadline: float, name: str,

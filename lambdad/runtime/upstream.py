@@ -26,6 +26,13 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
+def _framed(method: bytes, headers: Headers, body: bytes) -> Headers:
+    """The gateway hands over a complete body, so each request is Content-Length framed."""
+    if body or method in (b"POST", b"PUT", b"PATCH"):
+        return [*headers, (b"content-length", str(len(body)).encode())]
+    return headers
+
+
 class UpstreamConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
@@ -63,7 +70,7 @@ class UpstreamConnection:
                 h11.Request(
                     method=method,
                     target=target,
-                    headers=[*headers, (b"content-length", str(len(body)).encode())],
+                    headers=_framed(method, headers, body),
                 )
             )
             payload = (data or b"") + (self._h11.send(h11.Data(data=body)) or b"" if body else b"")

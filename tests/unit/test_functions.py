@@ -98,7 +98,10 @@ def test_config_round_trips_through_dict() -> None:
 
 
 def test_plain_requirements_pass() -> None:
-    text = "# deps\nrequests==2.31.0\nsix\nattrs>=22,<24  # pinned\nfoo[bar]~=1.0; python_version>'3'\n"
+    text = (
+        "# deps\nrequests==2.31.0\nsix\nattrs>=22,<24  # pinned\n"
+        "foo[bar]~=1.0; python_version>'3'\n"
+    )
     assert check_requirements(text) == [
         "requests==2.31.0", "six", "attrs>=22,<24", "foo[bar]~=1.0; python_version>'3'"
     ]

@@ -1,0 +1,1 @@
+"""lambdactl: the command-line client of lambdad."""

@@ -1,0 +1,101 @@
+"""Thin wrapper over the generated gRPC stubs: channel, metadata, error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO, Any, cast
+
+import grpc
+
+from lambdactl.exitcodes import REASON_METADATA_KEY, CliError, ExitCode, exit_code_for
+from lambdactl.target import Target
+from lambdad.api.v1 import functions_pb2 as pb
+from lambdad.api.v1 import functions_pb2_grpc
+
+CHUNK_SIZE = 64 * 1024
+CONTROL_TIMEOUT = 120.0  # list/get/delete; deploy and invoke are bounded by the daemon
+MAX_MESSAGE = 64 * 1024 * 1024  # invoke responses can be larger than grpc's 4 MiB default
+
+
+def deploy_requests(header: pb.DeployHeader, code: IO[bytes]) -> Iterator[pb.DeployRequest]:
+    """The deploy stream: the header, then the tarball in 64 KiB chunks."""
+    yield pb.DeployRequest(header=header)
+    while chunk := code.read(CHUNK_SIZE):
+        yield pb.DeployRequest(chunk=chunk)
+
+
+def error_from_rpc(exc: grpc.RpcError, target: Target) -> CliError:
+    """Turn a failed call into the CLI's one-line error and exit code."""
+    call = cast(grpc.Call, exc)
+    code = call.code()
+    details = (call.details() or "").strip()
+    reason = None
+    for key, value in call.trailing_metadata() or ():
+        if key == REASON_METADATA_KEY:
+            reason = value if isinstance(value, str) else value.decode()
+    exit_code = exit_code_for(code.name, reason)
+    message = details or code.name.lower().replace("_", " ")
+    if exit_code is ExitCode.UNREACHABLE:
+        message = f"cannot reach lambdad at {target.address}: {message}"
+    elif exit_code is ExitCode.AUTH and not target.is_unix and target.api_key is None:
+        message += " (no API key: set LAMBDA_API_KEY or --api-key-file)"
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED and reason is None:
+        message = f"lambdad did not answer in time: {message}"
+    return CliError(message, exit_code)
+
+
+class Client:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._channel = grpc.insecure_channel(
+            target.address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        # The generated stub is untyped; every method on it is Any.
+        self._stub: Any = functions_pb2_grpc.FunctionServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata = target.metadata()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._channel.close()
+
+    def deploy(self, header: pb.DeployHeader, code: IO[bytes]) -> Any:
+        """Start the deploy stream; the result iterates DeployResponse and has cancel()."""
+        return self._stub.Deploy(deploy_requests(header, code), metadata=self._metadata)
+
+    def invoke(self, name: str, payload: bytes) -> pb.InvokeResponse:
+        return cast(
+            pb.InvokeResponse,
+            self._stub.Invoke(
+                pb.InvokeRequest(name=name, payload=payload), metadata=self._metadata
+            ),
+        )
+
+    def list_functions(self) -> list[pb.Function]:
+        reply = self._stub.ListFunctions(
+            pb.ListFunctionsRequest(), metadata=self._metadata, timeout=CONTROL_TIMEOUT
+        )
+        return list(cast(pb.ListFunctionsResponse, reply).functions)
+
+    def get_function(self, name: str) -> pb.Function:
+        return cast(
+            pb.Function,
+            self._stub.GetFunction(
+                pb.GetFunctionRequest(name=name), metadata=self._metadata, timeout=CONTROL_TIMEOUT
+            ),
+        )
+
+    def delete_function(self, name: str) -> pb.DeleteFunctionResponse:
+        return cast(
+            pb.DeleteFunctionResponse,
+            self._stub.DeleteFunction(
+                pb.DeleteFunctionRequest(name=name),
+                metadata=self._metadata,
+                timeout=CONTROL_TIMEOUT,
+            ),
+        )

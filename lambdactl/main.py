@@ -1,0 +1,467 @@
+"""lambdactl entry point: run one subcommand, map every expected failure to an exit code.
+
+Data goes to stdout (text, or JSON with `-o json`); progress, messages and errors
+go to stderr, so `lambdactl invoke f > out.json` captures only the payload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lambdactl import package
+from lambdactl.client import Client, error_from_rpc
+from lambdactl.exitcodes import CliError, ExitCode
+from lambdactl.parser import build_parser
+from lambdactl.target import Target, resolve_target
+from lambdad.api.v1 import functions_pb2 as pb
+
+DEPLOY_STEPS = 3  # 1 is the CLI's (package + upload); the daemon reports 2 and 3
+TEST_WIDTH = 120  # width of consoles built on injected streams
+
+STATUS_NAMES = {
+    pb.FUNCTION_STATUS_READY: "ready",
+    pb.FUNCTION_STATUS_IDLE: "idle",
+    pb.FUNCTION_STATUS_DEPLOYING: "deploying",
+}
+
+
+class Ctx:
+    """What every command needs: parsed args, the two consoles, stdin, the target."""
+
+    def __init__(self, args: argparse.Namespace, out: Console, err: Console, stdin: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.stdin = stdin
+        self.json = args.output == "json"
+        self._target: Target | None = None
+
+    @property
+    def target(self) -> Target:
+        if self._target is None:
+            self._target = resolve_target(self.args.host, self.args.api_key_file)
+        return self._target
+
+    def message(self, text: str) -> None:
+        self.err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def error(self, message: str) -> None:
+        first, *rest = message.splitlines() or [""]
+        self.message(f"error: {first}")
+        for line in rest:
+            self.message(f"  {line}")
+
+    def write_json(self, value: object) -> None:
+        self.out.file.write(json.dumps(value, indent=2) + "\n")
+        self.out.file.flush()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Raw bytes on stdout; text streams without a buffer get UTF-8 text."""
+        stream = self.out.file
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:
+            stream.write(data.decode("utf-8", "replace") + "\n")
+        else:
+            stream.flush()
+            buffer.write(data + b"\n")
+            buffer.flush()
+
+
+class StepView:
+    """`[n/N] title... Done.` lines; on a terminal a spinner runs while a step works."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.step = 0
+        self.header: str | None = None  # printed lazily on a terminal
+        self.line_open = False  # plain mode: header printed without its newline
+        self.status: Any = None
+
+    def start(self, step: int, total: int, title: str) -> None:
+        self.close()
+        self.step = step
+        header = f"[{step}/{total}] {title}..."
+        if self.live:
+            self.header = header
+            self.status = self.console.status(Text(header), spinner="dots")
+            self.status.start()
+        else:
+            self.console.print(header, end="", markup=False, highlight=False, soft_wrap=True)
+            self.line_open = True
+
+    def output(self, line: str) -> None:
+        self._flush_header()
+        self.console.print(Text(" " + line.rstrip("\r\n"), style="dim"), soft_wrap=True)
+
+    def done(self) -> None:
+        self._stop_status()
+        if self.header is not None:
+            self.console.print(
+                f"{self.header} Done.", markup=False, highlight=False, soft_wrap=True
+            )
+            self.header = None
+        elif self.line_open:
+            self.console.print(" Done.", markup=False, highlight=False)
+            self.line_open = False
+        self.step = 0
+
+    def close(self) -> None:
+        """End whatever is on screen, e.g. before an error line."""
+        self._flush_header()
+        self._stop_status()
+
+    def _flush_header(self) -> None:
+        if self.header is not None:
+            self.console.print(self.header, markup=False, highlight=False, soft_wrap=True)
+            self.header = None
+        if self.line_open:
+            self.console.print()
+            self.line_open = False
+
+    def _stop_status(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _overrides(args: argparse.Namespace) -> pb.ConfigOverrides:
+    overrides = pb.ConfigOverrides(env=dict(args.env))
+    if args.handler is not None:
+        overrides.handler = args.handler
+    if args.timeout is not None:
+        overrides.timeout_seconds = args.timeout
+    if args.memory is not None:
+        overrides.memory_mb = args.memory
+    if args.network is not None:
+        overrides.network = args.network
+    return overrides
+
+
+def _stream_deploy(
+    ctx: Ctx, view: StepView, target: Target, name: str, root: Path
+) -> pb.DeployResult | None:
+    """Upload the package and render the daemon's progress; returns its result."""
+    code = package.pack(root)
+    header = pb.DeployHeader(
+        name=name, size=code.size, sha256=code.sha256, overrides=_overrides(ctx.args)
+    )
+    result: pb.DeployResult | None = None
+    saw_output = False
+    with code.file, Client(target) as client:
+        call = client.deploy(header, code.file)
+        try:
+            for reply in call:
+                if view.step == 1:
+                    view.done()  # the daemon answers once it has the whole upload
+                kind = reply.WhichOneof("kind")
+                if kind == "progress":
+                    p = reply.progress
+                    if p.state == pb.DeployProgress.STATE_STARTED:
+                        view.start(p.step, p.total_steps, p.title)
+                    elif p.state == pb.DeployProgress.STATE_DONE and view.step == p.step:
+                        view.done()
+                elif kind == "build_output":
+                    saw_output = True
+                    view.output(reply.build_output)
+                elif kind == "result":
+                    result = reply.result
+        except grpc.RpcError as exc:
+            error = error_from_rpc(exc, target)
+            if saw_output and error.code is ExitCode.BUILD_FAILED:
+                error.message = error.message.splitlines()[0]  # the lines were just shown
+            raise error from None
+        except KeyboardInterrupt:
+            call.cancel()
+            raise
+    return result
+
+
+def cmd_deploy(ctx: Ctx) -> int:
+    root = Path(ctx.args.path)
+    if not root.is_dir():
+        raise CliError(f"{root} is not a folder", ExitCode.INVALID)
+    name = package.function_name(root, ctx.args.name)
+    target = ctx.target  # fail fast, before packaging, when the daemon is not there
+    view = StepView(ctx.err)
+    view.start(1, DEPLOY_STEPS, "Packaging function code")
+    try:
+        result = _stream_deploy(ctx, view, target, name, root)
+    finally:
+        view.close()  # an error line must start on a fresh line
+    if result is None:
+        raise CliError("lambdad ended the deploy without a result")
+    if ctx.json:
+        ctx.write_json(
+            {
+                "name": result.name,
+                "version": result.version,
+                "image": result.image,
+                "url": result.url,
+            }
+        )
+    ctx.message(f"Your function is live at: {result.url}")
+    return ExitCode.OK
+
+
+def _read_payload(ctx: Ctx) -> bytes:
+    """The invoke payload, checked to be JSON before anything is sent."""
+    args = ctx.args
+    if args.data_file is not None:
+        source = "stdin" if args.data_file == "-" else args.data_file
+        try:
+            if args.data_file == "-":
+                stream = getattr(ctx.stdin, "buffer", None)
+                data = stream.read() if stream is not None else ctx.stdin.read().encode()
+            else:
+                data = Path(args.data_file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {source}: {exc.strerror}", ExitCode.INVALID) from None
+    else:
+        source = "--data"
+        data = (args.data if args.data is not None else "{}").encode()
+    try:
+        json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"{source} is not valid JSON: {exc}", ExitCode.INVALID) from None
+    return data
+
+
+def _parse_json(data: bytes) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False, None
+
+
+def cmd_invoke(ctx: Ctx) -> int:
+    payload = _read_payload(ctx)
+    with Client(ctx.target) as client:
+        reply = client.invoke(ctx.args.name, payload)
+    is_json, value = _parse_json(reply.payload)
+    if ctx.json:
+        ctx.write_json(
+            {
+                "status_code": reply.status_code,
+                "payload": value if is_json else reply.payload.decode("utf-8", "replace"),
+                "function_error": reply.function_error or None,
+                "request_id": reply.request_id,
+                "executed_version": reply.executed_version,
+                "cold_start": reply.cold_start,
+            }
+        )
+    elif is_json and ctx.out.is_terminal:
+        ctx.out.print_json(data=value)
+    else:
+        ctx.write_bytes(reply.payload)
+    if reply.function_error:
+        kind, text = reply.function_error, reply.payload.decode("utf-8", "replace")
+        if is_json and isinstance(value, dict):
+            kind = str(value.get("errorType") or kind)
+            text = str(value.get("errorMessage", text))
+        ctx.error(f"function raised {kind}: {text}")
+        return ExitCode.FAILURE
+    return ExitCode.OK
+
+
+def _timestamp(fn: pb.Function) -> datetime | None:
+    ts = fn.deployed_at
+    if not fn.HasField("deployed_at") or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+
+
+def _local_time(fn: pb.Function) -> str:
+    when = _timestamp(fn)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-"
+
+
+def _rfc3339(fn: pb.Function) -> str | None:
+    when = _timestamp(fn)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z") if when else None
+
+
+def _status(fn: pb.Function) -> str:
+    return STATUS_NAMES.get(fn.status, "unknown")
+
+
+def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "name": fn.name,
+        "version": fn.version,
+        "status": _status(fn),
+        "url": fn.url,
+        "deployed_at": _rfc3339(fn),
+        "image": fn.image,
+    }
+    if detail:
+        cfg = fn.config
+        obj["config"] = {
+            "runtime": cfg.runtime,
+            "handler": cfg.handler,
+            "timeout_seconds": cfg.timeout_seconds,
+            "memory_mb": cfg.memory_mb,
+            "network": cfg.network,
+            "env": {key: "****" for key in sorted(cfg.env)},
+        }
+        obj["code_sha256"] = fn.code_sha256
+        obj["code_size"] = fn.code_size
+    return obj
+
+
+def cmd_list(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        functions = sorted(client.list_functions(), key=lambda f: f.name)
+    if ctx.json:
+        ctx.write_json([_function_json(fn, detail=False) for fn in functions])
+        return ExitCode.OK
+    if not functions:
+        ctx.message("No functions deployed.")
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NAME", "VERSION", "STATUS", "URL", "DEPLOYED AT"):
+        table.add_column(column, no_wrap=True)
+    for fn in functions:
+        table.add_row(fn.name, str(fn.version), _status(fn), fn.url, _local_time(fn))
+    # Never drop or truncate columns to fit the terminal: scripts grep this output.
+    console = ctx.out
+    saved = console.width
+    console.width = max(
+        saved, console.measure(table, options=console.options.update_width(10_000)).maximum
+    )
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = saved
+    return ExitCode.OK
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("KiB", "MiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} GiB"
+
+
+def cmd_get(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        fn = client.get_function(ctx.args.name)
+    if ctx.json:
+        ctx.write_json(_function_json(fn, detail=True))
+        return ExitCode.OK
+    cfg = fn.config
+    env = ", ".join(f"{key}=****" for key in sorted(cfg.env)) or "-"
+    rows = [
+        ("Name", fn.name),
+        ("Version", str(fn.version)),
+        ("Status", _status(fn)),
+        ("URL", fn.url),
+        ("Deployed at", _local_time(fn)),
+        ("Image", fn.image),
+        ("Runtime", cfg.runtime),
+        ("Handler", cfg.handler),
+        ("Timeout", f"{cfg.timeout_seconds}s"),
+        ("Memory", f"{cfg.memory_mb} MiB"),
+        ("Network", cfg.network),
+        ("Env", env),
+        ("Code SHA256", fn.code_sha256),
+        ("Code size", f"{_size(fn.code_size)} ({fn.code_size} bytes)"),
+    ]
+    pad = max(len(key) for key, _ in rows) + 3
+    for key, value in rows:
+        line = Text.assemble((f"{key}:".ljust(pad), "bold"), value or "-")
+        ctx.out.print(line, soft_wrap=True)
+    return ExitCode.OK
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def cmd_delete(ctx: Ctx) -> int:
+    name = ctx.args.name
+    interactive = ctx.stdin.isatty() and ctx.err.is_terminal
+    if interactive and not ctx.args.yes:
+        ctx.err.print(
+            f'Delete function "{name}" with all its versions and instances? [y/N] ',
+            end="",
+            markup=False,
+            highlight=False,
+        )
+        if ctx.stdin.readline().strip().lower() not in ("y", "yes"):
+            raise CliError("aborted; nothing was deleted")
+    with Client(ctx.target) as client:
+        reply = client.delete_function(name)
+    if ctx.json:
+        ctx.write_json(
+            {
+                "name": reply.name,
+                "versions_removed": reply.versions_removed,
+                "instances_removed": reply.instances_removed,
+            }
+        )
+    ctx.message(
+        f'Deleted function "{reply.name or name}" ({_plural(reply.versions_removed, "version")}, '
+        f"{_plural(reply.instances_removed, 'instance')})."
+    )
+    return ExitCode.OK
+
+
+COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "deploy": cmd_deploy,
+    "invoke": cmd_invoke,
+    "list": cmd_list,
+    "get": cmd_get,
+    "delete": cmd_delete,
+}
+
+
+def _console(stream: TextIO | None, default: TextIO) -> Console:
+    if stream is None:
+        return Console(file=default, highlight=False)
+    return Console(file=stream, width=TEST_WIDTH, color_system=None, highlight=False)
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+) -> int:
+    """Run lambdactl; returns the exit code (see lambdactl.exitcodes)."""
+    out_stream = stdout if stdout is not None else sys.stdout
+    err_stream = stderr if stderr is not None else sys.stderr
+    try:
+        with redirect_stdout(out_stream), redirect_stderr(err_stream):
+            args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    ctx = Ctx(args, _console(stdout, sys.stdout), _console(stderr, sys.stderr), stdin or sys.stdin)
+    try:
+        return int(COMMANDS[args.command](ctx))
+    except CliError as exc:
+        ctx.error(exc.message)
+        return int(exc.code)
+    except grpc.RpcError as exc:
+        error = error_from_rpc(exc, ctx.target)
+        ctx.error(error.message)
+        return int(error.code)
+    except KeyboardInterrupt:
+        ctx.message("")
+        ctx.error("interrupted")
+        return ExitCode.INTERRUPTED

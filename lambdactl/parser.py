@@ -1,0 +1,179 @@
+"""The argparse parser of lambdactl.
+
+Imports neither grpc nor rich: argparse-manpage imports this module to write the
+man page, and `--help` should stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from importlib import metadata
+
+from lambdactl.exitcodes import EXIT_CODES_HELP
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+ENVIRONMENT_HELP = """\
+environment:
+  LAMBDA_HOST          where lambdad listens: unix:///path/to.sock or host:port
+                       (default: the first socket that exists of
+                       $LAMBDA_STATE_DIR/run/lambdad.sock,
+                       ${XDG_STATE_HOME:-~/.local/state}/lambdad/run/lambdad.sock,
+                       /run/lambdad/lambdad.sock)
+  LAMBDA_API_KEY       API key sent as `authorization: Bearer <key>` to a TCP host
+  LAMBDA_API_KEY_FILE  file holding the API key (used when LAMBDA_API_KEY is unset)
+  LAMBDA_STATE_DIR     state folder of a daemon started with --state-dir"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lambda-faas")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not _ENV_KEY.fullmatch(key):
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY made of letters, digits and _: {text!r}"
+        )
+    return key, value
+
+
+def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Global options, also accepted after the subcommand (`lambdactl list -o json`).
+
+    On subparsers the defaults are suppressed so they never overwrite a value
+    given before the subcommand.
+    """
+    default: object = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--host",
+        metavar="ADDRESS",
+        default=default,
+        help="lambdad control address: unix:///path/to.sock or host:port "
+        "(env LAMBDA_HOST; default: the local daemon's socket)",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        default=default,
+        help="file holding the API key for a TCP host (env LAMBDA_API_KEY_FILE; "
+        "env LAMBDA_API_KEY gives the key itself)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS if suppress else "text",
+        help="output format: human-readable text, or one JSON value on stdout (default: text)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full parser; also the entry point argparse-manpage uses."""
+    parser = argparse.ArgumentParser(
+        prog="lambdactl",
+        description="Deploy, invoke and manage functions on a lambdad daemon.",
+        epilog=f"{ENVIRONMENT_HELP}\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _add_connection_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(common, suppress=True)
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    deploy = sub.add_parser(
+        "deploy",
+        parents=[common],
+        help="package a function folder, build its image and start it",
+        description="Package the function folder PATH (honouring .lambdaignore), upload it, "
+        "build a new immutable version of the function and make it live. Flags override "
+        "the settings in the folder's lambda.toml for this version.",
+    )
+    deploy.add_argument("path", metavar="PATH", help="the function folder")
+    deploy.add_argument(
+        "--name",
+        help="function name (default: `name` in lambda.toml, else the folder's name)",
+    )
+    deploy.add_argument(
+        "--timeout",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="seconds an invocation may run before it is stopped",
+    )
+    deploy.add_argument(
+        "--memory", type=_positive_int, metavar="MiB", help="memory limit of each instance, in MiB"
+    )
+    deploy.add_argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an environment variable in the function (repeatable; "
+        "added to those in lambda.toml)",
+    )
+    deploy.add_argument("--handler", metavar="MODULE.FUNCTION", help="handler to call")
+    deploy.add_argument(
+        "--network",
+        choices=("none", "bridge"),
+        help="network of the instances: none (no network, the default) or bridge",
+    )
+
+    invoke = sub.add_parser(
+        "invoke",
+        parents=[common],
+        help="call a function synchronously and print its response",
+        description="Call the function NAME with a JSON payload and print the response "
+        "payload on stdout. If the function raises, the error goes to stderr and the exit "
+        "code is 1.",
+    )
+    invoke.add_argument("name", metavar="NAME", help="the function to call")
+    data = invoke.add_mutually_exclusive_group()
+    data.add_argument("--data", metavar="JSON", help="JSON payload (default: {})")
+    data.add_argument(
+        "--data-file", metavar="FILE", help="read the JSON payload from FILE ('-' for stdin)"
+    )
+
+    sub.add_parser(
+        "list",
+        parents=[common],
+        help="list deployed functions",
+        description="List deployed functions with their active version, status and URL.",
+    )
+
+    get = sub.add_parser(
+        "get",
+        parents=[common],
+        help="show one function and its configuration",
+        description="Show the active version of function NAME: status, URL, image, "
+        "configuration and code digest. Environment values are masked.",
+    )
+    get.add_argument("name", metavar="NAME", help="the function to show")
+
+    delete = sub.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a function with all its versions and instances",
+        description="Delete function NAME: stop its instances and remove all its versions "
+        "and images. On a terminal lambdactl asks for confirmation first unless --yes is "
+        "given; when stdin or stderr is not a terminal (scripts, CI) it does not ask.",
+    )
+    delete.add_argument("name", metavar="NAME", help="the function to delete")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    return parser

@@ -1,0 +1,100 @@
+"""Where the daemon listens and how to authenticate to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from lambdactl.exitcodes import CliError, ExitCode
+
+SYSTEMD_SOCKET = Path("/run/lambdad/lambdad.sock")
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str  # grpc target: unix:///abs/path or host:port
+    is_unix: bool
+    api_key: str | None = None  # only ever set for TCP targets
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata: the bearer token on TCP; the Unix socket needs none."""
+        if self.api_key is None:
+            return ()
+        return (("authorization", f"Bearer {self.api_key}"),)
+
+
+def candidate_sockets(env: Mapping[str, str]) -> list[Path]:
+    """Sockets to try, in order, when no host is given."""
+    paths = []
+    if env.get("LAMBDA_STATE_DIR"):
+        paths.append(Path(env["LAMBDA_STATE_DIR"]) / "run" / "lambdad.sock")
+    state_home = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")) / ".local/state")
+    paths.append(Path(state_home).expanduser() / "lambdad" / "run" / "lambdad.sock")
+    paths.append(SYSTEMD_SOCKET)
+    return paths
+
+
+def _not_running(paths: list[Path]) -> CliError:
+    where = ", ".join(str(p) for p in paths)
+    return CliError(
+        f"lambdad is not running: no socket at {where}; "
+        "start it with `make run` or set LAMBDA_HOST",
+        ExitCode.UNREACHABLE,
+    )
+
+
+def _unix_target(path_text: str) -> Target:
+    path = Path(path_text).expanduser().absolute()
+    if not path.exists():
+        raise _not_running([path])
+    return Target(f"unix://{path}", is_unix=True)
+
+
+def read_api_key(key_file: str | None, env: Mapping[str, str]) -> str | None:
+    """LAMBDA_API_KEY wins, then --api-key-file / LAMBDA_API_KEY_FILE; stripped."""
+    key = env.get("LAMBDA_API_KEY", "").strip()
+    if key:
+        return key
+    key_file = key_file or env.get("LAMBDA_API_KEY_FILE")
+    if not key_file:
+        return None
+    try:
+        key = Path(key_file).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CliError(
+            f"cannot read API key file {key_file}: {exc.strerror}", ExitCode.AUTH
+        ) from None
+    if not key:
+        raise CliError(f"API key file {key_file} is empty", ExitCode.AUTH)
+    return key
+
+
+def resolve_target(
+    host: str | None, key_file: str | None, env: Mapping[str, str] | None = None
+) -> Target:
+    """--host, then LAMBDA_HOST, then the first local socket that exists."""
+    env = os.environ if env is None else env
+    host = host or env.get("LAMBDA_HOST") or None
+    if host is None:
+        paths = candidate_sockets(env)
+        for path in paths:
+            if path.exists():
+                return Target(f"unix://{path.absolute()}", is_unix=True)
+        raise _not_running(paths)
+    if host.startswith("unix:"):
+        # unix:///abs/path, unix:/abs/path and unix:relative/path all work.
+        rest = host.removeprefix("unix:")
+        if rest.startswith("//"):
+            rest = rest[2:]
+        if not rest:
+            raise CliError(f"invalid host {host!r}: no socket path", ExitCode.USAGE)
+        return _unix_target(rest)
+    address = host.removeprefix("tcp://")
+    name, sep, port = address.rpartition(":")
+    if not sep or not name or not port.isdigit():
+        raise CliError(
+            f"invalid host {host!r}: expected unix:///path/to.sock or host:port", ExitCode.USAGE
+        )
+    return Target(address, is_unix=False, api_key=read_api_key(key_file, env))

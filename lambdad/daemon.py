@@ -1,0 +1,212 @@
+"""The composition root: builds every part, wires them, runs until a signal, stops in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import docker
+import docker.errors
+from grpc_health.v1 import health, health_pb2
+
+from lambdad.api.server import BearerAuthInterceptor, build_server
+from lambdad.build import ImageBuilder, TarLimits
+from lambdad.config import Config
+from lambdad.control import ControlPlane
+from lambdad.gateway.server import Gateway
+from lambdad.runtime.docker_backend import DockerBackend
+from lambdad.runtime.manager import RuntimeManager
+from lambdad.store import Store
+
+log = logging.getLogger("lambdad")
+
+MAX_SOCKET_PATH = 107
+
+
+class StartupError(Exception):
+    """lambdad cannot start; the message says why and what to do."""
+
+
+def prepare_state_dir(config: Config) -> str:
+    """Creates the state folders and returns this daemon's id (stable across restarts)."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o750)
+    run_dir = config.socket.parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o750)  # the socket's folder is its access control
+    (config.state_dir / "spool").mkdir(exist_ok=True)
+    instances = config.state_dir / "i"
+    instances.mkdir(exist_ok=True)
+    os.chmod(instances, 0o711)  # containers' users reach their own socket folder, list none
+    longest = len(str(instances)) + len("/0123456789ab/invoke.sock")
+    if longest > MAX_SOCKET_PATH or len(str(config.socket)) > MAX_SOCKET_PATH:
+        raise StartupError(
+            f"state folder {config.state_dir} is too deep for Unix socket paths "
+            f"({MAX_SOCKET_PATH} bytes max); choose a shorter --state-dir"
+        )
+    id_file = config.state_dir / "daemon-id"
+    if not id_file.exists():
+        id_file.write_text(secrets.token_hex(8) + "\n")
+    return id_file.read_text().strip()
+
+
+def claim_socket(path: Path) -> None:
+    """Refuses to start beside a live daemon; removes a stale socket file.
+
+    gRPC would silently bind over an existing socket file, so two daemons could
+    share one state folder; a connect test tells a live socket from a stale one.
+    """
+    if not path.exists():
+        return
+    if not stat.S_ISSOCK(path.stat().st_mode):
+        raise StartupError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"another lambdad is already running on {path}")
+
+
+def read_api_keys(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise StartupError(f"cannot read --api-key-file {path}: {exc.strerror}") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise StartupError(f"--api-key-file {path} holds no key")
+    return keys
+
+
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise StartupError(
+            f"cannot reach the Docker engine ({exc}); start dockerd or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+def function_url_template(config: Config) -> str:
+    port = "" if config.public_port == 80 else f":{config.public_port}"
+    return f"http://{{name}}.{config.domain}{port}"
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        config = self.config
+        daemon_id = prepare_state_dir(config)
+        claim_socket(config.socket)
+        keys = read_api_keys(config.api_key_file)
+        client = await asyncio.to_thread(docker_client)
+
+        store = Store(config.state_dir / "lambda.db")
+        await store.open()
+        backend = DockerBackend(client, daemon_id=daemon_id)
+        runtime = RuntimeManager(backend, instances_dir=config.state_dir / "i",
+                                 start_timeout=config.start_timeout)
+        builder = ImageBuilder(client, runtime_image=config.runtime_image,
+                               spool_dir=config.state_dir / "spool", daemon_id=daemon_id,
+                               wheelhouse=config.wheelhouse)
+        control = ControlPlane(
+            store=store, builder=builder, runtime=runtime, spool_dir=config.state_dir / "spool",
+            image_prefix=config.image_prefix, url_template=function_url_template(config),
+            max_code_bytes=config.max_code_bytes,
+            tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes),
+        )
+        removed = await runtime.reconcile()
+        if removed:
+            log.info("reconciled: removed %d container(s) left by an earlier run", removed)
+        functions = await control.load()
+        await control.prune_orphan_images()
+
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        local = build_server(control, health_servicer)
+        local.add_insecure_port(f"unix://{config.socket}")
+        servers = [local]
+        if config.grpc_listen is not None:
+            remote = build_server(control, health_servicer,
+                                  interceptors=[BearerAuthInterceptor(keys)])
+            address = str(config.grpc_listen)
+            try:
+                bound = remote.add_insecure_port(address)
+            except RuntimeError:
+                bound = 0
+            if bound == 0:
+                raise StartupError(f"cannot listen for gRPC on {address}")
+            servers.append(remote)
+        gateway = Gateway(runtime, domain=config.domain, max_body_bytes=config.max_body_bytes)
+        try:
+            await gateway.start(config.gateway_listen.host, config.gateway_listen.port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for HTTP on {config.gateway_listen}: {exc.strerror}"
+            ) from None
+        for server in servers:
+            await server.start()
+        os.chmod(config.socket, 0o660)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(
+            "lambdad.api.v1.FunctionService", health_pb2.HealthCheckResponse.SERVING
+        )
+        warmers = [asyncio.create_task(self._warm(runtime, name))
+                   for name in control.routed_functions()]
+        log.info(
+            "lambdad ready: functions=%d control=unix://%s tcp=%s gateway=http://%s "
+            "api_key=%s", functions, config.socket, config.grpc_listen or "off",
+            config.gateway_listen, "configured" if keys else "none (TCP refuses calls)",
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("lambdad stopping: draining for up to %.0f s", config.drain_grace)
+            for task in warmers:
+                task.cancel()
+            await health_servicer.enter_graceful_shutdown()
+            await asyncio.gather(
+                gateway.stop(config.drain_grace),
+                *(server.stop(config.drain_grace) for server in servers),
+                return_exceptions=True,
+            )
+            await runtime.shutdown()
+            await store.close()
+            with contextlib.suppress(FileNotFoundError):
+                config.socket.unlink()
+            log.info("lambdad stopped")
+
+    @staticmethod
+    async def _warm(runtime: RuntimeManager, name: str) -> None:
+        try:
+            await runtime.warm(name)
+        except Exception as exc:  # a broken function must not stop the daemon
+            log.warning("could not warm function=%s: %s", name, exc)
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.request_stop)
+

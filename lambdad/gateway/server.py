@@ -1,0 +1,425 @@
+"""The gateway's I/O: one task and one h11.Connection per client connection.
+
+Routing, header rules and error shapes live in the pure modules next to this
+one; this module moves bytes, enforces limits and timeouts, and makes sure
+every upstream response is released exactly once, whatever the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Coroutine
+from typing import Any
+
+import h11
+
+from lambdad import errors
+from lambdad.gateway.headers import forward_request_headers, response_headers
+from lambdad.gateway.routing import route, subdomain
+from lambdad.gateway.status import error_response, json_error
+from lambdad.runtime.invocation import (
+    Headers,
+    InvocationRequest,
+    InvocationResponse,
+    Invoker,
+)
+
+log = logging.getLogger("lambdad.gateway")
+
+Reply = tuple[int, Headers, bytes]
+
+_READ_SIZE = 64 * 1024
+_PIPELINE_LIMIT = 64 * 1024  # bytes of a client's next request buffered while we stream
+_LINGER = 2.0  # seconds spent discarding a rejected upload before closing on it
+
+# Releases still running after their request's task was cancelled; the loop only
+# keeps weak references to tasks.
+_releasing: set[asyncio.Task[None]] = set()
+
+
+class _Drop(Exception):
+    """The connection can carry no (further) response: close it without one."""
+
+
+class _Timeout(Exception):
+    """The client started a request and then was too slow to send the rest."""
+
+
+class Gateway:
+    """Accepts client connections and proxies each request to an Invoker."""
+
+    def __init__(
+        self,
+        invoker: Invoker,
+        *,
+        domain: str = "localhost",
+        max_body_bytes: int = 6 * 1024 * 1024,
+        header_timeout: float = 10.0,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.invoker = invoker
+        self.domain = domain
+        self.max_body_bytes = max_body_bytes
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.port = 0  # the bound port once started (useful with port 0)
+        self.stopping = False
+        self._server: asyncio.Server | None = None
+        self._clients: dict[asyncio.Task[Any], _Client] = {}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+        self._server = await asyncio.start_server(self._accept, host, port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("gateway listening on %s:%d (domain %s)", host, self.port, self.domain)
+
+    async def stop(self, grace: float) -> None:
+        """Bounded shutdown: idle connections close now, busy ones get `grace` seconds."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task, client in list(self._clients.items()):
+            if not client.busy:
+                task.cancel()
+        if self._clients:
+            _, late = await asyncio.wait(set(self._clients), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("cancelled %d request(s) still running after %.1fs", len(late), grace)
+                await asyncio.wait(late)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        client = _Client(self, reader, writer)
+        self._clients[task] = client
+        try:
+            if not self.stopping:
+                await client.serve()
+        except asyncio.CancelledError:
+            pass  # stop() ended this connection; nobody awaits this task's result
+        except Exception:
+            log.exception("connection from %s failed", client.peer)
+        finally:
+            del self._clients[task]
+            writer.close()
+
+
+class _Client:
+    """One client connection: a keep-alive loop of request/response cycles."""
+
+    def __init__(
+        self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.gw = gateway
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.SERVER)
+        peer = writer.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        self.busy = False  # between a request's head and the end of its response
+        self.method = b""
+
+    async def serve(self) -> None:
+        first = True
+        try:
+            while True:
+                self.method = b""  # no request yet: error replies carry a body
+                try:
+                    request = await self._read_head(first)
+                except h11.RemoteProtocolError as exc:
+                    log.debug("%s: malformed request head: %s", self.peer, exc)
+                    await self._reject(_malformed(exc, None))
+                    return
+                except _Timeout:
+                    log.debug("%s: request head not received in time", self.peer)
+                    await self._respond(_too_slow(None), close=True)
+                    return
+                if request is None:
+                    return
+                first = False
+                self.busy = True
+                await self._exchange(request)
+                self.busy = False
+                if self.gw.stopping or not (
+                    self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+                ):
+                    return
+                self.conn.start_next_cycle()
+        except (_Drop, OSError):
+            pass  # the client went away or the response could not be completed
+
+    async def _recv(self, deadline: float) -> bytes:
+        async with asyncio.timeout_at(deadline):
+            data = await self.reader.read(_READ_SIZE)
+        self.conn.receive_data(data)
+        return data
+
+    async def _read_head(self, first: bool) -> h11.Request | None:
+        """None means close quietly: the client left, or stayed idle too long."""
+        loop = asyncio.get_running_loop()
+        started = bool(self.conn.trailing_data[0])
+        idle = self.gw.header_timeout if first or started else self.gw.keepalive_timeout
+        deadline = loop.time() + idle
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed
+            try:
+                data = await self._recv(deadline)
+            except TimeoutError:
+                if started:
+                    raise _Timeout from None
+                return None
+            if data and not started and not first:
+                deadline = loop.time() + self.gw.header_timeout
+            started = started or bool(data)
+
+    async def _read_body(self) -> bytes:
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        body = bytearray()
+        loop = asyncio.get_running_loop()
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    await self._recv(loop.time() + self.gw.header_timeout)
+                except TimeoutError:
+                    raise _Timeout from None
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.gw.max_body_bytes:
+                    raise _too_large(self.gw.max_body_bytes)
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            else:
+                raise _Drop("client closed the connection mid-request")
+
+    async def _exchange(self, request: h11.Request) -> None:
+        request_id = str(uuid.uuid4())
+        self.method = request.method
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status: int | str = "dropped"
+        try:
+            status = await self._proxy(request, request_id)
+        finally:
+            log.debug(
+                "%s %s %s -> %s in %.1f ms (request %s)",
+                self.peer,
+                request.method.decode("latin-1"),
+                request.target[:200].decode("latin-1"),
+                status,
+                (loop.time() - started) * 1000,
+                request_id,
+            )
+
+    async def _proxy(self, request: h11.Request, request_id: str) -> int:
+        hosts = [value.decode("latin-1") for name, value in request.headers if name == b"host"]
+        if len(hosts) > 1:
+            return await self._reject(
+                error_response(errors.InvalidArgument("more than one Host header"), request_id)
+            )
+        host = hosts[0] if hosts else None
+        target = route(host, self.gw.domain)
+        version = target.version if target else None
+        if request.method == b"CONNECT":
+            msg = "CONNECT is not supported by the gateway"
+            return await self._reject(json_error(405, "method_not_allowed", msg, request_id))
+        lengths = [int(v) for n, v in request.headers if n == b"content-length"]
+        if lengths and lengths[0] > self.gw.max_body_bytes:
+            exc = _too_large(self.gw.max_body_bytes)
+            return await self._reject(error_response(exc, request_id), version=version)
+        if target is None and self.conn.they_are_waiting_for_100_continue:
+            return await self._reject(error_response(self._no_route(host), request_id))
+        try:
+            body = await self._read_body()
+        except errors.PayloadTooLarge as exc:
+            return await self._reject(error_response(exc, request_id), version=version)
+        except h11.RemoteProtocolError as exc:
+            return await self._reject(_malformed(exc, request_id))
+        except _Timeout:
+            return await self._respond(_too_slow(request_id), close=True)
+        if target is None:
+            return await self._respond(error_response(self._no_route(host), request_id))
+        invocation = InvocationRequest(
+            function=target.function,
+            method=request.method,
+            target=request.target,
+            headers=forward_request_headers(list(request.headers), self.peer),
+            body=body,
+            invocation_type="http",
+            request_id=request_id,
+            version=version,
+        )
+        return await self._watching(self._invoke(invocation))
+
+    def _no_route(self, host: str | None) -> errors.NotFound:
+        name = subdomain(host, self.gw.domain)
+        if name is not None:
+            return errors.NotFound(f"no function named '{name}'")
+        if host:
+            return errors.NotFound(f"no function at host '{host}'")
+        return errors.NotFound("the request has no Host header naming a function")
+
+    async def _watching(self, work_coro: Coroutine[Any, Any, int]) -> int:
+        """Runs the invocation but cancels it when the client hangs up, so a
+        departed client stops holding an instance."""
+        work = asyncio.create_task(work_coro)
+        watch = asyncio.create_task(self._watch())
+        try:
+            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not work.done():
+                work.cancel()
+            await asyncio.wait((work, watch))
+        if work.cancelled():
+            raise _Drop("client went away")
+        return work.result()
+
+    async def _watch(self) -> None:
+        """Returns once the client closes; buffers a pipelined next request meanwhile."""
+        while len(self.conn.trailing_data[0]) <= _PIPELINE_LIMIT:
+            try:
+                data = await self.reader.read(_READ_SIZE)
+            except ConnectionError:
+                return
+            if not data:
+                return
+            self.conn.receive_data(data)
+        await asyncio.Event().wait()  # enough buffered: stop reading until cancelled
+
+    async def _invoke(self, invocation: InvocationRequest) -> int:
+        try:
+            response = await self.gw.invoker.invoke(invocation)
+        except Exception as exc:
+            reply = error_response(exc, invocation.request_id)
+            return await self._respond(reply, version=invocation.version)
+        try:
+            return await self._relay(response, invocation.request_id)
+        finally:
+            await _dispose(response)
+
+    async def _relay(self, response: InvocationResponse, request_id: str) -> int:
+        status = response.status
+        headers = response_headers(response.headers)
+        headers.append((b"lambda-request-id", request_id.encode()))
+        headers.append((b"lambda-version", str(response.version).encode()))
+        if self.gw.stopping:
+            headers.append((b"connection", b"close"))
+        try:
+            if not 200 <= status <= 599:
+                raise h11.LocalProtocolError(f"status {status} cannot be relayed")
+            head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+        except h11.LocalProtocolError as exc:
+            log.warning("request %s: the instance sent an invalid response: %s", request_id, exc)
+            failed = errors.InstanceFailed("the function returned an invalid HTTP response")
+            return await self._respond(error_response(failed, request_id), version=response.version)
+        await self._send(head)
+        bodiless = self.method == b"HEAD" or status in (204, 304)
+        try:
+            async for chunk in response.body:
+                if chunk and not bodiless:
+                    await self._send(h11.Data(data=chunk))
+            await self._send(h11.EndOfMessage())
+        except (_Drop, OSError):
+            raise
+        except h11.LocalProtocolError as exc:
+            log.warning("request %s: body does not match its framing: %s", request_id, exc)
+            raise _Drop from exc
+        except errors.LambdaError as exc:
+            log.warning("request %s: the instance failed mid-response: %s", request_id, exc)
+            raise _Drop from exc
+        except Exception as exc:
+            log.exception("request %s: relaying the response failed", request_id)
+            raise _Drop from exc
+        return status
+
+    async def _respond(
+        self, reply: Reply, *, version: int | None = None, close: bool = False
+    ) -> int:
+        """Sends a response the gateway makes itself, if the connection still allows one."""
+        status, headers, body = reply
+        if version is not None:
+            headers = [*headers, (b"lambda-version", str(version).encode())]
+        if close or self.gw.stopping:
+            headers = [*headers, (b"connection", b"close")]
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            raise _Drop("a response was already started")
+        await self._send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        if self.method != b"HEAD":
+            await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+        return status
+
+    async def _reject(self, reply: Reply, *, version: int | None = None) -> int:
+        """Answers without reading the request, then closes; lingering first so the
+        client reads the answer instead of a reset caused by its unread upload."""
+        status = await self._respond(reply, version=version, close=True)
+        with contextlib.suppress(Exception):
+            self.writer.write_eof()
+            async with asyncio.timeout(_LINGER):
+                while await self.reader.read(_READ_SIZE):
+                    pass
+        return status
+
+    async def _send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()  # a slow client slows the upstream body down
+
+
+async def _dispose(response: InvocationResponse) -> None:
+    """Closes the body (so its generator lets go of the upstream connection), then
+    releases; shielded so a second cancellation cannot skip the release."""
+
+    async def finish() -> None:
+        body = response.body
+        try:
+            if isinstance(body, AsyncGenerator):
+                await body.aclose()
+        except Exception:
+            log.exception("closing a response body failed")
+        try:
+            await response.release()
+        except Exception:
+            log.exception("releasing an instance failed")
+
+    task = asyncio.create_task(finish())
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
+    await asyncio.shield(task)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def _too_large(limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(f"the request body is larger than the {limit} byte limit")
+
+
+def _too_slow(request_id: str | None) -> Reply:
+    return json_error(408, "request_timeout", "the request was not received in time", request_id)
+
+
+def _malformed(exc: h11.RemoteProtocolError, request_id: str | None) -> Reply:
+    status = exc.error_status_hint
+    code = "bad_request" if status == 400 else http.HTTPStatus(status).phrase.lower()
+    message = f"malformed HTTP request: {exc}"
+    return json_error(status, code.replace(" ", "_"), message, request_id)

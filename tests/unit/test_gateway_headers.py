@@ -1,0 +1,125 @@
+from lambdad.gateway.headers import (
+    HOP_BY_HOP,
+    forward_request_headers,
+    response_headers,
+    strip_hop_by_hop,
+)
+from lambdad.runtime.invocation import Headers
+
+
+def names(headers: Headers) -> list[bytes]:
+    return [n.lower() for n, _ in headers]
+
+
+def get(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n.lower() == name]
+
+
+def test_strips_every_hop_by_hop_header() -> None:
+    headers = [(name, b"x") for name in sorted(HOP_BY_HOP)] + [(b"accept", b"*/*")]
+    assert strip_hop_by_hop(headers) == [(b"accept", b"*/*")]
+
+
+def test_strips_headers_named_by_connection() -> None:
+    headers = [
+        (b"Connection", b"keep-alive, X-Secret ,x-other"),
+        (b"connection", b"foo"),
+        (b"x-secret", b"1"),
+        (b"X-Other", b"2"),
+        (b"Foo", b"3"),
+        (b"x-kept", b"4"),
+        (b"Proxy-Connection", b"keep-alive"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"x-kept", b"4")]
+
+
+def test_connection_cannot_strip_host() -> None:
+    headers = [(b"host", b"greet.localhost"), (b"connection", b"host")]
+    assert strip_hop_by_hop(headers) == [(b"host", b"greet.localhost")]
+
+
+def test_forward_keeps_end_to_end_headers_and_host() -> None:
+    headers = [
+        (b"host", b"greet.localhost:8080"),
+        (b"accept", b"text/plain"),
+        (b"cookie", b"a=1"),
+        (b"transfer-encoding", b"chunked"),
+        (b"te", b"trailers"),
+        (b"upgrade", b"websocket"),
+        (b"proxy-authorization", b"Basic eA=="),
+        (b"keep-alive", b"timeout=5"),
+        (b"trailer", b"x-sum"),
+        (b"expect", b"100-continue"),
+        (b"content-length", b"5"),
+    ]
+    out = forward_request_headers(headers, "10.0.0.9")
+    assert out[:3] == headers[:3]
+    assert names(out)[3:] == [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"]
+
+
+def test_forward_strips_lambda_headers() -> None:
+    headers = [
+        (b"host", b"greet.localhost"),
+        (b"lambda-request-id", b"forged"),
+        (b"Lambda-Deadline-Ms", b"1"),
+        (b"lambda-invocation-type", b"event"),
+        (b"lambda-anything", b"x"),
+        (b"x-lambda-ok", b"kept"),
+    ]
+    out = forward_request_headers(headers, "127.0.0.1")
+    assert not [n for n in names(out) if n.startswith(b"lambda-")]
+    assert get(out, b"x-lambda-ok") == [b"kept"]
+
+
+def test_forwarded_headers_are_set() -> None:
+    out = forward_request_headers([(b"host", b"Greet.localhost:8080")], "127.0.0.1")
+    assert get(out, b"x-forwarded-for") == [b"127.0.0.1"]
+    assert get(out, b"x-forwarded-proto") == [b"http"]
+    assert get(out, b"x-forwarded-host") == [b"Greet.localhost:8080"]
+    assert get(out, b"host") == [b"Greet.localhost:8080"]
+
+
+def test_forwarded_for_appends_to_existing_chain() -> None:
+    headers = [
+        (b"host", b"greet.localhost"),
+        (b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2"),
+        (b"x-forwarded-for", b"3.3.3.3"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"evil.example"),
+    ]
+    out = forward_request_headers(headers, "::1")
+    assert get(out, b"x-forwarded-for") == [b"1.1.1.1, 2.2.2.2, 3.3.3.3, ::1"]
+    assert get(out, b"x-forwarded-proto") == [b"http"]
+    assert get(out, b"x-forwarded-host") == [b"greet.localhost"]
+
+
+def test_forwarded_for_survives_connection_naming_it() -> None:
+    headers = [(b"x-forwarded-for", b"1.1.1.1"), (b"connection", b"x-forwarded-for")]
+    out = forward_request_headers(headers, "127.0.0.1")
+    assert get(out, b"x-forwarded-for") == [b"1.1.1.1, 127.0.0.1"]
+    assert get(out, b"x-forwarded-host") == []
+
+
+def test_response_headers_drop_hop_by_hop_and_gateway_headers() -> None:
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"connection", b"close, x-internal"),
+        (b"x-internal", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"lambda-request-id", b"forged"),
+        (b"lambda-version", b"99"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"content-length", b"12"),
+    ]
+    assert response_headers(headers) == [
+        (b"content-type", b"text/plain"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"content-length", b"12"),
+    ]
+
+
+def test_response_headers_drop_content_length_next_to_chunked() -> None:
+    headers = [(b"transfer-encoding", b"chunked"), (b"content-length", b"12"), (b"x", b"y")]
+    assert response_headers(headers) == [(b"x", b"y")]
