@@ -8,7 +8,7 @@ BASE_IMAGE := lambda-runtime/base:bookworm
 PROTO := proto/lambdad/api/v1/functions.proto
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-fast lint proto docker runtime-image bench man clean
+.PHONY: help venv run test test-fast lint proto docker runtime-image bench clean
 
 help:
 	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench          benchmarks: deploy and invoke latency"
 
 $(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "installing python3-venv..."; \
+		apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@

@@ -270,8 +270,7 @@ class ControlPlane:
         request_id = str(uuid.uuid4())
         request = InvocationRequest(
             function=name, method=b"POST", target=b"/",
-            headers=[(b"host", f"{name}.invoke".encode()),
-                     (b"content-type", b"application/json")],
+            headers=[(b"content-type", b"application/json")],
             body=payload or b"{}", invocation_type="direct", request_id=request_id,
         )
         response = await self._runtime.invoke(request)

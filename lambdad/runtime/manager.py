@@ -190,11 +190,18 @@ class RuntimeManager:
         version = self._active.get(name)
         if version is None:
             raise NotFound(f"no function named {name!r}")
+        if request.version is not None and request.version != version.number:
+            raise NotFound(
+                f"version {request.version} of {name!r} is not the active version "
+                f"({version.number}); only the active version is served"
+            )
         timeout = version.config.timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         deadline_ms = int((time.time() + timeout) * 1000)
+        has_host = any(key.lower() == b"host" for key, _ in request.headers)
         headers = [
+            *([] if has_host else [(b"host", f"{name}.lambda".encode())]),
             *request.headers,
             (b"lambda-request-id", request.request_id.encode()),
             (b"lambda-deadline-ms", str(deadline_ms).encode()),

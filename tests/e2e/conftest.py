@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Lambdad
+from tests.support.wheels import build_wheel
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    build_wheel(folder, "lambdahelper", "1.2.3",
+                'def shout(text):\n    return text.upper() + "!"\n')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lambdad(wheelhouse: Path) -> Iterator[Lambdad]:
+    """One daemon per test module: deploys are the slow part, so modules share one."""
+    daemon = Lambdad(extra_args=["--wheelhouse", str(wheelhouse)])
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.close()
+
+
+@pytest.fixture
+def fresh_lambdad(wheelhouse: Path) -> Iterator[Lambdad]:
+    """A daemon of the test's own, for tests that kill or restart it."""
+    daemon = Lambdad(extra_args=["--wheelhouse", str(wheelhouse)])
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.close()

@@ -1,0 +1,189 @@
+"""A real lambdad subprocess for end-to-end tests, and the real lambdactl next to it.
+
+Each daemon gets a short temporary state folder, free loopback ports, an API key
+file and its own image prefix, so tests never touch a developer's daemon. `close`
+removes every container and image the daemon created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS = ROOT / "functions"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class HttpResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Lambdad:
+    def __init__(self, *, extra_args: list[str] | None = None) -> None:
+        self.state_dir = Path(tempfile.mkdtemp(prefix="lt-", dir="/tmp"))
+        self.gateway_port = free_port()
+        self.grpc_port = free_port()
+        self.api_key = secrets.token_urlsafe(24)
+        self.key_file = self.state_dir / "api-key"
+        self.key_file.write_text(self.api_key + "\n")
+        self.image_prefix = f"lambda-test-{secrets.token_hex(4)}"
+        self.extra_args = extra_args or []
+        self.log_path = self.state_dir / "lambdad.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.docker = docker.from_env()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "run" / "lambdad.sock"
+
+    @property
+    def daemon_id(self) -> str:
+        return (self.state_dir / "daemon-id").read_text().strip()
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "lambdad",
+            "--state-dir", str(self.state_dir),
+            "--gateway-listen", f"127.0.0.1:{self.gateway_port}",
+            "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
+            "--api-key-file", str(self.key_file),
+            "--image-prefix", self.image_prefix,
+            "--drain-grace", "3",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"lambdad exited with {self.process.returncode}:\n{self.log()}")
+            if self.socket_path.exists() and self._healthy():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"lambdad did not become ready:\n{self.log()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with grpc.insecure_channel(f"unix://{self.socket_path}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        """Stops the daemon and removes every container and image it made."""
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
+        with contextlib.suppress(FileNotFoundError):
+            label = f"lambda.daemon={self.daemon_id}"
+            for container in self.docker.containers.list(all=True, filters={"label": label}):
+                container.remove(force=True)
+            for image in self.docker.images.list(filters={"label": label}):
+                with contextlib.suppress(docker.errors.ImageNotFound):
+                    self.docker.images.remove(image.id, force=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # Clients
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDA_")}
+        env["LAMBDA_HOST"] = f"unix://{self.socket_path}"
+        env.update(extra)
+        return env
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180,
+            stdin: str | None = None) -> CliResult:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lambdactl", *args],
+            env=env if env is not None else self.env(), capture_output=True, text=True,
+            timeout=timeout, cwd=ROOT, input=stdin,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def deploy(self, folder: Path | str, *args: str) -> CliResult:
+        path = folder if isinstance(folder, Path) else FUNCTIONS / folder
+        result = self.cli("deploy", str(path), *args)
+        assert result.code == 0, f"deploy failed ({result.code}):\n{result.stderr}\n{self.log()}"
+        return result
+
+    def http(self, function: str | None, path: str = "/", *, method: str = "GET",
+             body: bytes | None = None, headers: dict[str, str] | None = None,
+             host: str | None = None, timeout: float = 60) -> HttpResult:
+        conn = http.client.HTTPConnection("127.0.0.1", self.gateway_port, timeout=timeout)
+        try:
+            all_headers = {"Host": host or f"{function}.localhost:{self.gateway_port}"}
+            all_headers.update(headers or {})
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            return HttpResult(response.status, {k.lower(): v for k, v in response.getheaders()},
+                              response.read())
+        finally:
+            conn.close()
+
+    def containers(self, function: str | None = None) -> list[Any]:
+        filters = [f"lambda.daemon={self.daemon_id}"]
+        if function:
+            filters.append(f"lambda.function={function}")
+        return list(self.docker.containers.list(all=True, filters={"label": filters}))
+
+    def images(self, function: str | None = None) -> list[Any]:
+        filters = [f"lambda.daemon={self.daemon_id}"]
+        if function:
+            filters.append(f"lambda.function={function}")
+        return list(self.docker.images.list(filters={"label": filters}))
