@@ -1,0 +1,378 @@
+"""`make bench`: deploy and invoke latency of lambda, each against a baseline from the same run.
+
+Starts a private lambdad (temporary state folder, free loopback port, own image prefix),
+deploys functions/greet as `bench-greet`, measures, prints a table and removes everything it
+made. Speed targets live here, never in timed tests. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from harness import GRPC_OPTIONS, ROOT, BenchDaemon, UnixHTTPConnection, executable
+from stats import Result, Summary, render_table
+
+from lambdad.api.v1 import functions_pb2, functions_pb2_grpc
+from lambdad.build.dockerfile import generated_dockerfile
+
+FUNCTION = "bench-greet"
+SOURCE = ROOT / "functions" / "greet"
+RUNTIME_IMAGE = "lambda-runtime/python:3.11"
+PAYLOAD = b'{"name":"World"}'
+EXPECTED = b"Hello, World!"
+DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
+
+
+class BenchError(Exception):
+    """A benchmark could not run; the message says why."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Deploy and invoke latency of lambda, with a baseline measured in the same "
+        "run for each (ratio = median / baseline median).",
+    )
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="rounds of the invoke benchmarks: HTTP batches and lambdactl "
+                        "invokes (default: 15)")
+    parser.add_argument("--requests", type=int, default=200,
+                        help="requests per round for the HTTP and gRPC benchmarks (default: 200)")
+    parser.add_argument("--deploys", type=int, default=5,
+                        help="timed deploys and docker builds, after one warm-up each "
+                        "(default: 5)")
+    parser.add_argument("--budget", type=float, default=30.0, metavar="SECONDS",
+                        help="a benchmark stops starting new rounds after this long "
+                        "(default: 30)")
+    parser.add_argument("--json", nargs="?", const=str(DEFAULT_JSON), default=None,
+                        metavar="PATH", help=f"also write the results as JSON (default path: "
+                        f"{DEFAULT_JSON.relative_to(ROOT)})")
+    parser.add_argument("--keep-log", action="store_true",
+                        help="print the daemon's log at the end")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "requests", "deploys"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+def timed(fn: Callable[[], None]) -> int:
+    start = time.perf_counter_ns()
+    fn()
+    return time.perf_counter_ns() - start
+
+
+def rounds(count: int, budget: float) -> Iterator[int]:
+    """0..count-1, stopping early (after at least one round) once `budget` seconds passed."""
+    deadline = time.monotonic() + budget
+    for i in range(count):
+        if i > 0 and time.monotonic() > deadline:
+            print(f"    budget of {budget:.0f} s spent: stopping after {i} of {count} rounds",
+                  flush=True)
+            return
+        yield i
+
+
+def run(command: list[str], *, env: dict[str, str] | None = None,
+        timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run(command, env=env, capture_output=True, timeout=timeout, cwd=ROOT,
+                          check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"`{' '.join(command)}` exited with {proc.returncode}:\n"
+                         f"{proc.stdout.decode(errors='replace')}"
+                         f"{proc.stderr.decode(errors='replace')}")
+    return proc
+
+
+# 1. Deploy with a warm build cache, against a bare `docker build` of the same context.
+
+def bench_deploy(daemon: BenchDaemon, args: argparse.Namespace) -> Result:
+    lambdactl = executable("lambdactl")
+    env = daemon.env()
+    deploy = [lambdactl, "deploy", str(SOURCE), "--name", FUNCTION]
+    context = Path(tempfile.mkdtemp(prefix="lbctx-", dir="/tmp"))
+    try:
+        shutil.copytree(SOURCE, context / "code",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (context / "Dockerfile").write_text(generated_dockerfile(RUNTIME_IMAGE, with_deps=False))
+        # The daemon builds through the Engine API's classic builder: so does the baseline.
+        build_env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+        daemon_label = f"lambda.daemon={daemon.daemon_id}"
+
+        def docker_build(n: int) -> None:
+            run(["docker", "build", "-q", "--pull=false",
+                 "-t", f"{daemon.image_prefix}/baseline:v{n}",
+                 "--label", daemon_label, "--label", "lambda.function=bench-baseline",
+                 "--label", f"lambda.version={n}", str(context)], env=build_env)
+
+        def cli_deploy() -> None:
+            run(deploy, env=env)
+
+        print("  deploy: warm-up (first deploy and first docker build, not counted)", flush=True)
+        cli_deploy()
+        docker_build(0)
+        subject: list[int] = []
+        baseline: list[int] = []
+        for i in rounds(args.deploys, args.budget):
+            # Alternate the order so neither side always follows the other's cleanup work.
+            if i % 2:
+                subject.append(timed(cli_deploy))
+                baseline.append(timed(functools.partial(docker_build, i + 1)))
+            else:
+                baseline.append(timed(functools.partial(docker_build, i + 1)))
+                subject.append(timed(cli_deploy))
+            print(f"    round {i + 1}: deploy {subject[-1] / 1e6:.0f} ms, "
+                  f"docker build {baseline[-1] / 1e6:.0f} ms", flush=True)
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    return Result(
+        name="deploy (warm cache)",
+        what=f"wall time of `lambdactl deploy functions/greet --name {FUNCTION}` (a new "
+        "version: package, upload, build, start the instance, switch traffic)",
+        subject=Summary.of(subject),
+        baseline_name="docker build -q",
+        baseline=Summary.of(baseline),
+        notes=["baseline: DOCKER_BUILDKIT=0 docker build -q of the generated Dockerfile "
+               "(FROM runtime image + COPY code), same cache state"],
+    )
+
+
+# 2. Warm invoke through the gateway, against the instance's own Unix socket.
+
+def _get(conn: http.client.HTTPConnection, headers: dict[str, str]) -> None:
+    conn.request("GET", "/?name=World", headers=headers)
+    response = conn.getresponse()
+    body = response.read()  # read fully, or the connection cannot be reused
+    if response.status != 200 or EXPECTED not in body:
+        raise BenchError(f"unexpected response {response.status}: {body[:200]!r}")
+
+
+def bench_http(daemon: BenchDaemon, args: argparse.Namespace) -> Result:
+    instance = daemon.instance_socket(FUNCTION)
+    gateway = http.client.HTTPConnection("127.0.0.1", daemon.gateway_port, timeout=30)
+    direct = UnixHTTPConnection(str(instance), timeout=30)
+    gateway_headers = {"Host": f"{FUNCTION}.localhost"}
+
+    def direct_headers() -> dict[str, str]:
+        # What the gateway adds on its way to the instance, so both sides do the same work.
+        return {
+            "Host": f"{FUNCTION}.localhost",
+            "X-Forwarded-For": "127.0.0.1",
+            "X-Forwarded-Proto": "http",
+            "X-Forwarded-Host": f"{FUNCTION}.localhost",
+            "Lambda-Request-Id": str(uuid.uuid4()),
+            "Lambda-Deadline-Ms": str(int((time.time() + 10) * 1000)),
+            "Lambda-Invocation-Type": "http",
+        }
+
+    def via_gateway() -> None:
+        _get(gateway, gateway_headers)
+
+    def via_socket() -> None:
+        _get(direct, direct_headers())
+
+    subject: list[int] = []
+    baseline: list[int] = []
+    try:
+        for _ in range(20):  # warm-up: connections, caches, the handler's first calls
+            via_gateway()
+            via_socket()
+        for i in rounds(args.rounds, args.budget):
+            sides = [(via_gateway, subject), (via_socket, baseline)]
+            for fn, samples in sides if i % 2 == 0 else reversed(sides):
+                for _ in range(args.requests):
+                    samples.append(timed(fn))
+    finally:
+        gateway.close()
+        direct.close()
+    return Result(
+        name="HTTP invoke via gateway",
+        what=f"GET /?name=World with Host: {FUNCTION}.localhost on one keep-alive connection "
+        f"to 127.0.0.1:<gateway>, per request",
+        subject=Summary.of(subject),
+        baseline_name="instance socket",
+        baseline=Summary.of(baseline),
+        notes=["baseline: the same request, with the headers the gateway adds, sent straight "
+               "to the instance's invoke.sock on one keep-alive connection"],
+    )
+
+
+# 3. `lambdactl invoke` (a fresh Python process per call) against a gRPC call from here.
+
+def bench_invoke(daemon: BenchDaemon, args: argparse.Namespace) -> Result:
+    command = [executable("lambdactl"), "invoke", FUNCTION, "--data", PAYLOAD.decode()]
+    env = daemon.env()
+
+    def cli_invoke() -> None:
+        proc = run(command, env=env, timeout=60)
+        if EXPECTED not in proc.stdout:
+            raise BenchError(f"lambdactl invoke printed {proc.stdout[:200]!r}")
+
+    channel = grpc.insecure_channel(daemon.grpc_target, options=GRPC_OPTIONS)
+    stub = functions_pb2_grpc.FunctionServiceStub(channel)  # type: ignore[no-untyped-call]
+    request = functions_pb2.InvokeRequest(name=FUNCTION, payload=PAYLOAD)
+
+    def grpc_invoke() -> None:
+        reply = stub.Invoke(request, timeout=30)
+        if reply.status_code != 200 or EXPECTED not in reply.payload:
+            raise BenchError(f"Invoke answered {reply.status_code}: {reply.payload[:200]!r}")
+
+    subject: list[int] = []
+    baseline: list[int] = []
+    try:
+        cli_invoke()  # warm-up: page cache for the interpreter and lambdactl's imports
+        for _ in range(20):
+            grpc_invoke()
+        for i in rounds(args.rounds, args.budget):
+            if i % 2:
+                subject.append(timed(cli_invoke))
+            for _ in range(args.requests):
+                baseline.append(timed(grpc_invoke))
+            if i % 2 == 0:
+                subject.append(timed(cli_invoke))
+    finally:
+        channel.close()
+    return Result(
+        name="lambdactl invoke",
+        what=f"wall time of `lambdactl invoke {FUNCTION} --data '{PAYLOAD.decode()}'` "
+        "(includes Python start-up and imports)",
+        subject=Summary.of(subject),
+        baseline_name="gRPC Invoke",
+        baseline=Summary.of(baseline),
+        notes=["baseline: FunctionService.Invoke from the bench process over the daemon's "
+               "Unix socket, on one open channel"],
+    )
+
+
+# Main
+
+def environment() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        info["docker_server"] = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout.strip()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, cwd=ROOT, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                               timeout=10, cwd=ROOT, check=False).stdout.strip()
+        info["git"] = commit + ("-dirty" if dirty else "")
+    return info
+
+
+def reproduce(args: argparse.Namespace) -> str:
+    return (f".venv/bin/python bench/run.py --rounds {args.rounds} --requests {args.requests} "
+            f"--deploys {args.deploys} --budget {args.budget:g}")
+
+
+def preflight() -> None:
+    if not SOURCE.is_dir():
+        raise BenchError(f"{SOURCE} is missing")
+    if shutil.which("docker") is None:
+        raise BenchError("the docker CLI is not on PATH")
+    probe = subprocess.run(["docker", "image", "inspect", RUNTIME_IMAGE], capture_output=True,
+                           timeout=30, check=False)
+    if probe.returncode != 0:
+        raise BenchError(f"image {RUNTIME_IMAGE} is missing: run `make runtime-image`")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the finally blocks that clean up
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    try:
+        preflight()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    daemon = BenchDaemon()
+    results: list[Result] = []
+    failed: str | None = None
+    try:
+        print(f"bench: starting lambdad (state {daemon.state_dir}, images "
+              f"{daemon.image_prefix}/*)", flush=True)
+        daemon.start()
+        print(f"bench: gateway on 127.0.0.1:{daemon.gateway_port}", flush=True)
+        print("bench: 1/3 deploy with a warm build cache", flush=True)
+        results.append(bench_deploy(daemon, args))
+        print("bench: 2/3 HTTP invoke through the gateway", flush=True)
+        results.append(bench_http(daemon, args))
+        print("bench: 3/3 lambdactl invoke vs gRPC", flush=True)
+        results.append(bench_invoke(daemon, args))
+    except (BenchError, RuntimeError, subprocess.TimeoutExpired, OSError,
+            grpc.RpcError) as exc:
+        failed = f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:
+        failed = "interrupted"
+    finally:
+        if failed is not None or args.keep_log:
+            log = daemon.log()
+            if log:
+                print("---- lambdad log (last 40 lines) ----", file=sys.stderr)
+                print("\n".join(log.splitlines()[-40:]), file=sys.stderr)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the clean-up finish
+        removed = daemon.close()
+        print(f"bench: lambdad stopped; removed {len(removed)} image(s)/container(s) and "
+              f"{daemon.state_dir}", flush=True)
+    elapsed = time.monotonic() - started
+    if failed is not None:
+        print(f"bench: FAILED: {failed}", file=sys.stderr)
+        return 1
+
+    print()
+    print(render_table(results))
+    print()
+    for result in results:
+        print(f"- {result.name}: {result.what}")
+        for note in result.notes:
+            print(f"    {note}")
+    print("ratio = median / baseline median (1.00x = no overhead over the baseline)")
+    print(f"took {elapsed:.0f} s; reproduce with: make bench   (or: {reproduce(args)})")
+
+    if args.json is not None:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": reproduce(args),
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "environment": environment(),
+            "elapsed_s": round(elapsed, 1),
+            "results": [r.as_json() for r in results],
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Summaries of latency samples and the table `make bench` prints."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Summary:
+    count: int
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+
+    @classmethod
+    def of(cls, samples_ns: list[int]) -> Summary:
+        if not samples_ns:
+            raise ValueError("no samples")
+        ms = sorted(s / 1e6 for s in samples_ns)
+        return cls(count=len(ms), median_ms=statistics.median(ms), p90_ms=percentile(ms, 90),
+                   min_ms=ms[0])
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values (p90 of 5 samples is the 5th)."""
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class Result:
+    name: str
+    what: str  # one line: what the timed unit is
+    subject: Summary
+    baseline_name: str
+    baseline: Summary
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.subject.median_ms / self.baseline.median_ms
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "what": self.what,
+            "subject": vars(self.subject),
+            "baseline_name": self.baseline_name,
+            "baseline": vars(self.baseline),
+            "ratio_of_medians": round(self.ratio, 3),
+            "notes": self.notes,
+        }
+
+
+def render_table(results: list[Result]) -> str:
+    headers = ["benchmark", "n", "median ms", "p90 ms", "min ms", "baseline", "base n",
+               "base median ms", "base p90 ms", "base min ms", "ratio"]
+    rows = []
+    for r in results:
+        s, b = r.subject, r.baseline
+        rows.append([r.name, str(s.count), f"{s.median_ms:.2f}", f"{s.p90_ms:.2f}",
+                     f"{s.min_ms:.2f}", r.baseline_name, str(b.count), f"{b.median_ms:.2f}",
+                     f"{b.p90_ms:.2f}", f"{b.min_ms:.2f}", f"{r.ratio:.2f}x"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    left = {0, 5}  # text columns; numbers align right
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in rows)
+    return "\n".join(out)
