@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -41,7 +42,13 @@ def prepare_state_dir(config: Config) -> str:
     run_dir = config.socket.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o750)  # the socket's folder is its access control
-    (config.state_dir / "spool").mkdir(exist_ok=True)
+    spool = config.state_dir / "spool"
+    spool.mkdir(exist_ok=True)
+    for leftover in spool.iterdir():  # uploads and build contexts of a killed daemon
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     instances = config.state_dir / "i"
     instances.mkdir(exist_ok=True)
     os.chmod(instances, 0o711)  # containers' users reach their own socket folder, list none

@@ -232,6 +232,12 @@ class InvokeServer(socketserver.ThreadingUnixStreamServer):
         super().__init__(path, InvokeHandler)
         os.chmod(path, 0o666)  # the daemon's user differs from the container's 10001
 
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # Signals must reach the main thread, whose select() they interrupt at once;
+        # delivered to a worker thread they would wait for the next poll interval.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        super().process_request_thread(request, client_address)
+
 
 class _Terminate(Exception):
     pass
