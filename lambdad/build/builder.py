@@ -24,7 +24,7 @@ import docker.errors
 
 from lambdad import labels
 from lambdad.build import tarball
-from lambdad.build.dockerfile import generated_dockerfile
+from lambdad.build.dockerfile import generated_dockerfile, label_instruction
 from lambdad.build.requirements import check_requirements
 from lambdad.errors import BuildFailed, FailedPrecondition, Unavailable
 
@@ -137,17 +137,21 @@ class ImageBuilder:
     def _docker_build(
         self, spec: BuildSpec, ctx: Path, network: str, emit: Callable[[str], None]
     ) -> BuiltImage:
+        # One LABEL instruction appended to the Dockerfile: the API's `labels`
+        # parameter would add a build step (and a container) per label.
+        dockerfile = ctx / "Dockerfile"
+        with dockerfile.open("a") as out:
+            out.write("\n" + label_instruction({
+                labels.FUNCTION: spec.function,
+                labels.VERSION: str(spec.version),
+                labels.DAEMON: self._daemon_id,
+            }) + "\n")
         tail: deque[str] = deque(maxlen=20)
         image_id = ""
-        image_labels = {
-            labels.FUNCTION: spec.function,
-            labels.VERSION: str(spec.version),
-            labels.DAEMON: self._daemon_id,
-        }
         try:
             stream: Iterator[dict[str, Any]] = self._client.api.build(
                 path=str(ctx), tag=spec.image, rm=True, forcerm=True, decode=True,
-                pull=False, network_mode=network, labels=image_labels,
+                pull=False, network_mode=network,
             )
             for event in stream:
                 if "stream" in event:

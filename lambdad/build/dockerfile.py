@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def generated_dockerfile(runtime_image: str, *, with_deps: bool) -> str:
     lines = [
@@ -13,3 +15,8 @@ def generated_dockerfile(runtime_image: str, *, with_deps: bool) -> str:
         lines.append("COPY --chown=0:0 deps/ /opt/lambda/deps/")
     lines.append("")
     return "\n".join(lines)
+
+
+def label_instruction(values: dict[str, str]) -> str:
+    """A single LABEL line; values are JSON-quoted so any text is safe."""
+    return "LABEL " + " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())

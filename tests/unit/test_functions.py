@@ -124,3 +124,10 @@ def test_generated_dockerfile() -> None:
     assert "COPY --chown=0:0 code/ /var/task/" in text
     assert "deps/ /opt/lambda/deps/" in text
     assert "deps/" not in generated_dockerfile("img", with_deps=False)
+
+
+def test_label_instruction_is_one_quoted_line() -> None:
+    from lambdad.build.dockerfile import label_instruction
+
+    line = label_instruction({"lambda.function": "greet", "lambda.version": "3"})
+    assert line == 'LABEL lambda.function="greet" lambda.version="3"'
