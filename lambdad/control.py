@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -210,6 +211,7 @@ class ControlPlane:
         image = f"{self._image_prefix}/{name}:v{number}"
         yield Progress(2, f'Building image "{image}"', done=False)
         built: BuiltImage | None = None
+        started = time.monotonic()
         spec = BuildSpec(function=name, version=number, image=image, archive=archive,
                          runtime=config.runtime)
         try:
@@ -219,6 +221,7 @@ class ControlPlane:
                 else:
                     yield BuildOutput(item)
             assert built is not None
+            build_s = time.monotonic() - started
             yield Progress(2, f'Building image "{image}"', done=True)
             yield Progress(3, "Starting container", done=False)
             version = FunctionVersion(
@@ -227,6 +230,7 @@ class ControlPlane:
                 created_at=datetime.now(UTC), deployed_by=deployed_by,
             )
             instance = await self._runtime.start_instance(version)
+            start_s = time.monotonic() - started - build_s
         except BaseException:
             await asyncio.to_thread(self._builder.remove_image, image)
             raise
@@ -237,8 +241,9 @@ class ControlPlane:
             await asyncio.to_thread(self._builder.remove_image, image)
             raise
         self._runtime.activate(version, instance)
-        log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d",
-                 name, number, image, header.size, unpacked)
+        log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
+                 "build_ms=%.0f start_ms=%.0f", name, number, image, header.size, unpacked,
+                 build_s * 1000, start_s * 1000)
         yield Progress(3, "Starting container", done=True)
         yield DeployResult(name=name, version=number, image=image, url=self.url(name))
 
