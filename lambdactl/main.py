@@ -147,6 +147,16 @@ def _overrides(args: argparse.Namespace) -> pb.ConfigOverrides:
         overrides.memory_mb = args.memory
     if args.network is not None:
         overrides.network = args.network
+    if args.cpu is not None:
+        overrides.cpu = args.cpu
+    if args.concurrency is not None:
+        overrides.concurrency = args.concurrency
+    if args.min_instances is not None:
+        overrides.min_instances = args.min_instances
+    if args.max_instances is not None:
+        overrides.max_instances = args.max_instances
+    if args.idle_timeout is not None:
+        overrides.idle_timeout_seconds = args.idle_timeout
     return overrides
 
 
@@ -313,11 +323,25 @@ def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
             "handler": cfg.handler,
             "timeout_seconds": cfg.timeout_seconds,
             "memory_mb": cfg.memory_mb,
+            "cpu": cfg.cpu,
+            "pids_limit": cfg.pids_limit,
             "network": cfg.network,
             "env": {key: "****" for key in sorted(cfg.env)},
+            "scaling": {
+                "concurrency": cfg.scaling.concurrency,
+                "min_instances": cfg.scaling.min_instances,
+                "max_instances": cfg.scaling.max_instances,
+                "idle_timeout_seconds": cfg.scaling.idle_timeout_seconds,
+                "queue_timeout_seconds": cfg.scaling.queue_timeout_seconds,
+            },
         }
         obj["code_sha256"] = fn.code_sha256
         obj["code_size"] = fn.code_size
+        counts = fn.instances
+        obj["instances"] = {
+            "running": counts.running, "busy": counts.busy, "starting": counts.starting,
+            "draining": counts.draining, "queued": counts.queued,
+        }
     return obj
 
 
@@ -364,6 +388,8 @@ def cmd_get(ctx: Ctx) -> int:
         ctx.write_json(_function_json(fn, detail=True))
         return ExitCode.OK
     cfg = fn.config
+    scaling = cfg.scaling
+    counts = fn.instances
     env = ", ".join(f"{key}=****" for key in sorted(cfg.env)) or "-"
     rows = [
         ("Name", fn.name),
@@ -376,7 +402,15 @@ def cmd_get(ctx: Ctx) -> int:
         ("Handler", cfg.handler),
         ("Timeout", f"{cfg.timeout_seconds}s"),
         ("Memory", f"{cfg.memory_mb} MiB"),
+        ("CPU", f"{cfg.cpu:g} core(s)"),
+        ("Pids limit", str(cfg.pids_limit)),
         ("Network", cfg.network),
+        ("Concurrency", f"{scaling.concurrency} request(s) per instance"),
+        ("Instances", f"min {scaling.min_instances}, max {scaling.max_instances}, "
+                      f"idle timeout {scaling.idle_timeout_seconds}s, "
+                      f"queue timeout {scaling.queue_timeout_seconds}s"),
+        ("Running", f"{counts.running} ({counts.busy} busy, {counts.starting} starting, "
+                    f"{counts.draining} draining, {counts.queued} queued)"),
         ("Env", env),
         ("Code SHA256", fn.code_sha256),
         ("Code size", f"{_size(fn.code_size)} ({fn.code_size} bytes)"),

@@ -33,6 +33,26 @@ def _version() -> str:
         return "unknown"
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -118,6 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument(
         "--memory", type=_positive_int, metavar="MiB", help="memory limit of each instance, in MiB"
+    )
+    deploy.add_argument(
+        "--cpu", type=_positive_float, metavar="CORES",
+        help="CPU limit of each instance, in cores (e.g. 0.5)",
+    )
+    deploy.add_argument(
+        "--concurrency", type=_positive_int, metavar="N",
+        help="requests one instance serves at once (default 1)",
+    )
+    deploy.add_argument(
+        "--min-instances", type=_non_negative_int, metavar="N",
+        help="instances kept warm even when idle (default 0: scale to zero)",
+    )
+    deploy.add_argument(
+        "--max-instances", type=_positive_int, metavar="N",
+        help="most instances that may run at once (default 10); beyond, requests queue",
+    )
+    deploy.add_argument(
+        "--idle-timeout", type=_positive_int, metavar="SECONDS",
+        help="idle instances beyond the minimum stop after this (default 300)",
     )
     deploy.add_argument(
         "--env",

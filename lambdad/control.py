@@ -23,7 +23,7 @@ from lambdad.errors import FailedPrecondition, InvalidArgument, NotFound, Payloa
 from lambdad.functions import FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
 from lambdad.runtime.invocation import InvocationRequest
-from lambdad.runtime.manager import RuntimeManager
+from lambdad.runtime.manager import PoolCounts, RuntimeManager
 from lambdad.store import FunctionRecord, Store
 
 log = logging.getLogger("lambdad.control")
@@ -78,7 +78,7 @@ class FunctionView:
     record: FunctionRecord
     status: str  # "ready" | "idle" | "deploying"
     url: str
-    instances: int
+    instances: PoolCounts
 
 
 class ControlPlane:
@@ -114,9 +114,6 @@ class ControlPlane:
             if record.active is not None:
                 self._runtime.register(record.active)
         return len(records)
-
-    def routed_functions(self) -> list[str]:
-        return self._runtime.routed()
 
     async def prune_orphan_images(self) -> int:
         """Removes images this daemon built that no version row references.
@@ -265,7 +262,7 @@ class ControlPlane:
         else:
             status = "idle"
         return FunctionView(record=record, status=status, url=self.url(record.name),
-                            instances=self._runtime.instance_count(record.name))
+                            instances=self._runtime.counts(record.name))
 
     # Invoke and delete
 

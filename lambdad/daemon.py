@@ -24,6 +24,7 @@ from lambdad.control import ControlPlane
 from lambdad.gateway.server import Gateway
 from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
+from lambdad.scheduler import Housekeeper
 from lambdad.store import Store
 
 log = logging.getLogger("lambdad")
@@ -144,11 +145,22 @@ class Daemon:
             max_code_bytes=config.max_code_bytes,
             tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes),
         )
-        removed = await runtime.reconcile()
-        if removed:
-            log.info("reconciled: removed %d container(s) left by an earlier run", removed)
         functions = await control.load()
+        adopted, removed = await runtime.reconcile()
+        if adopted or removed:
+            log.info("reconciled: adopted %d instance(s), removed %d container(s) left by an "
+                     "earlier run", adopted, removed)
         await control.prune_orphan_images()
+        runtime.ensure_minimums()
+        housekeeper = Housekeeper()
+        housekeeper.every(1, runtime.housekeeping, "runtime")
+        housekeeper.start()
+        loop = asyncio.get_running_loop()
+
+        def on_exit(container_id: str) -> None:  # called on the watcher thread
+            loop.call_soon_threadsafe(runtime.instance_exited, container_id)
+
+        watcher = loop.run_in_executor(None, backend.watch_exits, on_exit)
 
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         local = build_server(control, health_servicer)
@@ -179,8 +191,6 @@ class Daemon:
         await health_servicer.set(
             "lambdad.api.v1.FunctionService", health_pb2.HealthCheckResponse.SERVING
         )
-        warmers = [asyncio.create_task(self._warm(runtime, name))
-                   for name in control.routed_functions()]
         log.info(
             "lambdad ready: functions=%d control=unix://%s tcp=%s gateway=http://%s "
             "api_key=%s", functions, config.socket, config.grpc_listen or "off",
@@ -190,26 +200,21 @@ class Daemon:
             await self._stop.wait()
         finally:
             log.info("lambdad stopping: draining for up to %.0f s", config.drain_grace)
-            for task in warmers:
-                task.cancel()
+            await housekeeper.stop()
             await health_servicer.enter_graceful_shutdown()
             await asyncio.gather(
                 gateway.stop(config.drain_grace),
                 *(server.stop(config.drain_grace) for server in servers),
                 return_exceptions=True,
             )
+            backend.stop_watching()
             await runtime.shutdown()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watcher, timeout=5)
             await store.close()
             with contextlib.suppress(FileNotFoundError):
                 config.socket.unlink()
             log.info("lambdad stopped")
-
-    @staticmethod
-    async def _warm(runtime: RuntimeManager, name: str) -> None:
-        try:
-            await runtime.warm(name)
-        except Exception as exc:  # a broken function must not stop the daemon
-            log.warning("could not warm function=%s: %s", name, exc)
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

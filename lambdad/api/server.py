@@ -142,6 +142,12 @@ def _header(header: pb.DeployHeader) -> DeployHeader:
             memory_mb=o.memory_mb if o.HasField("memory_mb") else None,
             env=dict(o.env),
             network=o.network if o.HasField("network") else None,
+            cpu=o.cpu if o.HasField("cpu") else None,
+            concurrency=o.concurrency if o.HasField("concurrency") else None,
+            min_instances=o.min_instances if o.HasField("min_instances") else None,
+            max_instances=o.max_instances if o.HasField("max_instances") else None,
+            idle_timeout_s=(o.idle_timeout_seconds if o.HasField("idle_timeout_seconds")
+                            else None),
         ),
     )
 
@@ -168,7 +174,13 @@ def _deploy_response(event: Progress | BuildOutput | DeployResult) -> pb.DeployR
 
 def _function(view: FunctionView) -> pb.Function:
     record = view.record
-    message = pb.Function(name=record.name, status=_STATUS[view.status], url=view.url)
+    counts = view.instances
+    message = pb.Function(
+        name=record.name, status=_STATUS[view.status], url=view.url,
+        instances=pb.InstanceCounts(running=counts.running, busy=counts.busy,
+                                    starting=counts.starting, draining=counts.draining,
+                                    queued=counts.queued),
+    )
     active = record.active
     if active is not None:
         deployed_at = Timestamp()
@@ -179,9 +191,16 @@ def _function(view: FunctionView) -> pb.Function:
         message.image = active.image
         message.code_sha256 = active.code_sha256
         message.code_size = active.code_size
+        scaling = config.scaling
         message.config.CopyFrom(pb.FunctionConfig(
             runtime=config.runtime, handler=config.handler, timeout_seconds=config.timeout_s,
-            memory_mb=config.memory_mb, env=dict(config.env), network=config.network))
+            memory_mb=config.memory_mb, env=dict(config.env), network=config.network,
+            cpu=config.cpu, pids_limit=config.pids_limit,
+            scaling=pb.Scaling(
+                concurrency=scaling.concurrency, min_instances=scaling.min_instances,
+                max_instances=scaling.max_instances, idle_timeout_seconds=scaling.idle_timeout_s,
+                queue_timeout_seconds=config.queue_timeout_s,
+            )))
     return message
 
 

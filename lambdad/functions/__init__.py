@@ -6,6 +6,7 @@ from lambdad.functions.manifest import (
     DEFAULT_TIMEOUT_S,
     FunctionConfig,
     Overrides,
+    Scaling,
     parse_manifest,
 )
 from lambdad.functions.names import validate_name
@@ -18,6 +19,7 @@ __all__ = [
     "FunctionConfig",
     "FunctionVersion",
     "Overrides",
+    "Scaling",
     "parse_manifest",
     "validate_name",
 ]

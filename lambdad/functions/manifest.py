@@ -23,11 +23,52 @@ MIN_MEMORY_MB, MAX_MEMORY_MB = 16, 10240
 RUNTIMES = ("python3.11", "docker")
 NETWORKS = ("none", "bridge")
 MAX_ENV_BYTES = 4096  # AWS Lambda's limit on all variables together
+DEFAULT_CPU = 1.0
+MIN_CPU, MAX_CPU = 0.05, 64.0
+DEFAULT_PIDS_LIMIT = 256
+MIN_PIDS_LIMIT, MAX_PIDS_LIMIT = 16, 32768
+MAX_CONCURRENCY = 1000
+MAX_INSTANCES = 1000
+MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
 
 _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = ("AWS_", "LAMBDA_", "_HANDLER")
-_KNOWN_KEYS = {"name", "runtime", "handler", "timeout", "memory", "env", "network", "description"}
+_KNOWN_KEYS = {"name", "runtime", "handler", "timeout", "memory", "cpu", "pids_limit", "env",
+               "network", "description", "scaling"}
+_SCALING_KEYS = {"concurrency", "min_instances", "max_instances", "idle_timeout",
+                 "queue_timeout"}
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many instances serve a function, and how many requests each takes at once."""
+
+    concurrency: int = 1
+    min_instances: int = 0
+    max_instances: int = 10
+    idle_timeout_s: int = 300
+    queue_timeout_s: int | None = None  # None: the function's timeout
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "min_instances": self.min_instances,
+            "max_instances": self.max_instances,
+            "idle_timeout_s": self.idle_timeout_s,
+            "queue_timeout_s": self.queue_timeout_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scaling:
+        queue = data.get("queue_timeout_s")
+        return cls(
+            concurrency=int(data.get("concurrency", 1)),
+            min_instances=int(data.get("min_instances", 0)),
+            max_instances=int(data.get("max_instances", 10)),
+            idle_timeout_s=int(data.get("idle_timeout_s", 300)),
+            queue_timeout_s=None if queue is None else int(queue),
+        )
 
 
 @dataclass(frozen=True)
@@ -38,6 +79,14 @@ class FunctionConfig:
     memory_mb: int = DEFAULT_MEMORY_MB
     env: Mapping[str, str] = field(default_factory=dict)
     network: str = "none"
+    cpu: float = DEFAULT_CPU
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    scaling: Scaling = field(default_factory=Scaling)
+
+    @property
+    def queue_timeout_s(self) -> int:
+        queue = self.scaling.queue_timeout_s
+        return self.timeout_s if queue is None else queue
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,10 +96,14 @@ class FunctionConfig:
             "memory_mb": self.memory_mb,
             "env": dict(self.env),
             "network": self.network,
+            "cpu": self.cpu,
+            "pids_limit": self.pids_limit,
+            "scaling": self.scaling.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FunctionConfig:
+        """Reads a stored config; keys added by later releases take their defaults."""
         return cls(
             runtime=str(data["runtime"]),
             handler=str(data["handler"]),
@@ -58,6 +111,9 @@ class FunctionConfig:
             memory_mb=int(data["memory_mb"]),
             env=dict(data.get("env", {})),
             network=str(data.get("network", "none")),
+            cpu=float(data.get("cpu", DEFAULT_CPU)),
+            pids_limit=int(data.get("pids_limit", DEFAULT_PIDS_LIMIT)),
+            scaling=Scaling.from_dict(data.get("scaling", {})),
         )
 
 
@@ -70,6 +126,11 @@ class Overrides:
     memory_mb: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     network: str | None = None
+    cpu: float | None = None
+    concurrency: int | None = None
+    min_instances: int | None = None
+    max_instances: int | None = None
+    idle_timeout_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +166,18 @@ def parse_manifest(text: str | None, *, has_dockerfile: bool) -> Manifest:
     env = data.get("env", {})
     if not isinstance(env, dict):
         raise InvalidArgument("lambda.toml: env must be a table of strings")
+    scaling = data.get("scaling", {})
+    if not isinstance(scaling, dict):
+        raise InvalidArgument("lambda.toml: scaling must be a table")
+    unknown = sorted(set(scaling) - _SCALING_KEYS)
+    if unknown:
+        raise InvalidArgument(f"lambda.toml: unknown key(s) in [scaling]: {', '.join(unknown)}")
+    queue = scaling.get("queue_timeout")
+    if queue is not None and (isinstance(queue, bool) or not isinstance(queue, int)):
+        raise InvalidArgument(f"lambda.toml: scaling.queue_timeout must be an int, got {queue!r}")
+    cpu = data.get("cpu", DEFAULT_CPU)
+    if isinstance(cpu, bool) or not isinstance(cpu, int | float):
+        raise InvalidArgument(f"lambda.toml: cpu must be a number, got {cpu!r}")
     config = FunctionConfig(
         runtime=runtime,
         handler=_typed(data, "handler", str, DEFAULT_HANDLER),
@@ -112,6 +185,15 @@ def parse_manifest(text: str | None, *, has_dockerfile: bool) -> Manifest:
         memory_mb=_typed(data, "memory", int, DEFAULT_MEMORY_MB),
         env={str(k): _env_value(k, v) for k, v in env.items()},
         network=_typed(data, "network", str, "none"),
+        cpu=float(cpu),
+        pids_limit=_typed(data, "pids_limit", int, DEFAULT_PIDS_LIMIT),
+        scaling=Scaling(
+            concurrency=_typed(scaling, "concurrency", int, 1, "scaling."),
+            min_instances=_typed(scaling, "min_instances", int, 0, "scaling."),
+            max_instances=_typed(scaling, "max_instances", int, 10, "scaling."),
+            idle_timeout_s=_typed(scaling, "idle_timeout", int, 300, "scaling."),
+            queue_timeout_s=queue,
+        ),
     )
     return Manifest(name=name, config=validate_config(config))
 
@@ -124,8 +206,20 @@ def apply_overrides(config: FunctionConfig, overrides: Overrides) -> FunctionCon
         memory_mb=config.memory_mb if overrides.memory_mb is None else overrides.memory_mb,
         env={**config.env, **overrides.env},
         network=config.network if overrides.network is None else overrides.network,
+        cpu=config.cpu if overrides.cpu is None else overrides.cpu,
+        scaling=replace(
+            config.scaling,
+            concurrency=_pick(overrides.concurrency, config.scaling.concurrency),
+            min_instances=_pick(overrides.min_instances, config.scaling.min_instances),
+            max_instances=_pick(overrides.max_instances, config.scaling.max_instances),
+            idle_timeout_s=_pick(overrides.idle_timeout_s, config.scaling.idle_timeout_s),
+        ),
     )
     return validate_config(merged)
+
+
+def _pick(override: int | None, current: int) -> int:
+    return current if override is None else override
 
 
 def validate_config(config: FunctionConfig) -> FunctionConfig:
@@ -143,6 +237,13 @@ def validate_config(config: FunctionConfig) -> FunctionConfig:
         raise InvalidArgument(
             f"network {config.network!r} is not one of {', '.join(NETWORKS)}"
         )
+    if not MIN_CPU <= config.cpu <= MAX_CPU:
+        raise InvalidArgument(f"cpu must be {MIN_CPU}-{MAX_CPU} cores, got {config.cpu}")
+    if not MIN_PIDS_LIMIT <= config.pids_limit <= MAX_PIDS_LIMIT:
+        raise InvalidArgument(
+            f"pids_limit must be {MIN_PIDS_LIMIT}-{MAX_PIDS_LIMIT}, got {config.pids_limit}"
+        )
+    _validate_scaling(config.scaling)
     size = 0
     for key, value in config.env.items():
         if not _ENV_KEY.match(key):
@@ -157,10 +258,35 @@ def validate_config(config: FunctionConfig) -> FunctionConfig:
     return config
 
 
-def _typed(data: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+def _validate_scaling(scaling: Scaling) -> None:
+    if not 1 <= scaling.concurrency <= MAX_CONCURRENCY:
+        raise InvalidArgument(
+            f"concurrency must be 1-{MAX_CONCURRENCY}, got {scaling.concurrency}"
+        )
+    if not 1 <= scaling.max_instances <= MAX_INSTANCES:
+        raise InvalidArgument(
+            f"max_instances must be 1-{MAX_INSTANCES}, got {scaling.max_instances}"
+        )
+    if not 0 <= scaling.min_instances <= scaling.max_instances:
+        raise InvalidArgument(
+            f"min_instances must be 0-max_instances ({scaling.max_instances}), "
+            f"got {scaling.min_instances}"
+        )
+    if not 1 <= scaling.idle_timeout_s <= MAX_IDLE_TIMEOUT_S:
+        raise InvalidArgument(
+            f"idle_timeout must be 1-{MAX_IDLE_TIMEOUT_S} seconds, got {scaling.idle_timeout_s}"
+        )
+    queue = scaling.queue_timeout_s
+    if queue is not None and not 0 <= queue <= MAX_TIMEOUT_S:
+        raise InvalidArgument(f"queue_timeout must be 0-{MAX_TIMEOUT_S} seconds, got {queue}")
+
+
+def _typed(
+    data: Mapping[str, Any], key: str, kind: type, default: Any, prefix: str = ""
+) -> Any:
     value = data.get(key, default)
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise InvalidArgument(f"lambda.toml: {key} must be a{'n' if kind is int else ''} "
+        raise InvalidArgument(f"lambda.toml: {prefix}{key} must be a{'n' if kind is int else ''} "
                               f"{kind.__name__}, got {value!r}")
     return value
 

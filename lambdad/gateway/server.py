@@ -126,6 +126,7 @@ class _Client:
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
         self.busy = False  # between a request's head and the end of its response
         self.method = b""
+        self.started = 0.0  # loop time the current request's head arrived
 
     async def serve(self) -> None:
         first = True
@@ -210,6 +211,7 @@ class _Client:
         self.method = request.method
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.started = started
         status: int | str = "dropped"
         try:
             status = await self._proxy(request, request_id)
@@ -316,6 +318,9 @@ class _Client:
         headers = response_headers(response.headers)
         headers.append((b"lambda-request-id", request_id.encode()))
         headers.append((b"lambda-version", str(response.version).encode()))
+        headers.append((b"lambda-cold-start", b"true" if response.cold_start else b"false"))
+        headers.append((b"server-timing", _server_timing(
+            (asyncio.get_running_loop().time() - self.started) * 1000, response)))
         if self.gw.stopping:
             headers.append((b"connection", b"close"))
         try:
@@ -423,3 +428,13 @@ def _malformed(exc: h11.RemoteProtocolError, request_id: str | None) -> Reply:
     code = "bad_request" if status == 400 else http.HTTPStatus(status).phrase.lower()
     message = f"malformed HTTP request: {exc}"
     return json_error(status, code.replace(" ", "_"), message, request_id)
+
+
+def _server_timing(total_ms: float, response: InvocationResponse) -> bytes:
+    """`Server-Timing` as browsers' devtools show it: our share, the function's, its init."""
+    function_ms = response.function_ms
+    parts = [f"gateway;dur={max(0.0, total_ms - function_ms - response.init_ms):.2f}",
+             f"function;dur={function_ms:.2f}"]
+    if response.init_ms:
+        parts.append(f"init;dur={response.init_ms:.2f}")
+    return ", ".join(parts).encode()

@@ -7,8 +7,10 @@ behind this small surface so another backend (Swarm services) can stand beside i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -50,18 +52,17 @@ class ManagedContainer:
     function: str
     version: int
     instance: str
+    running: bool
 
 
 class DockerBackend:
     def __init__(
-        self, client: docker.DockerClient, *, daemon_id: str, pids_limit: int = 256,
-        tmp_size_mb: int = 64, cpus: float = 1.0,
+        self, client: docker.DockerClient, *, daemon_id: str, tmp_size_mb: int = 64,
     ) -> None:
         self._client = client
         self.daemon_id = daemon_id
-        self._pids_limit = pids_limit
         self._tmp_size_mb = tmp_size_mb
-        self._cpus = cpus
+        self._events: Any = None
 
     def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path) -> str:
         """Creates and starts a hardened container; returns its id."""
@@ -97,8 +98,8 @@ class DockerBackend:
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={self._tmp_size_mb}m"},
                 mem_limit=memory,
                 memswap_limit=memory,
-                nano_cpus=int(self._cpus * 1e9),
-                pids_limit=self._pids_limit,
+                nano_cpus=int(config.cpu * 1e9),
+                pids_limit=config.pids_limit,
                 network_mode=config.network,
                 volumes={str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
                 init=True,
@@ -109,6 +110,27 @@ class DockerBackend:
         except docker.errors.APIError as exc:
             raise Unavailable(f"could not start an instance: {exc.explanation or exc}") from None
         return str(container.id)
+
+    def watch_exits(self, on_exit: Callable[[str], None]) -> None:
+        """Blocks, calling `on_exit(container_id)` for each of our containers that dies,
+        until `stop_watching`. Run it in a thread."""
+        self._events = self._client.events(
+            decode=True,
+            filters={"type": "container", "event": "die",
+                     "label": f"{labels.DAEMON}={self.daemon_id}"},
+        )
+        try:
+            for event in self._events:
+                container_id = event.get("id") or event.get("Actor", {}).get("ID")
+                if container_id:
+                    on_exit(str(container_id))
+        except Exception:  # the stream closes with an error when stop_watching cuts it
+            pass
+
+    def stop_watching(self) -> None:
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                self._events.close()
 
     def state(self, container_id: str) -> ContainerState:
         try:
@@ -154,5 +176,6 @@ class DockerBackend:
                     function=found_labels[labels.FUNCTION],
                     version=int(found_labels[labels.VERSION]),
                     instance=found_labels[labels.INSTANCE],
+                    running=container.status == "running",
                 ))
         return result

@@ -45,6 +45,8 @@ class InvocationResponse:
     cold_start: bool
     body: AsyncIterator[bytes] = field(default_factory=_no_body)
     release: Callable[[], Awaitable[None]] = _nothing
+    function_ms: float = 0.0  # request sent to response head received
+    init_ms: float = 0.0  # the instance's start, when this request waited for it
 
     async def read(self) -> bytes:
         """Collects the whole body and releases the instance."""

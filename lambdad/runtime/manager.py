@@ -1,7 +1,7 @@
-"""The runtime manager: which instance serves a function, and what happens when one fails.
+"""The runtime manager: which instance serves a request, and what happens when one fails.
 
-Routing state lives here in memory (function -> active version -> instance), so an
-invocation never waits on SQLite. Docker calls run in worker threads.
+Routing state lives here in memory (function -> active version's pool of instances),
+so an invocation never waits on SQLite. Docker calls run in worker threads.
 """
 
 from __future__ import annotations
@@ -14,37 +14,29 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailable
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.docker_backend import SOCKET_NAME, ContainerState, DockerBackend
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
+from lambdad.runtime.pool import Instance, InstancePool
 from lambdad.runtime.upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger("lambdad.runtime")
 
-READY_POLL_S = 0.02
+READY_POLL_S = 0.01
 
 
-@dataclass(eq=False)
-class Instance:
-    id: str
-    version: FunctionVersion
-    container_id: str
-    socket_dir: Path
-    started_at: float
-    idle: list[UpstreamConnection] = field(default_factory=list)
-    in_flight: int = 0
-    dead: bool = False
-    retiring: bool = False
-
-    @property
-    def socket_path(self) -> str:
-        return str(self.socket_dir / SOCKET_NAME)
+@dataclass(frozen=True)
+class PoolCounts:
+    running: int
+    busy: int
+    starting: int
+    draining: int
+    queued: int
 
 
 class RuntimeManager:
@@ -54,43 +46,79 @@ class RuntimeManager:
         self._backend = backend
         self._instances_dir = instances_dir
         self._start_timeout = start_timeout
-        self._active: dict[str, FunctionVersion] = {}
-        self._current: dict[str, Instance] = {}
-        self._starting: dict[str, asyncio.Lock] = {}
-        self._retiring: set[Instance] = set()
+        self._pools: dict[str, InstancePool] = {}
+        self._retired: list[InstancePool] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     # Routing state
 
-    def register(self, version: FunctionVersion) -> None:
-        """Routes the function to `version` without starting anything (daemon start)."""
-        self._active[version.function] = version
+    def register(self, version: FunctionVersion) -> InstancePool:
+        """Routes the function to `version` with no instance yet (daemon start)."""
+        pool = self._pools.get(version.function)
+        if pool is None or pool.version != version:
+            pool = self._new_pool(version)
+            self._pools[version.function] = pool
+        return pool
+
+    def _new_pool(self, version: FunctionVersion) -> InstancePool:
+        return InstancePool(version, start=self.start_instance, destroy=self._destroy,
+                            spawn=self._spawn)
 
     def routed(self) -> list[str]:
-        return sorted(self._active)
+        return sorted(self._pools)
 
     def active_version(self, name: str) -> FunctionVersion | None:
-        return self._active.get(name)
+        pool = self._pools.get(name)
+        return pool.version if pool else None
 
     def is_warm(self, name: str) -> bool:
-        instance = self._current.get(name)
-        return instance is not None and not instance.dead
+        pool = self._pools.get(name)
+        return pool is not None and any(not i.dead for i in pool.instances)
+
+    def counts(self, name: str) -> PoolCounts:
+        pool = self._pools.get(name)
+        draining = sum(len(p.instances) for p in self._retired if p.version.function == name)
+        if pool is None:
+            return PoolCounts(0, 0, 0, draining, 0)
+        return PoolCounts(running=len(pool.instances), busy=pool.busy, starting=pool.starting,
+                          draining=draining, queued=pool.queued)
 
     def instance_count(self, name: str) -> int:
-        count = sum(1 for i in self._retiring if i.version.function == name)
-        return count + (1 if name in self._current else 0)
+        counts = self.counts(name)
+        return counts.running + counts.draining
 
     # Lifecycle
 
-    async def reconcile(self) -> int:
-        """Removes every container this daemon left behind (after a crash or kill -9)."""
-        leftovers = await asyncio.to_thread(self._backend.managed)
-        for container in leftovers:
-            await asyncio.to_thread(self._backend.remove, container.id, grace=0)
+    async def reconcile(self) -> tuple[int, int]:
+        """Adopts healthy instances of routed versions; removes every other container.
+
+        Called at start, after `register`: a daemon killed with -9 left its instances
+        running, and the ones of active versions can serve at once.
+        """
+        adopted: set[str] = set()
+        removed = 0
+        for container in await asyncio.to_thread(self._backend.managed):
+            pool = self._pools.get(container.function)
+            socket_dir = self._instances_dir / container.instance
+            socket_path = str(socket_dir / SOCKET_NAME)
+            healthy = (
+                container.running and pool is not None
+                and pool.version.number == container.version
+                and await _answers(socket_path)
+            )
+            if healthy and pool is not None:
+                pool.add(Instance(container.instance, pool.version, container.id, socket_dir,
+                                  socket_path))
+                adopted.add(container.instance)
+            else:
+                await asyncio.to_thread(self._backend.remove, container.id, grace=0)
+                removed += 1
         if self._instances_dir.exists():
             for child in self._instances_dir.iterdir():
-                shutil.rmtree(child, ignore_errors=True)
-        return len(leftovers)
+                if child.name not in adopted:
+                    shutil.rmtree(child, ignore_errors=True)
+        return len(adopted), removed
 
     async def start_instance(self, version: FunctionVersion) -> Instance:
         """Starts a container for `version` and waits until its socket answers."""
@@ -98,6 +126,7 @@ class RuntimeManager:
         socket_dir = self._instances_dir / instance_id
         socket_dir.mkdir(parents=True)
         os.chmod(socket_dir, 0o777)  # the container's user (uid 10001) creates the socket here
+        started = time.monotonic()
         try:
             container_id = await asyncio.to_thread(
                 self._backend.start, version, instance_id, socket_dir
@@ -105,20 +134,21 @@ class RuntimeManager:
         except BaseException:
             shutil.rmtree(socket_dir, ignore_errors=True)
             raise
-        instance = Instance(instance_id, version, container_id, socket_dir, time.monotonic())
+        instance = Instance(instance_id, version, container_id, socket_dir,
+                            str(socket_dir / SOCKET_NAME), started_at=started)
         try:
             await self._wait_ready(instance)
         except BaseException:
             await self._destroy(instance)
             raise
-        log.info("instance started function=%s version=%d instance=%s in %.0f ms",
-                 version.function, version.number, instance_id,
-                 (time.monotonic() - instance.started_at) * 1000)
+        instance.init_ms = (time.monotonic() - started) * 1000
+        log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
+                 version.function, version.number, instance_id, instance.init_ms)
         return instance
 
     async def _wait_ready(self, instance: Instance) -> None:
         deadline = time.monotonic() + self._start_timeout
-        next_state_check = 0.0
+        next_state_check = time.monotonic() + 0.25
         while True:
             if os.path.exists(instance.socket_path):
                 try:
@@ -147,72 +177,105 @@ class RuntimeManager:
             await asyncio.sleep(READY_POLL_S)
 
     def activate(self, version: FunctionVersion, instance: Instance | None) -> None:
-        """Switches new requests to `version`; the old instance drains, then stops."""
+        """Switches new requests to `version`; old instances drain, then stop."""
         name = version.function
-        self._active[name] = version
-        old = self._current.pop(name, None)
+        pool = self._new_pool(version)
         if instance is not None:
-            self._current[name] = instance
-        if old is not None and old is not instance:
-            self._retire(old)
+            instance.owner = pool
+            pool.add(instance)
+        old = self._pools.get(name)
+        self._pools[name] = pool
+        if old is not None:
+            old.retire(pool)
+            if not old.drained:
+                self._retired.append(old)
+        pool.ensure_minimum()
 
     async def remove_instance(self, instance: Instance) -> None:
         """Stops an instance that was started but never routed (a failed deploy)."""
         await self._destroy(instance)
 
-    async def warm(self, name: str) -> None:
-        """Starts the function's instance now, so its first request is not a cold start."""
-        await self._acquire_instance(name)
-
     async def remove_function(self, name: str) -> int:
-        self._active.pop(name, None)
-        instances = [i for i in self._retiring if i.version.function == name]
-        current = self._current.pop(name, None)
+        """Stops every instance of the function at once, busy or not."""
+        pools = [p for p in self._retired if p.version.function == name]
+        self._retired = [p for p in self._retired if p.version.function != name]
+        current = self._pools.pop(name, None)
         if current is not None:
-            instances.append(current)
-        for instance in instances:
-            self._retiring.discard(instance)
-            await self._destroy(instance)
+            pools.append(current)
+        instances = [i for pool in pools for i in pool.close("was deleted")]
+        await asyncio.gather(*(self._destroy(i) for i in instances))
         return len(instances)
 
+    def ensure_minimums(self) -> None:
+        for pool in self._pools.values():
+            pool.ensure_minimum()
+
+    def housekeeping(self) -> None:
+        """Periodic: scale idle instances down, restore minimums, forget drained pools."""
+        for pool in self._pools.values():
+            reaped = pool.reap_idle()
+            if reaped:
+                log.info("scaled down function=%s version=%d idle_instances_stopped=%d",
+                         pool.version.function, pool.version.number, reaped)
+            pool.ensure_minimum()
+        self._retired = [p for p in self._retired if not p.drained]
+
+    def instance_exited(self, container_id: str) -> None:
+        """Docker reported a container of ours died: take it out of its pool now."""
+        for pool in [*self._pools.values(), *self._retired]:
+            for instance in pool.instances:
+                if instance.container_id == container_id and not instance.dead:
+                    self._spawn(self._discard_exited(pool, instance))
+                    return
+
+    async def _discard_exited(self, pool: InstancePool, instance: Instance) -> None:
+        state = await self._settled_state(instance)
+        reason = state.describe(instance.version.config.memory_mb)
+        if pool.discard(instance, reason):
+            log.warning("instance exited function=%s version=%d instance=%s reason=%s",
+                        instance.version.function, instance.version.number, instance.id, reason)
+
     async def shutdown(self) -> None:
-        instances = list(self._current.values()) + list(self._retiring)
-        self._current.clear()
-        self._retiring.clear()
+        """Stops every instance (a restarted daemon starts them again, cold)."""
+        self._closing = True
+        pools = [*self._pools.values(), *self._retired]
+        instances = [i for pool in pools for i in pool.close("is stopping with the daemon")]
         await asyncio.gather(*(self._destroy(i) for i in instances), return_exceptions=True)
-        for task in list(self._background):
-            task.cancel()
+        await self.drain_background()
 
     # Invocation
 
     async def invoke(self, request: InvocationRequest) -> InvocationResponse:
         name = request.function
-        version = self._active.get(name)
-        if version is None:
+        pool = self._pools.get(name)
+        if pool is None:
             raise NotFound(f"no function named {name!r}")
-        if request.version is not None and request.version != version.number:
+        if request.version is not None and request.version != pool.version.number:
             raise NotFound(
                 f"version {request.version} of {name!r} is not the active version "
-                f"({version.number}); only the active version is served"
+                f"({pool.version.number}); only the active version is served"
             )
-        timeout = version.config.timeout_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        deadline_ms = int((time.time() + timeout) * 1000)
         has_host = any(key.lower() == b"host" for key, _ in request.headers)
-        headers = [
-            *([] if has_host else [(b"host", f"{name}.lambda".encode())]),
-            *request.headers,
-            (b"lambda-request-id", request.request_id.encode()),
-            (b"lambda-deadline-ms", str(deadline_ms).encode()),
-            (b"lambda-invocation-type", request.invocation_type.encode()),
-        ]
+        loop = asyncio.get_running_loop()
         for attempt in range(3):
-            instance, cold = await self._acquire_instance(name)
+            instance, cold = await pool.acquire(pool.version.config.queue_timeout_s)
+            owner: InstancePool = instance.owner
+            version = instance.version
+            timeout = version.config.timeout_s
             conn, reused = await self._connection(instance)
             if conn is None:
-                continue  # the instance was dead before we sent anything: start another
-            instance.in_flight += 1
+                owner.release(instance)
+                owner.discard(instance, "stopped answering on its socket")
+                continue
+            headers = [
+                *([] if has_host else [(b"host", f"{name}.lambda".encode())]),
+                *request.headers,
+                (b"lambda-request-id", request.request_id.encode()),
+                (b"lambda-deadline-ms", str(int((time.time() + timeout) * 1000)).encode()),
+                (b"lambda-invocation-type", request.invocation_type.encode()),
+            ]
+            sent_at = loop.time()
+            deadline = sent_at + timeout
             try:
                 async with asyncio.timeout_at(deadline):
                     status, response_headers = await conn.request(
@@ -220,19 +283,19 @@ class RuntimeManager:
                     )
             except TimeoutError:
                 await self._release(instance, conn)
-                await self._kill(instance, "timed out")
+                self._timed_out(owner, instance, timeout)
                 raise FunctionTimeout(
                     f"function {name!r} did not respond within its timeout of {timeout} s"
                 ) from None
             except UpstreamError as exc:
                 await self._release(instance, conn)
                 state = await self._settled_state(instance)
-                if state.running and reused and attempt < 2:
+                if state.running and reused and not instance.dead and attempt < 2:
                     continue  # a stale keep-alive connection; the instance itself is fine
-                await self._kill(instance, str(exc))
-                detail = state.describe(version.config.memory_mb)
-                if state.running:
+                detail = instance.end_reason or state.describe(version.config.memory_mb)
+                if state.running and not instance.end_reason:
                     detail = f"broke the HTTP exchange ({exc})"
+                owner.discard(instance, detail)
                 raise InstanceFailed(
                     f"the instance of {name!r} {detail} while handling the request"
                 ) from None
@@ -242,12 +305,20 @@ class RuntimeManager:
             return InvocationResponse(
                 status=status,
                 headers=response_headers,
-                version=instance.version.number,
+                version=version.number,
                 cold_start=cold,
-                body=self._body(instance, conn, deadline, name, timeout),
+                body=self._body(owner, instance, conn, deadline),
                 release=_once(functools.partial(self._release, instance, conn)),
+                function_ms=(loop.time() - sent_at) * 1000,
+                init_ms=instance.init_ms if cold else 0.0,
             )
         raise Unavailable(f"no instance of {name!r} could take the request")
+
+    def _timed_out(self, pool: InstancePool, instance: Instance, timeout: int) -> None:
+        instance.end_reason = (
+            f"was stopped because a request to it passed the function's timeout of {timeout} s"
+        )
+        pool.discard(instance, instance.end_reason)
 
     async def _settled_state(self, instance: Instance) -> ContainerState:
         """The container's state once a dying process has had a moment to exit.
@@ -264,41 +335,22 @@ class RuntimeManager:
         return state
 
     async def _body(
-        self, instance: Instance, conn: UpstreamConnection, deadline: float, name: str,
-        timeout: int,
+        self, pool: InstancePool, instance: Instance, conn: UpstreamConnection, deadline: float
     ) -> AsyncIterator[bytes]:
+        name = instance.version.function
+        timeout = instance.version.config.timeout_s
         try:
             async with asyncio.timeout_at(deadline):
                 async for chunk in conn.body():
                     yield chunk
         except TimeoutError:
-            await self._kill(instance, "timed out")
+            self._timed_out(pool, instance, timeout)
             raise FunctionTimeout(
                 f"function {name!r} did not finish its response within {timeout} s"
             ) from None
         except UpstreamError as exc:
-            await self._kill(instance, str(exc))
+            pool.discard(instance, f"failed mid-response ({exc})")
             raise InstanceFailed(f"the instance of {name!r} failed mid-response: {exc}") from None
-
-    async def _acquire_instance(self, name: str) -> tuple[Instance, bool]:
-        """The function's live instance, starting one (a cold start) when there is none."""
-        instance = self._current.get(name)
-        if instance is not None and not instance.dead:
-            return instance, False
-        lock = self._starting.setdefault(name, asyncio.Lock())
-        async with lock:
-            instance = self._current.get(name)
-            if instance is not None and not instance.dead:
-                return instance, False
-            version = self._active.get(name)
-            if version is None:
-                raise NotFound(f"no function named {name!r}")
-            instance = await self.start_instance(version)
-            if self._active.get(name) is not version:
-                await self._destroy(instance)  # redeployed or deleted meanwhile
-                raise Unavailable(f"function {name!r} changed while starting; retry")
-            self._current[name] = instance
-            return instance, True
 
     async def _connection(
         self, instance: Instance
@@ -308,35 +360,15 @@ class RuntimeManager:
         try:
             return await UpstreamConnection.open(instance.socket_path), False
         except OSError:
-            await self._kill(instance, "socket refused the connection")
             return None, False
 
     async def _release(self, instance: Instance, conn: UpstreamConnection) -> None:
-        instance.in_flight -= 1
-        if conn.recycle() and not instance.dead and not instance.retiring:
+        if conn.recycle() and not instance.dead:
             instance.idle.append(conn)
         else:
             await conn.close()
-        if instance.retiring and instance.in_flight == 0:
-            self._retiring.discard(instance)
-            self._spawn(self._destroy(instance))
-
-    def _retire(self, instance: Instance) -> None:
-        instance.retiring = True
-        if instance.in_flight == 0:
-            self._spawn(self._destroy(instance))
-        else:
-            self._retiring.add(instance)
-
-    async def _kill(self, instance: Instance, why: str) -> None:
-        if instance.dead:
-            return
-        instance.dead = True
-        log.warning("instance removed function=%s version=%d instance=%s reason=%s",
-                    instance.version.function, instance.version.number, instance.id, why)
-        if self._current.get(instance.version.function) is instance:
-            del self._current[instance.version.function]
-        self._spawn(self._destroy(instance))
+        owner: InstancePool = instance.owner
+        owner.release(instance)
 
     async def _destroy(self, instance: Instance) -> None:
         instance.dead = True
@@ -346,14 +378,28 @@ class RuntimeManager:
         await asyncio.to_thread(self._backend.remove, instance.container_id, grace=1)
         shutil.rmtree(instance.socket_dir, ignore_errors=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %r", task.exception())
 
     async def drain_background(self) -> None:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+async def _answers(path: str) -> bool:
+    try:
+        conn = await UpstreamConnection.open(path)
+    except OSError:
+        return False
+    await conn.close()
+    return True
 
 
 def _once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

@@ -26,20 +26,32 @@ def test_sigterm_stops_instances_and_restart_serves_again(fresh_lambdad: Lambdad
     assert len(daemon.containers("greet")) == 1
 
 
-def test_kill_9_then_restart_reconciles(fresh_lambdad: Lambdad) -> None:
+def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
+    fresh_lambdad: Lambdad,
+) -> None:
     daemon = fresh_lambdad
     daemon.deploy("greet", "--name", "greet")
     daemon.deploy("calculator")
-    before = {c.id for c in daemon.containers()}
-    assert len(before) == 2
+    greet = daemon.containers("greet")[0]
+    calculator = daemon.containers("calculator")[0]
     daemon.stop(signal.SIGKILL)
+    calculator.stop(timeout=1)  # died while the daemon was away: not adoptable
+    stray = daemon.state_dir / "i" / "0123456789ab"
+    stray.mkdir()
     daemon.start()
-    assert "reconciled: removed 2 container(s)" in daemon.log()
+    assert "reconciled: adopted 1 instance(s), removed 1 container(s)" in daemon.log()
+    assert not stray.exists()
     listed = daemon.cli("list", "-o", "json").json()
     assert [(f["name"], f["version"]) for f in listed] == [("calculator", 1), ("greet", 1)]
-    assert daemon.http("greet", "/?name=x").status == 200
-    after = daemon.containers()
-    assert len(after) == 2 and not before & {c.id for c in after}
+    served = daemon.http("greet", "/?name=x")
+    assert served.status == 200 and served.headers["lambda-cold-start"] == "false"
+    assert [c.id for c in daemon.containers("greet")] == [greet.id]  # the same, adopted
+    assert daemon.http("calculator", "/?op=add&a=1&b=1").json()["result"] == 2
+    assert len(daemon.containers("calculator")) == 1
+    assert daemon.containers("calculator")[0].id != calculator.id
+    assert sorted(p.name for p in (daemon.state_dir / "i").iterdir()) == sorted(
+        c.labels["lambda.instance"] for c in daemon.containers()
+    )
 
 
 def test_a_second_daemon_on_the_same_state_is_refused(fresh_lambdad: Lambdad) -> None:

@@ -36,7 +36,8 @@ def test_deploy_all_options() -> None:
     args = parse(
         "deploy", "fn", "--name", "greet", "--timeout", "30", "--memory", "256",
         "--env", "A=1", "--env", "B=x=y", "--env", "EMPTY=", "--handler", "app.main",
-        "--network", "bridge",
+        "--network", "bridge", "--cpu", "0.5", "--concurrency", "4", "--min-instances", "0",
+        "--max-instances", "3", "--idle-timeout", "60",
     )  # fmt: skip
     assert vars(args) == {
         "host": None,
@@ -50,6 +51,11 @@ def test_deploy_all_options() -> None:
         "env": [("A", "1"), ("B", "x=y"), ("EMPTY", "")],
         "handler": "app.main",
         "network": "bridge",
+        "cpu": 0.5,
+        "concurrency": 4,
+        "min_instances": 0,
+        "max_instances": 3,
+        "idle_timeout": 60,
     }
 
 

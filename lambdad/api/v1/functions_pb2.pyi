@@ -22,7 +22,7 @@ FUNCTION_STATUS_IDLE: FunctionStatus
 FUNCTION_STATUS_DEPLOYING: FunctionStatus
 
 class FunctionConfig(_message.Message):
-    __slots__ = ("runtime", "handler", "timeout_seconds", "memory_mb", "env", "network")
+    __slots__ = ("runtime", "handler", "timeout_seconds", "memory_mb", "env", "network", "cpu", "pids_limit", "scaling")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,16 +36,36 @@ class FunctionConfig(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    PIDS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SCALING_FIELD_NUMBER: _ClassVar[int]
     runtime: str
     handler: str
     timeout_seconds: int
     memory_mb: int
     env: _containers.ScalarMap[str, str]
     network: str
-    def __init__(self, runtime: _Optional[str] = ..., handler: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., memory_mb: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., network: _Optional[str] = ...) -> None: ...
+    cpu: float
+    pids_limit: int
+    scaling: Scaling
+    def __init__(self, runtime: _Optional[str] = ..., handler: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., memory_mb: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., network: _Optional[str] = ..., cpu: _Optional[float] = ..., pids_limit: _Optional[int] = ..., scaling: _Optional[_Union[Scaling, _Mapping]] = ...) -> None: ...
+
+class Scaling(_message.Message):
+    __slots__ = ("concurrency", "min_instances", "max_instances", "idle_timeout_seconds", "queue_timeout_seconds")
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MIN_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    concurrency: int
+    min_instances: int
+    max_instances: int
+    idle_timeout_seconds: int
+    queue_timeout_seconds: int
+    def __init__(self, concurrency: _Optional[int] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ..., idle_timeout_seconds: _Optional[int] = ..., queue_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class ConfigOverrides(_message.Message):
-    __slots__ = ("handler", "timeout_seconds", "memory_mb", "env", "network")
+    __slots__ = ("handler", "timeout_seconds", "memory_mb", "env", "network", "cpu", "concurrency", "min_instances", "max_instances", "idle_timeout_seconds")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,12 +78,22 @@ class ConfigOverrides(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MIN_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     handler: str
     timeout_seconds: int
     memory_mb: int
     env: _containers.ScalarMap[str, str]
     network: str
-    def __init__(self, handler: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., memory_mb: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., network: _Optional[str] = ...) -> None: ...
+    cpu: float
+    concurrency: int
+    min_instances: int
+    max_instances: int
+    idle_timeout_seconds: int
+    def __init__(self, handler: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., memory_mb: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., network: _Optional[str] = ..., cpu: _Optional[float] = ..., concurrency: _Optional[int] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ..., idle_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class DeployHeader(_message.Message):
     __slots__ = ("name", "size", "sha256", "overrides")
@@ -152,7 +182,7 @@ class InvokeResponse(_message.Message):
     def __init__(self, status_code: _Optional[int] = ..., payload: _Optional[bytes] = ..., function_error: _Optional[str] = ..., request_id: _Optional[str] = ..., executed_version: _Optional[int] = ..., cold_start: _Optional[bool] = ...) -> None: ...
 
 class Function(_message.Message):
-    __slots__ = ("name", "version", "status", "url", "deployed_at", "image", "config", "code_sha256", "code_size")
+    __slots__ = ("name", "version", "status", "url", "deployed_at", "image", "config", "code_sha256", "code_size", "instances")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +192,7 @@ class Function(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
     CODE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     status: FunctionStatus
@@ -171,7 +202,22 @@ class Function(_message.Message):
     config: FunctionConfig
     code_sha256: str
     code_size: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[FunctionStatus, str]] = ..., url: _Optional[str] = ..., deployed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image: _Optional[str] = ..., config: _Optional[_Union[FunctionConfig, _Mapping]] = ..., code_sha256: _Optional[str] = ..., code_size: _Optional[int] = ...) -> None: ...
+    instances: InstanceCounts
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[FunctionStatus, str]] = ..., url: _Optional[str] = ..., deployed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image: _Optional[str] = ..., config: _Optional[_Union[FunctionConfig, _Mapping]] = ..., code_sha256: _Optional[str] = ..., code_size: _Optional[int] = ..., instances: _Optional[_Union[InstanceCounts, _Mapping]] = ...) -> None: ...
+
+class InstanceCounts(_message.Message):
+    __slots__ = ("running", "busy", "starting", "draining", "queued")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    STARTING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    running: int
+    busy: int
+    starting: int
+    draining: int
+    queued: int
+    def __init__(self, running: _Optional[int] = ..., busy: _Optional[int] = ..., starting: _Optional[int] = ..., draining: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class ListFunctionsRequest(_message.Message):
     __slots__ = ()

@@ -223,6 +223,9 @@ class InvokeServer(socketserver.ThreadingUnixStreamServer):
 
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not delay shutdown
+    # socketserver's default backlog of 5 overflows when a new instance takes a burst:
+    # a Unix-socket connect to a full backlog fails instead of waiting.
+    request_queue_size = 1024
 
     def __init__(self, path: str, handler: Handler, contexts: ContextFactory) -> None:
         self.handler = handler

@@ -1,0 +1,289 @@
+"""The instances of one function version, and who gets which one.
+
+Pure scheduling logic over asyncio futures: starting and destroying containers is
+delegated to the callables the runtime manager passes in, so the rules below are
+unit-tested without Docker.
+
+- A request takes a free slot on a live instance (the most recently used one, so
+  the others go idle and can be reaped); otherwise it queues.
+- Instances start only for queued requests that the instances already starting
+  cannot absorb, never beyond `max_instances`.
+- A freed slot or a newly ready instance goes to the oldest queued request.
+- A request that waits longer than the queue timeout gets Throttled (429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lambdad.errors import LambdaError, Throttled, Unavailable
+from lambdad.functions import FunctionVersion
+
+if TYPE_CHECKING:
+    from lambdad.runtime.upstream import UpstreamConnection
+
+log = logging.getLogger("lambdad.runtime")
+
+Grant = tuple["Instance", bool]  # the instance, and whether this request waited for its start
+
+
+@dataclass(eq=False)
+class Instance:
+    id: str
+    version: FunctionVersion
+    container_id: str
+    socket_dir: Path
+    socket_path: str
+    started_at: float = field(default_factory=time.monotonic)
+    init_ms: float = 0.0
+    idle: list[UpstreamConnection] = field(default_factory=list)
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    dead: bool = False
+    fresh: bool = False  # started for queued requests; its first grant is a cold start
+    end_reason: str = ""  # why the daemon stopped it, for the requests it was serving
+    owner: Any = None  # the InstancePool it serves in; waiters can move between pools
+
+
+class InstancePool:
+    def __init__(
+        self,
+        version: FunctionVersion,
+        *,
+        start: Callable[[FunctionVersion], Awaitable[Instance]],
+        destroy: Callable[[Instance], Awaitable[None]],
+        spawn: Callable[[Awaitable[None]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.version = version
+        self._start = start
+        self._destroy = destroy
+        self._spawn = spawn
+        self._clock = clock
+        self.instances: list[Instance] = []
+        self.starting = 0
+        self._waiters: deque[asyncio.Future[Grant]] = deque()
+        self.retired = False
+
+    @property
+    def concurrency(self) -> int:
+        return self.version.config.scaling.concurrency
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for instance in self.instances if instance.in_flight > 0)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(instance.in_flight for instance in self.instances)
+
+    def add(self, instance: Instance) -> None:
+        """Takes in an instance started elsewhere (at deploy, or adopted after a restart)."""
+        instance.owner = self
+        self.instances.append(instance)
+        self._dispatch()
+
+    # Requests
+
+    async def acquire(self, queue_timeout: float) -> Grant:
+        instance = self._free_instance()
+        if instance is not None and not self._waiters:
+            instance.in_flight += 1
+            instance.last_used = self._clock()
+            return instance, False
+        waiter: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._dispatch()
+        self._scale_up()
+        try:
+            async with asyncio.timeout(queue_timeout):
+                return await waiter
+        except TimeoutError:
+            self._abandon(waiter)
+            scaling = self.version.config.scaling
+            raise Throttled(
+                f"function {self.version.function!r} is at its maximum of "
+                f"{scaling.max_instances} instance(s) x {scaling.concurrency} concurrent "
+                f"request(s); waited {queue_timeout:g} s for capacity"
+            ) from None
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
+    def release(self, instance: Instance) -> None:
+        instance.in_flight -= 1
+        instance.last_used = self._clock()
+        if self.retired and instance in self.instances and instance.in_flight == 0:
+            self._remove(instance)
+            return
+        self._dispatch()
+
+    def _abandon(self, waiter: asyncio.Future[Grant]) -> None:
+        """A waiter that gave up; a grant that raced with its cancellation goes back."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            instance, _ = waiter.result()
+            self.release(instance)
+        else:
+            waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def _free_instance(self) -> Instance | None:
+        best: Instance | None = None
+        for instance in self.instances:
+            if instance.dead or instance.in_flight >= self.concurrency:
+                continue
+            if best is None or instance.last_used > best.last_used:
+                best = instance
+        return best
+
+    def _dispatch(self) -> None:
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            instance = self._free_instance()
+            if instance is None:
+                return
+            self._waiters.popleft()
+            instance.in_flight += 1
+            instance.last_used = self._clock()
+            cold = instance.fresh
+            instance.fresh = False
+            waiter.set_result((instance, cold))
+
+    # Scaling
+
+    def _scale_up(self) -> None:
+        if self.retired:
+            return
+        max_instances = self.version.config.scaling.max_instances
+        uncovered = self.queued - self.starting * self.concurrency
+        while uncovered > 0 and len(self.instances) + self.starting < max_instances:
+            self._launch(fresh=True)
+            uncovered -= self.concurrency
+
+    def ensure_minimum(self) -> int:
+        """Starts instances up to min_instances (also after one died); returns how many."""
+        if self.retired:
+            return 0
+        missing = self.version.config.scaling.min_instances - len(self.instances) - self.starting
+        for _ in range(max(0, missing)):
+            self._launch(fresh=False)
+        return max(0, missing)
+
+    def _launch(self, *, fresh: bool) -> None:
+        self.starting += 1
+        self._spawn(self._start_one(fresh))
+
+    async def _start_one(self, fresh: bool) -> None:
+        try:
+            instance = await self._start(self.version)
+        except LambdaError as exc:
+            self.starting -= 1
+            self._fail_one_waiter(exc)
+            self._scale_up()
+            return
+        except BaseException as exc:
+            self.starting -= 1
+            self._fail_one_waiter(Unavailable(f"could not start an instance: {exc}"))
+            raise
+        self.starting -= 1
+        if self.retired:
+            await self._destroy(instance)
+            return
+        instance.fresh = fresh
+        instance.owner = self
+        self.instances.append(instance)
+        self._dispatch()
+
+    def _fail_one_waiter(self, exc: LambdaError) -> None:
+        """The start was for the oldest queued request: it learns why, the others wait on."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+                return
+
+    def reap_idle(self) -> int:
+        """Stops instances idle for idle_timeout beyond the minimum; returns how many."""
+        scaling = self.version.config.scaling
+        now = self._clock()
+        idle = [i for i in self.instances
+                if i.in_flight == 0 and not i.dead and now - i.last_used >= scaling.idle_timeout_s]
+        removable = len(self.instances) - scaling.min_instances
+        idle.sort(key=lambda i: i.last_used)  # the longest idle go first
+        reaped = idle[: max(0, removable)]
+        for instance in reaped:
+            instance.end_reason = "stopped after its idle timeout"
+            self._remove(instance)
+        return len(reaped)
+
+    # Failures and retirement
+
+    def discard(self, instance: Instance, reason: str) -> bool:
+        """Removes a failed instance; False if it was already gone."""
+        if instance.dead or instance not in self.instances:
+            return False
+        instance.end_reason = instance.end_reason or reason
+        self._remove(instance)
+        self.ensure_minimum()
+        self._scale_up()
+        return True
+
+    def _remove(self, instance: Instance) -> None:
+        instance.dead = True
+        if instance in self.instances:
+            self.instances.remove(instance)
+        self._spawn(self._destroy(instance))
+
+    def retire(self, successor: InstancePool | None) -> None:
+        """Stops taking requests: queued ones move to the successor, idle instances stop,
+        busy ones stop when their last request ends."""
+        self.retired = True
+        waiters = [w for w in self._waiters if not w.done()]
+        self._waiters.clear()
+        if successor is not None:
+            successor._waiters.extend(waiters)
+            successor._dispatch()
+            successor._scale_up()
+        else:
+            for waiter in waiters:
+                waiter.set_exception(Unavailable(
+                    f"function {self.version.function!r} was removed"))
+        for instance in list(self.instances):
+            if instance.in_flight == 0:
+                instance.end_reason = "replaced by a new version"
+                self._remove(instance)
+
+    def close(self, reason: str) -> list[Instance]:
+        """Retires at once (function deleted, daemon stopping): queued requests fail,
+        and the caller gets every instance, busy or not, to destroy."""
+        self.retired = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(Unavailable(
+                    f"function {self.version.function!r} {reason}"))
+        self._waiters.clear()
+        instances, self.instances = self.instances, []
+        for instance in instances:
+            instance.dead = True
+            instance.end_reason = instance.end_reason or f"was stopped: the function {reason}"
+        return instances
+
+    @property
+    def drained(self) -> bool:
+        return self.retired and not self.instances and self.starting == 0
