@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 import h11
@@ -33,13 +34,7 @@ log = logging.getLogger("lambdad.gateway")
 Reply = tuple[int, Headers, bytes]
 
 _READ_SIZE = 64 * 1024
-_PIPELINE_LIMIT = 64 * 1024  # bytes of a client's next request buffered while we stream
 _LINGER = 2.0  # seconds spent discarding a rejected upload before closing on it
-
-# Releases still running after their request's task was cancelled; the loop only
-# keeps weak references to tasks.
-_releasing: set[asyncio.Task[None]] = set()
-
 
 class _Drop(Exception):
     """The connection can carry no (further) response: close it without one."""
@@ -72,7 +67,8 @@ class Gateway:
         self._clients: dict[asyncio.Task[Any], _Client] = {}
 
     async def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self._server = await asyncio.start_server(self._accept, host, port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ClientProtocol(self), host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("gateway listening on %s:%d (domain %s)", host, self.port, self.domain)
 
@@ -95,10 +91,14 @@ class Gateway:
             await self._server.wait_closed()
             self._server = None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        protocol: _ClientProtocol,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         client = _Client(self, reader, writer)
+        protocol.on_gone = client.client_gone
         self._clients[task] = client
         try:
             if not self.stopping:
@@ -110,6 +110,32 @@ class Gateway:
         finally:
             del self._clients[task]
             writer.close()
+
+
+class _ClientProtocol(asyncio.StreamReaderProtocol):
+    """A stream protocol that reports the client hanging up (or half-closing) at once.
+
+    That lets an invocation be cancelled when its client leaves without a second
+    task per request watching the socket.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.on_gone: Callable[[], None] | None = None
+        super().__init__(
+            asyncio.StreamReader(limit=_READ_SIZE),
+            functools.partial(gateway._accept, protocol=self),
+        )
+
+    def eof_received(self) -> bool:
+        keep_open = bool(super().eof_received())
+        if self.on_gone is not None:
+            self.on_gone()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.on_gone is not None:
+            self.on_gone()
 
 
 class _Client:
@@ -127,6 +153,9 @@ class _Client:
         self.busy = False  # between a request's head and the end of its response
         self.method = b""
         self.started = 0.0  # loop time the current request's head arrived
+        self.gone = False  # the client closed (or half-closed) its connection
+        self._out = bytearray()  # framed bytes not yet written
+        self._invocation: asyncio.Task[Any] | None = None  # cancelled if the client goes
 
     async def serve(self) -> None:
         first = True
@@ -274,33 +303,28 @@ class _Client:
             return errors.NotFound(f"no function at host '{host}'")
         return errors.NotFound("the request has no Host header naming a function")
 
-    async def _watching(self, work_coro: Coroutine[Any, Any, int]) -> int:
-        """Runs the invocation but cancels it when the client hangs up, so a
-        departed client stops holding an instance."""
-        work = asyncio.create_task(work_coro)
-        watch = asyncio.create_task(self._watch())
-        try:
-            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watch.cancel()
-            if not work.done():
-                work.cancel()
-            await asyncio.wait((work, watch))
-        if work.cancelled():
-            raise _Drop("client went away")
-        return work.result()
+    def client_gone(self) -> None:
+        self.gone = True
+        if self._invocation is not None:
+            self._invocation.cancel()
 
-    async def _watch(self) -> None:
-        """Returns once the client closes; buffers a pipelined next request meanwhile."""
-        while len(self.conn.trailing_data[0]) <= _PIPELINE_LIMIT:
-            try:
-                data = await self.reader.read(_READ_SIZE)
-            except ConnectionError:
-                return
-            if not data:
-                return
-            self.conn.receive_data(data)
-        await asyncio.Event().wait()  # enough buffered: stop reading until cancelled
+    async def _watching(self, work_coro: Coroutine[Any, Any, int]) -> int:
+        """Runs the invocation in this task but cancels it when the client hangs up,
+        so a departed client stops holding an instance."""
+        if self.gone:
+            work_coro.close()
+            raise _Drop("client went away")
+        task = asyncio.current_task()
+        assert task is not None
+        self._invocation = task
+        try:
+            return await work_coro
+        except asyncio.CancelledError:
+            if self.gone and task.uncancel() == 0:
+                raise _Drop("client went away") from None
+            raise
+        finally:
+            self._invocation = None
 
     async def _invoke(self, invocation: InvocationRequest) -> int:
         try:
@@ -331,13 +355,15 @@ class _Client:
             log.warning("request %s: the instance sent an invalid response: %s", request_id, exc)
             failed = errors.InstanceFailed("the function returned an invalid HTTP response")
             return await self._respond(error_response(failed, request_id), version=response.version)
-        await self._send(head)
+        self._queue(head)
         bodiless = self.method == b"HEAD" or status in (204, 304)
         try:
             async for chunk in response.body:
                 if chunk and not bodiless:
-                    await self._send(h11.Data(data=chunk))
-            await self._send(h11.EndOfMessage())
+                    self._queue(h11.Data(data=chunk))
+                    await self._flush()
+            self._queue(h11.EndOfMessage())
+            await self._flush()
         except (_Drop, OSError):
             raise
         except h11.LocalProtocolError as exc:
@@ -362,10 +388,11 @@ class _Client:
             headers = [*headers, (b"connection", b"close")]
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             raise _Drop("a response was already started")
-        await self._send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        self._queue(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
         if self.method != b"HEAD":
-            await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
+            self._queue(h11.Data(data=body))
+        self._queue(h11.EndOfMessage())
+        await self._flush()
         return status
 
     async def _reject(self, reply: Reply, *, version: int | None = None) -> int:
@@ -380,32 +407,37 @@ class _Client:
         return status
 
     async def _send(self, event: h11.Event) -> None:
+        self._queue(event)
+        await self._flush()
+
+    def _queue(self, event: h11.Event) -> None:
+        """Frames an event without writing it: a response's head, body and end go out in
+        one send when they are ready together (each send wakes the client up)."""
         data = self.conn.send(event)
         if data:
-            self.writer.write(data)
+            self._out += data
+
+    async def _flush(self) -> None:
+        if self._out:
+            self.writer.write(bytes(self._out))
+            self._out.clear()
             await self.writer.drain()  # a slow client slows the upstream body down
 
 
 async def _dispose(response: InvocationResponse) -> None:
     """Closes the body (so its generator lets go of the upstream connection), then
-    releases; shielded so a second cancellation cannot skip the release."""
-
-    async def finish() -> None:
+    releases; the release is synchronous, so even a cancellation cannot skip it."""
+    try:
         body = response.body
+        if isinstance(body, AsyncGenerator):
+            await body.aclose()
+    except Exception:
+        log.exception("closing a response body failed")
+    finally:
         try:
-            if isinstance(body, AsyncGenerator):
-                await body.aclose()
-        except Exception:
-            log.exception("closing a response body failed")
-        try:
-            await response.release()
+            response.release()
         except Exception:
             log.exception("releasing an instance failed")
-
-    task = asyncio.create_task(finish())
-    _releasing.add(task)
-    task.add_done_callback(_releasing.discard)
-    await asyncio.shield(task)
 
 
 def _reason(status: int) -> bytes:

@@ -6,7 +6,7 @@ request body is complete (bounded by the body limit); the response body streams.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -31,7 +31,7 @@ async def _no_body() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-async def _nothing() -> None:
+def _nothing() -> None:
     return None
 
 
@@ -44,7 +44,9 @@ class InvocationResponse:
     version: int
     cold_start: bool
     body: AsyncIterator[bytes] = field(default_factory=_no_body)
-    release: Callable[[], Awaitable[None]] = _nothing
+    # Synchronous on purpose: it runs in `finally` blocks of cancelled tasks, where
+    # an await could be interrupted and the instance's slot leak.
+    release: Callable[[], None] = _nothing
     function_ms: float = 0.0  # request sent to response head received
     init_ms: float = 0.0  # the instance's start, when this request waited for it
 
@@ -53,7 +55,7 @@ class InvocationResponse:
         try:
             return b"".join([chunk async for chunk in self.body])
         finally:
-            await self.release()
+            self.release()
 
 
 class Invoker(Protocol):

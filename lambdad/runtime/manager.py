@@ -7,7 +7,6 @@ so an invocation never waits on SQLite. Docker calls run in worker threads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -282,13 +281,13 @@ class RuntimeManager:
                         request.method, request.target, headers, request.body
                     )
             except TimeoutError:
-                await self._release(instance, conn)
+                self._release(instance, conn)
                 self._timed_out(owner, instance, timeout)
                 raise FunctionTimeout(
                     f"function {name!r} did not respond within its timeout of {timeout} s"
                 ) from None
             except UpstreamError as exc:
-                await self._release(instance, conn)
+                self._release(instance, conn)
                 state = await self._settled_state(instance)
                 if state.running and reused and not instance.dead and attempt < 2:
                     continue  # a stale keep-alive connection; the instance itself is fine
@@ -300,7 +299,7 @@ class RuntimeManager:
                     f"the instance of {name!r} {detail} while handling the request"
                 ) from None
             except BaseException:
-                await self._release(instance, conn)
+                self._release(instance, conn)
                 raise
             return InvocationResponse(
                 status=status,
@@ -362,18 +361,18 @@ class RuntimeManager:
         except OSError:
             return None, False
 
-    async def _release(self, instance: Instance, conn: UpstreamConnection) -> None:
+    def _release(self, instance: Instance, conn: UpstreamConnection) -> None:
         if conn.recycle() and not instance.dead:
             instance.idle.append(conn)
         else:
-            await conn.close()
+            conn.close()
         owner: InstancePool = instance.owner
         owner.release(instance)
 
     async def _destroy(self, instance: Instance) -> None:
         instance.dead = True
         for conn in instance.idle:
-            await conn.close()
+            conn.close()
         instance.idle.clear()
         await asyncio.to_thread(self._backend.remove, instance.container_id, grace=1)
         shutil.rmtree(instance.socket_dir, ignore_errors=True)
@@ -398,20 +397,22 @@ async def _answers(path: str) -> bool:
         conn = await UpstreamConnection.open(path)
     except OSError:
         return False
-    await conn.close()
+    conn.close()
     return True
 
 
-def _once(release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+def _once(release: Callable[[], None]) -> Callable[[], None]:
     """The gateway and the API both release in `finally`; only the first call counts."""
     done = False
 
-    async def wrapper() -> None:
+    def wrapper() -> None:
         nonlocal done
         if done:
             return
         done = True
-        with contextlib.suppress(Exception):
-            await release()
+        try:
+            release()
+        except Exception:
+            log.exception("releasing an instance failed")
 
     return wrapper

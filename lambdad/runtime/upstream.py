@@ -8,7 +8,6 @@ caller learns whether the instance may have seen the request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import h11
@@ -127,8 +126,7 @@ class UpstreamConnection:
                 raise UpstreamError("instance closed the connection", sent=True)
             return event  # type: ignore[return-value]
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Closes without waiting: the transport finishes closing on its own."""
         self.broken = True
         self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()

@@ -62,7 +62,7 @@ class FakeInvoker:
     ) -> InvocationResponse:
         rid = request.request_id
 
-        async def release() -> None:
+        def release() -> None:
             self.releases[rid] += 1
 
         self.handed_out.append(rid)
