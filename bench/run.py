@@ -1,8 +1,9 @@
-"""`make bench`: deploy and invoke latency of lambda, each against a baseline from the same run.
+"""`make bench`: latency and throughput of lambda, each against a baseline from the same run.
 
 Starts a private lambdad (temporary state folder, free loopback port, own image prefix),
-deploys functions/greet as `bench-greet`, measures, prints a table and removes everything it
-made. Speed targets live here, never in timed tests. See bench/README.md.
+deploys functions/greet under a few names, measures, prints tables and removes everything it
+made. Speed targets live here, never in timed tests. See bench/README.md and
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 
 import grpc
 from harness import GRPC_OPTIONS, ROOT, BenchDaemon, UnixHTTPConnection, executable
-from stats import Result, Summary, render_table
+from load import LoadReport, bench_cold, bench_peer, bench_warm
+from stats import Result, Summary, render_load_table, render_table
 
 from lambdad.api.v1 import functions_pb2, functions_pb2_grpc
 from lambdad.build.dockerfile import generated_dockerfile
@@ -40,6 +42,7 @@ RUNTIME_IMAGE = "lambda-runtime/python:3.11"
 PAYLOAD = b'{"name":"World"}'
 EXPECTED = b"Hello, World!"
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
+GROUPS = ("deploy", "http", "invoke", "warm", "cold", "peer")
 
 
 class BenchError(Exception):
@@ -49,9 +52,12 @@ class BenchError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="Deploy and invoke latency of lambda, with a baseline measured in the same "
-        "run for each (ratio = median / baseline median).",
+        description="Deploy, invoke, warm-load, cold-start and peer benchmarks of lambda, "
+        "each with a baseline measured in the same run (ratio = median / baseline median).",
     )
+    parser.add_argument("--only", default=",".join(GROUPS), metavar="GROUPS",
+                        help=f"comma-separated benchmarks to run (default: all of "
+                        f"{','.join(GROUPS)})")
     parser.add_argument("--rounds", type=int, default=15,
                         help="rounds of the invoke benchmarks: HTTP batches and lambdactl "
                         "invokes (default: 15)")
@@ -63,15 +69,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=30.0, metavar="SECONDS",
                         help="a benchmark stops starting new rounds after this long "
                         "(default: 30)")
+    parser.add_argument("--duration", type=float, default=3.0, metavar="SECONDS",
+                        help="measuring window of each warm/peer load run (default: 3)")
+    parser.add_argument("--warmup", type=float, default=0.5, metavar="SECONDS",
+                        help="warm-up before each load run's window (default: 0.5)")
+    parser.add_argument("--cold-rounds", type=int, default=5,
+                        help="cold starts and docker runs timed (default: 5)")
     parser.add_argument("--json", nargs="?", const=str(DEFAULT_JSON), default=None,
                         metavar="PATH", help=f"also write the results as JSON (default path: "
                         f"{DEFAULT_JSON.relative_to(ROOT)})")
     parser.add_argument("--keep-log", action="store_true",
                         help="print the daemon's log at the end")
     args = parser.parse_args(argv)
-    for name in ("rounds", "requests", "deploys"):
+    for name in ("rounds", "requests", "deploys", "cold_rounds"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.duration <= 0 or args.warmup < 0:
+        parser.error("--duration must be positive and --warmup not negative")
+    only = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = sorted(set(only) - set(GROUPS))
+    if unknown or not only:
+        parser.error(f"--only: unknown benchmark(s) {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(GROUPS)}")
+    args.only = [g for g in GROUPS if g in only]
     return args
 
 
@@ -286,8 +306,10 @@ def environment() -> dict[str, Any]:
 
 
 def reproduce(args: argparse.Namespace) -> str:
+    only = "" if len(args.only) == len(GROUPS) else f" --only {','.join(args.only)}"
     return (f".venv/bin/python bench/run.py --rounds {args.rounds} --requests {args.requests} "
-            f"--deploys {args.deploys} --budget {args.budget:g}")
+            f"--deploys {args.deploys} --budget {args.budget:g} --duration {args.duration:g} "
+            f"--warmup {args.warmup:g} --cold-rounds {args.cold_rounds}{only}")
 
 
 def preflight() -> None:
@@ -316,20 +338,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     daemon = BenchDaemon()
     results: list[Result] = []
+    load = LoadReport()
     failed: str | None = None
+    titles = {
+        "deploy": "deploy with a warm build cache",
+        "http": "HTTP invoke through the gateway",
+        "invoke": "lambdactl invoke vs gRPC",
+        "warm": "warm load: gateway vs instance socket, 1 and 32 clients",
+        "cold": "cold start vs docker run",
+        "peer": "peer: functions-framework under the same load",
+    }
     try:
         print(f"bench: starting lambdad (state {daemon.state_dir}, images "
               f"{daemon.image_prefix}/*)", flush=True)
         daemon.start()
         print(f"bench: gateway on 127.0.0.1:{daemon.gateway_port}", flush=True)
-        print("bench: 1/3 deploy with a warm build cache", flush=True)
-        results.append(bench_deploy(daemon, args))
-        print("bench: 2/3 HTTP invoke through the gateway", flush=True)
-        results.append(bench_http(daemon, args))
-        print("bench: 3/3 lambdactl invoke vs gRPC", flush=True)
-        results.append(bench_invoke(daemon, args))
+        if "deploy" not in args.only and {"http", "invoke"} & set(args.only):
+            run([executable("lambdactl"), "deploy", str(SOURCE), "--name", FUNCTION],
+                env=daemon.env())
+        for n, group in enumerate(args.only, 1):
+            print(f"bench: {n}/{len(args.only)} {titles[group]}", flush=True)
+            if group == "deploy":
+                results.append(bench_deploy(daemon, args))
+            elif group == "http":
+                results.append(bench_http(daemon, args))
+            elif group == "invoke":
+                results.append(bench_invoke(daemon, args))
+            elif group == "warm":
+                bench_warm(daemon, load, duration=args.duration, warmup=args.warmup)
+            elif group == "cold":
+                bench_cold(daemon, load, rounds=args.cold_rounds)
+                results.extend(load.results[-1:])
+            elif group == "peer":
+                bench_peer(daemon, load, duration=args.duration, warmup=args.warmup)
     except (BenchError, RuntimeError, subprocess.TimeoutExpired, OSError,
-            grpc.RpcError) as exc:
+            grpc.RpcError, ValueError) as exc:
         failed = f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt:
         failed = "interrupted"
@@ -348,14 +391,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: FAILED: {failed}", file=sys.stderr)
         return 1
 
-    print()
-    print(render_table(results))
-    print()
-    for result in results:
-        print(f"- {result.name}: {result.what}")
-        for note in result.notes:
+    if results:
+        print()
+        print(render_table(results))
+        print()
+        for result in results:
+            print(f"- {result.name}: {result.what}")
+            for note in result.notes:
+                print(f"    {note}")
+        print("ratio = median / baseline median (1.00x = no overhead over the baseline)")
+    if load.rows:
+        print()
+        print(render_load_table(load.rows))
+        print()
+        print(f"- load: closed loop, N keep-alive clients, GET {'/?name=World'}; "
+              f"{args.warmup:g} s warm-up, then a {args.duration:g} s window per row "
+              "(bench/loadgen.py, its own process)")
+        print("    floor: the same requests, with the headers the gateway adds, sent straight "
+              "to the instance's invoke.sock (the same instance the gateway uses)")
+        print("    gen CPU: the generator's CPU time over the window (100% = it would be "
+              "the bottleneck)")
+        for note in load.notes:
             print(f"    {note}")
-    print("ratio = median / baseline median (1.00x = no overhead over the baseline)")
+    if load.verdicts:
+        print()
+        print("targets (printed, never asserted):")
+        for verdict in load.verdicts:
+            print(f"  {verdict}")
     print(f"took {elapsed:.0f} s; reproduce with: make bench   (or: {reproduce(args)})")
 
     if args.json is not None:
@@ -368,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             "environment": environment(),
             "elapsed_s": round(elapsed, 1),
             "results": [r.as_json() for r in results],
+            "load": [vars(r) for r in load.rows],
+            "targets": load.verdicts,
+            "figures": load.figures,
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"results written to {path}")

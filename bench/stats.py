@@ -74,3 +74,44 @@ def render_table(results: list[Result]) -> str:
     out = [line(headers), line(["-" * w for w in widths])]
     out.extend(line(row) for row in rows)
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class LoadRow:
+    """One closed-loop load run: a target at a number of concurrent keep-alive clients."""
+
+    group: str  # warm, peer, ceiling
+    target: str
+    clients: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    gen_cpu_pct: float
+    daemon_cpu_pct: float | None = None  # lambdad, averaged over the whole run
+    instance_cpu_pct: float | None = None  # the function's container, likewise
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def render_load_table(rows: list[LoadRow]) -> str:
+    headers = ["load", "target", "clients", "n", "req/s", "p50 ms", "p99 ms", "mean ms",
+               "errors", "gen CPU", "lambdad CPU", "instance CPU"]
+    cells = [[r.group, r.target, str(r.clients), str(r.requests), f"{r.rps:,.0f}",
+              f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}", str(r.errors),
+              f"{r.gen_cpu_pct:.0f}%", _pct(r.daemon_cpu_pct), _pct(r.instance_cpu_pct)]
+             for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    left = {0, 1}
+
+    def line(items: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(items, widths, strict=True)))
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)

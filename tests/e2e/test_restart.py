@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,22 @@ def test_kill_9_during_a_deploy_leaves_all_or_nothing(fresh_lambdad: Lambdad) ->
     # The daemon is healthy either way: a fresh deploy of the same name works.
     daemon.deploy("greet", "--name", "half")
     assert daemon.http("half", "/?name=y").json() == {"message": "Hello, y!"}
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(
+    fresh_lambdad: Lambdad, tmp_path: Path
+) -> None:
+    daemon = fresh_lambdad
+    folder = tmp_path / "slowpoke"
+    folder.mkdir()
+    (folder / "handler.py").write_text(
+        "import time\n\ndef handler(event, context):\n    time.sleep(1.5)\n    return 'finished'\n"
+    )
+    daemon.deploy(folder, "--name", "slowpoke")
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(daemon.http, "slowpoke")
+        time.sleep(0.5)
+        assert daemon.stop(signal.SIGTERM) == 0
+        response = in_flight.result()
+    assert response.status == 200 and response.json() == "finished"
+    assert daemon.containers() == []
