@@ -349,7 +349,7 @@ def _peer_server(binary: Path) -> Iterator[tuple[int, int]]:
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [str(binary), "--target", "greet", "--source", str(PEER_SOURCE),
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--signature-type", "http", "--host", "127.0.0.1", "--port", str(port)],
             stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, start_new_session=True,
             env={k: v for k, v in os.environ.items() if k not in ("WORKERS", "THREADS", "DEBUG")},
         )
@@ -397,7 +397,7 @@ def bench_peer(daemon: BenchDaemon, report: LoadReport, *, duration: float,
         print(f"  peer: deploying {WARM_FUNCTION} for our side", flush=True)
         _deploy(daemon, WARM_FUNCTION, "--concurrency", "32", "--max-instances", "1",
                 "--min-instances", "1")
-        container_id = (_containers(daemon, WARM_FUNCTION) or [None])[0]
+        container_id = next(iter(_containers(daemon, WARM_FUNCTION)), None)
         for clients in CLIENTS:
             result, d_cpu, i_cpu = _with_cpu(
                 daemon, container_id, tcp_port=daemon.gateway_port, connections=clients,

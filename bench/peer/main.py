@@ -1,7 +1,9 @@
 """functions/greet as a Google functions-framework HTTP function (the peer benchmark).
 
 Run by bench/run.py from its own venv (bench/.peer-venv) as
-`functions-framework --target greet --source bench/peer/main.py --host 127.0.0.1 --port P`.
+`functions-framework --target greet --source bench/peer/main.py --signature-type http
+--host 127.0.0.1 --port P` (an HTTP function: the `@functions_framework.http` decorator only
+declares the signature type, given on the command line here, so this file imports nothing).
 """
 
 from __future__ import annotations
@@ -9,10 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import functions_framework  # type: ignore[import-not-found]
 
-
-@functions_framework.http  # type: ignore[misc]
 def greet(request: Any) -> dict[str, str]:
     name = request.args.get("name")
     body = request.get_data()
