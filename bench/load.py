@@ -27,6 +27,7 @@ from stats import LoadRow, Result, Summary
 
 SOURCE = ROOT / "functions" / "greet"
 WARM_FUNCTION = "bench-warm"
+EXTRA = os.environ.get("BENCH_DEPLOY_ARGS", "").split()  # experiment knob
 COLD_FUNCTION = "bench-cold"
 QUERY = "/?name=World"
 EXPECTED = b"Hello, World!"
@@ -124,7 +125,7 @@ def floor_headers(function: str) -> list[tuple[str, str]]:
 def bench_warm(daemon: BenchDaemon, report: LoadReport, *, duration: float,
                warmup: float) -> None:
     print(f"  warm: deploying {WARM_FUNCTION} (--concurrency 32 --max-instances 1)", flush=True)
-    _deploy(daemon, WARM_FUNCTION, "--concurrency", "32", "--max-instances", "1",
+    _deploy(daemon, WARM_FUNCTION, "--concurrency", "32", "--max-instances", "1", *EXTRA,
             "--min-instances", "1")
     instance = str(daemon.instance_socket(WARM_FUNCTION))
     running = _containers(daemon, WARM_FUNCTION)
@@ -395,7 +396,7 @@ def bench_peer(daemon: BenchDaemon, report: LoadReport, *, duration: float,
         return
     if not report.gateway:  # --only peer: measure our side too
         print(f"  peer: deploying {WARM_FUNCTION} for our side", flush=True)
-        _deploy(daemon, WARM_FUNCTION, "--concurrency", "32", "--max-instances", "1",
+        _deploy(daemon, WARM_FUNCTION, "--concurrency", "32", "--max-instances", "1", *EXTRA,
                 "--min-instances", "1")
         container_id = next(iter(_containers(daemon, WARM_FUNCTION)), None)
         for clients in CLIENTS:
