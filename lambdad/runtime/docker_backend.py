@@ -14,7 +14,6 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.models.containers import Container
 
 from lambdad import labels
 from lambdad.errors import Unavailable
@@ -79,19 +78,11 @@ class DockerBackend:
             "TZ": "UTC",
         }
         memory = f"{config.memory_mb}m"
+        api = self._client.api
         try:
-            container: Container = self._client.containers.run(
-                version.image,
-                detach=True,
-                name=f"lambda-{version.function}-v{version.number}-{instance_id}",
-                labels={
-                    labels.FUNCTION: version.function,
-                    labels.VERSION: str(version.number),
-                    labels.INSTANCE: instance_id,
-                    labels.DAEMON: self.daemon_id,
-                },
-                environment=environment,
-                user=CONTAINER_USER,
+            # The low-level API: create and start, without the inspect that
+            # containers.run adds in between (it shows in every cold start).
+            host_config = api.create_host_config(
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 read_only=True,
@@ -101,15 +92,35 @@ class DockerBackend:
                 nano_cpus=int(config.cpu * 1e9),
                 pids_limit=config.pids_limit,
                 network_mode=config.network,
-                volumes={str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
+                binds={str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
                 init=True,
                 log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
             )
+            created = api.create_container(
+                version.image,
+                name=f"lambda-{version.function}-v{version.number}-{instance_id}",
+                labels={
+                    labels.FUNCTION: version.function,
+                    labels.VERSION: str(version.number),
+                    labels.INSTANCE: instance_id,
+                    labels.DAEMON: self.daemon_id,
+                },
+                environment=environment,
+                user=CONTAINER_USER,
+                host_config=host_config,
+            )
+            container_id = str(created["Id"])
         except docker.errors.ImageNotFound:
             raise Unavailable(f"image {version.image} is missing; redeploy the function") from None
         except docker.errors.APIError as exc:
             raise Unavailable(f"could not start an instance: {exc.explanation or exc}") from None
-        return str(container.id)
+        try:
+            api.start(container_id)
+        except docker.errors.APIError as exc:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_container(container_id, force=True)
+            raise Unavailable(f"could not start an instance: {exc.explanation or exc}") from None
+        return container_id
 
     def watch_exits(self, on_exit: Callable[[str], None]) -> None:
         """Blocks, calling `on_exit(container_id)` for each of our containers that dies,
