@@ -284,3 +284,184 @@ def test_sigterm_exits_promptly(runtime: Runtime) -> None:
     assert time.monotonic() - start_t < 1
     assert not os.path.exists(runtime.sock_path)
     conn.close()
+
+
+# --- the runtime's own HTTP/1.1 parser ------------------------------------------------------
+
+
+def raw_exchange(rt: Runtime, data: bytes, wait_close: bool = True) -> bytes:
+    """Sends raw bytes and returns everything received until the runtime closes (or 2 s)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2 if wait_close else 0.5)
+        s.connect(rt.sock_path)
+        s.sendall(data)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except TimeoutError:
+            assert not wait_close, f"connection left open after {received!r}"
+        return received
+
+
+def test_malformed_request_line_is_400(runtime: Runtime) -> None:
+    for line in (b"GARBAGE\r\n", b"GET /\r\n", b"GET  / HTTP/1.1\r\n", b"GET / HTTP/x\r\n"):
+        resp = raw_exchange(runtime, line + b"Host: x\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 400 "), (line, resp)
+        assert b"\r\nConnection: close\r\n" in resp
+
+
+def test_malformed_header_line_is_400(runtime: Runtime) -> None:
+    for header in (b"No colon here", b"Bad Name: x", b" folded: x", b"Host : x"):
+        resp = raw_exchange(runtime, b"GET / HTTP/1.1\r\n" + header + b"\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 400 "), (header, resp)
+
+
+def test_http2_version_is_505(runtime: Runtime) -> None:
+    assert raw_exchange(runtime, b"GET / HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505 ")
+
+
+def test_oversized_headers_rejected(runtime: Runtime) -> None:
+    big = b"X-Big: " + b"a" * 70_000 + b"\r\n"
+    resp = raw_exchange(runtime, b"GET / HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+    assert resp.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 "))
+    # Just under the limit is still served.
+    ok = b"X-Big: " + b"a" * 60_000 + b"\r\n"
+    resp = raw_exchange(runtime, b"GET /greet HTTP/1.1\r\nConnection: close\r\n" + ok + b"\r\n")
+    assert resp.startswith(b"HTTP/1.1 200 ")
+
+
+def test_oversized_body_is_413(runtime: Runtime) -> None:
+    head = b"POST / HTTP/1.1\r\nLambda-Invocation-Type: direct\r\nContent-Length: 99999999\r\n\r\n"
+    assert raw_exchange(runtime, head).startswith(b"HTTP/1.1 413 ")
+
+
+def test_invalid_content_length_is_400(runtime: Runtime) -> None:
+    for value in (b"abc", b"-1", b"+5", b"1_0"):
+        head = b"POST / HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\n"
+        assert raw_exchange(runtime, head).startswith(b"HTTP/1.1 400 "), value
+
+
+def test_connection_close_honoured(runtime: Runtime) -> None:
+    resp = raw_exchange(runtime, b"GET /greet HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nConnection: close\r\n" in resp
+    assert resp.endswith(b"\r\n\r\nHello, world!")  # then the runtime closed
+
+
+def test_http10_closes_unless_keep_alive(runtime: Runtime) -> None:
+    resp = raw_exchange(runtime, b"GET /greet HTTP/1.0\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert resp.endswith(b"Hello, world!")
+    two = b"GET /greet?name=a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    two += b"GET /greet?name=b HTTP/1.0\r\n\r\n"
+    resp = raw_exchange(runtime, two)
+    first, _, rest = resp.partition(b"Hello, a!")
+    assert b"\r\nConnection: keep-alive\r\n" in first
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.endswith(b"Hello, b!")  # closed after the second, plain HTTP/1.0 request
+
+
+def test_http11_keeps_connection_open(runtime: Runtime) -> None:
+    resp = raw_exchange(runtime, b"GET /greet HTTP/1.1\r\n\r\n", wait_close=False)
+    assert resp.endswith(b"Hello, world!")
+    assert b"Connection:" not in resp
+
+
+def test_expect_100_continue(runtime: Runtime) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(runtime.sock_path)
+        s.sendall(
+            b"POST / HTTP/1.1\r\nLambda-Invocation-Type: direct\r\nContent-Length: 8\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body is sent
+        s.sendall(b'{"a": 1}')
+        resp = b""
+        while not resp.endswith(b"}}"):
+            chunk = s.recv(4096)
+            assert chunk
+            resp += chunk
+        assert resp.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert resp.endswith(b'{"echo": {"a": 1}}')
+
+
+def test_head_and_no_content_responses(workdir: Path) -> None:
+    (workdir / "nc.py").write_text(
+        "def handler(event, context):\n"
+        "    status = int(event['rawPath'][1:])\n"
+        "    return {'statusCode': status, 'body': 'xyz'}\n"
+    )
+    rt = start(workdir, handler="nc.handler")
+    try:
+        conn = rt.conn()
+        resp = request(conn, "HEAD", "/200")
+        assert resp.getheader("Content-Length") == "3"
+        assert resp.read() == b""
+        resp = request(conn, "GET", "/204")
+        assert resp.status == 204
+        assert resp.getheader("Content-Length") is None
+        assert resp.read() == b""
+        assert request(conn, "GET", "/299").read() == b"xyz"  # unknown status: empty reason
+    finally:
+        rt.stop()
+
+
+def test_pipelined_requests_answered_in_order(runtime: Runtime) -> None:
+    names = [f"n{i}" for i in range(10)]
+    data = b"".join(f"GET /greet?name={n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in names[:-1])
+    data += b"POST / HTTP/1.1\r\nLambda-Invocation-Type: direct\r\nTransfer-Encoding: chunked\r\n"
+    data += b"\r\n5\r\n[1, 2\r\n1;ext=1\r\n]\r\n0\r\nX-Trailer: t\r\n\r\n"
+    data += b"GET /greet?name=last HTTP/1.1\r\nConnection: close\r\n\r\n"
+    resp = raw_exchange(runtime, data)
+    bodies = [f"Hello, {n}!".encode() for n in names[:-1]] + [b'{"echo": [1, 2]}', b"Hello, last!"]
+    pos = 0
+    for body in bodies:
+        found = resp.find(body, pos)
+        assert found > pos, (body, resp[pos:])
+        pos = found + len(body)
+    assert resp.count(b"HTTP/1.1 200 OK\r\n") == len(bodies)
+    assert pos == len(resp)
+
+
+def test_burst_of_concurrent_connects_all_served(runtime: Runtime) -> None:
+    socks = []
+    try:
+        for _ in range(100):  # connect all first: they queue in the listen backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(runtime.sock_path)
+            socks.append(s)
+        for i, s in enumerate(socks):
+            s.sendall(f"GET /greet?name={i} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        for i, s in enumerate(socks):
+            resp = b""
+            while chunk := s.recv(4096):
+                resp += chunk
+            assert resp.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert resp.endswith(f"Hello, {i}!".encode())
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_socket_mode_and_stale_socket(workdir: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(workdir / "s.sock"))  # left behind by a previous run
+    stale.close()
+    rt = start(workdir, wait=False)
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # the stale file exists from the start; wait until the runtime answers
+            try:
+                resp = request(rt.conn(), "GET", "/greet")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        assert resp.status == 200
+        assert os.stat(rt.sock_path).st_mode & 0o777 == 0o666
+        assert [p.name for p in workdir.iterdir() if p.name.endswith(".sock")] == ["s.sock"]
+    finally:
+        rt.stop()

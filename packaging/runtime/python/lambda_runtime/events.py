@@ -6,12 +6,14 @@ handlers run unchanged.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+
+# typing, urllib.parse and base64 are not imported at run time: every cold start would pay
+# for them before the socket opens (mypy reads the block below; Python skips it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 Headers = list[tuple[str, str]]
 Response = tuple[int, Headers, bytes]
@@ -23,6 +25,8 @@ INTERNAL_HEADERS = frozenset({"lambda-request-id", "lambda-deadline-ms", "lambda
 HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer"})
 # Framing is the server's job; a handler-supplied value would corrupt the connection.
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -71,6 +75,66 @@ def _host_parts(host: str) -> tuple[str, str]:
     return name, name.split(".", 1)[0]
 
 
+def _unquote_ascii(text: str) -> str:
+    parts = text.encode("ascii").split(b"%")
+    out = bytearray(parts[0])
+    for part in parts[1:]:
+        pair = part[:2]
+        if len(pair) == 2 and not pair.translate(None, _HEX_DIGITS):
+            out.append(int(pair, 16))
+            out += part[2:]
+        else:  # not an escape: kept literally
+            out += b"%"
+            out += part
+    return out.decode("utf-8", "replace")
+
+
+def unquote(text: str) -> str:
+    """Percent-decodes as UTF-8 (invalid sequences become U+FFFD), like urllib.parse.unquote."""
+    if "%" not in text:
+        return text
+    if text.isascii():
+        return _unquote_ascii(text)
+    # Only ASCII runs hold escapes; other characters pass through unchanged.
+    out: list[str] = []
+    start = 0
+    for i in range(1, len(text) + 1):
+        if i == len(text) or text[i].isascii() != text[start].isascii():
+            run = text[start:i]
+            out.append(_unquote_ascii(run) if run.isascii() else run)
+            start = i
+    return "".join(out)
+
+
+def parse_query(query: str) -> list[tuple[str, str]]:
+    """Pairs of an `a=1&b` query in order, '+' as space, blank values kept (parse_qsl's rules)."""
+    pairs: list[tuple[str, str]] = []
+    for field in query.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        pairs.append((unquote(name.replace("+", " ")), unquote(value.replace("+", " "))))
+    return pairs
+
+
+def origin_form(target: str) -> str:
+    """`/path?query` of an absolute-form request-target such as `http://host/p?q#f`."""
+    url = target
+    colon = url.find(":")
+    if (
+        colon > 0
+        and url[0].isascii()
+        and url[0].isalpha()
+        and _SCHEME_CHARS.issuperset(url[:colon])
+    ):
+        url = url[colon + 1 :]
+    if url.startswith("//"):  # skip the authority, which ends at the first '/', '?' or '#'
+        ends = [i for i in (url.find("/", 2), url.find("?", 2), url.find("#", 2)) if i >= 0]
+        url = url[min(ends) :] if ends else ""
+    path, _, query = url.partition("#")[0].partition("?")
+    return (path or "/") + (f"?{query}" if query else "")
+
+
 def encode_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
     """Text stays text so handlers can json.loads(event["body"]); anything else is base64."""
     if _is_textual(content_type):
@@ -78,6 +142,8 @@ def encode_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
             return body.decode("utf-8"), False
         except UnicodeDecodeError:
             pass
+    import base64  # binary bodies only
+
     return base64.b64encode(body).decode("ascii"), True
 
 
@@ -91,8 +157,7 @@ def http_event(
 ) -> dict[str, Any]:
     """Builds a payload-v2 event from a gateway request (`target` is the request-target)."""
     if not target.startswith("/"):  # absolute-form, e.g. "http://host/p?q"
-        parts = urlsplit(target)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = origin_form(target)
     path, _, raw_query = target.partition("?")
     path = path or "/"
 
@@ -121,7 +186,7 @@ def http_event(
     event["headers"] = merged
     if raw_query:
         params: dict[str, str] = {}
-        for key, value in parse_qsl(raw_query, keep_blank_values=True):
+        for key, value in parse_query(raw_query):
             params[key] = f"{params[key]},{value}" if key in params else value
         if params:
             event["queryStringParameters"] = params
@@ -195,6 +260,9 @@ def http_response(result: object) -> Response:
         data = b""
     elif isinstance(body, str):
         if result.get("isBase64Encoded"):
+            import base64
+            import binascii
+
             try:
                 data = base64.b64decode(body, validate=True)
             except (binascii.Error, ValueError) as exc:
