@@ -137,26 +137,26 @@ class StepView:
             self.status = None
 
 
+# Deploy flag -> ConfigOverrides field; a flag left out keeps what lambda.toml says.
+_OVERRIDE_FIELDS = {
+    "handler": "handler",
+    "timeout": "timeout_seconds",
+    "memory": "memory_mb",
+    "network": "network",
+    "cpu": "cpu",
+    "concurrency": "concurrency",
+    "min_instances": "min_instances",
+    "max_instances": "max_instances",
+    "idle_timeout": "idle_timeout_seconds",
+}
+
+
 def _overrides(args: argparse.Namespace) -> pb.ConfigOverrides:
     overrides = pb.ConfigOverrides(env=dict(args.env))
-    if args.handler is not None:
-        overrides.handler = args.handler
-    if args.timeout is not None:
-        overrides.timeout_seconds = args.timeout
-    if args.memory is not None:
-        overrides.memory_mb = args.memory
-    if args.network is not None:
-        overrides.network = args.network
-    if args.cpu is not None:
-        overrides.cpu = args.cpu
-    if args.concurrency is not None:
-        overrides.concurrency = args.concurrency
-    if args.min_instances is not None:
-        overrides.min_instances = args.min_instances
-    if args.max_instances is not None:
-        overrides.max_instances = args.max_instances
-    if args.idle_timeout is not None:
-        overrides.idle_timeout_seconds = args.idle_timeout
+    for flag, field in _OVERRIDE_FIELDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(overrides, field, value)
     return overrides
 
 

@@ -19,23 +19,22 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def lambdad(wheelhouse: Path) -> Iterator[Lambdad]:
-    """One daemon per test module: deploys are the slow part, so modules share one."""
+def _running_daemon(wheelhouse: Path) -> Iterator[Lambdad]:
     daemon = Lambdad(extra_args=["--wheelhouse", str(wheelhouse)])
     try:
         daemon.start()
         yield daemon
     finally:
         daemon.close()
+
+
+@pytest.fixture(scope="module")
+def lambdad(wheelhouse: Path) -> Iterator[Lambdad]:
+    """One daemon per test module: deploys are the slow part, so modules share one."""
+    yield from _running_daemon(wheelhouse)
 
 
 @pytest.fixture
 def fresh_lambdad(wheelhouse: Path) -> Iterator[Lambdad]:
     """A daemon of the test's own, for tests that kill or restart it."""
-    daemon = Lambdad(extra_args=["--wheelhouse", str(wheelhouse)])
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.close()
+    yield from _running_daemon(wheelhouse)
