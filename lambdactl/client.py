@@ -13,6 +13,7 @@ from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc
 
 CHUNK_SIZE = 64 * 1024
+DEPLOY_TIMEOUT = 300.0  # a rollback or config change starts an instance
 CONTROL_TIMEOUT = 120.0  # list/get/delete; deploy and invoke are bounded by the daemon
 MAX_MESSAGE = 64 * 1024 * 1024  # invoke responses can be larger than grpc's 4 MiB default
 
@@ -68,11 +69,12 @@ class Client:
         """Start the deploy stream; the result iterates DeployResponse and has cancel()."""
         return self._stub.Deploy(deploy_requests(header, code), metadata=self._metadata)
 
-    def invoke(self, name: str, payload: bytes) -> pb.InvokeResponse:
+    def invoke(self, name: str, payload: bytes, version: int = 0) -> pb.InvokeResponse:
         return cast(
             pb.InvokeResponse,
             self._stub.Invoke(
-                pb.InvokeRequest(name=name, payload=payload), metadata=self._metadata
+                pb.InvokeRequest(name=name, payload=payload, version=version),
+                metadata=self._metadata,
             ),
         )
 
@@ -82,11 +84,36 @@ class Client:
         )
         return list(cast(pb.ListFunctionsResponse, reply).functions)
 
-    def get_function(self, name: str) -> pb.Function:
+    def get_function(self, name: str, show_env: bool = False) -> pb.Function:
         return cast(
             pb.Function,
             self._stub.GetFunction(
-                pb.GetFunctionRequest(name=name), metadata=self._metadata, timeout=CONTROL_TIMEOUT
+                pb.GetFunctionRequest(name=name, show_env=show_env), metadata=self._metadata,
+                timeout=CONTROL_TIMEOUT,
+            ),
+        )
+
+    def list_versions(self, name: str) -> list[pb.VersionInfo]:
+        reply = self._stub.ListVersions(
+            pb.ListVersionsRequest(name=name), metadata=self._metadata, timeout=CONTROL_TIMEOUT
+        )
+        return list(reply.versions)
+
+    def rollback(self, name: str, to_version: int) -> pb.RollbackResponse:
+        return cast(
+            pb.RollbackResponse,
+            self._stub.Rollback(
+                pb.RollbackRequest(name=name, to_version=to_version), metadata=self._metadata,
+                timeout=DEPLOY_TIMEOUT,
+            ),
+        )
+
+    def update_config(self, name: str, overrides: pb.ConfigOverrides) -> pb.DeployResult:
+        return cast(
+            pb.DeployResult,
+            self._stub.UpdateConfig(
+                pb.UpdateConfigRequest(name=name, overrides=overrides), metadata=self._metadata,
+                timeout=DEPLOY_TIMEOUT,
             ),
         )
 

@@ -259,7 +259,7 @@ def _parse_json(data: bytes) -> tuple[bool, Any]:
 def cmd_invoke(ctx: Ctx) -> int:
     payload = _read_payload(ctx)
     with Client(ctx.target) as client:
-        reply = client.invoke(ctx.args.name, payload)
+        reply = client.invoke(ctx.args.name, payload, ctx.args.pinned_version or 0)
     is_json, value = _parse_json(reply.payload)
     if ctx.json:
         ctx.write_json(
@@ -326,7 +326,7 @@ def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
             "cpu": cfg.cpu,
             "pids_limit": cfg.pids_limit,
             "network": cfg.network,
-            "env": {key: "****" for key in sorted(cfg.env)},
+            "env": {key: cfg.env[key] for key in sorted(cfg.env)},
             "scaling": {
                 "concurrency": cfg.scaling.concurrency,
                 "min_instances": cfg.scaling.min_instances,
@@ -383,14 +383,14 @@ def _size(n: int) -> str:
 
 def cmd_get(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
-        fn = client.get_function(ctx.args.name)
+        fn = client.get_function(ctx.args.name, show_env=ctx.args.show_env)
     if ctx.json:
         ctx.write_json(_function_json(fn, detail=True))
         return ExitCode.OK
     cfg = fn.config
     scaling = cfg.scaling
     counts = fn.instances
-    env = ", ".join(f"{key}=****" for key in sorted(cfg.env)) or "-"
+    env = ", ".join(f"{key}={cfg.env[key]}" for key in sorted(cfg.env)) or "-"
     rows = [
         ("Name", fn.name),
         ("Version", str(fn.version)),
@@ -455,7 +455,89 @@ def cmd_delete(ctx: Ctx) -> int:
     return ExitCode.OK
 
 
+def _when(ts: Any) -> str:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return "-"
+    when = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _rfc(ts: Any) -> str | None:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    when = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_versions(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        versions = client.list_versions(ctx.args.name)
+    if ctx.json:
+        ctx.write_json([
+            {
+                "version": v.number, "active": v.active, "pruned": v.pruned,
+                "image": v.image, "image_id": v.image_id, "code_sha256": v.code_sha256,
+                "code_size": v.code_size, "created_at": _rfc(v.created_at),
+                "deployed_by": v.deployed_by, "source_version": v.source_version or None,
+                "active_periods": [
+                    {"from": _rfc(getattr(p, "from")), "until": _rfc(p.until),
+                     "reason": p.reason}
+                    for p in v.active_periods
+                ],
+            }
+            for v in versions
+        ])
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("", "VERSION", "CREATED", "BY", "CODE", "IMAGE", "ACTIVE"):
+        table.add_column(column, no_wrap=True)
+    for v in versions:
+        code = v.code_sha256[:12] + (f" (v{v.source_version})" if v.source_version else "")
+        periods = "; ".join(
+            f"{_when(getattr(p, 'from'))} - {_when(p.until) if p.HasField('until') else 'now'}"
+            f" ({p.reason})" for p in v.active_periods
+        ) or "-"
+        table.add_row("*" if v.active else "", str(v.number), _when(v.created_at),
+                      v.deployed_by, code, "pruned" if v.pruned else v.image, periods)
+    console = ctx.out
+    saved = console.width
+    console.width = max(
+        saved, console.measure(table, options=console.options.update_width(10_000)).maximum
+    )
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = saved
+    return ExitCode.OK
+
+
+def cmd_rollback(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        reply = client.rollback(ctx.args.name, ctx.args.to_version or 0)
+    if ctx.json:
+        ctx.write_json({"name": reply.name, "version": reply.version,
+                        "previous_version": reply.previous_version, "url": reply.url})
+        return ExitCode.OK
+    ctx.message(f'Rolled back "{reply.name}" from version {reply.previous_version} to version '
+                f"{reply.version}. Live at: {reply.url}")
+    return ExitCode.OK
+
+
+def cmd_config(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        reply = client.update_config(ctx.args.name, _overrides(ctx.args))
+    if ctx.json:
+        ctx.write_json({"name": reply.name, "version": reply.version, "image": reply.image,
+                        "url": reply.url})
+        return ExitCode.OK
+    ctx.message(f'Configured "{reply.name}": version {reply.version} is live at: {reply.url}')
+    return ExitCode.OK
+
+
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "versions": cmd_versions,
+    "rollback": cmd_rollback,
+    "config": cmd_config,
     "deploy": cmd_deploy,
     "invoke": cmd_invoke,
     "list": cmd_list,

@@ -102,6 +102,54 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
     )
 
 
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The settings both `deploy` and `config` can change."""
+    parser.add_argument(
+        "--timeout",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="seconds an invocation may run before it is stopped",
+    )
+    parser.add_argument(
+        "--memory", type=_positive_int, metavar="MiB", help="memory limit of each instance, in MiB"
+    )
+    parser.add_argument(
+        "--cpu", type=_positive_float, metavar="CORES",
+        help="CPU limit of each instance, in cores (e.g. 0.5)",
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive_int, metavar="N",
+        help="requests one instance serves at once (default 1)",
+    )
+    parser.add_argument(
+        "--min-instances", type=_non_negative_int, metavar="N",
+        help="instances kept warm even when idle (default 0: scale to zero)",
+    )
+    parser.add_argument(
+        "--max-instances", type=_positive_int, metavar="N",
+        help="most instances that may run at once (default 10); beyond, requests queue",
+    )
+    parser.add_argument(
+        "--idle-timeout", type=_positive_int, metavar="SECONDS",
+        help="idle instances beyond the minimum stop after this (default 300)",
+    )
+    parser.add_argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an environment variable in the function (repeatable; "
+        "added to those in lambda.toml)",
+    )
+    parser.add_argument("--handler", metavar="MODULE.FUNCTION", help="handler to call")
+    parser.add_argument(
+        "--network",
+        choices=("none", "bridge"),
+        help="network of the instances: none (no network, the default) or bridge",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full parser; also the entry point argparse-manpage uses."""
     parser = argparse.ArgumentParser(
@@ -130,50 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--name",
         help="function name (default: `name` in lambda.toml, else the folder's name)",
     )
-    deploy.add_argument(
-        "--timeout",
-        type=_positive_int,
-        metavar="SECONDS",
-        help="seconds an invocation may run before it is stopped",
-    )
-    deploy.add_argument(
-        "--memory", type=_positive_int, metavar="MiB", help="memory limit of each instance, in MiB"
-    )
-    deploy.add_argument(
-        "--cpu", type=_positive_float, metavar="CORES",
-        help="CPU limit of each instance, in cores (e.g. 0.5)",
-    )
-    deploy.add_argument(
-        "--concurrency", type=_positive_int, metavar="N",
-        help="requests one instance serves at once (default 1)",
-    )
-    deploy.add_argument(
-        "--min-instances", type=_non_negative_int, metavar="N",
-        help="instances kept warm even when idle (default 0: scale to zero)",
-    )
-    deploy.add_argument(
-        "--max-instances", type=_positive_int, metavar="N",
-        help="most instances that may run at once (default 10); beyond, requests queue",
-    )
-    deploy.add_argument(
-        "--idle-timeout", type=_positive_int, metavar="SECONDS",
-        help="idle instances beyond the minimum stop after this (default 300)",
-    )
-    deploy.add_argument(
-        "--env",
-        type=_env_pair,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set an environment variable in the function (repeatable; "
-        "added to those in lambda.toml)",
-    )
-    deploy.add_argument("--handler", metavar="MODULE.FUNCTION", help="handler to call")
-    deploy.add_argument(
-        "--network",
-        choices=("none", "bridge"),
-        help="network of the instances: none (no network, the default) or bridge",
-    )
+    _add_config_flags(deploy)
 
     invoke = sub.add_parser(
         "invoke",
@@ -184,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         "code is 1.",
     )
     invoke.add_argument("name", metavar="NAME", help="the function to call")
+    invoke.add_argument(
+        "--version", type=_positive_int, metavar="N", dest="pinned_version",
+        help="call version N whatever version is active (its instances start on demand)",
+    )
     data = invoke.add_mutually_exclusive_group()
     data.add_argument("--data", metavar="JSON", help="JSON payload (default: {})")
     data.add_argument(
@@ -205,6 +214,41 @@ def build_parser() -> argparse.ArgumentParser:
         "configuration and code digest. Environment values are masked.",
     )
     get.add_argument("name", metavar="NAME", help="the function to show")
+    get.add_argument("--show-env", action="store_true",
+                     help="show environment values instead of masking them")
+
+    versions = sub.add_parser(
+        "versions",
+        parents=[common],
+        help="list a function's versions and when each was active",
+        description="List every version of function NAME, newest last: the active one is "
+        "marked with *, pruned versions (image removed by retention) are marked, and each "
+        "version shows when it was active and why (deploy, config, rollback).",
+    )
+    versions.add_argument("name", metavar="NAME", help="the function")
+
+    rollback = sub.add_parser(
+        "rollback",
+        parents=[common],
+        help="make an earlier version live again (no rebuild)",
+        description="Switch function NAME back to the newest kept version below the active "
+        "one, or to version N with --to. Instant: no rebuild, no new version; in-flight "
+        "requests finish on the version they started on. Recorded in `versions`.",
+    )
+    rollback.add_argument("name", metavar="NAME", help="the function")
+    rollback.add_argument("--to", type=_positive_int, metavar="N", dest="to_version",
+                          help="the version to make live (default: the previous kept one)")
+
+    config = sub.add_parser(
+        "config",
+        parents=[common],
+        help="change settings without new code (creates a version)",
+        description="Create a new version of function NAME with the active version's image "
+        "and changed settings, and make it live. Because it is a version, a rollback also "
+        "reverts configuration.",
+    )
+    config.add_argument("name", metavar="NAME", help="the function")
+    _add_config_flags(config)
 
     delete = sub.add_parser(
         "delete",

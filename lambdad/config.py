@@ -53,6 +53,7 @@ class Config:
     wheelhouse: Path | None
     max_code_bytes: int
     max_unpacked_bytes: int
+    keep_versions: int
     max_body_bytes: int
     start_timeout: float
     drain_grace: float
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="repository prefix of function images (default: lambda-fn)")
     build.add_argument("--wheelhouse", type=Path, default=None,
                        help="resolve requirements.txt offline from this folder of wheels")
+    build.add_argument("--keep-versions", type=int, default=10, metavar="K",
+                       help="keep the images of the newest K versions of each function; older "
+                       "ones are pruned, their rows kept as history (default: 10)")
     build.add_argument("--max-code-size", type=_mib, default=50 * MIB, metavar="MiB",
                        help="largest uploaded code archive (default: 50)")
     build.add_argument("--max-unpacked-size", type=_mib, default=250 * MIB, metavar="MiB",
@@ -140,6 +144,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         image_prefix=args.image_prefix,
         wheelhouse=args.wheelhouse,
         max_code_bytes=args.max_code_size,
+        keep_versions=max(1, args.keep_versions),
         max_unpacked_bytes=args.max_unpacked_size,
         max_body_bytes=args.max_body_size,
         start_timeout=args.start_timeout,

@@ -14,13 +14,13 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from lambdad.build import BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
 from lambdad.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge
-from lambdad.functions import FunctionVersion, Overrides, validate_name
+from lambdad.functions import Activation, FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.runtime.manager import PoolCounts, RuntimeManager
@@ -93,6 +93,7 @@ class ControlPlane:
         url_template: str,
         max_code_bytes: int,
         tar_limits: TarLimits,
+        keep_versions: int = 10,
     ) -> None:
         self._store = store
         self._builder = builder
@@ -102,6 +103,7 @@ class ControlPlane:
         self._url_template = url_template
         self.max_code_bytes = max_code_bytes
         self._tar_limits = tar_limits
+        self.keep_versions = keep_versions
         self._locks: dict[str, asyncio.Lock] = {}
 
     def url(self, name: str) -> str:
@@ -109,6 +111,9 @@ class ControlPlane:
 
     async def load(self) -> int:
         """Routes every stored function's active version (at daemon start)."""
+        for versions in (await self._store.all_versions()).values():
+            for version in versions:
+                self._runtime.know(version)
         records = await self._store.list_functions()
         for record in records:
             if record.active is not None:
@@ -241,8 +246,115 @@ class ControlPlane:
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
                  "build_ms=%.0f start_ms=%.0f", name, number, image, header.size, unpacked,
                  build_s * 1000, start_s * 1000)
+        await self._apply_retention(name)
         yield Progress(3, "Starting container", done=True)
         yield DeployResult(name=name, version=number, image=image, url=self.url(name))
+
+    # Versions, rollback and configuration
+
+    async def versions(self, name: str) -> tuple[list[FunctionVersion], list[Activation], int]:
+        """Every version, the activation history and the active version number."""
+        validate_name(name)
+        record = await self._store.get_function(name)
+        versions = await self._store.versions(name)
+        history = await self._store.history(name)
+        return versions, history, record.active.number if record.active else 0
+
+    async def rollback(self, name: str, to_version: int | None) -> tuple[int, int]:
+        """Makes an earlier version live again: no rebuild, not a new version.
+
+        Returns (the version now live, the one it replaced)."""
+        validate_name(name)
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            record = await self._store.get_function(name)
+            if record.active is None:
+                raise FailedPrecondition(f"function {name!r} has no active version")
+            current = record.active.number
+            versions = {v.number: v for v in await self._store.versions(name)}
+            if to_version is None:
+                earlier = [n for n, v in versions.items() if n < current and not v.pruned]
+                if not earlier:
+                    raise FailedPrecondition(
+                        f"function {name!r} has no kept version before {current} to roll back to"
+                    )
+                to_version = max(earlier)
+            target = versions.get(to_version)
+            if target is None:
+                raise NotFound(f"function {name!r} has no version {to_version}")
+            if target.pruned:
+                raise FailedPrecondition(
+                    f"version {to_version} of {name!r} was pruned by the retention policy "
+                    f"(the last {self.keep_versions} versions keep their images); deploy it "
+                    "again instead"
+                )
+            if to_version == current:
+                raise FailedPrecondition(f"version {to_version} of {name!r} is already active")
+            instance = None
+            if not self._runtime.has_warm_pinned(target):
+                instance = await self._runtime.start_instance(target)
+            try:
+                await self._store.activate(name, to_version, reason="rollback")
+            except BaseException:
+                if instance is not None:
+                    await self._runtime.remove_instance(instance)
+                raise
+            self._runtime.activate(target, instance)
+        log.info("rolled back function=%s from_version=%d to_version=%d",
+                 name, current, to_version)
+        return to_version, current
+
+    async def update_config(self, name: str, overrides: Overrides) -> DeployResult:
+        """A new version with the active version's image and new settings."""
+        validate_name(name)
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            record = await self._store.get_function(name)
+            base = record.active
+            if base is None:
+                raise FailedPrecondition(f"function {name!r} has no active version")
+            config = apply_overrides(base.config, overrides)
+            number = await self._store.next_version_number(name)
+            image = f"{self._image_prefix}/{name}:v{number}"
+            await asyncio.to_thread(self._builder.tag_image, base.image_id, image)
+            version = replace(
+                base, number=number, image=image, config=config,
+                created_at=datetime.now(UTC), pruned=False,
+                source_version=base.source_version or base.number,
+            )
+            try:
+                instance = await self._runtime.start_instance(version)
+            except BaseException:
+                await asyncio.to_thread(self._builder.remove_image, image)
+                raise
+            try:
+                await self._store.add_version(version, activate=True, reason="config")
+            except BaseException:
+                await self._runtime.remove_instance(instance)
+                await asyncio.to_thread(self._builder.remove_image, image)
+                raise
+            self._runtime.activate(version, instance)
+            log.info("configured function=%s version=%d image_of_version=%d",
+                     name, number, version.source_version)
+            await self._apply_retention(name)
+        return DeployResult(name=name, version=number, image=image, url=self.url(name))
+
+    async def _apply_retention(self, name: str) -> None:
+        """Keeps the images of the newest `keep_versions` versions (and the active one);
+        older images go, their rows stay as history."""
+        versions = await self._store.versions(name)
+        record = await self._store.get_function(name)
+        active = record.active.number if record.active else None
+        newest = {v.number for v in versions[-self.keep_versions:]}
+        prune = [v for v in versions
+                 if not v.pruned and v.number not in newest and v.number != active]
+        for version in prune:
+            await asyncio.to_thread(self._builder.remove_image, version.image)
+            self._runtime.mark_pruned(version)
+        await self._store.mark_pruned(name, [v.number for v in prune])
+        if prune:
+            log.info("pruned function=%s versions=%s", name,
+                     ",".join(str(v.number) for v in prune))
 
     # Queries
 
@@ -266,7 +378,9 @@ class ControlPlane:
 
     # Invoke and delete
 
-    async def invoke(self, name: str, payload: bytes) -> DirectResult:
+    async def invoke(
+        self, name: str, payload: bytes, *, version: int | None = None
+    ) -> DirectResult:
         """A synchronous invocation with a JSON payload, as `aws lambda invoke` does."""
         validate_name(name)
         request_id = str(uuid.uuid4())
@@ -274,6 +388,7 @@ class ControlPlane:
             function=name, method=b"POST", target=b"/",
             headers=[(b"content-type", b"application/json")],
             body=payload or b"{}", invocation_type="direct", request_id=request_id,
+            version=version,
         )
         response = await self._runtime.invoke(request)
         body = await response.read()

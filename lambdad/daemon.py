@@ -144,6 +144,7 @@ class Daemon:
             image_prefix=config.image_prefix, url_template=function_url_template(config),
             max_code_bytes=config.max_code_bytes,
             tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes),
+            keep_versions=config.keep_versions,
         )
         functions = await control.load()
         adopted, removed = await runtime.reconcile()

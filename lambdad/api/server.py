@@ -11,6 +11,7 @@ import functools
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -30,7 +31,7 @@ from lambdad.control import (
     Progress,
 )
 from lambdad.errors import InvalidArgument, LambdaError
-from lambdad.functions import Overrides
+from lambdad.functions import Activation, FunctionConfig, FunctionVersion, Overrides
 
 log = logging.getLogger("lambdad.api")
 
@@ -96,7 +97,9 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
     async def Invoke(
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.InvokeResponse:
-        result = await self._control.invoke(request.name, bytes(request.payload))
+        result = await self._control.invoke(
+            request.name, bytes(request.payload), version=request.version or None
+        )
         return pb.InvokeResponse(
             status_code=result.status, payload=result.payload,
             function_error=result.function_error, request_id=result.request_id,
@@ -114,7 +117,8 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
     async def GetFunction(
         self, request: pb.GetFunctionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Function:
-        return _function(await self._control.get_function(request.name))
+        return _function(await self._control.get_function(request.name),
+                         show_env=request.show_env)
 
     @_unary
     async def DeleteFunction(
@@ -125,18 +129,49 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
             name=request.name, versions_removed=versions, instances_removed=instances
         )
 
+    @_unary
+    async def ListVersions(
+        self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListVersionsResponse:
+        versions, history, active = await self._control.versions(request.name)
+        return pb.ListVersionsResponse(versions=[
+            _version_info(version, history, active) for version in versions
+        ])
+
+    @_unary
+    async def Rollback(
+        self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RollbackResponse:
+        version, previous = await self._control.rollback(
+            request.name, request.to_version or None
+        )
+        return pb.RollbackResponse(name=request.name, version=version,
+                                   previous_version=previous, url=self._control.url(request.name))
+
+    @_unary
+    async def UpdateConfig(
+        self, request: pb.UpdateConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeployResult:
+        result = await self._control.update_config(request.name, _overrides(request.overrides))
+        return pb.DeployResult(name=result.name, version=result.version, image=result.image,
+                               url=result.url)
+
 
 def _caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return "local" if context.peer().startswith("unix:") else "api-key"
 
 
 def _header(header: pb.DeployHeader) -> DeployHeader:
-    o = header.overrides
     return DeployHeader(
         name=header.name,
         size=header.size,
         sha256=header.sha256.lower(),
-        overrides=Overrides(
+        overrides=_overrides(header.overrides),
+    )
+
+
+def _overrides(o: pb.ConfigOverrides) -> Overrides:
+    return Overrides(
             handler=o.handler if o.HasField("handler") else None,
             timeout_s=o.timeout_seconds if o.HasField("timeout_seconds") else None,
             memory_mb=o.memory_mb if o.HasField("memory_mb") else None,
@@ -148,7 +183,6 @@ def _header(header: pb.DeployHeader) -> DeployHeader:
             max_instances=o.max_instances if o.HasField("max_instances") else None,
             idle_timeout_s=(o.idle_timeout_seconds if o.HasField("idle_timeout_seconds")
                             else None),
-        ),
     )
 
 
@@ -172,7 +206,28 @@ def _deploy_response(event: Progress | BuildOutput | DeployResult) -> pb.DeployR
         name=event.name, version=event.version, image=event.image, url=event.url))
 
 
-def _function(view: FunctionView) -> pb.Function:
+def _timestamp(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def _config(config: FunctionConfig, *, show_env: bool) -> pb.FunctionConfig:
+    scaling = config.scaling
+    env = dict(config.env) if show_env else {key: "****" for key in config.env}
+    return pb.FunctionConfig(
+        runtime=config.runtime, handler=config.handler, timeout_seconds=config.timeout_s,
+        memory_mb=config.memory_mb, env=env, network=config.network,
+        cpu=config.cpu, pids_limit=config.pids_limit,
+        scaling=pb.Scaling(
+            concurrency=scaling.concurrency, min_instances=scaling.min_instances,
+            max_instances=scaling.max_instances, idle_timeout_seconds=scaling.idle_timeout_s,
+            queue_timeout_seconds=config.queue_timeout_s,
+        ),
+    )
+
+
+def _function(view: FunctionView, *, show_env: bool = False) -> pb.Function:
     record = view.record
     counts = view.instances
     message = pb.Function(
@@ -183,25 +238,34 @@ def _function(view: FunctionView) -> pb.Function:
     )
     active = record.active
     if active is not None:
-        deployed_at = Timestamp()
-        deployed_at.FromDatetime(active.created_at)
-        config = active.config
         message.version = active.number
-        message.deployed_at.CopyFrom(deployed_at)
+        message.deployed_at.CopyFrom(_timestamp(active.created_at))
         message.image = active.image
         message.code_sha256 = active.code_sha256
         message.code_size = active.code_size
-        scaling = config.scaling
-        message.config.CopyFrom(pb.FunctionConfig(
-            runtime=config.runtime, handler=config.handler, timeout_seconds=config.timeout_s,
-            memory_mb=config.memory_mb, env=dict(config.env), network=config.network,
-            cpu=config.cpu, pids_limit=config.pids_limit,
-            scaling=pb.Scaling(
-                concurrency=scaling.concurrency, min_instances=scaling.min_instances,
-                max_instances=scaling.max_instances, idle_timeout_seconds=scaling.idle_timeout_s,
-                queue_timeout_seconds=config.queue_timeout_s,
-            )))
+        message.config.CopyFrom(_config(active.config, show_env=show_env))
     return message
+
+
+def _version_info(
+    version: FunctionVersion, history: list[Activation], active: int
+) -> pb.VersionInfo:
+    info = pb.VersionInfo(
+        number=version.number, image=version.image, image_id=version.image_id,
+        config=_config(version.config, show_env=False), code_sha256=version.code_sha256,
+        code_size=version.code_size, created_at=_timestamp(version.created_at),
+        deployed_by=version.deployed_by, active=version.number == active,
+        pruned=version.pruned, source_version=version.source_version or 0,
+    )
+    for index, activation in enumerate(history):
+        if activation.version != version.number:
+            continue
+        period = pb.ActivePeriod(reason=activation.reason)
+        getattr(period, "from").CopyFrom(_timestamp(activation.activated_at))
+        if index + 1 < len(history):
+            period.until.CopyFrom(_timestamp(history[index + 1].activated_at))
+        info.active_periods.append(period)
+    return info
 
 
 class BearerAuthInterceptor(_Interceptor):

@@ -177,6 +177,16 @@ class ImageBuilder:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self._client.images.remove(image, force=True, noprune=False)
 
+    def tag_image(self, image_id: str, tag: str) -> None:
+        """A new name for an existing image: config-only versions reuse the build."""
+        repository, _, version_tag = tag.rpartition(":")
+        try:
+            self._client.images.get(image_id).tag(repository, version_tag)
+        except docker.errors.ImageNotFound:
+            raise FailedPrecondition(
+                f"the active version's image {image_id[:19]} is missing; deploy the code again"
+            ) from None
+
     def owned_images(self) -> list[tuple[str, list[str]]]:
         """(image id, tags) of every function image this daemon built."""
         images = self._client.images.list(filters={"label": f"{labels.DAEMON}={self._daemon_id}"})

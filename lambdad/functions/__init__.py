@@ -10,12 +10,13 @@ from lambdad.functions.manifest import (
     parse_manifest,
 )
 from lambdad.functions.names import validate_name
-from lambdad.functions.version import FunctionVersion
+from lambdad.functions.version import Activation, FunctionVersion
 
 __all__ = [
     "DEFAULT_HANDLER",
     "DEFAULT_MEMORY_MB",
     "DEFAULT_TIMEOUT_S",
+    "Activation",
     "FunctionConfig",
     "FunctionVersion",
     "Overrides",

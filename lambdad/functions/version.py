@@ -19,6 +19,17 @@ class FunctionVersion:
     code_size: int
     created_at: datetime
     deployed_by: str = "local"
+    pruned: bool = False  # its image was removed by retention; the row stays as history
+    source_version: int | None = None  # a config-only version reuses this version's image
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One switch of the live version: by a deploy, a config change or a rollback."""
+
+    version: int
+    activated_at: datetime
+    reason: str  # "deploy" | "config" | "rollback"
 
 
 def image_tag(function: str, number: int) -> str:

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailable
@@ -45,15 +45,22 @@ class RuntimeManager:
         self._backend = backend
         self._instances_dir = instances_dir
         self._start_timeout = start_timeout
-        self._pools: dict[str, InstancePool] = {}
+        self._pools: dict[str, InstancePool] = {}  # the active version's pool
+        self._pinned: dict[tuple[str, int], InstancePool] = {}  # other versions, on demand
+        self._versions: dict[str, dict[int, FunctionVersion]] = {}  # every known version
         self._retired: list[InstancePool] = []
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # Routing state
 
+    def know(self, version: FunctionVersion) -> None:
+        """Remembers a version (built, pruned, or reusing another's image) for pinned calls."""
+        self._versions.setdefault(version.function, {})[version.number] = version
+
     def register(self, version: FunctionVersion) -> InstancePool:
         """Routes the function to `version` with no instance yet (daemon start)."""
+        self.know(version)
         pool = self._pools.get(version.function)
         if pool is None or pool.version != version:
             pool = self._new_pool(version)
@@ -175,10 +182,18 @@ class RuntimeManager:
                 )
             await asyncio.sleep(READY_POLL_S)
 
+    def has_warm_pinned(self, version: FunctionVersion) -> bool:
+        pinned = self._pinned.get((version.function, version.number))
+        return pinned is not None and any(not i.dead for i in pinned.instances)
+
     def activate(self, version: FunctionVersion, instance: Instance | None) -> None:
         """Switches new requests to `version`; old instances drain, then stop."""
         name = version.function
+        self.know(version)
         pool = self._new_pool(version)
+        pinned = self._pinned.pop((name, version.number), None)
+        if pinned is not None:
+            pinned.transfer_to(pool)
         if instance is not None:
             instance.owner = pool
             pool.add(instance)
@@ -196,8 +211,11 @@ class RuntimeManager:
 
     async def remove_function(self, name: str) -> int:
         """Stops every instance of the function at once, busy or not."""
+        self._versions.pop(name, None)
         pools = [p for p in self._retired if p.version.function == name]
         self._retired = [p for p in self._retired if p.version.function != name]
+        for key in [key for key in self._pinned if key[0] == name]:
+            pools.append(self._pinned.pop(key))
         current = self._pools.pop(name, None)
         if current is not None:
             pools.append(current)
@@ -211,17 +229,20 @@ class RuntimeManager:
 
     def housekeeping(self) -> None:
         """Periodic: scale idle instances down, restore minimums, forget drained pools."""
-        for pool in self._pools.values():
+        for pool in [*self._pools.values(), *self._pinned.values()]:
             reaped = pool.reap_idle()
             if reaped:
                 log.info("scaled down function=%s version=%d idle_instances_stopped=%d",
                          pool.version.function, pool.version.number, reaped)
             pool.ensure_minimum()
         self._retired = [p for p in self._retired if not p.drained]
+        for key, pool in list(self._pinned.items()):
+            if pool.idle_and_empty:
+                del self._pinned[key]
 
     def instance_exited(self, container_id: str) -> None:
         """Docker reported a container of ours died: take it out of its pool now."""
-        for pool in [*self._pools.values(), *self._retired]:
+        for pool in [*self._pools.values(), *self._pinned.values(), *self._retired]:
             for instance in pool.instances:
                 if instance.container_id == container_id and not instance.dead:
                     self._spawn(self._discard_exited(pool, instance))
@@ -237,7 +258,7 @@ class RuntimeManager:
     async def shutdown(self) -> None:
         """Stops every instance (a restarted daemon starts them again, cold)."""
         self._closing = True
-        pools = [*self._pools.values(), *self._retired]
+        pools = [*self._pools.values(), *self._pinned.values(), *self._retired]
         instances = [i for pool in pools for i in pool.close("is stopping with the daemon")]
         await asyncio.gather(*(self._destroy(i) for i in instances), return_exceptions=True)
         await self.drain_background()
@@ -250,10 +271,7 @@ class RuntimeManager:
         if pool is None:
             raise NotFound(f"no function named {name!r}")
         if request.version is not None and request.version != pool.version.number:
-            raise NotFound(
-                f"version {request.version} of {name!r} is not the active version "
-                f"({pool.version.number}); only the active version is served"
-            )
+            pool = self._pinned_pool(name, request.version)
         has_host = any(key.lower() == b"host" for key, _ in request.headers)
         loop = asyncio.get_running_loop()
         for attempt in range(3):
@@ -312,6 +330,34 @@ class RuntimeManager:
                 init_ms=instance.init_ms if cold else 0.0,
             )
         raise Unavailable(f"no instance of {name!r} could take the request")
+
+    def _pinned_pool(self, name: str, number: int) -> InstancePool:
+        """The pool of a version that is not the active one; instances start on demand
+        and always scale to zero."""
+        pool = self._pinned.get((name, number))
+        if pool is not None:
+            return pool
+        version = self._versions.get(name, {}).get(number)
+        if version is None:
+            raise NotFound(f"function {name!r} has no version {number}")
+        if version.pruned:
+            raise NotFound(
+                f"version {number} of {name!r} was pruned: its image was removed by the "
+                "retention policy"
+            )
+        scaling = replace(version.config.scaling, min_instances=0)
+        pinned = replace(version, config=replace(version.config, scaling=scaling))
+        pool = self._new_pool(pinned)
+        self._pinned[(name, number)] = pool
+        return pool
+
+    def mark_pruned(self, version: FunctionVersion) -> None:
+        self.know(replace(version, pruned=True))
+        pinned = self._pinned.pop((version.function, version.number), None)
+        if pinned is not None:
+            pinned.retire(None)
+            if not pinned.drained:
+                self._retired.append(pinned)
 
     def _timed_out(self, pool: InstancePool, instance: Instance, timeout: int) -> None:
         instance.end_reason = (

@@ -269,6 +269,22 @@ class InstancePool:
                 instance.end_reason = "replaced by a new version"
                 self._remove(instance)
 
+    def transfer_to(self, successor: InstancePool) -> None:
+        """Hands every instance and queued request to `successor` (a pinned version
+        becoming the active one keeps its warm instances)."""
+        self.retired = True
+        for instance in self.instances:
+            instance.owner = successor
+            successor.instances.append(instance)
+        self.instances = []
+        successor._waiters.extend(w for w in self._waiters if not w.done())
+        self._waiters.clear()
+        successor._dispatch()
+
+    @property
+    def idle_and_empty(self) -> bool:
+        return not self.instances and self.starting == 0 and self.queued == 0
+
     def close(self, reason: str) -> list[Instance]:
         """Retires at once (function deleted, daemon stopping): queued requests fail,
         and the caller gets every instance, busy or not, to destroy."""

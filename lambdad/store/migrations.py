@@ -43,7 +43,34 @@ def _v1_functions_and_versions(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1_functions_and_versions]
+def _v2_history_and_retention(db: sqlite3.Connection) -> None:
+    """Versions can lose their image to retention (the row stays as history), and a
+    config-only version reuses another's image; activations record who was live when."""
+    db.execute("ALTER TABLE versions ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE versions ADD COLUMN source_version INTEGER")
+    db.execute(
+        """
+        CREATE TABLE activations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            activated_at DATETIME NOT NULL,
+            reason TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX activations_function ON activations(function, id)")
+    # Every existing active version became active when it was created.
+    db.execute(
+        """
+        INSERT INTO activations (function, version, activated_at, reason)
+        SELECT f.name, f.active_version, v.created_at, 'deploy'
+        FROM functions f JOIN versions v ON v.function = f.name AND v.number = f.active_version
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1_functions_and_versions, _v2_history_and_retention]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

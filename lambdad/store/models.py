@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from peewee import (
+    BooleanField,
     CharField,
     CompositeKey,
     DatabaseProxy,
@@ -41,7 +42,19 @@ class VersionRow(BaseModel):
     code_size = IntegerField()
     created_at = DateTimeField()
     deployed_by = CharField(default="local")
+    pruned = BooleanField(default=False)
+    source_version = IntegerField(null=True)
 
     class Meta:
         table_name = "versions"
         primary_key = CompositeKey("function", "number")
+
+
+class ActivationRow(BaseModel):
+    function = ForeignKeyField(FunctionRow, on_delete="CASCADE", column_name="function")
+    version = IntegerField()
+    activated_at = DateTimeField()
+    reason = CharField()
+
+    class Meta:
+        table_name = "activations"

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from peewee import SqliteDatabase
 
 from lambdad.errors import NotFound
-from lambdad.functions import FunctionConfig, FunctionVersion
+from lambdad.functions import Activation, FunctionConfig, FunctionVersion
 from lambdad.store.migrations import migrate
-from lambdad.store.models import FunctionRow, VersionRow, database
+from lambdad.store.models import ActivationRow, FunctionRow, VersionRow, database
 
 T = TypeVar("T")
 
@@ -95,7 +95,9 @@ class Store:
         return await self._run(query)
 
     async def version_images(self) -> set[str]:
-        return await self._run(lambda: {row.image for row in VersionRow.select(VersionRow.image)})
+        return await self._run(lambda: {
+            row.image for row in VersionRow.select(VersionRow.image).where(~VersionRow.pruned)
+        })
 
     async def next_version_number(self, name: str) -> int:
         def query() -> int:
@@ -106,7 +108,9 @@ class Store:
 
     # Writes
 
-    async def add_version(self, version: FunctionVersion, *, activate: bool) -> None:
+    async def add_version(
+        self, version: FunctionVersion, *, activate: bool, reason: str = "deploy"
+    ) -> None:
         """Records a built version (and its function on first deploy) in one transaction."""
 
         def write() -> None:
@@ -124,12 +128,62 @@ class Store:
                     code_size=version.code_size,
                     created_at=version.created_at,
                     deployed_by=version.deployed_by,
+                    source_version=version.source_version,
                 )
                 if activate:
                     row.active_version = version.number
                     row.save()
+                    ActivationRow.create(function=version.function, version=version.number,
+                                         activated_at=version.created_at, reason=reason)
 
         await self._run(write)
+
+    async def activate(self, name: str, number: int, *, reason: str) -> int | None:
+        """Makes `number` the live version (a rollback); returns the one it replaces."""
+
+        def write() -> int | None:
+            with self._db.atomic():
+                row = FunctionRow.get_or_none(FunctionRow.name == name)
+                if row is None:
+                    raise NotFound(f"no function named {name!r}")
+                previous: int | None = row.active_version
+                row.active_version = number
+                row.save()
+                ActivationRow.create(function=name, version=number, activated_at=_now(),
+                                     reason=reason)
+                return previous
+
+        return await self._run(write)
+
+    async def history(self, name: str) -> list[Activation]:
+        def query() -> list[Activation]:
+            rows = ActivationRow.select().where(ActivationRow.function == name).order_by(
+                ActivationRow._meta.primary_key)
+            return [Activation(version=r.version, activated_at=_aware(r.activated_at),
+                               reason=r.reason) for r in rows]
+
+        return await self._run(query)
+
+    async def mark_pruned(self, name: str, numbers: list[int]) -> None:
+        def write() -> None:
+            VersionRow.update(pruned=True).where(
+                (VersionRow.function == name) & (VersionRow.number.in_(numbers))
+            ).execute()
+
+        if numbers:
+            await self._run(write)
+
+    async def all_versions(self) -> dict[str, list[FunctionVersion]]:
+        """Every function's versions, oldest first (loaded once at start)."""
+
+        def query() -> dict[str, list[FunctionVersion]]:
+            result: dict[str, list[FunctionVersion]] = {}
+            for row in VersionRow.select().order_by(VersionRow.function, VersionRow.number):
+                version = _version(row)
+                result.setdefault(version.function, []).append(version)
+            return result
+
+        return await self._run(query)
 
     async def delete_function(self, name: str) -> list[FunctionVersion]:
         """Deletes the function and its versions; returns what was deleted."""
@@ -152,12 +206,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _aware(value: Any) -> datetime:
+    """SQLite hands datetimes back as naive (or as text); they were stored in UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _version(row: Any) -> FunctionVersion:
-    created = row.created_at
-    if isinstance(created, str):
-        created = datetime.fromisoformat(created)
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
+    created = _aware(row.created_at)
     return FunctionVersion(
         function=row.function_id,
         number=row.number,
@@ -168,4 +226,6 @@ def _version(row: Any) -> FunctionVersion:
         code_size=row.code_size,
         created_at=created,
         deployed_by=row.deployed_by,
+        pruned=bool(row.pruned),
+        source_version=row.source_version,
     )

@@ -119,7 +119,13 @@ class FakeDaemon(functions_pb2_grpc.FunctionServiceServicer):
         self._record(context)
         for fn in self.functions:
             if fn.name == request.name:
-                return fn
+                if request.show_env:
+                    return fn
+                masked = pb.Function()
+                masked.CopyFrom(fn)
+                for key in masked.config.env:
+                    masked.config.env[key] = "****"  # as lambdad does
+                return masked
         abort(
             context, grpc.StatusCode.NOT_FOUND, "NotFound", f'function "{request.name}" not found'
         )
@@ -389,6 +395,8 @@ def test_get_masks_env_values(daemon: FakeDaemon) -> None:
     as_json = json.loads(run("get", "greet", "-o", "json").out)
     assert as_json["config"]["env"] == {"API_TOKEN": "****", "GREETING": "****"}
     assert as_json["code_size"] == 2048
+    shown = run("get", "greet", "--show-env")
+    assert "API_TOKEN=secret" in shown.out
 
 
 def test_get_missing_is_exit_4(daemon: FakeDaemon) -> None:

@@ -158,12 +158,14 @@ class DeployResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[DeployProgress, _Mapping]] = ..., build_output: _Optional[str] = ..., result: _Optional[_Union[DeployResult, _Mapping]] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("name", "payload")
+    __slots__ = ("name", "payload", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     payload: bytes
-    def __init__(self, name: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    version: int
+    def __init__(self, name: _Optional[str] = ..., payload: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
     __slots__ = ("status_code", "payload", "function_error", "request_id", "executed_version", "cold_start")
@@ -230,10 +232,12 @@ class ListFunctionsResponse(_message.Message):
     def __init__(self, functions: _Optional[_Iterable[_Union[Function, _Mapping]]] = ...) -> None: ...
 
 class GetFunctionRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "show_env")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    SHOW_ENV_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    show_env: bool
+    def __init__(self, name: _Optional[str] = ..., show_env: _Optional[bool] = ...) -> None: ...
 
 class DeleteFunctionRequest(_message.Message):
     __slots__ = ("name",)
@@ -250,3 +254,80 @@ class DeleteFunctionResponse(_message.Message):
     versions_removed: int
     instances_removed: int
     def __init__(self, name: _Optional[str] = ..., versions_removed: _Optional[int] = ..., instances_removed: _Optional[int] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ActivePeriod(_message.Message):
+    __slots__ = ("until", "reason")
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    until: _timestamp_pb2.Timestamp
+    reason: str
+    def __init__(self, until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., **kwargs) -> None: ...
+
+class VersionInfo(_message.Message):
+    __slots__ = ("number", "image", "image_id", "config", "code_sha256", "code_size", "created_at", "deployed_by", "active", "pruned", "source_version", "active_periods")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CODE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    image: str
+    image_id: str
+    config: FunctionConfig
+    code_sha256: str
+    code_size: int
+    created_at: _timestamp_pb2.Timestamp
+    deployed_by: str
+    active: bool
+    pruned: bool
+    source_version: int
+    active_periods: _containers.RepeatedCompositeFieldContainer[ActivePeriod]
+    def __init__(self, number: _Optional[int] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., config: _Optional[_Union[FunctionConfig, _Mapping]] = ..., code_sha256: _Optional[str] = ..., code_size: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deployed_by: _Optional[str] = ..., active: _Optional[bool] = ..., pruned: _Optional[bool] = ..., source_version: _Optional[int] = ..., active_periods: _Optional[_Iterable[_Union[ActivePeriod, _Mapping]]] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
+    def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("name", "to_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    to_version: int
+    def __init__(self, name: _Optional[str] = ..., to_version: _Optional[int] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("name", "version", "previous_version", "url")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    previous_version: int
+    url: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., previous_version: _Optional[int] = ..., url: _Optional[str] = ...) -> None: ...
+
+class UpdateConfigRequest(_message.Message):
+    __slots__ = ("name", "overrides")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    overrides: ConfigOverrides
+    def __init__(self, name: _Optional[str] = ..., overrides: _Optional[_Union[ConfigOverrides, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,21 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteFunctionRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteFunctionResponse.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/ListVersions',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/Rollback',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RollbackResponse.FromString,
+                _registered_method=True)
+        self.UpdateConfig = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/UpdateConfig',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.UpdateConfigRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeployResult.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -99,6 +114,27 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVersions(self, request, context):
+        """ListVersions lists every version, kept or pruned, with when it was active.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Rollback makes an earlier version live again, without a rebuild. Not a new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConfig(self, request, context):
+        """UpdateConfig creates a new version with the active version's image and new settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +162,21 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DeleteFunction,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteFunctionRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteFunctionResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListVersionsRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RollbackRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RollbackResponse.SerializeToString,
+            ),
+            'UpdateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfig,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.UpdateConfigRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeployResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +314,87 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/DeleteFunction',
             lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteFunctionRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/ListVersions',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListVersionsRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/Rollback',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.RollbackRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/UpdateConfig',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.UpdateConfigRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.DeployResult.FromString,
             options,
             channel_credentials,
             insecure,
