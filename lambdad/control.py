@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -27,6 +28,16 @@ from lambdad.runtime.manager import PoolCounts, RuntimeManager
 from lambdad.store import FunctionRecord, Store
 
 log = logging.getLogger("lambdad.control")
+
+# Fault injection for crash-consistency tests: LAMBDAD_FAULT=<point> makes the daemon
+# die like kill -9 when a deploy reaches that point. Unset in normal operation.
+_FAULT = os.environ.get("LAMBDAD_FAULT", "")
+
+
+def fault_point(name: str) -> None:
+    if name == _FAULT:
+        log.error("LAMBDAD_FAULT=%s: dying here on purpose", name)
+        os._exit(137)
 
 DEPLOY_STEPS = 3
 
@@ -154,6 +165,7 @@ class ControlPlane:
         archive = self._spool / f"upload-{secrets.token_hex(8)}.tar"
         try:
             await self._receive(header, chunks, archive)
+            fault_point("received")
             summary = await asyncio.to_thread(tarball.validate, archive, self._tar_limits)
             manifest_text = await asyncio.to_thread(tarball.read_member, archive, tarball.MANIFEST)
             manifest = parse_manifest(
@@ -224,6 +236,7 @@ class ControlPlane:
                     yield BuildOutput(item)
             assert built is not None
             build_s = time.monotonic() - started
+            fault_point("built")
             yield Progress(2, f'Building image "{image}"', done=True)
             yield Progress(3, "Starting container", done=False)
             version = FunctionVersion(
@@ -232,12 +245,14 @@ class ControlPlane:
                 created_at=datetime.now(UTC), deployed_by=deployed_by,
             )
             instance = await self._runtime.start_instance(version)
+            fault_point("started")
             start_s = time.monotonic() - started - build_s
         except BaseException:
             await asyncio.to_thread(self._builder.remove_image, image)
             raise
         try:
             await self._store.add_version(version, activate=True)
+            fault_point("recorded")
         except BaseException:
             await self._runtime.remove_instance(instance)
             await asyncio.to_thread(self._builder.remove_image, image)

@@ -110,3 +110,36 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(
         response = in_flight.result()
     assert response.status == 200 and response.json() == "finished"
     assert daemon.containers() == []
+
+
+@pytest.mark.parametrize("point", ["received", "built", "started", "recorded"])
+def test_a_deploy_killed_at_any_step_leaves_all_or_nothing(
+    fresh_lambdad: Lambdad, point: str
+) -> None:
+    """LAMBDAD_FAULT makes the daemon die like kill -9 at a named step of a deploy."""
+    daemon = fresh_lambdad
+    daemon.deploy("greet", "--name", "steps")  # version 1 is live before the crash
+    daemon.stop()
+    daemon.start_env = {"LAMBDAD_FAULT": point}
+    daemon.start()
+    crashed = daemon.cli("deploy", str(FUNCTIONS / "calculator"), "--name", "steps")
+    assert crashed.code != 0
+    assert daemon.process is not None and daemon.process.wait(timeout=30) == 137
+    daemon.start_env = {}
+    daemon.start()
+    versions = daemon.cli("versions", "steps", "-o", "json").json()
+    numbers = [v["version"] for v in versions]
+    if point == "recorded":  # the row was committed: version 2 exists completely
+        assert numbers == [1, 2]
+        assert daemon.http("steps", "/?op=add&a=1&b=2").json()["result"] == 3
+    else:  # nothing of version 2 may remain
+        assert numbers == [1]
+        assert daemon.http("steps", "/?name=x").json() == {"message": "Hello, x!"}
+    tags = {tag for image in daemon.images("steps") for tag in image.tags}
+    assert tags == {f"{daemon.image_prefix}/steps:v{n}" for n in numbers}
+    live = {c.labels["lambda.version"] for c in daemon.containers("steps")}
+    assert live <= {str(numbers[-1])}
+    assert list((daemon.state_dir / "spool").iterdir()) == []
+    # and the next deploy gets the next number
+    daemon.deploy("greet", "--name", "steps")
+    assert daemon.cli("versions", "steps", "-o", "json").json()[-1]["version"] == numbers[-1] + 1

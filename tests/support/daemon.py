@@ -69,6 +69,7 @@ class Lambdad:
         self.extra_args = extra_args or []
         self.log_path = self.state_dir / "lambdad.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.start_env: dict[str, str] = {}  # extra environment for the daemon process
         self.docker = docker.from_env()
 
     @property
@@ -93,7 +94,8 @@ class Lambdad:
 
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT)
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT,
+                                        env={**os.environ, **self.start_env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
