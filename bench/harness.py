@@ -109,6 +109,7 @@ class BenchDaemon:
             "--state-dir", str(self.state_dir),
             "--gateway-listen", f"127.0.0.1:{self.gateway_port}",
             "--grpc-listen", "none",
+            "--admin-listen", "none",
             "--image-prefix", self.image_prefix,
             "--drain-grace", "2",
             "--log-level", self.log_level,

@@ -46,6 +46,7 @@ class Config:
     grpc_listen: Listen | None
     api_key_file: Path | None
     gateway_listen: Listen
+    admin_listen: Listen | None
     domain: str
     public_port: int
     runtime_image: str
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = parser.add_argument_group("gateway")
     gateway.add_argument("--gateway-listen", type=Listen.parse, default="127.0.0.1:8080",
                          metavar="HOST:PORT", help="HTTP gateway address (default: 127.0.0.1:8080)")
+    gateway.add_argument("--admin-listen", type=_optional_listen, default="127.0.0.1:8081",
+                         metavar="HOST:PORT", help="admin listener with /metrics (Prometheus) "
+                         "and /healthz, or 'none' (default: 127.0.0.1:8081)")
     gateway.add_argument("--domain", default="localhost",
                          help="functions answer at NAME.DOMAIN (default: localhost)")
     gateway.add_argument("--public-port", type=int, default=None,
@@ -138,6 +142,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         grpc_listen=args.grpc_listen,
         api_key_file=args.api_key_file,
         gateway_listen=gateway,
+        admin_listen=args.admin_listen,
         domain=args.domain.strip(".").lower(),
         public_port=args.public_port if args.public_port is not None else gateway.port,
         runtime_image=args.runtime_image,

@@ -20,9 +20,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lambdad.build import BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
-from lambdad.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge
+from lambdad.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LambdaError,
+    NotFound,
+    PayloadTooLarge,
+)
 from lambdad.functions import Activation, FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
+from lambdad.gateway.status import status_for
+from lambdad.metrics import Metrics
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.runtime.manager import PoolCounts, RuntimeManager
 from lambdad.store import FunctionRecord, Store
@@ -105,7 +113,9 @@ class ControlPlane:
         max_code_bytes: int,
         tar_limits: TarLimits,
         keep_versions: int = 10,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._builder = builder
         self._runtime = runtime
@@ -153,6 +163,25 @@ class ControlPlane:
         self, header: DeployHeader, chunks: AsyncIterator[bytes], *, deployed_by: str = "local"
     ) -> AsyncIterator[DeployEvent]:
         """Receives, validates, builds and starts a new version; nothing is left on failure."""
+        result = "aborted"
+        try:
+            async for event in self._deploy(header, chunks, deployed_by):
+                if isinstance(event, DeployResult):
+                    result = "success"
+                yield event
+        except LambdaError as exc:
+            result = exc.reason
+            raise
+        finally:
+            self._count("deploy", result)
+
+    def _count(self, kind: str, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.deploys.labels(kind, result).inc()
+
+    async def _deploy(
+        self, header: DeployHeader, chunks: AsyncIterator[bytes], deployed_by: str
+    ) -> AsyncIterator[DeployEvent]:
         if header.name:
             validate_name(header.name)
         if header.size > self.max_code_bytes:
@@ -236,6 +265,8 @@ class ControlPlane:
                     yield BuildOutput(item)
             assert built is not None
             build_s = time.monotonic() - started
+            if self._metrics is not None:
+                self._metrics.build_duration.observe(build_s)
             fault_point("built")
             yield Progress(2, f'Building image "{image}"', done=True)
             yield Progress(3, "Starting container", done=False)
@@ -279,6 +310,15 @@ class ControlPlane:
         """Makes an earlier version live again: no rebuild, not a new version.
 
         Returns (the version now live, the one it replaced)."""
+        try:
+            result = await self._rollback(name, to_version)
+        except LambdaError as exc:
+            self._count("rollback", exc.reason)
+            raise
+        self._count("rollback", "success")
+        return result
+
+    async def _rollback(self, name: str, to_version: int | None) -> tuple[int, int]:
         validate_name(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
@@ -321,6 +361,15 @@ class ControlPlane:
 
     async def update_config(self, name: str, overrides: Overrides) -> DeployResult:
         """A new version with the active version's image and new settings."""
+        try:
+            result = await self._update_config(name, overrides)
+        except LambdaError as exc:
+            self._count("config", exc.reason)
+            raise
+        self._count("config", "success")
+        return result
+
+    async def _update_config(self, name: str, overrides: Overrides) -> DeployResult:
         validate_name(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
@@ -405,15 +454,29 @@ class ControlPlane:
             body=payload or b"{}", invocation_type="direct", request_id=request_id,
             version=version,
         )
-        response = await self._runtime.invoke(request)
+        started = time.monotonic()
+        try:
+            response = await self._runtime.invoke(request)
+        except LambdaError as exc:
+            if not isinstance(exc, NotFound):
+                self._observe(name, status_for(exc)[0], started)
+            raise
         body = await response.read()
         function_error = ""
         for key, value in response.headers:
             if key.lower() == b"lambda-function-error":
                 function_error = value.decode(errors="replace")
+        self._observe(name, response.status, started, cold=response.cold_start,
+                      function_error=bool(function_error))
         return DirectResult(request_id=request_id, status=response.status, payload=body,
                             function_error=function_error, version=response.version,
                             cold_start=response.cold_start)
+
+    def _observe(self, name: str, status: int, started: float, *, cold: bool = False,
+                 function_error: bool = False) -> None:
+        if self._metrics is not None:
+            self._metrics.invocation(name, "direct", status, time.monotonic() - started,
+                                     cold=cold, function_error=function_error)
 
     async def delete(self, name: str) -> tuple[int, int]:
         """Removes rows, instances and images; returns (versions, instances) removed."""

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import stat
+from dataclasses import astuple
 from pathlib import Path
 
 import docker
@@ -22,6 +23,8 @@ from lambdad.build import ImageBuilder, TarLimits
 from lambdad.config import Config
 from lambdad.control import ControlPlane
 from lambdad.gateway.server import Gateway
+from lambdad.metrics import AdminServer, Metrics
+from lambdad.metrics.registry import PoolSample
 from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
 from lambdad.scheduler import Housekeeper
@@ -133,9 +136,15 @@ class Daemon:
 
         store = Store(config.state_dir / "lambda.db")
         await store.open()
+        metrics = Metrics()
         backend = DockerBackend(client, daemon_id=daemon_id)
-        runtime = RuntimeManager(backend, instances_dir=config.state_dir / "i",
-                                 start_timeout=config.start_timeout)
+        runtime = RuntimeManager(
+            backend, instances_dir=config.state_dir / "i", start_timeout=config.start_timeout,
+            on_started=lambda name, seconds: metrics.init_duration.labels(name).observe(seconds),
+        )
+        metrics.watch_pools(lambda: [
+            PoolSample(name, *astuple(runtime.counts(name))) for name in runtime.routed()
+        ])
         builder = ImageBuilder(client, runtime_image=config.runtime_image,
                                spool_dir=config.state_dir / "spool", daemon_id=daemon_id,
                                wheelhouse=config.wheelhouse)
@@ -145,6 +154,7 @@ class Daemon:
             max_code_bytes=config.max_code_bytes,
             tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes),
             keep_versions=config.keep_versions,
+            metrics=metrics,
         )
         functions = await control.load()
         adopted, removed = await runtime.reconcile()
@@ -164,12 +174,12 @@ class Daemon:
         watcher = loop.run_in_executor(None, backend.watch_exits, on_exit)
 
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        local = build_server(control, health_servicer)
+        local = build_server(control, health_servicer, metrics=metrics)
         local.add_insecure_port(f"unix://{config.socket}")
         servers = [local]
         if config.grpc_listen is not None:
             remote = build_server(control, health_servicer,
-                                  interceptors=[BearerAuthInterceptor(keys)])
+                                  interceptors=[BearerAuthInterceptor(keys)], metrics=metrics)
             address = str(config.grpc_listen)
             try:
                 bound = remote.add_insecure_port(address)
@@ -178,13 +188,29 @@ class Daemon:
             if bound == 0:
                 raise StartupError(f"cannot listen for gRPC on {address}")
             servers.append(remote)
-        gateway = Gateway(runtime, domain=config.domain, max_body_bytes=config.max_body_bytes)
+        gateway = Gateway(
+            runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
+            observe=lambda name, code, seconds, cold, failed: metrics.invocation(
+                name, "http", code, seconds, cold=cold, function_error=failed),
+        )
         try:
             await gateway.start(config.gateway_listen.host, config.gateway_listen.port)
         except OSError as exc:
             raise StartupError(
                 f"cannot listen for HTTP on {config.gateway_listen}: {exc.strerror}"
             ) from None
+        admin = AdminServer(metrics.render, lambda: {
+            "status": "ok",
+            "functions": len(runtime.routed()),
+            "instances": sum(runtime.instance_count(name) for name in runtime.routed()),
+        })
+        if config.admin_listen is not None:
+            try:
+                await admin.start(config.admin_listen.host, config.admin_listen.port)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for the admin API on {config.admin_listen}: {exc.strerror}"
+                ) from None
         for server in servers:
             await server.start()
         os.chmod(config.socket, 0o660)
@@ -202,6 +228,7 @@ class Daemon:
         finally:
             log.info("lambdad stopping: draining for up to %.0f s", config.drain_grace)
             await housekeeper.stop()
+            await admin.stop()
             await health_servicer.enter_graceful_shutdown()
             await asyncio.gather(
                 gateway.stop(config.drain_grace),

@@ -32,6 +32,7 @@ from lambdad.control import (
 )
 from lambdad.errors import InvalidArgument, LambdaError
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion, Overrides
+from lambdad.metrics import Metrics
 
 log = logging.getLogger("lambdad.api")
 
@@ -62,24 +63,36 @@ def _unary(
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        code = "UNKNOWN"
         try:
-            return await method(self, request, context)
+            result = await method(self, request, context)
+            code = "OK"
+            return result
         except LambdaError as exc:
+            code = grpc_code(exc).name
             await _abort(context, exc)
             raise AssertionError("unreachable") from None
+        finally:
+            self._count(method.__name__, code)
 
     return wrapper
 
 
 class FunctionServicer(pb_grpc.FunctionServiceServicer):
-    def __init__(self, control: ControlPlane) -> None:
+    def __init__(self, control: ControlPlane, metrics: Metrics | None = None) -> None:
         self._control = control
+        self._metrics = metrics
+
+    def _count(self, method: str, code: str) -> None:
+        if self._metrics is not None:
+            self._metrics.grpc_requests.labels(method, code).inc()
 
     async def Deploy(
         self,
         request_iterator: AsyncIterator[pb.DeployRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.DeployResponse]:
+        code = "UNKNOWN"
         try:
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("kind") != "header":
@@ -88,10 +101,14 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
                 _header(first.header), _chunks(request_iterator), deployed_by=_caller(context)
             ):
                 yield _deploy_response(event)
+            code = "OK"
         except LambdaError as exc:
+            code = grpc_code(exc).name
             log.warning("deploy failed reason=%s message=%s", exc.reason,
                         exc.message.splitlines()[0] if exc.message else "")
             await _abort(context, exc)
+        finally:
+            self._count("Deploy", code)
 
     @_unary
     async def Invoke(
@@ -332,6 +349,7 @@ def build_server(
     health_servicer: Any,  # grpc_health.v1.health.aio.HealthServicer (untyped)
     *,
     interceptors: list[Any] | None = None,
+    metrics: Metrics | None = None,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=interceptors or (),
@@ -342,7 +360,7 @@ def build_server(
         ],
     )
     pb_grpc.add_FunctionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        FunctionServicer(control), server
+        FunctionServicer(control, metrics), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -32,6 +32,8 @@ from lambdad.runtime.invocation import (
 log = logging.getLogger("lambdad.gateway")
 
 Reply = tuple[int, Headers, bytes]
+# (function, status, seconds to the response head, cold start, the handler raised)
+Observer = Callable[[str, int, float, bool, bool], None]
 
 _READ_SIZE = 64 * 1024
 _LINGER = 2.0  # seconds spent discarding a rejected upload before closing on it
@@ -55,8 +57,10 @@ class Gateway:
         max_body_bytes: int = 6 * 1024 * 1024,
         header_timeout: float = 10.0,
         keepalive_timeout: float = 75.0,
+        observe: Observer | None = None,
     ) -> None:
         self.invoker = invoker
+        self.observe = observe
         self.domain = domain
         self.max_body_bytes = max_body_bytes
         self.header_timeout = header_timeout
@@ -331,11 +335,22 @@ class _Client:
             response = await self.gw.invoker.invoke(invocation)
         except Exception as exc:
             reply = error_response(exc, invocation.request_id)
+            if not isinstance(exc, errors.NotFound):  # any Host would make a new label
+                self._observe(invocation.function, reply[0])
             return await self._respond(reply, version=invocation.version)
+        failed = any(key == b"lambda-function-error" for key, _ in response.headers)
+        self._observe(invocation.function, response.status, cold=response.cold_start,
+                      function_error=failed)
         try:
             return await self._relay(response, invocation.request_id)
         finally:
             await _dispose(response)
+
+    def _observe(self, function: str, status: int, *, cold: bool = False,
+                 function_error: bool = False) -> None:
+        if self.gw.observe is not None:
+            seconds = asyncio.get_running_loop().time() - self.started
+            self.gw.observe(function, status, seconds, cold, function_error)
 
     async def _relay(self, response: InvocationResponse, request_id: str) -> int:
         status = response.status

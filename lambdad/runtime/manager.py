@@ -40,9 +40,11 @@ class PoolCounts:
 
 class RuntimeManager:
     def __init__(
-        self, backend: DockerBackend, *, instances_dir: Path, start_timeout: float = 30.0
+        self, backend: DockerBackend, *, instances_dir: Path, start_timeout: float = 30.0,
+        on_started: Callable[[str, float], None] | None = None,
     ) -> None:
         self._backend = backend
+        self._on_started = on_started
         self._instances_dir = instances_dir
         self._start_timeout = start_timeout
         self._pools: dict[str, InstancePool] = {}  # the active version's pool
@@ -148,6 +150,8 @@ class RuntimeManager:
             await self._destroy(instance)
             raise
         instance.init_ms = (time.monotonic() - started) * 1000
+        if self._on_started is not None:
+            self._on_started(version.function, instance.init_ms / 1000)
         log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
                  version.function, version.number, instance_id, instance.init_ms)
         return instance

@@ -62,6 +62,7 @@ class Lambdad:
         self.state_dir = Path(tempfile.mkdtemp(prefix="lt-", dir="/tmp"))
         self.gateway_port = free_port()
         self.grpc_port = free_port()
+        self.admin_port = free_port()
         self.api_key = secrets.token_urlsafe(24)
         self.key_file = self.state_dir / "api-key"
         self.key_file.write_text(self.api_key + "\n")
@@ -86,6 +87,7 @@ class Lambdad:
             "--state-dir", str(self.state_dir),
             "--gateway-listen", f"127.0.0.1:{self.gateway_port}",
             "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
+            "--admin-listen", f"127.0.0.1:{self.admin_port}",
             "--api-key-file", str(self.key_file),
             "--image-prefix", self.image_prefix,
             "--drain-grace", "3",

@@ -1,0 +1,113 @@
+"""The daemon's own Prometheus registry (prometheus-client).
+
+Names carry the `lambdad_` prefix and base units (seconds). Labels are bounded:
+function names (a deployed set), status codes, gRPC methods and codes, instance
+states; never request ids or raw paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 300.0, 900.0)
+START_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+BUILD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True)
+class PoolSample:
+    function: str
+    running: int
+    busy: int
+    starting: int
+    draining: int
+    queued: int
+
+
+class _PoolCollector(Collector):
+    """Instances by state and queue depth, read from the runtime at scrape time."""
+
+    def __init__(self, sample: Callable[[], Iterable[PoolSample]]) -> None:
+        self._sample = sample
+
+    def collect(self) -> Iterator[Metric]:
+        instances = GaugeMetricFamily(
+            "lambdad_instances", "Function instances by state", labels=["function", "state"]
+        )
+        queued = GaugeMetricFamily(
+            "lambdad_queue_depth", "Requests waiting for an instance slot", labels=["function"]
+        )
+        for pool in self._sample():
+            instances.add_metric([pool.function, "idle"], pool.running - pool.busy)
+            instances.add_metric([pool.function, "busy"], pool.busy)
+            instances.add_metric([pool.function, "starting"], pool.starting)
+            instances.add_metric([pool.function, "draining"], pool.draining)
+            queued.add_metric([pool.function], pool.queued)
+        yield instances
+        yield queued
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.invocations = Counter(
+            "lambdad_invocations", "Invocations by function, type and HTTP status code",
+            ["function", "type", "code"], registry=r)
+        self.duration = Histogram(
+            "lambdad_invocation_duration_seconds", "Time from request to response head",
+            ["function"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cold_starts = Counter(
+            "lambdad_cold_starts", "Invocations that waited for an instance to start",
+            ["function"], registry=r)
+        self.init_duration = Histogram(
+            "lambdad_instance_init_duration_seconds",
+            "Time from container create to its socket answering", ["function"],
+            buckets=START_BUCKETS, registry=r)
+        self.timeouts = Counter(
+            "lambdad_invocation_timeouts", "Invocations that passed the function's timeout",
+            ["function"], registry=r)
+        self.errors = Counter(
+            "lambdad_invocation_errors",
+            "Invocations that failed: the handler raised, or the instance failed",
+            ["function", "kind"], registry=r)
+        self.throttles = Counter(
+            "lambdad_throttles", "Requests answered 429 at max_instances", ["function"],
+            registry=r)
+        self.deploys = Counter(
+            "lambdad_deploys", "Deploys, config changes and rollbacks by result",
+            ["kind", "result"], registry=r)
+        self.build_duration = Histogram(
+            "lambdad_image_build_duration_seconds", "Image build time", buckets=BUILD_BUCKETS,
+            registry=r)
+        self.grpc_requests = Counter(
+            "lambdad_grpc_requests", "Control API calls by method and status code",
+            ["method", "code"], registry=r)
+
+    def watch_pools(self, sample: Callable[[], Iterable[PoolSample]]) -> None:
+        self.registry.register(_PoolCollector(sample))
+
+    def invocation(self, function: str, kind: str, code: int, seconds: float, *,
+                   cold: bool = False, function_error: bool = False) -> None:
+        """One finished invocation, whoever made it (gateway, Invoke RPC)."""
+        self.invocations.labels(function, kind, str(code)).inc()
+        self.duration.labels(function).observe(seconds)
+        if cold:
+            self.cold_starts.labels(function).inc()
+        if code == 504:
+            self.timeouts.labels(function).inc()
+        elif code == 429:
+            self.throttles.labels(function).inc()
+        elif function_error:
+            self.errors.labels(function, "handler").inc()
+        elif code in (502, 503):
+            self.errors.labels(function, "instance").inc()
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,43 @@
+"""The metric rules and the admin listener's routing, without a daemon."""
+
+from __future__ import annotations
+
+from lambdad.metrics import AdminServer, Metrics
+from lambdad.metrics.registry import PoolSample
+
+
+def test_invocation_outcomes_land_in_the_right_counters() -> None:
+    metrics = Metrics()
+    metrics.invocation("f", "http", 200, 0.01, cold=True)
+    metrics.invocation("f", "http", 500, 0.02, function_error=True)
+    metrics.invocation("f", "http", 502, 0.03)
+    metrics.invocation("f", "direct", 504, 1.0)
+    metrics.invocation("f", "http", 429, 0.5)
+    text = metrics.render().decode()
+    assert 'lambdad_invocations_total{code="200",function="f",type="http"} 1.0' in text
+    assert 'lambdad_cold_starts_total{function="f"} 1.0' in text
+    assert 'lambdad_invocation_errors_total{function="f",kind="handler"} 1.0' in text
+    assert 'lambdad_invocation_errors_total{function="f",kind="instance"} 1.0' in text
+    assert 'lambdad_invocation_timeouts_total{function="f"} 1.0' in text
+    assert 'lambdad_throttles_total{function="f"} 1.0' in text
+    assert 'lambdad_invocation_duration_seconds_count{function="f"} 5.0' in text
+
+
+def test_pool_states_are_read_at_scrape_time() -> None:
+    metrics = Metrics()
+    samples = [PoolSample("f", running=3, busy=1, starting=2, draining=0, queued=4)]
+    metrics.watch_pools(lambda: samples)
+    text = metrics.render().decode()
+    assert 'lambdad_instances{function="f",state="idle"} 2.0' in text
+    assert 'lambdad_instances{function="f",state="starting"} 2.0' in text
+    assert 'lambdad_queue_depth{function="f"} 4.0' in text
+    samples.clear()
+    assert 'function="f"' not in metrics.render().decode().split("lambdad_instances")[-1]
+
+
+def test_admin_routes() -> None:
+    admin = AdminServer(lambda: b"m 1\n", lambda: {"status": "ok"})
+    assert admin.respond(b"GET", b"/metrics")[0::2] == (200, b"m 1\n")
+    assert admin.respond(b"GET", b"/healthz?x=1")[2] == b'{"status": "ok"}\n'
+    assert admin.respond(b"POST", b"/metrics")[0] == 405
+    assert admin.respond(b"GET", b"/")[0] == 404
