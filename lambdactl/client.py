@@ -93,6 +93,10 @@ class Client:
             ),
         )
 
+    def logs(self, request: pb.LogsRequest) -> Any:
+        """A server stream of LogEntry; with follow it ends only when cancelled."""
+        return self._stub.Logs(request, metadata=self._metadata)
+
     def list_versions(self, name: str) -> list[pb.VersionInfo]:
         reply = self._stub.ListVersions(
             pb.ListVersionsRequest(name=name), metadata=self._metadata, timeout=CONTROL_TIMEOUT

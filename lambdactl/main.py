@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime
@@ -276,6 +277,8 @@ def cmd_invoke(ctx: Ctx) -> int:
         ctx.out.print_json(data=value)
     else:
         ctx.write_bytes(reply.payload)
+    if ctx.args.log:
+        _print_invocation_log(ctx, reply.request_id)
     if reply.function_error:
         kind, text = reply.function_error, reply.payload.decode("utf-8", "replace")
         if is_json and isinstance(value, dict):
@@ -469,6 +472,60 @@ def _rfc(ts: Any) -> str | None:
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _log_line(entry: pb.LogEntry) -> str:
+    when = datetime.fromtimestamp(entry.time.seconds + entry.time.nanos / 1e9, UTC)
+    stamp = when.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    request = entry.request_id[:8] if entry.request_id else "-"
+    return f"{stamp} v{entry.version} {request} {entry.stream[3:]:>3} {entry.message}"
+
+
+def _log_json(entry: pb.LogEntry) -> str:
+    return json.dumps({
+        "time": _rfc(entry.time), "function": entry.function, "version": entry.version,
+        "instance": entry.instance, "stream": entry.stream,
+        "request_id": entry.request_id or None, "message": entry.message,
+    })
+
+
+def _print_invocation_log(ctx: Ctx, request_id: str) -> None:
+    """As `aws lambda invoke --log-type Tail`: the lines of this invocation, on stderr.
+
+    Docker delivers an instance's output a moment after the response, so this waits
+    (briefly) for the invocation's REPORT line."""
+    request = pb.LogsRequest(name=ctx.args.name, request_id=request_id)
+    entries: list[pb.LogEntry] = []
+    deadline = time.monotonic() + 3.0
+    with Client(ctx.target) as client:
+        while time.monotonic() < deadline:
+            entries = list(client.logs(request))
+            if any(e.message.startswith("REPORT ") for e in entries):
+                break
+            time.sleep(0.1)
+    for entry in entries:
+        ctx.err.print(entry.message, markup=False, highlight=False, soft_wrap=True)
+
+
+def cmd_logs(ctx: Ctx) -> int:
+    args = ctx.args
+    request = pb.LogsRequest(
+        name=args.name, follow=args.follow, since_seconds=args.since or 0, tail=args.tail or 0,
+        request_id=args.request_id or "", version=args.log_version or 0,
+    )
+    with Client(ctx.target) as client:
+        stream = client.logs(request)
+        try:
+            for entry in stream:
+                if ctx.json:
+                    ctx.out.file.write(_log_json(entry) + "\n")
+                else:
+                    ctx.out.file.write(_log_line(entry) + "\n")
+                ctx.out.file.flush()
+        except KeyboardInterrupt:
+            stream.cancel()
+            return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
 def cmd_versions(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         versions = client.list_versions(ctx.args.name)
@@ -535,6 +592,7 @@ def cmd_config(ctx: Ctx) -> int:
 
 
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "logs": cmd_logs,
     "versions": cmd_versions,
     "rollback": cmd_rollback,
     "config": cmd_config,

@@ -33,6 +33,23 @@ def _version() -> str:
         return "unknown"
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> int:
+    """`90`, `30s`, `10m`, `2h`, `1d` -> seconds."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in _UNITS else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30s, 10m, 2h or 1d, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return max(1, int(value * _UNITS.get(unit, 1)))
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -193,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", type=_positive_int, metavar="N", dest="pinned_version",
         help="call version N whatever version is active (its instances start on demand)",
     )
+    invoke.add_argument(
+        "--log", action="store_true",
+        help="after the result, print this invocation's log lines on stderr",
+    )
     data = invoke.add_mutually_exclusive_group()
     data.add_argument("--data", metavar="JSON", help="JSON payload (default: {})")
     data.add_argument(
@@ -216,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("name", metavar="NAME", help="the function to show")
     get.add_argument("--show-env", action="store_true",
                      help="show environment values instead of masking them")
+
+    logs = sub.add_parser(
+        "logs",
+        parents=[common],
+        help="print a function's captured log lines, or follow them",
+        description="Print the captured stdout and stderr lines of function NAME, oldest "
+        "first, with their time, version, request id and stream. With -f, keep printing new "
+        "lines as instances write them (across instance starts, stops and version switches) "
+        "until Ctrl-C.",
+    )
+    logs.add_argument("name", metavar="NAME", help="the function")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--since", type=_duration, metavar="DURATION",
+                      help="only lines from the last DURATION (e.g. 30s, 10m, 2h, 1d)")
+    logs.add_argument("--tail", type=_positive_int, metavar="N",
+                      help="only the last N lines (before following)")
+    logs.add_argument("--request-id", metavar="ID", help="only the lines of one invocation")
+    logs.add_argument("--version", type=_positive_int, metavar="N", dest="log_version",
+                      help="only the lines of version N")
 
     versions = sub.add_parser(
         "versions",

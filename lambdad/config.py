@@ -58,6 +58,8 @@ class Config:
     max_body_bytes: int
     start_timeout: float
     drain_grace: float
+    log_file_bytes: int
+    log_files: int
     log_level: str
 
 
@@ -126,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how long an instance may take to open its socket (default: 30)")
     runtime.add_argument("--drain-grace", type=float, default=10.0, metavar="SECONDS",
                          help="on SIGTERM, how long in-flight requests may finish (default: 10)")
+    runtime.add_argument("--function-log-size", type=_mib, default=4 * MIB, metavar="MiB",
+                         help="size at which a function's log file rotates (default: 4)")
+    runtime.add_argument("--function-log-files", type=int, default=5, metavar="N",
+                         help="log files kept per function, the current one included; the "
+                         "cap per function is about N x size (default: 5)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="daemon log level (default: info)")
@@ -154,5 +161,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         max_body_bytes=args.max_body_size,
         start_timeout=args.start_timeout,
         drain_grace=args.drain_grace,
+        log_file_bytes=args.function_log_size,
+        log_files=max(2, args.function_log_files),
         log_level=args.log_level,
     )

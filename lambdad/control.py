@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lambdad.build import BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
@@ -30,6 +30,7 @@ from lambdad.errors import (
 from lambdad.functions import Activation, FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
 from lambdad.gateway.status import status_for
+from lambdad.logs import LogEntry, LogQuery, LogStore
 from lambdad.metrics import Metrics
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.runtime.manager import PoolCounts, RuntimeManager
@@ -114,8 +115,10 @@ class ControlPlane:
         tar_limits: TarLimits,
         keep_versions: int = 10,
         metrics: Metrics | None = None,
+        logs: LogStore | None = None,
     ) -> None:
         self._metrics = metrics
+        self._logs = logs
         self._store = store
         self._builder = builder
         self._runtime = runtime
@@ -472,6 +475,32 @@ class ControlPlane:
                             function_error=function_error, version=response.version,
                             cold_start=response.cold_start)
 
+    async def logs(self, query: LogQuery, *, follow: bool) -> AsyncIterator[LogEntry]:
+        """Kept lines that match, oldest first; with `follow`, then new ones until cancelled."""
+        validate_name(query.function)
+        await self._store.get_function(query.function)  # NotFound for an unknown name
+        store = self._logs
+        if store is None:
+            return
+        queue = store.subscribe(query.function) if follow else None
+        subscribed = datetime.now(UTC)
+        try:
+            backlog = await store.read(query)
+            # Lines that arrived after subscribing can be in the backlog too: skip those.
+            recent = {e for e in backlog if e.time >= subscribed - timedelta(seconds=5)}
+            for entry in backlog:
+                yield entry
+            if queue is None:
+                return
+            live = replace(query, since=None, tail=0)
+            while True:
+                entry = await queue.get()
+                if live.matches(entry) and entry not in recent:
+                    yield entry
+        finally:
+            if queue is not None:
+                store.unsubscribe(query.function, queue)
+
     def _observe(self, name: str, status: int, started: float, *, cold: bool = False,
                  function_error: bool = False) -> None:
         if self._metrics is not None:
@@ -489,6 +518,8 @@ class ControlPlane:
         except NotFound:
             raise
         instances = await self._runtime.remove_function(name)
+        if self._logs is not None:
+            await self._logs.delete(name)
         for version in versions:
             await asyncio.to_thread(self._builder.remove_image, version.image)
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)

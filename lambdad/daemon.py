@@ -12,6 +12,7 @@ import signal
 import socket
 import stat
 from dataclasses import astuple
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -23,10 +24,13 @@ from lambdad.build import ImageBuilder, TarLimits
 from lambdad.config import Config
 from lambdad.control import ControlPlane
 from lambdad.gateway.server import Gateway
+from lambdad.logs import LogCapture, LogStore
+from lambdad.logs.capture import Source
 from lambdad.metrics import AdminServer, Metrics
 from lambdad.metrics.registry import PoolSample
 from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
+from lambdad.runtime.pool import Instance
 from lambdad.scheduler import Housekeeper
 from lambdad.store import Store
 
@@ -114,6 +118,12 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
+def log_client() -> docker.DockerClient:
+    """A client of its own for log streams: each holds a connection for an instance's
+    whole life, and they must have no read timeout."""
+    return docker.from_env(timeout=None, max_pool_size=256)
+
+
 def function_url_template(config: Config) -> str:
     port = "" if config.public_port == 80 else f":{config.public_port}"
     return f"http://{{name}}.{config.domain}{port}"
@@ -137,10 +147,25 @@ class Daemon:
         store = Store(config.state_dir / "lambda.db")
         await store.open()
         metrics = Metrics()
+        logs = LogStore(config.state_dir / "logs", max_file_bytes=config.log_file_bytes,
+                        files_kept=config.log_files)
+        logs.start()
+        capture = LogCapture(await asyncio.to_thread(log_client), logs.append)
+
+        def on_instance(instance: Instance, event: str) -> None:
+            source = Source(instance.version.function, instance.version.number, instance.id,
+                            instance.container_id)
+            if event == "started":
+                capture.follow(source)
+            elif event == "adopted":  # earlier lines were captured by the previous run
+                capture.follow(source, since=datetime.now(UTC))
+            elif event == "ready":
+                metrics.init_duration.labels(source.function).observe(instance.init_ms / 1000)
+
         backend = DockerBackend(client, daemon_id=daemon_id)
         runtime = RuntimeManager(
             backend, instances_dir=config.state_dir / "i", start_timeout=config.start_timeout,
-            on_started=lambda name, seconds: metrics.init_duration.labels(name).observe(seconds),
+            on_instance=on_instance,
         )
         metrics.watch_pools(lambda: [
             PoolSample(name, *astuple(runtime.counts(name))) for name in runtime.routed()
@@ -155,6 +180,7 @@ class Daemon:
             tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes),
             keep_versions=config.keep_versions,
             metrics=metrics,
+            logs=logs,
         )
         functions = await control.load()
         adopted, removed = await runtime.reconcile()
@@ -239,6 +265,7 @@ class Daemon:
             await runtime.shutdown()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(watcher, timeout=5)
+            await logs.stop()
             await store.close()
             with contextlib.suppress(FileNotFoundError):
                 config.socket.unlink()

@@ -7,11 +7,12 @@ permissions are the access control) and one on TCP, where an interceptor demands
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -32,6 +33,7 @@ from lambdad.control import (
 )
 from lambdad.errors import InvalidArgument, LambdaError
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion, Overrides
+from lambdad.logs import LogQuery
 from lambdad.metrics import Metrics
 
 log = logging.getLogger("lambdad.api")
@@ -145,6 +147,31 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
         return pb.DeleteFunctionResponse(
             name=request.name, versions_removed=versions, instances_removed=instances
         )
+
+    async def Logs(
+        self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.LogEntry]:
+        since = (datetime.now(UTC) - timedelta(seconds=request.since_seconds)
+                 if request.since_seconds else None)
+        query = LogQuery(function=request.name, since=since, request_id=request.request_id,
+                         version=request.version, tail=request.tail)
+        code = "UNKNOWN"
+        try:
+            async for entry in self._control.logs(query, follow=request.follow):
+                yield pb.LogEntry(
+                    time=_timestamp(entry.time), function=entry.function,
+                    version=entry.version, instance=entry.instance, stream=entry.stream,
+                    request_id=entry.request_id, message=entry.message,
+                )
+            code = "OK"
+        except LambdaError as exc:
+            code = grpc_code(exc).name
+            await _abort(context, exc)
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the follower went away: the stream just ends
+            raise
+        finally:
+            self._count("Logs", code)
 
     @_unary
     async def ListVersions(

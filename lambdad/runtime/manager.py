@@ -41,10 +41,12 @@ class PoolCounts:
 class RuntimeManager:
     def __init__(
         self, backend: DockerBackend, *, instances_dir: Path, start_timeout: float = 30.0,
-        on_started: Callable[[str, float], None] | None = None,
+        on_instance: Callable[[Instance, str], None] | None = None,
     ) -> None:
         self._backend = backend
-        self._on_started = on_started
+        # Told of every instance: "started" (container running), "ready" (socket
+        # answers) and "adopted" (found running after a restart).
+        self._on_instance = on_instance
         self._instances_dir = instances_dir
         self._start_timeout = start_timeout
         self._pools: dict[str, InstancePool] = {}  # the active version's pool
@@ -116,8 +118,10 @@ class RuntimeManager:
                 and await _answers(socket_path)
             )
             if healthy and pool is not None:
-                pool.add(Instance(container.instance, pool.version, container.id, socket_dir,
-                                  socket_path))
+                adopted_instance = Instance(container.instance, pool.version, container.id,
+                                            socket_dir, socket_path)
+                pool.add(adopted_instance)
+                self._notify(adopted_instance, "adopted")
                 adopted.add(container.instance)
             else:
                 await asyncio.to_thread(self._backend.remove, container.id, grace=0)
@@ -144,17 +148,24 @@ class RuntimeManager:
             raise
         instance = Instance(instance_id, version, container_id, socket_dir,
                             str(socket_dir / SOCKET_NAME), started_at=started)
+        self._notify(instance, "started")
         try:
             await self._wait_ready(instance)
         except BaseException:
             await self._destroy(instance)
             raise
         instance.init_ms = (time.monotonic() - started) * 1000
-        if self._on_started is not None:
-            self._on_started(version.function, instance.init_ms / 1000)
+        self._notify(instance, "ready")
         log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
                  version.function, version.number, instance_id, instance.init_ms)
         return instance
+
+    def _notify(self, instance: Instance, event: str) -> None:
+        if self._on_instance is not None:
+            try:
+                self._on_instance(instance, event)
+            except Exception:
+                log.exception("instance %s hook failed", event)
 
     async def _wait_ready(self, instance: Instance) -> None:
         deadline = time.monotonic() + self._start_timeout

@@ -123,7 +123,7 @@ class FakeDaemon(functions_pb2_grpc.FunctionServiceServicer):
                     return fn
                 masked = pb.Function()
                 masked.CopyFrom(fn)
-                for key in masked.config.env:
+                for key in list(masked.config.env):
                     masked.config.env[key] = "****"  # as lambdad does
                 return masked
         abort(

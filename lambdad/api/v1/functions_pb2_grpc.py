@@ -74,6 +74,11 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.UpdateConfigRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeployResult.FromString,
                 _registered_method=True)
+        self.Logs = channel.unary_stream(
+                '/lambdad.api.v1.FunctionService/Logs',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogsRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogEntry.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -135,6 +140,14 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Logs(self, request, context):
+        """Logs returns captured log lines, oldest first; with follow it then streams new
+        lines as they are written, until the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +190,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.UpdateConfig,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.UpdateConfigRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeployResult.SerializeToString,
+            ),
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogsRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogEntry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +413,33 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/UpdateConfig',
             lambdad_dot_api_dot_v1_dot_functions__pb2.UpdateConfigRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.DeployResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/Logs',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.LogsRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.LogEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from . import events
+from . import events, logs
 from .context import ContextFactory
 
 TYPE_CHECKING = False  # typing is not imported at run time (see events.py)
@@ -445,28 +445,34 @@ class Connection:
     def _invoke(
         self, request: Request, kind: str, event: object, request_id: str, deadline_ms: int
     ) -> None:
-        context = self.server.contexts.make(request_id, deadline_ms)
+        server = self.server
+        context = server.contexts.make(request_id, deadline_ms)
+        invocation = server.framer.start(request_id)
         try:
-            result = self.server.handler(event, context)
+            result = server.handler(event, context)
             status, headers, data = (
                 events.http_response(result) if kind == "http" else events.direct_response(result)
             )
         except SystemExit as exc:
             # A handler that exits is a crash the daemon must see, not a 500 to paper over.
             code = _exit_code(exc)
-            print(f"[ERROR] {request_id} handler exited with code {code}", file=sys.stderr)
+            print(f"[ERROR] handler exited with code {code}", file=sys.stderr)
+            invocation.end()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
         except BaseException as exc:
+            # Printed inside the invocation, so every line carries the request id.
             print(
-                f"[ERROR] {request_id} {events.error_type(exc)}: {exc}\n" + _format_exception(exc),
+                f"[ERROR] {events.error_type(exc)}: {exc}\n" + _format_exception(exc),
                 end="",
                 file=sys.stderr,
                 flush=True,
             )
+            invocation.end()
             self._send_error(request, exc, function_error=True)
             return
+        invocation.end()  # END/REPORT are out before the caller sees the response
         self._send(request, status, headers, data)
 
 
@@ -478,6 +484,7 @@ class InvokeServer:
         self.path = path
         self.handler = handler
         self.contexts = contexts
+        self.framer = logs.Framer(contexts.function_version, contexts.memory_limit_in_mb)
         try:  # noqa: SIM105 (contextlib is not worth its import time here)
             os.unlink(path)  # a stale socket from a previous run would make bind fail
         except FileNotFoundError:
@@ -545,10 +552,12 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def main(env: dict[str, str] | None = None) -> int:
+    started = time.monotonic()
     env = dict(os.environ) if env is None else env
     for stream in (sys.stdout, sys.stderr):  # prints reach `docker logs` even without -u
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True, write_through=True)
+    logs.install()  # before the handler's import, so modules that keep sys.stdout get ours
     task_root = env.get("LAMBDA_TASK_ROOT", DEFAULT_TASK_ROOT)
     socket_path = env.get("LAMBDA_SOCKET", DEFAULT_SOCKET)
     try:
@@ -567,6 +576,7 @@ def main(env: dict[str, str] | None = None) -> int:
     server: InvokeServer | None = None
     try:
         server = InvokeServer(socket_path, handler, ContextFactory(env))
+        server.framer.init_ms.append((time.monotonic() - started) * 1000)
         server.serve_forever()
     except _Terminate:
         pass

@@ -1,0 +1,101 @@
+"""Log line parsing, queries, durable storage with rotation, and subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from lambdad.logs import LogEntry, LogQuery, LogStore, parse_line
+from lambdad.logs.entry import parse_docker_line
+
+RID = "0b5e8a1c-3f2d-4c1e-9a7b-123456789abc"
+
+
+def test_runtime_lines_are_parsed_into_request_ids() -> None:
+    assert parse_line(f"START RequestId: {RID} Version: 3") == (
+        RID, f"START RequestId: {RID} Version: 3")
+    assert parse_line(f"END RequestId: {RID}") == (RID, f"END RequestId: {RID}")
+    report = f"REPORT RequestId: {RID}\tDuration: 1.00 ms"
+    assert parse_line(report) == (RID, report)
+    assert parse_line(f"{RID}\thello\tworld") == (RID, "hello\tworld")
+    assert parse_line("plain line") == ("", "plain line")
+    assert parse_line("not-a-uuid\tx") == ("", "not-a-uuid\tx")
+    assert parse_line("STARTED RequestId: x") == ("", "STARTED RequestId: x")
+
+
+def test_docker_timestamps_are_parsed() -> None:
+    when, text = parse_docker_line(b"2026-11-26T18:41:21.123456789Z hello world\n")
+    assert when == datetime(2026, 11, 26, 18, 41, 21, 123456, tzinfo=UTC)
+    assert text == "hello world"
+    when, text = parse_docker_line(b"garbage")
+    assert text == "garbage" and when.tzinfo is not None
+
+
+def _entry(n: int, *, version: int = 1, rid: str = "", at: datetime | None = None) -> LogEntry:
+    return LogEntry(time=at or datetime.now(UTC), function="f", version=version,
+                    instance="i1", stream="stdout", request_id=rid, message=f"line {n}")
+
+
+def test_queries_filter_by_time_request_version_and_tail() -> None:
+    old = datetime.now(UTC) - timedelta(hours=1)
+    assert not LogQuery("f", since=datetime.now(UTC)).matches(_entry(1, at=old))
+    assert LogQuery("f", request_id=RID).matches(_entry(1, rid=RID))
+    assert not LogQuery("f", request_id=RID).matches(_entry(1))
+    assert not LogQuery("f", version=2).matches(_entry(1, version=1))
+    assert not LogQuery("g").matches(_entry(1))
+    entry = _entry(7, rid=RID)
+    assert LogEntry.from_json(entry.to_json()) == entry
+
+
+def test_store_round_trips_rotates_and_caps(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = LogStore(tmp_path, max_file_bytes=2000, files_kept=3)
+        store.start()
+        try:
+            entries = [_entry(n) for n in range(200)]
+            for entry in entries:
+                store.append(entry)
+            everything = await store.read(LogQuery("f"))
+            kept = [e.message for e in everything]
+            assert kept == [e.message for e in entries][-len(kept):]  # newest kept, in order
+            files = sorted(p.name for p in (tmp_path / "f").iterdir())
+            assert files[:2] == ["1.jsonl", "2.jsonl"] and len(files) <= 3
+            assert sum(p.stat().st_size for p in (tmp_path / "f").iterdir()) < 3 * 2200
+            tail = await store.read(LogQuery("f", tail=3))
+            assert [e.message for e in tail] == ["line 197", "line 198", "line 199"]
+            await store.delete("f")
+            assert await store.read(LogQuery("f")) == []
+        finally:
+            await store.stop()
+
+    asyncio.run(scenario())
+
+
+def test_entries_survive_a_new_store_on_the_same_folder(tmp_path: Path) -> None:
+    async def write() -> None:
+        store = LogStore(tmp_path)
+        store.start()
+        store.append(_entry(1, rid=RID))
+        await store.stop()
+
+    async def read() -> list[LogEntry]:
+        store = LogStore(tmp_path)
+        return await store.read(LogQuery("f", request_id=RID))
+
+    asyncio.run(write())
+    assert [e.message for e in asyncio.run(read())] == ["line 1"]
+
+
+def test_subscribers_get_new_entries_and_can_leave(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = LogStore(tmp_path)
+        queue = store.subscribe("f")
+        store.append(_entry(1))
+        assert (await queue.get()).message == "line 1"
+        store.unsubscribe("f", queue)
+        assert store.subscriber_count() == 0
+        store.append(_entry(2))
+        assert queue.empty()
+
+    asyncio.run(scenario())
