@@ -97,6 +97,12 @@ class Client:
         """A server stream of LogEntry; with follow it ends only when cancelled."""
         return self._stub.Logs(request, metadata=self._metadata)
 
+    def stats(self, name: str) -> list[pb.FunctionStats]:
+        reply = self._stub.GetStats(
+            pb.GetStatsRequest(name=name), metadata=self._metadata, timeout=CONTROL_TIMEOUT
+        )
+        return list(reply.functions)
+
     def list_versions(self, name: str) -> list[pb.VersionInfo]:
         reply = self._stub.ListVersions(
             pb.ListVersionsRequest(name=name), metadata=self._metadata, timeout=CONTROL_TIMEOUT

@@ -499,6 +499,9 @@ def _print_invocation_log(ctx: Ctx, request_id: str) -> None:
         while time.monotonic() < deadline:
             entries = list(client.logs(request))
             if any(e.message.startswith("REPORT ") for e in entries):
+                # stderr is read separately from stdout: give its last lines a moment
+                time.sleep(0.2)
+                entries = list(client.logs(request))
                 break
             time.sleep(0.1)
     for entry in entries:
@@ -523,6 +526,38 @@ def cmd_logs(ctx: Ctx) -> int:
         except KeyboardInterrupt:
             stream.cancel()
             return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}" if seconds else "-"
+
+
+def cmd_stats(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        functions = client.stats(ctx.args.name)
+    if ctx.json:
+        ctx.write_json([
+            {"name": f.name, "instances_now": f.instances_now, "windows": [
+                {"window": w.window, "invocations": w.invocations, "error_rate": w.error_rate,
+                 "p50_seconds": w.p50_seconds, "p95_seconds": w.p95_seconds,
+                 "p99_seconds": w.p99_seconds, "cold_start_rate": w.cold_start_rate,
+                 "instances_max": w.instances_max}
+                for w in f.windows]}
+            for f in functions
+        ])
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("FUNCTION", "WINDOW", "INVOCATIONS", "ERRORS", "P50 MS", "P95 MS",
+                   "P99 MS", "COLD", "INSTANCES"):
+        table.add_column(column, no_wrap=True, justify="left" if column in (
+            "FUNCTION", "WINDOW") else "right")
+    for f in functions:
+        for w in f.windows:
+            table.add_row(f.name, w.window, str(w.invocations), f"{w.error_rate:.1%}",
+                          _ms(w.p50_seconds), _ms(w.p95_seconds), _ms(w.p99_seconds),
+                          f"{w.cold_start_rate:.1%}", f"max {w.instances_max}")
+    ctx.out.print(table, crop=False)
     return ExitCode.OK
 
 
@@ -593,6 +628,7 @@ def cmd_config(ctx: Ctx) -> int:
 
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "logs": cmd_logs,
+    "stats": cmd_stats,
     "versions": cmd_versions,
     "rollback": cmd_rollback,
     "config": cmd_config,

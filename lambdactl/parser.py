@@ -257,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--version", type=_positive_int, metavar="N", dest="log_version",
                       help="only the lines of version N")
 
+    stats = sub.add_parser(
+        "stats",
+        parents=[common],
+        help="invocations, errors, latency percentiles and cold starts over time",
+        description="For function NAME (or every function): invocations, error rate, "
+        "p50/p95/p99 duration, cold-start rate and the most instances over the last 5 "
+        "minutes, hour and day, from per-minute figures the daemon keeps across restarts.",
+    )
+    stats.add_argument("name", metavar="NAME", nargs="?", default="",
+                       help="the function (default: all)")
+
     versions = sub.add_parser(
         "versions",
         parents=[common],

@@ -32,6 +32,7 @@ from lambdad.functions.manifest import apply_overrides, parse_manifest
 from lambdad.gateway.status import status_for
 from lambdad.logs import LogEntry, LogQuery, LogStore
 from lambdad.metrics import Metrics
+from lambdad.metrics.stats import WindowStats, summarize
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.runtime.manager import PoolCounts, RuntimeManager
 from lambdad.store import FunctionRecord, Store
@@ -474,6 +475,31 @@ class ControlPlane:
         return DirectResult(request_id=request_id, status=response.status, payload=body,
                             function_error=function_error, version=response.version,
                             cold_start=response.cold_start)
+
+    async def stats(self, name: str | None) -> list[tuple[str, list[WindowStats], int]]:
+        """(function, its 5m/1h/1d windows, instances now) for one function or all."""
+        if name:
+            validate_name(name)
+            names = [(await self._store.get_function(name)).name]
+        else:
+            names = [record.name for record in await self._store.list_functions()]
+        await self.flush_stats()
+        now_minute = int(time.time() // 60)
+        rows = await self._store.stats_since(now_minute - 1440, name or None)
+        result = []
+        for function in names:
+            mine = [row for row in rows if row.function == function]
+            result.append((function, summarize(mine, now_minute),
+                           self._runtime.instance_count(function)))
+        return result
+
+    async def flush_stats(self) -> None:
+        """Moves the in-memory per-minute rows into the store (periodic, and at stop)."""
+        if self._metrics is not None:
+            for name in self._runtime.routed():
+                self._metrics.stats.instances(name, self._runtime.instance_count(name),
+                                              time.time())
+            await self._store.add_stats(self._metrics.stats.drain())
 
     async def logs(self, query: LogQuery, *, follow: bool) -> AsyncIterator[LogEntry]:
         """Kept lines that match, oldest first; with `follow`, then new ones until cancelled."""

@@ -11,6 +11,8 @@ import shutil
 import signal
 import socket
 import stat
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import astuple
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +152,7 @@ class Daemon:
         logs = LogStore(config.state_dir / "logs", max_file_bytes=config.log_file_bytes,
                         files_kept=config.log_files)
         logs.start()
+        metrics.log_followers.set_function(logs.subscriber_count)
         capture = LogCapture(await asyncio.to_thread(log_client), logs.append)
 
         def on_instance(instance: Instance, event: str) -> None:
@@ -191,6 +194,18 @@ class Daemon:
         runtime.ensure_minimums()
         housekeeper = Housekeeper()
         housekeeper.every(1, runtime.housekeeping, "runtime")
+        background: set[asyncio.Task[None]] = set()
+
+        def spawn(work: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+            def job() -> None:
+                task = asyncio.ensure_future(work())
+                background.add(task)
+                task.add_done_callback(background.discard)
+            return job
+
+        housekeeper.every(10, spawn(control.flush_stats), "stats-flush")
+        housekeeper.every(3600, spawn(lambda: store.prune_stats(
+            int(time.time() // 60) - 2 * 1440)), "stats-prune")
         housekeeper.start()
         loop = asyncio.get_running_loop()
 
@@ -266,6 +281,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(watcher, timeout=5)
             await logs.stop()
+            with contextlib.suppress(Exception):
+                await control.flush_stats()
             await store.close()
             with contextlib.suppress(FileNotFoundError):
                 config.socket.unlink()

@@ -174,6 +174,22 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
             self._count("Logs", code)
 
     @_unary
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetStatsResponse:
+        functions = await self._control.stats(request.name or None)
+        return pb.GetStatsResponse(functions=[
+            pb.FunctionStats(name=name, instances_now=now, windows=[
+                pb.WindowStats(window=w.window, invocations=w.invocations,
+                               error_rate=w.error_rate, p50_seconds=w.p50, p95_seconds=w.p95,
+                               p99_seconds=w.p99, cold_start_rate=w.cold_start_rate,
+                               instances_max=w.instances_max)
+                for w in windows
+            ])
+            for name, windows, now in functions
+        ])
+
+    @_unary
     async def ListVersions(
         self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListVersionsResponse:

@@ -7,12 +7,15 @@ states; never request ids or raw paths.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from lambdad.metrics.stats import StatsRecorder
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 300.0, 900.0)
@@ -56,6 +59,7 @@ class _PoolCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.stats = StatsRecorder()
         r = self.registry
         self.invocations = Counter(
             "lambdad_invocations", "Invocations by function, type and HTTP status code",
@@ -86,6 +90,8 @@ class Metrics:
         self.build_duration = Histogram(
             "lambdad_image_build_duration_seconds", "Image build time", buckets=BUILD_BUCKETS,
             registry=r)
+        self.log_followers = Gauge(
+            "lambdad_log_followers", "Open `logs -f` streams", registry=r)
         self.grpc_requests = Counter(
             "lambdad_grpc_requests", "Control API calls by method and status code",
             ["method", "code"], registry=r)
@@ -96,6 +102,8 @@ class Metrics:
     def invocation(self, function: str, kind: str, code: int, seconds: float, *,
                    cold: bool = False, function_error: bool = False) -> None:
         """One finished invocation, whoever made it (gateway, Invoke RPC)."""
+        self.stats.invocation(function, seconds, error=function_error or code >= 500,
+                              cold=cold, at=time.time())
         self.invocations.labels(function, kind, str(code)).inc()
         self.duration.labels(function).observe(seconds)
         if cold:

@@ -70,7 +70,30 @@ def _v2_history_and_retention(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1_functions_and_versions, _v2_history_and_retention]
+def _v3_invocation_stats(db: sqlite3.Connection) -> None:
+    """Per-minute invocation counts and duration histograms, for `lambdactl stats`."""
+    db.execute(
+        """
+        CREATE TABLE invocation_stats (
+            function TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            invocations INTEGER NOT NULL,
+            errors INTEGER NOT NULL,
+            cold_starts INTEGER NOT NULL,
+            duration_sum REAL NOT NULL,
+            buckets TEXT NOT NULL,
+            instances_max INTEGER NOT NULL,
+            PRIMARY KEY (function, minute)
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    _v1_functions_and_versions,
+    _v2_history_and_retention,
+    _v3_invocation_stats,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

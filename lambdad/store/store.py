@@ -19,6 +19,7 @@ from peewee import SqliteDatabase
 
 from lambdad.errors import NotFound
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion
+from lambdad.metrics.stats import StatsRow
 from lambdad.store.migrations import migrate
 from lambdad.store.models import ActivationRow, FunctionRow, VersionRow, database
 
@@ -36,7 +37,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._db = SqliteDatabase(
+        self._db: Any = SqliteDatabase(
             str(path),
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
                      "busy_timeout": 5000},
@@ -185,6 +186,53 @@ class Store:
 
         return await self._run(query)
 
+    async def add_stats(self, rows: list[StatsRow]) -> None:
+        """Merges per-minute rows into what is stored (they add up)."""
+
+        def write() -> None:
+            with self._db.atomic():
+                for row in rows:
+                    found = self._db.execute_sql(
+                        "SELECT invocations, errors, cold_starts, duration_sum, buckets, "
+                        "instances_max FROM invocation_stats WHERE function = ? AND minute = ?",
+                        (row.function, row.minute),
+                    ).fetchone()
+                    merged = StatsRow(row.function, row.minute)
+                    if found is not None:
+                        merged.merge(StatsRow(
+                            row.function, row.minute, found[0], found[1], found[2], found[3],
+                            {int(k): v for k, v in json.loads(found[4]).items()}, found[5]))
+                    merged.merge(row)
+                    self._db.execute_sql(
+                        "INSERT OR REPLACE INTO invocation_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (merged.function, merged.minute, merged.invocations, merged.errors,
+                         merged.cold_starts, merged.duration_sum, json.dumps(merged.buckets),
+                         merged.instances_max),
+                    )
+
+        if rows:
+            await self._run(write)
+
+    async def stats_since(self, minute: int, function: str | None = None) -> list[StatsRow]:
+        def query() -> list[StatsRow]:
+            sql = ("SELECT function, minute, invocations, errors, cold_starts, duration_sum, "
+                   "buckets, instances_max FROM invocation_stats WHERE minute > ?")
+            params: tuple[object, ...] = (minute,)
+            if function is not None:
+                sql += " AND function = ?"
+                params += (function,)
+            return [
+                StatsRow(r[0], r[1], r[2], r[3], r[4], r[5],
+                         {int(k): v for k, v in json.loads(r[6]).items()}, r[7])
+                for r in self._db.execute_sql(sql, params).fetchall()
+            ]
+
+        return await self._run(query)
+
+    async def prune_stats(self, before_minute: int) -> None:
+        await self._run(lambda: self._db.execute_sql(
+            "DELETE FROM invocation_stats WHERE minute < ?", (before_minute,)))
+
     async def delete_function(self, name: str) -> list[FunctionVersion]:
         """Deletes the function and its versions; returns what was deleted."""
 
@@ -196,6 +244,7 @@ class Store:
                 versions = [_version(v) for v in VersionRow.select().where(
                     VersionRow.function == name)]
                 VersionRow.delete().where(VersionRow.function == name).execute()
+                self._db.execute_sql("DELETE FROM invocation_stats WHERE function = ?", (name,))
                 row.delete_instance()
                 return versions
 

@@ -65,7 +65,12 @@ def test_each_invocation_is_framed_and_its_lines_carry_its_id(
     _deploy_chatty(lambdad, tmp_path, "chatty")
     response = lambdad.http("chatty", "/?tag=alpha&lines=2")
     request_id = response.headers["lambda-request-id"]
-    entries = _wait_logs(lambdad, "chatty", _reported(request_id), "--request-id", request_id)
+    # stdout and stderr arrive through separate readers: wait for both streams' lines.
+    entries = _wait_logs(
+        lambdad, "chatty",
+        lambda found: _reported(request_id)(found)  # type: ignore[operator]
+        and any("warned alpha" in str(e["message"]) for e in found),
+        "--request-id", request_id)
     messages = [e["message"] for e in entries]
     assert messages[0] == f"START RequestId: {request_id} Version: 1"
     assert "line 0 of alpha" in messages and "line 1 of alpha" in messages

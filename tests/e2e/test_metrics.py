@@ -89,3 +89,72 @@ def test_cold_starts_are_counted(lambdad: Lambdad, tmp_path: Path) -> None:
     assert lambdad.http("coldcount").headers["lambda-cold-start"] == "false"
     text = _get(lambdad, "/metrics")[2]
     assert _value(text, "lambdad_cold_starts_total", function="coldcount") == 1
+
+
+def test_stats_summarize_known_traffic_and_survive_a_restart(
+    fresh_lambdad: Lambdad, tmp_path: Path
+) -> None:
+    import signal
+
+    daemon = fresh_lambdad
+    folder = tmp_path / "counted"
+    folder.mkdir()
+    (folder / "handler.py").write_text(
+        "import time\n\ndef handler(event, context):\n"
+        "    params = event.get('queryStringParameters') or {}\n"
+        "    if params.get('fail'):\n        raise ValueError('no')\n"
+        "    time.sleep(float(params.get('ms', 0)) / 1000)\n    return 'ok'\n"
+    )
+    (folder / "lambda.toml").write_text('name = "counted"\ntimeout = 1\n')
+    daemon.deploy(folder)
+    for ms in (20, 40, 60, 80, 100, 120, 140, 160):
+        assert daemon.http("counted", f"/?ms={ms}").status == 200
+    assert daemon.http("counted", "/?fail=1").status == 500
+    assert daemon.http("counted", "/?ms=3000").status == 504  # the instance is replaced
+    assert daemon.http("counted", "/?ms=20").headers["lambda-cold-start"] == "true"
+
+    def check() -> None:
+        result = daemon.cli("stats", "counted", "-o", "json")
+        assert result.code == 0, result.stderr
+        (function,) = result.json()
+        five = function["windows"][0]
+        assert five["window"] == "5m" and five["invocations"] == 11
+        assert five["error_rate"] == 2 / 11
+        assert five["cold_start_rate"] == 1 / 11
+        assert 0.06 < five["p50_seconds"] < 0.11  # the median of the mix is ~80-100 ms
+        assert five["p99_seconds"] > 0.9  # the timed-out request
+        assert five["instances_max"] >= 1
+
+    check()
+    table = daemon.cli("stats").stdout
+    assert "counted" in table and "5m" in table and "1d" in table
+    daemon.stop(signal.SIGTERM)  # flushes the last minute
+    daemon.start()
+    check()
+
+
+def test_a_follower_that_leaves_is_let_go(lambdad: Lambdad, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.daemon import ROOT
+
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    (folder / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    lambdad.deploy(folder, "--name", "watched")
+    followers = [subprocess.Popen(
+        [sys.executable, "-m", "lambdactl", "logs", "watched", "-f"], env=lambdad.env(),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+    deadline = time.monotonic() + 15
+    while _value(_get(lambdad, "/metrics")[2], "lambdad_log_followers") < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for follower in followers:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=10)
+    while _value(_get(lambdad, "/metrics")[2], "lambdad_log_followers") > 0:
+        assert time.monotonic() < deadline + 15, "a departed follower is still subscribed"
+        time.sleep(0.1)

@@ -365,3 +365,45 @@ class LogEntry(_message.Message):
     request_id: str
     message: str
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., function: _Optional[str] = ..., version: _Optional[int] = ..., instance: _Optional[str] = ..., stream: _Optional[str] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class WindowStats(_message.Message):
+    __slots__ = ("window", "invocations", "error_rate", "p50_seconds", "p95_seconds", "p99_seconds", "cold_start_rate", "instances_max")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P50_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    P95_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_RATE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_MAX_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    invocations: int
+    error_rate: float
+    p50_seconds: float
+    p95_seconds: float
+    p99_seconds: float
+    cold_start_rate: float
+    instances_max: int
+    def __init__(self, window: _Optional[str] = ..., invocations: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_seconds: _Optional[float] = ..., p95_seconds: _Optional[float] = ..., p99_seconds: _Optional[float] = ..., cold_start_rate: _Optional[float] = ..., instances_max: _Optional[int] = ...) -> None: ...
+
+class FunctionStats(_message.Message):
+    __slots__ = ("name", "windows", "instances_now")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_NOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    windows: _containers.RepeatedCompositeFieldContainer[WindowStats]
+    instances_now: int
+    def __init__(self, name: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[WindowStats, _Mapping]]] = ..., instances_now: _Optional[int] = ...) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("functions",)
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    functions: _containers.RepeatedCompositeFieldContainer[FunctionStats]
+    def __init__(self, functions: _Optional[_Iterable[_Union[FunctionStats, _Mapping]]] = ...) -> None: ...

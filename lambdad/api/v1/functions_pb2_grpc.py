@@ -79,6 +79,11 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogsRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogEntry.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/GetStats',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -148,6 +153,13 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """GetStats summarizes invocations over the last 5 minutes, hour and day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +207,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogsRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.LogEntry.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +457,33 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/Logs',
             lambdad_dot_api_dot_v1_dot_functions__pb2.LogsRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/GetStats',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
