@@ -437,6 +437,9 @@ class RuntimeManager:
         instance.idle.clear()
         await asyncio.to_thread(self._backend.remove, instance.container_id, grace=1)
         shutil.rmtree(instance.socket_dir, ignore_errors=True)
+        log.info('instance stopped function=%s version=%d instance=%s reason="%s"',
+                 instance.version.function, instance.version.number, instance.id,
+                 instance.end_reason or "stopped")
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
