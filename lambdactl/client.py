@@ -69,14 +69,33 @@ class Client:
         """Start the deploy stream; the result iterates DeployResponse and has cancel()."""
         return self._stub.Deploy(deploy_requests(header, code), metadata=self._metadata)
 
-    def invoke(self, name: str, payload: bytes, version: int = 0) -> pb.InvokeResponse:
+    def invoke(self, name: str, payload: bytes, version: int = 0,
+               event: bool = False) -> pb.InvokeResponse:
+        kind = pb.INVOCATION_TYPE_EVENT if event else pb.INVOCATION_TYPE_REQUEST_RESPONSE
         return cast(
             pb.InvokeResponse,
             self._stub.Invoke(
-                pb.InvokeRequest(name=name, payload=payload, version=version),
+                pb.InvokeRequest(name=name, payload=payload, version=version, type=kind),
                 metadata=self._metadata,
             ),
         )
+
+    def list_invocations(self, name: str, status: str) -> list[pb.InvocationInfo]:
+        reply = self._stub.ListInvocations(
+            pb.ListInvocationsRequest(name=name, status=status), metadata=self._metadata,
+            timeout=CONTROL_TIMEOUT)
+        return list(reply.invocations)
+
+    def get_invocation(self, invocation_id: str) -> pb.InvocationInfo:
+        return cast(pb.InvocationInfo, self._stub.GetInvocation(
+            pb.GetInvocationRequest(id=invocation_id), metadata=self._metadata,
+            timeout=CONTROL_TIMEOUT))
+
+    def redrive(self, invocation_id: str, all_failed_of: str) -> int:
+        reply = self._stub.Redrive(
+            pb.RedriveRequest(id=invocation_id, all_failed_of=all_failed_of),
+            metadata=self._metadata, timeout=CONTROL_TIMEOUT)
+        return int(reply.redriven)
 
     def list_functions(self) -> list[pb.Function]:
         reply = self._stub.ListFunctions(

@@ -259,6 +259,15 @@ def _parse_json(data: bytes) -> tuple[bool, Any]:
 
 def cmd_invoke(ctx: Ctx) -> int:
     payload = _read_payload(ctx)
+    if ctx.args.event:
+        with Client(ctx.target) as client:
+            queued = client.invoke(ctx.args.name, payload, event=True)
+        if ctx.json:
+            ctx.write_json({"invocation_id": queued.request_id, "status": "queued"})
+        else:
+            ctx.out.file.write(queued.request_id + "\n")
+            ctx.message("Queued; follow it with: lambdactl invocation " + queued.request_id[:8])
+        return ExitCode.OK
     with Client(ctx.target) as client:
         reply = client.invoke(ctx.args.name, payload, ctx.args.pinned_version or 0)
     is_json, value = _parse_json(reply.payload)
@@ -561,6 +570,58 @@ def cmd_stats(ctx: Ctx) -> int:
     return ExitCode.OK
 
 
+def _invocation_json(i: pb.InvocationInfo) -> dict[str, object]:
+    return {
+        "id": i.id, "function": i.function, "status": i.status, "attempts": i.attempts,
+        "source": i.source, "created_at": _rfc(i.created_at),
+        "next_attempt_at": _rfc(i.next_attempt_at) if i.status == "queued" else None,
+        "started_at": _rfc(i.started_at), "finished_at": _rfc(i.finished_at),
+        "status_code": i.status_code or None,
+        "payload": i.payload.decode("utf-8", "replace"),
+        "result": i.result.decode("utf-8", "replace") if i.result else None,
+        "last_error": i.last_error or None,
+    }
+
+
+def cmd_invocations(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        found = client.list_invocations(ctx.args.name, ctx.args.status or "")
+    if ctx.json:
+        ctx.write_json([_invocation_json(i) for i in found])
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "STATUS", "ATTEMPTS", "SOURCE", "CREATED", "FINISHED", "ERROR"):
+        table.add_column(column, no_wrap=True)
+    for i in found:
+        table.add_row(i.id, i.status, str(i.attempts), i.source, _when(i.created_at),
+                      _when(i.finished_at), (i.last_error.splitlines() or ["-"])[0][:60])
+    ctx.out.print(table, crop=False)
+    return ExitCode.OK
+
+
+def cmd_invocation(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        found = client.get_invocation(ctx.args.id)
+    data = _invocation_json(found)
+    if ctx.json:
+        ctx.write_json(data)
+        return ExitCode.OK
+    for key, value in data.items():
+        ctx.out.print(Text.assemble((f"{key}:".ljust(17), "bold"), str(value or "-")),
+                      soft_wrap=True)
+    return ExitCode.OK
+
+
+def cmd_redrive(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        count = client.redrive(ctx.args.id or "", ctx.args.all_failed or "")
+    if ctx.json:
+        ctx.write_json({"redriven": count})
+    else:
+        ctx.message(f"Queued {count} invocation(s) again.")
+    return ExitCode.OK
+
+
 def cmd_versions(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         versions = client.list_versions(ctx.args.name)
@@ -628,6 +689,9 @@ def cmd_config(ctx: Ctx) -> int:
 
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "logs": cmd_logs,
+    "invocations": cmd_invocations,
+    "invocation": cmd_invocation,
+    "redrive": cmd_redrive,
     "stats": cmd_stats,
     "versions": cmd_versions,
     "rollback": cmd_rollback,

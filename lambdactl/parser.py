@@ -214,6 +214,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--log", action="store_true",
         help="after the result, print this invocation's log lines on stderr",
     )
+    invoke.add_argument(
+        "--async", action="store_true", dest="event",
+        help="queue the invocation and return at once, printing its id (retried on failure)",
+    )
+
+    invocations = sub.add_parser(
+        "invocations",
+        parents=[common],
+        help="list a function's asynchronous invocations",
+        description="List the asynchronous invocations of function NAME, newest first.",
+    )
+    invocations.add_argument("name", metavar="NAME", help="the function")
+    invocations.add_argument("--status", choices=("queued", "running", "succeeded", "failed"),
+                             help="only invocations in this state")
+
+    invocation = sub.add_parser(
+        "invocation",
+        parents=[common],
+        help="show one asynchronous invocation",
+        description="Show an asynchronous invocation: payload, attempts, result or last error "
+        "and timings. A unique prefix of the id is enough.",
+    )
+    invocation.add_argument("id", metavar="ID", help="the invocation id (or a unique prefix)")
+
+    redrive = sub.add_parser(
+        "redrive",
+        parents=[common],
+        help="queue dead-lettered invocations again",
+        description="Put a failed (dead-lettered) asynchronous invocation back in the queue with "
+        "fresh attempts, or every failed one of a function with --all-failed.",
+    )
+    target = redrive.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", metavar="ID", nargs="?", help="the invocation id (or a prefix)")
+    target.add_argument("--all-failed", metavar="NAME", help="every failed invocation of NAME")
     data = invoke.add_mutually_exclusive_group()
     data.add_argument("--data", metavar="JSON", help="JSON payload (default: {})")
     data.add_argument(

@@ -60,6 +60,7 @@ class Config:
     drain_grace: float
     log_file_bytes: int
     log_files: int
+    async_backoff: float
     log_level: str
 
 
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--function-log-files", type=int, default=5, metavar="N",
                          help="log files kept per function, the current one included; the "
                          "cap per function is about N x size (default: 5)")
+    runtime.add_argument("--async-backoff", type=float, default=60.0, metavar="SECONDS",
+                         help="asynchronous invocations: attempt N waits N x this before the "
+                         "next (default: 60, so retries come after 1 and 2 more minutes)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="daemon log level (default: info)")
@@ -163,5 +167,6 @@ def parse_config(argv: list[str] | None = None) -> Config:
         drain_grace=args.drain_grace,
         log_file_bytes=args.function_log_size,
         log_files=max(2, args.function_log_files),
+        async_backoff=max(0.0, args.async_backoff),
         log_level=args.log_level,
     )

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ from lambdad.gateway.status import status_for
 from lambdad.logs import LogEntry, LogQuery, LogStore
 from lambdad.metrics import Metrics
 from lambdad.metrics.stats import WindowStats, summarize
+from lambdad.queue.model import STATUSES, AsyncInvocation, RetryPolicy
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.runtime.manager import PoolCounts, RuntimeManager
 from lambdad.store import FunctionRecord, Store
@@ -117,7 +119,10 @@ class ControlPlane:
         keep_versions: int = 10,
         metrics: Metrics | None = None,
         logs: LogStore | None = None,
+        async_backoff_s: float = 60.0,
     ) -> None:
+        self.async_backoff_s = async_backoff_s
+        self._on_enqueued: Callable[[], None] | None = None
         self._metrics = metrics
         self._logs = logs
         self._store = store
@@ -527,10 +532,102 @@ class ControlPlane:
             if queue is not None:
                 store.unsubscribe(query.function, queue)
 
+    # Asynchronous invocations
+
+    async def enqueue(self, name: str, payload: bytes, *, source: str) -> str:
+        """Writes the event to the store before returning its id (the 202 comes after)."""
+        validate_name(name)
+        if self._runtime.active_version(name) is None:
+            raise NotFound(f"no function named {name!r}")
+        body = payload or b"{}"
+        try:
+            json.loads(body)
+        except ValueError:
+            raise InvalidArgument("an asynchronous invocation's payload must be JSON") from None
+        now = time.time()
+        invocation = AsyncInvocation(
+            id=str(uuid.uuid4()), function=name, payload=body, source=source,
+            status="queued", attempts=0, created_at=now, next_attempt_at=now,
+        )
+        await self._store.invocations.insert(invocation)
+        if self._on_enqueued is not None:
+            self._on_enqueued()
+        return invocation.id
+
+    def set_enqueue_listener(self, listener: Callable[[], None]) -> None:
+        self._on_enqueued = listener
+
+    async def deliver(self, invocation: AsyncInvocation) -> tuple[bool, int | None, bytes | None,
+                                                                   str]:
+        """One attempt of a queued event, as invocation type `event`."""
+        request = InvocationRequest(
+            function=invocation.function, method=b"POST", target=b"/",
+            headers=[(b"content-type", b"application/json")], body=invocation.payload,
+            invocation_type="event", request_id=invocation.id,
+        )
+        started = time.monotonic()
+        try:
+            response = await self._runtime.invoke(request)
+        except LambdaError as exc:
+            if not isinstance(exc, NotFound):
+                self._observe(invocation.function, status_for(exc)[0], started, kind="event")
+            return False, status_for(exc)[0], None, exc.message
+        body = await response.read()
+        failed = any(key.lower() == b"lambda-function-error" for key, _ in response.headers)
+        self._observe(invocation.function, response.status, started, cold=response.cold_start,
+                      function_error=failed, kind="event")
+        ok = 200 <= response.status < 300 and not failed
+        error = "" if ok else body.decode("utf-8", "replace")[:2000]
+        return ok, response.status, body[:256 * 1024], error
+
+    def retry_policy(self, name: str) -> RetryPolicy:
+        version = self._runtime.active_version(name)
+        if version is None:
+            return RetryPolicy(retries=0, backoff_s=self.async_backoff_s)
+        return RetryPolicy(retries=version.config.async_retries,
+                           max_event_age_s=version.config.async_max_age_s,
+                           backoff_s=self.async_backoff_s)
+
+    def delivery_limit(self, name: str) -> int:
+        version = self._runtime.active_version(name)
+        if version is None:
+            return 1
+        scaling = version.config.scaling
+        return scaling.max_instances * scaling.concurrency
+
+    async def invocations(self, name: str, status: str, limit: int) -> list[AsyncInvocation]:
+        validate_name(name)
+        await self._store.get_function(name)
+        if status and status not in STATUSES:
+            raise InvalidArgument(f"status must be one of {', '.join(STATUSES)}")
+        result: list[AsyncInvocation] = await self._store.invocations.of_function(
+            name, status, limit or 100)
+        return result
+
+    async def invocation(self, prefix: str) -> AsyncInvocation:
+        found: AsyncInvocation = await self._store.invocations.get(prefix)
+        return found
+
+    async def redrive(self, prefix: str, all_failed_of: str) -> int:
+        if all_failed_of:
+            validate_name(all_failed_of)
+            await self._store.get_function(all_failed_of)
+            ids = await self._store.invocations.failed_ids(all_failed_of)
+        else:
+            found = await self.invocation(prefix)
+            if found.status != "failed":
+                raise FailedPrecondition(
+                    f"invocation {found.id} is {found.status}; only failed ones are redriven")
+            ids = [found.id]
+        count: int = await self._store.invocations.redrive(ids, time.time())
+        if count and self._on_enqueued is not None:
+            self._on_enqueued()
+        return count
+
     def _observe(self, name: str, status: int, started: float, *, cold: bool = False,
-                 function_error: bool = False) -> None:
+                 function_error: bool = False, kind: str = "direct") -> None:
         if self._metrics is not None:
-            self._metrics.invocation(name, "direct", status, time.monotonic() - started,
+            self._metrics.invocation(name, kind, status, time.monotonic() - started,
                                      cold=cold, function_error=function_error)
 
     async def delete(self, name: str) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from lambdad.logs import LogCapture, LogStore
 from lambdad.logs.capture import Source
 from lambdad.metrics import AdminServer, Metrics
 from lambdad.metrics.registry import PoolSample
+from lambdad.queue import AsyncWorker
 from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
 from lambdad.runtime.pool import Instance
@@ -184,6 +185,7 @@ class Daemon:
             keep_versions=config.keep_versions,
             metrics=metrics,
             logs=logs,
+            async_backoff_s=config.async_backoff,
         )
         functions = await control.load()
         adopted, removed = await runtime.reconcile()
@@ -191,6 +193,13 @@ class Daemon:
             log.info("reconciled: adopted %d instance(s), removed %d container(s) left by an "
                      "earlier run", adopted, removed)
         await control.prune_orphan_images()
+        recovered = await store.invocations.recover(time.time())
+        if recovered:
+            log.info("async: %d invocation(s) cut short by the last stop are queued again",
+                     recovered)
+        worker = AsyncWorker(store.invocations, control.deliver, control.retry_policy,
+                             control.delivery_limit)
+        control.set_enqueue_listener(worker.wake)
         runtime.ensure_minimums()
         housekeeper = Housekeeper()
         housekeeper.every(1, runtime.housekeeping, "runtime")
@@ -231,6 +240,7 @@ class Daemon:
             servers.append(remote)
         gateway = Gateway(
             runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
+            enqueue=lambda name, body: control.enqueue(name, body, source="http"),
             observe=lambda name, code, seconds, cold, failed: metrics.invocation(
                 name, "http", code, seconds, cold=cold, function_error=failed),
         )
@@ -254,6 +264,7 @@ class Daemon:
                 ) from None
         for server in servers:
             await server.start()
+        worker.start()
         os.chmod(config.socket, 0o660)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(
@@ -270,6 +281,7 @@ class Daemon:
             log.info("lambdad stopping: draining for up to %.0f s", config.drain_grace)
             await housekeeper.stop()
             await admin.stop()
+            await worker.stop()
             await health_servicer.enter_graceful_shutdown()
             await asyncio.gather(
                 gateway.stop(config.drain_grace),

@@ -35,6 +35,7 @@ from lambdad.errors import InvalidArgument, LambdaError
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion, Overrides
 from lambdad.logs import LogQuery
 from lambdad.metrics import Metrics
+from lambdad.queue.model import AsyncInvocation
 
 log = logging.getLogger("lambdad.api")
 
@@ -116,6 +117,10 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
     async def Invoke(
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.InvokeResponse:
+        if request.type == pb.INVOCATION_TYPE_EVENT:
+            invocation_id = await self._control.enqueue(
+                request.name, bytes(request.payload), source="api")
+            return pb.InvokeResponse(status_code=202, request_id=invocation_id)
         result = await self._control.invoke(
             request.name, bytes(request.payload), version=request.version or None
         )
@@ -188,6 +193,26 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
             ])
             for name, windows, now in functions
         ])
+
+    @_unary
+    async def ListInvocations(
+        self, request: pb.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListInvocationsResponse:
+        found = await self._control.invocations(request.name, request.status, request.limit)
+        return pb.ListInvocationsResponse(invocations=[_invocation(i) for i in found])
+
+    @_unary
+    async def GetInvocation(
+        self, request: pb.GetInvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.InvocationInfo:
+        return _invocation(await self._control.invocation(request.id))
+
+    @_unary
+    async def Redrive(
+        self, request: pb.RedriveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RedriveResponse:
+        count = await self._control.redrive(request.id, request.all_failed_of)
+        return pb.RedriveResponse(redriven=count)
 
     @_unary
     async def ListVersions(
@@ -305,6 +330,27 @@ def _function(view: FunctionView, *, show_env: bool = False) -> pb.Function:
         message.code_size = active.code_size
         message.config.CopyFrom(_config(active.config, show_env=show_env))
     return message
+
+
+def _epoch(seconds: float | None) -> Timestamp | None:
+    return None if seconds is None else _timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def _invocation(invocation: AsyncInvocation) -> pb.InvocationInfo:
+    info = pb.InvocationInfo(
+        id=invocation.id, function=invocation.function, status=invocation.status,
+        attempts=invocation.attempts, source=invocation.source, payload=invocation.payload,
+        result=invocation.result or b"", last_error=invocation.last_error,
+        status_code=invocation.status_code or 0,
+    )
+    for field_name, value in (("created_at", invocation.created_at),
+                              ("next_attempt_at", invocation.next_attempt_at),
+                              ("started_at", invocation.started_at),
+                              ("finished_at", invocation.finished_at)):
+        stamp = _epoch(value)
+        if stamp is not None:
+            getattr(info, field_name).CopyFrom(stamp)
+    return info
 
 
 def _version_info(

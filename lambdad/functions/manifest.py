@@ -35,7 +35,10 @@ _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = ("AWS_", "LAMBDA_", "_HANDLER")
 _KNOWN_KEYS = {"name", "runtime", "handler", "timeout", "memory", "cpu", "pids_limit", "env",
-               "network", "description", "scaling"}
+               "network", "description", "scaling", "async"}
+_ASYNC_KEYS = {"retries", "max_event_age"}
+MAX_ASYNC_RETRIES = 10
+MIN_EVENT_AGE_S, MAX_EVENT_AGE_S = 60, 6 * 3600  # AWS Lambda's range
 _SCALING_KEYS = {"concurrency", "min_instances", "max_instances", "idle_timeout",
                  "queue_timeout"}
 
@@ -82,6 +85,8 @@ class FunctionConfig:
     cpu: float = DEFAULT_CPU
     pids_limit: int = DEFAULT_PIDS_LIMIT
     scaling: Scaling = field(default_factory=Scaling)
+    async_retries: int = 2  # asynchronous invocations: retries after the first attempt
+    async_max_age_s: int = MAX_EVENT_AGE_S
 
     @property
     def queue_timeout_s(self) -> int:
@@ -99,6 +104,8 @@ class FunctionConfig:
             "cpu": self.cpu,
             "pids_limit": self.pids_limit,
             "scaling": self.scaling.to_dict(),
+            "async_retries": self.async_retries,
+            "async_max_age_s": self.async_max_age_s,
         }
 
     @classmethod
@@ -114,6 +121,8 @@ class FunctionConfig:
             cpu=float(data.get("cpu", DEFAULT_CPU)),
             pids_limit=int(data.get("pids_limit", DEFAULT_PIDS_LIMIT)),
             scaling=Scaling.from_dict(data.get("scaling", {})),
+            async_retries=int(data.get("async_retries", 2)),
+            async_max_age_s=int(data.get("async_max_age_s", MAX_EVENT_AGE_S)),
         )
 
 
@@ -175,6 +184,12 @@ def parse_manifest(text: str | None, *, has_dockerfile: bool) -> Manifest:
     queue = scaling.get("queue_timeout")
     if queue is not None and (isinstance(queue, bool) or not isinstance(queue, int)):
         raise InvalidArgument(f"lambda.toml: scaling.queue_timeout must be an int, got {queue!r}")
+    async_table = data.get("async", {})
+    if not isinstance(async_table, dict):
+        raise InvalidArgument("lambda.toml: async must be a table")
+    unknown = sorted(set(async_table) - _ASYNC_KEYS)
+    if unknown:
+        raise InvalidArgument(f"lambda.toml: unknown key(s) in [async]: {', '.join(unknown)}")
     cpu = data.get("cpu", DEFAULT_CPU)
     if isinstance(cpu, bool) or not isinstance(cpu, int | float):
         raise InvalidArgument(f"lambda.toml: cpu must be a number, got {cpu!r}")
@@ -194,6 +209,8 @@ def parse_manifest(text: str | None, *, has_dockerfile: bool) -> Manifest:
             idle_timeout_s=_typed(scaling, "idle_timeout", int, 300, "scaling."),
             queue_timeout_s=queue,
         ),
+        async_retries=_typed(async_table, "retries", int, 2, "async."),
+        async_max_age_s=_typed(async_table, "max_event_age", int, MAX_EVENT_AGE_S, "async."),
     )
     return Manifest(name=name, config=validate_config(config))
 
@@ -244,6 +261,13 @@ def validate_config(config: FunctionConfig) -> FunctionConfig:
             f"pids_limit must be {MIN_PIDS_LIMIT}-{MAX_PIDS_LIMIT}, got {config.pids_limit}"
         )
     _validate_scaling(config.scaling)
+    if not 0 <= config.async_retries <= MAX_ASYNC_RETRIES:
+        raise InvalidArgument(
+            f"async.retries must be 0-{MAX_ASYNC_RETRIES}, got {config.async_retries}")
+    if not MIN_EVENT_AGE_S <= config.async_max_age_s <= MAX_EVENT_AGE_S:
+        raise InvalidArgument(
+            f"async.max_event_age must be {MIN_EVENT_AGE_S}-{MAX_EVENT_AGE_S} seconds, "
+            f"got {config.async_max_age_s}")
     size = 0
     for key, value in config.env.items():
         if not _ENV_KEY.match(key):

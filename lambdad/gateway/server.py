@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import functools
 import http
+import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import h11
@@ -34,6 +35,8 @@ log = logging.getLogger("lambdad.gateway")
 Reply = tuple[int, Headers, bytes]
 # (function, status, seconds to the response head, cold start, the handler raised)
 Observer = Callable[[str, int, float, bool, bool], None]
+# (function, JSON payload) -> invocation id; for `Lambda-Invocation-Type: Event` requests
+Enqueue = Callable[[str, bytes], Awaitable[str]]
 
 _READ_SIZE = 64 * 1024
 _LINGER = 2.0  # seconds spent discarding a rejected upload before closing on it
@@ -58,9 +61,11 @@ class Gateway:
         header_timeout: float = 10.0,
         keepalive_timeout: float = 75.0,
         observe: Observer | None = None,
+        enqueue: Enqueue | None = None,
     ) -> None:
         self.invoker = invoker
         self.observe = observe
+        self.enqueue = enqueue
         self.domain = domain
         self.max_body_bytes = max_body_bytes
         self.header_timeout = header_timeout
@@ -287,6 +292,8 @@ class _Client:
             return await self._respond(_too_slow(request_id), close=True)
         if target is None:
             return await self._respond(error_response(self._no_route(host), request_id))
+        if self.gw.enqueue is not None and _wants_event(request.headers):
+            return await self._enqueue(target.function, body, request_id)
         invocation = InvocationRequest(
             function=target.function,
             method=request.method,
@@ -298,6 +305,18 @@ class _Client:
             version=version,
         )
         return await self._watching(self._invoke(invocation))
+
+    async def _enqueue(self, function: str, body: bytes, request_id: str) -> int:
+        """`Lambda-Invocation-Type: Event`: the event is stored, then 202 with its id."""
+        assert self.gw.enqueue is not None
+        try:
+            invocation_id = await self.gw.enqueue(function, body)
+        except errors.LambdaError as exc:
+            return await self._respond(error_response(exc, request_id))
+        payload = json.dumps({"invocationId": invocation_id, "status": "queued"}).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"lambda-request-id", invocation_id.encode())]
+        return await self._respond((202, headers, payload))
 
     def _no_route(self, host: str | None) -> errors.NotFound:
         name = subdomain(host, self.gw.domain)
@@ -485,3 +504,9 @@ def _server_timing(total_ms: float, response: InvocationResponse) -> bytes:
     if response.init_ms:
         parts.append(f"init;dur={response.init_ms:.2f}")
     return ", ".join(parts).encode()
+
+
+def _wants_event(headers: object) -> bool:
+    """The one Lambda-* header accepted from outside: asynchronous invocation."""
+    return any(name == b"lambda-invocation-type" and value.strip().lower() == b"event"
+               for name, value in headers)  # type: ignore[attr-defined]

@@ -89,10 +89,36 @@ def _v3_invocation_stats(db: sqlite3.Connection) -> None:
     )
 
 
+def _v4_async_invocations(db: sqlite3.Connection) -> None:
+    """The durable queue of asynchronous invocations (and their dead letters)."""
+    db.execute(
+        """
+        CREATE TABLE invocations (
+            id TEXT PRIMARY KEY NOT NULL,
+            function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+            payload BLOB NOT NULL,
+            source TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            status_code INTEGER,
+            result BLOB,
+            last_error TEXT NOT NULL DEFAULT ''
+        )
+        """
+    )
+    db.execute("CREATE INDEX invocations_due ON invocations(status, next_attempt_at)")
+    db.execute("CREATE INDEX invocations_function ON invocations(function, created_at)")
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
     _v3_invocation_stats,
+    _v4_async_invocations,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

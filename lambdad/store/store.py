@@ -20,6 +20,7 @@ from peewee import SqliteDatabase
 from lambdad.errors import NotFound
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion
 from lambdad.metrics.stats import StatsRow
+from lambdad.queue.store import InvocationTable
 from lambdad.store.migrations import migrate
 from lambdad.store.models import ActivationRow, FunctionRow, VersionRow, database
 
@@ -45,6 +46,7 @@ class Store:
 
     async def open(self) -> None:
         await self._run(self._open)
+        self.invocations = _Async(self, InvocationTable(self._db))
 
     async def close(self) -> None:
         await self._run(self._db.close)
@@ -278,3 +280,19 @@ def _version(row: Any) -> FunctionVersion:
         pruned=bool(row.pruned),
         source_version=row.source_version,
     )
+
+
+class _Async:
+    """Runs a table object's blocking methods on the store thread: `await x.method(...)`."""
+
+    def __init__(self, store: Store, table: Any) -> None:
+        self._store = store
+        self._table = table
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._table, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self._store._run(lambda: method(*args, **kwargs))
+
+        return call

@@ -10,12 +10,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class InvocationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVOCATION_TYPE_REQUEST_RESPONSE: _ClassVar[InvocationType]
+    INVOCATION_TYPE_EVENT: _ClassVar[InvocationType]
+
 class FunctionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FUNCTION_STATUS_UNSPECIFIED: _ClassVar[FunctionStatus]
     FUNCTION_STATUS_READY: _ClassVar[FunctionStatus]
     FUNCTION_STATUS_IDLE: _ClassVar[FunctionStatus]
     FUNCTION_STATUS_DEPLOYING: _ClassVar[FunctionStatus]
+INVOCATION_TYPE_REQUEST_RESPONSE: InvocationType
+INVOCATION_TYPE_EVENT: InvocationType
 FUNCTION_STATUS_UNSPECIFIED: FunctionStatus
 FUNCTION_STATUS_READY: FunctionStatus
 FUNCTION_STATUS_IDLE: FunctionStatus
@@ -158,14 +165,16 @@ class DeployResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[DeployProgress, _Mapping]] = ..., build_output: _Optional[str] = ..., result: _Optional[_Union[DeployResult, _Mapping]] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("name", "payload", "version")
+    __slots__ = ("name", "payload", "version", "type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     payload: bytes
     version: int
-    def __init__(self, name: _Optional[str] = ..., payload: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
+    type: InvocationType
+    def __init__(self, name: _Optional[str] = ..., payload: _Optional[bytes] = ..., version: _Optional[int] = ..., type: _Optional[_Union[InvocationType, str]] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
     __slots__ = ("status_code", "payload", "function_error", "request_id", "executed_version", "cold_start")
@@ -407,3 +416,69 @@ class GetStatsResponse(_message.Message):
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     functions: _containers.RepeatedCompositeFieldContainer[FunctionStats]
     def __init__(self, functions: _Optional[_Iterable[_Union[FunctionStats, _Mapping]]] = ...) -> None: ...
+
+class ListInvocationsRequest(_message.Message):
+    __slots__ = ("name", "status", "limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    status: str
+    limit: int
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class InvocationInfo(_message.Message):
+    __slots__ = ("id", "function", "status", "attempts", "source", "created_at", "next_attempt_at", "started_at", "finished_at", "status_code", "payload", "result", "last_error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    function: str
+    status: str
+    attempts: int
+    source: str
+    created_at: _timestamp_pb2.Timestamp
+    next_attempt_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    status_code: int
+    payload: bytes
+    result: bytes
+    last_error: str
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., status: _Optional[str] = ..., attempts: _Optional[int] = ..., source: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status_code: _Optional[int] = ..., payload: _Optional[bytes] = ..., result: _Optional[bytes] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ListInvocationsResponse(_message.Message):
+    __slots__ = ("invocations",)
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    invocations: _containers.RepeatedCompositeFieldContainer[InvocationInfo]
+    def __init__(self, invocations: _Optional[_Iterable[_Union[InvocationInfo, _Mapping]]] = ...) -> None: ...
+
+class GetInvocationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RedriveRequest(_message.Message):
+    __slots__ = ("id", "all_failed_of")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ALL_FAILED_OF_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    all_failed_of: str
+    def __init__(self, id: _Optional[str] = ..., all_failed_of: _Optional[str] = ...) -> None: ...
+
+class RedriveResponse(_message.Message):
+    __slots__ = ("redriven",)
+    REDRIVEN_FIELD_NUMBER: _ClassVar[int]
+    redriven: int
+    def __init__(self, redriven: _Optional[int] = ...) -> None: ...

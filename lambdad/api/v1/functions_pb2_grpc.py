@@ -84,6 +84,21 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ListInvocations = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/ListInvocations',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListInvocationsRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListInvocationsResponse.FromString,
+                _registered_method=True)
+        self.GetInvocation = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/GetInvocation',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetInvocationRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.InvocationInfo.FromString,
+                _registered_method=True)
+        self.Redrive = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/Redrive',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -160,6 +175,26 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInvocations(self, request, context):
+        """Asynchronous invocations (Invoke with type EVENT queues one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInvocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redrive(self, request, context):
+        """Redrive puts dead-lettered invocations back in the queue with fresh attempts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +247,21 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListInvocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvocations,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListInvocationsRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListInvocationsResponse.SerializeToString,
+            ),
+            'GetInvocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInvocation,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetInvocationRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.InvocationInfo.SerializeToString,
+            ),
+            'Redrive': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redrive,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +534,87 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/GetStats',
             lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/ListInvocations',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListInvocationsRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListInvocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInvocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/GetInvocation',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.GetInvocationRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.InvocationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redrive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/Redrive',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveResponse.FromString,
             options,
             channel_credentials,
             insecure,

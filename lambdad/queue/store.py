@@ -1,0 +1,116 @@
+"""SQL for the invocations table, run on the store's thread (see lambdad.store.Store)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lambdad.errors import InvalidArgument, NotFound
+from lambdad.queue.model import AsyncInvocation
+
+_COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_attempt_at, "
+            "started_at, finished_at, status_code, result, last_error")
+
+
+def _row(r: Any) -> AsyncInvocation:
+    return AsyncInvocation(
+        id=r[0], function=r[1], payload=bytes(r[2]), source=r[3], status=r[4],
+        attempts=r[5], created_at=r[6], next_attempt_at=r[7], started_at=r[8],
+        finished_at=r[9], status_code=r[10], result=bytes(r[11]) if r[11] is not None else None,
+        last_error=r[12],
+    )
+
+
+class InvocationTable:
+    """Blocking calls; the async Store facade runs them on its single thread."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    def insert(self, inv: AsyncInvocation) -> None:
+        self._db.execute_sql(
+            f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
+             inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
+             inv.status_code, inv.result, inv.last_error),
+        )
+
+    def due(self, now: float, limit: int, exclude: set[str]) -> list[AsyncInvocation]:
+        rows = self._db.execute_sql(
+            f"SELECT {_COLUMNS} FROM invocations WHERE status = 'queued' AND "
+            "next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (now, limit + len(exclude)),
+        ).fetchall()
+        return [inv for inv in map(_row, rows) if inv.id not in exclude][:limit]
+
+    def next_due(self) -> float | None:
+        row = self._db.execute_sql(
+            "SELECT MIN(next_attempt_at) FROM invocations WHERE status = 'queued'"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def start_attempt(self, inv_id: str, now: float) -> AsyncInvocation | None:
+        with self._db.atomic():
+            self._db.execute_sql(
+                "UPDATE invocations SET status = 'running', attempts = attempts + 1, "
+                "started_at = ? WHERE id = ? AND status = 'queued'", (now, inv_id))
+            row = self._db.execute_sql(
+                f"SELECT {_COLUMNS} FROM invocations WHERE id = ?", (inv_id,)).fetchone()
+        return _row(row) if row is not None and row[4] == "running" else None
+
+    def finish(self, inv_id: str, status: str, next_attempt_at: float, now: float,
+               status_code: int | None, result: bytes | None, error: str) -> None:
+        self._db.execute_sql(
+            "UPDATE invocations SET status = ?, next_attempt_at = ?, finished_at = ?, "
+            "status_code = ?, result = ?, last_error = ? WHERE id = ?",
+            (status, next_attempt_at, now if status in ("succeeded", "failed") else None,
+             status_code, result, error, inv_id),
+        )
+
+    def recover(self, now: float) -> int:
+        """Attempts cut short by a crash go back to the queue (at-least-once)."""
+        cursor = self._db.execute_sql(
+            "UPDATE invocations SET status = 'queued', next_attempt_at = ?, "
+            "last_error = 'the daemon stopped during the attempt' WHERE status = 'running'",
+            (now,))
+        return int(cursor.rowcount)
+
+    def of_function(self, function: str, status: str, limit: int) -> list[AsyncInvocation]:
+        sql = f"SELECT {_COLUMNS} FROM invocations WHERE function = ?"
+        params: tuple[Any, ...] = (function,)
+        if status:
+            sql += " AND status = ?"
+            params += (status,)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        return [_row(r) for r in self._db.execute_sql(sql, (*params, limit)).fetchall()]
+
+    def get(self, prefix: str) -> AsyncInvocation:
+        if len(prefix) < 4:
+            raise InvalidArgument("give at least 4 characters of the invocation id")
+        rows = self._db.execute_sql(
+            f"SELECT {_COLUMNS} FROM invocations WHERE id LIKE ? LIMIT 2",
+            (prefix.replace("%", "").replace("_", "\\\\_") + "%",)).fetchall()
+        if not rows:
+            raise NotFound(f"no invocation with id {prefix!r}")
+        if len(rows) > 1:
+            raise InvalidArgument(f"invocation id prefix {prefix!r} is ambiguous")
+        return _row(rows[0])
+
+    def redrive(self, ids: list[str], now: float) -> int:
+        count = 0
+        for inv_id in ids:
+            cursor = self._db.execute_sql(
+                "UPDATE invocations SET status = 'queued', attempts = 0, next_attempt_at = ?, "
+                "finished_at = NULL WHERE id = ? AND status = 'failed'", (now, inv_id))
+            count += int(cursor.rowcount)
+        return count
+
+    def failed_ids(self, function: str) -> list[str]:
+        rows = self._db.execute_sql(
+            "SELECT id FROM invocations WHERE function = ? AND status = 'failed'", (function,))
+        return [r[0] for r in rows.fetchall()]
+
+    def depth(self) -> dict[str, int]:
+        rows = self._db.execute_sql(
+            "SELECT function, COUNT(*) FROM invocations WHERE status IN ('queued', 'running') "
+            "GROUP BY function").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
