@@ -80,6 +80,20 @@ class Client:
             ),
         )
 
+    def create_schedule(self, request: pb.CreateScheduleRequest) -> pb.ScheduleInfo:
+        return cast(pb.ScheduleInfo, self._stub.CreateSchedule(
+            request, metadata=self._metadata, timeout=CONTROL_TIMEOUT))
+
+    def list_schedules(self, name: str) -> list[pb.ScheduleInfo]:
+        reply = self._stub.ListSchedules(pb.ListSchedulesRequest(name=name),
+                                         metadata=self._metadata, timeout=CONTROL_TIMEOUT)
+        return list(reply.schedules)
+
+    def delete_schedule(self, schedule_id: str) -> pb.ScheduleInfo:
+        return cast(pb.ScheduleInfo, self._stub.DeleteSchedule(
+            pb.DeleteScheduleRequest(id=schedule_id), metadata=self._metadata,
+            timeout=CONTROL_TIMEOUT))
+
     def list_invocations(self, name: str, status: str) -> list[pb.InvocationInfo]:
         reply = self._stub.ListInvocations(
             pb.ListInvocationsRequest(name=name, status=status), metadata=self._metadata,

@@ -583,6 +583,65 @@ def _invocation_json(i: pb.InvocationInfo) -> dict[str, object]:
     }
 
 
+def _schedule_json(s: pb.ScheduleInfo) -> dict[str, object]:
+    return {
+        "id": s.id, "function": s.function, "cron": s.cron, "tz": s.tz,
+        "data": json.loads(s.data or b"{}"), "overlap": s.overlap,
+        "next_runs": [_rfc(t) for t in s.next_runs], "last_run": _rfc(s.last_run),
+        "last_result": s.last_result or None, "last_invocation": s.last_invocation or None,
+        "last_invocation_status": s.last_invocation_status or None,
+    }
+
+
+def cmd_schedule(ctx: Ctx) -> int:
+    args = ctx.args
+    try:
+        json.loads(args.data)
+    except ValueError:
+        raise CliError("--data is not valid JSON", ExitCode.INVALID) from None
+    request = pb.CreateScheduleRequest(name=args.name, cron=args.cron, tz=args.tz,
+                                       data=args.data.encode(), overlap=args.overlap)
+    with Client(ctx.target) as client:
+        created = client.create_schedule(request)
+    if ctx.json:
+        ctx.write_json(_schedule_json(created))
+        return ExitCode.OK
+    ctx.out.file.write(created.id + "\n")
+    runs = ", ".join(_when(t) for t in created.next_runs)
+    ctx.message(f'Scheduled "{created.function}" ({created.cron}, {created.tz}); next runs: '
+                f"{runs}")
+    return ExitCode.OK
+
+
+def cmd_schedules(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        found = client.list_schedules(ctx.args.name)
+    if ctx.json:
+        ctx.write_json([_schedule_json(s) for s in found])
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "FUNCTION", "CRON", "TZ", "OVERLAP", "NEXT RUN", "LAST RUN", "RESULT"):
+        table.add_column(column, no_wrap=True)
+    for s in found:
+        result = s.last_result or "-"
+        if s.last_invocation_status and s.last_result != "skipped":
+            result = f"{result} ({s.last_invocation_status})"
+        table.add_row(s.id, s.function, s.cron, s.tz, s.overlap,
+                      _when(s.next_runs[0]) if s.next_runs else "-", _when(s.last_run), result)
+    ctx.out.print(table, crop=False)
+    return ExitCode.OK
+
+
+def cmd_unschedule(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        deleted = client.delete_schedule(ctx.args.id)
+    if ctx.json:
+        ctx.write_json({"id": deleted.id, "function": deleted.function})
+    else:
+        ctx.message(f'Deleted schedule {deleted.id} of "{deleted.function}".')
+    return ExitCode.OK
+
+
 def cmd_invocations(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         found = client.list_invocations(ctx.args.name, ctx.args.status or "")
@@ -690,6 +749,9 @@ def cmd_config(ctx: Ctx) -> int:
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "logs": cmd_logs,
     "invocations": cmd_invocations,
+    "schedule": cmd_schedule,
+    "schedules": cmd_schedules,
+    "unschedule": cmd_unschedule,
     "invocation": cmd_invocation,
     "redrive": cmd_redrive,
     "stats": cmd_stats,

@@ -219,6 +219,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue the invocation and return at once, printing its id (retried on failure)",
     )
 
+    schedule = sub.add_parser(
+        "schedule",
+        parents=[common],
+        help="run a function on a cron schedule",
+        description="Create a schedule: each run enqueues an asynchronous invocation of NAME "
+        "with the --data object plus {source, schedule_id, scheduled_time}. Prints the "
+        "schedule id and the next three run times.",
+    )
+    schedule.add_argument("name", metavar="NAME", help="the function")
+    schedule.add_argument("--cron", required=True, metavar="EXPR",
+                          help='5 fields ("0 * * * *"), or 6 with seconds first '
+                          '("*/2 * * * * *")')
+    schedule.add_argument("--tz", default="UTC", metavar="ZONE",
+                          help="IANA time zone of the expression (default: UTC)")
+    schedule.add_argument("--data", metavar="JSON", default="{}",
+                          help="a JSON object merged into every event (default: {})")
+    schedule.add_argument("--overlap", choices=("skip", "allow", "replace"), default="skip",
+                          help="while the previous run is still queued or running: skip this "
+                          "run (default), allow both, or replace the previous one")
+
+    schedules = sub.add_parser(
+        "schedules",
+        parents=[common],
+        help="list schedules",
+        description="List schedules (of NAME, or all): id, function, cron, time zone, overlap "
+        "policy, next run, last run and its result.",
+    )
+    schedules.add_argument("name", metavar="NAME", nargs="?", default="",
+                           help="the function (default: all)")
+
+    unschedule = sub.add_parser(
+        "unschedule",
+        parents=[common],
+        help="delete a schedule",
+        description="Delete the schedule ID (a unique prefix is enough).",
+    )
+    unschedule.add_argument("id", metavar="ID", help="the schedule id (or a unique prefix)")
+
     invocations = sub.add_parser(
         "invocations",
         parents=[common],

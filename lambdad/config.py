@@ -61,6 +61,7 @@ class Config:
     log_file_bytes: int
     log_files: int
     async_backoff: float
+    catch_up_window: float
     log_level: str
 
 
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--async-backoff", type=float, default=60.0, metavar="SECONDS",
                          help="asynchronous invocations: attempt N waits N x this before the "
                          "next (default: 60, so retries come after 1 and 2 more minutes)")
+    runtime.add_argument("--schedule-catch-up", type=float, default=3600.0, metavar="SECONDS",
+                         help="a schedule run missed while lambdad was down runs once at start "
+                         "if it was due within this window; 0 disables (default: 3600)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="daemon log level (default: info)")
@@ -168,5 +172,6 @@ def parse_config(argv: list[str] | None = None) -> Config:
         log_file_bytes=args.function_log_size,
         log_files=max(2, args.function_log_files),
         async_backoff=max(0.0, args.async_backoff),
+        catch_up_window=max(0.0, args.schedule_catch_up),
         log_level=args.log_level,
     )

@@ -37,6 +37,9 @@ from lambdad.metrics.stats import WindowStats, summarize
 from lambdad.queue.model import STATUSES, AsyncInvocation, RetryPolicy
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.runtime.manager import PoolCounts, RuntimeManager
+from lambdad.scheduler.cron import Schedule, event_payload
+from lambdad.scheduler.cron import validate as cron_validate
+from lambdad.scheduler.runner import CronRunner
 from lambdad.store import FunctionRecord, Store
 
 log = logging.getLogger("lambdad.control")
@@ -122,6 +125,7 @@ class ControlPlane:
         async_backoff_s: float = 60.0,
     ) -> None:
         self.async_backoff_s = async_backoff_s
+        self._scheduler: CronRunner | None = None
         self._on_enqueued: Callable[[], None] | None = None
         self._metrics = metrics
         self._logs = logs
@@ -532,6 +536,53 @@ class ControlPlane:
             if queue is not None:
                 store.unsubscribe(query.function, queue)
 
+    # Schedules
+
+    def attach_scheduler(self, runner: CronRunner) -> None:
+        self._scheduler = runner
+
+    async def create_schedule(self, name: str, cron: str, tz: str, data: bytes,
+                              overlap: str) -> Schedule:
+        validate_name(name)
+        await self._store.get_function(name)
+        cron_validate(cron.strip(), tz or "UTC", data or b"{}", overlap or "skip")
+        schedule = Schedule(id=secrets.token_hex(8), function=name, cron=cron.strip(),
+                            tz=tz or "UTC", data=data or b"{}", overlap=overlap or "skip",
+                            created_at=time.time())
+        await self._store.schedules.insert(schedule)
+        if self._scheduler is not None:
+            self._scheduler.add(schedule)
+        log.info("schedule created id=%s function=%s cron=%r tz=%s", schedule.id, name,
+                 schedule.cron, schedule.tz)
+        return schedule
+
+    async def schedules(self, name: str) -> list[tuple[Schedule, float | None, str]]:
+        """(schedule, next run, status of its last invocation)."""
+        if name:
+            validate_name(name)
+            await self._store.get_function(name)
+        found: list[Schedule] = await self._store.schedules.all(name)
+        result = []
+        for schedule in found:
+            status = (await self._store.invocations.status(schedule.last_invocation)
+                      if schedule.last_invocation else "")
+            next_run = self._scheduler.next_run(schedule.id) if self._scheduler else None
+            result.append((schedule, next_run, status))
+        return result
+
+    async def delete_schedule(self, prefix: str) -> Schedule:
+        schedule: Schedule = await self._store.schedules.get(prefix)
+        await self._store.schedules.delete(schedule.id)
+        if self._scheduler is not None:
+            self._scheduler.remove(schedule.id)
+        log.info("schedule deleted id=%s function=%s", schedule.id, schedule.function)
+        return schedule
+
+    async def enqueue_scheduled(self, schedule: Schedule, when: float, catch_up: bool) -> str:
+        return await self.enqueue(schedule.function,
+                                  event_payload(schedule, when, catch_up=catch_up),
+                                  source="schedule")
+
     # Asynchronous invocations
 
     async def enqueue(self, name: str, payload: bytes, *, source: str) -> str:
@@ -643,6 +694,8 @@ class ControlPlane:
         instances = await self._runtime.remove_function(name)
         if self._logs is not None:
             await self._logs.delete(name)
+        if self._scheduler is not None:
+            self._scheduler.remove_function(name)
         for version in versions:
             await asyncio.to_thread(self._builder.remove_image, version.image)
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)

@@ -35,6 +35,7 @@ from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
 from lambdad.runtime.pool import Instance
 from lambdad.scheduler import Housekeeper
+from lambdad.scheduler.runner import CronRunner
 from lambdad.store import Store
 
 log = logging.getLogger("lambdad")
@@ -200,6 +201,14 @@ class Daemon:
         worker = AsyncWorker(store.invocations, control.deliver, control.retry_policy,
                              control.delivery_limit)
         control.set_enqueue_listener(worker.wake)
+
+        async def invocation_status(invocation_id: str) -> str:
+            status: str = await store.invocations.status(invocation_id)
+            return status
+
+        cron = CronRunner(store.schedules, control.enqueue_scheduled, invocation_status,
+                          worker.cancel, catch_up_window_s=config.catch_up_window)
+        control.attach_scheduler(cron)
         runtime.ensure_minimums()
         housekeeper = Housekeeper()
         housekeeper.every(1, runtime.housekeeping, "runtime")
@@ -265,6 +274,7 @@ class Daemon:
         for server in servers:
             await server.start()
         worker.start()
+        await cron.start()
         os.chmod(config.socket, 0o660)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(
@@ -281,6 +291,7 @@ class Daemon:
             log.info("lambdad stopping: draining for up to %.0f s", config.drain_grace)
             await housekeeper.stop()
             await admin.stop()
+            await cron.stop()
             await worker.stop()
             await health_servicer.enter_graceful_shutdown()
             await asyncio.gather(

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,6 +37,7 @@ from lambdad.functions import Activation, FunctionConfig, FunctionVersion, Overr
 from lambdad.logs import LogQuery
 from lambdad.metrics import Metrics
 from lambdad.queue.model import AsyncInvocation
+from lambdad.scheduler.cron import Schedule, next_runs
 
 log = logging.getLogger("lambdad.api")
 
@@ -195,6 +197,30 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
         ])
 
     @_unary
+    async def CreateSchedule(
+        self, request: pb.CreateScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ScheduleInfo:
+        schedule = await self._control.create_schedule(
+            request.name, request.cron, request.tz, bytes(request.data), request.overlap)
+        return _schedule(schedule, next_runs(schedule.cron, schedule.tz, time.time(), 3), "")
+
+    @_unary
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListSchedulesResponse:
+        found = await self._control.schedules(request.name)
+        return pb.ListSchedulesResponse(schedules=[
+            _schedule(schedule, [next_run] if next_run else [], status)
+            for schedule, next_run, status in found
+        ])
+
+    @_unary
+    async def DeleteSchedule(
+        self, request: pb.DeleteScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ScheduleInfo:
+        return _schedule(await self._control.delete_schedule(request.id), [], "")
+
+    @_unary
     async def ListInvocations(
         self, request: pb.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListInvocationsResponse:
@@ -334,6 +360,22 @@ def _function(view: FunctionView, *, show_env: bool = False) -> pb.Function:
 
 def _epoch(seconds: float | None) -> Timestamp | None:
     return None if seconds is None else _timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def _schedule(schedule: Schedule, runs: list[float], status: str) -> pb.ScheduleInfo:
+    info = pb.ScheduleInfo(
+        id=schedule.id, function=schedule.function, cron=schedule.cron, tz=schedule.tz,
+        data=schedule.data, overlap=schedule.overlap, last_result=schedule.last_result,
+        last_invocation=schedule.last_invocation, last_invocation_status=status,
+    )
+    for when in runs:
+        stamp = _epoch(when)
+        assert stamp is not None
+        info.next_runs.append(stamp)
+    last = _epoch(schedule.last_run)
+    if last is not None:
+        info.last_run.CopyFrom(last)
+    return info
 
 
 def _invocation(invocation: AsyncInvocation) -> pb.InvocationInfo:

@@ -66,6 +66,16 @@ class InvocationTable:
              status_code, result, error, inv_id),
         )
 
+    def cancel(self, inv_id: str, reason: str, now: float) -> None:
+        self._db.execute_sql(
+            "UPDATE invocations SET status = 'failed', finished_at = ?, last_error = ? "
+            "WHERE id = ? AND status IN ('queued', 'running')", (now, reason, inv_id))
+
+    def status(self, inv_id: str) -> str:
+        row = self._db.execute_sql(
+            "SELECT status FROM invocations WHERE id = ?", (inv_id,)).fetchone()
+        return str(row[0]) if row is not None else ""
+
     def recover(self, now: float) -> int:
         """Attempts cut short by a crash go back to the queue (at-least-once)."""
         cursor = self._db.execute_sql(

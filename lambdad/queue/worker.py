@@ -63,6 +63,15 @@ class AsyncWorker:
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
 
+    async def cancel(self, invocation_id: str, reason: str) -> None:
+        """Ends a queued or running invocation as failed (a `replace` schedule)."""
+        task = self._running.get(invocation_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._table.cancel(invocation_id, reason, time.time())
+
     async def _loop(self) -> None:
         while True:
             try:

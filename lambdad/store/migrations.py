@@ -114,11 +114,32 @@ def _v4_async_invocations(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX invocations_function ON invocations(function, created_at)")
 
 
+def _v5_schedules(db: sqlite3.Connection) -> None:
+    """Cron schedules; each run enqueues an asynchronous invocation."""
+    db.execute(
+        """
+        CREATE TABLE schedules (
+            id TEXT PRIMARY KEY NOT NULL,
+            function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+            cron TEXT NOT NULL,
+            tz TEXT NOT NULL,
+            data BLOB NOT NULL,
+            overlap TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_run REAL,
+            last_result TEXT NOT NULL DEFAULT '',
+            last_invocation TEXT NOT NULL DEFAULT ''
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
     _v3_invocation_stats,
     _v4_async_invocations,
+    _v5_schedules,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,6 +21,7 @@ from lambdad.errors import NotFound
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion
 from lambdad.metrics.stats import StatsRow
 from lambdad.queue.store import InvocationTable
+from lambdad.scheduler.table import ScheduleTable
 from lambdad.store.migrations import migrate
 from lambdad.store.models import ActivationRow, FunctionRow, VersionRow, database
 
@@ -47,6 +48,7 @@ class Store:
     async def open(self) -> None:
         await self._run(self._open)
         self.invocations = _Async(self, InvocationTable(self._db))
+        self.schedules = _Async(self, ScheduleTable(self._db))
 
     async def close(self) -> None:
         await self._run(self._db.close)

@@ -482,3 +482,61 @@ class RedriveResponse(_message.Message):
     REDRIVEN_FIELD_NUMBER: _ClassVar[int]
     redriven: int
     def __init__(self, redriven: _Optional[int] = ...) -> None: ...
+
+class CreateScheduleRequest(_message.Message):
+    __slots__ = ("name", "cron", "tz", "data", "overlap")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TZ_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cron: str
+    tz: str
+    data: bytes
+    overlap: str
+    def __init__(self, name: _Optional[str] = ..., cron: _Optional[str] = ..., tz: _Optional[str] = ..., data: _Optional[bytes] = ..., overlap: _Optional[str] = ...) -> None: ...
+
+class ScheduleInfo(_message.Message):
+    __slots__ = ("id", "function", "cron", "tz", "data", "overlap", "next_runs", "last_run", "last_result", "last_invocation", "last_invocation_status")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TZ_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUNS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESULT_FIELD_NUMBER: _ClassVar[int]
+    LAST_INVOCATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_INVOCATION_STATUS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    function: str
+    cron: str
+    tz: str
+    data: bytes
+    overlap: str
+    next_runs: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    last_run: _timestamp_pb2.Timestamp
+    last_result: str
+    last_invocation: str
+    last_invocation_status: str
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., cron: _Optional[str] = ..., tz: _Optional[str] = ..., data: _Optional[bytes] = ..., overlap: _Optional[str] = ..., next_runs: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., last_run: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_result: _Optional[str] = ..., last_invocation: _Optional[str] = ..., last_invocation_status: _Optional[str] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...

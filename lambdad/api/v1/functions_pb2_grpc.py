@@ -99,6 +99,21 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/CreateSchedule',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/ListSchedules',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/DeleteSchedule',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -195,6 +210,25 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """Cron schedules: each run enqueues an asynchronous invocation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +296,21 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.Redrive,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +664,87 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/Redrive',
             lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.RedriveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/CreateSchedule',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.CreateScheduleRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/ListSchedules',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListSchedulesRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/DeleteSchedule',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteScheduleRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.FromString,
             options,
             channel_credentials,
             insecure,
