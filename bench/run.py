@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 import grpc
+from async_bench import AsyncReport, bench_async
 from harness import GRPC_OPTIONS, ROOT, BenchDaemon, UnixHTTPConnection, executable
 from load import LoadReport, bench_cold, bench_peer, bench_warm
 from stats import Result, Summary, render_load_table, render_table
@@ -42,7 +43,7 @@ RUNTIME_IMAGE = "lambda-runtime/python:3.11"
 PAYLOAD = b'{"name":"World"}'
 EXPECTED = b"Hello, World!"
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
-GROUPS = ("deploy", "http", "invoke", "warm", "cold", "peer")
+GROUPS = ("deploy", "http", "invoke", "warm", "cold", "peer", "async")
 
 
 class BenchError(Exception):
@@ -52,7 +53,7 @@ class BenchError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="Deploy, invoke, warm-load, cold-start and peer benchmarks of lambda, "
+        description="Deploy, invoke, warm-load, cold-start, peer and async benchmarks of lambda, "
         "each with a baseline measured in the same run (ratio = median / baseline median).",
     )
     parser.add_argument("--only", default=",".join(GROUPS), metavar="GROUPS",
@@ -75,15 +76,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="warm-up before each load run's window (default: 0.5)")
     parser.add_argument("--cold-rounds", type=int, default=5,
                         help="cold starts and docker runs timed (default: 5)")
+    parser.add_argument("--async-events", type=int, default=2000, metavar="N",
+                        help="async: events enqueued, and sync calls of its baseline, each "
+                        "bounded by min(--budget, 8) seconds (default: 2000)")
+    parser.add_argument("--async-threads", type=int, default=8, metavar="N",
+                        help="async: client threads sending them (default: 8)")
+    parser.add_argument("--cron-window", type=float, default=8.0, metavar="SECONDS",
+                        help="async: how long the every-second schedule runs (default: 8)")
     parser.add_argument("--json", nargs="?", const=str(DEFAULT_JSON), default=None,
                         metavar="PATH", help=f"also write the results as JSON (default path: "
                         f"{DEFAULT_JSON.relative_to(ROOT)})")
     parser.add_argument("--keep-log", action="store_true",
                         help="print the daemon's log at the end")
     args = parser.parse_args(argv)
-    for name in ("rounds", "requests", "deploys", "cold_rounds"):
+    for name in ("rounds", "requests", "deploys", "cold_rounds", "async_events",
+                 "async_threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.cron_window < 2:
+        parser.error("--cron-window must be at least 2 seconds")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup not negative")
     only = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -309,7 +320,9 @@ def reproduce(args: argparse.Namespace) -> str:
     only = "" if len(args.only) == len(GROUPS) else f" --only {','.join(args.only)}"
     return (f".venv/bin/python bench/run.py --rounds {args.rounds} --requests {args.requests} "
             f"--deploys {args.deploys} --budget {args.budget:g} --duration {args.duration:g} "
-            f"--warmup {args.warmup:g} --cold-rounds {args.cold_rounds}{only}")
+            f"--warmup {args.warmup:g} --cold-rounds {args.cold_rounds} "
+            f"--async-events {args.async_events} --async-threads {args.async_threads} "
+            f"--cron-window {args.cron_window:g}{only}")
 
 
 def preflight() -> None:
@@ -339,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon = BenchDaemon()
     results: list[Result] = []
     load = LoadReport()
+    asyncs = AsyncReport()
     failed: str | None = None
     titles = {
         "deploy": "deploy with a warm build cache",
@@ -347,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "warm": "warm load: gateway vs instance socket, 1 and 32 clients",
         "cold": "cold start vs docker run",
         "peer": "peer: functions-framework under the same load",
+        "async": "async: event enqueue and delivery vs sync Invoke; cron lag vs asyncio timers",
     }
     try:
         print(f"bench: starting lambdad (state {daemon.state_dir}, images "
@@ -371,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
                 results.extend(load.results[-1:])
             elif group == "peer":
                 bench_peer(daemon, load, duration=args.duration, warmup=args.warmup)
+            elif group == "async":
+                bench_async(daemon, asyncs, events=args.async_events,
+                            threads=args.async_threads, budget=min(args.budget, 8.0),
+                            drain_timeout=15.0, cron_window=args.cron_window)
+                results.extend(asyncs.results)
     except (BenchError, RuntimeError, subprocess.TimeoutExpired, OSError,
             grpc.RpcError, ValueError) as exc:
         failed = f"{type(exc).__name__}: {exc}"
@@ -413,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
               "the bottleneck)")
         for note in load.notes:
             print(f"    {note}")
+    if asyncs.lines:
+        print()
+        print("async (figures only, no targets):")
+        for line in asyncs.lines:
+            print(f"  {line}")
     if load.verdicts:
         print()
         print("targets (printed, never asserted):")
@@ -432,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [r.as_json() for r in results],
             "load": [vars(r) for r in load.rows],
             "targets": load.verdicts,
-            "figures": load.figures,
+            "figures": {**load.figures, **asyncs.figures},
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"results written to {path}")

@@ -122,12 +122,6 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
-def log_client() -> docker.DockerClient:
-    """A client of its own for log streams: each holds a connection for an instance's
-    whole life, and they must have no read timeout."""
-    return docker.from_env(timeout=None, max_pool_size=256)
-
-
 def function_url_template(config: Config) -> str:
     port = "" if config.public_port == 80 else f":{config.public_port}"
     return f"http://{{name}}.{config.domain}{port}"
@@ -155,7 +149,7 @@ class Daemon:
                         files_kept=config.log_files)
         logs.start()
         metrics.log_followers.set_function(logs.subscriber_count)
-        capture = LogCapture(await asyncio.to_thread(log_client), logs.append)
+        capture = LogCapture(client.api.api_version, logs.append)
 
         def on_instance(instance: Instance, event: str) -> None:
             source = Source(instance.version.function, instance.version.number, instance.id,
@@ -303,6 +297,7 @@ class Daemon:
             await runtime.shutdown()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(watcher, timeout=5)
+            await capture.stop()
             await logs.stop()
             with contextlib.suppress(Exception):
                 await control.flush_stats()

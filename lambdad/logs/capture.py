@@ -1,28 +1,23 @@
 """Reads each instance's stdout and stderr from Docker while it runs, into the LogStore.
 
-One thread per stream and instance follows Docker's log stream (from the container's
-start, so nothing printed during start-up is missed) and hands parsed lines to the
-event loop; the thread ends when the container stops.
+One asyncio task per instance follows Docker's log stream (from the container's start,
+so nothing printed during start-up is missed) over the engine's Unix socket, and hands
+parsed lines to the store; the task ends when the container stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import docker
-import docker.errors
-
+from lambdad.logs import docker_stream
 from lambdad.logs.entry import LogEntry, parse_docker_line, parse_line
 
 log = logging.getLogger("lambdad.logs")
-
-MAX_LINE_BYTES = 64 * 1024  # longer lines are cut: a function printing one huge line
 
 
 @dataclass(frozen=True)
@@ -33,51 +28,41 @@ class Source:
     container_id: str
 
 
+def docker_socket() -> str:
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    return "/var/run/docker.sock"
+
+
 class LogCapture:
-    def __init__(self, client: docker.DockerClient, sink: Callable[[LogEntry], None]) -> None:
-        self._api = client.api
+    def __init__(self, api_version: str, sink: Callable[[LogEntry], None], *,
+                 socket_path: str | None = None) -> None:
+        self._api_version = api_version
         self._sink = sink
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._socket = socket_path or docker_socket()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def follow(self, source: Source, *, since: datetime | None = None) -> None:
         """Starts capturing; `since` skips lines already captured (an adopted instance)."""
-        self._loop = asyncio.get_running_loop()
-        for stream in ("stdout", "stderr"):
-            threading.Thread(
-                target=self._run, args=(source, stream, since),
-                name=f"logs-{source.instance}-{stream}", daemon=True,
-            ).start()
 
-    def _run(self, source: Source, stream: str, since: datetime | None) -> None:
-        try:
-            chunks = self._api.logs(
-                source.container_id, stdout=stream == "stdout", stderr=stream == "stderr",
-                stream=True, follow=True, timestamps=True,
-                since=since if since is not None else None,
-            )
-            partial = b""
-            for chunk in chunks:
-                partial += chunk
-                *lines, partial = partial.split(b"\n")
-                for raw in lines:
-                    self._emit(source, stream, raw[:MAX_LINE_BYTES])
-                if len(partial) > MAX_LINE_BYTES:
-                    self._emit(source, stream, partial[:MAX_LINE_BYTES])
-                    partial = b""
-            if partial:
-                self._emit(source, stream, partial)
-        except docker.errors.NotFound:
-            return  # removed before we attached: nothing left to read
-        except Exception as exc:  # the stream breaks when the container is removed
-            log.debug("log capture of %s/%s ended: %s", source.instance, stream, exc)
+        def on_line(stream: str, raw: bytes) -> None:
+            when, text = parse_docker_line(raw)
+            request_id, message = parse_line(text)
+            self._sink(LogEntry(time=when, function=source.function, version=source.version,
+                                instance=source.instance, stream=stream,
+                                request_id=request_id, message=message))
 
-    def _emit(self, source: Source, stream: str, raw: bytes) -> None:
-        when, text = parse_docker_line(raw)
-        request_id, message = parse_line(text)
-        entry = LogEntry(time=when, function=source.function, version=source.version,
-                         instance=source.instance, stream=stream, request_id=request_id,
-                         message=message)
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed as the daemon stopped
-                loop.call_soon_threadsafe(self._sink, entry)
+        task = asyncio.create_task(
+            docker_stream.follow(self._socket, self._api_version, source.container_id, since,
+                                 on_line),
+            name=f"logs-{source.instance}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,10 @@ def parse_line(line: str) -> tuple[str, str]:
     return "", line
 
 
-@dataclass(frozen=True)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@dataclass(frozen=True, slots=True)
 class LogEntry:
     time: datetime
     function: str
@@ -39,9 +42,12 @@ class LogEntry:
     message: str
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["time"] = self.time.isoformat()
-        return json.dumps(data, separators=(",", ":"))
+        # Field by field: dataclasses.asdict deep-copies and costs ~10x more, per line.
+        return _ENCODE({
+            "time": self.time.isoformat(), "function": self.function,
+            "version": self.version, "instance": self.instance, "stream": self.stream,
+            "request_id": self.request_id, "message": self.message,
+        })
 
     @classmethod
     def from_json(cls, text: str) -> LogEntry:

@@ -99,3 +99,26 @@ def test_subscribers_get_new_entries_and_can_leave(tmp_path: Path) -> None:
         assert queue.empty()
 
     asyncio.run(scenario())
+
+
+def test_docker_frames_are_split_into_lines_per_stream() -> None:
+    import struct
+
+    from lambdad.logs.docker_stream import FrameDecoder, logs_target
+
+    def frame(kind: int, payload: bytes) -> bytes:
+        return struct.pack(">BxxxL", kind, len(payload)) + payload
+
+    decoder = FrameDecoder()
+    data = frame(1, b"ts out one\nts out ") + frame(2, b"ts err one\n") + frame(1, b"two\n")
+    # Fed in awkward pieces, as the network delivers them.
+    lines = []
+    for start in range(0, len(data), 5):
+        lines += decoder.feed(data[start:start + 5])
+    assert lines == [("stdout", b"ts out one"), ("stderr", b"ts err one"),
+                     ("stdout", b"ts out two")]
+    assert decoder.feed(frame(2, b"no newline")) == []
+    assert decoder.finish() == [("stderr", b"no newline")]
+    assert decoder.feed(frame(3, b"stdin echo\n")) == []
+    target = logs_target("1.41", "abc", None)
+    assert target.startswith(b"/v1.41/containers/abc/logs?") and b"follow=1" in target
