@@ -17,7 +17,7 @@ help:
 	@echo "make lint           ruff and mypy"
 	@echo "make proto          regenerate the gRPC stubs from proto/"
 	@echo "make runtime-image  build $(RUNTIME_IMAGE) from Debian packages (about a minute)"
-	@echo "make bench          benchmarks: deploy, invoke, warm load, cold start, peer (docs/performance.md)"
+	@echo "make bench          benchmarks: deploy, invoke, warm load, cold start, peer, async (docs/performance.md)"
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "installing python3-venv..."; \
