@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+
+from tests.support.unixhttp import UnixHTTPConnection
 
 RUNTIME_DIR = Path(__file__).parents[2] / "packaging" / "runtime" / "python"
 LINES = 150  # per concurrent invocation and stream
@@ -147,18 +148,6 @@ class Runtime:
         self.out.thread.join(timeout=3)
         self.err.thread.join(timeout=3)
         return self.proc.returncode
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("fn.localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(self.path)
-        self.sock = s
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.unixhttp import UnixHTTPConnection
+
 RUNTIME_DIR = Path(__file__).parents[2] / "packaging" / "runtime" / "python"
 
 HANDLER_CODE = textwrap.dedent(
@@ -58,7 +60,7 @@ class Runtime:
     sock_path: str
 
     def conn(self) -> UnixHTTPConnection:
-        return UnixHTTPConnection(self.sock_path)
+        return UnixHTTPConnection(self.sock_path, timeout=5)
 
     def stop(self, terminate: bool = True) -> tuple[int, str]:
         if terminate and self.proc.poll() is None:
@@ -70,18 +72,6 @@ class Runtime:
             self.proc.wait()
         assert self.proc.stderr is not None
         return self.proc.returncode, self.proc.stderr.read().decode()
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("fn.localhost", timeout=5)
-        self.path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(self.path)
-        self.sock = s
 
 
 @pytest.fixture
