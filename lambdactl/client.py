@@ -80,6 +80,21 @@ class Client:
             ),
         )
 
+    def create_key(self, name: str, role: str) -> pb.CreatedKey:
+        return cast(pb.CreatedKey, self._stub.CreateKey(
+            pb.CreateKeyRequest(name=name, role=role), metadata=self._metadata,
+            timeout=CONTROL_TIMEOUT))
+
+    def list_keys(self) -> list[pb.KeyInfo]:
+        reply = self._stub.ListKeys(pb.ListKeysRequest(), metadata=self._metadata,
+                                    timeout=CONTROL_TIMEOUT)
+        return list(reply.keys)
+
+    def revoke_key(self, name_or_id: str) -> pb.KeyInfo:
+        return cast(pb.KeyInfo, self._stub.RevokeKey(
+            pb.RevokeKeyRequest(name_or_id=name_or_id), metadata=self._metadata,
+            timeout=CONTROL_TIMEOUT))
+
     def create_schedule(self, request: pb.CreateScheduleRequest) -> pb.ScheduleInfo:
         return cast(pb.ScheduleInfo, self._stub.CreateSchedule(
             request, metadata=self._metadata, timeout=CONTROL_TIMEOUT))

@@ -583,6 +583,44 @@ def _invocation_json(i: pb.InvocationInfo) -> dict[str, object]:
     }
 
 
+def _key_json(k: pb.KeyInfo) -> dict[str, object]:
+    return {"id": k.id, "name": k.name, "role": k.role, "created_at": _rfc(k.created_at),
+            "revoked_at": _rfc(k.revoked_at)}
+
+
+def cmd_keys(ctx: Ctx) -> int:
+    action = ctx.args.keys_command
+    with Client(ctx.target) as client:
+        if action == "create":
+            created = client.create_key(ctx.args.name, ctx.args.role)
+            if ctx.json:
+                ctx.write_json({**_key_json(created.key), "secret": created.secret})
+            else:
+                ctx.out.file.write(created.secret + "\n")
+                ctx.message(f'Created {created.key.role} key "{created.key.name}" '
+                            f"(id {created.key.id}). Store the secret now: it is not shown "
+                            "again.")
+            return ExitCode.OK
+        if action == "revoke":
+            revoked = client.revoke_key(ctx.args.key)
+            if ctx.json:
+                ctx.write_json(_key_json(revoked))
+            else:
+                ctx.message(f'Revoked key "{revoked.name}" (id {revoked.id}).')
+            return ExitCode.OK
+        keys = client.list_keys()
+    if ctx.json:
+        ctx.write_json([_key_json(k) for k in keys])
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "NAME", "ROLE", "CREATED", "REVOKED"):
+        table.add_column(column, no_wrap=True)
+    for k in keys:
+        table.add_row(k.id, k.name, k.role, _when(k.created_at), _when(k.revoked_at))
+    ctx.out.print(table, crop=False)
+    return ExitCode.OK
+
+
 def _schedule_json(s: pb.ScheduleInfo) -> dict[str, object]:
     return {
         "id": s.id, "function": s.function, "cron": s.cron, "tz": s.tz,
@@ -750,6 +788,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "logs": cmd_logs,
     "invocations": cmd_invocations,
     "schedule": cmd_schedule,
+    "keys": cmd_keys,
     "schedules": cmd_schedules,
     "unschedule": cmd_unschedule,
     "invocation": cmd_invocation,

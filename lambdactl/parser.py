@@ -219,6 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue the invocation and return at once, printing its id (retried on failure)",
     )
 
+    keys = sub.add_parser(
+        "keys",
+        parents=[common],
+        help="manage API keys for the TCP control API",
+        description="Create, list and revoke API keys. Allowed over the Unix socket or with "
+        "an admin key. Roles: invoker (invoke, list, get, logs, stats), deployer (also "
+        "deploy, rollback, config, delete, schedules, redrive), admin (everything, keys too).",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", parents=[common], help="create a key; the secret "
+                                 "is printed once")
+    create.add_argument("--name", required=True, help="a name to recognize the key by")
+    create.add_argument("--role", choices=("invoker", "deployer", "admin"), default="invoker",
+                        help="what the key may do (default: invoker)")
+    keys_sub.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key at once")
+    revoke.add_argument("key", metavar="NAME|ID", help="the key's name or id")
+
     schedule = sub.add_parser(
         "schedule",
         parents=[common],

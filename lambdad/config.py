@@ -47,6 +47,7 @@ class Config:
     api_key_file: Path | None
     gateway_listen: Listen
     admin_listen: Listen | None
+    tcp_reflection: str
     domain: str
     public_port: int
     runtime_image: str
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--api-key-file", type=Path, default=None,
                          help="file holding the API key accepted on TCP, one per line; "
                          "without it TCP refuses everything but health checks")
+    control.add_argument("--tcp-reflection", choices=("key", "open"), default="key",
+                         help="gRPC server reflection on TCP: needs a key (default) or open "
+                         "to anyone who can connect; always open on the Unix socket")
     gateway = parser.add_argument_group("gateway")
     gateway.add_argument("--gateway-listen", type=Listen.parse, default="127.0.0.1:8080",
                          metavar="HOST:PORT", help="HTTP gateway address (default: 127.0.0.1:8080)")
@@ -158,6 +162,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         api_key_file=args.api_key_file,
         gateway_listen=gateway,
         admin_listen=args.admin_listen,
+        tcp_reflection=args.tcp_reflection,
         domain=args.domain.strip(".").lower(),
         public_port=args.public_port if args.public_port is not None else gateway.port,
         runtime_image=args.runtime_image,

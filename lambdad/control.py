@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from lambdad.auth import ROLES, ApiKey, KeyRing, new_secret
+from lambdad.auth.keys import digest as key_digest
 from lambdad.build import BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
 from lambdad.errors import (
     FailedPrecondition,
@@ -126,6 +128,7 @@ class ControlPlane:
     ) -> None:
         self.async_backoff_s = async_backoff_s
         self._scheduler: CronRunner | None = None
+        self._keyring: KeyRing | None = None
         self._on_enqueued: Callable[[], None] | None = None
         self._metrics = metrics
         self._logs = logs
@@ -535,6 +538,38 @@ class ControlPlane:
         finally:
             if queue is not None:
                 store.unsubscribe(query.function, queue)
+
+    # API keys
+
+    def attach_keyring(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+
+    async def create_key(self, name: str, role: str) -> tuple[ApiKey, str]:
+        """The new key and its secret, which is shown once and never stored."""
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+            raise InvalidArgument("key name must be 1-64 letters, digits, dashes or underscores")
+        if role not in ROLES:
+            raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
+        key_id, token = new_secret()
+        salt = secrets.token_hex(16)
+        key = ApiKey(id=key_id, name=name, role=role, salt=salt,
+                     digest=key_digest(salt, token.split("_", 2)[2]), created_at=time.time())
+        await self._store.keys.insert(key)
+        if self._keyring is not None:
+            self._keyring.put(key)
+        log.info("api key created id=%s name=%s role=%s", key_id, name, role)
+        return key, token
+
+    async def list_keys(self) -> list[ApiKey]:
+        keys: list[ApiKey] = await self._store.keys.all()
+        return keys
+
+    async def revoke_key(self, name_or_id: str) -> ApiKey:
+        key: ApiKey = await self._store.keys.revoke(name_or_id, time.time())
+        if self._keyring is not None:
+            self._keyring.put(key)
+        log.info("api key revoked id=%s name=%s", key.id, key.name)
+        return key
 
     # Schedules
 

@@ -22,6 +22,7 @@ import docker.errors
 from grpc_health.v1 import health, health_pb2
 
 from lambdad.api.server import BearerAuthInterceptor, build_server
+from lambdad.auth import KeyRing
 from lambdad.build import ImageBuilder, TarLimits
 from lambdad.config import Config
 from lambdad.control import ControlPlane
@@ -182,6 +183,9 @@ class Daemon:
             logs=logs,
             async_backoff_s=config.async_backoff,
         )
+        keyring = KeyRing(keys)
+        keyring.load(await store.keys.all())
+        control.attach_keyring(keyring)
         functions = await control.load()
         adopted, removed = await runtime.reconcile()
         if adopted or removed:
@@ -231,8 +235,11 @@ class Daemon:
         local.add_insecure_port(f"unix://{config.socket}")
         servers = [local]
         if config.grpc_listen is not None:
-            remote = build_server(control, health_servicer,
-                                  interceptors=[BearerAuthInterceptor(keys)], metrics=metrics)
+            remote = build_server(
+                control, health_servicer, metrics=metrics, keys=keyring,
+                interceptors=[BearerAuthInterceptor(
+                    keyring, open_reflection=config.tcp_reflection == "open")],
+            )
             address = str(config.grpc_listen)
             try:
                 bound = remote.add_insecure_port(address)
@@ -277,7 +284,8 @@ class Daemon:
         log.info(
             "lambdad ready: functions=%d control=unix://%s tcp=%s gateway=http://%s "
             "api_key=%s", functions, config.socket, config.grpc_listen or "off",
-            config.gateway_listen, "configured" if keys else "none (TCP refuses calls)",
+            config.gateway_listen,
+            "none (TCP refuses calls)" if keyring.empty else "configured",
         )
         try:
             await self._stop.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from lambdad.api.status import REASON_KEY, grpc_code
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
+from lambdad.auth import ApiKey, KeyRing, allowed, required_role
 from lambdad.control import (
     BuildOutput,
     ControlPlane,
@@ -44,6 +44,7 @@ log = logging.getLogger("lambdad.api")
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 6 MiB invoke payload plus framing
 MAX_CHUNK_BYTES = 1024 * 1024
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIX = "/grpc.reflection."
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FunctionService"].full_name
 
 R = TypeVar("R")
@@ -84,9 +85,11 @@ def _unary(
 
 
 class FunctionServicer(pb_grpc.FunctionServiceServicer):
-    def __init__(self, control: ControlPlane, metrics: Metrics | None = None) -> None:
+    def __init__(self, control: ControlPlane, metrics: Metrics | None = None,
+                 keys: KeyRing | None = None) -> None:
         self._control = control
         self._metrics = metrics
+        self._keys = keys
 
     def _count(self, method: str, code: str) -> None:
         if self._metrics is not None:
@@ -103,7 +106,8 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
             if first is None or first.WhichOneof("kind") != "header":
                 raise InvalidArgument("the first Deploy message must be the header")
             async for event in self._control.deploy(
-                _header(first.header), _chunks(request_iterator), deployed_by=_caller(context)
+                _header(first.header), _chunks(request_iterator),
+                deployed_by=_caller(context, self._keys),
             ):
                 yield _deploy_response(event)
             code = "OK"
@@ -197,6 +201,25 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
         ])
 
     @_unary
+    async def CreateKey(
+        self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreatedKey:
+        key, secret = await self._control.create_key(request.name, request.role or "invoker")
+        return pb.CreatedKey(key=_key(key), secret=secret)
+
+    @_unary
+    async def ListKeys(
+        self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListKeysResponse:
+        return pb.ListKeysResponse(keys=[_key(k) for k in await self._control.list_keys()])
+
+    @_unary
+    async def RevokeKey(
+        self, request: pb.RevokeKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.KeyInfo:
+        return _key(await self._control.revoke_key(request.name_or_id))
+
+    @_unary
     async def CreateSchedule(
         self, request: pb.CreateScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ScheduleInfo:
@@ -268,8 +291,12 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
                                url=result.url)
 
 
-def _caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    return "local" if context.peer().startswith("unix:") else "api-key"
+def _caller(context: grpc.aio.ServicerContext[Any, Any], keys: KeyRing | None) -> str:
+    """Who deploys: `local` on the Unix socket, else the API key's name."""
+    if context.peer().startswith("unix:") or keys is None:
+        return "local"
+    identity = keys.identify(bearer_token(context.invocation_metadata()))
+    return identity[0] if identity else "api-key"
 
 
 def _header(header: pb.DeployHeader) -> DeployHeader:
@@ -362,6 +389,17 @@ def _epoch(seconds: float | None) -> Timestamp | None:
     return None if seconds is None else _timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
+def _key(key: ApiKey) -> pb.KeyInfo:
+    info = pb.KeyInfo(id=key.id, name=key.name, role=key.role)
+    created = _epoch(key.created_at)
+    assert created is not None
+    info.created_at.CopyFrom(created)
+    revoked = _epoch(key.revoked_at)
+    if revoked is not None:
+        info.revoked_at.CopyFrom(revoked)
+    return info
+
+
 def _schedule(schedule: Schedule, runs: list[float], status: str) -> pb.ScheduleInfo:
     info = pb.ScheduleInfo(
         id=schedule.id, function=schedule.function, cron=schedule.cron, tz=schedule.tz,
@@ -416,26 +454,44 @@ def _version_info(
     return info
 
 
+def bearer_token(metadata: Any) -> str:
+    for key, item in metadata or ():
+        if key == "authorization":
+            value = item.decode() if isinstance(item, bytes) else str(item)
+            if value.startswith("Bearer "):
+                return value[len("Bearer "):].strip()
+    return ""
+
+
 class BearerAuthInterceptor(_Interceptor):
-    """Refuses every RPC but health without a valid `authorization: Bearer <key>`."""
+    """On TCP: every RPC but health needs `authorization: Bearer <key>` whose role allows
+    the method (invoker < deployer < admin); reflection too unless made open."""
 
-    def __init__(self, keys: list[str]) -> None:
-        self._keys = [key.encode() for key in keys]
+    def __init__(self, keys: KeyRing, *, open_reflection: bool = False) -> None:
+        self._keys = keys
+        self._open_reflection = open_reflection
 
-    def authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
-        """None when the metadata carries a valid key, else why not."""
-        if not self._keys:
-            return "this daemon has no API key configured; TCP access is disabled"
-        value = ""
-        for key, item in metadata or ():
-            if key == "authorization":
-                value = item.decode() if isinstance(item, bytes) else item
-        if not value.startswith("Bearer "):
-            return "missing authorization metadata: send 'authorization: Bearer <api-key>'"
-        given = value[len("Bearer "):].strip().encode()
-        if any(hmac.compare_digest(given, key) for key in self._keys):
+    def authorized(self, method: str, metadata: Any) -> tuple[grpc.StatusCode, str] | None:
+        """None when the call may proceed, else the status and why not."""
+        if self._open_reflection and method.startswith(REFLECTION_PREFIX):
             return None
-        return "invalid API key"
+        if self._keys.empty:
+            return (grpc.StatusCode.UNAUTHENTICATED,
+                    "this daemon has no API key configured; TCP access is disabled")
+        token = bearer_token(metadata)
+        if not token:
+            return (grpc.StatusCode.UNAUTHENTICATED,
+                    "missing authorization metadata: send 'authorization: Bearer <api-key>'")
+        identity = self._keys.identify(token)
+        if identity is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key"
+        name, role = identity
+        needed = required_role(method) if method.startswith(f"/{SERVICE_NAME}/") else "invoker"
+        if not allowed(role, needed):
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"API key {name!r} has role {role}; {method.rsplit('/', 1)[-1]} needs "
+                    f"{needed}")
+        return None
 
     async def intercept_service(
         self,
@@ -443,20 +499,22 @@ class BearerAuthInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+        method = handler_call_details.method
+        if handler is None or method.startswith(HEALTH_PREFIX):
             return handler
-        problem = self.authorized(handler_call_details.invocation_metadata)
+        problem = self.authorized(method, handler_call_details.invocation_metadata)
         if problem is None:
             return handler
-        return _denying(handler, problem)
+        return _denying(handler, *problem)
 
 
-def _denying(handler: Handler, message: str) -> Handler:
-    """A handler of the same shape that fails the call with UNAUTHENTICATED."""
+def _denying(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    """A handler of the same shape that fails the call (UNAUTHENTICATED, PERMISSION_DENIED)."""
+    reason = "Unauthenticated" if code == grpc.StatusCode.UNAUTHENTICATED else "PermissionDenied"
 
     async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        context.set_trailing_metadata(((REASON_KEY, "Unauthenticated"),))
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.set_trailing_metadata(((REASON_KEY, reason),))
+        await context.abort(code, message)
 
     async def deny_stream(
         _request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -481,6 +539,7 @@ def build_server(
     *,
     interceptors: list[Any] | None = None,
     metrics: Metrics | None = None,
+    keys: KeyRing | None = None,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=interceptors or (),
@@ -491,7 +550,7 @@ def build_server(
         ],
     )
     pb_grpc.add_FunctionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        FunctionServicer(control, metrics), server
+        FunctionServicer(control, metrics, keys), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

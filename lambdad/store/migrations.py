@@ -134,12 +134,30 @@ def _v5_schedules(db: sqlite3.Connection) -> None:
     )
 
 
+def _v6_api_keys(db: sqlite3.Connection) -> None:
+    """API keys for the TCP control API: salted digests only, never the secrets."""
+    db.execute(
+        """
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL,
+            salt TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
     _v3_invocation_stats,
     _v4_async_invocations,
     _v5_schedules,
+    _v6_api_keys,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

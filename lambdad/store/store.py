@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from peewee import SqliteDatabase
 
+from lambdad.auth.table import KeyTable
 from lambdad.errors import NotFound
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion
 from lambdad.metrics.stats import StatsRow
@@ -49,6 +50,7 @@ class Store:
         await self._run(self._open)
         self.invocations = _Async(self, InvocationTable(self._db))
         self.schedules = _Async(self, ScheduleTable(self._db))
+        self.keys = _Async(self, KeyTable(self._db))
 
     async def close(self) -> None:
         await self._run(self._db.close)

@@ -57,7 +57,7 @@ def test_tcp_needs_the_api_key(lambdad: Lambdad) -> None:
     assert "Unauthenticated" in without.stderr
     wrong = grpcurl("-plaintext", "-H", "authorization: Bearer wrong", address,
                     f"{SERVICE}/ListFunctions")
-    assert "Unauthenticated" in wrong.stderr and "invalid API key" in wrong.stderr
+    assert "Unauthenticated" in wrong.stderr and "invalid or revoked API key" in wrong.stderr
     reflection = grpcurl("-plaintext", address, "list")
     assert reflection.returncode != 0
     with_key = grpcurl("-plaintext", "-H", f"authorization: Bearer {lambdad.api_key}",

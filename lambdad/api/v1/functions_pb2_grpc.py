@@ -114,6 +114,21 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteScheduleRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/CreateKey',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.CreatedKey.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/ListKeys',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/RevokeKey',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.KeyInfo.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -229,6 +244,25 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """API keys for TCP (admin only; always allowed on the Unix socket).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +345,21 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DeleteSchedule,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteScheduleRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.CreateKeyRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.CreatedKey.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListKeysRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.KeyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -745,6 +794,87 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/DeleteSchedule',
             lambdad_dot_api_dot_v1_dot_functions__pb2.DeleteScheduleRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/CreateKey',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.CreateKeyRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.CreatedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/ListKeys',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListKeysRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/RevokeKey',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.RevokeKeyRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.KeyInfo.FromString,
             options,
             channel_credentials,
             insecure,
