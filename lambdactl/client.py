@@ -48,13 +48,15 @@ def error_from_rpc(exc: grpc.RpcError, target: Target) -> CliError:
 class Client:
     def __init__(self, target: Target) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(
-            target.address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+        if target.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=target.tls_ca)
+            self._channel = grpc.secure_channel(target.address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target.address, options=options)
         # The generated stub is untyped; every method on it is Any.
         self._stub: Any = functions_pb2_grpc.FunctionServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._metadata = target.metadata()

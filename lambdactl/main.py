@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -52,7 +53,10 @@ class Ctx:
     @property
     def target(self) -> Target:
         if self._target is None:
-            self._target = resolve_target(self.args.host, self.args.api_key_file)
+            env = dict(os.environ)
+            if getattr(self.args, "tls_ca", None):
+                env["LAMBDA_TLS_CA"] = self.args.tls_ca
+            self._target = resolve_target(self.args.host, self.args.api_key_file, env)
         return self._target
 
     def message(self, text: str) -> None:

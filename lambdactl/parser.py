@@ -100,8 +100,15 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
         "--host",
         metavar="ADDRESS",
         default=default,
-        help="lambdad control address: unix:///path/to.sock or host:port "
-        "(env LAMBDA_HOST; default: the local daemon's socket)",
+        help="lambdad control address: unix:///path/to.sock, host:port, or tls://host:port "
+        "for TLS (env LAMBDA_HOST; default: the local daemon's socket)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        default=default,
+        help="CA certificate(s) to verify lambdad's TLS certificate; implies TLS "
+        "(env LAMBDA_TLS_CA; tls:// hosts without it use the system CAs)",
     )
     parser.add_argument(
         "--api-key-file",

@@ -17,6 +17,8 @@ class Target:
     address: str  # grpc target: unix:///abs/path or host:port
     is_unix: bool
     api_key: str | None = None  # only ever set for TCP targets
+    tls: bool = False  # tls://host:port: TLS, verified against tls_ca or the system CAs
+    tls_ca: bytes | None = None
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata: the bearer token on TCP; the Unix socket needs none."""
@@ -91,10 +93,22 @@ def resolve_target(
         if not rest:
             raise CliError(f"invalid host {host!r}: no socket path", ExitCode.USAGE)
         return _unix_target(rest)
-    address = host.removeprefix("tcp://")
+    tls = host.startswith("tls://")
+    address = host.removeprefix("tcp://").removeprefix("tls://")
     name, sep, port = address.rpartition(":")
     if not sep or not name or not port.isdigit():
         raise CliError(
-            f"invalid host {host!r}: expected unix:///path/to.sock or host:port", ExitCode.USAGE
+            f"invalid host {host!r}: expected unix:///path/to.sock, host:port or "
+            "tls://host:port", ExitCode.USAGE
         )
-    return Target(address, is_unix=False, api_key=read_api_key(key_file, env))
+    ca_file = env.get("LAMBDA_TLS_CA")
+    ca: bytes | None = None
+    if ca_file:
+        try:
+            ca = Path(ca_file).expanduser().read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read LAMBDA_TLS_CA {ca_file}: {exc.strerror}",
+                           ExitCode.USAGE) from None
+        tls = True
+    return Target(address, is_unix=False, api_key=read_api_key(key_file, env), tls=tls,
+                  tls_ca=ca)

@@ -48,6 +48,8 @@ class Config:
     gateway_listen: Listen
     admin_listen: Listen | None
     tcp_reflection: str
+    tls_cert: Path | None
+    tls_key: Path | None
     domain: str
     public_port: int
     runtime_image: str
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--tcp-reflection", choices=("key", "open"), default="key",
                          help="gRPC server reflection on TCP: needs a key (default) or open "
                          "to anyone who can connect; always open on the Unix socket")
+    control.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                         help="serve the TCP control API over TLS with this certificate chain")
+    control.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
+                         help="the private key of --tls-cert")
     gateway = parser.add_argument_group("gateway")
     gateway.add_argument("--gateway-listen", type=Listen.parse, default="127.0.0.1:8080",
                          metavar="HOST:PORT", help="HTTP gateway address (default: 127.0.0.1:8080)")
@@ -163,6 +169,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         gateway_listen=gateway,
         admin_listen=args.admin_listen,
         tcp_reflection=args.tcp_reflection,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         domain=args.domain.strip(".").lower(),
         public_port=args.public_port if args.public_port is not None else gateway.port,
         runtime_image=args.runtime_image,

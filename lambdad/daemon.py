@@ -19,6 +19,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from lambdad.api.server import BearerAuthInterceptor, build_server
@@ -110,6 +111,17 @@ def read_api_keys(path: Path | None) -> list[str]:
     if not keys:
         raise StartupError(f"--api-key-file {path} holds no key")
     return keys
+
+
+def tls_credentials(config: Config) -> grpc.ServerCredentials:
+    if config.tls_cert is None or config.tls_key is None:
+        raise StartupError("--tls-cert and --tls-key go together")
+    try:
+        chain = config.tls_cert.read_bytes()
+        key = config.tls_key.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read the TLS certificate or key: {exc}") from None
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 def docker_client() -> docker.DockerClient:
@@ -242,7 +254,10 @@ class Daemon:
             )
             address = str(config.grpc_listen)
             try:
-                bound = remote.add_insecure_port(address)
+                if config.tls_cert is not None or config.tls_key is not None:
+                    bound = remote.add_secure_port(address, tls_credentials(config))
+                else:
+                    bound = remote.add_insecure_port(address)
             except RuntimeError:
                 bound = 0
             if bound == 0:

@@ -41,6 +41,7 @@ def test_deploy_all_options() -> None:
     )  # fmt: skip
     assert vars(args) == {
         "host": None,
+        "tls_ca": None,
         "api_key_file": None,
         "output": "text",
         "command": "deploy",
