@@ -35,7 +35,8 @@ _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = ("AWS_", "LAMBDA_", "_HANDLER")
 _KNOWN_KEYS = {"name", "runtime", "handler", "timeout", "memory", "cpu", "pids_limit", "env",
-               "network", "description", "scaling", "async"}
+               "network", "description", "scaling", "async", "auth"}
+AUTH_MODES = ("none", "key")
 _ASYNC_KEYS = {"retries", "max_event_age"}
 MAX_ASYNC_RETRIES = 10
 MIN_EVENT_AGE_S, MAX_EVENT_AGE_S = 60, 6 * 3600  # AWS Lambda's range
@@ -87,6 +88,7 @@ class FunctionConfig:
     scaling: Scaling = field(default_factory=Scaling)
     async_retries: int = 2  # asynchronous invocations: retries after the first attempt
     async_max_age_s: int = MAX_EVENT_AGE_S
+    auth: str = "none"  # "key": the gateway wants an API key with invoker rights
 
     @property
     def queue_timeout_s(self) -> int:
@@ -106,6 +108,7 @@ class FunctionConfig:
             "scaling": self.scaling.to_dict(),
             "async_retries": self.async_retries,
             "async_max_age_s": self.async_max_age_s,
+            "auth": self.auth,
         }
 
     @classmethod
@@ -123,6 +126,7 @@ class FunctionConfig:
             scaling=Scaling.from_dict(data.get("scaling", {})),
             async_retries=int(data.get("async_retries", 2)),
             async_max_age_s=int(data.get("async_max_age_s", MAX_EVENT_AGE_S)),
+            auth=str(data.get("auth", "none")),
         )
 
 
@@ -211,6 +215,7 @@ def parse_manifest(text: str | None, *, has_dockerfile: bool) -> Manifest:
         ),
         async_retries=_typed(async_table, "retries", int, 2, "async."),
         async_max_age_s=_typed(async_table, "max_event_age", int, MAX_EVENT_AGE_S, "async."),
+        auth=_typed(data, "auth", str, "none"),
     )
     return Manifest(name=name, config=validate_config(config))
 
@@ -261,6 +266,8 @@ def validate_config(config: FunctionConfig) -> FunctionConfig:
             f"pids_limit must be {MIN_PIDS_LIMIT}-{MAX_PIDS_LIMIT}, got {config.pids_limit}"
         )
     _validate_scaling(config.scaling)
+    if config.auth not in AUTH_MODES:
+        raise InvalidArgument(f"auth must be one of {', '.join(AUTH_MODES)}, got {config.auth!r}")
     if not 0 <= config.async_retries <= MAX_ASYNC_RETRIES:
         raise InvalidArgument(
             f"async.retries must be 0-{MAX_ASYNC_RETRIES}, got {config.async_retries}")

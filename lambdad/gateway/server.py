@@ -35,6 +35,8 @@ log = logging.getLogger("lambdad.gateway")
 Reply = tuple[int, Headers, bytes]
 # (function, status, seconds to the response head, cold start, the handler raised)
 Observer = Callable[[str, int, float, bool, bool], None]
+# (function, request headers) -> None when allowed, else the error (functions with auth = "key")
+Authorize = Callable[[str, Headers], "errors.LambdaError | None"]
 # (function, JSON payload) -> invocation id; for `Lambda-Invocation-Type: Event` requests
 Enqueue = Callable[[str, bytes], Awaitable[str]]
 
@@ -62,7 +64,9 @@ class Gateway:
         keepalive_timeout: float = 75.0,
         observe: Observer | None = None,
         enqueue: Enqueue | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
+        self.authorize = authorize
         self.invoker = invoker
         self.observe = observe
         self.enqueue = enqueue
@@ -292,13 +296,18 @@ class _Client:
             return await self._respond(_too_slow(request_id), close=True)
         if target is None:
             return await self._respond(error_response(self._no_route(host), request_id))
+        headers = list(request.headers)
+        if self.gw.authorize is not None:
+            refused = self.gw.authorize(target.function, headers)
+            if refused is not None:
+                return await self._respond(error_response(refused, request_id))
         if self.gw.enqueue is not None and _wants_event(request.headers):
             return await self._enqueue(target.function, body, request_id)
         invocation = InvocationRequest(
             function=target.function,
             method=request.method,
             target=request.target,
-            headers=forward_request_headers(list(request.headers), self.peer),
+            headers=forward_request_headers(headers, self.peer),
             body=body,
             invocation_type="http",
             request_id=request_id,

@@ -67,3 +67,30 @@ def test_keys_survive_a_restart(fresh_lambdad: Lambdad) -> None:
     daemon.stop()
     daemon.start()
     assert daemon.cli("list", env=_tcp(daemon, key)).code == 0
+
+
+def test_function_with_key_auth_needs_a_key_at_the_gateway(
+    lambdad: Lambdad, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path)) / "private"
+    folder.mkdir()
+    (folder / "handler.py").write_text(
+        "def handler(event, context):\n"
+        "    return {'saw_authorization': 'authorization' in event['headers']}\n")
+    (folder / "lambda.toml").write_text('name = "private"\nauth = "key"\n')
+    lambdad.deploy(folder)
+    key = _create(lambdad, "caller", "invoker")
+    missing = lambdad.http("private")
+    assert missing.status == 401 and missing.json()["error"] == "unauthenticated"
+    wrong = lambdad.http("private", headers={"Authorization": "Bearer lk_000000000000_nope"})
+    assert wrong.status == 401
+    allowed = lambdad.http("private", headers={"Authorization": f"Bearer {key}"})
+    assert allowed.status == 200
+    assert allowed.json() == {"saw_authorization": False}  # the key never reaches the code
+    lambdad.cli("keys", "revoke", "caller")
+    assert lambdad.http("private", headers={"Authorization": f"Bearer {key}"}).status == 401
+    # Functions without auth = "key" stay open.
+    lambdad.deploy("greet", "--name", "public")
+    assert lambdad.http("public", "/?name=x").status == 200
