@@ -48,6 +48,7 @@ class Config:
     gateway_listen: Listen
     admin_listen: Listen | None
     tcp_reflection: str
+    max_connections: int
     tls_cert: Path | None
     tls_key: Path | None
     domain: str
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="functions answer at NAME.DOMAIN (default: localhost)")
     gateway.add_argument("--public-port", type=int, default=None,
                          help="port shown in function URLs (default: the gateway's port)")
+    gateway.add_argument("--max-connections", type=int, default=1024, metavar="N",
+                         help="open client connections the gateway accepts; more are closed at "
+                         "once (default: 1024)")
     gateway.add_argument("--max-body-size", type=_mib, default=6 * MIB, metavar="MiB",
                          help="largest request body the gateway accepts (default: 6)")
     build = parser.add_argument_group("build")
@@ -169,6 +173,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         gateway_listen=gateway,
         admin_listen=args.admin_listen,
         tcp_reflection=args.tcp_reflection,
+        max_connections=max(1, args.max_connections),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         domain=args.domain.strip(".").lower(),

@@ -282,7 +282,7 @@ class Daemon:
 
         gateway = Gateway(
             runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
-            authorize=authorize,
+            authorize=authorize, max_connections=config.max_connections,
             enqueue=lambda name, body: control.enqueue(name, body, source="http"),
             observe=lambda name, code, seconds, cold, failed: metrics.invocation(
                 name, "http", code, seconds, cold=cold, function_error=failed),

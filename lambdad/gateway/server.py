@@ -65,8 +65,10 @@ class Gateway:
         observe: Observer | None = None,
         enqueue: Enqueue | None = None,
         authorize: Authorize | None = None,
+        max_connections: int = 1024,
     ) -> None:
         self.authorize = authorize
+        self.max_connections = max_connections
         self.invoker = invoker
         self.observe = observe
         self.enqueue = enqueue
@@ -110,6 +112,12 @@ class Gateway:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._clients) >= self.max_connections:
+            # Over the cap: close at once rather than queue; clients retry, the daemon stays up.
+            log.warning("connection refused: %d open, the cap is %d", len(self._clients),
+                        self.max_connections)
+            writer.close()
+            return
         client = _Client(self, reader, writer)
         protocol.on_gone = client.client_gone
         self._clients[task] = client
@@ -274,6 +282,11 @@ class _Client:
             return await self._reject(
                 error_response(errors.InvalidArgument("more than one Host header"), request_id)
             )
+        framing = {name for name, _ in request.headers
+                   if name in (b"content-length", b"transfer-encoding")}
+        if len(framing) == 2:  # RFC 9112 lets TE win; a proxy refusing it cannot be smuggled past
+            return await self._reject(error_response(errors.InvalidArgument(
+                "the request has both Content-Length and Transfer-Encoding"), request_id))
         host = hosts[0] if hosts else None
         target = route(host, self.gw.domain)
         version = target.version if target else None

@@ -447,6 +447,37 @@ def test_garbage_is_400_and_closed() -> None:
     run(test)
 
 
+def test_content_length_with_transfer_encoding_is_refused() -> None:
+    """The classic request-smuggling shape: never forwarded, whatever the body."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        data = (f"POST / HTTP/1.1\r\nHost: {host(gw, 'echo')}\r\nContent-Length: 5\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode()
+        reply = parse(await raw(gw.port, data))
+        assert reply.status == 400
+        assert "both Content-Length and Transfer-Encoding" in reply.json()["message"]
+        assert inv.requests == []
+
+    run(test)
+
+
+def test_connections_over_the_cap_are_closed_and_the_gateway_keeps_serving() -> None:
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        gw.max_connections = 2
+        held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+        await asyncio.sleep(0.05)
+        reply = parse(await raw(gw.port, request_bytes(host(gw, "echo"))))
+        assert reply.status == 200
+
+    run(test)
+
+
 def test_two_host_headers_is_400() -> None:
     async def test(gw: Gateway, inv: FakeInvoker) -> None:
         data = request_bytes(host(gw, "echo")).replace(
