@@ -50,6 +50,10 @@ def check_member(member: tarfile.TarInfo, seen_files: set[str]) -> str:
         raise InvalidArgument(f"archive member {raw!r}: absolute path")
     if ".." in raw.split("/"):
         raise InvalidArgument(f"archive member {raw!r}: '..' in path")
+    if name in ("", ".") and not member.isdir():
+        raise InvalidArgument(f"archive member {raw!r}: the folder itself must be a directory")
+    if name and posixpath.normpath(name) != name:
+        raise InvalidArgument(f"archive member {raw!r}: not a normalized path ('.' or '//')")
     if member.ischr() or member.isblk():
         raise InvalidArgument(f"archive member {raw!r}: device files are not allowed")
     if member.isfifo():
@@ -134,5 +138,8 @@ def read_member(path: Path, name: str, max_bytes: int = 1024 * 1024) -> str | No
 def extract(path: Path, dest: Path) -> None:
     """Extracts an archive that `validate` accepted."""
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, mode="r:*") as archive:
-        archive.extractall(dest, filter="data")
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            archive.extractall(dest, filter="data")
+    except (OSError, tarfile.TarError) as exc:  # a shape validate() let through
+        raise InvalidArgument(f"cannot extract the archive: {exc}") from None

@@ -73,6 +73,9 @@ def test_uncompressed_archives_are_accepted_too(tmp_path: Path) -> None:
         (_info("hard", tarfile.LNKTYPE, "/etc/shadow"), "points outside"),
         (_info("hard", tarfile.LNKTYPE, "../x"), "points outside"),
         (_info("hard", tarfile.LNKTYPE, "not-in-archive"), "not an earlier file"),
+        (("a/./b.py", b"x"), "not a normalized path"),
+        (("a//b.py", b"x"), "not a normalized path"),
+        ((".", b"x"), "must be a directory"),
     ],
 )
 def test_hostile_members_are_refused_by_name(
