@@ -169,3 +169,14 @@ def test_raw_deploy_reports_progress_and_result(lambdad: Lambdad) -> None:
     result = responses[-1].result
     assert (result.name, result.version) == ("raw", 1)
     assert result.url == f"http://raw.localhost:{lambdad.gateway_port}"
+
+
+def test_oversized_metadata_is_refused_and_the_daemon_keeps_serving(lambdad: Lambdad) -> None:
+    with grpc.insecure_channel(f"unix://{lambdad.socket_path}") as channel:
+        stub = pb_grpc.FunctionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListFunctions(pb.ListFunctionsRequest(), metadata=(("x-big", "a" * 64_000),),
+                               timeout=10)
+        assert caught.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
+        assert stub.ListFunctions(pb.ListFunctionsRequest(), timeout=10) is not None
