@@ -66,7 +66,9 @@ class Gateway:
         enqueue: Enqueue | None = None,
         authorize: Authorize | None = None,
         max_connections: int = 1024,
+        max_header_bytes: int = 16 * 1024,
     ) -> None:
+        self.max_header_bytes = max_header_bytes
         self.authorize = authorize
         self.max_connections = max_connections
         self.invoker = invoker
@@ -168,7 +170,8 @@ class _Client:
         self.gw = gateway
         self.reader = reader
         self.writer = writer
-        self.conn = h11.Connection(h11.SERVER)
+        self.conn = h11.Connection(h11.SERVER,
+                                   max_incomplete_event_size=gateway.max_header_bytes)
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
         self.busy = False  # between a request's head and the end of its response
@@ -282,6 +285,12 @@ class _Client:
             return await self._reject(
                 error_response(errors.InvalidArgument("more than one Host header"), request_id)
             )
+        # h11 bounds only a head that arrives in pieces; one that arrives whole is checked here.
+        head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        if head_size > self.gw.max_header_bytes:
+            return await self._reject(json_error(
+                431, "request_header_fields_too_large",
+                f"the request head is larger than {self.gw.max_header_bytes} bytes", request_id))
         framing = {name for name, _ in request.headers
                    if name in (b"content-length", b"transfer-encoding")}
         if len(framing) == 2:  # RFC 9112 lets TE win; a proxy refusing it cannot be smuggled past

@@ -490,6 +490,16 @@ def test_two_host_headers_is_400() -> None:
     run(test)
 
 
+def test_an_oversized_header_block_is_431() -> None:
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        data = request_bytes(host(gw, "echo"), X_Big="a" * 40_000)
+        reply = parse(await raw(gw.port, data))
+        assert reply.status == 431
+        assert inv.requests == []
+
+    run(test)
+
+
 def test_slow_header_gets_408_and_idle_connection_just_closes() -> None:
     async def test(gw: Gateway, inv: FakeInvoker) -> None:
         started = time.monotonic()
