@@ -8,7 +8,7 @@ BASE_IMAGE := lambda-runtime/base:bookworm
 PROTO := proto/lambdad/api/v1/functions.proto
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-fast lint proto docker runtime-image bench clean
+.PHONY: help venv run test test-fast lint proto man docker runtime-image bench clean
 
 help:
 	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-fast      unit tests only (no Docker engine needed)"
 	@echo "make lint           ruff and mypy"
 	@echo "make proto          regenerate the gRPC stubs from proto/"
+	@echo "make man            regenerate man/lambdactl.1 and man/lambdad.8 from the parsers"
 	@echo "make runtime-image  build $(RUNTIME_IMAGE) from Debian packages (about a minute)"
 	@echo "make bench          benchmarks: deploy, invoke, warm load, cold start, peer, async (docs/performance.md)"
 
@@ -53,6 +54,10 @@ test: $(BIN)/.installed runtime-image lint
 proto: $(BIN)/.installed
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
 		--grpc_python_out=. $(PROTO)
+
+# Man pages from the real parsers (argparse-manpage); a test fails when they are stale.
+man: $(BIN)/.installed
+	bash packaging/build-man.sh man
 
 bench: $(BIN)/.installed runtime-image
 	$(BIN)/python bench/run.py
