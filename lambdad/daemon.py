@@ -33,6 +33,7 @@ from lambdad.logs import LogCapture, LogStore
 from lambdad.logs.capture import Source
 from lambdad.metrics import AdminServer, Metrics
 from lambdad.metrics.registry import PoolSample
+from lambdad.notify import Notifier
 from lambdad.queue import AsyncWorker
 from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
@@ -314,6 +315,19 @@ class Daemon:
         await health_servicer.set(
             "lambdad.api.v1.FunctionService", health_pb2.HealthCheckResponse.SERVING
         )
+        notifier = Notifier()
+
+        def status_line() -> str:
+            names = runtime.routed()
+            instances = sum(runtime.instance_count(name) for name in names)
+            return f"{len(names)} function(s), {instances} instance(s)"
+
+        notifier.ready(status_line())
+        if notifier.enabled:
+            housekeeper.every(10, lambda: notifier.status(status_line()), "notify-status")
+            if notifier.watchdog_interval_s:
+                housekeeper.every(max(1, int(notifier.watchdog_interval_s)), notifier.watchdog,
+                                  "watchdog")
         log.info(
             "lambdad ready: functions=%d control=unix://%s tcp=%s gateway=http://%s "
             "api_key=%s", functions, config.socket, config.grpc_listen or "off",
@@ -324,6 +338,7 @@ class Daemon:
             await self._stop.wait()
         finally:
             log.info("lambdad stopping: draining for up to %.0f s", config.drain_grace)
+            notifier.stopping()
             await housekeeper.stop()
             await admin.stop()
             await cron.stop()
