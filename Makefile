@@ -8,7 +8,7 @@ BASE_IMAGE := lambda-runtime/base:bookworm
 PROTO := proto/lambdad/api/v1/functions.proto
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-fast lint proto man docker runtime-image bench clean
+.PHONY: help venv run test test-fast lint proto man completion docker runtime-image bench clean
 
 help:
 	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
@@ -58,6 +58,10 @@ proto: $(BIN)/.installed
 # Man pages from the real parsers (argparse-manpage); a test fails when they are stale.
 man: $(BIN)/.installed
 	bash packaging/build-man.sh man
+
+# Static bash and zsh completion from the same parser; a test fails when it is stale.
+completion: $(BIN)/.installed
+	$(BIN)/python packaging/completion.py completion
 
 bench: $(BIN)/.installed runtime-image
 	$(BIN)/python bench/run.py

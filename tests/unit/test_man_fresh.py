@@ -25,3 +25,23 @@ def test_man_pages_document_every_command() -> None:
     page = (ROOT / "man" / "lambdactl.1").read_text()
     for command in ("deploy", "invoke", "logs", "rollback", "schedule", "keys", "redrive"):
         assert f".SH COMMAND \\fI\\,'lambdactl {command}'" in page, command
+
+
+def test_shell_completion_is_fresh(tmp_path: Path) -> None:
+    import sys
+
+    subprocess.run([sys.executable, str(ROOT / "packaging/completion.py"), str(tmp_path)],
+                   check=True, capture_output=True, cwd=ROOT)
+    for name in ("lambdactl.bash", "_lambdactl"):
+        assert (ROOT / "completion" / name).read_text() == (tmp_path / name).read_text(), (
+            f"completion/{name} is stale: run `make completion`")
+
+
+def test_bash_completion_completes_commands_and_options() -> None:
+    script = (
+        f"source {ROOT / 'completion/lambdactl.bash'}; "
+        "COMP_WORDS=(lambdactl roll); COMP_CWORD=1; _lambdactl; echo ${COMPREPLY[@]}; "
+        "COMP_WORDS=(lambdactl logs --fol); COMP_CWORD=2; _lambdactl; echo ${COMPREPLY[@]}"
+    )
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["rollback", "--follow"]
