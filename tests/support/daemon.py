@@ -94,7 +94,9 @@ class Lambdad:
             *self.extra_args,
         ]
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 120.0) -> None:
+        # Generous: a Docker engine busy removing the images of the previous test can
+        # make the daemon's first API calls (ping, reconcile) slow on 2 shared cores.
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT,
                                         env={**os.environ, **self.start_env})
