@@ -361,6 +361,20 @@ def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
     return obj
 
 
+def _print_table(ctx: Ctx, table: Table) -> None:
+    """Every table at its natural width: never drop or truncate columns to fit the
+    terminal, because scripts grep this output."""
+    console = ctx.out
+    saved = console.width
+    console.width = max(
+        saved, console.measure(table, options=console.options.update_width(10_000)).maximum
+    )
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = saved
+
+
 def cmd_list(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         functions = sorted(client.list_functions(), key=lambda f: f.name)
@@ -375,16 +389,7 @@ def cmd_list(ctx: Ctx) -> int:
         table.add_column(column, no_wrap=True)
     for fn in functions:
         table.add_row(fn.name, str(fn.version), _status(fn), fn.url, _local_time(fn))
-    # Never drop or truncate columns to fit the terminal: scripts grep this output.
-    console = ctx.out
-    saved = console.width
-    console.width = max(
-        saved, console.measure(table, options=console.options.update_width(10_000)).maximum
-    )
-    try:
-        console.print(table, crop=False)
-    finally:
-        console.width = saved
+    _print_table(ctx, table)
     return ExitCode.OK
 
 
@@ -570,7 +575,7 @@ def cmd_stats(ctx: Ctx) -> int:
             table.add_row(f.name, w.window, str(w.invocations), f"{w.error_rate:.1%}",
                           _ms(w.p50_seconds), _ms(w.p95_seconds), _ms(w.p99_seconds),
                           f"{w.cold_start_rate:.1%}", f"max {w.instances_max}")
-    ctx.out.print(table, crop=False)
+    _print_table(ctx, table)
     return ExitCode.OK
 
 
@@ -621,7 +626,7 @@ def cmd_keys(ctx: Ctx) -> int:
         table.add_column(column, no_wrap=True)
     for k in keys:
         table.add_row(k.id, k.name, k.role, _when(k.created_at), _when(k.revoked_at))
-    ctx.out.print(table, crop=False)
+    _print_table(ctx, table)
     return ExitCode.OK
 
 
@@ -670,7 +675,7 @@ def cmd_schedules(ctx: Ctx) -> int:
             result = f"{result} ({s.last_invocation_status})"
         table.add_row(s.id, s.function, s.cron, s.tz, s.overlap,
                       _when(s.next_runs[0]) if s.next_runs else "-", _when(s.last_run), result)
-    ctx.out.print(table, crop=False)
+    _print_table(ctx, table)
     return ExitCode.OK
 
 
@@ -696,7 +701,7 @@ def cmd_invocations(ctx: Ctx) -> int:
     for i in found:
         table.add_row(i.id, i.status, str(i.attempts), i.source, _when(i.created_at),
                       _when(i.finished_at), (i.last_error.splitlines() or ["-"])[0][:60])
-    ctx.out.print(table, crop=False)
+    _print_table(ctx, table)
     return ExitCode.OK
 
 
@@ -753,15 +758,7 @@ def cmd_versions(ctx: Ctx) -> int:
         ) or "-"
         table.add_row("*" if v.active else "", str(v.number), _when(v.created_at),
                       v.deployed_by, code, "pruned" if v.pruned else v.image, periods)
-    console = ctx.out
-    saved = console.width
-    console.width = max(
-        saved, console.measure(table, options=console.options.update_width(10_000)).maximum
-    )
-    try:
-        console.print(table, crop=False)
-    finally:
-        console.width = saved
+    _print_table(ctx, table)
     return ExitCode.OK
 
 
