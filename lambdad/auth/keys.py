@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 ROLES = ("invoker", "deployer", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
-_TOKEN = re.compile(r"^lk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
+_TOKEN = re.compile(r"^lk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})\Z")
 
 # The least role each control API method needs; anything unlisted needs admin.
 METHOD_ROLES = {

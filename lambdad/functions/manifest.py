@@ -31,8 +31,8 @@ MAX_CONCURRENCY = 1000
 MAX_INSTANCES = 1000
 MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
 
-_HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _RESERVED_ENV = ("AWS_", "LAMBDA_", "_HANDLER")
 _KNOWN_KEYS = {"name", "runtime", "handler", "timeout", "memory", "cpu", "pids_limit", "env",
                "network", "description", "scaling", "async", "auth"}

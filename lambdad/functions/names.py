@@ -6,7 +6,7 @@ import re
 
 from lambdad.errors import InvalidArgument
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 def is_valid_name(name: str) -> bool:
