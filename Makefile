@@ -8,7 +8,7 @@ BASE_IMAGE := lambda-runtime/base:bookworm
 PROTO := proto/lambdad/api/v1/functions.proto
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-fast lint proto man completion docker runtime-image bench clean
+.PHONY: help venv run test test-fast lint proto man completion config-example docker runtime-image bench clean
 
 help:
 	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint           ruff and mypy"
 	@echo "make proto          regenerate the gRPC stubs from proto/"
 	@echo "make man            regenerate man/lambdactl.1 and man/lambdad.8 from the parsers"
+	@echo "make config-example regenerate packaging/lambdad.toml (every setting, commented out)"
 	@echo "make runtime-image  build $(RUNTIME_IMAGE) from Debian packages (about a minute)"
 	@echo "make bench          benchmarks: deploy, invoke, warm load, cold start, peer, async (docs/performance.md)"
 
@@ -58,6 +59,11 @@ proto: $(BIN)/.installed
 # Man pages from the real parsers (argparse-manpage); a test fails when they are stale.
 man: $(BIN)/.installed
 	bash packaging/build-man.sh man
+
+# packaging/lambdad.toml: every setting at its default, from lambdad's settings table.
+config-example: $(BIN)/.installed
+	$(BIN)/python -c 'import sys, lambdad.config as c; sys.stdout.write(c.example_toml())' \
+		> packaging/lambdad.toml
 
 # Static bash and zsh completion from the same parser; a test fails when it is stale.
 completion: $(BIN)/.installed

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2
 from lambdad.api.server import BearerAuthInterceptor, build_server
 from lambdad.auth import KeyRing
 from lambdad.build import ImageBuilder, TarLimits
-from lambdad.config import Config
+from lambdad.config import MAX_SOCKET_PATH, Config
 from lambdad.control import ControlPlane
 from lambdad.errors import LambdaError, Unauthenticated
 from lambdad.gateway.server import Gateway
@@ -43,8 +43,6 @@ from lambdad.scheduler.runner import CronRunner
 from lambdad.store import Store
 
 log = logging.getLogger("lambdad")
-
-MAX_SOCKET_PATH = 107
 
 
 class StartupError(Exception):

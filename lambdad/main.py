@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from typing import TextIO
 
-from lambdad.config import parse_config
+from lambdad.config import ConfigError, Resolved, check, effective_toml, read_existing, resolve
+
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus keeps a bad config from looping
 
 
 def configure_logging(level: str) -> None:
@@ -20,8 +24,33 @@ def configure_logging(level: str) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
+def _config_errors(problems: list[str], err: TextIO) -> int:
+    for problem in problems:
+        print(f"lambdad: configuration error: {problem}", file=err)
+    return EX_CONFIG
+
+
+def check_config(resolved: Resolved, out: TextIO, err: TextIO) -> int:
+    """--check-config: the effective settings on stdout, problems on stderr."""
+    out.write(effective_toml(resolved))
+    problems = check(resolved.config)
+    if problems:
+        return _config_errors(problems, err)
+    print("lambdad: configuration OK", file=err)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+    try:
+        resolved, args = resolve(argv, os.environ, read_existing)
+    except ConfigError as exc:
+        return _config_errors(exc.problems, sys.stderr)
+    if args.check_config:
+        return check_config(resolved, sys.stdout, sys.stderr)
+    problems = check(resolved.config)
+    if problems:
+        return _config_errors(problems, sys.stderr)
+    config = resolved.config
     configure_logging(config.log_level)
     from lambdad.daemon import Daemon, StartupError, install_signal_handlers
 

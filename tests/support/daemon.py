@@ -57,6 +57,14 @@ class HttpResult:
         return json.loads(self.body)
 
 
+def daemon_env() -> dict[str, str]:
+    """This process's environment without lambdad settings or systemd's directories."""
+    systemd = {"STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CONFIGURATION_DIRECTORY",
+               "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("LAMBDAD_", "LAMBDA_")) and k not in systemd}
+
+
 class Lambdad:
     def __init__(self, *, extra_args: list[str] | None = None) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="lt-", dir="/tmp"))
@@ -84,6 +92,7 @@ class Lambdad:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "lambdad",
+            "--config", "none",  # an installed /etc/lambdad/lambdad.toml must not leak in
             "--state-dir", str(self.state_dir),
             "--gateway-listen", f"127.0.0.1:{self.gateway_port}",
             "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
@@ -99,7 +108,7 @@ class Lambdad:
         # make the daemon's first API calls (ping, reconcile) slow on 2 shared cores.
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT,
-                                        env={**os.environ, **self.start_env})
+                                        env={**daemon_env(), **self.start_env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
