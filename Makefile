@@ -8,7 +8,7 @@ BASE_IMAGE := lambda-runtime/base:bookworm
 PROTO := proto/lambdad/api/v1/functions.proto
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-fast lint proto man completion config-example docker runtime-image bench clean
+.PHONY: help venv run test test-tools test-fast lint proto man completion config-example docker runtime-image bench clean install uninstall
 
 help:
 	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
@@ -19,6 +19,8 @@ help:
 	@echo "make man            regenerate man/lambdactl.1 and man/lambdad.8 from the parsers"
 	@echo "make config-example regenerate packaging/lambdad.toml (every setting, commented out)"
 	@echo "make runtime-image  build $(RUNTIME_IMAGE) from Debian packages (about a minute)"
+	@echo "make install        install lambdad, lambdactl, the unit, man pages, completion (PREFIX, DESTDIR)"
+	@echo "make uninstall      remove what make install put in place (keeps /etc/lambdad and state)"
 	@echo "make bench          benchmarks: deploy, invoke, warm load, cold start, peer, async (docs/performance.md)"
 
 $(BIN)/.installed: pyproject.toml
@@ -49,7 +51,12 @@ lint: $(BIN)/.installed
 test-fast: $(BIN)/.installed
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test: $(BIN)/.installed runtime-image lint
+# systemd-analyze checks the unit in tests/integration/test_install.py.
+test-tools:
+	@command -v systemd-analyze >/dev/null || { echo "installing systemd (for systemd-analyze)..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+
+test: $(BIN)/.installed runtime-image test-tools lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 proto: $(BIN)/.installed
@@ -71,6 +78,66 @@ completion: $(BIN)/.installed
 
 bench: $(BIN)/.installed runtime-image
 	$(BIN)/python bench/run.py
+
+# Installation: the package in its own virtual environment under $(PREFIX)/lib/lambda,
+# commands linked into $(PREFIX)/bin, and the unit, sysusers entry, man pages,
+# completion, docs and an example config. DESTDIR stages everything for packaging;
+# scripts are rewritten to point at the final paths. docs/operations.md walks through it.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+LIBDIR := $(PREFIX)/lib/lambda
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANDIR := $(PREFIX)/share/man
+DOCDIR := $(PREFIX)/share/doc/lambda
+BASHCOMPDIR := $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR := $(PREFIX)/share/zsh/site-functions
+DEST := $(DESTDIR)
+
+install: $(BIN)/.installed
+	rm -rf build/wheel && $(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w build/wheel .
+	rm -rf $(DEST)$(LIBDIR)
+	$(PYTHON) -m venv $(DEST)$(LIBDIR)
+	$(DEST)$(LIBDIR)/bin/pip install --quiet --disable-pip-version-check build/wheel/*.whl
+	@if [ -n "$(DESTDIR)" ]; then \
+		grep -rlI --null "$(DEST)$(LIBDIR)" $(DEST)$(LIBDIR)/bin $(DEST)$(LIBDIR)/pyvenv.cfg \
+			| xargs -0 -r sed -i "s|$(DEST)$(LIBDIR)|$(LIBDIR)|g"; fi
+	install -d $(DEST)$(PREFIX)/bin
+	ln -sfn ../lib/lambda/bin/lambdad $(DEST)$(PREFIX)/bin/lambdad
+	ln -sfn ../lib/lambda/bin/lambdactl $(DEST)$(PREFIX)/bin/lambdactl
+	install -D -m 0644 man/lambdactl.1 $(DEST)$(MANDIR)/man1/lambdactl.1
+	install -D -m 0644 man/lambdad.8 $(DEST)$(MANDIR)/man8/lambdad.8
+	install -D -m 0644 completion/lambdactl.bash $(DEST)$(BASHCOMPDIR)/lambdactl
+	install -D -m 0644 completion/_lambdactl $(DEST)$(ZSHCOMPDIR)/_lambdactl
+	install -d $(DEST)$(DOCDIR)
+	install -m 0644 README.md docs/*.md $(DEST)$(DOCDIR)/
+	install -m 0644 packaging/lambdad.toml $(DEST)$(DOCDIR)/lambdad.toml.example
+	install -D -m 0644 packaging/sysusers.d/lambdad.conf $(DEST)$(SYSUSERSDIR)/lambdad.conf
+	install -d $(DEST)$(UNITDIR)
+	sed -e "s|/usr/local/bin/lambdad|$(PREFIX)/bin/lambdad|" \
+		-e "s|/usr/local/share/doc/lambda|$(DOCDIR)|" \
+		-e "s|/etc/lambdad/|$(SYSCONFDIR)/lambdad/|g" \
+		systemd/lambdad.service > $(DEST)$(UNITDIR)/lambdad.service
+	chmod 0644 $(DEST)$(UNITDIR)/lambdad.service
+	install -d -m 0755 $(DEST)$(SYSCONFDIR)/lambdad
+	@test -e $(DEST)$(SYSCONFDIR)/lambdad/lambdad.toml \
+		|| install -m 0644 packaging/lambdad.toml $(DEST)$(SYSCONFDIR)/lambdad/lambdad.toml
+	@# The bootstrap admin key the unit passes as a credential; only on a live install.
+	@if [ -z "$(DESTDIR)" ] && [ ! -e $(SYSCONFDIR)/lambdad/api-key ]; then \
+		(umask 077; $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' \
+			> $(SYSCONFDIR)/lambdad/api-key); \
+		echo "wrote a bootstrap admin key to $(SYSCONFDIR)/lambdad/api-key (mode 0600)"; fi
+	@echo "installed lambda under $(DEST)$(PREFIX); next: systemd-sysusers," \
+		"make runtime-image, systemctl daemon-reload && systemctl enable --now lambdad"
+
+uninstall:
+	rm -rf $(DEST)$(LIBDIR) $(DEST)$(DOCDIR)
+	rm -f $(DEST)$(PREFIX)/bin/lambdad $(DEST)$(PREFIX)/bin/lambdactl \
+		$(DEST)$(MANDIR)/man1/lambdactl.1 $(DEST)$(MANDIR)/man8/lambdad.8 \
+		$(DEST)$(BASHCOMPDIR)/lambdactl $(DEST)$(ZSHCOMPDIR)/_lambdactl \
+		$(DEST)$(SYSUSERSDIR)/lambdad.conf $(DEST)$(UNITDIR)/lambdad.service
+	@echo "kept $(SYSCONFDIR)/lambdad (config, bootstrap key) and /var/lib/lambdad (state);" \
+		"remove them by hand to purge"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -273,6 +273,12 @@ def test_help_and_man_page_document_every_setting_and_the_precedence() -> None:
     assert "--check-config".replace("-", r"\-") in man
 
 
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for setting in SETTINGS:
+        assert f"`{setting.key}`" in readme, setting.key
+
+
 # check(): what --check-config adds to parsing
 
 
