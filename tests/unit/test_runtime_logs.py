@@ -321,4 +321,5 @@ def test_import_failure_lines_are_untagged(workdir: Path) -> None:
     assert proc.stdout == b"about to fail\n"
     err = proc.stderr.decode().splitlines()
     assert err[0] == "Runtime.ImportModuleError: Unable to import module 'app': nope"
-    assert err[-1] == "RuntimeError: nope"
+    assert err[-2] == "RuntimeError: nope"
+    assert err[-1].startswith("INIT_REPORT Init Duration: ")

@@ -37,6 +37,13 @@ class RuntimeFault(Exception):
     status = 500
 
 
+class NotInitialized(RuntimeFault):
+    """A stem cell got a request before the daemon specialized it."""
+
+    error_type = "Runtime.NotInitialized"
+    status = 503
+
+
 class InvalidPayload(RuntimeFault):
     error_type = "Runtime.InvalidPayload"
     status = 400

@@ -7,6 +7,7 @@ Formats (one physical line each; the daemon's parser relies on them exactly):
     END RequestId: <id>                                             (stdout)
     REPORT RequestId: <id>\\tDuration: <ms.2f> ms\\tBilled Duration: <ceil ms> ms\\t
         Memory Size: <MB> MB\\tMax Memory Used: <MB> MB[\\tInit Duration: <ms.2f> ms]
+        [\\tStart: warm|cell|unpaused|container]   (how the daemon got the instance)
 
 sys.stdout and sys.stderr are replaced by `TaggedStream`s. The request id lives in a
 thread-local, so concurrent invocations (one thread each) tag their own lines; every physical
@@ -157,7 +158,7 @@ class Framer:
         self.stdout = _tagged(sys.stdout)
         self.stderr = _tagged(sys.stderr)
 
-    def start(self, request_id: str) -> Invocation:
+    def start(self, request_id: str, start: str = "") -> Invocation:
         for stream in (self.stdout, self.stderr):
             stream.flush_line(None)  # this thread's own untagged partial line, if any
         try:
@@ -166,16 +167,18 @@ class Framer:
             init_ms = None
         self.stdout.emit_quietly(f"START RequestId: {request_id} Version: {self.version}\n")
         _current.request_id = request_id
-        return Invocation(self, request_id, init_ms)
+        return Invocation(self, request_id, init_ms, start)
 
 
 class Invocation:
-    __slots__ = ("framer", "init_ms", "request_id", "started_ns")
+    __slots__ = ("framer", "init_ms", "request_id", "start", "started_ns")
 
-    def __init__(self, framer: Framer, request_id: str, init_ms: float | None) -> None:
+    def __init__(self, framer: Framer, request_id: str, init_ms: float | None,
+                 start: str = "") -> None:
         self.framer = framer
         self.request_id = request_id
         self.init_ms = init_ms
+        self.start = start  # how the daemon got this instance: warm, cell, unpaused, container
         self.started_ns = time.perf_counter_ns()
 
     def end(self) -> None:
@@ -198,6 +201,8 @@ class Invocation:
         )
         if self.init_ms is not None:
             report += f"\tInit Duration: {self.init_ms:.2f} ms"
+        if self.start:
+            report += f"\tStart: {self.start}"
         framer.stdout.emit_quietly(f"END RequestId: {rid}\n{report}\n")
 
 

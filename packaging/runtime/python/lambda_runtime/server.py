@@ -33,6 +33,7 @@ DEFAULT_TIMEOUT_MS = 900_000  # AWS's maximum, used only when the daemon sent no
 MAX_HEAD = 64 * 1024  # request line + headers
 MAX_BODY = 16 * 1024 * 1024
 MAX_CHUNK_LINE = 4096
+INIT_PATH = "/init"  # a stem cell's specialization request
 LISTEN_BACKLOG = 1024  # a burst of connects to a new instance must queue, not fail
 RECV_SIZE = 65536
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -421,6 +422,9 @@ class Connection:
         self._send(request, status, headers, events.error_body(exc))
 
     def _dispatch(self, request: Request, body: bytes) -> None:
+        if self.server.handler is None:
+            self._specialize(request, body)
+            return
         request_id = request.get("Lambda-Request-Id") or _request_id()
         now_ms = int(time.time() * 1000)
         try:
@@ -442,12 +446,46 @@ class Connection:
             return
         self._invoke(request, kind, event, request_id, deadline_ms)
 
+    def _specialize(self, request: Request, body: bytes) -> None:
+        """A stem cell's one control request: become this function, or report why not."""
+        headers = [("Content-Type", events.JSON_TYPE)]
+        if request.method != "POST" or request.target != INIT_PATH:
+            fault = events.NotInitialized("this stem cell is not specialized yet")
+            self._send(request, fault.status, headers, events.error_body(fault))
+            return
+        try:
+            init = events.json.loads(body)
+            handler, task_root, env = init["handler"], init["task_root"], init["env"]
+            if not (isinstance(handler, str) and isinstance(task_root, str)
+                    and isinstance(env, dict)):
+                raise TypeError("handler, task_root and env have the wrong types")
+        except Exception as exc:  # the daemon's bug, not the function's: refuse, stay generic
+            fault = events.InvalidPayload(f"bad init request: {exc}")
+            self._send(request, 400, headers, events.error_body(fault))
+            return
+        try:
+            self.server.specialize(handler, task_root, {str(k): str(v) for k, v in env.items()})
+        except HandlerLoadError as exc:
+            init_ms = (time.monotonic() - self.server.init_started) * 1000
+            report_init_error(exc, init_ms)
+            payload = {"errorType": exc.error_type, "errorMessage": str(exc),
+                       "initDurationMs": round(init_ms, 2)}
+            self._write(502, headers, events.json.dumps(payload).encode(), head_only=False,
+                        close=True, http10=False)
+            # A failed cell is never reused: exit so the daemon sees it go.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        init_ms = self.server.framer.init_ms[-1] if self.server.framer.init_ms else 0.0
+        self._send(request, 200, headers,
+                   events.json.dumps({"initDurationMs": round(init_ms, 2)}).encode())
+
     def _invoke(
         self, request: Request, kind: str, event: object, request_id: str, deadline_ms: int
     ) -> None:
         server = self.server
         context = server.contexts.make(request_id, deadline_ms)
-        invocation = server.framer.start(request_id)
+        invocation = server.framer.start(request_id, request.get("Lambda-Start"))
         try:
             result = server.handler(event, context)
             status, headers, data = (
@@ -478,13 +516,18 @@ class Connection:
 
 class InvokeServer:
     """Accepts on a Unix socket; one daemon thread per connection (the daemon opens one
-    connection per concurrent request and keeps it alive)."""
+    connection per concurrent request and keeps it alive).
 
-    def __init__(self, path: str, handler: Handler, contexts: ContextFactory) -> None:
+    Started without a handler it is a stem cell: the socket is up and the interpreter
+    warm, and the first request (POST /init from the daemon) loads a function's code.
+    """
+
+    def __init__(self, path: str, handler: Handler | None, contexts: ContextFactory) -> None:
         self.path = path
         self.handler = handler
         self.contexts = contexts
         self.framer = logs.Framer(contexts.function_version, contexts.memory_limit_in_mb)
+        self.init_started = time.monotonic()
         try:  # noqa: SIM105 (contextlib is not worth its import time here)
             os.unlink(path)  # a stale socket from a previous run would make bind fail
         except FileNotFoundError:
@@ -519,6 +562,22 @@ class InvokeServer:
             _remove(temp)
             raise
 
+    def specialize(self, spec: str, task_root: str, env: dict[str, str]) -> None:
+        """Sets the function's environment before its import, then loads its handler."""
+        self.init_started = time.monotonic()
+        os.environ.update(env)
+        importlib.invalidate_caches()  # the code arrived in folders already on sys.path
+        try:  # noqa: SIM105 (no contextlib import in the runtime)
+            os.chdir(task_root)
+        except OSError:
+            pass
+        handler = load_handler(spec, task_root)
+        self.contexts = ContextFactory(dict(os.environ))
+        self.framer = logs.Framer(self.contexts.function_version,
+                                  self.contexts.memory_limit_in_mb)
+        self.framer.init_ms.append((time.monotonic() - self.init_started) * 1000)
+        self.handler = handler
+
     def serve_forever(self) -> None:
         """Runs until a signal handler raises; accept() is where the main thread waits."""
         while True:
@@ -543,6 +602,15 @@ class InvokeServer:
         self.socket.close()
 
 
+def report_init_error(exc: HandlerLoadError, init_ms: float) -> None:
+    """The error, its traceback and AWS's INIT_REPORT line, for the function's logs."""
+    print(exc, file=sys.stderr)
+    if exc.__cause__ is not None:
+        print(_format_exception(exc.__cause__), end="", file=sys.stderr)
+    print(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error"
+          f"\tError Type: {exc.error_type}", file=sys.stderr)
+
+
 class _Terminate(Exception):
     pass
 
@@ -560,23 +628,25 @@ def main(env: dict[str, str] | None = None) -> int:
     logs.install()  # before the handler's import, so modules that keep sys.stdout get ours
     task_root = env.get("LAMBDA_TASK_ROOT", DEFAULT_TASK_ROOT)
     socket_path = env.get("LAMBDA_SOCKET", DEFAULT_SOCKET)
-    try:
-        spec = env.get("_HANDLER", "")
-        if not spec:
-            raise HandlerLoadError("Runtime.MalformedHandlerName", "_HANDLER is not set")
-        handler = load_handler(spec, task_root)
-    except HandlerLoadError as exc:
-        print(exc, file=sys.stderr)
-        if exc.__cause__ is not None:
-            print(_format_exception(exc.__cause__), end="", file=sys.stderr)
-        return 1
+    stem_cell = env.get("LAMBDA_STEM_CELL") == "1"
+    handler: Handler | None = None
+    if not stem_cell:
+        try:
+            spec = env.get("_HANDLER", "")
+            if not spec:
+                raise HandlerLoadError("Runtime.MalformedHandlerName", "_HANDLER is not set")
+            handler = load_handler(spec, task_root)
+        except HandlerLoadError as exc:
+            report_init_error(exc, (time.monotonic() - started) * 1000)
+            return 1
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     server: InvokeServer | None = None
     try:
         server = InvokeServer(socket_path, handler, ContextFactory(env))
-        server.framer.init_ms.append((time.monotonic() - started) * 1000)
+        if handler is not None:
+            server.framer.init_ms.append((time.monotonic() - started) * 1000)
         server.serve_forever()
     except _Terminate:
         pass
