@@ -66,10 +66,10 @@ def read_api_key(key_file: str | None, env: Mapping[str, str]) -> str | None:
         key = Path(key_file).expanduser().read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise CliError(
-            f"cannot read API key file {key_file}: {exc.strerror}", ExitCode.AUTH
+            f"cannot read API key file {key_file}: {exc.strerror}", ExitCode.CONFIG
         ) from None
     if not key:
-        raise CliError(f"API key file {key_file} is empty", ExitCode.AUTH)
+        raise CliError(f"API key file {key_file} is empty", ExitCode.CONFIG)
     return key
 
 
@@ -108,7 +108,7 @@ def resolve_target(
             ca = Path(ca_file).expanduser().read_bytes()
         except OSError as exc:
             raise CliError(f"cannot read LAMBDA_TLS_CA {ca_file}: {exc.strerror}",
-                           ExitCode.USAGE) from None
+                           ExitCode.CONFIG) from None
         tls = True
     return Target(address, is_unix=False, api_key=read_api_key(key_file, env), tls=tls,
                   tls_ca=ca)

@@ -76,7 +76,7 @@ def test_tcp_needs_the_api_key(lambdad: Lambdad) -> None:
 def test_cli_over_tcp(lambdad: Lambdad) -> None:
     tcp = lambdad.env(LAMBDA_HOST=f"127.0.0.1:{lambdad.grpc_port}")
     denied = lambdad.cli("list", env=tcp)
-    assert denied.code == 7 and "API key" in denied.stderr
+    assert denied.code == 77 and "API key" in denied.stderr
     allowed = lambdad.cli("list", "-o", "json", env={**tcp, "LAMBDA_API_KEY": lambdad.api_key})
     assert allowed.code == 0, allowed.stderr
     from_file = lambdad.cli("--api-key-file", str(lambdad.key_file), "list", env=tcp)
