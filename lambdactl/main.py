@@ -31,6 +31,7 @@ from lambdad.api.v1 import functions_pb2 as pb
 
 DEPLOY_STEPS = 3  # 1 is the CLI's (package + upload); the daemon reports 2 and 3
 TEST_WIDTH = 120  # width of consoles built on injected streams
+MIB = 1024 * 1024
 
 STATUS_NAMES = {
     pb.FUNCTION_STATUS_READY: "ready",
@@ -261,13 +262,20 @@ def _parse_json(data: bytes) -> tuple[bool, Any]:
         return False, None
 
 
+def _json_or_text(data: bytes) -> Any:
+    """A payload in JSON output: the JSON value itself, else its text."""
+    is_json, value = _parse_json(data)
+    return value if is_json else data.decode("utf-8", "replace")
+
+
 def cmd_invoke(ctx: Ctx) -> int:
     payload = _read_payload(ctx)
     if ctx.args.event:
         with Client(ctx.target) as client:
             queued = client.invoke(ctx.args.name, payload, event=True)
         if ctx.json:
-            ctx.write_json({"invocation_id": queued.request_id, "status": "queued"})
+            ctx.write_json({"id": queued.request_id, "function": ctx.args.name,
+                            "status": "queued"})
         else:
             ctx.out.file.write(queued.request_id + "\n")
             ctx.message("Queued; follow it with: lambdactl invocation " + queued.request_id[:8])
@@ -278,11 +286,12 @@ def cmd_invoke(ctx: Ctx) -> int:
     if ctx.json:
         ctx.write_json(
             {
+                "function": ctx.args.name,
+                "version": reply.executed_version,
+                "request_id": reply.request_id,
                 "status_code": reply.status_code,
                 "payload": value if is_json else reply.payload.decode("utf-8", "replace"),
                 "function_error": reply.function_error or None,
-                "request_id": reply.request_id,
-                "executed_version": reply.executed_version,
                 "cold_start": reply.cold_start,
             }
         )
@@ -337,8 +346,8 @@ def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
         obj["config"] = {
             "runtime": cfg.runtime,
             "handler": cfg.handler,
-            "timeout_seconds": cfg.timeout_seconds,
-            "memory_mb": cfg.memory_mb,
+            "timeout_ms": cfg.timeout_seconds * 1000.0,
+            "memory_bytes": cfg.memory_mb * MIB,
             "cpu": cfg.cpu,
             "pids_limit": cfg.pids_limit,
             "network": cfg.network,
@@ -347,12 +356,12 @@ def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
                 "concurrency": cfg.scaling.concurrency,
                 "min_instances": cfg.scaling.min_instances,
                 "max_instances": cfg.scaling.max_instances,
-                "idle_timeout_seconds": cfg.scaling.idle_timeout_seconds,
-                "queue_timeout_seconds": cfg.scaling.queue_timeout_seconds,
+                "idle_timeout_ms": cfg.scaling.idle_timeout_seconds * 1000.0,
+                "queue_timeout_ms": cfg.scaling.queue_timeout_seconds * 1000.0,
             },
         }
         obj["code_sha256"] = fn.code_sha256
-        obj["code_size"] = fn.code_size
+        obj["code_size_bytes"] = fn.code_size
         counts = fn.instances
         obj["instances"] = {
             "running": counts.running, "busy": counts.busy, "starting": counts.starting,
@@ -483,11 +492,16 @@ def _when(ts: Any) -> str:
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _rfc(ts: Any) -> str | None:
+def _rfc(ts: Any, timespec: str = "seconds") -> str | None:
+    """A protobuf Timestamp as RFC 3339 UTC (`2025-11-26T17:40:00Z`); unset is None."""
     if ts.seconds == 0 and ts.nanos == 0:
         return None
     when = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return when.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _ms_json(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
 
 
 def _log_line(entry: pb.LogEntry) -> str:
@@ -499,8 +513,8 @@ def _log_line(entry: pb.LogEntry) -> str:
 
 def _log_json(entry: pb.LogEntry) -> str:
     return json.dumps({
-        "time": _rfc(entry.time), "function": entry.function, "version": entry.version,
-        "instance": entry.instance, "stream": entry.stream,
+        "time": _rfc(entry.time, "milliseconds"), "function": entry.function,
+        "version": entry.version, "instance": entry.instance, "stream": entry.stream,
         "request_id": entry.request_id or None, "message": entry.message,
     })
 
@@ -558,8 +572,8 @@ def cmd_stats(ctx: Ctx) -> int:
         ctx.write_json([
             {"name": f.name, "instances_now": f.instances_now, "windows": [
                 {"window": w.window, "invocations": w.invocations, "error_rate": w.error_rate,
-                 "p50_seconds": w.p50_seconds, "p95_seconds": w.p95_seconds,
-                 "p99_seconds": w.p99_seconds, "cold_start_rate": w.cold_start_rate,
+                 "p50_ms": _ms_json(w.p50_seconds), "p95_ms": _ms_json(w.p95_seconds),
+                 "p99_ms": _ms_json(w.p99_seconds), "cold_start_rate": w.cold_start_rate,
                  "instances_max": w.instances_max}
                 for w in f.windows]}
             for f in functions
@@ -586,8 +600,8 @@ def _invocation_json(i: pb.InvocationInfo) -> dict[str, object]:
         "next_attempt_at": _rfc(i.next_attempt_at) if i.status == "queued" else None,
         "started_at": _rfc(i.started_at), "finished_at": _rfc(i.finished_at),
         "status_code": i.status_code or None,
-        "payload": i.payload.decode("utf-8", "replace"),
-        "result": i.result.decode("utf-8", "replace") if i.result else None,
+        "payload": _json_or_text(i.payload),
+        "result": _json_or_text(i.result) if i.result else None,
         "last_error": i.last_error or None,
     }
 
@@ -634,7 +648,7 @@ def _schedule_json(s: pb.ScheduleInfo) -> dict[str, object]:
     return {
         "id": s.id, "function": s.function, "cron": s.cron, "tz": s.tz,
         "data": json.loads(s.data or b"{}"), "overlap": s.overlap,
-        "next_runs": [_rfc(t) for t in s.next_runs], "last_run": _rfc(s.last_run),
+        "next_runs": [_rfc(t) for t in s.next_runs], "last_run_at": _rfc(s.last_run),
         "last_result": s.last_result or None, "last_invocation": s.last_invocation or None,
         "last_invocation_status": s.last_invocation_status or None,
     }
@@ -683,7 +697,7 @@ def cmd_unschedule(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         deleted = client.delete_schedule(ctx.args.id)
     if ctx.json:
-        ctx.write_json({"id": deleted.id, "function": deleted.function})
+        ctx.write_json({**_schedule_json(deleted), "deleted": True})
     else:
         ctx.message(f'Deleted schedule {deleted.id} of "{deleted.function}".')
     return ExitCode.OK
@@ -722,7 +736,8 @@ def cmd_redrive(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         count = client.redrive(ctx.args.id or "", ctx.args.all_failed or "")
     if ctx.json:
-        ctx.write_json({"redriven": count})
+        ctx.write_json({"id": ctx.args.id or None, "function": ctx.args.all_failed or None,
+                        "redriven": count})
     else:
         ctx.message(f"Queued {count} invocation(s) again.")
     return ExitCode.OK
@@ -736,11 +751,11 @@ def cmd_versions(ctx: Ctx) -> int:
             {
                 "version": v.number, "active": v.active, "pruned": v.pruned,
                 "image": v.image, "image_id": v.image_id, "code_sha256": v.code_sha256,
-                "code_size": v.code_size, "created_at": _rfc(v.created_at),
+                "code_size_bytes": v.code_size, "created_at": _rfc(v.created_at),
                 "deployed_by": v.deployed_by, "source_version": v.source_version or None,
                 "active_periods": [
-                    {"from": _rfc(getattr(p, "from")), "until": _rfc(p.until),
-                     "reason": p.reason}
+                    {"activated_at": _rfc(getattr(p, "from")),
+                     "deactivated_at": _rfc(p.until), "reason": p.reason}
                     for p in v.active_periods
                 ],
             }

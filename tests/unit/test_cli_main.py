@@ -336,8 +336,8 @@ def test_invoke_function_error_is_exit_1(daemon: FakeDaemon) -> None:
 def test_invoke_json_envelope(daemon: FakeDaemon) -> None:
     result = run("-o", "json", "invoke", "greet", "--data", '{"a": 1}')
     assert json.loads(result.out) == {
-        "status_code": 200, "payload": {"a": 1}, "function_error": None,
-        "request_id": "r-1", "executed_version": 4, "cold_start": True,
+        "function": "greet", "version": 4, "request_id": "r-1", "status_code": 200,
+        "payload": {"a": 1}, "function_error": None, "cold_start": True,
     }  # fmt: skip
 
 
@@ -394,7 +394,9 @@ def test_get_masks_env_values(daemon: FakeDaemon) -> None:
         assert expected in result.out
     as_json = json.loads(run("get", "greet", "-o", "json").out)
     assert as_json["config"]["env"] == {"API_TOKEN": "****", "GREETING": "****"}
-    assert as_json["code_size"] == 2048
+    assert as_json["code_size_bytes"] == 2048
+    assert as_json["config"]["timeout_ms"] == 30_000.0
+    assert as_json["config"]["memory_bytes"] == 128 * 1024 * 1024
     shown = run("get", "greet", "--show-env")
     assert "API_TOKEN=secret" in shown.out
 
