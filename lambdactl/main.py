@@ -64,8 +64,10 @@ class Ctx:
         self.err.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def error(self, message: str) -> None:
+        """`error: ...` on stderr; the word is red on a terminal (unless NO_COLOR)."""
         first, *rest = message.splitlines() or [""]
-        self.message(f"error: {first}")
+        self.err.print(Text.assemble(("error:", "bold red"), f" {first}"), soft_wrap=True,
+                       highlight=False)
         for line in rest:
             self.message(f"  {line}")
 
@@ -822,6 +824,9 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
 
 
 def _console(stream: TextIO | None, default: TextIO) -> Console:
+    """On real streams Rich decides about colour itself (a terminal? TERM, NO_COLOR,
+    FORCE_COLOR), so nothing here may force a terminal or a colour system; injected
+    streams (tests) get plain text at a fixed width."""
     if stream is None:
         return Console(file=default, highlight=False)
     return Console(file=stream, width=TEST_WIDTH, color_system=None, highlight=False)
