@@ -22,11 +22,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lambdactl import package
+from lambdactl import contexts, package
 from lambdactl.client import Client, error_from_rpc
+from lambdactl.contexts import Context
 from lambdactl.exitcodes import CliError, ExitCode
 from lambdactl.parser import build_parser
-from lambdactl.target import Target, resolve_target
+from lambdactl.target import Target, check_host, resolve_target
 from lambdad.api.v1 import functions_pb2 as pb
 
 DEPLOY_STEPS = 3  # 1 is the CLI's (package + upload); the daemon reports 2 and 3
@@ -54,10 +55,9 @@ class Ctx:
     @property
     def target(self) -> Target:
         if self._target is None:
-            env = dict(os.environ)
-            if getattr(self.args, "tls_ca", None):
-                env["LAMBDA_TLS_CA"] = self.args.tls_ca
-            self._target = resolve_target(self.args.host, self.args.api_key_file, env)
+            args = self.args
+            self._target = resolve_target(args.host, args.api_key_file, os.environ,
+                                          context=args.context, tls_ca=args.tls_ca)
         return self._target
 
     def message(self, text: str) -> None:
@@ -802,7 +802,97 @@ def cmd_config(ctx: Ctx) -> int:
     return ExitCode.OK
 
 
+def _context_json(name: str, context: Context, current: str | None) -> dict[str, object]:
+    return {"name": name, "current": name == current, "host": context.host,
+            "api_key_file": context.api_key_file, "tls_ca": context.tls_ca}
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _absolute(path: str | None) -> str | None:
+    """Paths are stored absolute: lambdactl may run from any folder later."""
+    return str(Path(path).expanduser().absolute()) if path else None
+
+
+def cmd_context(ctx: Ctx) -> int:
+    args = ctx.args
+    found = contexts.load(contexts.config_path(os.environ))
+    action = args.context_command
+    if action == "list":
+        return _context_list(ctx, found)
+    if action == "show":
+        name = args.name or found.current
+        if name is None:
+            raise CliError(f"no current context in {found.path}; name one, or pick one with "
+                           "`lambdactl context use NAME`", ExitCode.CONFIG)
+        shown = _context_json(name, found.get(name), found.current)
+        if ctx.json:
+            ctx.write_json(shown)
+        else:
+            for key, value in shown.items():
+                ctx.out.file.write(f"{key + ':':<14}{_plain(value)}\n")
+        return ExitCode.OK
+    name = contexts.check_name(args.name)
+    if action == "add":
+        if not args.context_host.startswith("unix:"):
+            check_host(args.context_host)
+        replaced = name in found.contexts
+        found.contexts[name] = Context(args.context_host, _absolute(args.context_key_file),
+                                       _absolute(args.context_tls_ca))
+        result = {**_context_json(name, found.contexts[name], found.current),
+                  "replaced": replaced}
+        verb = "Replaced" if replaced else "Added"
+        text = f'{verb} context "{name}" ({args.context_host}) in {found.path}.'
+    elif action == "use":
+        found.get(name)
+        found.current = name
+        result = {**_context_json(name, found.contexts[name], name)}
+        text = f'Now using context "{name}" ({found.contexts[name].host}).'
+    else:  # remove
+        removed = found.get(name)
+        del found.contexts[name]
+        was_current = found.current == name
+        if was_current:
+            found.current = None
+        result = {**_context_json(name, removed, None), "current": False, "removed": True,
+                  "was_current": was_current}
+        text = f'Removed context "{name}".' + (" No context is current now." if was_current
+                                                else "")
+    contexts.save(found)
+    if ctx.json:
+        ctx.write_json(result)
+    else:
+        ctx.message(text)
+    return ExitCode.OK
+
+
+def _context_list(ctx: Ctx, found: contexts.ContextsFile) -> int:
+    names = sorted(found.contexts)
+    if ctx.json:
+        ctx.write_json([_context_json(n, found.contexts[n], found.current) for n in names])
+        return ExitCode.OK
+    if not names:
+        ctx.message(f"No contexts in {found.path}; add one with `lambdactl context add`.")
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("", "NAME", "HOST", "API KEY FILE", "TLS CA"):
+        table.add_column(column, no_wrap=True)
+    for n in names:
+        c = found.contexts[n]
+        table.add_row("*" if n == found.current else "", n, c.host, c.api_key_file or "-",
+                      c.tls_ca or "-")
+    _print_table(ctx, table)
+    return ExitCode.OK
+
+
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "context": cmd_context,
     "logs": cmd_logs,
     "invocations": cmd_invocations,
     "schedule": cmd_schedule,
