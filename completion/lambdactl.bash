@@ -7,7 +7,7 @@ _lambdactl() {
         case "${COMP_WORDS[i]}" in -*) ;; *) command="${COMP_WORDS[i]}"; break ;; esac
     done
     if [[ -z "$command" ]]; then
-        COMPREPLY=($(compgen -W "config context delete deploy get invocation invocations invoke keys list logs redrive rollback schedule schedules stats unschedule versions --api-key-file --context --help --host --output --tls-ca --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "config context delete deploy get invocation invocations invoke keys list logs redrive rollback schedule schedules stats unschedule version versions --api-key-file --context --help --host --output --tls-ca --version" -- "$cur"))
         return
     fi
     case "$command" in
@@ -28,6 +28,7 @@ _lambdactl() {
         schedules) words="--api-key-file --context --help --host --output --tls-ca" ;;
         stats) words="--api-key-file --context --help --host --output --tls-ca" ;;
         unschedule) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        version) words="--api-key-file --context --help --host --output --tls-ca" ;;
         versions) words="--api-key-file --context --help --host --output --tls-ca" ;;
         *) words="" ;;
     esac

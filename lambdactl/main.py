@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from lambdactl import contexts, package
 from lambdactl.client import Client, error_from_rpc
 from lambdactl.contexts import Context
 from lambdactl.exitcodes import CliError, ExitCode
-from lambdactl.parser import build_parser
+from lambdactl.parser import build_parser, client_version
 from lambdactl.target import Target, check_host, resolve_target
 from lambdad.api.v1 import functions_pb2 as pb
 
@@ -802,6 +803,48 @@ def cmd_config(ctx: Ctx) -> int:
     return ExitCode.OK
 
 
+def _target_label(target: Target) -> str:
+    """The address as a user would write it: tls:// kept, unix:// already there."""
+    return f"tls://{target.address}" if target.tls else target.address
+
+
+def _daemon_json(info: pb.DaemonInfo, target: Target) -> dict[str, object]:
+    return {
+        "version": info.version, "api_version": info.api_version,
+        "python_version": info.python_version, "docker_version": info.docker_version or None,
+        "started_at": _rfc(info.started_at), "domain": info.domain,
+        "url_template": info.url_template, "address": _target_label(target),
+    }
+
+
+def cmd_version(ctx: Ctx) -> int:
+    """Client first, so it is printed even when the daemon cannot be reached."""
+    client_info = {"version": client_version(), "python_version": platform.python_version()}
+    if not ctx.json:
+        ctx.out.file.write(f"client {client_info['version']}\n")
+        ctx.out.file.flush()
+    daemon: dict[str, object] | None = None
+    failure: CliError | None = None
+    try:
+        target = ctx.target
+        with Client(target) as client:
+            info = client.get_version()
+        daemon = _daemon_json(info, target)
+    except CliError as exc:
+        failure = exc
+    except grpc.RpcError as exc:
+        failure = error_from_rpc(exc, ctx.target)
+    if ctx.json:
+        ctx.write_json({"client": client_info, "daemon": daemon})
+    elif daemon is not None:
+        ctx.out.file.write(f"daemon {daemon['version']} (api {daemon['api_version']}) at "
+                           f"{daemon['address']}\n")
+    if failure is not None:
+        ctx.error(failure.message)
+        return failure.code
+    return ExitCode.OK
+
+
 def _context_json(name: str, context: Context, current: str | None) -> dict[str, object]:
     return {"name": name, "current": name == current, "host": context.host,
             "api_key_file": context.api_key_file, "tls_ca": context.tls_ca}
@@ -892,6 +935,7 @@ def _context_list(ctx: Ctx, found: contexts.ContextsFile) -> int:
 
 
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "version": cmd_version,
     "context": cmd_context,
     "logs": cmd_logs,
     "invocations": cmd_invocations,

@@ -428,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("name", metavar="NAME", help="the function to delete")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
+    sub.add_parser(
+        "version",
+        parents=[common],
+        help="print the versions of lambdactl and of the daemon",
+        description="Print lambdactl's version, then ask the daemon for its version, API "
+        "version and where it is. If the daemon cannot be reached the client's version is "
+        "still printed, and the exit code says why (69 unreachable, 77 authentication).",
+    )
     _add_context_parser(sub)
     return parser
 
