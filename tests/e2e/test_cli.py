@@ -1,13 +1,22 @@
-"""The real lambdactl against a real lambdad: `version` and contexts."""
+"""The real lambdactl against a real lambdad: `version`, contexts and the JSON conventions."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 from pathlib import Path
+from typing import Any
 
-from tests.support.daemon import Lambdad
+from lambdactl.parser import build_parser
+from tests.support.daemon import CliResult, Lambdad
 
+SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+USER_DATA = {"env", "payload", "result", "data"}  # their keys are the user's, not ours
+OLD_UNITS = ("_seconds", "_mb", "_size", "_s")
+LISTS = {"list", "versions", "stats", "invocations", "schedules", "keys list", "context list"}
+STREAMS = {"logs"}  # JSON Lines: one object per line, so `logs -f -o json` can stream
 
 
 def _create_key(daemon: Lambdad, name: str, role: str) -> str:
@@ -97,3 +106,114 @@ def test_context_reaches_a_tcp_daemon_with_its_key_file(lambdad: Lambdad, tmp_pa
     # LAMBDA_HOST still wins over the current context.
     assert lambdad.cli("list", env={**env, "LAMBDA_HOST": f"unix://{lambdad.socket_path}",
                                     "LAMBDA_CONTEXT": "bad"}).code == 0
+
+
+# -- JSON output -------------------------------------------------------------------------
+
+
+def _check_keys(value: Any, where: str) -> None:
+    """snake_case keys; `_at` RFC 3339 UTC, `_ms` numbers, `_bytes` integers, no old units."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_keys(item, f"{where}[{index}]")
+        return
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        at = f"{where}.{key}"
+        assert SNAKE.fullmatch(key), f"{at}: not snake_case"
+        assert not key.endswith(OLD_UNITS), f"{at}: use _ms for durations, _bytes for sizes"
+        if key.endswith("_at"):
+            assert item is None or RFC3339_UTC.fullmatch(item), f"{at}: {item!r}"
+        if key.endswith("_ms"):
+            assert isinstance(item, int | float) and not isinstance(item, bool), at
+        if key.endswith("_bytes"):
+            assert isinstance(item, int) and not isinstance(item, bool), at
+        if key in ("name", "function"):
+            assert isinstance(item, str) and item, at
+        if key not in USER_DATA:
+            _check_keys(item, at)
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
+    """Every runnable command of the parser: `list`, `keys create`, `context use`, ..."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found |= _leaf_commands(child, f"{prefix}{name} ")
+    return found or {prefix.strip()}
+
+
+class JsonRun:
+    """Runs commands with -o json and checks each output against the convention."""
+
+    def __init__(self, daemon: Lambdad, env: dict[str, str]) -> None:
+        self.daemon = daemon
+        self.env = env
+        self.ran: set[str] = set()
+
+    def __call__(self, command: str, *args: str) -> Any:
+        result: CliResult = self.daemon.cli(*command.split(), *args, "-o", "json",
+                                            env=self.env)
+        assert result.code == 0, f"{command}: {result.stderr}"
+        self.ran.add(command)
+        if command in STREAMS:
+            values = [json.loads(line) for line in result.stdout.splitlines()]
+            assert values and all(isinstance(v, dict) for v in values), result.stdout
+            _check_keys(values, command)
+            return values
+        value = json.loads(result.stdout)  # one JSON value, nothing else on stdout
+        if command in LISTS:
+            assert isinstance(value, list) and all(isinstance(v, dict) for v in value), value
+        else:
+            assert isinstance(value, dict), f"{command}: {value!r}"
+        _check_keys(value, command)
+        return value
+
+
+def test_every_command_follows_the_json_conventions(lambdad: Lambdad, tmp_path: Path) -> None:
+    run = JsonRun(lambdad, lambdad.env(XDG_CONFIG_HOME=str(tmp_path / "config")))
+    deployed = run("deploy", "functions/greet", "--name", "jsonfn")
+    assert (deployed["name"], deployed["version"]) == ("jsonfn", 1)
+    invoked = run("invoke", "jsonfn", "--data", '{"name": "J"}')
+    assert (invoked["function"], invoked["version"]) == ("jsonfn", 1)
+    assert invoked["payload"] == {"message": "Hello, J!"}
+    queued = run("invoke", "jsonfn", "--async")
+    assert (queued["function"], queued["status"]) == ("jsonfn", "queued")
+    assert [f["name"] for f in run("list") if f["name"] == "jsonfn"] == ["jsonfn"]
+    got = run("get", "jsonfn")
+    assert got["config"]["timeout_ms"] == 10_000 and got["code_size_bytes"] > 0
+    assert got["config"]["memory_bytes"] == 128 * 1024 * 1024
+    configured = run("config", "jsonfn", "--timeout", "12")
+    assert (configured["name"], configured["version"]) == ("jsonfn", 2)
+    rolled = run("rollback", "jsonfn")
+    assert (rolled["version"], rolled["previous_version"]) == (1, 2)
+    versions = run("versions", "jsonfn")
+    assert [v["version"] for v in versions] == [1, 2]
+    assert versions[1]["active_periods"][0]["deactivated_at"] is not None
+    assert all(line["function"] == "jsonfn" for line in run("logs", "jsonfn"))
+    assert run("stats", "jsonfn")[0]["name"] == "jsonfn"
+    assert any(i["id"] == queued["id"] for i in run("invocations", "jsonfn"))
+    assert run("invocation", queued["id"][:8])["id"] == queued["id"]
+    assert run("redrive", "--all-failed", "jsonfn")["redriven"] == 0
+    schedule = run("schedule", "jsonfn", "--cron", "0 0 1 1 *")
+    assert schedule["function"] == "jsonfn"
+    assert [s["id"] for s in run("schedules", "jsonfn")] == [schedule["id"]]
+    unscheduled = run("unschedule", schedule["id"])
+    assert (unscheduled["id"], unscheduled["deleted"]) == (schedule["id"], True)
+    created = run("keys create", "--name", "json-key")
+    assert created["name"] == "json-key" and created["secret"].startswith("lk_")
+    assert "json-key" in [k["name"] for k in run("keys list")]
+    assert run("keys revoke", "json-key")["revoked_at"] is not None
+    assert run("version")["daemon"]["api_version"] == "v1"
+    added = run("context add", "here", "--host", f"unix://{lambdad.socket_path}")
+    assert (added["name"], added["current"]) == ("here", False)
+    assert run("context use", "here")["current"] is True
+    assert [c["name"] for c in run("context list")] == ["here"]
+    assert run("context show")["name"] == "here"
+    assert run("context remove", "here")["removed"] is True
+    deleted = run("delete", "jsonfn", "-y")
+    assert deleted["name"] == "jsonfn" and deleted["versions_removed"] == 2
+
+    assert run.ran == _leaf_commands(build_parser()), "a command is not covered here"
