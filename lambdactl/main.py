@@ -516,7 +516,7 @@ def _log_line(entry: pb.LogEntry) -> str:
 
 def _log_json(entry: pb.LogEntry) -> str:
     return json.dumps({
-        "time": _rfc(entry.time, "milliseconds"), "function": entry.function,
+        "logged_at": _rfc(entry.time, "milliseconds"), "function": entry.function,
         "version": entry.version, "instance": entry.instance, "stream": entry.stream,
         "request_id": entry.request_id or None, "message": entry.message,
     })

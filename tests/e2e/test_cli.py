@@ -125,6 +125,8 @@ def _check_keys(value: Any, where: str) -> None:
         assert not key.endswith(OLD_UNITS), f"{at}: use _ms for durations, _bytes for sizes"
         if key.endswith("_at"):
             assert item is None or RFC3339_UTC.fullmatch(item), f"{at}: {item!r}"
+        elif isinstance(item, str):
+            assert not RFC3339_UTC.fullmatch(item), f"{at}: a timestamp key must end in _at"
         if key.endswith("_ms"):
             assert isinstance(item, int | float) and not isinstance(item, bool), at
         if key.endswith("_bytes"):
