@@ -7,27 +7,29 @@ _lambdactl() {
         case "${COMP_WORDS[i]}" in -*) ;; *) command="${COMP_WORDS[i]}"; break ;; esac
     done
     if [[ -z "$command" ]]; then
-        COMPREPLY=($(compgen -W "config delete deploy get invocation invocations invoke keys list logs redrive rollback schedule schedules stats unschedule versions --api-key-file --help --host --output --tls-ca --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "config context delete deploy get invocation invocations invoke keys list logs redrive rollback schedule schedules stats unschedule version versions --api-key-file --context --help --host --output --tls-ca --version" -- "$cur"))
         return
     fi
     case "$command" in
-        config) words="--api-key-file --concurrency --cpu --env --handler --help --host --idle-timeout --max-instances --memory --min-instances --network --output --timeout --tls-ca" ;;
-        delete) words="--api-key-file --help --host --output --tls-ca --yes" ;;
-        deploy) words="--api-key-file --concurrency --cpu --env --handler --help --host --idle-timeout --max-instances --memory --min-instances --name --network --output --timeout --tls-ca" ;;
-        get) words="--api-key-file --help --host --output --show-env --tls-ca" ;;
-        invocation) words="--api-key-file --help --host --output --tls-ca" ;;
-        invocations) words="--api-key-file --help --host --output --status --tls-ca" ;;
-        invoke) words="--api-key-file --async --data --data-file --help --host --log --output --tls-ca --version" ;;
-        keys) words="--api-key-file --help --host --output --tls-ca create list revoke" ;;
-        list) words="--api-key-file --help --host --output --tls-ca" ;;
-        logs) words="--api-key-file --follow --help --host --output --request-id --since --tail --tls-ca --version" ;;
-        redrive) words="--all-failed --api-key-file --help --host --output --tls-ca" ;;
-        rollback) words="--api-key-file --help --host --output --tls-ca --to" ;;
-        schedule) words="--api-key-file --cron --data --help --host --output --overlap --tls-ca --tz" ;;
-        schedules) words="--api-key-file --help --host --output --tls-ca" ;;
-        stats) words="--api-key-file --help --host --output --tls-ca" ;;
-        unschedule) words="--api-key-file --help --host --output --tls-ca" ;;
-        versions) words="--api-key-file --help --host --output --tls-ca" ;;
+        config) words="--api-key-file --concurrency --context --cpu --env --handler --help --host --idle-timeout --max-instances --memory --min-instances --network --output --timeout --tls-ca" ;;
+        context) words="--help --output add list remove show use" ;;
+        delete) words="--api-key-file --context --help --host --output --tls-ca --yes" ;;
+        deploy) words="--api-key-file --concurrency --context --cpu --env --handler --help --host --idle-timeout --max-instances --memory --min-instances --name --network --output --timeout --tls-ca" ;;
+        get) words="--api-key-file --context --help --host --output --show-env --tls-ca" ;;
+        invocation) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        invocations) words="--api-key-file --context --help --host --output --status --tls-ca" ;;
+        invoke) words="--api-key-file --async --context --data --data-file --help --host --log --output --tls-ca --version" ;;
+        keys) words="--api-key-file --context --help --host --output --tls-ca create list revoke" ;;
+        list) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        logs) words="--api-key-file --context --follow --help --host --output --request-id --since --tail --tls-ca --version" ;;
+        redrive) words="--all-failed --api-key-file --context --help --host --output --tls-ca" ;;
+        rollback) words="--api-key-file --context --help --host --output --tls-ca --to" ;;
+        schedule) words="--api-key-file --context --cron --data --help --host --output --overlap --tls-ca --tz" ;;
+        schedules) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        stats) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        unschedule) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        version) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        versions) words="--api-key-file --context --help --host --output --tls-ca" ;;
         *) words="" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

@@ -128,6 +128,10 @@ class Client:
             metadata=self._metadata, timeout=CONTROL_TIMEOUT)
         return int(reply.redriven)
 
+    def get_version(self) -> pb.DaemonInfo:
+        return cast(pb.DaemonInfo, self._stub.GetVersion(
+            pb.GetVersionRequest(), metadata=self._metadata, timeout=CONTROL_TIMEOUT))
+
     def list_functions(self) -> list[pb.Function]:
         reply = self._stub.ListFunctions(
             pb.ListFunctionsRequest(), metadata=self._metadata, timeout=CONTROL_TIMEOUT

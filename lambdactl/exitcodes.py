@@ -2,7 +2,9 @@
 
 Kept free of grpc so the parser (and the man page built from it) can show it.
 The daemon's `reason` word (trailing metadata `lambda-error-reason`) decides
-first; without a known reason the gRPC status code does.
+first; without a known reason the gRPC status code does. The three codes that
+describe the environment rather than the call follow sysexits(3), so scripts can
+tell "try again later" (69) from "fix the credentials" (77) or "fix the config" (78).
 
 ======  ===========================================================================
  Code   Meaning
@@ -11,19 +13,21 @@ first; without a known reason the gRPC status code does.
    1    failure: the function raised during invoke, an internal daemon error,
         anything not listed below
    2    usage error: bad command line, bad LAMBDA_HOST
-   3    lambdad is unreachable: no socket, connection refused, UNAVAILABLE
-        without a reason
    4    not found: no such function (NOT_FOUND)
    5    invalid input: bad arguments, invalid JSON data, bad function folder or
         lambda.toml, payload too large (INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
         OUT_OF_RANGE)
    6    the function's image failed to build (reason BuildFailed)
-   7    authentication: missing/wrong API key, no permission (UNAUTHENTICATED,
-        PERMISSION_DENIED)
    8    conflict: already exists, wrong state, aborted (ALREADY_EXISTS,
         FAILED_PRECONDITION, ABORTED)
    9    the function could not answer: it timed out, its instance failed, or it
         is throttled (reasons FunctionTimeout, InstanceFailed, Throttled)
+  69    lambdad is unreachable (EX_UNAVAILABLE): no socket, connection refused,
+        UNAVAILABLE without a reason
+  77    authentication (EX_NOPERM): missing/wrong API key, no permission
+        (UNAUTHENTICATED, PERMISSION_DENIED)
+  78    configuration (EX_CONFIG): a broken lambdactl config file, an unknown
+        context, an unreadable API key file or TLS CA file
  130    interrupted (Ctrl-C)
 ======  ===========================================================================
 """
@@ -39,13 +43,14 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1
     USAGE = 2
-    UNREACHABLE = 3
     NOT_FOUND = 4
     INVALID = 5
     BUILD_FAILED = 6
-    AUTH = 7
     CONFLICT = 8
     FUNCTION_FAILED = 9
+    UNREACHABLE = 69  # sysexits EX_UNAVAILABLE
+    AUTH = 77  # sysexits EX_NOPERM
+    CONFIG = 78  # sysexits EX_CONFIG
     INTERRUPTED = 130
 
 
@@ -98,13 +103,14 @@ exit codes:
   0    success
   1    failure (the function raised, internal error)
   2    usage error
-  3    lambdad is not reachable
   4    function not found
   5    invalid input (arguments, JSON data, function folder, payload too large)
   6    image build failed
-  7    authentication or permission failure
   8    conflict (already exists, wrong state)
   9    function timed out, its instance failed, or it is throttled
+  69   lambdad is not reachable
+  77   authentication or permission failure
+  78   configuration error (config file, context, key or CA file)
   130  interrupted"""
 
 

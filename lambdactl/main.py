@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -22,15 +23,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lambdactl import package
+from lambdactl import contexts, package
 from lambdactl.client import Client, error_from_rpc
+from lambdactl.contexts import Context
 from lambdactl.exitcodes import CliError, ExitCode
-from lambdactl.parser import build_parser
-from lambdactl.target import Target, resolve_target
+from lambdactl.parser import build_parser, client_version
+from lambdactl.target import Target, check_host, resolve_target
 from lambdad.api.v1 import functions_pb2 as pb
 
 DEPLOY_STEPS = 3  # 1 is the CLI's (package + upload); the daemon reports 2 and 3
 TEST_WIDTH = 120  # width of consoles built on injected streams
+MIB = 1024 * 1024
 
 STATUS_NAMES = {
     pb.FUNCTION_STATUS_READY: "ready",
@@ -53,18 +56,19 @@ class Ctx:
     @property
     def target(self) -> Target:
         if self._target is None:
-            env = dict(os.environ)
-            if getattr(self.args, "tls_ca", None):
-                env["LAMBDA_TLS_CA"] = self.args.tls_ca
-            self._target = resolve_target(self.args.host, self.args.api_key_file, env)
+            args = self.args
+            self._target = resolve_target(args.host, args.api_key_file, os.environ,
+                                          context=args.context, tls_ca=args.tls_ca)
         return self._target
 
     def message(self, text: str) -> None:
         self.err.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def error(self, message: str) -> None:
+        """`error: ...` on stderr; the word is red on a terminal (unless NO_COLOR)."""
         first, *rest = message.splitlines() or [""]
-        self.message(f"error: {first}")
+        self.err.print(Text.assemble(("error:", "bold red"), f" {first}"), soft_wrap=True,
+                       highlight=False)
         for line in rest:
             self.message(f"  {line}")
 
@@ -261,13 +265,20 @@ def _parse_json(data: bytes) -> tuple[bool, Any]:
         return False, None
 
 
+def _json_or_text(data: bytes) -> Any:
+    """A payload in JSON output: the JSON value itself, else its text."""
+    is_json, value = _parse_json(data)
+    return value if is_json else data.decode("utf-8", "replace")
+
+
 def cmd_invoke(ctx: Ctx) -> int:
     payload = _read_payload(ctx)
     if ctx.args.event:
         with Client(ctx.target) as client:
             queued = client.invoke(ctx.args.name, payload, event=True)
         if ctx.json:
-            ctx.write_json({"invocation_id": queued.request_id, "status": "queued"})
+            ctx.write_json({"id": queued.request_id, "function": ctx.args.name,
+                            "status": "queued"})
         else:
             ctx.out.file.write(queued.request_id + "\n")
             ctx.message("Queued; follow it with: lambdactl invocation " + queued.request_id[:8])
@@ -278,11 +289,12 @@ def cmd_invoke(ctx: Ctx) -> int:
     if ctx.json:
         ctx.write_json(
             {
+                "function": ctx.args.name,
+                "version": reply.executed_version,
+                "request_id": reply.request_id,
                 "status_code": reply.status_code,
                 "payload": value if is_json else reply.payload.decode("utf-8", "replace"),
                 "function_error": reply.function_error or None,
-                "request_id": reply.request_id,
-                "executed_version": reply.executed_version,
                 "cold_start": reply.cold_start,
             }
         )
@@ -337,8 +349,8 @@ def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
         obj["config"] = {
             "runtime": cfg.runtime,
             "handler": cfg.handler,
-            "timeout_seconds": cfg.timeout_seconds,
-            "memory_mb": cfg.memory_mb,
+            "timeout_ms": cfg.timeout_seconds * 1000.0,
+            "memory_bytes": cfg.memory_mb * MIB,
             "cpu": cfg.cpu,
             "pids_limit": cfg.pids_limit,
             "network": cfg.network,
@@ -347,12 +359,12 @@ def _function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:
                 "concurrency": cfg.scaling.concurrency,
                 "min_instances": cfg.scaling.min_instances,
                 "max_instances": cfg.scaling.max_instances,
-                "idle_timeout_seconds": cfg.scaling.idle_timeout_seconds,
-                "queue_timeout_seconds": cfg.scaling.queue_timeout_seconds,
+                "idle_timeout_ms": cfg.scaling.idle_timeout_seconds * 1000.0,
+                "queue_timeout_ms": cfg.scaling.queue_timeout_seconds * 1000.0,
             },
         }
         obj["code_sha256"] = fn.code_sha256
-        obj["code_size"] = fn.code_size
+        obj["code_size_bytes"] = fn.code_size
         counts = fn.instances
         obj["instances"] = {
             "running": counts.running, "busy": counts.busy, "starting": counts.starting,
@@ -483,11 +495,16 @@ def _when(ts: Any) -> str:
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _rfc(ts: Any) -> str | None:
+def _rfc(ts: Any, timespec: str = "seconds") -> str | None:
+    """A protobuf Timestamp as RFC 3339 UTC (`2025-11-26T17:40:00Z`); unset is None."""
     if ts.seconds == 0 and ts.nanos == 0:
         return None
     when = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return when.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _ms_json(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
 
 
 def _log_line(entry: pb.LogEntry) -> str:
@@ -499,8 +516,8 @@ def _log_line(entry: pb.LogEntry) -> str:
 
 def _log_json(entry: pb.LogEntry) -> str:
     return json.dumps({
-        "time": _rfc(entry.time), "function": entry.function, "version": entry.version,
-        "instance": entry.instance, "stream": entry.stream,
+        "logged_at": _rfc(entry.time, "milliseconds"), "function": entry.function,
+        "version": entry.version, "instance": entry.instance, "stream": entry.stream,
         "request_id": entry.request_id or None, "message": entry.message,
     })
 
@@ -558,8 +575,8 @@ def cmd_stats(ctx: Ctx) -> int:
         ctx.write_json([
             {"name": f.name, "instances_now": f.instances_now, "windows": [
                 {"window": w.window, "invocations": w.invocations, "error_rate": w.error_rate,
-                 "p50_seconds": w.p50_seconds, "p95_seconds": w.p95_seconds,
-                 "p99_seconds": w.p99_seconds, "cold_start_rate": w.cold_start_rate,
+                 "p50_ms": _ms_json(w.p50_seconds), "p95_ms": _ms_json(w.p95_seconds),
+                 "p99_ms": _ms_json(w.p99_seconds), "cold_start_rate": w.cold_start_rate,
                  "instances_max": w.instances_max}
                 for w in f.windows]}
             for f in functions
@@ -586,8 +603,8 @@ def _invocation_json(i: pb.InvocationInfo) -> dict[str, object]:
         "next_attempt_at": _rfc(i.next_attempt_at) if i.status == "queued" else None,
         "started_at": _rfc(i.started_at), "finished_at": _rfc(i.finished_at),
         "status_code": i.status_code or None,
-        "payload": i.payload.decode("utf-8", "replace"),
-        "result": i.result.decode("utf-8", "replace") if i.result else None,
+        "payload": _json_or_text(i.payload),
+        "result": _json_or_text(i.result) if i.result else None,
         "last_error": i.last_error or None,
     }
 
@@ -634,7 +651,7 @@ def _schedule_json(s: pb.ScheduleInfo) -> dict[str, object]:
     return {
         "id": s.id, "function": s.function, "cron": s.cron, "tz": s.tz,
         "data": json.loads(s.data or b"{}"), "overlap": s.overlap,
-        "next_runs": [_rfc(t) for t in s.next_runs], "last_run": _rfc(s.last_run),
+        "next_runs": [_rfc(t) for t in s.next_runs], "last_run_at": _rfc(s.last_run),
         "last_result": s.last_result or None, "last_invocation": s.last_invocation or None,
         "last_invocation_status": s.last_invocation_status or None,
     }
@@ -683,7 +700,7 @@ def cmd_unschedule(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         deleted = client.delete_schedule(ctx.args.id)
     if ctx.json:
-        ctx.write_json({"id": deleted.id, "function": deleted.function})
+        ctx.write_json({**_schedule_json(deleted), "deleted": True})
     else:
         ctx.message(f'Deleted schedule {deleted.id} of "{deleted.function}".')
     return ExitCode.OK
@@ -722,7 +739,8 @@ def cmd_redrive(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
         count = client.redrive(ctx.args.id or "", ctx.args.all_failed or "")
     if ctx.json:
-        ctx.write_json({"redriven": count})
+        ctx.write_json({"id": ctx.args.id or None, "function": ctx.args.all_failed or None,
+                        "redriven": count})
     else:
         ctx.message(f"Queued {count} invocation(s) again.")
     return ExitCode.OK
@@ -736,11 +754,11 @@ def cmd_versions(ctx: Ctx) -> int:
             {
                 "version": v.number, "active": v.active, "pruned": v.pruned,
                 "image": v.image, "image_id": v.image_id, "code_sha256": v.code_sha256,
-                "code_size": v.code_size, "created_at": _rfc(v.created_at),
+                "code_size_bytes": v.code_size, "created_at": _rfc(v.created_at),
                 "deployed_by": v.deployed_by, "source_version": v.source_version or None,
                 "active_periods": [
-                    {"from": _rfc(getattr(p, "from")), "until": _rfc(p.until),
-                     "reason": p.reason}
+                    {"activated_at": _rfc(getattr(p, "from")),
+                     "deactivated_at": _rfc(p.until), "reason": p.reason}
                     for p in v.active_periods
                 ],
             }
@@ -785,7 +803,140 @@ def cmd_config(ctx: Ctx) -> int:
     return ExitCode.OK
 
 
+def _target_label(target: Target) -> str:
+    """The address as a user would write it: tls:// kept, unix:// already there."""
+    return f"tls://{target.address}" if target.tls else target.address
+
+
+def _daemon_json(info: pb.DaemonInfo, target: Target) -> dict[str, object]:
+    return {
+        "version": info.version, "api_version": info.api_version,
+        "python_version": info.python_version, "docker_version": info.docker_version or None,
+        "started_at": _rfc(info.started_at), "domain": info.domain,
+        "url_template": info.url_template, "address": _target_label(target),
+    }
+
+
+def cmd_version(ctx: Ctx) -> int:
+    """Client first, so it is printed even when the daemon cannot be reached."""
+    client_info = {"version": client_version(), "python_version": platform.python_version()}
+    if not ctx.json:
+        ctx.out.file.write(f"client {client_info['version']}\n")
+        ctx.out.file.flush()
+    daemon: dict[str, object] | None = None
+    failure: CliError | None = None
+    try:
+        target = ctx.target
+        with Client(target) as client:
+            info = client.get_version()
+        daemon = _daemon_json(info, target)
+    except CliError as exc:
+        failure = exc
+    except grpc.RpcError as exc:
+        failure = error_from_rpc(exc, ctx.target)
+    if ctx.json:
+        ctx.write_json({"client": client_info, "daemon": daemon})
+    elif daemon is not None:
+        ctx.out.file.write(f"daemon {daemon['version']} (api {daemon['api_version']}) at "
+                           f"{daemon['address']}\n")
+    if failure is not None:
+        ctx.error(failure.message)
+        return failure.code
+    return ExitCode.OK
+
+
+def _context_json(name: str, context: Context, current: str | None) -> dict[str, object]:
+    return {"name": name, "current": name == current, "host": context.host,
+            "api_key_file": context.api_key_file, "tls_ca": context.tls_ca}
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _absolute(path: str | None) -> str | None:
+    """Paths are stored absolute: lambdactl may run from any folder later."""
+    return str(Path(path).expanduser().absolute()) if path else None
+
+
+def cmd_context(ctx: Ctx) -> int:
+    args = ctx.args
+    found = contexts.load(contexts.config_path(os.environ))
+    action = args.context_command
+    if action == "list":
+        return _context_list(ctx, found)
+    if action == "show":
+        name = args.name or found.current
+        if name is None:
+            raise CliError(f"no current context in {found.path}; name one, or pick one with "
+                           "`lambdactl context use NAME`", ExitCode.CONFIG)
+        shown = _context_json(name, found.get(name), found.current)
+        if ctx.json:
+            ctx.write_json(shown)
+        else:
+            for key, value in shown.items():
+                ctx.out.file.write(f"{key + ':':<14}{_plain(value)}\n")
+        return ExitCode.OK
+    name = contexts.check_name(args.name)
+    if action == "add":
+        if not args.context_host.startswith("unix:"):
+            check_host(args.context_host)
+        replaced = name in found.contexts
+        found.contexts[name] = Context(args.context_host, _absolute(args.context_key_file),
+                                       _absolute(args.context_tls_ca))
+        result = {**_context_json(name, found.contexts[name], found.current),
+                  "replaced": replaced}
+        verb = "Replaced" if replaced else "Added"
+        text = f'{verb} context "{name}" ({args.context_host}) in {found.path}.'
+    elif action == "use":
+        found.get(name)
+        found.current = name
+        result = {**_context_json(name, found.contexts[name], name)}
+        text = f'Now using context "{name}" ({found.contexts[name].host}).'
+    else:  # remove
+        removed = found.get(name)
+        del found.contexts[name]
+        was_current = found.current == name
+        if was_current:
+            found.current = None
+        result = {**_context_json(name, removed, None), "current": False, "removed": True,
+                  "was_current": was_current}
+        text = f'Removed context "{name}".' + (" No context is current now." if was_current
+                                                else "")
+    contexts.save(found)
+    if ctx.json:
+        ctx.write_json(result)
+    else:
+        ctx.message(text)
+    return ExitCode.OK
+
+
+def _context_list(ctx: Ctx, found: contexts.ContextsFile) -> int:
+    names = sorted(found.contexts)
+    if ctx.json:
+        ctx.write_json([_context_json(n, found.contexts[n], found.current) for n in names])
+        return ExitCode.OK
+    if not names:
+        ctx.message(f"No contexts in {found.path}; add one with `lambdactl context add`.")
+        return ExitCode.OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("", "NAME", "HOST", "API KEY FILE", "TLS CA"):
+        table.add_column(column, no_wrap=True)
+    for n in names:
+        c = found.contexts[n]
+        table.add_row("*" if n == found.current else "", n, c.host, c.api_key_file or "-",
+                      c.tls_ca or "-")
+    _print_table(ctx, table)
+    return ExitCode.OK
+
+
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "version": cmd_version,
+    "context": cmd_context,
     "logs": cmd_logs,
     "invocations": cmd_invocations,
     "schedule": cmd_schedule,
@@ -807,6 +958,9 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
 
 
 def _console(stream: TextIO | None, default: TextIO) -> Console:
+    """On real streams Rich decides about colour itself (a terminal? TERM, NO_COLOR,
+    FORCE_COLOR), so nothing here may force a terminal or a colour system; injected
+    streams (tests) get plain text at a fixed width."""
     if stream is None:
         return Console(file=default, highlight=False)
     return Console(file=stream, width=TEST_WIDTH, color_system=None, highlight=False)

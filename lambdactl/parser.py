@@ -17,16 +17,22 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENVIRONMENT_HELP = """\
 environment:
   LAMBDA_HOST          where lambdad listens: unix:///path/to.sock or host:port
-                       (default: the first socket that exists of
-                       $LAMBDA_STATE_DIR/run/lambdad.sock,
+                       (default: the current context, else the first socket that
+                       exists of $LAMBDA_STATE_DIR/run/lambdad.sock,
                        ${XDG_STATE_HOME:-~/.local/state}/lambdad/run/lambdad.sock,
                        /run/lambdad/lambdad.sock)
+  LAMBDA_CONTEXT       context to use (same as --context)
   LAMBDA_API_KEY       API key sent as `authorization: Bearer <key>` to a TCP host
   LAMBDA_API_KEY_FILE  file holding the API key (used when LAMBDA_API_KEY is unset)
-  LAMBDA_STATE_DIR     state folder of a daemon started with --state-dir"""
+  LAMBDA_TLS_CA        CA certificate(s) for lambdad's TLS certificate (--tls-ca)
+  LAMBDA_STATE_DIR     state folder of a daemon started with --state-dir
+  XDG_CONFIG_HOME      contexts live in $XDG_CONFIG_HOME/lambdactl/config.toml
+                       (default ~/.config/lambdactl/config.toml)
+  NO_COLOR             when set and not empty, no colours on a terminal"""
 
 
-def _version() -> str:
+def client_version() -> str:
+    """lambdactl's own version, from the installed package's metadata."""
     try:
         return metadata.version("lambda-faas")
     except metadata.PackageNotFoundError:
@@ -97,6 +103,13 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
     """
     default: object = argparse.SUPPRESS if suppress else None
     parser.add_argument(
+        "--context",
+        metavar="NAME",
+        default=default,
+        help="use the daemon of context NAME (env LAMBDA_CONTEXT; default: the current "
+        "context; --host and LAMBDA_HOST win over contexts)",
+    )
+    parser.add_argument(
         "--host",
         metavar="ADDRESS",
         default=default,
@@ -117,6 +130,10 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
         help="file holding the API key for a TCP host (env LAMBDA_API_KEY_FILE; "
         "env LAMBDA_API_KEY gives the key itself)",
     )
+    _add_output_option(parser, suppress=suppress)
+
+
+def _add_output_option(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument(
         "-o",
         "--output",
@@ -182,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{ENVIRONMENT_HELP}\n\n{EXIT_CODES_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {client_version()}",
+                        help="print lambdactl's version and exit (`lambdactl version` also "
+                        "asks the daemon)")
     _add_connection_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _add_connection_options(common, suppress=True)
@@ -408,4 +427,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("name", metavar="NAME", help="the function to delete")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    sub.add_parser(
+        "version",
+        parents=[common],
+        help="print the versions of lambdactl and of the daemon",
+        description="Print lambdactl's version, then ask the daemon for its version, API "
+        "version and where it is. If the daemon cannot be reached the client's version is "
+        "still printed, and the exit code says why (69 unreachable, 77 authentication).",
+    )
+    _add_context_parser(sub)
     return parser
+
+
+def _add_context_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`lambdactl context ...`: its --host and key flags describe the context being
+    saved, so they have their own names and do not take the global options."""
+    output = argparse.ArgumentParser(add_help=False)
+    _add_output_option(output, suppress=True)
+    context = sub.add_parser(
+        "context",
+        parents=[output],
+        help="manage named daemons (contexts) and pick the current one",
+        description="Contexts name daemons: a host and the paths of its API key and TLS CA "
+        "files (never the key itself), kept in $XDG_CONFIG_HOME/lambdactl/config.toml "
+        "(default ~/.config/lambdactl/config.toml). Without --host or LAMBDA_HOST, "
+        "lambdactl talks to --context / LAMBDA_CONTEXT, else the current context, else the "
+        "local daemon's socket.",
+    )
+    actions = context.add_subparsers(dest="context_command", metavar="ACTION", required=True)
+    add = actions.add_parser("add", parents=[output], help="add or replace a context")
+    add.add_argument("name", metavar="NAME", help="the context's name")
+    add.add_argument("--host", required=True, metavar="ADDRESS", dest="context_host",
+                     help="the daemon: unix:///path/to.sock, host:port or tls://host:port")
+    add.add_argument("--api-key-file", metavar="FILE", dest="context_key_file",
+                     help="file holding the API key (its path is stored, not the key)")
+    add.add_argument("--tls-ca", metavar="PEM", dest="context_tls_ca",
+                     help="CA certificate(s) to verify the daemon's TLS certificate")
+    use = actions.add_parser("use", parents=[output], help="make a context the current one")
+    use.add_argument("name", metavar="NAME", help="the context")
+    actions.add_parser("list", parents=[output], help="list contexts; * marks the current one")
+    show = actions.add_parser("show", parents=[output], help="show one context")
+    show.add_argument("name", metavar="NAME", nargs="?",
+                      help="the context (default: the current one)")
+    remove = actions.add_parser("remove", parents=[output], help="remove a context")
+    remove.add_argument("name", metavar="NAME", help="the context")

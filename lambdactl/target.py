@@ -6,7 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from lambdactl import contexts
+from lambdactl.contexts import Context
 from lambdactl.exitcodes import CliError, ExitCode
 
 SYSTEMD_SOCKET = Path("/run/lambdad/lambdad.sock")
@@ -54,45 +57,60 @@ def _unix_target(path_text: str) -> Target:
     return Target(f"unix://{path}", is_unix=True)
 
 
-def read_api_key(key_file: str | None, env: Mapping[str, str]) -> str | None:
-    """LAMBDA_API_KEY wins, then --api-key-file / LAMBDA_API_KEY_FILE; stripped."""
+def read_api_key(key_file: str | None, env: Mapping[str, str],
+                 context_key_file: str | None = None) -> str | None:
+    """LAMBDA_API_KEY wins, then --api-key-file, LAMBDA_API_KEY_FILE, the context's file."""
     key = env.get("LAMBDA_API_KEY", "").strip()
     if key:
         return key
-    key_file = key_file or env.get("LAMBDA_API_KEY_FILE")
+    key_file = key_file or env.get("LAMBDA_API_KEY_FILE") or context_key_file
     if not key_file:
         return None
     try:
         key = Path(key_file).expanduser().read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise CliError(
-            f"cannot read API key file {key_file}: {exc.strerror}", ExitCode.AUTH
-        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise CliError(f"cannot read API key file {key_file}: {why}", ExitCode.CONFIG) from None
     if not key:
-        raise CliError(f"API key file {key_file} is empty", ExitCode.AUTH)
+        raise CliError(f"API key file {key_file} is empty", ExitCode.CONFIG)
     return key
 
 
-def resolve_target(
-    host: str | None, key_file: str | None, env: Mapping[str, str] | None = None
-) -> Target:
-    """--host, then LAMBDA_HOST, then the first local socket that exists."""
-    env = os.environ if env is None else env
-    host = host or env.get("LAMBDA_HOST") or None
-    if host is None:
-        paths = candidate_sockets(env)
-        for path in paths:
-            if path.exists():
-                return Target(f"unix://{path.absolute()}", is_unix=True)
-        raise _not_running(paths)
-    if host.startswith("unix:"):
-        # unix:///abs/path, unix:/abs/path and unix:relative/path all work.
-        rest = host.removeprefix("unix:")
-        if rest.startswith("//"):
-            rest = rest[2:]
-        if not rest:
-            raise CliError(f"invalid host {host!r}: no socket path", ExitCode.USAGE)
-        return _unix_target(rest)
+def _read_ca(ca_file: str) -> bytes:
+    try:
+        return Path(ca_file).expanduser().read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read TLS CA file {ca_file}: {exc.strerror}",
+                       ExitCode.CONFIG) from None
+
+
+def pick_context(name: str | None, env: Mapping[str, str],
+                 config: Mapping[str, Any] | None = None) -> Context | None:
+    """The named context, else the file's current one, else None (no file is fine).
+
+    `config` is the file's parsed TOML, for tests; by default the file is read."""
+    path = contexts.config_path(env)
+    found = contexts.load(path) if config is None else contexts.parse(config, path)
+    if name:
+        return found.get(name)
+    if found.current is None:
+        return None
+    if found.current not in found.contexts:
+        raise CliError(f"the current context {found.current!r} is not defined in {path}; "
+                       "pick one with `lambdactl context use NAME`", ExitCode.CONFIG)
+    return found.contexts[found.current]
+
+
+def _local_socket(env: Mapping[str, str]) -> Target:
+    paths = candidate_sockets(env)
+    for path in paths:
+        if path.exists():
+            return Target(f"unix://{path.absolute()}", is_unix=True)
+    raise _not_running(paths)
+
+
+def check_host(host: str) -> tuple[str, bool]:
+    """(grpc address, tls) of a TCP host, or a usage error saying what is accepted."""
     tls = host.startswith("tls://")
     address = host.removeprefix("tcp://").removeprefix("tls://")
     name, sep, port = address.rpartition(":")
@@ -101,14 +119,40 @@ def resolve_target(
             f"invalid host {host!r}: expected unix:///path/to.sock, host:port or "
             "tls://host:port", ExitCode.USAGE
         )
-    ca_file = env.get("LAMBDA_TLS_CA")
-    ca: bytes | None = None
-    if ca_file:
-        try:
-            ca = Path(ca_file).expanduser().read_bytes()
-        except OSError as exc:
-            raise CliError(f"cannot read LAMBDA_TLS_CA {ca_file}: {exc.strerror}",
-                           ExitCode.USAGE) from None
-        tls = True
-    return Target(address, is_unix=False, api_key=read_api_key(key_file, env), tls=tls,
-                  tls_ca=ca)
+    return address, tls
+
+
+def resolve_target(
+    host: str | None,
+    key_file: str | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    context: str | None = None,
+    tls_ca: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Target:
+    """--host > LAMBDA_HOST > --context / LAMBDA_CONTEXT > the current context > local sockets.
+
+    A context's key and CA files apply only when its host is the one used, so a key
+    is never sent to a host given some other way."""
+    env = os.environ if env is None else env
+    host = host or env.get("LAMBDA_HOST") or None
+    chosen: Context | None = None
+    if host is None:
+        chosen = pick_context(context or env.get("LAMBDA_CONTEXT") or None, env, config)
+        if chosen is None:
+            return _local_socket(env)
+        host = chosen.host
+    if host.startswith("unix:"):
+        # unix:///abs/path, unix:/abs/path and unix:relative/path all work.
+        rest = host.removeprefix("unix:")
+        if rest.startswith("//"):
+            rest = rest[2:]
+        if not rest:
+            raise CliError(f"invalid host {host!r}: no socket path", ExitCode.USAGE)
+        return _unix_target(rest)
+    address, tls = check_host(host)
+    ca_file = tls_ca or env.get("LAMBDA_TLS_CA") or (chosen.tls_ca if chosen else None)
+    ca = _read_ca(ca_file) if ca_file else None
+    key = read_api_key(key_file, env, chosen.api_key_file if chosen else None)
+    return Target(address, is_unix=False, api_key=key, tls=tls or ca is not None, tls_ca=ca)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import secrets
 import time
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import lambdad
 from lambdad.auth import ROLES, ApiKey, KeyRing, new_secret
 from lambdad.auth.keys import digest as key_digest
 from lambdad.build import BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
@@ -102,6 +104,20 @@ class DirectResult:
 
 
 @dataclass(frozen=True)
+class DaemonInfo:
+    """What GetVersion reports: fixed for the life of the process, so clients can
+    tell which daemon (and API) they talk to without any side effect."""
+
+    version: str
+    api_version: str
+    python_version: str
+    docker_version: str  # "" when the engine did not say
+    started_at: datetime
+    domain: str
+    url_template: str  # "http://{name}.localhost:8080"
+
+
+@dataclass(frozen=True)
 class FunctionView:
     record: FunctionRecord
     status: str  # "ready" | "idle" | "deploying"
@@ -125,7 +141,14 @@ class ControlPlane:
         metrics: Metrics | None = None,
         logs: LogStore | None = None,
         async_backoff_s: float = 60.0,
+        domain: str = "localhost",
+        docker_version: str = "",
     ) -> None:
+        self.info = DaemonInfo(
+            version=lambdad.__version__, api_version="v1",
+            python_version=platform.python_version(), docker_version=docker_version,
+            started_at=datetime.now(UTC), domain=domain, url_template=url_template,
+        )
         self.async_backoff_s = async_backoff_s
         self._scheduler: CronRunner | None = None
         self._keyring: KeyRing | None = None

@@ -135,6 +135,14 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
+def docker_engine_version(client: docker.DockerClient) -> str:
+    """The engine's version for GetVersion; "" rather than a failed start if it will not say."""
+    try:
+        return str(client.version().get("Version", ""))
+    except docker.errors.DockerException:
+        return ""
+
+
 def function_url_template(config: Config) -> str:
     port = "" if config.public_port == 80 else f":{config.public_port}"
     return f"http://{{name}}.{config.domain}{port}"
@@ -194,6 +202,8 @@ class Daemon:
             metrics=metrics,
             logs=logs,
             async_backoff_s=config.async_backoff,
+            domain=config.domain,
+            docker_version=await asyncio.to_thread(docker_engine_version, client),
         )
         keyring = KeyRing(keys)
         keyring.load(await store.keys.all())

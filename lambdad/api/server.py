@@ -27,6 +27,7 @@ from lambdad.auth import ApiKey, KeyRing, allowed, required_role
 from lambdad.control import (
     BuildOutput,
     ControlPlane,
+    DaemonInfo,
     DeployHeader,
     DeployResult,
     FunctionView,
@@ -289,6 +290,21 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
         result = await self._control.update_config(request.name, _overrides(request.overrides))
         return pb.DeployResult(name=result.name, version=result.version, image=result.image,
                                url=result.url)
+
+    @_unary
+    async def GetVersion(
+        self, request: pb.GetVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DaemonInfo:
+        return _daemon_info(self._control.info)
+
+
+def _daemon_info(info: DaemonInfo) -> pb.DaemonInfo:
+    return pb.DaemonInfo(
+        version=info.version, api_version=info.api_version,
+        python_version=info.python_version, docker_version=info.docker_version,
+        started_at=_timestamp(info.started_at), domain=info.domain,
+        url_template=info.url_template,
+    )
 
 
 def _caller(context: grpc.aio.ServicerContext[Any, Any], keys: KeyRing | None) -> str:

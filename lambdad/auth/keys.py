@@ -22,6 +22,7 @@ METHOD_ROLES = {
     "Invoke": "invoker", "ListFunctions": "invoker", "GetFunction": "invoker",
     "Logs": "invoker", "GetStats": "invoker", "ListVersions": "invoker",
     "ListInvocations": "invoker", "GetInvocation": "invoker", "ListSchedules": "invoker",
+    "GetVersion": "invoker",
     "Deploy": "deployer", "DeleteFunction": "deployer", "Rollback": "deployer",
     "UpdateConfig": "deployer", "Redrive": "deployer", "CreateSchedule": "deployer",
     "DeleteSchedule": "deployer",

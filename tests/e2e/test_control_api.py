@@ -76,7 +76,7 @@ def test_tcp_needs_the_api_key(lambdad: Lambdad) -> None:
 def test_cli_over_tcp(lambdad: Lambdad) -> None:
     tcp = lambdad.env(LAMBDA_HOST=f"127.0.0.1:{lambdad.grpc_port}")
     denied = lambdad.cli("list", env=tcp)
-    assert denied.code == 7 and "API key" in denied.stderr
+    assert denied.code == 77 and "API key" in denied.stderr
     allowed = lambdad.cli("list", "-o", "json", env={**tcp, "LAMBDA_API_KEY": lambdad.api_key})
     assert allowed.code == 0, allowed.stderr
     from_file = lambdad.cli("--api-key-file", str(lambdad.key_file), "list", env=tcp)
@@ -180,3 +180,22 @@ def test_oversized_metadata_is_refused_and_the_daemon_keeps_serving(lambdad: Lam
         assert caught.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
                                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
         assert stub.ListFunctions(pb.ListFunctionsRequest(), timeout=10) is not None
+
+
+def test_get_version_describes_the_daemon(lambdad: Lambdad) -> None:
+    with grpc.insecure_channel(f"unix://{lambdad.socket_path}") as channel:
+        info = pb_grpc.FunctionServiceStub(channel).GetVersion(pb.GetVersionRequest(), timeout=10)
+    assert (info.version, info.api_version, info.domain) == ("0.1.0", "v1", "localhost")
+    assert info.url_template == f"http://{{name}}.localhost:{lambdad.gateway_port}"
+    assert info.python_version.startswith("3.") and info.docker_version
+    assert info.started_at.seconds > 0
+    # Over TCP any valid key may ask, the least role (invoker) included.
+    created = lambdad.cli("keys", "create", "--name", "version-rpc", "--role", "invoker")
+    metadata = (("authorization", f"Bearer {created.stdout.strip()}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{lambdad.grpc_port}") as channel:
+        stub = pb_grpc.FunctionServiceStub(channel)
+        assert stub.GetVersion(pb.GetVersionRequest(), metadata=metadata,
+                               timeout=10).version == "0.1.0"
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.GetVersion(pb.GetVersionRequest(), timeout=10)
+    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -28,7 +28,7 @@ def test_roles_revocation_and_hashed_storage(lambdad: Lambdad) -> None:
     assert lambdad.cli("list", env=_tcp(lambdad, invoker)).code == 0
     denied = lambdad.cli("deploy", "functions/greet", "--name", "keyed",
                          env=_tcp(lambdad, invoker))
-    assert denied.code == 7 and "needs deployer" in denied.stderr
+    assert denied.code == 77 and "needs deployer" in denied.stderr
     # deployer: deploys, and the version records who deployed it.
     assert lambdad.cli("deploy", "functions/greet", "--name", "keyed",
                        env=_tcp(lambdad, deployer)).code == 0
@@ -36,7 +36,7 @@ def test_roles_revocation_and_hashed_storage(lambdad: Lambdad) -> None:
     assert versions[0]["deployed_by"] == "ci"
     assert lambdad.cli("invoke", "keyed", env=_tcp(lambdad, invoker)).code == 0
     keys_denied = lambdad.cli("keys", "list", env=_tcp(lambdad, deployer))
-    assert keys_denied.code == 7 and "needs admin" in keys_denied.stderr
+    assert keys_denied.code == 77 and "needs admin" in keys_denied.stderr
     # admin: keys too.
     listed = lambdad.cli("keys", "list", "-o", "json", env=_tcp(lambdad, admin)).json()
     assert {k["name"]: k["role"] for k in listed} == {
@@ -44,11 +44,11 @@ def test_roles_revocation_and_hashed_storage(lambdad: Lambdad) -> None:
     # Revoked keys stop working at once; others keep working.
     assert lambdad.cli("keys", "revoke", "ci").code == 0
     revoked = lambdad.cli("list", env=_tcp(lambdad, deployer))
-    assert revoked.code == 7 and "invalid or revoked" in revoked.stderr
+    assert revoked.code == 77 and "invalid or revoked" in revoked.stderr
     assert lambdad.cli("list", env=_tcp(lambdad, invoker)).code == 0
     # A forged secret with a real id is refused.
     forged = invoker[:16] + "x" * (len(invoker) - 16)
-    assert lambdad.cli("list", env=_tcp(lambdad, forged)).code == 7
+    assert lambdad.cli("list", env=_tcp(lambdad, forged)).code == 77
     # Only salted digests are stored: no secret appears in the database file.
     with sqlite3.connect(lambdad.state_dir / "lambda.db") as db:
         rows = db.execute("SELECT id, digest, salt FROM api_keys").fetchall()

@@ -37,8 +37,8 @@ def test_tls_with_the_ca_and_a_key(tls_daemon: Lambdad) -> None:
     assert deployed.code == 0, deployed.stderr
     # Without the CA the self-signed certificate is not trusted: the call cannot go through.
     untrusted = tls_daemon.cli("list", env=env)
-    assert untrusted.code == 3, untrusted.stderr
+    assert untrusted.code == 69, untrusted.stderr
     # A plaintext client cannot talk to the TLS port.
     clear = tls_daemon.cli("list", env=tls_daemon.env(
         LAMBDA_HOST=f"127.0.0.1:{port}", LAMBDA_API_KEY=tls_daemon.api_key))
-    assert clear.code == 3
+    assert clear.code == 69

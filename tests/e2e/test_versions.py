@@ -65,7 +65,7 @@ def test_versions_rollback_pinned_and_config(lambdad: Lambdad, tmp_path: Path) -
     assert [v["version"] for v in listed] == [1, 2, 3]
     periods = {v["version"]: v["active_periods"] for v in listed}
     assert [p["reason"] for p in periods[2]] == ["deploy", "rollback"]  # type: ignore[union-attr]
-    assert periods[3][0]["until"] is not None  # type: ignore[index]
+    assert periods[3][0]["deactivated_at"] is not None  # type: ignore[index]
     assert lambdad.cli("rollback", "app", "--to", "3").code == 0
     assert lambdad.http("app").json()["code"] == "three"
     assert lambdad.cli("rollback", "app", "--to", "3").code == 8  # already active
@@ -80,7 +80,7 @@ def test_versions_rollback_pinned_and_config(lambdad: Lambdad, tmp_path: Path) -
     assert v4["image_id"] == v3["image_id"] and v4["source_version"] == 3
     shown = lambdad.cli("get", "app", "-o", "json").json()
     assert shown["config"]["env"] == {"COLOUR": "****"}
-    assert shown["config"]["timeout_seconds"] == 12
+    assert shown["config"]["timeout_ms"] == 12_000
     assert "COLOUR=blue" in lambdad.cli("get", "app", "--show-env").stdout
     assert lambdad.cli("rollback", "app").code == 0
     assert lambdad.http("app").json()["colour"] is None

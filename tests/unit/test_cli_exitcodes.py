@@ -27,7 +27,7 @@ def test_status_names_are_real_grpc_codes() -> None:
 @pytest.mark.parametrize(
     ("status", "reason", "expected"),
     [
-        ("UNAVAILABLE", None, 3),
+        ("UNAVAILABLE", None, 69),
         ("UNAVAILABLE", "Unavailable", 1),
         ("UNAVAILABLE", "InstanceFailed", 9),
         ("NOT_FOUND", "NotFound", 4),
@@ -42,8 +42,8 @@ def test_status_names_are_real_grpc_codes() -> None:
         ("FAILED_PRECONDITION", None, 8),
         ("ALREADY_EXISTS", "AlreadyExists", 8),
         ("ABORTED", None, 8),
-        ("UNAUTHENTICATED", None, 7),
-        ("PERMISSION_DENIED", "PermissionDenied", 7),
+        ("UNAUTHENTICATED", None, 77),
+        ("PERMISSION_DENIED", "PermissionDenied", 77),
         ("DEADLINE_EXCEEDED", "FunctionTimeout", 9),
         ("DEADLINE_EXCEEDED", None, 1),
         ("INTERNAL", "Internal", 1),
@@ -58,4 +58,4 @@ def test_exit_code_for(status: str, reason: str | None, expected: int) -> None:
 
 
 def test_codes_are_stable() -> None:
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 4, 5, 6, 8, 9, 69, 77, 78, 130]

@@ -197,12 +197,12 @@ def fn_dir(tmp_path: Path) -> Path:
     "argv",
     [["list"], ["get", "f"], ["delete", "f"], ["invoke", "f"], ["-o", "json", "list"]],
 )
-def test_unreachable_daemon_is_exit_3_one_line(
+def test_unreachable_daemon_is_exit_69_one_line(
     argv: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LAMBDA_HOST", "unix:///tmp/lambdactl-test-nonexistent.sock")
     result = run(*argv)
-    assert result.code == 3
+    assert result.code == 69
     assert result.out == ""
     assert result.err.count("\n") == 1
     assert result.err.startswith(
@@ -216,11 +216,11 @@ def test_deploy_unreachable_fails_before_packaging(
 ) -> None:
     monkeypatch.setenv("LAMBDA_HOST", "unix:///tmp/lambdactl-test-nonexistent.sock")
     result = run("deploy", str(fn_dir))
-    assert result.code == 3 and result.err.startswith("error: lambdad is not running")
+    assert result.code == 69 and result.err.startswith("error: lambdad is not running")
     assert "[1/3]" not in result.err
 
 
-def test_stale_socket_is_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_socket_is_exit_69(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     folder = tempfile.mkdtemp(prefix="lctl", dir="/tmp")
@@ -232,7 +232,7 @@ def test_stale_socket_is_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         stale.close()
     finally:
         shutil.rmtree(folder)
-    assert result.code == 3
+    assert result.code == 69
     assert result.err.startswith(f"error: cannot reach lambdad at unix://{folder}/s.sock: ")
     assert result.err.count("\n") == 1
 
@@ -242,7 +242,7 @@ def test_python_dash_m_works_as_a_subprocess(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lambdactl", "list"], env=env, capture_output=True, text=True
     )
-    assert proc.returncode == 3, proc.stderr
+    assert proc.returncode == 69, proc.stderr
     assert proc.stdout == "" and proc.stderr.startswith("error: lambdad is not running")
 
 
@@ -336,8 +336,8 @@ def test_invoke_function_error_is_exit_1(daemon: FakeDaemon) -> None:
 def test_invoke_json_envelope(daemon: FakeDaemon) -> None:
     result = run("-o", "json", "invoke", "greet", "--data", '{"a": 1}')
     assert json.loads(result.out) == {
-        "status_code": 200, "payload": {"a": 1}, "function_error": None,
-        "request_id": "r-1", "executed_version": 4, "cold_start": True,
+        "function": "greet", "version": 4, "request_id": "r-1", "status_code": 200,
+        "payload": {"a": 1}, "function_error": None, "cold_start": True,
     }  # fmt: skip
 
 
@@ -394,7 +394,9 @@ def test_get_masks_env_values(daemon: FakeDaemon) -> None:
         assert expected in result.out
     as_json = json.loads(run("get", "greet", "-o", "json").out)
     assert as_json["config"]["env"] == {"API_TOKEN": "****", "GREETING": "****"}
-    assert as_json["code_size"] == 2048
+    assert as_json["code_size_bytes"] == 2048
+    assert as_json["config"]["timeout_ms"] == 30_000.0
+    assert as_json["config"]["memory_bytes"] == 128 * 1024 * 1024
     shown = run("get", "greet", "--show-env")
     assert "API_TOKEN=secret" in shown.out
 
@@ -431,7 +433,7 @@ def test_tcp_sends_the_bearer_key(tcp_daemon: FakeDaemon, monkeypatch: pytest.Mo
     assert tcp_daemon.metadata[-1]["authorization"] == "Bearer k-123"
 
 
-def test_unauthenticated_is_exit_7_with_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unauthenticated_is_exit_77_with_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     class Deny(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def intercept_service(self, continuation: Any, details: Any) -> Any:
             def reject(request: Any, context: Any) -> Any:
@@ -449,7 +451,7 @@ def test_unauthenticated_is_exit_7_with_hint(monkeypatch: pytest.MonkeyPatch) ->
         result = run("list")
     finally:
         server.stop(None)
-    assert result.code == 7
+    assert result.code == 77
     assert result.err == ("error: missing key (no API key: set LAMBDA_API_KEY or --api-key-file)\n")
 
 

@@ -40,6 +40,7 @@ def test_deploy_all_options() -> None:
         "--max-instances", "3", "--idle-timeout", "60",
     )  # fmt: skip
     assert vars(args) == {
+        "context": None,
         "host": None,
         "tls_ca": None,
         "api_key_file": None,

@@ -21,7 +21,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {"HOME": str(tmp_path / "home")}
 
 
-def test_no_socket_anywhere_is_exit_3_listing_the_paths(
+def test_no_socket_anywhere_is_exit_69_listing_the_paths(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     env["LAMBDA_STATE_DIR"] = str(tmp_path / "state")
@@ -71,7 +71,7 @@ def test_unix_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert target.metadata() == ()
 
 
-def test_explicit_missing_socket_is_exit_3(tmp_path: Path) -> None:
+def test_explicit_missing_socket_is_exit_69(tmp_path: Path) -> None:
     with pytest.raises(CliError) as info:
         resolve_target(f"unix://{tmp_path}/nope.sock", None, {"LAMBDA_API_KEY": "k"})
     assert info.value.code == ExitCode.UNREACHABLE
@@ -99,13 +99,14 @@ def test_tcp_key_file_flag_then_env(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", [None, "  \n"])
-def test_bad_key_file_is_exit_7(tmp_path: Path, content: str | None) -> None:
+def test_bad_key_file_is_exit_78_naming_the_file(tmp_path: Path, content: str | None) -> None:
     key_file = tmp_path / "k"
     if content is not None:
         key_file.write_text(content)
     with pytest.raises(CliError) as info:
         resolve_target("h:1", str(key_file), {})
-    assert info.value.code == ExitCode.AUTH
+    assert info.value.code == ExitCode.CONFIG == 78
+    assert str(key_file) in info.value.message
 
 
 @pytest.mark.parametrize("host", ["localhost", "h:port", ":80", "unix://"])

@@ -28,6 +28,28 @@ FUNCTION_STATUS_READY: FunctionStatus
 FUNCTION_STATUS_IDLE: FunctionStatus
 FUNCTION_STATUS_DEPLOYING: FunctionStatus
 
+class GetVersionRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DaemonInfo(_message.Message):
+    __slots__ = ("version", "api_version", "python_version", "docker_version", "started_at", "domain", "url_template")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCKER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    URL_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    api_version: str
+    python_version: str
+    docker_version: str
+    started_at: _timestamp_pb2.Timestamp
+    domain: str
+    url_template: str
+    def __init__(self, version: _Optional[str] = ..., api_version: _Optional[str] = ..., python_version: _Optional[str] = ..., docker_version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., domain: _Optional[str] = ..., url_template: _Optional[str] = ...) -> None: ...
+
 class FunctionConfig(_message.Message):
     __slots__ = ("runtime", "handler", "timeout_seconds", "memory_mb", "env", "network", "cpu", "pids_limit", "scaling")
     class EnvEntry(_message.Message):

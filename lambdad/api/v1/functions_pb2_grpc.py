@@ -129,6 +129,11 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RevokeKeyRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.KeyInfo.FromString,
                 _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/GetVersion',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DaemonInfo.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -263,6 +268,13 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVersion(self, request, context):
+        """GetVersion describes the daemon itself; any valid key may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +372,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.RevokeKey,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.RevokeKeyRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.KeyInfo.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetVersionRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DaemonInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -875,6 +892,33 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/RevokeKey',
             lambdad_dot_api_dot_v1_dot_functions__pb2.RevokeKeyRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/GetVersion',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.GetVersionRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.DaemonInfo.FromString,
             options,
             channel_credentials,
             insecure,
