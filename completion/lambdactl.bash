@@ -26,7 +26,7 @@ _lambdactl() {
         rollback) words="--api-key-file --context --help --host --output --tls-ca --to" ;;
         schedule) words="--api-key-file --context --cron --data --help --host --output --overlap --tls-ca --tz" ;;
         schedules) words="--api-key-file --context --help --host --output --tls-ca" ;;
-        stats) words="--api-key-file --context --help --host --output --tls-ca" ;;
+        stats) words="--api-key-file --cells --context --help --host --output --tls-ca" ;;
         unschedule) words="--api-key-file --context --help --host --output --tls-ca" ;;
         version) words="--api-key-file --context --help --host --output --tls-ca" ;;
         versions) words="--api-key-file --context --help --host --output --tls-ca" ;;

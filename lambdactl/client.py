@@ -151,11 +151,11 @@ class Client:
         """A server stream of LogEntry; with follow it ends only when cancelled."""
         return self._stub.Logs(request, metadata=self._metadata)
 
-    def stats(self, name: str) -> list[pb.FunctionStats]:
+    def stats(self, name: str) -> tuple[list[pb.FunctionStats], list[pb.CellPoolClass]]:
         reply = self._stub.GetStats(
             pb.GetStatsRequest(name=name), metadata=self._metadata, timeout=CONTROL_TIMEOUT
         )
-        return list(reply.functions)
+        return list(reply.functions), list(reply.cell_pool)
 
     def list_versions(self, name: str) -> list[pb.VersionInfo]:
         reply = self._stub.ListVersions(

@@ -568,12 +568,41 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}" if seconds else "-"
 
 
+def _cells_json(c: pb.CellPoolClass) -> dict[str, object]:
+    return {"resource_class": c.resource_class, "ready": c.ready, "starting": c.starting,
+            "memory_bytes": c.memory_bytes}
+
+
+def _print_cells(ctx: Ctx, cells: list[pb.CellPoolClass]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("STEM CELLS (CLASS)", "READY", "STARTING", "MEMORY"):
+        table.add_column(column, no_wrap=True, justify="left" if column.startswith("STEM")
+                         else "right")
+    for c in cells:
+        table.add_row(c.resource_class, str(c.ready), str(c.starting), _size(c.memory_bytes))
+    if len(cells) > 1:
+        table.add_row("total", str(sum(c.ready for c in cells)),
+                      str(sum(c.starting for c in cells)),
+                      _size(sum(c.memory_bytes for c in cells)))
+    _print_table(ctx, table)
+
+
 def cmd_stats(ctx: Ctx) -> int:
     with Client(ctx.target) as client:
-        functions = client.stats(ctx.args.name)
+        functions, cells = client.stats(ctx.args.name)
+    if ctx.args.cells:
+        if ctx.json:
+            ctx.write_json([_cells_json(c) for c in cells])
+        elif cells:
+            _print_cells(ctx, cells)
+        else:
+            ctx.err.print("No stem cells: no standard-runtime function is routed, or "
+                          "cell_pool_size is 0.")
+        return ExitCode.OK
     if ctx.json:
         ctx.write_json([
-            {"name": f.name, "instances_now": f.instances_now, "windows": [
+            {"name": f.name, "instances_now": f.instances_now, "memory_bytes": f.memory_bytes,
+             "windows": [
                 {"window": w.window, "invocations": w.invocations, "error_rate": w.error_rate,
                  "p50_ms": _ms_json(w.p50_seconds), "p95_ms": _ms_json(w.p95_seconds),
                  "p99_ms": _ms_json(w.p99_seconds), "cold_start_rate": w.cold_start_rate,
@@ -584,15 +613,21 @@ def cmd_stats(ctx: Ctx) -> int:
         return ExitCode.OK
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("FUNCTION", "WINDOW", "INVOCATIONS", "ERRORS", "P50 MS", "P95 MS",
-                   "P99 MS", "COLD", "INSTANCES"):
+                   "P99 MS", "COLD", "INSTANCES", "MEMORY"):
         table.add_column(column, no_wrap=True, justify="left" if column in (
             "FUNCTION", "WINDOW") else "right")
     for f in functions:
-        for w in f.windows:
+        for i, w in enumerate(f.windows):
+            now = i == 0  # instances and memory now, on the function's first line
             table.add_row(f.name, w.window, str(w.invocations), f"{w.error_rate:.1%}",
                           _ms(w.p50_seconds), _ms(w.p95_seconds), _ms(w.p99_seconds),
-                          f"{w.cold_start_rate:.1%}", f"max {w.instances_max}")
+                          f"{w.cold_start_rate:.1%}",
+                          f"{f.instances_now} now, max {w.instances_max}" if now
+                          else f"max {w.instances_max}",
+                          _size(f.memory_bytes) if now else "")
     _print_table(ctx, table)
+    if cells:
+        _print_cells(ctx, cells)
     return ExitCode.OK
 
 

@@ -379,10 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="invocations, errors, latency percentiles and cold starts over time",
         description="For function NAME (or every function): invocations, error rate, "
         "p50/p95/p99 duration, cold-start rate and the most instances over the last 5 "
-        "minutes, hour and day, from per-minute figures the daemon keeps across restarts.",
+        "minutes, hour and day, from per-minute figures the daemon keeps across restarts; "
+        "the memory its instances use now; and the stem-cell pool: ready and starting "
+        "cells per resource class and the memory they hold.",
     )
     stats.add_argument("name", metavar="NAME", nargs="?", default="",
                        help="the function (default: all)")
+    stats.add_argument("--cells", action="store_true",
+                       help="only the stem-cell pool (with -o json: a list of its classes)")
 
     versions = sub.add_parser(
         "versions",

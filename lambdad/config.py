@@ -87,6 +87,8 @@ class Config:
     async_backoff: float
     catch_up_window: float
     log_level: str
+    cell_pool_size: int = 2
+    pause_after: float = 5.0
     config_file: Path | None = None
 
 
@@ -255,6 +257,14 @@ SETTINGS: tuple[Setting, ...] = (
     _s("drain_grace", "runtime", _seconds, 10,
        "on SIGTERM, how long in-flight requests may finish, in seconds; keep the unit's "
        "TimeoutStopSec above it (default: 10)", metavar="SECONDS", numeric=True),
+    _s("cell_pool_size", "runtime", _count(0), 2,
+       "stem cells: pre-started generic instances kept ready per resource class in use, "
+       "so a cold start of a standard-runtime function only loads its code; 0 disables "
+       "(default: 2)", metavar="N", numeric=True),
+    _s("pause_after", "runtime", _seconds, 5,
+       "idle instances of Dockerfile functions are paused (cgroup freezer) after this many "
+       "seconds and unpaused by the next request; 0 disables (default: 5)",
+       metavar="SECONDS", numeric=True),
     _s("function_log_size", "runtime", _mib, 4,
        "size at which a function's log file rotates, in MiB (default: 4)", metavar="MiB",
        numeric=True),
@@ -538,6 +548,8 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         async_backoff=values["async_backoff"],
         catch_up_window=values["schedule_catch_up"],
         log_level=values["log_level"],
+        cell_pool_size=values["cell_pool_size"],
+        pause_after=values["pause_after"],
         config_file=config_file,
     )
 

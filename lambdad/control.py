@@ -24,7 +24,7 @@ from pathlib import Path
 import lambdad
 from lambdad.auth import ROLES, ApiKey, KeyRing, new_secret
 from lambdad.auth.keys import digest as key_digest
-from lambdad.build import BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
+from lambdad.build import ArtifactStore, BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
 from lambdad.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -39,6 +39,7 @@ from lambdad.logs import LogEntry, LogQuery, LogStore
 from lambdad.metrics import Metrics
 from lambdad.metrics.stats import WindowStats, summarize
 from lambdad.queue.model import STATUSES, AsyncInvocation, RetryPolicy
+from lambdad.runtime.cells import ClassStats
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.runtime.manager import PoolCounts, RuntimeManager
 from lambdad.scheduler.cron import Schedule, event_payload
@@ -143,6 +144,7 @@ class ControlPlane:
         async_backoff_s: float = 60.0,
         domain: str = "localhost",
         docker_version: str = "",
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.info = DaemonInfo(
             version=lambdad.__version__, api_version="v1",
@@ -150,6 +152,7 @@ class ControlPlane:
             started_at=datetime.now(UTC), domain=domain, url_template=url_template,
         )
         self.async_backoff_s = async_backoff_s
+        self._artifacts = artifacts
         self._scheduler: CronRunner | None = None
         self._keyring: KeyRing | None = None
         self._on_enqueued: Callable[[], None] | None = None
@@ -180,11 +183,22 @@ class ControlPlane:
                 self._runtime.register(record.active)
         return len(records)
 
-    async def prune_orphan_images(self) -> int:
-        """Removes images this daemon built that no version row references.
+    async def _remove_build(self, name: str, number: int, image: str) -> None:
+        """Undoes a version's build: its image and its artifact."""
+        await asyncio.to_thread(self._builder.remove_image, image)
+        if self._artifacts is not None:
+            await asyncio.to_thread(self._artifacts.remove, name, number)
 
-        A deploy killed between its build and its row leaves such an image behind.
+    async def prune_orphan_images(self) -> int:
+        """Removes images and artifacts that no live version row references.
+
+        A deploy killed between its build and its row leaves them behind.
         """
+        if self._artifacts is not None:
+            live = [(v.function, v.number)
+                    for versions in (await self._store.all_versions()).values()
+                    for v in versions if not v.pruned]
+            await asyncio.to_thread(self._artifacts.retain, live)
         referenced = await self._store.version_images()
         owned = await asyncio.to_thread(self._builder.owned_images)
         removed = 0
@@ -318,14 +332,14 @@ class ControlPlane:
             fault_point("started")
             start_s = time.monotonic() - started - build_s
         except BaseException:
-            await asyncio.to_thread(self._builder.remove_image, image)
+            await self._remove_build(name, number, image)
             raise
         try:
             await self._store.add_version(version, activate=True)
             fault_point("recorded")
         except BaseException:
             await self._runtime.remove_instance(instance)
-            await asyncio.to_thread(self._builder.remove_image, image)
+            await self._remove_build(name, number, image)
             raise
         self._runtime.activate(version, instance)
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
@@ -420,6 +434,8 @@ class ControlPlane:
             number = await self._store.next_version_number(name)
             image = f"{self._image_prefix}/{name}:v{number}"
             await asyncio.to_thread(self._builder.tag_image, base.image_id, image)
+            if self._artifacts is not None:
+                await asyncio.to_thread(self._artifacts.clone, name, base.number, number)
             version = replace(
                 base, number=number, image=image, config=config,
                 created_at=datetime.now(UTC), pruned=False,
@@ -428,13 +444,13 @@ class ControlPlane:
             try:
                 instance = await self._runtime.start_instance(version)
             except BaseException:
-                await asyncio.to_thread(self._builder.remove_image, image)
+                await self._remove_build(name, number, image)
                 raise
             try:
                 await self._store.add_version(version, activate=True, reason="config")
             except BaseException:
                 await self._runtime.remove_instance(instance)
-                await asyncio.to_thread(self._builder.remove_image, image)
+                await self._remove_build(name, number, image)
                 raise
             self._runtime.activate(version, instance)
             log.info("configured function=%s version=%d image_of_version=%d",
@@ -452,7 +468,7 @@ class ControlPlane:
         prune = [v for v in versions
                  if not v.pruned and v.number not in newest and v.number != active]
         for version in prune:
-            await asyncio.to_thread(self._builder.remove_image, version.image)
+            await self._remove_build(name, version.number, version.image)
             self._runtime.mark_pruned(version)
         await self._store.mark_pruned(name, [v.number for v in prune])
         if prune:
@@ -511,8 +527,11 @@ class ControlPlane:
                             function_error=function_error, version=response.version,
                             cold_start=response.cold_start)
 
-    async def stats(self, name: str | None) -> list[tuple[str, list[WindowStats], int]]:
-        """(function, its 5m/1h/1d windows, instances now) for one function or all."""
+    async def stats(
+        self, name: str | None
+    ) -> tuple[list[tuple[str, list[WindowStats], int, int]], list[tuple[ClassStats, int]]]:
+        """(function, its 5m/1h/1d windows, instances now, their memory) for one function or
+        all, and (stem-cell class counts, their memory) for every class."""
         if name:
             validate_name(name)
             names = [(await self._store.get_function(name)).name]
@@ -521,12 +540,14 @@ class ControlPlane:
         await self.flush_stats()
         now_minute = int(time.time() // 60)
         rows = await self._store.stats_since(now_minute - 1440, name or None)
+        memory, cell_memory = await self._runtime.memory()
         result = []
         for function in names:
             mine = [row for row in rows if row.function == function]
             result.append((function, summarize(mine, now_minute),
-                           self._runtime.instance_count(function)))
-        return result
+                           self._runtime.instance_count(function), memory.get(function, 0)))
+        cells = [(c, cell_memory.get(c.cell_class, 0)) for c in self._runtime.cell_stats()]
+        return result, cells
 
     async def flush_stats(self) -> None:
         """Moves the in-memory per-minute rows into the store (periodic, and at stop)."""
@@ -756,5 +777,7 @@ class ControlPlane:
             self._scheduler.remove_function(name)
         for version in versions:
             await asyncio.to_thread(self._builder.remove_image, version.image)
+        if self._artifacts is not None:
+            await asyncio.to_thread(self._artifacts.remove_function, name)
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)
         return len(versions), instances

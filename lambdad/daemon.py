@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2
 
 from lambdad.api.server import BearerAuthInterceptor, build_server
 from lambdad.auth import KeyRing
-from lambdad.build import ImageBuilder, TarLimits
+from lambdad.build import ArtifactStore, ImageBuilder, TarLimits
 from lambdad.config import MAX_SOCKET_PATH, Config
 from lambdad.control import ControlPlane
 from lambdad.errors import LambdaError, Unauthenticated
@@ -183,16 +183,20 @@ class Daemon:
                 metrics.init_duration.labels(source.function).observe(instance.init_ms / 1000)
 
         backend = DockerBackend(client, daemon_id=daemon_id)
+        artifacts = ArtifactStore(config.state_dir / "artifacts")
+        artifacts.prepare()
         runtime = RuntimeManager(
             backend, instances_dir=config.state_dir / "i", start_timeout=config.start_timeout,
-            on_instance=on_instance,
+            on_instance=on_instance, artifacts=artifacts, cells_dir=config.state_dir / "c",
+            cell_pool_size=config.cell_pool_size, runtime_image=config.runtime_image,
+            pause_after=config.pause_after,
         )
         metrics.watch_pools(lambda: [
             PoolSample(name, *astuple(runtime.counts(name))) for name in runtime.routed()
         ])
         builder = ImageBuilder(client, runtime_image=config.runtime_image,
                                spool_dir=config.state_dir / "spool", daemon_id=daemon_id,
-                               wheelhouse=config.wheelhouse)
+                               wheelhouse=config.wheelhouse, artifacts=artifacts)
         control = ControlPlane(
             store=store, builder=builder, runtime=runtime, spool_dir=config.state_dir / "spool",
             image_prefix=config.image_prefix, url_template=function_url_template(config),
@@ -204,6 +208,7 @@ class Daemon:
             async_backoff_s=config.async_backoff,
             domain=config.domain,
             docker_version=await asyncio.to_thread(docker_engine_version, client),
+            artifacts=artifacts,
         )
         keyring = KeyRing(keys)
         keyring.load(await store.keys.all())

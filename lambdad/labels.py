@@ -4,3 +4,4 @@ FUNCTION = "lambda.function"
 VERSION = "lambda.version"
 INSTANCE = "lambda.instance"
 DAEMON = "lambda.daemon"  # which lambdad (state folder) owns the object
+CELL = "lambda.cell"  # a stem cell: its class; it has no function label

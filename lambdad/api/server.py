@@ -189,16 +189,20 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetStatsResponse:
-        functions = await self._control.stats(request.name or None)
+        functions, cells = await self._control.stats(request.name or None)
         return pb.GetStatsResponse(functions=[
-            pb.FunctionStats(name=name, instances_now=now, windows=[
+            pb.FunctionStats(name=name, instances_now=now, memory_bytes=memory, windows=[
                 pb.WindowStats(window=w.window, invocations=w.invocations,
                                error_rate=w.error_rate, p50_seconds=w.p50, p95_seconds=w.p95,
                                p99_seconds=w.p99, cold_start_rate=w.cold_start_rate,
                                instances_max=w.instances_max)
                 for w in windows
             ])
-            for name, windows, now in functions
+            for name, windows, now, memory in functions
+        ], cell_pool=[
+            pb.CellPoolClass(resource_class=c.cell_class.label(), ready=c.ready,
+                             starting=c.starting, memory_bytes=memory)
+            for c, memory in cells
         ])
 
     @_unary

@@ -1,6 +1,7 @@
 """From uploaded archive to image: validation, dependency resolution, docker build."""
 
+from lambdad.build.artifacts import ArtifactStore
 from lambdad.build.builder import BuildSpec, BuiltImage, ImageBuilder
 from lambdad.build.tarball import TarLimits, TarSummary
 
-__all__ = ["BuildSpec", "BuiltImage", "ImageBuilder", "TarLimits", "TarSummary"]
+__all__ = ["ArtifactStore", "BuildSpec", "BuiltImage", "ImageBuilder", "TarLimits", "TarSummary"]

@@ -24,6 +24,7 @@ import docker.errors
 
 from lambdad import labels
 from lambdad.build import tarball
+from lambdad.build.artifacts import ArtifactStore
 from lambdad.build.dockerfile import generated_dockerfile, label_instruction
 from lambdad.build.requirements import check_requirements
 from lambdad.errors import BuildFailed, FailedPrecondition, Unavailable
@@ -56,8 +57,10 @@ class ImageBuilder:
         spool_dir: Path,
         daemon_id: str,
         wheelhouse: Path | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self._client = client
+        self._artifacts = artifacts
         self._daemon_id = daemon_id
         self.runtime_image = runtime_image
         self._spool = spool_dir
@@ -96,7 +99,12 @@ class ImageBuilder:
                     generated_dockerfile(self.runtime_image, with_deps=with_deps)
                 )
                 network = "none"
-            return self._docker_build(spec, ctx, network, emit)
+            built = self._docker_build(spec, ctx, network, emit)
+            if spec.runtime != "docker" and self._artifacts is not None:
+                # The same files as the image's /var/task and deps, for stem cells.
+                self._artifacts.save(spec.function, spec.version, ctx / "code",
+                                     ctx / "deps" if (ctx / "deps").is_dir() else None)
+            return built
 
     def _install_requirements(
         self, requirements: Path, target: Path, emit: Callable[[str], None]

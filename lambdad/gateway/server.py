@@ -407,7 +407,7 @@ class _Client:
         headers = response_headers(response.headers)
         headers.append((b"lambda-request-id", request_id.encode()))
         headers.append((b"lambda-version", str(response.version).encode()))
-        headers.append((b"lambda-cold-start", b"true" if response.cold_start else b"false"))
+        headers.append((b"lambda-cold-start", response.start.encode()))
         headers.append((b"server-timing", _server_timing(
             (asyncio.get_running_loop().time() - self.started) * 1000, response)))
         if self.gw.stopping:

@@ -7,6 +7,7 @@ behind this small surface so another backend (Swarm services) can stand beside i
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,29 @@ import docker.errors
 from lambdad import labels
 from lambdad.errors import Unavailable
 from lambdad.functions import FunctionVersion
+from lambdad.runtime.cells import CellClass
 
 RUN_DIR = "/run/lambda"
+TASK_DIR = "/var/task"
+DEPS_DIR = "/opt/lambda/deps"
 SOCKET_NAME = "invoke.sock"
 CONTAINER_USER = "10001:10001"
+
+
+def function_environment(version: FunctionVersion) -> dict[str, str]:
+    """What a function's process sees: its own env, then Lambda's reserved variables."""
+    config = version.config
+    return {
+        **config.env,
+        "_HANDLER": config.handler,
+        "AWS_LAMBDA_FUNCTION_NAME": version.function,
+        "AWS_LAMBDA_FUNCTION_VERSION": str(version.number),
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory_mb),
+        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(config.timeout_s),
+        "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}",
+        "LAMBDA_TASK_ROOT": TASK_DIR,
+        "TZ": "UTC",
+    }
 
 
 
@@ -52,6 +72,22 @@ class ManagedContainer:
     version: int
     instance: str
     running: bool
+    cell: bool = False  # a stem cell (specialized if `function` is set)
+
+
+def instance_name(function: str, version: int, instance_id: str) -> str:
+    return f"lambda-{function}-v{version}-{instance_id}"
+
+
+_INSTANCE_NAME = re.compile(r"^/?lambda-(?P<function>.+)-v(?P<version>\d+)-(?P<id>[0-9a-f]{12})\Z")
+
+
+def parse_instance_name(name: str) -> tuple[str, int, str] | None:
+    """(function, version, instance id) from a container name made by `instance_name`."""
+    match = _INSTANCE_NAME.match(name)
+    if match is None:
+        return None
+    return match["function"], int(match["version"]), match["id"]
 
 
 class DockerBackend:
@@ -63,55 +99,38 @@ class DockerBackend:
         self._tmp_size_mb = tmp_size_mb
         self._events: Any = None
 
-    def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path) -> str:
-        """Creates and starts a hardened container; returns its id."""
-        config = version.config
-        environment = {
-            **config.env,
-            "_HANDLER": config.handler,
-            "AWS_LAMBDA_FUNCTION_NAME": version.function,
-            "AWS_LAMBDA_FUNCTION_VERSION": str(version.number),
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory_mb),
-            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(config.timeout_s),
-            "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}",
-            "LAMBDA_TASK_ROOT": "/var/task",
-            "TZ": "UTC",
-        }
-        memory = f"{config.memory_mb}m"
+    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]]) -> Any:
+        memory = f"{limits.memory_mb}m"
+        return self._client.api.create_host_config(
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self._tmp_size_mb}m"},
+            mem_limit=memory,
+            memswap_limit=memory,
+            # Quota and period rather than NanoCpus: only these can be updated later.
+            cpu_period=100_000,
+            cpu_quota=int(limits.cpu * 100_000),
+            pids_limit=limits.pids_limit,
+            network_mode=limits.network,
+            binds=binds,
+            init=True,
+            log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
+        )
+
+    def _create_and_start(self, image: str, name: str, labels_: dict[str, str],
+                          environment: dict[str, str], host_config: Any) -> str:
         api = self._client.api
         try:
             # The low-level API: create and start, without the inspect that
             # containers.run adds in between (it shows in every cold start).
-            host_config = api.create_host_config(
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                read_only=True,
-                tmpfs={"/tmp": f"rw,nosuid,nodev,size={self._tmp_size_mb}m"},
-                mem_limit=memory,
-                memswap_limit=memory,
-                nano_cpus=int(config.cpu * 1e9),
-                pids_limit=config.pids_limit,
-                network_mode=config.network,
-                binds={str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
-                init=True,
-                log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
-            )
             created = api.create_container(
-                version.image,
-                name=f"lambda-{version.function}-v{version.number}-{instance_id}",
-                labels={
-                    labels.FUNCTION: version.function,
-                    labels.VERSION: str(version.number),
-                    labels.INSTANCE: instance_id,
-                    labels.DAEMON: self.daemon_id,
-                },
-                environment=environment,
-                user=CONTAINER_USER,
-                host_config=host_config,
+                image, name=name, labels=labels_, environment=environment,
+                user=CONTAINER_USER, host_config=host_config,
             )
             container_id = str(created["Id"])
         except docker.errors.ImageNotFound:
-            raise Unavailable(f"image {version.image} is missing; redeploy the function") from None
+            raise Unavailable(f"image {image} is missing; redeploy the function") from None
         except docker.errors.APIError as exc:
             raise Unavailable(f"could not start an instance: {exc.explanation or exc}") from None
         try:
@@ -121,6 +140,80 @@ class DockerBackend:
                 api.remove_container(container_id, force=True)
             raise Unavailable(f"could not start an instance: {exc.explanation or exc}") from None
         return container_id
+
+    def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path) -> str:
+        """Creates and starts a hardened container of the version's image; returns its id."""
+        host_config = self._host_config(
+            CellClass.of(version.config),
+            {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
+        )
+        return self._create_and_start(
+            version.image,
+            instance_name(version.function, version.number, instance_id),
+            {
+                labels.FUNCTION: version.function,
+                labels.VERSION: str(version.number),
+                labels.INSTANCE: instance_id,
+                labels.DAEMON: self.daemon_id,
+            },
+            function_environment(version),
+            host_config,
+        )
+
+    def start_cell(self, cell_class: CellClass, cell_id: str, socket_dir: Path,
+                   code_dir: Path, image: str) -> str:
+        """A stem cell: the runtime image, no function; code arrives later, read-only."""
+        host_config = self._host_config(cell_class, {
+            str(socket_dir): {"bind": RUN_DIR, "mode": "rw"},
+            str(code_dir / "task"): {"bind": TASK_DIR, "mode": "ro"},
+            str(code_dir / "deps"): {"bind": DEPS_DIR, "mode": "ro"},
+        })
+        return self._create_and_start(
+            image,
+            f"lambda-cell-{cell_id}",
+            {labels.CELL: cell_class.label(), labels.INSTANCE: cell_id,
+             labels.DAEMON: self.daemon_id},
+            {"LAMBDA_STEM_CELL": "1", "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}",
+             "LAMBDA_TASK_ROOT": TASK_DIR, "TZ": "UTC"},
+            host_config,
+        )
+
+    def update_limits(self, container_id: str, limits: CellClass) -> None:
+        """Applies a function's memory and CPU limits to a cell of another class (the
+        pool only lends cells whose network and pids limit already match)."""
+        memory = limits.memory_mb * 1024 * 1024
+        try:
+            self._client.api.update_container(
+                container_id, mem_limit=memory, memswap_limit=memory,
+                cpu_quota=int(limits.cpu * 100_000), cpu_period=100_000,
+            )
+        except (docker.errors.APIError, OSError) as exc:
+            raise Unavailable(f"could not apply the function's limits: {exc}") from None
+
+    def rename(self, container_id: str, name: str) -> None:
+        """Names a specialized cell after its function, for `docker ps` and restarts."""
+        with contextlib.suppress(docker.errors.APIError):
+            self._client.api.rename(container_id, name)
+
+    def pause(self, container_id: str) -> None:
+        self._client.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        self._client.api.unpause(container_id)
+
+    def memory_bytes(self, container_id: str) -> int | None:
+        """Memory in use, as `docker stats` shows it (the page cache it can drop excluded)."""
+        try:
+            stats = self._client.api.stats(container_id, stream=False, one_shot=True)
+        except (docker.errors.APIError, OSError):
+            return None
+        memory = stats.get("memory_stats") or {}
+        usage = memory.get("usage")
+        if usage is None:
+            return None
+        detail = memory.get("stats") or {}
+        cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+        return max(0, int(usage) - int(cache))
 
     def watch_exits(self, on_exit: Callable[[str], None]) -> None:
         """Blocks, calling `on_exit(container_id)` for each of our containers that dies,
@@ -181,6 +274,17 @@ class DockerBackend:
         result = []
         for container in found:
             found_labels = container.labels
+            if labels.CELL in found_labels:
+                # Labels are fixed at creation: a specialized cell says whose it is in the
+                # name it was given; a generic one has no function and is never adopted.
+                named = parse_instance_name(str(container.name))
+                function, version = named[:2] if named else ("", 0)
+                result.append(ManagedContainer(
+                    id=str(container.id), function=function, version=version,
+                    instance=found_labels.get(labels.INSTANCE, ""),
+                    running=container.status == "running", cell=True,
+                ))
+                continue
             with contextlib.suppress(KeyError, ValueError):
                 result.append(ManagedContainer(
                     id=str(container.id),

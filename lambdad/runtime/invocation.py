@@ -42,13 +42,14 @@ class InvocationResponse:
     status: int
     headers: Headers
     version: int
-    cold_start: bool
+    cold_start: bool  # the request waited for a new instance (a cell or a container)
     body: AsyncIterator[bytes] = field(default_factory=_no_body)
     # Synchronous on purpose: it runs in `finally` blocks of cancelled tasks, where
     # an await could be interrupted and the instance's slot leak.
     release: Callable[[], None] = _nothing
     function_ms: float = 0.0  # request sent to response head received
     init_ms: float = 0.0  # the instance's start, when this request waited for it
+    start: str = "warm"  # how the instance was got: warm, cell, unpaused or container
 
     async def read(self) -> bytes:
         """Collects the whole body and releases the instance."""

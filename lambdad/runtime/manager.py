@@ -7,7 +7,9 @@ so an invocation never waits on SQLite. Docker calls run in worker threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import logging
 import os
 import secrets
@@ -17,16 +19,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lambdad.build.artifacts import ArtifactStore, link_into
 from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailable
 from lambdad.functions import FunctionVersion
-from lambdad.runtime.docker_backend import SOCKET_NAME, ContainerState, DockerBackend
+from lambdad.runtime.cells import Cell, CellClass, CellPool, ClassStats
+from lambdad.runtime.docker_backend import (
+    SOCKET_NAME,
+    TASK_DIR,
+    ContainerState,
+    DockerBackend,
+    function_environment,
+    instance_name,
+)
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
-from lambdad.runtime.pool import Instance, InstancePool
+from lambdad.runtime.pool import Instance, InstancePool, StartNotNeeded
 from lambdad.runtime.upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger("lambdad.runtime")
 
 READY_POLL_S = 0.003  # a cold start waits on this; os.path.exists is cheap
+# New containers for waiting requests, at once across all functions: more only make
+# a 2-core engine slower, and stem cells or freed instances usually serve the queue first.
+MAX_CONTAINER_STARTS = 4
 
 
 @dataclass(frozen=True)
@@ -42,8 +56,16 @@ class RuntimeManager:
     def __init__(
         self, backend: DockerBackend, *, instances_dir: Path, start_timeout: float = 30.0,
         on_instance: Callable[[Instance, str], None] | None = None,
+        artifacts: ArtifactStore | None = None, cells_dir: Path | None = None,
+        cell_pool_size: int = 0, runtime_image: str = "lambda-runtime/python:3.11",
+        pause_after: float = 0.0,
     ) -> None:
         self._backend = backend
+        self._artifacts = artifacts
+        self._cells_dir = cells_dir or instances_dir.parent / "c"
+        self._runtime_image = runtime_image
+        self._pause_after = pause_after
+        self._container_starts = asyncio.Semaphore(MAX_CONTAINER_STARTS)
         # Told of every instance: "started" (container running), "ready" (socket
         # answers) and "adopted" (found running after a restart).
         self._on_instance = on_instance
@@ -55,6 +77,10 @@ class RuntimeManager:
         self._retired: list[InstancePool] = []
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.cells = CellPool(
+            cell_pool_size if artifacts is not None else 0,
+            start=self._start_cell, destroy=self._destroy_cell, spawn=self._spawn,
+        )
 
     # Routing state
 
@@ -69,7 +95,25 @@ class RuntimeManager:
         if pool is None or pool.version != version:
             pool = self._new_pool(version)
             self._pools[version.function] = pool
+        self._update_cell_classes()
         return pool
+
+    def _update_cell_classes(self) -> None:
+        """Stem cells are kept for the classes of the routed functions that can use them."""
+        if self.cells.enabled:
+            self.cells.want(CellClass.of(pool.version.config) for pool in self._pools.values()
+                            if self._artifact(pool.version) is not None)
+
+    def _artifact(self, version: FunctionVersion) -> Path | None:
+        if self._artifacts is None or version.config.runtime == "docker":
+            return None
+        return self._artifacts.find(version.function, version.number)
+
+    def cell_stats(self) -> list[ClassStats]:
+        return self.cells.stats()
+
+    def cell_containers(self) -> list[str]:
+        return [cell.container_id for cell in self.cells.ready_cells()]
 
     def _new_pool(self, version: FunctionVersion) -> InstancePool:
         return InstancePool(version, start=self.start_instance, destroy=self._destroy,
@@ -98,6 +142,24 @@ class RuntimeManager:
         counts = self.counts(name)
         return counts.running + counts.draining
 
+    async def memory(self) -> tuple[dict[str, int], dict[CellClass, int]]:
+        """Memory in use now: per function (its instances) and per stem-cell class."""
+        owners: list[tuple[str | CellClass, str]] = []
+        for pool in [*self._pools.values(), *self._pinned.values(), *self._retired]:
+            owners += [(pool.version.function, i.container_id) for i in pool.instances
+                       if not i.dead]
+        owners += [(cell.cell_class, cell.container_id) for cell in self.cells.ready_cells()]
+        sizes = await asyncio.gather(*(asyncio.to_thread(self._backend.memory_bytes, cid)
+                                       for _, cid in owners))
+        functions: dict[str, int] = {}
+        classes: dict[CellClass, int] = {}
+        for (owner, _), size in zip(owners, sizes, strict=True):
+            if isinstance(owner, CellClass):
+                classes[owner] = classes.get(owner, 0) + (size or 0)
+            else:
+                functions[owner] = functions.get(owner, 0) + (size or 0)
+        return functions, classes
+
     # Lifecycle
 
     async def reconcile(self) -> tuple[int, int]:
@@ -118,8 +180,11 @@ class RuntimeManager:
                 and await _answers(socket_path)
             )
             if healthy and pool is not None:
-                adopted_instance = Instance(container.instance, pool.version, container.id,
-                                            socket_dir, socket_path)
+                adopted_instance = Instance(
+                    container.instance, pool.version, container.id, socket_dir, socket_path,
+                    start_path="cell" if container.cell else "container",
+                    code_dir=self._cells_dir / container.instance if container.cell else None,
+                )
                 pool.add(adopted_instance)
                 self._notify(adopted_instance, "adopted")
                 adopted.add(container.instance)
@@ -130,10 +195,36 @@ class RuntimeManager:
             for child in self._instances_dir.iterdir():
                 if child.name not in adopted:
                     shutil.rmtree(child, ignore_errors=True)
+        self._cells_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._cells_dir, 0o711)
+        for child in self._cells_dir.iterdir():  # generic cells never outlive their daemon
+            if child.name not in adopted:
+                shutil.rmtree(child, ignore_errors=True)
+        self.cells.refill()
         return len(adopted), removed
 
-    async def start_instance(self, version: FunctionVersion) -> Instance:
-        """Starts a container for `version` and waits until its socket answers."""
+    async def start_instance(
+        self, version: FunctionVersion, wanted: Callable[[], bool] | None = None
+    ) -> Instance:
+        """An instance of `version`, ready to serve: a specialized stem cell when one is
+        ready, else a new container. `wanted` lets a queued start give up (StartNotNeeded)
+        once the requests it was for have been served by others."""
+        artifact = self._artifact(version)
+        if artifact is not None:
+            cell = self.cells.take(CellClass.of(version.config))
+            if cell is not None:
+                return await self._specialize(cell, version, artifact)
+        async with self._container_starts:
+            if artifact is not None:
+                cell = self.cells.take(CellClass.of(version.config))
+                if cell is not None:
+                    return await self._specialize(cell, version, artifact)
+            if wanted is not None and not wanted():
+                raise StartNotNeeded
+            return await self._start_container(version)
+
+    async def _start_container(self, version: FunctionVersion) -> Instance:
+        """Starts a container of the version's image and waits until its socket answers."""
         instance_id = secrets.token_hex(6)
         socket_dir = self._instances_dir / instance_id
         socket_dir.mkdir(parents=True)
@@ -150,14 +241,116 @@ class RuntimeManager:
                             str(socket_dir / SOCKET_NAME), started_at=started)
         self._notify(instance, "started")
         try:
-            await self._wait_ready(instance)
+            conn = await self._wait_socket(
+                instance.socket_path, container_id,
+                f"instance of {version.function} v{version.number}", version.config.memory_mb,
+            )
         except BaseException:
             await self._destroy(instance)
             raise
+        instance.idle.append(conn)
         instance.init_ms = (time.monotonic() - started) * 1000
         self._notify(instance, "ready")
         log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
                  version.function, version.number, instance_id, instance.init_ms)
+        return instance
+
+    # Stem cells
+
+    async def _start_cell(self, cell_class: CellClass) -> Cell:
+        cell_id = secrets.token_hex(6)
+        socket_dir = self._instances_dir / cell_id
+        code_dir = self._cells_dir / cell_id
+        socket_dir.mkdir(parents=True)
+        os.chmod(socket_dir, 0o777)
+        for folder in (code_dir, code_dir / "task", code_dir / "deps"):
+            folder.mkdir(mode=0o755, parents=True)
+            os.chmod(folder, 0o755)  # readable by the function's user, writable by us only
+        started = time.monotonic()
+        try:
+            container_id = await asyncio.to_thread(
+                self._backend.start_cell, cell_class, cell_id, socket_dir, code_dir,
+                self._runtime_image,
+            )
+        except BaseException:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+            shutil.rmtree(code_dir, ignore_errors=True)
+            raise
+        cell = Cell(cell_id, cell_class, container_id, socket_dir, code_dir, started_at=started)
+        try:
+            cell.conn = await self._wait_socket(
+                str(socket_dir / SOCKET_NAME), container_id,
+                f"stem cell {cell_class.label()}", cell_class.memory_mb,
+            )
+        except BaseException:
+            await self._destroy_cell(cell)
+            raise
+        cell.start_ms = (time.monotonic() - started) * 1000
+        return cell
+
+    async def _destroy_cell(self, cell: Cell) -> None:
+        if cell.conn is not None:
+            cell.conn.close()
+        await asyncio.to_thread(self._backend.remove, cell.container_id, grace=0)
+        shutil.rmtree(cell.socket_dir, ignore_errors=True)
+        shutil.rmtree(cell.code_dir, ignore_errors=True)
+
+    async def _specialize(self, cell: Cell, version: FunctionVersion, artifact: Path) -> Instance:
+        """Turns a generic cell into an instance of `version`, for good: its code goes in
+        read-only, the runtime loads it (POST /init), and the cell never serves another."""
+        started = time.monotonic()
+        instance = Instance(cell.id, version, cell.container_id, cell.socket_dir,
+                            str(cell.socket_dir / SOCKET_NAME), started_at=started,
+                            start_path="cell", code_dir=cell.code_dir)
+        conn, cell.conn = cell.conn, None
+        name = f"{version.function} v{version.number}"
+        # Named after its function at once (labels cannot change), alongside the init.
+        self._spawn(asyncio.to_thread(
+            self._backend.rename, cell.container_id,
+            instance_name(version.function, version.number, cell.id)))
+        try:
+            wanted = CellClass.of(version.config)
+            if cell.cell_class != wanted:
+                await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
+            await asyncio.to_thread(link_into, artifact, cell.code_dir)
+            self._notify(instance, "started")
+            if conn is None or not conn.reusable:
+                if conn is not None:
+                    conn.close()
+                conn = await UpstreamConnection.open(instance.socket_path)
+            init = json.dumps({"handler": version.config.handler, "task_root": TASK_DIR,
+                               "env": function_environment(version)}).encode()
+            try:
+                async with asyncio.timeout(self._start_timeout):
+                    status, _ = await conn.request(
+                        b"POST", b"/init",
+                        [(b"host", b"cell"), (b"content-type", b"application/json")], init)
+                    reply = b"".join([chunk async for chunk in conn.body()])
+            except TimeoutError:
+                raise Unavailable(f"{name} did not finish loading its code within "
+                                  f"{self._start_timeout:.0f} s") from None
+            except UpstreamError as exc:
+                state = await self._settled_state(instance)
+                raise InstanceFailed(
+                    f"instance of {name} {state.describe(version.config.memory_mb)} while "
+                    f"loading its code ({exc})") from None
+            if status != 200:
+                raise InstanceFailed(f"{name} failed to initialize: {_init_error(reply)}")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            instance.end_reason = "failed to initialize"
+            await self._destroy(instance)
+            raise
+        if conn.recycle():
+            instance.idle.append(conn)
+        else:
+            conn.close()
+        instance.init_ms = (time.monotonic() - started) * 1000
+        self._notify(instance, "ready")
+        log.info("instance specialized function=%s version=%d instance=%s init_ms=%.1f "
+                 "cell_class=%s", version.function, version.number, instance.id,
+                 instance.init_ms, cell.cell_class.label())
         return instance
 
     def _notify(self, instance: Instance, event: str) -> None:
@@ -167,33 +360,31 @@ class RuntimeManager:
             except Exception:
                 log.exception("instance %s hook failed", event)
 
-    async def _wait_ready(self, instance: Instance) -> None:
+    async def _wait_socket(
+        self, socket_path: str, container_id: str, what: str, memory_mb: int
+    ) -> UpstreamConnection:
+        """A connection to a starting container's socket, once it answers."""
         deadline = time.monotonic() + self._start_timeout
         next_state_check = time.monotonic() + 0.25
         while True:
-            if os.path.exists(instance.socket_path):
+            if os.path.exists(socket_path):
                 try:
-                    conn = await UpstreamConnection.open(instance.socket_path)
+                    return await UpstreamConnection.open(socket_path)
                 except OSError:
                     pass
-                else:
-                    instance.idle.append(conn)
-                    return
             now = time.monotonic()
             if now >= next_state_check:
-                state = await asyncio.to_thread(self._backend.state, instance.container_id)
+                state = await asyncio.to_thread(self._backend.state, container_id)
                 if not state.running:
-                    logs = await asyncio.to_thread(self._backend.logs_tail, instance.container_id)
-                    detail = state.describe(instance.version.config.memory_mb)
+                    logs = await asyncio.to_thread(self._backend.logs_tail, container_id)
                     raise InstanceFailed(
-                        f"instance of {instance.version.function} v{instance.version.number} "
-                        f"{detail} during start" + (f":\n{logs}" if logs else "")
+                        f"{what} {state.describe(memory_mb)} during start"
+                        + (f":\n{logs}" if logs else "")
                     )
                 next_state_check = now + 0.25
             if now >= deadline:
                 raise Unavailable(
-                    f"instance of {instance.version.function} did not open its socket within "
-                    f"{self._start_timeout:.0f} s"
+                    f"{what} did not open its socket within {self._start_timeout:.0f} s"
                 )
             await asyncio.sleep(READY_POLL_S)
 
@@ -219,6 +410,7 @@ class RuntimeManager:
             if not old.drained:
                 self._retired.append(old)
         pool.ensure_minimum()
+        self._update_cell_classes()
 
     async def remove_instance(self, instance: Instance) -> None:
         """Stops an instance that was started but never routed (a failed deploy)."""
@@ -234,6 +426,7 @@ class RuntimeManager:
         current = self._pools.pop(name, None)
         if current is not None:
             pools.append(current)
+        self._update_cell_classes()
         instances = [i for pool in pools for i in pool.close("was deleted")]
         await asyncio.gather(*(self._destroy(i) for i in instances))
         return len(instances)
@@ -243,13 +436,23 @@ class RuntimeManager:
             pool.ensure_minimum()
 
     def housekeeping(self) -> None:
-        """Periodic: scale idle instances down, restore minimums, forget drained pools."""
+        """Periodic: scale idle instances down, pause idle Dockerfile instances, restore
+        minimums, refill the stem cells, forget drained pools."""
+        now = time.monotonic()
         for pool in [*self._pools.values(), *self._pinned.values()]:
             reaped = pool.reap_idle()
             if reaped:
                 log.info("scaled down function=%s version=%d idle_instances_stopped=%d",
                          pool.version.function, pool.version.number, reaped)
             pool.ensure_minimum()
+            if self._pause_after > 0 and pool.version.config.runtime == "docker":
+                for instance in pool.instances:
+                    if (not instance.paused and not instance.dead and instance.in_flight == 0
+                            and not instance.transition.locked()
+                            and now - instance.last_used >= self._pause_after):
+                        self._spawn(self._pause(instance))
+        if not self._closing:
+            self.cells.refill()
         self._retired = [p for p in self._retired if not p.drained]
         for key, pool in list(self._pinned.items()):
             if pool.idle_and_empty:
@@ -257,6 +460,12 @@ class RuntimeManager:
 
     def instance_exited(self, container_id: str) -> None:
         """Docker reported a container of ours died: take it out of its pool now."""
+        cell = self.cells.lost(container_id)
+        if cell is not None:
+            log.warning("stem cell exited cell=%s class=%s", cell.id, cell.cell_class.label())
+            self._spawn(self._destroy_cell(cell))
+            self.cells.refill()
+            return
         for pool in [*self._pools.values(), *self._pinned.values(), *self._retired]:
             for instance in pool.instances:
                 if instance.container_id == container_id and not instance.dead:
@@ -275,7 +484,9 @@ class RuntimeManager:
         self._closing = True
         pools = [*self._pools.values(), *self._pinned.values(), *self._retired]
         instances = [i for pool in pools for i in pool.close("is stopping with the daemon")]
-        await asyncio.gather(*(self._destroy(i) for i in instances), return_exceptions=True)
+        await asyncio.gather(*(self._destroy(i) for i in instances),
+                             *(self._destroy_cell(c) for c in self.cells.close()),
+                             return_exceptions=True)
         await self.drain_background()
 
     # Invocation
@@ -294,6 +505,14 @@ class RuntimeManager:
             owner: InstancePool = instance.owner
             version = instance.version
             timeout = version.config.timeout_s
+            start = instance.start_path if cold else "warm"
+            if instance.paused or instance.transition.locked():
+                try:
+                    if await self._unpause(instance):
+                        start = "unpaused"
+                except BaseException:
+                    owner.release(instance)
+                    raise
             conn, reused = await self._connection(instance)
             if conn is None:
                 owner.release(instance)
@@ -305,6 +524,7 @@ class RuntimeManager:
                 (b"lambda-request-id", request.request_id.encode()),
                 (b"lambda-deadline-ms", str(int((time.time() + timeout) * 1000)).encode()),
                 (b"lambda-invocation-type", request.invocation_type.encode()),
+                *([] if start == "warm" else [(b"lambda-start", start.encode())]),
             ]
             sent_at = loop.time()
             deadline = sent_at + timeout
@@ -338,11 +558,12 @@ class RuntimeManager:
                 status=status,
                 headers=response_headers,
                 version=version.number,
-                cold_start=cold,
+                cold_start=start in ("cell", "container"),
+                start=start,
                 body=self._body(owner, instance, conn, deadline),
                 release=_once(functools.partial(self._release, instance, conn)),
                 function_ms=(loop.time() - sent_at) * 1000,
-                init_ms=instance.init_ms if cold else 0.0,
+                init_ms=instance.init_ms if start in ("cell", "container") else 0.0,
             )
         raise Unavailable(f"no instance of {name!r} could take the request")
 
@@ -430,13 +651,45 @@ class RuntimeManager:
         owner: InstancePool = instance.owner
         owner.release(instance)
 
+    async def _pause(self, instance: Instance) -> None:
+        """Freezes an idle instance (cgroup freezer): no CPU, memory kept, ~ms to thaw."""
+        async with instance.transition:
+            if instance.paused or instance.dead or instance.in_flight > 0:
+                return
+            instance.paused = True
+            try:
+                await asyncio.to_thread(self._backend.pause, instance.container_id)
+            except Exception as exc:
+                instance.paused = False
+                log.warning("pause failed instance=%s error=%s", instance.id, exc)
+                return
+        log.debug("instance paused function=%s instance=%s", instance.version.function,
+                  instance.id)
+
+    async def _unpause(self, instance: Instance) -> bool:
+        """Thaws a paused instance before a request uses it; True if it was paused."""
+        async with instance.transition:
+            if not instance.paused:
+                return False
+            try:
+                await asyncio.to_thread(self._backend.unpause, instance.container_id)
+            except Exception as exc:
+                raise Unavailable(f"could not unpause an instance: {exc}") from None
+            instance.paused = False
+            return True
+
     async def _destroy(self, instance: Instance) -> None:
         instance.dead = True
         for conn in instance.idle:
             conn.close()
         instance.idle.clear()
+        if instance.paused:  # a frozen process cannot take the stop signal
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._backend.unpause, instance.container_id)
         await asyncio.to_thread(self._backend.remove, instance.container_id, grace=1)
         shutil.rmtree(instance.socket_dir, ignore_errors=True)
+        if instance.code_dir is not None:
+            shutil.rmtree(instance.code_dir, ignore_errors=True)
         log.info('instance stopped function=%s version=%d instance=%s reason="%s"',
                  instance.version.function, instance.version.number, instance.id,
                  instance.end_reason or "stopped")
@@ -463,6 +716,15 @@ async def _answers(path: str) -> bool:
         return False
     conn.close()
     return True
+
+
+def _init_error(reply: bytes) -> str:
+    """`Runtime.ImportModuleError: Unable to import module 'app': ...` from the cell's reply."""
+    try:
+        data = json.loads(reply)
+        return f"{data['errorType']}: {data['errorMessage']}"
+    except (ValueError, KeyError, TypeError):
+        return reply.decode(errors="replace")[:500] or "no reply"
 
 
 def _once(release: Callable[[], None]) -> Callable[[], None]:

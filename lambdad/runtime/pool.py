@@ -51,6 +51,14 @@ class Instance:
     fresh: bool = False  # started for queued requests; its first grant is a cold start
     end_reason: str = ""  # why the daemon stopped it, for the requests it was serving
     owner: Any = None  # the InstancePool it serves in; waiters can move between pools
+    start_path: str = "container"  # how it came to be: "container" or "cell" (specialized)
+    code_dir: Path | None = None  # a specialized cell's private copy of the version's code
+    paused: bool = False  # frozen (docker pause) while idle; unpaused by the next request
+    transition: asyncio.Lock = field(default_factory=asyncio.Lock)  # pause/unpause in turn
+
+
+class StartNotNeeded(Exception):
+    """A start gave up before creating anything: the requests it was for were served."""
 
 
 class InstancePool:
@@ -58,7 +66,7 @@ class InstancePool:
         self,
         version: FunctionVersion,
         *,
-        start: Callable[[FunctionVersion], Awaitable[Instance]],
+        start: Callable[[FunctionVersion, Callable[[], bool]], Awaitable[Instance]],
         destroy: Callable[[Instance], Awaitable[None]],
         spawn: Callable[[Awaitable[None]], None],
         clock: Callable[[], float] = time.monotonic,
@@ -189,9 +197,16 @@ class InstancePool:
         self.starting += 1
         self._spawn(self._start_one(fresh))
 
+    def _still_needed(self) -> bool:
+        return not self.retired and self.queued > 0
+
     async def _start_one(self, fresh: bool) -> None:
         try:
-            instance = await self._start(self.version)
+            instance = await self._start(self.version,
+                                         self._still_needed if fresh else _always)
+        except StartNotNeeded:
+            self.starting -= 1
+            return
         except LambdaError as exc:
             self.starting -= 1
             self._fail_one_waiter(exc)
@@ -303,3 +318,7 @@ class InstancePool:
     @property
     def drained(self) -> bool:
         return self.retired and not self.instances and self.starting == 0
+
+
+def _always() -> bool:
+    return True

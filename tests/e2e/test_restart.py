@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import FUNCTIONS, ROOT, Lambdad
+from tests.support.daemon import FUNCTIONS, ROOT, Lambdad, container_owner
 
 pytestmark = pytest.mark.slow
 
@@ -32,28 +32,46 @@ def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
     fresh_lambdad: Lambdad,
 ) -> None:
     daemon = fresh_lambdad
-    daemon.deploy("greet", "--name", "greet")
-    daemon.deploy("calculator")
+    daemon.deploy("greet", "--name", "greet")  # no class in use yet: a new container
+    assert _wait_for(lambda: len(_generic_cells(daemon)) == 2)
+    daemon.deploy("calculator")  # specializes a stem cell
     greet = daemon.containers("greet")[0]
     calculator = daemon.containers("calculator")[0]
+    assert "lambda.cell" in calculator.labels and calculator.name.startswith("lambda-calc")
     daemon.stop(signal.SIGKILL)
-    calculator.stop(timeout=1)  # died while the daemon was away: not adoptable
+    greet.stop(timeout=1)  # died while the daemon was away: not adoptable
     stray = daemon.state_dir / "i" / "0123456789ab"
     stray.mkdir()
     daemon.start()
-    assert "reconciled: adopted 1 instance(s), removed 1 container(s)" in daemon.log()
+    # Adopted: the specialized cell. Removed: greet's dead container and the 2 generic cells.
+    assert "reconciled: adopted 1 instance(s), removed 3 container(s)" in daemon.log()
     assert not stray.exists()
     listed = daemon.cli("list", "-o", "json").json()
     assert [(f["name"], f["version"]) for f in listed] == [("calculator", 1), ("greet", 1)]
-    served = daemon.http("greet", "/?name=x")
-    assert served.status == 200 and served.headers["lambda-cold-start"] == "false"
-    assert [c.id for c in daemon.containers("greet")] == [greet.id]  # the same, adopted
-    assert daemon.http("calculator", "/?op=add&a=1&b=1").json()["result"] == 2
-    assert len(daemon.containers("calculator")) == 1
-    assert daemon.containers("calculator")[0].id != calculator.id
+    served = daemon.http("calculator", "/?op=add&a=1&b=1")
+    assert served.status == 200 and served.headers["lambda-cold-start"] == "warm"
+    assert served.json()["result"] == 2
+    assert [c.id for c in daemon.containers("calculator")] == [calculator.id]  # adopted
+    assert daemon.http("greet", "/?name=x").json() == {"message": "Hello, x!"}
+    assert len(daemon.containers("greet")) == 1
+    assert daemon.containers("greet")[0].id != greet.id
     assert sorted(p.name for p in (daemon.state_dir / "i").iterdir()) == sorted(
         c.labels["lambda.instance"] for c in daemon.containers()
     )
+
+
+def _generic_cells(daemon: Lambdad) -> list[object]:
+    return [c for c in daemon.containers()
+            if c.name.startswith("lambda-cell-") and c.status == "running"]
+
+
+def _wait_for(predicate: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_a_second_daemon_on_the_same_state_is_refused(fresh_lambdad: Lambdad) -> None:
@@ -137,7 +155,7 @@ def test_a_deploy_killed_at_any_step_leaves_all_or_nothing(
         assert daemon.http("steps", "/?name=x").json() == {"message": "Hello, x!"}
     tags = {tag for image in daemon.images("steps") for tag in image.tags}
     assert tags == {f"{daemon.image_prefix}/steps:v{n}" for n in numbers}
-    live = {c.labels["lambda.version"] for c in daemon.containers("steps")}
+    live = {str(container_owner(c)[1]) for c in daemon.containers("steps")}
     assert live <= {str(numbers[-1])}
     assert list((daemon.state_dir / "spool").iterdir()) == []
     # and the next deploy gets the next number

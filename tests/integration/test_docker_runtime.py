@@ -113,7 +113,7 @@ def test_instances_run_hardened_and_answer_over_their_socket(
             assert host["MemorySwap"] == 96 * 1024 * 1024
             assert host["PidsLimit"] == 256
             assert host["NetworkMode"] == "none"
-            assert host["NanoCpus"] == 1_000_000_000
+            assert (host["CpuQuota"], host["CpuPeriod"]) == (100_000, 100_000)  # 1 CPU
             assert "/tmp" in host["Tmpfs"]
             assert not host.get("PortBindings")
             assert not attrs["NetworkSettings"]["Ports"]
@@ -126,7 +126,7 @@ def test_instances_run_hardened_and_answer_over_their_socket(
             ))
             assert response.status == 200
             assert await response.read() == b'{"uid": 10001, "env": "blue"}'
-            assert response.cold_start is False
+            assert response.cold_start is False and response.start == "warm"
         finally:
             await runtime.shutdown()
         assert _owned(client, daemon_id) == []
@@ -169,3 +169,39 @@ def test_instance_that_exits_at_start_is_reported_with_its_logs(
         assert _owned(client, daemon_id) == []
 
     asyncio.run(scenario())
+
+
+def test_cell_limits_update_and_pause(socket_root: Path, daemon_id: str) -> None:
+    """The backend's stem-cell calls on the real engine: a generic cell, a class change
+    by docker update, and the freezer."""
+    from lambdad.runtime.cells import CellClass
+
+    client = docker.from_env()
+    backend = DockerBackend(client, daemon_id=daemon_id)
+    socket_dir, code_dir = socket_root / "s", socket_root / "c"
+    socket_dir.mkdir(mode=0o777)
+    socket_dir.chmod(0o777)
+    for sub in ("task", "deps"):
+        (code_dir / sub).mkdir(parents=True)
+    small = CellClass(128, "none", 1.0, 256)
+    container_id = backend.start_cell(small, "0123456789ab", socket_dir, code_dir,
+                                      RUNTIME_IMAGE)
+    attrs = client.api.inspect_container(container_id)
+    assert attrs["HostConfig"]["Memory"] == 128 * 1024 * 1024
+    assert attrs["HostConfig"]["ReadonlyRootfs"] is True
+    mounts = {m["Destination"]: m["RW"] for m in attrs["Mounts"]}
+    assert mounts == {"/run/lambda": True, "/var/task": False, "/opt/lambda/deps": False}
+    assert attrs["Config"]["Labels"][labels.CELL] == small.label()
+    assert "lambda.function" not in attrs["Config"]["Labels"]
+    backend.update_limits(container_id, CellClass(256, "none", 0.5, 256))
+    host = client.api.inspect_container(container_id)["HostConfig"]
+    assert host["Memory"] == 256 * 1024 * 1024 and host["CpuQuota"] == 50_000
+    backend.pause(container_id)
+    assert client.api.inspect_container(container_id)["State"]["Paused"] is True
+    backend.unpause(container_id)
+    assert client.api.inspect_container(container_id)["State"]["Paused"] is False
+    backend.rename(container_id, "lambda-greet-v3-0123456789ab")
+    (managed,) = [m for m in backend.managed() if m.id == container_id]
+    assert (managed.function, managed.version, managed.cell) == ("greet", 3, True)
+    assert (backend.memory_bytes(container_id) or 0) > 0
+    backend.remove(container_id, grace=0)

@@ -27,6 +27,8 @@ import docker
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lambdad.runtime.docker_backend import parse_instance_name
+
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ROOT / "functions"
 
@@ -55,6 +57,16 @@ class HttpResult:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def container_owner(container: Any) -> tuple[str | None, int | None]:
+    """(function, version) of an instance: from its labels, or, for a specialized stem
+    cell (labels are fixed at creation), from the name the daemon gave it."""
+    labels = container.labels
+    if "lambda.function" in labels:
+        return labels["lambda.function"], int(labels["lambda.version"])
+    parsed = parse_instance_name(container.name)
+    return (parsed[0], parsed[1]) if parsed else (None, None)
 
 
 def daemon_env() -> dict[str, str]:
@@ -192,10 +204,12 @@ class Lambdad:
             conn.close()
 
     def containers(self, function: str | None = None) -> list[Any]:
-        filters = [f"lambda.daemon={self.daemon_id}"]
-        if function:
-            filters.append(f"lambda.function={function}")
-        return list(self.docker.containers.list(all=True, filters={"label": filters}))
+        """This daemon's containers: all (stem cells included), or one function's."""
+        found = self.docker.containers.list(  # a cell may go between the list and inspect
+            all=True, filters={"label": f"lambda.daemon={self.daemon_id}"}, ignore_removed=True)
+        if function is None:
+            return list(found)
+        return [c for c in found if container_owner(c)[0] == function]
 
     def images(self, function: str | None = None) -> list[Any]:
         filters = [f"lambda.daemon={self.daemon_id}"]

@@ -105,7 +105,7 @@ def test_every_setting_is_read_from_each_source() -> None:
         "keep_versions": "3", "max_code_size": "5", "max_unpacked_size": "9",
         "start_timeout": "4", "drain_grace": "6", "function_log_size": "1",
         "function_log_files": "2", "async_backoff": "0.5", "schedule_catch_up": "0",
-        "log_level": "debug",
+        "log_level": "debug", "cell_pool_size": "0", "pause_after": "1.5",
     }
     assert set(values) == {s.key for s in SETTINGS}
     text = "".join(f'{k} = "{v}"\n' for k, v in values.items())
@@ -123,6 +123,7 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.domain == "fn.example.com" and from_flags.public_port == 443
     assert from_flags.max_body_bytes == 2 * MIB and from_flags.async_backoff == 0.5
     assert from_flags.socket == Path("/srv/l.sock") and from_flags.log_level == "debug"
+    assert from_flags.cell_pool_size == 0 and from_flags.pause_after == 1.5
 
 
 def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:

@@ -38,7 +38,7 @@ class Harness:
         self.pool = InstancePool(version, start=self.start, destroy=self.destroy,
                                  spawn=self.spawn, clock=lambda: self.now)
 
-    async def start(self, version: FunctionVersion) -> Instance:
+    async def start(self, version: FunctionVersion, wanted: object = None) -> Instance:
         gate = asyncio.Event()
         self.gates.append(gate)
         if self.auto:

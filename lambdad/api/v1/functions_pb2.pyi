@@ -424,20 +424,36 @@ class WindowStats(_message.Message):
     def __init__(self, window: _Optional[str] = ..., invocations: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_seconds: _Optional[float] = ..., p95_seconds: _Optional[float] = ..., p99_seconds: _Optional[float] = ..., cold_start_rate: _Optional[float] = ..., instances_max: _Optional[int] = ...) -> None: ...
 
 class FunctionStats(_message.Message):
-    __slots__ = ("name", "windows", "instances_now")
+    __slots__ = ("name", "windows", "instances_now", "memory_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_NOW_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     windows: _containers.RepeatedCompositeFieldContainer[WindowStats]
     instances_now: int
-    def __init__(self, name: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[WindowStats, _Mapping]]] = ..., instances_now: _Optional[int] = ...) -> None: ...
+    memory_bytes: int
+    def __init__(self, name: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[WindowStats, _Mapping]]] = ..., instances_now: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
+class CellPoolClass(_message.Message):
+    __slots__ = ("resource_class", "ready", "starting", "memory_bytes")
+    RESOURCE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    STARTING_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    resource_class: str
+    ready: int
+    starting: int
+    memory_bytes: int
+    def __init__(self, resource_class: _Optional[str] = ..., ready: _Optional[int] = ..., starting: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("functions",)
+    __slots__ = ("functions", "cell_pool")
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    CELL_POOL_FIELD_NUMBER: _ClassVar[int]
     functions: _containers.RepeatedCompositeFieldContainer[FunctionStats]
-    def __init__(self, functions: _Optional[_Iterable[_Union[FunctionStats, _Mapping]]] = ...) -> None: ...
+    cell_pool: _containers.RepeatedCompositeFieldContainer[CellPoolClass]
+    def __init__(self, functions: _Optional[_Iterable[_Union[FunctionStats, _Mapping]]] = ..., cell_pool: _Optional[_Iterable[_Union[CellPoolClass, _Mapping]]] = ...) -> None: ...
 
 class ListInvocationsRequest(_message.Message):
     __slots__ = ("name", "status", "limit")

@@ -70,6 +70,7 @@ class HandlerLoadError(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
+        self.message = message
 
 
 class BadRequest(Exception):
@@ -468,7 +469,7 @@ class Connection:
         except HandlerLoadError as exc:
             init_ms = (time.monotonic() - self.server.init_started) * 1000
             report_init_error(exc, init_ms)
-            payload = {"errorType": exc.error_type, "errorMessage": str(exc),
+            payload = {"errorType": exc.error_type, "errorMessage": exc.message,
                        "initDurationMs": round(init_ms, 2)}
             self._write(502, headers, events.json.dumps(payload).encode(), head_only=False,
                         close=True, http10=False)

@@ -1,0 +1,130 @@
+"""A version's code and dependencies as plain files, for stem cells to load.
+
+Layout: ROOT/<function>/v<N>/{task,deps}. The folder is the daemon's (0700 at the
+root), every file in it is 0644 (0755 if executable) and owned by the daemon, so a
+function's user can read its code but never change it. A cell gets a private copy
+made of hard links (`link_into`): no bytes are copied, the cell sees only its own
+version, and removing one never touches the other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+TASK = "task"
+DEPS = "deps"
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def path(self, function: str, version: int) -> Path:
+        return self.root / function / f"v{version}"
+
+    def find(self, function: str, version: int) -> Path | None:
+        """The artifact's folder, or None (a Dockerfile function, or built before artifacts)."""
+        path = self.path(function, version)
+        return path if (path / TASK).is_dir() else None
+
+    def save(self, function: str, version: int, code: Path, deps: Path | None) -> Path:
+        """Copies a build's code (and resolved dependencies) in; atomic by rename."""
+        final = self.path(function, version)
+        staging = final.with_name(final.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shutil.copytree(code, staging / TASK, symlinks=True)
+        if deps is not None and deps.is_dir():
+            shutil.copytree(deps, staging / DEPS, symlinks=True)
+        else:
+            (staging / DEPS).mkdir()
+        _normalize(staging)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(staging, final)
+        return final
+
+    def clone(self, function: str, source: int, version: int) -> Path | None:
+        """A config-only version shares its source's files (hard links, no copy)."""
+        origin = self.find(function, source)
+        if origin is None:
+            return None
+        final = self.path(function, version)
+        staging = final.with_name(final.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        link_tree(origin, staging)
+        os.rename(staging, final)
+        return final
+
+    def remove(self, function: str, version: int) -> None:
+        shutil.rmtree(self.path(function, version), ignore_errors=True)
+
+    def remove_function(self, function: str) -> None:
+        shutil.rmtree(self.root / function, ignore_errors=True)
+
+    def retain(self, keep: Iterable[tuple[str, int]]) -> int:
+        """Removes every artifact not in `keep` (left by a daemon killed mid-deploy)."""
+        wanted = {self.path(f, v) for f, v in keep}
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for function in self.root.iterdir():
+            for version in function.iterdir():
+                if version not in wanted:
+                    shutil.rmtree(version, ignore_errors=True)
+                    removed += 1
+            if not any(function.iterdir()):
+                function.rmdir()
+        return removed
+
+
+def link_into(artifact: Path, target: Path) -> None:
+    """Fills `target` (holding empty task/ and deps/ folders) with hard links to `artifact`."""
+    link_tree(artifact, target)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Recreates `source`'s folders under `target` and hard-links its files into them.
+
+    Falls back to copying when the two are on different file systems.
+    """
+    for folder, dirs, files in os.walk(source):
+        relative = os.path.relpath(folder, source)
+        destination = target if relative == "." else target / relative
+        destination.mkdir(mode=0o755, exist_ok=True)
+        for name in files:
+            origin = os.path.join(folder, name)
+            link = destination / name
+            if os.path.islink(origin):
+                os.symlink(os.readlink(origin), link)
+                continue
+            try:
+                os.link(origin, link)
+            except OSError:
+                shutil.copy2(origin, link)
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                os.symlink(os.readlink(os.path.join(folder, name)), destination / name)
+
+
+def _normalize(root: Path) -> None:
+    """Readable by everyone, writable by nobody but the daemon."""
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+        for name in dirs:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755)

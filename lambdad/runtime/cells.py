@@ -1,0 +1,193 @@
+"""Stem cells: pre-started generic instances of the standard runtime, one pool per class.
+
+A cell is a container of the runtime image with its socket open and no function
+loaded. A cold request for a standard-runtime function takes one and specializes it
+(the runtime manager does that); from then on it is an ordinary instance of that
+version and never comes back here. This module is the pool's bookkeeping only:
+which cells are ready, which are starting, what to start next. Starting and
+stopping containers are callables the manager passes in, so the rules are unit
+tested without Docker.
+
+- The pool keeps `size` ready cells for every class in use (the classes of the
+  routed standard-runtime functions); classes that fall out of use lose their cells.
+- At most `max_starting` cells start at once, so refilling after a burst does not
+  crowd out the containers that requests are waiting for.
+- A start that fails is not retried at once: after consecutive failures `refill()`
+  waits 1, 2, 4 ... up to 60 seconds, so a missing runtime image cannot spin the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambdad.functions import FunctionConfig
+
+if TYPE_CHECKING:
+    from lambdad.runtime.upstream import UpstreamConnection
+
+log = logging.getLogger("lambdad.runtime")
+
+
+@dataclass(frozen=True, order=True)
+class CellClass:
+    """The limits a container is created with; cells of one class are interchangeable."""
+
+    memory_mb: int
+    network: str
+    cpu: float
+    pids_limit: int
+
+    @classmethod
+    def of(cls, config: FunctionConfig) -> CellClass:
+        return cls(config.memory_mb, config.network, config.cpu, config.pids_limit)
+
+    def label(self) -> str:
+        return f"{self.memory_mb}MiB/{self.cpu:g}cpu/{self.pids_limit}pids/{self.network}"
+
+
+@dataclass(eq=False)
+class Cell:
+    id: str
+    cell_class: CellClass
+    container_id: str
+    socket_dir: Path  # bound read-write at /run/lambda: the runtime's socket
+    code_dir: Path  # holds task/ and deps/, bound read-only at /var/task and /opt/lambda/deps
+    conn: UpstreamConnection | None = None  # opened when the socket answered
+    started_at: float = 0.0
+    start_ms: float = 0.0  # container create + start + socket answering
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    cell_class: CellClass
+    ready: int
+    starting: int
+
+
+class CellPool:
+    def __init__(
+        self,
+        size: int,
+        *,
+        start: Callable[[CellClass], Awaitable[Cell]],
+        destroy: Callable[[Cell], Awaitable[None]],
+        spawn: Callable[[Awaitable[None]], None],
+        max_starting: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.size = size
+        self._clock = clock
+        self._failures = 0  # consecutive failed starts
+        self._retry_at = 0.0
+        self.max_starting = max_starting
+        self._start = start
+        self._destroy = destroy
+        self._spawn = spawn
+        self._ready: dict[CellClass, deque[Cell]] = {}
+        self._starting: Counter[CellClass] = Counter()
+        self._wanted: set[CellClass] = set()
+        self.closed = False
+        self.started_total = 0
+        self.failed_total = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and not self.closed
+
+    def want(self, classes: Iterable[CellClass]) -> None:
+        """Sets the classes in use; cells of other classes stop, missing ones start."""
+        self._wanted = set(classes) if self.enabled else set()
+        for cell_class in list(self._ready):
+            if cell_class not in self._wanted:
+                for cell in self._ready.pop(cell_class):
+                    self._spawn(self._destroy(cell))
+        self.refill()
+
+    def take(self, cell_class: CellClass) -> Cell | None:
+        """A ready cell of exactly this class, else one that differs only in memory and
+        CPU (the caller updates those), else None. The pool refills in the background."""
+        cell = self._pop(cell_class)
+        if cell is None:
+            for other in sorted(self._ready):
+                if (other.network, other.pids_limit) == (cell_class.network,
+                                                         cell_class.pids_limit):
+                    cell = self._pop(other)
+                    if cell is not None:
+                        break
+        if cell is not None:
+            self.refill()
+        return cell
+
+    def _pop(self, cell_class: CellClass) -> Cell | None:
+        ready = self._ready.get(cell_class)
+        if not ready:
+            return None
+        cell = ready.popleft()  # the oldest: all are equal, and the young ones settle
+        if not ready:
+            del self._ready[cell_class]
+        return cell
+
+    def refill(self) -> None:
+        if not self.enabled or self._clock() < self._retry_at:
+            return
+        for cell_class in sorted(self._wanted):
+            have = len(self._ready.get(cell_class, ())) + self._starting[cell_class]
+            for _ in range(self.size - have):
+                if sum(self._starting.values()) >= self.max_starting:
+                    return
+                self._starting[cell_class] += 1
+                self._spawn(self._start_one(cell_class))
+
+    async def _start_one(self, cell_class: CellClass) -> None:
+        try:
+            cell = await self._start(cell_class)
+        except Exception as exc:
+            self._starting[cell_class] -= 1
+            self.failed_total += 1
+            self._failures += 1
+            backoff = min(60.0, 2.0 ** (self._failures - 1))
+            self._retry_at = self._clock() + backoff
+            log.warning("stem cell failed to start class=%s retry_in_s=%g error=%s",
+                        cell_class.label(), backoff, exc)
+            return
+        self._starting[cell_class] -= 1
+        self.started_total += 1
+        self._failures = 0
+        if not self.enabled or cell_class not in self._wanted:
+            await self._destroy(cell)
+            return
+        self._ready.setdefault(cell_class, deque()).append(cell)
+        self.refill()
+
+    def lost(self, container_id: str) -> Cell | None:
+        """A ready cell's container died: forget it (the caller cleans up)."""
+        for cell_class, ready in list(self._ready.items()):
+            for cell in ready:
+                if cell.container_id == container_id:
+                    ready.remove(cell)
+                    if not ready:
+                        del self._ready[cell_class]
+                    return cell
+        return None
+
+    def ready_cells(self) -> list[Cell]:
+        return [cell for ready in self._ready.values() for cell in ready]
+
+    def stats(self) -> list[ClassStats]:
+        classes = sorted(set(self._ready) | {c for c, n in self._starting.items() if n} |
+                         self._wanted)
+        return [ClassStats(c, len(self._ready.get(c, ())), self._starting[c]) for c in classes]
+
+    def close(self) -> list[Cell]:
+        """Stops refilling and hands back every ready cell for the caller to destroy."""
+        self.closed = True
+        self._wanted = set()
+        cells = self.ready_cells()
+        self._ready.clear()
+        return cells
