@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import grpc
@@ -62,7 +64,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class BenchDaemon:
-    def __init__(self, *, log_level: str = "warning") -> None:
+    def __init__(self, *, log_level: str = "warning", extra_args: list[str] | None = None
+                 ) -> None:
+        self.extra_args = list(extra_args or [])  # more lambdad flags, e.g. --pause-after 0.5
         self.state_dir = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
         self.image_prefix = f"lambda-bench-{secrets.token_hex(4)}"
         self.gateway_port = 0
@@ -113,6 +117,7 @@ class BenchDaemon:
             "--image-prefix", self.image_prefix,
             "--drain-grace", "2",
             "--log-level", self.log_level,
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=ROOT,
@@ -150,19 +155,41 @@ class BenchDaemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def instance_socket(self, function: str) -> Path:
-        """The invoke socket of the function's newest instance (found by container labels)."""
+    def function_containers(self, function: str, *, running: bool = False
+                            ) -> list[dict[str, Any]]:
+        """The function's containers (low-level list entries, no inspect races): those
+        labelled for it (started as containers) and those named after it (specialized stem
+        cells keep only their `lambda.cell` label and are renamed lambda-<fn>-v<N>-<id>)."""
         daemon_id = self.daemon_id
         if daemon_id is None:
             raise RuntimeError("lambdad wrote no daemon-id")
-        found = self.docker.containers.list(filters={
-            "label": [f"lambda.daemon={daemon_id}", f"lambda.function={function}"],
-            "status": "running",
-        })
+        found: list[dict[str, Any]] = self.docker.api.containers(
+            all=not running, filters={"label": f"lambda.daemon={daemon_id}"})
+        named = re.compile(rf"^/?lambda-{re.escape(function)}-v(\d+)-[0-9a-f]{{12}}\Z")
+        return [c for c in found
+                if (c.get("Labels") or {}).get("lambda.function") == function
+                or any(named.match(n) for n in c.get("Names") or [])]
+
+    @staticmethod
+    def container_version(container: dict[str, Any]) -> int:
+        """The version a container of `function_containers` serves (label, else name)."""
+        labels = container.get("Labels") or {}
+        if "lambda.version" in labels:
+            return int(labels["lambda.version"])
+        for name in container.get("Names") or []:
+            match = re.search(r"-v(\d+)-[0-9a-f]{12}\Z", name)
+            if match:
+                return int(match[1])
+        return 0
+
+    def instance_socket(self, function: str) -> Path:
+        """The invoke socket of the function's newest instance (found by its container)."""
+        found = self.function_containers(function, running=True)
         if not found:
             raise RuntimeError(f"no running instance of {function!r}")
-        newest = max(found, key=lambda c: int(c.labels.get("lambda.version", "0")))
-        path = self.state_dir / "i" / str(newest.labels["lambda.instance"]) / "invoke.sock"
+        newest = max(found, key=self.container_version)
+        instance = (newest.get("Labels") or {}).get("lambda.instance", "?")
+        path = self.state_dir / "i" / str(instance) / "invoke.sock"
         if not path.exists():
             raise RuntimeError(f"instance socket {path} is missing")
         return path

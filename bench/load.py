@@ -1,4 +1,4 @@
-"""The issue's load benchmarks: warm (gateway vs instance socket), cold (vs `docker run`), peer.
+"""The issue's load benchmarks: warm (gateway vs instance socket) and peer.
 
 Each load run goes through bench/loadgen.py in a process of its own; see bench/README.md.
 Traffic goes only to 127.0.0.1 and to Unix sockets.
@@ -23,12 +23,11 @@ from typing import Any
 
 from harness import ROOT, BenchDaemon, UnixHTTPConnection, executable, free_port
 from loadgen import LoadResult, canned_server, measure
-from stats import LoadRow, Result, Summary
+from stats import LoadRow, Result
 
 SOURCE = ROOT / "functions" / "greet"
 WARM_FUNCTION = "bench-warm"
 EXTRA = os.environ.get("BENCH_DEPLOY_ARGS", "").split()  # experiment knob
-COLD_FUNCTION = "bench-cold"
 QUERY = "/?name=World"
 EXPECTED = b"Hello, World!"
 CLIENTS = (1, 32)
@@ -36,7 +35,6 @@ CLIENTS = (1, 32)
 # Targets of the issue (printed as PASS/MISS, never asserted).
 MAX_P50_OVERHEAD_MS = 0.5
 MIN_RPS_SHARE_32 = 0.60
-MAX_COLD_RATIO = 1.0
 
 PEER_PACKAGE = "functions-framework"
 PEER_VERSION = "3.10.2"  # verified: serves with gunicorn (gthread), 1 worker, 4 threads/core
@@ -50,7 +48,8 @@ class LoadBenchError(RuntimeError):
 
 @dataclass
 class LoadReport:
-    """What the warm, cold and peer benchmarks found; printed after the main table."""
+    """What the warm and peer benchmarks found; printed after the main table (cold starts:
+    bench/cold.py)."""
 
     rows: list[LoadRow] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)  # rows of the main (median) table
@@ -194,13 +193,11 @@ def bench_warm(daemon: BenchDaemon, report: LoadReport, *, duration: float,
     }
 
 
-# Cold: first response from zero instances against `docker run --rm IMAGE true`.
+# Containers and CPU accounting.
 
 def _containers(daemon: BenchDaemon, function: str) -> list[str]:
-    """Ids of the function's containers, any state (the low-level list: no inspect races)."""
-    found = daemon.docker.api.containers(all=True, filters={
-        "label": [f"lambda.daemon={daemon.daemon_id}", f"lambda.function={function}"]})
-    return [str(c["Id"]) for c in found]
+    """Ids of the function's containers, any state, specialized stem cells included."""
+    return [str(c["Id"]) for c in daemon.function_containers(function)]
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -257,67 +254,6 @@ def _with_cpu(daemon: BenchDaemon, container_id: str | None, **kwargs: Any
     d1 = _proc_cpu_s(pid) if pid else None
     c1 = _container_cpu_s(container_id) if container_id else None
     return result, _cpu_pct(d0, d1, wall), _cpu_pct(c0, c1, wall)
-
-
-def _wait_gone(daemon: BenchDaemon, function: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _containers(daemon, function):
-        if time.monotonic() > deadline:
-            raise LoadBenchError(f"the instances of {function} were not reaped in {timeout:.0f} s "
-                                 "(idle timeout 1 s)")
-        time.sleep(0.1)
-
-
-def bench_cold(daemon: BenchDaemon, report: LoadReport, *, rounds: int) -> None:
-    print(f"  cold: deploying {COLD_FUNCTION} (--idle-timeout 1, scale to zero)", flush=True)
-    info = _deploy(daemon, COLD_FUNCTION, "--idle-timeout", "1", "--min-instances", "0")
-    image = str(info.get("image") or "")
-    if not image:
-        raise LoadBenchError(f"`lambdactl get {COLD_FUNCTION} -o json` shows no image: {info}")
-    docker_run = ["docker", "run", "--rm", "--network", "none", image, "true"]
-    host = f"{COLD_FUNCTION}.localhost"
-
-    def cold_request() -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", daemon.gateway_port, timeout=60)
-        try:
-            start = time.perf_counter_ns()
-            response = _check(conn, {"Host": host})
-            elapsed = time.perf_counter_ns() - start
-        finally:
-            conn.close()
-        if response.getheader("Lambda-Cold-Start", "") != "true":
-            raise LoadBenchError("the timed request was not a cold start "
-                                 f"(Lambda-Cold-Start: {response.getheader('Lambda-Cold-Start')})")
-        return elapsed
-
-    _run(docker_run, timeout=60)  # warm-up: the image's layers in the page cache
-    cold: list[int] = []
-    baseline: list[int] = []
-    for i in range(rounds):
-        _wait_gone(daemon, COLD_FUNCTION)
-        start = time.perf_counter_ns()
-        _run(docker_run, timeout=60)
-        baseline.append(time.perf_counter_ns() - start)
-        time.sleep(0.2)  # let docker finish the removal's bookkeeping
-        cold.append(cold_request())
-        print(f"    round {i + 1}: cold start {cold[-1] / 1e6:.0f} ms, docker run "
-              f"{baseline[-1] / 1e6:.0f} ms", flush=True)
-    result = Result(
-        name="cold start via gateway",
-        what=f"GET {QUERY} to {COLD_FUNCTION} with no instance running: time to the full "
-        "response (container start, runtime start, handler import, the request)",
-        subject=Summary.of(cold),
-        baseline_name="docker run --rm true",
-        baseline=Summary.of(baseline),
-        notes=[f"baseline: `docker run --rm --network none {image} true` (wall time of the "
-               "CLI: create, start, wait, remove)"],
-    )
-    report.results.append(result)
-    report.verdicts.append(
-        f"cold start: {result.subject.median_ms:.0f} ms / docker run "
-        f"{result.baseline.median_ms:.0f} ms = {result.ratio:.2f}x (target <= "
-        f"{MAX_COLD_RATIO:.1f}x) {_verdict(result.ratio <= MAX_COLD_RATIO)}")
-    report.figures["cold"] = {"ratio_of_medians": round(result.ratio, 3)}
 
 
 # Peer: the same handler served by Google's functions-framework, under the same load.

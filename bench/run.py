@@ -30,8 +30,9 @@ from typing import Any
 
 import grpc
 from async_bench import AsyncReport, bench_async
+from cold import ColdReport, bench_cold
 from harness import GRPC_OPTIONS, ROOT, BenchDaemon, UnixHTTPConnection, executable
-from load import LoadReport, bench_cold, bench_peer, bench_warm
+from load import LoadReport, bench_peer, bench_warm
 from stats import Result, Summary, render_load_table, render_table
 
 from lambdad.api.v1 import functions_pb2, functions_pb2_grpc
@@ -74,8 +75,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="measuring window of each warm/peer load run (default: 3)")
     parser.add_argument("--warmup", type=float, default=0.5, metavar="SECONDS",
                         help="warm-up before each load run's window (default: 0.5)")
-    parser.add_argument("--cold-rounds", type=int, default=5,
-                        help="cold starts and docker runs timed (default: 5)")
+    parser.add_argument("--cold-rounds", type=int, default=30,
+                        help="cold: stem-cell cold starts timed, after one warm-up; they stop "
+                        "after 3x --budget (default: 30)")
+    parser.add_argument("--cold-ref-rounds", type=int, default=8, metavar="N",
+                        help="cold: docker run baselines, new-container cold starts and "
+                        "unpauses timed (default: 8)")
+    parser.add_argument("--burst", type=int, default=100, metavar="N",
+                        help="cold: concurrent requests to a function at zero instances "
+                        "(default: 100)")
+    parser.add_argument("--cell-pool-size", type=int, default=2, metavar="N",
+                        help="lambdad --cell-pool-size: stem cells kept ready per class "
+                        "(default: 2, lambdad's default)")
+    parser.add_argument("--pause-after", type=float, default=0.5, metavar="SECONDS",
+                        help="lambdad --pause-after: idle Dockerfile instances are paused "
+                        "after this long; only the cold group deploys any (default: 0.5)")
     parser.add_argument("--async-events", type=int, default=2000, metavar="N",
                         help="async: events enqueued, and sync calls of its baseline, each "
                         "bounded by min(--budget, 8) seconds (default: 2000)")
@@ -89,12 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-log", action="store_true",
                         help="print the daemon's log at the end")
     args = parser.parse_args(argv)
-    for name in ("rounds", "requests", "deploys", "cold_rounds", "async_events",
-                 "async_threads"):
+    for name in ("rounds", "requests", "deploys", "cold_rounds", "cold_ref_rounds", "burst",
+                 "cell_pool_size", "async_events", "async_threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.cron_window < 2:
         parser.error("--cron-window must be at least 2 seconds")
+    if args.pause_after <= 0:
+        parser.error("--pause-after must be positive (the cold group measures unpausing)")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup not negative")
     only = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -321,6 +337,8 @@ def reproduce(args: argparse.Namespace) -> str:
     return (f".venv/bin/python bench/run.py --rounds {args.rounds} --requests {args.requests} "
             f"--deploys {args.deploys} --budget {args.budget:g} --duration {args.duration:g} "
             f"--warmup {args.warmup:g} --cold-rounds {args.cold_rounds} "
+            f"--cold-ref-rounds {args.cold_ref_rounds} --burst {args.burst} "
+            f"--cell-pool-size {args.cell_pool_size} --pause-after {args.pause_after:g} "
             f"--async-events {args.async_events} --async-threads {args.async_threads} "
             f"--cron-window {args.cron_window:g}{only}")
 
@@ -349,17 +367,19 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    daemon = BenchDaemon()
+    daemon = BenchDaemon(extra_args=["--cell-pool-size", str(args.cell_pool_size),
+                                     "--pause-after", f"{args.pause_after:g}"])
     results: list[Result] = []
     load = LoadReport()
     asyncs = AsyncReport()
+    colds = ColdReport()
     failed: str | None = None
     titles = {
         "deploy": "deploy with a warm build cache",
         "http": "HTTP invoke through the gateway",
         "invoke": "lambdactl invoke vs gRPC",
         "warm": "warm load: gateway vs instance socket, 1 and 32 clients",
-        "cold": "cold start vs docker run",
+        "cold": "cold starts: stem cell, new container, unpause, burst, idle memory",
         "peer": "peer: functions-framework under the same load",
         "async": "async: event enqueue and delivery vs sync Invoke; cron lag vs asyncio timers",
     }
@@ -382,8 +402,10 @@ def main(argv: list[str] | None = None) -> int:
             elif group == "warm":
                 bench_warm(daemon, load, duration=args.duration, warmup=args.warmup)
             elif group == "cold":
-                bench_cold(daemon, load, rounds=args.cold_rounds)
-                results.extend(load.results[-1:])
+                bench_cold(daemon, colds, rounds=args.cold_rounds,
+                           ref_rounds=args.cold_ref_rounds, burst=args.burst,
+                           pool_size=args.cell_pool_size, budget=args.budget)
+                results.extend(colds.results)
             elif group == "peer":
                 bench_peer(daemon, load, duration=args.duration, warmup=args.warmup)
             elif group == "async":
@@ -433,15 +455,21 @@ def main(argv: list[str] | None = None) -> int:
               "the bottleneck)")
         for note in load.notes:
             print(f"    {note}")
+    if colds.lines:
+        print()
+        print("cold starts:")
+        for line in colds.lines:
+            print(f"  {line}")
     if asyncs.lines:
         print()
         print("async (figures only, no targets):")
         for line in asyncs.lines:
             print(f"  {line}")
-    if load.verdicts:
+    verdicts = [*load.verdicts, *colds.verdicts]
+    if verdicts:
         print()
         print("targets (printed, never asserted):")
-        for verdict in load.verdicts:
+        for verdict in verdicts:
             print(f"  {verdict}")
     print(f"took {elapsed:.0f} s; reproduce with: make bench   (or: {reproduce(args)})")
 
@@ -456,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": round(elapsed, 1),
             "results": [r.as_json() for r in results],
             "load": [vars(r) for r in load.rows],
-            "targets": load.verdicts,
-            "figures": {**load.figures, **asyncs.figures},
+            "targets": verdicts,
+            "figures": {**load.figures, **colds.figures, **asyncs.figures},
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"results written to {path}")
