@@ -93,11 +93,16 @@ DOCDIR := $(PREFIX)/share/doc/lambda
 BASHCOMPDIR := $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR := $(PREFIX)/share/zsh/site-functions
 DEST := $(DESTDIR)
+# The service runs as its own user, so its interpreter must not live in someone's home
+# (pyenv, conda): the system Python when there is one.
+INSTALL_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v $(PYTHON))
 
 install: $(BIN)/.installed
 	rm -rf build/wheel && $(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w build/wheel .
 	rm -rf $(DEST)$(LIBDIR)
-	$(PYTHON) -m venv $(DEST)$(LIBDIR)
+	@$(INSTALL_PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "installing python3-venv..."; \
+		apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
+	$(INSTALL_PYTHON) -m venv $(DEST)$(LIBDIR)
 	$(DEST)$(LIBDIR)/bin/pip install --quiet --disable-pip-version-check build/wheel/*.whl
 	@if [ -n "$(DESTDIR)" ]; then \
 		grep -rlI --null "$(DEST)$(LIBDIR)" $(DEST)$(LIBDIR)/bin $(DEST)$(LIBDIR)/pyvenv.cfg \

@@ -7,8 +7,11 @@ re-applies Python's `data` filter as a second line of defence.
 
 from __future__ import annotations
 
+import copy
+import os
 import posixpath
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +138,35 @@ def read_member(path: Path, name: str, max_bytes: int = 1024 * 1024) -> str | No
     return None
 
 
-def extract(path: Path, dest: Path) -> None:
+# Extraction filters came in 3.11.4; Debian 12's system Python is 3.11.2.
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def extract(path: Path, dest: Path, *, use_filter: bool = HAS_DATA_FILTER) -> None:
     """Extracts an archive that `validate` accepted."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(path, mode="r:*") as archive:
-            archive.extractall(dest, filter="data")
+            if use_filter:
+                archive.extractall(dest, filter="data")
+            else:
+                archive.extractall(dest, members=_sanitized(archive), numeric_owner=True)
     except (OSError, tarfile.TarError) as exc:  # a shape validate() let through
         raise InvalidArgument(f"cannot extract the archive: {exc}") from None
+
+
+def _sanitized(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """What the `data` filter does, for Pythons without it: members re-checked, owned by
+    us, no setuid/setgid/sticky bits and no group or world write."""
+    seen: set[str] = set()
+    for member in archive.getmembers():
+        name = check_member(member, seen)
+        if member.isfile():
+            seen.add(name)
+        safe = copy.copy(member)
+        safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
+        if safe.isdir():
+            safe.mode = 0o755
+        elif safe.isfile() or safe.islnk():
+            safe.mode = (safe.mode & 0o755) | 0o600
+        yield safe
