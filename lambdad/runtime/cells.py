@@ -93,6 +93,7 @@ class CellPool:
         self._starting: Counter[CellClass] = Counter()
         self._wanted: set[CellClass] = set()
         self.closed = False
+        self.held = False  # wanted classes are kept, but nothing starts (until reconciled)
         self.started_total = 0
         self.failed_total = 0
 
@@ -134,7 +135,7 @@ class CellPool:
         return cell
 
     def refill(self) -> None:
-        if not self.enabled or self._clock() < self._retry_at:
+        if not self.enabled or self.held or self._clock() < self._retry_at:
             return
         for cell_class in sorted(self._wanted):
             have = len(self._ready.get(cell_class, ())) + self._starting[cell_class]

@@ -81,6 +81,9 @@ class RuntimeManager:
             cell_pool_size if artifacts is not None else 0,
             start=self._start_cell, destroy=self._destroy_cell, spawn=self._spawn,
         )
+        # No cell starts before `reconcile` has cleared what an earlier run left in the
+        # instance and cell folders: it would remove a new cell's folders with them.
+        self.cells.held = True
 
     # Routing state
 
@@ -200,6 +203,7 @@ class RuntimeManager:
         for child in self._cells_dir.iterdir():  # generic cells never outlive their daemon
             if child.name not in adopted:
                 shutil.rmtree(child, ignore_errors=True)
+        self.cells.held = False
         self.cells.refill()
         return len(adopted), removed
 

@@ -55,9 +55,11 @@ def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
     assert daemon.http("greet", "/?name=x").json() == {"message": "Hello, x!"}
     assert len(daemon.containers("greet")) == 1
     assert daemon.containers("greet")[0].id != greet.id
-    assert sorted(p.name for p in (daemon.state_dir / "i").iterdir()) == sorted(
+    # One folder per container, nothing stale (compared once the pool's refill settled:
+    # a starting cell has its folder a moment before its container).
+    assert _wait_for(lambda: sorted(p.name for p in (daemon.state_dir / "i").iterdir()) == sorted(
         c.labels["lambda.instance"] for c in daemon.containers()
-    )
+    ))
 
 
 def _generic_cells(daemon: Lambdad) -> list[object]:

@@ -267,3 +267,20 @@ def test_a_failed_save_leaves_no_artifact(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         store.save("a", 1, tmp_path / "missing", None)
     assert store.find("a", 1) is None
+
+
+def test_a_held_pool_starts_nothing_until_released() -> None:
+    """The daemon holds the pool until its restart clean-up is done: a cell started during
+    it would lose its folders to that clean-up."""
+    async def scenario() -> None:
+        h = Harness(size=2)
+        h.pool.held = True
+        h.pool.want([SMALL])
+        await h.settle()
+        assert h.started == [] and h.pool.take(SMALL) is None
+        h.pool.held = False
+        h.pool.refill()
+        await h.settle()
+        assert h.ready(SMALL) == 2
+
+    run(scenario())
