@@ -521,7 +521,7 @@ class ControlPlane:
         for key, value in response.headers:
             if key.lower() == b"lambda-function-error":
                 function_error = value.decode(errors="replace")
-        self._observe(name, response.status, started, cold=response.cold_start,
+        self._observe(name, response.status, started, start=response.start,
                       function_error=bool(function_error))
         return DirectResult(request_id=request_id, status=response.status, payload=body,
                             function_error=function_error, version=response.version,
@@ -704,7 +704,7 @@ class ControlPlane:
             return False, status_for(exc)[0], None, exc.message
         body = await response.read()
         failed = any(key.lower() == b"lambda-function-error" for key, _ in response.headers)
-        self._observe(invocation.function, response.status, started, cold=response.cold_start,
+        self._observe(invocation.function, response.status, started, start=response.start,
                       function_error=failed, kind="event")
         ok = 200 <= response.status < 300 and not failed
         error = "" if ok else body.decode("utf-8", "replace")[:2000]
@@ -754,11 +754,11 @@ class ControlPlane:
             self._on_enqueued()
         return count
 
-    def _observe(self, name: str, status: int, started: float, *, cold: bool = False,
+    def _observe(self, name: str, status: int, started: float, *, start: str = "",
                  function_error: bool = False, kind: str = "direct") -> None:
         if self._metrics is not None:
             self._metrics.invocation(name, kind, status, time.monotonic() - started,
-                                     cold=cold, function_error=function_error)
+                                     start=start, function_error=function_error)
 
     async def delete(self, name: str) -> tuple[int, int]:
         """Removes rows, instances and images; returns (versions, instances) removed."""

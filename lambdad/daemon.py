@@ -32,7 +32,7 @@ from lambdad.gateway.server import Gateway
 from lambdad.logs import LogCapture, LogStore
 from lambdad.logs.capture import Source
 from lambdad.metrics import AdminServer, Metrics
-from lambdad.metrics.registry import PoolSample
+from lambdad.metrics.registry import CellSample, PoolSample
 from lambdad.notify import Notifier
 from lambdad.queue import AsyncWorker
 from lambdad.runtime.docker_backend import DockerBackend
@@ -194,6 +194,9 @@ class Daemon:
         metrics.watch_pools(lambda: [
             PoolSample(name, *astuple(runtime.counts(name))) for name in runtime.routed()
         ])
+        metrics.watch_cells(lambda: [
+            CellSample(c.cell_class.label(), c.ready, c.starting) for c in runtime.cell_stats()
+        ])
         builder = ImageBuilder(client, runtime_image=config.runtime_image,
                                spool_dir=config.state_dir / "spool", daemon_id=daemon_id,
                                wheelhouse=config.wheelhouse, artifacts=artifacts)
@@ -298,8 +301,8 @@ class Daemon:
             runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
             authorize=authorize, max_connections=config.max_connections,
             enqueue=lambda name, body: control.enqueue(name, body, source="http"),
-            observe=lambda name, code, seconds, cold, failed: metrics.invocation(
-                name, "http", code, seconds, cold=cold, function_error=failed),
+            observe=lambda name, code, seconds, start, failed: metrics.invocation(
+                name, "http", code, seconds, start=start, function_error=failed),
         )
         try:
             await gateway.start(config.gateway_listen.host, config.gateway_listen.port)

@@ -33,8 +33,9 @@ from lambdad.runtime.invocation import (
 log = logging.getLogger("lambdad.gateway")
 
 Reply = tuple[int, Headers, bytes]
-# (function, status, seconds to the response head, cold start, the handler raised)
-Observer = Callable[[str, int, float, bool, bool], None]
+# (function, status, seconds to the response head, how the instance was got: warm, cell,
+# unpaused, container, or "" without one; the handler raised)
+Observer = Callable[[str, int, float, str, bool], None]
 # (function, request headers) -> None when allowed, else the error (functions with auth = "key")
 Authorize = Callable[[str, Headers], "errors.LambdaError | None"]
 # (function, JSON payload) -> invocation id; for `Lambda-Invocation-Type: Event` requests
@@ -389,18 +390,18 @@ class _Client:
                 self._observe(invocation.function, reply[0])
             return await self._respond(reply, version=invocation.version)
         failed = any(key == b"lambda-function-error" for key, _ in response.headers)
-        self._observe(invocation.function, response.status, cold=response.cold_start,
+        self._observe(invocation.function, response.status, start=response.start,
                       function_error=failed)
         try:
             return await self._relay(response, invocation.request_id)
         finally:
             await _dispose(response)
 
-    def _observe(self, function: str, status: int, *, cold: bool = False,
+    def _observe(self, function: str, status: int, *, start: str = "",
                  function_error: bool = False) -> None:
         if self.gw.observe is not None:
             seconds = asyncio.get_running_loop().time() - self.started
-            self.gw.observe(function, status, seconds, cold, function_error)
+            self.gw.observe(function, status, seconds, start, function_error)
 
     async def _relay(self, response: InvocationResponse, request_id: str) -> int:
         status = response.status

@@ -33,6 +33,33 @@ class PoolSample:
     queued: int
 
 
+COLD_PATHS = ("cell", "container")  # a new instance; "unpaused" is a thaw, not a start
+
+
+@dataclass(frozen=True)
+class CellSample:
+    resource_class: str
+    ready: int
+    starting: int
+
+
+class _CellCollector(Collector):
+    """Stem cells by class and state, read from the runtime at scrape time."""
+
+    def __init__(self, sample: Callable[[], Iterable[CellSample]]) -> None:
+        self._sample = sample
+
+    def collect(self) -> Iterator[Metric]:
+        cells = GaugeMetricFamily(
+            "lambdad_stem_cells", "Pre-started generic instances by resource class and state",
+            labels=["resource_class", "state"],
+        )
+        for sample in self._sample():
+            cells.add_metric([sample.resource_class, "ready"], sample.ready)
+            cells.add_metric([sample.resource_class, "starting"], sample.starting)
+        yield cells
+
+
 class _PoolCollector(Collector):
     """Instances by state and queue depth, read from the runtime at scrape time."""
 
@@ -68,8 +95,9 @@ class Metrics:
             "lambdad_invocation_duration_seconds", "Time from request to response head",
             ["function"], buckets=LATENCY_BUCKETS, registry=r)
         self.cold_starts = Counter(
-            "lambdad_cold_starts", "Invocations that waited for an instance to start",
-            ["function"], registry=r)
+            "lambdad_cold_starts", "Invocations that waited for an instance to start, by "
+            "how it started: cell (a specialized stem cell) or container",
+            ["function", "path"], registry=r)
         self.init_duration = Histogram(
             "lambdad_instance_init_duration_seconds",
             "Time from container create to its socket answering", ["function"],
@@ -99,15 +127,20 @@ class Metrics:
     def watch_pools(self, sample: Callable[[], Iterable[PoolSample]]) -> None:
         self.registry.register(_PoolCollector(sample))
 
+    def watch_cells(self, sample: Callable[[], Iterable[CellSample]]) -> None:
+        self.registry.register(_CellCollector(sample))
+
     def invocation(self, function: str, kind: str, code: int, seconds: float, *,
-                   cold: bool = False, function_error: bool = False) -> None:
-        """One finished invocation, whoever made it (gateway, Invoke RPC)."""
+                   start: str = "", function_error: bool = False) -> None:
+        """One finished invocation, whoever made it (gateway, Invoke RPC); `start` says how
+        its instance was got (warm, cell, unpaused, container; "" when none served it)."""
+        cold = start in COLD_PATHS
         self.stats.invocation(function, seconds, error=function_error or code >= 500,
                               cold=cold, at=time.time())
         self.invocations.labels(function, kind, str(code)).inc()
         self.duration.labels(function).observe(seconds)
         if cold:
-            self.cold_starts.labels(function).inc()
+            self.cold_starts.labels(function, start).inc()
         if code == 504:
             self.timeouts.labels(function).inc()
         elif code == 429:

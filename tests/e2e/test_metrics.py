@@ -85,10 +85,12 @@ def test_cold_starts_are_counted(lambdad: Lambdad, tmp_path: Path) -> None:
     deadline = time.monotonic() + 20
     while lambdad.containers("coldcount") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert lambdad.http("coldcount").headers["lambda-cold-start"] in ("cell", "container")
+    path = lambdad.http("coldcount").headers["lambda-cold-start"]
+    assert path in ("cell", "container")
     assert lambdad.http("coldcount").headers["lambda-cold-start"] == "warm"
     text = _get(lambdad, "/metrics")[2]
-    assert _value(text, "lambdad_cold_starts_total", function="coldcount") == 1
+    assert _value(text, "lambdad_cold_starts_total", function="coldcount", path=path) == 1
+    assert _value(text, "lambdad_stem_cells", state="ready") >= 1  # the pool, by class
 
 
 def test_stats_summarize_known_traffic_and_survive_a_restart(

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from lambdad.metrics import AdminServer, Metrics
-from lambdad.metrics.registry import PoolSample
+from lambdad.metrics.registry import CellSample, PoolSample
 
 
 def test_invocation_outcomes_land_in_the_right_counters() -> None:
     metrics = Metrics()
-    metrics.invocation("f", "http", 200, 0.01, cold=True)
+    metrics.invocation("f", "http", 200, 0.01, start="cell")
+    metrics.invocation("f", "http", 200, 0.01, start="container")
+    metrics.invocation("f", "http", 200, 0.01, start="unpaused")  # a thaw, not a start
+    metrics.invocation("f", "http", 200, 0.01, start="warm")
     metrics.invocation("f", "http", 500, 0.02, function_error=True)
     metrics.invocation("f", "http", 502, 0.03)
     metrics.invocation("f", "direct", 504, 1.0)
     metrics.invocation("f", "http", 429, 0.5)
     text = metrics.render().decode()
-    assert 'lambdad_invocations_total{code="200",function="f",type="http"} 1.0' in text
-    assert 'lambdad_cold_starts_total{function="f"} 1.0' in text
+    assert 'lambdad_invocations_total{code="200",function="f",type="http"} 4.0' in text
+    assert 'lambdad_cold_starts_total{function="f",path="cell"} 1.0' in text
+    assert 'lambdad_cold_starts_total{function="f",path="container"} 1.0' in text
+    assert 'path="unpaused"' not in text and 'path="warm"' not in text
     assert 'lambdad_invocation_errors_total{function="f",kind="handler"} 1.0' in text
     assert 'lambdad_invocation_errors_total{function="f",kind="instance"} 1.0' in text
     assert 'lambdad_invocation_timeouts_total{function="f"} 1.0' in text
     assert 'lambdad_throttles_total{function="f"} 1.0' in text
-    assert 'lambdad_invocation_duration_seconds_count{function="f"} 5.0' in text
+    assert 'lambdad_invocation_duration_seconds_count{function="f"} 8.0' in text
 
 
 def test_pool_states_are_read_at_scrape_time() -> None:
@@ -33,6 +38,16 @@ def test_pool_states_are_read_at_scrape_time() -> None:
     assert 'lambdad_queue_depth{function="f"} 4.0' in text
     samples.clear()
     assert 'function="f"' not in metrics.render().decode().split("lambdad_instances")[-1]
+
+
+def test_stem_cells_are_read_at_scrape_time() -> None:
+    metrics = Metrics()
+    metrics.watch_cells(lambda: [CellSample("128MiB/1cpu/256pids/none", ready=2, starting=1)])
+    text = metrics.render().decode()
+    assert ('lambdad_stem_cells{resource_class="128MiB/1cpu/256pids/none",state="ready"} 2.0'
+            in text)
+    assert ('lambdad_stem_cells{resource_class="128MiB/1cpu/256pids/none",state="starting"} '
+            '1.0' in text)
 
 
 def test_admin_routes() -> None:
