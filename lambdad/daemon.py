@@ -336,7 +336,8 @@ class Daemon:
         def status_line() -> str:
             names = runtime.routed()
             instances = sum(runtime.instance_count(name) for name in names)
-            return f"{len(names)} function(s), {instances} instance(s)"
+            cells = sum(c.ready for c in runtime.cell_stats())
+            return f"{len(names)} function(s), {instances} instance(s), {cells} stem cell(s)"
 
         notifier.ready(status_line())
         if notifier.enabled:
