@@ -150,17 +150,31 @@ def extract(path: Path, dest: Path, *, use_filter: bool = HAS_DATA_FILTER) -> No
             if use_filter:
                 archive.extractall(dest, filter="data")
             else:
-                archive.extractall(dest, members=_sanitized(archive), numeric_owner=True)
+                archive.extractall(dest, members=_sanitized(archive, dest),
+                                   numeric_owner=True)
     except (OSError, tarfile.TarError) as exc:  # a shape validate() let through
         raise InvalidArgument(f"cannot extract the archive: {exc}") from None
 
 
-def _sanitized(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """What the `data` filter does, for Pythons without it: members re-checked, owned by
-    us, no setuid/setgid/sticky bits and no group or world write."""
+def _sanitized(archive: tarfile.TarFile, dest: Path) -> Iterator[tarfile.TarInfo]:
+    """What the `data` filter does, for Pythons without it.
+
+    `check_member` judges names on paper; here each member is checked against what is
+    already on disk (extraction is lazy, so earlier members exist): its path and, for a
+    link, its target must resolve inside `dest` with every symlink followed. A chain such
+    as `a -> .`, `b -> a/a/a/../../..` passes on paper but not here. Members are then
+    owned by us, without setuid/setgid/sticky bits or group/world write.
+    """
+    root = os.path.realpath(dest)
     seen: set[str] = set()
     for member in archive.getmembers():
         name = check_member(member, seen)
+        _must_stay_inside(root, os.path.join(root, name), member.name)
+        if member.issym():
+            target = os.path.join(root, os.path.dirname(name), member.linkname)
+            _must_stay_inside(root, target, member.name)
+        elif member.islnk():
+            _must_stay_inside(root, os.path.join(root, normalize(member.linkname)), member.name)
         if member.isfile():
             seen.add(name)
         safe = copy.copy(member)
@@ -170,3 +184,11 @@ def _sanitized(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         elif safe.isfile() or safe.islnk():
             safe.mode = (safe.mode & 0o755) | 0o600
         yield safe
+
+
+def _must_stay_inside(root: str, path: str, member: str) -> None:
+    resolved = os.path.realpath(path)
+    if resolved != root and not resolved.startswith(root + os.sep):
+        raise InvalidArgument(
+            f"archive member {member!r}: resolves outside the function folder"
+        )

@@ -159,3 +159,23 @@ def test_extract_with_and_without_the_data_filter_strips_dangerous_bits(
     assert (tool.st_uid, tool.st_gid) != (4242, 4242)
     assert (out / "pkg").stat().st_mode & 0o022 == 0
     assert (out / "link.sh").is_symlink() and (out / "hard.sh").read_text() == "#!\n"
+
+
+@pytest.mark.parametrize("use_filter", [False] + ([True] if tarball.HAS_DATA_FILTER else []))
+def test_a_symlink_chain_that_climbs_out_is_refused_at_extraction(
+    tmp_path: Path, use_filter: bool
+) -> None:
+    """`a -> .` and `b -> a/a/a/../../..` look like `.` on paper but climb out on disk; a
+    file written through `b` would land outside the function folder."""
+    path = tmp_path / "code.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        archive.addfile(_info("a", tarfile.SYMTYPE, "."))
+        archive.addfile(_info("b", tarfile.SYMTYPE, "a/a/a/../../.."))
+        payload = tarfile.TarInfo("b/escaped.txt")
+        payload.size = 3
+        archive.addfile(payload, io.BytesIO(b"pwn"))
+    tarball.validate(path)  # the paper check cannot see it
+    dest = tmp_path / "d1" / "d2" / "d3" / "out"
+    with pytest.raises(InvalidArgument, match="outside|cannot extract"):
+        tarball.extract(path, dest, use_filter=use_filter)
+    assert [p for p in tmp_path.rglob("escaped.txt")] == []
