@@ -46,7 +46,7 @@ class ArtifactStore:
             shutil.copytree(deps, staging / DEPS, symlinks=True)
         else:
             (staging / DEPS).mkdir()
-        _normalize(staging)
+        normalize_modes(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)
         return final
@@ -100,6 +100,7 @@ def link_tree(source: Path, target: Path) -> None:
         relative = os.path.relpath(folder, source)
         destination = target if relative == "." else target / relative
         destination.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(destination, 0o755)  # whatever lambdad's umask: uid 10001 must traverse it
         for name in files:
             origin = os.path.join(folder, name)
             link = destination / name
@@ -115,8 +116,8 @@ def link_tree(source: Path, target: Path) -> None:
                 os.symlink(os.readlink(os.path.join(folder, name)), destination / name)
 
 
-def _normalize(root: Path) -> None:
-    """Readable by everyone, writable by nobody but the daemon."""
+def normalize_modes(root: Path) -> None:
+    """Readable by everyone, writable by nobody but the daemon (whatever its umask)."""
     for folder, dirs, files in os.walk(root):
         os.chmod(folder, 0o755)
         for name in files:

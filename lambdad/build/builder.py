@@ -24,7 +24,7 @@ import docker.errors
 
 from lambdad import labels
 from lambdad.build import tarball
-from lambdad.build.artifacts import ArtifactStore
+from lambdad.build.artifacts import ArtifactStore, normalize_modes
 from lambdad.build.dockerfile import generated_dockerfile, label_instruction
 from lambdad.build.requirements import check_requirements
 from lambdad.errors import BuildFailed, FailedPrecondition, Unavailable
@@ -95,6 +95,11 @@ class ImageBuilder:
                 if with_deps:
                     (ctx / "deps").mkdir()
                     self._install_requirements(requirements, ctx / "deps", emit)
+                # The image keeps these modes, and its user is uid 10001: a restrictive
+                # umask (pip honours it) must not make the code unreadable to it.
+                normalize_modes(ctx / "code")
+                if with_deps:
+                    normalize_modes(ctx / "deps")
                 (ctx / "Dockerfile").write_text(
                     generated_dockerfile(self.runtime_image, with_deps=with_deps)
                 )

@@ -253,3 +253,29 @@ def test_a_cell_enforces_the_function_timeout(lambdad: Lambdad, tmp_path: Path) 
     assert time.monotonic() - started < 30
     assert "timeout of 1 s" in json.loads(response.body)["message"]
     assert wait_for(lambda: lambdad.containers("cellslow") == [])  # the instance was stopped
+
+
+def test_a_restrictive_umask_leaves_code_and_wheels_readable_on_both_paths(
+    fresh_lambdad: Lambdad, tmp_path: Path
+) -> None:
+    """The unit runs lambdad with a umask; pip and mkdir honour it, and the function's user
+    (uid 10001, neither owner nor group) must still read packages and wheels."""
+    daemon = fresh_lambdad
+    daemon.stop()
+    daemon.umask = 0o077
+    daemon.start()
+    folder = write_probe(tmp_path / "umask", "umasked", deps=True)
+    (folder / "pkg" / "inner").mkdir(parents=True)
+    (folder / "pkg" / "__init__.py").write_text("")
+    (folder / "pkg" / "inner" / "__init__.py").write_text("VALUE = 'deep'\n")
+    (folder / "handler.py").write_text(
+        "import lambdahelper\nfrom pkg.inner import VALUE\n\n"
+        "def handler(event, context):\n    return {'v': VALUE, 'h': lambdahelper.shout('x')}\n")
+    daemon.deploy(folder)  # the deploy's instance: a new container of the image
+    first = daemon.http("umasked", "/")
+    assert first.status == 200, first.body
+    assert first.json() == {"v": "deep", "h": "X!"}
+    again = cold_call(daemon, "umasked")  # from zero: a specialized stem cell
+    assert again.status == 200, again.body
+    assert again.headers["lambda-cold-start"] == "cell"
+    assert again.json() == {"v": "deep", "h": "X!"}

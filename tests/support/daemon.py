@@ -91,6 +91,7 @@ class Lambdad:
         self.log_path = self.state_dir / "lambdad.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.start_env: dict[str, str] = {}  # extra environment for the daemon process
+        self.umask: int | None = None  # the daemon's umask (None: this process's)
         self.docker = docker.from_env()
 
     @property
@@ -120,7 +121,8 @@ class Lambdad:
         # make the daemon's first API calls (ping, reconcile) slow on 2 shared cores.
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT,
-                                        env={**daemon_env(), **self.start_env})
+                                        env={**daemon_env(), **self.start_env},
+                                        umask=-1 if self.umask is None else self.umask)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
