@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "containers, serves them through an HTTP gateway and exposes a gRPC control API.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # one name per setting; --check-config reports flags as given
     )
     parser.add_argument("--version", action="version", version=f"lambdad {_version()}")
     parser.add_argument("--config", metavar="PATH", default=None,
@@ -436,6 +437,8 @@ def resolve(
             text = read_file(path)
         except OSError as exc:
             raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"config file {path} is not UTF-8 text"]) from None
         if text is None:
             if named:
                 raise ConfigError([f"config file {path} does not exist"])
@@ -588,9 +591,13 @@ def check(config: Config) -> list[str]:
         if path is not None and not os.access(path, os.R_OK):
             problems.append(f"{key}: cannot read {path}")
     if config.api_key_file is not None and os.access(config.api_key_file, os.R_OK):
-        lines = config.api_key_file.read_text(errors="replace").splitlines()
-        if not any(line.strip() and not line.startswith("#") for line in lines):
-            problems.append(f"api_key_file: {config.api_key_file} holds no key")
+        try:
+            lines = config.api_key_file.read_text(errors="replace").splitlines()
+        except OSError as exc:  # e.g. a folder
+            problems.append(f"api_key_file: cannot read {config.api_key_file}: {exc.strerror}")
+        else:
+            if not any(line.strip() and not line.startswith("#") for line in lines):
+                problems.append(f"api_key_file: {config.api_key_file} holds no key")
     if (config.tls_cert is None) != (config.tls_key is None):
         problems.append("tls_cert and tls_key go together: set both or neither")
     if config.tls_cert is not None and config.grpc_listen is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 TASK = "task"
 DEPS = "deps"
+RUNTIME_IMAGE = "runtime-image"  # the id of the runtime image the version was built on
 
 
 class ArtifactStore:
@@ -35,7 +36,8 @@ class ArtifactStore:
         path = self.path(function, version)
         return path if (path / TASK).is_dir() else None
 
-    def save(self, function: str, version: int, code: Path, deps: Path | None) -> Path:
+    def save(self, function: str, version: int, code: Path, deps: Path | None,
+             runtime_image: str = "") -> Path:
         """Copies a build's code (and resolved dependencies) in; atomic by rename."""
         final = self.path(function, version)
         staging = final.with_name(final.name + ".partial")
@@ -46,10 +48,19 @@ class ArtifactStore:
             shutil.copytree(deps, staging / DEPS, symlinks=True)
         else:
             (staging / DEPS).mkdir()
+        (staging / RUNTIME_IMAGE).write_text(runtime_image + "\n")
         normalize_modes(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)
         return final
+
+    @staticmethod
+    def runtime_image(artifact: Path) -> str:
+        """The runtime image id an artifact was built for ("" if unknown)."""
+        try:
+            return (artifact / RUNTIME_IMAGE).read_text().strip()
+        except OSError:
+            return ""
 
     def clone(self, function: str, source: int, version: int) -> Path | None:
         """A config-only version shares its source's files (hard links, no copy)."""
@@ -87,8 +98,10 @@ class ArtifactStore:
 
 
 def link_into(artifact: Path, target: Path) -> None:
-    """Fills `target` (holding empty task/ and deps/ folders) with hard links to `artifact`."""
-    link_tree(artifact, target)
+    """Fills `target`'s task/ and deps/ folders with hard links to `artifact`'s."""
+    for part in (TASK, DEPS):
+        if (artifact / part).is_dir():
+            link_tree(artifact / part, target / part)
 
 
 def link_tree(source: Path, target: Path) -> None:

@@ -66,9 +66,10 @@ class ImageBuilder:
         self._spool = spool_dir
         self._wheelhouse = wheelhouse
 
-    def check_runtime_image(self) -> None:
+    def check_runtime_image(self) -> str:
+        """The runtime image's id; FailedPrecondition if it is missing."""
         try:
-            self._client.images.get(self.runtime_image)
+            return str(self._client.images.get(self.runtime_image).id)
         except docker.errors.ImageNotFound:
             raise FailedPrecondition(
                 f"runtime image {self.runtime_image} is missing; build it with "
@@ -84,11 +85,12 @@ class ImageBuilder:
         self._spool.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._spool, prefix="build-") as tmp:
             ctx = Path(tmp)
+            runtime_id = ""
             if spec.runtime == "docker":
                 tarball.extract(spec.archive, ctx)
                 network = "default"
             else:
-                self.check_runtime_image()
+                runtime_id = self.check_runtime_image()
                 tarball.extract(spec.archive, ctx / "code")
                 requirements = ctx / "code" / tarball.REQUIREMENTS
                 with_deps = requirements.is_file()
@@ -108,7 +110,8 @@ class ImageBuilder:
             if spec.runtime != "docker" and self._artifacts is not None:
                 # The same files as the image's /var/task and deps, for stem cells.
                 self._artifacts.save(spec.function, spec.version, ctx / "code",
-                                     ctx / "deps" if (ctx / "deps").is_dir() else None)
+                                     ctx / "deps" if (ctx / "deps").is_dir() else None,
+                                     runtime_id)
             return built
 
     def _install_requirements(

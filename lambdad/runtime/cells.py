@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,18 +34,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("lambdad.runtime")
 
 
+# Variables the interpreter or libc read when the process starts: a cell's process has
+# started already, so a function that sets one gets a container of its own instead.
+STARTUP_ONLY_PREFIXES = ("LD_", "PYTHON", "MALLOC_", "LC_")
+STARTUP_ONLY_NAMES = frozenset({"LANG", "LANGUAGE", "TZ", "GLIBC_TUNABLES"})
+
+
+def needs_own_process(env: Mapping[str, str]) -> bool:
+    return any(name.startswith(STARTUP_ONLY_PREFIXES) or name in STARTUP_ONLY_NAMES
+               for name in env)
+
+
 @dataclass(frozen=True, order=True)
 class CellClass:
-    """The limits a container is created with; cells of one class are interchangeable."""
+    """What a container is created from and with; cells of one class are interchangeable.
+
+    `image` is the runtime image's id: a version's code goes only into cells of the
+    runtime image it was built on.
+    """
 
     memory_mb: int
     network: str
     cpu: float
     pids_limit: int
+    image: str = ""
 
     @classmethod
-    def of(cls, config: FunctionConfig) -> CellClass:
-        return cls(config.memory_mb, config.network, config.cpu, config.pids_limit)
+    def of(cls, config: FunctionConfig, image: str = "") -> CellClass:
+        return cls(config.memory_mb, config.network, config.cpu, config.pids_limit, image)
 
     def label(self) -> str:
         return f"{self.memory_mb}MiB/{self.cpu:g}cpu/{self.pids_limit}pids/{self.network}"
@@ -116,12 +132,13 @@ class CellPool:
         cell = self._pop(cell_class)
         if cell is None:
             for other in sorted(self._ready):
-                if (other.network, other.pids_limit) == (cell_class.network,
-                                                         cell_class.pids_limit):
+                if (other.network, other.pids_limit, other.image) == (
+                        cell_class.network, cell_class.pids_limit, cell_class.image):
                     cell = self._pop(other)
                     if cell is not None:
                         break
         if cell is not None:
+            self._failures, self._retry_at = 0, 0.0  # a cell lived to be used: starts work
             self.refill()
         return cell
 
@@ -145,21 +162,22 @@ class CellPool:
                 self._starting[cell_class] += 1
                 self._spawn(self._start_one(cell_class))
 
+    def _failed(self, cell_class: CellClass, what: str) -> None:
+        self.failed_total += 1
+        self._failures += 1
+        backoff = min(60.0, 2.0 ** (self._failures - 1))
+        self._retry_at = self._clock() + backoff
+        log.warning("stem cell %s class=%s retry_in_s=%g", what, cell_class.label(), backoff)
+
     async def _start_one(self, cell_class: CellClass) -> None:
         try:
             cell = await self._start(cell_class)
         except Exception as exc:
-            self._starting[cell_class] -= 1
-            self.failed_total += 1
-            self._failures += 1
-            backoff = min(60.0, 2.0 ** (self._failures - 1))
-            self._retry_at = self._clock() + backoff
-            log.warning("stem cell failed to start class=%s retry_in_s=%g error=%s",
-                        cell_class.label(), backoff, exc)
+            self._failed(cell_class, f"failed to start: {exc}")
             return
-        self._starting[cell_class] -= 1
+        finally:  # also when cancelled: a phantom "starting" would block refills for good
+            self._starting[cell_class] -= 1
         self.started_total += 1
-        self._failures = 0
         if not self.enabled or cell_class not in self._wanted:
             await self._destroy(cell)
             return
@@ -174,6 +192,7 @@ class CellPool:
                     ready.remove(cell)
                     if not ready:
                         del self._ready[cell_class]
+                    self._failed(cell_class, "died while ready")  # no restart loop
                     return cell
         return None
 

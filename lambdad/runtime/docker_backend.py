@@ -7,7 +7,6 @@ behind this small surface so another backend (Swarm services) can stand beside i
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,22 +71,12 @@ class ManagedContainer:
     version: int
     instance: str
     running: bool
-    cell: bool = False  # a stem cell (specialized if `function` is set)
+    cell: bool = False  # a stem cell; the runtime manager finds its owner, if any
 
 
 def instance_name(function: str, version: int, instance_id: str) -> str:
     return f"lambda-{function}-v{version}-{instance_id}"
 
-
-_INSTANCE_NAME = re.compile(r"^/?lambda-(?P<function>.+)-v(?P<version>\d+)-(?P<id>[0-9a-f]{12})\Z")
-
-
-def parse_instance_name(name: str) -> tuple[str, int, str] | None:
-    """(function, version, instance id) from a container name made by `instance_name`."""
-    match = _INSTANCE_NAME.match(name)
-    if match is None:
-        return None
-    return match["function"], int(match["version"]), match["id"]
 
 
 class DockerBackend:
@@ -190,10 +179,24 @@ class DockerBackend:
         except (docker.errors.APIError, OSError) as exc:
             raise Unavailable(f"could not apply the function's limits: {exc}") from None
 
+    def image_id(self, image: str) -> str:
+        """The id of `image` (a tag), or "" when it is missing."""
+        try:
+            return str(self._client.images.get(image).id)
+        except (docker.errors.ImageNotFound, docker.errors.APIError, OSError):
+            return ""
+
     def rename(self, container_id: str, name: str) -> None:
         """Names a specialized cell after its function, for `docker ps` and restarts."""
         with contextlib.suppress(docker.errors.APIError):
             self._client.api.rename(container_id, name)
+
+    def is_running_unpaused(self, container_id: str) -> bool:
+        try:
+            state = self._client.api.inspect_container(container_id)["State"]
+        except (docker.errors.APIError, OSError):
+            return False
+        return bool(state.get("Running")) and not state.get("Paused")
 
     def pause(self, container_id: str) -> None:
         self._client.api.pause(container_id)
@@ -275,12 +278,10 @@ class DockerBackend:
         for container in found:
             found_labels = container.labels
             if labels.CELL in found_labels:
-                # Labels are fixed at creation: a specialized cell says whose it is in the
-                # name it was given; a generic one has no function and is never adopted.
-                named = parse_instance_name(str(container.name))
-                function, version = named[:2] if named else ("", 0)
+                # Labels are fixed at creation: whose a specialized cell is, the runtime
+                # manager knows from the cell's folder; a generic one is never adopted.
                 result.append(ManagedContainer(
-                    id=str(container.id), function=function, version=version,
+                    id=str(container.id), function="", version=0,
                     instance=found_labels.get(labels.INSTANCE, ""),
                     running=container.status == "running", cell=True,
                 ))

@@ -22,7 +22,7 @@ from pathlib import Path
 from lambdad.build.artifacts import ArtifactStore, link_into
 from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailable
 from lambdad.functions import FunctionVersion
-from lambdad.runtime.cells import Cell, CellClass, CellPool, ClassStats
+from lambdad.runtime.cells import Cell, CellClass, CellPool, ClassStats, needs_own_process
 from lambdad.runtime.docker_backend import (
     SOCKET_NAME,
     TASK_DIR,
@@ -41,6 +41,10 @@ READY_POLL_S = 0.003  # a cold start waits on this; os.path.exists is cheap
 # New containers for waiting requests, at once across all functions: more only make
 # a 2-core engine slower, and stem cells or freed instances usually serve the queue first.
 MAX_CONTAINER_STARTS = 4
+RENAME_DELAY_S = 0.05
+IMAGE_CHECK_S = 30.0
+OWNER_FILE = "owner"  # in STATE/c/<cell>: "<function>\n<version>\n" once specialized
+PAUSE_RETRY_S = 300  # after a failed pause, leave that instance running this long
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class RuntimeManager:
         self._artifacts = artifacts
         self._cells_dir = cells_dir or instances_dir.parent / "c"
         self._runtime_image = runtime_image
+        self._runtime_image_id = ""  # resolved at reconcile, re-read every IMAGE_CHECK_S
+        self._image_checked_at = 0.0
         self._pause_after = pause_after
         self._container_starts = asyncio.Semaphore(MAX_CONTAINER_STARTS)
         # Told of every instance: "started" (container running), "ready" (socket
@@ -104,13 +110,43 @@ class RuntimeManager:
     def _update_cell_classes(self) -> None:
         """Stem cells are kept for the classes of the routed functions that can use them."""
         if self.cells.enabled:
-            self.cells.want(CellClass.of(pool.version.config) for pool in self._pools.values()
+            self.cells.want(self._cell_class(pool.version) for pool in self._pools.values()
                             if self._artifact(pool.version) is not None)
 
+    def _cell_owner(self, cell_id: str) -> tuple[str, int]:
+        """(function, version) of a specialized cell, from its owner file; ("", 0) if generic."""
+        try:
+            function, number = (self._cells_dir / cell_id / OWNER_FILE).read_text().split()
+            return function, int(number)
+        except (OSError, ValueError):
+            return "", 0
+
+    def _cell_class(self, version: FunctionVersion) -> CellClass:
+        return CellClass.of(version.config, self._runtime_image_id)
+
     def _artifact(self, version: FunctionVersion) -> Path | None:
-        if self._artifacts is None or version.config.runtime == "docker":
+        """The version's files, when a stem cell can run them: a standard-runtime version
+        built on the current runtime image, with no variable a started process ignores."""
+        config = version.config
+        if (self._artifacts is None or config.runtime == "docker"
+                or not self._runtime_image_id or needs_own_process(config.env)):
             return None
-        return self._artifacts.find(version.function, version.number)
+        artifact = self._artifacts.find(version.function, version.number)
+        if artifact is None or ArtifactStore.runtime_image(artifact) != self._runtime_image_id:
+            return None
+        return artifact
+
+    async def _check_runtime_image(self) -> None:
+        """Follows the runtime image's tag: after `make runtime-image` the cells of the old
+        image go, and only versions built on the new one use cells."""
+        self._image_checked_at = time.monotonic()
+        current = await asyncio.to_thread(self._backend.image_id, self._runtime_image)
+        if current != self._runtime_image_id:
+            if self._runtime_image_id:
+                log.info("runtime image changed image=%s id=%s", self._runtime_image,
+                         current[:19])
+            self._runtime_image_id = current
+            self._update_cell_classes()
 
     def cell_stats(self) -> list[ClassStats]:
         return self.cells.stats()
@@ -174,6 +210,9 @@ class RuntimeManager:
         adopted: set[str] = set()
         removed = 0
         for container in await asyncio.to_thread(self._backend.managed):
+            if container.cell:
+                function, number = self._cell_owner(container.instance)
+                container = replace(container, function=function, version=number)
             pool = self._pools.get(container.function)
             socket_dir = self._instances_dir / container.instance
             socket_path = str(socket_dir / SOCKET_NAME)
@@ -204,6 +243,7 @@ class RuntimeManager:
             if child.name not in adopted:
                 shutil.rmtree(child, ignore_errors=True)
         self.cells.held = False
+        await self._check_runtime_image()
         self.cells.refill()
         return len(adopted), removed
 
@@ -215,12 +255,12 @@ class RuntimeManager:
         once the requests it was for have been served by others."""
         artifact = self._artifact(version)
         if artifact is not None:
-            cell = self.cells.take(CellClass.of(version.config))
+            cell = self.cells.take(self._cell_class(version))
             if cell is not None:
                 return await self._specialize(cell, version, artifact)
         async with self._container_starts:
             if artifact is not None:
-                cell = self.cells.take(CellClass.of(version.config))
+                cell = self.cells.take(self._cell_class(version))
                 if cell is not None:
                     return await self._specialize(cell, version, artifact)
             if wanted is not None and not wanted():
@@ -274,7 +314,7 @@ class RuntimeManager:
         try:
             container_id = await asyncio.to_thread(
                 self._backend.start_cell, cell_class, cell_id, socket_dir, code_dir,
-                self._runtime_image,
+                cell_class.image or self._runtime_image,
             )
         except BaseException:
             shutil.rmtree(socket_dir, ignore_errors=True)
@@ -295,9 +335,11 @@ class RuntimeManager:
     async def _destroy_cell(self, cell: Cell) -> None:
         if cell.conn is not None:
             cell.conn.close()
-        await asyncio.to_thread(self._backend.remove, cell.container_id, grace=0)
-        shutil.rmtree(cell.socket_dir, ignore_errors=True)
-        shutil.rmtree(cell.code_dir, ignore_errors=True)
+        try:
+            await asyncio.to_thread(self._backend.remove, cell.container_id, grace=0)
+        finally:  # a failed removal is retried by the next start's reconcile
+            shutil.rmtree(cell.socket_dir, ignore_errors=True)
+            shutil.rmtree(cell.code_dir, ignore_errors=True)
 
     async def _specialize(self, cell: Cell, version: FunctionVersion, artifact: Path) -> Instance:
         """Turns a generic cell into an instance of `version`, for good: its code goes in
@@ -308,17 +350,13 @@ class RuntimeManager:
                             start_path="cell", code_dir=cell.code_dir)
         conn, cell.conn = cell.conn, None
         name = f"{version.function} v{version.number}"
-        # Named after its function at once (labels cannot change), alongside the init.
-        self._spawn(asyncio.to_thread(
-            self._backend.rename, cell.container_id,
-            instance_name(version.function, version.number, cell.id)))
         try:
-            wanted = CellClass.of(version.config)
+            wanted = CellClass.of(version.config, cell.cell_class.image)
             if cell.cell_class != wanted:
                 await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
             await asyncio.to_thread(link_into, artifact, cell.code_dir)
             self._notify(instance, "started")
-            if conn is None or not conn.reusable:
+            if conn is None or not conn.is_fresh:
                 if conn is not None:
                     conn.close()
                 conn = await UpstreamConnection.open(instance.socket_path)
@@ -351,7 +389,16 @@ class RuntimeManager:
         else:
             conn.close()
         instance.init_ms = (time.monotonic() - started) * 1000
+        # Whose it is, once its code is loaded: a restart adopts it by this, never a cell
+        # that would answer NotInitialized. (Outside the folders the container mounts.)
+        (cell.code_dir / OWNER_FILE).write_text(f"{version.function}\n{version.number}\n")
         self._notify(instance, "ready")
+        # Named after its function for `docker ps` (labels cannot change), a moment later so
+        # the Docker call's thread does not compete with the first request for the GIL.
+        asyncio.get_running_loop().call_later(
+            RENAME_DELAY_S, lambda: self._spawn(asyncio.to_thread(
+                self._backend.rename, cell.container_id,
+                instance_name(version.function, version.number, cell.id))))
         log.info("instance specialized function=%s version=%d instance=%s init_ms=%.1f "
                  "cell_class=%s", version.function, version.number, instance.id,
                  instance.init_ms, cell.cell_class.label())
@@ -432,7 +479,10 @@ class RuntimeManager:
             pools.append(current)
         self._update_cell_classes()
         instances = [i for pool in pools for i in pool.close("was deleted")]
-        await asyncio.gather(*(self._destroy(i) for i in instances))
+        results = await asyncio.gather(*(self._destroy(i) for i in instances),
+                                       return_exceptions=True)
+        for failure in (r for r in results if isinstance(r, BaseException)):
+            log.warning("could not remove an instance of %s: %s", name, failure)
         return len(instances)
 
     def ensure_minimums(self) -> None:
@@ -453,10 +503,14 @@ class RuntimeManager:
                 for instance in pool.instances:
                     if (not instance.paused and not instance.dead and instance.in_flight == 0
                             and not instance.transition.locked()
-                            and now - instance.last_used >= self._pause_after):
+                            and now - instance.last_used >= self._pause_after
+                            and now >= instance.no_pause_until):
                         self._spawn(self._pause(instance))
         if not self._closing:
             self.cells.refill()
+            if self.cells.enabled and now - self._image_checked_at >= IMAGE_CHECK_S:
+                self._image_checked_at = now
+                self._spawn(self._check_runtime_image())
         self._retired = [p for p in self._retired if not p.drained]
         for key, pool in list(self._pinned.items()):
             if pool.idle_and_empty:
@@ -665,7 +719,9 @@ class RuntimeManager:
                 await asyncio.to_thread(self._backend.pause, instance.container_id)
             except Exception as exc:
                 instance.paused = False
-                log.warning("pause failed instance=%s error=%s", instance.id, exc)
+                instance.no_pause_until = time.monotonic() + PAUSE_RETRY_S  # e.g. no freezer
+                log.warning("pause failed instance=%s retry_in_s=%d error=%s", instance.id,
+                            PAUSE_RETRY_S, exc)
                 return
         log.debug("instance paused function=%s instance=%s", instance.version.function,
                   instance.id)
@@ -678,7 +734,13 @@ class RuntimeManager:
             try:
                 await asyncio.to_thread(self._backend.unpause, instance.container_id)
             except Exception as exc:
-                raise Unavailable(f"could not unpause an instance: {exc}") from None
+                # Unpaused behind our back (docker unpause by hand) is fine; anything
+                # else and the instance goes, so no request waits on it again.
+                if not await asyncio.to_thread(self._backend.is_running_unpaused,
+                                               instance.container_id):
+                    owner: InstancePool = instance.owner
+                    owner.discard(instance, f"could not be unpaused ({exc})")
+                    raise Unavailable(f"could not unpause an instance: {exc}") from None
             instance.paused = False
             return True
 
@@ -687,13 +749,15 @@ class RuntimeManager:
         for conn in instance.idle:
             conn.close()
         instance.idle.clear()
-        if instance.paused:  # a frozen process cannot take the stop signal
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._backend.unpause, instance.container_id)
-        await asyncio.to_thread(self._backend.remove, instance.container_id, grace=1)
-        shutil.rmtree(instance.socket_dir, ignore_errors=True)
-        if instance.code_dir is not None:
-            shutil.rmtree(instance.code_dir, ignore_errors=True)
+        try:
+            if instance.paused:  # a frozen process cannot take the stop signal
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._backend.unpause, instance.container_id)
+            await asyncio.to_thread(self._backend.remove, instance.container_id, grace=1)
+        finally:  # a failed removal is retried by the next start's reconcile
+            shutil.rmtree(instance.socket_dir, ignore_errors=True)
+            if instance.code_dir is not None:
+                shutil.rmtree(instance.code_dir, ignore_errors=True)
         log.info('instance stopped function=%s version=%d instance=%s reason="%s"',
                  instance.version.function, instance.version.number, instance.id,
                  instance.end_reason or "stopped")

@@ -54,6 +54,7 @@ class Instance:
     start_path: str = "container"  # how it came to be: "container" or "cell" (specialized)
     code_dir: Path | None = None  # a specialized cell's private copy of the version's code
     paused: bool = False  # frozen (docker pause) while idle; unpaused by the next request
+    no_pause_until: float = 0.0  # after a failed pause, not before this (monotonic)
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)  # pause/unpause in turn
 
 
@@ -295,6 +296,7 @@ class InstancePool:
         successor._waiters.extend(w for w in self._waiters if not w.done())
         self._waiters.clear()
         successor._dispatch()
+        successor._scale_up()  # starts that were under way here end with this pool
 
     @property
     def idle_and_empty(self) -> bool:

@@ -109,6 +109,13 @@ class UpstreamConnection:
             and conn.their_state is h11.DONE
         )
 
+    @property
+    def is_fresh(self) -> bool:
+        """Open and never used: ready for its first request."""
+        conn = self._protocol.h11
+        return (not self.broken and self._protocol.closed is None
+                and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE)
+
     def recycle(self) -> bool:
         """Readies the connection for the next request; False if it cannot be reused."""
         if not self.reusable:

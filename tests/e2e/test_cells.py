@@ -61,12 +61,13 @@ def handler(event, context):
 
 
 def write_probe(folder: Path, name: str, *, memory: int = 128, deps: bool = False,
-                max_instances: int = 10, timeout: int = 10, min_instances: int = 0) -> Path:
+                max_instances: int = 10, timeout: int = 10, min_instances: int = 0,
+                env: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "handler.py").write_text(PROBE)
     (folder / "lambda.toml").write_text(
         f'name = "{name}"\nhandler = "handler.handler"\ntimeout = {timeout}\nmemory = {memory}\n'
-        f'[env]\nMARK = "{name}-env"\n'
+        f'[env]\nMARK = "{name}-env"\n{env}'
         f"[scaling]\nmin_instances = {min_instances}\nmax_instances = {max_instances}\n"
         "idle_timeout = 1\n")
     if deps:
@@ -85,7 +86,7 @@ def wait_for(predicate: object, timeout: float = 30.0) -> bool:
 
 def ready_cells(daemon: Lambdad) -> list[object]:
     return [c for c in daemon.containers()
-            if "lambda.cell" in c.labels and c.name.startswith("lambda-cell-")
+            if "lambda.cell" in c.labels and daemon.owner(c)[0] is None
             and c.status == "running"]
 
 
@@ -112,7 +113,7 @@ def test_cold_start_specializes_a_cell_with_env_limits_and_read_only_code(
     warm = lambdad.http("cellbig", "/")
     assert warm.headers["lambda-cold-start"] == "warm"
     # The specialized cell carries the function's name; the pool refilled behind it.
-    assert len(lambdad.containers("cellbig")) == 1
+    assert wait_for(lambda: len(lambdad.containers("cellbig")) == 1)  # renamed once loaded
     assert wait_for(lambda: len(ready_cells(lambdad)) >= 2)
     logs = lambdad.cli("logs", "cellbig", "--since", "5m")
     assert logs.code == 0
@@ -279,3 +280,14 @@ def test_a_restrictive_umask_leaves_code_and_wheels_readable_on_both_paths(
     assert again.status == 200, again.body
     assert again.headers["lambda-cold-start"] == "cell"
     assert again.json() == {"v": "deep", "h": "X!"}
+
+
+def test_a_variable_read_at_process_start_gets_its_own_container(
+    lambdad: Lambdad, tmp_path: Path
+) -> None:
+    """PYTHONHASHSEED set after the interpreter started would do nothing: such a function
+    never takes a cell, so it behaves the same on every path."""
+    lambdad.deploy(write_probe(tmp_path / "seed", "cellseed", env='PYTHONHASHSEED = "0"\n'))
+    response = cold_call(lambdad, "cellseed")
+    assert response.status == 200, response.body
+    assert response.headers["lambda-cold-start"] == "container"

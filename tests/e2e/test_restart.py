@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import FUNCTIONS, ROOT, Lambdad, container_owner
+from tests.support.daemon import FUNCTIONS, ROOT, Lambdad
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,7 @@ def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
     daemon.deploy("greet", "--name", "greet")  # no class in use yet: a new container
     assert _wait_for(lambda: len(_generic_cells(daemon)) == 2)
     daemon.deploy("calculator")  # specializes a stem cell
+    assert _wait_for(lambda: daemon.containers("calculator"))  # renamed once its code loaded
     greet = daemon.containers("greet")[0]
     calculator = daemon.containers("calculator")[0]
     assert "lambda.cell" in calculator.labels and calculator.name.startswith("lambda-calc")
@@ -64,7 +65,8 @@ def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
 
 def _generic_cells(daemon: Lambdad) -> list[object]:
     return [c for c in daemon.containers()
-            if c.name.startswith("lambda-cell-") and c.status == "running"]
+            if "lambda.cell" in c.labels and daemon.owner(c)[0] is None
+            and c.status == "running"]
 
 
 def _wait_for(predicate: object, timeout: float = 30.0) -> bool:
@@ -157,7 +159,7 @@ def test_a_deploy_killed_at_any_step_leaves_all_or_nothing(
         assert daemon.http("steps", "/?name=x").json() == {"message": "Hello, x!"}
     tags = {tag for image in daemon.images("steps") for tag in image.tags}
     assert tags == {f"{daemon.image_prefix}/steps:v{n}" for n in numbers}
-    live = {str(container_owner(c)[1]) for c in daemon.containers("steps")}
+    live = {str(daemon.owner(c)[1]) for c in daemon.containers("steps")}
     assert live <= {str(numbers[-1])}
     assert list((daemon.state_dir / "spool").iterdir()) == []
     # and the next deploy gets the next number

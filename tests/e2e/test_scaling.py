@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad, container_owner
+from tests.support.daemon import Lambdad
 
 pytestmark = pytest.mark.slow
 
@@ -194,7 +194,7 @@ def test_redeploy_under_load_loses_no_request_and_leaks_nothing(
     assert set(statuses) == {200} and statuses[200] > 200, statuses
     assert versions["1"] > 0 and versions["2"] > 0, versions
     # The old version drains and stops.
-    assert _wait_for(lambda: {str(container_owner(c)[1])
+    assert _wait_for(lambda: {str(lambdad.owner(c)[1])
                               for c in lambdad.containers("busy")} == {"2"})
     # Two more runs of the same load meet the same steady state: descriptors (client
     # sockets, pooled upstream connections) and containers do not grow with traffic.

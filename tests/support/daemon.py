@@ -27,8 +27,6 @@ import docker
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lambdad.runtime.docker_backend import parse_instance_name
-
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ROOT / "functions"
 
@@ -60,13 +58,11 @@ class HttpResult:
 
 
 def container_owner(container: Any) -> tuple[str | None, int | None]:
-    """(function, version) of an instance: from its labels, or, for a specialized stem
-    cell (labels are fixed at creation), from the name the daemon gave it."""
+    """(function, version) from an instance's labels (see Lambdad.owner for stem cells)."""
     labels = container.labels
     if "lambda.function" in labels:
         return labels["lambda.function"], int(labels["lambda.version"])
-    parsed = parse_instance_name(container.name)
-    return (parsed[0], parsed[1]) if parsed else (None, None)
+    return None, None
 
 
 def daemon_env() -> dict[str, str]:
@@ -211,7 +207,19 @@ class Lambdad:
             all=True, filters={"label": f"lambda.daemon={self.daemon_id}"}, ignore_removed=True)
         if function is None:
             return list(found)
-        return [c for c in found if container_owner(c)[0] == function]
+        return [c for c in found if self.owner(c)[0] == function]
+
+    def owner(self, container: Any) -> tuple[str | None, int | None]:
+        """(function, version) of an instance: its labels, or for a specialized stem cell
+        (labels are fixed at creation) the owner file lambdad writes once it is loaded."""
+        if "lambda.cell" in container.labels:
+            owner = self.state_dir / "c" / container.labels["lambda.instance"] / "owner"
+            try:
+                function, version = owner.read_text().split()
+                return function, int(version)
+            except (OSError, ValueError):
+                return None, None
+        return container_owner(container)
 
     def images(self, function: str | None = None) -> list[Any]:
         filters = [f"lambda.daemon={self.daemon_id}"]

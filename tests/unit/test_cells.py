@@ -13,7 +13,7 @@ import pytest
 
 from lambdad.build.artifacts import ArtifactStore, link_into
 from lambdad.functions import FunctionConfig
-from lambdad.runtime.cells import Cell, CellClass, CellPool
+from lambdad.runtime.cells import Cell, CellClass, CellPool, needs_own_process
 
 SMALL = CellClass(128, "none", 1.0, 256)
 BIG = CellClass(512, "none", 1.0, 256)
@@ -63,10 +63,38 @@ def run(coro: Awaitable[None]) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def test_class_of_a_function_is_its_limits() -> None:
+def test_class_of_a_function_is_its_limits_and_runtime_image() -> None:
     config = FunctionConfig(memory_mb=256, network="bridge", cpu=0.5, pids_limit=64)
-    assert CellClass.of(config) == CellClass(256, "bridge", 0.5, 64)
+    assert CellClass.of(config, "sha256:1") == CellClass(256, "bridge", 0.5, 64, "sha256:1")
     assert CellClass.of(config).label() == "256MiB/0.5cpu/64pids/bridge"
+
+
+@pytest.mark.parametrize(("env", "own"), [
+    ({}, False),
+    ({"GREETING": "hi", "DEBUG": "1", "PATH_PREFIX": "/x"}, False),
+    ({"LD_LIBRARY_PATH": "/var/task/lib"}, True),
+    ({"PYTHONHASHSEED": "0"}, True),
+    ({"PYTHONWARNINGS": "ignore"}, True),
+    ({"LC_ALL": "C.UTF-8"}, True),
+    ({"TZ": "Europe/Paris"}, True),
+    ({"MALLOC_ARENA_MAX": "2"}, True),
+])
+def test_variables_read_at_process_start_need_a_process_of_their_own(
+    env: dict[str, str], own: bool
+) -> None:
+    assert needs_own_process(env) is own
+
+
+def test_cells_are_never_lent_across_runtime_images() -> None:
+    async def scenario() -> None:
+        h = Harness(size=1)
+        old = CellClass(128, "none", 1.0, 256, "sha256:old")
+        h.pool.want([old])
+        await h.settle()
+        assert h.pool.take(CellClass(256, "none", 1.0, 256, "sha256:new")) is None
+        assert h.pool.take(CellClass(256, "none", 1.0, 256, "sha256:old")) is not None
+
+    run(scenario())
 
 
 def test_pool_fills_each_class_in_use_and_refills_after_a_take() -> None:
@@ -181,7 +209,11 @@ def test_a_lost_cell_is_forgotten_and_close_hands_back_the_rest() -> None:
         first = h.pool.ready_cells()[0]
         assert h.pool.lost(first.container_id) is first
         assert h.pool.lost("unknown") is None
-        h.pool.refill()  # the manager refills once it cleaned up the dead cell
+        h.pool.refill()  # a cell that died while ready backs the pool off: no restart loop
+        await h.settle()
+        assert len(h.pool.ready_cells()) == 1
+        h.now = 1.0
+        h.pool.refill()
         await h.settle()
         left = h.pool.close()
         assert first not in left and len(left) == 2
@@ -224,7 +256,8 @@ def test_artifacts_are_read_only_copies_linked_into_cells(tmp_path: Path) -> Non
     (deps / "helper.py").write_text("y = 2\n")
     store = ArtifactStore(tmp_path / "artifacts")
     store.prepare()
-    saved = store.save("greet", 1, code, deps)
+    saved = store.save("greet", 1, code, deps, runtime_image="sha256:abc")
+    assert ArtifactStore.runtime_image(saved) == "sha256:abc"
     assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
     assert stat.S_IMODE((saved / "task" / "app.py").stat().st_mode) == 0o644
     assert stat.S_IMODE((saved / "task" / "run.sh").stat().st_mode) == 0o755
@@ -236,7 +269,9 @@ def test_artifacts_are_read_only_copies_linked_into_cells(tmp_path: Path) -> Non
     for sub in ("task", "deps"):
         (cell / sub).mkdir(parents=True)
     link_into(saved, cell)
-    assert _tree(cell) == _tree(saved)
+    assert _tree(cell / "task") == _tree(saved / "task")
+    assert _tree(cell / "deps") == _tree(saved / "deps")
+    assert not (cell / "runtime-image").exists()  # only code and dependencies go in
     assert (cell / "task" / "app.py").stat().st_ino == (saved / "task" / "app.py").stat().st_ino
     assert os.readlink(cell / "task" / "link.py") == "app.py"
 
@@ -282,5 +317,23 @@ def test_a_held_pool_starts_nothing_until_released() -> None:
         h.pool.refill()
         await h.settle()
         assert h.ready(SMALL) == 2
+
+    run(scenario())
+
+
+def test_a_cancelled_start_does_not_leave_a_phantom_starting_cell() -> None:
+    async def scenario() -> None:
+        h = Harness(size=1, max_starting=1)
+        h.gate = asyncio.Event()
+        h.pool.want([SMALL])
+        await h.settle()
+        for task in list(h.tasks):
+            task.cancel()
+        await h.settle()
+        assert all(s.starting == 0 for s in h.pool.stats())
+        h.gate.set()
+        h.pool.refill()
+        await h.settle()
+        assert h.ready(SMALL) == 1
 
     run(scenario())

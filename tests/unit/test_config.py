@@ -199,9 +199,26 @@ def test_unreadable_file_is_a_config_error() -> None:
     def denied(path: Path) -> str | None:
         raise PermissionError(13, "Permission denied")
 
+    def binary(path: Path) -> str | None:
+        return b"\xff\xfe".decode("utf-8")
+
     assert problems_of(["--config", "/x.toml"], read=denied) == [
         "cannot read config file /x.toml: Permission denied"
     ]
+    assert problems_of(["--config", "/x.toml"], read=binary) == [
+        "config file /x.toml is not UTF-8 text"
+    ]
+
+
+def test_abbreviated_flags_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(["--state", "/x"])
+    assert exited.value.code == 2 and "unrecognized arguments: --state" in capsys.readouterr().err
+
+
+def test_check_reports_a_folder_given_as_key_file(tmp_path: Path) -> None:
+    config = run(["--state-dir", str(tmp_path / "s"), "--api-key-file", str(tmp_path)]).config
+    assert any(p.startswith(f"api_key_file: cannot read {tmp_path}") for p in check(config))
 
 
 def test_systemd_directories_set_the_derived_defaults(tmp_path: Path) -> None:
