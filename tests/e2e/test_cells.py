@@ -11,7 +11,7 @@ from pathlib import Path
 
 import docker
 
-from tests.support.daemon import HttpResult, Lambdad
+from tests.support.daemon import HttpResult, Lambdad, wait_for
 
 PROBE = '''
 import os, socket, sys
@@ -75,13 +75,6 @@ def write_probe(folder: Path, name: str, *, memory: int = 128, deps: bool = Fals
     return folder
 
 
-def wait_for(predicate: object, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def ready_cells(daemon: Lambdad) -> list[object]:

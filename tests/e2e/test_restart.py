@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import FUNCTIONS, ROOT, Lambdad
+from tests.support.daemon import FUNCTIONS, ROOT, Lambdad, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +33,9 @@ def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
 ) -> None:
     daemon = fresh_lambdad
     daemon.deploy("greet", "--name", "greet")  # no class in use yet: a new container
-    assert _wait_for(lambda: len(_generic_cells(daemon)) == 2)
+    assert wait_for(lambda: len(_generic_cells(daemon)) == 2)
     daemon.deploy("calculator")  # specializes a stem cell
-    assert _wait_for(lambda: daemon.containers("calculator"))  # renamed once its code loaded
+    assert wait_for(lambda: daemon.containers("calculator"))  # renamed once its code loaded
     greet = daemon.containers("greet")[0]
     calculator = daemon.containers("calculator")[0]
     assert "lambda.cell" in calculator.labels and calculator.name.startswith("lambda-calc")
@@ -58,7 +58,7 @@ def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
     assert daemon.containers("greet")[0].id != greet.id
     # One folder per container, nothing stale (compared once the pool's refill settled:
     # a starting cell has its folder a moment before its container).
-    assert _wait_for(lambda: sorted(p.name for p in (daemon.state_dir / "i").iterdir()) == sorted(
+    assert wait_for(lambda: sorted(p.name for p in (daemon.state_dir / "i").iterdir()) == sorted(
         c.labels["lambda.instance"] for c in daemon.containers()
     ))
 
@@ -69,13 +69,6 @@ def _generic_cells(daemon: Lambdad) -> list[object]:
             and c.status == "running"]
 
 
-def _wait_for(predicate: object, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_second_daemon_on_the_same_state_is_refused(fresh_lambdad: Lambdad) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad
+from tests.support.daemon import Lambdad, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +35,6 @@ def _sleeper(tmp_path: Path, name: str, scaling: str, extra: str = "") -> Path:
     return folder
 
 
-def _wait_for(predicate: object, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_max_instances_is_honoured_and_requests_queue(lambdad: Lambdad, tmp_path: Path) -> None:
@@ -90,7 +83,7 @@ def test_scale_to_zero_then_a_cold_start(lambdad: Lambdad, tmp_path: Path) -> No
     assert warm.headers["lambda-cold-start"] == "warm"
     assert re.fullmatch(r"gateway;dur=[\d.]+, function;dur=[\d.]+",
                         warm.headers["server-timing"])
-    assert _wait_for(lambda: lambdad.containers("napper") == [])
+    assert wait_for(lambda: lambdad.containers("napper") == [])
     assert lambdad.cli("get", "napper", "-o", "json").json()["status"] == "idle"
     cold = lambdad.http("napper", "/")
     assert cold.status == 200 and cold.headers["lambda-cold-start"] in ("cell", "container")
@@ -100,12 +93,12 @@ def test_scale_to_zero_then_a_cold_start(lambdad: Lambdad, tmp_path: Path) -> No
 
 def test_minimum_is_kept_and_restored(lambdad: Lambdad, tmp_path: Path) -> None:
     lambdad.deploy(_sleeper(tmp_path, "steady", "min_instances = 2\nidle_timeout = 1"))
-    assert _wait_for(lambda: len(lambdad.containers("steady")) == 2)
+    assert wait_for(lambda: len(lambdad.containers("steady")) == 2)
     time.sleep(2.5)  # past the idle timeout: the minimum stays
     containers = lambdad.containers("steady")
     assert len(containers) == 2
     containers[0].kill()
-    assert _wait_for(lambda: len([c for c in lambdad.containers("steady")
+    assert wait_for(lambda: len([c for c in lambdad.containers("steady")
                                   if c.status == "running"]) == 2
                      and containers[0].id not in {c.id for c in lambdad.containers("steady")})
 
@@ -194,7 +187,7 @@ def test_redeploy_under_load_loses_no_request_and_leaks_nothing(
     assert set(statuses) == {200} and statuses[200] > 200, statuses
     assert versions["1"] > 0 and versions["2"] > 0, versions
     # The old version drains and stops.
-    assert _wait_for(lambda: {str(lambdad.owner(c)[1])
+    assert wait_for(lambda: {str(lambdad.owner(c)[1])
                               for c in lambdad.containers("busy")} == {"2"})
     # Two more runs of the same load meet the same steady state: descriptors (client
     # sockets, pooled upstream connections) and containers do not grow with traffic.

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,16 @@ def container_owner(container: Any) -> tuple[str | None, int | None]:
     if "lambda.function" in labels:
         return labels["lambda.function"], int(labels["lambda.version"])
     return None, None
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Polls `predicate` until it is true or `timeout` seconds passed; returns the outcome."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def daemon_env() -> dict[str, str]:
