@@ -87,6 +87,7 @@ class Config:
     async_backoff: float
     catch_up_window: float
     log_level: str
+    body_timeout: float = 60.0
     cell_pool_size: int = 2
     pause_after: float = 5.0
     config_file: Path | None = None
@@ -113,6 +114,13 @@ def _seconds(text: str) -> float:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if value < 0 or value != value or value == float("inf"):
         raise ValueError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise ValueError(f"expected a number of seconds > 0, got {text!r}")
     return value
 
 
@@ -236,6 +244,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_body_size", "gateway", _mib, 6,
        "largest request body the gateway accepts, in MiB (default: 6)", metavar="MiB",
        numeric=True),
+    _s("body_timeout", "gateway", _positive_seconds, 60,
+       "a client has this many seconds to send a whole request body, however it trickles "
+       "it in, then gets 408 (default: 60, about 100 KiB/s for the largest body)",
+       metavar="SECONDS", numeric=True),
     _s("runtime_image", "build", _image_name, "lambda-runtime/python:3.11",
        "base image of Python functions (default: lambda-runtime/python:3.11)", metavar="IMAGE"),
     _s("image_prefix", "build", _image_name, "lambda-fn",
@@ -550,6 +562,7 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         log_files=values["function_log_files"],
         async_backoff=values["async_backoff"],
         catch_up_window=values["schedule_catch_up"],
+        body_timeout=values["body_timeout"],
         log_level=values["log_level"],
         cell_pool_size=values["cell_pool_size"],
         pause_after=values["pause_after"],
