@@ -88,6 +88,8 @@ class Config:
     catch_up_window: float
     log_level: str
     body_timeout: float = 60.0
+    max_queued_events: int = 1000
+    max_event_bytes: int = 256 * 1024
     cell_pool_size: int = 2
     pause_after: float = 5.0
     config_file: Path | None = None
@@ -287,6 +289,14 @@ SETTINGS: tuple[Setting, ...] = (
        "asynchronous invocations: attempt N waits N x this many seconds before the next "
        "(default: 60, so retries come after 1 and 2 more minutes)", metavar="SECONDS",
        numeric=True),
+    _s("max_queued_events", "runtime", _count(1), 1000,
+       "asynchronous invocations waiting per function; more are refused (429 with "
+       "Retry-After at the gateway, RESOURCE_EXHAUSTED over gRPC) and schedule runs are "
+       "skipped (default: 1000)", metavar="N", numeric=True),
+    _s("max_event_size", "runtime", _mib, 0.25,
+       "largest asynchronous invocation payload, in MiB; with max_queued_events it bounds "
+       "the disk one function's queue can take (default: 0.25, as AWS Lambda)",
+       metavar="MiB", numeric=True),
     _s("schedule_catch_up", "runtime", _seconds, 3600,
        "a schedule run missed while lambdad was down runs once at start if it was due within "
        "this many seconds; 0 disables (default: 3600)", metavar="SECONDS", numeric=True),
@@ -563,6 +573,8 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         async_backoff=values["async_backoff"],
         catch_up_window=values["schedule_catch_up"],
         body_timeout=values["body_timeout"],
+        max_queued_events=values["max_queued_events"],
+        max_event_bytes=values["max_event_size"],
         log_level=values["log_level"],
         cell_pool_size=values["cell_pool_size"],
         pause_after=values["pause_after"],

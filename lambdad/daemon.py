@@ -214,6 +214,8 @@ class Daemon:
             domain=config.domain,
             docker_version=await asyncio.to_thread(docker_engine_version, client),
             artifacts=artifacts,
+            max_queued_events=config.max_queued_events,
+            max_event_bytes=config.max_event_bytes,
         )
         keyring = KeyRing(keys)
         keyring.load(await store.keys.all())
