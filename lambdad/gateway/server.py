@@ -359,8 +359,8 @@ class _Client:
         return None if self.gw.admit is None else self.gw.admit(function, version, headers)
 
     async def _refuse(self, reply: Reply, *, version: int | None = None) -> int:
-        """Answers a request refused on its head without reading its body: the connection
-        is kept only when there is no body to skip (then no 100 Continue was sent)."""
+        """Answers a request refused on its head, with no 100 Continue and without reading
+        its body: the connection is kept only when there is no body to skip."""
         try:
             empty = isinstance(self.conn.next_event(), h11.EndOfMessage)
         except h11.RemoteProtocolError:
