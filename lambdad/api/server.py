@@ -532,11 +532,6 @@ class BearerAuthInterceptor(_Interceptor):
                     f"{method.rsplit('/', 1)[-1]} needs {needed}")
         return identity
 
-    def authorized(self, method: str, metadata: Any) -> tuple[grpc.StatusCode, str] | None:
-        """None when the call may proceed, else the status and why not."""
-        outcome = self.check(method, metadata)
-        return None if isinstance(outcome, Identity) else outcome
-
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],

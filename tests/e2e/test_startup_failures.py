@@ -74,7 +74,7 @@ def test_a_busy_address_fails_the_start_at_once(daemon: Lambdad, listener: str) 
         pytest.fail(f"lambdad still running {EXIT_WITHIN} s after start with {address} "
                     f"taken:\n{stderr}")
     finally:
-        holder.close()
+        holder.close()  # (a Unix socket's file stays: a closed socket does not unlink it)
     elapsed = time.monotonic() - started
     assert process.returncode != 0
     assert address in stderr and "cannot start" in stderr, stderr
@@ -83,3 +83,5 @@ def test_a_busy_address_fails_the_start_at_once(daemon: Lambdad, listener: str) 
     label = f"lambda.daemon={daemon.daemon_id}"
     assert daemon.docker.containers.list(all=True, filters={"label": label}) == []
     assert _processes_in(daemon.state_dir) == []
+    # Its own socket is gone; another daemon's, on the other hand, is left alone.
+    assert daemon.socket_path.exists() == (listener == "unix")
