@@ -545,7 +545,7 @@ class BearerAuthInterceptor(_Interceptor):
         if not isinstance(outcome, Identity):
             return _denying(handler, *outcome)
         if outcome.key_id:
-            return _revocable(handler, self._keys, outcome.key_id)
+            return _revocable(handler, self._keys, outcome.key_id, method)
         return handler
 
 
@@ -567,7 +567,7 @@ class _Guard:
             self.task.cancel()
 
 
-def _revocable(handler: Handler, keys: KeyRing, key_id: str) -> Handler:
+def _revocable(handler: Handler, keys: KeyRing, key_id: str, method: str) -> Handler:
     """The same handler, but a stream (Logs -f, Deploy, reflection) ends with
     UNAUTHENTICATED "API key revoked" as soon as its key is revoked: at once when the
     servicer is waiting (for a log line, an upload chunk, a build), else before its next
@@ -603,6 +603,7 @@ def _revocable(handler: Handler, keys: KeyRing, key_id: str) -> Handler:
         finally:
             unwatch()
             await responses.aclose()
+        log.info("ended %s: API key id=%s was revoked", method.rsplit("/", 1)[-1], key_id)
         context.set_trailing_metadata(((REASON_KEY, "Unauthenticated"),))
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
 
