@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="manage API keys for the TCP control API",
         description="Create, list and revoke API keys. Allowed over the Unix socket or with "
         "an admin key. Roles: invoker (invoke, list, get, logs, stats), deployer (also "
-        "deploy, rollback, config, delete, schedules, redrive), admin (everything, keys too).",
+        "deploy, rollback, config, delete, schedules, redrive, environment values), admin "
+        "(everything, keys too). Revoking a key ends its open streams (logs -f, deploy).",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = keys_sub.add_parser("create", parents=[common], help="create a key; the secret "
@@ -352,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get.add_argument("name", metavar="NAME", help="the function to show")
     get.add_argument("--show-env", action="store_true",
-                     help="show environment values instead of masking them")
+                     help="show environment values instead of masking them (over TCP this "
+                     "needs a deployer or admin key)")
 
     logs = sub.add_parser(
         "logs",

@@ -633,9 +633,13 @@ class ControlPlane:
         schedule = Schedule(id=secrets.token_hex(8), function=name, cron=cron.strip(),
                             tz=tz or "UTC", data=data or b"{}", overlap=overlap or "skip",
                             created_at=time.time())
-        await self._store.schedules.insert(schedule)
-        if self._scheduler is not None:
-            self._scheduler.add(schedule)
+        # Under the function's lock: a delete between the check and the insert would
+        # fail the insert (foreign key) or leave the cron runner a schedule without rows.
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            await self._store.get_function(name)  # again: it may be gone since
+            await self._store.schedules.insert(schedule)
+            if self._scheduler is not None:
+                self._scheduler.add(schedule)
         log.info("schedule created id=%s function=%s cron=%r tz=%s", schedule.id, name,
                  schedule.cron, schedule.tz)
         return schedule
@@ -784,23 +788,29 @@ class ControlPlane:
                                      start=start, function_error=function_error)
 
     async def delete(self, name: str) -> tuple[int, int]:
-        """Removes rows, instances and images; returns (versions, instances) removed."""
+        """Removes rows, instances and images; returns (versions, instances) removed.
+
+        Under the function's lock, as deploy, rollback and config changes are: a deploy
+        that took the lock halfway through would number its version after the deleted
+        rows (v1 again) and lose its image tag and artifact to this clean-up. A change
+        under way is not waited for (a build can take minutes): the delete is refused.
+        """
         validate_name(name)
-        lock = self._locks.get(name)
-        if lock is not None and lock.locked():
-            raise FailedPrecondition(f"function {name!r} is being deployed; try again when it ends")
-        try:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        if lock.locked():
+            raise FailedPrecondition(
+                f"function {name!r} is being deployed, rolled back, reconfigured or deleted; "
+                "try again when that ends")
+        async with lock:  # free, so taken at once: nothing can slip in after the check
             versions = await self._store.delete_function(name)
-        except NotFound:
-            raise
-        instances = await self._runtime.remove_function(name)
-        if self._logs is not None:
-            await self._logs.delete(name)
-        if self._scheduler is not None:
-            self._scheduler.remove_function(name)
-        for version in versions:
-            await asyncio.to_thread(self._builder.remove_image, version.image)
-        if self._artifacts is not None:
-            await asyncio.to_thread(self._artifacts.remove_function, name)
+            instances = await self._runtime.remove_function(name)
+            if self._logs is not None:
+                await self._logs.delete(name)
+            if self._scheduler is not None:
+                self._scheduler.remove_function(name)
+            for version in versions:
+                await asyncio.to_thread(self._builder.remove_image, version.image)
+            if self._artifacts is not None:
+                await asyncio.to_thread(self._artifacts.remove_function, name)
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)
         return len(versions), instances

@@ -12,11 +12,13 @@ import shutil
 import signal
 import socket
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import astuple
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -151,26 +153,62 @@ def function_url_template(config: Config) -> str:
 
 
 class Daemon:
+    """Runs lambdad: `run` starts every part, serves until `request_stop`, then stops them.
+
+    Each part's stop is pushed on an exit stack as soon as the part has started, so a
+    failure anywhere in the start (a busy port, an engine that goes away) unwinds just
+    what started, containers included, and the process exits. Every listener is bound
+    before anything that needs stopping starts: a busy address fails at once.
+    """
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self._stop = asyncio.Event()
+        self._starting: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
+        if self._starting is not None:  # a stop during the start unwinds what started
+            self._starting.cancel()
 
     async def run(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            task = asyncio.current_task()
+            self._starting = task
+            try:
+                notifier = await self._start(stack)
+            except asyncio.CancelledError:
+                if task is None or not self._stop.is_set():
+                    raise
+                task.uncancel()
+                log.info("lambdad stopping: asked to stop while starting")
+                return
+            finally:
+                self._starting = None
+            await self._stop.wait()
+            log.info("lambdad stopping: draining for up to %.0f s", self.config.drain_grace)
+            notifier.stopping()
+        log.info("lambdad stopped")
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> Notifier:
+        """Checks, builds every part, binds every listener, then starts the parts in
+        order; the stack's callbacks, run in reverse, are the ordered stop."""
         config = self.config
         daemon_id = prepare_state_dir(config)
         claim_socket(config.socket)
         keys = read_api_keys(config.api_key_file)
+        credentials = None
+        if config.grpc_listen is not None and (config.tls_cert is not None
+                                               or config.tls_key is not None):
+            credentials = tls_credentials(config)
         client = await asyncio.to_thread(docker_client)
+        stack.callback(client.close)
 
+        # Build the parts: nothing below runs, listens or starts a container yet.
         store = Store(config.state_dir / "lambda.db")
-        await store.open()
         metrics = Metrics()
         logs = LogStore(config.state_dir / "logs", max_file_bytes=config.log_file_bytes,
                         files_kept=config.log_files)
-        logs.start()
         metrics.log_followers.set_function(logs.subscriber_count)
         capture = LogCapture(client.api.api_version, logs.append)
 
@@ -218,9 +256,51 @@ class Daemon:
             max_event_bytes=config.max_event_bytes,
         )
         keyring = KeyRing(keys)
-        keyring.load(await store.keys.all())
         control.attach_keyring(keyring)
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+
+        def admit(function: str, number: int | None,
+                  headers: list[tuple[bytes, bytes]]) -> LambdaError | None:
+            return admission.admit(
+                function, number, headers, active=runtime.active_version(function),
+                version_of=functools.partial(runtime.known_version, function),
+                identify=keyring.identify)
+
+        gateway = Gateway(
+            runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
+            body_timeout=config.body_timeout,
+            admit=admit, max_connections=config.max_connections,
+            enqueue=lambda name, body: control.enqueue(name, body, source="http"),
+            observe=lambda name, code, seconds, start, failed: metrics.invocation(
+                name, "http", code, seconds, start=start, function_error=failed),
+        )
+        admin = AdminServer(metrics.render, lambda: {
+            "status": "ok",
+            "functions": len(runtime.routed()),
+            "instances": sum(runtime.instance_count(name) for name in runtime.routed()),
+        })
+
+        # Bind every listener, serving none: a busy address stops the start here, before
+        # any thread, task or container exists. These closes run last, after the drain
+        # below has stopped the listeners properly (stopping twice is harmless).
+        servers = await bind_listeners(stack, config, control, health_servicer, metrics,
+                                       keyring, credentials, gateway, admin)
+
+        # Start the parts, each followed by its stop.
+        await store.open()
+
+        async def close_store() -> None:
+            with contextlib.suppress(Exception):
+                await control.flush_stats()
+            await store.close()
+
+        stack.push_async_callback(close_store)
+        logs.start()
+        stack.push_async_callback(logs.stop)
+        stack.push_async_callback(capture.stop)
+        keyring.load(await store.keys.all())
         functions = await control.load()
+        stack.push_async_callback(runtime.shutdown)  # instances and stem cells
         adopted, removed = await runtime.reconcile()
         if adopted or removed:
             log.info("reconciled: adopted %d instance(s), removed %d container(s) left by an "
@@ -242,6 +322,29 @@ class Daemon:
                           worker.cancel, catch_up_window_s=config.catch_up_window)
         control.attach_scheduler(cron)
         runtime.ensure_minimums()
+        await watch_exits(stack, backend, runtime)
+
+        async def drain() -> None:
+            await health_servicer.enter_graceful_shutdown()
+            await asyncio.gather(
+                gateway.stop(config.drain_grace),
+                *(server.stop(config.drain_grace) for server in servers),
+                return_exceptions=True,
+            )
+
+        stack.push_async_callback(drain)
+        await gateway.serve()
+        for server in servers:
+            await server.start()
+        os.chmod(config.socket, 0o660)
+        worker.start()
+        stack.push_async_callback(worker.stop)
+        await cron.start()
+        stack.push_async_callback(cron.stop)
+        if config.admin_listen is not None:
+            await admin.serve()
+            stack.push_async_callback(admin.stop)
+
         housekeeper = Housekeeper()
         housekeeper.every(1, runtime.housekeeping, "runtime")
         background: set[asyncio.Task[None]] = set()
@@ -256,77 +359,6 @@ class Daemon:
         housekeeper.every(10, spawn(control.flush_stats), "stats-flush")
         housekeeper.every(3600, spawn(lambda: store.prune_stats(
             int(time.time() // 60) - 2 * 1440)), "stats-prune")
-        housekeeper.start()
-        loop = asyncio.get_running_loop()
-
-        def on_exit(container_id: str) -> None:  # called on the watcher thread
-            loop.call_soon_threadsafe(runtime.instance_exited, container_id)
-
-        watcher = loop.run_in_executor(None, backend.watch_exits, on_exit)
-
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        local = build_server(control, health_servicer, metrics=metrics)
-        local.add_insecure_port(f"unix://{config.socket}")
-        servers = [local]
-        if config.grpc_listen is not None:
-            remote = build_server(
-                control, health_servicer, metrics=metrics, keys=keyring,
-                interceptors=[BearerAuthInterceptor(
-                    keyring, open_reflection=config.tcp_reflection == "open")],
-            )
-            address = str(config.grpc_listen)
-            try:
-                if config.tls_cert is not None or config.tls_key is not None:
-                    bound = remote.add_secure_port(address, tls_credentials(config))
-                else:
-                    bound = remote.add_insecure_port(address)
-            except RuntimeError:
-                bound = 0
-            if bound == 0:
-                raise StartupError(f"cannot listen for gRPC on {address}")
-            servers.append(remote)
-        def admit(function: str, number: int | None,
-                  headers: list[tuple[bytes, bytes]]) -> LambdaError | None:
-            return admission.admit(
-                function, number, headers, active=runtime.active_version(function),
-                version_of=functools.partial(runtime.known_version, function),
-                identify=keyring.identify)
-
-        gateway = Gateway(
-            runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
-            body_timeout=config.body_timeout,
-            admit=admit, max_connections=config.max_connections,
-            enqueue=lambda name, body: control.enqueue(name, body, source="http"),
-            observe=lambda name, code, seconds, start, failed: metrics.invocation(
-                name, "http", code, seconds, start=start, function_error=failed),
-        )
-        try:
-            await gateway.start(config.gateway_listen.host, config.gateway_listen.port)
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen for HTTP on {config.gateway_listen}: {exc.strerror}"
-            ) from None
-        admin = AdminServer(metrics.render, lambda: {
-            "status": "ok",
-            "functions": len(runtime.routed()),
-            "instances": sum(runtime.instance_count(name) for name in runtime.routed()),
-        })
-        if config.admin_listen is not None:
-            try:
-                await admin.start(config.admin_listen.host, config.admin_listen.port)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen for the admin API on {config.admin_listen}: {exc.strerror}"
-                ) from None
-        for server in servers:
-            await server.start()
-        worker.start()
-        await cron.start()
-        os.chmod(config.socket, 0o660)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set(
-            "lambdad.api.v1.FunctionService", health_pb2.HealthCheckResponse.SERVING
-        )
         notifier = Notifier()
 
         def status_line() -> str:
@@ -335,45 +367,108 @@ class Daemon:
             cells = sum(c.ready for c in runtime.cell_stats())
             return f"{len(names)} function(s), {instances} instance(s), {cells} stem cell(s)"
 
-        notifier.ready(status_line())
         if notifier.enabled:
             housekeeper.every(10, lambda: notifier.status(status_line()), "notify-status")
             if notifier.watchdog_interval_s:
                 housekeeper.every(max(1, int(notifier.watchdog_interval_s)), notifier.watchdog,
                                   "watchdog")
+        housekeeper.start()
+        stack.push_async_callback(housekeeper.stop)  # first to stop: no scaling while draining
+
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(
+            "lambdad.api.v1.FunctionService", health_pb2.HealthCheckResponse.SERVING
+        )
+        notifier.ready(status_line())
         log.info(
             "lambdad ready: functions=%d control=unix://%s tcp=%s gateway=http://%s "
             "api_key=%s", functions, config.socket, config.grpc_listen or "off",
             config.gateway_listen,
             "none (TCP refuses calls)" if keyring.empty else "configured",
         )
+        return notifier
+
+
+async def bind_listeners(
+    stack: contextlib.AsyncExitStack, config: Config, control: ControlPlane,
+    health_servicer: Any, metrics: Metrics, keyring: KeyRing,
+    credentials: grpc.ServerCredentials | None, gateway: Gateway, admin: AdminServer,
+) -> list[grpc.aio.Server]:
+    """Binds the Unix socket, the TCP control API, the gateway and the admin listener,
+    serving none yet; StartupError names the address that cannot be had."""
+    local = build_server(control, health_servicer, metrics=metrics)
+    stack.push_async_callback(local.stop, None)
+    stack.callback(_unlink, config.socket)
+    try:
+        bound = local.add_insecure_port(f"unix://{config.socket}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise StartupError(f"cannot listen for gRPC on unix://{config.socket}")
+    servers = [local]
+    if config.grpc_listen is not None:
+        remote = build_server(
+            control, health_servicer, metrics=metrics, keys=keyring,
+            interceptors=[BearerAuthInterceptor(
+                keyring, open_reflection=config.tcp_reflection == "open")],
+        )
+        stack.push_async_callback(remote.stop, None)
+        address = str(config.grpc_listen)
         try:
-            await self._stop.wait()
-        finally:
-            log.info("lambdad stopping: draining for up to %.0f s", config.drain_grace)
-            notifier.stopping()
-            await housekeeper.stop()
-            await admin.stop()
-            await cron.stop()
-            await worker.stop()
-            await health_servicer.enter_graceful_shutdown()
-            await asyncio.gather(
-                gateway.stop(config.drain_grace),
-                *(server.stop(config.drain_grace) for server in servers),
-                return_exceptions=True,
-            )
-            backend.stop_watching()
-            await runtime.shutdown()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watcher, timeout=5)
-            await capture.stop()
-            await logs.stop()
-            with contextlib.suppress(Exception):
-                await control.flush_stats()
-            await store.close()
-            with contextlib.suppress(FileNotFoundError):
-                config.socket.unlink()
-            log.info("lambdad stopped")
+            if credentials is not None:
+                bound = remote.add_secure_port(address, credentials)
+            else:
+                bound = remote.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise StartupError(f"cannot listen for gRPC on {address}: the address is in use "
+                               "or not available")
+        servers.append(remote)
+    stack.push_async_callback(gateway.stop, 0)
+    try:
+        await gateway.start(config.gateway_listen.host, config.gateway_listen.port,
+                            serve=False)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen for HTTP on {config.gateway_listen}: {exc.strerror}"
+        ) from None
+    if config.admin_listen is not None:
+        stack.push_async_callback(admin.stop)
+        try:
+            await admin.start(config.admin_listen.host, config.admin_listen.port, serve=False)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for the admin API on {config.admin_listen}: {exc.strerror}"
+            ) from None
+    return servers
+
+
+async def watch_exits(
+    stack: contextlib.AsyncExitStack, backend: DockerBackend, runtime: RuntimeManager
+) -> None:
+    """Follows Docker's die events on a thread of its own. A daemon thread: should the
+    event stream not close when asked, it cannot keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+
+    def on_exit(container_id: str) -> None:  # called on the watcher thread
+        with contextlib.suppress(RuntimeError):  # the loop closed: we are exiting
+            loop.call_soon_threadsafe(runtime.instance_exited, container_id)
+
+    watcher = threading.Thread(target=backend.watch_exits, args=(on_exit,),
+                               name="docker-events", daemon=True)
+    watcher.start()
+
+    async def stop() -> None:
+        backend.stop_watching()
+        await asyncio.to_thread(watcher.join, 5)
+
+    stack.push_async_callback(stop)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

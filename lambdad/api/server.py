@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from lambdad.api.status import REASON_KEY, grpc_code
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
-from lambdad.auth import ApiKey, KeyRing, allowed, required_role
+from lambdad.auth import READ_ENV_ROLE, ApiKey, Identity, KeyRing, allowed, required_role
 from lambdad.control import (
     BuildOutput,
     ControlPlane,
@@ -33,7 +34,7 @@ from lambdad.control import (
     FunctionView,
     Progress,
 )
-from lambdad.errors import InvalidArgument, LambdaError
+from lambdad.errors import InvalidArgument, LambdaError, PermissionDenied
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion, Overrides
 from lambdad.logs import LogQuery
 from lambdad.metrics import Metrics
@@ -46,6 +47,7 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 6 MiB invoke payload plus framing
 MAX_CHUNK_BYTES = 1024 * 1024
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
+REVOKED = "API key revoked"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FunctionService"].full_name
 
 R = TypeVar("R")
@@ -148,6 +150,14 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
     async def GetFunction(
         self, request: pb.GetFunctionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Function:
+        if request.show_env:
+            # Refused rather than masked: `get --show-env` printing "****" would look like
+            # the values; an invoker still sees the names (masked) without show_env.
+            name, role = _identity(context, self._keys)
+            if not allowed(role, READ_ENV_ROLE):
+                raise PermissionDenied(
+                    f"API key {name!r} has role {role}; reading environment values "
+                    f"(show_env) needs {READ_ENV_ROLE}")
         return _function(await self._control.get_function(request.name),
                          show_env=request.show_env)
 
@@ -311,12 +321,21 @@ def _daemon_info(info: DaemonInfo) -> pb.DaemonInfo:
     )
 
 
+def _identity(
+    context: grpc.aio.ServicerContext[Any, Any], keys: KeyRing | None
+) -> tuple[str, str]:
+    """(caller, role): `local` with every right on the Unix socket (its file permissions
+    are the access control), else the API key's name and role."""
+    if context.peer().startswith("unix:") or keys is None:
+        return "local", "admin"
+    identity = keys.identify(bearer_token(context.invocation_metadata()))
+    # The interceptor let the call in, so the key was valid; revoked since: least role.
+    return identity if identity else ("api-key", "invoker")
+
+
 def _caller(context: grpc.aio.ServicerContext[Any, Any], keys: KeyRing | None) -> str:
     """Who deploys: `local` on the Unix socket, else the API key's name."""
-    if context.peer().startswith("unix:") or keys is None:
-        return "local"
-    identity = keys.identify(bearer_token(context.invocation_metadata()))
-    return identity[0] if identity else "api-key"
+    return _identity(context, keys)[0]
 
 
 def _header(header: pb.DeployHeader) -> DeployHeader:
@@ -485,16 +504,17 @@ def bearer_token(metadata: Any) -> str:
 
 class BearerAuthInterceptor(_Interceptor):
     """On TCP: every RPC but health needs `authorization: Bearer <key>` whose role allows
-    the method (invoker < deployer < admin); reflection too unless made open."""
+    the method (invoker < deployer < admin); reflection too unless made open. A streaming
+    call ends with UNAUTHENTICATED when its key is revoked (see `_revocable`)."""
 
     def __init__(self, keys: KeyRing, *, open_reflection: bool = False) -> None:
         self._keys = keys
         self._open_reflection = open_reflection
 
-    def authorized(self, method: str, metadata: Any) -> tuple[grpc.StatusCode, str] | None:
-        """None when the call may proceed, else the status and why not."""
+    def check(self, method: str, metadata: Any) -> Identity | tuple[grpc.StatusCode, str]:
+        """The caller when the call may proceed, else the status and why not."""
         if self._open_reflection and method.startswith(REFLECTION_PREFIX):
-            return None
+            return Identity("", "anonymous", "invoker")
         if self._keys.empty:
             return (grpc.StatusCode.UNAUTHENTICATED,
                     "this daemon has no API key configured; TCP access is disabled")
@@ -502,16 +522,15 @@ class BearerAuthInterceptor(_Interceptor):
         if not token:
             return (grpc.StatusCode.UNAUTHENTICATED,
                     "missing authorization metadata: send 'authorization: Bearer <api-key>'")
-        identity = self._keys.identify(token)
+        identity = self._keys.resolve(token)
         if identity is None:
             return grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key"
-        name, role = identity
         needed = required_role(method) if method.startswith(f"/{SERVICE_NAME}/") else "invoker"
-        if not allowed(role, needed):
+        if not allowed(identity.role, needed):
             return (grpc.StatusCode.PERMISSION_DENIED,
-                    f"API key {name!r} has role {role}; {method.rsplit('/', 1)[-1]} needs "
-                    f"{needed}")
-        return None
+                    f"API key {identity.name!r} has role {identity.role}; "
+                    f"{method.rsplit('/', 1)[-1]} needs {needed}")
+        return identity
 
     async def intercept_service(
         self,
@@ -522,10 +541,77 @@ class BearerAuthInterceptor(_Interceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(HEALTH_PREFIX):
             return handler
-        problem = self.authorized(method, handler_call_details.invocation_metadata)
-        if problem is None:
-            return handler
-        return _denying(handler, *problem)
+        outcome = self.check(method, handler_call_details.invocation_metadata)
+        if not isinstance(outcome, Identity):
+            return _denying(handler, *outcome)
+        if outcome.key_id:
+            return _revocable(handler, self._keys, outcome.key_id, method)
+        return handler
+
+
+class _Guard:
+    """Where a guarded stream is: `inside` its servicer (where a cancellation is safe to
+    deliver) or in gRPC's own code, between messages (where it is not: gRPC would then
+    end the call without a status and the client would wait forever)."""
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.inside = False
+        self.revoked = False
+        self.cancelled = False
+
+    def revoke(self) -> None:
+        self.revoked = True
+        if self.inside and not self.cancelled:
+            self.cancelled = True
+            self.task.cancel()
+
+
+def _revocable(handler: Handler, keys: KeyRing, key_id: str, method: str) -> Handler:
+    """The same handler, but a stream (Logs -f, Deploy, reflection) ends with
+    UNAUTHENTICATED "API key revoked" as soon as its key is revoked: at once when the
+    servicer is waiting (for a log line, an upload chunk, a build), else before its next
+    message. Unary calls finish what they started; every later call is refused."""
+    stream: Any = handler.unary_stream or handler.stream_stream  # typed for sync contexts
+    if stream is None or not inspect.isasyncgenfunction(stream):
+        return handler
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                      ) -> AsyncIterator[Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        guard = _Guard(task)
+        unwatch = keys.watch(key_id, guard.revoke)
+        responses: AsyncGenerator[Any, None] = stream(request, context)
+        try:
+            while not guard.revoked:
+                guard.inside = True
+                try:
+                    message = await anext(responses)
+                except StopAsyncIteration:
+                    if not guard.cancelled:
+                        return
+                except asyncio.CancelledError:
+                    if not guard.cancelled:
+                        raise  # the client went away: not ours to turn into a status
+                finally:
+                    guard.inside = False
+                if guard.cancelled:
+                    task.uncancel()
+                    break
+                yield message
+        finally:
+            unwatch()
+            await responses.aclose()
+        log.info("ended %s: API key id=%s was revoked", method.rsplit("/", 1)[-1], key_id)
+        context.set_trailing_metadata(((REASON_KEY, "Unauthenticated"),))
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
+
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(guarded, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(guarded, **kwargs)
 
 
 def _denying(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:

@@ -11,13 +11,15 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 ROLES = ("invoker", "deployer", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 _TOKEN = re.compile(r"^lk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})\Z")
 
-# The least role each control API method needs; anything unlisted needs admin.
+# The least role each control API method needs; anything unlisted needs admin. Reading
+# environment values (GetFunction with show_env) needs deployer too: see READ_ENV_ROLE.
 METHOD_ROLES = {
     "Invoke": "invoker", "ListFunctions": "invoker", "GetFunction": "invoker",
     "Logs": "invoker", "GetStats": "invoker", "ListVersions": "invoker",
@@ -28,6 +30,19 @@ METHOD_ROLES = {
     "DeleteSchedule": "deployer",
     "CreateKey": "admin", "ListKeys": "admin", "RevokeKey": "admin",
 }
+# Environment values are where secrets go, and whoever can deploy can read them anyway
+# (a deployed handler can print its environment); an invoker sees only the names.
+READ_ENV_ROLE = "deployer"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a valid token belongs to. `key_id` is "" for --api-key-file keys, which are
+    not in the key table and cannot be revoked (only removed from the file)."""
+
+    key_id: str
+    name: str
+    role: str
 
 
 @dataclass(frozen=True)
@@ -66,17 +81,50 @@ def allowed(role: str, needed: str) -> bool:
 
 
 class KeyRing:
-    """The keys the daemon accepts on TCP, in memory: checking one costs no SQLite."""
+    """The keys the daemon accepts on TCP, in memory: checking one costs no SQLite.
+
+    Calls that outlive their authorization check (a followed log, a deploy) `watch`
+    their key; revoking it calls them back at once, so they can end.
+    """
 
     def __init__(self, bootstrap: list[str]) -> None:
         self._keys: dict[str, ApiKey] = {}
         self._bootstrap = [token.encode() for token in bootstrap]
+        self._watchers: dict[str, dict[int, Callable[[], None]]] = {}
+        self._next_watch = 0
 
     def load(self, keys: list[ApiKey]) -> None:
         self._keys = {key.id: key for key in keys}
 
     def put(self, key: ApiKey) -> None:
         self._keys[key.id] = key
+        if key.revoked_at is not None:
+            for on_revoke in list(self._watchers.pop(key.id, {}).values()):
+                on_revoke()
+
+    def watch(self, key_id: str, on_revoke: Callable[[], None]) -> Callable[[], None]:
+        """Calls `on_revoke` once if the key is revoked; returns the function that stops
+        watching. A key already revoked calls back at once."""
+        key = self._keys.get(key_id)
+        if key is not None and key.revoked_at is not None:
+            on_revoke()
+            return lambda: None
+        token = self._next_watch
+        self._next_watch += 1
+        self._watchers.setdefault(key_id, {})[token] = on_revoke
+
+        def unwatch() -> None:
+            watchers = self._watchers.get(key_id)
+            if watchers is not None:
+                watchers.pop(token, None)
+                if not watchers:
+                    del self._watchers[key_id]
+
+        return unwatch
+
+    def watching(self) -> int:
+        """How many calls watch a key (for tests and leak checks)."""
+        return sum(len(w) for w in self._watchers.values())
 
     @property
     def empty(self) -> bool:
@@ -84,10 +132,15 @@ class KeyRing:
 
     def identify(self, token: str) -> tuple[str, str] | None:
         """(key name, role) for a valid, unrevoked token; None otherwise."""
+        identity = self.resolve(token)
+        return None if identity is None else (identity.name, identity.role)
+
+    def resolve(self, token: str) -> Identity | None:
+        """The identity of a valid, unrevoked token; None otherwise."""
         raw = token.encode()
         for bootstrap in self._bootstrap:  # --api-key-file keys act as admin
             if hmac.compare_digest(raw, bootstrap):
-                return "bootstrap", "admin"
+                return Identity("", "bootstrap", "admin")
         parsed = parse_token(token)
         if parsed is None:
             return None
@@ -96,4 +149,4 @@ class KeyRing:
             return None
         if not hmac.compare_digest(digest(key.salt, parsed[1]), key.digest):
             return None
-        return key.name, key.role
+        return Identity(key.id, key.name, key.role)

@@ -88,11 +88,18 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[Any], _Client] = {}
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 8080, *,
+                    serve: bool = True) -> None:
+        """Binds (a busy port fails here); accepts now, or from `serve` if not `serve`."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ClientProtocol(self), host, port)
+        self._server = await loop.create_server(lambda: _ClientProtocol(self), host, port,
+                                                start_serving=serve)
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("gateway listening on %s:%d (domain %s)", host, self.port, self.domain)
+
+    async def serve(self) -> None:
+        assert self._server is not None, "start binds first"
+        await self._server.start_serving()
 
     async def stop(self, grace: float) -> None:
         """Bounded shutdown: idle connections close now, busy ones get `grace` seconds."""

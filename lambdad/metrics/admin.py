@@ -28,10 +28,16 @@ class AdminServer:
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
+    async def start(self, host: str, port: int, *, serve: bool = True) -> None:
+        """Binds (a busy port fails here); accepts now, or from `serve` if not `serve`."""
+        self._server = await asyncio.start_server(self._serve, host, port,
+                                                  start_serving=serve)
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("admin listener on %s:%d (/metrics, /healthz)", host, self.port)
+
+    async def serve(self) -> None:
+        assert self._server is not None, "start binds first"
+        await self._server.start_serving()
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -127,8 +127,8 @@ class InvocationTable:
         if len(prefix) < 4:
             raise InvalidArgument("give at least 4 characters of the invocation id")
         rows = self._db.execute_sql(
-            f"SELECT {_COLUMNS} FROM invocations WHERE id LIKE ? LIMIT 2",
-            (prefix.replace("%", "").replace("_", "\\\\_") + "%",)).fetchall()
+            f"SELECT {_COLUMNS} FROM invocations WHERE substr(id, 1, length(?)) = ? "
+            "LIMIT 2", (prefix.lower(), prefix.lower())).fetchall()  # no LIKE: `_` is literal
         if not rows:
             raise NotFound(f"no invocation with id {prefix!r}")
         if len(rows) > 1:

@@ -41,8 +41,8 @@ class ScheduleTable:
         if len(prefix) < 4:
             raise InvalidArgument("give at least 4 characters of the schedule id")
         rows = self._db.execute_sql(
-            f"SELECT {_COLUMNS} FROM schedules WHERE id LIKE ? LIMIT 2",
-            (prefix.replace("%", "") + "%",)).fetchall()
+            f"SELECT {_COLUMNS} FROM schedules WHERE substr(id, 1, length(?)) = ? "
+            "LIMIT 2", (prefix.lower(), prefix.lower())).fetchall()  # no LIKE: `_` is literal
         if not rows:
             raise NotFound(f"no schedule with id {prefix!r}")
         if len(rows) > 1:
