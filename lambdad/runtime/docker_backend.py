@@ -19,12 +19,12 @@ from lambdad import labels
 from lambdad.errors import Unavailable
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.cells import CellClass
+from lambdad.runtime.folder import CONTAINER_UID, SOCKET_NAME
 
 RUN_DIR = "/run/lambda"
 TASK_DIR = "/var/task"
 DEPS_DIR = "/opt/lambda/deps"
-SOCKET_NAME = "invoke.sock"
-CONTAINER_USER = "10001:10001"
+CONTAINER_USER = f"{CONTAINER_UID}:{CONTAINER_UID}"
 
 
 def function_environment(version: FunctionVersion) -> dict[str, str]:
@@ -88,13 +88,18 @@ class DockerBackend:
         self._tmp_size_mb = tmp_size_mb
         self._events: Any = None
 
-    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]]) -> Any:
+    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]],
+                     volumes: tuple[str, ...] = ()) -> Any:
         memory = f"{limits.memory_mb}m"
+        tmpfs = f"rw,nosuid,nodev,size={self._tmp_size_mb}m"
         return self._client.api.create_host_config(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self._tmp_size_mb}m"},
+            # An image's VOLUME would get an anonymous Docker volume: host disk without a
+            # bound, kept after the container. A tmpfs like /tmp takes its place.
+            tmpfs={**{path: f"{tmpfs},uid={CONTAINER_UID},gid={CONTAINER_UID},mode=0700"
+                      for path in volumes}, "/tmp": tmpfs},
             mem_limit=memory,
             memswap_limit=memory,
             # Quota and period rather than NanoCpus: only these can be updated later.
@@ -141,6 +146,7 @@ class DockerBackend:
         host_config = self._host_config(
             CellClass.of(version.config),
             {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
+            self._declared_volumes(version.image) if version.config.runtime == "docker" else (),
         )
         environment = function_environment(version)
         if init_later:
@@ -175,6 +181,18 @@ class DockerBackend:
              "LAMBDA_TASK_ROOT": TASK_DIR, "TZ": "UTC"},
             host_config,
         )
+
+    def _declared_volumes(self, image: str) -> tuple[str, ...]:
+        """The VOLUME paths of a function's own image (read at every start: a tag can be
+        moved), except those lambdad mounts itself."""
+        try:
+            config = self._client.api.inspect_image(image).get("Config") or {}
+        except docker.errors.ImageNotFound:
+            raise Unavailable(f"image {image} is missing; redeploy the function") from None
+        except docker.errors.APIError as exc:
+            raise Unavailable(f"could not inspect {image}: {exc.explanation or exc}") from None
+        return tuple(sorted(path for path in (config.get("Volumes") or {})
+                            if path.rstrip("/") not in (RUN_DIR, "/tmp")))
 
     def clean_folder(self, folder: Path, instance_id: str, image: str,
                      timeout: float = 60.0) -> None:
@@ -312,7 +330,7 @@ class DockerBackend:
             with contextlib.suppress(docker.errors.APIError):
                 container.stop(timeout=max(0, int(grace)))
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # with any anonymous volume
 
     def managed(self) -> list[ManagedContainer]:
         """Every container this daemon created, running or not."""
