@@ -98,7 +98,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = json.dumps({"function": "own", "path": self.path}).encode()
+        answer = {"function": "own", "path": self.path}
+        if self.path == "/fill-volume":
+            answer["written_mib"] = fill_volume()
+        body = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -113,6 +116,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+
+
+def fill_volume():
+    written = 0
+    try:
+        with open("/data/fill", "wb") as out:
+            while written < 1024:
+                out.write(b"x" * (1 << 20))
+                out.flush()
+                written += 1
+    except OSError:
+        pass
+    os.remove("/data/fill")
+    return written
 
 
 def serve(path):
@@ -163,11 +180,11 @@ def _dockerd(response: HttpResult) -> bool:
             or response.body.lstrip().startswith(b"["))
 
 
-def _dockerfile_function(folder: Path, name: str, **scaling: int) -> Path:
+def _dockerfile_function(folder: Path, name: str, extra: str = "", **scaling: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "start.py").write_text(START)
     (folder / "Dockerfile").write_text(
-        "FROM lambda-runtime/python:3.11\nCOPY start.py /var/task/start.py\n"
+        f"FROM lambda-runtime/python:3.11\n{extra}COPY start.py /var/task/start.py\n"
         'CMD ["python3", "/var/task/start.py"]\n')
     lines = [f'name = "{name}"', "timeout = 10", "[scaling]"]
     lines += [f"{key} = {value}" for key, value in scaling.items()]
@@ -321,3 +338,16 @@ def test_without_capabilities_a_cleanup_container_removes_what_lambdad_cannot(
     assert wait_for(lambda: not list((daemon.state_dir / "i").iterdir()), 10)
     # Cleanup containers go once done, and none is left running.
     assert [c for c in daemon.containers() if "lambda.cleanup" in c.labels] == []
+
+
+def test_a_dockerfile_volume_is_a_bounded_tmpfs(lambdad: Lambdad, tmp_path: Path) -> None:
+    """A VOLUME in a function's Dockerfile gave it a Docker volume: host disk without a
+    bound, and left behind after the container."""
+    volume = "USER root\nRUN mkdir /data && chown 10001:10001 /data\nVOLUME /data\nUSER 10001\n"
+    lambdad.deploy(_dockerfile_function(tmp_path / "volumed", "volumed", volume))
+    answer = lambdad.http("volumed", "/fill-volume").json()
+    (container,) = lambdad.containers("volumed")
+    assert [m for m in container.attrs["Mounts"] if m["Type"] == "volume"] == []
+    assert "/data" in container.attrs["HostConfig"]["Tmpfs"]
+    assert 0 < answer["written_mib"] <= 64  # the size of /tmp (--tmp-size)
+    assert lambdad.cli("delete", "volumed").code == 0
