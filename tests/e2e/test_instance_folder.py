@@ -349,5 +349,5 @@ def test_a_dockerfile_volume_is_a_bounded_tmpfs(lambdad: Lambdad, tmp_path: Path
     (container,) = lambdad.containers("volumed")
     assert [m for m in container.attrs["Mounts"] if m["Type"] == "volume"] == []
     assert "/data" in container.attrs["HostConfig"]["Tmpfs"]
-    assert 0 < answer["written_mib"] <= 64  # the size of /tmp (--tmp-size)
+    assert 0 < answer["written_mib"] <= 64  # a tmpfs the size of /tmp
     assert lambdad.cli("delete", "volumed").code == 0
