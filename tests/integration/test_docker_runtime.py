@@ -165,7 +165,7 @@ def test_instance_that_exits_at_start_is_reported_with_its_logs(
         runtime = RuntimeManager(DockerBackend(client, daemon_id=daemon_id),
                                  instances_dir=socket_root)
         # The runtime opens its socket first and imports the handler at POST /init.
-        with pytest.raises(InstanceFailed, match="instance of dies v1 .* while loading its code"):
+        with pytest.raises(InstanceFailed, match=r"instance of dies v1 .* while loading its code"):
             await runtime.start_instance(_version("dies", image, built.image_id))
         assert _owned(client, daemon_id) == []
 
