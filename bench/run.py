@@ -367,8 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    # The async group enqueues --async-events events to one function at once: more than the
+    # default cap of queued events per function, which would refuse the rest.
     daemon = BenchDaemon(extra_args=["--cell-pool-size", str(args.cell_pool_size),
-                                     "--pause-after", f"{args.pause_after:g}"])
+                                     "--pause-after", f"{args.pause_after:g}",
+                                     "--max-queued-events", str(max(1000, args.async_events))])
     results: list[Result] = []
     load = LoadReport()
     asyncs = AsyncReport()

@@ -87,6 +87,9 @@ class Config:
     async_backoff: float
     catch_up_window: float
     log_level: str
+    body_timeout: float = 60.0
+    max_queued_events: int = 1000
+    max_event_bytes: int = 256 * 1024
     cell_pool_size: int = 2
     pause_after: float = 5.0
     config_file: Path | None = None
@@ -113,6 +116,13 @@ def _seconds(text: str) -> float:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if value < 0 or value != value or value == float("inf"):
         raise ValueError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise ValueError(f"expected a number of seconds > 0, got {text!r}")
     return value
 
 
@@ -236,6 +246,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_body_size", "gateway", _mib, 6,
        "largest request body the gateway accepts, in MiB (default: 6)", metavar="MiB",
        numeric=True),
+    _s("body_timeout", "gateway", _positive_seconds, 60,
+       "a client has this many seconds to send a whole request body, however it trickles "
+       "it in, then gets 408 (default: 60, about 100 KiB/s for the largest body)",
+       metavar="SECONDS", numeric=True),
     _s("runtime_image", "build", _image_name, "lambda-runtime/python:3.11",
        "base image of Python functions (default: lambda-runtime/python:3.11)", metavar="IMAGE"),
     _s("image_prefix", "build", _image_name, "lambda-fn",
@@ -275,6 +289,14 @@ SETTINGS: tuple[Setting, ...] = (
        "asynchronous invocations: attempt N waits N x this many seconds before the next "
        "(default: 60, so retries come after 1 and 2 more minutes)", metavar="SECONDS",
        numeric=True),
+    _s("max_queued_events", "runtime", _count(1), 1000,
+       "asynchronous invocations waiting per function; more are refused (429 with "
+       "Retry-After at the gateway, RESOURCE_EXHAUSTED over gRPC) and schedule runs are "
+       "skipped (default: 1000)", metavar="N", numeric=True),
+    _s("max_event_size", "runtime", _mib, 0.25,
+       "largest asynchronous invocation payload, in MiB; with max_queued_events it bounds "
+       "the disk one function's queue can take (default: 0.25, as AWS Lambda)",
+       metavar="MiB", numeric=True),
     _s("schedule_catch_up", "runtime", _seconds, 3600,
        "a schedule run missed while lambdad was down runs once at start if it was due within "
        "this many seconds; 0 disables (default: 3600)", metavar="SECONDS", numeric=True),
@@ -550,6 +572,9 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         log_files=values["function_log_files"],
         async_backoff=values["async_backoff"],
         catch_up_window=values["schedule_catch_up"],
+        body_timeout=values["body_timeout"],
+        max_queued_events=values["max_queued_events"],
+        max_event_bytes=values["max_event_size"],
         log_level=values["log_level"],
         cell_pool_size=values["cell_pool_size"],
         pause_after=values["pause_after"],

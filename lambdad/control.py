@@ -31,6 +31,7 @@ from lambdad.errors import (
     LambdaError,
     NotFound,
     PayloadTooLarge,
+    Throttled,
 )
 from lambdad.functions import Activation, FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
@@ -145,6 +146,8 @@ class ControlPlane:
         domain: str = "localhost",
         docker_version: str = "",
         artifacts: ArtifactStore | None = None,
+        max_queued_events: int = 1000,
+        max_event_bytes: int = 256 * 1024,
     ) -> None:
         self.info = DaemonInfo(
             version=lambdad.__version__, api_version="v1",
@@ -152,6 +155,8 @@ class ControlPlane:
             started_at=datetime.now(UTC), domain=domain, url_template=url_template,
         )
         self.async_backoff_s = async_backoff_s
+        self.max_queued_events = max_queued_events
+        self.max_event_bytes = max_event_bytes
         self._artifacts = artifacts
         self._scheduler: CronRunner | None = None
         self._keyring: KeyRing | None = None
@@ -665,11 +670,21 @@ class ControlPlane:
     # Asynchronous invocations
 
     async def enqueue(self, name: str, payload: bytes, *, source: str) -> str:
-        """Writes the event to the store before returning its id (the 202 comes after)."""
+        """Writes the event to the store before returning its id (the 202 comes after).
+
+        Anyone who can reach a public function can queue events for it, so the queue is
+        bounded: at most `max_queued_events` waiting per function (Throttled beyond, which
+        is 429 with Retry-After at the gateway and RESOURCE_EXHAUSTED over gRPC), each at
+        most `max_event_bytes`, so one function's queue holds a bounded amount of disk."""
         validate_name(name)
-        if self._runtime.active_version(name) is None:
+        version = self._runtime.active_version(name)
+        if version is None:
             raise NotFound(f"no function named {name!r}")
         body = payload or b"{}"
+        if len(body) > self.max_event_bytes:
+            raise PayloadTooLarge(
+                f"an asynchronous invocation's payload is limited to {self.max_event_bytes} "
+                f"bytes (this one has {len(body)})")
         try:
             json.loads(body)
         except ValueError:
@@ -679,7 +694,15 @@ class ControlPlane:
             id=str(uuid.uuid4()), function=name, payload=body, source=source,
             status="queued", attempts=0, created_at=now, next_attempt_at=now,
         )
-        await self._store.invocations.insert(invocation)
+        if not await self._store.invocations.insert(invocation, self.max_queued_events):
+            if self._metrics is not None:
+                self._metrics.async_refused.labels(name, source).inc()
+            # A queued event moves on when a delivery ends, at the latest after the timeout.
+            raise Throttled(
+                f"function {name!r} already has {self.max_queued_events} asynchronous "
+                "invocations waiting, the most lambdad queues per function "
+                "(max_queued_events); try again later",
+                retry_after=min(60, max(1, version.config.timeout_s)))
         if self._on_enqueued is not None:
             self._on_enqueued()
         return invocation.id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -27,7 +28,8 @@ from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, ImageBuilder, TarLimits
 from lambdad.config import MAX_SOCKET_PATH, Config
 from lambdad.control import ControlPlane
-from lambdad.errors import LambdaError, Unauthenticated
+from lambdad.errors import LambdaError
+from lambdad.gateway import admission
 from lambdad.gateway.server import Gateway
 from lambdad.logs import LogCapture, LogStore
 from lambdad.logs.capture import Source
@@ -212,6 +214,8 @@ class Daemon:
             domain=config.domain,
             docker_version=await asyncio.to_thread(docker_engine_version, client),
             artifacts=artifacts,
+            max_queued_events=config.max_queued_events,
+            max_event_bytes=config.max_event_bytes,
         )
         keyring = KeyRing(keys)
         keyring.load(await store.keys.all())
@@ -281,25 +285,17 @@ class Daemon:
             if bound == 0:
                 raise StartupError(f"cannot listen for gRPC on {address}")
             servers.append(remote)
-        def authorize(function: str, headers: list[tuple[bytes, bytes]]) -> LambdaError | None:
-            """auth = "key" functions: an API key (any role) in Authorization, which is
-            then removed so the function never sees it."""
-            version = runtime.active_version(function)
-            if version is None or version.config.auth != "key":
-                return None
-            token = ""
-            for key, value in headers:
-                if key.lower() == b"authorization" and value.startswith(b"Bearer "):
-                    token = value[7:].decode("latin-1").strip()
-            if not token or keyring.identify(token) is None:
-                return Unauthenticated(
-                    f"function {function!r} needs an API key: send 'Authorization: Bearer <key>'")
-            headers[:] = [(k, v) for k, v in headers if k.lower() != b"authorization"]
-            return None
+        def admit(function: str, number: int | None,
+                  headers: list[tuple[bytes, bytes]]) -> LambdaError | None:
+            return admission.admit(
+                function, number, headers, active=runtime.active_version(function),
+                version_of=functools.partial(runtime.known_version, function),
+                identify=keyring.identify)
 
         gateway = Gateway(
             runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
-            authorize=authorize, max_connections=config.max_connections,
+            body_timeout=config.body_timeout,
+            admit=admit, max_connections=config.max_connections,
             enqueue=lambda name, body: control.enqueue(name, body, source="http"),
             observe=lambda name, code, seconds, start, failed: metrics.invocation(
                 name, "http", code, seconds, start=start, function_error=failed),

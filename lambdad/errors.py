@@ -48,7 +48,13 @@ class PayloadTooLarge(ResourceExhausted):
 
 
 class Throttled(ResourceExhausted):
+    """Too much at once; `retry_after` (seconds) becomes the gateway's Retry-After."""
+
     reason = "Throttled"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unauthenticated(LambdaError):

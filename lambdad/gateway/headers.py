@@ -24,8 +24,14 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Rewritten by the gateway; a client must not be able to forge proto or host.
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# X-Forwarded-For/-Proto/-Host are rewritten by the gateway (a client cannot forge proto
+# or host; its X-Forwarded-For chain is kept, the real peer appended). The other ways a
+# proxy tells an application the client's address, scheme, host, port or path prefix,
+# which frameworks trust behind a proxy (RFC 7239 `Forwarded`, nginx's X-Real-IP, chi's
+# True-Client-IP, Rails' X-Forwarded-Ssl, Spring's X-Forwarded-Prefix...), are never set
+# by the gateway, so a client's copies are lies: dropped, as is every other X-Forwarded-*.
+_PROXY_CLAIMS = frozenset({b"forwarded", b"x-real-ip", b"true-client-ip", b"x-client-ip",
+                           b"front-end-https", b"x-url-scheme"})
 # The gateway answers `Expect` itself and the body arrives whole, so neither
 # means anything to the instance.
 _CONSUMED = frozenset({b"expect", b"content-length"})
@@ -50,7 +56,8 @@ def forward_request_headers(headers: Headers, client_ip: str, proto: str = "http
     out: Headers = []
     for name, value in strip_hop_by_hop(headers):
         key = name.lower()
-        if not (key.startswith(b"lambda-") or key in _FORWARDED or key in _CONSUMED):
+        if not (key.startswith((b"lambda-", b"x-forwarded-")) or key in _PROXY_CLAIMS
+                or key in _CONSUMED):
             out.append((name, value))
     chain.append(client_ip.encode("ascii", "replace"))
     out.append((b"x-forwarded-for", b", ".join(chain)))

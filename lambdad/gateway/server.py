@@ -36,8 +36,10 @@ Reply = tuple[int, Headers, bytes]
 # (function, status, seconds to the response head, how the instance was got: warm, cell,
 # unpaused, container, or "" without one; the handler raised)
 Observer = Callable[[str, int, float, str, bool], None]
-# (function, request headers) -> None when allowed, else the error (functions with auth = "key")
-Authorize = Callable[[str, Headers], "errors.LambdaError | None"]
+# (function, pinned version or None, request headers) -> None when the request may go on,
+# else the error to answer with; decided on the head alone (the function and version exist,
+# auth = "key"), and may take credentials out of the headers it was given.
+Admit = Callable[[str, "int | None", Headers], "errors.LambdaError | None"]
 # (function, JSON payload) -> invocation id; for `Lambda-Invocation-Type: Event` requests
 Enqueue = Callable[[str, bytes], Awaitable[str]]
 
@@ -62,15 +64,17 @@ class Gateway:
         domain: str = "localhost",
         max_body_bytes: int = 6 * 1024 * 1024,
         header_timeout: float = 10.0,
+        body_timeout: float = 60.0,
         keepalive_timeout: float = 75.0,
         observe: Observer | None = None,
         enqueue: Enqueue | None = None,
-        authorize: Authorize | None = None,
+        admit: Admit | None = None,
         max_connections: int = 1024,
         max_header_bytes: int = 16 * 1024,
     ) -> None:
         self.max_header_bytes = max_header_bytes
-        self.authorize = authorize
+        self.admit = admit
+        self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.invoker = invoker
         self.observe = observe
@@ -240,15 +244,19 @@ class _Client:
             started = started or bool(data)
 
     async def _read_body(self) -> bytes:
+        """The whole body within one deadline (`body_timeout`), whatever the pace: a
+        client trickling a byte now and then cannot hold the connection for longer."""
         if self.conn.they_are_waiting_for_100_continue:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         body = bytearray()
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.gw.body_timeout
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 try:
-                    await self._recv(loop.time() + self.gw.header_timeout)
+                    await self._recv(read_deadline(loop.time(), deadline,
+                                                   self.gw.header_timeout))
                 except TimeoutError:
                     raise _Timeout from None
             elif isinstance(event, h11.Data):
@@ -307,8 +315,17 @@ class _Client:
         if lengths and lengths[0] > self.gw.max_body_bytes:
             exc = _too_large(self.gw.max_body_bytes)
             return await self._reject(error_response(exc, request_id), version=version)
-        if target is None and self.conn.they_are_waiting_for_100_continue:
-            return await self._reject(error_response(self._no_route(host), request_id))
+        # Everything the head decides is decided before a 100 Continue or a body byte.
+        if target is None:
+            return await self._refuse(error_response(self._no_route(host), request_id))
+        is_event = self.gw.enqueue is not None and _wants_event(request.headers)
+        if is_event and version is not None:
+            return await self._refuse(error_response(errors.InvalidArgument(
+                "asynchronous invocations run the active version: send them to "
+                f"{target.function}.{self.gw.domain}, not to a pinned version"), request_id))
+        refused = self._admit(target.function, version, list(request.headers))
+        if refused is not None:
+            return await self._refuse(error_response(refused, request_id), version=version)
         try:
             body = await self._read_body()
         except errors.PayloadTooLarge as exc:
@@ -317,14 +334,13 @@ class _Client:
             return await self._reject(_malformed(exc, request_id))
         except _Timeout:
             return await self._respond(_too_slow(request_id), close=True)
-        if target is None:
-            return await self._respond(error_response(self._no_route(host), request_id))
         headers = list(request.headers)
-        if self.gw.authorize is not None:
-            refused = self.gw.authorize(target.function, headers)
-            if refused is not None:
-                return await self._respond(error_response(refused, request_id))
-        if self.gw.enqueue is not None and _wants_event(request.headers):
+        # Again, with no await before the invocation picks its version: a deploy during
+        # the upload may have changed which version serves an unpinned request.
+        refused = self._admit(target.function, version, headers)
+        if refused is not None:
+            return await self._respond(error_response(refused, request_id), version=version)
+        if is_event:
             return await self._enqueue(target.function, body, request_id)
         invocation = InvocationRequest(
             function=target.function,
@@ -337,6 +353,21 @@ class _Client:
             version=version,
         )
         return await self._watching(self._invoke(invocation))
+
+    def _admit(self, function: str, version: int | None,
+               headers: Headers) -> errors.LambdaError | None:
+        return None if self.gw.admit is None else self.gw.admit(function, version, headers)
+
+    async def _refuse(self, reply: Reply, *, version: int | None = None) -> int:
+        """Answers a request refused on its head, with no 100 Continue and without reading
+        its body: the connection is kept only when there is no body to skip."""
+        try:
+            empty = isinstance(self.conn.next_event(), h11.EndOfMessage)
+        except h11.RemoteProtocolError:
+            empty = False
+        if empty:
+            return await self._respond(reply, version=version)
+        return await self._reject(reply, version=version)
 
     async def _enqueue(self, function: str, body: bytes, request_id: str) -> int:
         """`Lambda-Invocation-Type: Event`: the event is stored, then 202 with its id."""
@@ -511,6 +542,12 @@ def _reason(status: int) -> bytes:
         return http.HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+def read_deadline(now: float, body_deadline: float, idle: float) -> float:
+    """When the next body read gives up: `idle` seconds of silence, but never past the
+    deadline of the whole body (a fresh timeout per read let a trickle last forever)."""
+    return min(now + idle, body_deadline)
 
 
 def _too_large(limit: int) -> errors.PayloadTooLarge:

@@ -112,6 +112,11 @@ class Metrics:
         self.throttles = Counter(
             "lambdad_throttles", "Requests answered 429 at max_instances", ["function"],
             registry=r)
+        self.async_refused = Counter(
+            "lambdad_async_refused",
+            "Asynchronous invocations refused because the function already had "
+            "max_queued_events waiting, by source (http, api, schedule)",
+            ["function", "source"], registry=r)
         self.deploys = Counter(
             "lambdad_deploys", "Deploys, config changes and rollbacks by result",
             ["kind", "result"], registry=r)

@@ -26,25 +26,55 @@ class InvocationTable:
     def __init__(self, db: Any) -> None:
         self._db = db
 
-    def insert(self, inv: AsyncInvocation) -> None:
-        self._db.execute_sql(
-            f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
-             inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
-             inv.status_code, inv.result, inv.last_error),
-        )
+    def insert(self, inv: AsyncInvocation, max_queued: int = 0) -> bool:
+        """Stores the event unless its function already has `max_queued` queued ones
+        (0: no cap); False when refused. Count and insert are one transaction on the
+        store's one thread, so concurrent enqueues cannot overshoot the cap."""
+        with self._db.atomic():
+            if max_queued > 0 and self.queued(inv.function) >= max_queued:
+                return False
+            self._db.execute_sql(
+                f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
+                 inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
+                 inv.status_code, inv.result, inv.last_error),
+            )
+        return True
 
-    def due(self, now: float, limit: int, exclude: set[str]) -> list[AsyncInvocation]:
-        rows = self._db.execute_sql(
-            f"SELECT {_COLUMNS} FROM invocations WHERE status = 'queued' AND "
-            "next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-            (now, limit + len(exclude)),
-        ).fetchall()
-        return [inv for inv in map(_row, rows) if inv.id not in exclude][:limit]
-
-    def next_due(self) -> float | None:
+    def queued(self, function: str) -> int:
+        """Events of `function` not yet delivered (waiting to start, or for a retry)."""
         row = self._db.execute_sql(
-            "SELECT MIN(next_attempt_at) FROM invocations WHERE status = 'queued'"
+            "SELECT COUNT(*) FROM invocations INDEXED BY invocations_due "
+            "WHERE status = 'queued' AND function = ?", (function,)).fetchone()
+        return int(row[0])
+
+    def due(self, now: float, per_function: int, skip: set[str],
+            exclude: set[str]) -> list[AsyncInvocation]:
+        """The oldest `per_function` due events of every function not in `skip` (those at
+        their limit), leaving out the ids in `exclude` (deliveries already started whose
+        row may still say queued). Per function, so a long backlog of one function never
+        hides another's events from the worker."""
+        skip_sql = ",".join("?" * len(skip))
+        exclude_sql = ",".join("?" * len(exclude))
+        rows = self._db.execute_sql(
+            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, ROW_NUMBER() OVER ("
+            "PARTITION BY function ORDER BY next_attempt_at, created_at) AS turn "
+            "FROM invocations WHERE status = 'queued' AND next_attempt_at <= ?"
+            + (f" AND function NOT IN ({skip_sql})" if skip else "")
+            + (f" AND id NOT IN ({exclude_sql})" if exclude else "")
+            + ") WHERE turn <= ? ORDER BY next_attempt_at",
+            (now, *sorted(skip), *sorted(exclude), per_function),
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def next_due(self, after: float) -> float | None:
+        """When the next event waiting for its time (a retry's backoff) becomes due.
+
+        Events already due but not started wait for a slot, and a freed slot wakes the
+        worker; counting them here would make it poll in a busy loop."""
+        row = self._db.execute_sql(
+            "SELECT MIN(next_attempt_at) FROM invocations WHERE status = 'queued' "
+            "AND next_attempt_at > ?", (after,)
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 

@@ -1,8 +1,9 @@
 """Delivers queued asynchronous invocations within each function's concurrency.
 
-One task polls the durable queue (woken at once by a new event, otherwise at the next
-due retry) and starts one delivery task per event; each attempt is recorded as running
-before it starts, so a crash turns it back into a queued event at the next start.
+One task polls the durable queue (woken at once by a new event or a finished delivery,
+otherwise at the next due retry) and starts one delivery task per event, fairly between
+functions (`fair.select`); each attempt is recorded as running before it starts, so a
+crash turns it back into a queued event at the next start.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lambdad.queue.fair import mark_served, select
 from lambdad.queue.model import AsyncInvocation, RetryPolicy, next_step
 
 log = logging.getLogger("lambdad.queue")
@@ -42,7 +44,9 @@ class AsyncWorker:
         self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._per_function: dict[str, int] = {}
+        self._per_function: dict[str, int] = {}  # deliveries running, per function
+        self._served: dict[str, int] = {}  # function -> the turn it was last served in
+        self._turn = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -80,7 +84,7 @@ class AsyncWorker:
                 log.exception("async dispatch failed")
             timeout = POLL_S
             try:
-                next_due = await self._table.next_due()
+                next_due = await self._table.next_due(time.time())
             except Exception:
                 next_due = None
             if next_due is not None:
@@ -90,15 +94,23 @@ class AsyncWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _dispatch(self) -> None:
+        """Starts what `fair.select` picks: per function within its limit, round-robin."""
         free = self._concurrency - len(self._running)
-        if free <= 0:
+        limits = {name: max(1, self._limit_for(name)) for name in self._per_function}
+        # At the global cap only functions with nothing running may start one.
+        full = {name for name, count in self._per_function.items()
+                if count >= limits[name] or (free <= 0 and count > 0)}
+        due: list[AsyncInvocation] = await self._table.due(
+            time.time(), max(1, free), full, set(self._running))
+        if not due:
             return
-        due: list[AsyncInvocation] = await self._table.due(time.time(), free,
-                                                             set(self._running))
         for invocation in due:
+            if invocation.function not in limits:
+                limits[invocation.function] = max(1, self._limit_for(invocation.function))
+        chosen = select(due, limits, self._per_function, free, self._served)
+        self._turn = mark_served(self._served, chosen, self._turn)
+        for invocation in chosen:
             function = invocation.function
-            if self._per_function.get(function, 0) >= max(1, self._limit_for(function)):
-                continue
             self._per_function[function] = self._per_function.get(function, 0) + 1
             task = asyncio.create_task(self._attempt(invocation))
             self._running[invocation.id] = task
@@ -106,7 +118,11 @@ class AsyncWorker:
 
     def _done(self, invocation: AsyncInvocation, _task: object = None) -> None:
         self._running.pop(invocation.id, None)
-        self._per_function[invocation.function] -= 1
+        function = invocation.function
+        self._per_function[function] -= 1
+        if self._per_function[function] <= 0:  # bounded by the functions with work
+            del self._per_function[function]
+            self._served.pop(function, None)
         self._wake.set()
 
     async def _attempt(self, queued: AsyncInvocation) -> None:

@@ -169,6 +169,11 @@ class RuntimeManager:
         pool = self._pools.get(name)
         return pool.version if pool else None
 
+    def known_version(self, name: str, number: int) -> FunctionVersion | None:
+        """Version `number` of `name` as a pinned call would get it (the gateway decides
+        auth by the version that serves a request, before reading its body)."""
+        return self._versions.get(name, {}).get(number)
+
     def is_warm(self, name: str) -> bool:
         pool = self._pools.get(name)
         return pool is not None and any(not i.dead for i in pool.instances)

@@ -2,8 +2,10 @@
 
 Each run enqueues an asynchronous invocation (same retries and history as any event).
 Overlap: `skip` records a skipped run while the previous run is queued or running;
-`allow` runs in parallel; `replace` cancels the previous run first. Runs missed while
-the daemon was down run once at start if they fall within the catch-up window.
+`allow` runs in parallel; `replace` cancels the previous run first. A run whose function
+already has its maximum of queued events is skipped too (logged, and counted in
+`lambdad_async_refused_total{source="schedule"}`): cron never grows a full queue. Runs
+missed while the daemon was down run once at start if they fall within the catch-up window.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from lambdad.errors import Throttled
 from lambdad.scheduler.cron import Schedule, next_runs, previous_run
 
 log = logging.getLogger("lambdad.scheduler")
@@ -103,7 +106,15 @@ class CronRunner:
                     return
                 await self._cancel(schedule.last_invocation,
                                    "replaced by a newer run of its schedule")
-        invocation = await self._enqueue(schedule, when, catch_up)
+        try:
+            invocation = await self._enqueue(schedule, when, catch_up)
+        except Throttled as exc:  # the function's queue is full: skip, do not grow it
+            await self._table.record_skip(schedule.id, when)
+            self._schedules[schedule.id] = replace(schedule, last_run=when,
+                                                   last_result="skipped")
+            log.warning("schedule skipped id=%s function=%s (queue full: %s)",
+                        schedule.id, schedule.function, exc.message)
+            return
         result = "catch-up" if catch_up else "enqueued"
         await self._table.record_run(schedule.id, when, result, invocation)
         self._schedules[schedule.id] = replace(

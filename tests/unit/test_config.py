@@ -106,6 +106,7 @@ def test_every_setting_is_read_from_each_source() -> None:
         "start_timeout": "4", "drain_grace": "6", "function_log_size": "1",
         "function_log_files": "2", "async_backoff": "0.5", "schedule_catch_up": "0",
         "log_level": "debug", "cell_pool_size": "0", "pause_after": "1.5",
+        "body_timeout": "12", "max_queued_events": "5", "max_event_size": "0.5",
     }
     assert set(values) == {s.key for s in SETTINGS}
     text = "".join(f'{k} = "{v}"\n' for k, v in values.items())
@@ -124,6 +125,8 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.max_body_bytes == 2 * MIB and from_flags.async_backoff == 0.5
     assert from_flags.socket == Path("/srv/l.sock") and from_flags.log_level == "debug"
     assert from_flags.cell_pool_size == 0 and from_flags.pause_after == 1.5
+    assert from_flags.body_timeout == 12 and from_flags.max_queued_events == 5
+    assert from_flags.max_event_bytes == MIB // 2
 
 
 def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:
@@ -151,6 +154,8 @@ def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:
         ("gateway_listen = 'localhost'\n", "gateway_listen: expected HOST:PORT"),
         ("runtime_image = 'Not An Image'\n", "runtime_image: expected a Docker image name"),
         ("start_timeout = 'soon'\n", "start_timeout: expected a number of seconds"),
+        ("body_timeout = 0\n", "body_timeout: expected a number of seconds > 0, got '0'"),
+        ("max_queued_events = 0\n", "max_queued_events: expected a whole number >= 1"),
     ],
 )
 def test_bad_file_names_the_file_and_the_setting(text: str, message: str) -> None:

@@ -93,6 +93,24 @@ def test_forwarded_for_appends_to_existing_chain() -> None:
     assert get(out, b"x-forwarded-host") == [b"greet.localhost"]
 
 
+def test_other_proxy_claims_from_clients_are_dropped() -> None:
+    """Frameworks behind a proxy trust these for the client's address, scheme or host;
+    the gateway is that proxy and sets none of them, so a client's copies never pass."""
+    claims = [
+        (b"forwarded", b"for=10.0.0.1;proto=https;host=admin.example"),
+        (b"x-real-ip", b"10.0.0.1"), (b"true-client-ip", b"10.0.0.1"),
+        (b"x-client-ip", b"10.0.0.1"), (b"x-forwarded-port", b"443"),
+        (b"x-forwarded-ssl", b"on"), (b"x-forwarded-scheme", b"https"),
+        (b"x-forwarded-prefix", b"/admin"), (b"X-Forwarded-Server", b"evil"),
+        (b"front-end-https", b"on"), (b"x-url-scheme", b"https"),
+    ]
+    out = forward_request_headers([(b"host", b"greet.localhost"), (b"x-kept", b"1"), *claims],
+                                  "192.0.2.7")
+    assert names(out) == [b"host", b"x-kept", b"x-forwarded-for", b"x-forwarded-proto",
+                          b"x-forwarded-host"]
+    assert get(out, b"x-forwarded-for") == [b"192.0.2.7"]
+
+
 def test_forwarded_for_survives_connection_naming_it() -> None:
     headers = [(b"x-forwarded-for", b"1.1.1.1"), (b"connection", b"x-forwarded-for")]
     out = forward_request_headers(headers, "127.0.0.1")

@@ -14,6 +14,7 @@ from typing import Any
 
 from lambdad import errors
 from lambdad.gateway import Gateway
+from lambdad.gateway.server import read_deadline
 from lambdad.runtime.invocation import Headers, InvocationRequest, InvocationResponse
 
 Behaviour = Callable[[InvocationRequest], Awaitable[InvocationResponse]]
@@ -432,6 +433,138 @@ def test_expect_100_continue_to_unknown_host_gets_no_100() -> None:
     run(test)
 
 
+def _admit_with_key(function: str, version: int | None,
+                    headers: Headers) -> errors.LambdaError | None:
+    """A stand-in for the daemon's rule: 'private' needs `Authorization: Bearer k`,
+    'echo' pinned to version 9 does not exist."""
+    if version == 9:
+        return errors.NotFound(f"function {function!r} has no version 9")
+    if function == "private" and (b"authorization", b"Bearer k") not in headers:
+        return errors.Unauthenticated("function 'private' needs an API key")
+    headers[:] = [(n, v) for n, v in headers if n != b"authorization"]
+    return None
+
+
+def test_expect_100_continue_is_answered_only_after_admission() -> None:
+    """No 100 Continue, and no body read, for a request its head already refuses."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        inv.functions["private"] = inv.functions["echo"]
+        refused = [
+            (request_bytes(host(gw, "private"), "POST", Content_Length="4",
+                           Expect="100-continue"), 401),
+            (request_bytes(f"v9.{host(gw, 'echo')}", "POST", Content_Length="4",
+                           Expect="100-continue"), 404),
+            (request_bytes("nowhere.test", "POST", Content_Length="4",
+                           Expect="100-continue"), 404),
+            (request_bytes(host(gw, "echo"), "POST", Content_Length="101",
+                           Expect="100-continue"), 413),
+        ]
+        for head, status in refused:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                writer.write(head)  # and never the body: the answer must not wait for it
+                out = await asyncio.wait_for(reader.read(), 5)
+            finally:
+                writer.close()
+            assert out.startswith(f"HTTP/1.1 {status} ".encode()), out
+            assert b"HTTP/1.1 100 " not in out
+            assert parse(out).get("connection") == "close"
+        assert inv.requests == []
+        # With the key: 100 Continue, then the function's answer, without the key.
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(request_bytes(host(gw, "private"), "POST", Content_Length="4",
+                                       Expect="100-continue", Authorization="Bearer k"))
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim.startswith(b"HTTP/1.1 100 ")
+            writer.write(b"data")
+            reply = parse(await asyncio.wait_for(reader.read(), 5))
+        finally:
+            writer.close()
+        assert (reply.status, reply.body) == (200, b"data")
+        assert b"authorization" not in [n for n, _ in inv.requests[0].headers]
+
+    run(test, admit=_admit_with_key, max_body_bytes=100)
+
+
+def test_a_refused_request_without_a_body_keeps_its_connection() -> None:
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        def blocking() -> list[int]:
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+            statuses = []
+            for name in ("private", "echo"):
+                conn.request("GET", "/", headers={"Host": host(gw, name)})
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+                sock = conn.sock
+            assert sock is not None and conn.sock is sock  # one connection for both
+            conn.close()
+            return statuses
+
+        assert await asyncio.to_thread(blocking) == [401, 200]
+
+    run(test, admit=_admit_with_key)
+
+
+def test_admission_is_asked_again_after_the_body() -> None:
+    """A deploy during a slow upload can change the version that will serve it."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        answers: list[errors.LambdaError | None] = [
+            None, errors.Unauthenticated("the new active version needs a key")]
+        seen: list[Headers] = []
+
+        def admit(function: str, version: int | None,
+                  headers: Headers) -> errors.LambdaError | None:
+            seen.append(list(headers))
+            return answers.pop(0)
+
+        gw.admit = admit
+        reply = await fetch(gw.port, host(gw, "echo"), "POST", body=b"x")
+        assert reply.status == 401 and inv.requests == []
+        assert len(seen) == 2
+
+    run(test)
+
+
+def test_an_event_for_a_pinned_version_is_refused() -> None:
+    """Queued events run the active version, so a pinned one would run the wrong code."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        queued: list[str] = []
+
+        async def enqueue(function: str, body: bytes) -> str:
+            queued.append(function)
+            return "id"
+
+        gw.enqueue = enqueue
+        event = {"Lambda-Invocation-Type": "Event"}
+        pinned = await fetch(gw.port, f"v2.{host(gw, 'echo')}", "POST", body=b"{}",
+                             headers=event)
+        assert pinned.status == 400 and "active version" in pinned.json()["message"]
+        assert (await fetch(gw.port, host(gw, "echo"), "POST", body=b"{}",
+                            headers=event)).status == 202
+        assert queued == ["echo"] and inv.requests == []
+
+    run(test)
+
+
+def test_an_event_past_the_queue_cap_is_429_with_retry_after() -> None:
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        async def enqueue(function: str, body: bytes) -> str:
+            raise errors.Throttled("the queue is full", retry_after=7)
+
+        gw.enqueue = enqueue
+        reply = await fetch(gw.port, host(gw, "echo"), "POST", body=b"{}",
+                            headers={"Lambda-Invocation-Type": "Event"})
+        assert reply.status == 429 and reply.json()["error"] == "throttled"
+        assert reply.get("retry-after") == "7"
+
+    run(test)
+
+
 # --- malformed input and timeouts ----------------------------------------------------------
 
 
@@ -509,6 +642,37 @@ def test_slow_header_gets_408_and_idle_connection_just_closes() -> None:
         assert time.monotonic() - started < 2
 
     run(test, header_timeout=0.2)
+
+
+def test_the_body_read_deadline_is_the_earlier_of_silence_and_the_whole_body() -> None:
+    assert read_deadline(100.0, 160.0, 10.0) == 110.0
+    assert read_deadline(155.0, 160.0, 10.0) == 160.0  # a byte just in time buys no more
+    assert read_deadline(170.0, 160.0, 10.0) == 160.0
+
+
+def test_a_trickled_body_is_cut_at_the_body_deadline() -> None:
+    """Slowloris on bodies: a byte just before each per-read timeout used to reset it
+    forever; the whole body has one deadline, then 408 and the connection closes."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        sent = 0
+        try:
+            writer.write(request_bytes(host(gw, "echo"), "POST", Content_Length="100"))
+            answer = asyncio.ensure_future(reader.read())
+            while not answer.done() and sent < 100:
+                await asyncio.sleep(0.15)  # well inside the 0.5 s per-read timeout
+                writer.write(b"x")
+                sent += 1
+            out = await asyncio.wait_for(answer, 5)
+        finally:
+            writer.close()
+        reply = parse(out)
+        assert reply.status == 408 and reply.json()["error"] == "request_timeout"
+        assert reply.get("connection") == "close"
+        assert sent < 100 and inv.requests == []
+
+    run(test, header_timeout=0.5, body_timeout=1.0)
 
 
 # --- responses -----------------------------------------------------------------------------

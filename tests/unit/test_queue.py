@@ -1,0 +1,207 @@
+"""The async queue: fair selection (pure), the capped table on real SQLite, and the
+worker's dispatch against that table with a stand-in delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lambdad.functions import FunctionConfig, FunctionVersion
+from lambdad.queue import AsyncInvocation, AsyncWorker, RetryPolicy
+from lambdad.queue.fair import mark_served, select
+from lambdad.store import Store
+
+
+def event(function: str, at: float, status: str = "queued") -> AsyncInvocation:
+    return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=b"{}",
+                           source="http", status=status,  # type: ignore[arg-type]
+                           attempts=0, created_at=at, next_attempt_at=at)
+
+
+def functions(chosen: list[AsyncInvocation]) -> list[str]:
+    return [e.function for e in chosen]
+
+
+# --- fair.select: queued events + per-function capacity -> what to deliver next -----------
+
+
+def test_a_function_at_its_limit_never_blocks_another() -> None:
+    hog = [event("hog", t) for t in range(100)]  # the oldest hundred events
+    late = event("other", 500)
+    chosen = select([*hog, late], {"hog": 1, "other": 1}, {"hog": 1}, 32, {})
+    assert chosen == [late]
+
+
+def test_round_robin_between_functions_oldest_first_inside_each() -> None:
+    due = [event("a", t) for t in range(5)] + [event("b", 10 + t) for t in range(5)]
+    due += [event("c", 20)]
+    chosen = select(list(reversed(due)), {"a": 10, "b": 10, "c": 10}, {}, 6, {})
+    assert functions(chosen) == ["a", "b", "c", "a", "b", "a"]
+    a_times = [e.next_attempt_at for e in chosen if e.function == "a"]
+    assert a_times == sorted(a_times) == [0, 1, 2]
+
+
+def test_each_function_stays_within_its_own_limit() -> None:
+    due = [event("a", t) for t in range(10)] + [event("b", t) for t in range(10)]
+    chosen = select(due, {"a": 3, "b": 2}, {"a": 1}, 32, {})
+    assert Counter(functions(chosen)) == {"a": 2, "b": 2}
+    assert select(due, {}, {}, 32, {}) and Counter(functions(select(due, {}, {}, 32, {}))) == {
+        "a": 1, "b": 1}  # an unknown limit counts as 1
+
+
+def test_the_global_cap_bounds_the_hogs_not_the_newcomers() -> None:
+    due = [event("busy", t) for t in range(10)] + [event("new", 50)]
+    # No global slot is free: the busy function waits, the idle one still starts one.
+    assert select(due, {"busy": 100, "new": 100}, {"busy": 32}, 0, {}) == [due[-1]]
+    # One slot free: the newcomer's guaranteed start takes it.
+    assert functions(select(due, {"busy": 100, "new": 100}, {"busy": 31}, 1, {})) == ["new"]
+
+
+def test_across_dispatches_the_function_served_longest_ago_goes_first() -> None:
+    served: dict[str, int] = {}
+    turn = 0
+    backlog = {"a": [event("a", t) for t in range(50)], "b": [event("b", 100 + t)
+                                                            for t in range(50)]}
+    order = []
+    for _ in range(6):  # one free slot at a time, both functions busy
+        due = backlog["a"] + backlog["b"]
+        chosen = select(due, {"a": 10, "b": 10}, {"a": 1, "b": 1}, 1, served)
+        turn = mark_served(served, chosen, turn)
+        for e in chosen:
+            backlog[e.function].remove(e)
+        order += functions(chosen)
+    # b's events are all newer than a's fifty, yet it gets every other slot.
+    assert order == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_nothing_due_or_no_room_selects_nothing() -> None:
+    assert select([], {}, {}, 32, {}) == []
+    assert select([event("a", 1)], {"a": 2}, {"a": 2}, 32, {}) == []
+
+
+# --- the table on real SQLite ------------------------------------------------------------
+
+
+def _version(name: str) -> FunctionVersion:
+    return FunctionVersion(function=name, number=1, image=f"lambda-fn/{name}:v1",
+                           image_id="sha256:1", config=FunctionConfig(), code_sha256="ab" * 32,
+                           code_size=1, created_at=datetime.now(UTC))
+
+
+async def _store(tmp_path: Path, *names: str) -> Store:
+    store = Store(tmp_path / "lambda.db")
+    await store.open()
+    for name in names:
+        await store.add_version(_version(name), activate=True)
+    return store
+
+
+def test_insert_refuses_past_the_cap_and_only_queued_events_count(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a", "b")
+        try:
+            table = store.invocations
+            now = time.time()
+            assert all([await table.insert(event("a", now + i), 3) for i in range(3)])
+            assert not await table.insert(event("a", now), 3)
+            assert await table.insert(event("b", now), 3)  # per function
+            assert await table.queued("a") == 3
+            started = await table.start_attempt((await table.due(now + 10, 1, set(), set()))[0]
+                                                .id, now)
+            assert started is not None and started.status == "running"
+            assert await table.queued("a") == 2  # a delivered event leaves room
+            assert await table.insert(event("a", now), 3)
+            assert await table.insert(event("a", now), 0)  # 0: no cap
+            assert await table.queued("a") == 4
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_due_is_per_function_so_a_backlog_hides_nobody(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await _store(tmp_path, "hog", "other")
+        try:
+            table = store.invocations
+            now = time.time()
+            hog = [event("hog", now - 1000 + i) for i in range(200)]
+            for e in hog:
+                assert await table.insert(e)
+            other = event("other", now)
+            await table.insert(other)
+            later = event("other", now + 60)  # a retry waiting for its backoff
+            await table.insert(later)
+            due = await table.due(now, 4, set(), {hog[0].id})
+            assert [e.id for e in due if e.function == "hog"] == [e.id for e in hog[1:5]]
+            assert [e.id for e in due if e.function == "other"] == [other.id]
+            assert [e.id for e in await table.due(now, 4, {"hog"}, set())] == [other.id]
+            assert await table.next_due(now) == later.next_attempt_at  # not the due backlog
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+# --- the worker: dispatch against the real table, delivery stood in ----------------------
+
+
+class _Counting:
+    """The store facade, counting the queries the worker makes."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls[name] += 1
+        return getattr(self._table, name)
+
+
+def test_worker_delivers_another_function_past_a_stuck_backlog(tmp_path: Path) -> None:
+    """The oldest 100 events belong to a function whose one slot is stuck; another
+    function's event is still delivered, and the blocked backlog costs no busy loop."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "slow", "quick")
+        stuck = asyncio.Event()
+        delivered: list[str] = []
+
+        async def deliver(inv: AsyncInvocation) -> tuple[bool, int | None, bytes | None, str]:
+            delivered.append(inv.function)
+            if inv.function == "slow":
+                await stuck.wait()
+            return True, 200, b"{}", ""
+
+        table = _Counting(store.invocations)
+        worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 1,
+                             concurrency=4)
+        try:
+            now = time.time()
+            for i in range(100):
+                await store.invocations.insert(event("slow", now - 100 + i))
+            worker.start()
+            while "slow" not in delivered:
+                await asyncio.sleep(0.01)
+            quick = event("quick", now)
+            await store.invocations.insert(quick)
+            worker.wake()
+            async with asyncio.timeout(5):
+                while (await store.invocations.status(quick.id)) != "succeeded":
+                    await asyncio.sleep(0.01)
+            assert delivered == ["slow", "quick"]
+            assert await store.invocations.queued("slow") == 99
+            table.calls.clear()
+            await asyncio.sleep(0.5)  # blocked: only the 1 s poll may query
+            assert table.calls["due"] <= 2, table.calls
+        finally:
+            stuck.set()
+            await worker.stop()
+            await store.close()
+
+    asyncio.run(scenario())
