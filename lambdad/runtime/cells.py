@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from lambdad.functions import FunctionConfig
 
 if TYPE_CHECKING:
+    from lambdad.runtime.folder import InstanceFolder
     from lambdad.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("lambdad.runtime")
@@ -72,7 +73,7 @@ class Cell:
     id: str
     cell_class: CellClass
     container_id: str
-    socket_dir: Path  # bound read-write at /run/lambda: the runtime's socket
+    folder: InstanceFolder  # bound read-write at /run/lambda, locked once the socket is up
     code_dir: Path  # holds task/ and deps/, bound read-only at /var/task and /opt/lambda/deps
     conn: UpstreamConnection | None = None  # opened when the socket answered
     started_at: float = 0.0

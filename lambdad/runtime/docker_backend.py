@@ -19,12 +19,12 @@ from lambdad import labels
 from lambdad.errors import Unavailable
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.cells import CellClass
+from lambdad.runtime.folder import CONTAINER_UID, SOCKET_NAME
 
 RUN_DIR = "/run/lambda"
 TASK_DIR = "/var/task"
 DEPS_DIR = "/opt/lambda/deps"
-SOCKET_NAME = "invoke.sock"
-CONTAINER_USER = "10001:10001"
+CONTAINER_USER = f"{CONTAINER_UID}:{CONTAINER_UID}"
 
 
 def function_environment(version: FunctionVersion) -> dict[str, str]:
@@ -88,13 +88,18 @@ class DockerBackend:
         self._tmp_size_mb = tmp_size_mb
         self._events: Any = None
 
-    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]]) -> Any:
+    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]],
+                     volumes: tuple[str, ...] = ()) -> Any:
         memory = f"{limits.memory_mb}m"
+        tmpfs = f"rw,nosuid,nodev,size={self._tmp_size_mb}m"
         return self._client.api.create_host_config(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self._tmp_size_mb}m"},
+            # An image's VOLUME would get an anonymous Docker volume: host disk without a
+            # bound, kept after the container. A tmpfs like /tmp takes its place.
+            tmpfs={**{path: f"{tmpfs},uid={CONTAINER_UID},gid={CONTAINER_UID},mode=0700"
+                      for path in volumes}, "/tmp": tmpfs},
             mem_limit=memory,
             memswap_limit=memory,
             # Quota and period rather than NanoCpus: only these can be updated later.
@@ -130,12 +135,22 @@ class DockerBackend:
             raise Unavailable(f"could not start an instance: {exc.explanation or exc}") from None
         return container_id
 
-    def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path) -> str:
-        """Creates and starts a hardened container of the version's image; returns its id."""
+    def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path, *,
+              init_later: bool = False) -> str:
+        """Creates and starts a hardened container of the version's image; returns its id.
+
+        With `init_later` (standard runtimes) the runtime starts as a stem cell does, with
+        the function's environment: it opens its socket before any function code runs and
+        loads the handler at `POST /init`, so lambdad locks the socket folder first.
+        """
         host_config = self._host_config(
             CellClass.of(version.config),
             {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
+            self._declared_volumes(version.image) if version.config.runtime == "docker" else (),
         )
+        environment = function_environment(version)
+        if init_later:
+            environment["LAMBDA_STEM_CELL"] = "1"
         return self._create_and_start(
             version.image,
             instance_name(version.function, version.number, instance_id),
@@ -145,7 +160,7 @@ class DockerBackend:
                 labels.INSTANCE: instance_id,
                 labels.DAEMON: self.daemon_id,
             },
-            function_environment(version),
+            environment,
             host_config,
         )
 
@@ -166,6 +181,54 @@ class DockerBackend:
              "LAMBDA_TASK_ROOT": TASK_DIR, "TZ": "UTC"},
             host_config,
         )
+
+    def _declared_volumes(self, image: str) -> tuple[str, ...]:
+        """The VOLUME paths of a function's own image (read at every start: a tag can be
+        moved), except those lambdad mounts itself."""
+        try:
+            config = self._client.api.inspect_image(image).get("Config") or {}
+        except docker.errors.ImageNotFound:
+            raise Unavailable(f"image {image} is missing; redeploy the function") from None
+        except docker.errors.APIError as exc:
+            raise Unavailable(f"could not inspect {image}: {exc.explanation or exc}") from None
+        return tuple(sorted(path for path in (config.get("Volumes") or {})
+                            if path.rstrip("/") not in (RUN_DIR, "/tmp")))
+
+    def clean_folder(self, folder: Path, instance_id: str, image: str,
+                     timeout: float = 60.0) -> None:
+        """Empties an instance folder that lambdad's own user cannot (a function made a
+        folder in it 0700 before it was locked): a short-lived container of `image` runs
+        as root with only CAP_DAC_OVERRIDE and CAP_FOWNER, no network, the folder as its
+        only writable mount, and removes the folder's contents (rm never follows a
+        link). The folder itself, a mount point in there, is left for the caller."""
+        api = self._client.api
+        host_config = api.create_host_config(
+            cap_drop=["ALL"], cap_add=["DAC_OVERRIDE", "FOWNER"],
+            security_opt=["no-new-privileges"], read_only=True, network_mode="none",
+            mem_limit="64m", memswap_limit="64m", pids_limit=16,
+            binds={str(folder): {"bind": "/folder", "mode": "rw"}},
+            log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
+        )
+        try:
+            created = api.create_container(
+                image, user="0:0", host_config=host_config,
+                command=["find", "/folder", "-mindepth", "1", "-maxdepth", "1",
+                         "-exec", "rm", "-rf", "--", "{}", "+"],
+                labels={labels.DAEMON: self.daemon_id, labels.INSTANCE: instance_id,
+                        labels.CLEANUP: "1"},
+            )
+        except docker.errors.APIError as exc:
+            raise Unavailable(f"could not create a cleanup container: "
+                              f"{exc.explanation or exc}") from None
+        container_id = str(created["Id"])
+        try:
+            api.start(container_id)
+            api.wait(container_id, timeout=timeout)
+        except Exception as exc:  # an API error or the wait's read timeout
+            raise Unavailable(f"the cleanup container failed: {exc}") from None
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_container(container_id, force=True)
 
     def update_limits(self, container_id: str, limits: CellClass) -> None:
         """Applies a function's memory and CPU limits to a cell of another class (the
@@ -267,7 +330,7 @@ class DockerBackend:
             with contextlib.suppress(docker.errors.APIError):
                 container.stop(timeout=max(0, int(grace)))
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # with any anonymous volume
 
     def managed(self) -> list[ManagedContainer]:
         """Every container this daemon created, running or not."""
@@ -277,6 +340,13 @@ class DockerBackend:
         result = []
         for container in found:
             found_labels = container.labels
+            if labels.CLEANUP in found_labels:  # left by a crash: to be removed
+                result.append(ManagedContainer(
+                    id=str(container.id), function="", version=0,
+                    instance=found_labels.get(labels.INSTANCE, ""),
+                    running=container.status == "running",
+                ))
+                continue
             if labels.CELL in found_labels:
                 # Labels are fixed at creation: whose a specialized cell is, the runtime
                 # manager knows from the cell's folder; a generic one is never adopted.

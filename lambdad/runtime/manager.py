@@ -12,8 +12,9 @@ import functools
 import json
 import logging
 import os
+import re
 import secrets
-import shutil
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -24,26 +25,27 @@ from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailabl
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.cells import Cell, CellClass, CellPool, ClassStats, needs_own_process
 from lambdad.runtime.docker_backend import (
-    SOCKET_NAME,
     TASK_DIR,
     ContainerState,
     DockerBackend,
     function_environment,
     instance_name,
 )
+from lambdad.runtime.folder import InstanceFolder, Refused, remove_tree, start_problem
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.pool import Instance, InstancePool, StartNotNeeded
 from lambdad.runtime.upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger("lambdad.runtime")
 
-READY_POLL_S = 0.003  # a cold start waits on this; os.path.exists is cheap
+READY_POLL_S = 0.003  # a cold start waits on this; an openat and a scandir are cheap
 # New containers for waiting requests, at once across all functions: more only make
 # a 2-core engine slower, and stem cells or freed instances usually serve the queue first.
 MAX_CONTAINER_STARTS = 4
 RENAME_DELAY_S = 0.05
 IMAGE_CHECK_S = 30.0
 OWNER_FILE = "owner"  # in STATE/c/<cell>: "<function>\n<version>\n" once specialized
+INSTANCE_ID = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6): a folder name in i/ and c/
 PAUSE_RETRY_S = 300  # after a failed pause, leave that instance running this long
 
 
@@ -115,8 +117,10 @@ class RuntimeManager:
 
     def _cell_owner(self, cell_id: str) -> tuple[str, int]:
         """(function, version) of a specialized cell, from its owner file; ("", 0) if generic."""
+        if not INSTANCE_ID.fullmatch(cell_id):
+            return "", 0
         try:
-            function, number = (self._cells_dir / cell_id / OWNER_FILE).read_text().split()
+            function, number = _read_owner(self._cells_dir / cell_id / OWNER_FILE).split()
             return function, int(number)
         except (OSError, ValueError):
             return "", 0
@@ -216,41 +220,62 @@ class RuntimeManager:
         removed = 0
         for container in await asyncio.to_thread(self._backend.managed):
             if container.cell:
-                function, number = self._cell_owner(container.instance)
+                function, number = await asyncio.to_thread(self._cell_owner, container.instance)
                 container = replace(container, function=function, version=number)
             pool = self._pools.get(container.function)
-            socket_dir = self._instances_dir / container.instance
-            socket_path = str(socket_dir / SOCKET_NAME)
-            healthy = (
-                container.running and pool is not None
-                and pool.version.number == container.version
-                and await _answers(socket_path)
-            )
-            if healthy and pool is not None:
+            found = None
+            if (container.running and pool is not None
+                    and pool.version.number == container.version
+                    and INSTANCE_ID.fullmatch(container.instance)):
+                found = await self._adoptable(container.instance)
+            if found is not None and pool is not None:
+                folder, conn = found
                 adopted_instance = Instance(
-                    container.instance, pool.version, container.id, socket_dir, socket_path,
+                    container.instance, pool.version, container.id, folder,
                     start_path="cell" if container.cell else "container",
                     code_dir=self._cells_dir / container.instance if container.cell else None,
                 )
+                adopted_instance.idle.append(conn)
                 pool.add(adopted_instance)
                 self._notify(adopted_instance, "adopted")
                 adopted.add(container.instance)
             else:
                 await asyncio.to_thread(self._backend.remove, container.id, grace=0)
                 removed += 1
-        if self._instances_dir.exists():
-            for child in self._instances_dir.iterdir():
-                if child.name not in adopted:
-                    shutil.rmtree(child, ignore_errors=True)
+        # Folders of removed containers, and of a crash's cleanup containers: the same
+        # fd-based removal as always, with a cleanup container for what is left.
+        for name in await asyncio.to_thread(_children, self._instances_dir):
+            if name not in adopted:
+                await self._remove_instance_folder(name)
         self._cells_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self._cells_dir, 0o711)
-        for child in self._cells_dir.iterdir():  # generic cells never outlive their daemon
-            if child.name not in adopted:
-                shutil.rmtree(child, ignore_errors=True)
+        for name in await asyncio.to_thread(_children, self._cells_dir):
+            if name not in adopted:  # generic cells never outlive their daemon
+                await self._remove_tree(self._cells_dir / name)
         self.cells.held = False
         await self._check_runtime_image()
         self.cells.refill()
         return len(adopted), removed
+
+    async def _adoptable(
+        self, instance_id: str
+    ) -> tuple[InstanceFolder, UpstreamConnection] | None:
+        """The folder of a running container found at start, locked and checked, with a
+        connection to its socket; None when it does not answer or is refused."""
+        try:
+            folder = InstanceFolder.open(self._instances_dir, instance_id)
+        except OSError:
+            return None
+        try:
+            folder.lock()  # locked already, unless an older lambdad started it
+            return folder, await UpstreamConnection.open(folder)
+        except Refused as exc:
+            log.warning('instance refused at adoption instance=%s reason="%s"', instance_id,
+                        exc.reason)
+        except OSError:
+            pass
+        folder.close()
+        return None
 
     async def start_instance(
         self, version: FunctionVersion, wanted: Callable[[], bool] | None = None
@@ -273,31 +298,40 @@ class RuntimeManager:
             return await self._start_container(version)
 
     async def _start_container(self, version: FunctionVersion) -> Instance:
-        """Starts a container of the version's image and waits until its socket answers."""
+        """Starts a container of the version's image; ready once its socket answers in its
+        locked folder and, for a standard runtime, its handler loaded.
+
+        A standard runtime starts as a stem cell does (with the function's environment
+        from the first instruction) and loads the handler at POST /init, so no function
+        code runs before the folder is locked; a Dockerfile function's code runs from the
+        start, and what it puts in the folder meanwhile is bounded.
+        """
         instance_id = secrets.token_hex(6)
-        socket_dir = self._instances_dir / instance_id
-        socket_dir.mkdir(parents=True)
-        os.chmod(socket_dir, 0o777)  # the container's user (uid 10001) creates the socket here
+        folder = InstanceFolder.create(self._instances_dir, instance_id)
+        standard = version.config.runtime != "docker"
         started = time.monotonic()
         try:
             container_id = await asyncio.to_thread(
-                self._backend.start, version, instance_id, socket_dir
-            )
+                functools.partial(self._backend.start, version, instance_id, folder.path,
+                                  init_later=standard))
         except BaseException:
-            shutil.rmtree(socket_dir, ignore_errors=True)
+            await self._remove_folder(folder)
             raise
-        instance = Instance(instance_id, version, container_id, socket_dir,
-                            str(socket_dir / SOCKET_NAME), started_at=started)
+        instance = Instance(instance_id, version, container_id, folder, started_at=started)
         self._notify(instance, "started")
         try:
-            conn = await self._wait_socket(
-                instance.socket_path, container_id,
-                f"instance of {version.function} v{version.number}", version.config.memory_mb,
+            conn: UpstreamConnection | None = await self._wait_socket(
+                folder, container_id, f"instance of {version.function} v{version.number}",
+                version.config.memory_mb,
             )
+            if standard:
+                conn = await self._load(instance, conn)
         except BaseException:
-            await self._destroy(instance)
+            instance.end_reason = instance.end_reason or "failed to start"
+            await self._destroy(instance, grace=0)
             raise
-        instance.idle.append(conn)
+        if conn is not None:
+            instance.idle.append(conn)
         instance.init_ms = (time.monotonic() - started) * 1000
         self._notify(instance, "ready")
         log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
@@ -308,28 +342,25 @@ class RuntimeManager:
 
     async def _start_cell(self, cell_class: CellClass) -> Cell:
         cell_id = secrets.token_hex(6)
-        socket_dir = self._instances_dir / cell_id
         code_dir = self._cells_dir / cell_id
-        socket_dir.mkdir(parents=True)
-        os.chmod(socket_dir, 0o777)
-        for folder in (code_dir, code_dir / "task", code_dir / "deps"):
-            folder.mkdir(mode=0o755, parents=True)
-            os.chmod(folder, 0o755)  # readable by the function's user, writable by us only
+        folder = InstanceFolder.create(self._instances_dir, cell_id)
         started = time.monotonic()
         try:
+            for code in (code_dir, code_dir / "task", code_dir / "deps"):
+                code.mkdir(mode=0o755, parents=True)
+                os.chmod(code, 0o755)  # readable by the function's user, writable by us only
             container_id = await asyncio.to_thread(
-                self._backend.start_cell, cell_class, cell_id, socket_dir, code_dir,
+                self._backend.start_cell, cell_class, cell_id, folder.path, code_dir,
                 cell_class.image or self._runtime_image,
             )
         except BaseException:
-            shutil.rmtree(socket_dir, ignore_errors=True)
-            shutil.rmtree(code_dir, ignore_errors=True)
+            await self._remove_folder(folder)
+            await self._remove_tree(code_dir)
             raise
-        cell = Cell(cell_id, cell_class, container_id, socket_dir, code_dir, started_at=started)
+        cell = Cell(cell_id, cell_class, container_id, folder, code_dir, started_at=started)
         try:
             cell.conn = await self._wait_socket(
-                str(socket_dir / SOCKET_NAME), container_id,
-                f"stem cell {cell_class.label()}", cell_class.memory_mb,
+                folder, container_id, f"stem cell {cell_class.label()}", cell_class.memory_mb,
             )
         except BaseException:
             await self._destroy_cell(cell)
@@ -343,60 +374,36 @@ class RuntimeManager:
         try:
             await asyncio.to_thread(self._backend.remove, cell.container_id, grace=0)
         finally:  # a failed removal is retried by the next start's reconcile
-            shutil.rmtree(cell.socket_dir, ignore_errors=True)
-            shutil.rmtree(cell.code_dir, ignore_errors=True)
+            await self._remove_folder(cell.folder)
+            await self._remove_tree(cell.code_dir)
 
     async def _specialize(self, cell: Cell, version: FunctionVersion, artifact: Path) -> Instance:
         """Turns a generic cell into an instance of `version`, for good: its code goes in
         read-only, the runtime loads it (POST /init), and the cell never serves another."""
         started = time.monotonic()
-        instance = Instance(cell.id, version, cell.container_id, cell.socket_dir,
-                            str(cell.socket_dir / SOCKET_NAME), started_at=started,
-                            start_path="cell", code_dir=cell.code_dir)
+        instance = Instance(cell.id, version, cell.container_id, cell.folder,
+                            started_at=started, start_path="cell", code_dir=cell.code_dir)
         conn, cell.conn = cell.conn, None
-        name = f"{version.function} v{version.number}"
         try:
             wanted = CellClass.of(version.config, cell.cell_class.image)
             if cell.cell_class != wanted:
                 await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
             await asyncio.to_thread(link_into, artifact, cell.code_dir)
             self._notify(instance, "started")
-            if conn is None or not conn.is_fresh:
-                if conn is not None:
-                    conn.close()
-                conn = await UpstreamConnection.open(instance.socket_path)
-            init = json.dumps({"handler": version.config.handler, "task_root": TASK_DIR,
-                               "env": function_environment(version)}).encode()
-            try:
-                async with asyncio.timeout(self._start_timeout):
-                    status, _ = await conn.request(
-                        b"POST", b"/init",
-                        [(b"host", b"cell"), (b"content-type", b"application/json")], init)
-                    reply = b"".join([chunk async for chunk in conn.body()])
-            except TimeoutError:
-                raise Unavailable(f"{name} did not finish loading its code within "
-                                  f"{self._start_timeout:.0f} s") from None
-            except UpstreamError as exc:
-                state = await self._settled_state(instance)
-                raise InstanceFailed(
-                    f"instance of {name} {state.describe(version.config.memory_mb)} while "
-                    f"loading its code ({exc})") from None
-            if status != 200:
-                raise InstanceFailed(f"{name} failed to initialize: {_init_error(reply)}")
+            conn = await self._load(instance, conn)
+            # Whose it is, once its code is loaded: a restart adopts it by this, never a
+            # cell that would answer NotInitialized. (Outside the folders the container
+            # mounts.)
+            await asyncio.to_thread(_write_owner, cell.code_dir / OWNER_FILE, version)
         except BaseException:
             if conn is not None:
                 conn.close()
             instance.end_reason = "failed to initialize"
-            await self._destroy(instance)
+            await self._destroy(instance, grace=0)
             raise
-        if conn.recycle():
+        if conn is not None:
             instance.idle.append(conn)
-        else:
-            conn.close()
         instance.init_ms = (time.monotonic() - started) * 1000
-        # Whose it is, once its code is loaded: a restart adopts it by this, never a cell
-        # that would answer NotInitialized. (Outside the folders the container mounts.)
-        (cell.code_dir / OWNER_FILE).write_text(f"{version.function}\n{version.number}\n")
         self._notify(instance, "ready")
         # Named after its function for `docker ps` (labels cannot change), a moment later so
         # the Docker call's thread does not compete with the first request for the GIL.
@@ -416,18 +423,78 @@ class RuntimeManager:
             except Exception:
                 log.exception("instance %s hook failed", event)
 
+    async def _load(self, instance: Instance,
+                    conn: UpstreamConnection | None) -> UpstreamConnection | None:
+        """POST /init: the runtime imports the version's handler with its environment. One
+        way for both cold paths (a stem cell, a standard-runtime container), so their init
+        errors, timeouts and INIT_REPORT lines are the same. Returns the connection when it
+        can be reused; closes it on failure."""
+        version = instance.version
+        name = f"{version.function} v{version.number}"
+        try:
+            if conn is None or not conn.is_fresh:
+                if conn is not None:
+                    conn.close()
+                conn = await UpstreamConnection.open(instance.folder)
+        except (OSError, Refused) as exc:
+            raise InstanceFailed(f"instance of {name} stopped answering on its socket before "
+                                 f"loading its code ({exc})") from None
+        init = json.dumps({"handler": version.config.handler, "task_root": TASK_DIR,
+                           "env": function_environment(version)}).encode()
+        try:
+            try:
+                async with asyncio.timeout(self._start_timeout):
+                    status, _ = await conn.request(
+                        b"POST", b"/init",
+                        [(b"host", b"cell"), (b"content-type", b"application/json")], init)
+                    reply = b"".join([chunk async for chunk in conn.body()])
+            except TimeoutError:
+                raise Unavailable(f"{name} did not finish loading its code within "
+                                  f"{self._start_timeout:.0f} s") from None
+            except UpstreamError as exc:
+                state = await self._settled_state(instance)
+                logs = "" if state.running else await asyncio.to_thread(
+                    self._backend.logs_tail, instance.container_id)
+                raise InstanceFailed(
+                    f"instance of {name} {state.describe(version.config.memory_mb)} while "
+                    f"loading its code ({exc})" + (f":\n{logs}" if logs else "")) from None
+            if status != 200:
+                raise InstanceFailed(f"{name} failed to initialize: {_init_error(reply)}")
+        except BaseException:
+            conn.close()
+            raise
+        if conn.recycle():
+            return conn
+        conn.close()
+        return None
+
     async def _wait_socket(
-        self, socket_path: str, container_id: str, what: str, memory_mb: int
+        self, folder: InstanceFolder, container_id: str, what: str, memory_mb: int
     ) -> UpstreamConnection:
-        """A connection to a starting container's socket, once it answers."""
+        """A connection to a starting container's socket, once it answers, with its folder
+        locked first; until the socket appears, what the folder holds is bounded. A folder
+        refused on the way is sealed at once (the instance is then removed, killed)."""
         deadline = time.monotonic() + self._start_timeout
         next_state_check = time.monotonic() + 0.25
         while True:
-            if os.path.exists(socket_path):
-                try:
-                    return await UpstreamConnection.open(socket_path)
-                except OSError:
-                    pass
+            try:
+                if not folder.locked:
+                    try:
+                        os.close(folder.open_socket())
+                    except OSError:  # no socket yet
+                        problem = start_problem(folder.usage())
+                        if problem is not None:
+                            raise Refused(problem) from None
+                    else:
+                        folder.lock()
+                if folder.locked:
+                    with contextlib.suppress(OSError):  # bound, not listening yet
+                        return await UpstreamConnection.open(folder)
+            except Refused as exc:
+                folder.seal()
+                log.warning('instance refused instance=%s what="%s" reason="%s"',
+                            folder.path.name, what, exc.reason)
+                raise InstanceFailed(f"{what} was refused: {exc.reason}") from None
             now = time.monotonic()
             if now >= next_state_check:
                 state = await asyncio.to_thread(self._backend.state, container_id)
@@ -576,7 +643,18 @@ class RuntimeManager:
                 except BaseException:
                     owner.release(instance)
                     raise
-            conn, reused = await self._connection(instance)
+            try:
+                conn, reused = await self._connection(instance)
+            except Refused as exc:
+                owner.release(instance)
+                reason = f"was refused: {exc.reason}"
+                log.warning('instance refused function=%s version=%d instance=%s reason="%s"',
+                            name, version.number, instance.id, exc.reason)
+                owner.discard(instance, reason)
+                raise InstanceFailed(f"the instance of {name!r} {reason}") from None
+            except BaseException:
+                owner.release(instance)
+                raise
             if conn is None:
                 owner.release(instance)
                 owner.discard(instance, "stopped answering on its socket")
@@ -699,10 +777,12 @@ class RuntimeManager:
     async def _connection(
         self, instance: Instance
     ) -> tuple[UpstreamConnection | None, bool]:
+        """An idle connection, or a new one (None if the socket does not answer); Refused
+        when the folder no longer holds the function's own socket."""
         if instance.idle:
             return instance.idle.pop(), True
         try:
-            return await UpstreamConnection.open(instance.socket_path), False
+            return await UpstreamConnection.open(instance.folder), False
         except OSError:
             return None, False
 
@@ -749,7 +829,7 @@ class RuntimeManager:
             instance.paused = False
             return True
 
-    async def _destroy(self, instance: Instance) -> None:
+    async def _destroy(self, instance: Instance, grace: float = 1) -> None:
         instance.dead = True
         for conn in instance.idle:
             conn.close()
@@ -758,14 +838,40 @@ class RuntimeManager:
             if instance.paused:  # a frozen process cannot take the stop signal
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._backend.unpause, instance.container_id)
-            await asyncio.to_thread(self._backend.remove, instance.container_id, grace=1)
+            await asyncio.to_thread(self._backend.remove, instance.container_id, grace=grace)
         finally:  # a failed removal is retried by the next start's reconcile
-            shutil.rmtree(instance.socket_dir, ignore_errors=True)
+            await self._remove_folder(instance.folder)
             if instance.code_dir is not None:
-                shutil.rmtree(instance.code_dir, ignore_errors=True)
+                await self._remove_tree(instance.code_dir)
         log.info('instance stopped function=%s version=%d instance=%s reason="%s"',
                  instance.version.function, instance.version.number, instance.id,
                  instance.end_reason or "stopped")
+
+    async def _remove_folder(self, folder: InstanceFolder) -> None:
+        folder.close()
+        await self._remove_instance_folder(folder.path.name)
+
+    async def _remove_instance_folder(self, name: str) -> None:
+        """Removes STATE/i/<name> off the loop, fd-based. What lambdad's user cannot remove
+        (folders a function made 0700 before the lock) goes with a cleanup container."""
+        if await asyncio.to_thread(remove_tree, self._instances_dir, name):
+            return
+        log.info("instance folder needs a cleanup container instance=%s", name)
+        try:
+            await asyncio.to_thread(self._backend.clean_folder, self._instances_dir / name,
+                                    name, self._runtime_image)
+        except Unavailable as exc:
+            log.warning("instance folder left behind instance=%s error=%s", name, exc)
+            return
+        if await asyncio.to_thread(remove_tree, self._instances_dir, name):
+            log.info("instance folder removed by a cleanup container instance=%s", name)
+        else:
+            log.warning("instance folder left behind instance=%s; the next start retries", name)
+
+    async def _remove_tree(self, path: Path) -> None:
+        """A cell's code folder (hard links, thousands of files): removed off the loop."""
+        if not await asyncio.to_thread(remove_tree, path.parent, path.name):
+            log.warning("could not remove %s", path)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -782,13 +888,29 @@ class RuntimeManager:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
 
-async def _answers(path: str) -> bool:
+def _children(folder: Path) -> list[str]:
     try:
-        conn = await UpstreamConnection.open(path)
-    except OSError:
-        return False
-    conn.close()
-    return True
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+
+
+def _read_owner(path: Path) -> str:
+    """A cell's owner file, opened without following a link and read within a bound."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, 256).decode()
+    finally:
+        os.close(fd)
+
+
+def _write_owner(path: Path, version: FunctionVersion) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    with os.fdopen(fd, "w") as owner:
+        owner.write(f"{version.function}\n{version.number}\n")
 
 
 def _init_error(reply: bytes) -> str:

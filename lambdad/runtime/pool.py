@@ -28,6 +28,7 @@ from lambdad.errors import LambdaError, Throttled, Unavailable
 from lambdad.functions import FunctionVersion
 
 if TYPE_CHECKING:
+    from lambdad.runtime.folder import InstanceFolder
     from lambdad.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("lambdad.runtime")
@@ -40,8 +41,7 @@ class Instance:
     id: str
     version: FunctionVersion
     container_id: str
-    socket_dir: Path
-    socket_path: str
+    folder: InstanceFolder  # its socket folder, STATE/i/<id>: every connection goes through it
     started_at: float = field(default_factory=time.monotonic)
     init_ms: float = 0.0
     idle: list[UpstreamConnection] = field(default_factory=list)

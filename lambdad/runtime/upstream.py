@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
 from lambdad.runtime.invocation import Headers
+
+if TYPE_CHECKING:
+    from lambdad.runtime.folder import InstanceFolder
 
 MAX_BUFFER = 1024 * 1024  # unread response bytes before reading from the instance pauses
 
@@ -94,9 +97,17 @@ class UpstreamConnection:
         self.broken = False
 
     @classmethod
-    async def open(cls, path: str) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_unix_connection(_Protocol, path)
+    async def open(cls, folder: InstanceFolder) -> UpstreamConnection:
+        """A new connection to the instance's socket, checked by `folder` (never by path:
+        the folder is the function's to write). OSError when nothing listens; Refused
+        when the folder holds something else than the function's own socket."""
+        sock = await folder.connect()
+        try:
+            _, protocol = await asyncio.get_running_loop().create_unix_connection(
+                _Protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return cls(protocol)
 
     @property

@@ -99,6 +99,7 @@ class Lambdad:
         self.process: subprocess.Popen[bytes] | None = None
         self.start_env: dict[str, str] = {}  # extra environment for the daemon process
         self.umask: int | None = None  # the daemon's umask (None: this process's)
+        self.command_prefix: list[str] = []  # e.g. setpriv, to run it without capabilities
         self.docker = docker.from_env()
 
     @property
@@ -127,7 +128,8 @@ class Lambdad:
         # Generous: a Docker engine busy removing the images of the previous test can
         # make the daemon's first API calls (ping, reconcile) slow on 2 shared cores.
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT,
+        self.process = subprocess.Popen([*self.command_prefix, *self.command()],
+                                        stdout=log, stderr=log, cwd=ROOT,
                                         env={**daemon_env(), **self.start_env},
                                         umask=-1 if self.umask is None else self.umask)
         deadline = time.monotonic() + timeout

@@ -39,7 +39,7 @@ class Harness:
             self.fail -= 1
             raise RuntimeError("image missing")
         n = next(self.ids)
-        cell = Cell(f"cell{n}", cell_class, f"c{n}", Path("/x"), Path("/y"))
+        cell = Cell(f"cell{n}", cell_class, f"c{n}", None, Path("/y"))  # no folder needed here
         self.started.append(cell)
         return cell
 

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -48,7 +47,7 @@ class Harness:
             self.fail_starts -= 1
             raise InstanceFailed("exited with code 1 during start")
         n = next(self.ids)
-        instance = Instance(f"i{n}", version, f"c{n}", Path("/nonexistent"), "/nonexistent")
+        instance = Instance(f"i{n}", version, f"c{n}", None)  # the pool never uses the folder
         self.started.append(instance)
         return instance
 
