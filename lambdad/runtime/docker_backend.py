@@ -87,14 +87,39 @@ class DockerBackend:
         self.daemon_id = daemon_id
         self._tmp_size_mb = tmp_size_mb
         self._events: Any = None
+        self._volumes: dict[str, tuple[str, ...]] = {}  # image -> its VOLUME paths
 
-    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]]) -> Any:
+    def image_volumes(self, image: str) -> tuple[str, ...]:
+        """The image's VOLUME paths. Each gets a size-limited tmpfs, so Docker makes no
+        anonymous volume: that would be unbounded host disk that outlives the instance."""
+        found = self._volumes.get(image)
+        if found is None:
+            try:
+                config = self._client.api.inspect_image(image).get("Config") or {}
+            except docker.errors.ImageNotFound:
+                return ()  # create_container reports the missing image
+            except (docker.errors.APIError, OSError) as exc:
+                raise Unavailable(f"could not inspect image {image}: {exc}") from None
+            found = tuple(sorted(config.get("Volumes") or {}))
+            if image.startswith("sha256:"):  # a tag may move to another image
+                self._volumes[image] = found
+        return found
+
+    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]],
+                     volumes: tuple[str, ...] = ()) -> Any:
         memory = f"{limits.memory_mb}m"
+        tmpfs = {"/tmp": f"rw,nosuid,nodev,size={self._tmp_size_mb}m"}
+        taken = {"/tmp", *(bind["bind"] for bind in binds.values())}
+        uid, gid = CONTAINER_USER.split(":")
+        for path in volumes:
+            if path.rstrip("/") not in taken:
+                # Docker copies the image folder's mode onto the tmpfs but not its owner.
+                tmpfs[path] = f"rw,nosuid,nodev,size={self._tmp_size_mb}m,uid={uid},gid={gid}"
         return self._client.api.create_host_config(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self._tmp_size_mb}m"},
+            tmpfs=tmpfs,
             mem_limit=memory,
             memswap_limit=memory,
             # Quota and period rather than NanoCpus: only these can be updated later.
@@ -126,7 +151,7 @@ class DockerBackend:
             api.start(container_id)
         except docker.errors.APIError as exc:
             with contextlib.suppress(docker.errors.APIError):
-                api.remove_container(container_id, force=True)
+                api.remove_container(container_id, force=True, v=True)
             raise Unavailable(f"could not start an instance: {exc.explanation or exc}") from None
         return container_id
 
@@ -135,6 +160,7 @@ class DockerBackend:
         host_config = self._host_config(
             CellClass.of(version.config),
             {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
+            self.image_volumes(version.image_id or version.image),
         )
         return self._create_and_start(
             version.image,
@@ -156,7 +182,7 @@ class DockerBackend:
             str(socket_dir): {"bind": RUN_DIR, "mode": "rw"},
             str(code_dir / "task"): {"bind": TASK_DIR, "mode": "ro"},
             str(code_dir / "deps"): {"bind": DEPS_DIR, "mode": "ro"},
-        })
+        }, self.image_volumes(image))
         return self._create_and_start(
             image,
             f"lambda-cell-{cell_id}",
@@ -267,7 +293,7 @@ class DockerBackend:
             with contextlib.suppress(docker.errors.APIError):
                 container.stop(timeout=max(0, int(grace)))
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # and any anonymous volume
 
     def managed(self) -> list[ManagedContainer]:
         """Every container this daemon created, running or not."""
