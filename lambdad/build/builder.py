@@ -213,17 +213,29 @@ class ImageBuilder:
         base = self._client.api
         return docker.from_env(version=base.api_version, timeout=base.timeout).api
 
-    def _remove_layers(self, layers: list[str], since: float) -> None:
+    def _remove_layers(self, layers: list[str], since: float, patience: float = 15.0) -> None:
         """Removes the untagged images a failed build left (newest first); a layer another
-        image uses, or one older than the build (the cache), stays."""
-        for layer in reversed(layers):
-            with contextlib.suppress(docker.errors.APIError, docker.errors.DockerException,
-                                     OSError, ValueError):
-                info = self._client.api.inspect_image(layer)
-                created = info.get("Created", "")
-                if info.get("RepoTags") or _timestamp(created) < since - 1:
+        image uses, or one older than the build (the cache), stays. A stopped build's last
+        container still uses its layer until dockerd has removed it: that is waited for."""
+        pending = list(reversed(layers))
+        give_up = time.monotonic() + patience
+        while pending:
+            busy = []
+            for layer in pending:
+                try:
+                    info = self._client.api.inspect_image(layer)
+                    if info.get("RepoTags") or _timestamp(info.get("Created", "")) < since - 1:
+                        continue
+                    self._client.api.remove_image(layer, force=False, noprune=False)
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409 and "container" in str(exc.explanation):
+                        busy.append(layer)
+                except (docker.errors.DockerException, OSError, ValueError):
                     continue
-                self._client.api.remove_image(layer, force=False, noprune=False)
+            if not busy or time.monotonic() > give_up:
+                return
+            pending = busy
+            time.sleep(0.25)
 
     def remove_image(self, image: str) -> None:
         with contextlib.suppress(docker.errors.ImageNotFound):

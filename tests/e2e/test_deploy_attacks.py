@@ -1,16 +1,22 @@
-"""A deployer's requirements.txt is an attack on the host: encodings, line separators, pip
-options, URLs and paths. Each one is refused before pip runs, with the bad line named, no
-host file's content in the output and nothing left in the state folder.
+"""A deployer's upload is an attack on the host. requirements.txt: encodings, line
+separators, pip options, URLs and paths, each refused before pip runs, with the bad line
+named, no host file's content in the output and nothing left in the state folder. The
+archive: header bombs that claim gigabytes of extended header, refused while the daemon's
+memory stays flat.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad
+from tests.support.daemon import ROOT, Lambdad
 
 PASSWD_MARKERS = ("root:x:0:0", "/bin/bash", "/usr/sbin/nologin", "daemon:x:")
 
@@ -70,11 +76,18 @@ for option in OPTION_LINES:
     CORPUS[f"option {option[:40]}"] = _case(f"lambdahelper\n{option}\n", 2)
 
 
-def _state_files(daemon: Lambdad) -> set[str]:
-    """Every file in the state folder, but the daemon's own log and database."""
+def _state_files(daemon: Lambdad, name: str) -> set[str]:
+    """Every file in the state folder but the daemon's own log and database, and other
+    functions' logs (written while earlier tests' instances run)."""
     skip = {"lambdad.log", "lambda.db", "lambda.db-wal", "lambda.db-shm"}
-    return {str(p.relative_to(daemon.state_dir)) for p in daemon.state_dir.rglob("*")
-            if p.name not in skip}
+    found = set()
+    for path in daemon.state_dir.rglob("*"):
+        relative = path.relative_to(daemon.state_dir)
+        if path.name in skip or (relative.parts[0] == "logs" and len(relative.parts) > 1
+                                 and relative.parts[1] != name):
+            continue
+        found.add(str(relative))
+    return found
 
 
 @pytest.mark.parametrize("content,line", CORPUS.values(), ids=list(CORPUS))
@@ -85,7 +98,7 @@ def test_hostile_requirements_are_refused_naming_the_line(
     folder.mkdir()
     (folder / "handler.py").write_text("def handler(e, c):\n    return 1\n")
     (folder / "requirements.txt").write_bytes(content)
-    before = _state_files(lambdad)
+    before = _state_files(lambdad, "reqattack")
     result = lambdad.cli("deploy", str(folder), "--name", "reqattack")
     output = result.stdout + result.stderr
     assert result.code == 5, output
@@ -93,7 +106,7 @@ def test_hostile_requirements_are_refused_naming_the_line(
     assert not any(marker in output for marker in PASSWD_MARKERS), output
     assert not any(marker in lambdad.log() for marker in PASSWD_MARKERS)
     assert "Traceback" not in output
-    assert _state_files(lambdad) == before
+    assert _state_files(lambdad, "reqattack") == before
     assert lambdad.images("reqattack") == []
     assert lambdad.cli("get", "reqattack").code == 4
 
@@ -113,3 +126,74 @@ def test_plain_requirements_with_crlf_comments_and_markers_install(
     result = lambdad.cli("invoke", "reqok")
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout) == "OK!"
+
+
+# Tar header bombs. lambdactl only packs folders, so the attacker's client is lambdactl with
+# its packer swapped for the bomb: the real CLI's upload, error mapping and exit code.
+
+_CLI_WITH_BOMB = """
+import hashlib, sys
+from pathlib import Path
+import lambdactl.package as package
+from lambdactl.main import main
+bomb = Path(sys.argv[1])
+def pack(root):
+    data = bomb.read_bytes()
+    return package.Package(open(bomb, "rb"), len(data), hashlib.sha256(data).hexdigest(), 2)
+package.pack = pack
+sys.exit(main(["deploy", sys.argv[2], "--name", "tarbomb"]))
+"""
+
+
+def _bomb(path: Path, kind: bytes, size: int = 400 * 1024 * 1024) -> Path:
+    """A gzip tar whose first record claims `size` bytes of GNU long name or PAX header.
+
+    Written as many gzip members (one compressed MiB, repeated): the same stream to a
+    reader, made in no time."""
+    header = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "p")
+    header.type = kind
+    header.size = size
+    handler = b"def handler(e, c):\n    return 1\n"
+    info = tarfile.TarInfo("handler.py")
+    info.size = len(handler)
+    mib = gzip.compress(b"a" * (1 << 20), mtime=0)
+    with path.open("wb") as out:
+        out.write(gzip.compress(header.tobuf(
+            format=tarfile.GNU_FORMAT if kind == tarfile.GNUTYPE_LONGNAME
+            else tarfile.USTAR_FORMAT), mtime=0))
+        for _ in range(size >> 20):
+            out.write(mib)
+        out.write(gzip.compress(info.tobuf() + handler.ljust(512, b"\0") + bytes(1024),
+                                mtime=0))
+    return path
+
+
+def _peak_rss_kib(daemon: Lambdad) -> int:
+    assert daemon.process is not None
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("VmHWM:")))
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE],
+                         ids=["gnu-longname", "pax"])
+def test_tar_header_bomb_is_refused_with_the_daemons_memory_flat(
+    lambdad: Lambdad, tmp_path: Path, kind: bytes
+) -> None:
+    bomb = _bomb(tmp_path / "bomb.tar.gz", kind)
+    assert bomb.stat().st_size < 1024 * 1024  # about 408 KB, as reported
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    before_files = _state_files(lambdad, "tarbomb")
+    before_peak = _peak_rss_kib(lambdad)
+    done = subprocess.run([sys.executable, "-c", _CLI_WITH_BOMB, str(bomb), str(folder)],
+                          env=lambdad.env(), capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "archive has an extended header" in done.stderr
+    assert "the limit is 64 KiB" in done.stderr
+    # The old validator took the daemon from about 100 MiB to 845 MiB here.
+    assert _peak_rss_kib(lambdad) - before_peak < 64 * 1024
+    assert _state_files(lambdad, "tarbomb") == before_files
+    assert lambdad.images("tarbomb") == []
+    assert lambdad.cli("get", "tarbomb").code == 4
