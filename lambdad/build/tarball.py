@@ -16,6 +16,7 @@ archives that passed.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import copy
 import gzip
 import lzma
@@ -108,6 +109,37 @@ class _Guard:
         self._inner.close()
 
 
+MAX_EXTENDED_CHAIN = 8  # extended headers before one member: a PAX record, long name, link
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile handles a chain of extended headers by recursion, each level holding its
+    record: a chain of a thousand 64 KiB records is 64 MiB and a RecursionError. A member
+    gets a few; more in a row are refused."""
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        with _chain(tarfile):
+            return super()._proc_gnulong(tarfile)  # type: ignore[misc,no-any-return]
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        with _chain(tarfile):
+            return super()._proc_pax(tarfile)  # type: ignore[misc,no-any-return]
+
+
+@contextlib.contextmanager
+def _chain(archive: tarfile.TarFile) -> Iterator[None]:
+    depth = getattr(archive, "_lambda_chain", 0) + 1
+    if depth > MAX_EXTENDED_CHAIN:
+        raise InvalidArgument(
+            f"archive has more than {MAX_EXTENDED_CHAIN} extended headers (GNU long names or "
+            "links, PAX records) in a row")
+    archive._lambda_chain = depth  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        archive._lambda_chain = depth - 1  # type: ignore[attr-defined]
+
+
 def _decompressed(raw: IO[bytes]) -> IO[bytes]:
     """The formats `tarfile.open(mode="r:*")` reads, recognised by their magic bytes."""
     magic = raw.read(6)
@@ -192,7 +224,8 @@ def validate(path: Path, limits: TarLimits = TarLimits()) -> TarSummary:
     try:
         with path.open("rb") as raw, _decompressed(raw) as stream:
             guard = _Guard(stream, path.stat().st_size, limits)
-            archive = tarfile.TarFile(fileobj=guard, mode="r")  # type: ignore[arg-type]
+            archive = tarfile.TarFile(fileobj=guard, mode="r",  # type: ignore[arg-type]
+                                      tarinfo=_BoundedTarInfo)
             for member in archive:
                 count += 1
                 if count > limits.max_members:

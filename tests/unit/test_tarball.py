@@ -296,3 +296,39 @@ def test_headers_count_towards_the_stream_cap(tmp_path: Path) -> None:
     assert limits.max_stream_bytes < path.stat().st_size
     with pytest.raises(PayloadTooLarge, match="decompresses to more than"):
         tarball.validate(path, limits)
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
+def test_a_chain_of_extended_headers_is_refused(tmp_path: Path, kind: bytes) -> None:
+    # tarfile recurses once per extended header: a thousand in a row held a thousand
+    # records in memory and ended in a RecursionError.
+    path = tmp_path / "chain.tar"
+    size = 60 * 1024
+    with path.open("wb") as out:
+        for _ in range(1000):
+            header = tarfile.TarInfo("././@LongLink")
+            header.type = kind
+            header.size = size
+            out.write(header.tobuf(format=tarfile.GNU_FORMAT) if kind == tarfile.GNUTYPE_LONGNAME
+                      else header.tobuf(format=tarfile.USTAR_FORMAT))
+            record = b"%d comment=%s\n" % (size, b"c" * (size - 15))
+            out.write(record.ljust(size, b"\n")[:size] if kind == tarfile.XHDTYPE
+                      else b"n" * (size - 1) + b"\0")
+        out.write(tarfile.TarInfo("handler.py").tobuf() + bytes(1024))
+    with pytest.raises(InvalidArgument, match="more than 8 extended headers"):
+        tarball.validate(path, TarLimits(max_unpacked_bytes=100 * 1024 * 1024))
+
+
+def test_a_member_with_a_pax_record_a_long_name_and_a_long_link_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "ok.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as archive:
+        archive.addfile(tarfile.TarInfo("d/" + "t" * 300), io.BytesIO(b""))
+        link = tarfile.TarInfo("d/" + "l" * 300)
+        link.type, link.linkname = tarfile.SYMTYPE, "t" * 300
+        archive.addfile(link)
+    with tarfile.open(tmp_path / "pax.tar", "w", format=tarfile.PAX_FORMAT) as archive:
+        link = tarfile.TarInfo("d/" + "\u00e9" * 200)
+        link.type, link.linkname = tarfile.SYMTYPE, "\u00e8" * 200
+        archive.addfile(link)
+    assert tarball.validate(path).members == 2
+    assert tarball.validate(tmp_path / "pax.tar").members == 1
