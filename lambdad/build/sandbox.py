@@ -173,6 +173,11 @@ def pip_command(requirements: list[str], target: Path, limits: BuildLimits, *,
     return [*command, "--", *requirements]
 
 
+# pip lines that say nothing to a deployer (an index folder of the operator's without
+# this package).
+_NOISE = ("is ignored: it is neither a file nor a directory",)
+
+
 @dataclass(frozen=True)
 class PipResult:
     code: int
@@ -185,8 +190,9 @@ class OutputCap:
     tail for error messages whatever was dropped."""
 
     def __init__(self, emit: Callable[[str], None], lines: int, chars: int,
-                 tail: int = 15) -> None:
+                 tail: int = 15, skip: tuple[str, ...] = ()) -> None:
         self._emit = emit
+        self._skip = skip
         self._left = lines
         self._chars = chars
         self.dropped = 0
@@ -194,7 +200,7 @@ class OutputCap:
 
     def line(self, text: str) -> None:
         text = text.rstrip()
-        if not text:
+        if not text or any(noise in text for noise in self._skip):
             return
         if len(text) > self._chars:
             text = text[: self._chars] + " …"
@@ -358,7 +364,7 @@ def install(requirements: list[str], build_dir: Path, deps: Path, limits: BuildL
                               timeout_s=max(1.0, deadline - time.monotonic()))
         if drops_privileges(limits):
             command = as_user(command, limits.user)
-        output = OutputCap(emit, limits.output_lines, limits.line_chars)
+        output = OutputCap(emit, limits.output_lines, limits.line_chars, skip=_NOISE)
         result = run_pip(command, work, limits, deadline, output)
         reclaim(work)
         if result.code != 0 or result.timed_out:
