@@ -77,14 +77,15 @@ for option in OPTION_LINES:
 
 
 def _state_files(daemon: Lambdad, name: str) -> set[str]:
-    """Every file in the state folder but the daemon's own log and database, and other
-    functions' logs (written while earlier tests' instances run)."""
+    """Every file in the state folder but the daemon's own log and database, and what
+    earlier tests' instances change meanwhile: instance and cell folders, other logs."""
     skip = {"lambdad.log", "lambda.db", "lambda.db-wal", "lambda.db-shm"}
     found = set()
     for path in daemon.state_dir.rglob("*"):
         relative = path.relative_to(daemon.state_dir)
-        if path.name in skip or (relative.parts[0] == "logs" and len(relative.parts) > 1
-                                 and relative.parts[1] != name):
+        top = relative.parts[0]
+        if path.name in skip or top in ("i", "c") or (
+                top == "logs" and len(relative.parts) > 1 and relative.parts[1] != name):
             continue
         found.add(str(relative))
     return found
