@@ -92,6 +92,9 @@ class Config:
     max_event_bytes: int = 256 * 1024
     cell_pool_size: int = 2
     pause_after: float = 5.0
+    build_timeout: float = 600.0
+    build_memory_bytes: int = 2048 * MIB
+    build_user: int = 65534
     config_file: Path | None = None
 
 
@@ -121,7 +124,7 @@ def _seconds(text: str) -> float:
 
 def _positive_seconds(text: str) -> float:
     value = _seconds(text)
-    if value == 0:
+    if value <= 0:
         raise ValueError(f"expected a number of seconds > 0, got {text!r}")
     return value
 
@@ -264,6 +267,19 @@ SETTINGS: tuple[Setting, ...] = (
        "largest uploaded code archive, in MiB (default: 50)", metavar="MiB", numeric=True),
     _s("max_unpacked_size", "build", _mib, 250,
        "largest unpacked code size, in MiB (default: 250, as AWS Lambda)", metavar="MiB",
+       numeric=True),
+    _s("build_timeout", "build", _positive_seconds, 600,
+       "how long one build may take, pip and `docker build` together, in seconds; a "
+       "build that overruns is stopped and the deploy fails, leaving nothing behind "
+       "(default: 600)", metavar="SECONDS", numeric=True),
+    _s("build_memory", "build", _mib, 2048,
+       "memory of one build, in MiB: the address-space limit of pip and the memory "
+       "(without swap) of `docker build` steps (default: 2048)", metavar="MiB",
+       numeric=True),
+    _s("build_user", "build", _count(0), 65534,
+       "when lambdad runs as root, pip resolves requirements.txt as this uid and gid, "
+       "without supplementary groups, so it cannot read lambdad's files or reach Docker; "
+       "0 keeps root (not recommended) (default: 65534, nobody)", metavar="UID",
        numeric=True),
     _s("start_timeout", "runtime", _seconds, 30,
        "how long an instance may take to open its socket, in seconds (default: 30)",
@@ -578,6 +594,9 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         log_level=values["log_level"],
         cell_pool_size=values["cell_pool_size"],
         pause_after=values["pause_after"],
+        build_timeout=values["build_timeout"],
+        build_memory_bytes=values["build_memory"],
+        build_user=values["build_user"],
         config_file=config_file,
     )
 

@@ -2,6 +2,8 @@
 
 from lambdad.build.artifacts import ArtifactStore
 from lambdad.build.builder import BuildSpec, BuiltImage, ImageBuilder
+from lambdad.build.sandbox import BuildLimits
 from lambdad.build.tarball import TarLimits, TarSummary
 
-__all__ = ["ArtifactStore", "BuildSpec", "BuiltImage", "ImageBuilder", "TarLimits", "TarSummary"]
+__all__ = ["ArtifactStore", "BuildLimits", "BuildSpec", "BuiltImage", "ImageBuilder",
+           "TarLimits", "TarSummary"]

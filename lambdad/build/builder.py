@@ -9,28 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
-import subprocess
-import sys
+import re
+import socket
 import tempfile
 import threading
-from collections import deque
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
+import urllib3.exceptions
 
 from lambdad import labels
-from lambdad.build import tarball
+from lambdad.build import sandbox, tarball
 from lambdad.build.artifacts import ArtifactStore, normalize_modes
 from lambdad.build.dockerfile import generated_dockerfile, label_instruction
-from lambdad.build.requirements import check_requirements
+from lambdad.build.requirements import MAX_BYTES as MAX_REQUIREMENTS_BYTES
+from lambdad.build.requirements import parse_requirements
+from lambdad.build.sandbox import BuildLimits
 from lambdad.errors import BuildFailed, FailedPrecondition, Unavailable
 
-PYTHON_VERSION = "3.11"
-GLIBC_TAG = "manylinux_2_36"  # Debian bookworm's glibc
+_LAYER = re.compile(r"^[0-9a-f]{12,64}$")
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,12 @@ class ImageBuilder:
         daemon_id: str,
         wheelhouse: Path | None = None,
         artifacts: ArtifactStore | None = None,
+        limits: BuildLimits | None = None,
+        api_factory: Callable[[], docker.APIClient] | None = None,
     ) -> None:
         self._client = client
+        self._limits = limits or BuildLimits()
+        self._api_factory = api_factory
         self._artifacts = artifacts
         self._daemon_id = daemon_id
         self.runtime_image = runtime_image
@@ -82,6 +90,7 @@ class ImageBuilder:
             yield item
 
     def _build(self, spec: BuildSpec, emit: Callable[[str], None]) -> BuiltImage:
+        deadline = time.monotonic() + self._limits.timeout_s
         self._spool.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._spool, prefix="build-") as tmp:
             ctx = Path(tmp)
@@ -93,10 +102,9 @@ class ImageBuilder:
                 runtime_id = self.check_runtime_image()
                 tarball.extract(spec.archive, ctx / "code")
                 requirements = ctx / "code" / tarball.REQUIREMENTS
-                with_deps = requirements.is_file()
-                if with_deps:
-                    (ctx / "deps").mkdir()
-                    self._install_requirements(requirements, ctx / "deps", emit)
+                if requirements.is_file():
+                    self._install_requirements(requirements, ctx, deadline, emit)
+                with_deps = (ctx / "deps").is_dir()
                 # The image keeps these modes, and its user is uid 10001: a restrictive
                 # umask (pip honours it) must not make the code unreadable to it.
                 normalize_modes(ctx / "code")
@@ -106,7 +114,7 @@ class ImageBuilder:
                     generated_dockerfile(self.runtime_image, with_deps=with_deps)
                 )
                 network = "none"
-            built = self._docker_build(spec, ctx, network, emit)
+            built = self._docker_build(spec, ctx, network, deadline, emit)
             if spec.runtime != "docker" and self._artifacts is not None:
                 # The same files as the image's /var/task and deps, for stem cells.
                 self._artifacts.save(spec.function, spec.version, ctx / "code",
@@ -115,43 +123,24 @@ class ImageBuilder:
             return built
 
     def _install_requirements(
-        self, requirements: Path, target: Path, emit: Callable[[str], None]
+        self, requirements: Path, ctx: Path, deadline: float, emit: Callable[[str], None]
     ) -> None:
-        """Resolves wheels for the image's Python on the host; no package code runs."""
-        check_requirements(requirements.read_text(errors="replace"))
-        machine = platform.machine()
-        command = [
-            sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-            "--no-input", "--no-compile", "--no-warn-script-location",
-            "--only-binary=:all:", "--target", str(target),
-            "--python-version", PYTHON_VERSION, "--implementation", "cp",
-            "--abi", "cp" + PYTHON_VERSION.replace(".", ""), "--abi", "abi3", "--abi", "none",
-            "--platform", f"{GLIBC_TAG}_{machine}", "--platform", "any",
-            "-r", str(requirements),
-        ]
-        if self._wheelhouse is not None:
-            command += ["--no-index", "--find-links", str(self._wheelhouse)]
+        """Resolves wheels for the image's Python in a sandboxed pip; no package code runs.
+
+        pip never reads the uploaded file: it gets the parsed requirements as arguments.
+        """
+        with requirements.open("rb") as source:
+            data = source.read(MAX_REQUIREMENTS_BYTES + 1)
+        wanted = parse_requirements(data)
+        if not wanted:
+            return
         emit("Resolving requirements.txt (wheels only)")
-        tail: deque[str] = deque(maxlen=15)
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.DEVNULL,
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip()
-                if line and "is ignored: it is neither a file nor a directory" not in line:
-                    tail.append(line)
-                    emit(line)
-            code = proc.wait()
-        if code != 0:
-            raise BuildFailed(
-                "requirements.txt could not be resolved to wheels for Python "
-                f"{PYTHON_VERSION} ({GLIBC_TAG}):\n" + "\n".join(tail)
-            )
+        sandbox.install(wanted, ctx, ctx / "deps", self._limits, machine=platform.machine(),
+                        wheelhouse=self._wheelhouse, deadline=deadline, emit=emit)
 
     def _docker_build(
-        self, spec: BuildSpec, ctx: Path, network: str, emit: Callable[[str], None]
+        self, spec: BuildSpec, ctx: Path, network: str, deadline: float,
+        emit: Callable[[str], None],
     ) -> BuiltImage:
         # One LABEL instruction appended to the Dockerfile: the API's `labels`
         # parameter would add a build step (and a container) per label.
@@ -162,32 +151,91 @@ class ImageBuilder:
                 labels.VERSION: str(spec.version),
                 labels.DAEMON: self._daemon_id,
             }) + "\n")
-        tail: deque[str] = deque(maxlen=20)
+        limits = self._limits
+        output = sandbox.OutputCap(emit, limits.output_lines, limits.line_chars, tail=20)
+        layers: list[str] = []  # intermediate images this build made, removed if it fails
+        started = time.time()
         image_id = ""
+        watchdog = _BuildWatchdog(deadline)
+        api: docker.APIClient | None = None
         try:
-            stream: Iterator[dict[str, Any]] = self._client.api.build(
+            api = self._build_api()
+            api.hooks["response"].append(watchdog.capture)
+            stream: Iterator[dict[str, Any]] = api.build(
                 path=str(ctx), tag=spec.image, rm=True, forcerm=True, decode=True,
                 pull=False, network_mode=network,
+                container_limits={
+                    "memory": limits.memory_bytes, "memswap": limits.memory_bytes,
+                    "cpushares": limits.cpu_shares,
+                },
             )
             for event in stream:
                 if "stream" in event:
                     for line in str(event["stream"]).splitlines():
-                        if line.strip():
-                            tail.append(line)
-                            emit(line)
+                        if line.startswith(" ---> ") and _LAYER.match(line[6:].strip()):
+                            layers.append(line[6:].strip())
+                        output.line(line)
                 elif "error" in event:
-                    raise BuildFailed(
-                        f"image build failed: {str(event['error']).strip()}\n" + "\n".join(tail)
-                    )
+                    raise BuildFailed(_build_error(str(event["error"]), output, limits))
                 elif "aux" in event and isinstance(event["aux"], dict):
                     image_id = str(event["aux"].get("ID", image_id))
-        except docker.errors.APIError as exc:
-            raise BuildFailed(f"image build failed: {exc.explanation or exc}") from None
-        except docker.errors.DockerException as exc:
+            if watchdog.fired and not image_id:
+                raise BuildFailed(watchdog.message(limits))
+            if not image_id:
+                image_id = self._client.images.get(spec.image).id
+        except docker.errors.ImageNotFound:
+            self._remove_layers(layers, started)
+            raise BuildFailed("image build ended without an image:\n"
+                              + "\n".join(output.tail)) from None
+        except BuildFailed:
+            self._remove_layers(layers, started)
+            raise
+        except (docker.errors.APIError, docker.errors.DockerException, OSError,
+                urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as exc:
+            self._remove_layers(layers, started)
+            if watchdog.fired:
+                raise BuildFailed(watchdog.message(limits)) from None
+            if isinstance(exc, docker.errors.APIError):
+                raise BuildFailed(f"image build failed: {exc.explanation or exc}") from None
             raise Unavailable(f"Docker engine unreachable: {exc}") from None
-        if not image_id:
-            image_id = self._client.images.get(spec.image).id
+        finally:
+            watchdog.stop()  # also ends a build whose deploy was cancelled
+            if api is not None:
+                api.close()
         return BuiltImage(image=spec.image, image_id=image_id)
+
+    def _build_api(self) -> docker.APIClient:
+        """A client (and connection pool) of the build's own, so the watchdog can cut its
+        connection without touching anyone else's: dockerd then stops the build and
+        removes its container."""
+        if self._api_factory is not None:
+            return self._api_factory()
+        base = self._client.api
+        return docker.from_env(version=base.api_version, timeout=base.timeout).api
+
+    def _remove_layers(self, layers: list[str], since: float, patience: float = 15.0) -> None:
+        """Removes the untagged images a failed build left (newest first); a layer another
+        image uses, or one older than the build (the cache), stays. A stopped build's last
+        container still uses its layer until dockerd has removed it: that is waited for."""
+        pending = list(reversed(layers))
+        give_up = time.monotonic() + patience
+        while pending:
+            busy = []
+            for layer in pending:
+                try:
+                    info = self._client.api.inspect_image(layer)
+                    if info.get("RepoTags") or _timestamp(info.get("Created", "")) < since - 1:
+                        continue
+                    self._client.api.remove_image(layer, force=False, noprune=False)
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409 and "container" in str(exc.explanation):
+                        busy.append(layer)
+                except (docker.errors.DockerException, OSError, ValueError):
+                    continue
+            if not busy or time.monotonic() > give_up:
+                return
+            pending = busy
+            time.sleep(0.25)
 
     def remove_image(self, image: str) -> None:
         with contextlib.suppress(docker.errors.ImageNotFound):
@@ -207,6 +255,71 @@ class ImageBuilder:
         """(image id, tags) of every function image this daemon built."""
         images = self._client.images.list(filters={"label": f"{labels.DAEMON}={self._daemon_id}"})
         return [(str(image.id), list(image.tags)) for image in images]
+
+
+class _BuildWatchdog:
+    """Cuts a build's connection at the deadline (or when its deploy is abandoned)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.fired = False
+        self._response: Any = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def capture(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """A requests response hook: the build's streaming response, before its body."""
+        with self._lock:
+            self._response = response
+            late = self.fired
+        if late:
+            self._cut()
+        return response
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+        self._cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            response = self._response
+        if response is None:
+            return
+        # The socket, not the response: another thread is blocked reading it.
+        connection = getattr(response.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
+
+    def message(self, limits: BuildLimits) -> str:
+        return (f"image build did not finish within the build timeout of "
+                f"{limits.timeout_s:g} s (build_timeout); it was stopped")
+
+
+def _build_error(error: str, output: sandbox.OutputCap, limits: BuildLimits) -> str:
+    text = f"image build failed: {error.strip()}"
+    if "non-zero code: 137" in error:
+        text += (f" (killed: a build step may have used more than the build memory of "
+                 f"{limits.memory_bytes // sandbox.MIB} MiB, build_memory)")
+    return text + "\n" + "\n".join(output.tail)
+
+
+def _timestamp(created: str) -> float:
+    """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds."""
+    head, _, fraction = created.rstrip("Z").partition(".")
+    value = datetime.fromisoformat(head + "+00:00").timestamp()
+    return value + float("0." + fraction[:6]) if fraction else value
 
 
 async def _threaded(

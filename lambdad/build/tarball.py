@@ -3,17 +3,31 @@
 Pure logic over `tarfile` headers: every member is checked against the rules and
 the caps, and the first violation is an error that names the member. Extraction
 re-applies Python's `data` filter as a second line of defence.
+
+Memory is bounded whatever the archive says: `tarfile` reads a GNU long name or link
+and a PAX record whole, in one read of the size its header claims (gigabytes, from a
+few hundred compressed kilobytes). Validation therefore hands `tarfile` a stream of
+its own (`_Guard`) that decompresses in bounded steps, refuses any single read larger
+than an extended header may be (64 KiB), and caps the decompressed bytes in total and
+relative to the upload's size. Later passes (the manifest, extraction) read only
+archives that passed.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import copy
+import gzip
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from lambdad.errors import InvalidArgument, PayloadTooLarge
 
@@ -27,6 +41,119 @@ class TarLimits:
     max_members: int = 10_000
     max_unpacked_bytes: int = 250 * 1024 * 1024
     max_name_bytes: int = 1024
+    max_header_bytes: int = 64 * 1024  # one GNU long name/link or PAX record
+    header_bytes_per_member: int = 4096  # headers' share of the decompressed stream
+    max_ratio: int = 200  # decompressed / compressed, once past ratio_floor
+    ratio_floor: int = 16 * 1024 * 1024
+
+    @property
+    def max_stream_bytes(self) -> int:
+        """The most a valid archive can decompress to: its data plus its headers."""
+        return (self.max_unpacked_bytes + self.max_members * self.header_bytes_per_member
+                + 1024 * 1024)
+
+
+class _Guard:
+    """The decompressed archive as `tarfile` reads it, in bounded steps (see the module)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, inner: IO[bytes], compressed: int, limits: TarLimits) -> None:
+        self._inner = inner
+        self._compressed = max(1, compressed)
+        self._limits = limits
+        self._max_read = tarfile.BLOCKSIZE * -(-limits.max_header_bytes // tarfile.BLOCKSIZE)
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self._max_read:
+            raise InvalidArgument(
+                f"archive has an extended header (a GNU long name or link, or a PAX record) "
+                f"of {size} bytes at offset {self._pos}; the limit is "
+                f"{self._limits.max_header_bytes // 1024} KiB")
+        data = self._inner.read(size)
+        self._advance(len(data))
+        return data
+
+    def _advance(self, count: int) -> None:
+        self._pos += count
+        limits = self._limits
+        if self._pos > limits.max_stream_bytes:
+            raise PayloadTooLarge(
+                f"archive decompresses to more than {limits.max_stream_bytes} bytes")
+        if self._pos > limits.ratio_floor and self._pos > self._compressed * limits.max_ratio:
+            raise PayloadTooLarge(
+                f"archive decompresses to more than {limits.max_ratio} times its size")
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = offset if whence == os.SEEK_SET else self._pos + offset
+        if whence not in (os.SEEK_SET, os.SEEK_CUR) or target < self._pos:
+            raise OSError("the archive stream only moves forward")
+        while self._pos < target:
+            data = self._inner.read(min(self.CHUNK, target - self._pos))
+            if not data:
+                break
+            self._advance(len(data))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+MAX_EXTENDED_CHAIN = 8  # extended headers before one member: a PAX record, long name, link
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile handles a chain of extended headers by recursion, each level holding its
+    record: a chain of a thousand 64 KiB records is 64 MiB and a RecursionError. A member
+    gets a few; more in a row are refused."""
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        with _chain(tarfile):
+            return super()._proc_gnulong(tarfile)  # type: ignore[misc,no-any-return]
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        with _chain(tarfile):
+            return super()._proc_pax(tarfile)  # type: ignore[misc,no-any-return]
+
+
+@contextlib.contextmanager
+def _chain(archive: tarfile.TarFile) -> Iterator[None]:
+    depth = getattr(archive, "_lambda_chain", 0) + 1
+    if depth > MAX_EXTENDED_CHAIN:
+        raise InvalidArgument(
+            f"archive has more than {MAX_EXTENDED_CHAIN} extended headers (GNU long names or "
+            "links, PAX records) in a row")
+    archive._lambda_chain = depth  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        archive._lambda_chain = depth - 1  # type: ignore[attr-defined]
+
+
+def _decompressed(raw: IO[bytes]) -> IO[bytes]:
+    """The formats `tarfile.open(mode="r:*")` reads, recognised by their magic bytes."""
+    magic = raw.read(6)
+    raw.seek(0)
+    opened: Any
+    if magic.startswith(b"\x1f\x8b"):
+        opened = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif magic.startswith(b"BZh"):
+        opened = bz2.BZ2File(raw, "rb")
+    elif magic.startswith(b"\xfd7zXZ\x00") or magic.startswith(b"\x5d\x00\x00"):
+        opened = lzma.LZMAFile(raw, "rb")  # noqa: SIM115 (closed by the caller)
+    else:
+        opened = raw
+    return opened  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -95,7 +222,10 @@ def validate(path: Path, limits: TarLimits = TarLimits()) -> TarSummary:
     count = 0
     unpacked = 0
     try:
-        with tarfile.open(path, mode="r:*") as archive:
+        with path.open("rb") as raw, _decompressed(raw) as stream:
+            guard = _Guard(stream, path.stat().st_size, limits)
+            archive = tarfile.TarFile(fileobj=guard, mode="r",  # type: ignore[arg-type]
+                                      tarinfo=_BoundedTarInfo)
             for member in archive:
                 count += 1
                 if count > limits.max_members:
@@ -114,7 +244,8 @@ def validate(path: Path, limits: TarLimits = TarLimits()) -> TarSummary:
                     files.add(name)
     except tarfile.TarError as exc:
         raise InvalidArgument(f"not a valid tar archive: {exc}") from None
-    except (EOFError, OSError, ValueError) as exc:  # truncated gzip, bad header fields
+    except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        # truncated or corrupt compression, bad header fields
         raise InvalidArgument(f"not a valid tar archive: {exc}") from None
     if count == 0:
         raise InvalidArgument("archive is empty")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +14,17 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("wheelhouse")
+def wheelhouse() -> Iterator[Path]:
+    # Not under pytest's 0700 temp folder: a daemon running as root resolves wheels as
+    # uid 65534 (build_user), which must be able to read them, as in production.
+    folder = Path(tempfile.mkdtemp(prefix="lt-wheels-", dir="/tmp"))
+    folder.chmod(0o755)
     build_wheel(folder, "lambdahelper", "1.2.3",
                 'def shout(text):\n    return text.upper() + "!"\n')
-    return folder
+    for wheel in folder.iterdir():
+        wheel.chmod(0o644)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _running_daemon(wheelhouse: Path) -> Iterator[Lambdad]:

@@ -107,6 +107,7 @@ def test_every_setting_is_read_from_each_source() -> None:
         "function_log_files": "2", "async_backoff": "0.5", "schedule_catch_up": "0",
         "log_level": "debug", "cell_pool_size": "0", "pause_after": "1.5",
         "body_timeout": "12", "max_queued_events": "5", "max_event_size": "0.5",
+        "build_timeout": "30", "build_memory": "512", "build_user": "1234",
     }
     assert set(values) == {s.key for s in SETTINGS}
     text = "".join(f'{k} = "{v}"\n' for k, v in values.items())
@@ -127,6 +128,8 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.cell_pool_size == 0 and from_flags.pause_after == 1.5
     assert from_flags.body_timeout == 12 and from_flags.max_queued_events == 5
     assert from_flags.max_event_bytes == MIB // 2
+    assert from_flags.build_timeout == 30 and from_flags.build_memory_bytes == 512 * MIB
+    assert from_flags.build_user == 1234
 
 
 def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:
@@ -148,6 +151,8 @@ def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:
         ("[domain]\nx = 1\n", "domain: expected a string or number, got dict"),
         ("domain = \n", "not valid TOML"),
         ("keep_versions = 0\n", "keep_versions: expected a whole number >= 1, got '0'"),
+        ("build_timeout = 0\n", "build_timeout: expected a number of seconds > 0"),
+        ("build_user = -1\n", "build_user: expected a whole number >= 0"),
         ("max_body_size = -1\n", "max_body_size: expected a positive size in MiB"),
         ("domain = 'bad_name!'\n", "domain: expected a DNS name"),
         ("log_level = 'loud'\n", "log_level: expected one of debug, info, warning, error"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from lambdad.build.dockerfile import generated_dockerfile
-from lambdad.build.requirements import check_requirements
 from lambdad.errors import InvalidArgument
 from lambdad.functions import FunctionConfig, Overrides, parse_manifest, validate_name
 from lambdad.functions.manifest import apply_overrides
@@ -95,27 +94,6 @@ def test_overrides_lay_over_the_manifest() -> None:
 def test_config_round_trips_through_dict() -> None:
     config = FunctionConfig(handler="a.b", env={"X": "y"}, network="bridge")
     assert FunctionConfig.from_dict(config.to_dict()) == config
-
-
-def test_plain_requirements_pass() -> None:
-    text = (
-        "# deps\nrequests==2.31.0\nsix\nattrs>=22,<24  # pinned\n"
-        "foo[bar]~=1.0; python_version>'3'\n"
-    )
-    assert check_requirements(text) == [
-        "requests==2.31.0", "six", "attrs>=22,<24", "foo[bar]~=1.0; python_version>'3'"
-    ]
-
-
-@pytest.mark.parametrize(
-    "line",
-    ["-r /etc/passwd", "--index-url http://evil/simple", "-e .", "./local", "/abs/path",
-     "git+https://example.invalid/x.git", "pkg @ https://example.invalid/x.whl",
-     "https://example.invalid/x.whl", "--extra-index-url=x"],
-)
-def test_requirements_options_urls_and_paths_are_refused(line: str) -> None:
-    with pytest.raises(InvalidArgument, match="line 2"):
-        check_requirements("six\n" + line + "\n")
 
 
 def test_generated_dockerfile() -> None:

@@ -1,0 +1,378 @@
+"""Runs pip where a deploy cannot reach the host's secrets, and within limits.
+
+pip gets only requirement strings that `requirements.parse_requirements` produced, as
+arguments: never the uploaded file. It still resolves what a deployer names, from an
+index anyone can publish to, so it runs
+
+- in a clean environment: PATH, the operator's pip settings (PIP_* variables, the system
+  and user pip.conf, proxies and CA bundles) and nothing else of lambdad's; HOME, TMPDIR
+  and the pip cache in a private work folder; cwd an empty folder; stdin /dev/null;
+- as an unprivileged uid (`build_user`, 65534 by default) with no supplementary groups
+  when lambdad runs as root, so it cannot read root-only files (the API key, the state
+  folder) or reach the Docker socket;
+- under a wall-clock deadline (the build's), RLIMIT_AS (the build's memory), RLIMIT_CPU,
+  RLIMIT_FSIZE and no core files, with its output capped; the whole process group is
+  killed when it ends, fails or overruns.
+
+The environment and the command line are pure functions, tested in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from lambdad.errors import BuildFailed
+
+MIB = 1024 * 1024
+PYTHON_VERSION = "3.11"
+GLIBC_TAG = "manylinux_2_36"  # Debian bookworm's glibc
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    """What one build may use: pip and `docker build` together."""
+
+    timeout_s: float = 600.0
+    memory_bytes: int = 2048 * MIB
+    cpu_shares: int = 512  # half a container's default weight: builds yield to instances
+    file_bytes: int = 2048 * MIB  # the largest file pip may write (a wheel, an .so)
+    output_lines: int = 2000  # lines of pip or build output shown; the rest is counted
+    line_chars: int = 1000
+    user: int = 65534  # uid (and gid) pip runs as when lambdad is root
+
+
+# Variables the operator's pip configuration may live in; all else of lambdad's is dropped.
+_PASSED = frozenset({
+    "PATH", "XDG_CONFIG_DIRS", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE", "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY",
+    "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+})
+# Set by us; the operator's own values for these would point pip back at lambdad's HOME.
+_OURS = frozenset({"PIP_CACHE_DIR", "PIP_CONFIG_FILE", "PIP_TARGET", "PIP_SRC",
+                   "PIP_BUILD_DIR", "PIP_LOG", "PIP_LOG_FILE"})
+
+
+@dataclass(frozen=True)
+class WorkDirs:
+    """The private folders of one pip run."""
+
+    root: Path
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def cwd(self) -> Path:
+        return self.root / "cwd"
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.home, self.tmp, self.cache, self.cwd, self.target)
+
+
+def user_config_files(env: Mapping[str, str]) -> list[tuple[Path, str]]:
+    """(lambdad's user pip config file, where it goes under the private HOME)."""
+    home = Path(env.get("HOME") or "~").expanduser()
+    xdg = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
+    found = [(xdg / "pip" / "pip.conf", ".config/pip/pip.conf"),
+             (home / ".pip" / "pip.conf", ".pip/pip.conf")]
+    named = env.get("PIP_CONFIG_FILE")
+    if named and named != os.devnull:
+        found.append((Path(named), "pip-config-file.conf"))
+    return found
+
+
+def pip_environment(parent: Mapping[str, str], work: WorkDirs) -> dict[str, str]:
+    """What pip's process sees: the operator's pip settings, private folders, nothing else."""
+    env = {k: v for k, v in parent.items()
+           if (k in _PASSED or k.startswith("PIP_")) and k not in _OURS}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if parent.get("PIP_CONFIG_FILE") == os.devnull:
+        env["PIP_CONFIG_FILE"] = os.devnull
+    elif parent.get("PIP_CONFIG_FILE"):
+        env["PIP_CONFIG_FILE"] = str(work.home / "pip-config-file.conf")
+    env.update({
+        "HOME": str(work.home),
+        "XDG_CONFIG_HOME": str(work.home / ".config"),
+        "XDG_CACHE_HOME": str(work.cache),
+        "TMPDIR": str(work.tmp),
+        "PIP_CACHE_DIR": str(work.cache),
+        "PIP_NO_INPUT": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    return env
+
+
+# Runs in the child, as its uid: limits first, then lambdad's own pip in the same process
+# (from its folder, so that any Python 3 the build uid can run will do).
+_CHILD = """\
+import resource, runpy, sys
+memory, cpu, fsize = (int(v) for v in sys.argv[1:4])
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+sys.path.insert(0, sys.argv[4])
+sys.argv = ["pip", *sys.argv[5:]]
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
+
+
+def pip_folder() -> str:
+    """The folder holding lambdad's pip package (found without importing it)."""
+    spec = importlib.util.find_spec("pip")
+    if spec is None or spec.origin is None:
+        raise BuildFailed("pip is not installed beside lambdad; requirements.txt cannot be "
+                          "resolved")
+    return str(Path(spec.origin).resolve().parent.parent)
+
+
+def pip_command(requirements: list[str], target: Path, limits: BuildLimits, *,
+                machine: str, wheelhouse: Path | None, python: str = sys.executable,
+                pip_path: str = "", timeout_s: float | None = None) -> list[str]:
+    """pip for the image's platform, wheels only; the requirements after `--`."""
+    cpu = max(1, int(timeout_s if timeout_s is not None else limits.timeout_s))
+    command = [
+        python, "-I", "-c", _CHILD, str(limits.memory_bytes), str(cpu), str(limits.file_bytes),
+        pip_path or pip_folder(), "install", "--disable-pip-version-check", "--no-input",
+        "--no-compile", "--no-warn-script-location", "--only-binary=:all:", "--target", str(target),
+        "--python-version", PYTHON_VERSION, "--implementation", "cp",
+        "--abi", "cp" + PYTHON_VERSION.replace(".", ""), "--abi", "abi3", "--abi", "none",
+        "--platform", f"{GLIBC_TAG}_{machine}", "--platform", "any",
+    ]
+    if wheelhouse is not None:
+        command += ["--no-index", "--find-links", str(wheelhouse)]
+    return [*command, "--", *requirements]
+
+
+# pip lines that say nothing to a deployer (an index folder of the operator's without
+# this package).
+_NOISE = ("is ignored: it is neither a file nor a directory",)
+
+
+@dataclass(frozen=True)
+class PipResult:
+    code: int
+    tail: list[str]
+    timed_out: bool
+
+
+class OutputCap:
+    """Passes on the first `lines` lines (each cut to `chars`), then one note; keeps a
+    tail for error messages whatever was dropped."""
+
+    def __init__(self, emit: Callable[[str], None], lines: int, chars: int,
+                 tail: int = 15, skip: tuple[str, ...] = ()) -> None:
+        self._emit = emit
+        self._skip = skip
+        self._left = lines
+        self._chars = chars
+        self.dropped = 0
+        self.tail: deque[str] = deque(maxlen=tail)
+
+    def line(self, text: str) -> None:
+        text = text.rstrip()
+        if not text or any(noise in text for noise in self._skip):
+            return
+        if len(text) > self._chars:
+            text = text[: self._chars] + " …"
+        self.tail.append(text)
+        if self._left > 0:
+            self._left -= 1
+            self._emit(text)
+            if self._left == 0:
+                self._emit("(further output is not shown)")
+        else:
+            self.dropped += 1
+
+
+def drops_privileges(limits: BuildLimits) -> bool:
+    return os.geteuid() == 0 and limits.user != 0
+
+
+# Tried in order when pip must run as another uid: lambdad's interpreter may live where
+# that uid cannot read (a pyenv under /root), the system's usually does not.
+FALLBACK_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
+
+
+# Drops to the build uid, then execs the command. lambdad's own interpreter runs it as
+# root, and the uid change happens after exec: a fork() of the daemon itself (which
+# subprocess's user= would need) runs gRPC's fork handlers, and those crash the child.
+_DROP = """\
+import os, sys
+uid = int(sys.argv[1])
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+if os.getuid() != uid or os.geteuid() != uid or os.getgroups():
+    sys.exit("could not drop privileges")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def as_user(command: list[str], uid: int) -> list[str]:
+    """`command`, run as `uid` (and gid `uid`) without supplementary groups."""
+    return [sys.executable, "-I", "-c", _DROP, str(uid), *command]
+
+
+@functools.cache
+def interpreter(uid: int, pip_path: str) -> str:
+    """A Python that `uid` can run and that can import lambdad's pip; BuildFailed if none."""
+    if os.geteuid() != 0 or uid == 0:
+        return sys.executable
+    probe = f"import sys; sys.path.insert(0, {pip_path!r}); import pip"
+    for python in dict.fromkeys((sys.executable, *FALLBACK_PYTHONS)):
+        if not os.path.isfile(python):
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(as_user([python, "-I", "-c", probe], uid), cwd="/",
+                                  env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=30)
+            if done.returncode == 0:
+                return python
+    raise BuildFailed(
+        f"pip cannot run as uid {uid} (build_user): neither {sys.executable} nor "
+        f"{', '.join(FALLBACK_PYTHONS)} can import pip from {pip_path} as that user; "
+        "install lambdad where it can read it, or set build_user")
+
+
+def make_workdirs(build_dir: Path, limits: BuildLimits) -> WorkDirs:
+    """A private work folder: under the build folder when pip runs as lambdad's user; in
+    the system temp folder, owned by the build uid, when it runs as another (the state
+    folder is 0750 and must stay closed to it)."""
+    if drops_privileges(limits):
+        root = Path(tempfile.mkdtemp(prefix="lambdad-pip-"))
+    else:
+        root = build_dir / "pip"
+        root.mkdir(mode=0o700)
+    work = WorkDirs(root)
+    for folder in work.all():
+        folder.mkdir(mode=0o700)
+    for source, relative in user_config_files(os.environ):
+        with contextlib.suppress(OSError):
+            if source.is_file():
+                copy = work.home / relative
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, copy)
+    if drops_privileges(limits):
+        for top, dirs, files in os.walk(root):
+            for path in [top, *(os.path.join(top, n) for n in (*dirs, *files))]:
+                os.lchown(path, limits.user, limits.user)
+    return work
+
+
+def reclaim(work: WorkDirs) -> None:
+    """Takes the work folder back from the build uid before lambdad reads it."""
+    if os.geteuid() == 0:
+        os.chown(work.root, 0, 0)
+        os.chmod(work.root, 0o700)
+
+
+def run_pip(command: list[str], work: WorkDirs, limits: BuildLimits, deadline: float,
+            output: OutputCap) -> PipResult:
+    """Runs pip to the end or the deadline; its whole process group dies either way.
+
+    No user= here: see `_DROP`."""
+    timed_out = threading.Event()
+    with subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=work.cwd, env=pip_environment(os.environ, work), close_fds=True,
+        start_new_session=True, umask=0o022,
+    ) as proc:
+
+        def kill() -> None:
+            if proc.returncode is not None:  # reaped: its id may belong to another now
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        def overrun() -> None:
+            timed_out.set()
+            kill()
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), overrun)
+        timer.daemon = True
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.readline(4 * limits.line_chars):
+                output.line(chunk.decode("utf-8", errors="replace"))
+            # Wait without reaping, so the group's id cannot be reused before it is killed.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            kill()
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            kill()
+    return PipResult(code=code, tail=list(output.tail), timed_out=timed_out.is_set())
+
+
+def explain_failure(result: PipResult, limits: BuildLimits) -> str:
+    """The deploy error for a pip run that did not succeed."""
+    where = f"wheels for Python {PYTHON_VERSION} ({GLIBC_TAG})"
+    if result.timed_out:
+        return (f"requirements.txt: resolving {where} did not finish within the build "
+                f"timeout of {limits.timeout_s:g} s (build_timeout)")
+    if result.code in (-signal.SIGXCPU, -signal.SIGKILL):
+        return (f"requirements.txt: pip was stopped by the build limits ({limits.timeout_s:g} "
+                "s of CPU, build_timeout)")
+    if any("MemoryError" in line for line in result.tail):
+        return (f"requirements.txt: pip ran out of memory (build_memory = "
+                f"{limits.memory_bytes // MIB} MiB)")
+    return (f"requirements.txt could not be resolved to {where} (pip exited with "
+            f"{result.code}):\n" + "\n".join(result.tail))
+
+
+def install(requirements: list[str], build_dir: Path, deps: Path, limits: BuildLimits, *,
+            machine: str, wheelhouse: Path | None, deadline: float,
+            emit: Callable[[str], None]) -> None:
+    """Resolves `requirements` to wheels in a sandboxed pip and leaves them in `deps`."""
+    work = make_workdirs(build_dir, limits)
+    try:
+        pip_path = pip_folder()
+        python = interpreter(limits.user if drops_privileges(limits) else 0, pip_path)
+        command = pip_command(requirements, work.target, limits, machine=machine,
+                              wheelhouse=wheelhouse, python=python, pip_path=pip_path,
+                              timeout_s=max(1.0, deadline - time.monotonic()))
+        if drops_privileges(limits):
+            command = as_user(command, limits.user)
+        output = OutputCap(emit, limits.output_lines, limits.line_chars, skip=_NOISE)
+        result = run_pip(command, work, limits, deadline, output)
+        reclaim(work)
+        if result.code != 0 or result.timed_out:
+            raise BuildFailed(explain_failure(result, limits))
+        if drops_privileges(limits):
+            # A copy, so every file of the image's deps is lambdad's, not the build uid's.
+            shutil.copytree(work.target, deps, symlinks=True)
+        else:
+            os.rename(work.target, deps)
+    finally:
+        shutil.rmtree(work.root, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""The real pip in its sandbox: as root it resolves as the build uid, which cannot read
+root's files; the operator's wheels still work; the deps it leaves are lambdad's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lambdad.build import sandbox
+from lambdad.build.sandbox import BuildLimits
+from lambdad.errors import BuildFailed
+from tests.support.wheels import build_wheel
+
+AS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def wheel_folders() -> Iterator[tuple[Path, Path]]:
+    """The same wheel in a world-readable folder and in a root-only one."""
+    root = Path(tempfile.mkdtemp(prefix="lt-pip-", dir="/tmp"))
+    root.chmod(0o755)
+    public, private = root / "public", root / "private"
+    for folder, mode in ((public, 0o755), (private, 0o700)):
+        build_wheel(folder, "sandboxprobe", "1.0", "VALUE = 42\n")
+        for wheel in folder.iterdir():
+            wheel.chmod(0o644 if mode == 0o755 else 0o600)
+        folder.chmod(mode)
+    yield public, private
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _install(build_dir: Path, wheelhouse: Path, limits: BuildLimits) -> list[str]:
+    lines: list[str] = []
+    sandbox.install(["sandboxprobe==1.0"], build_dir, build_dir / "deps", limits,
+                    machine=os.uname().machine, wheelhouse=wheelhouse,
+                    deadline=time.monotonic() + 120, emit=lines.append)
+    return lines
+
+
+def test_resolves_from_a_readable_wheelhouse_into_deps_owned_by_lambdad(
+    wheel_folders: tuple[Path, Path], tmp_path: Path,
+) -> None:
+    public, _ = wheel_folders
+    before = set(Path(tempfile.gettempdir()).glob("lambdad-pip-*"))
+    _install(tmp_path, public, BuildLimits())
+    module = tmp_path / "deps" / "sandboxprobe.py"
+    assert module.read_text() == "VALUE = 42\n"
+    assert module.stat().st_uid == os.geteuid()  # a copy, not the build uid's file
+    assert set(Path(tempfile.gettempdir()).glob("lambdad-pip-*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deps"]
+
+
+def test_as_root_pip_cannot_read_root_only_files(
+    wheel_folders: tuple[Path, Path], tmp_path: Path,
+) -> None:
+    # The wheelhouse stands for any root-only file (an API key, the state folder): as root,
+    # pip runs as uid 65534 without groups and does not see it. As lambdad's own user (not
+    # root) there is no uid to drop to, and the same folder is readable.
+    _, private = wheel_folders
+    if not AS_ROOT:
+        _install(tmp_path, private, BuildLimits())
+        return
+    with pytest.raises(BuildFailed, match="could not be resolved"):
+        _install(tmp_path, private, BuildLimits())
+    assert not (tmp_path / "deps").exists()
+    # build_user = 0 is the operator's explicit way back to root (and shows the cause).
+    _install(tmp_path, private, BuildLimits(user=0))
+    assert (tmp_path / "deps" / "sandboxprobe.py").is_file()
+
+
+def test_pip_that_outlives_the_deadline_is_stopped(
+    wheel_folders: tuple[Path, Path], tmp_path: Path,
+) -> None:
+    public, _ = wheel_folders
+    started = time.monotonic()
+    with pytest.raises(BuildFailed, match="did not finish within the build timeout"):
+        sandbox.install(["sandboxprobe==1.0"], tmp_path, tmp_path / "deps", BuildLimits(),
+                        machine=os.uname().machine, wheelhouse=public,
+                        deadline=time.monotonic() + 0.3, emit=lambda _: None)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "deps").exists()

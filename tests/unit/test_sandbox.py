@@ -1,0 +1,177 @@
+"""The pip sandbox: what pip's process sees and how it is stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from lambdad.build import sandbox
+from lambdad.build.sandbox import BuildLimits, OutputCap, WorkDirs
+
+
+def test_environment_keeps_pip_settings_and_drops_the_rest(tmp_path: Path) -> None:
+    work = WorkDirs(tmp_path)
+    parent = {
+        "PATH": "/usr/bin", "HOME": "/root", "PIP_FIND_LINKS": "/opt/wheels",
+        "PIP_INDEX_URL": "https://mirror/simple", "https_proxy": "http://proxy:3128",
+        "XDG_CONFIG_DIRS": "/etc/xdg", "SSL_CERT_FILE": "/etc/ssl/x.pem",
+        "LAMBDAD_API_KEY_FILE": "/etc/lambdad/key", "AWS_SECRET_ACCESS_KEY": "s",
+        "DOCKER_HOST": "unix:///var/run/docker.sock", "PYTHONPATH": "/evil",
+        "PIP_CACHE_DIR": "/root/.cache/pip", "PIP_TARGET": "/", "XDG_CONFIG_HOME": "/root/x",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/lambdad.service",
+    }
+    env = sandbox.pip_environment(parent, work)
+    assert env["PIP_FIND_LINKS"] == "/opt/wheels"
+    assert env["PIP_INDEX_URL"] == "https://mirror/simple"
+    assert env["https_proxy"] == "http://proxy:3128"
+    assert env["XDG_CONFIG_DIRS"] == "/etc/xdg" and env["SSL_CERT_FILE"] == "/etc/ssl/x.pem"
+    for gone in ("LAMBDAD_API_KEY_FILE", "AWS_SECRET_ACCESS_KEY", "DOCKER_HOST", "PYTHONPATH",
+                 "PIP_TARGET", "CREDENTIALS_DIRECTORY"):
+        assert gone not in env
+    assert env["HOME"] == str(work.home) and env["TMPDIR"] == str(work.tmp)
+    assert env["PIP_CACHE_DIR"] == str(work.cache)
+    assert env["XDG_CONFIG_HOME"] == str(work.home / ".config")
+    assert "PIP_CONFIG_FILE" not in env
+
+
+def test_a_named_pip_config_file_is_copied_in_and_devnull_kept(tmp_path: Path) -> None:
+    work = WorkDirs(tmp_path)
+    env = sandbox.pip_environment({"PIP_CONFIG_FILE": "/etc/pip-ops.conf"}, work)
+    assert env["PIP_CONFIG_FILE"] == str(work.home / "pip-config-file.conf")
+    assert ("/etc/pip-ops.conf" in str(sandbox.user_config_files(
+        {"PIP_CONFIG_FILE": "/etc/pip-ops.conf", "HOME": "/h"})))
+    assert sandbox.pip_environment({"PIP_CONFIG_FILE": os.devnull}, work)[
+        "PIP_CONFIG_FILE"] == os.devnull
+
+
+def test_user_config_files_follow_xdg_and_home() -> None:
+    found = sandbox.user_config_files({"HOME": "/h", "XDG_CONFIG_HOME": "/x"})
+    assert found == [(Path("/x/pip/pip.conf"), ".config/pip/pip.conf"),
+                     (Path("/h/.pip/pip.conf"), ".pip/pip.conf")]
+
+
+def test_command_is_wheels_only_and_requirements_come_after_the_end_of_options() -> None:
+    command = sandbox.pip_command(["six==1.16.0", "attrs"], Path("/w/target"), BuildLimits(),
+                                  machine="x86_64", wheelhouse=Path("/wheels"),
+                                  python="/usr/bin/python3", pip_path="/site")
+    assert command[:3] == ["/usr/bin/python3", "-I", "-c"]
+    assert command[-3:] == ["--", "six==1.16.0", "attrs"]
+    assert "--only-binary=:all:" in command
+    assert command[command.index("--platform") + 1] == "manylinux_2_36_x86_64"
+    assert command[command.index("--find-links") + 1] == "/wheels"
+    assert "-r" not in command and "--requirement" not in command
+    limits = BuildLimits()
+    assert command[4:8] == [str(limits.memory_bytes), str(int(limits.timeout_s)),
+                            str(limits.file_bytes), "/site"]
+
+
+def test_output_is_capped_but_the_tail_kept() -> None:
+    shown: list[str] = []
+    cap = OutputCap(shown.append, lines=3, chars=10, tail=2)
+    for i in range(10):
+        cap.line(f"line {i}\n")
+    cap.line("x" * 50)
+    assert shown == ["line 0", "line 1", "line 2", "(further output is not shown)"]
+    assert cap.dropped == 8
+    assert list(cap.tail) == ["line 9", "x" * 10 + " …"]
+
+
+def _work(tmp_path: Path) -> WorkDirs:
+    work = WorkDirs(tmp_path / "w")
+    for folder in (work.root, *work.all()):
+        folder.mkdir()
+    return work
+
+
+def _limits() -> BuildLimits:
+    return BuildLimits(user=os.geteuid())  # no uid change: these run any command
+
+
+def test_run_stops_at_the_deadline_with_the_whole_process_group(tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    started = time.monotonic()
+    result = sandbox.run_pip([sys.executable, "-c", script], _work(tmp_path), _limits(),
+                             time.monotonic() + 2, OutputCap(lambda _: None, 10, 100))
+    assert result.timed_out and time.monotonic() - started < 30
+    assert result.tail == ["started"]
+    grandchild = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{grandchild}").exists() and time.monotonic() < deadline:
+        status = Path(f"/proc/{grandchild}/status").read_text(errors="replace")
+        if "State:\tZ" in status:
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{grandchild}").exists() or \
+        "State:\tZ" in Path(f"/proc/{grandchild}/status").read_text()
+    assert "did not finish within the build timeout" in sandbox.explain_failure(
+        result, BuildLimits())
+
+
+def test_run_gets_a_clean_environment_an_empty_cwd_and_no_stdin(tmp_path: Path) -> None:
+    work = _work(tmp_path)
+    os.environ["LAMBDAD_TEST_SECRET"] = "hunter2"
+    try:
+        script = ("import os, sys\n"
+                  "print(sorted(os.environ.get(k, '') for k in ('LAMBDAD_TEST_SECRET',)))\n"
+                  "print(os.getcwd(), os.listdir('.'), repr(sys.stdin.read()))\n")
+        result = sandbox.run_pip([sys.executable, "-c", script], work, _limits(),
+                                 time.monotonic() + 30, OutputCap(lambda _: None, 10, 500))
+    finally:
+        del os.environ["LAMBDAD_TEST_SECRET"]
+    assert result.code == 0 and not result.timed_out
+    assert result.tail == ["['']", f"{work.cwd} [] ''"]
+
+
+def test_pip_runs_under_its_rlimits(tmp_path: Path) -> None:
+    # The child preamble is what sets the limits: run it with a tiny address space and
+    # something other than pip behind it.
+    limits = BuildLimits(memory_bytes=200 * 1024 * 1024, file_bytes=4096,
+                         user=os.geteuid())
+    fake = tmp_path / "fakepip"
+    (fake / "pip").mkdir(parents=True)
+    (fake / "pip" / "__init__.py").write_text("")
+    (fake / "pip" / "__main__.py").write_text(
+        "import resource, sys\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS)[0], "
+        "resource.getrlimit(resource.RLIMIT_FSIZE)[0], resource.getrlimit(resource.RLIMIT_CPU)[0],"
+        " resource.getrlimit(resource.RLIMIT_CORE)[0], flush=True)\n"
+        "try:\n    bytearray(400 * 1024 * 1024)\nexcept MemoryError:\n    print('MemoryError')\n"
+        "try:\n    open('big', 'wb').write(b'x' * 10000)\nexcept OSError as e:\n"
+        "    print('fsize', e.errno)\n")
+    command = sandbox.pip_command([], tmp_path / "t", limits, machine="x86_64",
+                                  wheelhouse=None, pip_path=str(fake), timeout_s=7)
+    result = sandbox.run_pip(command, _work(tmp_path), limits, time.monotonic() + 30,
+                             OutputCap(lambda _: None, 10, 500))
+    assert result.tail[0] == f"{200 * 1024 * 1024} 4096 7 0"
+    assert "MemoryError" in result.tail
+    assert "fsize 27" in result.tail  # EFBIG: SIGXFSZ is ignored by Python
+    assert "ran out of memory" in sandbox.explain_failure(
+        sandbox.PipResult(1, ["MemoryError"], False), limits)
+
+
+def test_the_work_folder_is_the_build_uids_and_outside_the_state_folder_as_root(
+    tmp_path: Path,
+) -> None:
+    limits = BuildLimits(user=65534)
+    work = sandbox.make_workdirs(tmp_path, limits)
+    try:
+        if os.geteuid() != 0:  # pip runs as lambdad's own user, in the build folder
+            assert work.root == tmp_path / "pip"
+            return
+        assert not str(work.root).startswith(str(tmp_path))
+        for folder in (work.root, *work.all()):
+            assert folder.stat().st_uid == 65534 and folder.stat().st_mode & 0o777 == 0o700
+        sandbox.reclaim(work)
+        assert work.root.stat().st_uid == 0 and work.root.stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(work.root)
