@@ -507,11 +507,15 @@ def _ms_json(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
+_STREAMS = {"stdout": "out", "stderr": "err", "runtime": "rt"}  # rt: the runtime's frames
+
+
 def _log_line(entry: pb.LogEntry) -> str:
     when = datetime.fromtimestamp(entry.time.seconds + entry.time.nanos / 1e9, UTC)
     stamp = when.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     request = entry.request_id[:8] if entry.request_id else "-"
-    return f"{stamp} v{entry.version} {request} {entry.stream[3:]:>3} {entry.message}"
+    stream = _STREAMS.get(entry.stream, entry.stream[:3])
+    return f"{stamp} v{entry.version} {request} {stream:>3} {entry.message}"
 
 
 def _log_json(entry: pb.LogEntry) -> str:
@@ -533,7 +537,8 @@ def _print_invocation_log(ctx: Ctx, request_id: str) -> None:
     with Client(ctx.target) as client:
         while time.monotonic() < deadline:
             entries = list(client.logs(request))
-            if any(e.message.startswith("REPORT ") for e in entries):
+            if any(e.stream == "runtime" and e.message.startswith("REPORT ")
+                   for e in entries):
                 # stderr is read separately from stdout: give its last lines a moment
                 time.sleep(0.2)
                 entries = list(client.logs(request))

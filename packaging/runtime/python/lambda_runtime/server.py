@@ -1,31 +1,28 @@
-"""Socket side of the runtime: loads the handler, then serves HTTP/1.1 on a Unix socket.
+"""The supervisor's socket side: HTTP/1.1 with lambdad on a Unix socket, requests to workers.
 
 The HTTP server is written on `socket` and `threading` rather than http.server/socketserver:
 those pull in http.client, email.* and ssl, which cost every cold start tens of milliseconds
 before the socket opens. Only what the error paths need (traceback) is imported lazily.
+
+This process is the supervisor (supervisor.py): it never imports the function's code. Each
+request goes to a worker process and its reply comes back here to be written as HTTP.
 """
 
 from __future__ import annotations
 
-import importlib
-import io
 import os
 import signal
 import socket
+import struct
 import sys
-import threading
 import time
 
 from . import events, logs
-from .context import ContextFactory
+from .supervisor import NoWorker, Supervisor, start_thread
 
 TYPE_CHECKING = False  # typing is not imported at run time (see events.py)
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import FrameType
-    from typing import Any
-
-    Handler = Callable[[Any, Any], Any]
 
 DEFAULT_SOCKET = "/run/lambda/invoke.sock"
 DEFAULT_TASK_ROOT = "/var/task"
@@ -36,7 +33,8 @@ MAX_CHUNK_LINE = 4096
 INIT_PATH = "/init"  # a stem cell's specialization request
 LISTEN_BACKLOG = 1024  # a burst of connects to a new instance must queue, not fail
 RECV_SIZE = 65536
-_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+KINDS = ("http", "direct", "event")
+_PEERCRED = struct.Struct("3i")
 # RFC 9110 token characters: what a method or a header name may consist of.
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _HEX = b"0123456789abcdefABCDEF"
@@ -64,15 +62,6 @@ _REASONS = {
 }  # fmt: skip
 
 
-class HandlerLoadError(Exception):
-    """Raised before the socket exists so the daemon sees an exit, not a broken instance."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(f"{error_type}: {message}")
-        self.error_type = error_type
-        self.message = message
-
-
 class BadRequest(Exception):
     """The request cannot be framed; answered with `status`, then the connection closes."""
 
@@ -83,47 +72,6 @@ class BadRequest(Exception):
 
 class _Closed(Exception):
     """The peer closed the connection (or sent a partial request and then closed)."""
-
-
-def load_handler(spec: str, task_root: str = DEFAULT_TASK_ROOT) -> Handler:
-    """Imports `module.function` (module may be dotted, or a path like `src/app`) once."""
-    if task_root in sys.path:
-        sys.path.remove(task_root)
-    sys.path.insert(0, task_root)
-    module_name, _, func_name = spec.strip().rpartition(".")
-    module_name = module_name.replace("/", ".").strip(".")
-    if not module_name or not func_name:
-        raise HandlerLoadError("Runtime.MalformedHandlerName", f"Bad handler '{spec}'")
-    try:
-        module = importlib.import_module(module_name)
-    except SyntaxError as exc:
-        raise HandlerLoadError(
-            "Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {exc}"
-        ) from exc
-    except Exception as exc:
-        raise HandlerLoadError(
-            "Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}"
-        ) from exc
-    func = getattr(module, func_name, None)
-    if func is None:
-        raise HandlerLoadError(
-            "Runtime.HandlerNotFound", f"handler '{func_name}' missing on module '{module_name}'"
-        )
-    if not callable(func):
-        raise HandlerLoadError(
-            "Runtime.HandlerNotFound",
-            f"handler '{func_name}' on module '{module_name}' is not callable",
-        )
-    return func  # type: ignore[no-any-return]
-
-
-def _exit_code(exc: SystemExit) -> int:
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code
-    print(exc.code, file=sys.stderr)
-    return 1
 
 
 def _remove(path: str) -> None:
@@ -147,6 +95,18 @@ def _format_exception(exc: BaseException) -> str:
     import traceback  # only error paths pay for traceback (and its tokenize/linecache)
 
     return "".join(traceback.format_exception(exc))
+
+
+def _header_lines(headers: events.Headers) -> bytes:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+
+
+def from_outside(sock: socket.socket) -> bool:
+    """Whether the peer is outside this PID namespace (lambdad): the kernel reports pid 0
+    for a process it cannot name here, and every process of the container has a pid."""
+    pid, _, _ = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return pid == 0
 
 
 class _Reader:
@@ -331,6 +291,8 @@ def _reason(status: int) -> str:
     return _REASONS.get(status, "")
 
 
+
+
 class Connection:
     """Serves the requests of one accepted connection in order, on its own thread."""
 
@@ -366,7 +328,7 @@ class Connection:
         except BadRequest as exc:
             # Framing is lost: the stream cannot be reused.
             message = f"{_reason(exc.status)}: {exc}".encode()
-            headers = [("Content-Type", "text/plain; charset=utf-8")]
+            headers = b"Content-Type: text/plain; charset=utf-8\r\n"
             self._write(exc.status, headers, message, head_only=False, close=True, http10=False)
             return False
         self._dispatch(request, body)
@@ -375,23 +337,23 @@ class Connection:
     def _write(
         self,
         status: int,
-        headers: events.Headers,
+        headers: bytes,
         body: bytes,
         *,
         head_only: bool,
         close: bool,
         http10: bool,
     ) -> None:
-        lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        """`headers`: validated `Name: value\\r\\n` lines, without framing headers."""
+        lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n".encode(), headers]
         if status != 204:
-            lines.append(f"Content-Length: {len(body)}\r\n")
+            lines.append(b"Content-Length: %d\r\n" % len(body))
         if close:
-            lines.append("Connection: close\r\n")
+            lines.append(b"Connection: close\r\n")
         elif http10:
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
         if head_only or status in (204, 304):
             self.sock.sendall(head)
         elif len(body) <= RECV_SIZE:
@@ -400,60 +362,53 @@ class Connection:
             self.sock.sendall(head)
             self.sock.sendall(body)
 
-    def _send(self, request: Request, status: int, headers: events.Headers, body: bytes) -> None:
-        try:
-            head_only = request.method == "HEAD"
-            self._write(
-                status,
-                headers,
-                body,
-                head_only=head_only,
-                close=request.close,
-                http10=request.http10,
-            )
-        except UnicodeEncodeError as exc:  # a header value outside Latin-1
-            fault = events.MarshalError(f"Invalid response header: {exc}")
-            self._send_error(request, fault, function_error=True)
+    def _send(self, request: Request, status: int, headers: bytes, body: bytes) -> None:
+        self._write(status, headers, body, head_only=request.method == "HEAD",
+                    close=request.close, http10=request.http10)
 
-    def _send_error(self, request: Request, exc: BaseException, function_error: bool) -> None:
-        status = exc.status if isinstance(exc, events.RuntimeFault) else 500
-        headers = [("Content-Type", events.JSON_TYPE)]
-        if function_error:
-            headers.append(("Lambda-Function-Error", "Unhandled"))
-        self._send(request, status, headers, events.error_body(exc))
+    def _send_fault(self, request: Request, fault: events.RuntimeFault) -> None:
+        """A runtime error of the request itself, before any function code ran."""
+        headers = _header_lines([("Content-Type", events.JSON_TYPE)])
+        self._send(request, fault.status, headers, events.error_body(fault))
 
     def _dispatch(self, request: Request, body: bytes) -> None:
-        if self.server.handler is None:
+        server = self.server
+        if not server.supervisor.ready:
             self._specialize(request, body)
             return
-        request_id = request.get("Lambda-Request-Id") or _request_id()
+        request_id = request.get("Lambda-Request-Id")
+        if not logs.valid_request_id(request_id):
+            request_id = _request_id()
         now_ms = int(time.time() * 1000)
         try:
             deadline_ms = int(request.get("Lambda-Deadline-Ms"))
         except ValueError:
             deadline_ms = now_ms + DEFAULT_TIMEOUT_MS
         kind = (request.get("Lambda-Invocation-Type") or "http").strip().lower()
-        try:
-            if kind == "http":
-                event: object = events.http_event(
-                    request.method, request.target, request.headers, body, request_id, now_ms
-                )
-            elif kind in ("direct", "event"):
-                event = events.direct_event(body)
-            else:
-                raise events.InvalidPayload(f"unknown Lambda-Invocation-Type {kind!r}")
-        except events.RuntimeFault as exc:
-            self._send_error(request, exc, function_error=False)
+        if kind not in KINDS:
+            self._send_fault(request, events.InvalidPayload(
+                f"unknown Lambda-Invocation-Type {kind!r}"))
             return
-        self._invoke(request, kind, event, request_id, deadline_ms)
+        start = request.get("Lambda-Start").strip().lower()
+        if not start.isalpha() or len(start) > 16:
+            start = ""
+        try:
+            status, headers, data = server.supervisor.invoke(
+                (kind, request.method, request.target, request.headers, body, request_id,
+                 deadline_ms, now_ms), start)
+        except NoWorker as exc:
+            self._send_fault(request, events.RuntimeFault(str(exc)))
+            return
+        self._send(request, status, headers, data)
 
     def _specialize(self, request: Request, body: bytes) -> None:
         """A stem cell's one control request: become this function, or report why not."""
-        headers = [("Content-Type", events.JSON_TYPE)]
+        headers = _header_lines([("Content-Type", events.JSON_TYPE)])
         if request.method != "POST" or request.target != INIT_PATH:
-            fault = events.NotInitialized("this stem cell is not specialized yet")
-            self._send(request, fault.status, headers, events.error_body(fault))
+            self._send_fault(request,
+                             events.NotInitialized("this stem cell is not specialized yet"))
             return
+        started = time.monotonic()
         try:
             init = events.json.loads(body)
             handler, task_root, env = init["handler"], init["task_root"], init["env"]
@@ -461,78 +416,37 @@ class Connection:
                     and isinstance(env, dict)):
                 raise TypeError("handler, task_root and env have the wrong types")
         except Exception as exc:  # the daemon's bug, not the function's: refuse, stay generic
-            fault = events.InvalidPayload(f"bad init request: {exc}")
-            self._send(request, 400, headers, events.error_body(fault))
+            self._send_fault(request, events.InvalidPayload(f"bad init request: {exc}"))
             return
-        try:
-            self.server.specialize(handler, task_root, {str(k): str(v) for k, v in env.items()})
-        except HandlerLoadError as exc:
-            init_ms = (time.monotonic() - self.server.init_started) * 1000
-            report_init_error(exc, init_ms)
-            payload = {"errorType": exc.error_type, "errorMessage": exc.message,
-                       "initDurationMs": round(init_ms, 2)}
+        result = self.server.supervisor.initialize(
+            handler, task_root, {str(k): str(v) for k, v in env.items()}, chdir=True,
+            started=started)
+        if not result["ok"]:
+            payload = {"errorType": result["type"], "errorMessage": result["message"],
+                       "initDurationMs": round(result["ms"], 2)}
             self._write(502, headers, events.json.dumps(payload).encode(), head_only=False,
                         close=True, http10=False)
             # A failed cell is never reused: exit so the daemon sees it go.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
-        init_ms = self.server.framer.init_ms[-1] if self.server.framer.init_ms else 0.0
+            self.server.fatal(1)
         self._send(request, 200, headers,
-                   events.json.dumps({"initDurationMs": round(init_ms, 2)}).encode())
-
-    def _invoke(
-        self, request: Request, kind: str, event: object, request_id: str, deadline_ms: int
-    ) -> None:
-        server = self.server
-        context = server.contexts.make(request_id, deadline_ms)
-        invocation = server.framer.start(request_id, request.get("Lambda-Start"))
-        try:
-            result = server.handler(event, context)
-            status, headers, data = (
-                events.http_response(result) if kind == "http" else events.direct_response(result)
-            )
-        except SystemExit as exc:
-            # A handler that exits is a crash the daemon must see, not a 500 to paper over.
-            code = _exit_code(exc)
-            print(f"[ERROR] handler exited with code {code}", file=sys.stderr)
-            invocation.end()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        except BaseException as exc:
-            # Printed inside the invocation, so every line carries the request id.
-            print(
-                f"[ERROR] {events.error_type(exc)}: {exc}\n" + _format_exception(exc),
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-            invocation.end()
-            self._send_error(request, exc, function_error=True)
-            return
-        invocation.end()  # END/REPORT are out before the caller sees the response
-        self._send(request, status, headers, data)
+                   events.json.dumps({"initDurationMs": round(result["ms"], 2)}).encode())
 
 
 class InvokeServer:
     """Accepts on a Unix socket; one daemon thread per connection (the daemon opens one
     connection per concurrent request and keeps it alive).
 
-    Started without a handler it is a stem cell: the socket is up and the interpreter
-    warm, and the first request (POST /init from the daemon) loads a function's code.
+    Until the supervisor has loaded a function it is a stem cell: the socket is up and the
+    interpreter warm, and the first request (POST /init from the daemon) loads a function.
+    As a container's first process it serves only peers outside the container (lambdad):
+    a function's process that dials the socket is refused, so it cannot have requests, and
+    their frames, made up under request ids of its choosing.
     """
 
-    def __init__(self, path: str, handler: Handler | None, contexts: ContextFactory) -> None:
+    def __init__(self, path: str, supervisor: Supervisor) -> None:
         self.path = path
-        self.handler = handler
-        self.contexts = contexts
-        self.framer = logs.Framer(contexts.function_version, contexts.memory_limit_in_mb)
-        self.init_started = time.monotonic()
-        try:  # noqa: SIM105 (contextlib is not worth its import time here)
-            os.unlink(path)  # a stale socket from a previous run would make bind fail
-        except FileNotFoundError:
-            pass
+        self.supervisor = supervisor
+        self.outside_only = os.getpid() == 1
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._bind_and_listen(path)
@@ -544,7 +458,8 @@ class InvokeServer:
         """Makes `path` appear only once it accepts connections and the daemon may use it.
 
         The daemon connects as soon as the path exists; bound under a temporary name,
-        made 0666, listening, and then renamed, the socket is never seen half ready.
+        made 0666, listening, and then renamed (over a stale socket of a previous run, if
+        any), the socket is never seen half ready.
         """
         temp = os.path.join(os.path.dirname(path), f".{os.getpid()}.sock")
         _remove(temp)
@@ -552,6 +467,7 @@ class InvokeServer:
             self.socket.bind(temp)
         except OSError:  # e.g. a path too long for AF_UNIX: bind in place instead
             temp = path
+            _remove(path)
             self.socket.bind(path)
         try:
             os.chmod(temp, 0o666)  # the daemon's user differs from the container's 10001
@@ -563,22 +479,6 @@ class InvokeServer:
             _remove(temp)
             raise
 
-    def specialize(self, spec: str, task_root: str, env: dict[str, str]) -> None:
-        """Sets the function's environment before its import, then loads its handler."""
-        self.init_started = time.monotonic()
-        os.environ.update(env)
-        importlib.invalidate_caches()  # the code arrived in folders already on sys.path
-        try:  # noqa: SIM105 (no contextlib import in the runtime)
-            os.chdir(task_root)
-        except OSError:
-            pass
-        handler = load_handler(spec, task_root)
-        self.contexts = ContextFactory(dict(os.environ))
-        self.framer = logs.Framer(self.contexts.function_version,
-                                  self.contexts.memory_limit_in_mb)
-        self.framer.init_ms.append((time.monotonic() - self.init_started) * 1000)
-        self.handler = handler
-
     def serve_forever(self) -> None:
         """Runs until a signal handler raises; accept() is where the main thread waits."""
         while True:
@@ -587,29 +487,27 @@ class InvokeServer:
             except OSError:  # e.g. EMFILE: back off instead of spinning
                 time.sleep(0.01)
                 continue
-            thread = threading.Thread(target=Connection(self, sock).run, daemon=True)
-            # Workers inherit a mask that blocks SIGTERM/SIGINT, so the kernel delivers them to
-            # the main thread, whose accept() they interrupt at once. Blocking around start()
-            # leaves no window in which the new thread could take a signal.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
             try:
-                thread.start()
+                allowed = not self.outside_only or from_outside(sock)
+            except OSError:
+                allowed = False
+            if not allowed:
+                sock.close()
+                continue
+            try:
+                start_thread(Connection(self, sock).run, "connection")
             except RuntimeError:  # cannot start a thread: refuse this connection
                 sock.close()
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+    def fatal(self, code: int) -> None:
+        """Ends the instance at once (a failed init, or the zygote died)."""
+        self.supervisor.stop()
+        _remove(self.path)
+        self.supervisor.output.write(0, b"")
+        os._exit(code)
 
     def server_close(self) -> None:
         self.socket.close()
-
-
-def report_init_error(exc: HandlerLoadError, init_ms: float) -> None:
-    """The error, its traceback and AWS's INIT_REPORT line, for the function's logs."""
-    print(exc, file=sys.stderr)
-    if exc.__cause__ is not None:
-        print(_format_exception(exc.__cause__), end="", file=sys.stderr)
-    print(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error"
-          f"\tError Type: {exc.error_type}", file=sys.stderr)
 
 
 class _Terminate(Exception):
@@ -623,38 +521,36 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 def main(env: dict[str, str] | None = None) -> int:
     started = time.monotonic()
     env = dict(os.environ) if env is None else env
-    for stream in (sys.stdout, sys.stderr):  # prints reach `docker logs` even without -u
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=True, write_through=True)
-    logs.install()  # before the handler's import, so modules that keep sys.stdout get ours
     task_root = env.get("LAMBDA_TASK_ROOT", DEFAULT_TASK_ROOT)
     socket_path = env.get("LAMBDA_SOCKET", DEFAULT_SOCKET)
     stem_cell = env.get("LAMBDA_STEM_CELL") == "1"
-    handler: Handler | None = None
-    if not stem_cell:
-        try:
-            spec = env.get("_HANDLER", "")
-            if not spec:
-                raise HandlerLoadError("Runtime.MalformedHandlerName", "_HANDLER is not set")
-            handler = load_handler(spec, task_root)
-        except HandlerLoadError as exc:
-            report_init_error(exc, (time.monotonic() - started) * 1000)
-            return 1
+    server: InvokeServer | None = None
 
+    def fatal(code: int) -> None:
+        if server is not None:
+            server.fatal(code)
+        supervisor.stop()
+        os._exit(code)
+
+    supervisor = Supervisor(env, fatal)  # forks the zygote first of all
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    server: InvokeServer | None = None
     try:
-        server = InvokeServer(socket_path, handler, ContextFactory(env))
-        if handler is not None:
-            server.framer.init_ms.append((time.monotonic() - started) * 1000)
+        if not stem_cell:
+            result = supervisor.initialize(env.get("_HANDLER", ""), task_root, {},
+                                           chdir=False, started=started)
+            if not result["ok"]:
+                supervisor.stop()
+                return 1
+        server = InvokeServer(socket_path, supervisor)
         server.serve_forever()
     except _Terminate:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not abort cleanup
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        supervisor.stop()
         if server is not None:
             server.server_close()
-        _remove(socket_path)
+            _remove(socket_path)
     return 0
