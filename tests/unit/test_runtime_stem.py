@@ -167,3 +167,22 @@ def test_init_errors_answer_502_log_the_traceback_and_end_the_cell(
     assert in_log in err
     assert "INIT_REPORT Init Duration: " in err
     assert f"Status: error\tError Type: {error_type}" in err
+
+
+def test_the_socket_is_up_before_any_function_code_runs(cell: Cell) -> None:
+    """The daemon's contract for cells and container starts alike: the socket appears first,
+    the function's code runs only at POST /init, with its environment already set."""
+    mark = cell.folder / "imported"
+    cell.place("import os\nprint('loaded with', os.environ['MARK'].rsplit('/', 1)[-1])\n"
+               "open(os.environ['MARK'], 'w').close()\n\n"
+               "def handler(event, context):\n    return os.getpid()\n")
+    time.sleep(0.2)
+    assert os.path.exists(cell.sock_path) and not mark.exists()
+    status, _ = cell.init(MARK=str(mark))
+    assert status == 200 and mark.exists()
+    status, pid = cell.post("/", {}, {"Lambda-Invocation-Type": "direct",
+                                       "Lambda-Request-Id": "req-1"})
+    assert status == 200 and pid != cell.proc.pid  # served by a worker, not the supervisor
+    _, out, _ = cell.stop()
+    assert "\tloaded with imported\n" in out  # import output belongs to no request
+    assert out.index("\tloaded with imported\n") < out.index("START RequestId: req-1 ")

@@ -15,6 +15,7 @@ bounds, a status it checks, and header lines it validates before they reach an H
 from __future__ import annotations
 
 import marshal
+import re
 import struct
 
 TYPE_CHECKING = False
@@ -30,6 +31,9 @@ MAX_REPLY_BODY = 1 << 30  # far above any useful response; the memory limit come
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # The supervisor frames the response itself.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_VALID = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\r\n\0]*\r\n)+")
+_FRAMING_LINE = re.compile(rb"(?:^|\n)(?:content-length|transfer-encoding|connection):",
+                           re.IGNORECASE)
 
 Request = tuple[str, str, str, "Headers", bytes, str, int, int]
 
@@ -69,6 +73,8 @@ def checked_headers(blob: bytes) -> bytes | None:
     a line is not a valid `Name: value` (no CR, LF or NUL in the value)."""
     if not blob:
         return b""
+    if _VALID.fullmatch(blob):  # the usual case, in two scans
+        return blob if not _FRAMING_LINE.search(blob) else _without_framing(blob)
     if not blob.endswith(b"\r\n"):
         return None
     kept = []
@@ -80,3 +86,9 @@ def checked_headers(blob: bytes) -> bytes | None:
         if name.lower() not in _FRAMING:
             kept.append(line)
     return b"".join(line + b"\r\n" for line in kept)
+
+
+def _without_framing(blob: bytes) -> bytes:
+    lines = blob[:-2].split(b"\r\n")
+    return b"".join(line + b"\r\n" for line in lines
+                    if line.partition(b": ")[0].lower() not in _FRAMING)

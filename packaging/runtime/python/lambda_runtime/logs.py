@@ -32,13 +32,14 @@ from __future__ import annotations
 
 OUTSIDE = b"\t"  # the tag of lines written outside any request
 MAX_TEXT = 16 * 1024 - 128  # tag (at most 65 bytes) + text + newline stay under Docker's 16 KiB
-ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
+ID_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-"
 MAX_ID = 64
 
 
 def valid_request_id(request_id: str) -> bool:
     """What a tag or a frame may carry; the supervisor replaces anything else."""
-    return 0 < len(request_id) <= MAX_ID and all(c in ID_CHARS for c in request_id)
+    return (0 < len(request_id) <= MAX_ID and request_id.isascii()
+            and not request_id.encode("ascii").translate(None, ID_BYTES))
 
 
 def tag(request_id: str | None) -> bytes:

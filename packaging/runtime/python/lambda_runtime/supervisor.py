@@ -126,10 +126,11 @@ class OutsideText:
 class Pipes:
     """One process's stdout and stderr, read by the supervisor and written out tagged.
 
-    A pump thread reads whatever arrives and tags it with the current tag; `switch` drains
-    both pipes under the old tag first, so a line lands in the request during which it was
-    written. Only the pump closes the descriptors (a closed number could be reused while
-    its poll still watches it).
+    A pump thread reads whatever arrives and tags it with the current tag; `end` drains
+    both pipes first, so every line a worker wrote before its reply lands in its request.
+    A request's START goes out with its first line, or with its END: a request that wrote
+    nothing costs one write. Only the pump closes the descriptors (a
+    closed number could be reused while its poll still watches it).
     """
 
     def __init__(self, out_r: int, err_r: int, output: Output, name: str) -> None:
@@ -140,9 +141,20 @@ class Pipes:
         self.taggers = (logs.LineTagger(), logs.LineTagger())
         self.eof = [False, False]
         self.tag = logs.OUTSIDE
+        self.start = b""  # the current request's START, until its first line or its END
         self.lock = threading.Lock()
+        self.ready = select.poll()  # for drains: which pipe has something, in one call
+        for fd in self.fds:
+            self.ready.register(fd, select.POLLIN)
         self.done = threading.Event()  # both pipes reached their end
         start_thread(self._pump, f"pipes-{name}")
+
+    def _emit(self, which: int, data: bytes) -> None:
+        if data:
+            if self.start:
+                self.output.write(OUT, self.start)
+                self.start = b""
+            self.output.write(which, data)
 
     def _read(self, which: int) -> int:
         """Bytes read (tagged and written out); 0: nothing now; -1: the pipe ended."""
@@ -157,30 +169,51 @@ class Pipes:
         tagger = self.taggers[which]
         if not data:
             self.eof[which] = True
-            self.output.write(which, tagger.flush(self.tag))
+            self.ready.unregister(self.fds[which])
+            self._emit(which, tagger.flush(self.tag))
             return -1
-        self.output.write(which, tagger.feed(data, self.tag))
+        self._emit(which, tagger.feed(data, self.tag))
         return len(data)
 
-    def _drain(self) -> None:
+    def _flush_partial(self) -> None:
         for which in (OUT, ERR):
-            budget = DRAIN_LIMIT
-            while budget > 0:
-                n = self._read(which)
-                if n <= 0:
-                    break
-                budget -= n
+            self._emit(which, self.taggers[which].flush(self.tag))
 
-    def switch(self, new_tag: bytes, writes: tuple[tuple[int, bytes], ...] = ()) -> None:
-        """Everything written so far goes out under the current tag (partial lines ended),
-        then `writes` (frames), then later lines get `new_tag`."""
+    def begin(self, line_tag: bytes, start: bytes) -> None:
+        """Later lines are `line_tag`'s. (What the pump has not read yet by now was written
+        by this worker's process a moment before its request, by a thread of its own: it
+        may count as the request's.)"""
         with self.lock:
-            self._drain()
-            for which in (OUT, ERR):
-                self.output.write(which, self.taggers[which].flush(self.tag))
+            self._flush_partial()
+            self.tag = line_tag
+            self.start = start
+
+    def end(self, writes: tuple[tuple[int, bytes], ...] = ()) -> None:
+        """Everything the process wrote so far goes out under the current tag, then its
+        START if no line came, then `writes` (END and REPORT, a note); later lines are
+        outside any request."""
+        with self.lock:
+            if not all(self.eof):
+                for fd, _ in self.ready.poll(0):
+                    which = 0 if fd == self.fds[0] else 1
+                    budget = DRAIN_LIMIT
+                    while budget > 0:
+                        n = self._read(which)
+                        if n <= 0:
+                            break
+                        budget -= n
+            self._flush_partial()
+            start, self.start = self.start, b""
             for which, data in writes:
+                if start and which == OUT:  # START, END and REPORT in one write
+                    data, start = start + data, b""
+                if start:
+                    self.output.write(OUT, start)
+                    start = b""
                 self.output.write(which, data)
-            self.tag = new_tag
+            if start:
+                self.output.write(OUT, start)
+            self.tag = logs.OUTSIDE
 
     def _pump(self) -> None:
         poller = select.poll()
@@ -351,8 +384,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 
 
 class Workers:
-    """Idle workers and the rules for starting more: a request that finds none idle starts
-    one unless the starts under way already cover every waiting request."""
+    """Idle workers and the rule for starting more: a request that finds none idle waits for
+    a prestarted one still starting (one request each), or else starts one for itself
+    (lambdad sends at most the function's concurrency at once, so there are never more
+    workers than that); at the cap, or when a start fails while others run, it waits for
+    one to be released."""
 
     def __init__(self, spawn: Callable[[], Worker | None], cap: int = MAX_WORKERS) -> None:
         self._spawn = spawn
@@ -361,6 +397,7 @@ class Workers:
         self.idle: list[Worker] = []
         self.live = 0
         self.spawning = 0
+        self.prestarting = 0  # starts of which nobody is the owner: they go to idle
         self.waiting = 0
         self.closed = False
 
@@ -371,7 +408,7 @@ class Workers:
                     raise NoWorker("the runtime is stopping")
                 if self.idle:
                     return self.idle.pop()
-                if self.spawning <= self.waiting and self.live + self.spawning < self.cap:
+                if self.prestarting <= self.waiting and self.live + self.spawning < self.cap:
                     worker = self._start_locked()
                     if worker is not None:
                         return worker
@@ -403,10 +440,14 @@ class Workers:
             with self.cond:
                 if self.closed or self.live + self.spawning >= self.cap:
                     return
-                worker = self._start_locked()
+                self.prestarting += 1
+                try:
+                    worker = self._start_locked()
+                finally:
+                    self.prestarting -= 1
                 if worker is not None:
                     self.idle.append(worker)
-                    self.cond.notify()
+                self.cond.notify_all()  # a waiter takes it, or starts its own after a failure
 
         try:  # noqa: SIM105 (no contextlib import in the runtime)
             start_thread(run, "prestart")
@@ -551,7 +592,7 @@ class Supervisor:
         message = answer.get("message")
         message = message[:4096] if isinstance(message, str) else "unknown error"
         self.zygote.pipes.done.wait(1.0)  # the zygote exits: its last lines come first
-        self.zygote.pipes.switch(logs.OUTSIDE, ((ERR, logs.init_report(init_ms, error_type)),))
+        self.zygote.pipes.end(((ERR, logs.init_report(init_ms, error_type)),))
         return {"ok": False, "type": error_type, "message": message, "ms": init_ms}
 
     # --- requests ------------------------------------------------------------------------------
@@ -572,13 +613,14 @@ class Supervisor:
         return worker
 
     def invoke(self, request: channel.Request, start: str) -> tuple[int, bytes, bytes]:
-        """Runs one request on a worker: (status, header lines, body). Raises NoWorker."""
+        """Runs one request on a worker: (status, header lines, body). Raises NoWorker.
+        The request id must be valid (logs.valid_request_id)."""
         request_id = request[5]
+        line_tag = request_id.encode("ascii") + b"\t"
         worker = self.workers.acquire()
         with self.lock:
             init_ms, self.init_ms = self.init_ms, None
-        worker.pipes.switch(logs.tag(request_id),
-                            ((OUT, logs.start_line(request_id, self.version)),))
+        worker.pipes.begin(line_tag, logs.start_line(request_id, self.version))
         started = time.perf_counter_ns()
         try:
             worker.chan.sendall(channel.encode_request(request))
@@ -586,7 +628,7 @@ class Supervisor:
         except (OSError, _Gone, channel.ProtocolError) as exc:
             return self._crashed(worker, request_id, started, init_ms, start, exc)
         elapsed = time.perf_counter_ns() - started
-        worker.pipes.switch(logs.OUTSIDE, ((OUT, logs.end_lines(
+        worker.pipes.end(((OUT, logs.end_lines(
             request_id, elapsed, self.memory_mb, worker.peak_mb(), init_ms, start)),))
         self.workers.release(worker)
         checked = channel.checked_headers(headers)
@@ -633,7 +675,7 @@ class Supervisor:
         if isinstance(exc, channel.ProtocolError):  # alive, but not to be trusted again
             error_type, detail = "Runtime.ExitError", f"sent an invalid reply ({exc})"
         message = f"RequestId: {request_id} Error: Runtime exited with error: {detail}"
-        worker.pipes.switch(logs.OUTSIDE, (
+        worker.pipes.end((
             (ERR, logs.in_request(request_id, f"{message}\n{error_type}")),
             (OUT, logs.end_lines(request_id, elapsed, self.memory_mb, worker.peak_mb(),
                                  init_ms, start)),
@@ -684,7 +726,7 @@ class Supervisor:
             pass
         if self.workers.lost(worker):  # it died between requests
             self.oom.new_kill()  # not to be blamed on a later request
-            worker.pipes.switch(logs.OUTSIDE)
+            worker.pipes.end()
             worker.close()
             with self.lock:
                 if self.state == "ready":
@@ -693,7 +735,7 @@ class Supervisor:
     def _zygote_died(self, status: int) -> None:
         _, detail = describe_exit(status, self.oom.new_kill(), self.memory_mb)
         self.zygote.pipes.done.wait(1.0)
-        self.zygote.pipes.switch(logs.OUTSIDE, ((ERR, logs.outside(
+        self.zygote.pipes.end(((ERR, logs.outside(
             f"[ERROR] the function's zygote process {detail}: no worker can start, "
             "the instance stops")),))
         code = os.waitstatus_to_exitcode(status)

@@ -51,6 +51,7 @@ LOAD_ERRORS = frozenset({
 ZYGOTE_OOM_SCORE = 200
 WORKER_OOM_SCORE = 600
 REPARENT_WAIT_S = 1.0
+RECV_SIZE = 65536
 
 
 class HandlerLoadError(Exception):
@@ -321,12 +322,19 @@ def _fresh_event_loop() -> None:
 def _serve(chan: socket.socket, handler: Handler, contexts: ContextFactory,
            cstdio: _CStdio) -> None:
     while True:
-        head = _recv_exact(chan, channel.LENGTH.size)
-        if head is None:
-            return  # the supervisor closed the channel: this worker is done
-        payload = _recv_exact(chan, channel.LENGTH.unpack(head)[0])
-        if payload is None:
-            return
+        data = chan.recv(RECV_SIZE)  # usually the whole request
+        if len(data) < channel.LENGTH.size:
+            rest = _recv_exact(chan, channel.LENGTH.size - len(data)) if data else None
+            if rest is None:
+                return  # the supervisor closed the channel: this worker is done
+            data += rest
+        size = channel.LENGTH.unpack(data[:channel.LENGTH.size])[0]
+        payload = data[channel.LENGTH.size:]
+        if len(payload) < size:
+            rest = _recv_exact(chan, size - len(payload))
+            if rest is None:
+                return
+            payload += rest
         reply = _invoke(handler, contexts, cstdio, channel.decode_request(payload))
         cstdio.flush()  # the request's output is in the pipes before its reply
         chan.sendall(reply)
