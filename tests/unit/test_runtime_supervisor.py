@@ -5,154 +5,47 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "packaging" / "runtime" / "python"))
 
 from lambda_runtime import channel
-from lambda_runtime.supervisor import NoWorker, Workers, describe_exit
+from lambda_runtime.supervisor import Pool, describe_exit
 
 
-class FakeWorker:
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.exited = threading.Event()
-        self.counted = True
+def test_a_start_for_each_waiting_request_not_covered_up_to_the_cap() -> None:
+    pool = Pool(cap=3)
+    assert pool.starts_wanted() == 0 and not pool.hopeless()
+    pool.waiting.extend(["a", "b"])  # type: ignore[list-item]
+    assert pool.starts_wanted() == 2
+    pool.starting = 1  # e.g. the first worker, started after the import
+    assert pool.starts_wanted() == 1  # one request waits for it, the other needs its own
+    pool.starting, pool.live = 0, 2
+    pool.waiting.extend(["c", "d"])  # type: ignore[list-item]
+    assert pool.starts_wanted() == 1  # the cap: 2 live + 1
+    pool.starting, pool.live = 1, 2
+    assert pool.starts_wanted() == 0
 
 
-class Spawner:
-    """Starts fake workers; `fail` makes the next starts fail, `gate` holds them."""
-
-    def __init__(self) -> None:
-        self.started: list[FakeWorker] = []
-        self.fail = False
-        self.fail_next = 0  # this many starts fail, then they succeed again
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def __call__(self) -> Any:
-        self.gate.wait(5)
-        if self.fail_next:
-            self.fail_next -= 1
-            return None
-        if self.fail:
-            return None
-        worker = FakeWorker(len(self.started))
-        self.started.append(worker)
-        return worker
+def test_idle_workers_go_to_waiting_requests_first_come_most_recent_worker() -> None:
+    pool = Pool()
+    pool.idle.extend(["w1", "w2"])  # type: ignore[list-item]
+    pool.waiting.extend(["r1", "r2", "r3"])  # type: ignore[list-item]
+    assert pool.pairs() == [("w2", "r1"), ("w1", "r2")]
+    assert list(pool.waiting) == ["r3"] and pool.idle == []
 
 
-def test_a_request_starts_a_worker_only_when_none_is_idle() -> None:
-    spawn = Spawner()
-    pool = Workers(spawn)
-    first = pool.acquire()
-    assert spawn.started == [first] and pool.live == 1
-    pool.release(first)
-    assert pool.acquire() is first  # reused, nothing new started
-    second = pool.acquire()  # the first is busy: a second process
-    assert second is not first and pool.live == 2
-    pool.release(first)
-    pool.release(second)
-    assert pool.acquire() is second  # the most recently used first
-
-
-def test_waiting_requests_get_a_released_worker_or_the_one_started_for_them() -> None:
-    spawn = Spawner()
-    pool = Workers(spawn, cap=1)
-    busy = pool.acquire()
-    got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
-    waiter.start()
-    time.sleep(0.05)
-    assert got == [] and len(spawn.started) == 1  # at the cap: it waits
-    pool.release(busy)
-    waiter.join(2)
-    assert got == [busy]
-    # Under the cap, two waiters while one start is slow: a start per waiter, not more.
-    pool = Workers(spawn, cap=10)
-    spawn.started.clear()
-    spawn.gate.clear()
-    results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(pool.acquire())) for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(0.05)
-    assert pool.spawning == 2
-    spawn.gate.set()
-    for t in threads:
-        t.join(2)
-    assert len(results) == 2 and len(spawn.started) == 2 and pool.live == 2
-
-
-def test_a_request_during_a_prestart_waits_for_it_instead_of_starting_another() -> None:
-    spawn = Spawner()
-    pool = Workers(spawn)
-    spawn.gate.clear()
-    pool.prestart()
-    time.sleep(0.05)
-    got: list[object] = []
-    request = threading.Thread(target=lambda: got.append(pool.acquire()))
-    request.start()
-    time.sleep(0.05)
-    assert pool.spawning == 1  # no second start
-    spawn.gate.set()
-    request.join(2)
-    assert got == spawn.started and pool.live == 1
-    # A prestart that fails leaves the waiting request to start its own.
-    pool = Workers(spawn)
-    spawn.started.clear()
-    spawn.gate.clear()
-    spawn.fail_next = 1
-    pool.prestart()
-    time.sleep(0.05)
-    got.clear()
-    request = threading.Thread(target=lambda: got.append(pool.acquire()))
-    request.start()
-    time.sleep(0.05)
-    assert pool.spawning == 1  # it waits for the prestart
-    spawn.gate.set()
-    request.join(2)
-    assert spawn.fail_next == 0  # the prestart failed...
-    assert len(got) == 1 and got == spawn.started  # ...and the request started its own
-
-
-def test_no_worker_at_all_is_an_error_and_a_lost_one_is_forgotten() -> None:
-    spawn = Spawner()
-    spawn.fail = True
-    pool = Workers(spawn)
-    with pytest.raises(NoWorker):
-        pool.acquire()
-    spawn.fail = False
-    worker = pool.acquire()
-    pool.release(worker)
-    worker.exited.set()
-    assert pool.lost(worker)  # idle when it died: removed, not handed out
-    assert pool.live == 0 and pool.idle == []
-    busy = pool.acquire()
-    assert busy is not worker
-    assert not pool.lost(busy)  # busy: its request reports it, then discards it
-    pool.discard(busy)
-    pool.discard(busy)  # counted once
-    assert pool.live == 0
-    # A start that fails while another worker runs: the request waits for that one.
-    running = pool.acquire()
-    spawn.fail = True
-    got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
-    waiter.start()
-    time.sleep(0.05)
-    assert got == []
-    pool.release(running)
-    waiter.join(2)
-    assert got == [running]
-    pool.close()
-    with pytest.raises(NoWorker):
-        pool.acquire()
+def test_requests_fail_only_when_no_worker_lives_or_starts() -> None:
+    pool = Pool()
+    pool.waiting.append("r")  # type: ignore[arg-type]
+    assert pool.hopeless()
+    pool.starting = 1
+    assert not pool.hopeless()
+    pool.starting, pool.live = 0, 1  # busy with another request: wait for it
+    assert not pool.hopeless()
 
 
 def test_reply_sizes_are_bounded_and_statuses_checked() -> None:

@@ -50,7 +50,6 @@ LOAD_ERRORS = frozenset({
 # supervisor (an unprivileged process can raise its score, not lower it below 0).
 ZYGOTE_OOM_SCORE = 200
 WORKER_OOM_SCORE = 600
-REPARENT_WAIT_S = 1.0
 RECV_SIZE = 65536
 
 
@@ -165,7 +164,6 @@ def zygote_main(ctl_fd: int) -> NoReturn:
     """Runs in the zygote, forked from the supervisor before any of its threads: waits for
     the handler to load, loads it, then forks a worker for each request to spawn one."""
     ctl = socket.socket(fileno=ctl_fd)
-    supervisor = os.getppid()
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -205,7 +203,7 @@ def zygote_main(ctl_fd: int) -> NoReturn:
             continue
         cstdio.flush()  # nothing buffered may be copied into the fork
         gc.freeze()  # objects from the import stay out of the collector: fewer pages copied
-        _spawn(ctl, fds, handler, contexts, cstdio, supervisor)
+        _spawn(ctl, fds, handler, contexts, cstdio)
 
 
 def _read_init(ctl: socket.socket) -> dict[str, Any] | None:
@@ -242,9 +240,9 @@ def _initialize(init: dict[str, Any]) -> tuple[Handler, ContextFactory]:
 
 
 def _spawn(ctl: socket.socket, fds: list[int], handler: Handler, contexts: ContextFactory,
-           cstdio: _CStdio, supervisor: int) -> None:
+           cstdio: _CStdio) -> None:
     """Forks twice, so the worker's parent becomes the supervisor (a subreaper, or PID 1)
-    and only the supervisor learns how it ended."""
+    once the middle process exits, and only the supervisor learns how it ended."""
     try:
         middle = os.fork()
     except OSError:  # e.g. the pids limit: the supervisor sees the channel close
@@ -252,7 +250,7 @@ def _spawn(ctl: socket.socket, fds: list[int], handler: Handler, contexts: Conte
     if middle == 0:
         try:
             if os.fork() == 0:
-                _worker(ctl, fds, handler, contexts, cstdio, supervisor)
+                _worker(ctl, fds, handler, contexts, cstdio)
         finally:
             os._exit(0)
     for fd in fds:
@@ -265,23 +263,17 @@ def _spawn(ctl: socket.socket, fds: list[int], handler: Handler, contexts: Conte
 
 
 def _worker(ctl: socket.socket, fds: list[int], handler: Handler, contexts: ContextFactory,
-            cstdio: _CStdio, supervisor: int) -> NoReturn:
+            cstdio: _CStdio) -> NoReturn:
     try:
         out_w, err_w, chan_fd = fds
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out_w, 1)
+        os.dup2(out_w, 1)  # (fd 0 is the zygote's, /dev/null)
         os.dup2(err_w, 2)
-        for fd in (null, out_w, err_w):
-            if fd > 2:
-                os.close(fd)
+        os.close(out_w)
+        os.close(err_w)
         ctl.close()  # the zygote's channel is not a worker's business
         _set_oom_score(WORKER_OOM_SCORE)
         _fresh_event_loop()
         chan = socket.socket(fileno=chan_fd)
-        deadline = time.monotonic() + REPARENT_WAIT_S
-        while os.getppid() != supervisor and time.monotonic() < deadline:
-            time.sleep(0.0002)  # the middle process is exiting; then the supervisor adopts us
         chan.sendall(channel.HELLO.pack(os.getpid()))
         _serve(chan, handler, contexts, cstdio)
     except BaseException:
