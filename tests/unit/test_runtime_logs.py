@@ -226,6 +226,13 @@ HANDLER_CODE = textwrap.dedent(
             os._exit(9)
         elif op == "segfault":
             ctypes.string_at(0)
+        elif op == "garbage":  # scribbles on its channel to the supervisor, then returns
+            for fd in map(int, os.listdir("/proc/self/fd")):
+                try:
+                    if os.readlink(f"/proc/self/fd/{{fd}}").startswith("socket:"):
+                        os.write(fd, b"\\xff" * 16)
+                except OSError:
+                    pass
         return {{"ok": rid, "pid": os.getpid()}}
     """
 ).format(forgeries=FORGERIES)
@@ -572,6 +579,17 @@ def test_a_crash_keeps_its_output_and_the_worker_is_replaced(runtime: Runtime) -
     assert status == 200
     assert after["pid"] not in (before["pid"],)  # type: ignore[index]
     assert after["pid"] in runtime.children()  # type: ignore[index]
+
+
+def test_a_worker_that_corrupts_its_channel_is_replaced(runtime: Runtime) -> None:
+    status, before = runtime.invoke("req-before", {})
+    status, body = runtime.invoke("req-garbage", {"op": "garbage"})
+    assert status == 502
+    assert body["errorType"] == "Runtime.ExitError"  # type: ignore[index]
+    assert "sent an invalid reply" in body["errorMessage"]  # type: ignore[index]
+    runtime.out.wait(has_report("req-garbage"))
+    status, after = runtime.invoke("req-after", {})
+    assert status == 200 and after["pid"] != before["pid"]  # type: ignore[index]
 
 
 def test_max_memory_used_is_the_workers_own(runtime: Runtime) -> None:

@@ -186,3 +186,24 @@ def test_the_socket_is_up_before_any_function_code_runs(cell: Cell) -> None:
     _, out, _ = cell.stop()
     assert "\tloaded with imported\n" in out  # import output belongs to no request
     assert out.index("\tloaded with imported\n") < out.index("START RequestId: req-1 ")
+
+
+def test_many_pipelined_requests_answered_at_once_are_all_answered(cell: Cell) -> None:
+    """Answers that need no worker (not initialized yet) follow one another on one
+    connection without piling up in the runtime."""
+    import socket
+
+    count = 1500
+    request = b"POST / HTTP/1.1\r\nLambda-Invocation-Type: direct\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(cell.sock_path)
+        s.sendall(request * (count - 1) + request.replace(b"HTTP/1.1\r\n",
+                                                          b"HTTP/1.1\r\nConnection: close\r\n"))
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    assert received.count(b"HTTP/1.1 503 ") == count
+    assert cell.proc.poll() is None
+    cell.place()
+    assert cell.init()[0] == 200  # and it still loads the function afterwards

@@ -69,8 +69,8 @@ def listen(path: str) -> socket.socket:
     return sock
 
 
-class _Terminate(Exception):
-    pass
+class _Terminate(BaseException):
+    """SIGTERM/SIGINT: not an error the supervisor's loop would log and go past."""
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -230,7 +230,7 @@ class Worker:
         self.pipes = pipes
         self.state = "starting"  # -> idle <-> busy; gone
         self.inbuf = bytearray()
-        self.outbuf = b""
+        self.outbuf: bytes | memoryview = b""
         self.writing = False
         self.status: int | None = None  # os.wait4's status once it ended
         self.maxrss_kb = 0
@@ -281,7 +281,7 @@ class Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
-        self.out = b""  # bytes the socket did not take yet: it is watched for writing only
+        self.out: bytes | memoryview = b""  # not sent yet: watched for writing only
         self.busy = False  # a request of it is being served
         self.closing = False  # close once `out` is sent
         self.closed = False
@@ -290,28 +290,47 @@ class Conn:
 
 
 class Loop:
-    """The selector, timers and the container's output."""
+    """The selector, timers, callbacks to run next, and the container's output."""
 
     def __init__(self, output: Output) -> None:
         self.output = output
         self.sel = selectors.DefaultSelector()
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        self.ready: collections.deque[Callable[[], None]] = collections.deque()
         self.seq = 0
 
     def later(self, delay: float, callback: Callable[[], None]) -> None:
         self.seq += 1
         heapq.heappush(self.timers, (time.monotonic() + delay, self.seq, callback))
 
+    def soon(self, callback: Callable[[], None]) -> None:
+        """After the current event (no recursion through a connection's pipelined requests)."""
+        self.ready.append(callback)
+
     def once(self) -> None:
-        timeout = None
-        if self.timers:
+        timeout = 0.0 if self.ready else None
+        if self.timers and timeout is None:
             timeout = max(0.0, self.timers[0][0] - time.monotonic())
         for key, _ in self.sel.select(timeout):
             callback, arg = key.data
-            callback(arg)
+            self._call(callback, arg)
+        for _ in range(len(self.ready)):
+            self._call(self.ready.popleft(), None)
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
-            heapq.heappop(self.timers)[2]()
+            self._call(heapq.heappop(self.timers)[2], None)
+
+    @staticmethod
+    def _call(callback: Callable[..., None], arg: object) -> None:
+        try:
+            if arg is None:
+                callback()
+            else:
+                callback(arg)
+        except Exception:  # a runtime bug: logged (untagged), and the instance goes on
+            import traceback
+
+            print(f"[ERROR] runtime: {traceback.format_exc()}", end="", file=sys.stderr)
 
 
 def describe_exit(status: int | None, oom: bool, memory_mb: int) -> tuple[str, str]:
@@ -401,6 +420,7 @@ class Supervisor:
         self.loop = Loop(output)
         self.zygote_pipes = Pipes(self.loop, out_r, err_r)
         self.ctl_buf = bytearray()
+        self.ctl_open = True
         self.state = "idle"  # -> initializing -> ready | failed; stopping at the end
         self.init_job: tuple[tuple[Conn, http1.Request] | None, float] | None = None
         self.init_result: dict[str, Any] | None = None
@@ -422,7 +442,7 @@ class Supervisor:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the loop
         self.loop.sel.register(wake_r, _READ, (self._woken, wake_r))
-        self.loop.sel.register(self.ctl, _READ, (self._ctl_readable, None))
+        self.loop.sel.register(self.ctl, _READ, (self._ctl_readable, self.ctl))
 
     def _configure(self, env: dict[str, str]) -> None:
         self.version = env.get("AWS_LAMBDA_FUNCTION_VERSION", self.version)
@@ -475,7 +495,10 @@ class Supervisor:
                 sock, _ = listener.accept()
             except BlockingIOError:
                 return
-            except OSError:  # e.g. EMFILE: the next event retries
+            except OSError:  # e.g. EMFILE: pause accepting instead of spinning
+                self.loop.sel.unregister(listener)
+                self.loop.later(0.01, lambda: self.loop.sel.register(
+                    listener, _READ, (self._accept, listener)))
                 return
             try:
                 allowed = not self.outside_only or http1.from_outside(sock)
@@ -517,7 +540,7 @@ class Supervisor:
         if conn.closed:
             return
         conn.closing = conn.closing or close
-        conn.out += data
+        conn.out = memoryview(bytes(conn.out) + data if conn.out else data)
         self._flush(conn)
 
     def _flush(self, conn: Conn) -> None:
@@ -541,7 +564,7 @@ class Supervisor:
             conn.writing = False
             self.loop.sel.modify(conn.sock, _READ, (self._conn_event, conn))
         if conn.buf and not conn.busy:  # pipelined requests, read while it was busy
-            self._next_request(conn)
+            self.loop.soon(lambda: self._next_request(conn))
 
     def _respond(self, conn: Conn, request: http1.Request, status: int, headers: bytes,
                  body: bytes) -> None:
@@ -555,6 +578,8 @@ class Supervisor:
         self._send(conn, data, close=request.close)
 
     def _next_request(self, conn: Conn) -> None:
+        if conn.closed or conn.busy:
+            return
         try:
             parsed = http1.take_request(conn.buf)
         except http1.BadRequest as exc:
@@ -641,34 +666,33 @@ class Supervisor:
         finally:
             self.ctl.setblocking(False)
 
-    def _ctl_readable(self, _: None) -> None:
-        try:
-            data = self.ctl.recv(READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.ctl_buf += data
-            if len(self.ctl_buf) > 1 << 16:  # a zygote that talks too much
+    def _ctl_readable(self, _: socket.socket) -> None:
+        """The zygote's answer to INIT (nothing else is expected on its channel)."""
+        while self.ctl_open:
+            try:
+                data = self.ctl.recv(READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
                 data = b""
-            elif len(self.ctl_buf) >= channel.LENGTH.size:
-                size = channel.LENGTH.unpack(self.ctl_buf[:channel.LENGTH.size])[0]
-                if len(self.ctl_buf) < channel.LENGTH.size + size:
-                    return
-                reply = bytes(self.ctl_buf[channel.LENGTH.size:channel.LENGTH.size + size])
-                self.ctl_buf.clear()
-                try:
-                    answer = events.json.loads(reply)
-                except ValueError:
-                    answer = None
-                self._init_done(answer)
+            if not data or len(self.ctl_buf) + len(data) > 1 << 16:  # gone, or too talkative
+                self.ctl_open = False
+                self.loop.sel.unregister(self.ctl)
+                if self.state == "initializing":
+                    self._init_done(None)
                 return
-            else:
-                return
-        self.loop.sel.unregister(self.ctl)
-        if self.state == "initializing":
-            self._init_done(None)
+            self.ctl_buf += data
+            head = channel.LENGTH.size
+            if len(self.ctl_buf) >= head:
+                size = channel.LENGTH.unpack(self.ctl_buf[:head])[0]
+                if len(self.ctl_buf) >= head + size:
+                    reply = bytes(self.ctl_buf[head:head + size])
+                    del self.ctl_buf[:head + size]
+                    try:
+                        answer = events.json.loads(reply)
+                    except ValueError:
+                        answer = None
+                    self._init_done(answer)
 
     def _init_done(self, answer: object) -> None:
         if self.state != "initializing" or self.init_job is None:
@@ -796,7 +820,7 @@ class Supervisor:
         worker.pipes.begin(job.request_id.encode("ascii") + b"\t",
                            logs.start_line(job.request_id, self.version))
         job.started_ns = time.perf_counter_ns()
-        worker.outbuf = job.message
+        worker.outbuf = memoryview(job.message)
         self._chan_write(worker)
 
     def _chan_write(self, worker: Worker) -> None:
@@ -961,10 +985,12 @@ class Supervisor:
 
     def _exited(self, pid: int, status: int, maxrss_kb: int) -> None:
         if pid == self.zygote_pid:
+            if self.state == "initializing":  # its reply may be waiting, unread
+                self._ctl_readable(self.ctl)
+                if self.state == "initializing":
+                    self._init_done(None)
             if self.state in ("idle", "ready"):
                 self._zygote_died(status)
-            elif self.state == "initializing":
-                self._init_done(None)
             return
         worker = self.by_pid.pop(pid, None)
         if worker is None:
