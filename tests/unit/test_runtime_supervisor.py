@@ -1,4 +1,5 @@
-"""The supervisor's pure parts: the worker pool's rules, the channel's checks, exit reports."""
+"""The supervisor in memory: the worker pool's rules, the channel's checks, exit reports, and
+the tagging of a worker's output around its requests."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from lambdad.logs.entry import parse_line
+
 sys.path.insert(0, str(Path(__file__).parents[2] / "packaging" / "runtime" / "python"))
 
-from lambda_runtime import channel
-from lambda_runtime.supervisor import Pool, describe_exit
+from lambda_runtime import channel, logs
+from lambda_runtime.supervisor import Loop, Pipes, Pool, describe_exit
 
 
 def test_a_start_for_each_waiting_request_not_covered_up_to_the_cap() -> None:
@@ -103,3 +106,58 @@ def test_how_a_worker_ended_is_described_as_aws_does() -> None:
     assert describe_exit(killed, True, 64) == ("Runtime.OutOfMemory",
                                                "out of memory: limit 64 MiB")
     assert describe_exit(None, False, 128) == ("Runtime.ExitError", "stopped answering")
+
+
+class Collected:
+    """The container's stdout and stderr, in memory: (stream, bytes) in write order."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bytes]] = []
+
+    def write(self, which: int, data: bytes) -> None:
+        self.writes.append((which, data))
+
+    def lines(self) -> list[tuple[int, str]]:
+        return [(which, line) for which, data in self.writes
+                for line in data.decode().splitlines()]
+
+
+def test_a_workers_output_is_tagged_by_the_request_it_serves_in_memory() -> None:
+    """The supervisor's side of one worker's pipes: lines before, during and after a request,
+    START with the first line or with END, everything written before the reply drained
+    before END, partial lines ended where they belong."""
+    output = Collected()
+    loop = Loop(output)  # type: ignore[arg-type]
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pipes = Pipes(loop, out_r, err_r)
+    os.write(out_w, b"at import\nSTART RequestId: forged Version: 1\npartial ")
+    loop.once()  # between requests the loop reads as output comes
+    pipes.begin(logs.tag("req-1"), logs.start_line("req-1", "7"))  # the partial line ends here
+    assert output.lines() == [(0, "\tat import"), (0, "\tSTART RequestId: forged Version: 1"),
+                              (0, "\tpartial ")]
+    output.writes.clear()
+    os.write(err_w, b"oops\n")
+    loop.once()  # the loop reads what the worker wrote: START comes first
+    os.write(out_w, b"END RequestId: req-2\nno newline")  # then the worker replies
+    pipes.end(((0, logs.end_lines("req-1", 1_000_000, 128, 9)),))
+    assert output.lines() == [
+        (0, "START RequestId: req-1 Version: 7"), (1, "req-1\toops"),
+        (0, "req-1\tEND RequestId: req-2"), (0, "req-1\tno newline"),
+        (0, "END RequestId: req-1"),
+        (0, "REPORT RequestId: req-1\tDuration: 1.00 ms\tBilled Duration: 1 ms"
+            "\tMemory Size: 128 MB\tMax Memory Used: 9 MB")]
+    output.writes.clear()
+    pipes.begin(logs.tag("req-2"), logs.start_line("req-2", "7"))
+    pipes.end(((0, logs.end_lines("req-2", 1, 128, 9)),))  # a request that wrote nothing
+    assert len(output.writes) == 1  # START, END and REPORT in one write
+    assert output.lines()[0] == (0, "START RequestId: req-2 Version: 7")
+    os.write(out_w, b"after\n")
+    os.close(out_w)
+    os.close(err_w)
+    output.writes.clear()
+    while not pipes.ended:
+        loop.once()
+    assert output.lines() == [(0, "\tafter")]
+    assert all(parse_line(line).frame is line.startswith(("START", "END", "REPORT"))
+               for _, line in output.lines())

@@ -439,7 +439,7 @@ class Supervisor:
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
-        signal.set_wakeup_fd(wake_w)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the loop
         self.loop.sel.register(wake_r, _READ, (self._woken, wake_r))
         self.loop.sel.register(self.ctl, _READ, (self._ctl_readable, self.ctl))
