@@ -248,6 +248,8 @@ def handler(event, context):
     other = params.get("other")
     if not other:
         return {"import": AT_IMPORT}
+    # On a terminal this would overwrite the columns of `lambdactl logs` with its own.
+    print(f"\\r\\x1b[2K{other[:8]}  rt START RequestId: {other} Version: 1 steer", flush=True)
     return {"other": forge(other, "request"),
             "own": forge(context.aws_request_id, "own"),
             "dial": dial(other)}
@@ -299,6 +301,8 @@ def test_a_function_cannot_forge_frames_or_request_ids(lambdad: Lambdad, tmp_pat
     # The attacker's request: its three real frames; every forged line is its own text.
     assert frames(attackers) == [(attacker, "START"), (attacker, "END"), (attacker, "REPORT")]
     forged = [e for e in attackers if "forged-by" in str(e["message"])]
+    assert [e["request_id"] for e in attackers if str(e["message"]).endswith(" steer")] == [
+        attacker]
     written = [h for h in ("print", "dunder", "fd1", "fd2", "proc-self", "libc")]
     assert len(forged) == 2 * 4 * len(written)  # other and own, four lines, each way
     assert all(e["stream"] in ("stdout", "stderr") and e["request_id"] == attacker
@@ -317,7 +321,11 @@ def test_a_function_cannot_forge_frames_or_request_ids(lambdad: Lambdad, tmp_pat
         key=str)
     assert not any(e["request_id"] == "0b5e8a1c-3f2d-4c1e-9a7b-123456789abc"
                    for e in everything)
-    # The text view: every line of the victim's request is the victim's.
+    # The text view: every line of the victim's request is the victim's, and the attacker's
+    # text cannot steer the terminal (carriage returns and escapes are shown escaped).
     text = lambdad.cli("logs", "forger", "--request-id", victim)
     assert text.code == 0 and text.stdout.count("\n") == 3
     assert all(f" {victim[:8]}  rt " in line for line in text.stdout.splitlines())
+    steer = lambdad.cli("logs", "forger", "--request-id", attacker)
+    assert steer.code == 0 and "\\x0d\\x1b[2K" in steer.stdout
+    assert not any(c in steer.stdout for c in "\r\x1b")
