@@ -507,11 +507,26 @@ def _ms_json(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
+_STREAMS = {"stdout": "out", "stderr": "err", "runtime": "rt"}  # rt: the runtime's frames
+# A function's text must not steer the terminal: a carriage return or an escape sequence
+# could overwrite the time, request and stream columns with its own (C0 but tab, DEL, C1,
+# line separators and bidi controls are shown escaped).
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F,
+                                            *range(0x80, 0xA0))}
+_UNPRINTABLE.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F),
+                                                  *range(0x2066, 0x206A))})
+
+
+def printable(text: str) -> str:
+    return text.translate(_UNPRINTABLE)
+
+
 def _log_line(entry: pb.LogEntry) -> str:
     when = datetime.fromtimestamp(entry.time.seconds + entry.time.nanos / 1e9, UTC)
     stamp = when.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     request = entry.request_id[:8] if entry.request_id else "-"
-    return f"{stamp} v{entry.version} {request} {entry.stream[3:]:>3} {entry.message}"
+    stream = _STREAMS.get(entry.stream, entry.stream[:3])
+    return f"{stamp} v{entry.version} {request} {stream:>3} {printable(entry.message)}"
 
 
 def _log_json(entry: pb.LogEntry) -> str:
@@ -533,14 +548,15 @@ def _print_invocation_log(ctx: Ctx, request_id: str) -> None:
     with Client(ctx.target) as client:
         while time.monotonic() < deadline:
             entries = list(client.logs(request))
-            if any(e.message.startswith("REPORT ") for e in entries):
+            if any(e.stream == "runtime" and e.message.startswith("REPORT ")
+                   for e in entries):
                 # stderr is read separately from stdout: give its last lines a moment
                 time.sleep(0.2)
                 entries = list(client.logs(request))
                 break
             time.sleep(0.1)
     for entry in entries:
-        ctx.err.print(entry.message, markup=False, highlight=False, soft_wrap=True)
+        ctx.err.print(printable(entry.message), markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_logs(ctx: Ctx) -> int:

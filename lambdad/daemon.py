@@ -214,7 +214,8 @@ class Daemon:
 
         def on_instance(instance: Instance, event: str) -> None:
             source = Source(instance.version.function, instance.version.number, instance.id,
-                            instance.container_id)
+                            instance.container_id,
+                            framed=instance.version.config.runtime != "docker")
             if event == "started":
                 capture.follow(source)
             elif event == "adopted":  # earlier lines were captured by the previous run

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from lambdad.logs import docker_stream
-from lambdad.logs.entry import LogEntry, parse_docker_line, parse_line
+from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, parse_docker_line, parse_line
 
 log = logging.getLogger("lambdad.logs")
 
@@ -26,6 +26,7 @@ class Source:
     version: int
     instance: str
     container_id: str
+    framed: bool = True  # the standard runtime frames its lines; a Dockerfile function not
 
 
 def docker_socket() -> str:
@@ -48,9 +49,10 @@ class LogCapture:
 
         def on_line(stream: str, raw: bytes) -> None:
             when, text = parse_docker_line(raw)
-            request_id, message = parse_line(text)
+            request_id, message, frame = parse_line(text, framed=source.framed)
             self._sink(LogEntry(time=when, function=source.function, version=source.version,
-                                instance=source.instance, stream=stream,
+                                instance=source.instance,
+                                stream=RUNTIME_STREAM if frame else stream,
                                 request_id=request_id, message=message))
 
         task = asyncio.create_task(

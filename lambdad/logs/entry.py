@@ -1,8 +1,19 @@
 """One captured log line, the query language over them, and the runtime's line formats.
 
-Pure: the runtime writes `START RequestId: <id> Version: <n>`, the function's own lines
-as `<id>\t<line>`, then `END RequestId: <id>` and `REPORT RequestId: <id>\t...`; lines
-outside any invocation carry no id.
+Pure. The standard runtime's supervisor is the only writer of its container's stdout and
+stderr (packaging/runtime/python/lambda_runtime/logs.py), and every line it writes is:
+
+    START RequestId: <id> Version: <n>        frames, built by the runtime from values the
+    END RequestId: <id>                       function cannot choose
+    REPORT RequestId: <id>\t...
+    INIT_REPORT ...
+    <id>\t<text>                              text a function's process wrote during <id>
+    \t<text>                                  text written outside any request
+
+A tag (`<id>` or nothing, then a tab) never contains a space, so a tagged line never parses
+as a frame, and the text after it cannot choose its request id. A Dockerfile function has no
+such runtime: everything in its container is the function's, so none of its lines is
+trusted to carry a frame or a request id (`framed=False`).
 """
 
 from __future__ import annotations
@@ -11,21 +22,36 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-_FRAME = re.compile(r"^(?:START|END|REPORT) RequestId: ([0-9A-Za-z-]{1,64})(?:\s|$)")
-_PREFIXED = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\t")
+RUNTIME_STREAM = "runtime"  # LogEntry.stream of the runtime's own frames
+_FRAME = re.compile(r"(?:START|END|REPORT) RequestId: ([0-9A-Za-z-]{1,64})(?:\s|$)")
+_TAG = re.compile(r"[0-9A-Za-z-]{0,64}\t")
+_FRAME_STARTS = ("START ", "END ", "REPORT ")
 
 
-def parse_line(line: str) -> tuple[str, str]:
-    """(request id or "", message) of one line as the runtime wrote it."""
-    framed = _FRAME.match(line)
-    if framed:
-        return framed.group(1), line
-    prefixed = _PREFIXED.match(line)
-    if prefixed:
-        return prefixed.group(1), line[prefixed.end():]
-    return "", line
+class ParsedLine(NamedTuple):
+    request_id: str  # "" outside any request
+    message: str
+    frame: bool  # START/END/REPORT/INIT_REPORT as the runtime wrote it
+
+
+def parse_line(line: str, *, framed: bool = True) -> ParsedLine:
+    """A line as the runtime wrote it; `framed=False` for a container without the standard
+    runtime, whose lines are all plain text of no request."""
+    if not framed:
+        return ParsedLine("", line, False)
+    tagged = _TAG.match(line)
+    if tagged:
+        end = tagged.end()
+        return ParsedLine(line[:end - 1], line[end:], False)
+    if line.startswith(_FRAME_STARTS):
+        frame = _FRAME.match(line)
+        if frame:
+            return ParsedLine(frame.group(1), line, True)
+    elif line.startswith("INIT_REPORT "):
+        return ParsedLine("", line, True)
+    return ParsedLine("", line, False)  # not the runtime's (an older image, or a crash)
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
@@ -37,7 +63,7 @@ class LogEntry:
     function: str
     version: int
     instance: str
-    stream: str  # "stdout" | "stderr"
+    stream: str  # "stdout" | "stderr" | "runtime" (the runtime's frames)
     request_id: str
     message: str
 

@@ -88,8 +88,10 @@ class DockerBackend:
         self._tmp_size_mb = tmp_size_mb
         self._events: Any = None
 
-    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]],
-                     volumes: tuple[str, ...] = ()) -> Any:
+    def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]], *,
+                     init: bool, volumes: tuple[str, ...] = ()) -> Any:
+        """`init`: Docker's tini as PID 1, for Dockerfile functions. The standard runtime is
+        its container's PID 1 itself: its supervisor reaps, and alone holds the log stream."""
         memory = f"{limits.memory_mb}m"
         tmpfs = f"rw,nosuid,nodev,size={self._tmp_size_mb}m"
         return self._client.api.create_host_config(
@@ -108,7 +110,7 @@ class DockerBackend:
             pids_limit=limits.pids_limit,
             network_mode=limits.network,
             binds=binds,
-            init=True,
+            init=init,
             log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
         )
 
@@ -146,7 +148,9 @@ class DockerBackend:
         host_config = self._host_config(
             CellClass.of(version.config),
             {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
-            self._declared_volumes(version.image) if version.config.runtime == "docker" else (),
+            init=version.config.runtime == "docker",
+            volumes=(self._declared_volumes(version.image)
+                     if version.config.runtime == "docker" else ()),
         )
         environment = function_environment(version)
         if init_later:
@@ -171,7 +175,7 @@ class DockerBackend:
             str(socket_dir): {"bind": RUN_DIR, "mode": "rw"},
             str(code_dir / "task"): {"bind": TASK_DIR, "mode": "ro"},
             str(code_dir / "deps"): {"bind": DEPS_DIR, "mode": "ro"},
-        })
+        }, init=False)
         return self._create_and_start(
             image,
             f"lambda-cell-{cell_id}",

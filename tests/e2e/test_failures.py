@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad
+from tests.support.daemon import Lambdad, wait_for
 
 
 def _function(folder: Path, source: str, manifest: str | None = None) -> Path:
@@ -61,25 +61,56 @@ def test_timeout_is_a_504_and_the_instance_is_replaced(lambdad: Lambdad, tmp_pat
 
 
 def test_crash_is_a_502_that_says_what_happened(lambdad: Lambdad, tmp_path: Path) -> None:
+    """A handler's process that dies mid-request: AWS's Runtime.ExitError, its output kept
+    in the request's logs, and a fresh worker of the same instance serves the next one."""
     folder = _function(tmp_path / "crash", "import os\n\ndef handler(event, context):\n"
-                       "    if event.get('crash', True):\n        os._exit(3)\n    return 'ok'\n")
+                       "    if event.get('crash', True):\n"
+                       "        print('last words', flush=True)\n        os._exit(3)\n"
+                       "    return 'ok'\n")
     lambdad.deploy(folder, "--name", "crash")
+    instance = [c.id for c in lambdad.containers("crash")]
     response = lambdad.http("crash")
     assert response.status == 502
-    assert response.json()["error"] == "bad_gateway"
-    assert "exited with code 3" in response.json()["message"]
-    # The next request starts a fresh instance.
+    assert response.headers["lambda-function-error"] == "Unhandled"
+    error = response.json()
+    assert error["errorType"] == "Runtime.ExitError"
+    assert "Runtime exited with error: exited with code 3" in error["errorMessage"]
+    request_id = response.headers["lambda-request-id"]
+    assert error["errorMessage"].startswith(f"RequestId: {request_id} ")
     again = lambdad.cli("invoke", "crash", "--data", '{"crash": false}')
     assert again.code == 0 and json.loads(again.stdout) == "ok"
+    assert [c.id for c in lambdad.containers("crash")] == instance  # the instance lives on
+    invoked = lambdad.cli("invoke", "crash")  # a function error, as for an exception
+    assert invoked.code == 1 and json.loads(invoked.stdout)["errorType"] == "Runtime.ExitError"
+    assert wait_for(lambda: any(
+        e["stream"] == "runtime" and str(e["message"]).startswith("REPORT ")
+        for e in _logs(lambdad, "crash", request_id)), timeout=15)
+    assert wait_for(lambda: [str(e["message"]) for e in _logs(lambdad, "crash", request_id)
+                             if e["stream"] == "stderr"][-2:] == [
+        f"RequestId: {request_id} Error: Runtime exited with error: exited with code 3",
+        "Runtime.ExitError"], timeout=15)
+    messages = [str(e["message"]) for e in _logs(lambdad, "crash", request_id)]
+    assert "last words" in messages  # what it wrote before dying is its request's
+
+
+def _logs(daemon: Lambdad, name: str, request_id: str) -> list[dict[str, object]]:
+    result = daemon.cli("logs", name, "--request-id", request_id, "-o", "json")
+    assert result.code == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def test_out_of_memory_is_reported(lambdad: Lambdad, tmp_path: Path) -> None:
     folder = _function(tmp_path / "hog", "def handler(event, context):\n"
+                       "    if (event.get('queryStringParameters') or {}).get('ok'):\n"
+                       "        return 'fine'\n"
                        "    hog = []\n    while True:\n        hog.append(bytearray(16 << 20))\n")
     lambdad.deploy(folder, "--name", "hog", "--memory", "64")
     response = lambdad.http("hog")
     assert response.status == 502
-    assert "out of memory: limit 64 MiB" in response.json()["message"]
+    assert response.json()["errorType"] == "Runtime.OutOfMemory"
+    assert "out of memory: limit 64 MiB" in response.json()["errorMessage"]
+    # The kernel killed the worker, not the runtime: the instance serves on.
+    assert lambdad.http("hog", "/?ok=1").json() == "fine"
 
 
 def test_oversized_body_is_413(lambdad: Lambdad) -> None:

@@ -76,6 +76,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
     return False
 
 
+def runtime_image_args() -> list[str]:
+    """`--runtime-image` from LAMBDA_TEST_RUNTIME_IMAGE: a runtime image under test (built
+    under its own tag) instead of the shared lambda-runtime/python:3.11."""
+    image = os.environ.get("LAMBDA_TEST_RUNTIME_IMAGE", "")
+    return ["--runtime-image", image] if image else []
+
+
 def daemon_env() -> dict[str, str]:
     """This process's environment without lambdad settings or systemd's directories."""
     systemd = {"STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CONFIGURATION_DIRECTORY",
@@ -121,6 +128,7 @@ class Lambdad:
             "--api-key-file", str(self.key_file),
             "--image-prefix", self.image_prefix,
             "--drain-grace", "3",
+            *runtime_image_args(),
             *self.extra_args,
         ]
 

@@ -485,3 +485,19 @@ def test_ctrl_c_is_exit_130(daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch)
     result = run("list")
     assert result.code == 130 and result.err.endswith("error: interrupted\n")
     assert "Traceback" not in result.err
+
+
+def test_log_text_cannot_steer_the_terminal() -> None:
+    """A function's line with a carriage return or escape sequences could overwrite the
+    time, request and stream columns of `lambdactl logs`: they are shown escaped."""
+    from lambdactl.main import _log_line, printable
+    from lambdad.api.v1 import functions_pb2 as pb
+
+    forged = "\r\x1b[2K2026-01-01 v1 0b5e8a1c  rt START RequestId: x\u202e\x85"
+    assert printable(forged) == ("\\x0d\\x1b[2K2026-01-01 v1 0b5e8a1c  rt START RequestId: x"
+                                 "\\u202e\\x85")
+    assert printable("tab\tand é ✓ stay") == "tab\tand é ✓ stay"
+    entry = pb.LogEntry(version=1, request_id="aaaa1111-2222", stream="stdout", message=forged)
+    line = _log_line(entry)
+    assert " aaaa1111 out \\x0d\\x1b[2K" in line
+    assert not any(ord(c) < 0x20 and c != "\t" for c in line)

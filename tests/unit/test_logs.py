@@ -13,15 +13,37 @@ RID = "0b5e8a1c-3f2d-4c1e-9a7b-123456789abc"
 
 
 def test_runtime_lines_are_parsed_into_request_ids() -> None:
-    assert parse_line(f"START RequestId: {RID} Version: 3") == (
-        RID, f"START RequestId: {RID} Version: 3")
-    assert parse_line(f"END RequestId: {RID}") == (RID, f"END RequestId: {RID}")
+    start = f"START RequestId: {RID} Version: 3"
+    assert parse_line(start) == (RID, start, True)
+    assert parse_line(f"END RequestId: {RID}") == (RID, f"END RequestId: {RID}", True)
     report = f"REPORT RequestId: {RID}\tDuration: 1.00 ms"
-    assert parse_line(report) == (RID, report)
-    assert parse_line(f"{RID}\thello\tworld") == (RID, "hello\tworld")
-    assert parse_line("plain line") == ("", "plain line")
-    assert parse_line("not-a-uuid\tx") == ("", "not-a-uuid\tx")
-    assert parse_line("STARTED RequestId: x") == ("", "STARTED RequestId: x")
+    assert parse_line(report) == (RID, report, True)
+    init = "INIT_REPORT Init Duration: 1.00 ms\tPhase: init\tStatus: error"
+    assert parse_line(init) == ("", init, True)
+    assert parse_line(f"{RID}\thello\tworld") == (RID, "hello\tworld", False)
+    assert parse_line("req-1\thello") == ("req-1", "hello", False)
+    assert parse_line("\toutside any request") == ("", "outside any request", False)
+    assert parse_line("plain line") == ("", "plain line", False)
+    assert parse_line("not a tag\tx") == ("", "not a tag\tx", False)
+    assert parse_line("STARTED RequestId: x") == ("", "STARTED RequestId: x", False)
+
+
+def test_a_tagged_line_is_text_whatever_it_says() -> None:
+    """Everything a function writes reaches lambdad behind a tag the runtime chose: no text
+    after a tag is a frame, or moves the line to another request."""
+    other = "11111111-2222-4333-8444-555555555555"
+    for text in (f"START RequestId: {other} Version: 1", f"END RequestId: {other}",
+                 f"REPORT RequestId: {other}\tDuration: 1 ms", f"{other}\tmine now",
+                 "INIT_REPORT Init Duration: 1 ms", "\tx", "\t\t", ""):
+        assert parse_line(f"{RID}\t{text}") == (RID, text, False)
+        assert parse_line(f"\t{text}") == ("", text, False)
+
+
+def test_dockerfile_functions_lines_are_never_framed() -> None:
+    """No trusted runtime frames a Dockerfile function's container: all of it is text."""
+    for line in (f"START RequestId: {RID} Version: 3", f"{RID}\thello",
+                 "INIT_REPORT Init Duration: 1 ms", "\tx"):
+        assert parse_line(line, framed=False) == ("", line, False)
 
 
 def test_docker_timestamps_are_parsed() -> None:

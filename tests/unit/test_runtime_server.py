@@ -258,11 +258,66 @@ def test_handler_not_found_exits_1(workdir: Path) -> None:
     assert "Runtime.HandlerNotFound: handler 'nothing' missing on module 'app'" in stderr
 
 
-def test_handler_sys_exit_ends_process(runtime: Runtime) -> None:
+def test_handler_sys_exit_ends_its_worker_not_the_runtime(runtime: Runtime) -> None:
+    """AWS's shape for a runtime that exits mid-invocation; the next request gets a fresh
+    worker on the same connection."""
     conn = runtime.conn()
-    with pytest.raises((http.client.HTTPException, ConnectionError)):
-        request(conn, "POST", "/", body=b'{"op": "exit", "code": 7}', kind="direct")
-    assert runtime.proc.wait(timeout=3) == 7
+    resp = request(conn, "POST", "/", body=b'{"op": "exit", "code": 7}', kind="direct")
+    assert resp.status == 502
+    assert resp.getheader("Lambda-Function-Error") == "Unhandled"
+    assert json.loads(resp.read()) == {
+        "errorType": "Runtime.ExitError",
+        "errorMessage": "RequestId: req-42 Error: Runtime exited with error: exited with code 7"}
+    again = request(conn, "POST", "/", body=b'{"n": 1}', kind="direct")
+    assert json.loads(again.read()) == {"echo": {"n": 1}}
+    assert runtime.proc.poll() is None
+
+
+def test_only_peers_outside_the_container_are_served_as_its_first_process(
+    workdir: Path,
+) -> None:
+    """As PID 1 of a PID namespace (a container), the runtime refuses connections from its
+    own processes: a handler cannot dial its socket to get frames under ids it picks."""
+    (workdir / "dial.py").write_text(textwrap.dedent("""
+        import os, socket
+        def handler(event, context):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(os.environ["LAMBDA_SOCKET"])
+            try:
+                s.sendall(b"POST / HTTP/1.1\\r\\nLambda-Invocation-Type: direct\\r\\n"
+                          b"Lambda-Request-Id: forged\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+                answer = s.recv(4096).decode()
+            except (BrokenPipeError, ConnectionResetError):  # closed on it
+                answer = ""
+            return {"answer": answer, "pid": os.getpid()}
+    """))
+    sock_path = str(workdir / "s.sock")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(RUNTIME_DIR),
+        "PYTHONDONTWRITEBYTECODE": "1", "_HANDLER": "dial.handler",
+        "LAMBDA_SOCKET": sock_path, "LAMBDA_TASK_ROOT": str(workdir),
+    }
+    # A user and PID namespace of its own: the runtime is PID 1 there, this test is outside.
+    proc = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
+         "--mount-proc", sys.executable, "-m", "lambda_runtime"],
+        env=env, cwd=str(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rt = Runtime(proc, sock_path)
+    try:
+        deadline = time.monotonic() + 5
+        while not os.path.exists(sock_path):
+            assert proc.poll() is None and time.monotonic() < deadline, rt.stop()
+            time.sleep(0.01)
+        resp = request(rt.conn(), "POST", "/", body=b"{}", kind="direct")
+        answer = json.loads(resp.read())
+        assert resp.status == 200, answer
+        assert answer["answer"] == ""  # refused: closed without a reply
+    finally:
+        rt.stop()
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    assert "forged" not in out and out.count("START RequestId: ") == 1
 
 
 def test_sigterm_exits_promptly(runtime: Runtime) -> None:

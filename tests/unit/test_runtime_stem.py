@@ -167,3 +167,43 @@ def test_init_errors_answer_502_log_the_traceback_and_end_the_cell(
     assert in_log in err
     assert "INIT_REPORT Init Duration: " in err
     assert f"Status: error\tError Type: {error_type}" in err
+
+
+def test_the_socket_is_up_before_any_function_code_runs(cell: Cell) -> None:
+    """The daemon's contract for cells and container starts alike: the socket appears first,
+    the function's code runs only at POST /init, with its environment already set."""
+    mark = cell.folder / "imported"
+    cell.place("import os\nprint('loaded with', os.environ['MARK'].rsplit('/', 1)[-1])\n"
+               "open(os.environ['MARK'], 'w').close()\n\n"
+               "def handler(event, context):\n    return os.getpid()\n")
+    time.sleep(0.2)
+    assert os.path.exists(cell.sock_path) and not mark.exists()
+    status, _ = cell.init(MARK=str(mark))
+    assert status == 200 and mark.exists()
+    status, pid = cell.post("/", {}, {"Lambda-Invocation-Type": "direct",
+                                       "Lambda-Request-Id": "req-1"})
+    assert status == 200 and pid != cell.proc.pid  # served by a worker, not the supervisor
+    _, out, _ = cell.stop()
+    assert "\tloaded with imported\n" in out  # import output belongs to no request
+    assert out.index("\tloaded with imported\n") < out.index("START RequestId: req-1 ")
+
+
+def test_many_pipelined_requests_answered_at_once_are_all_answered(cell: Cell) -> None:
+    """Answers that need no worker (not initialized yet) follow one another on one
+    connection without piling up in the runtime."""
+    import socket
+
+    count = 1500
+    request = b"POST / HTTP/1.1\r\nLambda-Invocation-Type: direct\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(cell.sock_path)
+        s.sendall(request * (count - 1) + request.replace(b"HTTP/1.1\r\n",
+                                                          b"HTTP/1.1\r\nConnection: close\r\n"))
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    assert received.count(b"HTTP/1.1 503 ") == count
+    assert cell.proc.poll() is None
+    cell.place()
+    assert cell.init()[0] == 200  # and it still loads the function afterwards

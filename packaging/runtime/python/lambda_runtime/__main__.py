@@ -1,4 +1,4 @@
-"""Entry point: `python3 -m lambda_runtime`."""
+"""Entry point: `python3 -m lambda_runtime` (the supervisor; see supervisor.py)."""
 
 import os
 import sys
@@ -6,8 +6,8 @@ import sys
 from lambda_runtime.server import main
 
 code = main()
-# Exit without interpreter shutdown: handler threads blocked on a keep-alive
-# connection (or holding a stdio lock) must not delay or break the exit.
+# Exit without interpreter shutdown: threads blocked on a keep-alive connection or a
+# worker must not delay or break the exit.
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(code)

@@ -1,220 +1,159 @@
-"""AWS-style framing of each invocation's log output, so the daemon can tag lines by request.
+"""The container's log lines, as only the supervisor writes them (pure: bytes in, bytes out).
 
-Formats (one physical line each; the daemon's parser relies on them exactly):
+The supervisor is the one process that holds the container's stdout and stderr (Docker's log
+stream). Every line it writes there is one of:
 
-    START RequestId: <id> Version: <version>                       (stdout)
-    <id>\\t<line>               every line the handler's thread writes (stdout or stderr)
-    END RequestId: <id>                                             (stdout)
+    START RequestId: <id> Version: <version>                        a frame (stdout)
+    END RequestId: <id>                                              a frame (stdout)
     REPORT RequestId: <id>\\tDuration: <ms.2f> ms\\tBilled Duration: <ceil ms> ms\\t
         Memory Size: <MB> MB\\tMax Memory Used: <MB> MB[\\tInit Duration: <ms.2f> ms]
-        [\\tStart: warm|cell|unpaused|container]   (how the daemon got the instance)
+        [\\tStart: warm|cell|unpaused|container]                       a frame (stdout)
+    INIT_REPORT Init Duration: <ms.2f> ms\\tPhase: init\\tStatus: error\\tError Type: <type>
+                                                                     a frame (stderr)
+    <id>\\t<text>      text a worker wrote (stdout or stderr) while it served request <id>
+    \\t<text>          text written outside any request: at import, by the zygote's threads,
+                      by a worker between requests, or the runtime's own messages
 
-sys.stdout and sys.stderr are replaced by `TaggedStream`s. The request id lives in a
-thread-local, so concurrent invocations (one thread each) tag their own lines; every physical
-line goes out in one locked write, so lines never interleave. A thread's partial line (a write
-without a newline) waits for its newline; inside an invocation it is flushed, tagged and
-newline-terminated, when the invocation ends. Output outside an invocation (import time, the
-runtime's own messages, threads a handler starts) is written unchanged.
+Frames are built from values the function cannot choose (lambdad's request id, the version,
+the supervisor's clocks, the kernel's memory figures). Everything a function's processes
+write reaches the supervisor through pipes, and the supervisor starts each of its lines with
+the tag of the request the writing worker was serving. A tag is `[0-9A-Za-z-]{0,64}` and a
+tab, so it never contains a space: no such line can begin with a frame keyword, and the
+text after the tag cannot change which request the line belongs to. lambdad parses exactly
+this (lambdad/logs/entry.py).
+
+Lines are cut at MAX_TEXT bytes (at a UTF-8 character boundary), each piece tagged again:
+Docker splits lines over 16 KiB into partial messages, and a follower that starts between
+two of them (lambdad adopting an instance after a restart) would see a continuation begin a
+line.
 """
 
 from __future__ import annotations
 
-import sys
-import threading
-import time
-
-TYPE_CHECKING = False  # typing is not imported at run time (see events.py)
-if TYPE_CHECKING:
-    from typing import Any, TextIO
+OUTSIDE = b"\t"  # the tag of lines written outside any request
+MAX_TEXT = 16 * 1024 - 128  # tag (at most 65 bytes) + text + newline stay under Docker's 16 KiB
+ID_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-"
+MAX_ID = 64
 
 
-class _Current(threading.local):
-    request_id: str | None = None
+def valid_request_id(request_id: str) -> bool:
+    """What a tag or a frame may carry; the supervisor replaces anything else."""
+    return (0 < len(request_id) <= MAX_ID and request_id.isascii()
+            and not request_id.encode("ascii").translate(None, ID_BYTES))
 
 
-_current = _Current()
+def tag(request_id: str | None) -> bytes:
+    """The prefix of a line written while `request_id` ran (None: outside any request)."""
+    if request_id is None:
+        return OUTSIDE
+    if not valid_request_id(request_id):
+        raise ValueError(f"not a request id: {request_id!r}")
+    return request_id.encode("ascii") + b"\t"
 
 
-class _Pending(threading.local):
-    text = ""
+def _cut(line: bytes) -> int:
+    """Where to cut a too long line: at MAX_TEXT, moved back to a UTF-8 character start."""
+    end = MAX_TEXT
+    for back in range(4):  # a UTF-8 character has at most 3 continuation bytes
+        if line[end - back] & 0xC0 != 0x80:
+            return end - back
+    return end  # not UTF-8 anyway: cut anywhere
 
 
-class TaggedStream:
-    """A text stream that prefixes the current invocation's lines with its request id.
+def _pieces(line: bytes, keep_rest: bool) -> tuple[list[bytes], bytes]:
+    """Cuts `line` into MAX_TEXT pieces; with keep_rest the last (short) piece is returned
+    apart, to wait for the rest of its line."""
+    pieces = []
+    while len(line) > MAX_TEXT:
+        at = _cut(line)
+        pieces.append(line[:at])
+        line = line[at:]
+    if keep_rest:
+        return pieces, line
+    pieces.append(line)
+    return pieces, b""
 
-    TextIO-compatible enough for print, logging.StreamHandler, traceback and faulthandler;
-    anything else is delegated to the wrapped stream. Bytes written to `.buffer` bypass it.
+
+class LineTagger:
+    """One pipe's bytes, as they arrive, to whole tagged lines.
+
+    A partial line waits for its newline; `flush` ends it (at a request's end, so it is
+    tagged with that request, or before a request starts, so it is not).
     """
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.lock = threading.Lock()
-        self._pending = _Pending()
+    __slots__ = ("pending",)
 
-    def write(self, s: str) -> int:
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        pending = self._pending
-        text = pending.text + s if pending.text else s
-        nl = text.rfind("\n")
-        if nl < 0:
-            pending.text = text
-            return len(s)
-        pending.text = text[nl + 1 :]
-        rid = _current.request_id
-        if rid is None:
-            self.emit(text[: nl + 1])
-        else:
-            prefix = rid + "\t"
-            self.emit(prefix + text[:nl].replace("\n", "\n" + prefix) + "\n")
-        return len(s)
+    def __init__(self) -> None:
+        self.pending = b""
 
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
+    def feed(self, data: bytes, line_tag: bytes) -> bytes:
+        """The complete lines in `pending + data`, each prefixed with `line_tag`."""
+        if self.pending:
+            data = self.pending + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_TEXT:
+            pieces, rest = _pieces(rest, keep_rest=True)
+            lines.extend(pieces)
+        self.pending = rest
+        if not lines:
+            return b""
+        if any(len(line) > MAX_TEXT for line in lines):
+            lines = [piece for line in lines for piece in _pieces(line, keep_rest=False)[0]]
+        return line_tag + (b"\n" + line_tag).join(lines) + b"\n"
 
-    def emit(self, text: str) -> None:
-        """Writes `text` as is, in one write no other thread's output can split."""
-        with self.lock:
-            self.stream.write(text)
-            self.stream.flush()
-
-    def emit_quietly(self, text: str) -> None:
-        """For the runtime's framing lines: a broken stream must not fail the invocation."""
-        try:  # noqa: SIM105 (contextlib is not worth its import time here)
-            self.emit(text)
-        except (OSError, ValueError):  # ValueError: closed, or unencodable text
-            pass
-
-    def flush_line(self, rid: str | None) -> None:
-        """Ends this thread's partial line, tagged with `rid` unless it is None."""
-        text = self._pending.text
-        if text:
-            self._pending.text = ""
-            self.emit_quietly(f"{rid}\t{text}\n" if rid is not None else text + "\n")
-
-    def flush(self) -> None:
-        # Inside an invocation a partial line waits for its newline (or the invocation's end):
-        # flushing it now would split one logical line into two tagged ones.
-        text = self._pending.text
-        if text and _current.request_id is None:
-            self._pending.text = ""
-            self.emit(text)
-        else:
-            with self.lock:
-                self.stream.flush()
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        """Ignored: the process's stdout/stderr stay open for the runtime's own lines."""
-        self.flush()
-
-    @property
-    def closed(self) -> bool:
-        return self.stream.closed
-
-    @property
-    def encoding(self) -> str:
-        return self.stream.encoding
-
-    @property
-    def errors(self) -> str | None:
-        return self.stream.errors
-
-    @property
-    def buffer(self) -> Any:
-        return self.stream.buffer
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "stream":  # not set yet (e.g. copy.copy): no endless recursion
-            raise AttributeError(name)
-        return getattr(self.stream, name)
-
-    def __repr__(self) -> str:
-        return f"<TaggedStream {self.stream!r}>"
+    def flush(self, line_tag: bytes) -> bytes:
+        """The partial line, ended and tagged; b"" when there is none."""
+        if not self.pending:
+            return b""
+        text, self.pending = self.pending, b""
+        return line_tag + text + b"\n"
 
 
-class Framer:
-    """Writes START/END/REPORT around invocations and sets the thread's request id."""
-
-    def __init__(self, version: str, memory_mb: int) -> None:
-        self.version = version
-        self.memory_mb = memory_mb
-        self.init_ms: list[float] = []  # popped by the first invocation (list.pop is atomic)
-        self.stdout = _tagged(sys.stdout)
-        self.stderr = _tagged(sys.stderr)
-
-    def start(self, request_id: str, start: str = "") -> Invocation:
-        for stream in (self.stdout, self.stderr):
-            stream.flush_line(None)  # this thread's own untagged partial line, if any
-        try:
-            init_ms: float | None = self.init_ms.pop()
-        except IndexError:
-            init_ms = None
-        self.stdout.emit_quietly(f"START RequestId: {request_id} Version: {self.version}\n")
-        _current.request_id = request_id
-        return Invocation(self, request_id, init_ms, start)
+def _clean(text: str) -> str:
+    """A frame's fields on one line, whatever the environment held."""
+    return "".join(c if c.isprintable() and c != "\t" else " " for c in text)
 
 
-class Invocation:
-    __slots__ = ("framer", "init_ms", "request_id", "start", "started_ns")
-
-    def __init__(self, framer: Framer, request_id: str, init_ms: float | None,
-                 start: str = "") -> None:
-        self.framer = framer
-        self.request_id = request_id
-        self.init_ms = init_ms
-        self.start = start  # how the daemon got this instance: warm, cell, unpaused, container
-        self.started_ns = time.perf_counter_ns()
-
-    def end(self) -> None:
-        """Flushes the handler's partial lines, then writes END and REPORT (once only)."""
-        if _current.request_id != self.request_id:
-            return
-        elapsed_ns = time.perf_counter_ns() - self.started_ns
-        framer = self.framer
-        rid = self.request_id
-        for stream in (framer.stdout, framer.stderr):
-            stream.flush_line(rid)
-        _current.request_id = None
-        import resource  # after the socket is up: the cold start does not pay for it
-
-        max_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
-        report = (
-            f"REPORT RequestId: {rid}\tDuration: {elapsed_ns / 1e6:.2f} ms"
-            f"\tBilled Duration: {-(-elapsed_ns // 1_000_000)} ms"
-            f"\tMemory Size: {framer.memory_mb} MB\tMax Memory Used: {max_mb} MB"
-        )
-        if self.init_ms is not None:
-            report += f"\tInit Duration: {self.init_ms:.2f} ms"
-        if self.start:
-            report += f"\tStart: {self.start}"
-        framer.stdout.emit_quietly(f"END RequestId: {rid}\n{report}\n")
+def start_line(request_id: str, version: str) -> bytes:
+    return f"START RequestId: {request_id} Version: {_clean(version)}\n".encode()
 
 
-def _tagged(stream: TextIO) -> TaggedStream:
-    if isinstance(stream, TaggedStream):
-        return stream
-    return TaggedStream(stream)
+def end_lines(
+    request_id: str,
+    elapsed_ns: int,
+    memory_mb: int,
+    max_used_mb: int,
+    init_ms: float | None = None,
+    start: str = "",
+) -> bytes:
+    """END and REPORT, in one write."""
+    report = (
+        f"REPORT RequestId: {request_id}\tDuration: {elapsed_ns / 1e6:.2f} ms"
+        f"\tBilled Duration: {-(-elapsed_ns // 1_000_000)} ms"
+        f"\tMemory Size: {memory_mb} MB\tMax Memory Used: {max_used_mb} MB"
+    )
+    if init_ms is not None:
+        report += f"\tInit Duration: {init_ms:.2f} ms"
+    if start:
+        report += f"\tStart: {_clean(start)}"
+    return f"END RequestId: {request_id}\n{report}\n".encode()
 
 
-def install() -> None:
-    """Replaces sys.stdout and sys.stderr with tagging wrappers (idempotent)."""
-    if sys.stdout is not None:  # None when the process was started without one
-        sys.stdout = _tagged(sys.stdout)
-    if sys.stderr is not None:
-        sys.stderr = _tagged(sys.stderr)
+def init_report(init_ms: float, error_type: str) -> bytes:
+    return (f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error"
+            f"\tError Type: {_clean(error_type)}\n").encode()
+
+
+def outside(text: str) -> bytes:
+    """The runtime's own message (which may quote a function's words) as untagged lines."""
+    tagger = LineTagger()
+    data = text.encode("utf-8", "backslashreplace")
+    return tagger.feed(data, OUTSIDE) + tagger.flush(OUTSIDE)
+
+
+def in_request(request_id: str, text: str) -> bytes:
+    """The runtime's own message about one request, as lines of that request."""
+    tagger = LineTagger()
+    line_tag = tag(request_id)
+    return tagger.feed(text.encode("utf-8", "backslashreplace"), line_tag) + tagger.flush(line_tag)

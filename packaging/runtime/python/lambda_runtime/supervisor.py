@@ -1,0 +1,1052 @@
+"""The supervisor: the container's first process, the only one that never runs function code.
+
+It alone holds the container's stdout and stderr (Docker's log stream), writes the
+START/END/REPORT/INIT_REPORT frames, and tags every line the function's processes write
+with the request that process was serving (see logs.py for the format). It makes itself
+non-dumpable, so a process of the same user cannot open /proc/1/fd/*, read its memory or
+ptrace it, and it is the subreaper of every process below it (PID 1 in a container, and
+PR_SET_CHILD_SUBREAPER when run elsewhere), so it alone learns how a worker ended.
+
+Processes (worker.py runs the function's side):
+- the zygote, forked from the supervisor at start before anything else: it imports the
+  handler when told to, then forks workers on request and never serves one;
+- up to one worker per request in flight (lambdad sends at most the function's
+  concurrency at once), started on demand and kept; a worker that dies is replaced.
+If the zygote dies once the function is loaded, no worker can start any more: the supervisor
+exits non-zero and lambdad discards the instance.
+
+One thread does everything, on an epoll loop: lambdad's connections, the workers' channels
+and pipes, the zygote's channel, SIGCHLD. No locks, and the order of the log lines is the
+order in which the loop handles events: a worker's pipes are drained before its END.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import os
+import select
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from . import channel, events, http1, logs
+from .worker import LOAD_ERRORS, zygote_main
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+OUT, ERR = 0, 1
+READ_SIZE = 65536
+# Everything a worker wrote before its reply is in its pipes; a pipe holds at most 1 MiB
+# unless privileged, so a drain that reads this much has seen all of it.
+DRAIN_LIMIT = 2 << 20
+SPAWN_TIMEOUT_S = 30.0
+EXIT_WAIT_S = 2.0
+MAX_WORKERS = 1000  # lambdad's highest per-instance concurrency
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+_JSON_HEADERS = b"Content-Type: application/json\r\n"
+_UNHANDLED = _JSON_HEADERS + b"Lambda-Function-Error: Unhandled\r\n"
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+def _prctl(option: int, value: int) -> bool:
+    import ctypes  # here only: the zygote was forked before, without it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) == 0)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+class Output:
+    """The container's stdout and stderr, written in whole lines (blocking: when Docker
+    reads slowly, the supervisor waits, and so do the writers behind it)."""
+
+    def __init__(self, fds: tuple[int, int] = (1, 2)) -> None:
+        self.fds = fds
+
+    def write(self, which: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fds[which], view):]
+            except OSError:  # Docker stopped reading: nothing left to tell
+                return
+
+
+class OutsideText:
+    """sys.stdout/sys.stderr of the supervisor: its own messages (which may quote a
+    function's words) as untagged lines, never raw."""
+
+    encoding = "utf-8"
+    errors = "backslashreplace"
+
+    def __init__(self, output: Output, which: int) -> None:
+        self.output = output
+        self.which = which
+        self.tagger = logs.LineTagger()
+
+    def write(self, text: str) -> int:
+        data = self.tagger.feed(text.encode("utf-8", "backslashreplace"), logs.OUTSIDE)
+        if data:
+            self.output.write(self.which, data)
+        return len(text)
+
+    def flush(self) -> None:
+        data = self.tagger.flush(logs.OUTSIDE)
+        if data:
+            self.output.write(self.which, data)
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+class Pipes:
+    """One process's stdout and stderr as the supervisor reads them, tagged with the
+    request that process serves. A request's START goes out with its first line, or with
+    its END: a request that wrote nothing costs one write."""
+
+    def __init__(self, loop: Loop, out_r: int, err_r: int) -> None:
+        self.loop = loop
+        self.fds = [out_r, err_r]
+        self.taggers = (logs.LineTagger(), logs.LineTagger())
+        self.tag = logs.OUTSIDE
+        self.start = b""  # the current request's START, until its first line or its END
+        self.poll = select.poll()  # for drains: which pipe has something, in one call
+        for which, fd in enumerate(self.fds):
+            os.set_blocking(fd, False)
+            self.poll.register(fd, select.POLLIN)
+            loop.sel.register(fd, _READ, (self._readable, which))
+
+    @property
+    def ended(self) -> bool:
+        return self.fds == [-1, -1]
+
+    def _emit(self, which: int, data: bytes) -> None:
+        if data:
+            if self.start:
+                if which == OUT:  # START and the first lines in one write
+                    data = self.start + data
+                else:
+                    self.loop.output.write(OUT, self.start)
+                self.start = b""
+            self.loop.output.write(which, data)
+
+    def _readable(self, which: int) -> None:
+        self._read(which)
+
+    def _read(self, which: int) -> int:
+        """Bytes read (tagged and written out); 0: nothing now; -1: the pipe ended."""
+        fd = self.fds[which]
+        if fd < 0:
+            return -1
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            data = b""
+        tagger = self.taggers[which]
+        if data:
+            self._emit(which, tagger.feed(data, self.tag))
+            return len(data)
+        self._emit(which, tagger.flush(self.tag))
+        self.loop.sel.unregister(fd)
+        self.poll.unregister(fd)
+        os.close(fd)
+        self.fds[which] = -1
+        return -1
+
+    def drain(self) -> None:
+        """Everything written so far, then partial lines ended, under the current tag."""
+        if not self.ended:
+            for fd, _ in self.poll.poll(0):
+                which = self.fds.index(fd)
+                budget = DRAIN_LIMIT
+                while budget > 0:
+                    n = self._read(which)
+                    if n <= 0:
+                        break
+                    budget -= n
+        for which in (OUT, ERR):
+            self._emit(which, self.taggers[which].flush(self.tag))
+
+    def wait_end(self, timeout: float) -> None:
+        """Reads until both pipes end (a process that is exiting), at most `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not self.ended and time.monotonic() < deadline:
+            if self.poll.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                self.drain()
+
+    def begin(self, line_tag: bytes, start: bytes) -> None:
+        """Later lines are `line_tag`'s. (What the loop has not read yet by now was written
+        by this worker's process a moment before its request, by a thread of its own: it
+        may count as the request's.)"""
+        for which in (OUT, ERR):
+            self._emit(which, self.taggers[which].flush(self.tag))
+        self.tag = line_tag
+        self.start = start
+
+    def end(self, writes: tuple[tuple[int, bytes], ...] = ()) -> None:
+        """The current request's lines, its START if no line came, then `writes` (END and
+        REPORT, a note); later lines are outside any request."""
+        self.drain()
+        start, self.start = self.start, b""
+        for which, data in writes:
+            if start and which == OUT:  # START, END and REPORT in one write
+                data, start = start + data, b""
+            if start:
+                self.loop.output.write(OUT, start)
+                start = b""
+            self.loop.output.write(which, data)
+        if start:
+            self.loop.output.write(OUT, start)
+        self.tag = logs.OUTSIDE
+
+
+class Worker:
+    """The supervisor's handle on one worker process."""
+
+    def __init__(self, chan: socket.socket, pipes: Pipes) -> None:
+        self.pid = 0  # known from its hello
+        self.chan = chan
+        self.pipes = pipes
+        self.state = "starting"  # -> idle <-> busy; gone
+        self.inbuf = bytearray()
+        self.outbuf: bytes | memoryview = b""
+        self.writing = False
+        self.status: int | None = None  # os.wait4's status once it ended
+        self.maxrss_kb = 0
+        self.job: Job | None = None
+        self.broken: Exception | None = None  # why its channel failed during a request
+        self.status_fd = -1
+
+    def peak_mb(self) -> int:
+        """The kernel's figure for this process's peak memory (VmHWM), not the worker's."""
+        if self.status is not None or self.status_fd < 0:
+            return self.maxrss_kb // 1024
+        try:
+            status = os.pread(self.status_fd, 4096, 0)
+            at = status.index(b"VmHWM:")
+            return int(status[at + 6:status.index(b"kB", at)]) // 1024
+        except (OSError, ValueError):
+            return self.maxrss_kb // 1024
+
+    def kill(self) -> None:
+        if self.pid > 1 and self.status is None:
+            try:  # noqa: SIM105
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+class Job:
+    """One request on its way through a worker."""
+
+    __slots__ = ("conn", "init_ms", "message", "request", "request_id", "start", "started_ns")
+
+    def __init__(self, conn: Conn, request: http1.Request, message: bytes, request_id: str,
+                 start: str) -> None:
+        self.conn = conn
+        self.request = request
+        self.message = message
+        self.request_id = request_id
+        self.start = start
+        self.init_ms: float | None = None
+        self.started_ns = 0
+
+
+class Conn:
+    """One of lambdad's connections: requests in order, one at a time."""
+
+    __slots__ = ("buf", "busy", "closed", "closing", "continue_sent", "out", "sock", "writing")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.out: bytes | memoryview = b""  # not sent yet: watched for writing only
+        self.busy = False  # a request of it is being served
+        self.closing = False  # close once `out` is sent
+        self.closed = False
+        self.continue_sent = False
+        self.writing = False  # watched for writing (while `out` waits), not reading
+
+
+class Loop:
+    """The selector, timers, callbacks to run next, and the container's output."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.sel = selectors.DefaultSelector()
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        self.ready: collections.deque[Callable[[], None]] = collections.deque()
+        self.seq = 0
+
+    def later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.seq += 1
+        heapq.heappush(self.timers, (time.monotonic() + delay, self.seq, callback))
+
+    def soon(self, callback: Callable[[], None]) -> None:
+        """After the current event (no recursion through a connection's pipelined requests)."""
+        self.ready.append(callback)
+
+    def once(self) -> None:
+        timeout = 0.0 if self.ready else None
+        if self.timers and timeout is None:
+            timeout = max(0.0, self.timers[0][0] - time.monotonic())
+        for key, _ in self.sel.select(timeout):
+            callback, arg = key.data
+            self._call(callback, arg)
+        for _ in range(len(self.ready)):
+            self._call(self.ready.popleft(), None)
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            self._call(heapq.heappop(self.timers)[2], None)
+
+    @staticmethod
+    def _call(callback: Callable[..., None], arg: object) -> None:
+        try:
+            if arg is None:
+                callback()
+            else:
+                callback(arg)
+        except Exception:  # a runtime bug: logged (untagged), and the instance goes on
+            import traceback
+
+            print(f"[ERROR] runtime: {traceback.format_exc()}", end="", file=sys.stderr)
+
+
+def describe_exit(status: int | None, oom: bool, memory_mb: int) -> tuple[str, str]:
+    """(errorType, what happened) of a worker that ended during a request."""
+    if status is None:
+        return "Runtime.ExitError", "stopped answering"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGKILL and oom:
+            return "Runtime.OutOfMemory", f"out of memory: limit {memory_mb} MiB"
+        return "Runtime.ExitError", f"killed by signal {sig}"
+    return "Runtime.ExitError", f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+class _OomCounter:
+    """The container's count of OOM kills (cgroup v2 or v1), read when a worker was killed.
+    Only meaningful when the supervisor is the container's first process."""
+
+    PATHS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+    def __init__(self, enabled: bool) -> None:
+        self.path = next((p for p in self.PATHS if enabled and os.path.exists(p)), "")
+        self.seen = self.read()
+
+    def read(self) -> int:
+        if not self.path:
+            return 0
+        try:
+            with open(self.path, "rb") as f:
+                for line in f:
+                    if line.startswith(b"oom_kill "):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def new_kill(self) -> bool:
+        count = self.read()
+        new = count > self.seen
+        self.seen = max(count, self.seen)
+        return new
+
+
+class Pool:
+    """Which worker serves which request, and when to start one (pure bookkeeping).
+
+    A request that finds no idle worker waits, first come first served; a worker is
+    started for each waiting request that the starts under way do not cover (lambdad sends
+    at most the function's concurrency at once, so there are never more workers than
+    that), up to the cap. A start that fails while no worker lives and none is starting
+    fails the requests that wait.
+    """
+
+    def __init__(self, cap: int = MAX_WORKERS) -> None:
+        self.cap = cap
+        self.idle: list[Worker] = []
+        self.live = 0  # idle or busy
+        self.starting = 0
+        self.waiting: collections.deque[Job] = collections.deque()
+
+    def starts_wanted(self) -> int:
+        return max(0, min(len(self.waiting) - self.starting,
+                          self.cap - self.live - self.starting))
+
+    def pairs(self) -> list[tuple[Worker, Job]]:
+        """Idle workers matched with waiting requests (the most recently used first)."""
+        matched = []
+        while self.idle and self.waiting:
+            matched.append((self.idle.pop(), self.waiting.popleft()))
+        return matched
+
+    def hopeless(self) -> bool:
+        return self.live == 0 and self.starting == 0 and bool(self.waiting)
+
+
+class Supervisor:
+    """Loads the function into the zygote, runs each request on a worker, frames the logs."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        output = Output()
+        # First, while this process has nothing else: the zygote gets a clean copy.
+        self.zygote_pid, self.ctl, out_r, err_r = _fork_zygote()
+        sys.stdout = OutsideText(output, OUT)
+        sys.stderr = OutsideText(output, ERR)
+        if not (_prctl(PR_SET_DUMPABLE, 0) and _prctl(PR_SET_CHILD_SUBREAPER, 1)):
+            raise OSError("prctl failed: the log channel cannot be protected")
+        self.loop = Loop(output)
+        self.zygote_pipes = Pipes(self.loop, out_r, err_r)
+        self.ctl_buf = bytearray()
+        self.ctl_open = True
+        self.state = "idle"  # -> initializing -> ready | failed; stopping at the end
+        self.init_job: tuple[tuple[Conn, http1.Request] | None, float] | None = None
+        self.init_result: dict[str, Any] | None = None
+        self.pool = Pool()
+        self.by_pid: dict[int, Worker] = {}
+        self.early: dict[int, tuple[int, int]] = {}  # exits of pids not registered yet
+        self.oom = _OomCounter(os.getpid() == 1)
+        self.version = "$LATEST"
+        self.memory_mb = 128
+        self._configure(env)
+        self.init_ms: float | None = None  # reported by the first REPORT only
+        self.listener: socket.socket | None = None
+        self.outside_only = os.getpid() == 1
+        self.fatal_code: int | None = None
+        self.socket_path = ""
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the loop
+        self.loop.sel.register(wake_r, _READ, (self._woken, wake_r))
+        self.loop.sel.register(self.ctl, _READ, (self._ctl_readable, self.ctl))
+
+    def _configure(self, env: dict[str, str]) -> None:
+        self.version = env.get("AWS_LAMBDA_FUNCTION_VERSION", self.version)
+        try:  # noqa: SIM105
+            self.memory_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", self.memory_mb))
+        except ValueError:
+            pass
+
+    @property
+    def output(self) -> Output:
+        return self.loop.output
+
+    # --- running -------------------------------------------------------------------------------
+
+    def serve(self, listener: socket.socket, socket_path: str) -> None:
+        """Serves lambdad until a signal handler raises (SIGTERM) or the instance fails."""
+        self.listener = listener
+        self.socket_path = socket_path
+        listener.setblocking(False)
+        self.loop.sel.register(listener, _READ, (self._accept, listener))
+        while self.fatal_code is None:
+            self.loop.once()
+
+    def load(self, spec: str, task_root: str, env: dict[str, str], started: float
+             ) -> dict[str, Any]:
+        """Loads the handler before the socket exists (not a stem cell); the result."""
+        self._begin_init(spec, task_root, env, chdir=False, started=started, conn=None)
+        while self.init_result is None and self.fatal_code is None:
+            self.loop.once()
+        return self.init_result or {"ok": False}
+
+    def stop(self) -> None:
+        """Ends every process of the function (the caller exits next)."""
+        self.state = "stopping"
+        for pid in (self.zygote_pid, *self.by_pid):
+            try:  # noqa: SIM105
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _fatal(self, code: int) -> None:
+        self.fatal_code = code
+        self.stop()
+
+    # --- lambdad's connections -----------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. EMFILE: pause accepting instead of spinning
+                self.loop.sel.unregister(listener)
+                self.loop.later(0.01, lambda: self.loop.sel.register(
+                    listener, _READ, (self._accept, listener)))
+                return
+            try:
+                allowed = not self.outside_only or http1.from_outside(sock)
+            except OSError:
+                allowed = False
+            if not allowed:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = Conn(sock)
+            self.loop.sel.register(sock, _READ, (self._conn_event, conn))
+
+    def _conn_event(self, conn: Conn) -> None:
+        if conn.out:  # writable again
+            self._flush(conn)
+            return
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        conn.buf += data
+        if not conn.busy:
+            self._next_request(conn)
+        elif len(conn.buf) > http1.MAX_HEAD + http1.MAX_BODY:  # lambdad never sends so much
+            self._close(conn)
+
+    def _close(self, conn: Conn) -> None:
+        if not conn.closed:
+            conn.closed = True
+            self.loop.sel.unregister(conn.sock)
+            conn.sock.close()
+
+    def _send(self, conn: Conn, data: bytes, *, close: bool = False) -> None:
+        if conn.closed:
+            return
+        conn.closing = conn.closing or close
+        conn.out = memoryview(bytes(conn.out) + data if conn.out else data)
+        self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if conn.out:
+            if not conn.writing:
+                conn.writing = True
+                self.loop.sel.modify(conn.sock, _WRITE, (self._conn_event, conn))
+            return
+        if conn.closing:
+            self._close(conn)
+            return
+        if conn.writing:
+            conn.writing = False
+            self.loop.sel.modify(conn.sock, _READ, (self._conn_event, conn))
+        if conn.buf and not conn.busy:  # pipelined requests, read while it was busy
+            self.loop.soon(lambda: self._next_request(conn))
+
+    def _respond(self, conn: Conn, request: http1.Request, status: int, headers: bytes,
+                 body: bytes) -> None:
+        """Answers `request`; then the next request on the connection, if any."""
+        if conn.closed:
+            return
+        data = http1.response(status, headers, body, head_only=request.method == "HEAD",
+                              close=request.close, http10=request.http10)
+        conn.busy = False
+        conn.continue_sent = False
+        self._send(conn, data, close=request.close)
+
+    def _next_request(self, conn: Conn) -> None:
+        if conn.closed or conn.busy:
+            return
+        try:
+            parsed = http1.take_request(conn.buf)
+        except http1.BadRequest as exc:
+            # Framing is lost: the stream cannot be reused.
+            message = f"{http1.reason(exc.status)}: {exc}".encode()
+            self._send(conn, http1.response(
+                exc.status, b"Content-Type: text/plain; charset=utf-8\r\n", message,
+                head_only=False, close=True, http10=False), close=True)
+            return
+        if parsed is None:
+            return
+        request, body = parsed
+        if body is None:  # the head is here, the body is coming
+            if (request.get("Expect").lower() == "100-continue" and not request.http10
+                    and not conn.continue_sent):
+                conn.continue_sent = True
+                self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        conn.busy = True
+        self._dispatch(conn, request, body)
+
+    def _fault(self, conn: Conn, request: http1.Request, fault: events.RuntimeFault) -> None:
+        """A runtime error of the request itself, before any function code ran."""
+        self._respond(conn, request, fault.status, _JSON_HEADERS, events.error_body(fault))
+
+    def _dispatch(self, conn: Conn, request: http1.Request, body: bytes) -> None:
+        if self.state != "ready":
+            self._specialize(conn, request, body)
+            return
+        request_id = request.get("Lambda-Request-Id")
+        if not logs.valid_request_id(request_id):
+            request_id = http1.random_request_id()
+        now_ms = int(time.time() * 1000)
+        try:
+            deadline_ms = int(request.get("Lambda-Deadline-Ms"))
+        except ValueError:
+            deadline_ms = now_ms + http1.DEFAULT_TIMEOUT_MS
+        kind = (request.get("Lambda-Invocation-Type") or "http").strip().lower()
+        if kind not in http1.KINDS:
+            self._fault(conn, request, events.InvalidPayload(
+                f"unknown Lambda-Invocation-Type {kind!r}"))
+            return
+        start = request.get("Lambda-Start").strip().lower()
+        if not start.isalpha() or len(start) > 16:
+            start = ""
+        message = channel.encode_request((kind, request.method, request.target, request.headers,
+                                          body, request_id, deadline_ms, now_ms))
+        self.pool.waiting.append(Job(conn, request, message, request_id, start))
+        self._schedule()
+
+    def _specialize(self, conn: Conn, request: http1.Request, body: bytes) -> None:
+        """A stem cell's one control request: become this function, or report why not."""
+        if request.method != "POST" or request.target != http1.INIT_PATH or self.state != "idle":
+            self._fault(conn, request,
+                        events.NotInitialized("this stem cell is not specialized yet"))
+            return
+        started = time.monotonic()
+        try:
+            init = events.json.loads(body)
+            spec, task_root, env = init["handler"], init["task_root"], init["env"]
+            if not (isinstance(spec, str) and isinstance(task_root, str)
+                    and isinstance(env, dict)):
+                raise TypeError("handler, task_root and env have the wrong types")
+        except Exception as exc:  # the daemon's bug, not the function's: refuse, stay generic
+            self._fault(conn, request, events.InvalidPayload(f"bad init request: {exc}"))
+            return
+        self._begin_init(spec, task_root, {str(k): str(v) for k, v in env.items()},
+                         chdir=True, started=started, conn=(conn, request))
+
+    # --- loading the function ------------------------------------------------------------------
+
+    def _begin_init(self, spec: str, task_root: str, env: dict[str, str], *, chdir: bool,
+                    started: float, conn: tuple[Conn, http1.Request] | None) -> None:
+        self.state = "initializing"
+        self._configure(env)
+        self.init_job = (conn, started)
+        data = events.json.dumps(
+            {"handler": spec, "task_root": task_root, "env": env, "chdir": chdir}).encode()
+        try:
+            self.ctl.setblocking(True)
+            self.ctl.sendall(b"I" + channel.LENGTH.pack(len(data)) + data)
+        except OSError:
+            pass  # the zygote is gone: its channel's end says so next
+        finally:
+            self.ctl.setblocking(False)
+
+    def _ctl_readable(self, _: socket.socket) -> None:
+        """The zygote's answer to INIT (nothing else is expected on its channel)."""
+        while self.ctl_open:
+            try:
+                data = self.ctl.recv(READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data or len(self.ctl_buf) + len(data) > 1 << 16:  # gone, or too talkative
+                self.ctl_open = False
+                self.loop.sel.unregister(self.ctl)
+                if self.state == "initializing":
+                    self._init_done(None)
+                return
+            self.ctl_buf += data
+            head = channel.LENGTH.size
+            if len(self.ctl_buf) >= head:
+                size = channel.LENGTH.unpack(self.ctl_buf[:head])[0]
+                if len(self.ctl_buf) >= head + size:
+                    reply = bytes(self.ctl_buf[head:head + size])
+                    del self.ctl_buf[:head + size]
+                    try:
+                        answer = events.json.loads(reply)
+                    except ValueError:
+                        answer = None
+                    self._init_done(answer)
+
+    def _init_done(self, answer: object) -> None:
+        if self.state != "initializing" or self.init_job is None:
+            return  # the zygote speaks out of turn: ignored
+        conn_request, started = self.init_job
+        self.init_job = None
+        init_ms = (time.monotonic() - started) * 1000
+        if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+            answer = {"ok": False, "type": "Runtime.ExitError",
+                      "message": "the function's process ended while loading the handler"}
+        if answer["ok"]:
+            self.state = "ready"
+            self.init_ms = init_ms
+            self.init_result = {"ok": True, "ms": init_ms}
+            self._start_worker()  # the first worker, before the first request asks
+            if conn_request is not None:
+                conn, request = conn_request
+                self._respond(conn, request, 200, _JSON_HEADERS, events.json.dumps(
+                    {"initDurationMs": round(init_ms, 2)}).encode())
+            return
+        self.state = "failed"
+        error_type = answer.get("type")
+        if error_type not in LOAD_ERRORS and error_type != "Runtime.ExitError":
+            error_type = "Runtime.Unknown"
+        message = answer.get("message")
+        message = message[:4096] if isinstance(message, str) else "unknown error"
+        self.zygote_pipes.wait_end(1.0)  # the zygote exits: its last lines come first
+        self.zygote_pipes.end(((ERR, logs.init_report(init_ms, error_type)),))
+        self.init_result = {"ok": False, "type": error_type, "message": message, "ms": init_ms}
+        if conn_request is not None:
+            conn, request = conn_request
+            payload = {"errorType": error_type, "errorMessage": message,
+                       "initDurationMs": round(init_ms, 2)}
+            try:  # the last words of a failed cell, which is never reused
+                conn.sock.setblocking(True)
+                conn.sock.sendall(http1.response(
+                    502, _JSON_HEADERS, events.json.dumps(payload).encode(), head_only=False,
+                    close=True, http10=False))
+            except OSError:
+                pass
+            self._fatal(1)
+
+    # --- workers -------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Pairs idle workers with waiting requests; starts workers the waiting need."""
+        pool = self.pool
+        for worker, job in pool.pairs():
+            self._run(worker, job)
+        for _ in range(pool.starts_wanted()):
+            self._start_worker()
+        if pool.hopeless():
+            while pool.waiting:
+                job = pool.waiting.popleft()
+                self._fault(job.conn, job.request,
+                            events.RuntimeFault("could not start a process for the function"))
+
+    def _start_worker(self) -> None:
+        """Asks the zygote for a worker; it is ready once it says hello."""
+        if self.state != "ready" or self.pool.live + self.pool.starting >= self.pool.cap:
+            return
+        try:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            return
+        try:
+            socket.send_fds(self.ctl, [b"S"], [out_w, err_w, theirs.fileno()])
+        except OSError:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            mine.close()
+            return
+        finally:
+            for fd in (out_w, err_w):
+                os.close(fd)
+            theirs.close()
+        mine.setblocking(False)
+        worker = Worker(mine, Pipes(self.loop, out_r, err_r))
+        self.pool.starting += 1
+        self.loop.sel.register(mine, _READ, (self._chan_event, worker))
+        self.loop.later(SPAWN_TIMEOUT_S, lambda: self._spawn_failed(worker))
+
+    def _spawn_failed(self, worker: Worker) -> None:
+        if worker.state != "starting":
+            return
+        worker.state = "gone"
+        self.pool.starting -= 1
+        self._drop(worker)
+        self._schedule()
+
+    def _hello(self, worker: Worker) -> None:
+        if len(worker.inbuf) < channel.HELLO.size:
+            return
+        pid = channel.HELLO.unpack(worker.inbuf[:channel.HELLO.size])[0]
+        del worker.inbuf[:channel.HELLO.size]
+        # Only a process the supervisor adopts is one whose end it will learn of: its child,
+        # or a child of the zygote's child (the middle process, exiting now).
+        parent = _parent_of(pid)
+        if (worker.inbuf or pid <= 1 or pid == os.getpid() or pid in self.by_pid
+                or not (parent == os.getpid() or _parent_of(parent) == self.zygote_pid)):
+            self._spawn_failed(worker)
+            return
+        worker.pid = pid
+        early = self.early.pop(pid, None)
+        if early is not None:  # it ended before it was registered
+            self._spawn_failed(worker)
+            return
+        self.by_pid[pid] = worker
+        try:  # noqa: SIM105
+            worker.status_fd = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        except OSError:
+            pass
+        worker.state = "idle"
+        self.pool.starting -= 1
+        self.pool.live += 1
+        self.pool.idle.append(worker)
+        self._schedule()
+
+    def _run(self, worker: Worker, job: Job) -> None:
+        worker.state = "busy"
+        worker.job = job
+        job.init_ms, self.init_ms = self.init_ms, None
+        worker.pipes.begin(job.request_id.encode("ascii") + b"\t",
+                           logs.start_line(job.request_id, self.version))
+        job.started_ns = time.perf_counter_ns()
+        worker.outbuf = memoryview(job.message)
+        self._chan_write(worker)
+
+    def _chan_write(self, worker: Worker) -> None:
+        try:
+            sent = worker.chan.send(worker.outbuf)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._broke(worker, exc)
+            return
+        worker.outbuf = worker.outbuf[sent:]
+        if bool(worker.outbuf) != worker.writing:  # watched for writing only while it waits
+            worker.writing = not worker.writing
+            self.loop.sel.modify(worker.chan, _WRITE if worker.writing else _READ,
+                                 (self._chan_event, worker))
+
+    def _chan_event(self, worker: Worker) -> None:
+        if worker.outbuf:
+            self._chan_write(worker)
+            if worker.outbuf or worker.state == "gone":
+                return
+        try:
+            data = worker.chan.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._broke(worker, None)
+            return
+        worker.inbuf += data
+        if worker.state == "starting":
+            self._hello(worker)
+        elif worker.state == "busy":
+            self._reply(worker)
+        else:  # an idle worker has nothing to say: it is not trusted again
+            self._broke(worker, channel.ProtocolError("spoke between requests"))
+
+    def _reply(self, worker: Worker) -> None:
+        buf = worker.inbuf
+        if len(buf) < channel.REPLY.size:
+            return
+        try:
+            status, header_len, body_len = channel.reply_sizes(bytes(buf[:channel.REPLY.size]))
+        except channel.ProtocolError as exc:
+            self._broke(worker, exc)
+            return
+        total = channel.REPLY.size + header_len + body_len
+        if len(buf) < total:
+            return
+        if len(buf) > total:
+            self._broke(worker, channel.ProtocolError("bytes after the reply"))
+            return
+        job = worker.job
+        assert job is not None
+        elapsed = time.perf_counter_ns() - job.started_ns
+        head_end = channel.REPLY.size + header_len
+        headers, body = bytes(buf[channel.REPLY.size:head_end]), bytes(buf[head_end:])
+        buf.clear()
+        worker.pipes.end(((OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb,
+                                               worker.peak_mb(), job.init_ms, job.start)),))
+        worker.job = None
+        worker.state = "idle"
+        self.pool.idle.append(worker)
+        checked = channel.checked_headers(headers)
+        if checked is None:
+            fault = events.MarshalError("Invalid response header")
+            status, checked, body = fault.status, _UNHANDLED, events.error_body(fault)
+        self._respond(job.conn, job.request, status, checked, body)
+        self._schedule()
+
+    def _broke(self, worker: Worker, exc: Exception | None) -> None:
+        """The worker's channel closed (it ended, or is ending) or carried garbage."""
+        if worker.state == "starting":
+            self._spawn_failed(worker)
+            return
+        if worker.state == "idle":
+            self._lost(worker)
+            return
+        if worker.state != "busy" or worker.broken is not None:
+            return
+        worker.broken = exc or ConnectionError("closed")
+        self.loop.sel.unregister(worker.chan)
+        if isinstance(exc, channel.ProtocolError):
+            worker.kill()  # alive, but not to be trusted again
+        if worker.status is not None:
+            self._crashed(worker)
+        else:  # its exit status comes with SIGCHLD
+            self.loop.later(EXIT_WAIT_S, lambda: self._crashed(worker))
+
+    def _crashed(self, worker: Worker) -> None:
+        """The worker died (or broke the channel) during the request: its output is kept in
+        the request's lines, the caller gets AWS's Runtime.ExitError shape."""
+        job = worker.job
+        if worker.state != "busy" or job is None:
+            return
+        worker.job = None
+        elapsed = time.perf_counter_ns() - job.started_ns
+        error_type, detail = describe_exit(worker.status, self.oom.new_kill(), self.memory_mb)
+        if isinstance(worker.broken, channel.ProtocolError):
+            error_type, detail = "Runtime.ExitError", f"sent an invalid reply ({worker.broken})"
+        message = f"RequestId: {job.request_id} Error: Runtime exited with error: {detail}"
+        worker.pipes.end((
+            (ERR, logs.in_request(job.request_id, f"{message}\n{error_type}")),
+            (OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb, worker.peak_mb(),
+                                 job.init_ms, job.start)),
+        ))
+        self.pool.live -= 1
+        self._drop(worker)
+        body = events.json.dumps({"errorMessage": message, "errorType": error_type}).encode()
+        self._respond(job.conn, job.request, 502, _UNHANDLED, body)
+        self._start_worker()  # a fresh fork takes its place
+        self._schedule()
+
+    def _lost(self, worker: Worker) -> None:
+        """An idle worker ended (or spoke out of turn): forgotten, and replaced."""
+        if worker in self.pool.idle:
+            self.pool.idle.remove(worker)
+            self.pool.live -= 1
+        worker.kill()
+        self.oom.new_kill()  # not to be blamed on a later request
+        worker.pipes.end()
+        self._drop(worker)
+        self._start_worker()
+        self._schedule()
+
+    def _drop(self, worker: Worker) -> None:
+        """Releases the supervisor's side of a worker; its pipes stay read until they end
+        (a child of it may still hold them)."""
+        worker.state = "gone"
+        if worker.chan.fileno() >= 0:
+            try:  # noqa: SIM105
+                self.loop.sel.unregister(worker.chan)
+            except KeyError:
+                pass
+            worker.chan.close()
+        if worker.status_fd >= 0:
+            os.close(worker.status_fd)
+            worker.status_fd = -1
+        if worker.status is None and worker.pid > 1:
+            worker.kill()  # if it lives, it is not the supervisor's worker any more
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def _woken(self, fd: int) -> None:
+        """A signal arrived (SIGCHLD: reap every child that ended)."""
+        try:
+            while os.read(fd, 512):
+                pass
+        except OSError:
+            pass
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            self._exited(pid, status, usage.ru_maxrss)
+
+    def _exited(self, pid: int, status: int, maxrss_kb: int) -> None:
+        if pid == self.zygote_pid:
+            if self.state == "initializing":  # its reply may be waiting, unread
+                self._ctl_readable(self.ctl)
+                if self.state == "initializing":
+                    self._init_done(None)
+            if self.state in ("idle", "ready"):
+                self._zygote_died(status)
+            return
+        worker = self.by_pid.pop(pid, None)
+        if worker is None:
+            self.early[pid] = (status, maxrss_kb)
+            while len(self.early) > 256:  # other orphans' exits, never claimed
+                del self.early[next(iter(self.early))]
+            return
+        worker.status, worker.maxrss_kb = status, maxrss_kb
+        if worker.state == "busy" and worker.broken is None:
+            while worker.state == "busy" and not worker.writing:  # a reply sent before the end
+                try:
+                    data = worker.chan.recv(READ_SIZE)
+                except OSError:  # nothing more (BlockingIOError), or the channel failed
+                    break
+                if not data:
+                    break
+                worker.inbuf += data
+                self._reply(worker)
+        if worker.state == "busy":
+            if worker.broken is not None:
+                self._crashed(worker)
+            else:  # its channel may stay open (a child of it holds it): it is over anyway
+                self._broke(worker, None)
+        elif worker.state == "idle":
+            self._lost(worker)
+
+    def _zygote_died(self, status: int) -> None:
+        _, detail = describe_exit(status, self.oom.new_kill(), self.memory_mb)
+        self.zygote_pipes.wait_end(1.0)
+        self.zygote_pipes.end(((ERR, logs.outside(
+            f"[ERROR] the function's zygote process {detail}: no worker can start, "
+            "the instance stops")),))
+        code = os.waitstatus_to_exitcode(status)
+        self._fatal(code if code > 0 else (128 - code if code < 0 else 1))
+
+
+def _fork_zygote() -> tuple[int, socket.socket, int, int]:
+    """The zygote: nothing of the supervisor's but its channel and its output pipes."""
+    ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.dup2(theirs.detach(), 3)
+            ctl.detach()  # no socket object may close a number reused later
+            os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+            zygote_main(3)
+        finally:
+            os._exit(1)
+    theirs.close()
+    os.close(out_w)
+    os.close(err_w)
+    ctl.setblocking(False)
+    return pid, ctl, out_r, err_r

@@ -1,0 +1,372 @@
+"""The processes that run the function's code: the zygote and its workers.
+
+The zygote imports the handler once (on its main thread, so `signal.signal` and
+`asyncio.get_event_loop()` at import work), then only forks workers when the supervisor
+asks; it never serves a request. A worker is a fork of the zygote that serves one request
+at a time on its main thread, over a private socket pair with the supervisor. Its stdin is
+/dev/null and its stdout and stderr are pipes the supervisor reads and tags: whatever writes
+to them (print, os.write, a C extension, a child process, a crash's traceback) is captured.
+
+Everything here runs where the function's code runs: the supervisor trusts none of it.
+
+Fork rules (docs/architecture.md says the same to function authors):
+- threads started at import keep running in the zygote only; a worker starts with just
+  its main thread, and locks such a thread held at the fork stay held in the worker;
+- what the import opened (files, sockets, database connections) is shared by every
+  worker: open such things lazily in each process (keyed by os.getpid()), not at import;
+- the main thread's asyncio event loop gets a fresh selector, self-pipe and default
+  executor in each worker, so forks never share an epoll or steal each other's wake-ups; any
+  other selector or loop made at import is shared;
+- `random` reseeds in each fork (Python does so); other generators seeded at import repeat;
+- memory is copy-on-write: REPORT's Max Memory Used is the worker's own peak, shared
+  pages included.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import sys
+import time
+
+from . import channel, events
+from .context import ContextFactory
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
+    Handler = Callable[[Any, Any], Any]
+
+# The init errors the supervisor reports; anything else a broken zygote claims is unknown.
+LOAD_ERRORS = frozenset({
+    "Runtime.MalformedHandlerName", "Runtime.UserCodeSyntaxError",
+    "Runtime.ImportModuleError", "Runtime.HandlerNotFound",
+})
+# The kernel's OOM killer should pick a worker before the zygote, and either before the
+# supervisor (an unprivileged process can raise its score, not lower it below 0).
+ZYGOTE_OOM_SCORE = 200
+WORKER_OOM_SCORE = 600
+RECV_SIZE = 65536
+
+
+class HandlerLoadError(Exception):
+    """The handler cannot be loaded: reported as the INIT_REPORT's error type."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+
+
+def load_handler(spec: str, task_root: str) -> Handler:
+    """Imports `module.function` (module may be dotted, or a path like `src/app`) once."""
+    if task_root in sys.path:
+        sys.path.remove(task_root)
+    sys.path.insert(0, task_root)
+    module_name, _, func_name = spec.strip().rpartition(".")
+    module_name = module_name.replace("/", ".").strip(".")
+    if not module_name or not func_name:
+        raise HandlerLoadError("Runtime.MalformedHandlerName", f"Bad handler '{spec}'")
+    try:
+        module = importlib.import_module(module_name)
+    except SyntaxError as exc:
+        raise HandlerLoadError(
+            "Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {exc}"
+        ) from exc
+    except BaseException as exc:  # SystemExit at import too: the import did not finish
+        raise HandlerLoadError(
+            "Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}"
+        ) from exc
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise HandlerLoadError(
+            "Runtime.HandlerNotFound", f"handler '{func_name}' missing on module '{module_name}'"
+        )
+    if not callable(func):
+        raise HandlerLoadError(
+            "Runtime.HandlerNotFound",
+            f"handler '{func_name}' on module '{module_name}' is not callable",
+        )
+    return func  # type: ignore[no-any-return]
+
+
+def format_exception(exc: BaseException) -> str:
+    import traceback  # only error paths pay for traceback (and its tokenize/linecache)
+
+    return "".join(traceback.format_exception(exc))
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _set_oom_score(score: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(score))
+    except OSError:
+        pass
+
+
+class _CStdio:
+    """C's stdout for extensions that printf: line-buffered, and flushed before each reply so
+    a partial line lands in its own request."""
+
+    def __init__(self) -> None:
+        self._fflush: Any = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+            libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                     ctypes.c_size_t]
+            libc.setvbuf(stdout, None, 1, 0)  # _IOLBF
+            libc.fflush.argtypes = [ctypes.c_void_p]
+            self._fflush = libc.fflush
+        except Exception:  # no libc symbols (not glibc): Python's own streams still flush
+            pass
+
+    def flush(self) -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:  # noqa: SIM105
+                stream.flush()  # type: ignore[union-attr]
+            except Exception:  # a handler may have closed or replaced them
+                pass
+        if self._fflush is not None:
+            self._fflush(None)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly n bytes, or None when the peer closed first."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+# --- the zygote -------------------------------------------------------------------------------
+
+
+def zygote_main(ctl_fd: int) -> NoReturn:
+    """Runs in the zygote, forked from the supervisor before any of its threads: waits for
+    the handler to load, loads it, then forks a worker for each request to spawn one."""
+    ctl = socket.socket(fileno=ctl_fd)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True, write_through=True)
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)  # a crash's traceback goes to the (captured) fd 2
+    _set_oom_score(ZYGOTE_OOM_SCORE)
+    cstdio = _CStdio()
+    init = _read_init(ctl)
+    if init is None:
+        os._exit(0)
+    started = time.monotonic()
+    try:
+        handler, contexts = _initialize(init)
+    except HandlerLoadError as exc:
+        print(exc, file=sys.stderr)
+        if exc.__cause__ is not None:
+            print(format_exception(exc.__cause__), end="", file=sys.stderr)
+        cstdio.flush()
+        _reply(ctl, {"ok": False, "type": exc.error_type, "message": exc.message})
+        os._exit(1)
+    cstdio.flush()
+    _reply(ctl, {"ok": True, "ms": (time.monotonic() - started) * 1000})
+    import gc
+
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 1, 3)
+        except OSError:
+            os._exit(0)
+        if not msg:  # the supervisor is gone
+            os._exit(0)
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            continue
+        cstdio.flush()  # nothing buffered may be copied into the fork
+        gc.freeze()  # objects from the import stay out of the collector: fewer pages copied
+        _spawn(ctl, fds, handler, contexts, cstdio)
+
+
+def _read_init(ctl: socket.socket) -> dict[str, Any] | None:
+    head = _recv_exact(ctl, 5)
+    if head is None or head[:1] != b"I":
+        return None
+    body = _recv_exact(ctl, channel.LENGTH.unpack(head[1:])[0])
+    if body is None:
+        return None
+    init: dict[str, Any] = events.json.loads(body)
+    return init
+
+
+def _reply(ctl: socket.socket, value: dict[str, Any]) -> None:
+    data = events.json.dumps(value).encode()
+    ctl.sendall(channel.LENGTH.pack(len(data)) + data)
+
+
+def _initialize(init: dict[str, Any]) -> tuple[Handler, ContextFactory]:
+    """Sets the function's environment before its import, then loads its handler."""
+    os.environ.update(init["env"])
+    task_root = init["task_root"]
+    if init.get("chdir"):
+        importlib.invalidate_caches()  # the code arrived in folders already on sys.path
+        try:  # noqa: SIM105 (no contextlib import in the runtime)
+            os.chdir(task_root)
+        except OSError:
+            pass
+    spec = init["handler"]
+    if not spec:
+        raise HandlerLoadError("Runtime.MalformedHandlerName", "_HANDLER is not set")
+    handler = load_handler(spec, task_root)
+    return handler, ContextFactory(dict(os.environ))
+
+
+def _spawn(ctl: socket.socket, fds: list[int], handler: Handler, contexts: ContextFactory,
+           cstdio: _CStdio) -> None:
+    """Forks twice, so the worker's parent becomes the supervisor (a subreaper, or PID 1)
+    once the middle process exits, and only the supervisor learns how it ended."""
+    try:
+        middle = os.fork()
+    except OSError:  # e.g. the pids limit: the supervisor sees the channel close
+        middle = -1
+    if middle == 0:
+        try:
+            if os.fork() == 0:
+                _worker(ctl, fds, handler, contexts, cstdio)
+        finally:
+            os._exit(0)
+    for fd in fds:
+        os.close(fd)
+    if middle > 0:
+        os.waitpid(middle, 0)
+
+
+# --- a worker ---------------------------------------------------------------------------------
+
+
+def _worker(ctl: socket.socket, fds: list[int], handler: Handler, contexts: ContextFactory,
+            cstdio: _CStdio) -> NoReturn:
+    try:
+        out_w, err_w, chan_fd = fds
+        os.dup2(out_w, 1)  # (fd 0 is the zygote's, /dev/null)
+        os.dup2(err_w, 2)
+        os.close(out_w)
+        os.close(err_w)
+        ctl.close()  # the zygote's channel is not a worker's business
+        _set_oom_score(WORKER_OOM_SCORE)
+        _fresh_event_loop()
+        chan = socket.socket(fileno=chan_fd)
+        chan.sendall(channel.HELLO.pack(os.getpid()))
+        _serve(chan, handler, contexts, cstdio)
+    except BaseException:
+        pass
+    os._exit(0)
+
+
+def _fresh_event_loop() -> None:
+    """Gives the main thread's asyncio loop, if the import made one, a selector, self-pipe
+    and executor of this process's own: an epoll and a socket pair inherited through fork
+    are shared with the zygote and the other workers."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return
+    try:
+        loop = asyncio.get_event_loop_policy()._local._loop
+        if loop is None or loop.is_closed() or loop.is_running():
+            return
+        old = loop._selector
+        ssock, csock = loop._ssock, loop._csock
+    except AttributeError:  # not a selector loop of this Python's shape
+        return
+    fresh = type(old)()
+    for key in list(old.get_map().values()):
+        if key.fd != ssock.fileno():
+            fresh.register(key.fileobj, key.events, key.data)
+    loop._selector = fresh
+    old.close()  # this process's epoll descriptor only; no epoll_ctl on the shared instance
+    ssock.close()
+    csock.close()
+    loop._internal_fds -= 1
+    loop._make_self_pipe()
+    if getattr(loop, "_signal_handlers", None):
+        signal.set_wakeup_fd(loop._csock.fileno())
+    loop._default_executor = None  # its threads were not forked
+
+
+def _serve(chan: socket.socket, handler: Handler, contexts: ContextFactory,
+           cstdio: _CStdio) -> None:
+    while True:
+        data = chan.recv(RECV_SIZE)  # usually the whole request
+        if len(data) < channel.LENGTH.size:
+            rest = _recv_exact(chan, channel.LENGTH.size - len(data)) if data else None
+            if rest is None:
+                return  # the supervisor closed the channel: this worker is done
+            data += rest
+        size = channel.LENGTH.unpack(data[:channel.LENGTH.size])[0]
+        payload = data[channel.LENGTH.size:]
+        if len(payload) < size:
+            rest = _recv_exact(chan, size - len(payload))
+            if rest is None:
+                return
+            payload += rest
+        reply = _invoke(handler, contexts, cstdio, channel.decode_request(payload))
+        cstdio.flush()  # the request's output is in the pipes before its reply
+        chan.sendall(reply)
+
+
+def _error_reply(exc: BaseException, function_error: bool) -> bytes:
+    status = exc.status if isinstance(exc, events.RuntimeFault) else 500
+    headers = [("Content-Type", events.JSON_TYPE)]
+    if function_error:
+        headers.append(("Lambda-Function-Error", "Unhandled"))
+    return channel.encode_reply(status, headers, events.error_body(exc))
+
+
+def _invoke(handler: Handler, contexts: ContextFactory, cstdio: _CStdio,
+            request: channel.Request) -> bytes:
+    kind, method, target, headers, body, request_id, deadline_ms, now_ms = request
+    try:
+        if kind == "http":
+            event: object = events.http_event(method, target, headers, body, request_id, now_ms)
+        else:
+            event = events.direct_event(body)
+    except events.RuntimeFault as exc:
+        return _error_reply(exc, function_error=False)
+    context = contexts.make(request_id, deadline_ms)
+    try:
+        result = handler(event, context)
+        status, out_headers, data = (
+            events.http_response(result) if kind == "http" else events.direct_response(result)
+        )
+    except SystemExit as exc:
+        # A handler that exits ends its process: the supervisor reports the exit.
+        code = _exit_code(exc)
+        print(f"[ERROR] handler exited with code {code}", file=sys.stderr)
+        cstdio.flush()
+        os._exit(code)
+    except BaseException as exc:
+        print(f"[ERROR] {events.error_type(exc)}: {exc}\n" + format_exception(exc),
+              end="", file=sys.stderr, flush=True)
+        return _error_reply(exc, function_error=True)
+    try:
+        return channel.encode_reply(status, out_headers, data)
+    except UnicodeEncodeError as exc:  # a header value outside Latin-1
+        return _error_reply(events.MarshalError(f"Invalid response header: {exc}"), True)
