@@ -95,7 +95,8 @@ def test_instances_run_hardened_and_answer_over_their_socket(
                           "    return {'uid': os.getuid(), 'env': os.environ.get('COLOUR')}\n",
         })
         image = f"lambda-it-{daemon_id}/hard:v1"
-        built, lines = await _build(builder, BuildSpec("hard", 1, image, archive, "python3.11", "gzip"))
+        built, lines = await _build(builder,
+                                    BuildSpec("hard", 1, image, archive, "python3.11", "gzip"))
         assert any("Successfully tagged" in line for line in lines)
         version = _version("hard", image, built.image_id, memory_mb=96, env={"COLOUR": "blue"})
         backend = DockerBackend(client, daemon_id=daemon_id)

@@ -18,6 +18,10 @@ import pytest
 from lambdad.build import tarball
 from lambdad.build.tarball import TarLimits
 from lambdad.errors import InvalidArgument, PayloadTooLarge
+from tests.support.archives import Member, order_trick, write
+from tests.support.archives import folder as _dir
+from tests.support.archives import hardlink as _hard
+from tests.support.archives import symlink as _sym
 
 
 def _archive(tmp_path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]],
@@ -166,39 +170,16 @@ def test_extract_strips_dangerous_bits(tmp_path: Path) -> None:
 # The tree rules, in memory: a link may only name, step by step, earlier files and folders
 # that are not links; nothing may be named twice or be reached through a link.
 
-def _tree(*members: tarfile.TarInfo | str) -> None:
+def _tree(*members: Member) -> None:
     """Runs `check_member` and `Tree` over headers alone (a str is a regular file)."""
     tree = tarball.Tree()
     for member in members:
+        assert not isinstance(member, tuple)
         info = tarfile.TarInfo(member) if isinstance(member, str) else member
         tree.add(info, tarball.check_member(info))
 
 
-def _dir(name: str) -> tarfile.TarInfo:
-    return _info(name, tarfile.DIRTYPE)
-
-
-def _sym(name: str, target: str) -> tarfile.TarInfo:
-    return _info(name, tarfile.SYMTYPE, target)
-
-
-def _hard(name: str, target: str) -> tarfile.TarInfo:
-    return _info(name, tarfile.LNKTYPE, target)
-
-
-def _order_trick(name: str, target: str, depth: int = 12) -> list[tarfile.TarInfo | str]:
-    """The reported escape (attacks/tar_symlink_order.py): every link judged alone and
-    lexically is inside, yet afterwards `p` is / and `name` is `target` on the host."""
-    chain = "/".join(["s"] * depth)
-    return [
-        _sym(name, "p/" + target.lstrip("/")),
-        *[_dir("/".join(["s"] * i)) for i in range(1, depth + 1)],
-        _sym("p", chain + "/d/" + "/".join([".."] * (depth + 1))),
-        _sym(chain + "/d", "/".join([".."] * depth)),
-    ]
-
-
-ALLOWED: dict[str, list[tarfile.TarInfo | str]] = {
+ALLOWED: dict[str, list[Member]] = {
     "link to an earlier file": ["a.py", _sym("b.py", "a.py")],
     "link to an earlier file in a sub-folder": ["pkg/mod.py", _sym("alias.py", "pkg/mod.py")],
     "link up and down through folders": ["a/b/x.py", "a/c/y.py", _sym("a/b/l", "../c/y.py")],
@@ -212,12 +193,12 @@ ALLOWED: dict[str, list[tarfile.TarInfo | str]] = {
     "the folder itself, once": [_dir("."), "a.py"],
 }
 
-REFUSED: dict[str, tuple[list[tarfile.TarInfo | str], str, str]] = {
+REFUSED: dict[str, tuple[list[Member], str, str]] = {
     "the reported order trick (requirements.txt)": (
-        _order_trick("requirements.txt", "/etc/shadow"), "requirements.txt",
+        order_trick("requirements.txt", "/etc/shadow"), "requirements.txt",
         "'p' is not an earlier file or folder"),
     "the reported order trick (Dockerfile)": (
-        ["Dockerfile", *_order_trick("Dockerfile", "/etc/cron.d/x")], "Dockerfile",
+        ["Dockerfile", *order_trick("Dockerfile", "/etc/cron.d/x")], "Dockerfile",
         "more than once"),
     "link to a later file": ([_sym("b.py", "a.py"), "a.py"], "b.py", "'a.py' is not an earlier"),
     "link to nothing": ([_sym("b.py", "missing.py")], "b.py", "not an earlier"),
@@ -260,31 +241,18 @@ REFUSED: dict[str, tuple[list[tarfile.TarInfo | str], str, str]] = {
 
 
 @pytest.mark.parametrize("members", ALLOWED.values(), ids=list(ALLOWED))
-def test_tree_rules_accept_what_function_folders_hold(members: list[tarfile.TarInfo | str]) -> None:
+def test_tree_rules_accept_what_function_folders_hold(members: list[Member]) -> None:
     _tree(*members)
 
 
 @pytest.mark.parametrize(("members", "member", "message"), REFUSED.values(), ids=list(REFUSED))
 def test_tree_rules_refuse_links_that_chain_dangle_or_hide(
-    members: list[tarfile.TarInfo | str], member: str, message: str
+    members: list[Member], member: str, message: str
 ) -> None:
     with pytest.raises(InvalidArgument) as caught:
         _tree(*members)
     assert caught.value.message.startswith(f"archive member {member!r}:"), caught.value.message
     assert message in caught.value.message, caught.value.message
-
-
-def _write(path: Path, members: list[tarfile.TarInfo | str], mode: str = "w:gz") -> Path:
-    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as archive:
-        for member in members:
-            if isinstance(member, str):
-                data = b"data of " + member.encode()
-                info = tarfile.TarInfo(member)
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-            else:
-                archive.addfile(member)
-    return path
 
 
 @pytest.mark.parametrize("name", ["requirements.txt", "Dockerfile"])
@@ -297,7 +265,7 @@ def test_the_symlink_order_trick_is_refused_before_and_during_extraction(
     victim = tmp_path / "victim.txt"
     victim.write_text("secret\n")
     depth = len(tmp_path.parts) + 4
-    path = _write(tmp_path / "code.tar.gz", _order_trick(name, str(victim), depth))
+    path = write(tmp_path / "code.tar.gz", order_trick(name, str(victim), depth))
     with pytest.raises(InvalidArgument, match=rf"archive member '{name}'"):
         tarball.validate(path)
     dest = tmp_path / "build" / "code"
@@ -323,13 +291,13 @@ def test_extraction_itself_never_writes_through_a_link(
     victim.mkdir()
     (victim / "file").write_text("unchanged")
     up = "../" * 2  # from dest/ (tmp/out/code) to tmp/
-    members: list[tarfile.TarInfo | str] = {
+    members: list[Member] = {
         "file below a link": [_sym("d", up + "victim"), "d/file", "d/new"],
         "file over a link": [_sym("file", up + "victim/file"), "file"],
         "folder over a link": [_sym("d", up + "victim"), _dir("d")],
         "hardlink to a link": [_sym("l", up + "victim/file"), _hard("h", "l")],
     }[case]
-    path = _write(tmp_path / "code.tar.gz", members)
+    path = write(tmp_path / "code.tar.gz", members)
     monkeypatch.setattr(tarball, "Tree", _NoRules)
     with pytest.raises(InvalidArgument, match=r"cannot extract|not a regular file"):
         tarball.extract(path, tmp_path / "out" / "code", tarball.GZIP)
@@ -339,14 +307,14 @@ def test_extraction_itself_never_writes_through_a_link(
 
 
 def test_duplicate_members_are_refused_before_one_replaces_another(tmp_path: Path) -> None:
-    path = _write(tmp_path / "code.tar.gz", ["Dockerfile", "handler.py",
+    path = write(tmp_path / "code.tar.gz", ["Dockerfile", "handler.py",
                                               _sym("Dockerfile", "handler.py")])
     with pytest.raises(InvalidArgument, match="'Dockerfile' is in the archive more than once"):
         tarball.validate(path)
 
 
 def test_read_member_refuses_a_manifest_that_is_a_link(tmp_path: Path) -> None:
-    path = _write(tmp_path / "code.tar.gz", ["real.toml", _sym("lambda.toml", "real.toml")])
+    path = write(tmp_path / "code.tar.gz", ["real.toml", _sym("lambda.toml", "real.toml")])
     fmt = tarball.validate(path).format
     with pytest.raises(InvalidArgument,
                        match=r"lambda\.toml must be a regular file, not a symlink"):
@@ -440,7 +408,7 @@ def test_validator_and_extractor_read_the_same_format(
 
 
 def test_the_format_given_is_the_format_read(tmp_path: Path) -> None:
-    path = _write(tmp_path / "code.tar.gz", ["lambda.toml"])
+    path = write(tmp_path / "code.tar.gz", ["lambda.toml"])
     assert tarball.read_member(path, "lambda.toml", tarball.GZIP) == "data of lambda.toml"
     with pytest.raises(InvalidArgument, match="not a valid tar archive"):
         tarball.read_member(path, "lambda.toml", tarball.TAR)
@@ -452,7 +420,7 @@ def test_the_format_given_is_the_format_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
 def test_every_accepted_format_round_trips(tmp_path: Path, mode: str) -> None:
-    path = _write(tmp_path / "code.tar", ["handler.py", "pkg/mod.py"], mode)
+    path = write(tmp_path / "code.tar", ["handler.py", "pkg/mod.py"], mode)
     summary = tarball.validate(path)
     tarball.extract(path, tmp_path / "out", summary.format)
     assert (tmp_path / "out" / "pkg" / "mod.py").read_text() == "data of pkg/mod.py"
