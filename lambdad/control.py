@@ -262,6 +262,8 @@ class ControlPlane:
             await self._receive(header, chunks, archive)
             fault_point("received")
             summary = await asyncio.to_thread(tarball.validate, archive, self._tar_limits)
+            summary.require_regular(tarball.MANIFEST, tarball.DOCKERFILE, tarball.REQUIREMENTS,
+                                    ".dockerignore")
             manifest_text = await asyncio.to_thread(
                 tarball.read_member, archive, tarball.MANIFEST, summary.format, self._tar_limits)
             manifest = parse_manifest(

@@ -201,8 +201,16 @@ def _opened(path: Path, fmt: str, limits: TarLimits) -> Iterator[tarfile.TarFile
 class TarSummary:
     members: int
     unpacked_bytes: int
-    files: frozenset[str]
+    files: frozenset[str]  # regular files
     format: str = TAR  # what `extract` and `read_member` must be told
+    links: frozenset[str] = frozenset()  # symlinks
+
+    def require_regular(self, *names: str) -> None:
+        """lambdad reads these files itself and never through a link: one that is a
+        symlink is refused now, with its name, rather than found missing later."""
+        for name in names:
+            if name in self.links:
+                raise InvalidArgument(f"{name} must be a regular file, not a symlink")
 
 
 def normalize(name: str) -> str:
@@ -358,6 +366,7 @@ def validate(path: Path, limits: TarLimits = TarLimits()) -> TarSummary:
     with path.open("rb") as raw:
         fmt = detect_format(raw.read(6))
     files: set[str] = set()
+    links: set[str] = set()
     count = 0
     unpacked = 0
     with _opened(path, fmt, limits) as archive:
@@ -366,10 +375,12 @@ def validate(path: Path, limits: TarLimits = TarLimits()) -> TarSummary:
             if member.isfile():
                 unpacked += member.size
                 files.add(name)
+            elif member.issym():
+                links.add(name)
     if count == 0:
         raise InvalidArgument("archive is empty")
     return TarSummary(members=count, unpacked_bytes=unpacked, files=frozenset(files),
-                      format=fmt)
+                      format=fmt, links=frozenset(links))
 
 
 def read_member(path: Path, name: str, fmt: str, limits: TarLimits = TarLimits(),

@@ -313,6 +313,18 @@ def test_duplicate_members_are_refused_before_one_replaces_another(tmp_path: Pat
         tarball.validate(path)
 
 
+@pytest.mark.parametrize("name", ["lambda.toml", "Dockerfile", "requirements.txt"])
+def test_files_lambdad_reads_must_not_be_links(tmp_path: Path, name: str) -> None:
+    """A link inside the folder passes the tree rules; these files it refuses all the same,
+    naming them, before a build begins."""
+    path = write(tmp_path / "code.tar.gz", ["real", _sym(name, "real")])
+    summary = tarball.validate(path)
+    assert summary.links == {name}
+    summary.require_regular("handler.py")
+    with pytest.raises(InvalidArgument, match=rf"^{name} must be a regular file, not a symlink"):
+        summary.require_regular("lambda.toml", "Dockerfile", "requirements.txt")
+
+
 def test_read_member_refuses_a_manifest_that_is_a_link(tmp_path: Path) -> None:
     path = write(tmp_path / "code.tar.gz", ["real.toml", _sym("lambda.toml", "real.toml")])
     fmt = tarball.validate(path).format
