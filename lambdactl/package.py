@@ -119,25 +119,33 @@ class Entry:
     linkname: str = ""
 
 
-def _symlink_target(root_real: str, path: Path, rel: str) -> str:
-    """The link text to store; refuses links that leave the folder."""
+def _symlink_target(root_real: str, path: Path, rel: str) -> tuple[str, str]:
+    """(the link text to store, the path it names relative to the folder).
+
+    The text names the link's final target directly, so a chain `a -> b -> c` is stored
+    as `a -> c`: lambdad accepts only links to files and folders that come earlier in the
+    archive and are not links themselves. Links that leave the folder are refused."""
     target = os.readlink(path)
     resolved = os.path.realpath(path)
     if not resolved.startswith(root_real + os.sep):
+        where = "at the function folder itself" if resolved == root_real else (
+            "outside the function folder")
         raise CliError(
-            f"symlink {rel} -> {target} points outside the function folder; "
+            f"symlink {rel} -> {target} points {where}; "
             "copy the file in or list the link in .lambdaignore",
             ExitCode.INVALID,
         )
-    if os.path.isabs(target):
-        return os.path.relpath(resolved, os.path.realpath(path.parent))
-    return target
+    return (os.path.relpath(resolved, os.path.realpath(path.parent)),
+            os.path.relpath(resolved, root_real).replace(os.sep, "/"))
 
 
 def walk(root: Path, rules: list[IgnoreRule] | None = None) -> Iterator[Entry]:
-    """Entries to pack, sorted, parents before children."""
+    """Entries to pack: folders and files sorted, parents before children, then the
+    symlinks (sorted), each after what it names."""
     rules = load_ignore(root) if rules is None else rules
     root_real = os.path.realpath(root)
+    links: list[tuple[Entry, str]] = []
+    packed: set[str] = set()
 
     def visit(folder: Path, prefix: str) -> Iterator[Entry]:
         try:
@@ -154,11 +162,14 @@ def walk(root: Path, rules: list[IgnoreRule] | None = None) -> Iterator[Entry]:
             if rel != MANIFEST and is_ignored(rules, rel, is_dir):
                 continue
             if stat.S_ISLNK(mode):
-                yield Entry(rel, path, "symlink", _symlink_target(root_real, path, rel))
+                linkname, names_path = _symlink_target(root_real, path, rel)
+                links.append((Entry(rel, path, "symlink", linkname), names_path))
             elif is_dir:
+                packed.add(rel)
                 yield Entry(rel, path, "dir")
                 yield from visit(path, rel + "/")
             elif stat.S_ISREG(mode):
+                packed.add(rel)
                 yield Entry(rel, path, "file")
             else:
                 raise CliError(
@@ -168,6 +179,15 @@ def walk(root: Path, rules: list[IgnoreRule] | None = None) -> Iterator[Entry]:
                 )
 
     yield from visit(root, "")
+    for entry, names_path in links:
+        if names_path not in packed:
+            raise CliError(
+                f"symlink {entry.rel} -> {os.readlink(entry.path)} names {names_path}, which "
+                "is not packed (missing, ignored, or not a file or folder); "
+                "copy the file in or list the link in .lambdaignore",
+                ExitCode.INVALID,
+            )
+        yield entry
 
 
 @dataclass

@@ -95,6 +95,8 @@ class Config:
     build_timeout: float = 600.0
     build_memory_bytes: int = 2048 * MIB
     build_user: int = 65534
+    build_max_image_bytes: int = 4096 * MIB
+    build_min_free_disk_bytes: int = 1024 * MIB
     config_file: Path | None = None
 
 
@@ -109,6 +111,16 @@ def _mib(text: str) -> int:
         raise ValueError(f"expected a size in MiB, got {text!r}") from None
     if value <= 0:
         raise ValueError(f"expected a positive size in MiB, got {text!r}")
+    return int(value * MIB)
+
+
+def _mib_or_zero(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a size in MiB, got {text!r}") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"expected a size in MiB >= 0, got {text!r}")
     return int(value * MIB)
 
 
@@ -281,6 +293,14 @@ SETTINGS: tuple[Setting, ...] = (
        "without supplementary groups, so it cannot read lambdad's files or reach Docker; "
        "0 keeps root (not recommended) (default: 65534, nobody)", metavar="UID",
        numeric=True),
+    _s("build_max_image_size", "build", _mib, 4096,
+       "largest image a build may produce, in MiB, its base image included; a larger one "
+       "is removed with its layers and the deploy fails (default: 4096)", metavar="MiB",
+       numeric=True),
+    _s("build_min_free_disk", "build", _mib_or_zero, 1024,
+       "free space, in MiB, a build must leave on the Docker data root (docker info's "
+       "DockerRootDir): a build is not started below it and is stopped when it falls "
+       "below; 0 disables (default: 1024)", metavar="MiB", numeric=True),
     _s("start_timeout", "runtime", _seconds, 30,
        "how long an instance may take to open its socket, in seconds (default: 30)",
        metavar="SECONDS", numeric=True),
@@ -597,6 +617,8 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         build_timeout=values["build_timeout"],
         build_memory_bytes=values["build_memory"],
         build_user=values["build_user"],
+        build_max_image_bytes=values["build_max_image_size"],
+        build_min_free_disk_bytes=values["build_min_free_disk"],
         config_file=config_file,
     )
 

@@ -24,7 +24,15 @@ from pathlib import Path
 import lambdad
 from lambdad.auth import ROLES, ApiKey, KeyRing, new_secret
 from lambdad.auth.keys import digest as key_digest
-from lambdad.build import ArtifactStore, BuildSpec, BuiltImage, ImageBuilder, TarLimits, tarball
+from lambdad.build import (
+    ArtifactStore,
+    BuildSpec,
+    BuiltImage,
+    ImageBuilder,
+    TarLimits,
+    TarSummary,
+    tarball,
+)
 from lambdad.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -254,7 +262,10 @@ class ControlPlane:
             await self._receive(header, chunks, archive)
             fault_point("received")
             summary = await asyncio.to_thread(tarball.validate, archive, self._tar_limits)
-            manifest_text = await asyncio.to_thread(tarball.read_member, archive, tarball.MANIFEST)
+            summary.require_regular(tarball.MANIFEST, tarball.DOCKERFILE, tarball.REQUIREMENTS,
+                                    ".dockerignore")
+            manifest_text = await asyncio.to_thread(
+                tarball.read_member, archive, tarball.MANIFEST, summary.format, self._tar_limits)
             manifest = parse_manifest(
                 manifest_text, has_dockerfile=tarball.DOCKERFILE in summary.files
             )
@@ -272,7 +283,7 @@ class ControlPlane:
             lock = self._locks.setdefault(name, asyncio.Lock())
             async with lock:
                 async for event in self._build_and_start(
-                    name, config, archive, header, summary.unpacked_bytes, deployed_by
+                    name, config, archive, summary, header, deployed_by
                 ):
                     yield event
         finally:
@@ -302,8 +313,8 @@ class ControlPlane:
                                   "differs from the header's")
 
     async def _build_and_start(
-        self, name: str, config: object, archive: Path, header: DeployHeader,
-        unpacked: int, deployed_by: str,
+        self, name: str, config: object, archive: Path, summary: TarSummary,
+        header: DeployHeader, deployed_by: str,
     ) -> AsyncIterator[DeployEvent]:
         from lambdad.functions import FunctionConfig  # local: keeps the signature readable
 
@@ -314,7 +325,8 @@ class ControlPlane:
         built: BuiltImage | None = None
         started = time.monotonic()
         spec = BuildSpec(function=name, version=number, image=image, archive=archive,
-                         runtime=config.runtime)
+                         runtime=config.runtime, archive_format=summary.format,
+                         tar_limits=self._tar_limits)
         try:
             async for item in self._builder.build(spec):
                 if isinstance(item, BuiltImage):
@@ -348,8 +360,8 @@ class ControlPlane:
             raise
         self._runtime.activate(version, instance)
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
-                 "build_ms=%.0f start_ms=%.0f", name, number, image, header.size, unpacked,
-                 build_s * 1000, start_s * 1000)
+                 "build_ms=%.0f start_ms=%.0f", name, number, image, header.size,
+                 summary.unpacked_bytes, build_s * 1000, start_s * 1000)
         await self._apply_retention(name)
         yield Progress(3, "Starting container", done=True)
         yield DeployResult(name=name, version=number, image=image, url=self.url(name))

@@ -238,12 +238,14 @@ class Daemon:
         metrics.watch_cells(lambda: [
             CellSample(c.cell_class.label(), c.ready, c.starting) for c in runtime.cell_stats()
         ])
+        build_limits = BuildLimits(
+            timeout_s=config.build_timeout, memory_bytes=config.build_memory_bytes,
+            user=config.build_user, max_image_bytes=config.build_max_image_bytes,
+            min_free_disk_bytes=config.build_min_free_disk_bytes)
         builder = ImageBuilder(client, runtime_image=config.runtime_image,
                                spool_dir=config.state_dir / "spool", daemon_id=daemon_id,
                                wheelhouse=config.wheelhouse, artifacts=artifacts,
-                               limits=BuildLimits(timeout_s=config.build_timeout,
-                                                  memory_bytes=config.build_memory_bytes,
-                                                  user=config.build_user))
+                               limits=build_limits)
         control = ControlPlane(
             store=store, builder=builder, runtime=runtime, spool_dir=config.state_dir / "spool",
             image_prefix=config.image_prefix, url_template=function_url_template(config),

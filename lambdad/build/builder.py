@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import platform
 import re
 import socket
@@ -15,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,18 @@ import urllib3.exceptions
 from lambdad import labels
 from lambdad.build import sandbox, tarball
 from lambdad.build.artifacts import ArtifactStore, normalize_modes
-from lambdad.build.dockerfile import generated_dockerfile, label_instruction
+from lambdad.build.dockerfile import foreign_labels, generated_dockerfile, label_instruction
 from lambdad.build.requirements import MAX_BYTES as MAX_REQUIREMENTS_BYTES
 from lambdad.build.requirements import parse_requirements
-from lambdad.build.sandbox import BuildLimits
-from lambdad.errors import BuildFailed, FailedPrecondition, Unavailable
+from lambdad.build.sandbox import MIB, BuildLimits
+from lambdad.build.tarball import TarLimits
+from lambdad.errors import BuildFailed, FailedPrecondition, InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"^[0-9a-f]{12,64}$")
+MAX_DOCKERFILE_BYTES = 1024 * 1024
+DOCKERIGNORE = ".dockerignore"
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class BuildSpec:
     image: str  # repository:tag to create
     archive: Path  # validated tarball
     runtime: str  # "python3.11" or "docker"
+    archive_format: str  # as `tarball.validate` reported it: the archive is read as that
+    tar_limits: TarLimits = field(default_factory=TarLimits)  # what it was validated with
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class ImageBuilder:
         self.runtime_image = runtime_image
         self._spool = spool_dir
         self._wheelhouse = wheelhouse
+        self._docker_root: str | None = None  # "" when its free space cannot be seen
 
     def check_runtime_image(self) -> str:
         """The runtime image's id; FailedPrecondition if it is missing."""
@@ -95,26 +105,41 @@ class ImageBuilder:
         with tempfile.TemporaryDirectory(dir=self._spool, prefix="build-") as tmp:
             ctx = Path(tmp)
             runtime_id = ""
+            # lambdad (root-equivalent) reads and writes the extracted tree only through
+            # `tarball.open_regular` (no link followed) and writes only files it creates
+            # itself: the Dockerfile the build uses is always a new file of its own.
             if spec.runtime == "docker":
-                tarball.extract(spec.archive, ctx)
+                context = ctx / "context"
+                tarball.extract(spec.archive, context, spec.archive_format, spec.tar_limits)
+                source = tarball.open_regular(context, tarball.DOCKERFILE, MAX_DOCKERFILE_BYTES)
+                if source is None:
+                    raise InvalidArgument("runtime 'docker' needs a Dockerfile in the folder")
+                # docker-py reads .dockerignore itself, by path: it must be a plain file.
+                tarball.open_regular(context, DOCKERIGNORE, MAX_DOCKERFILE_BYTES)
+                # Outside the context: docker-py sends it under a random name, left out of
+                # the context's files, so `COPY .` sees the folder as uploaded.
+                dockerfile = ctx / "Dockerfile"
                 network = "default"
             else:
                 runtime_id = self.check_runtime_image()
-                tarball.extract(spec.archive, ctx / "code")
-                requirements = ctx / "code" / tarball.REQUIREMENTS
-                if requirements.is_file():
-                    self._install_requirements(requirements, ctx, deadline, emit)
+                context = ctx
+                tarball.extract(spec.archive, ctx / "code", spec.archive_format,
+                                spec.tar_limits)
+                self._install_requirements(ctx / "code", ctx, deadline, emit)
                 with_deps = (ctx / "deps").is_dir()
                 # The image keeps these modes, and its user is uid 10001: a restrictive
                 # umask (pip honours it) must not make the code unreadable to it.
                 normalize_modes(ctx / "code")
                 if with_deps:
                     normalize_modes(ctx / "deps")
-                (ctx / "Dockerfile").write_text(
-                    generated_dockerfile(self.runtime_image, with_deps=with_deps)
-                )
+                source = generated_dockerfile(self.runtime_image, with_deps=with_deps).encode()
+                dockerfile = ctx / "Dockerfile"
                 network = "none"
-            built = self._docker_build(spec, ctx, network, deadline, emit)
+            # One LABEL instruction at the end: the API's `labels` parameter would add a
+            # build step (and a container) per label.
+            tarball.create_new(dockerfile, source + b"\n" + label_instruction(
+                self._labels(spec)).encode() + b"\n")
+            built = self._docker_build(spec, context, dockerfile, network, deadline, emit)
             if spec.runtime != "docker" and self._artifacts is not None:
                 # The same files as the image's /var/task and deps, for stem cells.
                 self._artifacts.save(spec.function, spec.version, ctx / "code",
@@ -122,15 +147,20 @@ class ImageBuilder:
                                      runtime_id)
             return built
 
+    def _labels(self, spec: BuildSpec) -> dict[str, str]:
+        return {labels.FUNCTION: spec.function, labels.VERSION: str(spec.version),
+                labels.DAEMON: self._daemon_id}
+
     def _install_requirements(
-        self, requirements: Path, ctx: Path, deadline: float, emit: Callable[[str], None]
+        self, code: Path, ctx: Path, deadline: float, emit: Callable[[str], None]
     ) -> None:
         """Resolves wheels for the image's Python in a sandboxed pip; no package code runs.
 
         pip never reads the uploaded file: it gets the parsed requirements as arguments.
         """
-        with requirements.open("rb") as source:
-            data = source.read(MAX_REQUIREMENTS_BYTES + 1)
+        data = tarball.open_regular(code, tarball.REQUIREMENTS, MAX_REQUIREMENTS_BYTES)
+        if data is None:
+            return
         wanted = parse_requirements(data)
         if not wanted:
             return
@@ -139,31 +169,25 @@ class ImageBuilder:
                         wheelhouse=self._wheelhouse, deadline=deadline, emit=emit)
 
     def _docker_build(
-        self, spec: BuildSpec, ctx: Path, network: str, deadline: float,
+        self, spec: BuildSpec, context: Path, dockerfile: Path, network: str, deadline: float,
         emit: Callable[[str], None],
     ) -> BuiltImage:
-        # One LABEL instruction appended to the Dockerfile: the API's `labels`
-        # parameter would add a build step (and a container) per label.
-        dockerfile = ctx / "Dockerfile"
-        with dockerfile.open("a") as out:
-            out.write("\n" + label_instruction({
-                labels.FUNCTION: spec.function,
-                labels.VERSION: str(spec.version),
-                labels.DAEMON: self._daemon_id,
-            }) + "\n")
         limits = self._limits
         output = sandbox.OutputCap(emit, limits.output_lines, limits.line_chars, tail=20)
         layers: list[str] = []  # intermediate images this build made, removed if it fails
         started = time.time()
         image_id = ""
-        watchdog = _BuildWatchdog(deadline)
+        disk = self._disk_floor()
+        if disk is not None:
+            disk.check()
+        watchdog = _BuildWatchdog(deadline, disk)
         api: docker.APIClient | None = None
         try:
             api = self._build_api()
             api.hooks["response"].append(watchdog.capture)
             stream: Iterator[dict[str, Any]] = api.build(
-                path=str(ctx), tag=spec.image, rm=True, forcerm=True, decode=True,
-                pull=False, network_mode=network,
+                path=str(context), dockerfile=str(dockerfile), tag=spec.image, rm=True,
+                forcerm=True, decode=True, pull=False, network_mode=network,
                 container_limits={
                     "memory": limits.memory_bytes, "memswap": limits.memory_bytes,
                     "cpushares": limits.cpu_shares,
@@ -202,7 +226,50 @@ class ImageBuilder:
             watchdog.stop()  # also ends a build whose deploy was cancelled
             if api is not None:
                 api.close()
+        try:
+            self._check_image(spec, image_id)
+        except BaseException:
+            self.remove_image(spec.image)
+            self._remove_layers(layers, started)
+            raise
         return BuiltImage(image=spec.image, image_id=image_id)
+
+    def _check_image(self, spec: BuildSpec, image_id: str) -> None:
+        """What a build produced must fit `build_max_image_size` and carry no `lambda.*`
+        label but lambdad's: instances inherit an image's labels, and reconcile reads them
+        (a `lambda.cell` or `lambda.cleanup` would make an instance a cell or a leftover)."""
+        info = self._client.api.inspect_image(image_id)
+        size = int(info.get("Size") or 0)
+        limit = self._limits.max_image_bytes
+        if size > limit:
+            raise BuildFailed(
+                f"the image is {size / MIB:.0f} MiB, more than the {limit // MIB} MiB a build "
+                "may produce (build_max_image_size); it was removed")
+        found = (info.get("Config") or {}).get("Labels") or {}
+        foreign = foreign_labels(found, self._labels(spec), self._runtime_labels())
+        if foreign:
+            raise InvalidArgument(
+                f"the image carries label(s) {', '.join(foreign)}: labels that start with "
+                "'lambda.' are lambdad's own; remove them from the Dockerfile (or from "
+                "its base image)")
+
+    def _runtime_labels(self) -> dict[str, str]:
+        """The runtime image's own labels, which images built on it inherit."""
+        try:
+            return dict(self._client.images.get(self.runtime_image).labels or {})
+        except docker.errors.ImageNotFound:
+            return {}
+
+    def _disk_floor(self) -> _DiskFloor | None:
+        """The Docker data root's free-space check, or None if lambdad cannot see it."""
+        floor = self._limits.min_free_disk_bytes
+        if floor <= 0:
+            return None
+        if self._docker_root is None:
+            self._docker_root = _docker_root(self._client)
+        if not self._docker_root:
+            return None
+        return _DiskFloor(self._docker_root, floor)
 
     def _build_api(self) -> docker.APIClient:
         """A client (and connection pool) of the build's own, so the watchdog can cut its
@@ -257,16 +324,83 @@ class ImageBuilder:
         return [(str(image.id), list(image.tags)) for image in images]
 
 
-class _BuildWatchdog:
-    """Cuts a build's connection at the deadline (or when its deploy is abandoned)."""
+def _docker_root(client: docker.DockerClient) -> str:
+    """The Docker data root (`docker info`'s DockerRootDir) if lambdad can read its free
+    space: a local engine (Unix socket) whose folder statvfs reaches; else "" (logged)."""
+    try:
+        root = str(client.info().get("DockerRootDir") or "")
+    except (docker.errors.DockerException, OSError, requests.exceptions.RequestException):
+        root = ""
+    local = str(getattr(client.api, "base_url", "")) == "http+docker://localhost"
+    try:
+        if root and local:
+            os.statvfs(root)
+            return root
+        reason = "the Docker engine is not local" if root else "docker info names no data root"
+    except OSError as exc:
+        reason = f"statvfs({root}): {exc.strerror}"
+    log.warning("cannot see the free space of the Docker data root (%s): a build's disk is "
+                "bounded by build_max_image_size only, checked when it ends", reason)
+    return ""
 
-    def __init__(self, deadline: float) -> None:
+
+@dataclass(frozen=True)
+class _DiskFloor:
+    """The free space a build must leave on the Docker data root (build_min_free_disk)."""
+
+    root: str
+    floor: int
+
+    def free(self) -> int:
+        info = os.statvfs(self.root)
+        return info.f_bavail * info.f_frsize
+
+    def short(self) -> str | None:
+        """Why the build must stop, or None."""
+        try:
+            free = self.free()
+        except OSError:
+            return None
+        if free >= self.floor:
+            return None
+        return (f"the Docker data root {self.root} has {free // MIB} MiB free, less than the "
+                f"{self.floor // MIB} MiB builds must leave (build_min_free_disk)")
+
+    def check(self) -> None:
+        if (reason := self.short()) is not None:
+            raise BuildFailed(f"image build not started: {reason}")
+
+
+class _BuildWatchdog:
+    """Cuts a build's connection at the deadline, when the Docker data root's free space
+    falls below the floor, or when its deploy is abandoned: dockerd then stops the build
+    and removes its container."""
+
+    POLL = 0.25  # seconds between free-space checks
+
+    def __init__(self, deadline: float, disk: _DiskFloor | None = None) -> None:
         self.fired = False
+        self.reason = ""
+        self._deadline = deadline
+        self._disk = disk
         self._response: Any = None
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="build-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                self._fire("")
+                return
+            wait = min(left, self.POLL) if self._disk is not None else left
+            if self._stopped.wait(wait):
+                return
+            if self._disk is not None and (reason := self._disk.short()) is not None:
+                self._fire(reason)
+                return
 
     def capture(self, response: Any, *args: Any, **kwargs: Any) -> Any:
         """A requests response hook: the build's streaming response, before its body."""
@@ -277,9 +411,10 @@ class _BuildWatchdog:
             self._cut()
         return response
 
-    def _fire(self) -> None:
+    def _fire(self, reason: str) -> None:
         with self._lock:
             self.fired = True
+            self.reason = reason
         self._cut()
 
     def _cut(self) -> None:
@@ -295,7 +430,7 @@ class _BuildWatchdog:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
-        self._timer.cancel()
+        self._stopped.set()
         with self._lock:
             response = self._response
         if response is not None:
@@ -303,6 +438,8 @@ class _BuildWatchdog:
                 response.close()
 
     def message(self, limits: BuildLimits) -> str:
+        if self.reason:
+            return f"image build stopped: {self.reason}"
         return (f"image build did not finish within the build timeout of "
                 f"{limits.timeout_s:g} s (build_timeout); it was stopped")
 

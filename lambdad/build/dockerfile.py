@@ -1,8 +1,17 @@
-"""The Dockerfile generated for functions that bring none (pure)."""
+"""The Dockerfile generated for functions that bring none, and the labels a built image
+may carry (pure)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+
+from lambdad import labels
+
+LABEL_PREFIX = "lambda."
+# What lambdad reads back from containers: never accepted from an image, inherited or not.
+CONTROL_LABELS = frozenset({labels.FUNCTION, labels.VERSION, labels.INSTANCE, labels.DAEMON,
+                            labels.CELL, labels.CLEANUP})
 
 
 def generated_dockerfile(runtime_image: str, *, with_deps: bool) -> str:
@@ -20,3 +29,18 @@ def generated_dockerfile(runtime_image: str, *, with_deps: bool) -> str:
 def label_instruction(values: dict[str, str]) -> str:
     """A single LABEL line; values are JSON-quoted so any text is safe."""
     return "LABEL " + " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+
+
+def foreign_labels(found: Mapping[str, str], ours: Mapping[str, str],
+                   inherited: Mapping[str, str]) -> list[str]:
+    """The `lambda.*` labels of a built image that lambdad did not give it: not one of
+    `ours` with our value, nor one the runtime image has (`inherited`, such as
+    `lambda.runtime`) with its value, and never one lambdad reads back from containers."""
+
+    def given(key: str, value: str) -> bool:
+        if key in ours:
+            return ours[key] == value
+        return key not in CONTROL_LABELS and key in inherited and inherited[key] == value
+
+    return sorted(key for key, value in found.items()
+                  if key.startswith(LABEL_PREFIX) and not given(key, value))

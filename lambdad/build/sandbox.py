@@ -53,6 +53,8 @@ class BuildLimits:
     output_lines: int = 2000  # lines of pip or build output shown; the rest is counted
     line_chars: int = 1000
     user: int = 65534  # uid (and gid) pip runs as when lambdad is root
+    max_image_bytes: int = 4096 * MIB  # the largest image a build may leave
+    min_free_disk_bytes: int = 1024 * MIB  # a build stops below this on Docker's data root
 
 
 # Variables the operator's pip configuration may live in; all else of lambdad's is dropped.

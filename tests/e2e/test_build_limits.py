@@ -1,10 +1,12 @@
 """A deployer's Dockerfile is an attack on the host's disk, memory and time: an image
 VOLUME must not become unbounded host disk that outlives the function, and a build that
-never ends or eats memory is stopped, failing the deploy and leaving nothing behind."""
+never ends, eats memory, leaves an image over build_max_image_size or fills the Docker data
+root below build_min_free_disk is stopped, failing the deploy and leaving nothing behind."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 BUILD_TIMEOUT = 12
 BUILD_MEMORY_MIB = 160
+MAX_IMAGE_MIB = 250  # the runtime image is about 112 MiB
 
 VOLUME_HANDLER = '''
 import os
@@ -47,7 +50,8 @@ def handler(event, context):
 def limited(wheelhouse: Path) -> Iterator[Lambdad]:
     daemon = Lambdad(extra_args=["--wheelhouse", str(wheelhouse),
                                  "--build-timeout", str(BUILD_TIMEOUT),
-                                 "--build-memory", str(BUILD_MEMORY_MIB)])
+                                 "--build-memory", str(BUILD_MEMORY_MIB),
+                                 "--build-max-image-size", str(MAX_IMAGE_MIB)])
     try:
         daemon.start()
         yield daemon
@@ -162,3 +166,64 @@ def test_a_build_step_over_the_build_memory_is_killed(limited: Lambdad, tmp_path
     assert "non-zero code: 137" in result.stderr
     assert f"more than the build memory of {BUILD_MEMORY_MIB} MiB" in result.stderr
     _assert_nothing_left(limited, "hungry", token, result.stderr)
+
+
+def test_an_image_over_the_size_limit_is_refused_and_removed(
+    limited: Lambdad, tmp_path: Path,
+) -> None:
+    token = secrets.token_hex(6)
+    folder = _dockerfile_function(tmp_path / "big", (
+        "FROM lambda-runtime/python:3.11\n"
+        f"RUN echo {token} > /tmp/layer-one\n"
+        "USER root\n"
+        f"RUN echo {token} && head -c 200M /dev/zero > /big\n"
+        "USER 10001\n"))
+    result = limited.cli("deploy", str(folder), "--name", "big", timeout=BUILD_TIMEOUT + 60)
+    assert result.code == 6, result.stderr
+    assert f"more than the {MAX_IMAGE_MIB} MiB a build may produce (build_max_image_size); " \
+        "it was removed" in result.stderr, result.stderr
+    _assert_nothing_left(limited, "big", token, result.stderr)
+
+
+def _docker_root_free(client: docker.DockerClient) -> tuple[str, int]:
+    root = str(client.info()["DockerRootDir"])
+    info = os.statvfs(root)
+    return root, info.f_bavail * info.f_frsize
+
+
+@pytest.fixture
+def disk_floor(wheelhouse: Path) -> Iterator[tuple[Lambdad, int]]:
+    """A daemon whose free-disk floor is 400 MiB below the Docker data root's free space
+    now: a build that writes 1.5 GiB crosses it (other tests on the engine meanwhile only
+    make that sooner)."""
+    _, free = _docker_root_free(docker.from_env())
+    floor_mib = (free >> 20) - 400
+    daemon = Lambdad(extra_args=["--wheelhouse", str(wheelhouse), "--build-timeout", "90",
+                                 "--build-min-free-disk", str(floor_mib)])
+    try:
+        daemon.start()
+        yield daemon, floor_mib
+    finally:
+        daemon.close()
+
+
+def test_a_build_that_fills_the_docker_disk_is_stopped_at_the_floor(
+    disk_floor: tuple[Lambdad, int], tmp_path: Path,
+) -> None:
+    daemon, floor_mib = disk_floor
+    token = secrets.token_hex(6)
+    folder = _dockerfile_function(tmp_path / "filler", (
+        "FROM lambda-runtime/python:3.11\n"
+        f"RUN echo {token} > /tmp/layer-one\n"
+        "USER root\n"
+        # The sleep keeps the step running: it is the watchdog, not the end of the step,
+        # that must stop it.
+        f"RUN echo {token} && head -c 1536M /dev/zero > /big && sleep 120\n"))
+    result = daemon.cli("deploy", str(folder), "--name", "filler", timeout=180)
+    assert result.code == 6, result.stderr
+    assert "image build stopped: the Docker data root" in result.stderr, result.stderr
+    assert f"less than the {floor_mib} MiB builds must leave (build_min_free_disk)" \
+        in result.stderr, result.stderr
+    _assert_nothing_left(daemon, "filler", token, result.stderr)
+    # The step's container and its 1.5 GiB went with the build.
+    assert wait_for(lambda: _docker_root_free(daemon.docker)[1] >> 20 > floor_mib, 30)

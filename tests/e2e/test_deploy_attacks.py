@@ -2,21 +2,26 @@
 separators, pip options, URLs and paths, each refused before pip runs, with the bad line
 named, no host file's content in the output and nothing left in the state folder. The
 archive: header bombs that claim gigabytes of extended header, refused while the daemon's
-memory stays flat.
+memory stays flat; symlink chains and duplicate members that would make lambdad (root on
+the host) read or write a host file. The image: labels that are lambdad's own.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import ROOT, Lambdad
+from tests.support import archives
+from tests.support.daemon import ROOT, Lambdad, wait_for
 
 PASSWD_MARKERS = ("root:x:0:0", "/bin/bash", "/usr/sbin/nologin", "daemon:x:")
 
@@ -142,7 +147,7 @@ def pack(root):
     data = bomb.read_bytes()
     return package.Package(open(bomb, "rb"), len(data), hashlib.sha256(data).hexdigest(), 2)
 package.pack = pack
-sys.exit(main(["deploy", sys.argv[2], "--name", "tarbomb"]))
+sys.exit(main(["deploy", sys.argv[2], "--name", sys.argv[3]]))
 """
 
 
@@ -187,9 +192,9 @@ def test_tar_header_bomb_is_refused_with_the_daemons_memory_flat(
     folder.mkdir()
     before_files = _state_files(lambdad, "tarbomb")
     before_peak = _peak_rss_kib(lambdad)
-    done = subprocess.run([sys.executable, "-c", _CLI_WITH_BOMB, str(bomb), str(folder)],
-                          env=lambdad.env(), capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", _CLI_WITH_BOMB, str(bomb), str(folder),
+                           "tarbomb"], env=lambdad.env(), capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
     assert done.returncode == 5, done.stdout + done.stderr
     assert "archive has an extended header" in done.stderr
     assert "the limit is 64 KiB" in done.stderr
@@ -198,3 +203,100 @@ def test_tar_header_bomb_is_refused_with_the_daemons_memory_flat(
     assert _state_files(lambdad, "tarbomb") == before_files
     assert lambdad.images("tarbomb") == []
     assert lambdad.cli("get", "tarbomb").code == 4
+
+
+# Symlink chains and duplicate members (attack/attacks/deploy_symlink_escape.py). Judged one
+# at a time, each link stayed inside, yet afterwards `requirements.txt` or a second
+# `Dockerfile` was a host file: lambdad read it (and echoed its first line in the deploy
+# error, or pip did) or appended its LABEL line to it.
+
+def _deploy_archive(daemon: Lambdad, archive: Path, folder: Path, name: str
+                    ) -> subprocess.CompletedProcess[str]:
+    folder.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-c", _CLI_WITH_BOMB, str(archive), str(folder), name],
+                          env=daemon.env(), capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+
+def _secret_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if len(line.strip()) >= 4]
+
+
+@pytest.mark.parametrize("target", ["/etc/shadow", "api-key"])
+def test_a_symlink_chain_cannot_make_lambdad_read_a_host_file(
+    lambdad: Lambdad, tmp_path: Path, target: str
+) -> None:
+    secret = lambdad.key_file if target == "api-key" else Path(target)
+    lines = _secret_lines(secret)
+    assert lines  # the test runs as root, as lambdad does here: it could read them
+    archive = archives.write(tmp_path / "code.tar.gz", [
+        ("lambda.toml", b'name = "leak"\nhandler = "app.handler"\n'),
+        ("app.py", b"def handler(e, c):\n    return 1\n"),
+        *archives.order_trick("requirements.txt", str(secret)),
+    ])
+    before = _state_files(lambdad, "leak")
+    done = _deploy_archive(lambdad, archive, tmp_path / "fn", "leak")
+    output = done.stdout + done.stderr
+    log = lambdad.log()
+    for line in lines:
+        assert line not in output and line not in log, \
+            "a line of the host file leaked"
+    assert done.returncode == 5, output
+    assert "archive member 'requirements.txt': symlink" in done.stderr, done.stderr
+    assert "is not an earlier file or folder" in done.stderr
+    assert "Traceback" not in output
+    assert _state_files(lambdad, "leak") == before
+    assert lambdad.images("leak") == []
+    assert lambdad.cli("get", "leak").code == 4
+
+
+@pytest.fixture
+def victim() -> Iterator[Path]:
+    """A root-only host file outside every folder lambdad uses."""
+    fd, name = tempfile.mkstemp(prefix="lt-victim-", dir="/tmp")
+    os.write(fd, b"do not touch\n")
+    os.close(fd)
+    path = Path(name)
+    path.chmod(0o600)
+    yield path
+    path.unlink()
+
+
+def test_a_duplicate_dockerfile_cannot_make_lambdad_append_to_a_host_file(
+    lambdad: Lambdad, tmp_path: Path, victim: Path
+) -> None:
+    before_stat = victim.stat()
+    archive = archives.write(tmp_path / "code.tar.gz", [
+        ("lambda.toml", b'name = "append"\nruntime = "docker"\n'),
+        ("Dockerfile", b"FROM scratch\n"),  # what the validator counted ...
+        *archives.order_trick("Dockerfile", str(victim)),  # ... then a link of that name
+    ])
+    done = _deploy_archive(lambdad, archive, tmp_path / "fn", "append")
+    assert victim.read_bytes() == b"do not touch\n"
+    assert victim.stat().st_mtime_ns == before_stat.st_mtime_ns
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "archive member 'Dockerfile': 'Dockerfile' is in the archive more than once" \
+        in done.stderr, done.stderr
+    assert lambdad.images("append") == []
+    assert lambdad.cli("get", "append").code == 4
+
+
+# lambda.* labels are lambdad's: instances inherit their image's labels, and reconcile reads
+# lambda.cell and lambda.cleanup back (a cell is never adopted, a cleanup container removed).
+
+def test_an_image_carrying_lambdads_own_labels_is_refused(
+    lambdad: Lambdad, tmp_path: Path
+) -> None:
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    (folder / "handler.py").write_text("def handler(e, c):\n    return 1\n")
+    (folder / "Dockerfile").write_text(
+        "FROM lambda-runtime/python:3.11\n"
+        'LABEL lambda.cell="small" lambda.cleanup="1" lambda.note="x"\n'
+        "COPY handler.py /var/task/handler.py\n")
+    result = lambdad.cli("deploy", str(folder), "--name", "labelled")
+    assert result.code == 5, result.stderr
+    assert "the image carries label(s) lambda.cell, lambda.cleanup, lambda.note" \
+        in result.stderr, result.stderr
+    assert lambdad.images("labelled") == []
+    assert wait_for(lambda: lambdad.containers("labelled") == [], 10)
+    assert lambdad.cli("get", "labelled").code == 4

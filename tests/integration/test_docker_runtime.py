@@ -95,7 +95,8 @@ def test_instances_run_hardened_and_answer_over_their_socket(
                           "    return {'uid': os.getuid(), 'env': os.environ.get('COLOUR')}\n",
         })
         image = f"lambda-it-{daemon_id}/hard:v1"
-        built, lines = await _build(builder, BuildSpec("hard", 1, image, archive, "python3.11"))
+        built, lines = await _build(builder,
+                                    BuildSpec("hard", 1, image, archive, "python3.11", "gzip"))
         assert any("Successfully tagged" in line for line in lines)
         version = _version("hard", image, built.image_id, memory_mb=96, env={"COLOUR": "blue"})
         backend = DockerBackend(client, daemon_id=daemon_id)
@@ -144,7 +145,7 @@ def test_failed_build_leaves_no_tag(tmp_path: Path, daemon_id: str) -> None:
         archive = _archive(tmp_path / "code.tgz", {"Dockerfile": dockerfile})
         image = f"lambda-it-{daemon_id}/broken:v1"
         with pytest.raises(BuildFailed, match="returned a non-zero code: 3"):
-            await _build(builder, BuildSpec("broken", 1, image, archive, "docker"))
+            await _build(builder, BuildSpec("broken", 1, image, archive, "docker", "gzip"))
         with pytest.raises(docker.errors.ImageNotFound):
             client.images.get(image)
 
@@ -161,7 +162,7 @@ def test_instance_that_exits_at_start_is_reported_with_its_logs(
                                daemon_id=daemon_id)
         archive = _archive(tmp_path / "code.tgz", {"handler.py": "raise SystemExit('no')\n"})
         image = f"lambda-it-{daemon_id}/dies:v1"
-        built, _ = await _build(builder, BuildSpec("dies", 1, image, archive, "python3.11"))
+        built, _ = await _build(builder, BuildSpec("dies", 1, image, archive, "python3.11", "gzip"))
         runtime = RuntimeManager(DockerBackend(client, daemon_id=daemon_id),
                                  instances_dir=socket_root)
         # The runtime opens its socket first and imports the handler at POST /init.

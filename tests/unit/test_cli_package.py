@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,10 @@ def test_tarball_members_and_headers(tmp_path: Path) -> None:
     package = pack(root)
     with package.file, tarfile.open(fileobj=package.file, mode="r:gz") as tar:
         members = {m.name: m for m in tar.getmembers()}
-        assert list(members) == sorted(members)
+        # Files and folders sorted, then the links: each after what it names (lambdad
+        # accepts no link to a later member).
         assert list(members) == [
-            "abs_lib", "alias.py", "handler.py", "lib", "lib/util.py", "run.sh",
+            "handler.py", "lib", "lib/util.py", "run.sh", "abs_lib", "alias.py",
         ]  # fmt: skip
         for m in members.values():
             assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "")
@@ -161,6 +163,61 @@ def test_symlink_leaving_the_folder_is_refused(tmp_path: Path, target: str) -> N
         pack(root)
     assert info.value.code == ExitCode.INVALID
     assert "link.py" in info.value.message and "outside the function folder" in info.value.message
+
+
+def test_a_link_chain_is_packed_as_links_to_the_final_target(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "fn", {"handler.py": "", "lib/util.py": "X = 1\n"})
+    os.symlink("lib", root / "vendor")
+    os.symlink("vendor/util.py", root / "a.py")  # through a linked folder
+    os.symlink("a.py", root / "b.py")  # a link to a link
+    package = pack(root)
+    with package.file, tarfile.open(fileobj=package.file, mode="r:gz") as tar:
+        links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
+    assert links == {"a.py": "lib/util.py", "b.py": "lib/util.py", "vendor": "lib"}
+
+
+def _ignored_target(root: Path) -> None:
+    (root / ".lambdaignore").write_text("secret.py\n")
+    (root / "secret.py").write_text("")
+    os.symlink("secret.py", root / "link.py")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda root: os.symlink("missing.py", root / "link.py"),
+     "names missing.py, which is not packed"),
+    (lambda root: os.symlink(".", root / "link.py"), "points at the function folder itself"),
+    (lambda root: _ignored_target(root), "names secret.py, which is not packed"),
+])
+def test_links_lambdad_would_refuse_are_refused_when_packing(
+    tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    root = make_tree(tmp_path / "fn", {"handler.py": ""})
+    make(root)
+    with pytest.raises(CliError) as info:
+        pack(root)
+    assert info.value.code == ExitCode.INVALID
+    assert "link.py" in info.value.message and message in info.value.message
+
+
+def test_what_the_packer_sends_lambdad_accepts_and_extracts(tmp_path: Path) -> None:
+    from lambdad.build import tarball
+
+    root = make_tree(tmp_path / "fn", {"handler.py": "", "lib/util.py": "X = 1\n",
+                                       "lib/sub/deep.py": ""})
+    os.symlink("lib", root / "vendor")
+    os.symlink("vendor/util.py", root / "a.py")
+    os.symlink("../util.py", root / "lib" / "sub" / "up.py")
+    os.symlink("..", root / "lib" / "sub" / "parent")
+    package = pack(root)
+    archive = tmp_path / "code.tar.gz"
+    with package.file:
+        archive.write_bytes(package.file.read())
+    summary = tarball.validate(archive)
+    out = tmp_path / "out"
+    tarball.extract(archive, out, summary.format)
+    assert (out / "a.py").read_text() == "X = 1\n"
+    assert (out / "lib" / "sub" / "up.py").read_text() == "X = 1\n"
+    assert (out / "vendor").is_symlink() and (out / "lib" / "sub" / "parent").is_symlink()
 
 
 def test_ignored_outside_symlink_is_fine(tmp_path: Path) -> None:
