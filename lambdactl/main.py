@@ -30,6 +30,8 @@ from lambdactl.exitcodes import CliError, ExitCode
 from lambdactl.parser import build_parser, client_version
 from lambdactl.target import Target, check_host, resolve_target
 from lambdad.api.v1 import functions_pb2 as pb
+from lambdad.errors import InvalidArgument
+from lambdad.jsontext import parse_json
 
 DEPLOY_STEPS = 3  # 1 is the CLI's (package + upload); the daemon reports 2 and 3
 TEST_WIDTH = 120  # width of consoles built on injected streams
@@ -252,16 +254,17 @@ def _read_payload(ctx: Ctx) -> bytes:
         source = "--data"
         data = (args.data if args.data is not None else "{}").encode()
     try:
-        json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CliError(f"{source} is not valid JSON: {exc}", ExitCode.INVALID) from None
+        parse_json(data, source)
+    except InvalidArgument as exc:
+        raise CliError(exc.message, ExitCode.INVALID) from None
     return data
 
 
 def _parse_json(data: bytes) -> tuple[bool, Any]:
+    """A function's reply as JSON if it is (a hostile one may nest without end)."""
     try:
-        return True, json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        return True, parse_json(data, "the reply")
+    except InvalidArgument:
         return False, None
 
 
@@ -701,7 +704,7 @@ def cmd_keys(ctx: Ctx) -> int:
 def _schedule_json(s: pb.ScheduleInfo) -> dict[str, object]:
     return {
         "id": s.id, "function": s.function, "cron": s.cron, "tz": s.tz,
-        "data": json.loads(s.data or b"{}"), "overlap": s.overlap,
+        "data": _json_or_text(s.data or b"{}"), "overlap": s.overlap,
         "next_runs": [_rfc(t) for t in s.next_runs], "last_run_at": _rfc(s.last_run),
         "last_result": s.last_result or None, "last_invocation": s.last_invocation or None,
         "last_invocation_status": s.last_invocation_status or None,
@@ -711,9 +714,9 @@ def _schedule_json(s: pb.ScheduleInfo) -> dict[str, object]:
 def cmd_schedule(ctx: Ctx) -> int:
     args = ctx.args
     try:
-        json.loads(args.data)
-    except ValueError:
-        raise CliError("--data is not valid JSON", ExitCode.INVALID) from None
+        parse_json(args.data, "--data")
+    except InvalidArgument as exc:
+        raise CliError(exc.message, ExitCode.INVALID) from None
     request = pb.CreateScheduleRequest(name=args.name, cron=args.cron, tz=args.tz,
                                        data=args.data.encode(), overlap=args.overlap)
     with Client(ctx.target) as client:

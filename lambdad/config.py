@@ -88,6 +88,7 @@ class Config:
     catch_up_window: float
     log_level: str
     body_timeout: float = 60.0
+    max_buffered_body_bytes: int = 256 * MIB
     max_queued_events: int = 1000
     max_event_bytes: int = 256 * 1024
     cell_pool_size: int = 2
@@ -261,6 +262,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_body_size", "gateway", _mib, 6,
        "largest request body the gateway accepts, in MiB (default: 6)", metavar="MiB",
        numeric=True),
+    _s("max_buffered_bodies", "gateway", _mib, 256,
+       "request-body bytes the gateway holds in memory at once, all connections together, "
+       "in MiB; a request whose body would not fit is answered 503 with Retry-After before "
+       "its body is read, and an eighth is kept for bodies up to 64 KiB (default: 256)",
+       metavar="MiB", numeric=True),
     _s("body_timeout", "gateway", _positive_seconds, 60,
        "a client has this many seconds to send a whole request body, however it trickles "
        "it in, then gets 408 (default: 60, about 100 KiB/s for the largest body)",
@@ -609,6 +615,7 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         async_backoff=values["async_backoff"],
         catch_up_window=values["schedule_catch_up"],
         body_timeout=values["body_timeout"],
+        max_buffered_body_bytes=values["max_buffered_bodies"],
         max_queued_events=values["max_queued_events"],
         max_event_bytes=values["max_event_size"],
         log_level=values["log_level"],
@@ -664,6 +671,15 @@ def check(config: Config) -> list[str]:
         else:
             if not any(line.strip() and not line.startswith("#") for line in lines):
                 problems.append(f"api_key_file: {config.api_key_file} holds no key")
+    from lambdad.gateway.budget import largest_body
+
+    largest = largest_body(config.max_buffered_body_bytes)
+    if config.max_body_bytes > largest:
+        problems.append(
+            f"max_buffered_bodies ({config.max_buffered_body_bytes / MIB:g} MiB) cannot hold "
+            f"one body of max_body_size ({config.max_body_bytes / MIB:g} MiB) besides its "
+            f"reserve for small bodies: make it at least "
+            f"{config.max_body_bytes * 8 / 7 / MIB:.2f} MiB")
     if (config.tls_cert is None) != (config.tls_key is None):
         problems.append("tls_cert and tls_key go together: set both or neither")
     if config.tls_cert is not None and config.grpc_listen is None:

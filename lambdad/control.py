@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -44,6 +43,7 @@ from lambdad.errors import (
 from lambdad.functions import Activation, FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
 from lambdad.gateway.status import status_for
+from lambdad.jsontext import parse_json
 from lambdad.logs import LogEntry, LogQuery, LogStore
 from lambdad.metrics import Metrics
 from lambdad.metrics.stats import WindowStats, summarize
@@ -517,8 +517,11 @@ class ControlPlane:
     async def invoke(
         self, name: str, payload: bytes, *, version: int | None = None
     ) -> DirectResult:
-        """A synchronous invocation with a JSON payload, as `aws lambda invoke` does."""
+        """A synchronous invocation with a JSON payload, as `aws lambda invoke` does.
+        The payload is checked here: a runtime given JSON it cannot parse (nested past
+        its recursion limit) breaks the exchange and loses its instance."""
         validate_name(name)
+        parse_json(payload or b"{}", "the payload")
         request_id = str(uuid.uuid4())
         request = InvocationRequest(
             function=name, method=b"POST", target=b"/",
@@ -701,10 +704,7 @@ class ControlPlane:
             raise PayloadTooLarge(
                 f"an asynchronous invocation's payload is limited to {self.max_event_bytes} "
                 f"bytes (this one has {len(body)})")
-        try:
-            json.loads(body)
-        except ValueError:
-            raise InvalidArgument("an asynchronous invocation's payload must be JSON") from None
+        parse_json(body, "an asynchronous invocation's payload")
         now = time.time()
         invocation = AsyncInvocation(
             id=str(uuid.uuid4()), function=name, payload=body, source=source,

@@ -31,12 +31,13 @@ from lambdad.build import ArtifactStore, BuildLimits, ImageBuilder, TarLimits
 from lambdad.config import MAX_SOCKET_PATH, Config
 from lambdad.control import ControlPlane
 from lambdad.errors import LambdaError
+from lambdad.fds import FD_RESERVE, connection_cap, raise_nofile
 from lambdad.gateway import admission
 from lambdad.gateway.server import Gateway
 from lambdad.logs import LogCapture, LogStore
 from lambdad.logs.capture import Source
 from lambdad.metrics import AdminServer, Metrics
-from lambdad.metrics.registry import CellSample, PoolSample
+from lambdad.metrics.registry import CellSample, GatewaySample, PoolSample
 from lambdad.notify import Notifier
 from lambdad.queue import AsyncWorker
 from lambdad.runtime.docker_backend import DockerBackend
@@ -147,6 +148,29 @@ def docker_engine_version(client: docker.DockerClient) -> str:
         return ""
 
 
+def gateway_connection_cap(config: Config) -> int:
+    """Raises the open-files soft limit to the hard one, then fits the gateway's
+    connection cap under it: idle clients must never take the descriptors the control
+    API, instances, Docker and SQLite need (see lambdad.fds)."""
+    limit = raise_nofile()
+    if limit.error:
+        log.warning("open files: cannot raise the soft limit %d to the hard limit %d: %s",
+                    limit.before, limit.hard, limit.error)
+    elif limit.soft != limit.before:
+        log.info("open files: soft limit raised from %d to %d (the hard limit)",
+                 limit.before, limit.soft)
+    cap = connection_cap(limit.soft, config.max_connections)
+    if cap < config.max_connections:
+        log.warning("gateway: at most %d client connections (max_connections is %d, but the "
+                    "open-files limit is %d: %d are kept for the control API, instances, "
+                    "Docker and SQLite, and each connection may need 2); raise LimitNOFILE",
+                    cap, config.max_connections, limit.soft, FD_RESERVE)
+    else:
+        log.info("gateway: at most %d client connections (open-files limit %d)", cap,
+                 limit.soft)
+    return cap
+
+
 def function_url_template(config: Config) -> str:
     port = "" if config.public_port == 80 else f":{config.public_port}"
     return f"http://{{name}}.{config.domain}{port}"
@@ -194,6 +218,7 @@ class Daemon:
         """Checks, builds every part, binds every listener, then starts the parts in
         order; the stack's callbacks, run in reverse, are the ordered stop."""
         config = self.config
+        max_connections = gateway_connection_cap(config)
         daemon_id = prepare_state_dir(config)
         claim_socket(config.socket)
         keys = read_api_keys(config.api_key_file)
@@ -275,11 +300,17 @@ class Daemon:
         gateway = Gateway(
             runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
             body_timeout=config.body_timeout,
-            admit=admit, max_connections=config.max_connections,
+            admit=admit, max_connections=max_connections,
+            max_buffered_body_bytes=config.max_buffered_body_bytes,
             enqueue=lambda name, body: control.enqueue(name, body, source="http"),
             observe=lambda name, code, seconds, start, failed: metrics.invocation(
                 name, "http", code, seconds, start=start, function_error=failed),
         )
+        metrics.watch_gateway(lambda: GatewaySample(
+            connections=gateway.connections, connection_limit=gateway.max_connections,
+            refused_connections=gateway.refused_connections, body_bytes=gateway.bodies.used,
+            body_peak_bytes=gateway.bodies.peak, body_limit_bytes=gateway.bodies.limit,
+            refused_bodies=gateway.bodies.refused))
         admin = AdminServer(metrics.render, lambda: {
             "status": "ok",
             "functions": len(runtime.routed()),

@@ -69,6 +69,15 @@ class Unavailable(LambdaError):
     reason = "Unavailable"
 
 
+class Overloaded(Unavailable):
+    """The daemon is short of something every request shares (memory for request
+    bodies): HTTP 503 with Retry-After, gRPC UNAVAILABLE; `retry_after` in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InstanceFailed(Unavailable):
     """The instance serving a request died or broke the protocol (HTTP 502)."""
 

@@ -9,6 +9,7 @@ import sys
 from typing import TextIO
 
 from lambdad.config import ConfigError, Resolved, check, effective_toml, read_existing, resolve
+from lambdad.fds import QuietEmfile
 
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus keeps a bad config from looping
 
@@ -20,6 +21,8 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # EMFILE comes in floods: one line a second
+        handler.addFilter(QuietEmfile())
     logging.getLogger("docker").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 

@@ -25,6 +25,7 @@ from lambdad.api.status import REASON_KEY, grpc_code
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
 from lambdad.auth import READ_ENV_ROLE, ApiKey, Identity, KeyRing, allowed, required_role
+from lambdad.auth.keys import bearer_credentials
 from lambdad.control import (
     BuildOutput,
     ControlPlane,
@@ -497,8 +498,9 @@ def bearer_token(metadata: Any) -> str:
     for key, item in metadata or ():
         if key == "authorization":
             value = item.decode() if isinstance(item, bytes) else str(item)
-            if value.startswith("Bearer "):
-                return value[len("Bearer "):].strip()
+            token = bearer_credentials(value)
+            if token is not None:
+                return token
     return ""
 
 

@@ -66,6 +66,18 @@ def digest(salt: str, secret: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
 
 
+def bearer_credentials(value: str) -> str | None:
+    """The credentials of an `Authorization` value in the Bearer scheme, else None.
+
+    Auth schemes are case-insensitive (RFC 9110 11.1), and the blanks between the
+    scheme and its token are taken as they come (spaces, tabs, several of them).
+    """
+    parts = value.strip().split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1].strip()
+    return None
+
+
 def parse_token(token: str) -> tuple[str, str] | None:
     match = _TOKEN.match(token)
     return (match.group(1), match.group(2)) if match else None

@@ -13,6 +13,7 @@ import functools
 import http
 import json
 import logging
+import socket
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -20,9 +21,12 @@ from typing import Any
 import h11
 
 from lambdad import errors
+from lambdad.fds import Throttle
+from lambdad.gateway.budget import BodyBudget, Hold
 from lambdad.gateway.headers import forward_request_headers, response_headers
 from lambdad.gateway.routing import route, subdomain
 from lambdad.gateway.status import error_response, json_error
+from lambdad.listener import Listener
 from lambdad.runtime.invocation import (
     Headers,
     InvocationRequest,
@@ -45,6 +49,7 @@ Enqueue = Callable[[str, bytes], Awaitable[str]]
 
 _READ_SIZE = 64 * 1024
 _LINGER = 2.0  # seconds spent discarding a rejected upload before closing on it
+BODY_RETRY_AFTER = 2  # seconds: Retry-After when the body budget is spent
 
 class _Drop(Exception):
     """The connection can carry no (further) response: close it without one."""
@@ -71,8 +76,10 @@ class Gateway:
         admit: Admit | None = None,
         max_connections: int = 1024,
         max_header_bytes: int = 16 * 1024,
+        max_buffered_body_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.max_header_bytes = max_header_bytes
+        self.bodies = BodyBudget(max_buffered_body_bytes)  # every body being read, together
         self.admit = admit
         self.body_timeout = body_timeout
         self.max_connections = max_connections
@@ -85,27 +92,42 @@ class Gateway:
         self.keepalive_timeout = keepalive_timeout
         self.port = 0  # the bound port once started (useful with port 0)
         self.stopping = False
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._clients: dict[asyncio.Task[Any], _Client] = {}
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._open = 0  # accepted connections not yet closed: what the cap counts
+        self.refused_connections = 0  # closed at once because the cap was reached
+        self._refusals = Throttle(1.0)  # one log line a second, whatever the flood
+
+    @property
+    def connections(self) -> int:
+        return self._open
 
     async def start(self, host: str = "127.0.0.1", port: int = 8080, *,
                     serve: bool = True) -> None:
         """Binds (a busy port fails here); accepts now, or from `serve` if not `serve`."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ClientProtocol(self), host, port,
-                                                start_serving=serve)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._listener = Listener(self._accepted, name="gateway", log=log)
+        await self._listener.bind(host, port)
+        self.port = self._listener.port
         log.info("gateway listening on %s:%d (domain %s)", host, self.port, self.domain)
+        if serve:
+            self._listener.serve()
 
     async def serve(self) -> None:
-        assert self._server is not None, "start binds first"
-        await self._server.start_serving()
+        assert self._listener is not None, "start binds first"
+        self._listener.serve()
 
     async def stop(self, grace: float) -> None:
         """Bounded shutdown: idle connections close now, busy ones get `grace` seconds."""
         self.stopping = True
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for connecting in list(self._connecting):
+            connecting.cancel()
+        if self._connecting:
+            await asyncio.wait(set(self._connecting))
+        await asyncio.sleep(0)  # connections just set up register (and see `stopping`)
         for task, client in list(self._clients.items()):
             if not client.busy:
                 task.cancel()
@@ -116,9 +138,44 @@ class Gateway:
             if late:
                 log.warning("cancelled %d request(s) still running after %.1fs", len(late), grace)
                 await asyncio.wait(late)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+
+    def _accepted(self, conn: socket.socket) -> None:
+        """A new connection, before it has a transport or a task: over the cap it costs
+        nothing more than its close (clients retry, the daemon keeps its descriptors)."""
+        if self.stopping:
+            conn.close()
+            return
+        if self._open >= self.max_connections:
+            self.refused_connections += 1
+            conn.close()
+            dropped = self._refusals.allow(asyncio.get_running_loop().time())
+            if dropped is not None:
+                log.warning("connection refused: %d open, the cap is %d (%d more refused "
+                            "since the last such line)", self._open, self.max_connections,
+                            dropped)
+            return
+        self._open += 1
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        closed = False
+
+        def gone() -> None:  # once per connection, whichever way it ends
+            nonlocal closed
+            if not closed:
+                closed = True
+                self._open -= 1
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _ClientProtocol(self, gone), conn)
+        except (asyncio.CancelledError, Exception) as exc:
+            gone()
+            conn.close()
+            if not isinstance(exc, asyncio.CancelledError | OSError):
+                log.exception("setting up a connection failed")
 
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -126,12 +183,6 @@ class Gateway:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= self.max_connections:
-            # Over the cap: close at once rather than queue; clients retry, the daemon stays up.
-            log.warning("connection refused: %d open, the cap is %d", len(self._clients),
-                        self.max_connections)
-            writer.close()
-            return
         client = _Client(self, reader, writer)
         protocol.on_gone = client.client_gone
         self._clients[task] = client
@@ -151,11 +202,13 @@ class _ClientProtocol(asyncio.StreamReaderProtocol):
     """A stream protocol that reports the client hanging up (or half-closing) at once.
 
     That lets an invocation be cancelled when its client leaves without a second
-    task per request watching the socket.
+    task per request watching the socket. `closed` gives the connection's place
+    under the cap back when the transport is gone.
     """
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, closed: Callable[[], None]) -> None:
         self.on_gone: Callable[[], None] | None = None
+        self._release_slot = closed
         super().__init__(
             asyncio.StreamReader(limit=_READ_SIZE),
             functools.partial(gateway._accept, protocol=self),
@@ -169,6 +222,7 @@ class _ClientProtocol(asyncio.StreamReaderProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._release_slot()
         if self.on_gone is not None:
             self.on_gone()
 
@@ -250,9 +304,19 @@ class _Client:
                 deadline = loop.time() + self.gw.header_timeout
             started = started or bool(data)
 
-    async def _read_body(self) -> bytes:
+    async def _read_body(self, share: Hold) -> bytes:
         """The whole body within one deadline (`body_timeout`), whatever the pace: a
-        client trickling a byte now and then cannot hold the connection for longer."""
+        client trickling a byte now and then cannot hold the connection for longer.
+        Every byte is covered by `share` before it is kept (Overloaded when the
+        daemon-wide budget is spent: a chunked body declares no size up front); a body
+        that is not read to its end gives its share back at once, before any answer."""
+        try:
+            return await self._read_body_within(share)
+        except BaseException:
+            share.release()
+            raise
+
+    async def _read_body_within(self, share: Hold) -> bytes:
         if self.conn.they_are_waiting_for_100_continue:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         body = bytearray()
@@ -267,9 +331,11 @@ class _Client:
                 except TimeoutError:
                     raise _Timeout from None
             elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > self.gw.max_body_bytes:
+                if len(body) + len(event.data) > self.gw.max_body_bytes:
                     raise _too_large(self.gw.max_body_bytes)
+                if not share.cover(len(body) + len(event.data)):
+                    raise _overloaded()
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return bytes(body)
             else:
@@ -333,9 +399,21 @@ class _Client:
         refused = self._admit(target.function, version, list(request.headers))
         if refused is not None:
             return await self._refuse(error_response(refused, request_id), version=version)
+        with self.gw.bodies.hold() as share:  # given back on every way out of here
+            if lengths and not share.cover(lengths[0]):
+                return await self._refuse(error_response(_overloaded(), request_id),
+                                          version=version)
+            return await self._forward(request, request_id, target.function, version,
+                                       is_event, share)
+
+    async def _forward(self, request: h11.Request, request_id: str, function: str,
+                       version: int | None, is_event: bool, share: Hold) -> int:
+        """Reads the body within `share`, admits again and hands the body over; the
+        share is given back as soon as the body is stored (events) or the instance has
+        answered it, and no reference to the body is kept past that point."""
         try:
-            body = await self._read_body()
-        except errors.PayloadTooLarge as exc:
+            body = await self._read_body(share)
+        except (errors.PayloadTooLarge, errors.Overloaded) as exc:
             return await self._reject(error_response(exc, request_id), version=version)
         except h11.RemoteProtocolError as exc:
             return await self._reject(_malformed(exc, request_id))
@@ -344,13 +422,15 @@ class _Client:
         headers = list(request.headers)
         # Again, with no await before the invocation picks its version: a deploy during
         # the upload may have changed which version serves an unpinned request.
-        refused = self._admit(target.function, version, headers)
+        refused = self._admit(function, version, headers)
         if refused is not None:
             return await self._respond(error_response(refused, request_id), version=version)
         if is_event:
-            return await self._enqueue(target.function, body, request_id)
-        invocation = InvocationRequest(
-            function=target.function,
+            enqueue = self._enqueue(function, body, request_id, share)
+            del body
+            return await enqueue
+        work = self._invoke(InvocationRequest(
+            function=function,
             method=request.method,
             target=request.target,
             headers=forward_request_headers(headers, self.peer),
@@ -358,8 +438,9 @@ class _Client:
             invocation_type="http",
             request_id=request_id,
             version=version,
-        )
-        return await self._watching(self._invoke(invocation))
+        ), share)
+        del body  # from here the invocation holds the only reference
+        return await self._watching(work)
 
     def _admit(self, function: str, version: int | None,
                headers: Headers) -> errors.LambdaError | None:
@@ -376,13 +457,16 @@ class _Client:
             return await self._respond(reply, version=version)
         return await self._reject(reply, version=version)
 
-    async def _enqueue(self, function: str, body: bytes, request_id: str) -> int:
+    async def _enqueue(self, function: str, body: bytes, request_id: str, share: Hold) -> int:
         """`Lambda-Invocation-Type: Event`: the event is stored, then 202 with its id."""
         assert self.gw.enqueue is not None
         try:
             invocation_id = await self.gw.enqueue(function, body)
         except errors.LambdaError as exc:
             return await self._respond(error_response(exc, request_id))
+        finally:
+            del body
+            share.release()
         payload = json.dumps({"invocationId": invocation_id, "status": "queued"}).encode()
         headers = [(b"content-type", b"application/json"),
                    (b"lambda-request-id", invocation_id.encode())]
@@ -419,19 +503,25 @@ class _Client:
         finally:
             self._invocation = None
 
-    async def _invoke(self, invocation: InvocationRequest) -> int:
+    async def _invoke(self, invocation: InvocationRequest, share: Hold) -> int:
+        function, request_id, version = (invocation.function, invocation.request_id,
+                                         invocation.version)
         try:
             response = await self.gw.invoker.invoke(invocation)
         except Exception as exc:
-            reply = error_response(exc, invocation.request_id)
+            reply = error_response(exc, request_id)
             if not isinstance(exc, errors.NotFound):  # any Host would make a new label
-                self._observe(invocation.function, reply[0])
-            return await self._respond(reply, version=invocation.version)
+                self._observe(function, reply[0])
+            return await self._respond(reply, version=version)
+        finally:
+            # The instance has the body (or it never will): drop it, give its bytes back.
+            del invocation
+            share.release()
         failed = any(key == b"lambda-function-error" for key, _ in response.headers)
-        self._observe(invocation.function, response.status, start=response.start,
+        self._observe(function, response.status, start=response.start,
                       function_error=failed)
         try:
-            return await self._relay(response, invocation.request_id)
+            return await self._relay(response, request_id)
         finally:
             await _dispose(response)
 
@@ -559,6 +649,12 @@ def read_deadline(now: float, body_deadline: float, idle: float) -> float:
 
 def _too_large(limit: int) -> errors.PayloadTooLarge:
     return errors.PayloadTooLarge(f"the request body is larger than the {limit} byte limit")
+
+
+def _overloaded() -> errors.Overloaded:
+    return errors.Overloaded(
+        "the gateway is holding as many request bodies as it may (max_buffered_bodies); "
+        "try again shortly", retry_after=BODY_RETRY_AFTER)
 
 
 def _too_slow(request_id: str | None) -> Reply:

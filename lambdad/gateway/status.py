@@ -25,7 +25,7 @@ STATUS: dict[type[errors.LambdaError], tuple[int, str]] = {
     errors.Unavailable: (503, "unavailable"),
     errors.FunctionTimeout: (504, "gateway_timeout"),
 }
-DEFAULT_RETRY_AFTER = 1  # seconds, when a Throttled error does not say
+DEFAULT_RETRY_AFTER = 1  # seconds, when a Throttled or Overloaded error does not say
 
 
 def status_for(exc: BaseException) -> tuple[int, str]:
@@ -60,7 +60,7 @@ def error_response(exc: BaseException, request_id: str | None) -> tuple[int, Hea
         message = f"internal error; the daemon log has the details for request {request_id}"
         log.error("request %s: unexpected error", request_id, exc_info=exc)
     status, headers, body = json_error(status, code, message, request_id)
-    if isinstance(exc, errors.Throttled):
+    if isinstance(exc, errors.Throttled | errors.Overloaded):
         retry_after = getattr(exc, "retry_after", None)
         if not isinstance(retry_after, int | float) or retry_after < 0:
             retry_after = DEFAULT_RETRY_AFTER

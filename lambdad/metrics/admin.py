@@ -10,14 +10,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Callable
 
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from lambdad.listener import Listener
+
 log = logging.getLogger("lambdad.admin")
 
 HEADER_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64  # scrapers and probes; more are closed at once, keeping descriptors
 
 
 class AdminServer:
@@ -25,25 +29,48 @@ class AdminServer:
                  health: Callable[[], dict[str, object]]) -> None:
         self._render = render_metrics
         self._health = health
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
+        self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self, host: str, port: int, *, serve: bool = True) -> None:
         """Binds (a busy port fails here); accepts now, or from `serve` if not `serve`."""
-        self._server = await asyncio.start_server(self._serve, host, port,
-                                                  start_serving=serve)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._listener = Listener(self._accepted, name="admin listener", log=log)
+        await self._listener.bind(host, port)
+        self.port = self._listener.port
         log.info("admin listener on %s:%d (/metrics, /healthz)", host, self.port)
+        if serve:
+            self._listener.serve()
 
     async def serve(self) -> None:
-        assert self._server is not None, "start binds first"
-        await self._server.start_serving()
+        assert self._listener is not None, "start binds first"
+        self._listener.serve()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=2)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        if len(self._connections) >= MAX_CONNECTIONS:
+            conn.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._connection(conn))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except (asyncio.CancelledError, OSError):
+            conn.close()
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._serve(reader, writer)
 
     def respond(self, method: bytes, target: bytes) -> tuple[int, bytes, bytes]:
         """(status, content type, body) for one request: pure, so it is unit-tested."""

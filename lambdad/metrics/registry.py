@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lambdad.metrics.stats import StatsRecorder
@@ -58,6 +58,45 @@ class _CellCollector(Collector):
             cells.add_metric([sample.resource_class, "ready"], sample.ready)
             cells.add_metric([sample.resource_class, "starting"], sample.starting)
         yield cells
+
+
+@dataclass(frozen=True)
+class GatewaySample:
+    connections: int  # open client connections
+    connection_limit: int  # the effective cap (max_connections, lowered by the fd limit)
+    refused_connections: int  # closed at once at the cap
+    body_bytes: int  # request-body bytes buffered now
+    body_peak_bytes: int  # the most ever buffered at once
+    body_limit_bytes: int  # max_buffered_bodies
+    refused_bodies: int  # answered 503 because the body budget was spent
+
+
+class _GatewayCollector(Collector):
+    """The gateway's shared limits, read at scrape time: how close a flood gets."""
+
+    def __init__(self, sample: Callable[[], GatewaySample]) -> None:
+        self._sample = sample
+
+    def collect(self) -> Iterator[Metric]:
+        g = self._sample()
+        for name, text, value in (
+            ("lambdad_gateway_connections", "Open client connections", g.connections),
+            ("lambdad_gateway_connection_limit", "Client connections the gateway accepts "
+             "(max_connections, lowered to fit the open-files limit)", g.connection_limit),
+            ("lambdad_gateway_buffered_body_bytes", "Request-body bytes held in memory now",
+             g.body_bytes),
+            ("lambdad_gateway_buffered_body_peak_bytes", "The most request-body bytes held "
+             "in memory at once since start", g.body_peak_bytes),
+            ("lambdad_gateway_buffered_body_limit_bytes", "max_buffered_bodies, in bytes",
+             g.body_limit_bytes),
+        ):
+            yield GaugeMetricFamily(name, text, value=value)
+        refused = CounterMetricFamily(
+            "lambdad_gateway_refused", "Connections closed at the connection cap and "
+            "requests answered 503 because the body budget was spent", labels=["reason"])
+        refused.add_metric(["connections"], g.refused_connections)
+        refused.add_metric(["body_budget"], g.refused_bodies)
+        yield refused
 
 
 class _PoolCollector(Collector):
@@ -134,6 +173,9 @@ class Metrics:
 
     def watch_cells(self, sample: Callable[[], Iterable[CellSample]]) -> None:
         self.registry.register(_CellCollector(sample))
+
+    def watch_gateway(self, sample: Callable[[], GatewaySample]) -> None:
+        self.registry.register(_GatewayCollector(sample))
 
     def invocation(self, function: str, kind: str, code: int, seconds: float, *,
                    start: str = "", function_error: bool = False) -> None:

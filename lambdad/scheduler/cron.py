@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from lambdad.errors import InvalidArgument
+from lambdad.jsontext import parse_json
 
 OVERLAP_POLICIES = ("skip", "allow", "replace")
 MAX_DATA_BYTES = 64 * 1024
@@ -55,10 +56,7 @@ def validate(cron: str, tz: str, data: bytes, overlap: str) -> None:
         raise InvalidArgument(f"invalid cron expression {cron!r}: {exc}") from None
     if len(data) > MAX_DATA_BYTES:
         raise InvalidArgument(f"--data is larger than {MAX_DATA_BYTES} bytes")
-    try:
-        value = json.loads(data or b"{}")
-    except ValueError:
-        raise InvalidArgument("--data must be a JSON object") from None
+    value = parse_json(data or b"{}", "--data")
     if not isinstance(value, dict):
         raise InvalidArgument("--data must be a JSON object")
 
@@ -77,7 +75,7 @@ def previous_run(cron: str, tz: str, before: float) -> float | None:
 
 def event_payload(schedule: Schedule, scheduled_time: float, *, catch_up: bool) -> bytes:
     """The --data object plus where the event came from, as AWS's scheduled events say."""
-    payload = json.loads(schedule.data or b"{}")
+    payload = parse_json(schedule.data or b"{}", f"the data of schedule {schedule.id}")
     payload.update({
         "source": "lambda.schedule",
         "schedule_id": schedule.id,

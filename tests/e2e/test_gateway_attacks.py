@@ -1,9 +1,12 @@
 """Attacks from the invoker's side, on the real engine: a client that trickles its body, an
 `Expect: 100-continue` before any key, a pinned URL to a version that wanted a key, a public
-function fishing for callers' API keys, and a flood of events meant to starve the queue."""
+function fishing for callers' API keys (in any auth scheme), JSON nested past the recursion
+limit, and a flood of events meant to starve the queue. Floods against the shared limits
+(body memory, file descriptors) are in test_gateway_limits.py."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -11,8 +14,11 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from lambdad.api.v1 import functions_pb2 as pb
+from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
 from tests.support.daemon import Lambdad, wait_for
 
 BODY_TIMEOUT = 2  # seconds; the per-read timeout stays at the daemon's 10 s
@@ -126,6 +132,64 @@ def test_auth_is_decided_by_the_version_that_serves(daemon: Lambdad, tmp_path: P
     assert daemon.http("vault", headers=bearer).json()["authorization"] is None
     own = daemon.http("vault", headers={"Authorization": "Bearer app-token"})
     assert own.json()["authorization"] == "Bearer app-token"
+
+
+def test_a_key_in_any_form_never_reaches_a_public_function(daemon: Lambdad,
+                                                            tmp_path: Path) -> None:
+    """`Authorization: bearer<TAB>KEY` (schemes are case-insensitive, RFC 9110) or a key
+    in another scheme was not seen as a key: a public function received it as sent."""
+    key = _key(daemon, "careless-caller")
+    _deploy(daemon, tmp_path / "mirror", VERSIONED, 'name = "mirror"\nauth = "none"\n')
+    _deploy(daemon, tmp_path / "locked", VERSIONED, 'name = "locked"\nauth = "key"\n')
+    basic = base64.b64encode(f"user:{key}".encode()).decode()
+    for value in (f"bearer\t{key}", f"BEARER   {key}", f"Bearer \t {key}", f"Token {key}",
+                  key, f"Basic {basic}"):
+        seen = daemon.http("mirror", headers={"Authorization": value})
+        assert seen.status == 200 and seen.json()["authorization"] is None, value
+    for value in (f"bearer\t{key}", f"bEaReR  {key}"):  # and they open a private function
+        allowed = daemon.http("locked", headers={"Authorization": value})
+        assert allowed.status == 200 and allowed.json()["authorization"] is None, value
+    assert daemon.http("locked", headers={"Authorization": f"Token {key}"}).status == 401
+    own = daemon.http("mirror", headers={"Authorization": "bearer\tapp-token"})
+    assert own.json()["authorization"] == "bearer\tapp-token"  # not a key: the app's own
+
+
+def test_deeply_nested_json_is_refused_with_400_not_a_dropped_connection(
+    daemon: Lambdad, tmp_path: Path
+) -> None:
+    """200,000 `[` in an anonymous event made json.loads raise RecursionError, which only
+    ValueError was caught for: no answer, and a traceback in the log per request."""
+    daemon.deploy("echo", "--name", "nested")
+    nested = b"[" * 200_000  # under max_event_size (256 KiB)
+    reply = daemon.http("nested", method="POST", body=nested,
+                        headers={"Lambda-Invocation-Type": "Event"})
+    assert reply.status == 400, reply.body[:300]
+    assert reply.json() == {"error": "bad_request", "message": "an asynchronous "
+                            "invocation's payload must be JSON: it is nested too deeply"}
+    # lambdactl refuses it before sending, as for any payload that is not JSON.
+    payload = tmp_path / "nested.json"
+    payload.write_bytes(nested)
+    for extra in ((), ("--async",)):
+        result = daemon.cli("invoke", "nested", "--data-file", str(payload), *extra)
+        assert result.code == 5 and "nested too deeply" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    # And the daemon refuses it from clients that do not check: raw gRPC.
+    with grpc.insecure_channel(f"unix://{daemon.socket_path}") as channel:
+        stub = pb_grpc.FunctionServiceStub(channel)
+        for kind in (pb.INVOCATION_TYPE_REQUEST_RESPONSE, pb.INVOCATION_TYPE_EVENT):
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.Invoke(pb.InvokeRequest(name="nested", payload=nested, type=kind),
+                            timeout=30)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "nested too deeply" in (raised.value.details() or "")
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.CreateSchedule(pb.CreateScheduleRequest(
+                name="nested", cron="* * * * *", tz="UTC", data=b"[" * 60_000,
+                overlap="skip"), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "nested too deeply" in (raised.value.details() or "")
+    assert daemon.http("nested", method="POST", body=b"{}").status == 200  # still serving
+    assert "RecursionError" not in daemon.log()
 
 
 SLOW = (

@@ -104,6 +104,8 @@ class FakeDaemon(functions_pb2_grpc.FunctionServiceServicer):
             abort(
                 context, grpc.StatusCode.DEADLINE_EXCEEDED, "FunctionTimeout", "timed out after 3s"
             )
+        if request.name == "nested":  # a hostile function's reply
+            return pb.InvokeResponse(status_code=200, payload=b"[" * 200_000, request_id="r-3")
         if request.name == "boom":
             body = {"errorMessage": "division by zero", "errorType": "ZeroDivisionError"}
             return pb.InvokeResponse(status_code=500, payload=json.dumps(body).encode(),
@@ -322,8 +324,23 @@ def test_invoke_data_file_and_stdin(daemon: FakeDaemon, tmp_path: Path) -> None:
 def test_invoke_invalid_json_is_exit_5_before_sending(daemon: FakeDaemon) -> None:
     result = run("invoke", "greet", "--data", "{nope")
     assert result.code == 5
-    assert result.err.startswith("error: --data is not valid JSON")
+    assert result.err.startswith("error: --data must be JSON")
     assert daemon.invoked == []
+
+
+def test_invoke_deeply_nested_json_is_exit_5_not_a_traceback(daemon: FakeDaemon) -> None:
+    """200,000 `[` made json.loads raise RecursionError, which nothing caught."""
+    result = run("invoke", "greet", "--data", "[" * 200_000)
+    assert result.code == 5 and daemon.invoked == []
+    assert result.err.startswith("error: --data must be JSON: it is nested too deeply")
+    result = run("schedule", "greet", "--cron", "* * * * *", "--data", "[" * 200_000)
+    assert result.code == 5 and "nested too deeply" in result.err
+
+
+def test_a_deeply_nested_reply_is_shown_as_text(daemon: FakeDaemon) -> None:
+    result = run("-o", "json", "invoke", "nested")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["payload"] == "[" * 200_000
 
 
 def test_invoke_function_error_is_exit_1(daemon: FakeDaemon) -> None:

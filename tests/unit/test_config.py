@@ -109,6 +109,7 @@ def test_every_setting_is_read_from_each_source() -> None:
         "body_timeout": "12", "max_queued_events": "5", "max_event_size": "0.5",
         "build_timeout": "30", "build_memory": "512", "build_user": "1234",
         "build_max_image_size": "300", "build_min_free_disk": "0",
+        "max_buffered_bodies": "64",
     }
     assert set(values) == {s.key for s in SETTINGS}
     text = "".join(f'{k} = "{v}"\n' for k, v in values.items())
@@ -130,7 +131,7 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.body_timeout == 12 and from_flags.max_queued_events == 5
     assert from_flags.max_event_bytes == MIB // 2
     assert from_flags.build_timeout == 30 and from_flags.build_memory_bytes == 512 * MIB
-    assert from_flags.build_user == 1234
+    assert from_flags.build_user == 1234 and from_flags.max_buffered_body_bytes == 64 * MIB
     assert from_flags.build_max_image_bytes == 300 * MIB
     assert from_flags.build_min_free_disk_bytes == 0
 

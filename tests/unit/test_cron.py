@@ -26,7 +26,8 @@ def _ts(*args: int) -> float:
         ("* * *", "UTC", b"{}", "skip", "invalid cron expression"),
         ("* * * * *", "Nowhere/City", b"{}", "skip", "unknown time zone"),
         ("* * * * *", "UTC", b"[1]", "skip", "JSON object"),
-        ("* * * * *", "UTC", b"not json", "skip", "JSON object"),
+        ("* * * * *", "UTC", b"not json", "skip", "--data must be JSON"),
+        ("* * * * *", "UTC", b"[" * 60_000, "skip", "nested too deeply"),
         ("* * * * *", "UTC", b"{}", "sometimes", "overlap must be"),
     ],
 )

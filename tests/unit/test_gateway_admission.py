@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 
 import pytest
@@ -90,3 +91,45 @@ def test_pinning_the_active_version_is_the_active_version() -> None:
     versions = {3: version(3, "key")}
     assert isinstance(decide(versions, 3, 3, []), errors.Unauthenticated)
     assert decide(versions, 3, 3, with_key()) is None
+
+
+# Ways a caller may send its key: the scheme in any case (RFC 9110), any blanks after it.
+BEARER_FORMS = [f"bearer {KEY}", f"BEARER {KEY}", f"Bearer\t{KEY}", f"bEaReR  \t {KEY}  ",
+                f"  Bearer {KEY}"]
+# Not Bearer, so not a way to authenticate, but a key all the same: kept from functions.
+OTHER_FORMS = [KEY, f"Token {KEY}", f"Basic {KEY}", f"ApiKey key={KEY}",
+               "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode(),
+               "Basic " + base64.b64encode(f"{KEY}:".encode()).decode(), f"Bearer {KEY}, x"]
+
+
+@pytest.mark.parametrize("value", BEARER_FORMS)
+def test_bearer_is_recognised_in_any_case_and_with_any_blanks(value: str) -> None:
+    private = {1: version(1, "key")}
+    headers: Headers = [(b"host", b"fn.localhost"), (b"authorization", value.encode())]
+    assert decide(private, 1, None, headers) is None
+    assert headers == [(b"host", b"fn.localhost")]
+    public = {1: version(1)}
+    headers = [(b"authorization", value.encode()), (b"authorization", b"bearer app-token")]
+    assert decide(public, 1, None, headers) is None
+    assert headers == [(b"authorization", b"bearer app-token")]
+
+
+@pytest.mark.parametrize("value", OTHER_FORMS)
+def test_a_key_in_another_scheme_never_reaches_a_function_and_does_not_authenticate(
+    value: str,
+) -> None:
+    public = {1: version(1)}
+    headers: Headers = [(b"authorization", value.encode())]
+    assert decide(public, 1, None, headers) is None
+    assert headers == []
+    assert isinstance(decide({1: version(1, "key")}, 1, None,
+                             [(b"authorization", value.encode())]), errors.Unauthenticated)
+
+
+def test_other_tokens_of_the_same_shape_reach_public_functions() -> None:
+    unknown = "lk_0123456789ab_" + "u" * 32  # not a key the daemon knows
+    values = [f"bearer\t{unknown}", "Token abc", unknown,
+              "Basic " + base64.b64encode(b"user:password").decode(), "Basic !!notbase64"]
+    headers: Headers = [(b"authorization", v.encode()) for v in values]
+    assert decide({1: version(1)}, 1, None, headers) is None
+    assert [v.decode() for _, v in headers] == values

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from lambdad import errors
 from lambdad.gateway import Gateway
@@ -179,6 +183,8 @@ def run(test: Callable[[Gateway, FakeInvoker], Awaitable[None]], **options: Any)
             await asyncio.wait_for(test(gateway, invoker), 10)
         finally:
             await gateway.stop(1.0)
+        # Every way a request ends gives its body's share of the budget back.
+        assert gateway.bodies.used == 0, gateway.bodies.used
         assert all(invoker.releases[rid] == 1 for rid in invoker.handed_out), invoker.releases
         assert sum(invoker.releases.values()) == len(invoker.handed_out)
         return invoker
@@ -609,6 +615,165 @@ def test_connections_over_the_cap_are_closed_and_the_gateway_keeps_serving() -> 
         assert reply.status == 200
 
     run(test)
+
+
+def test_a_flood_over_the_connection_cap_logs_one_line_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each refused connection used to log a warning: a flood was a log flood too."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        gw.max_connections = 2
+        held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        for _ in range(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        assert gw.refused_connections == 30
+        for _, held_writer in held:
+            held_writer.close()
+
+    with caplog.at_level(logging.WARNING, logger="lambdad.gateway"):
+        started = time.monotonic()
+        run(test)
+        seconds = time.monotonic() - started
+    lines = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert 1 <= len(lines) <= 1 + seconds, lines
+    assert "the cap is 2" in lines[0]
+
+
+# --- the body budget -----------------------------------------------------------------------
+
+KIB = 1024
+BUDGET = {"max_body_bytes": 256 * KIB, "max_buffered_body_bytes": 1024 * KIB}  # room: 896 KiB
+
+
+async def _stall(gw: Gateway, name: str, size: int) -> tuple[asyncio.StreamReader,
+                                                             asyncio.StreamWriter]:
+    """Sends a head and all but the last byte of its body, then stalls."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(request_bytes(host(gw, name), "POST", Content_Length=str(size)).replace(
+        b"Connection: close\r\n", b""))
+    writer.write(b"x" * (size - 1))
+    await writer.drain()
+    return reader, writer
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.01)
+
+
+def test_stalled_large_bodies_cannot_pass_the_body_budget() -> None:
+    """The attack: many connections each send a large body but its last byte. Only what
+    fits the budget is buffered; the rest is answered 503 with Retry-After before a body
+    byte is read, and an ordinary request still goes through meanwhile."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        size = 256 * KIB
+        stalled = []
+        for count in range(1, 4):
+            stalled.append(await _stall(gw, "echo", size))
+            await _until(lambda n=count: gw.bodies.used == n * size)  # type: ignore[misc]
+        for _ in range(3):  # a fourth would pass 896 KiB
+            reader, writer = await _stall(gw, "echo", size)
+            out = await asyncio.wait_for(reader.read(), 5)  # answered, then closed
+            writer.close()
+            reply = parse(out)
+            assert reply.status == 503 and reply.json()["error"] == "unavailable"
+            assert "max_buffered_bodies" in reply.json()["message"]
+            assert reply.get("retry-after") == "2" and reply.get("connection") == "close"
+            assert b"100 Continue" not in out
+        assert gw.bodies.used == 3 * size and gw.bodies.refused == 3
+        small = await fetch(gw.port, host(gw, "echo"), "POST", body=b'{"ok": true}')
+        assert small.status == 200 and small.body == b'{"ok": true}'
+        assert gw.bodies.peak <= gw.bodies.limit
+        assert [r.body for r in inv.requests] == [b'{"ok": true}']  # no stalled body got in
+        for _, writer in stalled:
+            writer.close()
+        await _until(lambda: gw.bodies.used == 0)  # a connection that ends gives it back
+
+    run(test, **BUDGET)
+
+
+def test_a_chunked_body_is_cut_with_503_when_the_budget_is_spent() -> None:
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        held = await _stall(gw, "echo", 256 * KIB)
+        await _until(lambda: gw.bodies.used == 256 * KIB)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        head = request_bytes(host(gw, "echo"), "POST", Transfer_Encoding="chunked")
+        writer.write(head)
+        chunk = b"%x\r\n%s\r\n" % (32 * KIB, b"y" * 32 * KIB)
+        answer = asyncio.ensure_future(reader.read())
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            while not answer.done() and sent < 2048 * KIB:
+                writer.write(chunk)
+                await writer.drain()
+                sent += 32 * KIB
+                await asyncio.sleep(0)
+        reply = parse(await asyncio.wait_for(answer, 5))
+        writer.close()
+        assert reply.status == 503 and reply.get("retry-after") == "2"
+        # Cut where it would have passed the room left, not at the body limit (256 KiB).
+        assert gw.bodies.peak <= 896 * KIB
+        held[1].close()
+        assert inv.requests == []
+
+    run(test, max_body_bytes=4096 * KIB, max_buffered_body_bytes=1024 * KIB)
+
+
+def test_the_share_comes_back_once_the_instance_has_the_body() -> None:
+    """Handed over: a long streamed response does not keep its request's bytes counted."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(request_bytes(host(gw, "stuck"), "POST", body=b"z" * 200 * KIB))
+        assert b"first" in await asyncio.wait_for(reader.readuntil(b"first"), 5)
+        assert gw.bodies.used == 0 and gw.bodies.peak == 200 * KIB
+        inv.gate.set()
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+
+    run(test, **BUDGET)
+
+
+def test_every_way_a_body_ends_gives_its_share_back() -> None:
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        queued: list[bytes] = []
+
+        async def enqueue(function: str, body: bytes) -> str:
+            assert gw.bodies.used == len(body)  # still counted while it is stored
+            queued.append(body)
+            return "id"
+
+        gw.enqueue = enqueue
+        assert (await fetch(gw.port, host(gw, "echo"), "POST", body=b"[1]" * 30 * KIB,
+                            headers={"Lambda-Invocation-Type": "Event"})).status == 202
+        assert gw.bodies.used == 0 and len(queued) == 1
+        for name in ("boom", "missing", "crash"):  # the invoker fails
+            assert (await fetch(gw.port, host(gw, name), "POST", body=b"q" * 70 * KIB)).status
+            assert gw.bodies.used == 0
+        # The client leaves half-way; then one that is too slow (408).
+        reader, writer = await _stall(gw, "echo", 100 * KIB)
+        await _until(lambda: gw.bodies.used == 100 * KIB)
+        writer.close()
+        await _until(lambda: gw.bodies.used == 0)
+        reader, writer = await _stall(gw, "echo", 100 * KIB)
+        assert parse(await asyncio.wait_for(reader.read(), 5)).status == 408
+        writer.close()
+        assert gw.bodies.used == 0
+        # Too large once it arrives (chunked): 413, nothing kept.
+        data = request_bytes(host(gw, "echo"), "POST", Transfer_Encoding="chunked")
+        data += b"%x\r\n%s\r\n0\r\n\r\n" % (300 * KIB, b"w" * 300 * KIB)
+        assert parse(await raw(gw.port, data)).status == 413
+        assert gw.bodies.used == 0
+        # Still reading when the gateway stops: run() checks it comes back then too.
+        reader, writer = await _stall(gw, "echo", 100 * KIB)
+        await _until(lambda: gw.bodies.used == 100 * KIB)
+
+    run(test, body_timeout=0.5, **BUDGET)
 
 
 def test_two_host_headers_is_400() -> None:

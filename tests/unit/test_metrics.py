@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from lambdad.metrics import AdminServer, Metrics
+from lambdad.metrics.admin import MAX_CONNECTIONS
 from lambdad.metrics.registry import CellSample, PoolSample
 
 
@@ -56,3 +59,30 @@ def test_admin_routes() -> None:
     assert admin.respond(b"GET", b"/healthz?x=1")[2] == b'{"status": "ok"}\n'
     assert admin.respond(b"POST", b"/metrics")[0] == 405
     assert admin.respond(b"GET", b"/")[0] == 404
+
+
+def test_admin_listener_caps_its_connections_and_keeps_serving() -> None:
+    """Idle connections to the admin listener cannot take the daemon's descriptors."""
+
+    async def main() -> None:
+        admin = AdminServer(lambda: b"m 1\n", lambda: {"status": "ok"})
+        await admin.start("127.0.0.1", 0)
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", admin.port)
+                    for _ in range(MAX_CONNECTIONS)]
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+            writer.close()
+            for _, idle in held:
+                idle.close()
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"m 1\n")
+        finally:
+            await admin.stop()
+
+    asyncio.run(main())

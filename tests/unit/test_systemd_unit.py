@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lambdactl.target import SYSTEMD_SOCKET
 from lambdad.config import BY_KEY, SETTINGS
+from lambdad.fds import connection_cap
 from lambdad.main import EX_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,3 +75,12 @@ def test_unit_passes_no_settings_of_its_own() -> None:
     env_lines = unit_settings().get("Environment", [])
     assert all(not v.startswith("LAMBDAD_") for v in env_lines)
     assert {s.key for s in SETTINGS} >= {"state_dir", "socket", "api_key_file"}
+
+
+def test_open_files_leave_room_for_the_default_connection_cap() -> None:
+    """Without LimitNOFILE, systemd's soft limit of 1024 was taken by ~990 idle gateway
+    connections and the control API, instances and Docker got EMFILE."""
+    soft, _, hard = one("LimitNOFILE").partition(":")
+    assert int(hard or soft) >= int(soft)
+    default = int(BY_KEY["max_connections"].default or 0)
+    assert connection_cap(int(soft), default) == default
