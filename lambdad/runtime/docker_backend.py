@@ -44,6 +44,13 @@ def function_environment(version: FunctionVersion) -> dict[str, str]:
 
 
 
+def stem_cell_environment() -> dict[str, str]:
+    """A runtime's environment at process start: nothing of any function's (that comes
+    with POST /init, to the zygote only)."""
+    return {"LAMBDA_STEM_CELL": "1", "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}",
+            "LAMBDA_TASK_ROOT": TASK_DIR, "TZ": "UTC"}
+
+
 @dataclass(frozen=True)
 class ContainerState:
     running: bool
@@ -142,8 +149,10 @@ class DockerBackend:
         """Creates and starts a hardened container of the version's image; returns its id.
 
         With `init_later` (standard runtimes) the runtime starts as a stem cell does, with
-        the function's environment: it opens its socket before any function code runs and
-        loads the handler at `POST /init`, so lambdad locks the socket folder first.
+        a stem cell's clean environment: it opens its socket before any function code runs
+        and loads the handler at `POST /init`, which brings the function's environment, so
+        lambdad locks the socket folder first and none of the function's variables
+        (LD_PRELOAD, PYTHONPATH, ...) reaches the supervisor.
         """
         host_config = self._host_config(
             CellClass.of(version.config),
@@ -152,9 +161,7 @@ class DockerBackend:
             volumes=(self._declared_volumes(version.image)
                      if version.config.runtime == "docker" else ()),
         )
-        environment = function_environment(version)
-        if init_later:
-            environment["LAMBDA_STEM_CELL"] = "1"
+        environment = stem_cell_environment() if init_later else function_environment(version)
         return self._create_and_start(
             version.image,
             instance_name(version.function, version.number, instance_id),
@@ -181,8 +188,7 @@ class DockerBackend:
             f"lambda-cell-{cell_id}",
             {labels.CELL: cell_class.label(), labels.INSTANCE: cell_id,
              labels.DAEMON: self.daemon_id},
-            {"LAMBDA_STEM_CELL": "1", "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}",
-             "LAMBDA_TASK_ROOT": TASK_DIR, "TZ": "UTC"},
+            stem_cell_environment(),
             host_config,
         )
 

@@ -301,9 +301,9 @@ class RuntimeManager:
         """Starts a container of the version's image; ready once its socket answers in its
         locked folder and, for a standard runtime, its handler loaded.
 
-        A standard runtime starts as a stem cell does (with the function's environment
-        from the first instruction) and loads the handler at POST /init, so no function
-        code runs before the folder is locked; a Dockerfile function's code runs from the
+        A standard runtime starts as a stem cell does (a cell's clean environment; the
+        function's comes with POST /init) and loads the handler at POST /init, so no
+        function code runs before the folder is locked; a Dockerfile function's code runs from the
         start, and what it puts in the folder meanwhile is bounded.
         """
         instance_id = secrets.token_hex(6)

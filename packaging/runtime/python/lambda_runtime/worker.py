@@ -51,6 +51,13 @@ LOAD_ERRORS = frozenset({
 ZYGOTE_OOM_SCORE = 200
 WORKER_OOM_SCORE = 600
 RECV_SIZE = 65536
+DEFAULT_DEPS_ROOT = "/opt/lambda/deps"
+# What the interpreter or libc read only when a process starts (lambdad's cells.py has the
+# same list): a function that sets one to a new value gets a zygote exec'd with it.
+STARTUP_ONLY_PREFIXES = ("LD_", "PYTHON", "MALLOC_", "LC_")
+STARTUP_ONLY_NAMES = frozenset({"LANG", "LANGUAGE", "TZ", "GLIBC_TUNABLES"})
+_REEXEC = ("import sys; sys.path.insert(0, {root!r}); "
+           "from lambda_runtime.worker import reexec_main; reexec_main()")
 
 
 class HandlerLoadError(Exception):
@@ -62,11 +69,18 @@ class HandlerLoadError(Exception):
         self.message = message
 
 
-def load_handler(spec: str, task_root: str) -> Handler:
-    """Imports `module.function` (module may be dotted, or a path like `src/app`) once."""
-    if task_root in sys.path:
-        sys.path.remove(task_root)
-    sys.path.insert(0, task_root)
+def load_handler(spec: str, task_root: str, deps_root: str = "") -> Handler:
+    """Imports `module.function` (module may be dotted, or a path like `src/app`) once.
+
+    The task root comes first on sys.path, then the deps, both before the standard
+    library (as PYTHONPATH would put them): the supervisor, started isolated, has neither.
+    """
+    for folder in (deps_root, task_root):
+        if not folder:
+            continue
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
     module_name, _, func_name = spec.strip().rpartition(".")
     module_name = module_name.replace("/", ".").strip(".")
     if not module_name or not func_name:
@@ -160,7 +174,36 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 # --- the zygote -------------------------------------------------------------------------------
 
 
-def zygote_main(ctl_fd: int) -> NoReturn:
+def start_changes(env: dict[str, str], current: dict[str, str]) -> list[str]:
+    """The start-only variables `env` sets to something other than the `current` value:
+    the zygote must be a process started with them (pure)."""
+    return sorted(name for name, value in env.items()
+                  if (name.startswith(STARTUP_ONLY_PREFIXES) or name in STARTUP_ONLY_NAMES)
+                  and current.get(name) != value)
+
+
+def _reexec(init: dict[str, Any]) -> NoReturn:
+    """Becomes a fresh interpreter with the function's environment at its start (same pid,
+    same fds 0-3: the supervisor sees the same zygote). Only here, never in the supervisor,
+    do LD_PRELOAD, PYTHONPATH, PYTHONWARNINGS and the like take effect."""
+    env = {**os.environ, **init["env"]}
+    rest = {key: value for key, value in init.items() if key != "env"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # -P: the working folder (the task root) is not put first, as in a forked zygote.
+    os.execve(sys.executable, [sys.executable, "-P", "-c", _REEXEC.format(root=root),
+                               events.json.dumps(rest)], env)
+
+
+def reexec_main() -> NoReturn:
+    """The exec'd zygote's entry: its environment is the function's already."""
+    init: dict[str, Any] = events.json.loads(sys.argv[1])
+    init["env"] = {}
+    zygote_main(3, init)
+
+
+def zygote_main(ctl_fd: int, init: dict[str, Any] | None = None) -> NoReturn:
     """Runs in the zygote, forked from the supervisor before any of its threads: waits for
     the handler to load, loads it, then forks a worker for each request to spawn one."""
     ctl = socket.socket(fileno=ctl_fd)
@@ -173,9 +216,16 @@ def zygote_main(ctl_fd: int) -> NoReturn:
     faulthandler.enable(all_threads=True)  # a crash's traceback goes to the (captured) fd 2
     _set_oom_score(ZYGOTE_OOM_SCORE)
     cstdio = _CStdio()
-    init = _read_init(ctl)
+    if init is None:
+        init = _read_init(ctl)
     if init is None:
         os._exit(0)
+    if start_changes(init["env"], dict(os.environ)):
+        try:
+            _reexec(init)
+        except OSError as exc:  # no interpreter to exec: load here, as before
+            print(f"[WARNING] cannot restart the zygote with its environment: {exc}",
+                  file=sys.stderr)
     started = time.monotonic()
     try:
         handler, contexts = _initialize(init)
@@ -235,7 +285,7 @@ def _initialize(init: dict[str, Any]) -> tuple[Handler, ContextFactory]:
     spec = init["handler"]
     if not spec:
         raise HandlerLoadError("Runtime.MalformedHandlerName", "_HANDLER is not set")
-    handler = load_handler(spec, task_root)
+    handler = load_handler(spec, task_root, os.environ.get("LAMBDA_DEPS_ROOT", DEFAULT_DEPS_ROOT))
     return handler, ContextFactory(dict(os.environ))
 
 
