@@ -233,7 +233,7 @@ def check_member(member: tarfile.TarInfo) -> str:
         raise InvalidArgument(f"archive member {raw!r}: '..' in path")
     if name in ("", ".") and not member.isdir():
         raise InvalidArgument(f"archive member {raw!r}: the folder itself must be a directory")
-    if name and posixpath.normpath(name) != name:
+    if name and (name.startswith("/") or posixpath.normpath(name) != name):  # './/x'
         raise InvalidArgument(f"archive member {raw!r}: not a normalized path ('.' or '//')")
     if member.ischr() or member.isblk():
         raise InvalidArgument(f"archive member {raw!r}: device files are not allowed")
