@@ -360,6 +360,12 @@ class Daemon:
         control.attach_scheduler(cron)
         runtime.ensure_minimums()
         await watch_exits(stack, backend, runtime)
+        # Delivery and cron (with its catch-up of runs missed while down) start before the
+        # listeners serve: a daemon that answers health checks has done its start-up work.
+        worker.start()
+        stack.push_async_callback(worker.stop)
+        await cron.start()
+        stack.push_async_callback(cron.stop)
 
         async def drain() -> None:
             await health_servicer.enter_graceful_shutdown()
@@ -374,10 +380,6 @@ class Daemon:
         for server in servers:
             await server.start()
         os.chmod(config.socket, 0o660)
-        worker.start()
-        stack.push_async_callback(worker.stop)
-        await cron.start()
-        stack.push_async_callback(cron.stop)
         if config.admin_listen is not None:
             await admin.serve()
             stack.push_async_callback(admin.stop)
