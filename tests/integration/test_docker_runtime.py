@@ -165,8 +165,10 @@ def test_instance_that_exits_at_start_is_reported_with_its_logs(
         built, _ = await _build(builder, BuildSpec("dies", 1, image, archive, "python3.11", "gzip"))
         runtime = RuntimeManager(DockerBackend(client, daemon_id=daemon_id),
                                  instances_dir=socket_root)
-        # The runtime opens its socket first and imports the handler at POST /init.
-        with pytest.raises(InstanceFailed, match=r"instance of dies v1 .* while loading its code"):
+        # The runtime opens its socket first; its zygote imports the handler at POST /init
+        # and a SystemExit there is an init error the supervisor reports with its message.
+        with pytest.raises(InstanceFailed, match=r"dies v1 failed to initialize: "
+                           r"Runtime\.ImportModuleError: Unable to import module 'handler': no"):
             await runtime.start_instance(_version("dies", image, built.image_id))
         assert _owned(client, daemon_id) == []
 
