@@ -26,7 +26,10 @@ from tests.unit.test_runtime_stem import RUNTIME_DIR, Cell
 
 sys.path.insert(0, str(RUNTIME_DIR))
 
+from lambda_runtime import worker
 from lambda_runtime.worker import start_changes
+
+from lambdad.runtime import cells
 
 DOCKERFILE = RUNTIME_DIR / "Dockerfile"
 
@@ -136,6 +139,13 @@ def test_start_only_variables_exec_the_zygote_not_the_supervisor(
     found = [m.name for m in marks.iterdir()]
     assert len(found) == 1 and found[0].startswith("env-site-")
     assert found[0] != f"env-site-{cell.proc.pid}" and found[0] != f"env-site-{body['pid']}"
+
+
+def test_lambdad_and_the_runtime_agree_on_the_start_only_variables() -> None:
+    """The runtime ships in the image and cannot import lambdad, so the list is written
+    twice; lambdad sends such functions to containers, the runtime execs their zygote."""
+    assert worker.STARTUP_ONLY_PREFIXES == cells.STARTUP_ONLY_PREFIXES
+    assert worker.STARTUP_ONLY_NAMES == cells.STARTUP_ONLY_NAMES
 
 
 def test_start_changes_lists_only_new_values_of_start_only_variables() -> None:
