@@ -177,7 +177,8 @@ def _stream_deploy(
     """Upload the package and render the daemon's progress; returns its result."""
     code = package.pack(root)
     header = pb.DeployHeader(
-        name=name, size=code.size, sha256=code.sha256, overrides=_overrides(ctx.args)
+        name=name, size=code.size, sha256=code.sha256, overrides=_overrides(ctx.args),
+        no_cache=ctx.args.no_cache,
     )
     result: pb.DeployResult | None = None
     saw_output = False

@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--name",
         help="function name (default: `name` in lambda.toml, else the folder's name)",
     )
+    deploy.add_argument(
+        "--no-cache", action="store_true",
+        help="resolve requirements.txt again instead of reusing the daemon's build cache "
+        "(it keeps what the same requirements resolved to last time)",
+    )
     _add_config_flags(deploy)
 
     invoke = sub.add_parser(

@@ -98,6 +98,7 @@ class Config:
     build_user: int = 65534
     build_max_image_bytes: int = 4096 * MIB
     build_min_free_disk_bytes: int = 1024 * MIB
+    build_cache_bytes: int = 2048 * MIB
     config_file: Path | None = None
 
 
@@ -307,6 +308,10 @@ SETTINGS: tuple[Setting, ...] = (
        "free space, in MiB, a build must leave on the Docker data root (docker info's "
        "DockerRootDir): a build is not started below it and is stopped when it falls "
        "below; 0 disables (default: 1024)", metavar="MiB", numeric=True),
+    _s("build_cache_size", "build", _mib_or_zero, 2048,
+       "space, in MiB, for resolved requirements kept under the state folder so a redeploy "
+       "with the same requirements.txt skips pip (least recently used go first); 0 "
+       "disables (default: 2048)", metavar="MiB", numeric=True),
     _s("start_timeout", "runtime", _seconds, 30,
        "how long an instance may take to open its socket, in seconds (default: 30)",
        metavar="SECONDS", numeric=True),
@@ -626,6 +631,7 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         build_user=values["build_user"],
         build_max_image_bytes=values["build_max_image_size"],
         build_min_free_disk_bytes=values["build_min_free_disk"],
+        build_cache_bytes=values["build_cache_size"],
         config_file=config_file,
     )
 

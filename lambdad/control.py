@@ -77,6 +77,7 @@ class DeployHeader:
     size: int
     sha256: str
     overrides: Overrides
+    no_cache: bool = False  # resolve requirements.txt again, not from the build cache
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ class ControlPlane:
         started = time.monotonic()
         spec = BuildSpec(function=name, version=number, image=image, archive=archive,
                          runtime=config.runtime, archive_format=summary.format,
-                         tar_limits=self._tar_limits)
+                         tar_limits=self._tar_limits, no_cache=header.no_cache)
         try:
             async for item in self._builder.build(spec):
                 if isinstance(item, BuiltImage):

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2
 
 from lambdad.api.server import BearerAuthInterceptor, build_server
 from lambdad.auth import KeyRing
-from lambdad.build import ArtifactStore, BuildLimits, ImageBuilder, TarLimits
+from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
 from lambdad.config import MAX_SOCKET_PATH, Config
 from lambdad.control import ControlPlane
 from lambdad.errors import LambdaError
@@ -270,7 +270,9 @@ class Daemon:
         builder = ImageBuilder(client, runtime_image=config.runtime_image,
                                spool_dir=config.state_dir / "spool", daemon_id=daemon_id,
                                wheelhouse=config.wheelhouse, artifacts=artifacts,
-                               limits=build_limits)
+                               limits=build_limits,
+                               cache=DepsCache(config.state_dir / "build-cache",
+                                               config.build_cache_bytes))
         control = ControlPlane(
             store=store, builder=builder, runtime=runtime, spool_dir=config.state_dir / "spool",
             image_prefix=config.image_prefix, url_template=function_url_template(config),

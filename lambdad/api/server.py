@@ -345,6 +345,7 @@ def _header(header: pb.DeployHeader) -> DeployHeader:
         size=header.size,
         sha256=header.sha256.lower(),
         overrides=_overrides(header.overrides),
+        no_cache=header.no_cache,
     )
 
 

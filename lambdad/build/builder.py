@@ -29,6 +29,7 @@ import urllib3.exceptions
 from lambdad import labels
 from lambdad.build import sandbox, tarball
 from lambdad.build.artifacts import ArtifactStore, normalize_modes
+from lambdad.build.depcache import DepsCache, cache_key, wheelhouse_fingerprint
 from lambdad.build.dockerfile import foreign_labels, generated_dockerfile, label_instruction
 from lambdad.build.requirements import MAX_BYTES as MAX_REQUIREMENTS_BYTES
 from lambdad.build.requirements import parse_requirements
@@ -53,6 +54,7 @@ class BuildSpec:
     runtime: str  # "python3.11" or "docker"
     archive_format: str  # as `tarball.validate` reported it: the archive is read as that
     tar_limits: TarLimits = field(default_factory=TarLimits)  # what it was validated with
+    no_cache: bool = False  # resolve requirements.txt again, not from the DepsCache
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ImageBuilder:
         artifacts: ArtifactStore | None = None,
         limits: BuildLimits | None = None,
         api_factory: Callable[[], docker.APIClient] | None = None,
+        cache: DepsCache | None = None,
     ) -> None:
         self._client = client
         self._limits = limits or BuildLimits()
@@ -82,6 +85,7 @@ class ImageBuilder:
         self.runtime_image = runtime_image
         self._spool = spool_dir
         self._wheelhouse = wheelhouse
+        self._cache = cache
         self._docker_root: str | None = None  # "" when its free space cannot be seen
         self._targets: dict[str, TargetPlatform] = {}  # runtime image id -> its platform
         self._targets_lock = threading.Lock()
@@ -165,7 +169,7 @@ class ImageBuilder:
                 context = ctx
                 tarball.extract(spec.archive, ctx / "code", spec.archive_format,
                                 spec.tar_limits)
-                self._install_requirements(ctx / "code", ctx, deadline, emit)
+                self._install_requirements(ctx / "code", ctx, deadline, emit, spec.no_cache)
                 with_deps = (ctx / "deps").is_dir()
                 # The image keeps these modes, and its user is uid 10001: a restrictive
                 # umask (pip honours it) must not make the code unreadable to it.
@@ -192,7 +196,8 @@ class ImageBuilder:
                 labels.DAEMON: self._daemon_id}
 
     def _install_requirements(
-        self, code: Path, ctx: Path, deadline: float, emit: Callable[[str], None]
+        self, code: Path, ctx: Path, deadline: float, emit: Callable[[str], None],
+        no_cache: bool = False,
     ) -> None:
         """Resolves wheels for the image's Python in a sandboxed pip; no package code runs.
 
@@ -205,9 +210,22 @@ class ImageBuilder:
         if not wanted:
             return
         target = self.target_platform()
+        deps = ctx / "deps"
+        key = cache_key(wanted, target, wheelhouse=wheelhouse_fingerprint(self._wheelhouse),
+                        pip_settings=sandbox.pip_settings(os.environ),
+                        pip_version=sandbox.pip_version())
+        if self._cache is not None and not no_cache and self._cache.take(key, deps):
+            count = sum(1 for p in deps.glob("*.dist-info"))
+            plural = "" if count == 1 else "s"
+            emit(f"Resolving requirements.txt: {count} package{plural} from the build cache, "
+                 "as the same requirements resolved before (deploy --no-cache resolves "
+                 "them again)")
+            return
         emit(f"Resolving requirements.txt: wheels for {target.describe()}")
-        sandbox.install(wanted, ctx, ctx / "deps", self._limits, target=target,
+        sandbox.install(wanted, ctx, deps, self._limits, target=target,
                         wheelhouse=self._wheelhouse, deadline=deadline, emit=emit)
+        if self._cache is not None:
+            self._cache.put(key, deps)
 
     def _docker_build(
         self, spec: BuildSpec, context: Path, dockerfile: Path, network: str, deadline: float,

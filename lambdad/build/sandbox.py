@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -148,6 +150,32 @@ sys.path.insert(0, sys.argv[4])
 sys.argv = ["pip", *sys.argv[5:]]
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
+
+
+# pip's configuration files besides the user's (which `user_config_files` finds).
+_SYSTEM_CONFIGS = ("/etc/pip.conf",)
+
+
+def pip_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """What of the operator's pip configuration can change a resolution: PIP_* variables
+    and the contents of every pip.conf pip reads (for the build cache's key)."""
+    found = {k: v for k, v in env.items() if k.startswith("PIP_") and k not in _OURS}
+    configs = [Path(p) for p in _SYSTEM_CONFIGS]
+    configs += [Path(d) / "pip" / "pip.conf"
+                for d in (env.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":") if d]
+    configs += [source for source, _ in user_config_files(env)]
+    for path in configs:
+        with contextlib.suppress(OSError):
+            found[f"file:{path}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@functools.cache
+def pip_version() -> str:
+    try:
+        return importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def pip_folder() -> str:

@@ -47,6 +47,7 @@ def test_deploy_all_options() -> None:
         "output": "text",
         "command": "deploy",
         "path": "fn",
+        "no_cache": False,
         "name": "greet",
         "timeout": 30,
         "memory": 256,

@@ -109,7 +109,7 @@ def test_every_setting_is_read_from_each_source() -> None:
         "body_timeout": "12", "max_queued_events": "5", "max_event_size": "0.5",
         "build_timeout": "30", "build_memory": "512", "build_user": "1234",
         "build_max_image_size": "300", "build_min_free_disk": "0",
-        "max_buffered_bodies": "64",
+        "max_buffered_bodies": "64", "build_cache_size": "10",
     }
     assert set(values) == {s.key for s in SETTINGS}
     text = "".join(f'{k} = "{v}"\n' for k, v in values.items())
@@ -134,6 +134,7 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.build_user == 1234 and from_flags.max_buffered_body_bytes == 64 * MIB
     assert from_flags.build_max_image_bytes == 300 * MIB
     assert from_flags.build_min_free_disk_bytes == 0
+    assert from_flags.build_cache_bytes == 10 * MIB
 
 
 def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:
