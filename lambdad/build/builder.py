@@ -169,7 +169,8 @@ class ImageBuilder:
                 context = ctx
                 tarball.extract(spec.archive, ctx / "code", spec.archive_format,
                                 spec.tar_limits)
-                self._install_requirements(ctx / "code", ctx, deadline, emit, spec.no_cache)
+                self._install_requirements(ctx / "code", ctx, deadline, emit, spec.function,
+                                           spec.no_cache)
                 with_deps = (ctx / "deps").is_dir()
                 # The image keeps these modes, and its user is uid 10001: a restrictive
                 # umask (pip honours it) must not make the code unreadable to it.
@@ -197,7 +198,7 @@ class ImageBuilder:
 
     def _install_requirements(
         self, code: Path, ctx: Path, deadline: float, emit: Callable[[str], None],
-        no_cache: bool = False,
+        function: str, no_cache: bool = False,
     ) -> None:
         """Resolves wheels for the image's Python in a sandboxed pip; no package code runs.
 
@@ -211,7 +212,8 @@ class ImageBuilder:
             return
         target = self.target_platform()
         deps = ctx / "deps"
-        key = cache_key(wanted, target, wheelhouse=wheelhouse_fingerprint(self._wheelhouse),
+        key = cache_key(function, wanted, target,
+                        wheelhouse=wheelhouse_fingerprint(self._wheelhouse),
                         pip_settings=sandbox.pip_settings(os.environ),
                         pip_version=sandbox.pip_version())
         if self._cache is not None and not no_cache and self._cache.take(key, deps):

@@ -1,6 +1,7 @@
 """Resolved requirements kept between builds, so a redeploy does not run pip again.
 
-The key is everything that decides what pip installs: the parsed requirement lines, the
+The key is the function's name and everything that decides what pip installs: the parsed
+requirement lines, the
 runtime image's platform, the wheelhouse (and its files), pip's settings and pip's
 version. Like Docker's layer cache (OpenFaaS's `pip install -r requirements.txt` step)
 and `sam build --cached`, an unpinned requirement stays at the version first resolved
@@ -42,10 +43,12 @@ class Entry:
     last_used: float
 
 
-def cache_key(requirements: list[str], target: TargetPlatform, *, wheelhouse: str,
-              pip_settings: Mapping[str, str], pip_version: str) -> str:
-    """A digest of everything pip's answer depends on (pure)."""
+def cache_key(function: str, requirements: list[str], target: TargetPlatform, *,
+              wheelhouse: str, pip_settings: Mapping[str, str], pip_version: str) -> str:
+    """A digest of everything pip's answer depends on (pure), per function: a deployer
+    learns nothing of another function's requirements from a hit, nor shares its files."""
     what = {
+        "function": function,
         "requirements": requirements,
         "target": [list(target.python), target.machine, target.libc, list(target.libc_version)],
         "wheelhouse": wheelhouse,

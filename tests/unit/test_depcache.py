@@ -12,16 +12,18 @@ BOOKWORM = TargetPlatform(python=(3, 11), machine="x86_64", libc="glibc", libc_v
 
 
 def _key(**changes: object) -> str:
-    args: dict[str, object] = {"requirements": ["flask>=3"], "target": BOOKWORM,
+    args: dict[str, object] = {"function": "app", "requirements": ["flask>=3"], "target": BOOKWORM,
                                "wheelhouse": "", "pip_settings": {}, "pip_version": "23.2"}
     args.update(changes)
-    return cache_key(args.pop("requirements"), args.pop("target"), **args)  # type: ignore[arg-type]
+    return cache_key(args.pop("function"), args.pop("requirements"),  # type: ignore[arg-type]
+                     args.pop("target"), **args)  # type: ignore[arg-type]
 
 
 def test_the_key_changes_with_everything_that_changes_what_pip_installs() -> None:
     base = _key()
     assert base == _key()
     others = [
+        _key(function="other"),
         _key(requirements=["flask>=3.1"]),
         _key(target=TargetPlatform((3, 12), "x86_64", "glibc", (2, 36))),
         _key(target=TargetPlatform((3, 11), "aarch64", "glibc", (2, 36))),
