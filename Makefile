@@ -59,8 +59,10 @@ test-tools:
 
 # The wheels of functions/*/requirements.txt, from PyPI, for tests/e2e/test_adapters.py:
 # tests talk to loopback only, so this set-up step downloads them (quick once present).
+# Without PyPI the other tests still run; test_adapters then fails saying what is missing.
 example-wheels: $(BIN)/.installed
-	$(BIN)/python -m tests.support.fetch_wheels
+	@$(BIN)/python -m tests.support.fetch_wheels \
+		|| echo "warning: no example wheels; tests/e2e/test_adapters.py will fail" >&2
 
 test: $(BIN)/.installed runtime-image test-tools example-wheels lint
 	$(BIN)/pytest $(PYTEST_ARGS)
