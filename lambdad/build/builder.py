@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import platform
 import re
 import socket
 import tempfile
@@ -35,6 +34,7 @@ from lambdad.build.requirements import MAX_BYTES as MAX_REQUIREMENTS_BYTES
 from lambdad.build.requirements import parse_requirements
 from lambdad.build.sandbox import MIB, BuildLimits
 from lambdad.build.tarball import TarLimits
+from lambdad.build.wheeltags import PROBE, TargetPlatform, parse_probe
 from lambdad.errors import BuildFailed, FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class ImageBuilder:
         self._spool = spool_dir
         self._wheelhouse = wheelhouse
         self._docker_root: str | None = None  # "" when its free space cannot be seen
+        self._targets: dict[str, TargetPlatform] = {}  # runtime image id -> its platform
+        self._targets_lock = threading.Lock()
 
     def check_runtime_image(self) -> str:
         """The runtime image's id; FailedPrecondition if it is missing."""
@@ -93,6 +95,44 @@ class ImageBuilder:
                 f"runtime image {self.runtime_image} is missing; build it with "
                 "`make runtime-image`"
             ) from None
+
+    def target_platform(self) -> TargetPlatform:
+        """The runtime image's Python and libc, measured once per image id by running its
+        own python3 in a throwaway container (no network, no capabilities, read-only)."""
+        image_id = self.check_runtime_image()
+        with self._targets_lock:
+            if image_id in self._targets:
+                return self._targets[image_id]
+            api = self._client.api
+            container_id = ""
+            try:
+                host_config = api.create_host_config(
+                    cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
+                    network_mode="none", mem_limit="128m", memswap_limit="128m",
+                    pids_limit=16, log_config={"type": "json-file", "config": {"max-size": "1m"}})
+                created = api.create_container(
+                    image_id, entrypoint=["python3", "-I", "-S", "-c", PROBE], command=[],
+                    host_config=host_config, labels={labels.DAEMON: self._daemon_id,
+                                                      labels.CLEANUP: "1"})
+                container_id = str(created["Id"])
+                api.start(container_id)
+                status = api.wait(container_id, timeout=60)
+                output = api.logs(container_id, stdout=True, stderr=True).decode(
+                    "utf-8", errors="replace")
+            except Exception as exc:  # an API error or the wait's read timeout
+                raise BuildFailed(f"could not run the runtime image {self.runtime_image} to "
+                                  f"read its platform: {exc}") from None
+            finally:
+                if container_id:
+                    with contextlib.suppress(docker.errors.APIError):
+                        api.remove_container(container_id, force=True)
+            if status.get("StatusCode") != 0:
+                raise BuildFailed(f"the runtime image {self.runtime_image} could not report "
+                                  f"its platform:\n{output[-2000:]}")
+            target = parse_probe(output)
+            self._targets[image_id] = target
+            log.info("runtime image %s: %s", self.runtime_image, target.describe())
+            return target
 
     async def build(self, spec: BuildSpec) -> AsyncIterator[str | BuiltImage]:
         """Yields build output lines, then the BuiltImage; raises BuildFailed."""
@@ -164,8 +204,9 @@ class ImageBuilder:
         wanted = parse_requirements(data)
         if not wanted:
             return
-        emit("Resolving requirements.txt (wheels only)")
-        sandbox.install(wanted, ctx, ctx / "deps", self._limits, machine=platform.machine(),
+        target = self.target_platform()
+        emit(f"Resolving requirements.txt: wheels for {target.describe()}")
+        sandbox.install(wanted, ctx, ctx / "deps", self._limits, target=target,
                         wheelhouse=self._wheelhouse, deadline=deadline, emit=emit)
 
     def _docker_build(

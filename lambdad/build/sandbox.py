@@ -23,6 +23,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,15 +32,16 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambdad.build.wheeltags import TargetPlatform
 from lambdad.errors import BuildFailed
 
 MIB = 1024 * 1024
-PYTHON_VERSION = "3.11"
-GLIBC_TAG = "manylinux_2_36"  # Debian bookworm's glibc
+# A failed resolution names at most this many packages to check for a missing wheel.
+MAX_WHEEL_CHECKS = 4
 
 
 @dataclass(frozen=True)
@@ -157,22 +159,65 @@ def pip_folder() -> str:
     return str(Path(spec.origin).resolve().parent.parent)
 
 
-def pip_command(requirements: list[str], target: Path, limits: BuildLimits, *,
-                machine: str, wheelhouse: Path | None, python: str = sys.executable,
+def _pip(python: str, limits: BuildLimits, pip_path: str, timeout_s: float | None) -> list[str]:
+    cpu = max(1, int(timeout_s if timeout_s is not None else limits.timeout_s))
+    return [python, "-I", "-c", _CHILD, str(limits.memory_bytes), str(cpu),
+            str(limits.file_bytes), pip_path or pip_folder()]
+
+
+def _for_target(target: TargetPlatform, wheelhouse: Path | None) -> list[str]:
+    options = ["--disable-pip-version-check", "--no-input", "--only-binary=:all:",
+               *target.pip_options()]
+    if wheelhouse is not None:
+        options += ["--no-index", "--find-links", str(wheelhouse)]
+    return options
+
+
+def pip_command(requirements: list[str], folder: Path, limits: BuildLimits, *,
+                target: TargetPlatform, wheelhouse: Path | None, python: str = sys.executable,
                 pip_path: str = "", timeout_s: float | None = None) -> list[str]:
     """pip for the image's platform, wheels only; the requirements after `--`."""
-    cpu = max(1, int(timeout_s if timeout_s is not None else limits.timeout_s))
-    command = [
-        python, "-I", "-c", _CHILD, str(limits.memory_bytes), str(cpu), str(limits.file_bytes),
-        pip_path or pip_folder(), "install", "--disable-pip-version-check", "--no-input",
-        "--no-compile", "--no-warn-script-location", "--only-binary=:all:", "--target", str(target),
-        "--python-version", PYTHON_VERSION, "--implementation", "cp",
-        "--abi", "cp" + PYTHON_VERSION.replace(".", ""), "--abi", "abi3", "--abi", "none",
-        "--platform", f"{GLIBC_TAG}_{machine}", "--platform", "any",
-    ]
-    if wheelhouse is not None:
-        command += ["--no-index", "--find-links", str(wheelhouse)]
-    return [*command, "--", *requirements]
+    return [*_pip(python, limits, pip_path, timeout_s), "install", "--no-compile",
+            "--no-warn-script-location", "--target", str(folder),
+            *_for_target(target, wheelhouse), "--", *requirements]
+
+
+def wheel_check_command(requirement: str, folder: Path, limits: BuildLimits, *,
+                        target: TargetPlatform, wheelhouse: Path | None,
+                        python: str = sys.executable, pip_path: str = "",
+                        timeout_s: float | None = None) -> list[str]:
+    """pip asked for one requirement alone (no dependencies): fails only when no version
+    of it has a wheel for the target."""
+    return [*_pip(python, limits, pip_path, timeout_s), "download", "--no-deps",
+            "--dest", str(folder), *_for_target(target, wheelhouse), "--", requirement]
+
+
+_NO_MATCH = re.compile(r"No matching distribution found for (?P<req>\S+)")
+_NEEDED_BY = re.compile(
+    r"satisfies the requirement (?P<req>\S+) \(from (?!versions:)(?P<who>[^)]+)\)")
+_CAUSE = re.compile(r"^\s*(?P<who>\S+ \S+) depends on (?P<req>\S+)")
+
+
+def missing_wheel(tail: list[str]) -> tuple[str, str] | None:
+    """(requirement, who needs it or "") pip found no wheel of, when pip said so itself."""
+    needed_by = {m.group("req"): m.group("who") for line in tail
+                 if (m := _NEEDED_BY.search(line))}
+    for line in tail:
+        if found := _NO_MATCH.search(line):
+            return found.group("req"), needed_by.get(found.group("req"), "")
+    return None
+
+
+def conflict_causes(tail: list[str]) -> list[tuple[str, str]]:
+    """(requirement, who needs it) from pip's "The conflict is caused by" lines, one per
+    package: a package without a compatible wheel shows up there as a "conflict"."""
+    found: dict[str, tuple[str, str]] = {}
+    for line in tail:
+        if cause := _CAUSE.match(line):
+            requirement = cause.group("req")
+            name = re.split(r"[<>=!~\[;( ]", requirement, maxsplit=1)[0].lower()
+            found.setdefault(name, (requirement, cause.group("who")))
+    return list(found.values())
 
 
 # pip lines that say nothing to a deployer (an index folder of the operator's without
@@ -337,9 +382,20 @@ def run_pip(command: list[str], work: WorkDirs, limits: BuildLimits, deadline: f
     return PipResult(code=code, tail=list(output.tail), timed_out=timed_out.is_set())
 
 
-def explain_failure(result: PipResult, limits: BuildLimits) -> str:
-    """The deploy error for a pip run that did not succeed."""
-    where = f"wheels for Python {PYTHON_VERSION} ({GLIBC_TAG})"
+def no_wheel_message(requirement: str, needed_by: str, target: TargetPlatform) -> str:
+    who = f" (needed by {needed_by})" if needed_by else ""
+    return (f"requirements.txt: no version of {requirement}{who} has a wheel for "
+            f"{target.describe()}; wheels tagged {target.describe_tags()} would run. "
+            "lambda installs wheels only and never builds a source distribution: pick a "
+            "version that publishes such a wheel, or vendor the package into the function "
+            "folder")
+
+
+def explain_failure(result: PipResult, limits: BuildLimits, target: TargetPlatform,
+                    no_wheel: Sequence[tuple[str, str]] = ()) -> str:
+    """The deploy error for a pip run that did not succeed; `no_wheel` lists the
+    (requirement, needed by) that checks found without a compatible wheel."""
+    where = f"wheels for {target.describe()}"
     if result.timed_out:
         return (f"requirements.txt: resolving {where} did not finish within the build "
                 f"timeout of {limits.timeout_s:g} s (build_timeout)")
@@ -349,32 +405,69 @@ def explain_failure(result: PipResult, limits: BuildLimits) -> str:
     if any("MemoryError" in line for line in result.tail):
         return (f"requirements.txt: pip ran out of memory (build_memory = "
                 f"{limits.memory_bytes // MIB} MiB)")
+    direct = missing_wheel(result.tail)
+    if direct is not None:
+        return no_wheel_message(*direct, target)
+    if no_wheel:
+        return "\n".join(no_wheel_message(req, who, target) for req, who in no_wheel)
     return (f"requirements.txt could not be resolved to {where} (pip exited with "
             f"{result.code}):\n" + "\n".join(result.tail))
 
 
+class _Pip:
+    """One build's pip runs: same sandbox, same interpreter, same deadline."""
+
+    def __init__(self, work: WorkDirs, limits: BuildLimits, target: TargetPlatform,
+                 wheelhouse: Path | None, deadline: float) -> None:
+        self.work, self.limits, self.target = work, limits, target
+        self.wheelhouse, self.deadline = wheelhouse, deadline
+        self.pip_path = pip_folder()
+        self.python = interpreter(limits.user if drops_privileges(limits) else 0,
+                                  self.pip_path)
+
+    def run(self, build: Callable[..., list[str]], first: object, folder: Path,
+            output: OutputCap) -> PipResult:
+        command = build(first, folder, self.limits, target=self.target,
+                        wheelhouse=self.wheelhouse, python=self.python,
+                        pip_path=self.pip_path,
+                        timeout_s=max(1.0, self.deadline - time.monotonic()))
+        if drops_privileges(self.limits):
+            command = as_user(command, self.limits.user)
+        return run_pip(command, self.work, self.limits, self.deadline, output)
+
+    def without_wheels(self, causes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Which of a failed resolution's dependencies have no wheel for the target at all."""
+        missing = []
+        for requirement, who in causes[:MAX_WHEEL_CHECKS]:
+            if time.monotonic() >= self.deadline:
+                break
+            quiet = OutputCap(lambda _line: None, 0, self.limits.line_chars, skip=_NOISE)
+            checked = self.run(wheel_check_command, requirement, self.work.tmp / "check",
+                               quiet)
+            if checked.code != 0 and missing_wheel(checked.tail) is not None:
+                missing.append((requirement, who))
+        return missing
+
+
 def install(requirements: list[str], build_dir: Path, deps: Path, limits: BuildLimits, *,
-            machine: str, wheelhouse: Path | None, deadline: float,
+            target: TargetPlatform, wheelhouse: Path | None, deadline: float,
             emit: Callable[[str], None]) -> None:
     """Resolves `requirements` to wheels in a sandboxed pip and leaves them in `deps`."""
     work = make_workdirs(build_dir, limits)
     try:
-        pip_path = pip_folder()
-        python = interpreter(limits.user if drops_privileges(limits) else 0, pip_path)
-        command = pip_command(requirements, work.target, limits, machine=machine,
-                              wheelhouse=wheelhouse, python=python, pip_path=pip_path,
-                              timeout_s=max(1.0, deadline - time.monotonic()))
-        if drops_privileges(limits):
-            command = as_user(command, limits.user)
-        output = OutputCap(emit, limits.output_lines, limits.line_chars, skip=_NOISE)
-        result = run_pip(command, work, limits, deadline, output)
-        reclaim(work)
+        pip = _Pip(work, limits, target, wheelhouse, deadline)
+        output = OutputCap(emit, limits.output_lines, limits.line_chars, tail=40, skip=_NOISE)
+        result = pip.run(pip_command, requirements, work.target, output)
         if result.code != 0 or result.timed_out:
-            raise BuildFailed(explain_failure(result, limits))
+            causes = [] if result.timed_out else conflict_causes(result.tail)
+            raise BuildFailed(explain_failure(result, limits, target,
+                                              pip.without_wheels(causes)))
+        reclaim(work)
         if drops_privileges(limits):
             # A copy, so every file of the image's deps is lambdad's, not the build uid's.
             shutil.copytree(work.target, deps, symlinks=True)
         else:
             os.rename(work.target, deps)
     finally:
+        reclaim(work)
         shutil.rmtree(work.root, ignore_errors=True)

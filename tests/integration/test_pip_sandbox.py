@@ -14,10 +14,13 @@ import pytest
 
 from lambdad.build import sandbox
 from lambdad.build.sandbox import BuildLimits
+from lambdad.build.wheeltags import TargetPlatform
 from lambdad.errors import BuildFailed
 from tests.support.wheels import build_wheel
 
 AS_ROOT = os.geteuid() == 0
+HOST = TargetPlatform(python=(3, 11), machine=os.uname().machine, libc="glibc",
+                      libc_version=(2, 36))
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def wheel_folders() -> Iterator[tuple[Path, Path]]:
 def _install(build_dir: Path, wheelhouse: Path, limits: BuildLimits) -> list[str]:
     lines: list[str] = []
     sandbox.install(["sandboxprobe==1.0"], build_dir, build_dir / "deps", limits,
-                    machine=os.uname().machine, wheelhouse=wheelhouse,
+                    target=HOST, wheelhouse=wheelhouse,
                     deadline=time.monotonic() + 120, emit=lines.append)
     return lines
 
@@ -81,7 +84,79 @@ def test_pip_that_outlives_the_deadline_is_stopped(
     started = time.monotonic()
     with pytest.raises(BuildFailed, match="did not finish within the build timeout"):
         sandbox.install(["sandboxprobe==1.0"], tmp_path, tmp_path / "deps", BuildLimits(),
-                        machine=os.uname().machine, wheelhouse=public,
+                        target=HOST, wheelhouse=public,
                         deadline=time.monotonic() + 0.3, emit=lambda _: None)
     assert time.monotonic() - started < 30
     assert not (tmp_path / "deps").exists()
+
+
+@pytest.fixture
+def platform_wheels() -> Iterator[Path]:
+    """Wheels as PyPI tags them: compiled for manylinux2014, for a glibc newer than the
+    image's, for musl, and a pure package that needs one with no wheel that fits."""
+    folder = Path(tempfile.mkdtemp(prefix="lt-tags-", dir="/tmp"))
+    folder.chmod(0o755)
+    arch = HOST.machine
+    build_wheel(folder, "compiledcore", "2.0", "NATIVE = True\n",
+                tag=f"cp311-cp311-manylinux_2_17_{arch}.manylinux2014_{arch}")
+    build_wheel(folder, "stableabi", "1.0", "STABLE = True\n",
+                tag=f"cp38-abi3-manylinux_2_28_{arch}")
+    build_wheel(folder, "toonew", "1.0", "", tag=f"cp311-cp311-manylinux_2_39_{arch}")
+    build_wheel(folder, "muslonly", "1.0", "", tag=f"cp311-cp311-musllinux_1_2_{arch}")
+    build_wheel(folder, "usesmusl", "1.0", "", requires=("muslonly>=1",))
+    for version in ("1.0", "1.1", "1.2"):  # pip backtracks these, then calls it a conflict
+        build_wheel(folder, "webframework", version, "", requires=("muslonly>=1",))
+    for wheel in folder.iterdir():
+        wheel.chmod(0o644)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _resolve(tmp_path: Path, wheelhouse: Path, *requirements: str) -> list[str]:
+    lines: list[str] = []
+    sandbox.install(list(requirements), tmp_path, tmp_path / "deps", BuildLimits(),
+                    target=HOST, wheelhouse=wheelhouse, deadline=time.monotonic() + 120,
+                    emit=lines.append)
+    return lines
+
+
+def test_compiled_wheels_for_an_older_glibc_and_the_stable_abi_install(
+    platform_wheels: Path, tmp_path: Path,
+) -> None:
+    # Only `manylinux_2_36` was asked for before: neither of these was ever chosen.
+    _resolve(tmp_path, platform_wheels, "compiledcore>=2", "stableabi")
+    assert (tmp_path / "deps" / "compiledcore.py").read_text() == "NATIVE = True\n"
+    assert (tmp_path / "deps" / "stableabi.py").is_file()
+
+
+@pytest.mark.parametrize("package", ["toonew", "muslonly"])
+def test_a_requirement_without_a_fitting_wheel_names_itself_and_the_platform(
+    platform_wheels: Path, tmp_path: Path, package: str,
+) -> None:
+    with pytest.raises(BuildFailed) as failed:
+        _resolve(tmp_path, platform_wheels, package)
+    message = str(failed.value)
+    assert message.startswith(f"requirements.txt: no version of {package} has a wheel for "
+                              f"CPython 3.11 on glibc 2.36 ({HOST.machine})")
+    assert "conflicting" not in message
+    assert not (tmp_path / "deps").exists()
+
+
+def test_a_dependency_without_a_fitting_wheel_is_named_not_called_a_conflict(
+    platform_wheels: Path, tmp_path: Path,
+) -> None:
+    with pytest.raises(BuildFailed) as failed:
+        _resolve(tmp_path, platform_wheels, "usesmusl")
+    message = str(failed.value)
+    assert "no version of muslonly>=1 (needed by usesmusl) has a wheel" in message
+    assert "conflicting" not in message
+
+
+def test_a_dependency_pip_calls_a_conflict_is_checked_and_named(
+    platform_wheels: Path, tmp_path: Path,
+) -> None:
+    with pytest.raises(BuildFailed) as failed:
+        _resolve(tmp_path, platform_wheels, "webframework")
+    message = str(failed.value)
+    assert "no version of muslonly>=1 (needed by webframework 1." in message
+    assert "conflicting" not in message

@@ -8,14 +8,20 @@ import zipfile
 from pathlib import Path
 
 
-def build_wheel(folder: Path, name: str, version: str, module_source: str) -> Path:
+def build_wheel(folder: Path, name: str, version: str, module_source: str, *,
+                tag: str = "py3-none-any", requires: tuple[str, ...] = ()) -> Path:
+    """A wheel of one module; `tag` may be a compressed set (cp311-cp311-a.b_x86_64)."""
     folder.mkdir(parents=True, exist_ok=True)
     dist = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {requirement}\n" for requirement in requires)
+    python, abi, platforms = tag.split("-")
     files = {
         f"{name}.py": module_source,
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
-                         "Tag: py3-none-any\n",
+        f"{dist}/METADATA": metadata,
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\n"
+                         f"Root-Is-Purelib: {'true' if platforms == 'any' else 'false'}\n"
+                         + "".join(f"Tag: {python}-{abi}-{p}\n" for p in platforms.split(".")),
     }
     record = []
     for path, text in files.items():
@@ -23,7 +29,7 @@ def build_wheel(folder: Path, name: str, version: str, module_source: str) -> Pa
         record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
     record.append(f"{dist}/RECORD,,")
     files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    wheel = folder / f"{name}-{version}-{tag}.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         for path, text in files.items():
             archive.writestr(path, text)

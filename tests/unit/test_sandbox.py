@@ -10,6 +10,9 @@ from pathlib import Path
 
 from lambdad.build import sandbox
 from lambdad.build.sandbox import BuildLimits, OutputCap, WorkDirs
+from lambdad.build.wheeltags import TargetPlatform
+
+BOOKWORM = TargetPlatform(python=(3, 11), machine="x86_64", libc="glibc", libc_version=(2, 36))
 
 
 def test_environment_keeps_pip_settings_and_drops_the_rest(tmp_path: Path) -> None:
@@ -55,12 +58,14 @@ def test_user_config_files_follow_xdg_and_home() -> None:
 
 def test_command_is_wheels_only_and_requirements_come_after_the_end_of_options() -> None:
     command = sandbox.pip_command(["six==1.16.0", "attrs"], Path("/w/target"), BuildLimits(),
-                                  machine="x86_64", wheelhouse=Path("/wheels"),
+                                  target=BOOKWORM, wheelhouse=Path("/wheels"),
                                   python="/usr/bin/python3", pip_path="/site")
     assert command[:3] == ["/usr/bin/python3", "-I", "-c"]
     assert command[-3:] == ["--", "six==1.16.0", "attrs"]
     assert "--only-binary=:all:" in command
-    assert command[command.index("--platform") + 1] == "manylinux_2_36_x86_64"
+    platforms = [command[i + 1] for i, word in enumerate(command) if word == "--platform"]
+    assert platforms == BOOKWORM.platform_tags()
+    assert "manylinux2014_x86_64" in platforms and platforms[-1] == "any"
     assert command[command.index("--find-links") + 1] == "/wheels"
     assert "-r" not in command and "--requirement" not in command
     limits = BuildLimits()
@@ -114,7 +119,7 @@ def test_run_stops_at_the_deadline_with_the_whole_process_group(tmp_path: Path) 
     assert not Path(f"/proc/{grandchild}").exists() or \
         "State:\tZ" in Path(f"/proc/{grandchild}/status").read_text()
     assert "did not finish within the build timeout" in sandbox.explain_failure(
-        result, BuildLimits())
+        result, BuildLimits(), BOOKWORM)
 
 
 def test_run_gets_a_clean_environment_an_empty_cwd_and_no_stdin(tmp_path: Path) -> None:
@@ -148,7 +153,7 @@ def test_pip_runs_under_its_rlimits(tmp_path: Path) -> None:
         "try:\n    bytearray(400 * 1024 * 1024)\nexcept MemoryError:\n    print('MemoryError')\n"
         "try:\n    open('big', 'wb').write(b'x' * 10000)\nexcept OSError as e:\n"
         "    print('fsize', e.errno)\n")
-    command = sandbox.pip_command([], tmp_path / "t", limits, machine="x86_64",
+    command = sandbox.pip_command([], tmp_path / "t", limits, target=BOOKWORM,
                                   wheelhouse=None, pip_path=str(fake), timeout_s=7)
     result = sandbox.run_pip(command, _work(tmp_path), limits, time.monotonic() + 30,
                              OutputCap(lambda _: None, 10, 500))
@@ -156,7 +161,7 @@ def test_pip_runs_under_its_rlimits(tmp_path: Path) -> None:
     assert "MemoryError" in result.tail
     assert "fsize 27" in result.tail  # EFBIG: SIGXFSZ is ignored by Python
     assert "ran out of memory" in sandbox.explain_failure(
-        sandbox.PipResult(1, ["MemoryError"], False), limits)
+        sandbox.PipResult(1, ["MemoryError"], False), limits, BOOKWORM)
 
 
 def test_the_work_folder_is_the_build_uids_and_outside_the_state_folder_as_root(
