@@ -21,12 +21,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lambdad.build.sandbox import PYTHON_VERSION  # the runtime image's Python
-
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ROOT / "functions"
 CACHE = ROOT / ".cache" / "example-wheels"
 STAMP = ".stamp"
+PYTHON_VERSION = "3.11"  # the Python of the runtime image, lambda-runtime/python:3.11
 
 
 def requirement_files() -> list[Path]:
