@@ -31,10 +31,11 @@ import pytest
 from tests.support import fetch_wheels
 from tests.support.daemon import Lambdad, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CELLS = 2  # the cell daemon's pool size
-IDLE = "2"  # seconds: short, so each test's first request is a cold start again
+IDLE = "3"  # seconds: short, so each test's first request is a cold start again, long
+# enough that the requests of one test, sent back to back, share the instance it started
 
 
 @dataclass
