@@ -8,12 +8,13 @@ BASE_IMAGE := lambda-runtime/base:bookworm
 PROTO := proto/lambdad/api/v1/functions.proto
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-tools test-fast lint proto man completion config-example docker runtime-image bench clean install uninstall
+.PHONY: help venv run test test-tools example-wheels test-fast lint proto man completion config-example docker runtime-image bench clean install uninstall
 
 help:
 	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
 	@echo "make test           lint, then unit, integration and end-to-end tests"
 	@echo "make test-fast      unit tests only (no Docker engine needed)"
+	@echo "make example-wheels download the example functions' wheels from PyPI (for the tests)"
 	@echo "make lint           ruff and mypy"
 	@echo "make proto          regenerate the gRPC stubs from proto/"
 	@echo "make man            regenerate man/lambdactl.1 and man/lambdad.8 from the parsers"
@@ -56,7 +57,14 @@ test-tools:
 	@command -v systemd-analyze >/dev/null || { echo "installing systemd (for systemd-analyze)..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
 
-test: $(BIN)/.installed runtime-image test-tools lint
+# The wheels of functions/*/requirements.txt, from PyPI, for tests/e2e/test_adapters.py:
+# tests talk to loopback only, so this set-up step downloads them (quick once present).
+# Without PyPI the other tests still run; test_adapters then fails saying what is missing.
+example-wheels: $(BIN)/.installed
+	@$(BIN)/python -m tests.support.fetch_wheels \
+		|| echo "warning: no example wheels; tests/e2e/test_adapters.py will fail" >&2
+
+test: $(BIN)/.installed runtime-image test-tools example-wheels lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 proto: $(BIN)/.installed

@@ -1,0 +1,77 @@
+"""A FastAPI app behind Mangum, written as for AWS Lambda: `handler = Mangum(app)`."""
+
+import asyncio
+import struct
+import zlib
+
+from fastapi import Cookie, FastAPI, HTTPException, Response
+from mangum import Mangum
+from pydantic import BaseModel, Field
+
+app = FastAPI(title="items")
+
+ITEMS: dict[int, dict[str, object]] = {1: {"id": 1, "name": "hammer", "price": 9.5, "tags": []}}
+
+
+class Item(BaseModel):
+    name: str = Field(min_length=1)
+    price: float = Field(gt=0)
+    tags: list[str] = []
+
+
+@app.get("/items/{item_id}")
+def read_item(item_id: int, q: str | None = None, limit: int = 10) -> dict[str, object]:
+    if item_id not in ITEMS:
+        raise HTTPException(status_code=404, detail=f"item {item_id} not found")
+    return {**ITEMS[item_id], "q": q, "limit": limit}
+
+
+@app.get("/wait/{ms}")
+async def wait(ms: int) -> dict[str, int]:
+    """An async route that holds its request a while, so parallel requests overlap."""
+    await asyncio.sleep(ms / 1000)
+    return {"waited_ms": ms}
+
+
+@app.post("/items", status_code=201)
+def create_item(item: Item) -> dict[str, object]:
+    item_id = max(ITEMS) + 1
+    ITEMS[item_id] = {"id": item_id, **item.model_dump()}
+    return ITEMS[item_id]
+
+
+@app.post("/login")
+def login(response: Response, user: str) -> dict[str, str]:
+    response.set_cookie("session", f"user-{user}", httponly=True, samesite="lax")
+    response.set_cookie("theme", "dark")
+    return {"logged_in": user}
+
+
+@app.get("/me")
+def me(session: str | None = Cookie(default=None), theme: str | None = Cookie(default=None)
+       ) -> dict[str, str | None]:
+    if session is None:
+        raise HTTPException(status_code=401, detail="no session cookie")
+    return {"session": session, "theme": theme}
+
+
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid-colour PNG, built by hand so the example needs no imaging library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    row = b"\x00" + bytes(rgb) * width
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * height))
+            + chunk(b"IEND", b""))
+
+
+@app.get("/pixel.png")
+def pixel(size: int = 4) -> Response:
+    return Response(content=_png(size, size, (255, 0, 0)), media_type="image/png")
+
+
+handler = Mangum(app)
