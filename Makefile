@@ -84,7 +84,7 @@ config-example: $(BIN)/.installed
 completion: $(BIN)/.installed
 	$(BIN)/python packaging/completion.py completion
 
-bench: $(BIN)/.installed runtime-image
+bench: $(BIN)/.installed runtime-image example-wheels
 	$(BIN)/python bench/run.py
 
 # Installation: the package in its own virtual environment under $(PREFIX)/lib/lambda,

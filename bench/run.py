@@ -44,7 +44,11 @@ RUNTIME_IMAGE = "lambda-runtime/python:3.11"
 PAYLOAD = b'{"name":"World"}'
 EXPECTED = b"Hello, World!"
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
-GROUPS = ("deploy", "http", "invoke", "warm", "cold", "peer", "async")
+GROUPS = ("deploy", "deps", "http", "invoke", "warm", "cold", "peer", "async")
+# The example apps whose requirements.txt the deps group resolves, from the wheels
+# `make example-wheels` fetched (benchmarks talk to loopback only, never to an index).
+DEPS_APPS = ("fastapi-mangum", "flask-apig-wsgi", "powertools")
+EXAMPLE_WHEELS = ROOT / ".cache" / "example-wheels"
 
 
 class BenchError(Exception):
@@ -201,6 +205,52 @@ def bench_deploy(daemon: BenchDaemon, args: argparse.Namespace) -> Result:
         notes=["baseline: DOCKER_BUILDKIT=0 docker build -q of the generated Dockerfile "
                "(FROM runtime image + COPY code), same cache state"],
     )
+
+
+# 1b. Deploys of apps with requirements.txt: resolved by pip vs taken from the build cache.
+
+def public_wheelhouse() -> Path:
+    """A world-readable copy of the example wheels: a daemon running as root resolves as
+    uid 65534, which cannot reach the checkout's folder if it lives under /root."""
+    if not any(EXAMPLE_WHEELS.glob("*.whl")):
+        raise BenchError(f"no wheels in {EXAMPLE_WHEELS}: run `make example-wheels` first")
+    folder = Path(tempfile.mkdtemp(prefix="lbwheels-", dir="/tmp"))
+    folder.chmod(0o755)
+    for wheel in EXAMPLE_WHEELS.glob("*.whl"):
+        shutil.copy(wheel, folder / wheel.name)
+        (folder / wheel.name).chmod(0o644)
+    return folder
+
+
+def bench_deps(daemon: BenchDaemon, args: argparse.Namespace) -> list[Result]:
+    lambdactl = executable("lambdactl")
+    env = daemon.env()
+    results = []
+    for app in DEPS_APPS:
+        name = f"bench-{app}"
+        deploy = [lambdactl, "deploy", str(ROOT / "functions" / app), "--name", name]
+        print(f"  deps: {app}: warm-up (first deploy, not counted)", flush=True)
+        run(deploy, env=env)
+        cached: list[int] = []
+        resolved: list[int] = []
+        for i in rounds(args.deploys, args.budget):
+            # Alternate the order so neither side always follows the other's clean-up.
+            order = [(resolved, [*deploy, "--no-cache"]), (cached, deploy)]
+            for samples, command in order if i % 2 else order[::-1]:
+                samples.append(timed(functools.partial(run, command, env=env)))
+            print(f"    round {i + 1}: from the build cache {cached[-1] / 1e6:.0f} ms, "
+                  f"pip {resolved[-1] / 1e6:.0f} ms", flush=True)
+        results.append(Result(
+            name=f"deploy {app} (cache)",
+            what=f"wall time of `lambdactl deploy functions/{app}` when its requirements come "
+            "from the build cache (warm)",
+            subject=Summary.of(cached),
+            baseline_name="--no-cache (pip)",
+            baseline=Summary.of(resolved),
+            notes=["baseline: the same deploy with --no-cache: pip resolves requirements.txt "
+                   "from the local wheelhouse (make example-wheels), as a cold cache would"],
+        ))
+    return results
 
 
 # 2. Warm invoke through the gateway, against the instance's own Unix socket.
@@ -369,9 +419,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The async group enqueues --async-events events to one function at once: more than the
     # default cap of queued events per function, which would refuse the rest.
+    try:
+        wheelhouse = public_wheelhouse() if "deps" in args.only else None
+    except BenchError as exc:
+        print(f"bench: FAILED: {exc}", file=sys.stderr)
+        return 1
     daemon = BenchDaemon(extra_args=["--cell-pool-size", str(args.cell_pool_size),
                                      "--pause-after", f"{args.pause_after:g}",
-                                     "--max-queued-events", str(max(1000, args.async_events))])
+                                     "--max-queued-events", str(max(1000, args.async_events)),
+                                     *(["--wheelhouse", str(wheelhouse)] if wheelhouse else [])])
     results: list[Result] = []
     load = LoadReport()
     asyncs = AsyncReport()
@@ -379,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: str | None = None
     titles = {
         "deploy": "deploy with a warm build cache",
+        "deps": "deploy apps with requirements.txt: build cache vs pip",
         "http": "HTTP invoke through the gateway",
         "invoke": "lambdactl invoke vs gRPC",
         "warm": "warm load: gateway vs instance socket, 1 and 32 clients",
@@ -398,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {n}/{len(args.only)} {titles[group]}", flush=True)
             if group == "deploy":
                 results.append(bench_deploy(daemon, args))
+            elif group == "deps":
+                results.extend(bench_deps(daemon, args))
             elif group == "http":
                 results.append(bench_http(daemon, args))
             elif group == "invoke":
@@ -429,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(log.splitlines()[-40:]), file=sys.stderr)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the clean-up finish
         removed = daemon.close()
+        if wheelhouse is not None:
+            shutil.rmtree(wheelhouse, ignore_errors=True)
         print(f"bench: lambdad stopped; removed {len(removed)} image(s)/container(s) and "
               f"{daemon.state_dir}", flush=True)
     elapsed = time.monotonic() - started
