@@ -101,6 +101,8 @@ def test_generated_dockerfile() -> None:
     assert text.splitlines()[1] == "FROM lambda-runtime/python:3.11"
     assert "COPY --chown=0:0 code/ /var/task/" in text
     assert "deps/ /opt/lambda/deps/" in text
+    # Deps first: their layer is reused when the build cache gave the same files.
+    assert text.index("deps/ /opt/lambda/deps/") < text.index("code/ /var/task/")
     assert "deps/" not in generated_dockerfile("img", with_deps=False)
 
 
