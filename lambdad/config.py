@@ -99,6 +99,7 @@ class Config:
     build_max_image_bytes: int = 4096 * MIB
     build_min_free_disk_bytes: int = 1024 * MIB
     build_cache_bytes: int = 2048 * MIB
+    pid_file: Path | None = None
     config_file: Path | None = None
 
 
@@ -171,6 +172,16 @@ def _path(text: str) -> Path:
     if not text:
         raise ValueError("expected a path, got an empty string")
     return Path(text).expanduser()
+
+
+NO_FILE = "none"
+
+
+def _path_or_none(text: str) -> str:
+    """A path, or NO_FILE for 'none' (kept apart from unset, whose default is derived)."""
+    if text.strip().lower() in ("none", "off", "false"):
+        return NO_FILE
+    return str(_path(text))
 
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -349,6 +360,11 @@ SETTINGS: tuple[Setting, ...] = (
        "this many seconds; 0 disables (default: 3600)", metavar="SECONDS", numeric=True),
     _s("log_level", "daemon", _choice("debug", "info", "warning", "error"), "info",
        "daemon log level (default: info)", choices=("debug", "info", "warning", "error")),
+    _s("pid_file", "daemon", _path_or_none, None,
+       "file holding lambdad's process id, written once it is ready and removed when it "
+       "stops, for scripts that signal it (under `make run`, make is its parent); 'none' "
+       "writes none (default: $RUNTIME_DIRECTORY/lambdad.pid under systemd, else "
+       "STATE_DIR/run/lambdad.pid)", metavar="PATH"),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -553,6 +569,7 @@ def resolve(
         "socket": str(config.socket),
         "public_port": config.public_port,
         "api_key_file": None if config.api_key_file is None else str(config.api_key_file),
+        "pid_file": NO_FILE if config.pid_file is None else str(config.pid_file),
     }
     for key, derived in derived_values.items():
         if sources[key] == "default":
@@ -583,10 +600,16 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
     state_dir: Path = values["state_dir"] or default_state_dir(env)
     state_dir = state_dir.expanduser().absolute()
     socket: Path | None = values["socket"]
+    runtime_dir = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if socket is None:
-        runtime_dir = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
         socket = (Path(runtime_dir) / "lambdad.sock" if runtime_dir
                   else state_dir / "run" / "lambdad.sock")
+    pid_file: Path | None = None
+    if values["pid_file"] is None:  # beside the socket when it is where lambdad puts it
+        pid_file = (Path(runtime_dir) / "lambdad.pid" if runtime_dir
+                    else state_dir / "run" / "lambdad.pid")
+    elif values["pid_file"] != NO_FILE:
+        pid_file = Path(values["pid_file"]).absolute()
     api_key_file: Path | None = values["api_key_file"]
     if api_key_file is None and env.get("CREDENTIALS_DIRECTORY"):
         credential = Path(env["CREDENTIALS_DIRECTORY"]) / "api-key"
@@ -632,6 +655,7 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         build_max_image_bytes=values["build_max_image_size"],
         build_min_free_disk_bytes=values["build_min_free_disk"],
         build_cache_bytes=values["build_cache_size"],
+        pid_file=pid_file,
         config_file=config_file,
     )
 
@@ -697,7 +721,10 @@ def check(config: Config) -> list[str]:
                         f"({MAX_SOCKET_PATH - INSTANCE_SOCKET_SUFFIX} characters at most)")
     if len(str(config.socket)) > MAX_SOCKET_PATH:
         problems.append(f"socket: {config.socket} is longer than {MAX_SOCKET_PATH} bytes")
-    for key, folder in (("state_dir", config.state_dir), ("socket", config.socket.parent)):
+    folders = [("state_dir", config.state_dir), ("socket", config.socket.parent)]
+    if config.pid_file is not None:
+        folders.append(("pid_file", config.pid_file.parent))
+    for key, folder in folders:
         problem = _writable_folder(folder)
         if problem:
             problems.append(f"{key}: {problem}")

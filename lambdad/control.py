@@ -69,6 +69,8 @@ def fault_point(name: str) -> None:
         os._exit(137)
 
 DEPLOY_STEPS = 3
+# Deploy step 3 says how the first instance started (StartPlan.path in words).
+START_WORDS = {"cell": "stem cell", "container": "container"}
 
 
 @dataclass(frozen=True)
@@ -340,13 +342,19 @@ class ControlPlane:
                 self._metrics.build_duration.observe(build_s)
             fault_point("built")
             yield Progress(2, f'Building image "{image}"', done=True)
-            yield Progress(3, "Starting container", done=False)
             version = FunctionVersion(
                 function=name, number=number, image=image, image_id=built.image_id,
                 config=config, code_sha256=header.sha256, code_size=header.size,
                 created_at=datetime.now(UTC), deployed_by=deployed_by,
             )
-            instance = await self._runtime.start_instance(version)
+            # The path is chosen before the step is announced, so the step names it.
+            plan = self._runtime.plan_start(version)
+            starting = f"Starting instance ({START_WORDS[plan.path]})"
+            try:
+                yield Progress(3, starting, done=False)
+                instance = await self._runtime.start_instance(version, plan=plan)
+            finally:
+                self._runtime.abandon(plan)  # a cell taken but not used (the deploy ended)
             fault_point("started")
             start_s = time.monotonic() - started - build_s
         except BaseException:
@@ -361,10 +369,10 @@ class ControlPlane:
             raise
         self._runtime.activate(version, instance)
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
-                 "build_ms=%.0f start_ms=%.0f", name, number, image, header.size,
-                 summary.unpacked_bytes, build_s * 1000, start_s * 1000)
+                 "build_ms=%.0f start_ms=%.0f start=%s", name, number, image, header.size,
+                 summary.unpacked_bytes, build_s * 1000, start_s * 1000, instance.start_path)
         await self._apply_retention(name)
-        yield Progress(3, "Starting container", done=True)
+        yield Progress(3, starting, done=True)
         yield DeployResult(name=name, version=number, image=image, url=self.url(name))
 
     # Versions, rollback and configuration

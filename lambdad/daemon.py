@@ -105,6 +105,26 @@ def claim_socket(path: Path) -> None:
     raise StartupError(f"another lambdad is already running on {path}")
 
 
+def write_pid_file(path: Path) -> None:
+    """This process's id, written whole (a temporary file renamed over the old one), so a
+    script never reads half a number or a stale one mid-write."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        temp.write_text(f"{os.getpid()}\n")
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except OSError as exc:
+        raise StartupError(f"cannot write the pid file {path}: {exc.strerror}") from None
+
+
+def remove_pid_file(path: Path) -> None:
+    """Removes the pid file if it still holds this process's id (never another's)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
+
+
 def read_api_keys(path: Path | None) -> list[str]:
     if path is None:
         return []
@@ -221,6 +241,8 @@ class Daemon:
         max_connections = gateway_connection_cap(config)
         daemon_id = prepare_state_dir(config)
         claim_socket(config.socket)
+        if config.pid_file is not None:  # the last thing removed, once all else stopped
+            stack.callback(remove_pid_file, config.pid_file)
         keys = read_api_keys(config.api_key_file)
         credentials = None
         if config.grpc_listen is not None and (config.tls_cert is not None
@@ -420,12 +442,15 @@ class Daemon:
         await health_servicer.set(
             "lambdad.api.v1.FunctionService", health_pb2.HealthCheckResponse.SERVING
         )
+        if config.pid_file is not None:
+            write_pid_file(config.pid_file)
         notifier.ready(status_line())
         log.info(
             "lambdad ready: functions=%d control=unix://%s tcp=%s gateway=http://%s "
-            "api_key=%s", functions, config.socket, config.grpc_listen or "off",
-            config.gateway_listen,
-            "none (TCP refuses calls)" if keyring.empty else "configured",
+            "api_key=%s pid=%d pid_file=%s", functions, config.socket,
+            config.grpc_listen or "off", config.gateway_listen,
+            "none (TCP refuses calls)" if keyring.empty else "configured", os.getpid(),
+            config.pid_file or "none",
         )
         return notifier
 

@@ -63,7 +63,12 @@ class LogCapture:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stops capturing. lambdad calls it after removing every instance, so each stream
+        is ending on its own with the last lines (an instance's SIGTERM handler writes
+        some as it stops); streams still open after `grace` seconds are cut."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -58,6 +58,20 @@ class PoolCounts:
     queued: int
 
 
+@dataclass
+class StartPlan:
+    """How an instance will start, decided before it starts: `cell` is a stem cell taken
+    for it (with the version's `artifact`), or None for a new container."""
+
+    cell: Cell | None
+    artifact: Path | None
+
+    @property
+    def path(self) -> str:
+        """"cell" or "container", as `Instance.start_path` and the Lambda-Start header say."""
+        return "cell" if self.cell is not None else "container"
+
+
 class RuntimeManager:
     def __init__(
         self, backend: DockerBackend, *, instances_dir: Path, start_timeout: float = 30.0,
@@ -277,12 +291,34 @@ class RuntimeManager:
         folder.close()
         return None
 
+    def plan_start(self, version: FunctionVersion) -> StartPlan:
+        """Decides now how `start_instance(version, plan=...)` will start: with a ready stem
+        cell (taken from the pool at once) or a new container. A deploy says which."""
+        artifact = self._artifact(version)
+        cell = self.cells.take(self._cell_class(version)) if artifact is not None else None
+        return StartPlan(cell, artifact)
+
+    def abandon(self, plan: StartPlan) -> None:
+        """A plan that was not started (the deploy ended first): its cell is stopped."""
+        cell, plan.cell = plan.cell, None
+        if cell is not None:
+            self._spawn(self._destroy_cell(cell))
+
     async def start_instance(
-        self, version: FunctionVersion, wanted: Callable[[], bool] | None = None
+        self, version: FunctionVersion, wanted: Callable[[], bool] | None = None,
+        *, plan: StartPlan | None = None,
     ) -> Instance:
         """An instance of `version`, ready to serve: a specialized stem cell when one is
         ready, else a new container. `wanted` lets a queued start give up (StartNotNeeded)
-        once the requests it was for have been served by others."""
+        once the requests it was for have been served by others. With a `plan`, the path
+        it chose is the one taken."""
+        if plan is not None:
+            cell, plan.cell = plan.cell, None
+            if cell is not None:
+                assert plan.artifact is not None  # plan_start takes a cell only with one
+                return await self._specialize(cell, version, plan.artifact)
+            async with self._container_starts:
+                return await self._start_container(version)
         artifact = self._artifact(version)
         if artifact is not None:
             cell = self.cells.take(self._cell_class(version))

@@ -16,7 +16,7 @@ def test_deploy_invoke_list_delete(lambdad: Lambdad) -> None:
     assert lines[0] == "[1/3] Packaging function code... Done."
     assert lines[1] == f'[2/3] Building image "{image}"...'
     assert any("Successfully tagged" in line for line in lines), deployed.stderr
-    assert "[3/3] Starting container... Done." in lines
+    assert "[3/3] Starting instance (container)... Done." in lines  # no routed function: no cell
     assert lines[-1] == f"Your function is live at: http://greet.localhost:{port}"
 
     response = lambdad.http("greet", "/?name=World")

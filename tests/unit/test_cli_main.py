@@ -88,7 +88,8 @@ class FakeDaemon(functions_pb2_grpc.FunctionServiceServicer):
         yield pb.DeployResponse(
             progress=pb.DeployProgress(step=2, total_steps=3, title=title, state=DONE)
         )
-        start = pb.DeployProgress(step=3, total_steps=3, title="Starting container", state=STARTED)
+        start = pb.DeployProgress(step=3, total_steps=3, title="Starting instance (stem cell)",
+                                  state=STARTED)
         yield pb.DeployResponse(progress=start)
         start.state = pb.DeployProgress.STATE_DONE
         yield pb.DeployResponse(progress=start)
@@ -260,7 +261,7 @@ def test_deploy_output_and_request_stream(daemon: FakeDaemon, fn_dir: Path) -> N
         '[2/3] Building image "lambda-fn/greet:v1"...\n'
         " Step 1/2 : FROM lambda-runtime/python:3.11\n"
         " Step 2/2 : COPY . /var/task\n"
-        "[3/3] Starting container... Done.\n"
+        "[3/3] Starting instance (stem cell)... Done.\n"
         "Your function is live at: http://greet.localhost:8080\n"
     )
     header = daemon.deploy_header

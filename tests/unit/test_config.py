@@ -54,6 +54,7 @@ def test_defaults_without_file_or_environment() -> None:
     config = resolved.config
     assert config.state_dir == Path("/home/op/.local/state/lambdad")
     assert config.socket == Path("/home/op/.local/state/lambdad/run/lambdad.sock")
+    assert config.pid_file == Path("/home/op/.local/state/lambdad/run/lambdad.pid")
     assert config.gateway_listen == Listen("127.0.0.1", 8080)
     assert config.grpc_listen == Listen("127.0.0.1", 50051)
     assert config.public_port == 8080
@@ -109,7 +110,7 @@ def test_every_setting_is_read_from_each_source() -> None:
         "body_timeout": "12", "max_queued_events": "5", "max_event_size": "0.5",
         "build_timeout": "30", "build_memory": "512", "build_user": "1234",
         "build_max_image_size": "300", "build_min_free_disk": "0",
-        "max_buffered_bodies": "64", "build_cache_size": "10",
+        "max_buffered_bodies": "64", "build_cache_size": "10", "pid_file": "/srv/l.pid",
     }
     assert set(values) == {s.key for s in SETTINGS}
     text = "".join(f'{k} = "{v}"\n' for k, v in values.items())
@@ -135,6 +136,7 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.build_max_image_bytes == 300 * MIB
     assert from_flags.build_min_free_disk_bytes == 0
     assert from_flags.build_cache_bytes == 10 * MIB
+    assert from_flags.pid_file == Path("/srv/l.pid")
 
 
 def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:
@@ -245,12 +247,32 @@ def test_systemd_directories_set_the_derived_defaults(tmp_path: Path) -> None:
     config = run([], env).config
     assert config.state_dir == Path("/var/lib/lambdad")
     assert config.socket == Path("/run/lambdad/lambdad.sock")
+    assert config.pid_file == Path("/run/lambdad/lambdad.pid")
     assert config.api_key_file == credentials / "api-key"
     # Without the credential file there is no key file; explicit settings win over systemd's.
     (credentials / "api-key").unlink()
     assert run([], env).config.api_key_file is None
     config = run(["--state-dir", "/srv/s"], {**env, "LAMBDAD_SOCKET": "/tmp/s.sock"}).config
     assert config.state_dir == Path("/srv/s") and config.socket == Path("/tmp/s.sock")
+
+
+def test_pid_file_is_derived_named_or_none() -> None:
+    assert run(["--state-dir", "/srv/s"]).config.pid_file == Path("/srv/s/run/lambdad.pid")
+    assert run(["--pid-file", "none"]).config.pid_file is None
+    assert run([], {"LAMBDAD_PID_FILE": "off"}).config.pid_file is None
+    named = run([], read=files(**{str(SYSTEM_CONFIG): "pid_file = 'l.pid'\n"})).config
+    assert named.pid_file == Path("l.pid").absolute()
+    assert "pid_file = \"none\"  # flag" in effective_toml(run(["--pid-file", "none"]))
+    derived = effective_toml(run(["--state-dir", "/srv/s"]))
+    assert 'pid_file = "/srv/s/run/lambdad.pid"  # default' in derived
+
+
+def test_check_reports_a_pid_file_in_a_folder_it_cannot_make(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    config = run(["--state-dir", str(tmp_path / "s"), "--pid-file",
+                  str(not_a_folder / "lambdad.pid")]).config
+    assert [p for p in check(config) if p.startswith("pid_file: ")], check(config)
 
 
 def test_lambda_state_dir_is_shared_with_lambdactl() -> None:

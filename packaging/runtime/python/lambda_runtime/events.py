@@ -44,6 +44,13 @@ class NotInitialized(RuntimeFault):
     status = 503
 
 
+class ShuttingDown(RuntimeFault):
+    """A request reached an instance that is stopping."""
+
+    error_type = "Runtime.ShuttingDown"
+    status = 503
+
+
 class InvalidPayload(RuntimeFault):
     error_type = "Runtime.InvalidPayload"
     status = 400

@@ -9,6 +9,9 @@ Two ways to start:
   runs; the first request, POST /init {handler, task_root, env}, loads the function;
 - otherwise the handler named by _HANDLER is loaded first, and the socket appears only once
   it loaded (an import error exits 1 before there is a socket).
+
+SIGTERM or SIGINT stops it gracefully (Supervisor.shutdown): the socket goes first, then the
+function's workers get their SIGTERM and a short grace.
 """
 
 from __future__ import annotations
@@ -18,11 +21,7 @@ import signal
 import socket
 import time
 
-from .supervisor import Supervisor
-
-TYPE_CHECKING = False  # typing is not imported at run time (see events.py)
-if TYPE_CHECKING:
-    from types import FrameType
+from .supervisor import SHUTDOWN_GRACE_S, Supervisor
 
 DEFAULT_SOCKET = "/run/lambda/invoke.sock"
 DEFAULT_TASK_ROOT = "/var/task"
@@ -69,14 +68,6 @@ def listen(path: str) -> socket.socket:
     return sock
 
 
-class _Terminate(BaseException):
-    """SIGTERM/SIGINT: not an error the supervisor's loop would log and go past."""
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise _Terminate  # unwinds the supervisor's loop
-
-
 def main(env: dict[str, str] | None = None) -> int:
     started = time.monotonic()
     env = dict(os.environ) if env is None else env
@@ -84,25 +75,24 @@ def main(env: dict[str, str] | None = None) -> int:
     socket_path = env.get("LAMBDA_SOCKET", DEFAULT_SOCKET)
     stem_cell = env.get("LAMBDA_STEM_CELL") == "1"
     supervisor = Supervisor(env)  # forks the zygote first of all
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    # SIGTERM (docker stop) or SIGINT: the loop ends after the event it is handling, then
+    # the function's processes get their graceful stop.
+    signal.signal(signal.SIGTERM, supervisor.terminate)
+    signal.signal(signal.SIGINT, supervisor.terminate)
     listener: socket.socket | None = None
-    code = 0
     try:
         if not stem_cell:
             result = supervisor.load(env.get("_HANDLER", ""), task_root, {}, started)
-            if not result["ok"]:
+            if not result["ok"] and not supervisor.terminating:
                 return supervisor.fatal_code or 1
-        listener = listen(socket_path)
-        supervisor.serve(listener, socket_path)
-        code = supervisor.fatal_code or 0
-    except _Terminate:
-        pass
+        if not supervisor.terminating:
+            listener = listen(socket_path)
+            supervisor.serve(listener, socket_path)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not abort cleanup
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        supervisor.stop()
-        if listener is not None:
+        if listener is not None:  # nothing new comes in while the workers stop
             listener.close()
             _remove(socket_path)
-    return code
+        supervisor.shutdown(SHUTDOWN_GRACE_S)
+    return supervisor.fatal_code or 0

@@ -13,7 +13,9 @@ Processes (worker.py runs the function's side):
 - up to one worker per request in flight (lambdad sends at most the function's
   concurrency at once), started on demand and kept; a worker that dies is replaced.
 If the zygote dies once the function is loaded, no worker can start any more: the supervisor
-exits non-zero and lambdad discards the instance.
+exits non-zero and lambdad discards the instance. On SIGTERM (lambdad stopping the instance)
+every worker gets SIGTERM, as Lambda's runtime does at shutdown, and SHUTDOWN_GRACE_S to end
+while its output is still read; then everything left is killed.
 
 One thread does everything, on an epoll loop: lambdad's connections, the workers' channels
 and pipes, the zygote's channel, SIGCHLD. No locks, and the order of the log lines is the
@@ -47,6 +49,9 @@ READ_SIZE = 65536
 DRAIN_LIMIT = 2 << 20
 SPAWN_TIMEOUT_S = 30.0
 EXIT_WAIT_S = 2.0
+# How long the workers have, after their SIGTERM, before everything left is killed: Lambda
+# gives a runtime 300-500 ms of its shutdown phase. lambdad's docker stop waits 1 s.
+SHUTDOWN_GRACE_S = 0.5
 MAX_WORKERS = 1000  # lambdad's highest per-instance concurrency
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
@@ -435,6 +440,7 @@ class Supervisor:
         self.listener: socket.socket | None = None
         self.outside_only = os.getpid() == 1
         self.fatal_code: int | None = None
+        self.terminating = False  # SIGTERM or SIGINT came: the loop ends, shutdown follows
         self.socket_path = ""
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
@@ -463,19 +469,47 @@ class Supervisor:
         self.socket_path = socket_path
         listener.setblocking(False)
         self.loop.sel.register(listener, _READ, (self._accept, listener))
-        while self.fatal_code is None:
+        while self.fatal_code is None and not self.terminating:
             self.loop.once()
 
     def load(self, spec: str, task_root: str, env: dict[str, str], started: float
              ) -> dict[str, Any]:
         """Loads the handler before the socket exists (not a stem cell); the result."""
         self._begin_init(spec, task_root, env, chdir=False, started=started, conn=None)
-        while self.init_result is None and self.fatal_code is None:
+        while self.init_result is None and self.fatal_code is None and not self.terminating:
             self.loop.once()
         return self.init_result or {"ok": False}
 
+    def terminate(self, signum: int, frame: object) -> None:
+        """The SIGTERM/SIGINT handler: only a flag (the wakeup fd wakes the loop, which
+        ends after the event it is handling, never halfway through one)."""
+        self.terminating = True
+
+    def shutdown(self, grace: float) -> None:
+        """The instance stops: each worker gets SIGTERM, as Lambda's runtime does at its
+        shutdown, so a handler the function set at import runs (in every worker, never in
+        the zygote, which served nothing); their output is read and tagged as usual for up
+        to `grace` seconds, then every process left, the zygote included, is killed.
+        Requests still waiting get 503. After a fatal error, everything is killed at once."""
+        if self.fatal_code is None and self.state != "stopping":
+            self.state = "stopping"  # no worker starts from now on
+            while self.pool.waiting:
+                job = self.pool.waiting.popleft()
+                self._fault(job.conn, job.request, events.ShuttingDown("the instance is stopping"))
+            for worker in list(self.by_pid.values()):
+                if worker.status is None:
+                    try:  # noqa: SIM105
+                        os.kill(worker.pid, signal.SIGTERM)
+                    except OSError:
+                        pass
+            deadline = time.monotonic() + grace
+            self.loop.later(grace, lambda: None)  # bounds the loop's wait
+            while self.by_pid and time.monotonic() < deadline:
+                self.loop.once()
+        self.stop()
+
     def stop(self) -> None:
-        """Ends every process of the function (the caller exits next)."""
+        """Ends every process of the function at once (the caller exits next)."""
         self.state = "stopping"
         for pid in (self.zygote_pid, *self.by_pid):
             try:  # noqa: SIM105
@@ -606,6 +640,9 @@ class Supervisor:
         self._respond(conn, request, fault.status, _JSON_HEADERS, events.error_body(fault))
 
     def _dispatch(self, conn: Conn, request: http1.Request, body: bytes) -> None:
+        if self.state == "stopping":
+            self._fault(conn, request, events.ShuttingDown("the instance is stopping"))
+            return
         if self.state != "ready":
             self._specialize(conn, request, body)
             return
