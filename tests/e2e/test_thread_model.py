@@ -295,6 +295,8 @@ def test_the_handler_sees_the_same_process_on_both_paths(
     assert cell["cwd"] == "/var/task" and cell["sys_path"][0] == "/var/task"
     assert cell["signals"]["SIGTERM"] == "_on_sigterm"  # set at import, kept in the worker
     assert cell["writable"] == [False, False]
+    # How lambdad started the runtime is the supervisor's business, not the function's.
+    assert "LAMBDA_STEM_CELL" not in cell["env"]
 
 
 def test_eight_requests_in_flight_each_run_on_a_main_thread_of_their_own(

@@ -186,7 +186,7 @@ def _reexec(init: dict[str, Any]) -> NoReturn:
     """Becomes a fresh interpreter with the function's environment at its start (same pid,
     same fds 0-3: the supervisor sees the same zygote). Only here, never in the supervisor,
     do LD_PRELOAD, PYTHONPATH, PYTHONWARNINGS and the like take effect."""
-    env = {**os.environ, **init["env"]}
+    env = {**_without_runtime_flags(os.environ), **init["env"]}
     rest = {key: value for key, value in init.items() if key != "env"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.stdout.flush()
@@ -272,8 +272,19 @@ def _reply(ctl: socket.socket, value: dict[str, Any]) -> None:
     ctl.sendall(channel.LENGTH.pack(len(data)) + data)
 
 
+# How lambdad started the runtime (a cell, or a container started like one): the
+# supervisor's business, not the function's, so both cold paths show the same environment.
+RUNTIME_FLAGS = ("LAMBDA_STEM_CELL",)
+
+
+def _without_runtime_flags(env: Any) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key not in RUNTIME_FLAGS}
+
+
 def _initialize(init: dict[str, Any]) -> tuple[Handler, ContextFactory]:
     """Sets the function's environment before its import, then loads its handler."""
+    for flag in RUNTIME_FLAGS:
+        os.environ.pop(flag, None)
     os.environ.update(init["env"])
     task_root = init["task_root"]
     if init.get("chdir"):
