@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambdad.build.requirements import plain_requirement
 from lambdad.build.wheeltags import TargetPlatform
 from lambdad.errors import BuildFailed
 
@@ -238,11 +239,18 @@ def missing_wheel(tail: list[str]) -> tuple[str, str] | None:
 
 def conflict_causes(tail: list[str]) -> list[tuple[str, str]]:
     """(requirement, who needs it) from pip's "The conflict is caused by" lines, one per
-    package: a package without a compatible wheel shows up there as a "conflict"."""
+    package: a package without a compatible wheel shows up there as a "conflict".
+
+    A package's metadata wrote those requirements, and each goes to pip again as an
+    argument (`wheel_check_command`): only one that requirements.txt could hold (a name,
+    extras, versions) is kept, never one pip would open as a path, archive or URL."""
     found: dict[str, tuple[str, str]] = {}
     for line in tail:
         if cause := _CAUSE.match(line):
-            requirement = cause.group("req")
+            # pip prints markers after "; ", so the requirement stops at ";".
+            requirement = plain_requirement(cause.group("req").split(";", 1)[0])
+            if requirement is None:
+                continue
             name = re.split(r"[<>=!~\[;( ]", requirement, maxsplit=1)[0].lower()
             found.setdefault(name, (requirement, cause.group("who")))
     return list(found.values())
