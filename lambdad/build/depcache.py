@@ -12,7 +12,9 @@ Entries live under the state folder, owned by lambdad: `<key>/tree` is the deps 
 entry appears by one rename, so a crash leaves either a whole entry or a `tmp-*` folder
 that the next start removes. Trees are hard-linked in and out (the spool and the cache
 share the state folder's file system), so a hit costs a directory walk, not a copy.
-The least recently used entries go when the total passes `max_bytes`.
+The least recently used entries go when the total passes `max_bytes`; every file and
+folder counts for at least one 4 KiB block, so neither many keys nor many empty files
+take more disk (or inodes) than the total says.
 """
 
 from __future__ import annotations
@@ -71,12 +73,30 @@ def choose_evictions(entries: Iterable[Entry], max_bytes: int) -> list[str]:
     return gone
 
 
+# The least one file or folder is charged: a block of the usual file systems. An empty
+# file has no block but an inode, a folder a block of entries; counted by their sizes
+# alone, an entry of thousands of them (one wheel of empty modules) weighed nothing, and
+# every new key kept another.
+MIN_CHARGE = 4096
+# An entry's own folders and files beside its tree: the entry, `size`, `used`.
+_ENTRY_OVERHEAD = 3 * MIN_CHARGE
+
+
+def disk_charge(info: os.stat_result) -> int:
+    """What one file, folder or link counts for: its size or its blocks, whichever is
+    larger, and at least MIN_CHARGE."""
+    return max(info.st_size, info.st_blocks * 512, MIN_CHARGE)
+
+
 def tree_size(folder: Path) -> int:
+    """What `folder` counts for against `max_bytes`: every file, folder and link in it."""
     total = 0
-    for top, _dirs, files in os.walk(folder):
-        for name in files:
+    with contextlib.suppress(OSError):
+        total += disk_charge(os.lstat(folder))
+    for top, dirs, files in os.walk(folder):  # each folder once, as its parent's entry
+        for name in (*dirs, *files):
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(top, name)).st_size
+                total += disk_charge(os.lstat(os.path.join(top, name)))
     return total
 
 
@@ -127,7 +147,7 @@ class DepsCache:
         """Keeps a copy (hard links) of a resolved deps folder, then trims the cache."""
         if not self.enabled:
             return
-        size = tree_size(tree)
+        size = tree_size(tree) + _ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
         staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root))
