@@ -140,6 +140,14 @@ def pip_environment(parent: Mapping[str, str], work: WorkDirs) -> dict[str, str]
 
 # Runs in the child, as its uid: limits first, then lambdad's own pip in the same process
 # (from its folder, so that any Python 3 the build uid can run will do).
+#
+# `--only-binary=:all:` rules only what pip finds on an index. A wheel's metadata may
+# name a dependency by URL (`Requires-Dist: x @ https://host/x.tar.gz`, or `file:///a/dir`),
+# which pip fetches and builds, running its build backend on the host, whenever the
+# parent came from anywhere but PyPI's own file host (a mirror, a private index, the
+# wheelhouse). So every distribution pip prepares must be a wheel that pip found itself
+# (no `original_link`, the URL a requirement named); anything else fails before pip
+# downloads, unpacks or builds it. A pip without these names fails closed.
 _CHILD = """\
 import resource, runpy, sys
 memory, cpu, fsize = (int(v) for v in sys.argv[1:4])
@@ -148,6 +156,20 @@ resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 sys.path.insert(0, sys.argv[4])
+from pip._internal.exceptions import InstallationError
+from pip._internal.operations.prepare import RequirementPreparer
+prepare = RequirementPreparer.prepare_linked_requirement
+
+def index_wheels_only(self, req, *args, **kwargs):
+    if req.original_link is not None or not req.link.is_wheel:
+        parent = getattr(req.comes_from, "name", None)
+        raise InstallationError(
+            f"{req.name or 'a requirement'}{f' (needed by {parent})' if parent else ''} "
+            f"refers to {req.link}, not to a wheel on the package index: lambda installs "
+            "only those (never a URL, a path or a source distribution)")
+    return prepare(self, req, *args, **kwargs)
+
+RequirementPreparer.prepare_linked_requirement = index_wheels_only
 sys.argv = ["pip", *sys.argv[5:]]
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """

@@ -5,6 +5,11 @@
   dependency alone. `dep===/../../../code/evil` passes pip's requirement parser, but pip
   takes a requirement with a `/` in it as a path: the check would build the deployer's own
   uploaded folder, running its build backend on the host.
+- A wheel's metadata names a dependency by URL (`helper @ https://host/evil.tar.gz`, or a
+  `file://` folder: the deployer's own code, kept at a known path for stem cells). pip's
+  `--only-binary=:all:` rules only what it finds on an index: it fetched and built those,
+  running their build backend on the host, whenever the parent wheel came from anywhere but
+  PyPI's own file host (a mirror, a private index, the wheelhouse).
 - The build cache is bounded by `build_cache_size`; entries of empty files and folders
   (a wheel of thousands of them) must count for the disk they take.
 
@@ -14,10 +19,14 @@ the operator's index.
 
 from __future__ import annotations
 
+import http.server
+import io
 import os
 import secrets
 import shutil
+import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +96,120 @@ def test_a_dependency_named_like_a_path_cannot_make_pip_build_the_uploaded_folde
         assert daemon.cli("get", "pathdep").code != 0
     finally:
         marker.unlink(missing_ok=True)
+
+
+PYPROJECT = '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+
+
+def _backend(marker: Path) -> str:
+    """An in-tree build backend that needs nothing to be installed: pip imports it to build
+    the folder or sdist, and what it runs, runs on the host as pip's user."""
+    return f"import os\nopen({str(marker)!r}, 'w').write(str(os.getuid()))\n"
+
+
+@pytest.fixture
+def marker() -> Iterator[Path]:
+    path = Path(tempfile.gettempdir()) / f"lt-pwned-{secrets.token_hex(6)}"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def default_daemon(wheelhouse: Path) -> Iterator[Lambdad]:
+    """As installed to run as root: pip resolves as uid 65534 (build_user)."""
+    started = Lambdad(extra_args=["--wheelhouse", str(wheelhouse), "--cell-pool-size", "0"])
+    try:
+        started.start()
+        yield started
+    finally:
+        started.close()
+
+
+class _Sdists(http.server.BaseHTTPRequestHandler):
+    """Serves one sdist, as an attacker's web server would, and notes what was asked."""
+
+    body = b""
+    asked: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/gzip")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _sdist(marker: Path) -> bytes:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as archive:
+        for name, text in (("pyproject.toml", PYPROJECT), ("backend.py", _backend(marker))):
+            encoded = text.encode()
+            info = tarfile.TarInfo(f"evil-1.0/{name}")
+            info.size = len(encoded)
+            archive.addfile(info, io.BytesIO(encoded))
+    return data.getvalue()
+
+
+def _requiring(wheelhouse: Path, name: str, requirement: str) -> None:
+    """A wheel whose metadata needs `requirement`, on the index the daemon resolves from."""
+    wheel = build_wheel(wheelhouse, name, "1.0", "", requires=(requirement,))
+    wheel.chmod(0o644)
+
+
+def _function(tmp_path: Path, requirements: str) -> Path:
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    (folder / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (folder / "requirements.txt").write_text(requirements)
+    return folder
+
+
+def test_a_dependency_on_an_sdist_url_is_neither_fetched_nor_built(
+    default_daemon: Lambdad, wheelhouse: Path, tmp_path: Path, marker: Path,
+) -> None:
+    _Sdists.body, _Sdists.asked = _sdist(marker), []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sdists)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/evil-1.0.tar.gz"
+        _requiring(wheelhouse, "urlsdist", f"helper @ {url}")
+        result = default_daemon.cli("deploy", str(_function(tmp_path, "urlsdist\n")),
+                                    "--name", "urlsdist")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not marker.exists(), f"the sdist's code ran on the host as uid {marker.read_text()}"
+    assert _Sdists.asked == []
+    assert result.code != 0
+    assert f"helper (needed by urlsdist) refers to {url}, not to a wheel" in result.stderr
+    assert default_daemon.cli("get", "urlsdist").code != 0
+
+
+def test_a_dependency_on_a_folder_url_cannot_build_the_deployers_earlier_upload(
+    daemon: Lambdad, wheelhouse: Path, tmp_path: Path, marker: Path,
+) -> None:
+    # A deploy keeps its files at <state_dir>/artifacts/<name>/v<N>/task for stem cells:
+    # a path the deployer can name, readable by pip when pip runs as lambdad's user.
+    stash = tmp_path / "stash"
+    (stash / "evil").mkdir(parents=True)
+    (stash / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (stash / "evil" / "pyproject.toml").write_text(PYPROJECT)
+    (stash / "evil" / "backend.py").write_text(_backend(marker))
+    daemon.deploy(stash, "--name", "stash")
+    kept = daemon.state_dir / "artifacts" / "stash" / "v1" / "task" / "evil"
+    assert (kept / "backend.py").is_file()
+    _requiring(wheelhouse, "urlfolder", f"helper @ file://{kept}")
+
+    result = daemon.cli("deploy", str(_function(tmp_path, "urlfolder\n")),
+                        "--name", "urlfolder")
+    assert not marker.exists(), f"the deployer's code ran on the host as uid {marker.read_text()}"
+    assert result.code != 0
+    assert "helper (needed by urlfolder) refers to file://" in result.stderr
+    assert daemon.cli("get", "urlfolder").code != 0
 
 
 def _disk_use(folder: Path) -> int:

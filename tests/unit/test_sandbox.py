@@ -145,6 +145,15 @@ def test_pip_runs_under_its_rlimits(tmp_path: Path) -> None:
     fake = tmp_path / "fakepip"
     (fake / "pip").mkdir(parents=True)
     (fake / "pip" / "__init__.py").write_text("")
+    # The names the preamble wraps (see test_pip_prepares_only_wheels_found_on_the_index).
+    (fake / "pip" / "_internal" / "operations").mkdir(parents=True)
+    (fake / "pip" / "_internal" / "__init__.py").write_text("")
+    (fake / "pip" / "_internal" / "exceptions.py").write_text(
+        "class InstallationError(Exception):\n    pass\n")
+    (fake / "pip" / "_internal" / "operations" / "__init__.py").write_text("")
+    (fake / "pip" / "_internal" / "operations" / "prepare.py").write_text(
+        "class RequirementPreparer:\n    def prepare_linked_requirement(self, req):\n"
+        "        pass\n")
     (fake / "pip" / "__main__.py").write_text(
         "import resource, sys\n"
         "print(resource.getrlimit(resource.RLIMIT_AS)[0], "
