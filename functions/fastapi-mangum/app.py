@@ -4,7 +4,7 @@ import asyncio
 import struct
 import zlib
 
-from fastapi import Cookie, FastAPI, HTTPException, Response
+from fastapi import Cookie, FastAPI, HTTPException, Query, Response
 from mangum import Mangum
 from pydantic import BaseModel, Field
 
@@ -42,6 +42,8 @@ def create_item(item: Item) -> dict[str, object]:
 
 @app.post("/login")
 def login(response: Response, user: str) -> dict[str, str]:
+    # Cookies, not authentication: a client can send any `session` it likes. A real app
+    # checks a password and signs the cookie (or keeps sessions server-side).
     response.set_cookie("session", f"user-{user}", httponly=True, samesite="lax")
     response.set_cookie("theme", "dark")
     return {"logged_in": user}
@@ -70,7 +72,9 @@ def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
 
 @app.get("/pixel.png")
-def pixel(size: int = 4) -> Response:
+def pixel(size: int = Query(4, ge=1, le=256)) -> Response:
+    # Bounded: the buffer grows with size squared, and one request for size=20000 (1.2 GB)
+    # would take the instance, and every request on it, down. Bound what a query sizes.
     return Response(content=_png(size, size, (255, 0, 0)), media_type="image/png")
 
 
