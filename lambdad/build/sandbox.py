@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambdad.build.depcache import tree_size
 from lambdad.build.requirements import plain_requirement
 from lambdad.build.wheeltags import TargetPlatform
 from lambdad.errors import BuildFailed
@@ -59,7 +60,8 @@ class BuildLimits:
     line_chars: int = 1000
     user: int = 65534  # uid (and gid) pip runs as when lambdad is root
     max_image_bytes: int = 4096 * MIB  # the largest image a build may leave
-    min_free_disk_bytes: int = 1024 * MIB  # a build stops below this on Docker's data root
+    min_free_disk_bytes: int = 1024 * MIB  # a build stops below this on Docker's data root,
+    # and pip below this on its work folder's and the build folder's file systems
 
 
 # Variables the operator's pip configuration may live in; all else of lambdad's is dropped.
@@ -288,6 +290,7 @@ class PipResult:
     code: int
     tail: list[str]
     timed_out: bool
+    disk_short: str = ""  # why the disk watch stopped pip (build_min_free_disk), or ""
 
 
 class OutputCap:
@@ -401,12 +404,35 @@ def reclaim(work: WorkDirs) -> None:
         os.chmod(work.root, 0o700)
 
 
+# How often pip's disk watch measures the free space.
+DISK_POLL = 0.25
+
+
+def disk_shortage(folders: Sequence[Path], floor: int) -> str | None:
+    """Why a build must stop: a folder it writes to is on a file system with less than
+    `floor` bytes free (build_min_free_disk); None if all have room or cannot be measured."""
+    for folder in folders:
+        try:
+            info = os.statvfs(folder)
+        except OSError:
+            continue
+        free = info.f_bavail * info.f_frsize
+        if free < floor:
+            return (f"{folder} has {free // MIB} MiB free, less than the {floor // MIB} MiB "
+                    "builds must leave (build_min_free_disk)")
+    return None
+
+
 def run_pip(command: list[str], work: WorkDirs, limits: BuildLimits, deadline: float,
-            output: OutputCap) -> PipResult:
-    """Runs pip to the end or the deadline; its whole process group dies either way.
+            output: OutputCap, watch: Sequence[Path] = ()) -> PipResult:
+    """Runs pip to the end, the deadline, or until a folder in `watch` is on a file system
+    with less than `build_min_free_disk` free (a wheel unpacks to what it likes: 100 GiB of
+    zeros fit in a 100 MB wheel); its whole process group dies either way.
 
     No user= here: see `_DROP`."""
     timed_out = threading.Event()
+    stop_watch = threading.Event()
+    short: list[str] = []
     with subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         cwd=work.cwd, env=pip_environment(os.environ, work), close_fds=True,
@@ -423,21 +449,39 @@ def run_pip(command: list[str], work: WorkDirs, limits: BuildLimits, deadline: f
             timed_out.set()
             kill()
 
+        def watch_disk() -> None:
+            while True:
+                reason = disk_shortage(watch, limits.min_free_disk_bytes)
+                if reason is not None:
+                    short.append(reason)
+                    kill()
+                    return
+                if stop_watch.wait(DISK_POLL):
+                    return
+
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), overrun)
         timer.daemon = True
         timer.start()
+        watcher = threading.Thread(target=watch_disk, name="pip-disk", daemon=True)
+        if watch and limits.min_free_disk_bytes > 0:
+            watcher.start()
         try:
             assert proc.stdout is not None
             while chunk := proc.stdout.readline(4 * limits.line_chars):
                 output.line(chunk.decode("utf-8", errors="replace"))
             # Wait without reaping, so the group's id cannot be reused before it is killed.
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            stop_watch.set()
+            if watcher.is_alive():
+                watcher.join()
             kill()
             code = proc.wait()
         finally:
+            stop_watch.set()
             timer.cancel()
             kill()
-    return PipResult(code=code, tail=list(output.tail), timed_out=timed_out.is_set())
+    return PipResult(code=code, tail=list(output.tail), timed_out=timed_out.is_set(),
+                     disk_short=short[0] if short else "")
 
 
 def no_wheel_message(requirement: str, needed_by: str, target: TargetPlatform) -> str:
@@ -454,6 +498,8 @@ def explain_failure(result: PipResult, limits: BuildLimits, target: TargetPlatfo
     """The deploy error for a pip run that did not succeed; `no_wheel` lists the
     (requirement, needed by) that checks found without a compatible wheel."""
     where = f"wheels for {target.describe()}"
+    if result.disk_short:
+        return f"requirements.txt: resolving stopped: {result.disk_short}"
     if result.timed_out:
         return (f"requirements.txt: resolving {where} did not finish within the build "
                 f"timeout of {limits.timeout_s:g} s (build_timeout)")
@@ -476,9 +522,10 @@ class _Pip:
     """One build's pip runs: same sandbox, same interpreter, same deadline."""
 
     def __init__(self, work: WorkDirs, limits: BuildLimits, target: TargetPlatform,
-                 wheelhouse: Path | None, deadline: float) -> None:
+                 wheelhouse: Path | None, deadline: float, build_dir: Path) -> None:
         self.work, self.limits, self.target = work, limits, target
         self.wheelhouse, self.deadline = wheelhouse, deadline
+        self.watch = [work.root, build_dir]  # pip writes to one, lambdad copies to the other
         self.pip_path = pip_folder()
         self.python = interpreter(limits.user if drops_privileges(limits) else 0,
                                   self.pip_path)
@@ -491,7 +538,7 @@ class _Pip:
                         timeout_s=max(1.0, self.deadline - time.monotonic()))
         if drops_privileges(self.limits):
             command = as_user(command, self.limits.user)
-        return run_pip(command, self.work, self.limits, self.deadline, output)
+        return run_pip(command, self.work, self.limits, self.deadline, output, self.watch)
 
     def without_wheels(self, causes: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Which of a failed resolution's dependencies have no wheel for the target at all."""
@@ -507,22 +554,40 @@ class _Pip:
         return missing
 
 
+def _check_room(folder: Path, size: int, limits: BuildLimits) -> None:
+    """BuildFailed unless `size` more bytes in `folder` leave build_min_free_disk free."""
+    if limits.min_free_disk_bytes <= 0:
+        return
+    with contextlib.suppress(OSError):
+        info = os.statvfs(folder)
+        free = info.f_bavail * info.f_frsize
+        if free - size < limits.min_free_disk_bytes:
+            raise BuildFailed(
+                f"requirements.txt: resolving stopped: the resolved packages "
+                f"({size // MIB} MiB) would leave {folder} {max(0, free - size) // MIB} MiB "
+                f"free, less than the {limits.min_free_disk_bytes // MIB} MiB builds must "
+                "leave (build_min_free_disk)")
+
+
 def install(requirements: list[str], build_dir: Path, deps: Path, limits: BuildLimits, *,
             target: TargetPlatform, wheelhouse: Path | None, deadline: float,
             emit: Callable[[str], None]) -> None:
     """Resolves `requirements` to wheels in a sandboxed pip and leaves them in `deps`."""
     work = make_workdirs(build_dir, limits)
     try:
-        pip = _Pip(work, limits, target, wheelhouse, deadline)
+        pip = _Pip(work, limits, target, wheelhouse, deadline, build_dir)
         output = OutputCap(emit, limits.output_lines, limits.line_chars, tail=40, skip=_NOISE)
         result = pip.run(pip_command, requirements, work.target, output)
-        if result.code != 0 or result.timed_out:
-            causes = [] if result.timed_out else conflict_causes(result.tail)
+        if result.code != 0 or result.timed_out or result.disk_short:
+            stopped = result.timed_out or result.disk_short
+            causes = [] if stopped else conflict_causes(result.tail)
             raise BuildFailed(explain_failure(result, limits, target,
                                               pip.without_wheels(causes)))
         reclaim(work)
         if drops_privileges(limits):
-            # A copy, so every file of the image's deps is lambdad's, not the build uid's.
+            # A copy, so every file of the image's deps is lambdad's, not the build uid's:
+            # only if the build folder's file system keeps its floor with it.
+            _check_room(build_dir, tree_size(work.target), limits)
             shutil.copytree(work.target, deps, symlinks=True)
         else:
             os.rename(work.target, deps)

@@ -19,6 +19,8 @@ the operator's index.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.server
 import io
 import os
@@ -27,6 +29,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +245,87 @@ def test_the_build_cache_stays_within_its_size_on_disk(
     # Still a cache: the last resolution, which fits, is kept and served.
     again = daemon.deploy(folder, "--name", "hollow")
     assert "from the build cache" in again.stderr
+
+
+BOMB_FILES = 2  # of 1 GiB of zeros each: a few MiB of wheel
+
+
+def _zip_bomb(folder: Path) -> None:
+    """A wheel of BOMB_FILES files of 1 GiB of zeros (deflated to ~1 MiB each), written
+    in chunks so the test itself stays small."""
+    name, dist = "bomb", "bomb-1.0.dist-info"
+    record = []
+    wheel = folder / "bomb-1.0-py3-none-any.whl"
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED,
+                         compresslevel=1) as archive:
+        for i in range(BOMB_FILES):
+            digest = hashlib.sha256()
+            with archive.open(f"{name}/blob{i}", "w", force_zip64=True) as out:
+                for _ in range(1024):
+                    out.write(chunk)
+                    digest.update(chunk)
+            encoded = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+            record.append(f"{name}/blob{i},sha256={encoded},{1 << 30}")
+        texts = {f"{name}/__init__.py": "",
+                 f"{dist}/METADATA": "Metadata-Version: 2.1\nName: bomb\nVersion: 1.0\n",
+                 f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\n"
+                                  "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+        for path, text in texts.items():
+            archive.writestr(path, text)
+            encoded = base64.urlsafe_b64encode(
+                hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={encoded},{len(text)}")
+        archive.writestr(f"{dist}/RECORD", "\n".join([*record, f"{dist}/RECORD,,"]) + "\n")
+    wheel.chmod(0o644)
+
+
+def _free(path: Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+@pytest.fixture
+def disk_floor(wheelhouse: Path) -> Iterator[tuple[Lambdad, int]]:
+    """A daemon whose free-disk floor is 400 MiB below the free space now (pip's work
+    folder, the state folder and the Docker data root share one file system here)."""
+    _zip_bomb(wheelhouse)
+    floor_mib = (_free(Path(tempfile.gettempdir())) >> 20) - 400
+    started = Lambdad(extra_args=["--wheelhouse", str(wheelhouse), "--cell-pool-size", "0",
+                                  "--build-min-free-disk", str(floor_mib)])
+    try:
+        started.start()
+        yield started, floor_mib
+    finally:
+        started.close()
+
+
+def test_a_wheel_that_fills_the_disk_stops_pip_at_the_floor(
+    disk_floor: tuple[Lambdad, int], tmp_path: Path,
+) -> None:
+    # build_min_free_disk guarded the Docker build only: pip unpacked what a wheel held
+    # (2 GiB here; a 100 MB wheel on an index can hold 100 GiB), and lambdad copied it
+    # once more into the build folder, before any check looked at the disk.
+    daemon, floor_mib = disk_floor
+    lowest = [_free(Path(tempfile.gettempdir()))]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            lowest.append(_free(Path(tempfile.gettempdir())))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = daemon.cli("deploy", str(_function(tmp_path, "bomb\n")), "--name", "bomb")
+    finally:
+        done.set()
+        watcher.join()
+    assert result.code != 0
+    assert f"less than the {floor_mib} MiB builds must leave (build_min_free_disk)" \
+        in result.stderr, result.stderr
+    assert "requirements.txt: resolving stopped" in result.stderr, result.stderr
+    # Stopped within a poll of crossing the floor, not gigabytes later.
+    assert (min(lowest) >> 20) > floor_mib - 1024, (min(lowest) >> 20, floor_mib)
+    assert list((daemon.state_dir / "spool").iterdir()) == []
+    assert not list(Path(tempfile.gettempdir()).glob("lambdad-pip-*"))

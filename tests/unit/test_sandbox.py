@@ -122,6 +122,31 @@ def test_run_stops_at_the_deadline_with_the_whole_process_group(tmp_path: Path) 
         result, BuildLimits(), BOOKWORM)
 
 
+def test_run_stops_when_a_watched_file_system_falls_below_the_floor(tmp_path: Path) -> None:
+    # A floor above what is free now: as if the process had just filled the disk.
+    info = os.statvfs(tmp_path)
+    free = info.f_bavail * info.f_frsize
+    limits = BuildLimits(user=os.geteuid(), min_free_disk_bytes=free + 1024 * 1024 * 1024)
+    script = "print('started', flush=True)\nimport time\ntime.sleep(300)\n"
+    started = time.monotonic()
+    result = sandbox.run_pip([sys.executable, "-c", script], _work(tmp_path), limits,
+                             time.monotonic() + 60, OutputCap(lambda _: None, 10, 100),
+                             watch=[tmp_path])
+    assert time.monotonic() - started < 30 and not result.timed_out
+    assert f"{tmp_path} has " in result.disk_short
+    assert "builds must leave (build_min_free_disk)" in result.disk_short
+    assert sandbox.explain_failure(result, limits, BOOKWORM).startswith(
+        f"requirements.txt: resolving stopped: {tmp_path} has ")
+    # Floor 0 disables the watch; no folder to watch, no watch.
+    for i, (quiet, watch) in enumerate([
+            (BuildLimits(user=os.geteuid(), min_free_disk_bytes=0), [tmp_path]), (limits, [])]):
+        (tmp_path / str(i)).mkdir()
+        done = sandbox.run_pip([sys.executable, "-c", "print('ok')"], _work(tmp_path / str(i)),
+                               quiet, time.monotonic() + 30,
+                               OutputCap(lambda _: None, 10, 100), watch=watch)
+        assert (done.code, done.disk_short) == (0, "")
+
+
 def test_run_gets_a_clean_environment_an_empty_cwd_and_no_stdin(tmp_path: Path) -> None:
     work = _work(tmp_path)
     os.environ["LAMBDAD_TEST_SECRET"] = "hunter2"
