@@ -14,9 +14,11 @@ ITEMS: dict[int, dict[str, object]] = {1: {"id": 1, "name": "hammer", "price": 9
 
 
 class Item(BaseModel):
-    name: str = Field(min_length=1)
+    # Bounded: items stay in memory, so unbounded fields would let a few large requests
+    # fill the instance's memory.
+    name: str = Field(min_length=1, max_length=200)
     price: float = Field(gt=0)
-    tags: list[str] = []
+    tags: list[str] = Field(default=[], max_length=20)
 
 
 @app.get("/items/{item_id}")
