@@ -150,8 +150,15 @@ def pip_environment(parent: Mapping[str, str], work: WorkDirs) -> dict[str, str]
 # wheelhouse). So every distribution pip prepares must be a wheel that pip found itself
 # (no `original_link`, the URL a requirement named); anything else fails before pip
 # downloads, unpacks or builds it. A pip without these names fails closed.
+#
+# pip runs in a session of its own (so its whole group can be killed), which a killed
+# lambdad would leave running, writing to the disk unwatched: it gets SIGKILL when
+# lambdad (argv[5]) dies, and stops at once if that has already happened.
 _CHILD = """\
-import resource, runpy, sys
+import ctypes, os, resource, runpy, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[5]):
+    sys.exit("lambdad is gone")
 memory, cpu, fsize = (int(v) for v in sys.argv[1:4])
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -172,7 +179,7 @@ def index_wheels_only(self, req, *args, **kwargs):
     return prepare(self, req, *args, **kwargs)
 
 RequirementPreparer.prepare_linked_requirement = index_wheels_only
-sys.argv = ["pip", *sys.argv[5:]]
+sys.argv = ["pip", *sys.argv[6:]]
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
 
@@ -215,7 +222,7 @@ def pip_folder() -> str:
 def _pip(python: str, limits: BuildLimits, pip_path: str, timeout_s: float | None) -> list[str]:
     cpu = max(1, int(timeout_s if timeout_s is not None else limits.timeout_s))
     return [python, "-I", "-c", _CHILD, str(limits.memory_bytes), str(cpu),
-            str(limits.file_bytes), pip_path or pip_folder()]
+            str(limits.file_bytes), pip_path or pip_folder(), str(os.getpid())]
 
 
 def _for_target(target: TargetPlatform, wheelhouse: Path | None) -> list[str]:
@@ -372,12 +379,29 @@ def interpreter(uid: int, pip_path: str) -> str:
         "install lambdad where it can read it, or set build_user")
 
 
+def workdir_prefix(spool: Path) -> str:
+    """The name every pip work folder for builds in `spool` (one state folder's) starts
+    with in the system temp folder: a start removes what a killed daemon left there, and
+    nothing of another daemon's."""
+    tag = hashlib.sha256(str(spool.resolve()).encode()).hexdigest()[:12]
+    return f"lambdad-pip-{tag}-"
+
+
+def remove_leftover_workdirs(spool: Path) -> int:
+    """Removes the work folders a killed daemon with this spool left; how many."""
+    removed = 0
+    for leftover in Path(tempfile.gettempdir()).glob(workdir_prefix(spool) + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # never follows a link
+        removed += 1
+    return removed
+
+
 def make_workdirs(build_dir: Path, limits: BuildLimits) -> WorkDirs:
     """A private work folder: under the build folder when pip runs as lambdad's user; in
     the system temp folder, owned by the build uid, when it runs as another (the state
     folder is 0750 and must stay closed to it)."""
     if drops_privileges(limits):
-        root = Path(tempfile.mkdtemp(prefix="lambdad-pip-"))
+        root = Path(tempfile.mkdtemp(prefix=workdir_prefix(build_dir.parent)))
     else:
         root = build_dir / "pip"
         root.mkdir(mode=0o700)

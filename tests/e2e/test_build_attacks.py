@@ -20,12 +20,17 @@ the operator's index.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import io
 import os
 import secrets
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad
+from tests.support.daemon import ROOT, Lambdad, wait_for
 from tests.support.wheels import build_wheel
 
 pytestmark = pytest.mark.docker
@@ -307,6 +312,7 @@ def test_a_wheel_that_fills_the_disk_stops_pip_at_the_floor(
     # (2 GiB here; a 100 MB wheel on an index can hold 100 GiB), and lambdad copied it
     # once more into the build folder, before any check looked at the disk.
     daemon, floor_mib = disk_floor
+    before = set(Path(tempfile.gettempdir()).glob("lambdad-pip-*"))
     lowest = [_free(Path(tempfile.gettempdir()))]
     done = threading.Event()
 
@@ -328,4 +334,65 @@ def test_a_wheel_that_fills_the_disk_stops_pip_at_the_floor(
     # Stopped within a poll of crossing the floor, not gigabytes later.
     assert (min(lowest) >> 20) > floor_mib - 1024, (min(lowest) >> 20, floor_mib)
     assert list((daemon.state_dir / "spool").iterdir()) == []
-    assert not list(Path(tempfile.gettempdir()).glob("lambdad-pip-*"))
+    assert set(Path(tempfile.gettempdir()).glob("lambdad-pip-*")) <= before
+
+
+def _pip_processes(work: Path) -> list[int]:
+    """Processes whose command line names `work` (pip's work folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(work).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+    return found
+
+
+def test_a_killed_daemon_leaves_neither_pip_running_nor_its_work_folder(
+    tmp_path: Path,
+) -> None:
+    # An index that accepts connections and never answers: pip waits on it (for minutes,
+    # with PIP_DEFAULT_TIMEOUT and retries), as it would on a slow mirror.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    started = Lambdad(extra_args=["--cell-pool-size", "0"])
+    started.start_env = {
+        "PIP_INDEX_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/simple",
+        "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_DEFAULT_TIMEOUT": "120"}
+    before = set(Path(tempfile.gettempdir()).glob("lambdad-pip-*"))
+    output = tmp_path / "deploy.out"
+    deploy = None
+    work: Path | None = None
+    try:
+        started.start()
+        with output.open("wb") as sink:
+            deploy = subprocess.Popen(
+                [sys.executable, "-m", "lambdactl", "deploy",
+                 str(_function(tmp_path, "six\n")), "--name", "hangs"],
+                env=started.env(), cwd=ROOT, stdout=sink, stderr=sink)
+        assert wait_for(lambda: set(Path(tempfile.gettempdir()).glob("lambdad-pip-*"))
+                        - before, 60)
+        work = next(iter(set(Path(tempfile.gettempdir()).glob("lambdad-pip-*")) - before))
+        assert wait_for(lambda: _pip_processes(work), 30)
+        # pip has written what it writes first and now waits, silent: a pip that writes
+        # after lambdad died would die of the broken pipe, one that waits would not.
+        assert wait_for(lambda: b"Looking in indexes" in output.read_bytes(), 30)
+
+        assert started.process is not None
+        started.process.kill()
+        started.process.wait()
+        assert wait_for(lambda: not _pip_processes(work), 10), (
+            f"pip outlived lambdad: {_pip_processes(work)}")
+
+        started.start()  # the same state folder: the restart removes what was left
+        assert not work.exists()
+    finally:
+        for pid in _pip_processes(work) if work is not None else []:  # this test's only
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if deploy is not None:
+            deploy.kill()
+            deploy.wait()
+        started.close()
+        silent.close()

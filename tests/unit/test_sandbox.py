@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -214,3 +215,18 @@ def test_the_work_folder_is_the_build_uids_and_outside_the_state_folder_as_root(
         assert work.root.stat().st_uid == 0 and work.root.stat().st_mode & 0o777 == 0o700
     finally:
         shutil.rmtree(work.root)
+
+
+def test_a_start_removes_only_its_own_spools_leftover_work_folders(tmp_path: Path) -> None:
+    mine, theirs = tmp_path / "a" / "spool", tmp_path / "b" / "spool"
+    assert sandbox.workdir_prefix(mine) != sandbox.workdir_prefix(theirs)
+    assert sandbox.workdir_prefix(mine).startswith("lambdad-pip-")
+    left = [Path(tempfile.mkdtemp(prefix=sandbox.workdir_prefix(spool)))
+            for spool in (mine, mine, theirs)]
+    (left[0] / "target").mkdir()
+    try:
+        assert sandbox.remove_leftover_workdirs(mine) == 2
+        assert [p.exists() for p in left] == [False, False, True]
+    finally:
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
