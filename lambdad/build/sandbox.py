@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -578,6 +579,24 @@ class _Pip:
         return missing
 
 
+def check_plain_tree(folder: Path) -> None:
+    """BuildFailed unless `folder` holds only folders and regular files with one link each,
+    which is all pip makes of wheels. What lambdad does next trusts that: it hard-links the
+    tree into the build cache, chmods every file (`normalize_modes`) and copies it into the
+    image, so a symlink or a hard link to a file outside (made by anything that ran as pip's
+    user) would be followed, shared or made readable."""
+    for top, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            plain = stat.S_ISDIR(info.st_mode) or (
+                stat.S_ISREG(info.st_mode) and info.st_nlink == 1)
+            if not plain:
+                raise BuildFailed(
+                    "requirements.txt: pip left something other than plain files and "
+                    f"folders ({os.path.relpath(path, folder)}); nothing was installed")
+
+
 def _check_room(folder: Path, size: int, limits: BuildLimits) -> None:
     """BuildFailed unless `size` more bytes in `folder` leave build_min_free_disk free."""
     if limits.min_free_disk_bytes <= 0:
@@ -608,6 +627,7 @@ def install(requirements: list[str], build_dir: Path, deps: Path, limits: BuildL
             raise BuildFailed(explain_failure(result, limits, target,
                                               pip.without_wheels(causes)))
         reclaim(work)
+        check_plain_tree(work.target)
         if drops_privileges(limits):
             # A copy, so every file of the image's deps is lambdad's, not the build uid's:
             # only if the build folder's file system keeps its floor with it.

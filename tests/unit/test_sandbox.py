@@ -9,9 +9,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from lambdad.build import sandbox
 from lambdad.build.sandbox import BuildLimits, OutputCap, WorkDirs
 from lambdad.build.wheeltags import TargetPlatform
+from lambdad.errors import BuildFailed
 
 BOOKWORM = TargetPlatform(python=(3, 11), machine="x86_64", libc="glibc", libc_version=(2, 36))
 
@@ -230,3 +233,23 @@ def test_a_start_removes_only_its_own_spools_leftover_work_folders(tmp_path: Pat
     finally:
         for path in left:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_only_plain_files_and_folders_leave_pip(tmp_path: Path) -> None:
+    tree = tmp_path / "target"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "__init__.py").write_text("")
+    sandbox.check_plain_tree(tree)  # what pip makes of wheels
+    outside = tmp_path / "secret"
+    outside.write_text("key")
+    for name, make in (("link", lambda p: p.symlink_to(outside)),
+                       ("hard", lambda p: os.link(outside, p)),
+                       ("fifo", os.mkfifo)):
+        made = tree / "pkg" / name
+        make(made)
+        with pytest.raises(BuildFailed, match=f"pkg/{name}"):
+            sandbox.check_plain_tree(tree)
+        made.unlink()
+    (tree / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(BuildFailed, match="dirlink"):
+        sandbox.check_plain_tree(tree)
