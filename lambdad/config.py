@@ -317,8 +317,9 @@ SETTINGS: tuple[Setting, ...] = (
        numeric=True),
     _s("build_min_free_disk", "build", _mib_or_zero, 1024,
        "free space, in MiB, a build must leave on the Docker data root (docker info's "
-       "DockerRootDir): a build is not started below it and is stopped when it falls "
-       "below; 0 disables (default: 1024)", metavar="MiB", numeric=True),
+       "DockerRootDir) and on the file systems pip writes to (its work folder, the state "
+       "folder): a build is not started below it and is stopped when it falls below; 0 "
+       "disables (default: 1024)", metavar="MiB", numeric=True),
     _s("build_cache_size", "build", _mib_or_zero, 2048,
        "space, in MiB, for resolved requirements kept under the state folder so a redeploy "
        "with the same requirements.txt skips pip (least recently used go first); 0 "

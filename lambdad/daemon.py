@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2
 
 from lambdad.api.server import BearerAuthInterceptor, build_server
 from lambdad.auth import KeyRing
-from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
+from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits, sandbox
 from lambdad.config import MAX_SOCKET_PATH, Config
 from lambdad.control import ControlPlane
 from lambdad.errors import LambdaError
@@ -68,6 +68,7 @@ def prepare_state_dir(config: Config) -> str:
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+    sandbox.remove_leftover_workdirs(spool)  # and pip's work folders, when it ran as root
     instances = config.state_dir / "i"
     instances.mkdir(exist_ok=True)
     os.chmod(instances, 0o711)  # containers' users reach their own socket folder, list none

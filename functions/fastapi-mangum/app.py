@@ -4,7 +4,7 @@ import asyncio
 import struct
 import zlib
 
-from fastapi import Cookie, FastAPI, HTTPException, Response
+from fastapi import Cookie, FastAPI, HTTPException, Query, Response
 from mangum import Mangum
 from pydantic import BaseModel, Field
 
@@ -14,9 +14,11 @@ ITEMS: dict[int, dict[str, object]] = {1: {"id": 1, "name": "hammer", "price": 9
 
 
 class Item(BaseModel):
-    name: str = Field(min_length=1)
+    # Bounded: items stay in memory, so unbounded fields would let a few large requests
+    # fill the instance's memory.
+    name: str = Field(min_length=1, max_length=200)
     price: float = Field(gt=0)
-    tags: list[str] = []
+    tags: list[str] = Field(default=[], max_length=20)
 
 
 @app.get("/items/{item_id}")
@@ -42,6 +44,8 @@ def create_item(item: Item) -> dict[str, object]:
 
 @app.post("/login")
 def login(response: Response, user: str) -> dict[str, str]:
+    # Cookies, not authentication: a client can send any `session` it likes. A real app
+    # checks a password and signs the cookie (or keeps sessions server-side).
     response.set_cookie("session", f"user-{user}", httponly=True, samesite="lax")
     response.set_cookie("theme", "dark")
     return {"logged_in": user}
@@ -70,7 +74,9 @@ def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
 
 @app.get("/pixel.png")
-def pixel(size: int = 4) -> Response:
+def pixel(size: int = Query(4, ge=1, le=256)) -> Response:
+    # Bounded: the buffer grows with size squared, and one request for size=20000 (1.2 GB)
+    # would take the instance, and every request on it, down. Bound what a query sizes.
     return Response(content=_png(size, size, (255, 0, 0)), media_type="image/png")
 
 

@@ -23,6 +23,8 @@ def signup():
     email = request.form.get("email", "").strip()
     if not name or "@" not in email:
         return {"error": "name and a valid email are required"}, 400
+    # A fixed redirect target (never one taken from the request) and cookies that only
+    # remember a name: a client can send any `user`, so they authenticate nobody.
     response = redirect(url_for("welcome"), code=303)
     response.set_cookie("user", name, httponly=True, samesite="Lax")
     response.set_cookie("email", email)

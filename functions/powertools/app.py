@@ -5,7 +5,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import BadRequestError, NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.parser import BaseModel, ValidationError, parse
+from aws_lambda_powertools.utilities.parser import BaseModel, Field, ValidationError, parse
 from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -16,7 +16,7 @@ TODOS = {1: {"id": 1, "title": "deploy powertools", "done": False}}
 
 
 class NewTodo(BaseModel):
-    title: str
+    title: str = Field(min_length=1, max_length=200)  # todos stay in memory: bound them
     done: bool = False
 
 
@@ -31,7 +31,9 @@ def list_todos():
 
 @app.get("/todos/<todo_id>")
 def get_todo(todo_id: str):
-    todo = TODOS.get(int(todo_id)) if todo_id.isdigit() else None
+    # ASCII digits, and not too many: int() refuses over 4300 digits (a 500 otherwise).
+    todo = TODOS.get(int(todo_id)) if todo_id.isascii() and todo_id.isdigit() \
+        and len(todo_id) <= 9 else None
     if todo is None:
         raise NotFoundError(f"todo {todo_id} not found")
     return todo

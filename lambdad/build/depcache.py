@@ -9,10 +9,13 @@ until requirements.txt changes, the entry ages out, or a deploy asks for `--no-c
 
 Entries live under the state folder, owned by lambdad: `<key>/tree` is the deps folder,
 `<key>/size` its bytes, and the mtime of `<key>/used` the last time a build took it. An
-entry appears by one rename, so a crash leaves either a whole entry or a `tmp-*` folder
-that the next start removes. Trees are hard-linked in and out (the spool and the cache
-share the state folder's file system), so a hit costs a directory walk, not a copy.
-The least recently used entries go when the total passes `max_bytes`.
+entry appears by one rename and goes by one (out of the way, then deleted), so a crash
+leaves either a whole entry or a `tmp-*` folder that the next start removes. Trees are
+hard-linked in and out (the spool and the cache share the state folder's file system), so
+a hit costs a directory walk, not a copy.
+The least recently used entries go when the total passes `max_bytes`; every file and
+folder counts for at least one 4 KiB block, so neither many keys nor many empty files
+take more disk (or inodes) than the total says.
 """
 
 from __future__ import annotations
@@ -71,12 +74,30 @@ def choose_evictions(entries: Iterable[Entry], max_bytes: int) -> list[str]:
     return gone
 
 
+# The least one file or folder is charged: a block of the usual file systems. An empty
+# file has no block but an inode, a folder a block of entries; counted by their sizes
+# alone, an entry of thousands of them (one wheel of empty modules) weighed nothing, and
+# every new key kept another.
+MIN_CHARGE = 4096
+# An entry's own folders and files beside its tree: the entry, `size`, `used`.
+_ENTRY_OVERHEAD = 3 * MIN_CHARGE
+
+
+def disk_charge(info: os.stat_result) -> int:
+    """What one file, folder or link counts for: its size or its blocks, whichever is
+    larger, and at least MIN_CHARGE."""
+    return max(info.st_size, info.st_blocks * 512, MIN_CHARGE)
+
+
 def tree_size(folder: Path) -> int:
+    """What `folder` counts for against `max_bytes`: every file, folder and link in it."""
     total = 0
-    for top, _dirs, files in os.walk(folder):
-        for name in files:
+    with contextlib.suppress(OSError):
+        total += disk_charge(os.lstat(folder))
+    for top, dirs, files in os.walk(folder):  # each folder once, as its parent's entry
+        for name in (*dirs, *files):
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(top, name)).st_size
+                total += disk_charge(os.lstat(os.path.join(top, name)))
     return total
 
 
@@ -97,8 +118,10 @@ class DepsCache:
         if self.enabled:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(root, 0o700)
-            for leftover in root.glob(_TMP_PREFIX + "*"):  # a crash mid-store
+            for leftover in root.glob(_TMP_PREFIX + "*"):  # a crash mid-store or mid-removal
                 shutil.rmtree(leftover, ignore_errors=True)
+            with self._lock:
+                self._trim()  # a smaller build_cache_size, or a crash before the last trim
 
     @property
     def enabled(self) -> bool:
@@ -119,7 +142,7 @@ class DepsCache:
             except OSError as exc:
                 log.warning("build cache entry %s is unusable (%s): resolving again", key, exc)
                 shutil.rmtree(destination, ignore_errors=True)
-                shutil.rmtree(entry, ignore_errors=True)
+                self._remove(key)
                 return False
         return True
 
@@ -127,7 +150,7 @@ class DepsCache:
         """Keeps a copy (hard links) of a resolved deps folder, then trims the cache."""
         if not self.enabled:
             return
-        size = tree_size(tree)
+        size = tree_size(tree) + _ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
         staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root))
@@ -136,10 +159,8 @@ class DepsCache:
             (staging / "size").write_text(str(size))
             (staging / "used").touch()
             with self._lock:
-                entry = self.root / key
-                if entry.exists():  # a concurrent build stored the same key: keep one
-                    shutil.rmtree(entry, ignore_errors=True)
-                os.rename(staging, entry)
+                self._remove(key)  # a concurrent build or --no-cache stored it: keep one
+                os.rename(staging, self.root / key)
                 self._trim()
         except OSError as exc:
             log.warning("could not keep resolved requirements in the build cache: %s", exc)
@@ -161,7 +182,18 @@ class DepsCache:
 
     def _trim(self) -> None:
         for key in choose_evictions(self.entries(), self.max_bytes):
-            shutil.rmtree(self.root / key, ignore_errors=True)
+            self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        """Takes an entry out of the cache by one rename, then deletes it: a crash while
+        its files go leaves a `tmp-*` folder the next start removes, never an entry with
+        files missing that a build would take for a hit."""
+        entry = self.root / key
+        if not os.path.lexists(entry):
+            return
+        doomed = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root))
+        os.rename(entry, doomed / key)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def wheelhouse_fingerprint(wheelhouse: Path | None) -> str:

@@ -142,9 +142,25 @@ def parse_line(number: int, line: str) -> str | None:
                                     "allowed, name a package")
     normalized = str(req)
     head = normalized.split(";", 1)[0]
+    if head.lower().endswith(_ARCHIVES):  # a local version: pip opens `six==1.0+x.whl`
+        raise _refuse(number, line, "looks like a file name; paths and archives are not "
+                                    "allowed, name a package")
     if not _HEAD.match(head):
         raise _refuse(number, line, "not a plain requirement (name, extras, versions, markers)")
     return normalized
+
+
+def plain_requirement(text: str) -> str | None:
+    """`text` normalized if a requirements.txt line could hold it, else None.
+
+    For requirement strings lambdad did not read from requirements.txt but from pip's own
+    output, where a wheel's metadata (Requires-Dist) put them: `dep===/../../code/x` is a
+    valid requirement to `packaging`, and pip, given it as an argument, takes it as a path
+    (a `/` in it) and builds the folder it names, running its build backend."""
+    try:
+        return parse_line(3, text)  # line 3: no coding declaration to look for
+    except InvalidArgument:
+        return None
 
 
 def parse_requirements(data: bytes) -> list[str]:

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambdad.build.depcache import tree_size
+from lambdad.build.requirements import plain_requirement
 from lambdad.build.wheeltags import TargetPlatform
 from lambdad.errors import BuildFailed
 
@@ -58,7 +61,8 @@ class BuildLimits:
     line_chars: int = 1000
     user: int = 65534  # uid (and gid) pip runs as when lambdad is root
     max_image_bytes: int = 4096 * MIB  # the largest image a build may leave
-    min_free_disk_bytes: int = 1024 * MIB  # a build stops below this on Docker's data root
+    min_free_disk_bytes: int = 1024 * MIB  # a build stops below this on Docker's data root,
+    # and pip below this on its work folder's and the build folder's file systems
 
 
 # Variables the operator's pip configuration may live in; all else of lambdad's is dropped.
@@ -139,15 +143,44 @@ def pip_environment(parent: Mapping[str, str], work: WorkDirs) -> dict[str, str]
 
 # Runs in the child, as its uid: limits first, then lambdad's own pip in the same process
 # (from its folder, so that any Python 3 the build uid can run will do).
+#
+# `--only-binary=:all:` rules only what pip finds on an index. A wheel's metadata may
+# name a dependency by URL (`Requires-Dist: x @ https://host/x.tar.gz`, or `file:///a/dir`),
+# which pip fetches and builds, running its build backend on the host, whenever the
+# parent came from anywhere but PyPI's own file host (a mirror, a private index, the
+# wheelhouse). So every distribution pip prepares must be a wheel that pip found itself
+# (no `original_link`, the URL a requirement named); anything else fails before pip
+# downloads, unpacks or builds it. A pip without these names fails closed.
+#
+# pip runs in a session of its own (so its whole group can be killed), which a killed
+# lambdad would leave running, writing to the disk unwatched: it gets SIGKILL when
+# lambdad (argv[5]) dies, and stops at once if that has already happened.
 _CHILD = """\
-import resource, runpy, sys
+import ctypes, os, resource, runpy, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[5]):
+    sys.exit("lambdad is gone")
 memory, cpu, fsize = (int(v) for v in sys.argv[1:4])
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 sys.path.insert(0, sys.argv[4])
-sys.argv = ["pip", *sys.argv[5:]]
+from pip._internal.exceptions import InstallationError
+from pip._internal.operations.prepare import RequirementPreparer
+prepare = RequirementPreparer.prepare_linked_requirement
+
+def index_wheels_only(self, req, *args, **kwargs):
+    if req.original_link is not None or not req.link.is_wheel:
+        parent = getattr(req.comes_from, "name", None)
+        raise InstallationError(
+            f"{req.name or 'a requirement'}{f' (needed by {parent})' if parent else ''} "
+            f"refers to {req.link}, not to a wheel on the package index: lambda installs "
+            "only those (never a URL, a path or a source distribution)")
+    return prepare(self, req, *args, **kwargs)
+
+RequirementPreparer.prepare_linked_requirement = index_wheels_only
+sys.argv = ["pip", *sys.argv[6:]]
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
 
@@ -190,7 +223,7 @@ def pip_folder() -> str:
 def _pip(python: str, limits: BuildLimits, pip_path: str, timeout_s: float | None) -> list[str]:
     cpu = max(1, int(timeout_s if timeout_s is not None else limits.timeout_s))
     return [python, "-I", "-c", _CHILD, str(limits.memory_bytes), str(cpu),
-            str(limits.file_bytes), pip_path or pip_folder()]
+            str(limits.file_bytes), pip_path or pip_folder(), str(os.getpid())]
 
 
 def _for_target(target: TargetPlatform, wheelhouse: Path | None) -> list[str]:
@@ -238,11 +271,18 @@ def missing_wheel(tail: list[str]) -> tuple[str, str] | None:
 
 def conflict_causes(tail: list[str]) -> list[tuple[str, str]]:
     """(requirement, who needs it) from pip's "The conflict is caused by" lines, one per
-    package: a package without a compatible wheel shows up there as a "conflict"."""
+    package: a package without a compatible wheel shows up there as a "conflict".
+
+    A package's metadata wrote those requirements, and each goes to pip again as an
+    argument (`wheel_check_command`): only one that requirements.txt could hold (a name,
+    extras, versions) is kept, never one pip would open as a path, archive or URL."""
     found: dict[str, tuple[str, str]] = {}
     for line in tail:
         if cause := _CAUSE.match(line):
-            requirement = cause.group("req")
+            # pip prints markers after "; ", so the requirement stops at ";".
+            requirement = plain_requirement(cause.group("req").split(";", 1)[0])
+            if requirement is None:
+                continue
             name = re.split(r"[<>=!~\[;( ]", requirement, maxsplit=1)[0].lower()
             found.setdefault(name, (requirement, cause.group("who")))
     return list(found.values())
@@ -258,6 +298,7 @@ class PipResult:
     code: int
     tail: list[str]
     timed_out: bool
+    disk_short: str = ""  # why the disk watch stopped pip (build_min_free_disk), or ""
 
 
 class OutputCap:
@@ -339,12 +380,29 @@ def interpreter(uid: int, pip_path: str) -> str:
         "install lambdad where it can read it, or set build_user")
 
 
+def workdir_prefix(spool: Path) -> str:
+    """The name every pip work folder for builds in `spool` (one state folder's) starts
+    with in the system temp folder: a start removes what a killed daemon left there, and
+    nothing of another daemon's."""
+    tag = hashlib.sha256(str(spool.resolve()).encode()).hexdigest()[:12]
+    return f"lambdad-pip-{tag}-"
+
+
+def remove_leftover_workdirs(spool: Path) -> int:
+    """Removes the work folders a killed daemon with this spool left; how many."""
+    removed = 0
+    for leftover in Path(tempfile.gettempdir()).glob(workdir_prefix(spool) + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # never follows a link
+        removed += 1
+    return removed
+
+
 def make_workdirs(build_dir: Path, limits: BuildLimits) -> WorkDirs:
     """A private work folder: under the build folder when pip runs as lambdad's user; in
     the system temp folder, owned by the build uid, when it runs as another (the state
     folder is 0750 and must stay closed to it)."""
     if drops_privileges(limits):
-        root = Path(tempfile.mkdtemp(prefix="lambdad-pip-"))
+        root = Path(tempfile.mkdtemp(prefix=workdir_prefix(build_dir.parent)))
     else:
         root = build_dir / "pip"
         root.mkdir(mode=0o700)
@@ -371,12 +429,35 @@ def reclaim(work: WorkDirs) -> None:
         os.chmod(work.root, 0o700)
 
 
+# How often pip's disk watch measures the free space.
+DISK_POLL = 0.25
+
+
+def disk_shortage(folders: Sequence[Path], floor: int) -> str | None:
+    """Why a build must stop: a folder it writes to is on a file system with less than
+    `floor` bytes free (build_min_free_disk); None if all have room or cannot be measured."""
+    for folder in folders:
+        try:
+            info = os.statvfs(folder)
+        except OSError:
+            continue
+        free = info.f_bavail * info.f_frsize
+        if free < floor:
+            return (f"{folder} has {free // MIB} MiB free, less than the {floor // MIB} MiB "
+                    "builds must leave (build_min_free_disk)")
+    return None
+
+
 def run_pip(command: list[str], work: WorkDirs, limits: BuildLimits, deadline: float,
-            output: OutputCap) -> PipResult:
-    """Runs pip to the end or the deadline; its whole process group dies either way.
+            output: OutputCap, watch: Sequence[Path] = ()) -> PipResult:
+    """Runs pip to the end, the deadline, or until a folder in `watch` is on a file system
+    with less than `build_min_free_disk` free (a wheel unpacks to what it likes: 100 GiB of
+    zeros fit in a 100 MB wheel); its whole process group dies either way.
 
     No user= here: see `_DROP`."""
     timed_out = threading.Event()
+    stop_watch = threading.Event()
+    short: list[str] = []
     with subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         cwd=work.cwd, env=pip_environment(os.environ, work), close_fds=True,
@@ -393,21 +474,39 @@ def run_pip(command: list[str], work: WorkDirs, limits: BuildLimits, deadline: f
             timed_out.set()
             kill()
 
+        def watch_disk() -> None:
+            while True:
+                reason = disk_shortage(watch, limits.min_free_disk_bytes)
+                if reason is not None:
+                    short.append(reason)
+                    kill()
+                    return
+                if stop_watch.wait(DISK_POLL):
+                    return
+
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), overrun)
         timer.daemon = True
         timer.start()
+        watcher = threading.Thread(target=watch_disk, name="pip-disk", daemon=True)
+        if watch and limits.min_free_disk_bytes > 0:
+            watcher.start()
         try:
             assert proc.stdout is not None
             while chunk := proc.stdout.readline(4 * limits.line_chars):
                 output.line(chunk.decode("utf-8", errors="replace"))
             # Wait without reaping, so the group's id cannot be reused before it is killed.
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            stop_watch.set()
+            if watcher.is_alive():
+                watcher.join()
             kill()
             code = proc.wait()
         finally:
+            stop_watch.set()
             timer.cancel()
             kill()
-    return PipResult(code=code, tail=list(output.tail), timed_out=timed_out.is_set())
+    return PipResult(code=code, tail=list(output.tail), timed_out=timed_out.is_set(),
+                     disk_short=short[0] if short else "")
 
 
 def no_wheel_message(requirement: str, needed_by: str, target: TargetPlatform) -> str:
@@ -424,6 +523,8 @@ def explain_failure(result: PipResult, limits: BuildLimits, target: TargetPlatfo
     """The deploy error for a pip run that did not succeed; `no_wheel` lists the
     (requirement, needed by) that checks found without a compatible wheel."""
     where = f"wheels for {target.describe()}"
+    if result.disk_short:
+        return f"requirements.txt: resolving stopped: {result.disk_short}"
     if result.timed_out:
         return (f"requirements.txt: resolving {where} did not finish within the build "
                 f"timeout of {limits.timeout_s:g} s (build_timeout)")
@@ -446,9 +547,10 @@ class _Pip:
     """One build's pip runs: same sandbox, same interpreter, same deadline."""
 
     def __init__(self, work: WorkDirs, limits: BuildLimits, target: TargetPlatform,
-                 wheelhouse: Path | None, deadline: float) -> None:
+                 wheelhouse: Path | None, deadline: float, build_dir: Path) -> None:
         self.work, self.limits, self.target = work, limits, target
         self.wheelhouse, self.deadline = wheelhouse, deadline
+        self.watch = [work.root, build_dir]  # pip writes to one, lambdad copies to the other
         self.pip_path = pip_folder()
         self.python = interpreter(limits.user if drops_privileges(limits) else 0,
                                   self.pip_path)
@@ -461,7 +563,7 @@ class _Pip:
                         timeout_s=max(1.0, self.deadline - time.monotonic()))
         if drops_privileges(self.limits):
             command = as_user(command, self.limits.user)
-        return run_pip(command, self.work, self.limits, self.deadline, output)
+        return run_pip(command, self.work, self.limits, self.deadline, output, self.watch)
 
     def without_wheels(self, causes: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Which of a failed resolution's dependencies have no wheel for the target at all."""
@@ -477,22 +579,59 @@ class _Pip:
         return missing
 
 
+def check_plain_tree(folder: Path) -> None:
+    """BuildFailed unless `folder` holds only folders and regular files with one link each,
+    which is all pip makes of wheels. What lambdad does next trusts that: it hard-links the
+    tree into the build cache, chmods every file (`normalize_modes`) and copies it into the
+    image, so a symlink or a hard link to a file outside (made by anything that ran as pip's
+    user) would be followed, shared or made readable."""
+    for top, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            plain = stat.S_ISDIR(info.st_mode) or (
+                stat.S_ISREG(info.st_mode) and info.st_nlink == 1)
+            if not plain:
+                raise BuildFailed(
+                    "requirements.txt: pip left something other than plain files and "
+                    f"folders ({os.path.relpath(path, folder)}); nothing was installed")
+
+
+def _check_room(folder: Path, size: int, limits: BuildLimits) -> None:
+    """BuildFailed unless `size` more bytes in `folder` leave build_min_free_disk free."""
+    if limits.min_free_disk_bytes <= 0:
+        return
+    with contextlib.suppress(OSError):
+        info = os.statvfs(folder)
+        free = info.f_bavail * info.f_frsize
+        if free - size < limits.min_free_disk_bytes:
+            raise BuildFailed(
+                f"requirements.txt: resolving stopped: the resolved packages "
+                f"({size // MIB} MiB) would leave {folder} {max(0, free - size) // MIB} MiB "
+                f"free, less than the {limits.min_free_disk_bytes // MIB} MiB builds must "
+                "leave (build_min_free_disk)")
+
+
 def install(requirements: list[str], build_dir: Path, deps: Path, limits: BuildLimits, *,
             target: TargetPlatform, wheelhouse: Path | None, deadline: float,
             emit: Callable[[str], None]) -> None:
     """Resolves `requirements` to wheels in a sandboxed pip and leaves them in `deps`."""
     work = make_workdirs(build_dir, limits)
     try:
-        pip = _Pip(work, limits, target, wheelhouse, deadline)
+        pip = _Pip(work, limits, target, wheelhouse, deadline, build_dir)
         output = OutputCap(emit, limits.output_lines, limits.line_chars, tail=40, skip=_NOISE)
         result = pip.run(pip_command, requirements, work.target, output)
-        if result.code != 0 or result.timed_out:
-            causes = [] if result.timed_out else conflict_causes(result.tail)
+        if result.code != 0 or result.timed_out or result.disk_short:
+            stopped = result.timed_out or result.disk_short
+            causes = [] if stopped else conflict_causes(result.tail)
             raise BuildFailed(explain_failure(result, limits, target,
                                               pip.without_wheels(causes)))
         reclaim(work)
+        check_plain_tree(work.target)
         if drops_privileges(limits):
-            # A copy, so every file of the image's deps is lambdad's, not the build uid's.
+            # A copy, so every file of the image's deps is lambdad's, not the build uid's:
+            # only if the build folder's file system keeps its floor with it.
+            _check_room(build_dir, tree_size(work.target), limits)
             shutil.copytree(work.target, deps, symlinks=True)
         else:
             os.rename(work.target, deps)

@@ -160,3 +160,28 @@ def test_a_dependency_pip_calls_a_conflict_is_checked_and_named(
     message = str(failed.value)
     assert "no version of muslonly>=1 (needed by webframework 1." in message
     assert "conflicting" not in message
+
+
+def test_pip_prepares_only_wheels_found_on_the_index(tmp_path: Path) -> None:
+    # A dependency named by URL is refused before pip fetches it, even a wheel: pip would
+    # fetch any URL, build any sdist or folder, and clone any VCS URL a wheel names.
+    folder = Path(tempfile.mkdtemp(prefix="lt-urls-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        elsewhere = build_wheel(folder / "elsewhere", "helper", "1.0", "HELPER = 1\n")
+        (folder / "elsewhere").chmod(0o755)
+        elsewhere.chmod(0o644)
+        build_wheel(folder, "byurl", "1.0", "", requires=(f"helper @ {elsewhere.as_uri()}",))
+        build_wheel(folder, "plain", "1.0", "PLAIN = 1\n")
+        for wheel in folder.glob("*.whl"):
+            wheel.chmod(0o644)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with pytest.raises(BuildFailed) as failed:
+            _resolve(tmp_path / "a", folder, "byurl")
+        assert (f"helper (needed by byurl) refers to {elsewhere.as_uri()}, not to a wheel on "
+                "the package index") in str(failed.value)
+        _resolve(tmp_path / "b", folder, "plain")  # what pip finds itself still installs
+        assert (tmp_path / "b" / "deps" / "plain.py").is_file()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

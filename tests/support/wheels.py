@@ -9,8 +9,10 @@ from pathlib import Path
 
 
 def build_wheel(folder: Path, name: str, version: str, module_source: str, *,
-                tag: str = "py3-none-any", requires: tuple[str, ...] = ()) -> Path:
-    """A wheel of one module; `tag` may be a compressed set (cp311-cp311-a.b_x86_64)."""
+                tag: str = "py3-none-any", requires: tuple[str, ...] = (),
+                extra_files: dict[str, str] | None = None) -> Path:
+    """A wheel of one module (and `extra_files`, path -> text); `tag` may be a compressed
+    set (cp311-cp311-a.b_x86_64)."""
     folder.mkdir(parents=True, exist_ok=True)
     dist = f"{name}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
@@ -18,6 +20,7 @@ def build_wheel(folder: Path, name: str, version: str, module_source: str, *,
     python, abi, platforms = tag.split("-")
     files = {
         f"{name}.py": module_source,
+        **(extra_files or {}),
         f"{dist}/METADATA": metadata,
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\n"
                          f"Root-Is-Purelib: {'true' if platforms == 'any' else 'false'}\n"

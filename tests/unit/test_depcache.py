@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lambdad.build.depcache import DepsCache, Entry, cache_key, choose_evictions
+from lambdad.build.depcache import (
+    MIN_CHARGE,
+    DepsCache,
+    Entry,
+    cache_key,
+    choose_evictions,
+    tree_size,
+)
 from lambdad.build.wheeltags import TargetPlatform
 
 BOOKWORM = TargetPlatform(python=(3, 11), machine="x86_64", libc="glibc", libc_version=(2, 36))
@@ -51,7 +58,7 @@ def _tree(folder: Path, size: int) -> Path:
 
 
 def test_a_stored_tree_comes_back_as_links_and_a_miss_leaves_nothing(tmp_path: Path) -> None:
-    cache = DepsCache(tmp_path / "cache", max_bytes=10_000)
+    cache = DepsCache(tmp_path / "cache", max_bytes=1024 * 1024)
     assert not cache.take("k1", tmp_path / "miss") and not (tmp_path / "miss").exists()
     source = _tree(tmp_path / "deps", 100)
     cache.put("k1", source)
@@ -64,7 +71,9 @@ def test_a_stored_tree_comes_back_as_links_and_a_miss_leaves_nothing(tmp_path: P
 
 
 def test_the_least_recently_taken_entry_goes_when_the_cache_is_full(tmp_path: Path) -> None:
-    cache = DepsCache(tmp_path / "cache", max_bytes=250)
+    # Each entry counts 28 KiB (4 KiB for each of its 4 files and folders and 3 of its
+    # own): the cache has room for two.
+    cache = DepsCache(tmp_path / "cache", max_bytes=60_000)
     for key in ("a", "b"):
         cache.put(key, _tree(tmp_path / f"src-{key}", 100))
     os.utime(tmp_path / "cache" / "a" / "used", (1, 1))
@@ -72,7 +81,7 @@ def test_the_least_recently_taken_entry_goes_when_the_cache_is_full(tmp_path: Pa
     assert cache.take("a", tmp_path / "took-a")  # a is now the most recent
     cache.put("c", _tree(tmp_path / "src-c", 100))
     assert sorted(e.key for e in cache.entries()) == ["a", "c"]
-    cache.put("huge", _tree(tmp_path / "src-huge", 1000))  # larger than the cache: not kept
+    cache.put("huge", _tree(tmp_path / "src-huge", 70_000))  # larger than the cache: not kept
     assert sorted(e.key for e in cache.entries()) == ["a", "c"]
 
 
@@ -87,3 +96,22 @@ def test_size_zero_disables_the_cache(tmp_path: Path) -> None:
     cache.put("k", _tree(tmp_path / "deps", 10))
     assert not cache.take("k", tmp_path / "out")
     assert not (tmp_path / "cache").exists()
+
+
+def test_empty_files_and_folders_count_for_the_disk_they_take(tmp_path: Path) -> None:
+    # A wheel of empty modules, each in its own package: 0 bytes of content, but a block
+    # per folder and an inode per file. Counted by content alone such entries weighed
+    # nothing, so every new key kept another.
+    hollow = tmp_path / "hollow"
+    for i in range(50):
+        (hollow / f"p{i}").mkdir(parents=True)
+        (hollow / f"p{i}" / "__init__.py").touch()
+    assert tree_size(hollow) == (1 + 50 + 50) * MIN_CHARGE
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data").write_bytes(b"x" * 100_000)
+    assert tree_size(big) == MIN_CHARGE + max(100_000, (big / "data").stat().st_blocks * 512)
+    cache = DepsCache(tmp_path / "cache", max_bytes=500 * 1024)
+    for key in ("a", "b", "c"):
+        cache.put(key, hollow)
+    assert [e.key for e in cache.entries()] == ["c"]

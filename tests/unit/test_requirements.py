@@ -92,6 +92,7 @@ PATHS_AND_URLS = [
     ("/abs/x.whl", "not a requirement"), ("../up", "not a requirement"),
     ("x.whl", "file name"), ("evil-1.0-py3-none-any.whl", "file name"),
     ("evil.tar.gz", "file name"), ("evil.zip", "file name"), ("evil.tgz", "file name"),
+    ("six==1.0+x.whl", "file name"), ("six==1+x.tar.gz", "file name"),
     ("evil.tar.bz2", "file name"), ("evil.TAR.XZ", "file name"), ("evil.tar", "file name"),
     ("git+https://h/x.git", "not a requirement"), ("https://h/x.whl", "not a requirement"),
     ("file:///etc/passwd", "not a requirement"), ("C:\\x.whl", "backslash"),

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from lambdad.build import sandbox
 from lambdad.build.sandbox import BuildLimits, OutputCap, WorkDirs
 from lambdad.build.wheeltags import TargetPlatform
+from lambdad.errors import BuildFailed
 
 BOOKWORM = TargetPlatform(python=(3, 11), machine="x86_64", libc="glibc", libc_version=(2, 36))
 
@@ -122,6 +126,31 @@ def test_run_stops_at_the_deadline_with_the_whole_process_group(tmp_path: Path) 
         result, BuildLimits(), BOOKWORM)
 
 
+def test_run_stops_when_a_watched_file_system_falls_below_the_floor(tmp_path: Path) -> None:
+    # A floor above what is free now: as if the process had just filled the disk.
+    info = os.statvfs(tmp_path)
+    free = info.f_bavail * info.f_frsize
+    limits = BuildLimits(user=os.geteuid(), min_free_disk_bytes=free + 1024 * 1024 * 1024)
+    script = "print('started', flush=True)\nimport time\ntime.sleep(300)\n"
+    started = time.monotonic()
+    result = sandbox.run_pip([sys.executable, "-c", script], _work(tmp_path), limits,
+                             time.monotonic() + 60, OutputCap(lambda _: None, 10, 100),
+                             watch=[tmp_path])
+    assert time.monotonic() - started < 30 and not result.timed_out
+    assert f"{tmp_path} has " in result.disk_short
+    assert "builds must leave (build_min_free_disk)" in result.disk_short
+    assert sandbox.explain_failure(result, limits, BOOKWORM).startswith(
+        f"requirements.txt: resolving stopped: {tmp_path} has ")
+    # Floor 0 disables the watch; no folder to watch, no watch.
+    for i, (quiet, watch) in enumerate([
+            (BuildLimits(user=os.geteuid(), min_free_disk_bytes=0), [tmp_path]), (limits, [])]):
+        (tmp_path / str(i)).mkdir()
+        done = sandbox.run_pip([sys.executable, "-c", "print('ok')"], _work(tmp_path / str(i)),
+                               quiet, time.monotonic() + 30,
+                               OutputCap(lambda _: None, 10, 100), watch=watch)
+        assert (done.code, done.disk_short) == (0, "")
+
+
 def test_run_gets_a_clean_environment_an_empty_cwd_and_no_stdin(tmp_path: Path) -> None:
     work = _work(tmp_path)
     os.environ["LAMBDAD_TEST_SECRET"] = "hunter2"
@@ -145,6 +174,15 @@ def test_pip_runs_under_its_rlimits(tmp_path: Path) -> None:
     fake = tmp_path / "fakepip"
     (fake / "pip").mkdir(parents=True)
     (fake / "pip" / "__init__.py").write_text("")
+    # The names the preamble wraps (see test_pip_prepares_only_wheels_found_on_the_index).
+    (fake / "pip" / "_internal" / "operations").mkdir(parents=True)
+    (fake / "pip" / "_internal" / "__init__.py").write_text("")
+    (fake / "pip" / "_internal" / "exceptions.py").write_text(
+        "class InstallationError(Exception):\n    pass\n")
+    (fake / "pip" / "_internal" / "operations" / "__init__.py").write_text("")
+    (fake / "pip" / "_internal" / "operations" / "prepare.py").write_text(
+        "class RequirementPreparer:\n    def prepare_linked_requirement(self, req):\n"
+        "        pass\n")
     (fake / "pip" / "__main__.py").write_text(
         "import resource, sys\n"
         "print(resource.getrlimit(resource.RLIMIT_AS)[0], "
@@ -180,3 +218,38 @@ def test_the_work_folder_is_the_build_uids_and_outside_the_state_folder_as_root(
         assert work.root.stat().st_uid == 0 and work.root.stat().st_mode & 0o777 == 0o700
     finally:
         shutil.rmtree(work.root)
+
+
+def test_a_start_removes_only_its_own_spools_leftover_work_folders(tmp_path: Path) -> None:
+    mine, theirs = tmp_path / "a" / "spool", tmp_path / "b" / "spool"
+    assert sandbox.workdir_prefix(mine) != sandbox.workdir_prefix(theirs)
+    assert sandbox.workdir_prefix(mine).startswith("lambdad-pip-")
+    left = [Path(tempfile.mkdtemp(prefix=sandbox.workdir_prefix(spool)))
+            for spool in (mine, mine, theirs)]
+    (left[0] / "target").mkdir()
+    try:
+        assert sandbox.remove_leftover_workdirs(mine) == 2
+        assert [p.exists() for p in left] == [False, False, True]
+    finally:
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def test_only_plain_files_and_folders_leave_pip(tmp_path: Path) -> None:
+    tree = tmp_path / "target"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "__init__.py").write_text("")
+    sandbox.check_plain_tree(tree)  # what pip makes of wheels
+    outside = tmp_path / "secret"
+    outside.write_text("key")
+    for name, make in (("link", lambda p: p.symlink_to(outside)),
+                       ("hard", lambda p: os.link(outside, p)),
+                       ("fifo", os.mkfifo)):
+        made = tree / "pkg" / name
+        make(made)
+        with pytest.raises(BuildFailed, match=f"pkg/{name}"):
+            sandbox.check_plain_tree(tree)
+        made.unlink()
+    (tree / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(BuildFailed, match="dirlink"):
+        sandbox.check_plain_tree(tree)

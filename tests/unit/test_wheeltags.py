@@ -107,6 +107,23 @@ def test_conflict_causes_name_each_needed_package_once() -> None:
     assert sandbox.conflict_causes(["ERROR: something else"]) == []
 
 
+# Requires-Dist values a published wheel may carry: valid to `packaging`, and each of them
+# something pip, given it as an argument, would open (a path, an archive) or refuse.
+HOSTILE_CAUSES = [
+    "helper===/../../../code/evil", "helper===../../code/evil", "helper===/etc/passwd",
+    "helper==1.0+x.whl", "evil.tar.gz", "evil.whl>=1", "helper@", "helper===1.0",
+]
+
+
+@pytest.mark.parametrize("requirement", HOSTILE_CAUSES)
+def test_conflict_causes_keep_no_requirement_pip_would_open_as_a_file(
+    requirement: str,
+) -> None:
+    tail = ["The conflict is caused by:", f"    pathdep 1.1 depends on {requirement}",
+            "    pathdep 1.0 depends on markupsafe>=2; python_version >= \"3\""]
+    assert sandbox.conflict_causes(tail) == [("markupsafe>=2", "pathdep 1.0")]
+
+
 def test_a_direct_requirement_without_a_wheel_is_named_with_the_platform() -> None:
     tail = ["ERROR: Could not find a version that satisfies the requirement psycopg2 "
             "(from versions: none)", "ERROR: No matching distribution found for psycopg2"]
