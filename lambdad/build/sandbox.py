@@ -512,10 +512,10 @@ def run_pip(command: list[str], work: WorkDirs, limits: BuildLimits, deadline: f
 def no_wheel_message(requirement: str, needed_by: str, target: TargetPlatform) -> str:
     who = f" (needed by {needed_by})" if needed_by else ""
     return (f"requirements.txt: no version of {requirement}{who} has a wheel for "
-            f"{target.describe()}; wheels tagged {target.describe_tags()} would run. "
-            "lambda installs wheels only and never builds a source distribution: pick a "
-            "version that publishes such a wheel, or vendor the package into the function "
-            "folder")
+            f"{target.describe()} (or the index has no package of that name); wheels "
+            f"tagged {target.describe_tags()} would run. lambda installs wheels only and "
+            "never builds a source distribution: pick a version that publishes such a "
+            "wheel, or vendor the package into the function folder")
 
 
 def explain_failure(result: PipResult, limits: BuildLimits, target: TargetPlatform,
