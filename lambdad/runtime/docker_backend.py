@@ -333,6 +333,15 @@ class DockerBackend:
             return ""
         return bytes(raw).decode(errors="replace").rstrip()
 
+    def terminate(self, container_id: str) -> bool:
+        """Sends SIGTERM, as `docker stop` does first, without waiting for the exit;
+        False when the container is not running (or gone)."""
+        try:
+            self._client.api.kill(container_id, signal="SIGTERM")
+        except docker.errors.APIError:
+            return False
+        return True
+
     def remove(self, container_id: str, *, grace: float = 2.0) -> None:
         """Stops (SIGTERM, then SIGKILL after `grace`) and removes; a missing one is fine."""
         with contextlib.suppress(docker.errors.NotFound):
