@@ -105,23 +105,53 @@ def claim_socket(path: Path) -> None:
     raise StartupError(f"another lambdad is already running on {path}")
 
 
+def clear_stale_pid_file(path: Path) -> None:
+    """Removes the pid file an earlier lambdad left (killed, it could not): this one holds
+    the socket now, so that daemon is gone, and its pid may be another program's already,
+    which a script would signal until this one is ready (or for good if this start fails)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(f"cannot remove the stale pid file {path}: {exc.strerror}") from None
+
+
 def write_pid_file(path: Path) -> None:
     """This process's id, written whole (a temporary file renamed over the old one), so a
-    script never reads half a number or a stale one mid-write."""
+    script never reads half a number or a stale one mid-write. The temporary file gets an
+    unguessable name and is created, never opened through a link: pid_file may be in a
+    folder others write in, and lambdad often runs as root."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}")
-        temp.write_text(f"{os.getpid()}\n")
-        os.chmod(temp, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
         raise StartupError(f"cannot write the pid file {path}: {exc.strerror}") from None
 
 
 def remove_pid_file(path: Path) -> None:
-    """Removes the pid file if it still holds this process's id (never another's)."""
+    """Removes the pid file if it still holds this process's id (never another's). Read
+    without following a link or blocking (a FIFO put there would hang lambdad's stop) and
+    within a bound (a link to /dev/zero)."""
     with contextlib.suppress(OSError, ValueError):
-        if int(path.read_text().strip()) == os.getpid():
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            text = os.read(fd, 32)
+        finally:
+            os.close(fd)
+        if int(text.strip()) == os.getpid():
             path.unlink()
 
 
@@ -242,6 +272,7 @@ class Daemon:
         daemon_id = prepare_state_dir(config)
         claim_socket(config.socket)
         if config.pid_file is not None:  # the last thing removed, once all else stopped
+            clear_stale_pid_file(config.pid_file)
             stack.callback(remove_pid_file, config.pid_file)
         keys = read_api_keys(config.api_key_file)
         credentials = None
