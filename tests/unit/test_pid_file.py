@@ -9,7 +9,9 @@ import stat
 import threading
 from pathlib import Path
 
-from lambdad.daemon import remove_pid_file, write_pid_file
+import pytest
+
+from lambdad.daemon import StartupError, clear_stale_pid_file, remove_pid_file, write_pid_file
 
 
 def test_a_link_planted_at_the_temporary_name_is_not_followed(tmp_path: Path) -> None:
@@ -55,3 +57,28 @@ def test_only_a_pid_file_holding_this_pid_is_removed(tmp_path: Path) -> None:
     remove_pid_file(pid_file)
     assert not pid_file.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_a_stale_pid_file_or_a_link_in_its_place_is_removed_at_start(tmp_path: Path) -> None:
+    pid_file = tmp_path / "lambdad.pid"
+    pid_file.write_text("4242\n")  # a killed lambdad's
+    clear_stale_pid_file(pid_file)
+    assert not pid_file.exists()
+    target = tmp_path / "kept"
+    target.write_text("data")
+    pid_file.symlink_to(target)
+    clear_stale_pid_file(pid_file)
+    assert not pid_file.is_symlink() and target.read_text() == "data"
+
+
+@pytest.mark.parametrize("content", [b"SQLite format 3\x00", b"4242\nmore\n"])
+def test_a_pid_file_setting_that_names_another_file_is_refused_and_the_file_kept(
+    tmp_path: Path, content: bytes
+) -> None:
+    database = tmp_path / "lambda.db"
+    database.write_bytes(content)
+    with pytest.raises(StartupError, match="is not a pid file"):
+        clear_stale_pid_file(database)
+    assert database.read_bytes() == content
+    with pytest.raises(StartupError, match="is not a pid file"):
+        clear_stale_pid_file(tmp_path)  # a folder
