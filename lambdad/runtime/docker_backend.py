@@ -334,11 +334,16 @@ class DockerBackend:
         return bytes(raw).decode(errors="replace").rstrip()
 
     def terminate(self, container_id: str) -> bool:
-        """Sends SIGTERM, as `docker stop` does first, without waiting for the exit;
-        False when the container is not running (or gone)."""
+        """Sends what `docker stop` sends first (the image's STOPSIGNAL, else SIGTERM)
+        without waiting for the exit; False when the container is not running (or gone)."""
+        api = self._client.api
         try:
-            self._client.api.kill(container_id, signal="SIGTERM")
-        except docker.errors.APIError:
+            found = api.inspect_container(container_id)
+            if not found.get("State", {}).get("Running"):
+                return False
+            api.kill(container_id, signal=(found.get("Config") or {}).get("StopSignal")
+                     or "SIGTERM")
+        except (docker.errors.APIError, OSError):
             return False
         return True
 
