@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.support.daemon import Lambdad
+from tests.support.daemon import ROOT, Lambdad
 
 
 def test_a_pid_file_left_by_kill_9_never_names_another_program(fresh_lambdad: Lambdad) -> None:
@@ -39,3 +39,15 @@ def test_a_pid_file_left_by_kill_9_never_names_another_program(fresh_lambdad: La
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_second_daemon_on_the_same_state_leaves_the_first_s_pid_file(
+    fresh_lambdad: Lambdad
+) -> None:
+    daemon = fresh_lambdad
+    pid_file = daemon.state_dir / "run" / "lambdad.pid"
+    assert daemon.process is not None
+    second = subprocess.run(daemon.command(), capture_output=True, text=True, timeout=60,
+                            cwd=ROOT)
+    assert second.returncode == 1 and "another lambdad is already running" in second.stderr
+    assert pid_file.read_text() == f"{daemon.process.pid}\n"
