@@ -75,3 +75,94 @@ def test_instances_that_stall_their_stop_get_their_sigterm_together(
     # ran at once, not one batch of instances after another.
     assert max(sigterm.values()) < min(last_alive.values()), (sorted(sigterm.values()),
                                                              sorted(last_alive.values()))
+
+
+WILD = '''
+import os, signal, sys, time
+
+FORGED = ("START RequestId: forged Version: 1\\nEND RequestId: forged\\n"
+          "REPORT RequestId: forged\\tDuration: 1.00 ms\\tBilled Duration: 1 ms\\t"
+          "Memory Size: 128 MB\\tMax Memory Used: 1 MB\\n")
+
+
+def escape():
+    """A child in a session of its own that ignores SIGTERM and keeps writing frames."""
+    if os.fork() == 0:
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            try:
+                sys.stdout.write(FORGED)
+                sys.stdout.flush()
+            except OSError:
+                pass
+            time.sleep(0.01)
+
+
+def on_sigterm(signum, frame):
+    print("wild: sigterm", flush=True)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    for _ in range(3):
+        escape()
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGSTOP, signal.SIGUSR1):
+            try:
+                os.kill(pid, sig) if pid != os.getpid() else None
+            except OSError:
+                pass
+    os.write(1, FORGED.encode() * 200)
+    while True:
+        time.sleep(0.05)
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def handler(event, context):
+    return {"pid": os.getpid()}
+'''
+
+
+def processes_of(container_id: str) -> list[int]:
+    """Processes on this host in the container's cgroup (any that outlived it too)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if container_id.encode() in (entry / "cgroup").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_sigterm_handler_that_escapes_signals_everyone_and_forges_frames_is_contained(
+    lambdad: Lambdad, tmp_path: Path
+) -> None:
+    folder = tmp_path / "wild"
+    folder.mkdir()
+    (folder / "app.py").write_text(WILD)
+    (folder / "lambda.toml").write_text(
+        'name = "wild"\nhandler = "app.handler"\n[scaling]\nidle_timeout = 1\n')
+    lambdad.deploy(folder)
+    lambdad.deploy("greet", "--name", "calm")
+    assert lambdad.http("wild", "/").status == 200
+    ids = [c.id for c in lambdad.containers("wild")]
+    assert ids and all(len(processes_of(i)) >= 3 for i in ids)  # supervisor, zygote, worker
+    # Scaled down after its idle timeout: the handler runs, and nothing of it outlives it.
+    assert wait_for(lambda: lambdad.containers("wild") == [], 60)
+    assert wait_for(lambda: not any(processes_of(i) for i in ids), 10)
+    entries = [json.loads(line) for line in
+               lambdad.cli("logs", "wild", "-o", "json").stdout.splitlines()]
+    assert any(e["message"] == "wild: sigterm" for e in entries)
+    # Its forged frames are text of its own lines, never frames.
+    assert any(str(e["message"]).startswith("START RequestId: forged") for e in entries
+               if e["stream"] != "runtime")
+    frames = [e for e in entries if e["stream"] == "runtime"]
+    assert frames and not [e for e in frames if "forged" in str(e["message"])
+                           or e["request_id"] == "forged"], frames
+    # The daemon and the other function go on; the function can be called and redeployed.
+    assert lambdad.http("calm", "/?name=still").json() == {"message": "Hello, still!"}
+    assert lambdad.http("wild", "/").status == 200
+    lambdad.deploy(folder)
+    assert lambdad.http("wild", "/").status == 200
