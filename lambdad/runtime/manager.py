@@ -888,8 +888,9 @@ class RuntimeManager:
                  instance.end_reason or "stopped")
 
     async def _stop(self, container_id: str, grace: float) -> None:
-        """Stops and removes a container: SIGTERM, up to `grace` seconds to exit (Docker's
-        die event ends the wait), then SIGKILL with the removal. The grace passes here on
+        """Stops and removes a container: its stop signal (SIGTERM unless its image says
+        otherwise), up to `grace` seconds to exit (Docker's die event ends the wait), then
+        SIGKILL with the removal. The grace passes here on
         the event loop, not in a worker thread as `docker stop` would pass it: every Docker
         call shares a few threads, and a function that takes its whole grace to stop (its
         SIGTERM handler, see the runtime's shutdown) must not hold them, stopping its
