@@ -333,6 +333,20 @@ class DockerBackend:
             return ""
         return bytes(raw).decode(errors="replace").rstrip()
 
+    def terminate(self, container_id: str) -> bool:
+        """Sends what `docker stop` sends first (the image's STOPSIGNAL, else SIGTERM)
+        without waiting for the exit; False when the container is not running (or gone)."""
+        api = self._client.api
+        try:
+            found = api.inspect_container(container_id)
+            if not found.get("State", {}).get("Running"):
+                return False
+            api.kill(container_id, signal=(found.get("Config") or {}).get("StopSignal")
+                     or "SIGTERM")
+        except (docker.errors.APIError, OSError):
+            return False
+        return True
+
     def remove(self, container_id: str, *, grace: float = 2.0) -> None:
         """Stops (SIGTERM, then SIGKILL after `grace`) and removes; a missing one is fine."""
         with contextlib.suppress(docker.errors.NotFound):

@@ -98,6 +98,7 @@ class RuntimeManager:
         self._versions: dict[str, dict[int, FunctionVersion]] = {}  # every known version
         self._retired: list[InstancePool] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._exits: dict[str, asyncio.Event] = {}  # containers in their stop's grace
         self._closing = False
         self.cells = CellPool(
             cell_pool_size if artifacts is not None else 0,
@@ -626,6 +627,9 @@ class RuntimeManager:
 
     def instance_exited(self, container_id: str) -> None:
         """Docker reported a container of ours died: take it out of its pool now."""
+        exited = self._exits.get(container_id)
+        if exited is not None:  # a stop's grace ends
+            exited.set()
         cell = self.cells.lost(container_id)
         if cell is not None:
             log.warning("stem cell exited cell=%s class=%s", cell.id, cell.cell_class.label())
@@ -874,7 +878,7 @@ class RuntimeManager:
             if instance.paused:  # a frozen process cannot take the stop signal
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._backend.unpause, instance.container_id)
-            await asyncio.to_thread(self._backend.remove, instance.container_id, grace=grace)
+            await self._stop(instance.container_id, grace)
         finally:  # a failed removal is retried by the next start's reconcile
             await self._remove_folder(instance.folder)
             if instance.code_dir is not None:
@@ -882,6 +886,25 @@ class RuntimeManager:
         log.info('instance stopped function=%s version=%d instance=%s reason="%s"',
                  instance.version.function, instance.version.number, instance.id,
                  instance.end_reason or "stopped")
+
+    async def _stop(self, container_id: str, grace: float) -> None:
+        """Stops and removes a container: its stop signal (SIGTERM unless its image says
+        otherwise), up to `grace` seconds to exit (Docker's die event ends the wait), then
+        SIGKILL with the removal. The grace passes here on
+        the event loop, not in a worker thread as `docker stop` would pass it: every Docker
+        call shares a few threads, and a function that takes its whole grace to stop (its
+        SIGTERM handler, see the runtime's shutdown) must not hold them, stopping its
+        instances a few at a time while every other function's starts wait for a thread."""
+        if grace > 0:
+            exited = self._exits.setdefault(container_id, asyncio.Event())
+            try:
+                if await asyncio.to_thread(self._backend.terminate, container_id):
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(grace):
+                            await exited.wait()
+            finally:
+                self._exits.pop(container_id, None)
+        await asyncio.to_thread(self._backend.remove, container_id, grace=0)
 
     async def _remove_folder(self, folder: InstanceFolder) -> None:
         folder.close()

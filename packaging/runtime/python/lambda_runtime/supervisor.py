@@ -967,6 +967,12 @@ class Supervisor:
         ))
         self.pool.live -= 1
         self._drop(worker)
+        if self.state == "stopping":
+            # Its end came with the instance's stop (SIGTERM, sent because lambdad stops the
+            # instance, e.g. for another request's timeout): not the function's crash. No
+            # answer; the closed connection lets lambdad tell the caller why it stopped it.
+            self._close(job.conn)
+            return
         body = events.json.dumps({"errorMessage": message, "errorType": error_type}).encode()
         self._respond(job.conn, job.request, 502, _UNHANDLED, body)
         self._start_worker()  # a fresh fork takes its place

@@ -1,0 +1,168 @@
+"""Attacks on how instances stop: a function whose SIGTERM handler takes its whole grace.
+
+Each instance's worker processes get SIGTERM and a grace before they are killed (as on
+Lambda), so a function can make every stop of its instances last that long. The grace must
+pass for all of them at once: lambdad's Docker calls share a few worker threads, and a stop
+that holds one for its grace stops the instances a handful at a time (a daemon stop, a
+delete or a scale-down of many instances takes many graces) while every other function's
+cold starts and deploys wait behind them for a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Lambdad, wait_for
+
+pytestmark = pytest.mark.slow
+
+# Python's default executor, which asyncio.to_thread uses: this many threads at most.
+EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+STALLING = '''
+import os, signal, time
+
+
+def on_sigterm(signum, frame):
+    """Never ends on its own: takes the whole grace, and says it is alive meanwhile."""
+    print(f"sigterm {time.time():.3f}", flush=True)
+    while True:
+        print(f"alive {time.time():.3f}", flush=True)
+        time.sleep(0.02)
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def handler(event, context):
+    return {"pid": os.getpid()}
+'''
+
+
+def test_instances_that_stall_their_stop_get_their_sigterm_together(
+    fresh_lambdad: Lambdad, tmp_path: Path
+) -> None:
+    daemon = fresh_lambdad
+    count = EXECUTOR_THREADS + 2  # more instances than the threads Docker calls run on
+    folder = tmp_path / "stall"
+    folder.mkdir()
+    (folder / "app.py").write_text(STALLING)
+    (folder / "lambda.toml").write_text(
+        'name = "stall"\nhandler = "app.handler"\n'
+        f"[scaling]\nmin_instances = {count}\nmax_instances = {count}\n")
+    daemon.deploy(folder)
+    assert wait_for(lambda: len([c for c in daemon.containers("stall")
+                                 if c.status == "running"]) == count, 120)
+    assert daemon.stop() == 0
+
+    logs = daemon.state_dir / "logs" / "stall" / "current.jsonl"
+    entries = [json.loads(line) for line in logs.read_text().splitlines()]
+    sigterm: dict[str, float] = {}
+    last_alive: dict[str, float] = {}
+    for entry in entries:
+        word, _, when = str(entry["message"]).partition(" ")
+        if word == "sigterm":
+            sigterm[entry["instance"]] = float(when)
+        elif word == "alive":
+            last_alive[entry["instance"]] = max(float(when),
+                                                last_alive.get(entry["instance"], 0.0))
+    assert len(sigterm) == count, entries[-20:]  # each instance's handler ran
+    # Every instance got its SIGTERM while every other was still in its grace: the graces
+    # ran at once, not one batch of instances after another.
+    assert max(sigterm.values()) < min(last_alive.values()), (sorted(sigterm.values()),
+                                                             sorted(last_alive.values()))
+
+
+WILD = '''
+import os, signal, sys, time
+
+FORGED = ("START RequestId: forged Version: 1\\nEND RequestId: forged\\n"
+          "REPORT RequestId: forged\\tDuration: 1.00 ms\\tBilled Duration: 1 ms\\t"
+          "Memory Size: 128 MB\\tMax Memory Used: 1 MB\\n")
+
+
+def escape():
+    """A child in a session of its own that ignores SIGTERM and keeps writing frames."""
+    if os.fork() == 0:
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            try:
+                sys.stdout.write(FORGED)
+                sys.stdout.flush()
+            except OSError:
+                pass
+            time.sleep(0.01)
+
+
+def on_sigterm(signum, frame):
+    print("wild: sigterm", flush=True)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    for _ in range(3):
+        escape()
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGSTOP, signal.SIGUSR1):
+            try:
+                os.kill(pid, sig) if pid != os.getpid() else None
+            except OSError:
+                pass
+    os.write(1, FORGED.encode() * 200)
+    while True:
+        time.sleep(0.05)
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def handler(event, context):
+    return {"pid": os.getpid()}
+'''
+
+
+def processes_of(container_id: str) -> list[int]:
+    """Processes on this host in the container's cgroup (any that outlived it too)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if container_id.encode() in (entry / "cgroup").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_sigterm_handler_that_escapes_signals_everyone_and_forges_frames_is_contained(
+    lambdad: Lambdad, tmp_path: Path
+) -> None:
+    folder = tmp_path / "wild"
+    folder.mkdir()
+    (folder / "app.py").write_text(WILD)
+    (folder / "lambda.toml").write_text(
+        'name = "wild"\nhandler = "app.handler"\n[scaling]\nidle_timeout = 1\n')
+    lambdad.deploy(folder)
+    lambdad.deploy("greet", "--name", "calm")
+    assert lambdad.http("wild", "/").status == 200
+    ids = [c.id for c in lambdad.containers("wild")]
+    assert ids and all(len(processes_of(i)) >= 3 for i in ids)  # supervisor, zygote, worker
+    # Scaled down after its idle timeout: the handler runs, and nothing of it outlives it.
+    assert wait_for(lambda: lambdad.containers("wild") == [], 60)
+    assert wait_for(lambda: not any(processes_of(i) for i in ids), 10)
+    entries = [json.loads(line) for line in
+               lambdad.cli("logs", "wild", "-o", "json").stdout.splitlines()]
+    assert any(e["message"] == "wild: sigterm" for e in entries)
+    # Its forged frames are text of its own lines, never frames.
+    assert any(str(e["message"]).startswith("START RequestId: forged") for e in entries
+               if e["stream"] != "runtime")
+    frames = [e for e in entries if e["stream"] == "runtime"]
+    assert frames and not [e for e in frames if "forged" in str(e["message"])
+                           or e["request_id"] == "forged"], frames
+    # The daemon and the other function go on; the function can be called and redeployed.
+    assert lambdad.http("calm", "/?name=still").json() == {"message": "Hello, still!"}
+    assert lambdad.http("wild", "/").status == 200
+    lambdad.deploy(folder)
+    assert lambdad.http("wild", "/").status == 200
