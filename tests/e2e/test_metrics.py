@@ -123,7 +123,10 @@ def test_stats_summarize_known_traffic_and_survive_a_restart(
         assert five["window"] == "5m" and five["invocations"] == 11
         assert five["error_rate"] == 2 / 11
         assert five["cold_start_rate"] == 1 / 11
-        assert 60 < five["p50_ms"] < 110  # the median of the mix is ~80-100 ms
+        # The median of the mix is the 6th of 11: 80 or 100 ms (the cold start after the
+        # timeout is below or above 100 ms, a cell or a container) plus lambdad's overhead,
+        # which a loaded CI machine stretches; a mean would be above 160 ms.
+        assert 60 < five["p50_ms"] < 150
         assert five["p99_ms"] > 900  # the timed-out request
         assert five["instances_max"] >= 1
 
