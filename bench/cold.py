@@ -605,9 +605,17 @@ def _burst(daemon: BenchDaemon, docker: _Containers, report: ColdReport, plan: _
     except ColdBenchError:
         pass
     leaked = [f"{docker.name(c)} ({c.get('State')})" for c in docker.instances(BURST_FUNCTION)]
-    # Anything of this daemon neither running nor paused is left over from somewhere.
-    stale = [f"{docker.name(c)} ({c.get('State')})" for c in docker.all()
-             if c.get("State") not in ("running", "paused")]
+    # Anything of this daemon neither running nor paused for a few seconds is left over
+    # from somewhere (a cell the pool is refilling is "created" for a moment).
+    def _stale() -> list[str]:
+        return [f"{docker.name(c)} ({c.get('State')})" for c in docker.all()
+                if c.get("State") not in ("running", "paused")]
+
+    stale = _stale()
+    settle = time.monotonic() + 5.0
+    while stale and time.monotonic() < settle:
+        time.sleep(0.1)
+        stale = _stale()
 
     samples = [ns for ns, _, _, error in replies if not error]
     errors = [error for _, _, _, error in replies if error]
