@@ -18,7 +18,6 @@ import http.client
 import json
 import shutil
 import struct
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -76,16 +75,7 @@ def call(daemon: PathDaemon, name: str, path: str, *, method: str = "GET",
 
 @pytest.fixture(scope="module")
 def example_wheels() -> Iterator[Path]:
-    if not fetch_wheels.is_fresh():
-        pytest.fail("the example functions' wheels are missing or stale: run "
-                    "`make example-wheels` (it downloads them from PyPI)")
-    # A copy under /tmp: a daemon running as root resolves as uid 65534, which must be
-    # able to reach the folder whatever the permissions of the checkout's parents.
-    folder = Path(tempfile.mkdtemp(prefix="lt-example-wheels-", dir="/tmp"))
-    folder.chmod(0o755)
-    for wheel in fetch_wheels.CACHE.glob("*.whl"):
-        shutil.copy(wheel, folder / wheel.name)
-        (folder / wheel.name).chmod(0o644)
+    folder = fetch_wheels.public_copy()
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 

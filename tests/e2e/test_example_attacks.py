@@ -6,9 +6,7 @@ an instance down. Deployed unchanged from functions/ with the real CLI, wheels f
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,15 +18,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Lambdad]:
-    if not fetch_wheels.is_fresh():
-        pytest.fail("the example functions' wheels are missing or stale: run "
-                    "`make example-wheels` (it downloads them from PyPI)")
-    # World-readable, for pip as uid 65534 (build_user).
-    wheels = Path(tempfile.mkdtemp(prefix="lt-example-wheels-", dir="/tmp"))
-    wheels.chmod(0o755)
-    for wheel in fetch_wheels.CACHE.glob("*.whl"):
-        shutil.copy(wheel, wheels / wheel.name)
-        (wheels / wheel.name).chmod(0o644)
+    wheels = fetch_wheels.public_copy()
     started = Lambdad(extra_args=["--wheelhouse", str(wheels), "--cell-pool-size", "0"])
     try:
         started.start()

@@ -54,6 +54,21 @@ def is_fresh(folder: Path = CACHE) -> bool:
         return False
 
 
+def public_copy() -> Path:
+    """A world-readable copy of the wheels under /tmp, for `--wheelhouse`: a daemon running
+    as root resolves as uid 65534, which must reach the folder whatever the modes of the
+    checkout's parents. The caller removes it."""
+    if not is_fresh():
+        raise RuntimeError("the example functions' wheels are missing or stale: run "
+                           "`make example-wheels` (it downloads them from PyPI)")
+    folder = Path(tempfile.mkdtemp(prefix="lt-example-wheels-", dir="/tmp"))
+    folder.chmod(0o755)
+    for wheel in CACHE.glob("*.whl"):
+        shutil.copy(wheel, folder / wheel.name)
+        (folder / wheel.name).chmod(0o644)
+    return folder
+
+
 def download_command(requirements: Path, dest: Path) -> list[str]:
     return [
         sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
