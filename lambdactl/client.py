@@ -7,8 +7,9 @@ from typing import IO, Any, cast
 
 import grpc
 
-from lambdactl.exitcodes import REASON_METADATA_KEY, CliError, ExitCode, exit_code_for
+from lambdactl.exitcodes import CliError, ExitCode, exit_code_for
 from lambdactl.target import Target
+from lambdad.api.status import REASON_KEY
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc
 
@@ -32,7 +33,7 @@ def error_from_rpc(exc: grpc.RpcError, target: Target) -> CliError:
     details = (call.details() or "").strip()
     reason = None
     for key, value in call.trailing_metadata() or ():
-        if key == REASON_METADATA_KEY:
+        if key == REASON_KEY:
             reason = value if isinstance(value, str) else value.decode()
     exit_code = exit_code_for(code.name, reason)
     message = details or code.name.lower().replace("_", " ")

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-REASON_METADATA_KEY = "lambda-error-reason"
-
 
 class ExitCode(IntEnum):
     OK = 0

@@ -508,7 +508,8 @@ def test_ctrl_c_is_exit_130(daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch)
 def test_log_text_cannot_steer_the_terminal() -> None:
     """A function's line with a carriage return or escape sequences could overwrite the
     time, request and stream columns of `lambdactl logs`: they are shown escaped."""
-    from lambdactl.main import _log_line, printable
+    from lambdactl.commands.invoke import log_line as _log_line
+    from lambdactl.render import printable
     from lambdad.api.v1 import functions_pb2 as pb
 
     forged = "\r\x1b[2K2026-01-01 v1 0b5e8a1c  rt START RequestId: x\u202e\x85"
