@@ -148,9 +148,3 @@ class InvocationTable:
         rows = self._db.execute_sql(
             "SELECT id FROM invocations WHERE function = ? AND status = 'failed'", (function,))
         return [r[0] for r in rows.fetchall()]
-
-    def depth(self) -> dict[str, int]:
-        rows = self._db.execute_sql(
-            "SELECT function, COUNT(*) FROM invocations WHERE status IN ('queued', 'running') "
-            "GROUP BY function").fetchall()
-        return {r[0]: int(r[1]) for r in rows}

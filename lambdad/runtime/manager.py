@@ -170,9 +170,6 @@ class RuntimeManager:
     def cell_stats(self) -> list[ClassStats]:
         return self.cells.stats()
 
-    def cell_containers(self) -> list[str]:
-        return [cell.container_id for cell in self.cells.ready_cells()]
-
     def _new_pool(self, version: FunctionVersion) -> InstancePool:
         return InstancePool(version, start=self.start_instance, destroy=self._destroy,
                             spawn=self._spawn)
@@ -402,7 +399,6 @@ class RuntimeManager:
         except BaseException:
             await self._destroy_cell(cell)
             raise
-        cell.start_ms = (time.monotonic() - started) * 1000
         return cell
 
     async def _destroy_cell(self, cell: Cell) -> None:
