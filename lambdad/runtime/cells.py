@@ -76,7 +76,6 @@ class Cell:
     folder: InstanceFolder  # bound read-write at /run/lambda, locked once the socket is up
     code_dir: Path  # holds task/ and deps/, bound read-only at /var/task and /opt/lambda/deps
     conn: UpstreamConnection | None = None  # opened when the socket answered
-    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
