@@ -678,12 +678,6 @@ def read_existing(path: Path) -> str | None:
         return None
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """For callers that want only the Config (tests, embedding); raises ConfigError."""
-    resolved, _ = resolve(argv, os.environ, read_existing)
-    return resolved.config
-
-
 # Checks that look at the machine: what --check-config adds to parsing.
 
 

@@ -1,4 +1,4 @@
-"""Turns a validated code archive into an image `lambda-fn/<name>:v<N>`.
+"""Turns a validated code archive into a function image, `<image_prefix>/<name>:v<N>`.
 
 Blocking work (pip, the docker SDK) runs in worker threads; build output comes back
 to the event loop line by line through a queue so the CLI sees it as it happens.

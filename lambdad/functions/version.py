@@ -30,7 +30,3 @@ class Activation:
     version: int
     activated_at: datetime
     reason: str  # "deploy" | "config" | "rollback"
-
-
-def image_tag(function: str, number: int) -> str:
-    return f"lambda-fn/{function}:v{number}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambdad.errors import InvalidArgument, NotFound
+from lambdad.idprefix import row_by_prefix
 from lambdad.queue.model import AsyncInvocation
 
 _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_attempt_at, "
@@ -124,16 +124,7 @@ class InvocationTable:
         return [_row(r) for r in self._db.execute_sql(sql, (*params, limit)).fetchall()]
 
     def get(self, prefix: str) -> AsyncInvocation:
-        if len(prefix) < 4:
-            raise InvalidArgument("give at least 4 characters of the invocation id")
-        rows = self._db.execute_sql(
-            f"SELECT {_COLUMNS} FROM invocations WHERE substr(id, 1, length(?)) = ? "
-            "LIMIT 2", (prefix.lower(), prefix.lower())).fetchall()  # no LIKE: `_` is literal
-        if not rows:
-            raise NotFound(f"no invocation with id {prefix!r}")
-        if len(rows) > 1:
-            raise InvalidArgument(f"invocation id prefix {prefix!r} is ambiguous")
-        return _row(rows[0])
+        return _row(row_by_prefix(self._db, "invocations", _COLUMNS, prefix, "invocation"))
 
     def redrive(self, ids: list[str], now: float) -> int:
         count = 0
@@ -148,9 +139,3 @@ class InvocationTable:
         rows = self._db.execute_sql(
             "SELECT id FROM invocations WHERE function = ? AND status = 'failed'", (function,))
         return [r[0] for r in rows.fetchall()]
-
-    def depth(self) -> dict[str, int]:
-        rows = self._db.execute_sql(
-            "SELECT function, COUNT(*) FROM invocations WHERE status IN ('queued', 'running') "
-            "GROUP BY function").fetchall()
-        return {r[0]: int(r[1]) for r in rows}

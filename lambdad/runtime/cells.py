@@ -76,8 +76,6 @@ class Cell:
     folder: InstanceFolder  # bound read-write at /run/lambda, locked once the socket is up
     code_dir: Path  # holds task/ and deps/, bound read-only at /var/task and /opt/lambda/deps
     conn: UpstreamConnection | None = None  # opened when the socket answered
-    started_at: float = 0.0
-    start_ms: float = 0.0  # container create + start + socket answering
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,6 @@ class CellPool:
         self._wanted: set[CellClass] = set()
         self.closed = False
         self.held = False  # wanted classes are kept, but nothing starts (until reconciled)
-        self.started_total = 0
         self.failed_total = 0
 
     @property
@@ -178,7 +175,6 @@ class CellPool:
             return
         finally:  # also when cancelled: a phantom "starting" would block refills for good
             self._starting[cell_class] -= 1
-        self.started_total += 1
         if not self.enabled or cell_class not in self._wanted:
             await self._destroy(cell)
             return

@@ -170,9 +170,6 @@ class RuntimeManager:
     def cell_stats(self) -> list[ClassStats]:
         return self.cells.stats()
 
-    def cell_containers(self) -> list[str]:
-        return [cell.container_id for cell in self.cells.ready_cells()]
-
     def _new_pool(self, version: FunctionVersion) -> InstancePool:
         return InstancePool(version, start=self.start_instance, destroy=self._destroy,
                             spawn=self._spawn)
@@ -354,7 +351,7 @@ class RuntimeManager:
         except BaseException:
             await self._remove_folder(folder)
             raise
-        instance = Instance(instance_id, version, container_id, folder, started_at=started)
+        instance = Instance(instance_id, version, container_id, folder)
         self._notify(instance, "started")
         try:
             conn: UpstreamConnection | None = await self._wait_socket(
@@ -381,7 +378,6 @@ class RuntimeManager:
         cell_id = secrets.token_hex(6)
         code_dir = self._cells_dir / cell_id
         folder = InstanceFolder.create(self._instances_dir, cell_id)
-        started = time.monotonic()
         try:
             for code in (code_dir, code_dir / "task", code_dir / "deps"):
                 code.mkdir(mode=0o755, parents=True)
@@ -394,7 +390,7 @@ class RuntimeManager:
             await self._remove_folder(folder)
             await self._remove_tree(code_dir)
             raise
-        cell = Cell(cell_id, cell_class, container_id, folder, code_dir, started_at=started)
+        cell = Cell(cell_id, cell_class, container_id, folder, code_dir)
         try:
             cell.conn = await self._wait_socket(
                 folder, container_id, f"stem cell {cell_class.label()}", cell_class.memory_mb,
@@ -402,7 +398,6 @@ class RuntimeManager:
         except BaseException:
             await self._destroy_cell(cell)
             raise
-        cell.start_ms = (time.monotonic() - started) * 1000
         return cell
 
     async def _destroy_cell(self, cell: Cell) -> None:
@@ -419,7 +414,7 @@ class RuntimeManager:
         read-only, the runtime loads it (POST /init), and the cell never serves another."""
         started = time.monotonic()
         instance = Instance(cell.id, version, cell.container_id, cell.folder,
-                            started_at=started, start_path="cell", code_dir=cell.code_dir)
+                            start_path="cell", code_dir=cell.code_dir)
         conn, cell.conn = cell.conn, None
         try:
             wanted = CellClass.of(version.config, cell.cell_class.image)

@@ -42,7 +42,6 @@ class Instance:
     version: FunctionVersion
     container_id: str
     folder: InstanceFolder  # its socket folder, STATE/i/<id>: every connection goes through it
-    started_at: float = field(default_factory=time.monotonic)
     init_ms: float = 0.0
     idle: list[UpstreamConnection] = field(default_factory=list)
     in_flight: int = 0

@@ -1,4 +1,4 @@
-"""Time-driven work: the daemon's periodic housekeeping (and, later, cron schedules)."""
+"""Time-driven work: the daemon's periodic housekeeping and the cron schedules users create."""
 
 from lambdad.scheduler.housekeeping import Housekeeper
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambdad.errors import InvalidArgument, NotFound
+from lambdad.idprefix import row_by_prefix
 from lambdad.scheduler.cron import Schedule
 
 _COLUMNS = ("id, function, cron, tz, data, overlap, created_at, last_run, last_result, "
@@ -38,16 +38,7 @@ class ScheduleTable:
                                                        params).fetchall()]
 
     def get(self, prefix: str) -> Schedule:
-        if len(prefix) < 4:
-            raise InvalidArgument("give at least 4 characters of the schedule id")
-        rows = self._db.execute_sql(
-            f"SELECT {_COLUMNS} FROM schedules WHERE substr(id, 1, length(?)) = ? "
-            "LIMIT 2", (prefix.lower(), prefix.lower())).fetchall()  # no LIKE: `_` is literal
-        if not rows:
-            raise NotFound(f"no schedule with id {prefix!r}")
-        if len(rows) > 1:
-            raise InvalidArgument(f"schedule id prefix {prefix!r} is ambiguous")
-        return _row(rows[0])
+        return _row(row_by_prefix(self._db, "schedules", _COLUMNS, prefix, "schedule"))
 
     def record_run(self, schedule_id: str, when: float, result: str, invocation: str) -> None:
         self._db.execute_sql(

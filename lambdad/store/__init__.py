@@ -1,4 +1,5 @@
-"""Durable metadata: functions and their versions, in SQLite through Peewee."""
+"""Durable metadata in one SQLite file: functions and their versions (Peewee), plus the tables
+that queue/, scheduler/ and auth/ own, all run on the store's one thread."""
 
 from lambdad.store.store import FunctionRecord, Store
 

@@ -49,8 +49,14 @@ def test_wildcards_in_a_prefix_are_literal(tmp_path: Path, kind: str) -> None:
             assert (await table.get("ab12c")).id == IDS[0]
             assert (await table.get("AB12EF")).id == IDS[1]  # ids are lowercase hex
             assert (await table.get(IDS[1])).id == IDS[1]
-            with pytest.raises(InvalidArgument, match="ambiguous"):
+            noun = kind[:-1]
+            with pytest.raises(InvalidArgument, match=f"^{noun} id prefix 'ab12' is ambiguous$"):
                 await table.get("ab12")  # a real shared prefix
+            short = f"^give at least 4 characters of the {noun} id$"
+            with pytest.raises(InvalidArgument, match=short):
+                await table.get("ab1")
+            with pytest.raises(NotFound, match=f"^no {noun} with id 'ffff'$"):
+                await table.get("ffff")
             for pattern in ("a_12c", "ab_2cd", "____", "ab1%", "ab12%", "%%%%", "ab12_d"):
                 with pytest.raises(NotFound):
                     await table.get(pattern)
