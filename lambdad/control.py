@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import lambdad
+from lambdad.api.contract import DEPLOY_STEPS
 from lambdad.auth import ROLES, ApiKey, KeyRing, new_secret
 from lambdad.auth.keys import digest as key_digest
 from lambdad.build import (
@@ -68,7 +69,6 @@ def fault_point(name: str) -> None:
         log.error("LAMBDAD_FAULT=%s: dying here on purpose", name)
         os._exit(137)
 
-DEPLOY_STEPS = 3
 # Deploy step 3 says how the first instance started (StartPlan.path in words).
 START_WORDS = {"cell": "stem cell", "container": "container"}
 

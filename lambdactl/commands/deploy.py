@@ -13,9 +13,8 @@ from lambdactl.commands.base import Ctx
 from lambdactl.exitcodes import CliError, ExitCode
 from lambdactl.render import StepView, local_time, print_table, rfc3339, table
 from lambdactl.target import Target
+from lambdad.api.contract import DEPLOY_STEPS
 from lambdad.api.v1 import functions_pb2 as pb
-
-DEPLOY_STEPS = 3  # 1 is the CLI's (package + upload); the daemon reports 2 and 3
 
 # Deploy flag -> ConfigOverrides field; a flag left out keeps what lambda.toml says.
 _OVERRIDE_FIELDS = {

@@ -19,17 +19,12 @@ from lambdactl.render import (
     size,
     table,
 )
+from lambdad.api.contract import function_status_name
 from lambdad.api.v1 import functions_pb2 as pb
-
-STATUS_NAMES = {
-    pb.FUNCTION_STATUS_READY: "ready",
-    pb.FUNCTION_STATUS_IDLE: "idle",
-    pb.FUNCTION_STATUS_DEPLOYING: "deploying",
-}
 
 
 def _status(fn: pb.Function) -> str:
-    return STATUS_NAMES.get(fn.status, "unknown")
+    return function_status_name(fn.status)
 
 
 def function_json(fn: pb.Function, *, detail: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lambdad.api.contract import function_status
 from lambdad.api.status import REASON_KEY, grpc_code
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
@@ -59,8 +60,6 @@ if TYPE_CHECKING:  # grpc-stubs makes these generic; at run time they are plain 
 else:
     _Interceptor = grpc.aio.ServerInterceptor
     Handler = grpc.RpcMethodHandler
-_STATUS = {"ready": pb.FUNCTION_STATUS_READY, "idle": pb.FUNCTION_STATUS_IDLE,
-           "deploying": pb.FUNCTION_STATUS_DEPLOYING}
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: LambdaError) -> None:
@@ -410,7 +409,7 @@ def _function(view: FunctionView, *, show_env: bool = False) -> pb.Function:
     record = view.record
     counts = view.instances
     message = pb.Function(
-        name=record.name, status=_STATUS[view.status], url=view.url,
+        name=record.name, status=function_status(view.status), url=view.url,
         instances=pb.InstanceCounts(running=counts.running, busy=counts.busy,
                                     starting=counts.starting, draining=counts.draining,
                                     queued=counts.queued),

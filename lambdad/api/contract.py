@@ -1,0 +1,29 @@
+"""What the control API's two ends agree on beyond the proto: lambdad and lambdactl both
+import these, so neither restates them.
+
+Pure and cheap to import (the generated messages only): lambdactl's parser-free paths and
+lambdad's use cases may depend on it without depending on the gRPC server.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from lambdad.api.v1 import functions_pb2 as pb
+
+# A deploy's steps: 1 is the CLI's (package and upload); the daemon reports 2 and 3.
+DEPLOY_STEPS = 3
+
+_STATUS_PREFIX = "FUNCTION_STATUS_"
+
+
+def function_status(name: str) -> pb.FunctionStatus:
+    """The proto value of a function status ("ready", "idle", "deploying")."""
+    return cast("pb.FunctionStatus", pb.FunctionStatus.Value(_STATUS_PREFIX + name.upper()))
+
+
+def function_status_name(value: int) -> str:
+    """The status a reply's value names, lower case; "unknown" for one this side lacks."""
+    if value == pb.FUNCTION_STATUS_UNSPECIFIED or value not in pb.FunctionStatus.values():
+        return "unknown"
+    return pb.FunctionStatus.Name(value).removeprefix(_STATUS_PREFIX).lower()
