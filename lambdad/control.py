@@ -43,7 +43,7 @@ from lambdad.errors import (
 )
 from lambdad.functions import Activation, FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
-from lambdad.gateway.status import status_for
+from lambdad.httpstatus import status_for
 from lambdad.jsontext import parse_json
 from lambdad.logs import LogEntry, LogQuery, LogStore
 from lambdad.metrics import Metrics

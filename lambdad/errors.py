@@ -2,7 +2,7 @@
 
 Every failure a client can see is one of these. The control API maps them to gRPC
 status codes in one table (`lambdad.api.status`), the gateway to HTTP status codes
-in another (`lambdad.gateway.status`); nothing else decides how an error looks.
+in another (`lambdad.httpstatus`); nothing else decides how an error looks.
 `reason` is a stable machine-readable word the CLI turns into exit codes.
 """
 

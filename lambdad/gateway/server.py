@@ -25,7 +25,7 @@ from lambdad.fds import Throttle
 from lambdad.gateway.budget import BodyBudget, Hold
 from lambdad.gateway.headers import forward_request_headers, response_headers
 from lambdad.gateway.routing import route, subdomain
-from lambdad.gateway.status import error_response, json_error
+from lambdad.httpstatus import error_response, json_error
 from lambdad.listener import Listener
 from lambdad.runtime.invocation import (
     Headers,

@@ -1,4 +1,6 @@
-"""The one table from daemon errors to HTTP responses the gateway makes itself."""
+"""The one table from daemon errors to HTTP responses: the gateway answers with it, and the
+control plane records invocations with the status a caller saw (a use case must not depend on
+the HTTP transport for it)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import logging
 import pytest
 
 from lambdad import errors
-from lambdad.gateway.status import error_response, status_for
+from lambdad.httpstatus import error_response, status_for
 
 
 @pytest.mark.parametrize(
