@@ -5,13 +5,12 @@ an instance down. Deployed unchanged from functions/ with the real CLI, wheels f
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support import fetch_wheels
-from tests.support.daemon import Lambdad
+from tests.support.daemon import Lambdad, running_daemon
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -19,13 +18,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Lambdad]:
     wheels = fetch_wheels.public_copy()
-    started = Lambdad(extra_args=["--wheelhouse", str(wheels), "--cell-pool-size", "0"])
-    try:
-        started.start()
+    with running_daemon("--wheelhouse", str(wheels), "--cell-pool-size", "0",
+                        remove=wheels) as started:
         yield started
-    finally:
-        started.close()
-        shutil.rmtree(wheels, ignore_errors=True)
 
 
 def test_the_fastapi_example_bounds_the_image_a_query_asks_for(daemon: Lambdad) -> None:

@@ -13,15 +13,13 @@ forged lines must not be frames, and no file may appear.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad, wait_for
-from tests.support.wheels import build_wheel
+from tests.support.daemon import Lambdad, running_daemon, wait_for
+from tests.support.wheels import build_wheel, make_readable, public_folder
 
 pytestmark = pytest.mark.slow
 
@@ -86,20 +84,14 @@ def handler(event, context):
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Lambdad]:
     """No stem cells: every instance takes the container path."""
-    wheels = Path(tempfile.mkdtemp(prefix="lt-wheels-", dir="/tmp"))
-    wheels.chmod(0o755)
+    wheels = public_folder()
     build_wheel(wheels, "lambdahelper", "1.2.3",
                 'def shout(text):\n    return text.upper() + "!"\n')
     build_wheel(wheels, "sitecustomize", "1.0", _attack("site", 2))
-    for wheel in wheels.iterdir():
-        wheel.chmod(0o644)
-    started = Lambdad(extra_args=["--wheelhouse", str(wheels), "--cell-pool-size", "0"])
-    try:
-        started.start()
+    make_readable(wheels)
+    with running_daemon("--wheelhouse", str(wheels), "--cell-pool-size", "0",
+                        remove=wheels) as started:
         yield started
-    finally:
-        started.close()
-        shutil.rmtree(wheels, ignore_errors=True)
 
 
 def _function(root: Path, name: str, toml: str = "") -> Path:

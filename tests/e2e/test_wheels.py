@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad
-from tests.support.wheels import build_wheel
+from tests.support.daemon import Lambdad, running_daemon
+from tests.support.wheels import build_wheel, make_readable, public_folder
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Lambdad]:
-    # Readable by uid 65534 (build_user), which resolves as root's daemon does in production.
-    wheels = Path(tempfile.mkdtemp(prefix="lt-tagged-", dir="/tmp"))
-    wheels.chmod(0o755)
+    wheels = public_folder("lt-tagged-")
     arch = os.uname().machine
     # As PyPI tags a compiled package today: for glibc 2.17, not the image's 2.36.
     build_wheel(wheels, "compiledcore", "2.0", "def native():\n    return 'compiled'\n",
@@ -28,15 +24,10 @@ def daemon() -> Iterator[Lambdad]:
     build_wheel(wheels, "muslonly", "1.0", "", tag=f"cp311-cp311-musllinux_1_2_{arch}")
     for version in ("1.0", "1.1"):
         build_wheel(wheels, "webframework", version, "", requires=("muslonly>=1",))
-    for wheel in wheels.iterdir():
-        wheel.chmod(0o644)
-    started = Lambdad(extra_args=["--wheelhouse", str(wheels), "--cell-pool-size", "0"])
-    try:
-        started.start()
+    make_readable(wheels)
+    with running_daemon("--wheelhouse", str(wheels), "--cell-pool-size", "0",
+                        remove=wheels) as started:
         yield started
-    finally:
-        started.close()
-        shutil.rmtree(wheels, ignore_errors=True)
 
 
 def _function(tmp_path: Path, requirements: str) -> Path:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,3 +247,16 @@ class Lambdad:
         if function:
             filters.append(f"lambda.function={function}")
         return list(self.docker.images.list(filters={"label": filters}))
+
+
+@contextlib.contextmanager
+def running_daemon(*extra_args: str, remove: Path | None = None) -> Iterator[Lambdad]:
+    """A started daemon, closed at the end; `remove` (a temporary wheelhouse) goes with it."""
+    daemon = Lambdad(extra_args=list(extra_args))
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.close()
+        if remove is not None:
+            shutil.rmtree(remove, ignore_errors=True)

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import tempfile
 import zipfile
 from pathlib import Path
+
+
+def public_folder(prefix: str = "lt-wheels-") -> Path:
+    """A new folder under /tmp that uid 65534 can read: a daemon running as root resolves
+    requirements as that uid (build_user), whatever the modes of pytest's own folders."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    folder.chmod(0o755)
+    return folder
+
+
+def make_readable(folder: Path) -> None:
+    for wheel in folder.glob("*.whl"):
+        wheel.chmod(0o644)
 
 
 def build_wheel(folder: Path, name: str, version: str, module_source: str, *,
