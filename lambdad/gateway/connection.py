@@ -139,7 +139,7 @@ class ClientConnection:
         self.limits = limits
         self.peer = peer
         self._bodies = bodies
-        self._admit = admit
+        self._admit: Admit = admit or (lambda function, version, headers: headers)
         self._events = events  # whether `Lambda-Invocation-Type: Event` is queued
         self._stopping = stopping
         self._new_id = new_id
@@ -265,7 +265,7 @@ class ClientConnection:
             else:
                 self._refuse(decided.reply, version=decided.version)
             return
-        admitted = self._admission(decided.function, decided.version, list(request.headers))
+        admitted = self._admit(decided.function, decided.version, list(request.headers))
         if isinstance(admitted, errors.LambdaError):
             self._refuse(error_response(admitted, request_id), version=decided.version)
             return
@@ -279,10 +279,6 @@ class ClientConnection:
         self._deadline = None
         if self._conn.they_are_waiting_for_100_continue:
             self.answer.interim(100)
-
-    def _admission(self, function: str, version: int | None,
-                   headers: Headers) -> Headers | errors.LambdaError:
-        return headers if self._admit is None else self._admit(function, version, headers)
 
     def _read_body(self, now: float) -> Action | None:
         """The whole body within one deadline (`body_timeout`), whatever the pace: a client
@@ -331,7 +327,7 @@ class ClientConnection:
         body, self._body = bytes(self._body), bytearray()
         self._share = self._target = None
         self._phase = _Phase.HANDED_OVER
-        admitted = self._admission(function, version, list(request.headers))
+        admitted = self._admit(function, version, list(request.headers))
         if isinstance(admitted, errors.LambdaError):
             share.release()
             self.answer.respond(error_response(admitted, self.request_id), version=version)
@@ -383,15 +379,15 @@ class ClientConnection:
     def _end_request(self, now: float) -> None:
         request, self.request = self.request, None
         if request is not None:
-            log.debug(
-                "%s %s %s -> %s in %.1f ms (request %s)",
-                self.peer,
-                request.method.decode("latin-1"),
-                request.target[:200].decode("latin-1"),
-                "dropped" if self.answer.status is None else self.answer.status,
-                (now - self.started) * 1000,
-                self.request_id,
-            )
+            _log_request(self.peer, request, self.answer.status, now - self.started,
+                         self.request_id)
+
+
+def _log_request(peer: str, request: h11.Request, status: int | None, seconds: float,
+                 request_id: str) -> None:
+    log.debug("%s %s %s -> %s in %.1f ms (request %s)", peer,
+              request.method.decode("latin-1"), request.target[:200].decode("latin-1"),
+              "dropped" if status is None else status, seconds * 1000, request_id)
 
 
 def read_deadline(now: float, body_deadline: float, idle: float) -> float:
