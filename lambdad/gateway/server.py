@@ -29,7 +29,7 @@ __all__ = ["Admit", "Gateway", "read_deadline"]
 # unpaused, container, or "" without one; the handler raised)
 Observer = Callable[[str, int, float, str, bool], None]
 # (function, JSON payload) -> invocation id; for `Lambda-Invocation-Type: Event` requests
-EnqueueEvent = Callable[[str, bytes], Awaitable[str]]
+Enqueue = Callable[[str, bytes], Awaitable[str]]
 
 
 class Gateway:
@@ -45,7 +45,7 @@ class Gateway:
         body_timeout: float = 60.0,
         keepalive_timeout: float = 75.0,
         observe: Observer | None = None,
-        enqueue: EnqueueEvent | None = None,
+        enqueue: Enqueue | None = None,
         admit: Admit | None = None,
         max_connections: int = 1024,
         max_header_bytes: int = 16 * 1024,
