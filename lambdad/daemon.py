@@ -372,7 +372,7 @@ class Daemon:
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
         def admit(function: str, number: int | None,
-                  headers: list[tuple[bytes, bytes]]) -> LambdaError | None:
+                  headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]] | LambdaError:
             return admission.admit(
                 function, number, headers, active=runtime.active_version(function),
                 version_of=functools.partial(runtime.known_version, function),

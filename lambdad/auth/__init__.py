@@ -1,4 +1,4 @@
-"""API keys and roles for the TCP control API."""
+"""API keys and roles: the TCP control API's (`keys.py`) and the gateway's key check (`http.py`)."""
 
 from lambdad.auth.keys import (
     READ_ENV_ROLE,

@@ -12,47 +12,12 @@ of its older versions, and an older version that wanted a key keeps wanting it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Callable
 
 from lambdad import errors
-from lambdad.auth.keys import bearer_credentials
+from lambdad.auth.http import Identify, authorize
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.invocation import Headers
-
-# (key) -> who it is, or None for an unknown or revoked key
-Identify = Callable[[str], object | None]
-
-_BLANKS = re.compile(r"[\s,]+")
-_PARAMETER = re.compile(r"[=;\"']+")  # auth-params: key="value", key=value
-_MAX_CANDIDATES = 16  # an Authorization value is a scheme and a credential or two
-
-
-def _bearer_key(value: bytes, identify: Identify) -> bool:
-    """`Bearer <a valid API key>`: the scheme in any case (RFC 9110), any blanks after it."""
-    token = bearer_credentials(value.decode("latin-1"))
-    return token is not None and identify(token) is not None
-
-
-def _holds_key(value: bytes, identify: Identify) -> bool:
-    """Whether an `Authorization` value carries a valid API key in any form a caller might
-    send one: Bearer as above, another scheme (`Token <key>`), the bare key, or the user
-    or password of Basic. Only Bearer authenticates; any of them is kept from functions."""
-    text = value.decode("latin-1")
-    words = [w for w in _BLANKS.split(text) if w][:_MAX_CANDIDATES]
-    candidates = [*words, *(part for word in words for part in _PARAMETER.split(word))]
-    if len(words) == 2 and words[0].lower() == "basic":
-        try:
-            user, _, password = base64.b64decode(words[1], validate=True).decode(
-                "latin-1").partition(":")
-            candidates[:0] = [user, password]
-        except (binascii.Error, ValueError):
-            pass
-    # Bounded: a crafted header must not cost more key checks than an honest one.
-    unique = [c for c in dict.fromkeys(candidates) if c][:_MAX_CANDIDATES]
-    return _bearer_key(value, identify) or any(identify(c) is not None for c in unique)
 
 
 def admit(
@@ -63,13 +28,12 @@ def admit(
     active: FunctionVersion | None,
     version_of: Callable[[int], FunctionVersion | None],
     identify: Identify,
-) -> errors.LambdaError | None:
-    """None when the request may go on, else the error to answer with.
+) -> Headers | errors.LambdaError:
+    """The headers the request goes on with, else the error to answer with.
 
-    `number` is the pinned version (None: the active one). On success the headers lose
-    every `Authorization` that carries a valid API key (in whatever scheme), and, for a
-    function that wants one, every `Authorization` at all: no function ever sees a
-    lambda key.
+    `number` is the pinned version (None: the active one). The key rule itself, and which
+    `Authorization` headers are kept from the function, is `auth.http.authorize`'s; the
+    caller's `headers` are not changed.
     """
     if active is None:
         return errors.NotFound(f"no function named {function!r}")
@@ -83,11 +47,4 @@ def admit(
                                    "was removed by the retention policy")
         served = pinned
     needs_key = "key" in (served.config.auth, active.config.auth)
-    authorization = [value for name, value in headers if name.lower() == b"authorization"]
-    if needs_key and not any(_bearer_key(value, identify) for value in authorization):
-        return errors.Unauthenticated(
-            f"function {function!r} needs an API key: send 'Authorization: Bearer <key>'")
-    keyed = {value for value in authorization if _holds_key(value, identify)}
-    headers[:] = [(name, value) for name, value in headers
-                  if name.lower() != b"authorization" or not (needs_key or value in keyed)]
-    return None
+    return authorize(function, headers, needs_key=needs_key, identify=identify)

@@ -1,0 +1,69 @@
+"""The API-key rule of the HTTP gateway: who may call a function that says `auth = "key"`,
+and which `Authorization` headers a function never sees.
+
+Pure: it is given a request's headers and a way to identify a key, and returns the
+headers the function may see (a new list; the caller's is left as it was) or the
+refusal. Which version decides whether a key is needed is the gateway's rule
+(`gateway/admission.py`); this module only knows keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Sequence
+
+from lambdad import errors
+from lambdad.auth.keys import bearer_credentials
+
+# (key) -> who it is, or None for an unknown or revoked key
+Identify = Callable[[str], object | None]
+Header = tuple[bytes, bytes]
+
+_BLANKS = re.compile(r"[\s,]+")
+_PARAMETER = re.compile(r"[=;\"']+")  # auth-params: key="value", key=value
+_MAX_CANDIDATES = 16  # an Authorization value is a scheme and a credential or two
+
+
+def bearer_key(value: bytes, identify: Identify) -> bool:
+    """`Bearer <a valid API key>`: the scheme in any case (RFC 9110), any blanks after it."""
+    token = bearer_credentials(value.decode("latin-1"))
+    return token is not None and identify(token) is not None
+
+
+def holds_key(value: bytes, identify: Identify) -> bool:
+    """Whether an `Authorization` value carries a valid API key in any form a caller might
+    send one: Bearer as above, another scheme (`Token <key>`), the bare key, or the user
+    or password of Basic. Only Bearer authenticates; any of them is kept from functions."""
+    text = value.decode("latin-1")
+    words = [w for w in _BLANKS.split(text) if w][:_MAX_CANDIDATES]
+    candidates = [*words, *(part for word in words for part in _PARAMETER.split(word))]
+    if len(words) == 2 and words[0].lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(words[1], validate=True).decode(
+                "latin-1").partition(":")
+            candidates[:0] = [user, password]
+        except (binascii.Error, ValueError):
+            pass
+    # Bounded: a crafted header must not cost more key checks than an honest one.
+    unique = [c for c in dict.fromkeys(candidates) if c][:_MAX_CANDIDATES]
+    return bearer_key(value, identify) or any(identify(c) is not None for c in unique)
+
+
+def authorize(
+    function: str, headers: Sequence[Header], *, needs_key: bool, identify: Identify
+) -> list[Header] | errors.Unauthenticated:
+    """The headers `function` may see, or the refusal when it needs a key and none came.
+
+    A function that needs a key sees no `Authorization` at all; any other loses every
+    `Authorization` that carries a valid API key (in whatever scheme) and keeps its own
+    tokens: no function ever sees a lambda key.
+    """
+    authorization = [value for name, value in headers if name.lower() == b"authorization"]
+    if needs_key and not any(bearer_key(value, identify) for value in authorization):
+        return errors.Unauthenticated(
+            f"function {function!r} needs an API key: send 'Authorization: Bearer <key>'")
+    keyed = {value for value in authorization if holds_key(value, identify)}
+    return [(name, value) for name, value in headers
+            if name.lower() != b"authorization" or not (needs_key or value in keyed)]

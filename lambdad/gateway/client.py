@@ -1,0 +1,242 @@
+"""One client connection's task: does what its `ClientConnection` asks, awaiting the
+socket, and invokes the function and relays its answer.
+
+The rules are the machine's (`connection.py`); this module owns the awaits: reads under
+the machine's deadlines, writes with back-pressure (a slow client slows the upstream body
+down), the linger, the invocation cancelled when the client hangs up, and every upstream
+response released exactly once, whatever the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from lambdad import errors
+from lambdad.gateway.budget import Hold
+from lambdad.gateway.connection import Close, Enqueue, Invoke, Linger, Read, Send
+from lambdad.gateway.headers import response_headers
+from lambdad.gateway.responses import Drop, Reply
+from lambdad.httpstatus import error_response
+from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
+
+if TYPE_CHECKING:
+    from lambdad.gateway.server import Gateway
+
+log = logging.getLogger("lambdad.gateway")
+
+READ_SIZE = 64 * 1024
+
+
+class Client:
+    """One client connection: does what its `ClientConnection` asks, awaiting the socket."""
+
+    def __init__(
+        self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.gw = gateway
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        self.rules = gateway.rules_for(self.peer)
+        self.gone = False  # the client closed (or half-closed) its connection
+        self._invocation: asyncio.Task[Any] | None = None  # cancelled if the client goes
+
+    @property
+    def busy(self) -> bool:
+        """Between a request's head and the end of its response."""
+        return self.rules.busy
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                action = self.rules.next_action(loop.time())
+                if isinstance(action, Send):
+                    await self._write(action.data)
+                elif isinstance(action, Read):
+                    await self._read(action.deadline)
+                elif isinstance(action, Invoke | Enqueue):
+                    share = action.share
+                    with share:  # given back on every way out, even before the work starts
+                        if isinstance(action, Invoke):
+                            work = self._invoke(action.invocation, share)
+                        else:
+                            work = self._enqueue(action.function, action.body,
+                                                 action.request_id, share)
+                        del action  # from here the work holds the only reference to the body
+                        await self._watching(work)
+                elif isinstance(action, Linger):
+                    await self._linger(action.seconds)
+                else:
+                    assert isinstance(action, Close)
+                    return
+        except (Drop, OSError):
+            pass  # the client went away or the response could not be completed
+        finally:
+            self.rules.finish(loop.time())
+
+    async def _read(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                data = await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            self.rules.timed_out(loop.time())
+            return
+        self.rules.receive(data, loop.time())
+
+    async def _linger(self, seconds: float) -> None:
+        """Half-closes and discards what the client still sends, so it reads the answer
+        instead of a reset caused by its unread upload."""
+        with contextlib.suppress(Exception):
+            self.writer.write_eof()
+            async with asyncio.timeout(seconds):
+                while await self.reader.read(READ_SIZE):
+                    pass
+
+    def client_gone(self) -> None:
+        self.gone = True
+        if self._invocation is not None:
+            self._invocation.cancel()
+
+    async def _watching(self, work_coro: Coroutine[Any, Any, int]) -> int:
+        """Runs the invocation in this task but cancels it when the client hangs up,
+        so a departed client stops holding an instance."""
+        if self.gone:
+            work_coro.close()
+            raise Drop("client went away")
+        task = asyncio.current_task()
+        assert task is not None
+        self._invocation = task
+        try:
+            return await work_coro
+        except asyncio.CancelledError:
+            if self.gone and task.uncancel() == 0:
+                raise Drop("client went away") from None
+            raise
+        finally:
+            self._invocation = None
+
+    async def _enqueue(self, function: str, body: bytes, request_id: str, share: Hold) -> int:
+        """`Lambda-Invocation-Type: Event`: the event is stored, then 202 with its id."""
+        assert self.gw.enqueue is not None
+        try:
+            invocation_id = await self.gw.enqueue(function, body)
+        except errors.LambdaError as exc:
+            return await self._respond(error_response(exc, request_id))
+        finally:
+            del body
+            share.release()
+        payload = json.dumps({"invocationId": invocation_id, "status": "queued"}).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"lambda-request-id", invocation_id.encode())]
+        return await self._respond((202, headers, payload))
+
+    async def _invoke(self, invocation: InvocationRequest, share: Hold) -> int:
+        function, request_id, version = (invocation.function, invocation.request_id,
+                                         invocation.version)
+        try:
+            response = await self.gw.invoker.invoke(invocation)
+        except Exception as exc:
+            reply = error_response(exc, request_id)
+            if not isinstance(exc, errors.NotFound):  # any Host would make a new label
+                self._observe(function, reply[0])
+            return await self._respond(reply, version=version)
+        finally:
+            # The instance has the body (or it never will): drop it, give its bytes back.
+            del invocation
+            share.release()
+        failed = any(key == b"lambda-function-error" for key, _ in response.headers)
+        self._observe(function, response.status, start=response.start,
+                      function_error=failed)
+        try:
+            return await self._relay(response, request_id)
+        finally:
+            await _dispose(response)
+
+    def _observe(self, function: str, status: int, *, start: str = "",
+                 function_error: bool = False) -> None:
+        if self.gw.observe is not None:
+            seconds = asyncio.get_running_loop().time() - self.rules.started
+            self.gw.observe(function, status, seconds, start, function_error)
+
+    async def _relay(self, response: InvocationResponse, request_id: str) -> int:
+        status = response.status
+        headers = response_headers(response.headers)
+        headers.append((b"lambda-request-id", request_id.encode()))
+        headers.append((b"lambda-version", str(response.version).encode()))
+        headers.append((b"lambda-cold-start", response.start.encode()))
+        headers.append((b"server-timing", _server_timing(
+            (asyncio.get_running_loop().time() - self.rules.started) * 1000, response)))
+        try:
+            self.rules.answer.start_response(status, headers)
+        except h11.LocalProtocolError as exc:
+            log.warning("request %s: the instance sent an invalid response: %s", request_id, exc)
+            failed = errors.InstanceFailed("the function returned an invalid HTTP response")
+            return await self._respond(error_response(failed, request_id), version=response.version)
+        try:
+            async for chunk in response.body:
+                if self.rules.answer.send_body(chunk):
+                    await self._flush()
+            self.rules.answer.end_response()
+            await self._flush()
+        except (Drop, OSError):
+            raise
+        except h11.LocalProtocolError as exc:
+            log.warning("request %s: body does not match its framing: %s", request_id, exc)
+            raise Drop from exc
+        except errors.LambdaError as exc:
+            log.warning("request %s: the instance failed mid-response: %s", request_id, exc)
+            raise Drop from exc
+        except Exception as exc:
+            log.exception("request %s: relaying the response failed", request_id)
+            raise Drop from exc
+        return status
+
+    async def _respond(self, reply: Reply, *, version: int | None = None) -> int:
+        """Sends a response the gateway makes itself, if the connection still allows one."""
+        self.rules.answer.respond(reply, version=version)
+        await self._flush()
+        return reply[0]
+
+    async def _flush(self) -> None:
+        await self._write(self.rules.answer.data_to_send())
+
+    async def _write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()  # a slow client slows the upstream body down
+
+
+async def _dispose(response: InvocationResponse) -> None:
+    """Closes the body (so its generator lets go of the upstream connection), then
+    releases; the release is synchronous, so even a cancellation cannot skip it."""
+    try:
+        body = response.body
+        if isinstance(body, AsyncGenerator):
+            await body.aclose()
+    except Exception:
+        log.exception("closing a response body failed")
+    finally:
+        try:
+            response.release()
+        except Exception:
+            log.exception("releasing an instance failed")
+
+
+def _server_timing(total_ms: float, response: InvocationResponse) -> bytes:
+    """`Server-Timing` as browsers' devtools show it: our share, the function's, its init."""
+    function_ms = response.function_ms
+    parts = [f"gateway;dur={max(0.0, total_ms - function_ms - response.init_ms):.2f}",
+             f"function;dur={function_ms:.2f}"]
+    if response.init_ms:
+        parts.append(f"init;dur={response.init_ms:.2f}")
+    return ", ".join(parts).encode()

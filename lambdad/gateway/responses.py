@@ -1,0 +1,105 @@
+"""The sending side of one client connection: frames the answers, pure.
+
+An answer is the gateway's own (`respond`: a complete error or 202) or a function's
+(`start_response`, `send_body`, `end_response`, relayed as it streams in). Bytes are
+queued, not written: `data_to_send` hands them to the server, so a head, body and end
+that are ready together go out in one send (each send wakes the client up).
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Callable
+
+import h11
+
+from lambdad.runtime.invocation import Headers
+
+Reply = tuple[int, Headers, bytes]
+
+
+class Drop(Exception):
+    """The connection can carry no (further) response: close it without one."""
+
+
+class Responses:
+    """Frames the responses of one `h11.Connection`, a request at a time."""
+
+    def __init__(self, conn: h11.Connection, stopping: Callable[[], bool]) -> None:
+        self._conn = conn
+        self._stopping = stopping  # the gateway is stopping: every answer says close
+        self._out = bytearray()  # framed bytes not yet handed out
+        self.method = b""  # of the request answered; b"" before one: errors carry a body
+        self.head_status: int | None = None  # of this request's response head, once framed
+        self.status: int | None = None  # of this request's response, once complete
+
+    def begin(self, method: bytes) -> None:
+        """A new request (b"" between requests) and nothing framed for it yet."""
+        self.method = method
+        self.head_status = self.status = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._out)
+
+    def respond(self, reply: Reply, *, version: int | None = None, close: bool = False) -> None:
+        """Frames a response the gateway makes itself, if the connection still allows one."""
+        status, headers, body = reply
+        if version is not None:
+            headers = [*headers, (b"lambda-version", str(version).encode())]
+        if close or self._stopping():
+            headers = [*headers, (b"connection", b"close")]
+        if self._conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            raise Drop("a response was already started")
+        self._queue(h11.Response(status_code=status, headers=headers, reason=reason(status)))
+        if self.method != b"HEAD":
+            self._queue(h11.Data(data=body))
+        self._queue(h11.EndOfMessage())
+        self.status = status
+
+    def start_response(self, status: int, headers: Headers) -> None:
+        """Frames the head of a function's response; h11.LocalProtocolError (and nothing
+        framed) when it cannot be relayed."""
+        if self._stopping():
+            headers = [*headers, (b"connection", b"close")]
+        if not 200 <= status <= 599:
+            raise h11.LocalProtocolError(f"status {status} cannot be relayed")
+        self._queue(h11.Response(status_code=status, headers=headers, reason=reason(status)))
+
+    def send_body(self, chunk: bytes) -> bool:
+        """Frames a piece of the response body; False when nothing is to be sent for it
+        (an empty chunk, or a response that has no body: HEAD, 204, 304)."""
+        bodiless = self.method == b"HEAD" or self.head_status in (204, 304)
+        if not chunk or bodiless:
+            return False
+        self._queue(h11.Data(data=chunk))
+        return True
+
+    def end_response(self) -> None:
+        self._queue(h11.EndOfMessage())
+        self.status = self.head_status
+
+    def interim(self, status: int) -> None:
+        """An informational response (100 Continue)."""
+        self._queue(h11.InformationalResponse(status_code=status, headers=[]))
+
+    def data_to_send(self) -> bytes:
+        """The bytes framed so far, now the caller's to write."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def _queue(self, event: h11.Event) -> None:
+        if isinstance(event, h11.Response):
+            self.head_status = event.status_code
+        data = self._conn.send(event)
+        if data:
+            self._out += data
+
+
+def reason(status: int) -> bytes:
+    """The reason phrase of a status; b"" for one HTTP does not name."""
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
