@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lambdad.api.contract import function_status
@@ -42,9 +43,16 @@ def timestamp(when: datetime) -> Timestamp:
     return stamp
 
 
-def epoch(seconds: float | None) -> Timestamp | None:
-    """A Unix time as a Timestamp; None stays None (the field is left unset)."""
-    return None if seconds is None else timestamp(datetime.fromtimestamp(seconds, UTC))
+def epoch(seconds: float) -> Timestamp:
+    """A Unix time (the store's and the queue's) as a Timestamp."""
+    return timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def _set_times(message: Message, **times: float | None) -> None:
+    """Sets each Timestamp field whose time is known; an unknown one stays unset."""
+    for name, seconds in times.items():
+        if seconds is not None:
+            getattr(message, name).CopyFrom(epoch(seconds))
 
 
 # In: requests to the control plane's types.
@@ -156,12 +164,7 @@ def function(view: FunctionView, *, show_env: bool = False) -> pb.Function:
 def key(key: ApiKey) -> pb.KeyInfo:
     """Never the secret or its digest: only what names and dates the key."""
     info = pb.KeyInfo(id=key.id, name=key.name, role=key.role)
-    created = epoch(key.created_at)
-    assert created is not None
-    info.created_at.CopyFrom(created)
-    revoked = epoch(key.revoked_at)
-    if revoked is not None:
-        info.revoked_at.CopyFrom(revoked)
+    _set_times(info, created_at=key.created_at, revoked_at=key.revoked_at)
     return info
 
 
@@ -171,13 +174,8 @@ def schedule(schedule: Schedule, runs: list[float], status: str) -> pb.ScheduleI
         data=schedule.data, overlap=schedule.overlap, last_result=schedule.last_result,
         last_invocation=schedule.last_invocation, last_invocation_status=status,
     )
-    for when in runs:
-        stamp = epoch(when)
-        assert stamp is not None
-        info.next_runs.append(stamp)
-    last = epoch(schedule.last_run)
-    if last is not None:
-        info.last_run.CopyFrom(last)
+    info.next_runs.extend(epoch(when) for when in runs)
+    _set_times(info, last_run=schedule.last_run)
     return info
 
 
@@ -188,13 +186,9 @@ def invocation(invocation: AsyncInvocation) -> pb.InvocationInfo:
         result=invocation.result or b"", last_error=invocation.last_error,
         status_code=invocation.status_code or 0,
     )
-    for field_name, value in (("created_at", invocation.created_at),
-                              ("next_attempt_at", invocation.next_attempt_at),
-                              ("started_at", invocation.started_at),
-                              ("finished_at", invocation.finished_at)):
-        stamp = epoch(value)
-        if stamp is not None:
-            getattr(info, field_name).CopyFrom(stamp)
+    _set_times(info, created_at=invocation.created_at,
+               next_attempt_at=invocation.next_attempt_at, started_at=invocation.started_at,
+               finished_at=invocation.finished_at)
     return info
 
 
