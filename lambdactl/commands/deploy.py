@@ -15,27 +15,16 @@ from lambdactl.render import StepView, local_time, print_table, rfc3339, table
 from lambdactl.target import Target
 from lambdad.api.contract import DEPLOY_STEPS
 from lambdad.api.v1 import functions_pb2 as pb
-
-# Deploy flag -> ConfigOverrides field; a flag left out keeps what lambda.toml says.
-_OVERRIDE_FIELDS = {
-    "handler": "handler",
-    "timeout": "timeout_seconds",
-    "memory": "memory_mb",
-    "network": "network",
-    "cpu": "cpu",
-    "concurrency": "concurrency",
-    "min_instances": "min_instances",
-    "max_instances": "max_instances",
-    "idle_timeout": "idle_timeout_seconds",
-}
+from lambdad.functions.overrides import SETTING_FIELDS
 
 
 def _overrides(args: argparse.Namespace) -> pb.ConfigOverrides:
+    """The flags given, as ConfigOverrides; a flag left out keeps what lambda.toml says."""
     overrides = pb.ConfigOverrides(env=dict(args.env))
-    for flag, field in _OVERRIDE_FIELDS.items():
-        value = getattr(args, flag)
+    for setting in SETTING_FIELDS:
+        value = getattr(args, setting.dest)
         if value is not None:
-            setattr(overrides, field, value)
+            setattr(overrides, setting.field, value)
     return overrides
 
 

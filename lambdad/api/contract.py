@@ -27,3 +27,7 @@ def function_status_name(value: int) -> str:
     if value == pb.FUNCTION_STATUS_UNSPECIFIED or value not in pb.FunctionStatus.values():
         return "unknown"
     return pb.FunctionStatus.Name(value).removeprefix(_STATUS_PREFIX).lower()
+
+
+# The control API's gRPC service, as its methods are named on the wire.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FunctionService"].full_name

@@ -5,11 +5,11 @@ from lambdad.functions.manifest import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT_S,
     FunctionConfig,
-    Overrides,
     Scaling,
     parse_manifest,
 )
 from lambdad.functions.names import validate_name
+from lambdad.functions.overrides import Overrides
 from lambdad.functions.version import Activation, FunctionVersion
 
 __all__ = [

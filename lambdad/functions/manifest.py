@@ -14,6 +14,7 @@ from typing import Any
 
 from lambdad.errors import InvalidArgument
 from lambdad.functions.names import validate_name
+from lambdad.functions.overrides import NETWORKS, SETTING_FIELDS, Overrides
 
 DEFAULT_HANDLER = "handler.handler"
 DEFAULT_TIMEOUT_S = 30
@@ -21,7 +22,6 @@ DEFAULT_MEMORY_MB = 128
 MAX_TIMEOUT_S = 900  # AWS Lambda's ceiling
 MIN_MEMORY_MB, MAX_MEMORY_MB = 16, 10240
 RUNTIMES = ("python3.11", "docker")
-NETWORKS = ("none", "bridge")
 MAX_ENV_BYTES = 4096  # AWS Lambda's limit on all variables together
 DEFAULT_CPU = 1.0
 MIN_CPU, MAX_CPU = 0.05, 64.0
@@ -131,22 +131,6 @@ class FunctionConfig:
 
 
 @dataclass(frozen=True)
-class Overrides:
-    """Deploy flags; None keeps what the manifest says."""
-
-    handler: str | None = None
-    timeout_s: int | None = None
-    memory_mb: int | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    network: str | None = None
-    cpu: float | None = None
-    concurrency: int | None = None
-    min_instances: int | None = None
-    max_instances: int | None = None
-    idle_timeout_s: int | None = None
-
-
-@dataclass(frozen=True)
 class Manifest:
     name: str | None
     config: FunctionConfig
@@ -221,27 +205,16 @@ def parse_manifest(text: str | None, *, has_dockerfile: bool) -> Manifest:
 
 
 def apply_overrides(config: FunctionConfig, overrides: Overrides) -> FunctionConfig:
-    merged = replace(
-        config,
-        handler=config.handler if overrides.handler is None else overrides.handler,
-        timeout_s=config.timeout_s if overrides.timeout_s is None else overrides.timeout_s,
-        memory_mb=config.memory_mb if overrides.memory_mb is None else overrides.memory_mb,
-        env={**config.env, **overrides.env},
-        network=config.network if overrides.network is None else overrides.network,
-        cpu=config.cpu if overrides.cpu is None else overrides.cpu,
-        scaling=replace(
-            config.scaling,
-            concurrency=_pick(overrides.concurrency, config.scaling.concurrency),
-            min_instances=_pick(overrides.min_instances, config.scaling.min_instances),
-            max_instances=_pick(overrides.max_instances, config.scaling.max_instances),
-            idle_timeout_s=_pick(overrides.idle_timeout_s, config.scaling.idle_timeout_s),
-        ),
-    )
+    """The config with the given settings replaced and the env added, validated again."""
+    top: dict[str, Any] = {}
+    scaling: dict[str, Any] = {}
+    for setting in SETTING_FIELDS:
+        if setting.attr in overrides.settings:
+            where = scaling if setting.scaling else top
+            where[setting.attr] = overrides.settings[setting.attr]
+    merged = replace(config, **top, env={**config.env, **overrides.env},
+                     scaling=replace(config.scaling, **scaling))
     return validate_config(merged)
-
-
-def _pick(override: int | None, current: int) -> int:
-    return current if override is None else override
 
 
 def validate_config(config: FunctionConfig) -> FunctionConfig:

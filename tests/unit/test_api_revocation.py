@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from lambdad.api.server import REVOKED, BearerAuthInterceptor
+from lambdad.api.interceptors import REVOKED, BearerAuthInterceptor
 from lambdad.auth import ApiKey, KeyRing
 from lambdad.auth.keys import digest, new_secret
 
