@@ -45,12 +45,13 @@ class Store:
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
                      "busy_timeout": 5000},
         )
-
-    async def open(self) -> None:
-        await self._run(self._open)
+        # Usable once `open` ran; made here so the parts that hold them are built first.
         self.invocations = _Async(self, InvocationTable(self._db))
         self.schedules = _Async(self, ScheduleTable(self._db))
         self.keys = _Async(self, KeyTable(self._db))
+
+    async def open(self) -> None:
+        await self._run(self._open)
 
     async def close(self) -> None:
         await self._run(self._db.close)

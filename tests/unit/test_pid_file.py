@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lambdad.daemon import StartupError, clear_stale_pid_file, remove_pid_file, write_pid_file
+from lambdad.host import StartupError
+from lambdad.host.pidfile import clear_stale_pid_file, remove_pid_file, write_pid_file
 
 
 def test_a_link_planted_at_the_temporary_name_is_not_followed(tmp_path: Path) -> None:

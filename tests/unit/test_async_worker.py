@@ -1,0 +1,278 @@
+"""AsyncWorker against a real Store on temporary SQLite, with a stand-in delivery and a
+clock the test moves: delivery, retries at the policy's backoff, the per-function limit,
+the wake-up on enqueue, cancel, and a clean stop that leaves attempts to be retried."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+import lambdad.queue.worker as worker_module
+from lambdad.queue import AsyncInvocation, AsyncWorker, RetryPolicy
+from lambdad.queue.worker import Outcome
+from lambdad.store import Store
+from tests.support.store import opened_store
+
+GUARD = 10.0  # against a hang, not a speed target
+T0 = 1_000_000.0
+
+
+class Clock:
+    """Stands in for the worker's `time` module: the time moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(worker_module, "time", fake)
+    return fake
+
+
+def event(function: str = "f", payload: bytes = b'{"n": 1}') -> AsyncInvocation:
+    return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=payload,
+                           source="api", status="queued", attempts=0, created_at=T0,
+                           next_attempt_at=T0)
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    async with asyncio.timeout(GUARD):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+async def status_is(store: Store, inv_id: str, status: str) -> bool:
+    found: str = await store.invocations.status(inv_id)
+    return found == status
+
+
+def test_a_queued_event_is_delivered_once_and_its_result_kept(tmp_path: Path,
+                                                             clock: Clock) -> None:
+    delivered: list[AsyncInvocation] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        delivered.append(inv)
+        return True, 200, b'{"ok": true}', ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            queued = event()
+            await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 1)
+            worker.start()
+            try:
+                await until(lambda: status_is(store, queued.id, "succeeded"))
+                await asyncio.sleep(0.05)
+            finally:
+                await worker.stop()
+            done = await store.invocations.get(queued.id)
+            assert [(d.id, d.payload, d.attempts) for d in delivered] == [
+                (queued.id, b'{"n": 1}', 1)]
+            assert (done.status_code, done.result, done.attempts) == (200, b'{"ok": true}', 1)
+
+    asyncio.run(scenario())
+
+
+def test_failures_retry_at_the_policys_backoff_then_become_dead_letters(
+        tmp_path: Path, clock: Clock) -> None:
+    attempts: list[float] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        attempts.append(clock.now)
+        return False, 500, b"{}", f"failure {len(attempts)}"
+
+    policy = RetryPolicy(retries=2, backoff_s=10.0)
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            queued = event()
+            await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: policy, lambda _: 1)
+            worker.start()
+            try:
+                await until(lambda: asyncio.sleep(0, len(attempts) == 1))
+                await until(lambda: status_is(store, queued.id, "queued"))
+                first = await store.invocations.get(queued.id)
+                assert first.next_attempt_at == T0 + 10.0  # attempt 1 waits 1 x backoff
+                clock.now = T0 + 9.9  # not yet due: woken, it must not deliver
+                worker.wake()
+                await asyncio.sleep(0.2)
+                assert attempts == [T0]
+                clock.now = T0 + 10.0
+                worker.wake()
+                await until(lambda: asyncio.sleep(0, len(attempts) == 2))
+                await until(lambda: status_is(store, queued.id, "queued"))
+                second = await store.invocations.get(queued.id)
+                assert second.next_attempt_at == T0 + 10.0 + 20.0  # then 2 x backoff
+                clock.now = T0 + 30.0
+                worker.wake()
+                await until(lambda: status_is(store, queued.id, "failed"))
+                await asyncio.sleep(0.1)
+            finally:
+                await worker.stop()
+            dead = await store.invocations.get(queued.id)
+            assert attempts == [T0, T0 + 10.0, T0 + 30.0]  # 1 + 2 retries, no more
+            assert (dead.attempts, dead.last_error) == (3, "failure 3")
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_that_raises_is_a_failed_attempt_with_its_error(tmp_path: Path,
+                                                                  clock: Clock) -> None:
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        raise RuntimeError("the instance vanished")
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            queued = event()
+            await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver,
+                                 lambda _: RetryPolicy(retries=0), lambda _: 1)
+            worker.start()
+            try:
+                await until(lambda: status_is(store, queued.id, "failed"))
+            finally:
+                await worker.stop()
+            failed = await store.invocations.get(queued.id)
+            assert failed.last_error == "RuntimeError: the instance vanished"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_deliveries_of_one_function_stay_within_its_limit(tmp_path: Path, clock: Clock,
+                                                          limit: int) -> None:
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            events = [event() for _ in range(6)]
+            for queued in events:
+                await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda name: limit if name == "f" else 99)
+            worker.start()
+            try:
+                await until(lambda: asyncio.sleep(0, running == limit))
+                for _ in range(3):  # woken again and again, it still waits for a slot
+                    worker.wake()
+                    await asyncio.sleep(0.05)
+                assert running == peak == limit
+                release.set()
+                for queued in events:
+                    await until(lambda q=queued: status_is(store, q.id, "succeeded"))
+            finally:
+                release.set()
+                await worker.stop()
+            assert peak == limit
+
+    asyncio.run(scenario())
+
+
+def test_a_new_event_is_taken_when_the_worker_is_woken_not_at_the_next_poll(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "POLL_S", 3600.0)  # no poll within the test
+    delivered: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        delivered.append(inv.id)
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 1)
+            worker.start()
+            try:
+                await asyncio.sleep(0.1)  # idle: waiting for a wake-up
+                queued = event()
+                await store.invocations.insert(queued)
+                await asyncio.sleep(0.2)
+                assert delivered == []  # nobody said
+                worker.wake()  # what the control plane does after an enqueue
+                await until(lambda: status_is(store, queued.id, "succeeded"))
+            finally:
+                await worker.stop()
+            assert delivered == [queued.id]
+
+    asyncio.run(scenario())
+
+
+def test_stop_cancels_attempts_under_way_and_they_are_queued_again_at_the_next_start(
+        tmp_path: Path, clock: Clock) -> None:
+    cancelled: list[str] = []
+    started = asyncio.Event()
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(inv.id)
+            raise
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            queued = event()
+            await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 1)
+            worker.start()
+            await asyncio.wait_for(started.wait(), GUARD)
+            await asyncio.wait_for(worker.stop(), GUARD)
+            assert cancelled == [queued.id]
+            assert await status_is(store, queued.id, "running")  # at-least-once
+            assert await store.invocations.recover(clock.now) == 1
+            assert await status_is(store, queued.id, "queued")
+
+    asyncio.run(scenario())
+
+
+def test_cancel_ends_a_running_invocation_as_failed_with_the_reason(
+        tmp_path: Path, clock: Clock) -> None:
+    started = asyncio.Event()
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        started.set()
+        await asyncio.Event().wait()
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            queued = event()
+            await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 1)
+            worker.start()
+            try:
+                await asyncio.wait_for(started.wait(), GUARD)
+                await asyncio.wait_for(worker.cancel(queued.id, "replaced"), GUARD)
+            finally:
+                await worker.stop()
+            ended = await store.invocations.get(queued.id)
+            assert (ended.status, ended.last_error) == ("failed", "replaced")
+
+    asyncio.run(scenario())
