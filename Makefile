@@ -77,7 +77,7 @@ man: $(BIN)/.installed
 
 # packaging/lambdad.toml: every setting at its default, from lambdad's settings table.
 config-example: $(BIN)/.installed
-	$(BIN)/python -c 'import sys, lambdad.config as c; sys.stdout.write(c.example_toml())' \
+	$(BIN)/python -c 'import sys, lambdad.config.render as c; sys.stdout.write(c.example_toml())' \
 		> packaging/lambdad.toml
 
 # Static bash and zsh completion from the same parser; a test fails when it is stale.

@@ -8,7 +8,10 @@ import os
 import sys
 from typing import TextIO
 
-from lambdad.config import ConfigError, Resolved, check, effective_toml, read_existing, resolve
+from lambdad.config import ConfigError
+from lambdad.config.check import check
+from lambdad.config.render import effective_toml
+from lambdad.config.resolve import Resolved, read_existing, resolve
 from lambdad.fds import QuietEmfile
 
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus keeps a bad config from looping

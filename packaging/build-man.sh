@@ -7,5 +7,5 @@ manpage=("$bin/argparse-manpage" --project-name lambda --version 0.1.0 --author 
 mkdir -p "$out"
 "${manpage[@]}" --module lambdactl.parser --function build_parser --prog lambdactl \
   --manual-section 1 --description "control the lambda FaaS daemon" --output "$out/lambdactl.1"
-"${manpage[@]}" --module lambdad.config --function build_parser --prog lambdad \
+"${manpage[@]}" --module lambdad.config.parser --function build_parser --prog lambdad \
   --manual-section 8 --description "the lambda FaaS daemon" --output "$out/lambdad.8"

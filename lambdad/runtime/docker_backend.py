@@ -20,6 +20,7 @@ from lambdad.errors import Unavailable
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.cells import CellClass
 from lambdad.runtime.folder import CONTAINER_UID, SOCKET_NAME
+from lambdad.runtime.hostconfig import cleanup_options, instance_options, memory_in_use
 
 RUN_DIR = "/run/lambda"
 TASK_DIR = "/var/task"
@@ -81,6 +82,23 @@ class ManagedContainer:
     cell: bool = False  # a stem cell; the runtime manager finds its owner, if any
 
 
+def managed_container(container_id: str, found: dict[str, str],
+                      running: bool) -> ManagedContainer | None:
+    """What a container's labels say it is; None when they are damaged."""
+    instance = found.get(labels.INSTANCE, "")
+    if labels.CLEANUP in found:  # left by a crash: to be removed
+        return ManagedContainer(container_id, "", 0, instance, running)
+    if labels.CELL in found:
+        # Labels are fixed at creation: whose a specialized cell is, the runtime
+        # manager knows from the cell's folder; a generic one is never adopted.
+        return ManagedContainer(container_id, "", 0, instance, running, cell=True)
+    try:
+        return ManagedContainer(container_id, found[labels.FUNCTION],
+                                int(found[labels.VERSION]), found[labels.INSTANCE], running)
+    except (KeyError, ValueError):
+        return None
+
+
 def instance_name(function: str, version: int, instance_id: str) -> str:
     return f"lambda-{function}-v{version}-{instance_id}"
 
@@ -97,29 +115,8 @@ class DockerBackend:
 
     def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]], *,
                      init: bool, volumes: tuple[str, ...] = ()) -> Any:
-        """`init`: Docker's tini as PID 1, for Dockerfile functions. The standard runtime is
-        its container's PID 1 itself: its supervisor reaps, and alone holds the log stream."""
-        memory = f"{limits.memory_mb}m"
-        tmpfs = f"rw,nosuid,nodev,size={self._tmp_size_mb}m"
-        return self._client.api.create_host_config(
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            read_only=True,
-            # An image's VOLUME would get an anonymous Docker volume: host disk without a
-            # bound, kept after the container. A tmpfs like /tmp takes its place.
-            tmpfs={**{path: f"{tmpfs},uid={CONTAINER_UID},gid={CONTAINER_UID},mode=0700"
-                      for path in volumes}, "/tmp": tmpfs},
-            mem_limit=memory,
-            memswap_limit=memory,
-            # Quota and period rather than NanoCpus: only these can be updated later.
-            cpu_period=100_000,
-            cpu_quota=int(limits.cpu * 100_000),
-            pids_limit=limits.pids_limit,
-            network_mode=limits.network,
-            binds=binds,
-            init=init,
-            log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
-        )
+        return self._client.api.create_host_config(**instance_options(
+            limits, binds, init=init, volumes=volumes, tmp_size_mb=self._tmp_size_mb))
 
     def _create_and_start(self, image: str, name: str, labels_: dict[str, str],
                           environment: dict[str, str], host_config: Any) -> str:
@@ -212,13 +209,7 @@ class DockerBackend:
         only writable mount, and removes the folder's contents (rm never follows a
         link). The folder itself, a mount point in there, is left for the caller."""
         api = self._client.api
-        host_config = api.create_host_config(
-            cap_drop=["ALL"], cap_add=["DAC_OVERRIDE", "FOWNER"],
-            security_opt=["no-new-privileges"], read_only=True, network_mode="none",
-            mem_limit="64m", memswap_limit="64m", pids_limit=16,
-            binds={str(folder): {"bind": "/folder", "mode": "rw"}},
-            log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
-        )
+        host_config = api.create_host_config(**cleanup_options(folder))
         try:
             created = api.create_container(
                 image, user="0:0", host_config=host_config,
@@ -283,13 +274,7 @@ class DockerBackend:
             stats = self._client.api.stats(container_id, stream=False, one_shot=True)
         except (docker.errors.APIError, OSError):
             return None
-        memory = stats.get("memory_stats") or {}
-        usage = memory.get("usage")
-        if usage is None:
-            return None
-        detail = memory.get("stats") or {}
-        cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
-        return max(0, int(usage) - int(cache))
+        return memory_in_use(stats)
 
     def watch_exits(self, on_exit: Callable[[str], None]) -> None:
         """Blocks, calling `on_exit(container_id)` for each of our containers that dies,
@@ -363,29 +348,8 @@ class DockerBackend:
         )
         result = []
         for container in found:
-            found_labels = container.labels
-            if labels.CLEANUP in found_labels:  # left by a crash: to be removed
-                result.append(ManagedContainer(
-                    id=str(container.id), function="", version=0,
-                    instance=found_labels.get(labels.INSTANCE, ""),
-                    running=container.status == "running",
-                ))
-                continue
-            if labels.CELL in found_labels:
-                # Labels are fixed at creation: whose a specialized cell is, the runtime
-                # manager knows from the cell's folder; a generic one is never adopted.
-                result.append(ManagedContainer(
-                    id=str(container.id), function="", version=0,
-                    instance=found_labels.get(labels.INSTANCE, ""),
-                    running=container.status == "running", cell=True,
-                ))
-                continue
-            with contextlib.suppress(KeyError, ValueError):
-                result.append(ManagedContainer(
-                    id=str(container.id),
-                    function=found_labels[labels.FUNCTION],
-                    version=int(found_labels[labels.VERSION]),
-                    instance=found_labels[labels.INSTANCE],
-                    running=container.status == "running",
-                ))
+            managed = managed_container(str(container.id), container.labels,
+                                        container.status == "running")
+            if managed is not None:
+                result.append(managed)
         return result

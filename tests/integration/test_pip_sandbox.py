@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lambdad.build import sandbox
-from lambdad.build.sandbox import BuildLimits
+from lambdad.build.limits import BuildLimits
 from lambdad.build.wheeltags import TargetPlatform
 from lambdad.errors import BuildFailed
 from tests.support.wheels import build_wheel

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lambdad.build.builder import _BuildWatchdog, _DiskFloor
 from lambdad.build.dockerfile import foreign_labels
-from lambdad.build.sandbox import BuildLimits
+from lambdad.build.limits import BuildLimits
+from lambdad.build.watchdog import BuildWatchdog, DiskFloor
 from lambdad.errors import BuildFailed
 
 OURS = {"lambda.function": "fn", "lambda.version": "3", "lambda.daemon": "d1"}
@@ -49,17 +49,17 @@ def _free(path: Path) -> int:
 
 def test_the_disk_floor_is_measured_on_the_folder(tmp_path: Path) -> None:
     free = _free(tmp_path)
-    assert _DiskFloor(str(tmp_path), 1).short() is None
-    _DiskFloor(str(tmp_path), 1).check()
-    reason = _DiskFloor(str(tmp_path), free + 1024**4).short()
+    assert DiskFloor(str(tmp_path), 1).short() is None
+    DiskFloor(str(tmp_path), 1).check()
+    reason = DiskFloor(str(tmp_path), free + 1024**4).short()
     assert reason is not None and "(build_min_free_disk)" in reason and str(tmp_path) in reason
     with pytest.raises(BuildFailed, match="image build not started: the Docker data root"):
-        _DiskFloor(str(tmp_path), free + 1024**4).check()
+        DiskFloor(str(tmp_path), free + 1024**4).check()
 
 
 def test_the_watchdog_fires_when_free_space_falls_below_the_floor(tmp_path: Path) -> None:
-    floor = _DiskFloor(str(tmp_path), _free(tmp_path) + 1024**4)
-    watchdog = _BuildWatchdog(time.monotonic() + 60, floor)
+    floor = DiskFloor(str(tmp_path), _free(tmp_path) + 1024**4)
+    watchdog = BuildWatchdog(time.monotonic() + 60, floor)
     try:
         deadline = time.monotonic() + 10
         while not watchdog.fired and time.monotonic() < deadline:
@@ -71,7 +71,7 @@ def test_the_watchdog_fires_when_free_space_falls_below_the_floor(tmp_path: Path
 
 
 def test_the_watchdog_still_fires_at_the_deadline() -> None:
-    watchdog = _BuildWatchdog(time.monotonic() + 0.2, None)
+    watchdog = BuildWatchdog(time.monotonic() + 0.2, None)
     try:
         deadline = time.monotonic() + 10
         while not watchdog.fired and time.monotonic() < deadline:

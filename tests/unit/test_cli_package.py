@@ -200,7 +200,7 @@ def test_links_lambdad_would_refuse_are_refused_when_packing(
 
 
 def test_what_the_packer_sends_lambdad_accepts_and_extracts(tmp_path: Path) -> None:
-    from lambdad.build import tarball
+    from lambdad.build import extraction, tarball
 
     root = make_tree(tmp_path / "fn", {"handler.py": "", "lib/util.py": "X = 1\n",
                                        "lib/sub/deep.py": ""})
@@ -214,7 +214,7 @@ def test_what_the_packer_sends_lambdad_accepts_and_extracts(tmp_path: Path) -> N
         archive.write_bytes(package.file.read())
     summary = tarball.validate(archive)
     out = tmp_path / "out"
-    tarball.extract(archive, out, summary.format)
+    extraction.extract(archive, out, summary.format)
     assert (out / "a.py").read_text() == "X = 1\n"
     assert (out / "lib" / "sub" / "up.py").read_text() == "X = 1\n"
     assert (out / "vendor").is_symlink() and (out / "lib" / "sub" / "parent").is_symlink()

@@ -8,20 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lambdad.config import (
-    MIB,
-    SETTINGS,
-    SYSTEM_CONFIG,
-    ConfigError,
-    Listen,
-    Resolved,
-    build_parser,
-    check,
-    effective_toml,
-    example_toml,
-    parse_file,
-    resolve,
-)
+from lambdad.config import MIB, ConfigError, Listen
+from lambdad.config.check import check
+from lambdad.config.parser import build_parser
+from lambdad.config.render import effective_toml, example_toml
+from lambdad.config.resolve import SYSTEM_CONFIG, Resolved, parse_file, resolve
+from lambdad.config.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_ENV = {"HOME": "/home/op"}

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lambdad.build import tarball
+from lambdad.build import extraction, tarball
 from lambdad.errors import InvalidArgument, LambdaError
 from lambdad.functions import validate_name
 from lambdad.scheduler.cron import validate as validate_cron
@@ -63,7 +63,7 @@ def test_tar_validator_never_lets_a_member_escape(members: list[tuple[str, bytes
         except LambdaError:
             return
         # Accepted: it extracts, and everything extracted stays inside the destination.
-        tarball.extract(path, dest, summary.format)
+        extraction.extract(path, dest, summary.format)
         root = str(dest.resolve())
         for found in dest.rglob("*"):
             if found.is_symlink():  # names an existing file or folder of the tree, not a link

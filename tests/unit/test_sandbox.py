@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lambdad.build import sandbox
-from lambdad.build.sandbox import BuildLimits, OutputCap, WorkDirs
+from lambdad.build import pipcommand, pipdiagnosis, piprun, sandbox
+from lambdad.build.limits import BuildLimits, OutputCap
+from lambdad.build.pipcommand import WorkDirs
 from lambdad.build.wheeltags import TargetPlatform
 from lambdad.errors import BuildFailed
 
@@ -30,7 +31,7 @@ def test_environment_keeps_pip_settings_and_drops_the_rest(tmp_path: Path) -> No
         "PIP_CACHE_DIR": "/root/.cache/pip", "PIP_TARGET": "/", "XDG_CONFIG_HOME": "/root/x",
         "CREDENTIALS_DIRECTORY": "/run/credentials/lambdad.service",
     }
-    env = sandbox.pip_environment(parent, work)
+    env = pipcommand.pip_environment(parent, work)
     assert env["PIP_FIND_LINKS"] == "/opt/wheels"
     assert env["PIP_INDEX_URL"] == "https://mirror/simple"
     assert env["https_proxy"] == "http://proxy:3128"
@@ -46,22 +47,22 @@ def test_environment_keeps_pip_settings_and_drops_the_rest(tmp_path: Path) -> No
 
 def test_a_named_pip_config_file_is_copied_in_and_devnull_kept(tmp_path: Path) -> None:
     work = WorkDirs(tmp_path)
-    env = sandbox.pip_environment({"PIP_CONFIG_FILE": "/etc/pip-ops.conf"}, work)
+    env = pipcommand.pip_environment({"PIP_CONFIG_FILE": "/etc/pip-ops.conf"}, work)
     assert env["PIP_CONFIG_FILE"] == str(work.home / "pip-config-file.conf")
-    assert ("/etc/pip-ops.conf" in str(sandbox.user_config_files(
+    assert ("/etc/pip-ops.conf" in str(pipcommand.user_config_files(
         {"PIP_CONFIG_FILE": "/etc/pip-ops.conf", "HOME": "/h"})))
-    assert sandbox.pip_environment({"PIP_CONFIG_FILE": os.devnull}, work)[
+    assert pipcommand.pip_environment({"PIP_CONFIG_FILE": os.devnull}, work)[
         "PIP_CONFIG_FILE"] == os.devnull
 
 
 def test_user_config_files_follow_xdg_and_home() -> None:
-    found = sandbox.user_config_files({"HOME": "/h", "XDG_CONFIG_HOME": "/x"})
+    found = pipcommand.user_config_files({"HOME": "/h", "XDG_CONFIG_HOME": "/x"})
     assert found == [(Path("/x/pip/pip.conf"), ".config/pip/pip.conf"),
                      (Path("/h/.pip/pip.conf"), ".pip/pip.conf")]
 
 
 def test_command_is_wheels_only_and_requirements_come_after_the_end_of_options() -> None:
-    command = sandbox.pip_command(["six==1.16.0", "attrs"], Path("/w/target"), BuildLimits(),
+    command = pipcommand.pip_command(["six==1.16.0", "attrs"], Path("/w/target"), BuildLimits(),
                                   target=BOOKWORM, wheelhouse=Path("/wheels"),
                                   python="/usr/bin/python3", pip_path="/site")
     assert command[:3] == ["/usr/bin/python3", "-I", "-c"]
@@ -109,7 +110,7 @@ def test_run_stops_at_the_deadline_with_the_whole_process_group(tmp_path: Path) 
         "time.sleep(300)\n"
     )
     started = time.monotonic()
-    result = sandbox.run_pip([sys.executable, "-c", script], _work(tmp_path), _limits(),
+    result = piprun.run_pip([sys.executable, "-c", script], _work(tmp_path), _limits(),
                              time.monotonic() + 2, OutputCap(lambda _: None, 10, 100))
     assert result.timed_out and time.monotonic() - started < 30
     assert result.tail == ["started"]
@@ -122,7 +123,7 @@ def test_run_stops_at_the_deadline_with_the_whole_process_group(tmp_path: Path) 
         time.sleep(0.05)
     assert not Path(f"/proc/{grandchild}").exists() or \
         "State:\tZ" in Path(f"/proc/{grandchild}/status").read_text()
-    assert "did not finish within the build timeout" in sandbox.explain_failure(
+    assert "did not finish within the build timeout" in pipdiagnosis.explain_failure(
         result, BuildLimits(), BOOKWORM)
 
 
@@ -133,19 +134,19 @@ def test_run_stops_when_a_watched_file_system_falls_below_the_floor(tmp_path: Pa
     limits = BuildLimits(user=os.geteuid(), min_free_disk_bytes=free + 1024 * 1024 * 1024)
     script = "print('started', flush=True)\nimport time\ntime.sleep(300)\n"
     started = time.monotonic()
-    result = sandbox.run_pip([sys.executable, "-c", script], _work(tmp_path), limits,
+    result = piprun.run_pip([sys.executable, "-c", script], _work(tmp_path), limits,
                              time.monotonic() + 60, OutputCap(lambda _: None, 10, 100),
                              watch=[tmp_path])
     assert time.monotonic() - started < 30 and not result.timed_out
     assert f"{tmp_path} has " in result.disk_short
     assert "builds must leave (build_min_free_disk)" in result.disk_short
-    assert sandbox.explain_failure(result, limits, BOOKWORM).startswith(
+    assert pipdiagnosis.explain_failure(result, limits, BOOKWORM).startswith(
         f"requirements.txt: resolving stopped: {tmp_path} has ")
     # Floor 0 disables the watch; no folder to watch, no watch.
     for i, (quiet, watch) in enumerate([
             (BuildLimits(user=os.geteuid(), min_free_disk_bytes=0), [tmp_path]), (limits, [])]):
         (tmp_path / str(i)).mkdir()
-        done = sandbox.run_pip([sys.executable, "-c", "print('ok')"], _work(tmp_path / str(i)),
+        done = piprun.run_pip([sys.executable, "-c", "print('ok')"], _work(tmp_path / str(i)),
                                quiet, time.monotonic() + 30,
                                OutputCap(lambda _: None, 10, 100), watch=watch)
         assert (done.code, done.disk_short) == (0, "")
@@ -158,7 +159,7 @@ def test_run_gets_a_clean_environment_an_empty_cwd_and_no_stdin(tmp_path: Path) 
         script = ("import os, sys\n"
                   "print(sorted(os.environ.get(k, '') for k in ('LAMBDAD_TEST_SECRET',)))\n"
                   "print(os.getcwd(), os.listdir('.'), repr(sys.stdin.read()))\n")
-        result = sandbox.run_pip([sys.executable, "-c", script], work, _limits(),
+        result = piprun.run_pip([sys.executable, "-c", script], work, _limits(),
                                  time.monotonic() + 30, OutputCap(lambda _: None, 10, 500))
     finally:
         del os.environ["LAMBDAD_TEST_SECRET"]
@@ -191,15 +192,15 @@ def test_pip_runs_under_its_rlimits(tmp_path: Path) -> None:
         "try:\n    bytearray(400 * 1024 * 1024)\nexcept MemoryError:\n    print('MemoryError')\n"
         "try:\n    open('big', 'wb').write(b'x' * 10000)\nexcept OSError as e:\n"
         "    print('fsize', e.errno)\n")
-    command = sandbox.pip_command([], tmp_path / "t", limits, target=BOOKWORM,
+    command = pipcommand.pip_command([], tmp_path / "t", limits, target=BOOKWORM,
                                   wheelhouse=None, pip_path=str(fake), timeout_s=7)
-    result = sandbox.run_pip(command, _work(tmp_path), limits, time.monotonic() + 30,
+    result = piprun.run_pip(command, _work(tmp_path), limits, time.monotonic() + 30,
                              OutputCap(lambda _: None, 10, 500))
     assert result.tail[0] == f"{200 * 1024 * 1024} 4096 7 0"
     assert "MemoryError" in result.tail
     assert "fsize 27" in result.tail  # EFBIG: SIGXFSZ is ignored by Python
-    assert "ran out of memory" in sandbox.explain_failure(
-        sandbox.PipResult(1, ["MemoryError"], False), limits, BOOKWORM)
+    assert "ran out of memory" in pipdiagnosis.explain_failure(
+        pipdiagnosis.PipResult(1, ["MemoryError"], False), limits, BOOKWORM)
 
 
 def test_the_work_folder_is_the_build_uids_and_outside_the_state_folder_as_root(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lambdactl.target import SYSTEMD_SOCKET
-from lambdad.config import BY_KEY, SETTINGS
+from lambdad.config.settings import BY_KEY, SETTINGS
 from lambdad.fds import connection_cap
 from lambdad.main import EX_CONFIG
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from lambdad.build import tarball
-from lambdad.build.tarball import TarLimits
+from lambdad.build import extraction, tarball, tarrules
+from lambdad.build.tarrules import TarLimits
 from lambdad.errors import InvalidArgument, PayloadTooLarge
 from tests.support.archives import Member, order_trick, write
 from tests.support.archives import folder as _dir
@@ -59,7 +59,7 @@ def test_accepts_a_plain_function_folder(tmp_path: Path) -> None:
     assert summary.members == 6
     assert summary.files == {"handler.py", "pkg/mod.py", "lambda.toml"}
     assert summary.unpacked_bytes == len(b"def handler(e, c): return 1\n") + 6 + 15
-    assert summary.format == tarball.GZIP
+    assert summary.format == tarrules.GZIP
     assert tarball.read_member(path, "lambda.toml", summary.format) == 'name = "greet"\n'
     assert tarball.read_member(path, "missing.toml", summary.format) is None
 
@@ -143,7 +143,7 @@ def test_truncated_archive_is_invalid_argument(tmp_path: Path) -> None:
 
 def test_extract_writes_the_tree(tmp_path: Path) -> None:
     path = _archive(tmp_path, [("pkg/mod.py", b"x = 1\n"), ("handler.py", b"h")])
-    tarball.extract(path, tmp_path / "out", tarball.validate(path).format)
+    extraction.extract(path, tmp_path / "out", tarball.validate(path).format)
     assert (tmp_path / "out" / "pkg" / "mod.py").read_text() == "x = 1\n"
 
 
@@ -159,7 +159,7 @@ def test_extract_strips_dangerous_bits(tmp_path: Path) -> None:
         archive.addfile(_info("link.sh", tarfile.SYMTYPE, "tool.sh"))
         archive.addfile(_info("hard.sh", tarfile.LNKTYPE, "tool.sh"))
     out = tmp_path / "out"
-    tarball.extract(path, out, tarball.validate(path).format)
+    extraction.extract(path, out, tarball.validate(path).format)
     tool = (out / "tool.sh").stat()
     assert tool.st_mode & 0o7022 == 0  # no setuid/setgid/sticky, no group/world write
     assert (tool.st_uid, tool.st_gid) != (4242, 4242)
@@ -173,11 +173,11 @@ def test_extract_strips_dangerous_bits(tmp_path: Path) -> None:
 
 def _tree(*members: Member) -> None:
     """Runs `check_member` and `Tree` over headers alone (a str is a regular file)."""
-    tree = tarball.Tree()
+    tree = tarrules.Tree()
     for member in members:
         assert not isinstance(member, tuple)
         info = tarfile.TarInfo(member) if isinstance(member, str) else member
-        tree.add(info, tarball.check_member(info))
+        tree.add(info, tarrules.check_member(info))
 
 
 ALLOWED: dict[str, list[Member]] = {
@@ -271,12 +271,12 @@ def test_the_symlink_order_trick_is_refused_before_and_during_extraction(
         tarball.validate(path)
     dest = tmp_path / "build" / "code"
     with pytest.raises(InvalidArgument, match=rf"archive member '{name}'"):
-        tarball.extract(path, dest, tarball.GZIP)
+        extraction.extract(path, dest, tarrules.GZIP)
     assert not (dest / name).exists()
     assert victim.read_text() == "secret\n"
 
 
-class _NoRules(tarball.Tree):
+class _NoRules(tarrules.Tree):
     """The tree rules switched off, to show extraction on its own never follows a link."""
 
     def add(self, member: tarfile.TarInfo, name: str) -> None:
@@ -301,7 +301,7 @@ def test_extraction_itself_never_writes_through_a_link(
     path = write(tmp_path / "code.tar.gz", members)
     monkeypatch.setattr(tarball, "Tree", _NoRules)
     with pytest.raises(InvalidArgument, match=r"cannot extract|not a regular file"):
-        tarball.extract(path, tmp_path / "out" / "code", tarball.GZIP)
+        extraction.extract(path, tmp_path / "out" / "code", tarrules.GZIP)
     assert (victim / "file").read_text() == "unchanged"
     assert sorted(p.name for p in victim.iterdir()) == ["file"]
     assert not (tmp_path / "out" / "code" / "h").exists()
@@ -347,20 +347,20 @@ def test_open_regular_reads_plain_files_and_refuses_the_rest(tmp_path: Path) -> 
     os.symlink("plain.txt", tree / "inside-link.txt")
     os.symlink(tmp_path, tree / "up")
     os.mkfifo(tree / "fifo")
-    assert tarball.open_regular(tree, "plain.txt", 10) == b"ok"
-    assert tarball.open_regular(tree, "sub/x.txt", 10) == b"deep"
-    assert tarball.open_regular(tree, "missing.txt", 10) is None
+    assert extraction.open_regular(tree, "plain.txt", 10) == b"ok"
+    assert extraction.open_regular(tree, "sub/x.txt", 10) == b"deep"
+    assert extraction.open_regular(tree, "missing.txt", 10) is None
     for name in ("link.txt", "inside-link.txt"):
         with pytest.raises(InvalidArgument, match=f"{name} must be a regular file, not a symlink"):
-            tarball.open_regular(tree, name, 100)
+            extraction.open_regular(tree, name, 100)
     with pytest.raises(InvalidArgument, match="a folder on its path is a link"):
-        tarball.open_regular(tree, "up/secret", 100)
+        extraction.open_regular(tree, "up/secret", 100)
     with pytest.raises(InvalidArgument, match="fifo must be a regular file"):
-        tarball.open_regular(tree, "fifo", 100)
+        extraction.open_regular(tree, "fifo", 100)
     with pytest.raises(InvalidArgument, match="sub must be a regular file"):
-        tarball.open_regular(tree, "sub", 100)
+        extraction.open_regular(tree, "sub", 100)
     with pytest.raises(PayloadTooLarge, match=r"plain\.txt is larger than 1 bytes"):
-        tarball.open_regular(tree, "plain.txt", 1)
+        extraction.open_regular(tree, "plain.txt", 1)
 
 
 def test_create_new_never_writes_an_existing_file_or_through_a_link(tmp_path: Path) -> None:
@@ -368,23 +368,23 @@ def test_create_new_never_writes_an_existing_file_or_through_a_link(tmp_path: Pa
     victim.write_text("unchanged")
     os.symlink(victim, tmp_path / "Dockerfile")
     with pytest.raises(FileExistsError):
-        tarball.create_new(tmp_path / "Dockerfile", b"LABEL x=1\n")
+        extraction.create_new(tmp_path / "Dockerfile", b"LABEL x=1\n")
     with pytest.raises(FileExistsError):
-        tarball.create_new(victim, b"LABEL x=1\n")
+        extraction.create_new(victim, b"LABEL x=1\n")
     assert victim.read_text() == "unchanged"
-    tarball.create_new(tmp_path / "new", b"FROM scratch\n")
+    extraction.create_new(tmp_path / "new", b"FROM scratch\n")
     assert (tmp_path / "new").read_bytes() == b"FROM scratch\n"
 
 
 # The format: what the validator judged is what extraction reads.
 
 @pytest.mark.parametrize(("magic", "fmt"), [
-    (b"\x1f\x8b\x08\x00", tarball.GZIP), (b"BZh91AY", tarball.BZIP2),
-    (b"\xfd7zXZ\x00\x00", tarball.XZ), (b"\x5d\x00\x00\x80\x00", tarball.TAR),
-    (b"\x5e\x00\x10\x00\x00", tarball.TAR), (b"handler.py\x00", tarball.TAR), (b"", tarball.TAR),
+    (b"\x1f\x8b\x08\x00", tarrules.GZIP), (b"BZh91AY", tarrules.BZIP2),
+    (b"\xfd7zXZ\x00\x00", tarrules.XZ), (b"\x5d\x00\x00\x80\x00", tarrules.TAR),
+    (b"\x5e\x00\x10\x00\x00", tarrules.TAR), (b"handler.py\x00", tarrules.TAR), (b"", tarrules.TAR),
 ])
 def test_format_is_told_by_magic_bytes_only(magic: bytes, fmt: str) -> None:
-    assert tarball.detect_format(magic) == fmt
+    assert tarrules.detect_format(magic) == fmt
 
 
 def _lzma_alone(tmp_path: Path, **filters: int) -> Path:
@@ -408,34 +408,34 @@ def test_validator_and_extractor_read_the_same_format(
     tmp_path: Path, filters: dict[str, int]
 ) -> None:
     path = _lzma_alone(tmp_path, **filters)
-    fmt = tarball.detect_format(path.read_bytes()[:6])
-    assert fmt == tarball.TAR
+    fmt = tarrules.detect_format(path.read_bytes()[:6])
+    assert fmt == tarrules.TAR
     with pytest.raises(InvalidArgument, match="not a valid tar archive"):
         tarball.validate(path)
     # Handed what the validator judged, neither reads another archive out of the bytes.
     with pytest.raises(InvalidArgument, match="not a valid tar archive"):
         tarball.read_member(path, "lambda.toml", fmt)
     with pytest.raises(InvalidArgument, match="not a valid tar archive"):
-        tarball.extract(path, tmp_path / "out", fmt)
+        extraction.extract(path, tmp_path / "out", fmt)
     assert not (tmp_path / "out" / "lambda.toml").exists()
 
 
 def test_the_format_given_is_the_format_read(tmp_path: Path) -> None:
     path = write(tmp_path / "code.tar.gz", ["lambda.toml"])
-    assert tarball.read_member(path, "lambda.toml", tarball.GZIP) == "data of lambda.toml"
+    assert tarball.read_member(path, "lambda.toml", tarrules.GZIP) == "data of lambda.toml"
     with pytest.raises(InvalidArgument, match="not a valid tar archive"):
-        tarball.read_member(path, "lambda.toml", tarball.TAR)
+        tarball.read_member(path, "lambda.toml", tarrules.TAR)
     with pytest.raises(InvalidArgument, match="not a valid tar archive"):
-        tarball.extract(path, tmp_path / "out", tarball.XZ)
+        extraction.extract(path, tmp_path / "out", tarrules.XZ)
     with pytest.raises(InvalidArgument, match="unknown archive format 'lzma'"):
-        tarball.extract(path, tmp_path / "out", "lzma")
+        extraction.extract(path, tmp_path / "out", "lzma")
 
 
 @pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
 def test_every_accepted_format_round_trips(tmp_path: Path, mode: str) -> None:
     path = write(tmp_path / "code.tar", ["handler.py", "pkg/mod.py"], mode)
     summary = tarball.validate(path)
-    tarball.extract(path, tmp_path / "out", summary.format)
+    extraction.extract(path, tmp_path / "out", summary.format)
     assert (tmp_path / "out" / "pkg" / "mod.py").read_text() == "data of pkg/mod.py"
     assert tarball.read_member(path, "handler.py", summary.format) == "data of handler.py"
 

@@ -9,8 +9,9 @@ import sys
 import packaging.tags
 import pytest
 
-from lambdad.build import sandbox
-from lambdad.build.sandbox import BuildLimits, PipResult
+from lambdad.build import pipdiagnosis
+from lambdad.build.limits import BuildLimits
+from lambdad.build.pipdiagnosis import PipResult
 from lambdad.build.wheeltags import PROBE, TargetPlatform, parse_probe
 from lambdad.errors import BuildFailed
 
@@ -102,9 +103,9 @@ CONFLICT = [
 
 
 def test_conflict_causes_name_each_needed_package_once() -> None:
-    assert sandbox.conflict_causes(CONFLICT) == [
+    assert pipdiagnosis.conflict_causes(CONFLICT) == [
         ("markupsafe>=2.1.1", "flask 3.1.3"), ("werkzeug>=3.1", "flask 3.1.1")]
-    assert sandbox.conflict_causes(["ERROR: something else"]) == []
+    assert pipdiagnosis.conflict_causes(["ERROR: something else"]) == []
 
 
 # Requires-Dist values a published wheel may carry: valid to `packaging`, and each of them
@@ -121,13 +122,13 @@ def test_conflict_causes_keep_no_requirement_pip_would_open_as_a_file(
 ) -> None:
     tail = ["The conflict is caused by:", f"    pathdep 1.1 depends on {requirement}",
             "    pathdep 1.0 depends on markupsafe>=2; python_version >= \"3\""]
-    assert sandbox.conflict_causes(tail) == [("markupsafe>=2", "pathdep 1.0")]
+    assert pipdiagnosis.conflict_causes(tail) == [("markupsafe>=2", "pathdep 1.0")]
 
 
 def test_a_direct_requirement_without_a_wheel_is_named_with_the_platform() -> None:
     tail = ["ERROR: Could not find a version that satisfies the requirement psycopg2 "
             "(from versions: none)", "ERROR: No matching distribution found for psycopg2"]
-    message = sandbox.explain_failure(PipResult(1, tail, False), BuildLimits(), BOOKWORM)
+    message = pipdiagnosis.explain_failure(PipResult(1, tail, False), BuildLimits(), BOOKWORM)
     assert message.startswith("requirements.txt: no version of psycopg2 has a wheel for "
                               "CPython 3.11 on glibc 2.36 (x86_64)")
     assert "manylinux_2_36_x86_64 down to manylinux1_x86_64" in message
@@ -135,12 +136,12 @@ def test_a_direct_requirement_without_a_wheel_is_named_with_the_platform() -> No
 
 
 def test_a_dependency_found_without_a_wheel_replaces_pips_conflict_message() -> None:
-    message = sandbox.explain_failure(PipResult(1, CONFLICT, False), BuildLimits(), BOOKWORM,
+    message = pipdiagnosis.explain_failure(PipResult(1, CONFLICT, False), BuildLimits(), BOOKWORM,
                                       [("markupsafe>=2.1.1", "flask 3.1.3")])
     assert "no version of markupsafe>=2.1.1 (needed by flask 3.1.3) has a wheel" in message
     assert "conflicting" not in message
     # A real conflict (every package has wheels) keeps pip's own words.
-    real = sandbox.explain_failure(PipResult(1, CONFLICT, False), BuildLimits(), BOOKWORM)
+    real = pipdiagnosis.explain_failure(PipResult(1, CONFLICT, False), BuildLimits(), BOOKWORM)
     assert "conflicting dependencies" in real
 
 
@@ -148,6 +149,6 @@ def test_a_dependency_pip_itself_found_no_wheel_for_names_who_needs_it() -> None
     tail = ["ERROR: Could not find a version that satisfies the requirement muslonly>=1 "
             "(from usesmusl) (from versions: none)",
             "ERROR: No matching distribution found for muslonly>=1"]
-    assert sandbox.missing_wheel(tail) == ("muslonly>=1", "usesmusl")
-    message = sandbox.explain_failure(PipResult(1, tail, False), BuildLimits(), BOOKWORM)
+    assert pipdiagnosis.missing_wheel(tail) == ("muslonly>=1", "usesmusl")
+    message = pipdiagnosis.explain_failure(PipResult(1, tail, False), BuildLimits(), BOOKWORM)
     assert "no version of muslonly>=1 (needed by usesmusl) has a wheel" in message
