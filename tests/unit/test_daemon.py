@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lambdad.config import Config, resolve
+from lambdad.config import Config
+from lambdad.config.resolve import resolve
 from lambdad.daemon import Daemon, Host
 from lambdad.host import StartupError
 from lambdad.host.engine import DockerEngine
