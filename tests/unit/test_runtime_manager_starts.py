@@ -107,6 +107,7 @@ def test_an_abandoned_plan_stops_its_cell() -> None:
         [cell] = rt.docker.cells()
         rt.manager.abandon(rt.manager.plan_start(v1))
         await until(lambda: cell.id not in rt.docker.containers)
+        await rt.manager.drain_background()  # its folders go after the container
         assert not (rt.cells_dir / cell.instance).exists()
         assert not (rt.instances_dir / cell.instance).exists()
 
