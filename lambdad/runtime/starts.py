@@ -185,13 +185,18 @@ class Starter:
             instance.end_reason = instance.end_reason or "failed to start"
             await self._stopper.destroy(instance, grace=0)
             raise
+        self._ready(instance, conn, started)
+        log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
+                 version.function, version.number, instance_id, instance.init_ms)
+        return instance
+
+    def _ready(self, instance: Instance, conn: UpstreamConnection | None,
+               started: float) -> None:
+        """Both cold paths end alike: the connection kept, the start timed, "ready" told."""
         if conn is not None:
             instance.idle.append(conn)
         instance.init_ms = (time.monotonic() - started) * 1000
         self._notify(instance, "ready")
-        log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
-                 version.function, version.number, instance_id, instance.init_ms)
-        return instance
 
     async def start_cell(self, cell_class: CellClass) -> Cell:
         cell_id = secrets.token_hex(6)
@@ -243,10 +248,7 @@ class Starter:
             instance.end_reason = "failed to initialize"
             await self._stopper.destroy(instance, grace=0)
             raise
-        if conn is not None:
-            instance.idle.append(conn)
-        instance.init_ms = (time.monotonic() - started) * 1000
-        self._notify(instance, "ready")
+        self._ready(instance, conn, started)
         # Named after its function for `docker ps` (labels cannot change), a moment later so
         # the Docker call's thread does not compete with the first request for the GIL.
         asyncio.get_running_loop().call_later(
