@@ -163,6 +163,31 @@ def test_a_new_version_takes_new_requests_and_the_old_instance_stops_once_idle()
     run(scenario)
 
 
+def test_a_timeout_after_a_version_switch_stops_the_instance_in_its_new_pool() -> None:
+    """A pinned version's instances move to the active pool when it is activated (a
+    rollback): a request that timed out meanwhile stops its instance there."""
+
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        v1, v2 = version(number=1), version(number=2, timeout_s=1)
+        rt.manager.register(v1)
+        rt.manager.know(v2)
+        await rt.call(number=2)  # warms v2 in its pinned pool
+        [pinned] = [c for c in rt.docker.of("fn") if c.version == 2]
+        rt.docker.hold.clear()
+        late = asyncio.create_task(rt.call(number=2))
+        await until(lambda: len(pinned.requests) == 2)
+        rt.manager.activate(v2, None)  # the busy instance moves to the new active pool
+        with pytest.raises(FunctionTimeout):
+            await late
+        rt.docker.hold.set()
+        await until(lambda: pinned.id not in rt.docker.containers)
+        _, body = await rt.call()
+        assert body["version"] == 2 and body["container"] != pinned.id
+
+    run(scenario)
+
+
 def test_an_idle_dockerfile_instance_is_paused_and_the_next_request_thaws_it() -> None:
     async def scenario(root: Path) -> None:
         rt = Runtime(root, pause_after=0.01)
