@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lambdad.errors import LambdaError, Throttled, Unavailable
 from lambdad.functions import FunctionVersion
@@ -49,7 +49,9 @@ class Instance:
     dead: bool = False
     fresh: bool = False  # started for queued requests; its first grant is a cold start
     end_reason: str = ""  # why the daemon stopped it, for the requests it was serving
-    owner: Any = None  # the InstancePool it serves in; waiters can move between pools
+    # The pool it serves in (None until routed); `transfer_to` moves it to another pool,
+    # so whoever releases or discards it asks this, not the pool it was acquired from.
+    owner: InstancePool | None = None
     start_path: str = "container"  # how it came to be: "container" or "cell" (specialized)
     code_dir: Path | None = None  # a specialized cell's private copy of the version's code
     paused: bool = False  # frozen (docker pause) while idle; unpaused by the next request

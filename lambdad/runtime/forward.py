@@ -1,0 +1,229 @@
+"""One request to one instance: take a slot from the pool that serves it, thaw the
+instance if it is paused, send over a kept-alive or new connection, hand the response
+back with a release that returns the slot; and pausing idle instances.
+
+A failure decides the instance's fate here (a stale keep-alive connection is retried,
+an instance that broke the exchange or passed its timeout is discarded), and the pool
+it serves in (`Instance.owner`, which a version switch can change) is told once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from lambdad.errors import FunctionTimeout, InstanceFailed, Unavailable
+from lambdad.runtime.backend import Backend
+from lambdad.runtime.folder import Refused
+from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
+from lambdad.runtime.pool import Instance, InstancePool
+from lambdad.runtime.routing import Routes
+from lambdad.runtime.stops import Stopper
+from lambdad.runtime.upstream import UpstreamConnection, UpstreamError
+
+log = logging.getLogger("lambdad.runtime")
+
+PAUSE_RETRY_S = 300  # after a failed pause, leave that instance running this long
+
+
+def _pool(instance: Instance) -> InstancePool:
+    """The pool an acquired instance serves in now (a switch may have moved it)."""
+    assert instance.owner is not None  # set by every pool that takes an instance in
+    return instance.owner
+
+
+class Forwarder:
+    def __init__(self, routes: Routes, backend: Backend, stopper: Stopper) -> None:
+        self._routes = routes
+        self._backend = backend
+        self._stopper = stopper
+
+    async def invoke(self, request: InvocationRequest) -> InvocationResponse:
+        name = request.function
+        pool = self._routes.pool_for(name, request.version)
+        has_host = any(key.lower() == b"host" for key, _ in request.headers)
+        loop = asyncio.get_running_loop()
+        for attempt in range(3):
+            instance, cold = await pool.acquire(pool.version.config.queue_timeout_s)
+            version = instance.version
+            timeout = version.config.timeout_s
+            start = instance.start_path if cold else "warm"
+            if instance.paused or instance.transition.locked():
+                try:
+                    if await self._unpause(instance):
+                        start = "unpaused"
+                except BaseException:
+                    _pool(instance).release(instance)
+                    raise
+            try:
+                conn, reused = await self._connection(instance)
+            except Refused as exc:
+                _pool(instance).release(instance)
+                reason = f"was refused: {exc.reason}"
+                log.warning('instance refused function=%s version=%d instance=%s reason="%s"',
+                            name, version.number, instance.id, exc.reason)
+                _pool(instance).discard(instance, reason)
+                raise InstanceFailed(f"the instance of {name!r} {reason}") from None
+            except BaseException:
+                _pool(instance).release(instance)
+                raise
+            if conn is None:
+                _pool(instance).release(instance)
+                _pool(instance).discard(instance, "stopped answering on its socket")
+                continue
+            headers = [
+                *([] if has_host else [(b"host", f"{name}.lambda".encode())]),
+                *request.headers,
+                (b"lambda-request-id", request.request_id.encode()),
+                (b"lambda-deadline-ms", str(int((time.time() + timeout) * 1000)).encode()),
+                (b"lambda-invocation-type", request.invocation_type.encode()),
+                *([] if start == "warm" else [(b"lambda-start", start.encode())]),
+            ]
+            sent_at = loop.time()
+            deadline = sent_at + timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    status, response_headers = await conn.request(
+                        request.method, request.target, headers, request.body
+                    )
+            except TimeoutError:
+                self._release(instance, conn)
+                _timed_out(instance, timeout)
+                raise FunctionTimeout(
+                    f"function {name!r} did not respond within its timeout of {timeout} s"
+                ) from None
+            except UpstreamError as exc:
+                self._release(instance, conn)
+                state = await self._stopper.settled_state(instance.container_id)
+                if state.running and reused and not instance.dead and attempt < 2:
+                    continue  # a stale keep-alive connection; the instance itself is fine
+                detail = instance.end_reason or state.describe(version.config.memory_mb)
+                if state.running and not instance.end_reason:
+                    detail = f"broke the HTTP exchange ({exc})"
+                _pool(instance).discard(instance, detail)
+                raise InstanceFailed(
+                    f"the instance of {name!r} {detail} while handling the request"
+                ) from None
+            except BaseException:
+                self._release(instance, conn)
+                raise
+            return InvocationResponse(
+                status=status,
+                headers=response_headers,
+                version=version.number,
+                cold_start=start in ("cell", "container"),
+                start=start,
+                body=_body(instance, conn, deadline),
+                release=_once(functools.partial(self._release, instance, conn)),
+                function_ms=(loop.time() - sent_at) * 1000,
+                init_ms=instance.init_ms if start in ("cell", "container") else 0.0,
+            )
+        raise Unavailable(f"no instance of {name!r} could take the request")
+
+    async def _connection(
+        self, instance: Instance
+    ) -> tuple[UpstreamConnection | None, bool]:
+        """An idle connection, or a new one (None if the socket does not answer); Refused
+        when the folder no longer holds the function's own socket."""
+        if instance.idle:
+            return instance.idle.pop(), True
+        try:
+            return await UpstreamConnection.open(instance.folder), False
+        except OSError:
+            return None, False
+
+    def _release(self, instance: Instance, conn: UpstreamConnection) -> None:
+        if conn.recycle() and not instance.dead:
+            instance.idle.append(conn)
+        else:
+            conn.close()
+        _pool(instance).release(instance)
+
+    # Pausing idle instances
+
+    def may_pause(self, instance: Instance, now: float, pause_after: float) -> bool:
+        """Idle for `pause_after`, and not in a pause, an unpause or a pause's back-off."""
+        return (not instance.paused and not instance.dead and instance.in_flight == 0
+                and not instance.transition.locked()
+                and now - instance.last_used >= pause_after
+                and now >= instance.no_pause_until)
+
+    async def pause(self, instance: Instance) -> None:
+        """Freezes an idle instance (cgroup freezer): no CPU, memory kept, ~ms to thaw."""
+        async with instance.transition:
+            if instance.paused or instance.dead or instance.in_flight > 0:
+                return
+            instance.paused = True
+            try:
+                await asyncio.to_thread(self._backend.pause, instance.container_id)
+            except Exception as exc:
+                instance.paused = False
+                instance.no_pause_until = time.monotonic() + PAUSE_RETRY_S  # e.g. no freezer
+                log.warning("pause failed instance=%s retry_in_s=%d error=%s", instance.id,
+                            PAUSE_RETRY_S, exc)
+                return
+        log.debug("instance paused function=%s instance=%s", instance.version.function,
+                  instance.id)
+
+    async def _unpause(self, instance: Instance) -> bool:
+        """Thaws a paused instance before a request uses it; True if it was paused."""
+        async with instance.transition:
+            if not instance.paused:
+                return False
+            try:
+                await asyncio.to_thread(self._backend.unpause, instance.container_id)
+            except Exception as exc:
+                # Unpaused behind our back (docker unpause by hand) is fine; anything
+                # else and the instance goes, so no request waits on it again.
+                if not await asyncio.to_thread(self._backend.is_running_unpaused,
+                                               instance.container_id):
+                    _pool(instance).discard(instance, f"could not be unpaused ({exc})")
+                    raise Unavailable(f"could not unpause an instance: {exc}") from None
+            instance.paused = False
+            return True
+
+
+def _timed_out(instance: Instance, timeout: int) -> None:
+    instance.end_reason = (
+        f"was stopped because a request to it passed the function's timeout of {timeout} s"
+    )
+    _pool(instance).discard(instance, instance.end_reason)
+
+
+async def _body(
+    instance: Instance, conn: UpstreamConnection, deadline: float
+) -> AsyncIterator[bytes]:
+    name = instance.version.function
+    timeout = instance.version.config.timeout_s
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for chunk in conn.body():
+                yield chunk
+    except TimeoutError:
+        _timed_out(instance, timeout)
+        raise FunctionTimeout(
+            f"function {name!r} did not finish its response within {timeout} s"
+        ) from None
+    except UpstreamError as exc:
+        _pool(instance).discard(instance, f"failed mid-response ({exc})")
+        raise InstanceFailed(f"the instance of {name!r} failed mid-response: {exc}") from None
+
+
+def _once(release: Callable[[], None]) -> Callable[[], None]:
+    """The gateway and the API both release in `finally`; only the first call counts."""
+    done = False
+
+    def wrapper() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        try:
+            release()
+        except Exception:
+            log.exception("releasing an instance failed")
+
+    return wrapper

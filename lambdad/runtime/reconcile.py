@@ -1,0 +1,129 @@
+"""What an earlier run left: its healthy instances of routed versions are adopted, every
+other container, instance folder and cell folder is removed.
+
+A daemon killed with -9 leaves its instances running, and the ones of active versions
+can serve at once. A specialized stem cell is adopted by the owner file written when
+its code loaded; a generic one never outlives its daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lambdad.runtime.backend import Backend
+from lambdad.runtime.folder import CONTAINER_UID, InstanceFolder, Refused
+from lambdad.runtime.pool import Instance
+from lambdad.runtime.routing import Routes
+from lambdad.runtime.starts import OWNER_FILE, Notify
+from lambdad.runtime.stops import Stopper
+from lambdad.runtime.upstream import UpstreamConnection
+
+log = logging.getLogger("lambdad.runtime")
+
+INSTANCE_ID = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6): a folder name in i/ and c/
+
+
+@dataclass
+class Reconciler:
+    backend: Backend
+    routes: Routes
+    stopper: Stopper
+    notify: Notify
+    instances_dir: Path
+    cells_dir: Path
+    socket_owner: int = CONTAINER_UID
+
+    async def run(self) -> tuple[int, int]:
+        """Adopts healthy instances of routed versions; removes every other container and
+        the folders of everything not adopted. Returns (adopted, removed containers)."""
+        adopted: set[str] = set()
+        removed = 0
+        for container in await asyncio.to_thread(self.backend.managed):
+            if container.cell:
+                function, number = await asyncio.to_thread(self._cell_owner, container.instance)
+                container = replace(container, function=function, version=number)
+            pool = self.routes.active.get(container.function)
+            found = None
+            if (container.running and pool is not None
+                    and pool.version.number == container.version
+                    and INSTANCE_ID.fullmatch(container.instance)):
+                found = await self._adoptable(container.instance)
+            if found is not None and pool is not None:
+                folder, conn = found
+                instance = Instance(
+                    container.instance, pool.version, container.id, folder,
+                    start_path="cell" if container.cell else "container",
+                    code_dir=self.cells_dir / container.instance if container.cell else None,
+                )
+                instance.idle.append(conn)
+                pool.add(instance)
+                self.notify(instance, "adopted")
+                adopted.add(container.instance)
+            else:
+                await self.stopper.remove(container.id)
+                removed += 1
+        # Folders of removed containers, and of a crash's cleanup containers: the same
+        # fd-based removal as always, with a cleanup container for what is left.
+        for name in await asyncio.to_thread(_children, self.instances_dir):
+            if name not in adopted:
+                await self.stopper.remove_instance_folder(name)
+        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.cells_dir, 0o711)
+        for name in await asyncio.to_thread(_children, self.cells_dir):
+            if name not in adopted:  # generic cells never outlive their daemon
+                await self.stopper.remove_tree(self.cells_dir / name)
+        return len(adopted), removed
+
+    def _cell_owner(self, cell_id: str) -> tuple[str, int]:
+        """(function, version) of a specialized cell, from its owner file; ("", 0) if generic."""
+        if not INSTANCE_ID.fullmatch(cell_id):
+            return "", 0
+        try:
+            function, number = _read_owner(self.cells_dir / cell_id / OWNER_FILE).split()
+            return function, int(number)
+        except (OSError, ValueError):
+            return "", 0
+
+    async def _adoptable(
+        self, instance_id: str
+    ) -> tuple[InstanceFolder, UpstreamConnection] | None:
+        """The folder of a running container found at start, locked and checked, with a
+        connection to its socket; None when it does not answer or is refused."""
+        try:
+            folder = InstanceFolder.open(self.instances_dir, instance_id, owner=self.socket_owner)
+        except OSError:
+            return None
+        try:
+            folder.lock()  # locked already, unless an older lambdad started it
+            return folder, await UpstreamConnection.open(folder)
+        except Refused as exc:
+            log.warning('instance refused at adoption instance=%s reason="%s"', instance_id,
+                        exc.reason)
+        except OSError:
+            pass
+        folder.close()
+        return None
+
+
+def _children(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+
+
+def _read_owner(path: Path) -> str:
+    """A cell's owner file, opened without following a link and read within a bound."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, 256).decode()
+    finally:
+        os.close(fd)

@@ -1,0 +1,268 @@
+"""Starting instances: a new container of the version's image, or a stem cell
+specialized for it; and the stem cells themselves.
+
+Which path a start takes is decided by `plan` (a deploy announces it) or at the start
+itself: a ready cell of the version's class when the version can run in one (built on
+the current runtime image, with no variable a started process ignores), else a
+container, at most MAX_CONTAINER_STARTS at once across all functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lambdad.build.artifacts import ArtifactStore, link_into
+from lambdad.functions import FunctionVersion
+from lambdad.runtime.backend import Backend
+from lambdad.runtime.cells import Cell, CellClass, CellPool, needs_own_process
+from lambdad.runtime.docker_backend import instance_name
+from lambdad.runtime.folder import CONTAINER_UID, InstanceFolder
+from lambdad.runtime.pool import Instance, StartNotNeeded
+from lambdad.runtime.readiness import Readiness
+from lambdad.runtime.stops import Stopper
+from lambdad.runtime.upstream import UpstreamConnection
+
+log = logging.getLogger("lambdad.runtime")
+
+# New containers for waiting requests, at once across all functions: more only make
+# a 2-core engine slower, and stem cells or freed instances usually serve the queue first.
+MAX_CONTAINER_STARTS = 4
+RENAME_DELAY_S = 0.05
+OWNER_FILE = "owner"  # in STATE/c/<cell>: "<function>\n<version>\n" once specialized
+
+Notify = Callable[[Instance, str], None]
+
+
+@dataclass
+class StartPlan:
+    """How an instance will start, decided before it starts: `cell` is a stem cell taken
+    for it (with the version's `artifact`), or None for a new container."""
+
+    cell: Cell | None
+    artifact: Path | None
+
+    @property
+    def path(self) -> str:
+        """"cell" or "container", as `Instance.start_path` and the Lambda-Start header say."""
+        return "cell" if self.cell is not None else "container"
+
+
+class Starter:
+    def __init__(
+        self, backend: Backend, stopper: Stopper, readiness: Readiness, *,
+        instances_dir: Path, cells_dir: Path, artifacts: ArtifactStore | None,
+        cell_pool_size: int, runtime_image: str, notify: Notify,
+        spawn: Callable[[Awaitable[None]], None], socket_owner: int = CONTAINER_UID,
+    ) -> None:
+        self._backend = backend
+        self._stopper = stopper
+        self._readiness = readiness
+        self._instances_dir = instances_dir
+        self._cells_dir = cells_dir
+        self._artifacts = artifacts
+        self._runtime_image = runtime_image
+        self.runtime_image_id = ""  # resolved at reconcile, re-read every IMAGE_CHECK_S
+        self._notify = notify
+        self._spawn = spawn
+        self._socket_owner = socket_owner
+        self._container_starts = asyncio.Semaphore(MAX_CONTAINER_STARTS)
+        self.cells = CellPool(
+            cell_pool_size if artifacts is not None else 0,
+            start=self.start_cell, destroy=stopper.destroy_cell, spawn=spawn,
+        )
+
+    def cell_class(self, version: FunctionVersion) -> CellClass:
+        return CellClass.of(version.config, self.runtime_image_id)
+
+    def _artifact(self, version: FunctionVersion) -> Path | None:
+        """The version's files, when a stem cell can run them: a standard-runtime version
+        built on the current runtime image, with no variable a started process ignores."""
+        config = version.config
+        if (self._artifacts is None or config.runtime == "docker"
+                or not self.runtime_image_id or needs_own_process(config.env)):
+            return None
+        artifact = self._artifacts.find(version.function, version.number)
+        if artifact is None or ArtifactStore.runtime_image(artifact) != self.runtime_image_id:
+            return None
+        return artifact
+
+    def cell_classes(self, versions: list[FunctionVersion]) -> list[CellClass]:
+        """The classes of the versions that can run in a stem cell."""
+        return [self.cell_class(v) for v in versions if self._artifact(v) is not None]
+
+    async def check_runtime_image(self) -> bool:
+        """Follows the runtime image's tag; True when its id changed (after `make
+        runtime-image`: the cells of the old image go, and only versions built on the new
+        one use cells)."""
+        current = await asyncio.to_thread(self._backend.image_id, self._runtime_image)
+        if current == self.runtime_image_id:
+            return False
+        if self.runtime_image_id:
+            log.info("runtime image changed image=%s id=%s", self._runtime_image, current[:19])
+        self.runtime_image_id = current
+        return True
+
+    def plan_start(self, version: FunctionVersion) -> StartPlan:
+        """Decides now how `start_instance(version, plan=...)` will start: with a ready stem
+        cell (taken from the pool at once) or a new container. A deploy says which."""
+        artifact = self._artifact(version)
+        cell = self.cells.take(self.cell_class(version)) if artifact is not None else None
+        return StartPlan(cell, artifact)
+
+    def abandon(self, plan: StartPlan) -> None:
+        """A plan that was not started (the deploy ended first): its cell is stopped."""
+        cell, plan.cell = plan.cell, None
+        if cell is not None:
+            self._spawn(self._stopper.destroy_cell(cell))
+
+    async def start_instance(
+        self, version: FunctionVersion, wanted: Callable[[], bool] | None = None,
+        *, plan: StartPlan | None = None,
+    ) -> Instance:
+        """An instance of `version`, ready to serve: a specialized stem cell when one is
+        ready, else a new container. `wanted` lets a queued start give up (StartNotNeeded)
+        once the requests it was for have been served by others. With a `plan`, the path
+        it chose is the one taken."""
+        if plan is not None:
+            cell, plan.cell = plan.cell, None
+            if cell is not None:
+                assert plan.artifact is not None  # plan_start takes a cell only with one
+                return await self._specialize(cell, version, plan.artifact)
+            async with self._container_starts:
+                return await self._start_container(version)
+        artifact = self._artifact(version)
+        if artifact is not None:
+            cell = self.cells.take(self.cell_class(version))
+            if cell is not None:
+                return await self._specialize(cell, version, artifact)
+        async with self._container_starts:
+            if artifact is not None:
+                cell = self.cells.take(self.cell_class(version))
+                if cell is not None:
+                    return await self._specialize(cell, version, artifact)
+            if wanted is not None and not wanted():
+                raise StartNotNeeded
+            return await self._start_container(version)
+
+    async def _start_container(self, version: FunctionVersion) -> Instance:
+        """Starts a container of the version's image; ready once its socket answers in its
+        locked folder and, for a standard runtime, its handler loaded.
+
+        A standard runtime starts as a stem cell does (a cell's clean environment; the
+        function's comes with POST /init) and loads the handler at POST /init, so no
+        function code runs before the folder is locked; a Dockerfile function's code runs from the
+        start, and what it puts in the folder meanwhile is bounded.
+        """
+        instance_id = secrets.token_hex(6)
+        folder = InstanceFolder.create(self._instances_dir, instance_id, owner=self._socket_owner)
+        standard = version.config.runtime != "docker"
+        started = time.monotonic()
+        try:
+            container_id = await asyncio.to_thread(
+                functools.partial(self._backend.start, version, instance_id, folder.path,
+                                  init_later=standard))
+        except BaseException:
+            await self._stopper.remove_folder(folder)
+            raise
+        instance = Instance(instance_id, version, container_id, folder)
+        self._notify(instance, "started")
+        try:
+            conn: UpstreamConnection | None = await self._readiness.wait_socket(
+                folder, container_id, f"instance of {version.function} v{version.number}",
+                version.config.memory_mb,
+            )
+            if standard:
+                conn = await self._readiness.load(version, folder, container_id, conn)
+        except BaseException:
+            instance.end_reason = instance.end_reason or "failed to start"
+            await self._stopper.destroy(instance, grace=0)
+            raise
+        self._ready(instance, conn, started)
+        log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
+                 version.function, version.number, instance_id, instance.init_ms)
+        return instance
+
+    def _ready(self, instance: Instance, conn: UpstreamConnection | None,
+               started: float) -> None:
+        """Both cold paths end alike: the connection kept, the start timed, "ready" told."""
+        if conn is not None:
+            instance.idle.append(conn)
+        instance.init_ms = (time.monotonic() - started) * 1000
+        self._notify(instance, "ready")
+
+    async def start_cell(self, cell_class: CellClass) -> Cell:
+        cell_id = secrets.token_hex(6)
+        code_dir = self._cells_dir / cell_id
+        folder = InstanceFolder.create(self._instances_dir, cell_id, owner=self._socket_owner)
+        try:
+            for code in (code_dir, code_dir / "task", code_dir / "deps"):
+                code.mkdir(mode=0o755, parents=True)
+                os.chmod(code, 0o755)  # readable by the function's user, writable by us only
+            container_id = await asyncio.to_thread(
+                self._backend.start_cell, cell_class, cell_id, folder.path, code_dir,
+                cell_class.image or self._runtime_image,
+            )
+        except BaseException:
+            await self._stopper.remove_folder(folder)
+            await self._stopper.remove_tree(code_dir)
+            raise
+        cell = Cell(cell_id, cell_class, container_id, folder, code_dir)
+        try:
+            cell.conn = await self._readiness.wait_socket(
+                folder, container_id, f"stem cell {cell_class.label()}", cell_class.memory_mb,
+            )
+        except BaseException:
+            await self._stopper.destroy_cell(cell)
+            raise
+        return cell
+
+    async def _specialize(self, cell: Cell, version: FunctionVersion, artifact: Path) -> Instance:
+        """Turns a generic cell into an instance of `version`, for good: its code goes in
+        read-only, the runtime loads it (POST /init), and the cell never serves another."""
+        started = time.monotonic()
+        instance = Instance(cell.id, version, cell.container_id, cell.folder,
+                            start_path="cell", code_dir=cell.code_dir)
+        conn, cell.conn = cell.conn, None
+        try:
+            wanted = CellClass.of(version.config, cell.cell_class.image)
+            if cell.cell_class != wanted:
+                await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
+            await asyncio.to_thread(link_into, artifact, cell.code_dir)
+            self._notify(instance, "started")
+            conn = await self._readiness.load(version, cell.folder, cell.container_id, conn)
+            # Whose it is, once its code is loaded: a restart adopts it by this, never a
+            # cell that would answer NotInitialized. (Outside the folders the container
+            # mounts.)
+            await asyncio.to_thread(_write_owner, cell.code_dir / OWNER_FILE, version)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            instance.end_reason = "failed to initialize"
+            await self._stopper.destroy(instance, grace=0)
+            raise
+        self._ready(instance, conn, started)
+        # Named after its function for `docker ps` (labels cannot change), a moment later so
+        # the Docker call's thread does not compete with the first request for the GIL.
+        asyncio.get_running_loop().call_later(
+            RENAME_DELAY_S, lambda: self._spawn(asyncio.to_thread(
+                self._backend.rename, cell.container_id,
+                instance_name(version.function, version.number, cell.id))))
+        log.info("instance specialized function=%s version=%d instance=%s init_ms=%.1f "
+                 "cell_class=%s", version.function, version.number, instance.id,
+                 instance.init_ms, cell.cell_class.label())
+        return instance
+
+
+def _write_owner(path: Path, version: FunctionVersion) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    with os.fdopen(fd, "w") as owner:
+        owner.write(f"{version.function}\n{version.number}\n")

@@ -1,0 +1,98 @@
+"""A RuntimeManager over the fake Docker backend, for unit tests of the manager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lambdad.build.artifacts import ArtifactStore
+from lambdad.functions import FunctionConfig, FunctionVersion, Scaling
+from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
+from lambdad.runtime.manager import RuntimeManager
+from lambdad.runtime.pool import Instance
+from tests.support.fake_docker import RUNTIME_IMAGE_ID, FakeDocker
+
+
+@contextmanager
+def short_root() -> Iterator[Path]:
+    """Socket folders under /tmp: a Unix socket's path has at most 107 bytes."""
+    root = Path(tempfile.mkdtemp(prefix="rm-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def version(name: str = "fn", number: int = 1, *, runtime: str = "python3.11",
+            timeout_s: int = 5, env: dict[str, str] | None = None, memory_mb: int = 128,
+            **scaling: Any) -> FunctionVersion:
+    return FunctionVersion(
+        function=name, number=number, image=f"lambda-fn/{name}:v{number}", image_id="id",
+        config=FunctionConfig(runtime=runtime, timeout_s=timeout_s, env=env or {},
+                              memory_mb=memory_mb, scaling=Scaling(**scaling)),
+        code_sha256="0" * 64, code_size=1, created_at=datetime.now(UTC),
+    )
+
+
+class Runtime:
+    """The manager, its fake engine and what it reported, in one state folder."""
+
+    def __init__(self, root: Path, *, cells: int = 0, pause_after: float = 0.0) -> None:
+        self.root = root
+        self.instances_dir = root / "i"
+        self.cells_dir = root / "c"
+        self.instances_dir.mkdir(exist_ok=True)
+        self.artifacts = ArtifactStore(root / "artifacts")
+        self.artifacts.prepare()
+        self.docker = FakeDocker()
+        self.events: list[tuple[str, str]] = []  # (event, instance id)
+        self.manager = RuntimeManager(
+            self.docker, instances_dir=self.instances_dir, cells_dir=self.cells_dir,
+            start_timeout=5, on_instance=self._on_instance, artifacts=self.artifacts,
+            cell_pool_size=cells, pause_after=pause_after, socket_owner=os.getuid(),
+        )
+        self.docker.on_exit = self.manager.instance_exited
+
+    def _on_instance(self, instance: Instance, event: str) -> None:
+        self.events.append((event, instance.id))
+
+    def save_artifact(self, v: FunctionVersion, image_id: str = RUNTIME_IMAGE_ID) -> None:
+        """The version's code as a build leaves it, for a stem cell to load."""
+        code = self.root / "build" / f"{v.function}-{v.number}"
+        code.mkdir(parents=True)
+        (code / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+        self.artifacts.save(v.function, v.number, code, None, runtime_image=image_id)
+
+    def folders(self) -> list[str]:
+        return sorted(os.listdir(self.instances_dir))
+
+    async def call(self, name: str = "fn", number: int | None = None,
+                   request_id: str = "req-1") -> tuple[InvocationResponse, dict[str, Any]]:
+        response = await self.manager.invoke(InvocationRequest(
+            function=name, method=b"GET", target=b"/hello", headers=[], body=b"",
+            invocation_type="direct", request_id=request_id, version=number))
+        return response, json.loads(await response.read())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Waits for something the manager does in the background."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def run(scenario: Callable[[Path], Awaitable[None]], timeout: float = 20.0) -> None:
+    async def bounded(root: Path) -> None:
+        async with asyncio.timeout(timeout):
+            await scenario(root)
+
+    with short_root() as root:
+        asyncio.run(bounded(root))

@@ -1,0 +1,164 @@
+"""The runtime manager over a fake Docker engine: which way an instance starts (a stem
+cell specialized for it, or a container of its own), and what a restart adopts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from lambdad.runtime.cells import CellClass
+from tests.support.fake_docker import RUNTIME_IMAGE_ID
+from tests.support.runtime import Runtime, run, until, version
+
+
+async def _ready_cells(rt: Runtime, count: int = 1) -> None:
+    await rt.manager.reconcile()  # cells start only once what a last run left is gone
+    await until(lambda: len(rt.manager.cells.ready_cells()) == count)
+
+
+def test_a_version_with_an_artifact_starts_in_a_stem_cell() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=1)
+        v1 = version(timeout_s=7)
+        rt.save_artifact(v1)
+        rt.manager.register(v1)
+        await _ready_cells(rt)
+        [cell] = rt.docker.cells()
+        assert cell.limits == CellClass.of(v1.config, RUNTIME_IMAGE_ID)
+        plan = rt.manager.plan_start(v1)
+        assert plan.path == "cell" and rt.manager.cells.ready_cells() == []
+        instance = await rt.manager.start_instance(v1, plan=plan)
+        rt.manager.activate(v1, instance)
+        assert instance.container_id == cell.id and instance.start_path == "cell"
+        assert cell.function == "fn" and cell.env["AWS_LAMBDA_FUNCTION_TIMEOUT"] == "7"
+        code = rt.cells_dir / cell.instance
+        assert (code / "task" / "handler.py").is_file()  # the version's code, linked in
+        assert (code / "owner").read_text() == "fn\n1\n"  # whose it is, for a restart
+        await until(lambda: cell.id in rt.docker.renamed)
+        assert rt.docker.renamed[cell.id] == f"lambda-fn-v1-{cell.instance}"
+        _, body = await rt.call()
+        assert body["container"] == cell.id and body["start"] == "warm"
+        assert [c.cell for c in rt.docker.containers.values()].count(True) == 2  # refilled
+
+    run(scenario)
+
+
+def test_a_cold_request_takes_a_ready_cell_and_a_cell_of_another_size_is_resized() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=1)
+        small, big = version("small"), version("big", memory_mb=512)
+        for v in (small, big):
+            rt.save_artifact(v)
+        rt.manager.register(small)
+        await _ready_cells(rt)
+        response, body = await rt.call("small")
+        assert response.start == "cell" and response.cold_start and body["cell"] is True
+        assert body["start"] == "cell" and rt.docker.updated == []
+        assert [e for e, _ in rt.events] == ["started", "ready"]
+        await until(lambda: len(rt.manager.cells.ready_cells()) == 1)
+        plan = rt.manager.plan_start(big)  # no cell of its class: one of small's will do
+        assert plan.path == "cell"
+        instance = await rt.manager.start_instance(big, plan=plan)
+        assert rt.docker.updated == [(instance.container_id,
+                                      CellClass.of(big.config, RUNTIME_IMAGE_ID))]
+
+    run(scenario)
+
+
+def test_versions_a_cell_cannot_run_start_in_a_container_of_their_own() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=1)
+        cellable = version("cellable")
+        rt.save_artifact(cellable)
+        no_artifact = version("plain")
+        dockerfile = version("box", runtime="docker")
+        rt.save_artifact(dockerfile)
+        preload = version("preload", env={"LD_PRELOAD": "/x.so"})  # read at process start
+        rt.save_artifact(preload)
+        old_image = version("old")
+        rt.save_artifact(old_image, image_id="sha256:" + "0" * 64)  # built on another image
+        for v in (cellable, no_artifact, dockerfile, preload, old_image):
+            rt.manager.register(v)
+        await _ready_cells(rt)
+        for v in (no_artifact, dockerfile, preload, old_image):
+            plan = rt.manager.plan_start(v)
+            assert plan.path == "container", v.function
+            instance = await rt.manager.start_instance(v, plan=plan)
+            container = rt.docker.containers[instance.container_id]
+            assert not container.cell and instance.start_path == "container"
+            assert container.function == v.function
+            # A standard runtime loads its handler by POST /init; a Dockerfile one does not.
+            assert container.standard == (v.config.runtime != "docker")
+            await rt.manager.remove_instance(instance)
+        assert len(rt.manager.cells.ready_cells()) == 1  # none of them took the cell
+        assert rt.manager.plan_start(cellable).path == "cell"
+
+    run(scenario)
+
+
+def test_an_abandoned_plan_stops_its_cell() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=1)
+        v1 = version()
+        rt.save_artifact(v1)
+        rt.manager.register(v1)
+        await _ready_cells(rt)
+        [cell] = rt.docker.cells()
+        rt.manager.abandon(rt.manager.plan_start(v1))
+        await until(lambda: cell.id not in rt.docker.containers)
+        await rt.manager.drain_background()  # its folders go after the container
+        assert not (rt.cells_dir / cell.instance).exists()
+        assert not (rt.instances_dir / cell.instance).exists()
+
+    run(scenario)
+
+
+def test_reconcile_adopts_answering_instances_of_active_versions_and_removes_the_rest() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        v2 = version(number=2)
+        rt.manager.register(v2)
+        leftover = rt.docker.leftover
+        kept = await leftover("fn", 2, "a00000000001", rt.instances_dir)
+        cell_kept = await leftover("fn", 2, "a00000000002", rt.instances_dir, cell=True)
+        (rt.cells_dir / "a00000000002").mkdir(parents=True)
+        (rt.cells_dir / "a00000000002" / "owner").write_text("fn\n2\n")
+        old = await leftover("fn", 1, "b00000000001", rt.instances_dir)
+        stopped = await leftover("fn", 2, "b00000000002", rt.instances_dir, running=False)
+        gone = await leftover("deleted", 1, "b00000000003", rt.instances_dir)
+        generic = await leftover("", 0, "b00000000004", rt.instances_dir, cell=True)
+        (rt.cells_dir / "b00000000004").mkdir()
+        (rt.instances_dir / "b00000000005").mkdir()  # a folder whose container is gone
+        removed = {old.id, stopped.id, gone.id, generic.id}
+
+        assert await rt.manager.reconcile() == (2, 4)
+        assert set(rt.docker.removed) == removed
+        assert set(rt.docker.containers) == {kept.id, cell_kept.id}
+        assert rt.folders() == ["a00000000001", "a00000000002"]
+        assert os.listdir(rt.cells_dir) == ["a00000000002"]
+        assert sorted(rt.events) == [("adopted", "a00000000001"), ("adopted", "a00000000002")]
+        assert rt.manager.counts("fn").running == 2
+        rt.docker.hold.clear()  # two requests at once: both adopted instances serve
+        calls = [asyncio.create_task(rt.call(request_id=str(n))) for n in range(2)]
+        await until(lambda: rt.manager.counts("fn").busy == 2)
+        rt.docker.hold.set()
+        results = await asyncio.gather(*calls)
+        assert all(response.start == "warm" for response, _ in results)
+        assert {body["container"] for _, body in results} == {kept.id, cell_kept.id}
+        assert len(rt.docker.containers) == 2  # and nothing started
+
+    run(scenario)
+
+
+def test_a_leftover_whose_folder_holds_more_than_its_socket_is_removed() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager.register(version())
+        hostile = await rt.docker.leftover("fn", 1, "c00000000001", rt.instances_dir)
+        (rt.instances_dir / "c00000000001" / "link").symlink_to("/var/run/docker.sock")
+        assert await rt.manager.reconcile() == (0, 1)
+        assert rt.docker.removed == [hostile.id] and rt.folders() == []
+        assert rt.events == []
+
+    run(scenario)
