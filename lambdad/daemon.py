@@ -30,7 +30,7 @@ from lambdad.api.server import BearerAuthInterceptor, build_server
 from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits, sandbox
 from lambdad.config import MAX_SOCKET_PATH, Config
-from lambdad.control import ControlPlane
+from lambdad.control import AsyncQueue, ControlPlane, Invoker
 from lambdad.errors import LambdaError
 from lambdad.fds import FD_RESERVE, connection_cap, raise_nofile
 from lambdad.gateway import admission
@@ -352,23 +352,37 @@ class Daemon:
                                limits=build_limits,
                                cache=DepsCache(config.state_dir / "build-cache",
                                                config.build_cache_bytes))
+        # The control plane, in an order without cycles: what queues an event and the
+        # worker that delivers it share `wake`; cron queues through the queue.
+        keyring = KeyRing(keys)
+        invoker = Invoker(runtime, metrics)  # gateway, Invoke RPC and deliveries: observed once
+        wake = asyncio.Event()
+        queue = AsyncQueue(
+            store=store, runtime=runtime, invoker=invoker, wake=wake.set, metrics=metrics,
+            backoff_s=config.async_backoff, max_queued_events=config.max_queued_events,
+            max_event_bytes=config.max_event_bytes)
+        worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
+                             queue.delivery_limit, wake=wake)
+
+        async def invocation_status(invocation_id: str) -> str:
+            status: str = await store.invocations.status(invocation_id)
+            return status
+
+        cron = CronRunner(store.schedules, queue.enqueue_scheduled, invocation_status,
+                          worker.cancel, catch_up_window_s=config.catch_up_window)
         control = ControlPlane(
-            store=store, builder=builder, runtime=runtime, spool_dir=config.state_dir / "spool",
+            store=store, builder=builder, runtime=runtime, invoker=invoker, queue=queue,
+            cron=cron, keyring=keyring, spool_dir=config.state_dir / "spool",
             image_prefix=config.image_prefix, url_template=function_url_template(config),
             max_code_bytes=config.max_code_bytes,
             tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes),
             keep_versions=config.keep_versions,
             metrics=metrics,
             logs=logs,
-            async_backoff_s=config.async_backoff,
             domain=config.domain,
             docker_version=await asyncio.to_thread(docker_engine_version, client),
             artifacts=artifacts,
-            max_queued_events=config.max_queued_events,
-            max_event_bytes=config.max_event_bytes,
         )
-        keyring = KeyRing(keys)
-        control.attach_keyring(keyring)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
         def admit(function: str, number: int | None,
@@ -379,13 +393,11 @@ class Daemon:
                 identify=keyring.identify)
 
         gateway = Gateway(
-            runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
+            invoker, domain=config.domain, max_body_bytes=config.max_body_bytes,
             body_timeout=config.body_timeout,
             admit=admit, max_connections=max_connections,
             max_buffered_body_bytes=config.max_buffered_body_bytes,
-            enqueue=lambda name, body: control.enqueue(name, body, source="http"),
-            observe=lambda name, code, seconds, start, failed: metrics.invocation(
-                name, "http", code, seconds, start=start, function_error=failed),
+            enqueue=lambda name, body: queue.enqueue(name, body, source="http"),
         )
         metrics.watch_gateway(lambda: GatewaySample(
             connections=gateway.connections, connection_limit=gateway.max_connections,
@@ -428,17 +440,6 @@ class Daemon:
         if recovered:
             log.info("async: %d invocation(s) cut short by the last stop are queued again",
                      recovered)
-        worker = AsyncWorker(store.invocations, control.deliver, control.retry_policy,
-                             control.delivery_limit)
-        control.set_enqueue_listener(worker.wake)
-
-        async def invocation_status(invocation_id: str) -> str:
-            status: str = await store.invocations.status(invocation_id)
-            return status
-
-        cron = CronRunner(store.schedules, control.enqueue_scheduled, invocation_status,
-                          worker.cancel, catch_up_window_s=config.catch_up_window)
-        control.attach_scheduler(cron)
         runtime.ensure_minimums()
         await watch_exits(stack, backend, runtime)
         # Delivery and cron (with its catch-up of runs missed while down) start before the

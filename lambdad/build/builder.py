@@ -28,7 +28,7 @@ import urllib3.exceptions
 
 from lambdad import labels
 from lambdad.build import sandbox, tarball
-from lambdad.build.artifacts import ArtifactStore, normalize_modes
+from lambdad.build.artifacts import ArtifactSink, normalize_modes
 from lambdad.build.depcache import DepsCache, cache_key, wheelhouse_fingerprint
 from lambdad.build.dockerfile import foreign_labels, generated_dockerfile, label_instruction
 from lambdad.build.requirements import MAX_BYTES as MAX_REQUIREMENTS_BYTES
@@ -72,7 +72,7 @@ class ImageBuilder:
         spool_dir: Path,
         daemon_id: str,
         wheelhouse: Path | None = None,
-        artifacts: ArtifactStore | None = None,
+        artifacts: ArtifactSink | None = None,
         limits: BuildLimits | None = None,
         api_factory: Callable[[], docker.APIClient] | None = None,
         cache: DepsCache | None = None,

@@ -37,9 +37,6 @@ from lambdad.runtime.invocation import (
 log = logging.getLogger("lambdad.gateway")
 
 Reply = tuple[int, Headers, bytes]
-# (function, status, seconds to the response head, how the instance was got: warm, cell,
-# unpaused, container, or "" without one; the handler raised)
-Observer = Callable[[str, int, float, str, bool], None]
 # (function, pinned version or None, request headers) -> None when the request may go on,
 # else the error to answer with; decided on the head alone (the function and version exist,
 # auth = "key"), and may take credentials out of the headers it was given.
@@ -71,7 +68,6 @@ class Gateway:
         header_timeout: float = 10.0,
         body_timeout: float = 60.0,
         keepalive_timeout: float = 75.0,
-        observe: Observer | None = None,
         enqueue: Enqueue | None = None,
         admit: Admit | None = None,
         max_connections: int = 1024,
@@ -84,7 +80,6 @@ class Gateway:
         self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.invoker = invoker
-        self.observe = observe
         self.enqueue = enqueue
         self.domain = domain
         self.max_body_bytes = max_body_bytes
@@ -438,6 +433,7 @@ class _Client:
             invocation_type="http",
             request_id=request_id,
             version=version,
+            received_at=self.started,
         ), share)
         del body  # from here the invocation holds the only reference
         return await self._watching(work)
@@ -504,32 +500,19 @@ class _Client:
             self._invocation = None
 
     async def _invoke(self, invocation: InvocationRequest, share: Hold) -> int:
-        function, request_id, version = (invocation.function, invocation.request_id,
-                                         invocation.version)
+        request_id, version = invocation.request_id, invocation.version
         try:
-            response = await self.gw.invoker.invoke(invocation)
+            response = await self.gw.invoker.invoke(invocation)  # observed by the invoker
         except Exception as exc:
-            reply = error_response(exc, request_id)
-            if not isinstance(exc, errors.NotFound):  # any Host would make a new label
-                self._observe(function, reply[0])
-            return await self._respond(reply, version=version)
+            return await self._respond(error_response(exc, request_id), version=version)
         finally:
             # The instance has the body (or it never will): drop it, give its bytes back.
             del invocation
             share.release()
-        failed = any(key == b"lambda-function-error" for key, _ in response.headers)
-        self._observe(function, response.status, start=response.start,
-                      function_error=failed)
         try:
             return await self._relay(response, request_id)
         finally:
             await _dispose(response)
-
-    def _observe(self, function: str, status: int, *, start: str = "",
-                 function_error: bool = False) -> None:
-        if self.gw.observe is not None:
-            seconds = asyncio.get_running_loop().time() - self.started
-            self.gw.observe(function, status, seconds, start, function_error)
 
     async def _relay(self, response: InvocationResponse, request_id: str) -> int:
         status = response.status

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lambdad.build.artifacts import ArtifactStore, link_into
+from lambdad.build.artifacts import ArtifactSource, ArtifactStore, link_into
 from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailable
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.cells import Cell, CellClass, CellPool, ClassStats, needs_own_process
@@ -76,7 +76,7 @@ class RuntimeManager:
     def __init__(
         self, backend: DockerBackend, *, instances_dir: Path, start_timeout: float = 30.0,
         on_instance: Callable[[Instance, str], None] | None = None,
-        artifacts: ArtifactStore | None = None, cells_dir: Path | None = None,
+        artifacts: ArtifactSource | None = None, cells_dir: Path | None = None,
         cell_pool_size: int = 0, runtime_image: str = "lambda-runtime/python:3.11",
         pause_after: float = 0.0,
     ) -> None:
