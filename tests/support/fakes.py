@@ -15,14 +15,14 @@ import hashlib
 import io
 import tarfile
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildSpec, BuiltImage, TarLimits
 from lambdad.control import AsyncQueue, ControlPlane, DeployHeader, Invoker
-from lambdad.errors import BuildFailed, NotFound, Unavailable
+from lambdad.errors import BuildFailed, NotFound
 from lambdad.functions import FunctionVersion, Overrides
 from lambdad.metrics import Metrics
 from lambdad.queue.worker import AsyncWorker
@@ -241,7 +241,6 @@ class ControlParts:
     control: ControlPlane
     wake: asyncio.Event
     spool: Path
-    enqueued_by_cron: list[str] = field(default_factory=list)
 
     async def deploy(self, name: str = "greet", **kwargs: Any) -> list[Any]:
         data = code_archive()
@@ -293,5 +292,5 @@ async def control_parts(tmp_path: Path, *, keep_versions: int = 10,
         await store.close()
 
 
-__all__ = ["ControlParts", "FakeBuilder", "FakeInstance", "FakeRuntime", "Unavailable",
-           "chunked", "code_archive", "control_parts", "failing", "header_for", "response"]
+__all__ = ["ControlParts", "FakeBuilder", "FakeInstance", "FakeRuntime", "chunked",
+           "code_archive", "control_parts", "failing", "header_for", "response"]

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from lambdad.control import BuildOutput, DeployResult, Progress
+from lambdad.control.builds import Builds
+from lambdad.control.locks import FunctionLocks
+from lambdad.control.versions import Versions
 from lambdad.errors import (
     BuildFailed,
     FailedPrecondition,
@@ -156,6 +159,23 @@ def test_pruning_a_version_keeps_the_image_a_config_version_shares(tmp_path: Pat
     run(tmp_path, scenario, keep_versions=2)
 
 
+def test_retention_never_prunes_the_active_version(tmp_path: Path) -> None:
+    """keep_versions lowered (a restart with a new setting) after a rollback: the active
+    version is older than the newest kept ones and keeps its image all the same."""
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")
+        await p.deploy("greet")
+        await p.control.rollback("greet", 1)
+        versions = Versions(store=p.store, runtime=p.runtime,
+                            builds=Builds(p.builder, p.artifacts), locks=FunctionLocks(),
+                            image_prefix="lambda-fn", url=p.control.url, keep_versions=1)
+        await versions.apply_retention("greet")
+        assert [v.pruned for v in await p.store.versions("greet")] == [False, False]
+        assert p.artifacts.find("greet", 1) is not None
+        assert "lambda-fn/greet:v1" in p.builder.images
+    run(tmp_path, scenario, keep_versions=2)
+
+
 def test_rollback(tmp_path: Path) -> None:
     async def scenario(p: ControlParts) -> None:
         await p.deploy("greet")
@@ -270,7 +290,7 @@ def test_delete_is_refused_while_a_change_is_under_way(tmp_path: Path) -> None:
             await asyncio.sleep(0)
         assert (await p.control.get_function("greet")).status == "deploying"
         with pytest.raises(FailedPrecondition, match="being deployed"):
-            await p.control.delete("greet")
+            await asyncio.wait_for(p.control.delete("greet"), 10)  # refused, never waits
         gate.set()
         await deploying
         assert (await p.control.get_function("greet")).status == "ready"
