@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from lambdad.build import BuildSpec, BuiltImage, TarLimits, TarSummary, tarball
 from lambdad.control.builds import Builds
@@ -34,6 +35,8 @@ log = logging.getLogger("lambdad.control")
 # Deploy step 3 says how the first instance started (StartPlan.path in words).
 START_WORDS = {"cell": "stem cell", "container": "container"}
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Upload:
@@ -48,6 +51,17 @@ def count(metrics: Metrics | None, kind: str, result: str) -> None:
     """One deploy, rollback or config change ended with `result` (success or a reason)."""
     if metrics is not None:
         metrics.deploys.labels(kind, result).inc()
+
+
+async def counted(metrics: Metrics | None, kind: str, work: Awaitable[T]) -> T:
+    """`work`'s result, counted as a success, or its LambdaError counted by reason."""
+    try:
+        result = await work
+    except LambdaError as exc:
+        count(metrics, kind, exc.reason)
+        raise
+    count(metrics, kind, "success")
+    return result
 
 
 class Deployer:

@@ -9,11 +9,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from lambdad.control.builds import Builds
-from lambdad.control.deploy import count
+from lambdad.control.deploy import counted
 from lambdad.control.locks import FunctionLocks
 from lambdad.control.model import DeployResult
 from lambdad.control.ports import Runtime
-from lambdad.errors import FailedPrecondition, LambdaError, NotFound
+from lambdad.errors import FailedPrecondition, NotFound
 from lambdad.functions import Activation, FunctionVersion, Overrides, validate_name
 from lambdad.functions.manifest import apply_overrides
 from lambdad.logs import LogStore
@@ -72,13 +72,7 @@ class Versions:
         """Makes an earlier version live again: no rebuild, not a new version.
 
         Returns (the version now live, the one it replaced)."""
-        try:
-            result = await self._rollback(name, to_version)
-        except LambdaError as exc:
-            count(self._metrics, "rollback", exc.reason)
-            raise
-        count(self._metrics, "rollback", "success")
-        return result
+        return await counted(self._metrics, "rollback", self._rollback(name, to_version))
 
     async def _rollback(self, name: str, to_version: int | None) -> tuple[int, int]:
         validate_name(name)
@@ -122,13 +116,7 @@ class Versions:
 
     async def update_config(self, name: str, overrides: Overrides) -> DeployResult:
         """A new version with the active version's image and new settings."""
-        try:
-            result = await self._update_config(name, overrides)
-        except LambdaError as exc:
-            count(self._metrics, "config", exc.reason)
-            raise
-        count(self._metrics, "config", "success")
-        return result
+        return await counted(self._metrics, "config", self._update_config(name, overrides))
 
     async def _update_config(self, name: str, overrides: Overrides) -> DeployResult:
         validate_name(name)

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import io
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,15 @@ class ControlParts:
         return self.metrics.registry.get_sample_value(metric, labels) or 0.0
 
 
+def run_with_parts(tmp_path: Path, scenario: Callable[[ControlParts], Awaitable[None]],
+                   **options: Any) -> None:
+    """Runs `scenario` on a fresh event loop with fresh parts (see `control_parts`)."""
+    async def main() -> None:
+        async with control_parts(tmp_path, **options) as parts:
+            await scenario(parts)
+    asyncio.run(main())
+
+
 @contextlib.asynccontextmanager
 async def control_parts(tmp_path: Path, *, keep_versions: int = 10,
                         max_queued_events: int = 1000,
@@ -293,4 +302,5 @@ async def control_parts(tmp_path: Path, *, keep_versions: int = 10,
 
 
 __all__ = ["ControlParts", "FakeBuilder", "FakeInstance", "FakeRuntime", "chunked",
-           "code_archive", "control_parts", "failing", "header_for", "response"]
+           "code_archive", "control_parts", "failing", "header_for", "response",
+           "run_with_parts"]

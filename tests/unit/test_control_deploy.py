@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,11 @@ from tests.support.fakes import (
     ControlParts,
     chunked,
     code_archive,
-    control_parts,
     header_for,
+    run_with_parts,
 )
 
-
-def run(tmp_path: Path, scenario: Callable[[ControlParts], Awaitable[None]],
-        **options: Any) -> None:
-    async def main() -> None:
-        async with control_parts(tmp_path, **options) as parts:
-            await scenario(parts)
-    asyncio.run(main())
+run = run_with_parts
 
 
 def deploys(parts: ControlParts, result: str) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,9 @@ from lambdad.errors import (
 )
 from lambdad.functions import Overrides
 from lambdad.runtime.invocation import InvocationRequest
-from tests.support.fakes import ControlParts, control_parts, failing, response
+from tests.support.fakes import ControlParts, failing, response, run_with_parts
 
-
-def run(tmp_path: Path, scenario: Callable[[ControlParts], Awaitable[None]],
-        **options: Any) -> None:
-    async def main() -> None:
-        async with control_parts(tmp_path, **options) as parts:
-            await scenario(parts)
-    asyncio.run(main())
+run = run_with_parts
 
 
 def invocations(p: ControlParts, kind: str, code: int, function: str = "greet") -> float:
