@@ -22,7 +22,7 @@ from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
 from lambdad.components import Database, Delivery, Functions, Housekeeping, Logs, Ready
 from lambdad.config import Config
-from lambdad.control import ControlPlane
+from lambdad.control import AsyncQueue, ControlPlane, Invoker
 from lambdad.errors import LambdaError
 from lambdad.gateway import admission
 from lambdad.gateway.server import Gateway
@@ -209,17 +209,16 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
             min_free_disk_bytes=config.build_min_free_disk_bytes),
         cache=DepsCache(state / "build-cache", config.build_cache_bytes))
     keyring = KeyRing(host.keys)
-    control, worker, cron = build_control(config, store, builder, runtime, metrics, logs,
-                                          artifacts, keyring, engine.version)
+    parts = build_control(config, store, builder, runtime, metrics, logs, artifacts, keyring,
+                          engine.version)
+    control = parts.control
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gateway = Gateway(
-        runtime, domain=config.domain, max_body_bytes=config.max_body_bytes,
+        parts.invoker, domain=config.domain, max_body_bytes=config.max_body_bytes,
         body_timeout=config.body_timeout,
         admit=http_admission(runtime, keyring), max_connections=host.max_connections,
         max_buffered_body_bytes=config.max_buffered_body_bytes,
-        enqueue=lambda name, body: control.enqueue(name, body, source="http"),
-        observe=lambda name, code, seconds, start, failed: metrics.invocation(
-            name, "http", code, seconds, start=start, function_error=failed),
+        enqueue=lambda name, body: parts.queue.enqueue(name, body, source="http"),
     )
     metrics.watch_gateway(lambda: GatewaySample(
         connections=gateway.connections, connection_limit=gateway.max_connections,
@@ -248,46 +247,58 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
 
     notifier = Notifier()
     housekeeper = housekeeping(runtime, control, store, notifier, status_line)
-    return Parts(store, metrics, logs, capture, backend, runtime, keyring, control, worker,
-                 cron, health_servicer, gateway, admin, local, remote, notifier, housekeeper,
+    return Parts(store, metrics, logs, capture, backend, runtime, keyring, control,
+                 parts.worker, parts.cron, health_servicer, gateway, admin, local, remote, notifier, housekeeper,
                  status_line)
 
 
 # --- The control plane and the two loops it feeds: built together, in one place. ---
 
+@dataclass
+class ControlParts:
+    control: ControlPlane
+    invoker: Invoker  # the one invoke-and-observe path: gateway, Invoke RPC, deliveries
+    queue: AsyncQueue
+    worker: AsyncWorker
+    cron: CronRunner
+
+
 def build_control(
     config: Config, store: Store, builder: ImageBuilder, runtime: RuntimeManager,
     metrics: Metrics, logs: LogStore, artifacts: ArtifactStore, keyring: KeyRing,
     docker_version: str,
-) -> tuple[ControlPlane, AsyncWorker, CronRunner]:
+) -> ControlParts:
+    """In an order without cycles: what queues an event and the worker that delivers it
+    share `wake`; cron queues through the queue; the facade gets every use case's parts."""
+    invoker = Invoker(runtime, metrics)
+    wake = asyncio.Event()
+    queue = AsyncQueue(
+        store=store, runtime=runtime, invoker=invoker, wake=wake.set, metrics=metrics,
+        backoff_s=config.async_backoff, max_queued_events=config.max_queued_events,
+        max_event_bytes=config.max_event_bytes)
+    worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
+                         queue.delivery_limit, wake=wake)
+
+    async def invocation_status(invocation_id: str) -> str:
+        status: str = await store.invocations.status(invocation_id)
+        return status
+
+    cron = CronRunner(store.schedules, queue.enqueue_scheduled, invocation_status,
+                      worker.cancel, catch_up_window_s=config.catch_up_window)
     control = ControlPlane(
-        store=store, builder=builder, runtime=runtime, spool_dir=config.state_dir / "spool",
+        store=store, builder=builder, runtime=runtime, invoker=invoker, queue=queue,
+        cron=cron, keyring=keyring, spool_dir=config.state_dir / "spool",
         image_prefix=config.image_prefix, url_template=function_url_template(config),
         max_code_bytes=config.max_code_bytes,
         tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes),
         keep_versions=config.keep_versions,
         metrics=metrics,
         logs=logs,
-        async_backoff_s=config.async_backoff,
         domain=config.domain,
         docker_version=docker_version,
         artifacts=artifacts,
-        max_queued_events=config.max_queued_events,
-        max_event_bytes=config.max_event_bytes,
     )
-    control.attach_keyring(keyring)
-    worker = AsyncWorker(store.invocations, control.deliver, control.retry_policy,
-                         control.delivery_limit)
-    control.set_enqueue_listener(worker.wake)
-
-    async def invocation_status(invocation_id: str) -> str:
-        status: str = await store.invocations.status(invocation_id)
-        return status
-
-    cron = CronRunner(store.schedules, control.enqueue_scheduled, invocation_status,
-                      worker.cancel, catch_up_window_s=config.catch_up_window)
-    control.attach_scheduler(cron)
-    return control, worker, cron
+    return ControlParts(control, invoker, queue, worker, cron)
 
 # --- end of the control plane's construction ---
 

@@ -5,6 +5,9 @@ root), every file in it is 0644 (0755 if executable) and owned by the daemon, so
 function's user can read its code but never change it. A cell gets a private copy
 made of hard links (`link_into`): no bytes are copied, the cell sees only its own
 version, and removing one never touches the other.
+
+One owner: the builder may only `save` (ArtifactSink) and the runtime manager only `find`
+(ArtifactSource); cloning, removing and retaining are decided by `lambdad.control.builds`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,24 @@ import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 TASK = "task"
 DEPS = "deps"
 RUNTIME_IMAGE = "runtime-image"  # the id of the runtime image the version was built on
+
+
+class ArtifactSink(Protocol):
+    """What a build may do to the store: write its version's artifact."""
+
+    def save(self, function: str, version: int, code: Path, deps: Path | None,
+             runtime_image: str = "") -> Path: ...
+
+
+class ArtifactSource(Protocol):
+    """What the runtime manager may do: find a version's artifact to link into a cell."""
+
+    def find(self, function: str, version: int) -> Path | None: ...
 
 
 class ArtifactStore:

@@ -27,7 +27,7 @@ import urllib3.exceptions
 
 from lambdad import labels
 from lambdad.build import extraction, sandbox, tarball
-from lambdad.build.artifacts import ArtifactStore, normalize_modes
+from lambdad.build.artifacts import ArtifactSink, normalize_modes
 from lambdad.build.depcache import DepsCache, cache_key, wheelhouse_fingerprint
 from lambdad.build.dockerfile import generated_dockerfile, label_instruction
 from lambdad.build.images import FunctionImages
@@ -74,7 +74,7 @@ class ImageBuilder:
         spool_dir: Path,
         daemon_id: str,
         wheelhouse: Path | None = None,
-        artifacts: ArtifactStore | None = None,
+        artifacts: ArtifactSink | None = None,
         limits: BuildLimits | None = None,
         api_factory: Callable[[], docker.APIClient] | None = None,
         cache: DepsCache | None = None,

@@ -141,32 +141,19 @@ class Client:
         return await self._respond((202, headers, payload))
 
     async def _invoke(self, invocation: InvocationRequest, share: Hold) -> int:
-        function, request_id, version = (invocation.function, invocation.request_id,
-                                         invocation.version)
+        request_id, version = invocation.request_id, invocation.version
         try:
-            response = await self.gw.invoker.invoke(invocation)
+            response = await self.gw.invoker.invoke(invocation)  # observed by the invoker
         except Exception as exc:
-            reply = error_response(exc, request_id)
-            if not isinstance(exc, errors.NotFound):  # any Host would make a new label
-                self._observe(function, reply[0])
-            return await self._respond(reply, version=version)
+            return await self._respond(error_response(exc, request_id), version=version)
         finally:
             # The instance has the body (or it never will): drop it, give its bytes back.
             del invocation
             share.release()
-        failed = any(key == b"lambda-function-error" for key, _ in response.headers)
-        self._observe(function, response.status, start=response.start,
-                      function_error=failed)
         try:
             return await self._relay(response, request_id)
         finally:
             await _dispose(response)
-
-    def _observe(self, function: str, status: int, *, start: str = "",
-                 function_error: bool = False) -> None:
-        if self.gw.observe is not None:
-            seconds = asyncio.get_running_loop().time() - self.rules.started
-            self.gw.observe(function, status, seconds, start, function_error)
 
     async def _relay(self, response: InvocationResponse, request_id: str) -> int:
         status = response.status

@@ -343,6 +343,7 @@ class ClientConnection:
             invocation_type="http",
             request_id=self.request_id,
             version=version,
+            received_at=self.started,
         ), share)
 
     # --- inside ------------------------------------------------------------------------

@@ -25,9 +25,6 @@ log = logging.getLogger("lambdad.gateway")
 
 __all__ = ["Admit", "Gateway", "read_deadline"]
 
-# (function, status, seconds to the response head, how the instance was got: warm, cell,
-# unpaused, container, or "" without one; the handler raised)
-Observer = Callable[[str, int, float, str, bool], None]
 # (function, JSON payload) -> invocation id; for `Lambda-Invocation-Type: Event` requests
 Enqueue = Callable[[str, bytes], Awaitable[str]]
 
@@ -44,7 +41,6 @@ class Gateway:
         header_timeout: float = 10.0,
         body_timeout: float = 60.0,
         keepalive_timeout: float = 75.0,
-        observe: Observer | None = None,
         enqueue: Enqueue | None = None,
         admit: Admit | None = None,
         max_connections: int = 1024,
@@ -57,7 +53,6 @@ class Gateway:
         self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.invoker = invoker
-        self.observe = observe
         self.enqueue = enqueue
         self.domain = domain
         self.max_body_bytes = max_body_bytes

@@ -36,13 +36,15 @@ class AsyncWorker:
         limit_for: Callable[[str], int],
         *,
         concurrency: int = 32,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self._table = table
         self._deliver = deliver
         self._policy_for = policy_for
         self._limit_for = limit_for
         self._concurrency = concurrency
-        self._wake = asyncio.Event()
+        # Set by whoever queues an event (given here, so the queue need not know the worker).
+        self._wake = wake if wake is not None else asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._per_function: dict[str, int] = {}  # deliveries running, per function
         self._served: dict[str, int] = {}  # function -> the turn it was last served in

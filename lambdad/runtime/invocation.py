@@ -24,6 +24,9 @@ class InvocationRequest:
     invocation_type: InvocationType
     request_id: str
     version: int | None = None  # None: the active version
+    # Loop time the request arrived (the gateway: its head); None: when invoked. Where the
+    # duration recorded for the invocation starts.
+    received_at: float | None = None
 
 
 async def _no_body() -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from lambdad.build.artifacts import ArtifactStore
+from lambdad.build.artifacts import ArtifactSource
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.backend import Backend
 from lambdad.runtime.cells import CellClass, ClassStats
@@ -45,7 +45,7 @@ class RuntimeManager:
     def __init__(
         self, backend: Backend, *, instances_dir: Path, start_timeout: float = 30.0,
         on_instance: Callable[[Instance, str], None] | None = None,
-        artifacts: ArtifactStore | None = None, cells_dir: Path | None = None,
+        artifacts: ArtifactSource | None = None, cells_dir: Path | None = None,
         cell_pool_size: int = 0, runtime_image: str = "lambda-runtime/python:3.11",
         pause_after: float = 0.0, socket_owner: int = CONTAINER_UID,
     ) -> None:

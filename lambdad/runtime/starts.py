@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambdad.build.artifacts import ArtifactStore, link_into
+from lambdad.build.artifacts import ArtifactSource, ArtifactStore, link_into
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.backend import Backend
 from lambdad.runtime.cells import Cell, CellClass, CellPool, needs_own_process
@@ -58,7 +58,7 @@ class StartPlan:
 class Starter:
     def __init__(
         self, backend: Backend, stopper: Stopper, readiness: Readiness, *,
-        instances_dir: Path, cells_dir: Path, artifacts: ArtifactStore | None,
+        instances_dir: Path, cells_dir: Path, artifacts: ArtifactSource | None,
         cell_pool_size: int, runtime_image: str, notify: Notify,
         spawn: Callable[[Awaitable[None]], None], socket_owner: int = CONTAINER_UID,
     ) -> None:

@@ -45,7 +45,8 @@ class Store:
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
                      "busy_timeout": 5000},
         )
-        # Usable once `open` ran; made here so the parts that hold them are built first.
+        # The tables other packages own, there from the start (usable once open), so the
+        # parts that hold them (the AsyncWorker, the CronRunner) can be made before it opens.
         self.invocations = _Async(self, InvocationTable(self._db))
         self.schedules = _Async(self, ScheduleTable(self._db))
         self.keys = _Async(self, KeyTable(self._db))

@@ -1,0 +1,227 @@
+"""Deploy: receive an upload, validate it, build it, start its first instance, record it.
+
+Nothing is left on failure: the spool file always goes; an image and artifact built for a
+version that never got its row are removed, and so is an instance started for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from lambdad.build import BuildSpec, BuiltImage, TarLimits, TarSummary, tarball
+from lambdad.control.builds import Builds
+from lambdad.control.faults import fault_point
+from lambdad.control.locks import FunctionLocks
+from lambdad.control.model import BuildOutput, DeployEvent, DeployHeader, DeployResult, Progress
+from lambdad.control.ports import Builder, Runtime
+from lambdad.errors import InvalidArgument, LambdaError, PayloadTooLarge
+from lambdad.functions import FunctionConfig, FunctionVersion, validate_name
+from lambdad.functions.manifest import apply_overrides, parse_manifest
+from lambdad.metrics import Metrics
+from lambdad.store import Store
+
+log = logging.getLogger("lambdad.control")
+
+# Deploy step 3 says how the first instance started (StartPlan.path in words).
+START_WORDS = {"cell": "stem cell", "container": "container"}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Where uploads are spooled and how big they may be."""
+
+    spool_dir: Path
+    max_code_bytes: int
+    tar_limits: TarLimits
+
+
+def count(metrics: Metrics | None, kind: str, result: str) -> None:
+    """One deploy, rollback or config change ended with `result` (success or a reason)."""
+    if metrics is not None:
+        metrics.deploys.labels(kind, result).inc()
+
+
+async def counted(metrics: Metrics | None, kind: str, work: Awaitable[T]) -> T:
+    """`work`'s result, counted as a success, or its LambdaError counted by reason."""
+    try:
+        result = await work
+    except LambdaError as exc:
+        count(metrics, kind, exc.reason)
+        raise
+    count(metrics, kind, "success")
+    return result
+
+
+class Deployer:
+    def __init__(
+        self, *, store: Store, builder: Builder, runtime: Runtime, builds: Builds,
+        locks: FunctionLocks, upload: Upload, image_prefix: str, url: Callable[[str], str],
+        retain: Callable[[str], Awaitable[None]], metrics: Metrics | None = None,
+    ) -> None:
+        self._store = store
+        self._builder = builder
+        self._runtime = runtime
+        self._builds = builds
+        self._locks = locks
+        self._upload = upload
+        self._image_prefix = image_prefix
+        self._url = url
+        self._retain = retain  # the retention policy, run after a version goes live
+        self._metrics = metrics
+
+    async def deploy(
+        self, header: DeployHeader, chunks: AsyncIterator[bytes], *, deployed_by: str = "local"
+    ) -> AsyncIterator[DeployEvent]:
+        """Receives, validates, builds and starts a new version; nothing is left on failure."""
+        result = "aborted"
+        try:
+            async for event in self._deploy(header, chunks, deployed_by):
+                if isinstance(event, DeployResult):
+                    result = "success"
+                yield event
+        except LambdaError as exc:
+            result = exc.reason
+            raise
+        finally:
+            count(self._metrics, "deploy", result)
+
+    async def _deploy(
+        self, header: DeployHeader, chunks: AsyncIterator[bytes], deployed_by: str
+    ) -> AsyncIterator[DeployEvent]:
+        upload = self._upload
+        if header.name:
+            validate_name(header.name)
+        if header.size > upload.max_code_bytes:
+            raise PayloadTooLarge(
+                f"code archive is {header.size} bytes; the limit is {upload.max_code_bytes}"
+            )
+        if len(header.sha256) != 64 or not all(c in "0123456789abcdef" for c in header.sha256):
+            raise InvalidArgument("header.sha256 must be 64 lowercase hex digits")
+        upload.spool_dir.mkdir(parents=True, exist_ok=True)
+        archive = upload.spool_dir / f"upload-{secrets.token_hex(8)}.tar"
+        try:
+            await receive(header, chunks, archive)
+            fault_point("received")
+            summary = await asyncio.to_thread(tarball.validate, archive, upload.tar_limits)
+            summary.require_regular(tarball.MANIFEST, tarball.DOCKERFILE, tarball.REQUIREMENTS,
+                                    ".dockerignore")
+            manifest_text = await asyncio.to_thread(
+                tarball.read_member, archive, tarball.MANIFEST, summary.format,
+                upload.tar_limits)
+            manifest = parse_manifest(
+                manifest_text, has_dockerfile=tarball.DOCKERFILE in summary.files
+            )
+            name = header.name or manifest.name
+            if not name:
+                raise InvalidArgument("no function name: pass --name or set name in lambda.toml")
+            config = apply_overrides(manifest.config, header.overrides)
+            check_handler(config, summary)
+            async with self._locks.of(name):
+                async for event in self._build_and_start(
+                    name, config, archive, summary, header, deployed_by
+                ):
+                    yield event
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                archive.unlink()
+
+    async def _build_and_start(
+        self, name: str, config: FunctionConfig, archive: Path, summary: TarSummary,
+        header: DeployHeader, deployed_by: str,
+    ) -> AsyncIterator[DeployEvent]:
+        number = await self._store.next_version_number(name)
+        image = f"{self._image_prefix}/{name}:v{number}"
+        yield Progress(2, f'Building image "{image}"', done=False)
+        built: BuiltImage | None = None
+        started = time.monotonic()
+        spec = BuildSpec(function=name, version=number, image=image, archive=archive,
+                         runtime=config.runtime, archive_format=summary.format,
+                         tar_limits=self._upload.tar_limits, no_cache=header.no_cache)
+        try:
+            async for item in self._builder.build(spec):
+                if isinstance(item, BuiltImage):
+                    built = item
+                else:
+                    yield BuildOutput(item)
+            assert built is not None
+            build_s = time.monotonic() - started
+            if self._metrics is not None:
+                self._metrics.build_duration.observe(build_s)
+            fault_point("built")
+            yield Progress(2, f'Building image "{image}"', done=True)
+            version = FunctionVersion(
+                function=name, number=number, image=image, image_id=built.image_id,
+                config=config, code_sha256=header.sha256, code_size=header.size,
+                created_at=datetime.now(UTC), deployed_by=deployed_by,
+            )
+            # The path is chosen before the step is announced, so the step names it.
+            plan = self._runtime.plan_start(version)
+            starting = f"Starting instance ({START_WORDS[plan.path]})"
+            try:
+                yield Progress(3, starting, done=False)
+                instance = await self._runtime.start_instance(version, plan=plan)
+            finally:
+                self._runtime.abandon(plan)  # a cell taken but not used (the deploy ended)
+            fault_point("started")
+            start_s = time.monotonic() - started - build_s
+        except BaseException:
+            await self._builds.remove(name, number, image)
+            raise
+        try:
+            await self._store.add_version(version, activate=True)
+            fault_point("recorded")
+        except BaseException:
+            await self._runtime.remove_instance(instance)
+            await self._builds.remove(name, number, image)
+            raise
+        self._runtime.activate(version, instance)
+        log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
+                 "build_ms=%.0f start_ms=%.0f start=%s", name, number, image, header.size,
+                 summary.unpacked_bytes, build_s * 1000, start_s * 1000, instance.start_path)
+        await self._retain(name)
+        yield Progress(3, starting, done=True)
+        yield DeployResult(name=name, version=number, image=image, url=self._url(name))
+
+
+def check_handler(config: FunctionConfig, summary: TarSummary) -> None:
+    """A handler `pkg.mod.fn` needs pkg/mod.py (or its package) in the archive."""
+    if config.runtime != "docker" and "." in config.handler:
+        module = config.handler.rsplit(".", 1)[0].replace(".", "/")
+        if f"{module}.py" not in summary.files and f"{module}/__init__.py" not in summary.files:
+            raise InvalidArgument(
+                f"handler {config.handler!r}: no {module}.py in the function folder"
+            )
+
+
+async def receive(header: DeployHeader, chunks: AsyncIterator[bytes], archive: Path) -> None:
+    """Spools the upload to `archive`, checking its length and sha256 against the header."""
+    digest = hashlib.sha256()
+    received = 0
+    with archive.open("wb") as out:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > header.size:
+                raise InvalidArgument(
+                    f"upload is longer than the {header.size} bytes the header announced"
+                )
+            digest.update(chunk)
+            await asyncio.to_thread(out.write, chunk)
+    if received < header.size:
+        raise InvalidArgument(
+            f"upload truncated: received {received} of {header.size} bytes"
+        )
+    if digest.hexdigest() != header.sha256:
+        raise InvalidArgument("upload checksum mismatch: the sha256 of the bytes received "
+                              "differs from the header's")
