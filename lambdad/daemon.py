@@ -248,8 +248,8 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     notifier = Notifier()
     housekeeper = housekeeping(runtime, control, store, notifier, status_line)
     return Parts(store, metrics, logs, capture, backend, runtime, keyring, control,
-                 parts.worker, parts.cron, health_servicer, gateway, admin, local, remote, notifier, housekeeper,
-                 status_line)
+                 parts.worker, parts.cron, health_servicer, gateway, admin, local, remote,
+                 notifier, housekeeper, status_line)
 
 
 # --- The control plane and the two loops it feeds: built together, in one place. ---

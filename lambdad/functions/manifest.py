@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from lambdad.errors import InvalidArgument
@@ -55,24 +55,15 @@ class Scaling:
     queue_timeout_s: int | None = None  # None: the function's timeout
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "concurrency": self.concurrency,
-            "min_instances": self.min_instances,
-            "max_instances": self.max_instances,
-            "idle_timeout_s": self.idle_timeout_s,
-            "queue_timeout_s": self.queue_timeout_s,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scaling:
-        queue = data.get("queue_timeout_s")
-        return cls(
-            concurrency=int(data.get("concurrency", 1)),
-            min_instances=int(data.get("min_instances", 0)),
-            max_instances=int(data.get("max_instances", 10)),
-            idle_timeout_s=int(data.get("idle_timeout_s", 300)),
-            queue_timeout_s=None if queue is None else int(queue),
-        )
+        """Reads a stored scaling block; a missing key takes its default."""
+        values: dict[str, Any] = {
+            name: None if value is None and name == "queue_timeout_s" else int(value)
+            for name, value in _stored(cls, data).items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -96,38 +87,31 @@ class FunctionConfig:
         return self.timeout_s if queue is None else queue
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime,
-            "handler": self.handler,
-            "timeout_s": self.timeout_s,
-            "memory_mb": self.memory_mb,
-            "env": dict(self.env),
-            "network": self.network,
-            "cpu": self.cpu,
-            "pids_limit": self.pids_limit,
-            "scaling": self.scaling.to_dict(),
-            "async_retries": self.async_retries,
-            "async_max_age_s": self.async_max_age_s,
-            "auth": self.auth,
-        }
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**values, "env": dict(self.env), "scaling": self.scaling.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FunctionConfig:
         """Reads a stored config; keys added by later releases take their defaults."""
-        return cls(
-            runtime=str(data["runtime"]),
-            handler=str(data["handler"]),
-            timeout_s=int(data["timeout_s"]),
-            memory_mb=int(data["memory_mb"]),
-            env=dict(data.get("env", {})),
-            network=str(data.get("network", "none")),
-            cpu=float(data.get("cpu", DEFAULT_CPU)),
-            pids_limit=int(data.get("pids_limit", DEFAULT_PIDS_LIMIT)),
-            scaling=Scaling.from_dict(data.get("scaling", {})),
-            async_retries=int(data.get("async_retries", 2)),
-            async_max_age_s=int(data.get("async_max_age_s", MAX_EVENT_AGE_S)),
-            auth=str(data.get("auth", "none")),
-        )
+        missing = [key for key in _STORED_ALWAYS if key not in data]
+        if missing:
+            raise KeyError(missing[0])
+        defaults = cls()
+        values: dict[str, Any] = {
+            name: (Scaling.from_dict(value) if name == "scaling"
+                   else dict(value) if name == "env"
+                   else type(getattr(defaults, name))(value))
+            for name, value in _stored(cls, data).items()
+        }
+        return cls(**values)
+
+
+_STORED_ALWAYS = ("runtime", "handler", "timeout_s", "memory_mb")  # in every stored config
+
+
+def _stored(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored values of `cls`'s fields; a field the data lacks is left to its default."""
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,22 @@ def test_config_round_trips_through_dict() -> None:
     assert FunctionConfig.from_dict(config.to_dict()) == config
 
 
+def test_a_config_stored_by_an_older_release_reads_with_defaults() -> None:
+    stored = {"runtime": "python3.11", "handler": "app.main", "timeout_s": 5, "memory_mb": 64,
+              "scaling": {"max_instances": 3}}
+    config = FunctionConfig.from_dict(stored)
+    assert (config.handler, config.timeout_s, config.memory_mb) == ("app.main", 5, 64)
+    assert config.scaling.max_instances == 3
+    assert config.scaling.queue_timeout_s is None
+    assert config.network == "none" and config.auth == "none" and config.env == {}
+    assert config.cpu == FunctionConfig().cpu and config.async_retries == 2
+
+
+def test_a_stored_config_without_its_core_keys_is_refused() -> None:
+    with pytest.raises(KeyError):
+        FunctionConfig.from_dict({"runtime": "python3.11", "handler": "app.main"})
+
+
 def test_generated_dockerfile() -> None:
     text = generated_dockerfile("lambda-runtime/python:3.11", with_deps=True)
     assert text.splitlines()[1] == "FROM lambda-runtime/python:3.11"
