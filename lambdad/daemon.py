@@ -17,7 +17,8 @@ import docker
 import grpc
 from grpc_health.v1 import health
 
-from lambdad.api.server import BearerAuthInterceptor, build_server
+from lambdad.api.interceptors import BearerAuthInterceptor
+from lambdad.api.server import build_server
 from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
 from lambdad.components import Database, Delivery, Functions, Housekeeping, Logs, Ready
@@ -26,7 +27,6 @@ from lambdad.control import AsyncQueue, ControlPlane, Invoker
 from lambdad.errors import LambdaError
 from lambdad.gateway import admission
 from lambdad.gateway.server import Gateway
-from lambdad.host import StartupError
 from lambdad.host.credentials import read_api_keys, tls_credentials
 from lambdad.host.engine import DockerEngine, docker_client
 from lambdad.host.exits import ExitWatcher
@@ -48,7 +48,7 @@ from lambdad.scheduler import Housekeeper
 from lambdad.scheduler.runner import CronRunner
 from lambdad.store import Store
 
-__all__ = ["Daemon", "Host", "StartupError", "check_host", "components",
+__all__ = ["Daemon", "Host", "check_host", "components",
            "install_signal_handlers"]
 
 log = logging.getLogger("lambdad")

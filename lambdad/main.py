@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return _config_errors(problems, sys.stderr)
     config = resolved.config
     configure_logging(config.log_level)
-    from lambdad.daemon import Daemon, StartupError, install_signal_handlers
+    from lambdad.daemon import Daemon, install_signal_handlers
+    from lambdad.host import StartupError
 
     async def run() -> None:
         daemon = Daemon(config)

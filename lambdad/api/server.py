@@ -16,14 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lambdad.api.contract import SERVICE_NAME
-from lambdad.api.interceptors import REVOKED, BearerAuthInterceptor
 from lambdad.api.servicer import FunctionServicer
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
 from lambdad.auth import KeyRing
 from lambdad.control import ControlPlane
 from lambdad.metrics import Metrics
 
-__all__ = ["REVOKED", "BearerAuthInterceptor", "FunctionServicer", "build_server"]
+__all__ = ["build_server"]
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 6 MiB invoke payload plus framing
 
