@@ -126,7 +126,7 @@ def test_redrive_all_failed(quick: Lambdad, tmp_path: Path) -> None:
 
 def test_kill_9_loses_no_queued_or_running_event(quick: Lambdad, tmp_path: Path) -> None:
     _deploy(quick, tmp_path, "durable")
-    running = _queue(quick, "durable", {"tag": "slow", "sleep": 3})
+    running = _queue(quick, "durable", {"tag": "slow", "sleep": 10})
     queued = [_queue(quick, "durable", {"tag": f"q{n}"}) for n in range(3)]
     assert _wait_status(quick, running, "running", timeout=15)["status"] == "running"
     quick.stop(signal.SIGKILL)
