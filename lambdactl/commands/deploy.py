@@ -13,9 +13,9 @@ from lambdactl.commands.base import Ctx
 from lambdactl.exitcodes import CliError, ExitCode
 from lambdactl.render import StepView, local_time, print_table, rfc3339, table
 from lambdactl.target import Target
-from lambdad.api.contract import DEPLOY_STEPS
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.functions.overrides import SETTING_FIELDS
+from lambdad.progress import DEPLOY_STEPS
 
 
 def _overrides(args: argparse.Namespace) -> pb.ConfigOverrides:

@@ -1,8 +1,9 @@
 """What the control API's two ends agree on beyond the proto: lambdad and lambdactl both
 import these, so neither restates them.
 
-Pure and cheap to import (the generated messages only): lambdactl's parser-free paths and
-lambdad's use cases may depend on it without depending on the gRPC server.
+Pure and cheap to import (the generated messages only), so lambdactl may depend on it
+without depending on the gRPC server. The use cases do not import it: the deploy step count
+they share with lambdactl is in lambdad/progress.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 from typing import cast
 
 from lambdad.api.v1 import functions_pb2 as pb
-
-# A deploy's steps: 1 is the CLI's (package and upload); the daemon reports 2 and 3.
-DEPLOY_STEPS = 3
 
 _STATUS_PREFIX = "FUNCTION_STATUS_"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from lambdad.api.contract import DEPLOY_STEPS
 from lambdad.functions import Overrides
+from lambdad.progress import DEPLOY_STEPS
 from lambdad.runtime.manager import PoolCounts
 from lambdad.store import FunctionRecord
 
