@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a fault, not a setting: its traceback goes with the reason
+        logging.getLogger("lambdad").exception("lambdad failed: %s: %s",
+                                               type(exc).__name__, exc)
+        return 1
     return 0
 
 
