@@ -38,8 +38,8 @@ class RetryPolicy:
     backoff_s: float = 60.0  # attempt n (n >= 1) waits n x backoff before the next
 
 
-def next_step(invocation: AsyncInvocation, policy: RetryPolicy, *, ok: bool, now: float,
-              error: str = "") -> tuple[Status, float]:
+def next_step(invocation: AsyncInvocation, policy: RetryPolicy, *, ok: bool,
+              now: float) -> tuple[Status, float]:
     """(new status, next attempt time) after an attempt ended."""
     if ok:
         return "succeeded", now

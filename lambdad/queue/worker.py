@@ -139,7 +139,7 @@ class AsyncWorker:
             ok, code, body, error = False, None, None, f"{type(exc).__name__}: {exc}"
         now = time.time()
         status, retry_at = next_step(invocation, self._policy_for(invocation.function),
-                                     ok=ok, now=now, error=error)
+                                     ok=ok, now=now)
         await self._table.finish(invocation.id, status, retry_at, now, code, body, error)
         if status == "failed":
             log.warning('async invocation failed function=%s id=%s attempts=%d error="%s"',
