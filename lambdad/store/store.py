@@ -33,7 +33,6 @@ T = TypeVar("T")
 class FunctionRecord:
     name: str
     active: FunctionVersion | None
-    version_count: int
 
 
 class Store:
@@ -91,8 +90,7 @@ class Store:
                 (VersionRow.function == row.name) & (VersionRow.number == row.active_version)
             )
             active = _version(version) if version is not None else None
-        count = VersionRow.select().where(VersionRow.function == row.name).count()
-        return FunctionRecord(name=row.name, active=active, version_count=count)
+        return FunctionRecord(name=row.name, active=active)
 
     async def versions(self, name: str) -> list[FunctionVersion]:
         def query() -> list[FunctionVersion]:

@@ -166,7 +166,7 @@ def sample_version(number: int = 4, **changes: Any) -> FunctionVersion:
 def sample_view(name: str = "greet", *, active: FunctionVersion | None = None,
                 status: str = "ready") -> FunctionView:
     return FunctionView(
-        record=FunctionRecord(name=name, active=active, version_count=4),
+        record=FunctionRecord(name=name, active=active),
         status=status, url=f"http://{name}.localhost:8080",
         instances=PoolCounts(running=5, busy=2, starting=1, draining=3, queued=6),
     )
