@@ -1,0 +1,80 @@
+"""Attacks on what issue 15's restructuring moved: the daemon's start (host/, lifecycle),
+the gateway's connection machine and the HTTP key check, against a real lambdad.
+
+Real process, real Docker engine, raw HTTP to the gateway on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import ROOT, Lambdad, daemon_env
+
+EXIT_WITHIN = 10.0  # a failed start must say why and exit at once; slack for a loaded CI
+
+
+@pytest.fixture
+def unstarted() -> Iterator[Lambdad]:
+    daemon = Lambdad()
+    try:
+        yield daemon
+    finally:
+        daemon.close()
+
+
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return cert, key
+
+
+def _tls_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
+    garbage_cert, garbage_key = folder / "garbage.crt", folder / "garbage.key"
+    garbage_cert.write_text("not a certificate\n")
+    garbage_key.write_text("not a key\n")
+    cert_a, _ = _self_signed(folder, "a")
+    _, key_b = _self_signed(folder, "b")
+    cert_c, key_c = _self_signed(folder, "c")
+    swapped = folder / "swapped.crt"
+    swapped.write_bytes(key_c.read_bytes())  # a key where the certificate belongs
+    return {"garbage": (garbage_cert, garbage_key), "mismatched": (cert_a, key_b),
+            "swapped": (swapped, cert_c)}
+
+
+@pytest.mark.parametrize("pair", ["garbage", "mismatched", "swapped"])
+def test_a_bad_tls_pair_fails_the_start_naming_tls_not_a_busy_address(
+    unstarted: Lambdad, tmp_path: Path, pair: str
+) -> None:
+    """gRPC took any bytes as a certificate and only failed to bind later: lambdad said
+    "cannot listen for gRPC on 127.0.0.1:PORT: the address is in use or not available",
+    sending an operator after a port that was free."""
+    cert, key = _tls_pairs(tmp_path)[pair]
+    command = [*unstarted.command(), "--tls-cert", str(cert), "--tls-key", str(key)]
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=ROOT, env=daemon_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=EXIT_WITHIN)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"lambdad still running {EXIT_WITHIN} s after a bad TLS pair:\n{stderr}")
+    assert process.returncode == 1, stderr
+    assert time.monotonic() - started < EXIT_WITHIN
+    assert "cannot start" in stderr and str(cert) in stderr and str(key) in stderr, stderr
+    assert "in use" not in stderr, stderr
+    # The port it blamed was free all along, and nothing was left behind.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", unstarted.grpc_port))
+    assert not unstarted.socket_path.exists()
+    label = f"lambda.daemon={unstarted.daemon_id}"
+    assert unstarted.docker.containers.list(all=True, filters={"label": label}) == []
