@@ -6,6 +6,7 @@ Real process, real Docker engine, raw HTTP to the gateway on 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import socket
 import subprocess
 import time
@@ -78,3 +79,42 @@ def test_a_bad_tls_pair_fails_the_start_naming_tls_not_a_busy_address(
     assert not unstarted.socket_path.exists()
     label = f"lambda.daemon={unstarted.daemon_id}"
     assert unstarted.docker.containers.list(all=True, filters={"label": label}) == []
+
+
+SPY = (
+    "def handler(event, context):\n"
+    "    return {'authorization': (event.get('headers') or {}).get('authorization')}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def spy(lambdad: Lambdad, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A public function that tells what `Authorization` it received."""
+    folder = tmp_path_factory.mktemp("spy")
+    (folder / "handler.py").write_text(SPY)
+    (folder / "lambda.toml").write_text('name = "spy"\nauth = "none"\n')
+    lambdad.deploy(folder)
+    return "spy"
+
+
+def test_a_key_in_basic_without_padding_or_in_base64url_never_reaches_a_function(
+    lambdad: Lambdad, spy: str
+) -> None:
+    """Basic was decoded only as padded standard base64: `Basic <base64(user:KEY)>` with
+    the `=` stripped (or base64url) did not decode, so it was not seen as holding a key
+    and the public function received it, and with it the caller's key."""
+    created = lambdad.cli("keys", "create", "--name", "careless", "--role", "invoker")
+    assert created.code == 0, created.stderr
+    key = created.stdout.strip()
+    padded = base64.b64encode(f"user:{key}".encode()).decode()
+    assert padded.endswith("=")  # else stripping the padding would change nothing
+    forms = [padded.rstrip("="),
+             base64.urlsafe_b64encode(f"\xfb\xff:{key}".encode("latin-1")).decode()]
+    assert "-" in forms[1] or "_" in forms[1]
+    for form in forms:
+        seen = lambdad.http(spy, headers={"Authorization": f"Basic {form}"})
+        assert seen.status == 200 and seen.json()["authorization"] is None, form
+    # The function's own Basic credentials still reach it, padded or not.
+    own = base64.b64encode(b"user:app-password").decode().rstrip("=")
+    assert lambdad.http(spy, headers={"Authorization": f"Basic {own}"}).json() == {
+        "authorization": f"Basic {own}"}
