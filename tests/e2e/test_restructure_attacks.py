@@ -118,3 +118,21 @@ def test_a_key_in_basic_without_padding_or_in_base64url_never_reaches_a_function
     own = base64.b64encode(b"user:app-password").decode().rstrip("=")
     assert lambdad.http(spy, headers={"Authorization": f"Basic {own}"}).json() == {
         "authorization": f"Basic {own}"}
+
+
+@pytest.mark.parametrize("args", [
+    ["config", "spy", "--memory", "99999999999"],
+    ["config", "spy", "--timeout", "4294967296"],
+    ["config", "spy", "--min-instances", "99999999999"],
+    ["invoke", "spy", "--version", "99999999999"],
+    ["rollback", "spy", "--to", "99999999999"],
+])
+def test_a_huge_number_in_a_flag_is_refused_clearly_not_with_a_traceback(
+    lambdad: Lambdad, spy: str, args: list[str]
+) -> None:
+    """The flags checked the sign but not the size: protobuf raised ValueError building
+    the request (its fields are uint32) and lambdactl died with a traceback, exit 1."""
+    result = lambdad.cli(*args)
+    assert result.code == 2, (result.code, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert f"argument {args[2]}" in result.stderr and "at most 4294967295" in result.stderr
