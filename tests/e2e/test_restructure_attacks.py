@@ -136,3 +136,20 @@ def test_a_huge_number_in_a_flag_is_refused_clearly_not_with_a_traceback(
     assert result.code == 2, (result.code, result.stderr)
     assert "Traceback" not in result.stderr
     assert f"argument {args[2]}" in result.stderr and "at most 4294967295" in result.stderr
+
+
+def test_a_start_failing_on_its_tls_pair_still_clears_a_killed_daemons_pid_file(
+    unstarted: Lambdad, tmp_path: Path
+) -> None:
+    """The TLS pair is now checked before anything starts; the stale pid file of a killed
+    daemon (its pid maybe another program's by now) must still go, as it did when the
+    pair failed only at the bind."""
+    pid_file = tmp_path / "lambdad.pid"
+    pid_file.write_text("999999\n")
+    cert, key = _tls_pairs(tmp_path)["garbage"]
+    command = [*unstarted.command(), "--tls-cert", str(cert), "--tls-key", str(key),
+               "--pid-file", str(pid_file)]
+    result = subprocess.run(command, cwd=ROOT, env=daemon_env(), capture_output=True,
+                            text=True, timeout=EXIT_WITHIN)
+    assert result.returncode == 1 and str(cert) in result.stderr, result.stderr
+    assert not pid_file.exists()
