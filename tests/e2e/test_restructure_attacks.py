@@ -153,3 +153,71 @@ def test_a_start_failing_on_its_tls_pair_still_clears_a_killed_daemons_pid_file(
                             text=True, timeout=EXIT_WITHIN)
     assert result.returncode == 1 and str(cert) in result.stderr, result.stderr
     assert not pid_file.exists()
+
+
+DESYNC_SERVER = r'''
+import os, socket, threading, time
+
+def answer(conn, body, extra=b""):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s" % (len(body), body, extra))
+
+def serve(conn):
+    buffer = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buffer += data
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        path = head.split(b" ")[1]
+        forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+        if path == b"/past-its-length":  # a second answer right behind the first
+            answer(conn, b"first", forged)
+        elif path == b"/unasked":  # an answer sent later, to no request
+            answer(conn, b"first")
+            time.sleep(0.3)
+            conn.sendall(forged)
+        else:
+            answer(conn, path)
+
+path = os.environ["LAMBDA_SOCKET"]
+if os.path.exists(path):
+    os.unlink(path)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+os.chmod(path, 0o666)
+listener.listen(16)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+'''
+
+
+@pytest.fixture(scope="module")
+def desync(lambdad: Lambdad, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Dockerfile function that answers some requests twice, on one instance."""
+    folder = tmp_path_factory.mktemp("desync")
+    (folder / "server.py").write_text(DESYNC_SERVER)
+    (folder / "Dockerfile").write_text(
+        "FROM lambda-runtime/python:3.11\nCOPY server.py /srv/server.py\n"
+        'CMD ["python3", "/srv/server.py"]\n')
+    (folder / "lambda.toml").write_text(
+        'name = "desync"\nruntime = "docker"\n[scaling]\nmax_instances = 1\n')
+    lambdad.deploy(folder)
+    return "desync"
+
+
+@pytest.mark.parametrize("path", ["/past-its-length", "/unasked"])
+def test_bytes_an_instance_sends_beyond_its_answer_never_answer_the_next_caller(
+    lambdad: Lambdad, desync: str, path: str
+) -> None:
+    """The kept-alive connection to the instance was reused with those bytes unread: the
+    next caller got them as its answer, and from then on each caller got the answer to
+    the request before its own (a response meant for one caller, read by another)."""
+    first = lambdad.http(desync, path)
+    assert first.status == 200 and first.body == b"first"
+    time.sleep(0.6)  # the unasked answer has arrived on the idle connection
+    for target in ("/alice", "/bob", "/carol"):
+        got = lambdad.http(desync, target)
+        assert got.status == 200 and got.body == target.encode(), (target, got.body)
