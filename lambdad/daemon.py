@@ -32,7 +32,7 @@ from lambdad.host.engine import DockerEngine, docker_client
 from lambdad.host.exits import ExitWatcher
 from lambdad.host.listeners import Listeners, Serving
 from lambdad.host.nofile import gateway_connection_cap
-from lambdad.host.pidfile import PidFile
+from lambdad.host.pidfile import PidFile, clear_stale_pid_file
 from lambdad.host.state import claim_socket, prepare_state_dir
 from lambdad.lifecycle import Component, Lifecycle, Step
 from lambdad.logs import LogCapture, LogStore
@@ -66,10 +66,16 @@ class Host:
 
 def check_host(config: Config) -> Host:
     """The checks that start nothing: limits, the state folder, no live daemon on the
-    socket, readable keys and TLS files. StartupError says what is wrong."""
+    socket, readable keys and TLS files. StartupError says what is wrong.
+
+    Once the socket is claimed, a killed daemon's pid file goes before the keys and TLS
+    files are read: a start that fails on them must not leave that pid for scripts to
+    signal (`PidFile` removes this daemon's own at the end)."""
     max_connections = gateway_connection_cap(config)
     daemon_id = prepare_state_dir(config)
     claim_socket(config.socket)
+    if config.pid_file is not None:
+        clear_stale_pid_file(config.pid_file)
     return Host(daemon_id, read_api_keys(config.api_key_file), tls_credentials(config),
                 max_connections)
 

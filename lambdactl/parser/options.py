@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # typeshed makes it generic; at run time it is a plain class
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+UINT32_MAX = 2**32 - 1  # the control API's whole numbers (versions, seconds, MiB, counts)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -51,7 +52,7 @@ def non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
+    return _within_uint32(value, text)
 
 
 def positive_int(text: str) -> int:
@@ -61,6 +62,14 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return _within_uint32(value, text)
+
+
+def _within_uint32(value: int, text: str) -> int:
+    """Every whole number the control API takes is a uint32: a larger one made protobuf
+    raise ValueError while building the request, and lambdactl died with a traceback."""
+    if value > UINT32_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {UINT32_MAX}: {text!r}")
     return value
 
 

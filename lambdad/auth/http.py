@@ -40,15 +40,25 @@ def holds_key(value: bytes, identify: Identify) -> bool:
     words = [w for w in _BLANKS.split(text) if w][:_MAX_CANDIDATES]
     candidates = [*words, *(part for word in words for part in _PARAMETER.split(word))]
     if len(words) == 2 and words[0].lower() == "basic":
-        try:
-            user, _, password = base64.b64decode(words[1], validate=True).decode(
-                "latin-1").partition(":")
-            candidates[:0] = [user, password]
-        except (binascii.Error, ValueError):
-            pass
+        candidates[:0] = _basic_credentials(words[1])
     # Bounded: a crafted header must not cost more key checks than an honest one.
     unique = [c for c in dict.fromkeys(candidates) if c][:_MAX_CANDIDATES]
     return bearer_key(value, identify) or any(identify(c) is not None for c in unique)
+
+
+def _basic_credentials(token: str) -> list[str]:
+    """The user and password of a Basic credential, its padding stripped or not, in either
+    base64 alphabet: a client that strips the `=` (or uses base64url) must not get its key
+    past the check as text that does not decode."""
+    padded = token + "=" * (-len(token) % 4)
+    for altchars in (None, b"-_"):
+        try:
+            decoded = base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        user, _, password = decoded.decode("latin-1").partition(":")
+        return [user, password]
+    return []
 
 
 def authorize(

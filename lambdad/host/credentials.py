@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -34,4 +35,18 @@ def tls_credentials(config: Config) -> grpc.ServerCredentials | None:
         key = config.tls_key.read_bytes()
     except OSError as exc:
         raise StartupError(f"cannot read the TLS certificate or key: {exc}") from None
+    check_tls_pair(config.tls_cert, config.tls_key)
     return grpc.ssl_server_credentials([(key, chain)])
+
+
+def check_tls_pair(cert: Path, key: Path) -> None:
+    """gRPC takes any bytes here and only fails to bind later, which lambdad reported as
+    "the address is in use": a wrong file must fail the start naming the files instead.
+    No passphrase prompt (gRPC cannot use an encrypted key anyway)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise StartupError(
+            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate chain and its "
+            f"unencrypted private key ({exc})") from None

@@ -128,8 +128,11 @@ class Forwarder:
     ) -> tuple[UpstreamConnection | None, bool]:
         """An idle connection, or a new one (None if the socket does not answer); Refused
         when the folder no longer holds the function's own socket."""
-        if instance.idle:
-            return instance.idle.pop(), True
+        while instance.idle:
+            conn = instance.idle.pop()
+            if not conn.stray:
+                return conn, True
+            conn.close()  # bytes arrived while it was idle: never read them as an answer
         try:
             return await UpstreamConnection.open(instance.folder), False
         except OSError:

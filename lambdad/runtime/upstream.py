@@ -118,7 +118,15 @@ class UpstreamConnection:
             and self._protocol.closed is None
             and conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
+            and not self.stray
         )
+
+    @property
+    def stray(self) -> bool:
+        """The instance sent bytes no request asked for (past its response's framing, or
+        while the connection was idle): reused, they would be read as the answer to the
+        next request, and every later answer would go to the caller after its own."""
+        return bool(self._protocol.h11.trailing_data[0])
 
     @property
     def is_fresh(self) -> bool:

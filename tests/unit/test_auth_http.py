@@ -56,7 +56,10 @@ BEARER_FORMS = [f"bearer {KEY}", f"BEARER {KEY}", f"Bearer\t{KEY}", f"bEaReR  \t
 # Not Bearer, so not a way to authenticate, but a key all the same: kept from functions.
 OTHER_FORMS = [KEY, f"Token {KEY}", f"Basic {KEY}", f"ApiKey key={KEY}",
                "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode(),
-               "Basic " + base64.b64encode(f"{KEY}:".encode()).decode(), f"Bearer {KEY}, x"]
+               "Basic " + base64.b64encode(f"{KEY}:".encode()).decode(), f"Bearer {KEY}, x",
+               # Basic with its padding stripped, or in base64url: the key went through.
+               "Basic " + base64.b64encode(f"u:{KEY}".encode()).decode().rstrip("="),
+               "Basic " + base64.urlsafe_b64encode(f"\xfb\xff:{KEY}".encode("latin-1")).decode()]
 
 
 @pytest.mark.parametrize("value", BEARER_FORMS)
