@@ -46,22 +46,22 @@ def positive_float(text: str) -> float:
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return _within_uint32(value, text)
+    return _whole_number(text, allow_zero=True)
 
 
 def positive_int(text: str) -> int:
+    return _whole_number(text, allow_zero=False)
+
+
+def _whole_number(text: str, *, allow_zero: bool) -> int:
+    """A whole number from 0 or 1 up to what the control API's uint32 fields hold."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        rule = "must be 0 or more" if allow_zero else "must be greater than 0"
+        raise argparse.ArgumentTypeError(f"{rule}: {text!r}")
     return _within_uint32(value, text)
 
 
