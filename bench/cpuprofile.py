@@ -54,6 +54,17 @@ LOGGING = "logging"
 CAPTURE = "log capture (logs/docker_stream, capture, store, entry)"
 OTHER_LAMBDAD = "other lambdad (store, scheduler, api, ...)"
 OTHER = "other (no lambdad frame: grpc, threads, interpreter)"
+IDLE = "waits py-spy did not see as idle (left out)"
+# Leaves that are a thread blocked in C: a pool worker waiting for work, grpc's poller thread
+# (C code under Thread.run), the Docker events reader, the loop in epoll_wait. py-spy's idle
+# test reads the thread's state when it samples, so a blocked thread it catches runnable
+# (just woken, or waiting for a CPU on a busy machine) is kept; these are left out.
+_WAIT_LEAVES = frozenset({
+    ("concurrent/futures/thread.py", "_worker"), ("threading.py", "Thread.run"),
+    ("threading.py", "_worker"), ("selectors.py", "EpollSelector.select"),
+    ("threading.py", "Condition.wait"), ("threading.py", "Event.wait"),
+    ("queue.py", "Queue.get"),
+})
 AREAS = (H11_CLIENT, HOP, ASYNCIO_STREAMS, ASYNCIO_TRANSPORT, ASYNCIO_LOOP, GATEWAY, INVOKE,
          FORWARD, LOGGING, CAPTURE, OTHER_LAMBDAD, OTHER)
 
@@ -137,6 +148,12 @@ def classify(stack: list[Frame]) -> str:
     ...) is charged to the lambdad module that called it, or to `other` when none did.
     """
     leaf = stack[-1]
+    short = leaf.short()
+    module, _, function = short.rpartition(":")
+    if (module, function) in _WAIT_LEAVES or (
+            short == "socket.py:SocketIO.readinto"
+            and not any("/asyncio/" in f.path for f in stack)):
+        return IDLE
     inside = leaf.lambdad
     if inside is not None:
         return _lambdad_area(inside)
@@ -169,7 +186,8 @@ def classify(stack: list[Frame]) -> str:
 
 @dataclass
 class Breakdown:
-    samples: int
+    samples: int  # IDLE left out
+    idle: int
     areas: Counter[str]
     self_time: Counter[str]  # leaf frame -> samples
     inclusive: Counter[str]  # lambdad function -> samples with it anywhere on the stack
@@ -179,17 +197,21 @@ def breakdown(stacks: list[tuple[list[Frame], int]]) -> Breakdown:
     areas: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for frames, count in stacks:
         code = [f for f in frames if f.path]  # drop py-spy's `thread (0x..)` roots
         if not code:
             continue
+        area = classify(code)
+        if area == IDLE:
+            idle += count
+            continue
         total += count
-        areas[classify(code)] += count
+        areas[area] += count
         self_time[code[-1].short()] += count
         for name in {f.short() for f in code if f.lambdad is not None}:
             inclusive[name] += count
-    return Breakdown(total, areas, self_time, inclusive)
+    return Breakdown(total, idle, areas, self_time, inclusive)
 
 
 def render(b: Breakdown, us_per_request: float, top: int) -> str:
@@ -201,6 +223,7 @@ def render(b: Breakdown, us_per_request: float, top: int) -> str:
         n = b.areas.get(area, 0)
         out.append(f"{area:62} {n:8d} {n / max(1, b.samples):7.1%} {us(n):7.1f}")
     out.append(f"{'total':62} {b.samples:8d} {1:7.1%} {us_per_request:7.1f}")
+    out.append(f"({IDLE}: {b.idle} samples)")
     out.append("")
     out.append(f"top {top} functions by self time (the leaf frame):")
     for name, n in b.self_time.most_common(top):

@@ -58,9 +58,17 @@ STEP = ("__step", f"{STDLIB}/asyncio/tasks.py")
       ("debug", f"{STDLIB}/logging/__init__.py")], cpuprofile.LOGGING),
     ([LOOP, ("on_line", f"{SRC}/logs/capture.py"),
       ("loads", f"{STDLIB}/json/__init__.py")], cpuprofile.CAPTURE),
-    ([("run", f"{STDLIB}/threading.py"), ("_worker", f"{STDLIB}/concurrent/futures/thread.py")],
+    ([("run", f"{STDLIB}/threading.py"), ("_serve", f"{SITE}/grpc/_server.py")],
      cpuprofile.OTHER),
     ([LOOP, STEP, ("flush", f"{SRC}/store/store.py")], cpuprofile.OTHER_LAMBDAD),
+    # threads blocked in C that py-spy caught runnable: left out of the CPU samples
+    ([LOOP, ("EpollSelector.select", f"{STDLIB}/selectors.py")], cpuprofile.IDLE),
+    ([("Thread.run", f"{STDLIB}/threading.py"),
+      ("_worker", f"{STDLIB}/concurrent/futures/thread.py")], cpuprofile.IDLE),
+    ([("Thread.run", f"{STDLIB}/threading.py")], cpuprofile.IDLE),
+    ([("Thread.run", f"{STDLIB}/threading.py"), ("watch_exits", f"{SRC}/runtime/docker.py"),
+      ("SocketIO.readinto", f"{STDLIB}/socket.py")], cpuprofile.IDLE),
+    ([LOOP, STEP, ("SocketIO.readinto", f"{STDLIB}/socket.py")], cpuprofile.ASYNCIO_TRANSPORT),
 ])
 def test_classify_charges_each_sample_to_one_area(
         frames: list[cpuprofile.Frame], area: str) -> None:
