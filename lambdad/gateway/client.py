@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import h11
 
@@ -46,6 +46,7 @@ class Client:
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
         self.rules = gateway.rules_for(self.peer)
+        self._loop = asyncio.get_running_loop()
         self.gone = False  # the client closed (or half-closed) its connection
         self._invocation: asyncio.Task[Any] | None = None  # cancelled if the client goes
 
@@ -158,11 +159,13 @@ class Client:
     async def _relay(self, response: InvocationResponse, request_id: str) -> int:
         status = response.status
         headers = response_headers(response.headers)
-        headers.append((b"lambda-request-id", request_id.encode()))
-        headers.append((b"lambda-version", str(response.version).encode()))
-        headers.append((b"lambda-cold-start", response.start.encode()))
-        headers.append((b"server-timing", _server_timing(
-            (asyncio.get_running_loop().time() - self.rules.started) * 1000, response)))
+        headers += (
+            (b"lambda-request-id", request_id.encode()),
+            (b"lambda-version", str(response.version).encode()),
+            (b"lambda-cold-start", response.start.encode()),
+            (b"server-timing", _server_timing(
+                (self._loop.time() - self.rules.started) * 1000, response)),
+        )
         try:
             self.rules.answer.start_response(status, headers)
         except h11.LocalProtocolError as exc:
@@ -205,11 +208,14 @@ class Client:
 
 async def _dispose(response: InvocationResponse) -> None:
     """Closes the body (so its generator lets go of the upstream connection), then
-    releases; the release is synchronous, so even a cancellation cannot skip it."""
+    releases; the release is synchronous, so even a cancellation cannot skip it. A body
+    read to its end is a finished generator (no frame): nothing to close or await."""
     try:
         body = response.body
-        if isinstance(body, AsyncGenerator):
-            await body.aclose()
+        if getattr(body, "ag_frame", None) is not None:
+            await cast(AsyncGenerator[bytes, None], body).aclose()
+        elif not hasattr(body, "ag_frame") and isinstance(body, AsyncGenerator):
+            await body.aclose()  # another kind of async generator than Python's own
     except Exception:
         log.exception("closing a response body failed")
     finally:

@@ -97,9 +97,9 @@ class Responses:
             self._out += data
 
 
+_REASONS = {int(status): status.phrase.encode() for status in http.HTTPStatus}
+
+
 def reason(status: int) -> bytes:
     """The reason phrase of a status; b"" for one HTTP does not name."""
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")

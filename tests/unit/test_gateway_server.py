@@ -527,9 +527,40 @@ def test_admission_is_asked_again_after_the_body() -> None:
             return answers.pop(0) or headers
 
         gw.admit = admit
-        reply = await fetch(gw.port, host(gw, "echo"), "POST", body=b"x")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            whole = request_bytes(host(gw, "echo"), "POST", body=b"x")
+            writer.write(whole[:-1])  # the head, then the body after a pause: an upload
+            await writer.drain()
+            while not seen:
+                await asyncio.sleep(0.01)
+            writer.write(whole[-1:])  # ... during which the deploy happened
+            reply = parse(await asyncio.wait_for(reader.read(), 5))
+        finally:
+            writer.close()
         assert reply.status == 401 and inv.requests == []
         assert len(seen) == 2
+
+    run(test)
+
+
+def test_a_request_that_arrives_whole_is_admitted_once() -> None:
+    """Head and body in one read: no await between the head's admission and the
+    hand-over, so that answer stands (nothing it looks at can have changed)."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        seen: list[Headers] = []
+
+        def admit(function: str, version: int | None,
+                  headers: Headers) -> Headers | errors.LambdaError:
+            seen.append(list(headers))
+            return [(n, v) for n, v in headers if n != b"authorization"]
+
+        gw.admit = admit
+        whole = request_bytes(host(gw, "echo"), "POST", body=b"x", Authorization="Bearer k")
+        reply = parse(await raw(gw.port, whole))
+        assert reply.status == 200 and reply.body == b"x" and len(seen) == 1
+        assert b"authorization" not in [name for name, _ in inv.requests[0].headers]
 
     run(test)
 
