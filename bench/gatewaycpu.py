@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve())
         return 0
     child = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                 [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())

@@ -23,6 +23,7 @@ from lambdad.gateway.budget import Hold
 from lambdad.gateway.connection import Close, Enqueue, Invoke, Linger, Read, Send
 from lambdad.gateway.headers import response_headers
 from lambdad.gateway.responses import Drop, Reply
+from lambdad.gateway.stream import ClientStream, ReadTimeout
 from lambdad.httpstatus import error_response
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 
@@ -31,20 +32,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lambdad.gateway")
 
-READ_SIZE = 64 * 1024
-
-
 class Client:
     """One client connection: does what its `ClientConnection` asks, awaiting the socket."""
 
-    def __init__(
-        self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, gateway: Gateway, stream: ClientStream) -> None:
         self.gw = gateway
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        self.stream = stream
+        self.peer = stream.peer
         self.rules = gateway.rules_for(self.peer)
         self._loop = asyncio.get_running_loop()
         self.gone = False  # the client closed (or half-closed) its connection
@@ -85,23 +79,21 @@ class Client:
             self.rules.finish(loop.time())
 
     async def _read(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline):
-                data = await self.reader.read(READ_SIZE)
-        except TimeoutError:
-            self.rules.timed_out(loop.time())
+            data = await self.stream.read(deadline)
+        except ReadTimeout:
+            self.rules.timed_out(self._loop.time())
             return
-        self.rules.receive(data, loop.time())
+        self.rules.receive(data, self._loop.time())
 
     async def _linger(self, seconds: float) -> None:
         """Half-closes and discards what the client still sends, so it reads the answer
         instead of a reset caused by its unread upload."""
         with contextlib.suppress(Exception):
-            self.writer.write_eof()
-            async with asyncio.timeout(seconds):
-                while await self.reader.read(READ_SIZE):
-                    pass
+            self.stream.write_eof()
+            deadline = self._loop.time() + seconds
+            while await self.stream.read(deadline):
+                pass  # ReadTimeout ends it, as does the client's EOF
 
     def client_gone(self) -> None:
         self.gone = True
@@ -202,8 +194,7 @@ class Client:
 
     async def _write(self, data: bytes) -> None:
         if data:
-            self.writer.write(data)
-            await self.writer.drain()  # a slow client slows the upstream body down
+            await self.stream.write(data)  # a slow client slows the upstream body down
 
 
 async def _dispose(response: InvocationResponse) -> None:
