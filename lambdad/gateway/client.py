@@ -204,7 +204,7 @@ async def _dispose(response: InvocationResponse) -> None:
     try:
         body = response.body
         if getattr(body, "ag_frame", None) is not None:
-            await cast(AsyncGenerator[bytes, None], body).aclose()
+            await cast("AsyncGenerator[bytes, None]", body).aclose()
         elif not hasattr(body, "ag_frame") and isinstance(body, AsyncGenerator):
             await body.aclose()  # another kind of async generator than Python's own
     except Exception:
