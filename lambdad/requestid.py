@@ -18,7 +18,8 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class RequestIds:
-    """A source of request ids; one per daemon (and one per test that wants its own)."""
+    """A source of request ids; one per daemon (and one per test that wants its own).
+    Not thread-safe: its callers (the gateway, the Invoke RPC) run on the event loop."""
 
     def __init__(self) -> None:
         self._hex = ""

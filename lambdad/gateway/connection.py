@@ -251,6 +251,7 @@ class ClientConnection:
     def _begin(self, request: h11.Request, now: float) -> None:
         self.request = request
         self.request_id = self._new_id()
+        self._admitted = None
         self.answer.begin(request.method)
         self.started = now
         self._phase = _Phase.HANDED_OVER  # a refusal below ends the cycle like an answer

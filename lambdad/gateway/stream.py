@@ -41,7 +41,7 @@ class ClientStream(asyncio.Protocol):
         self._reader: asyncio.Future[None] | None = None  # a read waiting for bytes
         self._writable: asyncio.Future[None] | None = None  # a write waiting for drain
         self._write_paused = False
-        self._deadline = 0.0  # of the waiting read
+        self._deadline: float | None = None  # of the waiting read (None: it has none)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
@@ -102,15 +102,14 @@ class ClientStream(asyncio.Protocol):
             if deadline is not None and deadline <= self._loop.time():
                 raise ReadTimeout
             self._reader = self._loop.create_future()
-            if deadline is not None:
-                self._deadline = deadline
-                if self._timer is None or deadline < self._timer_at:
-                    self._arm(deadline)
+            self._deadline = deadline
+            if deadline is not None and (self._timer is None or deadline < self._timer_at):
+                self._arm(deadline)
             try:
                 await self._reader
             finally:
                 self._reader = None
-                self._deadline = 0.0
+                self._deadline = None
             if not self._buffer and not self._eof:
                 raise ReadTimeout
         data = bytes(self._buffer)
@@ -159,9 +158,9 @@ class ClientStream(asyncio.Protocol):
         """The armed deadline came: a read still waiting past its own deadline gives up;
         one with a later deadline (or none waiting) re-arms for it."""
         self._timer = None
-        if self._reader is None or self._reader.done():
+        if self._reader is None or self._reader.done() or self._deadline is None:
             return
-        if self._deadline and self._deadline > self._loop.time():
+        if self._deadline > self._loop.time():
             self._arm(self._deadline)
             return
         self._reader.set_result(None)  # woken with nothing: read() raises ReadTimeout

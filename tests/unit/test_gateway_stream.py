@@ -171,3 +171,20 @@ def test_writes_wait_while_the_client_is_slow_and_fail_once_it_is_gone() -> None
         assert await stream.read(None) == b""  # a read after the loss ends at once
 
     run(test)
+
+
+def test_a_read_without_a_deadline_outlives_a_timer_armed_for_an_earlier_one() -> None:
+    async def test(stream: ClientStream, transport: Transport, events: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        armed = asyncio.ensure_future(stream.read(loop.time() + 0.02))
+        await asyncio.sleep(0)
+        armed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await armed
+        patient = asyncio.ensure_future(stream.read(None))
+        await asyncio.sleep(0.06)  # the timer fired meanwhile
+        assert not patient.done()
+        stream.data_received(b"late")
+        assert await patient == b"late"
+
+    run(test)
