@@ -204,6 +204,10 @@ class UpstreamConnection(asyncio.Protocol):
         if timer is not None:
             self._timer = None
             timer.cancel()
+        if self._paused:  # the read that paused it may have completed the response
+            self._paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def close(self) -> None:
         """Closes without waiting: the transport finishes closing on its own."""

@@ -398,3 +398,32 @@ async def test_a_large_body_streams_with_reading_paused_not_buffered(tmp_path: P
             got += len(chunk)
         assert got == size and conn.recycle()
         conn.close()
+
+
+@run
+async def test_a_body_that_ended_in_the_read_that_paused_leaves_the_connection_reading(
+    tmp_path: Path
+) -> None:
+    """The read that passed MAX_BUFFER also completed the response: the connection went
+    back to the idle list with reading paused, and its next request waited for an answer
+    it could not read until the deadline (504)."""
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        body = b"x" * (MAX_BUFFER + 1)  # buffered passes the limit with the last byte only
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await read_request(r)
+        w.write(OK)
+        await r.read()
+
+    async with instance(tmp_path, script) as connect:
+        conn = await connect()
+        loop = asyncio.get_running_loop()
+        await conn.request(payload(b"/big"), head_only=False, deadline=loop.time() + 10)
+        while not conn.reader.complete:
+            await asyncio.sleep(0.01)  # a consumer that reads only once all has arrived
+        got = 0
+        while (chunk := await conn.next_chunk()) is not None:
+            got += len(chunk)
+        assert got == MAX_BUFFER + 1 and conn.recycle()
+        assert await exchange(conn, b"/next", deadline=2.0) == (200, b"hi")
+        conn.close()
