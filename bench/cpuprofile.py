@@ -43,7 +43,8 @@ DEPLOY = ("--concurrency", "32", "--max-instances", "1", "--min-instances", "1")
 
 # Areas, in the order printed. The rules are in `classify`.
 H11_CLIENT = "h11, client side (gateway's parsing and framing)"
-HOP = "instance hop (runtime/upstream.py, h11 included)"
+HOP = "instance hop (runtime/upstream.py + hop.py, h11 included)"
+_HOP_MODULES = ("runtime/upstream.py", "runtime/hop.py")
 ASYNCIO_STREAMS = "asyncio streams (StreamReader/Writer, client side)"
 ASYNCIO_TRANSPORT = "asyncio transports + sockets + epoll"
 ASYNCIO_LOOP = "asyncio loop, tasks, futures, timeouts"
@@ -115,7 +116,7 @@ def parse_raw(lines: Iterable[str]) -> list[tuple[list[Frame], int]]:
 
 
 def _lambdad_area(module: str) -> str:
-    if module == "runtime/upstream.py":
+    if module in _HOP_MODULES:
         return HOP
     if module.startswith("gateway/"):
         return GATEWAY
@@ -142,10 +143,11 @@ def classify(stack: list[Frame]) -> str:
     """The area one sample's CPU belongs to (stack from root to leaf).
 
     The leaf's own file decides first: lambdad code is its module's area; h11 goes to whoever
-    called it (upstream.py: the hop; logs/: the capture; else the client side); asyncio and
-    the socket layer are their own areas (their work under the log stream's reader goes to
-    the capture), and so is logging; any other library (uuid, json, enum, prometheus_client,
-    ...) is charged to the lambdad module that called it, or to `other` when none did.
+    called it (upstream.py or hop.py: the hop; logs/: the capture; else the client side);
+    asyncio and the socket layer are their own areas (their work under the log stream's
+    reader goes to the capture), and so is logging; any other library (uuid, json, enum,
+    prometheus_client, ...) is charged to the lambdad module that called it, or to `other`
+    when none did.
     """
     leaf = stack[-1]
     short = leaf.short()
@@ -160,7 +162,7 @@ def classify(stack: list[Frame]) -> str:
     owner = _owner(stack)
     path = leaf.path
     if "/h11/" in path:
-        if owner == "runtime/upstream.py":
+        if owner in _HOP_MODULES:
             return HOP
         if owner is not None and owner.startswith("logs/"):
             return CAPTURE
@@ -170,7 +172,7 @@ def classify(stack: list[Frame]) -> str:
     if any(f"/{m}" in path for m in ("asyncio/", "selectors.py", "socket.py", "ssl.py")):
         if owner is not None and owner.startswith("logs/"):
             return CAPTURE
-        if owner == "runtime/upstream.py":
+        if owner in _HOP_MODULES:
             return HOP
         if path.endswith("asyncio/streams.py"):
             return ASYNCIO_STREAMS

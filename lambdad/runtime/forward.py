@@ -10,14 +10,13 @@ it serves in (`Instance.owner`, which a version switch can change) is told once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
 
 from lambdad.errors import FunctionTimeout, InstanceFailed, Unavailable
 from lambdad.runtime.backend import Backend
 from lambdad.runtime.folder import Refused
+from lambdad.runtime.hop import encode_request
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.pool import Instance, InstancePool
 from lambdad.runtime.routing import Routes
@@ -26,6 +25,9 @@ from lambdad.runtime.upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger("lambdad.runtime")
 
+# What lambdad adds to every request (DESIGN's runtime contract), in one format.
+_LAMBDA_HEADERS = (b"lambda-request-id: %s\r\nlambda-deadline-ms: %d\r\n"
+                   b"lambda-invocation-type: %s\r\n")
 PAUSE_RETRY_S = 300  # after a failed pause, leave that instance running this long
 
 
@@ -44,7 +46,6 @@ class Forwarder:
     async def invoke(self, request: InvocationRequest) -> InvocationResponse:
         name = request.function
         pool = self._routes.pool_for(name, request.version)
-        has_host = any(key.lower() == b"host" for key, _ in request.headers)
         loop = asyncio.get_running_loop()
         for attempt in range(3):
             instance, cold = await pool.acquire(pool.version.config.queue_timeout_s)
@@ -74,21 +75,18 @@ class Forwarder:
                 _pool(instance).release(instance)
                 _pool(instance).discard(instance, "stopped answering on its socket")
                 continue
-            headers = [
-                *([] if has_host else [(b"host", f"{name}.lambda".encode())]),
-                *request.headers,
-                (b"lambda-request-id", request.request_id.encode()),
-                (b"lambda-deadline-ms", str(int((time.time() + timeout) * 1000)).encode()),
-                (b"lambda-invocation-type", request.invocation_type.encode()),
-                *([] if start == "warm" else [(b"lambda-start", start.encode())]),
-            ]
+            lines = _LAMBDA_HEADERS % (request.request_id.encode(),
+                                       int((time.time() + timeout) * 1000),
+                                       request.invocation_type.encode())
+            if start != "warm":
+                lines += b"lambda-start: " + start.encode() + b"\r\n"
+            payload = encode_request(request.method, request.target, request.headers, lines,
+                                     request.body, (name + ".lambda").encode())
             sent_at = loop.time()
             deadline = sent_at + timeout
             try:
-                async with asyncio.timeout_at(deadline):
-                    status, response_headers = await conn.request(
-                        request.method, request.target, headers, request.body
-                    )
+                status, response_headers = await conn.request(
+                    payload, head_only=request.method == b"HEAD", deadline=deadline)
             except TimeoutError:
                 self._release(instance, conn)
                 _timed_out(instance, timeout)
@@ -110,16 +108,20 @@ class Forwarder:
             except BaseException:
                 self._release(instance, conn)
                 raise
+            reader = conn.reader
+            content = reader.take_body() if reader.complete else None
+            exchange = _Exchange(self, instance, conn, content)
             return InvocationResponse(
                 status=status,
                 headers=response_headers,
                 version=version.number,
                 cold_start=start in ("cell", "container"),
                 start=start,
-                body=_body(instance, conn, deadline),
-                release=_once(functools.partial(self._release, instance, conn)),
+                body=exchange,
+                release=exchange.release,
                 function_ms=(loop.time() - sent_at) * 1000,
                 init_ms=instance.init_ms if start in ("cell", "container") else 0.0,
+                content=content,
             )
         raise Unavailable(f"no instance of {name!r} could take the request")
 
@@ -196,37 +198,58 @@ def _timed_out(instance: Instance, timeout: int) -> None:
     _pool(instance).discard(instance, instance.end_reason)
 
 
-async def _body(
-    instance: Instance, conn: UpstreamConnection, deadline: float
-) -> AsyncIterator[bytes]:
-    name = instance.version.function
-    timeout = instance.version.config.timeout_s
-    try:
-        async with asyncio.timeout_at(deadline):
-            async for chunk in conn.body():
-                yield chunk
-    except TimeoutError:
-        _timed_out(instance, timeout)
-        raise FunctionTimeout(
-            f"function {name!r} did not finish its response within {timeout} s"
-        ) from None
-    except UpstreamError as exc:
-        _pool(instance).discard(instance, f"failed mid-response ({exc})")
-        raise InstanceFailed(f"the instance of {name!r} failed mid-response: {exc}") from None
+class _Exchange:
+    """One response's body, read through the instance's connection, and its release:
+    one object per request where a generator, a timeout context per read and a
+    release closure used to be."""
 
+    __slots__ = ("_conn", "_content", "_forwarder", "_instance", "_released")
 
-def _once(release: Callable[[], None]) -> Callable[[], None]:
-    """The gateway and the API both release in `finally`; only the first call counts."""
-    done = False
+    def __init__(self, forwarder: Forwarder, instance: Instance, conn: UpstreamConnection,
+                 content: bytes | None) -> None:
+        self._forwarder = forwarder
+        self._instance = instance
+        self._conn = conn
+        self._content = content  # the whole body when it came with the head; None: streamed
+        self._released = False
 
-    def wrapper() -> None:
-        nonlocal done
-        if done:
-            return
-        done = True
+    def __aiter__(self) -> _Exchange:
+        return self
+
+    async def __anext__(self) -> bytes:
+        content = self._content
+        if content is not None:
+            if content:
+                self._content = b""
+                return content
+            raise StopAsyncIteration
+        instance = self._instance
+        name = instance.version.function
         try:
-            release()
+            chunk = await self._conn.next_chunk()
+        except TimeoutError:
+            self._content = b""
+            timeout = instance.version.config.timeout_s
+            _timed_out(instance, timeout)
+            raise FunctionTimeout(
+                f"function {name!r} did not finish its response within {timeout} s"
+            ) from None
+        except UpstreamError as exc:
+            self._content = b""
+            _pool(instance).discard(instance, f"failed mid-response ({exc})")
+            raise InstanceFailed(
+                f"the instance of {name!r} failed mid-response: {exc}") from None
+        if chunk is None:
+            self._content = b""
+            raise StopAsyncIteration
+        return chunk
+
+    def release(self) -> None:
+        """The gateway and the API both release in `finally`; only the first call counts."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            self._forwarder._release(self._instance, self._conn)
         except Exception:
             log.exception("releasing an instance failed")
-
-    return wrapper

@@ -19,7 +19,10 @@ class InvocationRequest:
     function: str
     method: bytes
     target: bytes  # path and query, as the client sent them
-    headers: Headers  # end-to-end headers only; the runtime manager adds Lambda-*
+    # End-to-end headers only, already valid (h11 parsed the client's) and without
+    # framing headers (Content-Length, Transfer-Encoding): the hop writes them as they
+    # are. The runtime manager adds Lambda-* and the framing.
+    headers: Headers
     body: bytes
     invocation_type: InvocationType
     request_id: str
@@ -53,10 +56,15 @@ class InvocationResponse:
     function_ms: float = 0.0  # request sent to response head received
     init_ms: float = 0.0  # the instance's start, when this request waited for it
     start: str = "warm"  # how the instance was got: warm, cell, unpaused or container
+    # The whole body, when it arrived with the head (most responses): a relay can send
+    # it without iterating `body`, which then yields just these bytes. None: streamed.
+    content: bytes | None = None
 
     async def read(self) -> bytes:
         """Collects the whole body and releases the instance."""
         try:
+            if self.content is not None:
+                return self.content
             return b"".join([chunk async for chunk in self.body])
         finally:
             self.release()

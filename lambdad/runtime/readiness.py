@@ -51,10 +51,9 @@ class Readiness:
         try:
             try:
                 async with asyncio.timeout(self.start_timeout):
-                    status, _ = await conn.request(
+                    status, reply = await conn.fetch(
                         b"POST", b"/init",
                         [(b"host", b"cell"), (b"content-type", b"application/json")], init)
-                    reply = b"".join([chunk async for chunk in conn.body()])
             except TimeoutError:
                 raise Unavailable(f"{name} did not finish loading its code within "
                                   f"{self.start_timeout:.0f} s") from None

@@ -1,21 +1,21 @@
-"""HTTP/1.1 client connections to one instance's Unix socket, spoken with h11.
+"""HTTP/1.1 client connections to one instance's Unix socket: the I/O edge of `hop.py`.
 
 A connection carries one request at a time; after a complete exchange it can be
 reused (keep-alive). Any protocol or socket failure makes it unusable, and the
 caller learns whether the instance may have seen the request.
 
-Built on an asyncio Protocol rather than streams: bytes go straight from the
-transport into h11, one wake-up per read, which matters on the hot path.
+The connection is the asyncio Protocol itself: bytes go straight from the transport
+into llhttp (`ResponseReader.feed`) in `data_received`, one wake-up per read and no
+StreamReader. One timer per request (`loop.call_at` at the invocation's deadline)
+replaces a timeout context per read.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import h11
-
+from lambdad.runtime.hop import ResponseReader, encode_request
 from lambdad.runtime.invocation import Headers
 
 if TYPE_CHECKING:
@@ -32,69 +32,20 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
-def _framed(method: bytes, headers: Headers, body: bytes) -> Headers:
-    """The gateway hands over a complete body, so each request is Content-Length framed."""
-    if body or method in (b"POST", b"PUT", b"PATCH"):
-        return [*headers, (b"content-length", str(len(body)).encode())]
-    return headers
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an instance, and the protocol its transport feeds."""
 
-
-class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
-        self.h11 = h11.Connection(our_role=h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self.reader = ResponseReader()
         self.transport: Any = None  # asyncio.Transport (uvloop's are not subclasses)
-        self.closed: BaseException | None = None
+        self.closed = False
+        self.broken = False
+        self._used = False  # a request was sent on it
+        self._active = False  # a request is under way: bytes are its response
+        self._expired = False
+        self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.h11.receive_data(data)
-        if len(self.h11.trailing_data[0]) > MAX_BUFFER and self.transport is not None:
-            self.transport.pause_reading()
-            self._paused = True
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.h11.receive_data(b"")
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = exc or ConnectionResetError("instance closed the connection")
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def next_event(self) -> h11.Event:
-        while True:
-            event = self.h11.next_event()
-            if event is h11.NEED_DATA:
-                if self._paused and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
-                if self.closed is not None or self.h11.their_state is h11.CLOSED:
-                    raise UpstreamError("instance closed the connection", sent=True)
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-                continue
-            if isinstance(event, h11.ConnectionClosed):
-                raise UpstreamError("instance closed the connection", sent=True)
-            return event  # type: ignore[return-value]
-
-
-class UpstreamConnection:
-    def __init__(self, protocol: _Protocol) -> None:
-        self._protocol = protocol
-        self.broken = False
 
     @classmethod
     async def open(cls, folder: InstanceFolder) -> UpstreamConnection:
@@ -103,100 +54,164 @@ class UpstreamConnection:
         when the folder holds something else than the function's own socket."""
         sock = await folder.connect()
         try:
-            _, protocol = await asyncio.get_running_loop().create_unix_connection(
-                _Protocol, sock=sock)
+            _, conn = await asyncio.get_running_loop().create_unix_connection(cls, sock=sock)
         except BaseException:
             sock.close()
             raise
-        return cls(protocol)
+        return conn
 
-    @property
-    def reusable(self) -> bool:
-        conn = self._protocol.h11
-        return (
-            not self.broken
-            and self._protocol.closed is None
-            and conn.our_state is h11.DONE
-            and conn.their_state is h11.DONE
-            and not self.stray
-        )
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        if not self._active:
+            reader.stray = True  # nothing was asked: never read it as a later answer
+            return
+        reader.feed(data)
+        if reader.buffered > MAX_BUFFER and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        if self._active:
+            self.reader.eof()
+        self._lost()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+
+    def _lost(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._expired = True
+        self._wake()
+
+    # The exchange
 
     @property
     def stray(self) -> bool:
         """The instance sent bytes no request asked for (past its response's framing, or
         while the connection was idle): reused, they would be read as the answer to the
         next request, and every later answer would go to the caller after its own."""
-        return bool(self._protocol.h11.trailing_data[0])
+        return self.reader.stray
 
     @property
     def is_fresh(self) -> bool:
         """Open and never used: ready for its first request."""
-        conn = self._protocol.h11
-        return (not self.broken and self._protocol.closed is None
-                and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE)
+        return not self.broken and not self.closed and not self._used and not self.stray
+
+    @property
+    def reusable(self) -> bool:
+        return (not self.broken and not self.closed and not self._active
+                and self.reader.reusable)
 
     def recycle(self) -> bool:
-        """Readies the connection for the next request; False if it cannot be reused."""
-        if not self.reusable:
-            return False
-        self._protocol.h11.start_next_cycle()
-        return True
+        """Ends the request (its timer too); False if the connection cannot be reused."""
+        self._end()
+        return self.reusable
 
-    async def request(
-        self, method: bytes, target: bytes, headers: Headers, body: bytes
-    ) -> tuple[int, Headers]:
-        """Sends the whole request and returns the response status and headers."""
-        protocol = self._protocol
-        conn = protocol.h11
-        sent = False
+    async def fetch(self, method: bytes, target: bytes, headers: Headers,
+                    body: bytes) -> tuple[int, bytes]:
+        """A whole exchange off the hot path (`POST /init`): status and whole body. No
+        deadline of its own: the caller bounds it."""
+        payload = encode_request(method, target, headers, b"", body, b"lambda")
+        status, _ = await self.request(payload, head_only=method == b"HEAD", deadline=None)
+        chunks = []
+        while (chunk := await self.next_chunk()) is not None:
+            chunks.append(chunk)
+        return status, b"".join(chunks)
+
+    async def request(self, payload: bytes, *, head_only: bool,
+                      deadline: float | None) -> tuple[int, Headers]:
+        """Sends the whole request (`hop.encode_request`) and returns the response status
+        and headers; the body is then `reader.body` so far, all of it if `reader.complete`.
+        TimeoutError at `deadline` (loop time), which stays armed for `next_chunk`."""
+        if self.closed or self.broken or self.transport is None:
+            self.broken = True
+            raise UpstreamError("instance closed the connection", sent=False)
+        reader = self.reader
+        reader.start(head_only)
+        self._used = self._active = True
+        self._expired = False
+        loop = asyncio.get_running_loop()
+        if deadline is not None:
+            self._timer = loop.call_at(deadline, self._expire)
         try:
-            if protocol.closed is not None or protocol.transport is None:
-                raise UpstreamError("instance closed the connection", sent=False)
-            payload = conn.send(h11.Request(
-                method=method, target=target, headers=_framed(method, headers, body)
-            )) or b""
-            if body:
-                payload += conn.send(h11.Data(data=body)) or b""
-            payload += conn.send(h11.EndOfMessage()) or b""
-            protocol.transport.write(payload)
-            sent = True
-            while True:
-                event = await protocol.next_event()
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    return event.status_code, list(event.headers)
-                raise UpstreamError(f"unexpected {type(event).__name__} from instance", sent=True)
-        except UpstreamError as exc:
-            self.broken = True
-            raise UpstreamError(str(exc), sent=sent or exc.sent) from None
-        except (OSError, h11.ProtocolError) as exc:
-            self.broken = True
-            raise UpstreamError(f"{type(exc).__name__}: {exc}", sent=sent) from None
+            self.transport.write(payload)
+            while not reader.head_done:
+                await self._wait(loop)
         except BaseException:
             self.broken = True
+            self._end()
             raise
+        if reader.complete:
+            self._end()
+        return reader.status, reader.headers
 
-    async def body(self) -> AsyncIterator[bytes]:
-        """Yields the response body; leaves the connection reusable when it ends cleanly."""
+    async def next_chunk(self) -> bytes | None:
+        """The next part of the body, None at its end (the connection is then reusable,
+        if the exchange was clean)."""
+        reader = self.reader
         try:
-            while True:
-                event = await self._protocol.next_event()
-                if isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    return
-                else:
-                    raise UpstreamError(f"unexpected {type(event).__name__} in body", sent=True)
-        except (OSError, h11.ProtocolError) as exc:
-            self.broken = True
-            raise UpstreamError(f"{type(exc).__name__}: {exc}", sent=True) from None
+            while not reader.body:
+                if reader.complete:
+                    self._end()
+                    return None
+                if self._paused:
+                    self._paused = False
+                    self.transport.resume_reading()
+                await self._wait(asyncio.get_running_loop())
         except BaseException:
             self.broken = True
+            self._end()
             raise
+        return reader.take_body()
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until the transport or the timer says something; raises if it was bad news."""
+        reader = self.reader
+        if reader.error is None and not self.closed and not self._expired:
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if reader.error is not None:
+            raise UpstreamError(reader.error, sent=True)
+        if self._expired:
+            raise TimeoutError
+        if self.closed and not (reader.body or reader.complete):
+            raise UpstreamError("instance closed the connection", sent=True)
+
+    def _end(self) -> None:
+        self._active = False
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+        if self._paused:  # the read that paused it may have completed the response
+            self._paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def close(self) -> None:
         """Closes without waiting: the transport finishes closing on its own."""
         self.broken = True
-        if self._protocol.transport is not None:
-            self._protocol.transport.close()
+        self._end()
+        if self.transport is not None:
+            self.transport.close()

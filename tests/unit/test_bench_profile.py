@@ -38,6 +38,10 @@ STEP = ("__step", f"{STDLIB}/asyncio/tasks.py")
       ("send", f"{SITE}/h11/_connection.py")], cpuprofile.HOP),
     ([LOOP, STEP, ("follow", f"{SRC}/logs/docker_stream.py"),
       ("next_event", f"{SITE}/h11/_connection.py")], cpuprofile.CAPTURE),
+    # the hop's parser (issue 16): llhttp is C, so its time shows in hop.py's frames
+    ([LOOP, ("_read_ready", f"{STDLIB}/asyncio/selector_events.py"),
+      ("data_received", f"{SRC}/runtime/upstream.py"),
+      ("on_header", f"{SRC}/runtime/hop.py")], cpuprofile.HOP),
     # asyncio: its own areas, except under the log stream's reader
     ([LOOP, ("_read_ready", f"{STDLIB}/asyncio/selector_events.py"),
       ("feed_data", f"{STDLIB}/asyncio/streams.py")], cpuprofile.ASYNCIO_STREAMS),

@@ -1,0 +1,143 @@
+"""The instance hop (httptools since issue 16) against a function that answers with
+hostile HTTP, through a real lambdad, Docker and the gateway on 127.0.0.1.
+
+The function is the attacker: a Dockerfile function speaking raw HTTP on its socket
+tries ambiguous framing, header injection, oversized heads, a second answer smuggled
+behind the first and a close mid-body. Each must end in a 502 (or a cut response) for
+that caller only: the next caller always gets the answer to its own request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+
+import pytest
+
+from tests.support.daemon import Lambdad
+
+HOSTILE_SERVER = r'''
+import os, socket, threading, time
+
+ANSWERS = {
+    b"/cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"2\r\nhi\r\n0\r\n\r\n",
+    b"/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!",
+    b"/negative": b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nhi",
+    b"/huge": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nhi",
+    b"/obs-fold": b"HTTP/1.1 200 OK\r\nX-A: a\r\n Set-Cookie: x\r\nContent-Length: 2\r\n\r\nhi",
+    b"/cr": b"HTTP/1.1 200 OK\r\nX-A: a\rSet-Cookie: x\r\nContent-Length: 2\r\n\r\nhi",
+    b"/nul": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nhi",
+    b"/gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhi",
+    b"/status": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nhi",
+    b"/switch": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    b"/big-head": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\nContent-Length: 2\r\n\r\nhi",
+    b"/longer": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+    b"/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n"
+                 b"0\r\n\r\n",
+    b"/no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+}
+
+def serve(conn):
+    buffer = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buffer += data
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        method, path = head.split(b" ")[:2]
+        if path == b"/mid-body":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+            time.sleep(0.1)
+            conn.close()
+            return
+        if path in ANSWERS:
+            conn.sendall(ANSWERS[path])
+        elif method == b"HEAD":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+
+path = os.environ["LAMBDA_SOCKET"]
+if os.path.exists(path):
+    os.unlink(path)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+os.chmod(path, 0o666)
+listener.listen(16)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+'''
+
+
+@pytest.fixture(scope="module")
+def hostile(lambdad: Lambdad, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("hostile-hop")
+    (folder / "server.py").write_text(HOSTILE_SERVER)
+    (folder / "Dockerfile").write_text(
+        "FROM lambda-runtime/python:3.11\nCOPY server.py /srv/server.py\n"
+        'CMD ["python3", "/srv/server.py"]\n')
+    (folder / "lambda.toml").write_text(
+        'name = "hostilehop"\nruntime = "docker"\n[scaling]\nmax_instances = 1\n')
+    lambdad.deploy(folder)
+    return "hostilehop"
+
+
+def _own_answers_follow(lambdad: Lambdad, function: str) -> None:
+    for target in ("/alice", "/bob"):
+        got = lambdad.http(function, target)
+        assert got.status == 200 and got.body == target.encode(), (target, got.body)
+
+
+@pytest.mark.parametrize("path", ["/cl-and-te", "/two-lengths", "/negative", "/huge",
+                                  "/obs-fold", "/cr", "/nul", "/gzip", "/status", "/switch",
+                                  "/big-head"])
+def test_an_ambiguous_or_malformed_answer_is_a_502_and_no_one_elses_answer(
+    lambdad: Lambdad, hostile: str, path: str
+) -> None:
+    got = lambdad.http(hostile, path)
+    assert got.status == 502, (path, got.status, got.body)
+    assert "set-cookie" not in got.headers
+    _own_answers_follow(lambdad, hostile)
+
+
+def test_an_answer_smuggled_behind_the_first_never_reaches_the_next_caller(
+    lambdad: Lambdad, hostile: str
+) -> None:
+    got = lambdad.http(hostile, "/longer")
+    assert got.status == 200 and got.body == b"hi"
+    _own_answers_follow(lambdad, hostile)
+
+
+def test_a_close_mid_body_cuts_that_response_only(lambdad: Lambdad, hostile: str) -> None:
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        lambdad.http(hostile, "/mid-body")
+    _own_answers_follow(lambdad, hostile)
+
+
+def test_interim_chunked_no_content_and_head_answers_are_relayed(
+    lambdad: Lambdad, hostile: str
+) -> None:
+    assert lambdad.http(hostile, "/continue").body == b"ok"
+    chunked = lambdad.http(hostile, "/chunked")
+    assert chunked.status == 200 and chunked.body == b"abcde"
+    empty = lambdad.http(hostile, "/no-content")
+    assert empty.status == 204 and empty.body == b""
+    # HEAD and then GET on one client connection: the HEAD's answer has no body, and
+    # the kept-alive hop does not read the GET's answer short or long.
+    with socket.create_connection(("127.0.0.1", lambdad.gateway_port), timeout=30) as sock:
+        host = f"Host: {hostile}.localhost\r\n".encode()
+        sock.sendall(b"HEAD /h HTTP/1.1\r\n" + host + b"\r\nGET /after HTTP/1.1\r\n" + host
+                     + b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"content-length: 5" in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"\r\n\r\n/after"), data
+    _own_answers_follow(lambdad, hostile)
