@@ -165,9 +165,13 @@ class Client:
             failed = errors.InstanceFailed("the function returned an invalid HTTP response")
             return await self._respond(error_response(failed, request_id), version=response.version)
         try:
-            async for chunk in response.body:
-                if self.rules.answer.send_body(chunk):
-                    await self._flush()
+            content = response.content
+            if content is not None:  # the whole body came with the head: one write for all
+                self.rules.answer.send_body(content)
+            else:
+                async for chunk in response.body:
+                    if self.rules.answer.send_body(chunk):
+                        await self._flush()
             self.rules.answer.end_response()
             await self._flush()
         except (Drop, OSError):
