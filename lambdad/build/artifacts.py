@@ -1,13 +1,19 @@
-"""A version's code and dependencies as plain files, for stem cells to load.
+"""A version's code and dependencies as plain files: what a standard-runtime version is.
 
 Layout: ROOT/<function>/v<N>/{task,deps}. The folder is the daemon's (0700 at the
 root), every file in it is 0644 (0755 if executable) and owned by the daemon, so a
-function's user can read its code but never change it. A cell gets a private copy
-made of hard links (`link_into`): no bytes are copied, the cell sees only its own
-version, and removing one never touches the other.
+function's user can read its code but never change it. A new container of the version
+mounts `task` and `deps` read-only; a cell gets a private copy made of hard links
+(`link_into`): no bytes are copied, the cell sees only its own version, and removing one
+never touches the other.
 
-One owner: the builder may only `save` (ArtifactSink) and the runtime manager only `find`
-(ArtifactSource); cloning, removing and retaining are decided by `lambdad.control.builds`.
+A build writes the artifact in place: it extracts the upload into `begin`'s staging
+folder, resolves (or links from the build cache) the wheels beside it, and `commit`
+renames it into place. Nothing is copied a second time.
+
+One owner: the builder may only `begin`, `commit`, `discard` and `save` (ArtifactSink)
+and the runtime manager only `find` (ArtifactSource); cloning, removing and retaining are
+decided by `lambdad.control.builds`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ RUNTIME_IMAGE = "runtime-image"  # the id of the runtime image the version was b
 
 class ArtifactSink(Protocol):
     """What a build may do to the store: write its version's artifact."""
+
+    def begin(self, function: str, version: int) -> Path: ...
+
+    def commit(self, function: str, version: int, runtime_image: str = "") -> Path: ...
+
+    def discard(self, function: str, version: int) -> None: ...
 
     def save(self, function: str, version: int, code: Path, deps: Path | None,
              runtime_image: str = "") -> Path: ...
@@ -53,23 +65,43 @@ class ArtifactStore:
         path = self.path(function, version)
         return path if (path / TASK).is_dir() else None
 
-    def save(self, function: str, version: int, code: Path, deps: Path | None,
-             runtime_image: str = "") -> Path:
-        """Copies a build's code (and resolved dependencies) in; atomic by rename."""
+    def _staging(self, function: str, version: int) -> Path:
         final = self.path(function, version)
-        staging = final.with_name(final.name + ".partial")
+        return final.with_name(final.name + ".partial")
+
+    def begin(self, function: str, version: int) -> Path:
+        """An empty staging folder for the version's artifact: the build extracts the code
+        into its `task/` and puts the wheels in its `deps/`; `commit` makes it the artifact.
+        On the artifacts' file system, so the build cache's hard links reach it."""
+        staging = self._staging(function, version)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        shutil.copytree(code, staging / TASK, symlinks=True)
-        if deps is not None and deps.is_dir():
-            shutil.copytree(deps, staging / DEPS, symlinks=True)
-        else:
-            (staging / DEPS).mkdir()
+        return staging
+
+    def commit(self, function: str, version: int, runtime_image: str = "") -> Path:
+        """The staged artifact, its modes normalized and the runtime image it was built for
+        noted, put in place by one rename."""
+        final = self.path(function, version)
+        staging = self._staging(function, version)
+        (staging / DEPS).mkdir(exist_ok=True)
         (staging / RUNTIME_IMAGE).write_text(runtime_image + "\n")
         normalize_modes(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)
         return final
+
+    def discard(self, function: str, version: int) -> None:
+        """A build that failed: its staging folder goes."""
+        shutil.rmtree(self._staging(function, version), ignore_errors=True)
+
+    def save(self, function: str, version: int, code: Path, deps: Path | None,
+             runtime_image: str = "") -> Path:
+        """Copies a build's code (and resolved dependencies) in; atomic by rename."""
+        staging = self.begin(function, version)
+        shutil.copytree(code, staging / TASK, symlinks=True)
+        if deps is not None and deps.is_dir():
+            shutil.copytree(deps, staging / DEPS, symlinks=True)
+        return self.commit(function, version, runtime_image)
 
     @staticmethod
     def runtime_image(artifact: Path) -> str:
