@@ -18,6 +18,7 @@ decided by `lambdad.control.builds`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -91,17 +92,25 @@ class ArtifactStore:
         return final
 
     def discard(self, function: str, version: int) -> None:
-        """A build that failed: its staging folder goes."""
-        shutil.rmtree(self._staging(function, version), ignore_errors=True)
+        """A build that failed: its staging folder goes, and the function's folder if that
+        leaves it empty (a first deploy that failed leaves nothing)."""
+        staging = self._staging(function, version)
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: the function has versions
+            staging.parent.rmdir()
 
     def save(self, function: str, version: int, code: Path, deps: Path | None,
              runtime_image: str = "") -> Path:
         """Copies a build's code (and resolved dependencies) in; atomic by rename."""
         staging = self.begin(function, version)
-        shutil.copytree(code, staging / TASK, symlinks=True)
-        if deps is not None and deps.is_dir():
-            shutil.copytree(deps, staging / DEPS, symlinks=True)
-        return self.commit(function, version, runtime_image)
+        try:
+            shutil.copytree(code, staging / TASK, symlinks=True)
+            if deps is not None and deps.is_dir():
+                shutil.copytree(deps, staging / DEPS, symlinks=True)
+            return self.commit(function, version, runtime_image)
+        except BaseException:
+            self.discard(function, version)
+            raise
 
     @staticmethod
     def runtime_image(artifact: Path) -> str:
@@ -125,7 +134,11 @@ class ArtifactStore:
         return final
 
     def remove(self, function: str, version: int) -> None:
-        shutil.rmtree(self.path(function, version), ignore_errors=True)
+        """The version's artifact, and the function's folder if it was the last."""
+        path = self.path(function, version)
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: other versions
+            path.parent.rmdir()
 
     def remove_function(self, function: str) -> None:
         shutil.rmtree(self.root / function, ignore_errors=True)
