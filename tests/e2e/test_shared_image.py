@@ -87,6 +87,8 @@ def test_a_standard_deploy_makes_no_image_and_a_delete_leaves_nothing(
     assert [(v["version"], v["image"], v["image_id"]) for v in listed] == [
         (1, "", ""), (2, "", "")]
     assert lambdad.images("noimage") == []
+    shown = lambdad.cli("get", "noimage")
+    assert shown.code == 0 and "(runtime image)" in shown.stdout, shown.stdout
     artifacts = lambdad.state_dir / "artifacts" / "noimage"
     assert sorted(os.listdir(artifacts)) == ["v1", "v2"]
 
