@@ -192,15 +192,24 @@ def link_tree(source: Path, target: Path) -> None:
 
 
 def normalize_modes(root: Path) -> None:
-    """Readable by everyone, writable by nobody but the daemon (whatever its umask)."""
+    """Readable by everyone, writable by nobody but the daemon (whatever its umask).
+
+    Only what differs is changed: wheels linked from the build cache were normalized when
+    their first artifact was, so a warm deploy's walk is lstat calls alone."""
     for folder, dirs, files in os.walk(root):
-        os.chmod(folder, 0o755)
+        _chmod(folder, os.lstat(folder).st_mode, 0o755)
         for name in files:
             path = os.path.join(folder, name)
             mode = os.lstat(path).st_mode
             if stat.S_ISREG(mode):
-                os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+                _chmod(path, mode, 0o755 if mode & 0o111 else 0o644)
         for name in dirs:
             path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o755)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):  # not a link to one
+                _chmod(path, mode, 0o755)
+
+
+def _chmod(path: str, mode: int, wanted: int) -> None:
+    if stat.S_IMODE(mode) != wanted:
+        os.chmod(path, wanted)
