@@ -8,9 +8,10 @@ the current runtime image), else a container, at most MAX_CONTAINER_STARTS at on
 across all functions.
 
 Which image: a standard-runtime version has no image of its own, so both paths run the
-runtime image as it is now (its id, read every IMAGE_CHECK_S), the container with the
-version's artifact mounted read-only at /var/task and /opt/lambda/deps; after `make
-runtime-image` its new instances run the new image. A Dockerfile function's container, and
+runtime image as it is now: a container is created from its tag (Docker resolves it at each
+start), with the version's artifact mounted read-only at /var/task and /opt/lambda/deps,
+and cells are kept of the tag's id (read every IMAGE_CHECK_S); after `make runtime-image`
+its new instances run the new image. A Dockerfile function's container, and
 one of a version an earlier lambdad built an image for, run that image.
 """
 
@@ -195,7 +196,7 @@ class Starter:
             container_id = await asyncio.to_thread(
                 functools.partial(self._backend.start, version, instance_id, folder.path,
                                   init_later=standard, code=code,
-                                  image=self.runtime_image_id or self._runtime_image))
+                                  image=self._runtime_image))
         except BaseException:
             await self._stopper.remove_folder(folder)
             raise
