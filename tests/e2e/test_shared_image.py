@@ -202,9 +202,10 @@ def test_an_image_based_version_of_an_earlier_lambdad_keeps_working(tmp_path: Pa
         assert daemon.containers("legacy") == []
 
 
-def test_a_function_without_an_image_survives_a_restart(lambdad: Lambdad) -> None:
+def test_a_function_without_an_image_survives_a_restart(fresh_lambdad: Lambdad) -> None:
     """No image to start from after a restart: the artifact is enough (a cell or a new
     container of the runtime image), and orphan pruning at start keeps it."""
+    lambdad = fresh_lambdad
     lambdad.deploy(FUNCTIONS / "greet", "--name", "restarted")
     lambdad.stop()
     lambdad.start()
