@@ -142,8 +142,13 @@ class DockerBackend:
         return container_id
 
     def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path, *,
-              init_later: bool = False) -> str:
-        """Creates and starts a hardened container of the version's image; returns its id.
+              init_later: bool = False, code: Path | None = None, image: str = "") -> str:
+        """Creates and starts a hardened container; returns its id.
+
+        With `code` (an artifact: `task/` and `deps/`) the container runs `image`, the
+        runtime image, with those folders bound read-only where a stem cell has its code
+        (the function can read its code, never change it); without, the version's own
+        image.
 
         With `init_later` (standard runtimes) the runtime starts as a stem cell does, with
         a stem cell's clean environment: it opens its socket before any function code runs
@@ -151,16 +156,19 @@ class DockerBackend:
         lambdad locks the socket folder first and none of the function's variables
         (LD_PRELOAD, PYTHONPATH, ...) reaches the supervisor.
         """
+        binds = {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}}
+        if code is not None:
+            binds[str(code / "task")] = {"bind": TASK_DIR, "mode": "ro"}
+            binds[str(code / "deps")] = {"bind": DEPS_DIR, "mode": "ro"}
         host_config = self._host_config(
-            CellClass.of(version.config),
-            {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
+            CellClass.of(version.config), binds,
             init=version.config.runtime == "docker",
             volumes=(self._declared_volumes(version.image)
                      if version.config.runtime == "docker" else ()),
         )
         environment = stem_cell_environment() if init_later else function_environment(version)
         return self._create_and_start(
-            version.image,
+            image if code is not None else version.image,
             instance_name(version.function, version.number, instance_id),
             {
                 labels.FUNCTION: version.function,

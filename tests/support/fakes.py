@@ -169,6 +169,9 @@ class FakeBuilder:
         self.removed: list[str] = []
         self.fail_build: str = ""  # the BuildFailed message of the next build
         self.builds: list[BuildSpec] = []
+        # True: a standard-runtime build also tags an image, as lambdad did before issue
+        # 16 (its versions are still stored and served); False: the artifact alone, as now.
+        self.images_for_standard = True
 
     async def build(self, spec: BuildSpec) -> AsyncIterator[str | BuiltImage]:
         self.builds.append(spec)
@@ -182,6 +185,9 @@ class FakeBuilder:
             code.mkdir(parents=True, exist_ok=True)
             (code / "handler.py").write_text("def handler(event, context): return event\n")
             self._artifacts.save(spec.function, spec.version, code, None, "sha256:runtime")
+            if not self.images_for_standard:
+                yield BuiltImage("", "")
+                return
         self.images[spec.image] = image_id
         yield BuiltImage(spec.image, image_id)
 
