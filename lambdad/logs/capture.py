@@ -2,7 +2,8 @@
 
 One asyncio task per instance follows Docker's log stream (from the container's start,
 so nothing printed during start-up is missed) over the engine's Unix socket, and hands
-parsed lines to the store; the task ends when the container stops.
+parsed lines to the store; the task ends when the container stops. `follow_channel` reads a
+standard-runtime instance's log channel instead (channel_stream.py); nothing calls it yet.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from lambdad.logs import docker_stream
+from lambdad.logs import channel_stream, docker_stream
+from lambdad.logs.channel import RecordDecoder
 from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, parse_docker_line, parse_line
+from lambdad.runtime.folder import InstanceFolder
 
 log = logging.getLogger("lambdad.logs")
 
@@ -42,7 +46,7 @@ class LogCapture:
         self._api_version = api_version
         self._sink = sink
         self._socket = socket_path or docker_socket()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def follow(self, source: Source, *, since: datetime | None = None) -> None:
         """Starts capturing; `since` skips lines already captured (an adopted instance)."""
@@ -55,11 +59,21 @@ class LogCapture:
                                 stream=RUNTIME_STREAM if frame else stream,
                                 request_id=request_id, message=message))
 
-        task = asyncio.create_task(
+        self._track(asyncio.create_task(
             docker_stream.follow(self._socket, self._api_version, source.container_id, since,
                                  on_line),
             name=f"logs-{source.instance}",
-        )
+        ))
+
+    def follow_channel(self, source: Source, folder: InstanceFolder) -> None:
+        """Starts reading a standard-runtime instance's log channel instead of Docker's
+        stream (its runtime started with LAMBDA_LOG_CHANNEL=1). Not called yet:
+        docs/design-notes/log-channel.md says what switches it on."""
+        decoder = RecordDecoder(source.function, source.version, source.instance)
+        self._track(asyncio.create_task(
+            channel_stream.follow(folder, decoder, self._sink), name=f"logs-{source.instance}"))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
