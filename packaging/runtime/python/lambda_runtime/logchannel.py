@@ -79,7 +79,7 @@ def split(blob: bytes) -> tuple[list[tuple[int, int, bytes, int]], bytes]:
 
 
 class Queue:
-    """Records not yet sent, bounded; `head` has been sent up to `offset`."""
+    """Records not yet sent, bounded; the first has been sent up to `offset`."""
 
     __slots__ = ("dropped_bytes", "dropped_lines", "frame_cap", "offset", "records", "size",
                  "text_cap")
@@ -88,7 +88,7 @@ class Queue:
         self.text_cap = text_cap
         self.frame_cap = frame_cap
         self.records: collections.deque[bytes] = collections.deque()
-        self.size = 0  # bytes queued, the sent part of the first record included
+        self.size = 0  # bytes not sent yet (what the caps bound)
         self.offset = 0
         self.dropped_lines = 0
         self.dropped_bytes = 0
