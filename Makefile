@@ -22,7 +22,7 @@ help:
 	@echo "make runtime-image  build $(RUNTIME_IMAGE) from Debian packages (about a minute)"
 	@echo "make install        install lambdad, lambdactl, the unit, man pages, completion (PREFIX, DESTDIR)"
 	@echo "make uninstall      remove what make install put in place (keeps /etc/lambdad and state)"
-	@echo "make bench          benchmarks: deploy, invoke, warm load, cold start, peer, async (docs/performance.md)"
+	@echo "make bench          benchmarks: deploy, invoke, warm load, cold start, peer, wrk, async (docs/performance.md)"
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "installing python3-venv..."; \
@@ -84,7 +84,12 @@ config-example: $(BIN)/.installed
 completion: $(BIN)/.installed
 	$(BIN)/python packaging/completion.py completion
 
+# The outside group loads the gateway with wrk (Debian's package); without it, it falls back
+# to bench/loadgen.py in its own process and says so.
 bench: $(BIN)/.installed runtime-image example-wheels
+	@command -v wrk >/dev/null || { echo "installing wrk..."; \
+		{ apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null 2>&1 || \
+		echo "could not install wrk: the outside group uses bench/loadgen.py"; }
 	$(BIN)/python bench/run.py
 
 # Installation: the package in its own virtual environment under $(PREFIX)/lib/lambda,

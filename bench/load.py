@@ -35,6 +35,7 @@ CLIENTS = (1, 32)
 # Targets of the issue (printed as PASS/MISS, never asserted).
 MAX_P50_OVERHEAD_MS = 0.5
 MIN_RPS_SHARE_32 = 0.60
+MAX_DAEMON_US_PER_REQUEST = 150.0  # issue 16: lambdad CPU per proxied request
 
 PEER_PACKAGE = "functions-framework"
 PEER_VERSION = "3.10.2"  # verified: serves with gunicorn (gthread), 1 worker, 4 threads/core
@@ -62,14 +63,18 @@ class LoadReport:
 
     def add(self, group: str, target: str, result: LoadResult,
             daemon_cpu: float | None = None, instance_cpu: float | None = None) -> None:
+        per_request = result.pid_cpu_us_per_request  # lambdad's, when it was watched
         self.rows.append(LoadRow(group=group, target=target, clients=result.connections,
                                  requests=result.requests, errors=result.errors,
                                  rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms,
                                  mean_ms=result.mean_ms, gen_cpu_pct=result.cpu_pct,
-                                 daemon_cpu_pct=daemon_cpu, instance_cpu_pct=instance_cpu))
+                                 daemon_cpu_pct=daemon_cpu, instance_cpu_pct=instance_cpu,
+                                 daemon_us_per_request=per_request))
         extra = "".join(f", {what} {value:.0f}%" for what, value in
                         (("lambdad", daemon_cpu), ("instance", instance_cpu))
                         if value is not None)
+        if per_request is not None:
+            extra += f", lambdad {per_request:.0f} us/request"
         print(f"    {group:7} {target:28} {result.connections:2} clients: "
               f"{result.rps:8,.0f} req/s  p50 {result.p50_ms:.3f} ms  p99 {result.p99_ms:.3f} ms"
               f"  (CPU: generator {result.cpu_pct:.0f}%{extra})", flush=True)
@@ -191,6 +196,31 @@ def bench_warm(daemon: BenchDaemon, report: LoadReport, *, duration: float,
         "rps_share_32": round(share, 4), "rps_share_1": round(share_1, 4),
         "generator_ceiling_rps_32": round(ceiling_32),
     }
+    _cpu_per_request(report)
+
+
+def _cpu_per_request(report: LoadReport) -> None:
+    """lambdad's CPU per proxied request (its utime + stime, all threads, over exactly the
+    window whose requests are counted), against issue 16's target; the floor rows show what
+    lambdad spends per request it does not proxy (following the instance's logs)."""
+    for clients in CLIENTS:
+        us = report.gateway[clients].pid_cpu_us_per_request
+        floor_us = report.floor[clients].pid_cpu_us_per_request
+        if us is None:
+            report.verdicts.append(f"lambdad CPU per proxied request, {clients} client(s): "
+                                   "not measured (/proc unreadable)")
+            continue
+        report.verdicts.append(
+            f"lambdad CPU per proxied request, {clients:2} client{'s' if clients > 1 else ' '}: "
+            f"{us:.0f} us (target <= {MAX_DAEMON_US_PER_REQUEST:.0f} us) "
+            f"{_verdict(us <= MAX_DAEMON_US_PER_REQUEST)}")
+        report.figures["warm"][f"daemon_us_per_request_{clients}"] = round(us, 1)
+        if floor_us is not None:
+            report.notes.append(
+                f"lambdad CPU per request sent straight to the instance ({clients} "
+                f"client{'s' if clients > 1 else ''}): {floor_us:.0f} us (log capture only)")
+            report.figures["warm"][f"daemon_us_per_floor_request_{clients}"] = round(
+                floor_us, 1)
 
 
 # Containers and CPU accounting.
@@ -244,12 +274,13 @@ def _cpu_pct(before: float | None, after: float | None, wall: float) -> float | 
 
 def _with_cpu(daemon: BenchDaemon, container_id: str | None, **kwargs: Any
               ) -> tuple[LoadResult, float | None, float | None]:
-    """measure(), plus the average CPU of lambdad and of the instance over the whole run."""
+    """measure(), plus the average CPU of lambdad and of the instance over the whole run;
+    the generator also reads lambdad's CPU over its window (`pid_cpu_s`)."""
     pid = daemon.process.pid if daemon.process is not None else None
     d0 = _proc_cpu_s(pid) if pid else None
     c0 = _container_cpu_s(container_id) if container_id else None
     t0 = time.monotonic()
-    result = measure(**kwargs)
+    result = measure(cpu_pid=pid, **kwargs)
     wall = time.monotonic() - t0
     d1 = _proc_cpu_s(pid) if pid else None
     c1 = _container_cpu_s(container_id) if container_id else None

@@ -12,7 +12,9 @@ status line and Content-Length only (every response of our stack carries one). E
 completed in the measuring window adds its latency (perf_counter_ns, from the request's send
 to the last byte) to the samples; requests/s = completed responses / window. The process's own
 CPU time over the window is reported too: near 100% would mean the generator is the
-bottleneck.
+bottleneck. With `--cpu-pid PID` it also reads that process's CPU time (utime + stime of all
+its threads, /proc/PID/stat) at the window's start and end, so a server's CPU per request is
+`pid_cpu_s / requests` over exactly the requests counted.
 
 bench/run.py runs this module as a separate process (`measure`, `canned_server`), so the
 generator does not share an interpreter or event loop with the daemon.
@@ -58,10 +60,28 @@ class LoadResult:
     p99_ms: float
     mean_ms: float
     cpu_pct: float  # the generator's CPU time / window wall time
+    pid_cpu_s: float | None = None  # CPU seconds of --cpu-pid over the window, if asked
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoadResult:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    @property
+    def pid_cpu_us_per_request(self) -> float | None:
+        """The watched process's CPU microseconds per request completed in the window."""
+        if self.pid_cpu_s is None or not self.requests:
+            return None
+        return self.pid_cpu_s / self.requests * 1e6
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all its threads (/proc/PID/stat fields 14
+    and 15; the command name in field 2 may hold spaces, so split after its ')')."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentile(sorted_values: list[int], pct: float) -> int:
@@ -136,7 +156,7 @@ def _content_length(head: bytes | bytearray) -> int:
 
 def generate(*, tcp_port: int | None, unix_path: str | None, connections: int,
              request: _Request, duration: float | None, count: int | None,
-             warmup: float) -> LoadResult:
+             warmup: float, cpu_pid: int | None = None) -> LoadResult:
     """The closed loop itself (runs in this process)."""
     poller = select.epoll()
     conns: dict[int, _Conn] = {}
@@ -162,6 +182,8 @@ def generate(*, tcp_port: int | None, unix_path: str | None, connections: int,
     measure_from = t0 + int(warmup * 1e9)
     measure_until = measure_from + int(duration * 1e9) if duration is not None else None
     cpu_start: float | None = None
+    pid_cpu_start: float | None = None
+    pid_cpu_stop: float | None = None
     measuring = False
     stopping = False
     stop_at_ns = 0
@@ -172,12 +194,16 @@ def generate(*, tcp_port: int | None, unix_path: str | None, connections: int,
         if not measuring and t >= measure_from:
             measuring = True
             cpu_start = time.process_time()
+            if cpu_pid is not None:
+                pid_cpu_start = proc_cpu_s(cpu_pid)
             measure_from = t
         if (measuring and not stopping and
                 ((measure_until is not None and t >= measure_until)
                  or (count is not None and len(latencies) >= count))):
             stopping = True
             stop_at_ns = t
+            if cpu_pid is not None:
+                pid_cpu_stop = proc_cpu_s(cpu_pid)
         if stopping and t - stop_at_ns > DRAIN_S * 1e9:
             break
         for fd, _ in events:
@@ -229,11 +255,15 @@ def generate(*, tcp_port: int | None, unix_path: str | None, connections: int,
     if not samples:
         raise RuntimeError(f"no response completed in the window ({errors} errors)")
     window_s = window_ns / 1e9
+    pid_cpu = None
+    if pid_cpu_start is not None and pid_cpu_stop is not None:
+        pid_cpu = round(pid_cpu_stop - pid_cpu_start, 4)
     return LoadResult(
         connections=connections, requests=len(samples), errors=errors,
         window_s=round(window_s, 3), rps=len(samples) / window_s,
         p50_ms=_percentile(samples, 50) / 1e6, p99_ms=_percentile(samples, 99) / 1e6,
         mean_ms=sum(samples) / len(samples) / 1e6, cpu_pct=100.0 * cpu / window_s,
+        pid_cpu_s=pid_cpu,
     )
 
 
@@ -279,7 +309,8 @@ def measure(*, tcp_port: int | None = None, unix_path: str | None = None,
             host_header: str = "localhost", path: str = "/", connections: int = 1,
             headers: list[tuple[str, str]] | None = None, unique_header: str | None = None,
             duration: float | None = 3.0, count: int | None = None,
-            warmup: float = 0.5, timeout: float = 60.0) -> LoadResult:
+            warmup: float = 0.5, timeout: float = 60.0,
+            cpu_pid: int | None = None) -> LoadResult:
     command = [sys.executable, str(Path(__file__).resolve()), "run", "--json",
                "-c", str(connections), "--warmup", str(warmup), "--path", path,
                "--host-header", host_header]
@@ -289,6 +320,8 @@ def measure(*, tcp_port: int | None = None, unix_path: str | None = None,
         command += ["--header", f"{name}: {value}"]
     if unique_header is not None:
         command += ["--unique-header", unique_header]
+    if cpu_pid is not None:
+        command += ["--cpu-pid", str(cpu_pid)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"loadgen exited with {proc.returncode}: {proc.stderr.strip()}")
@@ -354,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'")
             p.add_argument("--unique-header", metavar="NAME",
                            help="a header with a value unique per request (a request id)")
+            p.add_argument("--cpu-pid", type=int, metavar="PID",
+                           help="also report this process's CPU seconds over the window")
             p.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -367,12 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     request = _Request(args.method, args.path, headers, args.unique_header)
     result = generate(tcp_port=args.tcp, unix_path=args.unix, connections=args.connections,
                       request=request, warmup=args.warmup, count=args.requests,
-                      duration=None if args.requests else args.duration)
+                      duration=None if args.requests else args.duration,
+                      cpu_pid=args.cpu_pid)
     if args.json:
         print(json.dumps(asdict(result)))
     else:
         for key, value in asdict(result).items():
-            print(f"{key:12} {value:.3f}" if isinstance(value, float) else f"{key:12} {value}")
+            print(f"{key:12} {value:.4f}" if isinstance(value, float) else f"{key:12} {value}")
     return 0
 
 

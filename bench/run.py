@@ -33,6 +33,7 @@ from async_bench import AsyncReport, bench_async
 from cold import ColdReport, bench_cold
 from harness import GRPC_OPTIONS, ROOT, BenchDaemon, UnixHTTPConnection, executable
 from load import LoadReport, bench_peer, bench_warm
+from outside import OutsideReport, bench_outside, render_outside
 from stats import Result, Summary, render_load_table, render_table
 
 from lambdad.api.v1 import functions_pb2, functions_pb2_grpc
@@ -44,7 +45,7 @@ RUNTIME_IMAGE = "lambda-runtime/python:3.11"
 PAYLOAD = b'{"name":"World"}'
 EXPECTED = b"Hello, World!"
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
-GROUPS = ("deploy", "deps", "http", "invoke", "warm", "cold", "peer", "async")
+GROUPS = ("deploy", "deps", "http", "invoke", "warm", "cold", "peer", "outside", "async")
 # The example apps whose requirements.txt the deps group resolves, from the wheels
 # `make example-wheels` fetched (benchmarks talk to loopback only, never to an index).
 DEPS_APPS = ("fastapi-mangum", "flask-apig-wsgi", "powertools")
@@ -76,7 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a benchmark stops starting new rounds after this long "
                         "(default: 30)")
     parser.add_argument("--duration", type=float, default=3.0, metavar="SECONDS",
-                        help="measuring window of each warm/peer load run (default: 3)")
+                        help="measuring window of each warm/peer/outside load run; wrk "
+                        "rounds it to whole seconds (default: 3)")
     parser.add_argument("--warmup", type=float, default=0.5, metavar="SECONDS",
                         help="warm-up before each load run's window (default: 0.5)")
     parser.add_argument("--cold-rounds", type=int, default=30,
@@ -430,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                                      *(["--wheelhouse", str(wheelhouse)] if wheelhouse else [])])
     results: list[Result] = []
     load = LoadReport()
+    outside = OutsideReport()
     asyncs = AsyncReport()
     colds = ColdReport()
     failed: str | None = None
@@ -441,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         "warm": "warm load: gateway vs instance socket, 1 and 32 clients",
         "cold": "cold starts: stem cell, new container, unpause, burst, idle memory",
         "peer": "peer: functions-framework under the same load",
+        "outside": "outside generator (wrk): gateway vs functions-framework, 1 and 32 "
+                   "connections",
         "async": "async: event enqueue and delivery vs sync Invoke; cron lag vs asyncio timers",
     }
     try:
@@ -470,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.extend(colds.results)
             elif group == "peer":
                 bench_peer(daemon, load, duration=args.duration, warmup=args.warmup)
+            elif group == "outside":
+                bench_outside(daemon, outside, duration=args.duration)
             elif group == "async":
                 bench_async(daemon, asyncs, events=args.async_events,
                             threads=args.async_threads, budget=min(args.budget, 8.0),
@@ -519,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
               "the bottleneck)")
         for note in load.notes:
             print(f"    {note}")
+    if outside.results:
+        print()
+        print(f"outside generator: {outside.generator}; keep-alive GET /?name=World, "
+              "1 s warm-up, then the counted run; server CPU = its CPU over the run / requests")
+        print(render_outside(outside.results))
     if colds.lines:
         print()
         print("cold starts:")
@@ -529,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         print("async (figures only, no targets):")
         for line in asyncs.lines:
             print(f"  {line}")
-    verdicts = [*load.verdicts, *colds.verdicts]
+    verdicts = [*load.verdicts, *outside.verdicts, *colds.verdicts]
     if verdicts:
         print()
         print("targets (printed, never asserted):")
@@ -549,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [r.as_json() for r in results],
             "load": [vars(r) for r in load.rows],
             "targets": verdicts,
-            "figures": {**load.figures, **colds.figures, **asyncs.figures},
+            "figures": {**load.figures, **outside.figures, **colds.figures, **asyncs.figures},
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"results written to {path}")

@@ -93,6 +93,7 @@ class LoadRow:
     gen_cpu_pct: float
     daemon_cpu_pct: float | None = None  # lambdad, averaged over the whole run
     instance_cpu_pct: float | None = None  # the function's container, likewise
+    daemon_us_per_request: float | None = None  # lambdad CPU over the window / requests
 
 
 def _pct(value: float | None) -> str:
@@ -101,10 +102,12 @@ def _pct(value: float | None) -> str:
 
 def render_load_table(rows: list[LoadRow]) -> str:
     headers = ["load", "target", "clients", "n", "req/s", "p50 ms", "p99 ms", "mean ms",
-               "errors", "gen CPU", "lambdad CPU", "instance CPU"]
+               "errors", "gen CPU", "lambdad CPU", "lambdad us/req", "instance CPU"]
     cells = [[r.group, r.target, str(r.clients), str(r.requests), f"{r.rps:,.0f}",
               f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}", str(r.errors),
-              f"{r.gen_cpu_pct:.0f}%", _pct(r.daemon_cpu_pct), _pct(r.instance_cpu_pct)]
+              f"{r.gen_cpu_pct:.0f}%", _pct(r.daemon_cpu_pct),
+              "-" if r.daemon_us_per_request is None else f"{r.daemon_us_per_request:.0f}",
+              _pct(r.instance_cpu_pct)]
              for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
     left = {0, 1}

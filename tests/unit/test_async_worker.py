@@ -5,8 +5,9 @@ the wake-up on enqueue, cancel, and a clean stop that leaves attempts to be retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,19 @@ async def until(check: Callable[[], Awaitable[bool]]) -> None:
             await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def started_worker(store: Store, deliver: Callable[[AsyncInvocation], Awaitable[Outcome]], *,
+                  policy: RetryPolicy | None = None,
+                  limit: Callable[[str], int] = lambda _: 1) -> AsyncIterator[AsyncWorker]:
+    """A started worker on `store`, stopped on the way out whatever the test did."""
+    worker = AsyncWorker(store.invocations, deliver, lambda _: policy or RetryPolicy(), limit)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
 async def status_is(store: Store, inv_id: str, status: str) -> bool:
     found: str = await store.invocations.status(inv_id)
     return found == status
@@ -67,14 +81,9 @@ def test_a_queued_event_is_delivered_once_and_its_result_kept(tmp_path: Path,
         async with opened_store(tmp_path, "f") as store:
             queued = event()
             await store.invocations.insert(queued)
-            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
-                                 lambda _: 1)
-            worker.start()
-            try:
+            async with started_worker(store, deliver):
                 await until(lambda: status_is(store, queued.id, "succeeded"))
                 await asyncio.sleep(0.05)
-            finally:
-                await worker.stop()
             done = await store.invocations.get(queued.id)
             assert [(d.id, d.payload, d.attempts) for d in delivered] == [
                 (queued.id, b'{"n": 1}', 1)]
@@ -97,9 +106,7 @@ def test_failures_retry_at_the_policys_backoff_then_become_dead_letters(
         async with opened_store(tmp_path, "f") as store:
             queued = event()
             await store.invocations.insert(queued)
-            worker = AsyncWorker(store.invocations, deliver, lambda _: policy, lambda _: 1)
-            worker.start()
-            try:
+            async with started_worker(store, deliver, policy=policy) as worker:
                 await until(lambda: asyncio.sleep(0, len(attempts) == 1))
                 await until(lambda: status_is(store, queued.id, "queued"))
                 first = await store.invocations.get(queued.id)
@@ -118,8 +125,6 @@ def test_failures_retry_at_the_policys_backoff_then_become_dead_letters(
                 worker.wake()
                 await until(lambda: status_is(store, queued.id, "failed"))
                 await asyncio.sleep(0.1)
-            finally:
-                await worker.stop()
             dead = await store.invocations.get(queued.id)
             assert attempts == [T0, T0 + 10.0, T0 + 30.0]  # 1 + 2 retries, no more
             assert (dead.attempts, dead.last_error) == (3, "failure 3")
@@ -136,13 +141,8 @@ def test_a_delivery_that_raises_is_a_failed_attempt_with_its_error(tmp_path: Pat
         async with opened_store(tmp_path, "f") as store:
             queued = event()
             await store.invocations.insert(queued)
-            worker = AsyncWorker(store.invocations, deliver,
-                                 lambda _: RetryPolicy(retries=0), lambda _: 1)
-            worker.start()
-            try:
+            async with started_worker(store, deliver, policy=RetryPolicy(retries=0)):
                 await until(lambda: status_is(store, queued.id, "failed"))
-            finally:
-                await worker.stop()
             failed = await store.invocations.get(queued.id)
             assert failed.last_error == "RuntimeError: the instance vanished"
 
@@ -171,21 +171,19 @@ def test_deliveries_of_one_function_stay_within_its_limit(tmp_path: Path, clock:
             events = [event() for _ in range(6)]
             for queued in events:
                 await store.invocations.insert(queued)
-            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
-                                 lambda name: limit if name == "f" else 99)
-            worker.start()
-            try:
-                await until(lambda: asyncio.sleep(0, running == limit))
-                for _ in range(3):  # woken again and again, it still waits for a slot
-                    worker.wake()
-                    await asyncio.sleep(0.05)
-                assert running == peak == limit
-                release.set()
-                for queued in events:
-                    await until(lambda q=queued: status_is(store, q.id, "succeeded"))
-            finally:
-                release.set()
-                await worker.stop()
+            async with started_worker(
+                    store, deliver, limit=lambda name: limit if name == "f" else 99) as worker:
+                try:
+                    await until(lambda: asyncio.sleep(0, running == limit))
+                    for _ in range(3):  # woken again and again, it still waits for a slot
+                        worker.wake()
+                        await asyncio.sleep(0.05)
+                    assert running == peak == limit
+                    release.set()
+                    for queued in events:
+                        await until(lambda q=queued: status_is(store, q.id, "succeeded"))
+                finally:
+                    release.set()
             assert peak == limit
 
     asyncio.run(scenario())
@@ -202,10 +200,7 @@ def test_a_new_event_is_taken_when_the_worker_is_woken_not_at_the_next_poll(
 
     async def scenario() -> None:
         async with opened_store(tmp_path, "f") as store:
-            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
-                                 lambda _: 1)
-            worker.start()
-            try:
+            async with started_worker(store, deliver) as worker:
                 await asyncio.sleep(0.1)  # idle: waiting for a wake-up
                 queued = event()
                 await store.invocations.insert(queued)
@@ -213,8 +208,6 @@ def test_a_new_event_is_taken_when_the_worker_is_woken_not_at_the_next_poll(
                 assert delivered == []  # nobody said
                 worker.wake()  # what the control plane does after an enqueue
                 await until(lambda: status_is(store, queued.id, "succeeded"))
-            finally:
-                await worker.stop()
             assert delivered == [queued.id]
 
     asyncio.run(scenario())
@@ -264,14 +257,9 @@ def test_cancel_ends_a_running_invocation_as_failed_with_the_reason(
         async with opened_store(tmp_path, "f") as store:
             queued = event()
             await store.invocations.insert(queued)
-            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
-                                 lambda _: 1)
-            worker.start()
-            try:
+            async with started_worker(store, deliver) as worker:
                 await asyncio.wait_for(started.wait(), GUARD)
                 await asyncio.wait_for(worker.cancel(queued.id, "replaced"), GUARD)
-            finally:
-                await worker.stop()
             ended = await store.invocations.get(queued.id)
             assert (ended.status, ended.last_error) == ("failed", "replaced")
 
