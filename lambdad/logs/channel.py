@@ -16,18 +16,21 @@ through `parse_line` as a line from Docker's stream of the same runtime does, so
 request ids come only from the supervisor's tags. The runtime is trusted not to run function
 code, yet its bytes are bounded here all the same: a record over MAX_PAYLOAD, an unknown
 kind or stream, a cut line or a head that is not the channel's ends the channel
-(`ChannelBroken`). Not wired in yet: lambdad still follows Docker's stream.
+(`ChannelBroken`).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, parse_line
 
+# Lambda-Invocation-Type is not one a runtime invokes a function with: a runtime from before
+# the channel (a version image built on an older runtime image) answers 400 and runs nothing.
 REQUEST = (b"GET /.lambda/logs HTTP/1.1\r\nHost: lambdad\r\nLambda-Log-Channel: 1\r\n"
-           b"Content-Length: 0\r\n\r\n")
+           b"Lambda-Invocation-Type: log-channel\r\nContent-Length: 0\r\n\r\n")
 CONTENT_TYPE = b"application/vnd.lambda.log-records"
 HEADER = struct.Struct("<IBBHQ")
 COUNTS = struct.Struct("<QQ")
@@ -63,12 +66,19 @@ def dropped_message(lines: int, size: int) -> str:
 class RecordDecoder:
     """One instance's channel: `feed` the bytes as they arrive, get its entries."""
 
-    def __init__(self, function: str, version: int, instance: str) -> None:
+    def __init__(self, function: str, version: int, instance: str, *,
+                 on_dropped: Callable[[int, int], None] | None = None) -> None:
         self.function = function
         self.version = version
         self.instance = instance
+        self.on_dropped = on_dropped  # (lines, bytes) of each DROPPED record
         self._buffer = bytearray()
         self._head_done = False
+
+    @property
+    def head_done(self) -> bool:
+        """The runtime answered as the log channel (else it is an older runtime, or off)."""
+        return self._head_done
 
     def feed(self, data: bytes) -> list[LogEntry]:
         self._buffer += data
@@ -103,6 +113,8 @@ class RecordDecoder:
             if len(payload) != COUNTS.size:
                 raise ChannelBroken(f"a DROPPED record of {len(payload)} bytes")
             lines, size = COUNTS.unpack(payload)
+            if self.on_dropped is not None:
+                self.on_dropped(lines, size)
             return [LogEntry(when, self.function, self.version, self.instance, RUNTIME_STREAM,
                              "", dropped_message(lines, size))]
         if kind != LINES:

@@ -1,4 +1,4 @@
-"""Follows a standard-runtime instance's log channel on the event loop (not wired in yet).
+"""Follows a standard-runtime instance's log channel on the event loop.
 
 The counterpart of docker_stream.follow for instances whose runtime was started with
 LAMBDA_LOG_CHANNEL=1: one connection per instance, opened like every connection to an
@@ -8,7 +8,9 @@ asyncio Protocol, not streams: no reader task wakes per chunk, and reading can p
 
 A `ReadBudget` bounds what one instance costs the daemon: past its rate, reading pauses,
 the runtime's queue fills and the runtime drops and counts what its function wrote on top
-(docs/design-notes/log-channel.md, "Back-pressure and floods").
+(docs/design-notes/log-channel.md, "Back-pressure and floods"). Reading pauses too while the
+LogStore's write buffer is congested (`congested`): the runtime's queue then holds or drops
+the lines, counted, instead of lambdad's memory.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger("lambdad.logs")
 
 RATE_BYTES_S = 8 << 20  # per instance; a function printing without pause gets this much
 BURST_BYTES = 16 << 20
+CONGESTED_PAUSE_S = 0.05  # how often a paused channel looks again at the store's buffer
 
 
 class ReadBudget:
@@ -49,10 +52,11 @@ class ChannelProtocol(asyncio.Protocol):
     """One instance's channel: sends the log request, decodes what comes back."""
 
     def __init__(self, decoder: RecordDecoder, sink: Callable[[LogEntry], None],
-                 budget: ReadBudget) -> None:
+                 budget: ReadBudget, congested: Callable[[], bool] | None = None) -> None:
         self.decoder = decoder
         self.sink = sink
         self.budget = budget
+        self.congested = congested
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.broken: ChannelBroken | None = None
@@ -76,14 +80,24 @@ class ChannelProtocol(asyncio.Protocol):
         for entry in entries:
             self.sink(entry)
         pause = self.budget.spend(len(data), time.monotonic())
+        if pause <= 0 and self.congested is not None and self.congested():
+            pause = CONGESTED_PAUSE_S
         if pause > 0:
-            self.paused_s += pause
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(pause, self._resume)
+            self._pause(pause)
+
+    def _pause(self, pause: float) -> None:
+        assert self.transport is not None
+        self.paused_s += pause
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(pause, self._resume)
 
     def _resume(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.congested is not None and self.congested():
+            self._pause(CONGESTED_PAUSE_S)
+            return
+        self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -91,8 +105,8 @@ class ChannelProtocol(asyncio.Protocol):
 
 
 async def follow(folder: InstanceFolder, decoder: RecordDecoder,
-                 sink: Callable[[LogEntry], None], budget: ReadBudget | None = None
-                 ) -> ChannelProtocol | None:
+                 sink: Callable[[LogEntry], None], budget: ReadBudget | None = None,
+                 congested: Callable[[], bool] | None = None) -> ChannelProtocol | None:
     """Reads the instance's channel until it ends (the instance stopped, or the channel
     broke its format); None when the socket could not be reached."""
     try:
@@ -102,7 +116,7 @@ async def follow(folder: InstanceFolder, decoder: RecordDecoder,
         return None
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_unix_connection(
-        lambda: ChannelProtocol(decoder, sink, budget or ReadBudget()), sock=sock)
+        lambda: ChannelProtocol(decoder, sink, budget or ReadBudget(), congested), sock=sock)
     try:
         await protocol.done
     finally:

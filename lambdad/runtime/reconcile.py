@@ -60,6 +60,7 @@ class Reconciler:
                     container.instance, pool.version, container.id, folder,
                     start_path="cell" if container.cell else "container",
                     code_dir=self.cells_dir / container.instance if container.cell else None,
+                    log_channel=container.log_channel,
                 )
                 instance.idle.append(conn)
                 pool.add(instance)
