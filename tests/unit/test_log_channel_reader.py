@@ -1,6 +1,6 @@
 """lambdad's reader of a runtime's log channel (lambdad/logs/channel_stream.py) against the
-real runtime, in a real instance folder, the way LogCapture.follow_channel will run it; and
-its read budget in memory. Not wired into lambdad yet (docs/design-notes/log-channel.md)."""
+real runtime, in a real instance folder, the way LogCapture.follow_channel runs it; and its
+read budget in memory (docs/design-notes/log-channel.md)."""
 
 from __future__ import annotations
 
