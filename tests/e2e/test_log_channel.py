@@ -82,6 +82,7 @@ def handler(event, context):
         return "flooded"
     if what == "ticks":
         def tick():
+            time.sleep(float(params.get("after", 0)))
             for i in range(int(params.get("count", 40))):
                 os.write(1, f"tick {i} {time.time():.3f}\n".encode())
                 time.sleep(0.1)
@@ -280,11 +281,11 @@ def test_lines_written_while_lambdad_is_down_arrive_after_its_restart(
 ) -> None:
     daemon = fresh_lambdad
     _deploy(daemon, tmp_path, "ticker")
-    assert daemon.http("ticker", "/?what=ticks&count=40").json() == "ticking"  # 4 s of ticks
-    time.sleep(0.5)
-    killed = time.time()
+    # 15 ticks, 0.1 s apart, from 1 s after the answer: lambdad is dead by then.
+    assert daemon.http("ticker", "/?what=ticks&count=15&after=1").json() == "ticking"
     daemon.stop(signal.SIGKILL)
-    time.sleep(2)  # about 20 ticks are written with no lambdad
+    killed = time.time()  # reaped: its end of the channel is closed
+    time.sleep(3)
     restarted = time.time()
     daemon.start()
     assert "reconciled: adopted 1 instance(s)" in daemon.log()
@@ -293,10 +294,7 @@ def test_lines_written_while_lambdad_is_down_arrive_after_its_restart(
         return {int(m.split()[1]): float(m.split()[2]) for m in
                 (str(e["message"]) for e in found) if m.startswith("tick ")}
 
-    seen = ticks(_wait(daemon, "ticker", lambda found: 39 in ticks(found)))
-    # What lambdad had read but not yet written when it was killed may be lost (its
-    # store flushes every 0.2 s); everything written after the kill arrives, once.
-    last_before = max((i for i, at in seen.items() if at < killed), default=-1)
-    assert sorted(i for i in seen if i > last_before) == list(range(last_before + 1, 40))
-    assert sum(killed < at < restarted for at in seen.values()) >= 10, seen
+    seen = ticks(_wait(daemon, "ticker", lambda found: 14 in ticks(found)))
+    assert sorted(seen) == list(range(15)), seen  # none lost
+    assert sum(killed < at < restarted for at in seen.values()) >= 10, (killed, seen)
     assert wait_for(lambda: daemon.http("ticker", "/?what=fds").status == 200)
