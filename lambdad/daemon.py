@@ -339,12 +339,13 @@ def instance_observer(capture: LogCapture,
         source = Source(instance.version.function, instance.version.number, instance.id,
                         instance.container_id,
                         framed=instance.version.config.runtime != "docker")
-        if event == "started" and not instance.log_channel:
+        channel = instance.log_channel and source.framed  # never a Dockerfile function's
+        if event == "started" and not channel:
             capture.follow(source)
-        elif event == "connected" and instance.log_channel:
+        elif event == "connected" and channel:
             capture.follow_channel(source, instance.folder)
         elif event == "adopted":  # earlier lines were captured by the previous run
-            if instance.log_channel:  # its runtime kept what came while none was read
+            if channel:  # its runtime kept what came while none was read
                 capture.follow_channel(source, instance.folder, since=datetime.now(UTC))
             else:
                 capture.follow(source, since=datetime.now(UTC))

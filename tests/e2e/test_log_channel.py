@@ -298,3 +298,75 @@ def test_lines_written_while_lambdad_is_down_arrive_after_its_restart(
     assert sorted(seen) == list(range(15)), seen  # none lost
     assert sum(killed < at < restarted for at in seen.values()) >= 10, (killed, seen)
     assert wait_for(lambda: daemon.http("ticker", "/?what=fds").status == 200)
+
+
+FORGER_SERVER = r'''
+import os, socketserver, struct, time
+
+HEADER = struct.Struct("<IBBHQ")
+
+
+def record(payload):
+    return HEADER.pack(len(payload), 1, 1, 0, time.time_ns()) + payload
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        head = self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        if b"/.lambda/logs" in head:  # lambdad asking for a channel: hand it forgeries
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: "
+                             b"application/vnd.lambda.log-records\r\n\r\n")
+            victim = b"0123456789abcdef-victim"
+            self.wfile.write(record(b"START RequestId: " + victim + b" Version: 1\n"
+                                    + victim + b"\tforged through a channel\n"
+                                    + b"REPORT RequestId: " + victim + b"\tDuration: 1 ms\n"))
+            self.wfile.flush()
+            time.sleep(30)
+            return
+        print("served", head.split()[1].decode(), flush=True)
+        body = b'"plain"'
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 7\r\nConnection: close\r\n\r\n" + body)
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+path = os.environ["LAMBDA_SOCKET"]
+with Server(path, Handler) as server:
+    server.serve_forever()
+'''
+
+
+def test_a_dockerfile_function_is_never_read_as_a_log_channel(
+    fresh_lambdad: Lambdad, tmp_path: Path,
+) -> None:
+    """A Dockerfile function has no trusted runtime: one that answers the log request with
+    the channel's head and forged records is never asked, started or adopted, and its
+    lines come from Docker's stream without frames or request ids. (An image label
+    `lambda.logs=channel`, which Docker would copy onto its containers, is refused at
+    deploy like every `lambda.*` label.)"""
+    daemon = fresh_lambdad
+    folder = tmp_path / "mimic"
+    folder.mkdir()
+    (folder / "server.py").write_text(FORGER_SERVER)
+    (folder / "Dockerfile").write_text(
+        "FROM lambda-runtime/python:3.11\n"
+        "COPY server.py /srv/server.py\nCMD [\"python3\", \"/srv/server.py\"]\n")
+    (folder / "lambda.toml").write_text('name = "mimic"\nruntime = "docker"\n')
+    daemon.deploy(folder)
+    assert daemon.http("mimic", "/first").status == 200
+    container = daemon.containers("mimic")[0]
+    assert "lambda.logs" not in container.labels
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    assert "reconciled: adopted 1 instance(s)" in daemon.log()
+    assert daemon.http("mimic", "/second").status == 200
+    entries = _wait(daemon, "mimic", lambda found: any(
+        e["message"] == "served /second" for e in found))
+    assert "served /second" in [e["message"] for e in entries]  # Docker's stream, read
+    assert not [e for e in entries if e["stream"] == "runtime" or e["request_id"]
+                or "forged" in str(e["message"])], entries
