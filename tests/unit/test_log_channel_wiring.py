@@ -176,3 +176,29 @@ def test_only_the_exact_label_turns_the_channel_on(value: str) -> None:
                                      labels.INSTANCE: "a" * 12, labels.LOGS: value}, True)
     assert found is not None and not found.log_channel
 
+
+
+def test_reconcile_trusts_the_channel_label_only_on_a_standard_runtime() -> None:
+    """A restarted lambdad dials the log channel of a labelled standard runtime, and never of
+    a Dockerfile function's container, whatever its labels say."""
+    from dataclasses import replace
+
+    from tests.support.runtime import Runtime, run, version
+
+    seen: dict[str, bool] = {}
+
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager._on_instance = lambda i, e: seen.update({i.version.function: i.log_channel})
+        for v in (version("std"), version("old"), version("dock", runtime="docker")):
+            rt.manager.register(v)
+        await rt.docker.leftover("std", 1, "a00000000001", rt.instances_dir)
+        await rt.docker.leftover("old", 1, "a00000000002", rt.instances_dir)
+        await rt.docker.leftover("dock", 1, "a00000000003", rt.instances_dir)
+        plain = rt.docker.managed
+        rt.docker.managed = lambda: [  # type: ignore[method-assign]
+            replace(c, log_channel=c.instance != "a00000000002") for c in plain()]
+        assert await rt.manager.reconcile() == (3, 0)
+
+    run(scenario)
+    assert seen == {"std": True, "old": False, "dock": False}
