@@ -84,18 +84,20 @@ def test_reading_pauses_while_the_store_is_congested(
     congested = [True]
 
     async def scenario() -> tuple[list[LogEntry], object]:
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.5, congested.clear)
         from lambdad.logs import channel_stream
 
         entries: list[LogEntry] = []
         task = asyncio.create_task(channel_stream.follow(
             places[1], RecordDecoder("app", 7, "inst"), entries.append,
             congested=lambda: bool(congested)))
+        async with asyncio.timeout(10):  # the first read: the head and the import's line
+            while not entries:
+                await asyncio.sleep(0.005)
         status, _ = await asyncio.to_thread(runtime.invoke, "req-1", {"op": "print"})
         assert status == 200
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
         held = [e for e in entries if e.request_id == "req-1"]
+        congested.clear()
         async with asyncio.timeout(10):
             while not any(e.message.startswith("REPORT") for e in entries):
                 await asyncio.sleep(0.01)
