@@ -188,9 +188,12 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     store = Store(state / "lambda.db")
     metrics = Metrics()
     logs = LogStore(state / "logs", max_file_bytes=config.log_file_bytes,
-                    files_kept=config.log_files)
+                    files_kept=config.log_files,
+                    on_dropped=functools.partial(metrics.log_dropped, "daemon"))
     metrics.log_followers.set_function(logs.subscriber_count)
-    capture = LogCapture(client.api.api_version, logs.append)
+    capture = LogCapture(client.api.api_version, logs.append,
+                         congested=lambda: logs.congested,
+                         on_dropped=functools.partial(metrics.log_dropped, "runtime"))
     backend = DockerBackend(client, daemon_id=host.daemon_id)
     artifacts = ArtifactStore(state / "artifacts")
     artifacts.prepare()
@@ -328,16 +331,24 @@ def http_admission(
 
 def instance_observer(capture: LogCapture,
                       metrics: Metrics) -> Callable[[Instance, str], None]:
-    """What the runtime reports of an instance: its log capture starts, its init time."""
+    """What the runtime reports of an instance: its log capture starts, its init time.
+    An instance started with the log channel is read on it once its socket answers (its
+    runtime keeps what comes before); any other on Docker's stream from its start."""
 
     def on_instance(instance: Instance, event: str) -> None:
         source = Source(instance.version.function, instance.version.number, instance.id,
                         instance.container_id,
                         framed=instance.version.config.runtime != "docker")
-        if event == "started":
+        channel = instance.log_channel and source.framed  # never a Dockerfile function's
+        if event == "started" and not channel:
             capture.follow(source)
+        elif event == "connected" and channel:
+            capture.follow_channel(source, instance.folder)
         elif event == "adopted":  # earlier lines were captured by the previous run
-            capture.follow(source, since=datetime.now(UTC))
+            if channel:  # its runtime kept what came while none was read
+                capture.follow_channel(source, instance.folder, since=datetime.now(UTC))
+            else:
+                capture.follow(source, since=datetime.now(UTC))
         elif event == "ready":
             metrics.init_duration.labels(source.function).observe(instance.init_ms / 1000)
 

@@ -47,9 +47,16 @@ def function_environment(version: FunctionVersion) -> dict[str, str]:
 
 def stem_cell_environment() -> dict[str, str]:
     """A runtime's environment at process start: nothing of any function's (that comes
-    with POST /init, to the zygote only)."""
-    return {"LAMBDA_STEM_CELL": "1", "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}",
-            "LAMBDA_TASK_ROOT": TASK_DIR, "TZ": "UTC"}
+    with POST /init, to the zygote only). LAMBDA_LOG_CHANNEL=1: the supervisor keeps its log
+    lines for lambdad's log channel instead of writing them to Docker
+    (docs/design-notes/log-channel.md); every container started with it is labelled
+    `lambda.logs=channel`, so a restarted lambdad knows which ones to dial."""
+    return {"LAMBDA_STEM_CELL": "1", "LAMBDA_LOG_CHANNEL": "1",
+            "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}", "LAMBDA_TASK_ROOT": TASK_DIR,
+            "TZ": "UTC"}
+
+
+LOG_CHANNEL_LABELS = {labels.LOGS: labels.LOGS_CHANNEL}
 
 
 @dataclass(frozen=True)
@@ -80,21 +87,25 @@ class ManagedContainer:
     instance: str
     running: bool
     cell: bool = False  # a stem cell; the runtime manager finds its owner, if any
+    log_channel: bool = False  # started with the log channel on (labels.LOGS)
 
 
 def managed_container(container_id: str, found: dict[str, str],
                       running: bool) -> ManagedContainer | None:
     """What a container's labels say it is; None when they are damaged."""
     instance = found.get(labels.INSTANCE, "")
+    channel = found.get(labels.LOGS) == labels.LOGS_CHANNEL
     if labels.CLEANUP in found:  # left by a crash: to be removed
         return ManagedContainer(container_id, "", 0, instance, running)
     if labels.CELL in found:
         # Labels are fixed at creation: whose a specialized cell is, the runtime
         # manager knows from the cell's folder; a generic one is never adopted.
-        return ManagedContainer(container_id, "", 0, instance, running, cell=True)
+        return ManagedContainer(container_id, "", 0, instance, running, cell=True,
+                                log_channel=channel)
     try:
         return ManagedContainer(container_id, found[labels.FUNCTION],
-                                int(found[labels.VERSION]), found[labels.INSTANCE], running)
+                                int(found[labels.VERSION]), found[labels.INSTANCE], running,
+                                log_channel=channel)
     except (KeyError, ValueError):
         return None
 
@@ -175,6 +186,7 @@ class DockerBackend:
                 labels.VERSION: str(version.number),
                 labels.INSTANCE: instance_id,
                 labels.DAEMON: self.daemon_id,
+                **(LOG_CHANNEL_LABELS if init_later else {}),
             },
             environment,
             host_config,
@@ -192,7 +204,7 @@ class DockerBackend:
             image,
             f"lambda-cell-{cell_id}",
             {labels.CELL: cell_class.label(), labels.INSTANCE: cell_id,
-             labels.DAEMON: self.daemon_id},
+             labels.DAEMON: self.daemon_id, **LOG_CHANNEL_LABELS},
             stem_cell_environment(),
             host_config,
         )

@@ -200,13 +200,14 @@ class Starter:
         except BaseException:
             await self._stopper.remove_folder(folder)
             raise
-        instance = Instance(instance_id, version, container_id, folder)
+        instance = Instance(instance_id, version, container_id, folder, log_channel=standard)
         self._notify(instance, "started")
         try:
             conn: UpstreamConnection | None = await self._readiness.wait_socket(
                 folder, container_id, f"instance of {version.function} v{version.number}",
                 version.config.memory_mb,
             )
+            self._notify(instance, "connected")  # its socket answers: the log channel opens
             if standard:
                 conn = await self._readiness.load(version, folder, container_id, conn)
         except BaseException:
@@ -257,7 +258,7 @@ class Starter:
         read-only, the runtime loads it (POST /init), and the cell never serves another."""
         started = time.monotonic()
         instance = Instance(cell.id, version, cell.container_id, cell.folder,
-                            start_path="cell", code_dir=cell.code_dir)
+                            start_path="cell", code_dir=cell.code_dir, log_channel=True)
         conn, cell.conn = cell.conn, None
         try:
             wanted = CellClass.of(version.config, cell.cell_class.image)
@@ -265,6 +266,7 @@ class Starter:
                 await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
             await asyncio.to_thread(link_into, artifact, cell.code_dir)
             self._notify(instance, "started")
+            self._notify(instance, "connected")  # what the cell kept since its start comes
             conn = await self._readiness.load(version, cell.folder, cell.container_id, conn)
             # Whose it is, once its code is loaded: a restart adopts it by this, never a
             # cell that would answer NotInitialized. (Outside the folders the container

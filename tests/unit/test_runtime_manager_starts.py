@@ -60,7 +60,7 @@ def test_a_cold_request_takes_a_ready_cell_and_a_cell_of_another_size_is_resized
         response, body = await rt.call("small")
         assert response.start == "cell" and response.cold_start and body["cell"] is True
         assert body["start"] == "cell" and rt.docker.updated == []
-        assert [e for e, _ in rt.events] == ["started", "ready"]
+        assert [e for e, _ in rt.events] == ["started", "connected", "ready"]
         await until(lambda: len(rt.manager.cells.ready_cells()) == 1)
         plan = rt.manager.plan_start(big)  # no cell of its class: one of small's will do
         assert plan.path == "cell"
