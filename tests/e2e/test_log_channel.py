@@ -62,10 +62,12 @@ def handler(event, context):
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(5)
         sock.connect(os.environ.get("LAMBDA_SOCKET", "/run/lambda/invoke.sock"))
-        sock.sendall(b"GET /.lambda/logs HTTP/1.1\r\nHost: lambdad\r\nLambda-Log-Channel: 1\r\n"
-                     b"Lambda-Invocation-Type: log-channel\r\nContent-Length: 0\r\n\r\n")
         got = b""
         try:
+            # The runtime may refuse and close before the request is even written
+            # (EPIPE here): a refusal too.
+            sock.sendall(b"GET /.lambda/logs HTTP/1.1\r\nHost: lambdad\r\nLambda-Log-Channel: 1\r\n"
+                         b"Lambda-Invocation-Type: log-channel\r\nContent-Length: 0\r\n\r\n")
             while len(got) < 65536:
                 chunk = sock.recv(65536)
                 if not chunk:
