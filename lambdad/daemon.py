@@ -285,11 +285,8 @@ def build_control(
     worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
                          queue.delivery_limit, wake=wake)
 
-    async def invocation_status(invocation_id: str) -> str:
-        status: str = await store.invocations.status(invocation_id)
-        return status
-
-    cron = CronRunner(store.schedules, queue.enqueue_scheduled, invocation_status,
+    # (the worker's view: an ended attempt counts before its outcome is written)
+    cron = CronRunner(store.schedules, queue.enqueue_scheduled, worker.status,
                       worker.cancel, catch_up_window_s=config.catch_up_window)
     control = ControlPlane(
         store=store, builder=builder, runtime=runtime, invoker=invoker, queue=queue,

@@ -24,6 +24,7 @@ from lambdad.functions import validate_name
 from lambdad.httpstatus import status_for
 from lambdad.jsontext import parse_json
 from lambdad.metrics import Metrics
+from lambdad.queue.batch import GroupCommit
 from lambdad.queue.model import STATUSES, AsyncInvocation, RetryPolicy
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.scheduler.cron import Schedule, event_payload
@@ -49,9 +50,12 @@ class AsyncQueue:
         self.backoff_s = backoff_s
         self.max_queued_events = max_queued_events
         self.max_event_bytes = max_event_bytes
+        # Events accepted while a write is under way share the next transaction.
+        self._inserts: GroupCommit[AsyncInvocation, bool] = GroupCommit(self._insert_batch)
 
     async def enqueue(self, name: str, payload: bytes, *, source: str) -> str:
-        """Writes the event to the store before returning its id (the 202 comes after).
+        """Writes the event to the store before returning its id (the 202 comes after):
+        its transaction has committed (group commit: with the events accepted meanwhile).
 
         Anyone who can reach a public function can queue events for it, so the queue is
         bounded: at most `max_queued_events` waiting per function (Throttled beyond, which
@@ -72,7 +76,7 @@ class AsyncQueue:
             id=str(uuid.uuid4()), function=name, payload=body, source=source,
             status="queued", attempts=0, created_at=now, next_attempt_at=now,
         )
-        if not await self._store.invocations.insert(invocation, self.max_queued_events):
+        if not await self._inserts.submit(invocation):
             if self._metrics is not None:
                 self._metrics.async_refused.labels(name, source).inc()
             # A queued event moves on when a delivery ends, at the latest after the timeout.
@@ -83,6 +87,11 @@ class AsyncQueue:
                 retry_after=min(60, max(1, version.config.timeout_s)))
         self._wake()
         return invocation.id
+
+    async def _insert_batch(self, batch: list[AsyncInvocation]) -> list[bool]:
+        accepted: list[bool] = await self._store.invocations.insert_many(
+            batch, self.max_queued_events)
+        return accepted
 
     async def enqueue_scheduled(self, schedule: Schedule, when: float, catch_up: bool) -> str:
         """A cron run: an event like any other, with the schedule's payload."""

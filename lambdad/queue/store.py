@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lambdad.idprefix import row_by_prefix
-from lambdad.queue.model import AsyncInvocation
+from lambdad.queue.model import AsyncInvocation, Finish
 
 _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_attempt_at, "
             "started_at, finished_at, status_code, result, last_error")
@@ -20,6 +23,20 @@ def _row(r: Any) -> AsyncInvocation:
     )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one worker cycle got: the events it now owns (marked running, attempts counted),
+    the functions of due events it left (no room for them), and when the next waiting
+    event becomes due."""
+
+    claimed: list[AsyncInvocation]
+    left: list[str]
+    next_due: float | None
+
+
+Choose = Callable[[list[AsyncInvocation]], list[AsyncInvocation]]
+
+
 class InvocationTable:
     """Blocking calls; the async Store facade runs them on its single thread."""
 
@@ -28,18 +45,36 @@ class InvocationTable:
 
     def insert(self, inv: AsyncInvocation, max_queued: int = 0) -> bool:
         """Stores the event unless its function already has `max_queued` queued ones
-        (0: no cap); False when refused. Count and insert are one transaction on the
-        store's one thread, so concurrent enqueues cannot overshoot the cap."""
+        (0: no cap); False when refused."""
+        return self.insert_many([inv], max_queued)[0]
+
+    def insert_many(self, invs: Sequence[AsyncInvocation], max_queued: int = 0) -> list[bool]:
+        """Stores the events in one transaction (one commit for a whole burst: the group
+        commit of AsyncQueue.enqueue), each unless its function already has `max_queued`
+        queued ones (0: no cap), counting those of the batch; True per event stored. Count
+        and insert are one transaction on the store's one thread, so concurrent enqueues
+        cannot overshoot the cap."""
+        queued: dict[str, int] = {}
+        accepted: list[bool] = []
+        rows: list[tuple[Any, ...]] = []
         with self._db.atomic():
-            if max_queued > 0 and self.queued(inv.function) >= max_queued:
-                return False
-            self._db.execute_sql(
-                f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
-                 inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
-                 inv.status_code, inv.result, inv.last_error),
-            )
-        return True
+            for inv in invs:
+                if max_queued > 0:
+                    if inv.function not in queued:
+                        queued[inv.function] = self.queued(inv.function)
+                    if queued[inv.function] >= max_queued:
+                        accepted.append(False)
+                        continue
+                    queued[inv.function] += 1
+                accepted.append(True)
+                rows.append((inv.id, inv.function, inv.payload, inv.source, inv.status,
+                             inv.attempts, inv.created_at, inv.next_attempt_at, inv.started_at,
+                             inv.finished_at, inv.status_code, inv.result, inv.last_error))
+            if rows:
+                self._db.cursor().executemany(
+                    f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows)
+        return accepted
 
     def queued(self, function: str) -> int:
         """Events of `function` not yet delivered (waiting to start, or for a retry)."""
@@ -78,23 +113,55 @@ class InvocationTable:
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def start_attempt(self, inv_id: str, now: float) -> AsyncInvocation | None:
+    def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
+              skip: set[str], choose: Choose | None) -> Claim:
+        """One worker cycle in one transaction: records the attempts that ended, then takes
+        the due events `choose` picks (of the oldest `per_function` per function not in
+        `skip`) and marks them running with their attempt counted, before any delivery
+        starts (a crash turns them back into queued events: at-least-once). `choose` is
+        pure (fair.select over a snapshot): it runs here so that reading and claiming are
+        one transaction. None: record only."""
         with self._db.atomic():
-            self._db.execute_sql(
-                "UPDATE invocations SET status = 'running', attempts = attempts + 1, "
-                "started_at = ? WHERE id = ? AND status = 'queued'", (now, inv_id))
-            row = self._db.execute_sql(
-                f"SELECT {_COLUMNS} FROM invocations WHERE id = ?", (inv_id,)).fetchone()
-        return _row(row) if row is not None and row[4] == "running" else None
+            self._finish(finished)
+            if choose is None:
+                return Claim([], [], None)
+            due = self.due(now, per_function, skip, set())
+            chosen = choose(due) if due else []
+            if chosen:
+                self._db.cursor().executemany(
+                    "UPDATE invocations SET status = 'running', attempts = attempts + 1, "
+                    "started_at = ? WHERE id = ? AND status = 'queued'",
+                    [(now, inv.id) for inv in chosen])
+            taken = {inv.id for inv in chosen}
+            claimed = [dataclasses.replace(inv, status="running", attempts=inv.attempts + 1,
+                                           started_at=now) for inv in chosen]
+            left = sorted({inv.function for inv in due if inv.id not in taken})
+            return Claim(claimed, left, self.next_due(now))
 
-    def finish(self, inv_id: str, status: str, next_attempt_at: float, now: float,
-               status_code: int | None, result: bytes | None, error: str) -> None:
-        self._db.execute_sql(
+    def settle(self, finished: Sequence[Finish]) -> None:
+        """Records ended attempts (a stop writes what the last cycle did not)."""
+        with self._db.atomic():
+            self._finish(finished)
+
+    def _finish(self, finished: Sequence[Finish]) -> None:
+        """Only over a running row: one cancelled meanwhile (a `replace` schedule) keeps
+        its cancellation, and writing the same outcome twice changes nothing."""
+        if not finished:
+            return
+        self._db.cursor().executemany(
             "UPDATE invocations SET status = ?, next_attempt_at = ?, finished_at = ?, "
-            "status_code = ?, result = ?, last_error = ? WHERE id = ?",
-            (status, next_attempt_at, now if status in ("succeeded", "failed") else None,
-             status_code, result, error, inv_id),
-        )
+            "status_code = ?, result = ?, last_error = ? WHERE id = ? AND status = 'running'",
+            [(f.status, f.next_attempt_at,
+              f.finished_at if f.status in ("succeeded", "failed") else None,
+              f.status_code, f.result, f.error, f.id) for f in finished])
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Claimed events that were never started (a stop during a cycle) go back to the
+        queue without the attempt they did not get."""
+        with self._db.atomic():
+            self._db.cursor().executemany(
+                "UPDATE invocations SET status = 'queued', attempts = attempts - 1, "
+                "started_at = NULL WHERE id = ? AND status = 'running'", [(i,) for i in ids])
 
     def cancel(self, inv_id: str, reason: str, now: float) -> None:
         self._db.execute_sql(

@@ -1,9 +1,14 @@
 """Delivers queued asynchronous invocations within each function's concurrency.
 
-One task polls the durable queue (woken at once by a new event or a finished delivery,
-otherwise at the next due retry) and starts one delivery task per event, fairly between
-functions (`fair.select`); each attempt is recorded as running before it starts, so a
-crash turns it back into a queued event at the next start.
+One task runs cycles against the durable queue, woken at once by a new event or a finished
+delivery, otherwise at the next due retry. A cycle is one store call and one transaction
+(`InvocationTable.cycle`): it records every attempt that ended since the last cycle, then
+claims a batch of due events, picked fairly between functions (`fair.select`), marking them
+running with their attempt counted; their deliveries then run concurrently, one task each.
+A claimed event is running in the store before its delivery starts, so a crash turns it
+back into a queued event at the next start (at-least-once); an ended attempt waits in
+memory only until the next cycle (milliseconds under load), and a crash in between
+delivers it again, as a crash during the attempt would.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lambdad.queue.fair import mark_served, select
-from lambdad.queue.model import AsyncInvocation, RetryPolicy, next_step
+from lambdad.queue.fair import mark_served, newcomer_has_room, select
+from lambdad.queue.model import AsyncInvocation, Finish, RetryPolicy, finish_of
+from lambdad.queue.store import Claim
 
 log = logging.getLogger("lambdad.queue")
 
@@ -49,7 +55,13 @@ class AsyncWorker:
         self._per_function: dict[str, int] = {}  # deliveries running, per function
         self._served: dict[str, int] = {}  # function -> the turn it was last served in
         self._turn = 0
+        # Attempts that ended, until a cycle has written them (a `replace` cancel and the
+        # cron's overlap check read them here first).
+        self._finished: dict[str, Finish] = {}
+        self._cycle_call: asyncio.Future[Claim] | None = None  # the store call under way
+        self._cancelled: set[str] = set()  # cancelled while a cycle was under way
         self._task: asyncio.Task[None] | None = None
+        self.cycles = 0  # store calls made (for tests and the curious)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="async-invocations")
@@ -59,57 +71,93 @@ class AsyncWorker:
 
     async def stop(self) -> None:
         """Stops taking events; attempts under way are cancelled and, being recorded as
-        running, are retried at the next start (at-least-once)."""
+        running, are retried at the next start (at-least-once). Attempts that ended are
+        written, and events a cycle under way claims are put back, so a clean stop
+        delivers nothing twice."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        call, self._cycle_call = self._cycle_call, None
+        if call is not None:
+            with contextlib.suppress(Exception):  # if it failed, it wrote and claimed nothing
+                claim = await call
+                if claim.claimed:
+                    await self._table.release([inv.id for inv in claim.claimed])
         for task in list(self._running.values()):
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
+        if self._finished:  # (writing one the call above wrote again changes nothing)
+            await self._table.settle(list(self._finished.values()))
+            self._finished.clear()
 
     async def cancel(self, invocation_id: str, reason: str) -> None:
-        """Ends a queued or running invocation as failed (a `replace` schedule)."""
+        """Ends a queued or running invocation as failed (a `replace` schedule). One that
+        ended already keeps its outcome."""
         task = self._running.get(invocation_id)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if invocation_id in self._finished:
+            return
+        if self._cycle_call is not None:
+            self._cancelled.add(invocation_id)  # a cycle under way may be claiming it
         await self._table.cancel(invocation_id, reason, time.time())
+
+    async def status(self, invocation_id: str) -> str:
+        """The invocation's status, counting an ended attempt not yet written."""
+        finish = self._finished.get(invocation_id)
+        if finish is not None:
+            return finish.status
+        found: str = await self._table.status(invocation_id)
+        return found
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await self._dispatch()
-            except Exception:  # a store hiccup must not end delivery for good
-                log.exception("async dispatch failed")
+            self._wake.clear()  # before the cycle: a wake during it means go again
             timeout = POLL_S
             try:
-                next_due = await self._table.next_due(time.time())
-            except Exception:
-                next_due = None
-            if next_due is not None:
-                timeout = min(POLL_S, max(0.0, next_due - time.time()))
-            self._wake.clear()
+                timeout = await self._cycle()
+            except Exception:  # a store hiccup must not end delivery for good
+                log.exception("async dispatch failed")
+                self._wake.clear()
+            if self._wake.is_set():
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _dispatch(self) -> None:
-        """Starts what `fair.select` picks: per function within its limit, round-robin."""
+    async def _cycle(self) -> float:
+        """Writes ended attempts and starts what `fair.select` picks: per function within
+        its limit, round-robin; returns how long to wait for the next due retry."""
+        finished = list(self._finished.values())
         free = self._concurrency - len(self._running)
         limits = {name: max(1, self._limit_for(name)) for name in self._per_function}
         # At the global cap only functions with nothing running may start one.
         full = {name for name, count in self._per_function.items()
                 if count >= limits[name] or (free <= 0 and count > 0)}
-        due: list[AsyncInvocation] = await self._table.due(
-            time.time(), max(1, free), full, set(self._running))
-        if not due:
-            return
-        for invocation in due:
-            if invocation.function not in limits:
-                limits[invocation.function] = max(1, self._limit_for(invocation.function))
-        chosen = select(due, limits, self._per_function, free, self._served)
+        # A snapshot: select runs on the store thread, inside the claiming transaction.
+        choose = functools.partial(select, limits=dict(limits),
+                                   running=dict(self._per_function), free=free,
+                                   last_served=dict(self._served))
+        call = asyncio.ensure_future(
+            self._table.cycle(finished, time.time(), max(1, free), full, choose))
+        self._cycle_call = call
+        self.cycles += 1
+        try:
+            claim: Claim = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            raise  # a stop: stop() waits for the call and puts back what it claimed
+        except Exception:
+            self._cycle_call = None
+            self._cancelled.clear()
+            raise
+        self._cycle_call = None
+        cancelled, self._cancelled = self._cancelled, set()
+        for finish in finished:
+            self._finished.pop(finish.id, None)
+        chosen = [inv for inv in claim.claimed if inv.id not in cancelled]
         self._turn = mark_served(self._served, chosen, self._turn)
         for invocation in chosen:
             function = invocation.function
@@ -117,6 +165,12 @@ class AsyncWorker:
             task = asyncio.create_task(self._attempt(invocation))
             self._running[invocation.id] = task
             task.add_done_callback(functools.partial(self._done, invocation))
+        if newcomer_has_room(claim.left, limits, self._limit_for, self._per_function,
+                             self._concurrency - len(self._running)):
+            self._wake.set()
+        if claim.next_due is None:
+            return POLL_S
+        return min(POLL_S, max(0.0, claim.next_due - time.time()))
 
     def _done(self, invocation: AsyncInvocation, _task: object = None) -> None:
         self._running.pop(invocation.id, None)
@@ -127,21 +181,18 @@ class AsyncWorker:
             self._served.pop(function, None)
         self._wake.set()
 
-    async def _attempt(self, queued: AsyncInvocation) -> None:
-        invocation = await self._table.start_attempt(queued.id, time.time())
-        if invocation is None:
-            return  # redriven, deleted or taken meanwhile
+    async def _attempt(self, invocation: AsyncInvocation) -> None:
+        """One delivery of a claimed event; its end is written by the next cycle."""
         try:
             ok, code, body, error = await self._deliver(invocation)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             ok, code, body, error = False, None, None, f"{type(exc).__name__}: {exc}"
-        now = time.time()
-        status, retry_at = next_step(invocation, self._policy_for(invocation.function),
-                                     ok=ok, now=now)
-        await self._table.finish(invocation.id, status, retry_at, now, code, body, error)
-        if status == "failed":
+        finish = finish_of(invocation, self._policy_for(invocation.function), ok=ok,
+                           now=time.time(), status_code=code, result=body, error=error)
+        self._finished[invocation.id] = finish
+        if finish.status == "failed":
             log.warning('async invocation failed function=%s id=%s attempts=%d error="%s"',
                         invocation.function, invocation.id, invocation.attempts,
                         error.splitlines()[0] if error else "")
