@@ -2,7 +2,8 @@
 
 One task runs cycles against the durable queue, woken at once by a new event or a finished
 delivery, otherwise at the next due retry. A cycle is one store call and one transaction
-(`InvocationTable.cycle`): it records every attempt that ended since the last cycle, then
+(`InvocationTable.cycle`): it stores the events accepted since the last cycle (the intake:
+each caller waits for that commit before its 202), records every attempt that ended, then
 claims a batch of due events, picked fairly between functions (`fair.select`), marking them
 running with their attempt counted; their deliveries then run concurrently, one task each.
 A claimed event is running in the store before its delivery starts, so a crash turns it
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lambdad.queue.fair import mark_served, newcomer_has_room, select
+from lambdad.queue.intake import Intake, answer, fail
 from lambdad.queue.model import AsyncInvocation, Finish, RetryPolicy, finish_of
 from lambdad.queue.store import Claim
 
@@ -43,14 +45,17 @@ class AsyncWorker:
         *,
         concurrency: int = 32,
         wake: asyncio.Event | None = None,
+        intake: Intake | None = None,
     ) -> None:
         self._table = table
         self._deliver = deliver
         self._policy_for = policy_for
         self._limit_for = limit_for
         self._concurrency = concurrency
-        # Set by whoever queues an event (given here, so the queue need not know the worker).
-        self._wake = wake if wake is not None else asyncio.Event()
+        # Where accepted events wait for a cycle, shared with the queue's front door (so
+        # the queue need not know the worker), with the wake-up whoever queues sets.
+        self._intake = intake if intake is not None else Intake(table, wake)
+        self._wake = self._intake.wake
         self._running: dict[str, asyncio.Task[None]] = {}
         self._per_function: dict[str, int] = {}  # deliveries running, per function
         self._served: dict[str, int] = {}  # function -> the turn it was last served in
@@ -58,39 +63,43 @@ class AsyncWorker:
         # Attempts that ended, until a cycle has written them (a `replace` cancel and the
         # cron's overlap check read them here first).
         self._finished: dict[str, Finish] = {}
-        self._cycle_call: asyncio.Future[Claim] | None = None  # the store call under way
+        self._cycling = False  # a cycle's store call is under way
         self._cancelled: set[str] = set()  # cancelled while a cycle was under way
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.cycles = 0  # store calls made (for tests and the curious)
 
+    @property
+    def intake(self) -> Intake:
+        return self._intake
+
     def start(self) -> None:
+        self._stopping = False
+        self._intake.open = True
         self._task = asyncio.create_task(self._loop(), name="async-invocations")
 
     def wake(self) -> None:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stops taking events; attempts under way are cancelled and, being recorded as
-        running, are retried at the next start (at-least-once). Attempts that ended are
-        written, and events a cycle under way claims are put back, so a clean stop
-        delivers nothing twice."""
+        """Stops taking events: the cycle under way ends (its store call is not cut short),
+        then attempts under way are cancelled and, being recorded as running, are retried
+        at the next start (at-least-once). Attempts that ended are written, so a clean stop
+        delivers nothing twice, and events accepted meanwhile are written on their own."""
+        self._stopping = True
+        self._intake.open = False
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        call, self._cycle_call = self._cycle_call, None
-        if call is not None:
-            with contextlib.suppress(Exception):  # if it failed, it wrote and claimed nothing
-                claim = await call
-                if claim.claimed:
-                    await self._table.release([inv.id for inv in claim.claimed])
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         for task in list(self._running.values()):
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
-        if self._finished:  # (writing one the call above wrote again changes nothing)
+        if self._finished:
             await self._table.settle(list(self._finished.values()))
             self._finished.clear()
+        await self._intake.close()
 
     async def cancel(self, invocation_id: str, reason: str) -> None:
         """Ends a queued or running invocation as failed (a `replace` schedule). One that
@@ -102,7 +111,7 @@ class AsyncWorker:
                 await task
         if invocation_id in self._finished:
             return
-        if self._cycle_call is not None:
+        if self._cycling:
             self._cancelled.add(invocation_id)  # a cycle under way may be claiming it
         await self._table.cancel(invocation_id, reason, time.time())
 
@@ -115,7 +124,8 @@ class AsyncWorker:
         return found
 
     async def _loop(self) -> None:
-        while True:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
             self._wake.clear()  # before the cycle: a wake during it means go again
             timeout = POLL_S
             try:
@@ -123,14 +133,19 @@ class AsyncWorker:
             except Exception:  # a store hiccup must not end delivery for good
                 log.exception("async dispatch failed")
                 self._wake.clear()
-            if self._wake.is_set():
+            if self._stopping or self._wake.is_set():
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            timer = loop.call_later(timeout, self._wake.set)  # (cheaper than wait_for)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     async def _cycle(self) -> float:
-        """Writes ended attempts and starts what `fair.select` picks: per function within
-        its limit, round-robin; returns how long to wait for the next due retry."""
+        """Stores accepted events, writes ended attempts and starts what `fair.select`
+        picks: per function within its limit, round-robin; returns how long to wait for
+        the next due retry."""
+        inserts = self._intake.take()
         finished = list(self._finished.values())
         free = self._concurrency - len(self._running)
         limits = {name: max(1, self._limit_for(name)) for name in self._per_function}
@@ -138,23 +153,22 @@ class AsyncWorker:
         full = {name for name, count in self._per_function.items()
                 if count >= limits[name] or (free <= 0 and count > 0)}
         # A snapshot: select runs on the store thread, inside the claiming transaction.
-        choose = functools.partial(select, limits=dict(limits),
-                                   running=dict(self._per_function), free=free,
-                                   last_served=dict(self._served))
-        call = asyncio.ensure_future(
-            self._table.cycle(finished, time.time(), max(1, free), full, choose))
-        self._cycle_call = call
+        choose = None if self._stopping else functools.partial(
+            select, limits=dict(limits), running=dict(self._per_function), free=free,
+            last_served=dict(self._served))
+        self._cycling = True
         self.cycles += 1
         try:
-            claim: Claim = await asyncio.shield(call)
-        except asyncio.CancelledError:
-            raise  # a stop: stop() waits for the call and puts back what it claimed
-        except Exception:
-            self._cycle_call = None
-            self._cancelled.clear()
+            claim: Claim = await self._table.cycle(
+                finished, time.time(), max(1, free), full, choose,
+                [(p.invocation, p.max_queued) for p in inserts])
+        except BaseException as exc:
+            fail(inserts, exc)
             raise
-        self._cycle_call = None
-        cancelled, self._cancelled = self._cancelled, set()
+        finally:
+            self._cycling = False
+            cancelled, self._cancelled = self._cancelled, set()
+        answer(inserts, claim.accepted)
         for finish in finished:
             self._finished.pop(finish.id, None)
         chosen = [inv for inv in claim.claimed if inv.id not in cancelled]
@@ -165,8 +179,9 @@ class AsyncWorker:
             task = asyncio.create_task(self._attempt(invocation))
             self._running[invocation.id] = task
             task.add_done_callback(functools.partial(self._done, invocation))
-        if newcomer_has_room(claim.left, limits, self._limit_for, self._per_function,
-                             self._concurrency - len(self._running)):
+        if self._intake.waiting or newcomer_has_room(
+                claim.left, limits, self._limit_for, self._per_function,
+                self._concurrency - len(self._running)):
             self._wake.set()
         if claim.next_due is None:
             return POLL_S
