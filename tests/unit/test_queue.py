@@ -7,13 +7,15 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace as dataclass_replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lambdad.functions import FunctionConfig, FunctionVersion
 from lambdad.queue import AsyncInvocation, AsyncWorker, RetryPolicy
-from lambdad.queue.fair import mark_served, select
+from lambdad.queue.fair import mark_served, newcomer_has_room, select
+from lambdad.queue.model import Finish
 from lambdad.store import Store
 
 
@@ -82,6 +84,15 @@ def test_across_dispatches_the_function_served_longest_ago_goes_first() -> None:
 def test_nothing_due_or_no_room_selects_nothing() -> None:
     assert select([], {}, {}, 32, {}) == []
     assert select([event("a", 1)], {"a": 2}, {"a": 2}, 32, {}) == []
+
+
+def test_another_cycle_runs_at_once_only_for_a_newcomer_with_room_under_its_real_limit() -> None:
+    limits = {"old": 4, "new": 3}.__getitem__
+    # select counted "new" as limit 1 (unknown before the cycle): it may take more now.
+    assert newcomer_has_room(["new"], {"old": 4}, limits, {"new": 1}, 10)
+    assert not newcomer_has_room(["new"], {"old": 4}, limits, {"new": 3}, 10)  # at its limit
+    assert not newcomer_has_room(["old"], {"old": 4}, limits, {"old": 1}, 10)  # it was known
+    assert not newcomer_has_room(["new"], {"old": 4}, limits, {"new": 1}, 0)  # global cap
 
 
 # --- the table on real SQLite ------------------------------------------------------------
@@ -201,6 +212,49 @@ def test_worker_delivers_another_function_past_a_stuck_backlog(tmp_path: Path) -
         finally:
             stuck.set()
             await worker.stop()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cycle_stores_records_and_claims_in_one_transaction(tmp_path: Path) -> None:
+    """Inserts (the cap counting the batch's own events), ended attempts and a claim of the
+    picked due events, marked running with the attempt counted; a claimed event is never
+    claimed again while it runs, and its recorded end frees it."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a", "b")
+        try:
+            table = store.invocations
+            now = time.time()
+            batch = [event("a", now + i / 1000) for i in range(5)] + [event("b", now)]
+            claim = await table.cycle([], now + 1, 2, set(),
+                                      lambda due: [e for e in due if e.function == "a"],
+                                      [(e, 3) for e in batch])
+            assert claim.accepted == [True, True, True, False, False, True]
+            assert await table.queued("a") + await table.queued("b") == 4 - 2
+            claimed = {e.id for e in claim.claimed}
+            assert claimed == {batch[0].id, batch[1].id}  # a's oldest, per_function of them
+            assert all(e.status == "running" and e.attempts == 1 and e.started_at == now + 1
+                       for e in claim.claimed)
+            for e in claim.claimed:
+                assert (await table.get(e.id)).status == "running"
+            assert claim.left == ["b"]  # due, not picked
+            again = await table.cycle([], now + 1, 10, set(), lambda due: due, [])
+            assert not claimed & {e.id for e in again.claimed}  # running: not claimed twice
+            assert {e.id for e in again.claimed} == {batch[2].id, batch[5].id}
+            assert again.left == []
+            done = [Finish(i, "succeeded", now + 2, now + 2, 200, b"{}", "") for i in claimed]
+            retry = Finish(again.claimed[0].id, "queued", now + 60, now + 2, 500, b"", "boom")
+            last = await table.cycle([*done, retry], now + 2, 10, set(), lambda due: due, [])
+            assert last.claimed == [] and last.next_due == now + 60  # the retry's backoff
+            assert {(await table.get(i)).status for i in claimed} == {"succeeded"}
+            assert (await table.get(retry.id)).last_error == "boom"
+            # Writing an end twice, or over a row no longer running, changes nothing.
+            await table.cancel(retry.id, "replaced", now + 3)
+            await table.settle([dataclass_replace(retry, status="succeeded")])
+            assert (await table.get(retry.id)).status == "failed"
+        finally:
             await store.close()
 
     asyncio.run(scenario())
