@@ -190,7 +190,12 @@ class InvocationTable:
         return int(cursor.rowcount)
 
     def of_function(self, function: str, status: str, limit: int) -> list[AsyncInvocation]:
-        sql = f"SELECT {_COLUMNS} FROM invocations WHERE function = ?"
+        """Newest first. Queued and running events are few (bounded by the cap and the
+        concurrency): they are read from invocations_queue instead of walking back through
+        the function's whole history (a poll for "is the queue empty" stays cheap)."""
+        small = status in ("queued", "running")
+        sql = (f"SELECT {_COLUMNS} FROM invocations"
+               f"{' INDEXED BY invocations_queue' if small else ''} WHERE function = ?")
         params: tuple[Any, ...] = (function,)
         if status:
             sql += " AND status = ?"
