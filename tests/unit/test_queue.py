@@ -4,6 +4,7 @@ worker's dispatch against that table with a stand-in delivery."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -17,6 +18,7 @@ from lambdad.queue import AsyncInvocation, AsyncWorker, RetryPolicy
 from lambdad.queue.fair import mark_served, newcomer_has_room, select
 from lambdad.queue.model import Finish
 from lambdad.store import Store
+from lambdad.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 
 def event(function: str, at: float, status: str = "queued") -> AsyncInvocation:
@@ -258,3 +260,37 @@ def test_a_cycle_stores_records_and_claims_in_one_transaction(tmp_path: Path) ->
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_queue_written_before_migration_7_is_claimed_after_it(tmp_path: Path) -> None:
+    """An existing database (schema 6) with queued events gets invocations_queue and its
+    events are found and claimed through it."""
+    path = tmp_path / "lambda.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number in range(6):
+        MIGRATIONS[number](db)
+    db.execute("PRAGMA user_version = 6")
+    db.execute("INSERT INTO functions (name, created_at) VALUES ('old', '2026-01-01')")
+    waiting = event("old", 100.0)
+    db.execute("INSERT INTO invocations (id, function, payload, source, status, attempts, "
+               "created_at, next_attempt_at) VALUES (?, 'old', X'7B7D', 'api', 'queued', 0, "
+               "100.0, 100.0)", (waiting.id,))
+    db.close()
+
+    async def scenario() -> None:
+        store = Store(path)
+        await store.open()
+        try:
+            table = store.invocations
+            assert await table.queued("old") == 1
+            claim = await table.cycle([], 200.0, 4, set(), lambda due: due, [])
+            assert [(e.id, e.payload, e.attempts) for e in claim.claimed] == [
+                (waiting.id, b"{}", 1)]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert check.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                             "name = 'invocations_queue'").fetchone() is not None
