@@ -145,7 +145,6 @@ class AsyncWorker:
         """Stores accepted events, writes ended attempts and starts what `fair.select`
         picks: per function within its limit, round-robin; returns how long to wait for
         the next due retry."""
-        inserts = self._intake.take()
         finished = list(self._finished.values())
         free = self._concurrency - len(self._running)
         limits = {name: max(1, self._limit_for(name)) for name in self._per_function}
@@ -156,6 +155,7 @@ class AsyncWorker:
         choose = None if self._stopping else functools.partial(
             select, limits=dict(limits), running=dict(self._per_function), free=free,
             last_served=dict(self._served))
+        inserts = self._intake.take()  # from here on, each is answered or failed
         self._cycling = True
         self.cycles += 1
         try:
