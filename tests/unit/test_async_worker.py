@@ -387,3 +387,58 @@ def test_after_stop_an_accepted_event_is_still_stored_before_the_answer(
             assert await status_is(store, late.id, "queued")
 
     asyncio.run(scenario())
+
+
+def test_a_wake_up_during_the_workers_store_call_is_not_lost(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event queued while the worker is inside a store call (its wake-up set then) is
+    delivered at once, not at the next poll. The worker used to clear its wake-up after its
+    queries, losing this one until POLL_S."""
+    monkeypatch.setattr(worker_module, "POLL_S", 3600.0)  # no poll within the test
+    delivered: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        delivered.append(inv.id)
+        return True, 200, b"{}", ""
+
+    class Gated:
+        """Every store call of the worker, while the gate is shut, runs and then waits
+        there before it answers."""
+
+        def __init__(self, table: Any) -> None:
+            self._table = table
+            self.gate = asyncio.Event()
+            self.gate.set()
+            self.waiting = asyncio.Event()
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self._table, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                result = await method(*args, **kwargs)  # the query has run...
+                if not self.gate.is_set():
+                    self.waiting.set()
+                    await self.gate.wait()  # ...its answer is held back
+                return result
+
+            return call
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            table = Gated(store.invocations)
+            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 1)
+            worker.start()
+            try:
+                await asyncio.sleep(0.1)  # idle
+                table.gate.clear()
+                worker.wake()  # the worker goes into a store call and waits at the gate
+                await asyncio.wait_for(table.waiting.wait(), GUARD)
+                queued = event()
+                await store.invocations.insert(queued)
+                worker.wake()  # what an enqueue does, while the worker is in the store
+                table.gate.set()
+                await until(lambda: asyncio.sleep(0, delivered == [queued.id]))
+            finally:
+                await worker.stop()
+
+    asyncio.run(scenario())
