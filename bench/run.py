@@ -560,10 +560,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}")
     if asyncs.lines:
         print()
-        print("async (figures only, no targets):")
+        print("async:")
         for line in asyncs.lines:
             print(f"  {line}")
-    verdicts = [*load.verdicts, *outside.verdicts, *colds.verdicts]
+    verdicts = [*load.verdicts, *outside.verdicts, *colds.verdicts, *asyncs.verdicts]
     if verdicts:
         print()
         print("targets (printed, never asserted):")

@@ -41,6 +41,7 @@ from lambdad.metrics import AdminServer, Metrics
 from lambdad.metrics.registry import CellSample, GatewaySample, PoolSample
 from lambdad.notify import Notifier
 from lambdad.queue import AsyncWorker
+from lambdad.queue.intake import Intake
 from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
 from lambdad.runtime.pool import Instance
@@ -278,21 +279,19 @@ def build_control(
     docker_version: str,
 ) -> ControlParts:
     """In an order without cycles: what queues an event and the worker that delivers it
-    share `wake`; cron queues through the queue; the facade gets every use case's parts."""
+    share the intake (accepted events on their way into the store, and the wake-up);
+    cron queues through the queue; the facade gets every use case's parts."""
     invoker = Invoker(runtime, metrics)
-    wake = asyncio.Event()
+    intake = Intake(store.invocations)
     queue = AsyncQueue(
-        store=store, runtime=runtime, invoker=invoker, wake=wake.set, metrics=metrics,
+        store=store, runtime=runtime, invoker=invoker, intake=intake, metrics=metrics,
         backoff_s=config.async_backoff, max_queued_events=config.max_queued_events,
         max_event_bytes=config.max_event_bytes)
     worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
-                         queue.delivery_limit, wake=wake)
+                         queue.delivery_limit, intake=intake)
 
-    async def invocation_status(invocation_id: str) -> str:
-        status: str = await store.invocations.status(invocation_id)
-        return status
-
-    cron = CronRunner(store.schedules, queue.enqueue_scheduled, invocation_status,
+    # (the worker's view: an ended attempt counts before its outcome is written)
+    cron = CronRunner(store.schedules, queue.enqueue_scheduled, worker.status,
                       worker.cancel, catch_up_window_s=config.catch_up_window)
     control = ControlPlane(
         store=store, builder=builder, runtime=runtime, invoker=invoker, queue=queue,

@@ -25,6 +25,7 @@ from lambdad.control import AsyncQueue, ControlPlane, DeployHeader, Invoker
 from lambdad.errors import BuildFailed, NotFound
 from lambdad.functions import FunctionVersion, Overrides
 from lambdad.metrics import Metrics
+from lambdad.queue.intake import Intake
 from lambdad.queue.worker import AsyncWorker
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.manager import PoolCounts, StartPlan
@@ -280,12 +281,13 @@ async def control_parts(tmp_path: Path, *, keep_versions: int = 10,
     metrics = Metrics()
     keyring = KeyRing([])
     invoker = Invoker(runtime, metrics)
-    wake = asyncio.Event()
-    queue = AsyncQueue(store=store, runtime=runtime, invoker=invoker, wake=wake.set,
+    intake = Intake(store.invocations)
+    wake = intake.wake
+    queue = AsyncQueue(store=store, runtime=runtime, invoker=invoker, intake=intake,
                        metrics=metrics, backoff_s=30.0, max_queued_events=max_queued_events,
                        max_event_bytes=max_event_bytes)
     worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
-                         queue.delivery_limit, wake=wake)
+                         queue.delivery_limit, intake=intake)
 
     async def status_of(invocation_id: str) -> str:
         status: str = await store.invocations.status(invocation_id)
