@@ -3,12 +3,14 @@
 1. Enqueue: `Invoke(type=EVENT)` over the daemon's Unix socket from a small thread pool
    (each call returns 202 and an id once the event is in the store), against the same number
    of synchronous `Invoke` calls from the same pool; then the time until every event is
-   delivered (no invocation left `queued` or `running`).
+   delivered (no invocation left `queued` or `running`). Target (issue 16): delivered
+   events/s >= 0.9x the sync req/s of the same run. lambdad's CPU seconds (/proc) over each
+   phase, per call and per event, say the same without the machine's noise.
 2. Cron lag: a schedule firing every second; lag = the invocation's `created_at` - the
    event's `scheduled_time`, against the lag of `asyncio.sleep` timers in this process,
    woken at the same whole seconds.
 
-No targets: figures only. Traffic goes only to the daemon's Unix socket.
+Traffic goes only to the daemon's Unix socket.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import grpc
 from harness import GRPC_OPTIONS, BenchDaemon
 from load import _deploy
+from loadgen import proc_cpu_s
 from stats import Result, Summary, percentile
 
 from lambdad.api.v1 import functions_pb2 as pb
@@ -38,6 +41,7 @@ FUNCTION = "bench-async"
 PAYLOAD = b'{"name":"x"}'
 EXPECTED = b"Hello, x!"
 CRON = "* * * * * *"  # every second (6 fields: seconds first)
+MIN_DELIVERED_OVER_SYNC = 0.9  # issue 16: async delivery at the speed of sync invocation
 
 
 class AsyncBenchError(RuntimeError):
@@ -48,6 +52,7 @@ class AsyncBenchError(RuntimeError):
 class AsyncReport:
     results: list[Result] = field(default_factory=list)  # rows of the main (median) table
     lines: list[str] = field(default_factory=list)  # printed after the tables
+    verdicts: list[str] = field(default_factory=list)  # targets: PASS / MISS
     figures: dict[str, Any] = field(default_factory=dict)  # for --json
 
 
@@ -83,6 +88,21 @@ def _count(stub: Any, status: str, limit: int) -> int:
     reply = stub.ListInvocations(pb.ListInvocationsRequest(name=FUNCTION, status=status,
                                                            limit=limit), timeout=30)
     return len(reply.invocations)
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _cpu_us(before: float | None, after: float | None, count: int) -> float | None:
+    """lambdad CPU microseconds per call over a phase, if /proc could be read."""
+    if before is None or after is None or not count:
+        return None
+    return (after - before) / count * 1e6
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} us"
 
 
 def _stamp(ts: Any) -> float:
@@ -128,13 +148,18 @@ def bench_async(daemon: BenchDaemon, report: AsyncReport, *, events: int, thread
             raise AsyncBenchError(f"Invoke(EVENT) answered {reply.status_code} "
                                   f"id={reply.request_id!r}")
 
+    assert daemon.process is not None
+    pid = daemon.process.pid
     schedule_id = ""
     try:
         for _ in range(20):  # warm-up: the channel, the instance, the handler's first calls
             sync_call()
         # The baseline first, so the queue's deliveries never overlap it.
+        sync_cpu = proc_cpu_s(pid)
         sync_ns, sync_wall = _burst(sync_call, events, threads, budget)
+        sync_cpu_us = _cpu_us(sync_cpu, proc_cpu_s(pid), len(sync_ns))
         count = len(sync_ns)
+        event_cpu = proc_cpu_s(pid)
         enqueue_start = time.monotonic()
         event_ns, event_wall = _burst(event_call, count, threads, budget)
         accepted = len(event_ns)
@@ -150,6 +175,7 @@ def bench_async(daemon: BenchDaemon, report: AsyncReport, *, events: int, thread
                 break
             time.sleep(0.05)
         drained_at = time.monotonic()
+        event_cpu_us = _cpu_us(event_cpu, proc_cpu_s(pid), accepted)  # polls included
         succeeded = _count(stub, "succeeded", accepted + 100)
         failed = _count(stub, "failed", accepted + 100)
         if not drained:
@@ -179,13 +205,24 @@ def bench_async(daemon: BenchDaemon, report: AsyncReport, *, events: int, thread
             f"enqueue to an empty queue ({drained_at - accepted_at:.2f} s after the last 202) "
             f"= {delivered_rps:,.0f} delivered events/s ({delivered_rps / sync_rps:.2f}x sync "
             "req/s)",
+            f"lambdad CPU: {_us(event_cpu_us)} per event (enqueue to delivery, the drain's polls "
+            f"included) / {_us(sync_cpu_us)} per sync Invoke"
+            + (f" = {event_cpu_us / sync_cpu_us:.2f}x" if event_cpu_us and sync_cpu_us else ""),
         ]
+        ratio = delivered_rps / sync_rps
+        report.verdicts.append(
+            f"async delivered events/s / sync Invoke req/s, same run: {delivered_rps:,.0f} / "
+            f"{sync_rps:,.0f} = {ratio:.2f}x (target >= {MIN_DELIVERED_OVER_SYNC:g}x) "
+            f"{_verdict(drained and failed == 0 and ratio >= MIN_DELIVERED_OVER_SYNC)}")
         report.figures["async"] = {
             "threads": threads, "events": accepted, "sync_calls": count,
             "enqueue_eps": round(event_rps, 1), "sync_rps": round(sync_rps, 1),
             "enqueue_over_sync": round(event_rps / sync_rps, 3),
             "drained": drained, "succeeded": succeeded, "failed": failed,
             "drain_s": round(drain_s, 3), "delivered_eps": round(delivered_rps, 1),
+            "delivered_over_sync": round(delivered_rps / sync_rps, 3),
+            "cpu_us_per_event": None if event_cpu_us is None else round(event_cpu_us, 1),
+            "cpu_us_per_sync_call": None if sync_cpu_us is None else round(sync_cpu_us, 1),
         }
 
         # Cron firing lag, with asyncio timers in this process as the baseline (same seconds).
@@ -232,7 +269,7 @@ def bench_async(daemon: BenchDaemon, report: AsyncReport, *, events: int, thread
             "timer_p50_ms": round(statistics.median(timer_ms), 3),
             "ratio_of_medians": round(cron.ratio, 3),
         }
-        for line in report.lines:
+        for line in [*report.lines, *report.verdicts]:
             print(f"    {line}", flush=True)
     finally:
         if schedule_id:

@@ -1,7 +1,5 @@
 """Lets `python -m lambdactl` work the same as the console script (handy in tests)."""
 
-import sys
+from lambdactl.main import run
 
-from lambdactl.main import main
-
-sys.exit(main())
+run()

@@ -7,9 +7,11 @@ commands live in lambdactl.commands, their formatting in lambdactl.render.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from contextlib import redirect_stderr, redirect_stdout
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import grpc
 
@@ -49,3 +51,19 @@ def main(
         ctx.message("")
         ctx.error("interrupted")
         return ExitCode.INTERRUPTED
+
+
+def run() -> NoReturn:
+    """The `lambdactl` program: `main`, then the process ends at once.
+
+    Everything a command does is finished when `main` returns (the channel closed, files
+    written and closed, the upload's spool gone with its descriptor), so only stdout and
+    stderr need flushing. The interpreter's teardown (freeing grpc's, protobuf's and
+    rich's modules) took 40-300 ms after every command, as long as a warm deploy's own
+    work in the daemon.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)

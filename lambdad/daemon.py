@@ -41,6 +41,7 @@ from lambdad.metrics import AdminServer, Metrics
 from lambdad.metrics.registry import CellSample, GatewaySample, PoolSample
 from lambdad.notify import Notifier
 from lambdad.queue import AsyncWorker
+from lambdad.queue.intake import Intake
 from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
 from lambdad.runtime.pool import Instance
@@ -188,9 +189,12 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     store = Store(state / "lambda.db")
     metrics = Metrics()
     logs = LogStore(state / "logs", max_file_bytes=config.log_file_bytes,
-                    files_kept=config.log_files)
+                    files_kept=config.log_files,
+                    on_dropped=functools.partial(metrics.log_dropped, "daemon"))
     metrics.log_followers.set_function(logs.subscriber_count)
-    capture = LogCapture(client.api.api_version, logs.append)
+    capture = LogCapture(client.api.api_version, logs.append,
+                         congested=lambda: logs.congested,
+                         on_dropped=functools.partial(metrics.log_dropped, "runtime"))
     backend = DockerBackend(client, daemon_id=host.daemon_id)
     artifacts = ArtifactStore(state / "artifacts")
     artifacts.prepare()
@@ -275,21 +279,19 @@ def build_control(
     docker_version: str,
 ) -> ControlParts:
     """In an order without cycles: what queues an event and the worker that delivers it
-    share `wake`; cron queues through the queue; the facade gets every use case's parts."""
+    share the intake (accepted events on their way into the store, and the wake-up);
+    cron queues through the queue; the facade gets every use case's parts."""
     invoker = Invoker(runtime, metrics)
-    wake = asyncio.Event()
+    intake = Intake(store.invocations)
     queue = AsyncQueue(
-        store=store, runtime=runtime, invoker=invoker, wake=wake.set, metrics=metrics,
+        store=store, runtime=runtime, invoker=invoker, intake=intake, metrics=metrics,
         backoff_s=config.async_backoff, max_queued_events=config.max_queued_events,
         max_event_bytes=config.max_event_bytes)
     worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
-                         queue.delivery_limit, wake=wake)
+                         queue.delivery_limit, intake=intake)
 
-    async def invocation_status(invocation_id: str) -> str:
-        status: str = await store.invocations.status(invocation_id)
-        return status
-
-    cron = CronRunner(store.schedules, queue.enqueue_scheduled, invocation_status,
+    # (the worker's view: an ended attempt counts before its outcome is written)
+    cron = CronRunner(store.schedules, queue.enqueue_scheduled, worker.status,
                       worker.cancel, catch_up_window_s=config.catch_up_window)
     control = ControlPlane(
         store=store, builder=builder, runtime=runtime, invoker=invoker, queue=queue,
@@ -328,16 +330,24 @@ def http_admission(
 
 def instance_observer(capture: LogCapture,
                       metrics: Metrics) -> Callable[[Instance, str], None]:
-    """What the runtime reports of an instance: its log capture starts, its init time."""
+    """What the runtime reports of an instance: its log capture starts, its init time.
+    An instance started with the log channel is read on it once its socket answers (its
+    runtime keeps what comes before); any other on Docker's stream from its start."""
 
     def on_instance(instance: Instance, event: str) -> None:
         source = Source(instance.version.function, instance.version.number, instance.id,
                         instance.container_id,
                         framed=instance.version.config.runtime != "docker")
-        if event == "started":
+        channel = instance.log_channel and source.framed  # never a Dockerfile function's
+        if event == "started" and not channel:
             capture.follow(source)
+        elif event == "connected" and channel:
+            capture.follow_channel(source, instance.folder)
         elif event == "adopted":  # earlier lines were captured by the previous run
-            capture.follow(source, since=datetime.now(UTC))
+            if channel:  # its runtime kept what came while none was read
+                capture.follow_channel(source, instance.folder, since=datetime.now(UTC))
+            else:
+                capture.follow(source, since=datetime.now(UTC))
         elif event == "ready":
             metrics.init_duration.labels(source.function).observe(instance.init_ms / 1000)
 

@@ -6,3 +6,5 @@ INSTANCE = "lambda.instance"
 DAEMON = "lambda.daemon"  # which lambdad (state folder) owns the object
 CELL = "lambda.cell"  # a stem cell: its class; it has no function label
 CLEANUP = "lambda.cleanup"  # a short-lived container emptying an instance folder
+LOGS = "lambda.logs"  # "channel": started with LAMBDA_LOG_CHANNEL=1, lambdad reads its log channel
+LOGS_CHANNEL = "channel"

@@ -127,7 +127,8 @@ def cmd_versions(ctx: Ctx) -> int:
             f" ({p.reason})" for p in v.active_periods
         ) or "-"
         t.add_row("*" if v.active else "", str(v.number), local_time(v.created_at),
-                  v.deployed_by, code, "pruned" if v.pruned else v.image, periods)
+                  v.deployed_by, code,
+                  "pruned" if v.pruned else v.image or "(runtime image)", periods)
     print_table(ctx.out, t)
     return ExitCode.OK
 

@@ -93,7 +93,8 @@ def function_rows(fn: pb.Function) -> list[tuple[str, str]]:
         ("Status", _status(fn)),
         ("URL", fn.url),
         ("Deployed at", local_time(fn.deployed_at)),
-        ("Image", fn.image),
+        # A standard-runtime version has no image of its own: it runs the runtime image.
+        ("Image", fn.image or "(runtime image)"),
         ("Runtime", cfg.runtime),
         ("Handler", cfg.handler),
         ("Timeout", f"{cfg.timeout_seconds}s"),

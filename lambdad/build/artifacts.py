@@ -1,17 +1,24 @@
-"""A version's code and dependencies as plain files, for stem cells to load.
+"""A version's code and dependencies as plain files: what a standard-runtime version is.
 
 Layout: ROOT/<function>/v<N>/{task,deps}. The folder is the daemon's (0700 at the
 root), every file in it is 0644 (0755 if executable) and owned by the daemon, so a
-function's user can read its code but never change it. A cell gets a private copy
-made of hard links (`link_into`): no bytes are copied, the cell sees only its own
-version, and removing one never touches the other.
+function's user can read its code but never change it. A new container of the version
+mounts `task` and `deps` read-only; a cell gets a private copy made of hard links
+(`link_into`): no bytes are copied, the cell sees only its own version, and removing one
+never touches the other.
 
-One owner: the builder may only `save` (ArtifactSink) and the runtime manager only `find`
-(ArtifactSource); cloning, removing and retaining are decided by `lambdad.control.builds`.
+A build writes the artifact in place: it extracts the upload into `begin`'s staging
+folder, resolves (or links from the build cache) the wheels beside it, and `commit`
+renames it into place. Nothing is copied a second time.
+
+One owner: the builder may only `begin`, `commit`, `discard` and `save` (ArtifactSink)
+and the runtime manager only `find` (ArtifactSource); cloning, removing and retaining are
+decided by `lambdad.control.builds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -26,6 +33,12 @@ RUNTIME_IMAGE = "runtime-image"  # the id of the runtime image the version was b
 
 class ArtifactSink(Protocol):
     """What a build may do to the store: write its version's artifact."""
+
+    def begin(self, function: str, version: int) -> Path: ...
+
+    def commit(self, function: str, version: int, runtime_image: str = "") -> Path: ...
+
+    def discard(self, function: str, version: int) -> None: ...
 
     def save(self, function: str, version: int, code: Path, deps: Path | None,
              runtime_image: str = "") -> Path: ...
@@ -53,23 +66,51 @@ class ArtifactStore:
         path = self.path(function, version)
         return path if (path / TASK).is_dir() else None
 
-    def save(self, function: str, version: int, code: Path, deps: Path | None,
-             runtime_image: str = "") -> Path:
-        """Copies a build's code (and resolved dependencies) in; atomic by rename."""
+    def _staging(self, function: str, version: int) -> Path:
         final = self.path(function, version)
-        staging = final.with_name(final.name + ".partial")
+        return final.with_name(final.name + ".partial")
+
+    def begin(self, function: str, version: int) -> Path:
+        """An empty staging folder for the version's artifact: the build extracts the code
+        into its `task/` and puts the wheels in its `deps/`; `commit` makes it the artifact.
+        On the artifacts' file system, so the build cache's hard links reach it."""
+        staging = self._staging(function, version)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        shutil.copytree(code, staging / TASK, symlinks=True)
-        if deps is not None and deps.is_dir():
-            shutil.copytree(deps, staging / DEPS, symlinks=True)
-        else:
-            (staging / DEPS).mkdir()
+        return staging
+
+    def commit(self, function: str, version: int, runtime_image: str = "") -> Path:
+        """The staged artifact, its modes normalized and the runtime image it was built for
+        noted, put in place by one rename."""
+        final = self.path(function, version)
+        staging = self._staging(function, version)
+        (staging / DEPS).mkdir(exist_ok=True)
         (staging / RUNTIME_IMAGE).write_text(runtime_image + "\n")
         normalize_modes(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)
         return final
+
+    def discard(self, function: str, version: int) -> None:
+        """A build that failed: its staging folder goes, and the function's folder if that
+        leaves it empty (a first deploy that failed leaves nothing)."""
+        staging = self._staging(function, version)
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: the function has versions
+            staging.parent.rmdir()
+
+    def save(self, function: str, version: int, code: Path, deps: Path | None,
+             runtime_image: str = "") -> Path:
+        """Copies a build's code (and resolved dependencies) in; atomic by rename."""
+        staging = self.begin(function, version)
+        try:
+            shutil.copytree(code, staging / TASK, symlinks=True)
+            if deps is not None and deps.is_dir():
+                shutil.copytree(deps, staging / DEPS, symlinks=True)
+            return self.commit(function, version, runtime_image)
+        except BaseException:
+            self.discard(function, version)
+            raise
 
     @staticmethod
     def runtime_image(artifact: Path) -> str:
@@ -93,7 +134,11 @@ class ArtifactStore:
         return final
 
     def remove(self, function: str, version: int) -> None:
-        shutil.rmtree(self.path(function, version), ignore_errors=True)
+        """The version's artifact, and the function's folder if it was the last."""
+        path = self.path(function, version)
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: other versions
+            path.parent.rmdir()
 
     def remove_function(self, function: str) -> None:
         shutil.rmtree(self.root / function, ignore_errors=True)
@@ -147,15 +192,24 @@ def link_tree(source: Path, target: Path) -> None:
 
 
 def normalize_modes(root: Path) -> None:
-    """Readable by everyone, writable by nobody but the daemon (whatever its umask)."""
+    """Readable by everyone, writable by nobody but the daemon (whatever its umask).
+
+    Only what differs is changed: wheels linked from the build cache were normalized when
+    their first artifact was, so a warm deploy's walk is lstat calls alone."""
     for folder, dirs, files in os.walk(root):
-        os.chmod(folder, 0o755)
+        _chmod(folder, os.lstat(folder).st_mode, 0o755)
         for name in files:
             path = os.path.join(folder, name)
             mode = os.lstat(path).st_mode
             if stat.S_ISREG(mode):
-                os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+                _chmod(path, mode, 0o755 if mode & 0o111 else 0o644)
         for name in dirs:
             path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o755)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):  # not a link to one
+                _chmod(path, mode, 0o755)
+
+
+def _chmod(path: str, mode: int, wanted: int) -> None:
+    if stat.S_IMODE(mode) != wanted:
+        os.chmod(path, wanted)

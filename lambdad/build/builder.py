@@ -10,6 +10,7 @@ happens.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import tempfile
@@ -27,7 +28,7 @@ import urllib3.exceptions
 
 from lambdad import labels
 from lambdad.build import extraction, sandbox, tarball
-from lambdad.build.artifacts import ArtifactSink, normalize_modes
+from lambdad.build.artifacts import DEPS, TASK, ArtifactSink, normalize_modes
 from lambdad.build.depcache import DepsCache, cache_key, wheelhouse_fingerprint
 from lambdad.build.dockerfile import generated_dockerfile, label_instruction
 from lambdad.build.images import FunctionImages
@@ -38,6 +39,8 @@ from lambdad.build.requirements import parse_requirements
 from lambdad.build.tarrules import TarLimits
 from lambdad.build.watchdog import BuildWatchdog, DiskFloor, docker_root
 from lambdad.errors import BuildFailed, InvalidArgument, Unavailable
+
+log = logging.getLogger("lambdad.build.builder")
 
 _LAYER = re.compile(r"^[0-9a-f]{12,64}$")
 MAX_DOCKERFILE_BYTES = 1024 * 1024
@@ -58,6 +61,9 @@ class BuildSpec:
 
 @dataclass(frozen=True)
 class BuiltImage:
+    """What a build made: an image, or for a standard runtime with an artifact store no
+    image at all (both empty): the version runs on the shared runtime image."""
+
     image: str
     image_id: str
 
@@ -99,9 +105,10 @@ class ImageBuilder:
     def _build(self, spec: BuildSpec, emit: Callable[[str], None]) -> BuiltImage:
         deadline = time.monotonic() + self._limits.timeout_s
         self._spool.mkdir(parents=True, exist_ok=True)
+        if spec.runtime != "docker" and self._artifacts is not None:
+            return self._build_artifact(spec, self._artifacts, deadline, emit)
         with tempfile.TemporaryDirectory(dir=self._spool, prefix="build-") as tmp:
             ctx = Path(tmp)
-            runtime_id = ""
             # lambdad (root-equivalent) reads and writes the extracted tree only through
             # `extraction.open_regular` (no link followed) and writes only files it creates
             # itself: the Dockerfile the build uses is always a new file of its own.
@@ -119,12 +126,14 @@ class ImageBuilder:
                 dockerfile = ctx / "Dockerfile"
                 network = "default"
             else:
-                runtime_id = self.images.check_runtime_image()
+                # A builder without an artifact store (the integration tests' own) still
+                # makes an image of a standard runtime.
+                self.images.check_runtime_image()
                 context = ctx
                 extraction.extract(spec.archive, ctx / "code", spec.archive_format,
                                    spec.tar_limits)
-                self._install_requirements(ctx / "code", ctx, deadline, emit, spec.function,
-                                           spec.no_cache)
+                self._install_requirements(ctx / "code", ctx / "deps", ctx, deadline, emit,
+                                           spec.function, spec.no_cache)
                 with_deps = (ctx / "deps").is_dir()
                 # The image keeps these modes, and its user is uid 10001: a restrictive
                 # umask (pip honours it) must not make the code unreadable to it.
@@ -138,21 +147,53 @@ class ImageBuilder:
             # build step (and a container) per label.
             extraction.create_new(dockerfile, source + b"\n" + label_instruction(
                 self._labels(spec)).encode() + b"\n")
-            built = self._docker_build(spec, context, dockerfile, network, deadline, emit)
-            if spec.runtime != "docker" and self._artifacts is not None:
-                # The same files as the image's /var/task and deps, for stem cells.
-                self._artifacts.save(spec.function, spec.version, ctx / "code",
-                                     ctx / "deps" if (ctx / "deps").is_dir() else None,
-                                     runtime_id)
-            return built
+            return self._docker_build(spec, context, dockerfile, network, deadline, emit)
+
+    def _build_artifact(self, spec: BuildSpec, artifacts: ArtifactSink, deadline: float,
+                        emit: Callable[[str], None]) -> BuiltImage:
+        """A standard-runtime version needs no image of its own: its instances run the
+        shared runtime image with the artifact mounted read-only. The upload is extracted
+        straight into the artifact's staging folder, the wheels resolved (or linked from
+        the build cache) beside it, and one rename commits it: one pass, no copy."""
+        runtime_id = self.images.check_runtime_image()
+        steps: list[str] = []
+        mark = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            steps.append(f"{name}={(now - mark) * 1000:.1f}ms")
+            mark = now
+
+        staging = artifacts.begin(spec.function, spec.version)
+        try:
+            extraction.extract(spec.archive, staging / TASK, spec.archive_format,
+                               spec.tar_limits)
+            step("extract")
+            if extraction.open_regular(staging / TASK, tarball.REQUIREMENTS,
+                                       MAX_REQUIREMENTS_BYTES) is not None:
+                # pip's work folders (and its HOME and cache) stay in the spool, outside
+                # what the function's containers mount.
+                with tempfile.TemporaryDirectory(dir=self._spool, prefix="build-") as tmp:
+                    self._install_requirements(staging / TASK, staging / DEPS, Path(tmp),
+                                               deadline, emit, spec.function, spec.no_cache)
+                step("requirements")
+            artifacts.commit(spec.function, spec.version, runtime_id)
+            step("commit")
+        except BaseException:
+            artifacts.discard(spec.function, spec.version)
+            raise
+        log.info("artifact built function=%s version=%d %s", spec.function, spec.version,
+                 " ".join(steps))
+        return BuiltImage(image="", image_id="")
 
     def _labels(self, spec: BuildSpec) -> dict[str, str]:
         return {labels.FUNCTION: spec.function, labels.VERSION: str(spec.version),
                 labels.DAEMON: self._daemon_id}
 
     def _install_requirements(
-        self, code: Path, ctx: Path, deadline: float, emit: Callable[[str], None],
-        function: str, no_cache: bool = False,
+        self, code: Path, deps: Path, ctx: Path, deadline: float,
+        emit: Callable[[str], None], function: str, no_cache: bool = False,
     ) -> None:
         """Resolves wheels for the image's Python in a sandboxed pip; no package code runs.
 
@@ -165,7 +206,6 @@ class ImageBuilder:
         if not wanted:
             return
         target = self.images.target_platform()
-        deps = ctx / "deps"
         key = cache_key(function, wanted, target,
                         wheelhouse=wheelhouse_fingerprint(self._wheelhouse),
                         pip_settings=pip_settings(os.environ),

@@ -22,6 +22,7 @@ are pure and tested in memory, `piprun` supervises pip's process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -196,7 +197,12 @@ def install(requirements: list[str], build_dir: Path, deps: Path, limits: BuildL
             _check_room(build_dir, tree_size(work.target), limits)
             shutil.copytree(work.target, deps, symlinks=True)
         else:
-            os.rename(work.target, deps)
+            try:
+                os.rename(work.target, deps)
+            except OSError as exc:  # the artifacts on another file system than the spool
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copytree(work.target, deps, symlinks=True)
     finally:
         reclaim(work)
         shutil.rmtree(work.root, ignore_errors=True)

@@ -1,5 +1,9 @@
 """The one owner of what a build leaves on disk: a version's image and its artifact.
 
+A standard-runtime version built by this lambdad has an artifact and no image (its
+`image` is ""); a Dockerfile function's has an image; one built by an earlier lambdad has
+both, and keeps both until it goes.
+
 The builder writes an artifact while it builds (through `ArtifactSink.save`) and the
 runtime manager reads one to specialize a stem cell (`ArtifactSource.find`); every other
 change, cloning one for a config-only version, removing one with its image, dropping a
@@ -24,20 +28,24 @@ class Builds:
         self._artifacts = artifacts
 
     async def tag(self, name: str, base: int, image_id: str, number: int, image: str) -> None:
-        """Version `number` shares version `base`'s image (a new tag) and files (links)."""
-        await asyncio.to_thread(self._builder.tag_image, image_id, image)
+        """Version `number` shares version `base`'s image (a new tag, when it has one: a
+        standard-runtime version of this lambdad has none) and files (links)."""
+        if image and image_id:
+            await asyncio.to_thread(self._builder.tag_image, image_id, image)
         if self._artifacts is not None:
             await asyncio.to_thread(self._artifacts.clone, name, base, number)
 
     async def remove(self, name: str, number: int, image: str) -> None:
-        """Undoes a version's build: its image and its artifact."""
-        await asyncio.to_thread(self._builder.remove_image, image)
+        """Undoes a version's build: its image (if it has one) and its artifact."""
+        if image:
+            await asyncio.to_thread(self._builder.remove_image, image)
         if self._artifacts is not None:
             await asyncio.to_thread(self._artifacts.remove, name, number)
 
     async def remove_function(self, name: str, images: Iterable[str]) -> None:
         for image in images:
-            await asyncio.to_thread(self._builder.remove_image, image)
+            if image:  # "" is a version on the shared runtime image: nothing to remove
+                await asyncio.to_thread(self._builder.remove_image, image)
         if self._artifacts is not None:
             await asyncio.to_thread(self._artifacts.remove_function, name)
 

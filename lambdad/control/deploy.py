@@ -111,8 +111,12 @@ class Deployer:
             raise InvalidArgument("header.sha256 must be 64 lowercase hex digits")
         upload.spool_dir.mkdir(parents=True, exist_ok=True)
         archive = upload.spool_dir / f"upload-{secrets.token_hex(8)}.tar"
+        timings: dict[str, float] = {}  # seconds per step, for the deploy's log line
         try:
+            mark = time.monotonic()
             await receive(header, chunks, archive)
+            timings["receive"] = time.monotonic() - mark
+            mark = time.monotonic()
             fault_point("received")
             summary = await asyncio.to_thread(tarball.validate, archive, upload.tar_limits)
             summary.require_regular(tarball.MANIFEST, tarball.DOCKERFILE, tarball.REQUIREMENTS,
@@ -128,9 +132,10 @@ class Deployer:
                 raise InvalidArgument("no function name: pass --name or set name in lambda.toml")
             config = apply_overrides(manifest.config, header.overrides)
             check_handler(config, summary)
+            timings["validate"] = time.monotonic() - mark
             async with self._locks.of(name):
                 async for event in self._build_and_start(
-                    name, config, archive, summary, header, deployed_by
+                    name, config, archive, summary, header, deployed_by, timings
                 ):
                     yield event
         finally:
@@ -139,11 +144,15 @@ class Deployer:
 
     async def _build_and_start(
         self, name: str, config: FunctionConfig, archive: Path, summary: TarSummary,
-        header: DeployHeader, deployed_by: str,
+        header: DeployHeader, deployed_by: str, timings: dict[str, float],
     ) -> AsyncIterator[DeployEvent]:
         number = await self._store.next_version_number(name)
         image = f"{self._image_prefix}/{name}:v{number}"
-        yield Progress(2, f'Building image "{image}"', done=False)
+        # A standard runtime's version is its artifact (code and wheels) on the shared
+        # runtime image; only a Dockerfile function gets an image of its own.
+        building = (f'Building image "{image}"' if config.runtime == "docker"
+                    else f"Building {name} v{number} (code and wheels, no image)")
+        yield Progress(2, building, done=False)
         built: BuiltImage | None = None
         started = time.monotonic()
         spec = BuildSpec(function=name, version=number, image=image, archive=archive,
@@ -160,7 +169,8 @@ class Deployer:
             if self._metrics is not None:
                 self._metrics.build_duration.observe(build_s)
             fault_point("built")
-            yield Progress(2, f'Building image "{image}"', done=True)
+            yield Progress(2, building, done=True)
+            image = built.image  # "" when the version has no image of its own
             version = FunctionVersion(
                 function=name, number=number, image=image, image_id=built.image_id,
                 config=config, code_sha256=header.sha256, code_size=header.size,
@@ -188,8 +198,12 @@ class Deployer:
             raise
         self._runtime.activate(version, instance)
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
-                 "build_ms=%.0f start_ms=%.0f start=%s", name, number, image, header.size,
-                 summary.unpacked_bytes, build_s * 1000, start_s * 1000, instance.start_path)
+                 "receive_ms=%.0f validate_ms=%.0f build_ms=%.0f start_ms=%.0f "
+                 "record_ms=%.0f start=%s", name, number, image or "-", header.size,
+                 summary.unpacked_bytes, timings.get("receive", 0) * 1000,
+                 timings.get("validate", 0) * 1000, build_s * 1000, start_s * 1000,
+                 (time.monotonic() - started - build_s - start_s) * 1000,
+                 instance.start_path)
         await self._retain(name)
         yield Progress(3, starting, done=True)
         yield DeployResult(name=name, version=number, image=image, url=self._url(name))

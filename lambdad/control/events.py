@@ -1,14 +1,13 @@
 """Asynchronous invocations: the bounded queue's front door (enqueue, redrive), one
 delivery attempt, and the per-function retry policy and delivery limit the AsyncWorker
-asks for. Whoever queues an event wakes the worker through `wake`, handed in at
-construction (the worker waits on the same signal), so neither needs the other.
+asks for. An accepted event goes through the intake, handed in at construction and shared
+with the worker (whose next cycle stores it and wakes on it), so neither needs the other.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 
 from lambdad.control.invoke import Invoker, function_error
 from lambdad.control.ports import Runtime
@@ -24,6 +23,7 @@ from lambdad.functions import validate_name
 from lambdad.httpstatus import status_for
 from lambdad.jsontext import parse_json
 from lambdad.metrics import Metrics
+from lambdad.queue.intake import Intake
 from lambdad.queue.model import STATUSES, AsyncInvocation, RetryPolicy
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.scheduler.cron import Schedule, event_payload
@@ -37,21 +37,23 @@ ERROR_CHARS = 2000
 
 class AsyncQueue:
     def __init__(
-        self, *, store: Store, runtime: Runtime, invoker: Invoker, wake: Callable[[], None],
+        self, *, store: Store, runtime: Runtime, invoker: Invoker, intake: Intake,
         metrics: Metrics | None = None, backoff_s: float = 60.0,
         max_queued_events: int = 1000, max_event_bytes: int = 256 * 1024,
     ) -> None:
         self._store = store
         self._runtime = runtime
         self._invoker = invoker
-        self._wake = wake
+        self._intake = intake
         self._metrics = metrics
         self.backoff_s = backoff_s
         self.max_queued_events = max_queued_events
         self.max_event_bytes = max_event_bytes
 
     async def enqueue(self, name: str, payload: bytes, *, source: str) -> str:
-        """Writes the event to the store before returning its id (the 202 comes after).
+        """Writes the event to the store before returning its id (the 202 comes after):
+        its transaction has committed, the worker's next cycle (group commit: with the
+        events accepted meanwhile; see lambdad.queue.intake).
 
         Anyone who can reach a public function can queue events for it, so the queue is
         bounded: at most `max_queued_events` waiting per function (Throttled beyond, which
@@ -72,7 +74,7 @@ class AsyncQueue:
             id=str(uuid.uuid4()), function=name, payload=body, source=source,
             status="queued", attempts=0, created_at=now, next_attempt_at=now,
         )
-        if not await self._store.invocations.insert(invocation, self.max_queued_events):
+        if not await self._intake.submit(invocation, self.max_queued_events):
             if self._metrics is not None:
                 self._metrics.async_refused.labels(name, source).inc()
             # A queued event moves on when a delivery ends, at the latest after the timeout.
@@ -81,7 +83,6 @@ class AsyncQueue:
                 "invocations waiting, the most lambdad queues per function "
                 "(max_queued_events); try again later",
                 retry_after=min(60, max(1, version.config.timeout_s)))
-        self._wake()
         return invocation.id
 
     async def enqueue_scheduled(self, schedule: Schedule, when: float, catch_up: bool) -> str:
@@ -149,5 +150,5 @@ class AsyncQueue:
             ids = [found.id]
         count: int = await self._store.invocations.redrive(ids, time.time())
         if count:
-            self._wake()
+            self._intake.wake.set()
         return count

@@ -127,7 +127,9 @@ class Versions:
                 raise FailedPrecondition(f"function {name!r} has no active version")
             config = apply_overrides(base.config, overrides)
             number = await self._store.next_version_number(name)
-            image = f"{self._image_prefix}/{name}:v{number}"
+            # A new tag only for a version that has an image; one on the shared runtime
+            # image shares its base's artifact and nothing else.
+            image = f"{self._image_prefix}/{name}:v{number}" if base.image else ""
             await self._builds.tag(name, base.number, base.image_id, number, image)
             version = replace(
                 base, number=number, image=image, config=config,

@@ -22,6 +22,13 @@ class FunctionVersion:
     pruned: bool = False  # its image was removed by retention; the row stays as history
     source_version: int | None = None  # a config-only version reuses this version's image
 
+    @property
+    def shared_image(self) -> bool:
+        """Runs on the shared runtime image with its artifact mounted: a standard-runtime
+        version has no image of its own (`image` is ""), unless an earlier lambdad built
+        one for it."""
+        return not self.image
+
 
 @dataclass(frozen=True)
 class Activation:

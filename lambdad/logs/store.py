@@ -2,7 +2,11 @@
 
 Layout: STATE_DIR/logs/<function>/current.jsonl plus rotated 1.jsonl (newest) .. N.jsonl.
 Appends are buffered in memory and written by one flush task in a worker thread, so the
-event loop never waits on the disk; followers get entries the moment they arrive.
+event loop never waits on the disk; followers get entries the moment they arrive. The buffer
+is bounded (`max_pending_bytes`): past it, entries are dropped and counted, and the count is
+written as a `LOGS_DROPPED` entry of stream `runtime` with the next flush (lambdad's words,
+as for a runtime's DROPPED record). Log channels stop reading while it is half full
+(`congested`), so a standard runtime's flood waits, and is dropped, in its own queue.
 """
 
 from __future__ import annotations
@@ -11,22 +15,36 @@ import asyncio
 import contextlib
 import logging
 import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from lambdad.logs.entry import LogEntry, LogQuery
+from lambdad.logs.channel import dropped_message
+from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, LogQuery
 
 log = logging.getLogger("lambdad.logs")
 
 FLUSH_INTERVAL_S = 0.2
+# What the buffer between flushes may hold (messages plus ENTRY_BYTES each); while one flush
+# writes, the next buffer fills, so the entries in memory stay under twice this.
+MAX_PENDING_BYTES = 16 << 20
+ENTRY_BYTES = 160  # an entry's object and its other fields, roughly
+
+OnDropped = Callable[[str, int, int], None]  # function, lines, bytes
 
 
 class LogStore:
     def __init__(self, root: Path, *, max_file_bytes: int = 4 * 1024 * 1024,
-                 files_kept: int = 5) -> None:
+                 files_kept: int = 5, max_pending_bytes: int = MAX_PENDING_BYTES,
+                 on_dropped: OnDropped | None = None) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
         self.files_kept = files_kept
+        self.max_pending_bytes = max_pending_bytes
+        self.on_dropped = on_dropped  # told at each flush what the full buffer dropped
         self._pending: dict[str, list[LogEntry]] = {}
+        self._pending_bytes = 0
+        self._dropped: dict[str, list[int]] = {}  # function: [lines, bytes] since the flush
         self._subscribers: dict[str, set[asyncio.Queue[LogEntry]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
@@ -44,7 +62,19 @@ class LogStore:
 
     # Writing
 
+    @property
+    def congested(self) -> bool:
+        """The buffer is half full: readers that can wait (log channels) should."""
+        return self._pending_bytes * 2 >= self.max_pending_bytes
+
     def append(self, entry: LogEntry) -> None:
+        size = len(entry.message) + ENTRY_BYTES
+        if self._pending_bytes + size > self.max_pending_bytes:
+            dropped = self._dropped.setdefault(entry.function, [0, 0])
+            dropped[0] += 1
+            dropped[1] += len(entry.message)
+            return
+        self._pending_bytes += size
         self._pending.setdefault(entry.function, []).append(entry)
         for queue in self._subscribers.get(entry.function, ()):
             if queue.qsize() < 10_000:  # a stuck follower must not hold the daemon's memory
@@ -61,12 +91,29 @@ class LogStore:
     async def flush(self) -> None:
         async with self._write_lock:
             pending, self._pending = self._pending, {}
+            self._pending_bytes = 0
+            self._note_drops(pending)
             if not pending:
                 return
             # Encoded here, written there: a worker thread that loops over lines in Python
             # holds the GIL in bursts and stalls the event loop (seen as p99 spikes).
             chunks = {function: self._chunks(entries) for function, entries in pending.items()}
             await asyncio.to_thread(self._write, chunks)
+
+    def _note_drops(self, pending: dict[str, list[LogEntry]]) -> None:
+        """What the full buffer dropped since the last flush: an entry per function, after
+        the entries that were kept, and the metric."""
+        dropped, self._dropped = self._dropped, {}
+        now = datetime.now(UTC)
+        for function, (lines, size) in dropped.items():
+            entry = LogEntry(now, function, 0, "", RUNTIME_STREAM, "",
+                             dropped_message(lines, size))
+            pending.setdefault(function, []).append(entry)
+            for queue in self._subscribers.get(function, ()):
+                if queue.qsize() < 10_000:
+                    queue.put_nowait(entry)
+            if self.on_dropped is not None:
+                self.on_dropped(function, lines, size)
 
     def _chunks(self, entries: list[LogEntry]) -> list[bytes]:
         """Entries as file-sized blobs, so a flood still rotates at the size cap."""
@@ -152,5 +199,7 @@ class LogStore:
 
     async def delete(self, function: str) -> None:
         async with self._write_lock:
-            self._pending.pop(function, None)
+            self._pending_bytes -= sum(len(entry.message) + ENTRY_BYTES
+                                       for entry in self._pending.pop(function, ()))
+            self._dropped.pop(function, None)
             await asyncio.to_thread(shutil.rmtree, self.root / function, True)

@@ -165,6 +165,14 @@ class Metrics:
             registry=r)
         self.log_followers = Gauge(
             "lambdad_log_followers", "Open `logs -f` streams", registry=r)
+        self.log_dropped_lines = Counter(
+            "lambdad_log_dropped_lines", "Function log lines dropped, by where: runtime (the "
+            "instance's log queue was full: the function wrote faster than lambdad read, or "
+            "while no lambdad read) or daemon (lambdad's log write buffer was full)",
+            ["function", "where"], registry=r)
+        self.log_dropped_bytes = Counter(
+            "lambdad_log_dropped_bytes", "Bytes of the function log lines dropped, as "
+            "lambdad_log_dropped_lines_total counts them", ["function", "where"], registry=r)
         self.grpc_requests = Counter(
             "lambdad_grpc_requests", "Control API calls by method and status code",
             ["method", "code"], registry=r)
@@ -213,6 +221,11 @@ class Metrics:
         """A deleted function: its cached children go (its series stay, as counters do)."""
         for key in [key for key in self._hot if key[0] == function]:
             del self._hot[key]
+
+    def log_dropped(self, where: str, function: str, lines: int, size: int) -> None:
+        """Log lines of `function` dropped by the runtime's queue or lambdad's buffer."""
+        self.log_dropped_lines.labels(function, where).inc(lines)
+        self.log_dropped_bytes.labels(function, where).inc(size)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -16,7 +16,7 @@ included). So delivery is per function instead:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 
 from lambdad.queue.model import AsyncInvocation
 
@@ -69,3 +69,14 @@ def mark_served(last_served: dict[str, int], chosen: Iterable[AsyncInvocation],
         last_served[event.function] = turn
         turn += 1
     return turn
+
+
+def newcomer_has_room(left: Iterable[str], known: Container[str], limit_for: Callable[[str], int],
+                      running: Mapping[str, int], free: int) -> bool:
+    """Whether another cycle should run at once: `select` counted a function it had no limit
+    for (`known`: those it had) as limit 1, and one such function with events left behind
+    may take more under its real limit while the global cap has room."""
+    if free <= 0:
+        return False
+    return any(name not in known and running.get(name, 0) < max(1, limit_for(name))
+               for name in left)

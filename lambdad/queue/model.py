@@ -49,3 +49,23 @@ def next_step(invocation: AsyncInvocation, policy: RetryPolicy, *, ok: bool,
     if out_of_attempts or too_old:
         return "failed", now
     return "queued", retry_at
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How an attempt ended, as it is written to the store (batched with others)."""
+
+    id: str
+    status: Status
+    next_attempt_at: float
+    finished_at: float
+    status_code: int | None
+    result: bytes | None
+    error: str
+
+
+def finish_of(invocation: AsyncInvocation, policy: RetryPolicy, *, ok: bool, now: float,
+              status_code: int | None, result: bytes | None, error: str) -> Finish:
+    """The record of an ended attempt: what `next_step` says, with the attempt's result."""
+    status, retry_at = next_step(invocation, policy, ok=ok, now=now)
+    return Finish(invocation.id, status, retry_at, now, status_code, result, error)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lambdad.idprefix import row_by_prefix
-from lambdad.queue.model import AsyncInvocation
+from lambdad.queue.model import AsyncInvocation, Finish
 
 _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_attempt_at, "
             "started_at, finished_at, status_code, result, last_error")
@@ -20,6 +23,21 @@ def _row(r: Any) -> AsyncInvocation:
     )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one worker cycle got: the events it now owns (marked running, attempts counted),
+    the functions of due events it left (no room for them), when the next waiting event
+    becomes due, and which of the events it was given to insert were stored."""
+
+    claimed: list[AsyncInvocation]
+    left: list[str]
+    next_due: float | None
+    accepted: list[bool] = dataclasses.field(default_factory=list)  # per insert: stored?
+
+
+Choose = Callable[[list[AsyncInvocation]], list[AsyncInvocation]]
+
+
 class InvocationTable:
     """Blocking calls; the async Store facade runs them on its single thread."""
 
@@ -28,44 +46,74 @@ class InvocationTable:
 
     def insert(self, inv: AsyncInvocation, max_queued: int = 0) -> bool:
         """Stores the event unless its function already has `max_queued` queued ones
-        (0: no cap); False when refused. Count and insert are one transaction on the
-        store's one thread, so concurrent enqueues cannot overshoot the cap."""
+        (0: no cap); False when refused."""
         with self._db.atomic():
-            if max_queued > 0 and self.queued(inv.function) >= max_queued:
-                return False
-            self._db.execute_sql(
-                f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
-                 inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
-                 inv.status_code, inv.result, inv.last_error),
-            )
-        return True
+            return self._insert([(inv, max_queued)])[0]
 
-    def queued(self, function: str) -> int:
-        """Events of `function` not yet delivered (waiting to start, or for a retry)."""
+    def _insert(self, items: Sequence[tuple[AsyncInvocation, int]]) -> list[bool]:
+        """Inside the caller's transaction. Each event's cap counts its function's queued
+        events, those of the batch included; count and insert are one transaction on the
+        store's one thread, so concurrent enqueues cannot overshoot the cap."""
+        queued: dict[str, int] = {}
+        accepted: list[bool] = []
+        rows: list[tuple[Any, ...]] = []
+        for inv, max_queued in items:
+            if inv.function not in queued:
+                queued[inv.function] = (self.queued(inv.function, max_queued)
+                                        if max_queued > 0 else 0)
+            if 0 < max_queued <= queued[inv.function]:
+                accepted.append(False)
+                continue
+            queued[inv.function] += 1
+            accepted.append(True)
+            rows.append((inv.id, inv.function, inv.payload, inv.source, inv.status,
+                         inv.attempts, inv.created_at, inv.next_attempt_at, inv.started_at,
+                         inv.finished_at, inv.status_code, inv.result, inv.last_error))
+        if rows:
+            self._db.cursor().executemany(
+                f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows)
+        return accepted
+
+    def queued(self, function: str, at_most: int = -1) -> int:
+        """Events of `function` not yet delivered (waiting to start, or for a retry),
+        counted up to `at_most` (-1: all; the cap check needs no more)."""
         row = self._db.execute_sql(
-            "SELECT COUNT(*) FROM invocations INDEXED BY invocations_due "
-            "WHERE status = 'queued' AND function = ?", (function,)).fetchone()
+            "SELECT COUNT(*) FROM (SELECT 1 FROM invocations INDEXED BY invocations_queue "
+            "WHERE status = 'queued' AND function = ? LIMIT ?)", (function, at_most)).fetchone()
         return int(row[0])
+
+    def queued_functions(self) -> list[str]:
+        """The functions with queued events, one index probe each (a loose index scan:
+        a backlog of one function costs nothing here)."""
+        rows = self._db.execute_sql(
+            "WITH RECURSIVE f(name) AS ("
+            "SELECT (SELECT MIN(function) FROM invocations INDEXED BY invocations_queue "
+            "WHERE status = 'queued') "
+            "UNION ALL SELECT (SELECT MIN(function) FROM invocations INDEXED BY "
+            "invocations_queue WHERE status = 'queued' AND function > f.name) "
+            "FROM f WHERE f.name IS NOT NULL) "
+            "SELECT name FROM f WHERE name IS NOT NULL").fetchall()
+        return [r[0] for r in rows]
 
     def due(self, now: float, per_function: int, skip: set[str],
             exclude: set[str]) -> list[AsyncInvocation]:
         """The oldest `per_function` due events of every function not in `skip` (those at
-        their limit), leaving out the ids in `exclude` (deliveries already started whose
-        row may still say queued). Per function, so a long backlog of one function never
-        hides another's events from the worker."""
-        skip_sql = ",".join("?" * len(skip))
-        exclude_sql = ",".join("?" * len(exclude))
-        rows = self._db.execute_sql(
-            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, ROW_NUMBER() OVER ("
-            "PARTITION BY function ORDER BY next_attempt_at, created_at) AS turn "
-            "FROM invocations WHERE status = 'queued' AND next_attempt_at <= ?"
-            + (f" AND function NOT IN ({skip_sql})" if skip else "")
-            + (f" AND id NOT IN ({exclude_sql})" if exclude else "")
-            + ") WHERE turn <= ? ORDER BY next_attempt_at",
-            (now, *sorted(skip), *sorted(exclude), per_function),
-        ).fetchall()
-        return [_row(r) for r in rows]
+        their limit), leaving out the ids in `exclude`. Per function, so a long backlog
+        of one function never hides another's events from the worker, and each function's
+        head is read from invocations_queue without touching the rest of its backlog."""
+        found: list[AsyncInvocation] = []
+        for function in self.queued_functions():
+            if function in skip:
+                continue
+            rows = self._db.execute_sql(
+                f"SELECT {_COLUMNS} FROM invocations INDEXED BY invocations_queue "
+                "WHERE status = 'queued' AND function = ? AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, created_at LIMIT ?",
+                (function, now, per_function + len(exclude))).fetchall()
+            found += [inv for inv in map(_row, rows) if inv.id not in exclude][:per_function]
+        found.sort(key=lambda inv: inv.next_attempt_at)
+        return found
 
     def next_due(self, after: float) -> float | None:
         """When the next event waiting for its time (a retry's backoff) becomes due.
@@ -78,23 +126,50 @@ class InvocationTable:
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def start_attempt(self, inv_id: str, now: float) -> AsyncInvocation | None:
+    def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
+              skip: set[str], choose: Choose | None,
+              inserts: Sequence[tuple[AsyncInvocation, int]] = ()) -> Claim:
+        """One worker cycle in one transaction: stores the accepted events given (each with
+        its function's cap), records the attempts that ended, then takes the due events
+        `choose` picks (of the oldest `per_function` per function not in `skip`) and marks
+        them running with their attempt counted, before any delivery starts (a crash turns
+        them back into queued events: at-least-once). `choose` is pure (fair.select over a
+        snapshot): it runs here so that reading and claiming are one transaction. None:
+        store and record only."""
         with self._db.atomic():
-            self._db.execute_sql(
-                "UPDATE invocations SET status = 'running', attempts = attempts + 1, "
-                "started_at = ? WHERE id = ? AND status = 'queued'", (now, inv_id))
-            row = self._db.execute_sql(
-                f"SELECT {_COLUMNS} FROM invocations WHERE id = ?", (inv_id,)).fetchone()
-        return _row(row) if row is not None and row[4] == "running" else None
+            accepted = self._insert(inserts)
+            self._finish(finished)
+            if choose is None:
+                return Claim([], [], None, accepted)
+            due = self.due(now, per_function, skip, set())
+            chosen = choose(due) if due else []
+            if chosen:
+                self._db.cursor().executemany(
+                    "UPDATE invocations SET status = 'running', attempts = attempts + 1, "
+                    "started_at = ? WHERE id = ? AND status = 'queued'",
+                    [(now, inv.id) for inv in chosen])
+            taken = {inv.id for inv in chosen}
+            claimed = [dataclasses.replace(inv, status="running", attempts=inv.attempts + 1,
+                                           started_at=now) for inv in chosen]
+            left = sorted({inv.function for inv in due if inv.id not in taken})
+            return Claim(claimed, left, self.next_due(now), accepted)
 
-    def finish(self, inv_id: str, status: str, next_attempt_at: float, now: float,
-               status_code: int | None, result: bytes | None, error: str) -> None:
-        self._db.execute_sql(
+    def settle(self, finished: Sequence[Finish]) -> None:
+        """Records ended attempts (a stop writes what the last cycle did not)."""
+        with self._db.atomic():
+            self._finish(finished)
+
+    def _finish(self, finished: Sequence[Finish]) -> None:
+        """Only over a running row: one cancelled meanwhile (a `replace` schedule) keeps
+        its cancellation, and writing the same outcome twice changes nothing."""
+        if not finished:
+            return
+        self._db.cursor().executemany(
             "UPDATE invocations SET status = ?, next_attempt_at = ?, finished_at = ?, "
-            "status_code = ?, result = ?, last_error = ? WHERE id = ?",
-            (status, next_attempt_at, now if status in ("succeeded", "failed") else None,
-             status_code, result, error, inv_id),
-        )
+            "status_code = ?, result = ?, last_error = ? WHERE id = ? AND status = 'running'",
+            [(f.status, f.next_attempt_at,
+              f.finished_at if f.status in ("succeeded", "failed") else None,
+              f.status_code, f.result, f.error, f.id) for f in finished])
 
     def cancel(self, inv_id: str, reason: str, now: float) -> None:
         self._db.execute_sql(
@@ -115,7 +190,12 @@ class InvocationTable:
         return int(cursor.rowcount)
 
     def of_function(self, function: str, status: str, limit: int) -> list[AsyncInvocation]:
-        sql = f"SELECT {_COLUMNS} FROM invocations WHERE function = ?"
+        """Newest first. Queued and running events are few (bounded by the cap and the
+        concurrency): they are read from invocations_queue instead of walking back through
+        the function's whole history (a poll for "is the queue empty" stays cheap)."""
+        small = status in ("queued", "running")
+        sql = (f"SELECT {_COLUMNS} FROM invocations"
+               f"{' INDEXED BY invocations_queue' if small else ''} WHERE function = ?")
         params: tuple[Any, ...] = (function,)
         if status:
             sql += " AND status = ?"

@@ -1,9 +1,15 @@
 """Delivers queued asynchronous invocations within each function's concurrency.
 
-One task polls the durable queue (woken at once by a new event or a finished delivery,
-otherwise at the next due retry) and starts one delivery task per event, fairly between
-functions (`fair.select`); each attempt is recorded as running before it starts, so a
-crash turns it back into a queued event at the next start.
+One task runs cycles against the durable queue, woken at once by a new event or a finished
+delivery, otherwise at the next due retry. A cycle is one store call and one transaction
+(`InvocationTable.cycle`): it stores the events accepted since the last cycle (the intake:
+each caller waits for that commit before its 202), records every attempt that ended, then
+claims a batch of due events, picked fairly between functions (`fair.select`), marking them
+running with their attempt counted; their deliveries then run concurrently, one task each.
+A claimed event is running in the store before its delivery starts, so a crash turns it
+back into a queued event at the next start (at-least-once); an ended attempt waits in
+memory only until the next cycle (milliseconds under load), and a crash in between
+delivers it again, as a crash during the attempt would.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lambdad.queue.fair import mark_served, select
-from lambdad.queue.model import AsyncInvocation, RetryPolicy, next_step
+from lambdad.queue.fair import mark_served, newcomer_has_room, select
+from lambdad.queue.intake import Intake, answer, fail
+from lambdad.queue.model import AsyncInvocation, Finish, RetryPolicy, finish_of
+from lambdad.queue.store import Claim
 
 log = logging.getLogger("lambdad.queue")
 
@@ -37,79 +45,133 @@ class AsyncWorker:
         *,
         concurrency: int = 32,
         wake: asyncio.Event | None = None,
+        intake: Intake | None = None,
     ) -> None:
         self._table = table
         self._deliver = deliver
         self._policy_for = policy_for
         self._limit_for = limit_for
         self._concurrency = concurrency
-        # Set by whoever queues an event (given here, so the queue need not know the worker).
-        self._wake = wake if wake is not None else asyncio.Event()
+        # Where accepted events wait for a cycle, shared with the queue's front door (so
+        # the queue need not know the worker), with the wake-up whoever queues sets.
+        self._intake = intake if intake is not None else Intake(table, wake)
+        self._wake = self._intake.wake
         self._running: dict[str, asyncio.Task[None]] = {}
         self._per_function: dict[str, int] = {}  # deliveries running, per function
         self._served: dict[str, int] = {}  # function -> the turn it was last served in
         self._turn = 0
+        # Attempts that ended, until a cycle has written them (a `replace` cancel and the
+        # cron's overlap check read them here first).
+        self._finished: dict[str, Finish] = {}
+        self._cycling = False  # a cycle's store call is under way
+        self._cancelled: set[str] = set()  # cancelled while a cycle was under way
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self.cycles = 0  # store calls made (for tests and the curious)
+
+    @property
+    def intake(self) -> Intake:
+        return self._intake
 
     def start(self) -> None:
+        self._stopping = False
+        self._intake.open = True
         self._task = asyncio.create_task(self._loop(), name="async-invocations")
 
     def wake(self) -> None:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stops taking events; attempts under way are cancelled and, being recorded as
-        running, are retried at the next start (at-least-once)."""
+        """Stops taking events: the cycle under way ends (its store call is not cut short),
+        then attempts under way are cancelled and, being recorded as running, are retried
+        at the next start (at-least-once). Attempts that ended are written, so a clean stop
+        delivers nothing twice, and events accepted meanwhile are written on their own."""
+        self._stopping = True
+        self._intake.open = False
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         for task in list(self._running.values()):
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
+        if self._finished:
+            await self._table.settle(list(self._finished.values()))
+            self._finished.clear()
+        await self._intake.close()
 
     async def cancel(self, invocation_id: str, reason: str) -> None:
-        """Ends a queued or running invocation as failed (a `replace` schedule)."""
+        """Ends a queued or running invocation as failed (a `replace` schedule). One that
+        ended already keeps its outcome."""
         task = self._running.get(invocation_id)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if invocation_id in self._finished:
+            return
+        if self._cycling:
+            self._cancelled.add(invocation_id)  # a cycle under way may be claiming it
         await self._table.cancel(invocation_id, reason, time.time())
 
+    async def status(self, invocation_id: str) -> str:
+        """The invocation's status, counting an ended attempt not yet written."""
+        finish = self._finished.get(invocation_id)
+        if finish is not None:
+            return finish.status
+        found: str = await self._table.status(invocation_id)
+        return found
+
     async def _loop(self) -> None:
-        while True:
-            try:
-                await self._dispatch()
-            except Exception:  # a store hiccup must not end delivery for good
-                log.exception("async dispatch failed")
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            self._wake.clear()  # before the cycle: a wake during it means go again
             timeout = POLL_S
             try:
-                next_due = await self._table.next_due(time.time())
-            except Exception:
-                next_due = None
-            if next_due is not None:
-                timeout = min(POLL_S, max(0.0, next_due - time.time()))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                timeout = await self._cycle()
+            except Exception:  # a store hiccup must not end delivery for good
+                log.exception("async dispatch failed")
+                self._wake.clear()
+            if self._stopping or self._wake.is_set():
+                continue
+            timer = loop.call_later(timeout, self._wake.set)  # (cheaper than wait_for)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
-    async def _dispatch(self) -> None:
-        """Starts what `fair.select` picks: per function within its limit, round-robin."""
+    async def _cycle(self) -> float:
+        """Stores accepted events, writes ended attempts and starts what `fair.select`
+        picks: per function within its limit, round-robin; returns how long to wait for
+        the next due retry."""
+        finished = list(self._finished.values())
         free = self._concurrency - len(self._running)
         limits = {name: max(1, self._limit_for(name)) for name in self._per_function}
         # At the global cap only functions with nothing running may start one.
         full = {name for name, count in self._per_function.items()
                 if count >= limits[name] or (free <= 0 and count > 0)}
-        due: list[AsyncInvocation] = await self._table.due(
-            time.time(), max(1, free), full, set(self._running))
-        if not due:
-            return
-        for invocation in due:
-            if invocation.function not in limits:
-                limits[invocation.function] = max(1, self._limit_for(invocation.function))
-        chosen = select(due, limits, self._per_function, free, self._served)
+        # A snapshot: select runs on the store thread, inside the claiming transaction.
+        choose = None if self._stopping else functools.partial(
+            select, limits=dict(limits), running=dict(self._per_function), free=free,
+            last_served=dict(self._served))
+        inserts = self._intake.take()  # from here on, each is answered or failed
+        self._cycling = True
+        self.cycles += 1
+        try:
+            claim: Claim = await self._table.cycle(
+                finished, time.time(), max(1, free), full, choose,
+                [(p.invocation, p.max_queued) for p in inserts])
+        except BaseException as exc:
+            fail(inserts, exc)
+            raise
+        finally:
+            self._cycling = False
+            cancelled, self._cancelled = self._cancelled, set()
+        answer(inserts, claim.accepted)
+        for finish in finished:
+            self._finished.pop(finish.id, None)
+        chosen = [inv for inv in claim.claimed if inv.id not in cancelled]
         self._turn = mark_served(self._served, chosen, self._turn)
         for invocation in chosen:
             function = invocation.function
@@ -117,6 +179,13 @@ class AsyncWorker:
             task = asyncio.create_task(self._attempt(invocation))
             self._running[invocation.id] = task
             task.add_done_callback(functools.partial(self._done, invocation))
+        if self._intake.waiting or newcomer_has_room(
+                claim.left, limits, self._limit_for, self._per_function,
+                self._concurrency - len(self._running)):
+            self._wake.set()
+        if claim.next_due is None:
+            return POLL_S
+        return min(POLL_S, max(0.0, claim.next_due - time.time()))
 
     def _done(self, invocation: AsyncInvocation, _task: object = None) -> None:
         self._running.pop(invocation.id, None)
@@ -127,21 +196,18 @@ class AsyncWorker:
             self._served.pop(function, None)
         self._wake.set()
 
-    async def _attempt(self, queued: AsyncInvocation) -> None:
-        invocation = await self._table.start_attempt(queued.id, time.time())
-        if invocation is None:
-            return  # redriven, deleted or taken meanwhile
+    async def _attempt(self, invocation: AsyncInvocation) -> None:
+        """One delivery of a claimed event; its end is written by the next cycle."""
         try:
             ok, code, body, error = await self._deliver(invocation)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             ok, code, body, error = False, None, None, f"{type(exc).__name__}: {exc}"
-        now = time.time()
-        status, retry_at = next_step(invocation, self._policy_for(invocation.function),
-                                     ok=ok, now=now)
-        await self._table.finish(invocation.id, status, retry_at, now, code, body, error)
-        if status == "failed":
+        finish = finish_of(invocation, self._policy_for(invocation.function), ok=ok,
+                           now=time.time(), status_code=code, result=body, error=error)
+        self._finished[invocation.id] = finish
+        if finish.status == "failed":
             log.warning('async invocation failed function=%s id=%s attempts=%d error="%s"',
                         invocation.function, invocation.id, invocation.attempts,
                         error.splitlines()[0] if error else "")

@@ -47,9 +47,16 @@ def function_environment(version: FunctionVersion) -> dict[str, str]:
 
 def stem_cell_environment() -> dict[str, str]:
     """A runtime's environment at process start: nothing of any function's (that comes
-    with POST /init, to the zygote only)."""
-    return {"LAMBDA_STEM_CELL": "1", "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}",
-            "LAMBDA_TASK_ROOT": TASK_DIR, "TZ": "UTC"}
+    with POST /init, to the zygote only). LAMBDA_LOG_CHANNEL=1: the supervisor keeps its log
+    lines for lambdad's log channel instead of writing them to Docker
+    (docs/design-notes/log-channel.md); every container started with it is labelled
+    `lambda.logs=channel`, so a restarted lambdad knows which ones to dial."""
+    return {"LAMBDA_STEM_CELL": "1", "LAMBDA_LOG_CHANNEL": "1",
+            "LAMBDA_SOCKET": f"{RUN_DIR}/{SOCKET_NAME}", "LAMBDA_TASK_ROOT": TASK_DIR,
+            "TZ": "UTC"}
+
+
+LOG_CHANNEL_LABELS = {labels.LOGS: labels.LOGS_CHANNEL}
 
 
 @dataclass(frozen=True)
@@ -80,21 +87,25 @@ class ManagedContainer:
     instance: str
     running: bool
     cell: bool = False  # a stem cell; the runtime manager finds its owner, if any
+    log_channel: bool = False  # started with the log channel on (labels.LOGS)
 
 
 def managed_container(container_id: str, found: dict[str, str],
                       running: bool) -> ManagedContainer | None:
     """What a container's labels say it is; None when they are damaged."""
     instance = found.get(labels.INSTANCE, "")
+    channel = found.get(labels.LOGS) == labels.LOGS_CHANNEL
     if labels.CLEANUP in found:  # left by a crash: to be removed
         return ManagedContainer(container_id, "", 0, instance, running)
     if labels.CELL in found:
         # Labels are fixed at creation: whose a specialized cell is, the runtime
         # manager knows from the cell's folder; a generic one is never adopted.
-        return ManagedContainer(container_id, "", 0, instance, running, cell=True)
+        return ManagedContainer(container_id, "", 0, instance, running, cell=True,
+                                log_channel=channel)
     try:
         return ManagedContainer(container_id, found[labels.FUNCTION],
-                                int(found[labels.VERSION]), found[labels.INSTANCE], running)
+                                int(found[labels.VERSION]), found[labels.INSTANCE], running,
+                                log_channel=channel)
     except (KeyError, ValueError):
         return None
 
@@ -142,8 +153,13 @@ class DockerBackend:
         return container_id
 
     def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path, *,
-              init_later: bool = False) -> str:
-        """Creates and starts a hardened container of the version's image; returns its id.
+              init_later: bool = False, code: Path | None = None, image: str = "") -> str:
+        """Creates and starts a hardened container; returns its id.
+
+        With `code` (an artifact: `task/` and `deps/`) the container runs `image`, the
+        runtime image, with those folders bound read-only where a stem cell has its code
+        (the function can read its code, never change it); without, the version's own
+        image.
 
         With `init_later` (standard runtimes) the runtime starts as a stem cell does, with
         a stem cell's clean environment: it opens its socket before any function code runs
@@ -151,22 +167,26 @@ class DockerBackend:
         lambdad locks the socket folder first and none of the function's variables
         (LD_PRELOAD, PYTHONPATH, ...) reaches the supervisor.
         """
+        binds = {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}}
+        if code is not None:
+            binds[str(code / "task")] = {"bind": TASK_DIR, "mode": "ro"}
+            binds[str(code / "deps")] = {"bind": DEPS_DIR, "mode": "ro"}
         host_config = self._host_config(
-            CellClass.of(version.config),
-            {str(socket_dir): {"bind": RUN_DIR, "mode": "rw"}},
+            CellClass.of(version.config), binds,
             init=version.config.runtime == "docker",
             volumes=(self._declared_volumes(version.image)
                      if version.config.runtime == "docker" else ()),
         )
         environment = stem_cell_environment() if init_later else function_environment(version)
         return self._create_and_start(
-            version.image,
+            image if code is not None else version.image,
             instance_name(version.function, version.number, instance_id),
             {
                 labels.FUNCTION: version.function,
                 labels.VERSION: str(version.number),
                 labels.INSTANCE: instance_id,
                 labels.DAEMON: self.daemon_id,
+                **(LOG_CHANNEL_LABELS if init_later else {}),
             },
             environment,
             host_config,
@@ -184,7 +204,7 @@ class DockerBackend:
             image,
             f"lambda-cell-{cell_id}",
             {labels.CELL: cell_class.label(), labels.INSTANCE: cell_id,
-             labels.DAEMON: self.daemon_id},
+             labels.DAEMON: self.daemon_id, **LOG_CHANNEL_LABELS},
             stem_cell_environment(),
             host_config,
         )

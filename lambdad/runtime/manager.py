@@ -49,8 +49,9 @@ class RuntimeManager:
         cell_pool_size: int = 0, runtime_image: str = "lambda-runtime/python:3.11",
         pause_after: float = 0.0, socket_owner: int = CONTAINER_UID,
     ) -> None:
-        """`on_instance` is told of every instance: "started" (container running), "ready"
-        (socket answers) and "adopted" (found running after a restart). `socket_owner` is
+        """`on_instance` is told of every instance: "started" (container running),
+        "connected" (its socket answers, its code maybe not loaded yet), "ready" (serving)
+        and "adopted" (found running after a restart). `socket_owner` is
         the uid an instance's socket must belong to (the containers' user; tests run a fake
         runtime as their own)."""
         self._backend = backend

@@ -54,6 +54,7 @@ class Instance:
     owner: InstancePool | None = None
     start_path: str = "container"  # how it came to be: "container" or "cell" (specialized)
     code_dir: Path | None = None  # a specialized cell's private copy of the version's code
+    log_channel: bool = False  # its runtime keeps its logs for lambdad's log channel
     paused: bool = False  # frozen (docker pause) while idle; unpaused by the next request
     no_pause_until: float = 0.0  # after a failed pause, not before this (monotonic)
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)  # pause/unpause in turn

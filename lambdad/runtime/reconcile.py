@@ -60,6 +60,8 @@ class Reconciler:
                     container.instance, pool.version, container.id, folder,
                     start_path="cell" if container.cell else "container",
                     code_dir=self.cells_dir / container.instance if container.cell else None,
+                    # only a standard runtime's: a Dockerfile function's is never trusted
+                    log_channel=container.log_channel and pool.version.config.runtime != "docker",
                 )
                 instance.idle.append(conn)
                 pool.add(instance)

@@ -1,10 +1,18 @@
-"""Starting instances: a new container of the version's image, or a stem cell
-specialized for it; and the stem cells themselves.
+"""Starting instances: a new container, or a stem cell specialized for the version; and
+the stem cells themselves.
 
 Which path a start takes is decided by `plan` (a deploy announces it) or at the start
-itself: a ready cell of the version's class when the version can run in one (built on
-the current runtime image, with no variable a started process ignores), else a
-container, at most MAX_CONTAINER_STARTS at once across all functions.
+itself: a ready cell of the version's class when the version can run in one (no variable
+a started process ignores; for a version an earlier lambdad built an image for, built on
+the current runtime image), else a container, at most MAX_CONTAINER_STARTS at once
+across all functions.
+
+Which image: a standard-runtime version has no image of its own, so both paths run the
+runtime image as it is now: a container is created from its tag (Docker resolves it at each
+start), with the version's artifact mounted read-only at /var/task and /opt/lambda/deps,
+and cells are kept of the tag's id (read every IMAGE_CHECK_S); after `make runtime-image`
+its new instances run the new image. A Dockerfile function's container, and
+one of a version an earlier lambdad built an image for, run that image.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ import functools
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambdad.build.artifacts import ArtifactSource, ArtifactStore, link_into
+from lambdad.build.artifacts import DEPS, TASK, ArtifactSource, ArtifactStore, link_into
+from lambdad.errors import Unavailable
 from lambdad.functions import FunctionVersion
 from lambdad.runtime.backend import Backend
 from lambdad.runtime.cells import Cell, CellClass, CellPool, needs_own_process
@@ -84,14 +94,29 @@ class Starter:
 
     def _artifact(self, version: FunctionVersion) -> Path | None:
         """The version's files, when a stem cell can run them: a standard-runtime version
-        built on the current runtime image, with no variable a started process ignores."""
+        with no variable a started process ignores, on the current runtime image (one
+        with an image of its own only if that image was built on it)."""
         config = version.config
         if (self._artifacts is None or config.runtime == "docker"
                 or not self.runtime_image_id or needs_own_process(config.env)):
             return None
         artifact = self._artifacts.find(version.function, version.number)
-        if artifact is None or ArtifactStore.runtime_image(artifact) != self.runtime_image_id:
+        if artifact is None or (not version.shared_image and ArtifactStore.runtime_image(
+                artifact) != self.runtime_image_id):
             return None
+        return artifact
+
+    def _mounted_code(self, version: FunctionVersion) -> Path | None:
+        """The artifact a new container mounts, for a version without an image of its own;
+        None for one that has an image. Its folders must be lambdad's own, not links:
+        dockerd resolves a bind's source on the host."""
+        if not version.shared_image:
+            return None
+        artifact = (self._artifacts.find(version.function, version.number)
+                    if self._artifacts is not None else None)
+        if artifact is None or not all(_real_folder(artifact / part) for part in (TASK, DEPS)):
+            raise Unavailable(f"the files of {version.function} v{version.number} are "
+                              "missing; deploy it again")
         return artifact
 
     def cell_classes(self, versions: list[FunctionVersion]) -> list[CellClass]:
@@ -153,14 +178,16 @@ class Starter:
             return await self._start_container(version)
 
     async def _start_container(self, version: FunctionVersion) -> Instance:
-        """Starts a container of the version's image; ready once its socket answers in its
-        locked folder and, for a standard runtime, its handler loaded.
+        """Starts a container (of the runtime image with the version's artifact mounted,
+        or of the version's own image); ready once its socket answers in its locked folder
+        and, for a standard runtime, its handler loaded.
 
         A standard runtime starts as a stem cell does (a cell's clean environment; the
         function's comes with POST /init) and loads the handler at POST /init, so no
         function code runs before the folder is locked; a Dockerfile function's code runs from the
         start, and what it puts in the folder meanwhile is bounded.
         """
+        code = self._mounted_code(version)
         instance_id = secrets.token_hex(6)
         folder = InstanceFolder.create(self._instances_dir, instance_id, owner=self._socket_owner)
         standard = version.config.runtime != "docker"
@@ -168,17 +195,19 @@ class Starter:
         try:
             container_id = await asyncio.to_thread(
                 functools.partial(self._backend.start, version, instance_id, folder.path,
-                                  init_later=standard))
+                                  init_later=standard, code=code,
+                                  image=self._runtime_image))
         except BaseException:
             await self._stopper.remove_folder(folder)
             raise
-        instance = Instance(instance_id, version, container_id, folder)
+        instance = Instance(instance_id, version, container_id, folder, log_channel=standard)
         self._notify(instance, "started")
         try:
             conn: UpstreamConnection | None = await self._readiness.wait_socket(
                 folder, container_id, f"instance of {version.function} v{version.number}",
                 version.config.memory_mb,
             )
+            self._notify(instance, "connected")  # its socket answers: the log channel opens
             if standard:
                 conn = await self._readiness.load(version, folder, container_id, conn)
         except BaseException:
@@ -229,7 +258,7 @@ class Starter:
         read-only, the runtime loads it (POST /init), and the cell never serves another."""
         started = time.monotonic()
         instance = Instance(cell.id, version, cell.container_id, cell.folder,
-                            start_path="cell", code_dir=cell.code_dir)
+                            start_path="cell", code_dir=cell.code_dir, log_channel=True)
         conn, cell.conn = cell.conn, None
         try:
             wanted = CellClass.of(version.config, cell.cell_class.image)
@@ -237,6 +266,7 @@ class Starter:
                 await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
             await asyncio.to_thread(link_into, artifact, cell.code_dir)
             self._notify(instance, "started")
+            self._notify(instance, "connected")  # what the cell kept since its start comes
             conn = await self._readiness.load(version, cell.folder, cell.container_id, conn)
             # Whose it is, once its code is loaded: a restart adopts it by this, never a
             # cell that would answer NotInitialized. (Outside the folders the container
@@ -259,6 +289,13 @@ class Starter:
                  "cell_class=%s", version.function, version.number, instance.id,
                  instance.init_ms, cell.cell_class.label())
         return instance
+
+
+def _real_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _write_owner(path: Path, version: FunctionVersion) -> None:

@@ -151,6 +151,14 @@ def _v6_api_keys(db: sqlite3.Connection) -> None:
     )
 
 
+def _v7_invocation_queue_index(db: sqlite3.Connection) -> None:
+    """Each function's queued events in delivery order: the worker reads the head of every
+    function's queue and the enqueue cap counts one function's events, both without
+    scanning the other functions' backlogs (invocations_due orders by time only)."""
+    db.execute("CREATE INDEX invocations_queue ON invocations("
+               "status, function, next_attempt_at, created_at)")
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
@@ -158,6 +166,7 @@ MIGRATIONS: list[Migration] = [
     _v4_async_invocations,
     _v5_schedules,
     _v6_api_keys,
+    _v7_invocation_queue_index,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
-from tests.support.daemon import Lambdad
+from lambdad.api.v1 import functions_pb2 as pb
+from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
+from tests.support.daemon import Lambdad, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +140,75 @@ def test_kill_9_loses_no_queued_or_running_event(quick: Lambdad, tmp_path: Path)
         info = _wait_status(quick, invocation_id, "succeeded", timeout=40)
         assert info["status"] == "succeeded", info
     assert _info(quick, running)["attempts"] == 2  # at-least-once: run again
+
+
+def _post_events(daemon: Lambdad, name: str, accepted: list[str], stop: threading.Event,
+                 errors: list[str]) -> None:
+    """Queues events over HTTP until `stop` or the daemon goes away; keeps every 202's id."""
+    n = 0
+    while not stop.is_set():
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", daemon.gateway_port, timeout=10)
+            conn.request("POST", "/", body=json.dumps({"tag": f"b{n}", "sleep": 0.02}),
+                         headers={"Host": f"{name}.localhost",
+                                  "Lambda-Invocation-Type": "Event"})
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+        except OSError:
+            return  # killed: this request never heard a 202
+        n += 1
+        if response.status != 202:
+            errors.append(f"{response.status} {body[:200]!r}")
+            return
+        accepted.append(json.loads(body)["invocationId"])
+
+
+def _invocations(daemon: Lambdad, name: str) -> dict[str, pb.Invocation]:
+    with grpc.insecure_channel(f"unix://{daemon.socket_path}") as channel:
+        stub = pb_grpc.FunctionServiceStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.ListInvocations(pb.ListInvocationsRequest(name=name, limit=100_000),
+                                     timeout=30)
+    return {inv.id: inv for inv in reply.invocations}
+
+
+def test_kill_9_in_the_middle_of_batches_loses_no_accepted_event(
+        quick: Lambdad, tmp_path: Path) -> None:
+    """Events are stored in group commits and claimed in batches: every event that got its
+    202 is in the store after kill -9 (stored before the answer), and each is delivered
+    after the restart, those cut short at the kill again."""
+    _deploy(quick, tmp_path, "batched", "concurrency = 4\n")
+    accepted: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    senders = [threading.Thread(target=_post_events, args=(quick, "batched", accepted, stop,
+                                                           errors)) for _ in range(6)]
+    for sender in senders:
+        sender.start()
+    try:
+        assert wait_for(lambda: len(accepted) >= 150, 60), (len(accepted), errors)
+        # Kill while deliveries (a claimed batch) are under way.
+        assert wait_for(lambda: any(i.status == "running" for i in
+                                    _invocations(quick, "batched").values()), 30)
+        quick.stop(signal.SIGKILL)
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(30)
+    assert not errors
+    quick.start()
+    assert "invocation(s) cut short" in quick.log()
+    ids = set(accepted)
+
+    def all_delivered() -> bool:
+        found = _invocations(quick, "batched")
+        return ids <= found.keys() and all(found[i].status == "succeeded" for i in ids)
+
+    assert set(accepted) <= _invocations(quick, "batched").keys()  # none lost
+    assert wait_for(all_delivered, 120)
+    found = _invocations(quick, "batched")
+    assert all(1 <= found[i].attempts <= 2 for i in ids)  # at most the one cut short again
+    assert any(found[i].attempts == 2 for i in ids)
 
 
 def test_bad_async_input(lambdad: Lambdad, tmp_path: Path) -> None:

@@ -11,11 +11,10 @@ from tests.support.daemon import Lambdad
 def test_deploy_invoke_list_delete(lambdad: Lambdad) -> None:
     port = lambdad.gateway_port
     deployed = lambdad.deploy("greet", "--name", "greet")
-    image = f"{lambdad.image_prefix}/greet:v1"
     lines = deployed.stderr.splitlines()
     assert lines[0] == "[1/3] Packaging function code... Done."
-    assert lines[1] == f'[2/3] Building image "{image}"...'
-    assert any("Successfully tagged" in line for line in lines), deployed.stderr
+    # A standard runtime's version is its code and wheels on the shared runtime image.
+    assert lines[1] == "[2/3] Building greet v1 (code and wheels, no image)... Done."
     assert "[3/3] Starting instance (container)... Done." in lines  # no routed function: no cell
     assert lines[-1] == f"Your function is live at: http://greet.localhost:{port}"
 
@@ -39,15 +38,17 @@ def test_deploy_invoke_list_delete(lambdad: Lambdad) -> None:
 
     as_json = lambdad.cli("list", "-o", "json").json()
     assert [f["name"] for f in as_json] == ["greet"]
-    assert as_json[0]["image"] == image and as_json[0]["status"] == "ready"
+    assert as_json[0]["image"] == "" and as_json[0]["status"] == "ready"
 
     assert len(lambdad.containers("greet")) == 1
-    assert len(lambdad.images("greet")) == 1
+    assert lambdad.images("greet") == []
+    assert (lambdad.state_dir / "artifacts" / "greet" / "v1" / "task" / "handler.py").is_file()
     deleted = lambdad.cli("delete", "greet")
     assert deleted.code == 0, deleted.stderr
     assert "Deleted function \"greet\" (1 version, 1 instance)." in deleted.stdout + deleted.stderr
     assert lambdad.containers("greet") == []
     assert lambdad.images("greet") == []
+    assert not (lambdad.state_dir / "artifacts" / "greet").exists()
     assert lambdad.cli("list", "-o", "json").json() == []
     gone = lambdad.http("greet", "/?name=World")
     assert gone.status == 404

@@ -55,6 +55,8 @@ class FakeContainer:
     env: dict[str, str] = field(default_factory=dict)
     limits: CellClass | None = None
     name: str = ""
+    code: Path | None = None  # the artifact a container of the runtime image mounts
+    image: str = ""  # what it runs: the runtime image's id, or the version's own image
     requests: list[tuple[bytes, bytes, dict[bytes, bytes]]] = field(default_factory=list)
     server: asyncio.AbstractServer | None = None
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -117,12 +119,13 @@ class FakeDocker:
     # The Backend surface
 
     def start(self, version: FunctionVersion, instance_id: str, socket_dir: Path, *,
-              init_later: bool = False) -> str:
+              init_later: bool = False, code: Path | None = None, image: str = "") -> str:
         if version.function in self.refuse:
             raise Unavailable("could not start an instance: the engine refused")
         container = self._add(version.function, version.number, instance_id, socket_dir,
                               standard=init_later)
         container.name = f"lambda-{version.function}-v{version.number}-{instance_id}"
+        container.code, container.image = code, image if code is not None else version.image
         if version.function in self.crash:
             container.running, container.exit_code = False, 1
         else:

@@ -25,6 +25,7 @@ from lambdad.control import AsyncQueue, ControlPlane, DeployHeader, Invoker
 from lambdad.errors import BuildFailed, NotFound
 from lambdad.functions import FunctionVersion, Overrides
 from lambdad.metrics import Metrics
+from lambdad.queue.intake import Intake
 from lambdad.queue.worker import AsyncWorker
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.manager import PoolCounts, StartPlan
@@ -169,6 +170,9 @@ class FakeBuilder:
         self.removed: list[str] = []
         self.fail_build: str = ""  # the BuildFailed message of the next build
         self.builds: list[BuildSpec] = []
+        # True: a standard-runtime build also tags an image, as lambdad did before issue
+        # 16 (its versions are still stored and served); False: the artifact alone, as now.
+        self.images_for_standard = True
 
     async def build(self, spec: BuildSpec) -> AsyncIterator[str | BuiltImage]:
         self.builds.append(spec)
@@ -182,6 +186,9 @@ class FakeBuilder:
             code.mkdir(parents=True, exist_ok=True)
             (code / "handler.py").write_text("def handler(event, context): return event\n")
             self._artifacts.save(spec.function, spec.version, code, None, "sha256:runtime")
+            if not self.images_for_standard:
+                yield BuiltImage("", "")
+                return
         self.images[spec.image] = image_id
         yield BuiltImage(spec.image, image_id)
 
@@ -274,12 +281,13 @@ async def control_parts(tmp_path: Path, *, keep_versions: int = 10,
     metrics = Metrics()
     keyring = KeyRing([])
     invoker = Invoker(runtime, metrics)
-    wake = asyncio.Event()
-    queue = AsyncQueue(store=store, runtime=runtime, invoker=invoker, wake=wake.set,
+    intake = Intake(store.invocations)
+    wake = intake.wake
+    queue = AsyncQueue(store=store, runtime=runtime, invoker=invoker, intake=intake,
                        metrics=metrics, backoff_s=30.0, max_queued_events=max_queued_events,
                        max_event_bytes=max_event_bytes)
     worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
-                         queue.delivery_limit, wake=wake)
+                         queue.delivery_limit, intake=intake)
 
     async def status_of(invocation_id: str) -> str:
         status: str = await store.invocations.status(invocation_id)

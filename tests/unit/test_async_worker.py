@@ -1,6 +1,8 @@
 """AsyncWorker against a real Store on temporary SQLite, with a stand-in delivery and a
 clock the test moves: delivery, retries at the policy's backoff, the per-function limit,
-the wake-up on enqueue, cancel, and a clean stop that leaves attempts to be retried."""
+the wake-up on enqueue, cancel, a clean stop that leaves attempts to be retried, and the
+intake: a burst stored in a few transactions before its callers hear back, a failed one
+storing none."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,5 +265,180 @@ def test_cancel_ends_a_running_invocation_as_failed_with_the_reason(
                 await asyncio.wait_for(worker.cancel(queued.id, "replaced"), GUARD)
             ended = await store.invocations.get(queued.id)
             assert (ended.status, ended.last_error) == ("failed", "replaced")
+
+    asyncio.run(scenario())
+
+
+class Recording:
+    """The store facade, recording how many events each cycle stored; `fail_next` makes
+    the next cycle's transaction fail."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.inserted: list[int] = []
+        self.fail_next = False
+
+    async def cycle(self, *args: Any) -> Any:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("disk I/O error")
+        self.inserted.append(len(args[5]) if len(args) > 5 else 0)
+        return await self._table.cycle(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+def test_a_burst_is_stored_in_a_few_transactions_and_each_event_delivered_once(
+        tmp_path: Path, clock: Clock) -> None:
+    """Fifty events accepted at once: each caller returns once its event is committed, the
+    cycles that store them are few (group commit), and each is delivered exactly once."""
+    delivered: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        delivered.append(inv.id)
+        await asyncio.sleep(0.001)
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            table = Recording(store.invocations)
+            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 4)
+            worker.start()
+            try:
+                burst = [event() for _ in range(50)]
+                assert await asyncio.gather(
+                    *[worker.intake.submit(e, 0) for e in burst]) == [True] * 50
+                for queued in burst:  # committed before the answer
+                    assert (await store.invocations.get(queued.id)).id == queued.id
+                await until(lambda: asyncio.sleep(0, len(delivered) >= 50))
+                for queued in burst:
+                    await until(lambda q=queued: status_is(store, q.id, "succeeded"))
+            finally:
+                await worker.stop()
+            assert sorted(delivered) == sorted(e.id for e in burst)  # once each
+            assert sum(table.inserted) == 50
+            assert len([n for n in table.inserted if n]) <= 2, table.inserted
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_cycle_stores_none_of_its_events_and_their_callers_hear_why(
+        tmp_path: Path, clock: Clock) -> None:
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            table = Recording(store.invocations)
+            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 1)
+            worker.start()
+            try:
+                await asyncio.sleep(0.05)  # idle, waiting
+                table.fail_next = True
+                lost, kept = event(), event()
+                with pytest.raises(OSError, match="disk I/O error"):
+                    await asyncio.wait_for(worker.intake.submit(lost, 0), GUARD)  # no 202
+                assert await worker.intake.submit(kept, 0)  # the next cycle works
+                await until(lambda: status_is(store, kept.id, "succeeded"))
+                assert await store.invocations.status(lost.id) == ""
+            finally:
+                await worker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_clean_stop_writes_ended_attempts_so_the_next_start_delivers_nothing_again(
+        tmp_path: Path, clock: Clock) -> None:
+    ended = asyncio.Event()
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        ended.set()
+        return True, 200, b'{"done": 1}', ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            queued = event()
+            await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 1)
+            worker.start()
+            await asyncio.wait_for(ended.wait(), GUARD)
+            await asyncio.sleep(0)  # the attempt has ended; its outcome may be unwritten
+            await asyncio.wait_for(worker.stop(), GUARD)
+            done = await store.invocations.get(queued.id)
+            assert (done.status, done.result) == ("succeeded", b'{"done": 1}')
+            assert await store.invocations.recover(clock.now) == 0
+
+    asyncio.run(scenario())
+
+
+def test_after_stop_an_accepted_event_is_still_stored_before_the_answer(
+        tmp_path: Path, clock: Clock) -> None:
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            async with started_worker(store, deliver) as worker:
+                pass
+            late = event()
+            assert await worker.intake.submit(late, 0)  # no worker: written on its own
+            assert await status_is(store, late.id, "queued")
+
+    asyncio.run(scenario())
+
+
+def test_a_wake_up_during_the_workers_store_call_is_not_lost(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event queued while the worker is inside a store call (its wake-up set then) is
+    delivered at once, not at the next poll. The worker used to clear its wake-up after its
+    queries, losing this one until POLL_S."""
+    monkeypatch.setattr(worker_module, "POLL_S", 3600.0)  # no poll within the test
+    delivered: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        delivered.append(inv.id)
+        return True, 200, b"{}", ""
+
+    class Gated:
+        """Every store call of the worker, while the gate is shut, runs and then waits
+        there before it answers."""
+
+        def __init__(self, table: Any) -> None:
+            self._table = table
+            self.gate = asyncio.Event()
+            self.gate.set()
+            self.waiting = asyncio.Event()
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self._table, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                result = await method(*args, **kwargs)  # the query has run...
+                if not self.gate.is_set():
+                    self.waiting.set()
+                    await self.gate.wait()  # ...its answer is held back
+                return result
+
+            return call
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            table = Gated(store.invocations)
+            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 1)
+            worker.start()
+            try:
+                await asyncio.sleep(0.1)  # idle
+                table.gate.clear()
+                worker.wake()  # the worker goes into a store call and waits at the gate
+                await asyncio.wait_for(table.waiting.wait(), GUARD)
+                queued = event()
+                await store.invocations.insert(queued)
+                worker.wake()  # what an enqueue does, while the worker is in the store
+                table.gate.set()
+                await until(lambda: asyncio.sleep(0, delivered == [queued.id]))
+            finally:
+                await worker.stop()
 
     asyncio.run(scenario())

@@ -302,6 +302,34 @@ def test_a_failed_save_leaves_no_artifact(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         store.save("a", 1, tmp_path / "missing", None)
     assert store.find("a", 1) is None
+    assert list(store.root.iterdir()) == []
+
+
+def test_a_build_writes_its_artifact_in_place_and_a_failed_one_leaves_nothing(
+        tmp_path: Path) -> None:
+    """The builder extracts into `begin`'s folder and `commit` renames it: no copy."""
+    store = ArtifactStore(tmp_path / "artifacts")
+    store.prepare()
+    staging = store.begin("a", 1)
+    (staging / "task").mkdir()
+    (staging / "task" / "app.py").write_text("x = 1\n")
+    os.chmod(staging / "task" / "app.py", 0o600)
+    inode = (staging / "task" / "app.py").stat().st_ino
+    assert store.find("a", 1) is None  # not before the commit
+    saved = store.commit("a", 1, "sha256:abc")
+    assert saved == store.find("a", 1) and ArtifactStore.runtime_image(saved) == "sha256:abc"
+    assert (saved / "task" / "app.py").stat().st_ino == inode  # moved, not copied
+    assert stat.S_IMODE((saved / "task" / "app.py").stat().st_mode) == 0o644
+    assert (saved / "deps").is_dir()
+    assert sorted(os.listdir(store.root / "a")) == ["v1"]
+    (store.begin("a", 2) / "task").mkdir()
+    store.discard("a", 2)
+    assert sorted(os.listdir(store.root / "a")) == ["v1"]
+    (store.begin("b", 1) / "task").mkdir()
+    store.discard("b", 1)  # a first deploy that failed: nothing of "b" stays
+    assert sorted(os.listdir(store.root)) == ["a"]
+    store.remove("a", 1)
+    assert list(store.root.iterdir()) == []
 
 
 def test_a_held_pool_starts_nothing_until_released() -> None:

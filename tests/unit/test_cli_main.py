@@ -247,6 +247,11 @@ def test_python_dash_m_works_as_a_subprocess(tmp_path: Path) -> None:
     )
     assert proc.returncode == 69, proc.stderr
     assert proc.stdout == "" and proc.stderr.startswith("error: lambdad is not running")
+    # The program ends with os._exit (no interpreter teardown): what it printed to a pipe
+    # is flushed first.
+    shown = subprocess.run([sys.executable, "-m", "lambdactl", "--version"], env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.startswith("lambdactl "), shown
 
 
 # -- deploy -----------------------------------------------------------------------------

@@ -44,8 +44,8 @@ def test_deploy_builds_starts_records_and_activates(tmp_path: Path) -> None:
     async def scenario(p: ControlParts) -> None:
         events = await p.deploy("greet")
         assert [e for e in events if isinstance(e, Progress)] == [
-            Progress(2, 'Building image "lambda-fn/greet:v1"', done=False),
-            Progress(2, 'Building image "lambda-fn/greet:v1"', done=True),
+            Progress(2, "Building greet v1 (code and wheels, no image)", done=False),
+            Progress(2, "Building greet v1 (code and wheels, no image)", done=True),
             Progress(3, "Starting instance (container)", done=False),
             Progress(3, "Starting instance (container)", done=True),
         ]
@@ -320,3 +320,33 @@ def test_info_and_urls(tmp_path: Path) -> None:
             await p.control.get_function("greet")
             raise AssertionError("no such function")
     run(tmp_path, scenario)
+
+
+def test_a_standard_runtime_version_is_its_artifact_alone(tmp_path: Path) -> None:
+    """A deploy, a config-only version, retention and delete of versions without an image
+    of their own: no image is made, tagged or removed, and the artifacts follow the rows;
+    a version an earlier lambdad built an image for keeps it until it is pruned."""
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")  # v1: by an earlier lambdad, with an image
+        p.builder.images_for_standard = False
+        events = await p.deploy("greet")  # v2
+        assert events[-1] == DeployResult("greet", 2, "", "http://greet.localhost:8080")
+        v2 = (await p.store.get_function("greet")).active
+        assert v2 is not None and (v2.image, v2.image_id) == ("", "") and v2.shared_image
+        assert p.runtime.active["greet"] == v2
+        await p.control.update_config("greet", Overrides(memory_mb=256))  # v3, from v2
+        v3 = (await p.store.get_function("greet")).active
+        assert v3 is not None and (v3.image, v3.source_version) == ("", 2)
+        assert (p.artifacts.path("greet", 3) / "task" / "handler.py").stat().st_ino == (
+            p.artifacts.path("greet", 2) / "task" / "handler.py").stat().st_ino  # linked
+        await p.deploy("greet")  # v4: retention (keep 2) prunes v1 and v2
+        assert set(p.builder.images) == set()  # v1's image went with it
+        assert "" not in p.builder.removed
+        assert [p.artifacts.find("greet", n) is not None for n in (1, 2, 3, 4)] == [
+            False, False, True, True]
+        await p.control.rollback("greet", 3)
+        assert p.runtime.active["greet"].number == 3
+        await p.control.delete("greet")
+        assert not p.artifacts.path("greet", 3).parent.exists()
+        assert set(p.builder.removed) == {"lambda-fn/greet:v1"}  # never a "" image
+    run(tmp_path, scenario, keep_versions=2)

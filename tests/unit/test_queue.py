@@ -4,17 +4,21 @@ worker's dispatch against that table with a stand-in delivery."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace as dataclass_replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lambdad.functions import FunctionConfig, FunctionVersion
 from lambdad.queue import AsyncInvocation, AsyncWorker, RetryPolicy
-from lambdad.queue.fair import mark_served, select
+from lambdad.queue.fair import mark_served, newcomer_has_room, select
+from lambdad.queue.model import Finish
 from lambdad.store import Store
+from lambdad.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 
 def event(function: str, at: float, status: str = "queued") -> AsyncInvocation:
@@ -84,6 +88,15 @@ def test_nothing_due_or_no_room_selects_nothing() -> None:
     assert select([event("a", 1)], {"a": 2}, {"a": 2}, 32, {}) == []
 
 
+def test_another_cycle_runs_at_once_only_for_a_newcomer_with_room_under_its_real_limit() -> None:
+    limits = {"old": 4, "new": 3}.__getitem__
+    # select counted "new" as limit 1 (unknown before the cycle): it may take more now.
+    assert newcomer_has_room(["new"], {"old": 4}, limits, {"new": 1}, 10)
+    assert not newcomer_has_room(["new"], {"old": 4}, limits, {"new": 3}, 10)  # at its limit
+    assert not newcomer_has_room(["old"], {"old": 4}, limits, {"old": 1}, 10)  # it was known
+    assert not newcomer_has_room(["new"], {"old": 4}, limits, {"new": 1}, 0)  # global cap
+
+
 # --- the table on real SQLite ------------------------------------------------------------
 
 
@@ -111,9 +124,8 @@ def test_insert_refuses_past_the_cap_and_only_queued_events_count(tmp_path: Path
             assert not await table.insert(event("a", now), 3)
             assert await table.insert(event("b", now), 3)  # per function
             assert await table.queued("a") == 3
-            started = await table.start_attempt((await table.due(now + 10, 1, set(), set()))[0]
-                                                .id, now)
-            assert started is not None and started.status == "running"
+            claim = await table.cycle([], now + 10, 1, set(), lambda due: due[:1])
+            assert [(e.status, e.attempts) for e in claim.claimed] == [("running", 1)]
             assert await table.queued("a") == 2  # a delivered event leaves room
             assert await table.insert(event("a", now), 3)
             assert await table.insert(event("a", now), 0)  # 0: no cap
@@ -198,10 +210,87 @@ def test_worker_delivers_another_function_past_a_stuck_backlog(tmp_path: Path) -
             assert await store.invocations.queued("slow") == 99
             table.calls.clear()
             await asyncio.sleep(0.5)  # blocked: only the 1 s poll may query
-            assert table.calls["due"] <= 2, table.calls
+            assert table.calls["cycle"] <= 2, table.calls
         finally:
             stuck.set()
             await worker.stop()
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_cycle_stores_records_and_claims_in_one_transaction(tmp_path: Path) -> None:
+    """Inserts (the cap counting the batch's own events), ended attempts and a claim of the
+    picked due events, marked running with the attempt counted; a claimed event is never
+    claimed again while it runs, and its recorded end frees it."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a", "b")
+        try:
+            table = store.invocations
+            now = time.time()
+            batch = [event("a", now + i / 1000) for i in range(5)] + [event("b", now)]
+            claim = await table.cycle([], now + 1, 2, set(),
+                                      lambda due: [e for e in due if e.function == "a"],
+                                      [(e, 3) for e in batch])
+            assert claim.accepted == [True, True, True, False, False, True]
+            assert await table.queued("a") + await table.queued("b") == 4 - 2
+            claimed = {e.id for e in claim.claimed}
+            assert claimed == {batch[0].id, batch[1].id}  # a's oldest, per_function of them
+            assert all(e.status == "running" and e.attempts == 1 and e.started_at == now + 1
+                       for e in claim.claimed)
+            for e in claim.claimed:
+                assert (await table.get(e.id)).status == "running"
+            assert claim.left == ["b"]  # due, not picked
+            again = await table.cycle([], now + 1, 10, set(), lambda due: due, [])
+            assert not claimed & {e.id for e in again.claimed}  # running: not claimed twice
+            assert {e.id for e in again.claimed} == {batch[2].id, batch[5].id}
+            assert again.left == []
+            done = [Finish(i, "succeeded", now + 2, now + 2, 200, b"{}", "") for i in claimed]
+            retry = Finish(again.claimed[0].id, "queued", now + 60, now + 2, 500, b"", "boom")
+            last = await table.cycle([*done, retry], now + 2, 10, set(), lambda due: due, [])
+            assert last.claimed == [] and last.next_due == now + 60  # the retry's backoff
+            assert {(await table.get(i)).status for i in claimed} == {"succeeded"}
+            assert (await table.get(retry.id)).last_error == "boom"
+            # Writing an end twice, or over a row no longer running, changes nothing.
+            await table.cancel(retry.id, "replaced", now + 3)
+            await table.settle([dataclass_replace(retry, status="succeeded")])
+            assert (await table.get(retry.id)).status == "failed"
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_queue_written_before_migration_7_is_claimed_after_it(tmp_path: Path) -> None:
+    """An existing database (schema 6) with queued events gets invocations_queue and its
+    events are found and claimed through it."""
+    path = tmp_path / "lambda.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number in range(6):
+        MIGRATIONS[number](db)
+    db.execute("PRAGMA user_version = 6")
+    db.execute("INSERT INTO functions (name, created_at) VALUES ('old', '2026-01-01')")
+    waiting = event("old", 100.0)
+    db.execute("INSERT INTO invocations (id, function, payload, source, status, attempts, "
+               "created_at, next_attempt_at) VALUES (?, 'old', X'7B7D', 'api', 'queued', 0, "
+               "100.0, 100.0)", (waiting.id,))
+    db.close()
+
+    async def scenario() -> None:
+        store = Store(path)
+        await store.open()
+        try:
+            table = store.invocations
+            assert await table.queued("old") == 1
+            claim = await table.cycle([], 200.0, 4, set(), lambda due: due, [])
+            assert [(e.id, e.payload, e.attempts) for e in claim.claimed] == [
+                (waiting.id, b"{}", 1)]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert check.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                             "name = 'invocations_queue'").fetchone() is not None

@@ -263,8 +263,8 @@ class Pipe:
 
 class Runtime:
     def __init__(self, workdir: Path, version: str | None = "7", handler: str = "app.handler",
-                 **extra: str) -> None:
-        self.sock_path = str(workdir / "s.sock")
+                 sock_path: str = "", **extra: str) -> None:
+        self.sock_path = sock_path or str(workdir / "s.sock")
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONPATH": str(RUNTIME_DIR),

@@ -21,7 +21,8 @@ def test_a_request_goes_to_the_ready_instance_over_a_kept_connection() -> None:
         rt.manager.register(v1)
         instance = await rt.manager.start_instance(v1)
         rt.manager.activate(v1, instance)
-        assert rt.events == [("started", instance.id), ("ready", instance.id)]
+        assert rt.events == [("started", instance.id), ("connected", instance.id),
+                             ("ready", instance.id)]
         [container] = rt.docker.of("fn")
         assert container.initialized  # a standard runtime loads its handler before serving
         for request_id in ("a", "b"):
@@ -50,7 +51,7 @@ def test_a_cold_request_starts_a_container_and_says_so() -> None:
         assert response.cold_start and response.start == "container"
         assert body["start"] == "container" and body["cell"] is False
         assert response.init_ms > 0
-        assert [event for event, _ in rt.events] == ["started", "ready"]
+        assert [event for event, _ in rt.events] == ["started", "connected", "ready"]
         response, body = await rt.call()
         assert response.start == "warm" and len(rt.docker.containers) == 1
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from lambdad.errors import Unavailable
 from lambdad.runtime.cells import CellClass
 from tests.support.fake_docker import RUNTIME_IMAGE_ID
 from tests.support.runtime import Runtime, run, until, version
@@ -55,7 +60,7 @@ def test_a_cold_request_takes_a_ready_cell_and_a_cell_of_another_size_is_resized
         response, body = await rt.call("small")
         assert response.start == "cell" and response.cold_start and body["cell"] is True
         assert body["start"] == "cell" and rt.docker.updated == []
-        assert [e for e, _ in rt.events] == ["started", "ready"]
+        assert [e for e, _ in rt.events] == ["started", "connected", "ready"]
         await until(lambda: len(rt.manager.cells.ready_cells()) == 1)
         plan = rt.manager.plan_start(big)  # no cell of its class: one of small's will do
         assert plan.path == "cell"
@@ -93,6 +98,86 @@ def test_versions_a_cell_cannot_run_start_in_a_container_of_their_own() -> None:
             await rt.manager.remove_instance(instance)
         assert len(rt.manager.cells.ready_cells()) == 1  # none of them took the cell
         assert rt.manager.plan_start(cellable).path == "cell"
+
+    run(scenario)
+
+
+def test_a_version_without_an_image_runs_the_runtime_image_with_its_artifact_mounted() -> None:
+    """No cell free (or an env a cell cannot take): the container runs the runtime image
+    as it is now, with the version's artifact, whatever image the wheels were resolved on;
+    a version an earlier lambdad built an image for keeps running that image."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=0)
+        shared = replace(version("shared"), image="", image_id="")
+        rt.save_artifact(shared, image_id="sha256:" + "1" * 64)  # an earlier runtime image
+        preload = replace(version("preload", env={"LD_PRELOAD": "/x.so"}), image="",
+                          image_id="")
+        rt.save_artifact(preload)
+        old = version("old")  # built by an earlier lambdad: lambda-fn/old:v1
+        rt.save_artifact(old, image_id="sha256:" + "2" * 64)
+        missing = replace(version("missing"), image="", image_id="")
+        for v in (shared, preload, old, missing):
+            rt.manager.register(v)
+        await rt.manager.reconcile()
+        for v in (shared, preload):
+            instance = await rt.manager.start_instance(v)
+            container = rt.docker.containers[instance.container_id]
+            assert container.code == rt.artifacts.find(v.function, v.number)
+            assert container.image == "lambda-runtime/python:3.11" and container.standard
+        instance = await rt.manager.start_instance(old)
+        container = rt.docker.containers[instance.container_id]
+        assert container.code is None and container.image == "lambda-fn/old:v1"
+        with pytest.raises(Unavailable, match="files of missing v1 are missing"):
+            await rt.manager.start_instance(missing)
+        assert [c.function for c in rt.docker.containers.values()].count("missing") == 0
+
+    run(scenario)
+
+
+def test_a_linked_artifact_folder_is_never_mounted() -> None:
+    """dockerd resolves a bind's source on the host: an artifact whose task/ is a link is
+    refused, not followed."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=0)
+        shared = replace(version("shared"), image="", image_id="")
+        rt.save_artifact(shared)
+        task = rt.artifacts.find("shared", 1)
+        assert task is not None
+        (root / "elsewhere").mkdir()
+        shutil.rmtree(task / "task")
+        os.symlink(root / "elsewhere", task / "task")
+        rt.manager.register(shared)
+        await rt.manager.reconcile()
+        with pytest.raises(Unavailable, match="missing"):
+            await rt.manager.start_instance(shared)
+        assert rt.docker.containers == {}
+
+    run(scenario)
+
+
+def test_after_a_runtime_image_change_a_version_without_an_image_uses_the_new_cells() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=1)
+        shared = replace(version("shared"), image="", image_id="")
+        rt.save_artifact(shared)  # resolved on the runtime image of now
+        old = version("old")
+        rt.save_artifact(old)
+        rt.manager.register(shared)
+        rt.manager.register(old)
+        await _ready_cells(rt)
+        new_id = "sha256:" + "9" * 64
+        rt.docker.image_ids["lambda-runtime/python:3.11"] = new_id
+        await rt.manager._check_runtime_image()
+        await until(lambda: [c.cell_class.image for c in rt.manager.cells.ready_cells()]
+                    == [new_id])
+        plan = rt.manager.plan_start(shared)
+        assert plan.path == "cell"  # it moves to the new image
+        assert plan.cell is not None and plan.cell.cell_class.image == new_id
+        assert rt.manager.plan_start(old).path == "container"  # it keeps its own image
+        rt.manager.abandon(plan)
+        instance = await rt.manager.start_instance(
+            shared, plan=replace(plan, cell=None))  # no cell: a container of the tag
+        assert rt.docker.containers[instance.container_id].image == "lambda-runtime/python:3.11"
 
     run(scenario)
 

@@ -51,6 +51,13 @@ class ShuttingDown(RuntimeFault):
     status = 503
 
 
+class LogChannelOff(RuntimeFault):
+    """lambdad asked for the log channel of a runtime started without it."""
+
+    error_type = "Runtime.LogChannelOff"
+    status = 404
+
+
 class InvalidPayload(RuntimeFault):
     error_type = "Runtime.InvalidPayload"
     status = 400

@@ -95,4 +95,5 @@ def main(env: dict[str, str] | None = None) -> int:
             listener.close()
             _remove(socket_path)
         supervisor.shutdown(SHUTDOWN_GRACE_S)
+        supervisor.close_logs()
     return supervisor.fatal_code or 0

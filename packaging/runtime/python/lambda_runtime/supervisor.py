@@ -2,7 +2,9 @@
 
 It alone holds the container's stdout and stderr (Docker's log stream), writes the
 START/END/REPORT/INIT_REPORT frames, and tags every line the function's processes write
-with the request that process was serving (see logs.py for the format). It makes itself
+with the request that process was serving (see logs.py for the format); started with
+LAMBDA_LOG_CHANNEL=1 it sends those lines to lambdad over a connection lambdad opens on its
+socket instead (ChannelOutput, logchannel.py), never waiting for it. It makes itself
 non-dumpable, so a process of the same user cannot open /proc/1/fd/*, read its memory or
 ptrace it, and it is the subreaper of every process below it (PID 1 in a container, and
 PR_SET_CHILD_SUBREAPER when run elsewhere), so it alone learns how a worker ended.
@@ -34,7 +36,7 @@ import socket
 import sys
 import time
 
-from . import channel, events, http1, logs
+from . import channel, events, http1, logchannel, logs
 from .worker import LOAD_ERRORS, zygote_main
 
 TYPE_CHECKING = False
@@ -52,6 +54,9 @@ EXIT_WAIT_S = 2.0
 # How long the workers have, after their SIGTERM, before everything left is killed: Lambda
 # gives a runtime 300-500 ms of its shutdown phase. lambdad's docker stop waits 1 s.
 SHUTDOWN_GRACE_S = 0.5
+# How long the log channel may take, at exit, to deliver what is queued; the rest goes to
+# the container's stdout and stderr.
+LOG_CLOSE_S = 0.2
 MAX_WORKERS = 1000  # lambdad's highest per-instance concurrency
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
@@ -91,6 +96,131 @@ class Output:
                 view = view[os.write(self.fds[which], view):]
             except OSError:  # Docker stopped reading: nothing left to tell
                 return
+
+
+class ChannelOutput:
+    """The log lines for lambdad's log channel (LAMBDA_LOG_CHANNEL=1; logchannel.py), with
+    Output's interface: queued, sent as the channel's socket takes them, never waited for.
+    Until lambdad's log request arrives they wait in the queue (within its caps); at exit,
+    what could not be delivered goes to the container's stdout and stderr (`fallback`)."""
+
+    def __init__(self, fallback: Output) -> None:
+        self.fallback = fallback
+        self.queue = logchannel.Queue()
+        self.sock: socket.socket | None = None
+        self.sel: selectors.BaseSelector | None = None
+        self.head: bytes | memoryview = b""  # the log request's answer, until sent
+        self.watching = 0
+        self.closed = False
+
+    def write(self, which: int, data: bytes) -> None:
+        if self.closed:
+            self.fallback.write(which, data)
+            return
+        self.queue.put(which + 1, data, time.time_ns())
+        if self.sock is not None and not self.watching & _WRITE:
+            self._send()
+
+    def attach(self, sock: socket.socket, sel: selectors.BaseSelector) -> None:
+        """`sock` carried lambdad's log request: from now on it is the channel. A previous
+        reader (lambdad before a restart) is dropped."""
+        self.detach()
+        sock.setblocking(False)
+        self.sock, self.sel = sock, sel
+        self.head = logchannel.RESPONSE_HEAD
+        self.watching = _READ
+        sel.register(sock, _READ, (self._event, sock))
+        self._send()
+
+    def detach(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        if self.sel is not None:
+            try:  # noqa: SIM105
+                self.sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+        sock.close()
+        self.watching = 0
+        self.head = b""
+        self.queue.cut()
+
+    def _event(self, sock: socket.socket) -> None:
+        if sock is not self.sock:
+            return
+        if self.watching & _WRITE:
+            self._send()
+        if self.sock is None:
+            return
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # lambdad closed it (or went away)
+            self.detach()
+        # Anything lambdad sends after its request is ignored.
+
+    def _send(self) -> None:
+        sock = self.sock
+        queue = self.queue
+        while sock is not None:
+            if not queue and not self.head:
+                queue.report_drops(time.time_ns())  # the queue emptied: say what it lost
+                if not queue:
+                    break
+            chunks = queue.pending()
+            if self.head:
+                chunks.insert(0, self.head)
+            total = sum(map(len, chunks))
+            try:
+                sent = sock.sendmsg(chunks)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.detach()
+                return
+            full = sent < total
+            if self.head:
+                took = min(sent, len(self.head))
+                self.head = self.head[took:]
+                sent -= took
+            queue.sent(sent)
+            if full:
+                break  # the socket takes no more now: EPOLLOUT says when it does
+        if sock is None or self.sel is None:
+            return
+        want = _READ | _WRITE if (self.head or queue) else _READ
+        if want != self.watching:
+            self.watching = want
+            self.sel.modify(sock, want, (self._event, sock))
+
+    def close(self, timeout: float) -> None:
+        """At exit: up to `timeout` s to deliver the queue, the rest to stdout and stderr;
+        later writes go there directly."""
+        deadline = time.monotonic() + timeout
+        self.queue.report_drops(time.time_ns())
+        while self.sock is not None and (self.head or self.queue):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            poll = select.poll()
+            poll.register(self.sock, select.POLLOUT)
+            if poll.poll(int(left * 1000) + 1):
+                self._send()
+        self.detach()
+        self.closed = True
+        records, _ = logchannel.split(self.queue.take_all())
+        for kind, stream, payload, _ in records:
+            if kind == logchannel.LINES and stream in logchannel.STREAMS:
+                self.fallback.write(stream - 1, payload)
+            elif kind == logchannel.DROPPED:
+                lines, size = logchannel.COUNTS.unpack(payload)
+                self.fallback.write(ERR, logs.outside(
+                    f"[WARNING] {lines} log lines ({size} bytes) were dropped: the function "
+                    "wrote faster than lambdad read its log channel"))
 
 
 class OutsideText:
@@ -297,7 +427,7 @@ class Conn:
 class Loop:
     """The selector, timers, callbacks to run next, and the container's output."""
 
-    def __init__(self, output: Output) -> None:
+    def __init__(self, output: Output | ChannelOutput) -> None:
         self.output = output
         self.sel = selectors.DefaultSelector()
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -415,7 +545,11 @@ class Supervisor:
     """Loads the function into the zygote, runs each request on a worker, frames the logs."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        output = Output()
+        output: Output | ChannelOutput = Output()
+        # The log channel is lambdad's choice, made when it starts the runtime.
+        self.channel = ChannelOutput(output) if env.get("LAMBDA_LOG_CHANNEL") == "1" else None
+        if self.channel is not None:
+            output = self.channel
         # First, while this process has nothing else: the zygote gets a clean copy.
         self.zygote_pid, self.ctl, out_r, err_r = _fork_zygote()
         sys.stdout = OutsideText(output, OUT)
@@ -458,7 +592,7 @@ class Supervisor:
             pass
 
     @property
-    def output(self) -> Output:
+    def output(self) -> Output | ChannelOutput:
         return self.loop.output
 
     # --- running -------------------------------------------------------------------------------
@@ -640,6 +774,9 @@ class Supervisor:
         self._respond(conn, request, fault.status, _JSON_HEADERS, events.error_body(fault))
 
     def _dispatch(self, conn: Conn, request: http1.Request, body: bytes) -> None:
+        if request.get(logchannel.HEADER_NAME):  # only lambdad can send it (see logchannel)
+            self._log_request(conn, request)
+            return
         if self.state == "stopping":
             self._fault(conn, request, events.ShuttingDown("the instance is stopping"))
             return
@@ -666,6 +803,23 @@ class Supervisor:
                                           body, request_id, deadline_ms, now_ms))
         self.pool.waiting.append(Job(conn, request, message, request_id, start))
         self._schedule()
+
+    def _log_request(self, conn: Conn, request: http1.Request) -> None:
+        """lambdad asks for the log channel: this connection carries it from now on, in
+        whatever state the instance is (a generic cell, loading, serving, stopping)."""
+        if (self.channel is None or self.channel.closed or request.method != "GET"
+                or request.target != logchannel.PATH):
+            self._fault(conn, request, events.LogChannelOff(
+                "this runtime writes its logs to stdout and stderr"))
+            return
+        conn.closed = True  # the connection is the channel's now
+        self.loop.sel.unregister(conn.sock)
+        self.channel.attach(conn.sock, self.loop.sel)
+
+    def close_logs(self) -> None:
+        """The last step before exit: the log channel delivers what it can."""
+        if self.channel is not None:
+            self.channel.close(LOG_CLOSE_S)
 
     def _specialize(self, conn: Conn, request: http1.Request, body: bytes) -> None:
         """A stem cell's one control request: become this function, or report why not."""

@@ -274,7 +274,7 @@ def _reply(ctl: socket.socket, value: dict[str, Any]) -> None:
 
 # How lambdad started the runtime (a cell, or a container started like one): the
 # supervisor's business, not the function's, so both cold paths show the same environment.
-RUNTIME_FLAGS = ("LAMBDA_STEM_CELL",)
+RUNTIME_FLAGS = ("LAMBDA_STEM_CELL", "LAMBDA_LOG_CHANNEL")
 
 
 def _without_runtime_flags(env: Any) -> dict[str, str]:

@@ -1,0 +1,133 @@
+"""The standard runtime's log channel, lambdad's side: bytes in, log entries out (pure).
+
+lambdad opens a connection to an instance's socket (through `InstanceFolder.connect`, like
+every connection to an instance), sends `REQUEST` and, from a runtime started with
+LAMBDA_LOG_CHANNEL=1, gets a 200 head and then records until the instance exits:
+
+    <u32 payload bytes> <u8 kind> <u8 stream> <u16 zero> <u64 unix time ns>
+    kind 1 LINES:   whole lines, each ending in a newline, written to stream 1 (stdout) or
+                    2 (stderr): the supervisor's tagged lines and frames (entry.py)
+    kind 2 DROPPED: <u64 lines> <u64 bytes> the runtime dropped (lambdad read too slowly,
+                    or was not connected)
+
+The writer is packaging/runtime/python/lambda_runtime/logchannel.py; the design and why it
+is safe is docs/design-notes/log-channel.md. Only the transport is new: every line goes
+through `parse_line` as a line from Docker's stream of the same runtime does, so frames and
+request ids come only from the supervisor's tags. The runtime is trusted not to run function
+code, yet its bytes are bounded here all the same: a record over MAX_PAYLOAD, an unknown
+kind or stream, a cut line or a head that is not the channel's ends the channel
+(`ChannelBroken`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, parse_line
+
+# Lambda-Invocation-Type is not one a runtime invokes a function with: a runtime from before
+# the channel (a version image built on an older runtime image) answers 400 and runs nothing.
+REQUEST = (b"GET /.lambda/logs HTTP/1.1\r\nHost: lambdad\r\nLambda-Log-Channel: 1\r\n"
+           b"Lambda-Invocation-Type: log-channel\r\nContent-Length: 0\r\n\r\n")
+CONTENT_TYPE = b"application/vnd.lambda.log-records"
+HEADER = struct.Struct("<IBBHQ")
+COUNTS = struct.Struct("<QQ")
+LINES = 1
+DROPPED = 2
+STREAMS = {1: "stdout", 2: "stderr"}
+MAX_PAYLOAD = 1 << 20  # the runtime cuts records at 256 KiB
+MAX_HEAD = 8 * 1024
+MAX_LINE_BYTES = 64 * 1024  # as docker_stream: longer lines are cut
+
+
+class ChannelBroken(Exception):
+    """The bytes do not follow the channel's format: lambdad closes it."""
+
+
+def parse_head(head: bytes) -> None:
+    """Checks the answer to REQUEST (status line and headers, without the blank line)."""
+    lines = head.split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or status[1] != b"200":
+        raise ChannelBroken(f"the runtime answered {lines[0][:80]!r}")
+    types = [value.strip() for name, _, value in (line.partition(b":") for line in lines[1:])
+             if name.strip().lower() == b"content-type"]
+    if types != [CONTENT_TYPE]:
+        raise ChannelBroken(f"the runtime's answer is not the log channel ({types[:1]!r})")
+
+
+def dropped_message(lines: int, size: int) -> str:
+    """The text of a DROPPED record's entry: lambdad's words, in the stream `runtime`."""
+    return f"LOGS_DROPPED Lines: {lines} Bytes: {size}"
+
+
+class RecordDecoder:
+    """One instance's channel: `feed` the bytes as they arrive, get its entries."""
+
+    def __init__(self, function: str, version: int, instance: str, *,
+                 on_dropped: Callable[[int, int], None] | None = None) -> None:
+        self.function = function
+        self.version = version
+        self.instance = instance
+        self.on_dropped = on_dropped  # (lines, bytes) of each DROPPED record
+        self._buffer = bytearray()
+        self._head_done = False
+
+    @property
+    def head_done(self) -> bool:
+        """The runtime answered as the log channel (else it is an older runtime, or off)."""
+        return self._head_done
+
+    def feed(self, data: bytes) -> list[LogEntry]:
+        self._buffer += data
+        if not self._head_done:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD:
+                    raise ChannelBroken("the runtime's answer has no end of head")
+                return []
+            parse_head(bytes(self._buffer[:end]))
+            del self._buffer[:end + 4]
+            self._head_done = True
+        entries: list[LogEntry] = []
+        buffer = self._buffer
+        at = 0
+        while len(buffer) - at >= HEADER.size:
+            size, kind, stream, zero, time_ns = HEADER.unpack_from(buffer, at)
+            if size > MAX_PAYLOAD or zero:
+                raise ChannelBroken(f"a record of {size} bytes (flags {zero})")
+            end = at + HEADER.size + size
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[at + HEADER.size:end])
+            at = end
+            entries.extend(self._entries(kind, stream, payload, time_ns))
+        del buffer[:at]
+        return entries
+
+    def _entries(self, kind: int, stream: int, payload: bytes, time_ns: int) -> list[LogEntry]:
+        when = datetime.fromtimestamp(time_ns / 1e9, UTC)
+        if kind == DROPPED:
+            if len(payload) != COUNTS.size:
+                raise ChannelBroken(f"a DROPPED record of {len(payload)} bytes")
+            lines, size = COUNTS.unpack(payload)
+            if self.on_dropped is not None:
+                self.on_dropped(lines, size)
+            return [LogEntry(when, self.function, self.version, self.instance, RUNTIME_STREAM,
+                             "", dropped_message(lines, size))]
+        if kind != LINES:
+            raise ChannelBroken(f"a record of unknown kind {kind}")
+        name = STREAMS.get(stream)
+        if name is None:
+            raise ChannelBroken(f"a record of unknown stream {stream}")
+        if not payload.endswith(b"\n"):
+            raise ChannelBroken("a LINES record that does not end a line")
+        entries = []
+        for raw in payload[:-1].split(b"\n"):
+            text = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
+            request_id, message, frame = parse_line(text)
+            entries.append(LogEntry(when, self.function, self.version, self.instance,
+                                    RUNTIME_STREAM if frame else name, request_id, message))
+        return entries
