@@ -6,7 +6,6 @@ per-minute stats) with the status its caller sees; and the Invoke RPC's use case
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from lambdad.control.model import DirectResult
 from lambdad.control.ports import Runtime
@@ -15,6 +14,7 @@ from lambdad.functions import validate_name
 from lambdad.httpstatus import status_for
 from lambdad.jsontext import parse_json
 from lambdad.metrics import Metrics
+from lambdad.requestid import new_request_id
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 
 FUNCTION_ERROR = b"lambda-function-error"
@@ -70,7 +70,7 @@ class DirectInvoke:
         its recursion limit) breaks the exchange and loses its instance."""
         validate_name(name)
         parse_json(payload or b"{}", "the payload")
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         response = await self._invoker.invoke(InvocationRequest(
             function=name, method=b"POST", target=b"/",
             headers=[(b"content-type", b"application/json")],

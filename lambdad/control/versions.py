@@ -190,6 +190,8 @@ class Versions:
                 await self._logs.delete(name)
             if self._cron is not None:
                 self._cron.remove_function(name)
+            if self._metrics is not None:
+                self._metrics.forget(name)
             await self._builds.remove_function(name, [v.image for v in versions])
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)
         return len(versions), instances

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import h11
 
@@ -23,6 +23,7 @@ from lambdad.gateway.budget import Hold
 from lambdad.gateway.connection import Close, Enqueue, Invoke, Linger, Read, Send
 from lambdad.gateway.headers import response_headers
 from lambdad.gateway.responses import Drop, Reply
+from lambdad.gateway.stream import ClientStream, ReadTimeout
 from lambdad.httpstatus import error_response
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 
@@ -31,21 +32,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lambdad.gateway")
 
-READ_SIZE = 64 * 1024
-
-
 class Client:
     """One client connection: does what its `ClientConnection` asks, awaiting the socket."""
 
-    def __init__(
-        self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, gateway: Gateway, stream: ClientStream) -> None:
         self.gw = gateway
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        self.stream = stream
+        self.peer = stream.peer
         self.rules = gateway.rules_for(self.peer)
+        self._loop = asyncio.get_running_loop()
         self.gone = False  # the client closed (or half-closed) its connection
         self._invocation: asyncio.Task[Any] | None = None  # cancelled if the client goes
 
@@ -84,23 +79,21 @@ class Client:
             self.rules.finish(loop.time())
 
     async def _read(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline):
-                data = await self.reader.read(READ_SIZE)
-        except TimeoutError:
-            self.rules.timed_out(loop.time())
+            data = await self.stream.read(deadline)
+        except ReadTimeout:
+            self.rules.timed_out(self._loop.time())
             return
-        self.rules.receive(data, loop.time())
+        self.rules.receive(data, self._loop.time())
 
     async def _linger(self, seconds: float) -> None:
         """Half-closes and discards what the client still sends, so it reads the answer
         instead of a reset caused by its unread upload."""
         with contextlib.suppress(Exception):
-            self.writer.write_eof()
-            async with asyncio.timeout(seconds):
-                while await self.reader.read(READ_SIZE):
-                    pass
+            self.stream.write_eof()
+            deadline = self._loop.time() + seconds
+            while await self.stream.read(deadline):
+                pass  # ReadTimeout ends it, as does the client's EOF
 
     def client_gone(self) -> None:
         self.gone = True
@@ -158,11 +151,13 @@ class Client:
     async def _relay(self, response: InvocationResponse, request_id: str) -> int:
         status = response.status
         headers = response_headers(response.headers)
-        headers.append((b"lambda-request-id", request_id.encode()))
-        headers.append((b"lambda-version", str(response.version).encode()))
-        headers.append((b"lambda-cold-start", response.start.encode()))
-        headers.append((b"server-timing", _server_timing(
-            (asyncio.get_running_loop().time() - self.rules.started) * 1000, response)))
+        headers += (
+            (b"lambda-request-id", request_id.encode()),
+            (b"lambda-version", str(response.version).encode()),
+            (b"lambda-cold-start", response.start.encode()),
+            (b"server-timing", _server_timing(
+                (self._loop.time() - self.rules.started) * 1000, response)),
+        )
         try:
             self.rules.answer.start_response(status, headers)
         except h11.LocalProtocolError as exc:
@@ -170,9 +165,13 @@ class Client:
             failed = errors.InstanceFailed("the function returned an invalid HTTP response")
             return await self._respond(error_response(failed, request_id), version=response.version)
         try:
-            async for chunk in response.body:
-                if self.rules.answer.send_body(chunk):
-                    await self._flush()
+            content = response.content
+            if content is not None:  # the whole body came with the head: one write for all
+                self.rules.answer.send_body(content)
+            else:
+                async for chunk in response.body:
+                    if self.rules.answer.send_body(chunk):
+                        await self._flush()
             self.rules.answer.end_response()
             await self._flush()
         except (Drop, OSError):
@@ -199,17 +198,19 @@ class Client:
 
     async def _write(self, data: bytes) -> None:
         if data:
-            self.writer.write(data)
-            await self.writer.drain()  # a slow client slows the upstream body down
+            await self.stream.write(data)  # a slow client slows the upstream body down
 
 
 async def _dispose(response: InvocationResponse) -> None:
     """Closes the body (so its generator lets go of the upstream connection), then
-    releases; the release is synchronous, so even a cancellation cannot skip it."""
+    releases; the release is synchronous, so even a cancellation cannot skip it. A body
+    read to its end is a finished generator (no frame): nothing to close or await."""
     try:
         body = response.body
-        if isinstance(body, AsyncGenerator):
-            await body.aclose()
+        if getattr(body, "ag_frame", None) is not None:
+            await cast("AsyncGenerator[bytes, None]", body).aclose()
+        elif not hasattr(body, "ag_frame") and isinstance(body, AsyncGenerator):
+            await body.aclose()  # another kind of async generator than Python's own
     except Exception:
         log.exception("closing a response body failed")
     finally:

@@ -22,7 +22,6 @@ in memory (tests/unit/test_gateway_connection.py).
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -43,6 +42,7 @@ from lambdad.gateway.refusals import (
 )
 from lambdad.gateway.responses import Reply, Responses
 from lambdad.httpstatus import error_response
+from lambdad.requestid import new_request_id
 from lambdad.runtime.invocation import Headers, InvocationRequest
 
 log = logging.getLogger("lambdad.gateway")
@@ -67,21 +67,21 @@ class Limits:
     keepalive_timeout: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Send:
     """Write these bytes (and wait until the client takes them)."""
 
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Read:
     """Read what the client sends, then `receive` it; `timed_out` if nothing by `deadline`."""
 
     deadline: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Invoke:
     """Invoke the function and answer; `share` is the body's part of the budget, given back
     as soon as the instance has the body. The machine keeps no reference to the body."""
@@ -134,7 +134,7 @@ class ClientConnection:
         admit: Admit | None = None,
         events: bool = False,
         stopping: Callable[[], bool] = lambda: False,
-        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_id: Callable[[], str] = new_request_id,
     ) -> None:
         self.limits = limits
         self.peer = peer
@@ -154,6 +154,9 @@ class ClientConnection:
         self.request_id = ""
         self.started = 0.0  # when the current request's head arrived
         self._target: Target | None = None  # where the request being read goes
+        # What admission said on the head, while no Read has been asked for since: with no
+        # await in between nothing it looks at can have changed, so the hand-over reuses it.
+        self._admitted: Headers | None = None
         self._share: Hold | None = None  # the current body's part of the budget
         self._body = bytearray()
 
@@ -248,6 +251,7 @@ class ClientConnection:
     def _begin(self, request: h11.Request, now: float) -> None:
         self.request = request
         self.request_id = self._new_id()
+        self._admitted = None
         self.answer.begin(request.method)
         self.started = now
         self._phase = _Phase.HANDED_OVER  # a refusal below ends the cycle like an answer
@@ -266,6 +270,7 @@ class ClientConnection:
                 self._refuse(decided.reply, version=decided.version)
             return
         admitted = self._admit(decided.function, decided.version, list(request.headers))
+        self._admitted = None if isinstance(admitted, errors.LambdaError) else admitted
         if isinstance(admitted, errors.LambdaError):
             self._refuse(error_response(admitted, request_id), version=decided.version)
             return
@@ -296,6 +301,7 @@ class ClientConnection:
             self._reject(malformed(exc, self.request_id))
             return None
         if event is h11.NEED_DATA:
+            self._admitted = None  # an await comes: admission is asked again at the end
             return Read(read_deadline(now, self._deadline, self.limits.header_timeout))
         if isinstance(event, h11.Data):
             size = len(self._body) + len(event.data)
@@ -319,15 +325,21 @@ class ClientConnection:
 
     def _hand_over(self) -> Action | None:
         """Admits again, with no await before the invocation picks its version: a deploy
-        during the upload may have changed which version serves an unpinned request."""
+        during the upload may have changed which version serves an unpinned request. A
+        request read whole with its head (no Read in between, so no await since the head's
+        admission) goes on with that admission's answer: nothing could have changed it."""
         assert self._share is not None and self._target is not None
         assert self.request is not None
         request, share, target = self.request, self._share, self._target
         function, version = target.function, target.version
-        body, self._body = bytes(self._body), bytearray()
+        body = bytes(self._body) if self._body else b""
+        self._body = bytearray()
         self._share = self._target = None
         self._phase = _Phase.HANDED_OVER
-        admitted = self._admit(function, version, list(request.headers))
+        admitted: Headers | errors.LambdaError | None = self._admitted
+        self._admitted = None
+        if admitted is None:
+            admitted = self._admit(function, version, list(request.headers))
         if isinstance(admitted, errors.LambdaError):
             share.release()
             self.answer.respond(error_response(admitted, self.request_id), version=version)
@@ -376,6 +388,7 @@ class ClientConnection:
             self._share = None
         self._body = bytearray()
         self._target = None
+        self._admitted = None
 
     def _end_request(self, now: float) -> None:
         request, self.request = self.request, None
@@ -386,6 +399,8 @@ class ClientConnection:
 
 def _log_request(peer: str, request: h11.Request, status: int | None, seconds: float,
                  request_id: str) -> None:
+    if not log.isEnabledFor(logging.DEBUG):
+        return  # the arguments below cost more than the check (a line per request)
     log.debug("%s %s %s -> %s in %.1f ms (request %s)", peer,
               request.method.decode("latin-1"), request.target[:200].decode("latin-1"),
               "dropped" if status is None else status, seconds * 1000, request_id)

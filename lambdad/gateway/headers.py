@@ -39,36 +39,82 @@ _CONSUMED = frozenset({b"expect", b"content-length"})
 _GATEWAY_RESPONSE = frozenset({b"lambda-request-id", b"lambda-version"})
 
 
+def _named(value: bytes) -> set[bytes]:
+    """The header names a Connection value lists."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
 def strip_hop_by_hop(headers: Headers) -> Headers:
     """Removes headers that describe one connection, not the message."""
     named: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            named |= _named(value)
     drop = HOP_BY_HOP | (named - {b"host"})  # routing needs Host whatever Connection says
     return [(n, v) for n, v in headers if n.lower() not in drop]
 
 
+# Never forwarded to an instance, whatever their value; Lambda-* and X-Forwarded-* too.
+_NOT_FORWARDED = HOP_BY_HOP | _PROXY_CLAIMS | _CONSUMED
+_OURS = (b"lambda-", b"x-forwarded-")
+
+
 def forward_request_headers(headers: Headers, client_ip: str, proto: str = "http") -> Headers:
-    """The headers an instance sees: end-to-end ones plus what the gateway knows."""
-    hosts = [v for n, v in headers if n.lower() == b"host"]
-    chain = [v.strip() for n, v in headers if n.lower() == b"x-forwarded-for" and v.strip()]
+    """The headers an instance sees: end-to-end ones plus what the gateway knows.
+
+    One pass on the request path; a Connection header (rare) costs a second pass over
+    what was kept, for the names it lists."""
     out: Headers = []
-    for name, value in strip_hop_by_hop(headers):
+    chain: list[bytes] = []
+    host: bytes | None = None
+    named: set[bytes] | None = None
+    for name, value in headers:
         key = name.lower()
-        if not (key.startswith((b"lambda-", b"x-forwarded-")) or key in _PROXY_CLAIMS
-                or key in _CONSUMED):
+        if key in _NOT_FORWARDED:
+            if key == b"connection":
+                named = _named(value) | (named or set())
+        elif key.startswith(_OURS):
+            if key == b"x-forwarded-for":
+                hop = value.strip()
+                if hop:
+                    chain.append(hop)
+        else:
+            if key == b"host" and host is None:
+                host = value
             out.append((name, value))
+    if named:
+        named.discard(b"host")  # routing needs Host whatever Connection says
+        out = [(n, v) for n, v in out if n.lower() not in named]
     chain.append(client_ip.encode("ascii", "replace"))
     out.append((b"x-forwarded-for", b", ".join(chain)))
     out.append((b"x-forwarded-proto", proto.encode("ascii")))
-    if hosts:
-        out.append((b"x-forwarded-host", hosts[0]))
+    if host is not None:
+        out.append((b"x-forwarded-host", host))
     return out
 
 
+_NOT_RELAYED = HOP_BY_HOP | _GATEWAY_RESPONSE
+
+
 def response_headers(headers: Headers) -> Headers:
-    """The instance's headers a client sees; h11 decides framing from Content-Length."""
-    chunked = any(n.lower() == b"transfer-encoding" for n, _ in headers)
-    drop = _GATEWAY_RESPONSE | ({b"content-length"} if chunked else set())
-    return [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in drop]
+    """The instance's headers a client sees; h11 decides framing from Content-Length.
+
+    One pass, like `forward_request_headers`."""
+    out: Headers = []
+    named: set[bytes] | None = None
+    chunked = False
+    for name, value in headers:
+        key = name.lower()
+        if key in _NOT_RELAYED:
+            if key == b"connection":
+                named = _named(value) | (named or set())
+            elif key == b"transfer-encoding":
+                chunked = True
+        else:
+            out.append((name, value))
+    if chunked:
+        named = (named or set()) | {b"content-length"}
+    if named:
+        named.discard(b"host")
+        out = [(n, v) for n, v in out if n.lower() not in named]
+    return out

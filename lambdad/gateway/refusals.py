@@ -9,7 +9,6 @@ version exist, the API key) and the body budget come after it, in the connection
 from __future__ import annotations
 
 import http
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import h11
@@ -22,7 +21,7 @@ from lambdad.httpstatus import error_response, json_error
 BODY_RETRY_AFTER = 2  # seconds: Retry-After when the body budget is spent
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Target:
     """Where a request goes: the function, a pinned version, whether it is an event."""
 
@@ -45,40 +44,53 @@ class Refusal:
 def check_head(request: h11.Request, request_id: str, *, domain: str, max_header_bytes: int,
                max_body_bytes: int, events: bool) -> Target | Refusal:
     """Everything the head decides, in order; `events`: whether `Lambda-Invocation-Type:
-    Event` requests are queued (else they are ordinary requests)."""
-    hosts = [value.decode("latin-1") for name, value in request.headers if name == b"host"]
-    if len(hosts) > 1:
+    Event` requests are queued (else they are ordinary requests). One pass over the
+    headers collects what the rules look at (h11 has lowercased the names)."""
+    host: str | None = None
+    hosts = 0
+    head_size = len(request.target)
+    length: int | None = None
+    chunked = False
+    is_event = False
+    for name, value in request.headers:
+        head_size += len(name) + len(value) + 4
+        if name == b"host":
+            hosts += 1
+            if host is None:
+                host = value.decode("latin-1")
+        elif name == b"content-length":
+            if length is None:
+                length = int(value)  # h11 checked it is digits, and one value
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"lambda-invocation-type" and value.strip().lower() == b"event":
+            is_event = events
+    if hosts > 1:
         return Refusal(error_response(errors.InvalidArgument("more than one Host header"),
                                       request_id), close=True)
     # h11 bounds only a head that arrives in pieces; one that arrives whole is checked here.
-    head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
     if head_size > max_header_bytes:
         return Refusal(json_error(
             431, "request_header_fields_too_large",
             f"the request head is larger than {max_header_bytes} bytes", request_id), close=True)
-    framing = {name for name, _ in request.headers
-               if name in (b"content-length", b"transfer-encoding")}
-    if len(framing) == 2:  # RFC 9112 lets TE win; a proxy refusing it cannot be smuggled past
+    if chunked and length is not None:  # RFC 9112 lets TE win; refusing cannot be smuggled
         return Refusal(error_response(errors.InvalidArgument(
             "the request has both Content-Length and Transfer-Encoding"), request_id), close=True)
-    host = hosts[0] if hosts else None
     target = route(host, domain)
     version = target.version if target else None
     if request.method == b"CONNECT":
         msg = "CONNECT is not supported by the gateway"
         return Refusal(json_error(405, "method_not_allowed", msg, request_id), close=True)
-    lengths = [int(v) for n, v in request.headers if n == b"content-length"]
-    if lengths and lengths[0] > max_body_bytes:
+    if length is not None and length > max_body_bytes:
         return Refusal(error_response(too_large(max_body_bytes), request_id), close=True,
                        version=version)
     if target is None:
         return Refusal(error_response(_no_route(host, domain), request_id), close=False)
-    is_event = events and _wants_event(request.headers)
     if is_event and version is not None:
         return Refusal(error_response(errors.InvalidArgument(
             "asynchronous invocations run the active version: send them to "
             f"{target.function}.{domain}, not to a pinned version"), request_id), close=False)
-    return Target(target.function, version, is_event, lengths[0] if lengths else None)
+    return Target(target.function, version, is_event, length)
 
 
 def _no_route(host: str | None, domain: str) -> errors.NotFound:
@@ -88,12 +100,6 @@ def _no_route(host: str | None, domain: str) -> errors.NotFound:
     if host:
         return errors.NotFound(f"no function at host '{host}'")
     return errors.NotFound("the request has no Host header naming a function")
-
-
-def _wants_event(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """The one Lambda-* header accepted from outside: asynchronous invocation."""
-    return any(name == b"lambda-invocation-type" and value.strip().lower() == b"event"
-               for name, value in headers)
 
 
 def too_large(limit: int) -> errors.PayloadTooLarge:

@@ -16,6 +16,9 @@ import h11
 from lambdad.runtime.invocation import Headers
 
 Reply = tuple[int, Headers, bytes]
+# Events are immutable: one end-of-message serves every response (its __init__ validates
+# an empty trailer list each time it is built).
+_END = h11.EndOfMessage()
 
 
 class Drop(Exception):
@@ -54,7 +57,7 @@ class Responses:
         self._queue(h11.Response(status_code=status, headers=headers, reason=reason(status)))
         if self.method != b"HEAD":
             self._queue(h11.Data(data=body))
-        self._queue(h11.EndOfMessage())
+        self._queue(_END)
         self.status = status
 
     def start_response(self, status: int, headers: Headers) -> None:
@@ -76,7 +79,7 @@ class Responses:
         return True
 
     def end_response(self) -> None:
-        self._queue(h11.EndOfMessage())
+        self._queue(_END)
         self.status = self.head_status
 
     def interim(self, status: int) -> None:
@@ -97,9 +100,9 @@ class Responses:
             self._out += data
 
 
+_REASONS = {int(status): status.phrase.encode() for status in http.HTTPStatus}
+
+
 def reason(status: int) -> bytes:
     """The reason phrase of a status; b"" for one HTTP does not name."""
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")

@@ -8,7 +8,6 @@ Routing, admission, header rules and error shapes live in the pure modules next 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,8 +15,9 @@ from typing import Any
 
 from lambdad.fds import Throttle
 from lambdad.gateway.budget import BodyBudget
-from lambdad.gateway.client import READ_SIZE, Client
+from lambdad.gateway.client import Client
 from lambdad.gateway.connection import Admit, ClientConnection, Limits, read_deadline
+from lambdad.gateway.stream import ClientStream
 from lambdad.listener import Listener
 from lambdad.runtime.invocation import Invoker
 
@@ -148,21 +148,22 @@ class Gateway:
 
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: _ClientProtocol(self, gone), conn)
+                lambda: ClientStream(self._connected, gone), conn)
         except (asyncio.CancelledError, Exception) as exc:
             gone()
             conn.close()
             if not isinstance(exc, asyncio.CancelledError | OSError):
                 log.exception("setting up a connection failed")
 
-    async def _accept(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        protocol: _ClientProtocol,
-    ) -> None:
+    def _connected(self, stream: ClientStream) -> None:
+        """A connection's transport is up: it gets its task."""
+        asyncio.get_running_loop().create_task(self._accept(stream))
+
+    async def _accept(self, stream: ClientStream) -> None:
         task = asyncio.current_task()
         assert task is not None
-        client = Client(self, reader, writer)
-        protocol.on_gone = client.client_gone
+        client = Client(self, stream)
+        stream.on_gone = client.client_gone
         self._clients[task] = client
         try:
             if not self.stopping:
@@ -173,33 +174,4 @@ class Gateway:
             log.exception("connection from %s failed", client.peer)
         finally:
             del self._clients[task]
-            writer.close()
-
-
-class _ClientProtocol(asyncio.StreamReaderProtocol):
-    """A stream protocol that reports the client hanging up (or half-closing) at once.
-
-    That lets an invocation be cancelled when its client leaves without a second
-    task per request watching the socket. `closed` gives the connection's place
-    under the cap back when the transport is gone.
-    """
-
-    def __init__(self, gateway: Gateway, closed: Callable[[], None]) -> None:
-        self.on_gone: Callable[[], None] | None = None
-        self._release_slot = closed
-        super().__init__(
-            asyncio.StreamReader(limit=READ_SIZE),
-            functools.partial(gateway._accept, protocol=self),
-        )
-
-    def eof_received(self) -> bool:
-        keep_open = bool(super().eof_received())
-        if self.on_gone is not None:
-            self.on_gone()
-        return keep_open
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._release_slot()
-        if self.on_gone is not None:
-            self.on_gone()
+            stream.close()

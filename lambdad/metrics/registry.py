@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -175,6 +176,11 @@ class Metrics:
         self.grpc_requests = Counter(
             "lambdad_grpc_requests", "Control API calls by method and status code",
             ["method", "code"], registry=r)
+        # The labelled children an invocation counts into, by (function, type, code):
+        # `labels()` checks, stringifies and looks its labels up under a lock on every call,
+        # twice per request. Bounded like the labels are (deployed functions, a few
+        # statuses); a deleted function's entries go with `forget`.
+        self._hot: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def watch_pools(self, sample: Callable[[], Iterable[PoolSample]]) -> None:
         self.registry.register(_PoolCollector(sample))
@@ -192,8 +198,14 @@ class Metrics:
         cold = start in COLD_PATHS
         self.stats.invocation(function, seconds, error=function_error or code >= 500,
                               cold=cold, at=time.time())
-        self.invocations.labels(function, kind, str(code)).inc()
-        self.duration.labels(function).observe(seconds)
+        key = (function, kind, code)
+        children = self._hot.get(key)
+        if children is None:
+            children = self._hot[key] = (self.invocations.labels(function, kind, str(code)),
+                                         self.duration.labels(function))
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
         if cold:
             self.cold_starts.labels(function, start).inc()
         if code == 504:
@@ -204,6 +216,11 @@ class Metrics:
             self.errors.labels(function, "handler").inc()
         elif code in (502, 503):
             self.errors.labels(function, "instance").inc()
+
+    def forget(self, function: str) -> None:
+        """A deleted function: its cached children go (its series stay, as counters do)."""
+        for key in [key for key in self._hot if key[0] == function]:
+            del self._hot[key]
 
     def log_dropped(self, where: str, function: str, lines: int, size: int) -> None:
         """Log lines of `function` dropped by the runtime's queue or lambdad's buffer."""

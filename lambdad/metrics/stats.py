@@ -65,13 +65,18 @@ class StatsRecorder:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, int], StatsRow] = {}
+        self._current: dict[str, StatsRow] = {}  # each function's row of its latest minute
 
     def _row(self, function: str, at: float) -> StatsRow:
         minute = int(at // 60)
+        row = self._current.get(function)
+        if row is not None and row.minute == minute:
+            return row  # nearly always: no tuple key, no second lookup
         key = (function, minute)
         row = self._rows.get(key)
         if row is None:
             row = self._rows[key] = StatsRow(function, minute)
+        self._current[function] = row
         return row
 
     def invocation(self, function: str, seconds: float, *, error: bool, cold: bool,
@@ -90,6 +95,7 @@ class StatsRecorder:
 
     def drain(self) -> list[StatsRow]:
         rows, self._rows = list(self._rows.values()), {}
+        self._current.clear()  # the drained rows are the store's now: never count into them
         return rows
 
 

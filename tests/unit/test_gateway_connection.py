@@ -237,10 +237,29 @@ def test_the_key_taken_out_by_admission_never_reaches_the_function() -> None:
 
 def test_admission_refusing_after_the_body_answers_and_keeps_the_connection() -> None:
     r = Rules(admit=[None, errors.Unauthenticated("the new active version needs a key")])
-    r.m.receive(request("POST", body=b"x"), 0.0)
-    sent, actions = r.until_blocked()
+    whole = request("POST", body=b"x")
+    r.m.receive(whole[:-1], 0.0)  # the head; its body comes with a later read
+    assert kinds(r.until_blocked()[1]) == ["Read"]
+    r.m.receive(whole[-1:], 1.0)
+    sent, actions = r.until_blocked(now=1.0)
     assert parse(sent).status == 401 and isinstance(actions[-1], Read)
-    assert r.bodies.used == 0
+    assert r.bodies.used == 0 and len(r.admitted) == 2
+
+
+def test_a_request_read_whole_with_its_head_is_admitted_once() -> None:
+    """No Read (so no await) between the head and the hand-over: admission's answer on
+    the head is the one the request goes on with, and it is not asked twice."""
+    r = Rules(admit=[[(b"host", b"echo.localhost"), (b"content-length", b"1")]])
+    r.m.receive(request("POST", body=b"x", Authorization="Bearer secret"), 0.0)
+    invocation = invoked(r.until_blocked()[1]).invocation
+    assert len(r.admitted) == 1 and invocation.body == b"x"
+    assert b"authorization" not in [name for name, _ in invocation.headers]
+    r.answer()
+    r.until_blocked(now=1.0)
+    r.answers = [errors.Unauthenticated("now it needs a key")]  # the next request asks anew
+    r.m.receive(request(), 2.0)
+    sent, _ = r.until_blocked(now=2.0)
+    assert parse(sent).status == 401 and len(r.admitted) == 2
 
 
 def test_a_declared_body_over_the_limit_is_413_before_a_byte_or_admission() -> None:

@@ -141,3 +141,47 @@ def test_response_headers_drop_hop_by_hop_and_gateway_headers() -> None:
 def test_response_headers_drop_content_length_next_to_chunked() -> None:
     headers = [(b"transfer-encoding", b"chunked"), (b"content-length", b"12"), (b"x", b"y")]
     assert response_headers(headers) == [(b"x", b"y")]
+
+
+# The one-pass versions against the rules as first written (three passes each), over
+# random header lists drawn from names that every rule touches.
+def _reference_forward(headers: Headers, client_ip: str) -> Headers:
+    from lambdad.gateway.headers import _CONSUMED, _PROXY_CLAIMS
+    hosts = [v for n, v in headers if n.lower() == b"host"]
+    chain = [v.strip() for n, v in headers if n.lower() == b"x-forwarded-for" and v.strip()]
+    out: Headers = []
+    for name, value in strip_hop_by_hop(headers):
+        key = name.lower()
+        if not (key.startswith((b"lambda-", b"x-forwarded-")) or key in _PROXY_CLAIMS
+                or key in _CONSUMED):
+            out.append((name, value))
+    chain.append(client_ip.encode())
+    out.append((b"x-forwarded-for", b", ".join(chain)))
+    out.append((b"x-forwarded-proto", b"http"))
+    if hosts:
+        out.append((b"x-forwarded-host", hosts[0]))
+    return out
+
+
+def _reference_response(headers: Headers) -> Headers:
+    chunked = any(n.lower() == b"transfer-encoding" for n, _ in headers)
+    drop = {b"lambda-request-id", b"lambda-version"} | ({b"content-length"} if chunked
+                                                        else set())
+    return [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in drop]
+
+
+def test_one_pass_header_rules_match_the_rules_as_first_written() -> None:
+    import random
+    rng = random.Random(16)
+    names = [b"host", b"Host", b"connection", b"Connection", b"keep-alive", b"te",
+             b"transfer-encoding", b"content-length", b"expect", b"x-forwarded-for",
+             b"X-Forwarded-Host", b"lambda-request-id", b"lambda-version", b"Lambda-Foo",
+             b"forwarded", b"x-real-ip", b"authorization", b"accept", b"x-kept", b"upgrade"]
+    values = [b"", b" ", b"a", b"10.0.0.1", b"greet.localhost", b"chunked", b"5",
+              b"x-kept, Host", b"close", b"keep-alive, x-forwarded-for", b"accept,,te",
+              b"X-Kept", b"content-length"]
+    for _ in range(5000):
+        headers = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(8))]
+        assert forward_request_headers(headers, "10.9.8.7") == _reference_forward(
+            headers, "10.9.8.7"), headers
+        assert response_headers(headers) == _reference_response(headers), headers

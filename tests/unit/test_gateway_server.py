@@ -42,6 +42,7 @@ class FakeInvoker:
             "sleepy": self._sleepy,
             "brokenbody": self._broken_body,
             "badheader": self._bad_header,
+            "whole": self._whole,
             "boom": errors.InstanceFailed("the instance died"),
             "late": errors.FunctionTimeout("no answer within 3 s"),
             "busy": errors.Throttled("too many requests"),
@@ -124,6 +125,18 @@ class FakeInvoker:
     async def _bad_header(self, request: InvocationRequest) -> InvocationResponse:
         headers = [(b"x-bad", b"line\r\nbreak")]
         return self._response(request, 200, headers, self._chunks(request, b"x"))
+
+    async def _whole(self, request: InvocationRequest) -> InvocationResponse:
+        """A body that came with the head, as the hop hands it over (`content`); its
+        iterator must not be needed."""
+
+        async def untouched() -> AsyncIterator[bytes]:
+            raise AssertionError("the relay iterated a body it had whole")
+            yield b""  # pragma: no cover
+
+        response = self._response(request, 200, [(b"content-length", b"5")], untouched())
+        response.content = b"whole"
+        return response
 
 
 @dataclass
@@ -527,9 +540,40 @@ def test_admission_is_asked_again_after_the_body() -> None:
             return answers.pop(0) or headers
 
         gw.admit = admit
-        reply = await fetch(gw.port, host(gw, "echo"), "POST", body=b"x")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            whole = request_bytes(host(gw, "echo"), "POST", body=b"x")
+            writer.write(whole[:-1])  # the head, then the body after a pause: an upload
+            await writer.drain()
+            while not seen:
+                await asyncio.sleep(0.01)
+            writer.write(whole[-1:])  # ... during which the deploy happened
+            reply = parse(await asyncio.wait_for(reader.read(), 5))
+        finally:
+            writer.close()
         assert reply.status == 401 and inv.requests == []
         assert len(seen) == 2
+
+    run(test)
+
+
+def test_a_request_that_arrives_whole_is_admitted_once() -> None:
+    """Head and body in one read: no await between the head's admission and the
+    hand-over, so that answer stands (nothing it looks at can have changed)."""
+
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        seen: list[Headers] = []
+
+        def admit(function: str, version: int | None,
+                  headers: Headers) -> Headers | errors.LambdaError:
+            seen.append(list(headers))
+            return [(n, v) for n, v in headers if n != b"authorization"]
+
+        gw.admit = admit
+        whole = request_bytes(host(gw, "echo"), "POST", body=b"x", Authorization="Bearer k")
+        reply = parse(await raw(gw.port, whole))
+        assert reply.status == 200 and reply.body == b"x" and len(seen) == 1
+        assert b"authorization" not in [name for name, _ in inv.requests[0].headers]
 
     run(test)
 
@@ -1040,5 +1084,16 @@ def test_upgrade_is_not_forwarded_and_answered_normally() -> None:
         names = [n for n, _ in inv.requests[0].headers]
         assert b"upgrade" not in names
         assert b"connection" not in names
+
+    run(test)
+
+
+def test_a_body_that_came_with_the_head_is_relayed_without_iterating_it() -> None:
+    async def test(gw: Gateway, inv: FakeInvoker) -> None:
+        got = await fetch(gw.port, host(gw, "whole"))
+        assert (got.status, got.body) == (200, b"whole")
+        head = await fetch(gw.port, host(gw, "whole"), "HEAD")
+        assert head.status == 200 and head.body == b"" and head.get("content-length") == "5"
+        assert all(count == 1 for count in inv.releases.values()) and len(inv.releases) == 2
 
     run(test)

@@ -86,3 +86,21 @@ def test_admin_listener_caps_its_connections_and_keeps_serving() -> None:
             await admin.stop()
 
     asyncio.run(main())
+
+
+def test_cached_children_count_into_the_same_series_and_go_with_forget() -> None:
+    """The invocation path keeps each function's labelled children; forgetting a deleted
+    function drops them, and a function of the same name deployed again counts on."""
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.invocation("f", "http", 200, 0.01)
+    metrics.invocation("f", "direct", 200, 0.01)
+    metrics.invocation("g", "http", 404, 0.01)
+    metrics.forget("f")
+    assert all(key[0] != "f" for key in metrics._hot) and ("g", "http", 404) in metrics._hot
+    metrics.invocation("f", "http", 200, 0.02)
+    text = metrics.render().decode()
+    assert 'lambdad_invocations_total{code="200",function="f",type="http"} 4.0' in text
+    assert 'lambdad_invocations_total{code="200",function="f",type="direct"} 1.0' in text
+    assert 'lambdad_invocations_total{code="404",function="g",type="http"} 1.0' in text
+    assert 'lambdad_invocation_duration_seconds_count{function="f"} 5.0' in text

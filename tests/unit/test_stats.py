@@ -55,3 +55,21 @@ def test_windows_select_by_minute_and_rows_merge_by_addition() -> None:
 def test_empty_windows_are_zero() -> None:
     five, _, _ = summarize([], now_minute=5)
     assert five.invocations == 0 and five.p99 == 0.0 and five.error_rate == 0.0
+
+
+def test_rows_follow_the_minute_and_a_drain_starts_new_ones() -> None:
+    """The recorder remembers each function's current row; a new minute, an older one
+    arriving late, or a drain must still land every count in the right row, once."""
+    recorder = StatsRecorder()
+    recorder.invocation("f", 0.01, error=False, cold=False, at=60.0)
+    recorder.invocation("g", 0.01, error=False, cold=False, at=61.0)
+    recorder.invocation("f", 0.01, error=True, cold=False, at=125.0)  # minute 2
+    recorder.invocation("f", 0.01, error=False, cold=True, at=119.0)  # minute 1, late
+    rows = {(r.function, r.minute): r for r in recorder.drain()}
+    assert {k: r.invocations for k, r in rows.items()} == {("f", 1): 2, ("g", 1): 1,
+                                                             ("f", 2): 1}
+    assert rows[("f", 2)].errors == 1 and rows[("f", 1)].cold_starts == 1
+    recorder.invocation("f", 0.01, error=False, cold=False, at=126.0)
+    (again,) = recorder.drain()
+    assert (again.minute, again.invocations) == (2, 1)
+    assert rows[("f", 2)].invocations == 1  # the drained row was not counted into
