@@ -204,3 +204,28 @@ def test_reconcile_trusts_the_channel_label_only_on_a_standard_runtime() -> None
 
     run(scenario)
     assert seen == {"std": True, "old": False, "dock": False}
+
+
+def test_a_deleted_function_s_buffered_lines_stop_counting_against_the_buffer(
+        tmp_path: Path) -> None:
+    limit = 4 * (100 + ENTRY_BYTES)
+    store = LogStore(tmp_path, max_pending_bytes=limit)
+
+    async def scenario() -> list[LogEntry]:
+        store.start()
+        try:
+            store.append(entry("k" * 100, function="kept"))
+            store.append(entry("g" * 100, function="gone"))
+            store.append(entry("g" * 100, function="gone"))
+            assert store.congested
+            await store.delete("gone")
+            assert not store.congested  # only kept's one line counts now
+            for _ in range(3):  # room for all three: nothing dropped
+                store.append(entry("k" * 100, function="kept"))
+            return await store.read(LogQuery("kept"))
+        finally:
+            await store.stop()
+
+    found = asyncio.run(scenario())
+    assert [e.message for e in found] == ["k" * 100] * 4
+    assert not (tmp_path / "gone").exists()
