@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 import time
@@ -127,6 +128,10 @@ class Daemon:
                 return
             finally:
                 self._starting = None
+            # What start-up built (modules, the store, the routes) lives as long as the
+            # daemon: kept out of the collector, a full collection under load scans only
+            # what requests made (one took 28 ms at one connection: a p99 spike).
+            gc.freeze()
             await self._stop.wait()
         log.info("lambdad stopped")
 
