@@ -50,6 +50,14 @@ def serve(conn):
             buffer += data
         head, _, buffer = buffer.partition(b"\r\n\r\n")
         method, path = head.split(b" ")[:2]
+        if path == b"/endless-trailer":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n0\r\nX-Trailer: ")
+            try:
+                while True:
+                    conn.sendall(b"v" * 65536)
+            except OSError:
+                return
         if path == b"/mid-body":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
             time.sleep(0.1)
@@ -117,6 +125,18 @@ def test_an_answer_smuggled_behind_the_first_never_reaches_the_next_caller(
 def test_a_close_mid_body_cuts_that_response_only(lambdad: Lambdad, hostile: str) -> None:
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         lambdad.http(hostile, "/mid-body")
+    _own_answers_follow(lambdad, hostile)
+
+
+def test_a_trailer_that_never_ends_cuts_that_response_only(
+    lambdad: Lambdad, hostile: str
+) -> None:
+    """Attack: a chunked answer whose trailer value never ends. httptools joins a header
+    value's pieces in Python: lambdad's reader was quadratic in CPU (its loop held) and
+    linear in memory until the function's 30 s deadline. Now it is cut past 64 KiB, long
+    before that deadline (the client gives up at half of it)."""
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        lambdad.http(hostile, "/endless-trailer", timeout=15)
     _own_answers_follow(lambdad, hostile)
 
 
