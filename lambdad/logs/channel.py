@@ -74,6 +74,10 @@ class RecordDecoder:
         self.on_dropped = on_dropped  # (lines, bytes) of each DROPPED record
         self._buffer = bytearray()
         self._head_done = False
+        self._lines: list[bytes] = []  # the current LINES record's lines, from _at on
+        self._at = 0
+        self._when = datetime.fromtimestamp(0, UTC)
+        self._stream = "stdout"
 
     @property
     def head_done(self) -> bool:
@@ -81,30 +85,63 @@ class RecordDecoder:
         return self._head_done
 
     def feed(self, data: bytes) -> list[LogEntry]:
+        """Every entry the bytes so far complete (`push` then `take` without a limit)."""
+        self.push(data)
+        return self.take()
+
+    def push(self, data: bytes) -> None:
+        """Keeps the bytes; decodes only the head. Cheap: the work is in `take`."""
         self._buffer += data
         if not self._head_done:
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > MAX_HEAD:
                     raise ChannelBroken("the runtime's answer has no end of head")
-                return []
+                return
             parse_head(bytes(self._buffer[:end]))
             del self._buffer[:end + 4]
             self._head_done = True
+
+    @property
+    def pending(self) -> bool:
+        """Lines of a record are still to be taken, or a whole record waits."""
+        return self._at < len(self._lines) or self._record_ready()
+
+    def _record_ready(self) -> bool:
+        if not self._head_done or len(self._buffer) < HEADER.size:
+            return False
+        size: int = HEADER.unpack_from(self._buffer)[0]
+        return len(self._buffer) >= HEADER.size + size
+
+    def take(self, limit: int | None = None) -> list[LogEntry]:
+        """At most `limit` entries of what was pushed: a record of a million two-byte lines
+        is decoded over many calls, so one instance never holds the loop for long."""
         entries: list[LogEntry] = []
-        buffer = self._buffer
-        at = 0
-        while len(buffer) - at >= HEADER.size:
-            size, kind, stream, zero, time_ns = HEADER.unpack_from(buffer, at)
+        while limit is None or len(entries) < limit:
+            if self._at < len(self._lines):
+                stop = len(self._lines) if limit is None else min(
+                    len(self._lines), self._at + limit - len(entries))
+                for raw in self._lines[self._at:stop]:
+                    text = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
+                    request_id, message, frame = parse_line(text)
+                    entries.append(LogEntry(self._when, self.function, self.version,
+                                            self.instance,
+                                            RUNTIME_STREAM if frame else self._stream,
+                                            request_id, message))
+                self._at = stop
+                continue
+            self._lines, self._at = [], 0
+            if not self._head_done or len(self._buffer) < HEADER.size:
+                break
+            size, kind, stream, zero, time_ns = HEADER.unpack_from(self._buffer)
             if size > MAX_PAYLOAD or zero:
                 raise ChannelBroken(f"a record of {size} bytes (flags {zero})")
-            end = at + HEADER.size + size
-            if len(buffer) < end:
+            end = HEADER.size + size
+            if len(self._buffer) < end:
                 break
-            payload = bytes(buffer[at + HEADER.size:end])
-            at = end
+            payload = bytes(self._buffer[HEADER.size:end])
+            del self._buffer[:end]
             entries.extend(self._entries(kind, stream, payload, time_ns))
-        del buffer[:at]
         return entries
 
     def _entries(self, kind: int, stream: int, payload: bytes, time_ns: int) -> list[LogEntry]:
@@ -124,10 +161,8 @@ class RecordDecoder:
             raise ChannelBroken(f"a record of unknown stream {stream}")
         if not payload.endswith(b"\n"):
             raise ChannelBroken("a LINES record that does not end a line")
-        entries = []
-        for raw in payload[:-1].split(b"\n"):
-            text = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
-            request_id, message, frame = parse_line(text)
-            entries.append(LogEntry(when, self.function, self.version, self.instance,
-                                    RUNTIME_STREAM if frame else name, request_id, message))
-        return entries
+        self._lines = payload[:-1].split(b"\n")
+        self._at = 0
+        self._when = when
+        self._stream = name
+        return []

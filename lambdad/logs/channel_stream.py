@@ -33,6 +33,11 @@ CONGESTED_PAUSE_S = 0.05  # how often a paused channel looks again at the store'
 # read (one wake-up of the loop per batch, not per request); the runtime queues meanwhile,
 # and the store writes every 0.2 s anyway.
 BATCH_S = 0.02
+# One turn of the loop files at most this many entries of one instance (about 10 ms), and
+# each line costs the budget LINE_COST bytes on top of its own: a flood of empty lines is
+# bounded by lines, not only by bytes (8 MiB/s is 32,000 lines/s).
+STEP_ENTRIES = 2000
+LINE_COST = 256
 
 
 class ReadBudget:
@@ -66,6 +71,8 @@ class ChannelProtocol(asyncio.Protocol):
         self.broken: ChannelBroken | None = None
         self.paused_s = 0.0  # for the budget or a congested store, in total (tests)
         self.batch_s = BATCH_S
+        self._owed = 0  # bytes read and not yet billed to the budget
+        self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -75,19 +82,48 @@ class ChannelProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         try:
-            entries = self.decoder.feed(data)
+            self.decoder.push(data)
         except ChannelBroken as exc:
-            self.broken = exc
-            log.warning('log channel refused instance=%s reason="%s"',
-                        self.decoder.instance, exc)
-            self.transport.close()
+            self._refuse(exc)
+            return
+        self._owed += len(data)
+        self.transport.pause_reading()
+        self._step()
+
+    def _refuse(self, exc: ChannelBroken) -> None:
+        assert self.transport is not None
+        self.broken = exc
+        log.warning('log channel refused instance=%s reason="%s"', self.decoder.instance, exc)
+        self.transport.close()
+
+    def _step(self) -> None:
+        """Files at most STEP_ENTRIES entries, then yields the loop: a read of tiny lines
+        (a quarter MiB of them is 100,000 entries) is decoded over many turns of the loop,
+        each line billed LINE_COST bytes on top of its own."""
+        assert self.transport is not None
+        if self.broken is not None:
+            return
+        try:
+            entries = self.decoder.take(STEP_ENTRIES)
+        except ChannelBroken as exc:
+            self._refuse(exc)
+            self._finish()
             return
         for entry in entries:
             self.sink(entry)
-        pause = self.budget.spend(len(data), time.monotonic())
+        pause = self.budget.spend(self._owed + len(entries) * LINE_COST, time.monotonic())
+        self._owed = 0
+        if pause > 0:
+            self.paused_s += pause
+        loop = asyncio.get_running_loop()
+        if self.decoder.pending:
+            loop.call_later(pause, self._step)
+            return
+        if self._lost:
+            self._finish()
+            return
         if pause <= 0 and self.congested is not None and self.congested():
             pause = CONGESTED_PAUSE_S
-        if pause > 0:
             self.paused_s += pause
         self._pause(max(pause, self.batch_s))
 
@@ -106,6 +142,12 @@ class ChannelProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self.broken is not None or not self.decoder.pending:
+            self._finish()
+        # else: _step goes on with what was read and finishes after it
+
+    def _finish(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
 

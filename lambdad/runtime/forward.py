@@ -96,7 +96,8 @@ class Forwarder:
             except UpstreamError as exc:
                 self._release(instance, conn)
                 state = await self._stopper.settled_state(instance.container_id)
-                if state.running and reused and not instance.dead and attempt < 2:
+                if (state.running and reused and not exc.answered and not instance.dead
+                        and attempt < 2):
                     continue  # a stale keep-alive connection; the instance itself is fine
                 detail = instance.end_reason or state.describe(version.config.memory_mb)
                 if state.running and not instance.end_reason:

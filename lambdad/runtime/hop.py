@@ -66,6 +66,7 @@ class ResponseReader:
         "_head_only",
         "_interim",
         "_no_interim",
+        "_overhead",
         "_parser",
         "body",
         "buffered",
@@ -83,6 +84,10 @@ class ResponseReader:
         self._head_only = False
         self._head_bytes = 0  # bytes read while the head was incomplete
         self._fields = 0  # bytes of the head's fields
+        # Bytes read after the head that were not body, since the last chunk ended: a chunk's
+        # size line and extensions, or the trailers. httptools joins a header's pieces in
+        # Python (trailers too): a never-ending trailer was quadratic CPU and memory.
+        self._overhead = 0
         self._interim = False
         self._framed = False  # Content-Length or chunked: the end is known without a close
         self._no_interim = True  # no 1xx came before this request's final response
@@ -101,7 +106,7 @@ class ResponseReader:
         if self._parser is None:
             self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
-        self._head_bytes = self._fields = 0
+        self._head_bytes = self._fields = self._overhead = 0
         self._interim = self._framed = False
         self._no_interim = True
         self.status = 0
@@ -134,6 +139,8 @@ class ResponseReader:
         assert parser is not None, "start() before feed()"
         if not self.head_done:
             self._head_bytes += len(data)
+        else:
+            self._overhead += len(data)
         try:
             parser.feed_data(data)
         except _Stop:
@@ -155,8 +162,12 @@ class ResponseReader:
                 self.stray = self.stray or not self._no_interim or not (
                     data.endswith(_END) and data.count(_END) == 1)
                 self._parser = None  # stopped mid-stream: a new one for the next request
-        elif not self.head_done and self.error is None and self._head_bytes > HEAD_LIMIT:
-            self._fail(f"response head larger than {HEAD_LIMIT} bytes")
+        elif self.error is None:
+            if not self.head_done:
+                if self._head_bytes > HEAD_LIMIT:
+                    self._fail(f"response head larger than {HEAD_LIMIT} bytes")
+            elif self._overhead > HEAD_LIMIT:
+                self._fail(f"chunk framing or trailers larger than {HEAD_LIMIT} bytes")
 
     def eof(self) -> None:
         """The instance closed its side: the end of a body framed by the close, else
@@ -219,6 +230,11 @@ class ResponseReader:
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
         self.buffered += len(data)
+        if self._overhead:
+            self._overhead = max(0, self._overhead - len(data))
+
+    def on_chunk_complete(self) -> None:
+        self._overhead = 0
 
     def on_message_complete(self) -> None:
         if self._interim:

@@ -25,11 +25,14 @@ MAX_BUFFER = 1024 * 1024  # unread response bytes before reading from the instan
 
 
 class UpstreamError(Exception):
-    """The exchange failed; `sent` says whether the request may have reached the instance."""
+    """The exchange failed; `sent` says whether the request may have reached the instance,
+    `answered` whether the instance sent any byte of an answer (it surely saw the request:
+    a retry would deliver it twice)."""
 
-    def __init__(self, message: str, *, sent: bool) -> None:
+    def __init__(self, message: str, *, sent: bool, answered: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
+        self.answered = answered
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -42,6 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.broken = False
         self._used = False  # a request was sent on it
         self._active = False  # a request is under way: bytes are its response
+        self._answered = False  # bytes came for the request under way
         self._expired = False
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -70,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._active:
             reader.stray = True  # nothing was asked: never read it as a later answer
             return
+        self._answered = True
         reader.feed(data)
         if reader.buffered > MAX_BUFFER and not self._paused:
             self.transport.pause_reading()
@@ -147,7 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
         reader = self.reader
         reader.start(head_only)
         self._used = self._active = True
-        self._expired = False
+        self._expired = self._answered = False
         loop = asyncio.get_running_loop()
         if deadline is not None:
             self._timer = loop.call_at(deadline, self._expire)
@@ -192,11 +197,12 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._waiter = None
         if reader.error is not None:
-            raise UpstreamError(reader.error, sent=True)
+            raise UpstreamError(reader.error, sent=True, answered=self._answered)
         if self._expired:
             raise TimeoutError
         if self.closed and not (reader.body or reader.complete):
-            raise UpstreamError("instance closed the connection", sent=True)
+            raise UpstreamError("instance closed the connection", sent=True,
+                                answered=self._answered)
 
     def _end(self) -> None:
         self._active = False

@@ -182,6 +182,35 @@ def test_a_never_ending_head_is_refused_once_past_the_limit() -> None:
     assert reader.error is not None and fed <= HEAD_LIMIT + 1024
 
 
+def test_a_never_ending_trailer_or_chunk_extension_is_refused_once_past_the_limit() -> None:
+    """Attack: after a chunked body's last chunk, a trailer value that never ends.
+    httptools joins a header value's pieces in Python, trailers too: 128 MiB of it took
+    the reader 100 s of CPU (quadratic) and 250 MiB, the daemon's loop held throughout."""
+    many = b"X-A: b\r\n" * 512
+    for start, filler in ((b"0\r\nX-T: ", b"v" * 4096), (b"1;ext=", b"v" * 4096),
+                          (b"0\r\n", many)):
+        reader = ResponseReader()
+        reader.start(False)
+        reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n" + start)
+        fed = 0
+        while reader.error is None and fed < 64 * HEAD_LIMIT:
+            reader.feed(filler)
+            fed += len(filler)
+        assert reader.error is not None and fed <= 2 * HEAD_LIMIT, start
+        assert reader.take_body() == b"hello"
+
+
+def test_a_long_chunked_body_of_tiny_chunks_is_not_refused() -> None:
+    reader = ResponseReader()
+    reader.start(False)
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(4 * HEAD_LIMIT // 64):
+        reader.feed(b"1;e=x\r\na\r\n" * 64)
+    reader.feed(b"0\r\nX-Trailer: t\r\n\r\n")
+    assert reader.error is None and reader.complete and reader.reusable
+    assert reader.take_body() == b"a" * (4 * HEAD_LIMIT)
+
+
 def test_a_body_longer_than_announced_is_stray_not_a_second_answer() -> None:
     forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
     for extra in (forged, b"garbage", forged[:10]):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lambdad.logs.channel import RecordDecoder
-from lambdad.logs.channel_stream import ReadBudget, follow
+from lambdad.logs.channel_stream import STEP_ENTRIES, ReadBudget, follow
 from lambdad.logs.entry import RUNTIME_STREAM, LogEntry
 from lambdad.runtime.folder import SOCKET_NAME, InstanceFolder
 from tests.unit.test_runtime_logchannel import APP
@@ -131,3 +131,44 @@ def test_a_flood_past_the_budget_pauses_reading_and_the_runtime_counts_what_it_d
     assert protocol.paused_s > 0  # type: ignore[attr-defined]
     assert counts(entries)[0] > 0  # every line delivered or counted, some counted
     assert any(e.message.startswith("REPORT RequestId: req-x\t") for e in entries)
+
+
+def test_a_flood_of_empty_lines_never_holds_the_loop_for_a_whole_read(
+        places: tuple[Path, InstanceFolder]) -> None:
+    """Attack: a function writes empty lines (7 bytes each once tagged with its request id):
+    one read was up to 37,000 entries decoded in one callback (a blocked daemon loop for a
+    large part of a second, again after each 20 ms rest), and the byte budget let 8 MiB/s
+    of them through. Entries are now filed a bounded number per turn of the loop, each line
+    billed as more bytes than it has."""
+    runtime = start(places, LAMBDA_LOG_CHANNEL="1")
+    ticks = [0]
+    per_tick: dict[int, int] = {}
+    dropped = [0]
+
+    def sink(entry: LogEntry) -> None:
+        per_tick[ticks[0]] = per_tick.get(ticks[0], 0) + 1
+        if entry.stream == RUNTIME_STREAM and entry.message.startswith("LOGS_DROPPED"):
+            dropped[0] += int(entry.message.split()[2])
+
+    async def run() -> object:
+        async def ticker() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+
+        tick_task = asyncio.create_task(ticker())
+        task = asyncio.create_task(follow(places[1], RecordDecoder("app", 7, "inst"), sink))
+        status, _ = await asyncio.to_thread(runtime.invoke, "req-t", {"op": "tiny", "n": 16})
+        assert status == 200
+        async with asyncio.timeout(20):
+            while sum(per_tick.values()) + dropped[0] < 16 * 4096:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(runtime.stop)
+        protocol = await asyncio.wait_for(task, 10)
+        tick_task.cancel()
+        return protocol
+
+    protocol = asyncio.run(run())
+    assert protocol is not None and protocol.broken is None  # type: ignore[attr-defined]
+    assert sum(per_tick.values()) + dropped[0] >= 16 * 4096  # every line filed or counted
+    assert max(per_tick.values()) <= STEP_ENTRIES

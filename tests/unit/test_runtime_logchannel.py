@@ -237,6 +237,9 @@ APP = textwrap.dedent(
             line = b"f" * 1023 + b"\\n"
             for _ in range(event["n"]):
                 os.write(1, line)
+        elif op == "tiny":  # empty lines: the most entries per byte a function can make
+            for _ in range(event["n"]):
+                os.write(1, b"\\n" * 4096)
         elif op == "segfault":
             ctypes.string_at(0)
         elif op == "env":
