@@ -198,7 +198,7 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
                     on_dropped=functools.partial(metrics.log_dropped, "daemon"))
     metrics.log_followers.set_function(logs.subscriber_count)
     capture = LogCapture(client.api.api_version, logs.append,
-                         congested=lambda: logs.congested,
+                         congested=logs.congested_for,
                          on_dropped=functools.partial(metrics.log_dropped, "runtime"))
     backend = DockerBackend(client, daemon_id=host.daemon_id)
     artifacts = ArtifactStore(state / "artifacts")

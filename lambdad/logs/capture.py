@@ -46,9 +46,10 @@ def docker_socket() -> str:
 class LogCapture:
     def __init__(self, api_version: str, sink: Callable[[LogEntry], None], *,
                  socket_path: str | None = None,
-                 congested: Callable[[], bool] | None = None,
+                 congested: Callable[[str], bool] | None = None,
                  on_dropped: Callable[[str, int, int], None] | None = None) -> None:
-        """`congested` says when the store's buffer is full (channels pause reading);
+        """`congested(function)` says when the store's buffer is full for that function's
+        lines (its channels pause reading);
         `on_dropped(function, lines, bytes)` is told what a runtime's queue dropped."""
         self._api_version = api_version
         self._sink = sink
@@ -91,8 +92,11 @@ class LogCapture:
 
     async def _channel(self, source: Source, folder: InstanceFolder, decoder: RecordDecoder,
                        since: datetime | None) -> None:
+        congested = None
+        if self._congested is not None:
+            congested = functools.partial(self._congested, source.function)
         protocol = await channel_stream.follow(folder, decoder, self._sink,
-                                               congested=self._congested)
+                                               congested=congested)
         if protocol is None or not decoder.head_done:
             log.info("log channel not answered instance=%s: following Docker's stream",
                      source.instance)

@@ -31,6 +31,10 @@ FLUSH_INTERVAL_S = 0.2
 # writes, the next buffer fills, so the entries in memory stay under twice this.
 MAX_PENDING_BYTES = 16 << 20
 ENTRY_BYTES = 160  # an entry's object and its other fields, roughly
+# One function's lines may fill a quarter of the buffer: a flood of one function (many
+# instances, or a Dockerfile function's Docker stream, which cannot be paused) never drops
+# another's lines.
+FUNCTION_SHARE = 4
 
 OnDropped = Callable[[str, int, int], None]  # function, lines, bytes
 
@@ -38,11 +42,13 @@ OnDropped = Callable[[str, int, int], None]  # function, lines, bytes
 class LogStore:
     def __init__(self, root: Path, *, max_file_bytes: int = 4 * 1024 * 1024,
                  files_kept: int = 5, max_pending_bytes: int = MAX_PENDING_BYTES,
+                 function_share: int = FUNCTION_SHARE,
                  on_dropped: OnDropped | None = None) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
         self.files_kept = files_kept
         self.max_pending_bytes = max_pending_bytes
+        self.max_function_bytes = max_pending_bytes // function_share
         self.on_dropped = on_dropped  # told at each flush what the full buffer dropped
         self._pending: dict[str, list[bytes]] = {}  # function: its encoded lines
         self._pending_sizes: dict[str, int] = {}  # function: what its lines count against
@@ -67,12 +73,19 @@ class LogStore:
 
     @property
     def congested(self) -> bool:
-        """The buffer is half full: readers that can wait (log channels) should."""
+        """The buffer is half full."""
         return self._pending_bytes * 2 >= self.max_pending_bytes
+
+    def congested_for(self, function: str) -> bool:
+        """Whether `function`'s log channels should wait: its own share is half used, or
+        the whole buffer is nearly full. Another function's flood pauses only its own."""
+        return (self._pending_sizes.get(function, 0) * 2 >= self.max_function_bytes
+                or self._pending_bytes * 10 >= self.max_pending_bytes * 9)
 
     def append(self, entry: LogEntry) -> None:
         size = len(entry.message) + ENTRY_BYTES
-        if self._pending_bytes + size > self.max_pending_bytes:
+        if (self._pending_bytes + size > self.max_pending_bytes
+                or self._pending_sizes.get(entry.function, 0) + size > self.max_function_bytes):
             dropped = self._dropped.setdefault(entry.function, [0, 0])
             dropped[0] += 1
             dropped[1] += len(entry.message)

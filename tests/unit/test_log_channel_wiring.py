@@ -33,7 +33,7 @@ def test_the_store_buffer_is_bounded_and_what_it_drops_is_counted_and_filed(
         tmp_path: Path) -> None:
     told: list[tuple[str, int, int]] = []
     limit = 4 * (100 + ENTRY_BYTES)
-    store = LogStore(tmp_path, max_pending_bytes=limit,
+    store = LogStore(tmp_path, max_pending_bytes=limit, function_share=1,
                      on_dropped=lambda *args: told.append(args))
 
     async def scenario() -> list[LogEntry]:
@@ -209,7 +209,7 @@ def test_reconcile_trusts_the_channel_label_only_on_a_standard_runtime() -> None
 def test_a_deleted_function_s_buffered_lines_stop_counting_against_the_buffer(
         tmp_path: Path) -> None:
     limit = 4 * (100 + ENTRY_BYTES)
-    store = LogStore(tmp_path, max_pending_bytes=limit)
+    store = LogStore(tmp_path, max_pending_bytes=limit, function_share=1)
 
     async def scenario() -> list[LogEntry]:
         store.start()
@@ -229,3 +229,30 @@ def test_a_deleted_function_s_buffered_lines_stop_counting_against_the_buffer(
     found = asyncio.run(scenario())
     assert [e.message for e in found] == ["k" * 100] * 4
     assert not (tmp_path / "gone").exists()
+
+
+def test_one_function_s_flood_neither_drops_nor_pauses_another_s_lines(
+        tmp_path: Path) -> None:
+    """A flood of one function (many instances, or a Dockerfile function's Docker stream,
+    which cannot be paused) fills only its own share of the buffer."""
+    line = 100 + ENTRY_BYTES
+    store = LogStore(tmp_path, max_pending_bytes=16 * line)
+
+    async def scenario() -> list[LogEntry]:
+        store.start()
+        try:
+            for n in range(100):
+                store.append(entry(f"{n:03}" + "a" * 97, function="flood"))
+            assert store.congested_for("flood")
+            assert not store.congested_for("quiet")  # its channels keep reading
+            for n in range(4):  # its own share, whole
+                store.append(entry(f"{n:03}" + "q" * 97, function="quiet"))
+            return await store.read(LogQuery("quiet"))
+        finally:
+            await store.stop()
+
+    found = asyncio.run(scenario())
+    assert [e.message[:3] for e in found] == [f"{n:03}" for n in range(4)]
+    flood = asyncio.run(LogStore(tmp_path).read(LogQuery("flood")))
+    assert len([e for e in flood if not e.message.startswith("LOGS_DROPPED")]) == 4
+    assert flood[-1].message == "LOGS_DROPPED Lines: 96 Bytes: 9600"
