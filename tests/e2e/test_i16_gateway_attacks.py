@@ -4,6 +4,7 @@ that never reads its answer, and what a function or a client can make cross."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.request
@@ -89,3 +90,77 @@ def test_callers_that_never_read_their_answers_cannot_hold_memory_or_connections
     finally:
         for hog in hogs:
             hog.close()
+
+
+SLOW_ECHO = (
+    "import time\n"
+    "def handler(event, context):\n"
+    "    if event.get('rawPath') == '/slow':\n"
+    "        time.sleep(3)\n"
+    "    headers = event.get('headers') or {}\n"
+    "    return {'path': event.get('rawPath'), 'headers': sorted(headers)}\n"
+)
+
+
+def _responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """`count` Content-Length framed responses read off one connection."""
+    data, out = b"", []
+    sock.settimeout(30)
+    while len(out) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode("latin-1")
+            lengths = [int(line.split(":", 1)[1]) for line in head.split("\r\n")
+                       if line.lower().startswith("content-length:")]
+            assert lengths, head
+            length = lengths[0]
+            if len(data) >= head_end + 4 + length:
+                out.append((int(head.split()[1]), data[head_end + 4:head_end + 4 + length]))
+                data = data[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(out)} responses"
+        data += chunk
+    return out
+
+
+def test_a_key_revoked_between_two_pipelined_requests_refuses_the_second(
+        daemon: Lambdad, tmp_path: Path) -> None:
+    """The admission-once shortcut: two requests in one packet, the first slow; the key
+    is revoked while it runs. The second request is admitted when it is read, after the
+    first answer (an await), so it is refused."""
+    _deploy(daemon, tmp_path / "keyed", SLOW_ECHO, 'name = "keyed"\nauth = "key"\n')
+    made = daemon.cli("keys", "create", "--name", "pipeliner", "--role", "invoker")
+    assert made.code == 0, made.stderr
+    key = made.stdout.strip()
+    one = (f"GET /slow HTTP/1.1\r\nHost: keyed.localhost\r\nAuthorization: Bearer {key}\r\n"
+           "\r\n")
+    two = (f"POST /after HTTP/1.1\r\nHost: keyed.localhost\r\nAuthorization: Bearer {key}\r\n"
+           "Content-Length: 2\r\n\r\n{}")
+    with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30) as sock:
+        sock.sendall((one + two).encode())
+        assert daemon.cli("keys", "revoke", "pipeliner").code == 0
+        (first, _), (second, body) = _responses(sock, 2)
+    assert first == 200
+    assert second == 401, body
+
+
+def test_what_a_client_cannot_make_cross_to_the_function(daemon: Lambdad,
+                                                          tmp_path: Path) -> None:
+    """Lambda-* headers in any case, the ones a Connection header names, hop-by-hop and
+    proxy claims never reach the function; Host stays whatever Connection says."""
+    _deploy(daemon, tmp_path / "mirror", SLOW_ECHO, 'name = "mirror"\n')
+    head = ("GET /h HTTP/1.1\r\nHost: mirror.localhost\r\n"
+            "LAMBDA-Request-Id: forged\r\nlambda-deadline-ms: 1\r\nLambda-Start: cell\r\n"
+            "Lambda-Invocation-Type: http\r\nConnection: keep-alive, X-Secret, host\r\n"
+            "X-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nForwarded: for=1.2.3.4\r\n"
+            "Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        [(status, body)] = _responses(sock, 1)
+    assert status == 200, body
+    seen = {name.lower() for name in json.loads(body)["headers"]}
+    assert "x-kept" in seen and "host" in seen
+    assert not {name for name in seen if name.startswith("lambda-")}, seen
+    assert not seen & {"x-secret", "keep-alive", "te", "forwarded", "proxy-authorization",
+                       "connection"}, seen
