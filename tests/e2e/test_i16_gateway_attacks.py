@@ -164,3 +164,43 @@ def test_what_a_client_cannot_make_cross_to_the_function(daemon: Lambdad,
     assert not {name for name in seen if name.startswith("lambda-")}, seen
     assert not seen & {"x-secret", "keep-alive", "te", "forwarded", "proxy-authorization",
                        "connection"}, seen
+
+
+SMUGGLE = b"GET /smuggled HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n"
+FRAMINGS = {
+    "cl-and-te": b"POST / HTTP/1.1\r\nHost: mirror.localhost\r\nContent-Length: 5\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te-and-cl": b"POST / HTTP/1.1\r\nHost: mirror.localhost\r\nTransfer-Encoding: chunked\r\n"
+                 b"Content-Length: 5\r\n\r\n0\r\n\r\n",
+    "two-lengths": b"POST / HTTP/1.1\r\nHost: mirror.localhost\r\nContent-Length: 0\r\n"
+                   b"Content-Length: 50\r\n\r\n",
+    "te-identity": b"POST / HTTP/1.1\r\nHost: mirror.localhost\r\n"
+                   b"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+    "te-space": b"POST / HTTP/1.1\r\nHost: mirror.localhost\r\nTransfer-Encoding : chunked\r\n"
+                b"Content-Length: 0\r\n\r\n",
+    "nul-value": b"GET / HTTP/1.1\r\nHost: mirror.localhost\r\nX-A: a\x00b\r\n\r\n",
+    "cr-value": b"GET / HTTP/1.1\r\nHost: mirror.localhost\r\nX-A: a\rb\r\n\r\n",
+    "two-hosts": b"GET / HTTP/1.1\r\nHost: mirror.localhost\r\nHost: other.localhost\r\n\r\n",
+    "chunk-ext-lf": b"POST / HTTP/1.1\r\nHost: mirror.localhost\r\nTransfer-Encoding: chunked"
+                    b"\r\n\r\n2;x\nGE\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FRAMINGS))
+def test_no_framing_trick_gets_a_second_request_past_the_gateway(
+        daemon: Lambdad, tmp_path: Path, name: str) -> None:
+    """Smuggling against the one-pass head rules: each head the gateway cannot frame one
+    way only is refused and the connection closed, so what follows it is never a request."""
+    if daemon.http("mirror").status == 404:
+        _deploy(daemon, tmp_path / "mirror", SLOW_ECHO, 'name = "mirror"\n')
+    with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30) as sock:
+        sock.sendall(FRAMINGS[name] + SMUGGLE)
+        sock.settimeout(10)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert data.count(b"HTTP/1.1 ") <= 1, data
+    assert b"/smuggled" not in data, data
