@@ -4,6 +4,7 @@ that never reads its answer, and what a function or a client can make cross."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -204,3 +205,32 @@ def test_no_framing_trick_gets_a_second_request_past_the_gateway(
             pass
     assert data.count(b"HTTP/1.1 ") <= 1, data
     assert b"/smuggled" not in data, data
+
+
+BODILESS = (
+    "def handler(event, context):\n"
+    "    status = int(event.get('rawPath', '/200').strip('/') or 200)\n"
+    "    return {'statusCode': status, 'headers': {'content-length': '5', 'x-s': str(status)},\n"
+    "            'body': 'hello'}\n"
+)
+
+
+def test_head_204_and_304_answers_keep_the_connection_framed(daemon: Lambdad,
+                                                             tmp_path: Path) -> None:
+    """A function that sends a body (and a Content-Length) where HTTP allows none: HEAD,
+    204, 304, one after the other on one kept-alive connection, then an ordinary answer
+    that must still be read as itself."""
+    _deploy(daemon, tmp_path / "bodiless", BODILESS, 'name = "bodiless"\n')
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.gateway_port, timeout=30)
+    try:
+        for method, path, status in (("HEAD", "/200", 200), ("GET", "/204", 204),
+                                     ("GET", "/304", 304), ("HEAD", "/404", 404),
+                                     ("GET", "/200", 200)):
+            conn.request(method, path, headers={"Host": "bodiless.localhost"})
+            reply = conn.getresponse()
+            body = reply.read()
+            assert (reply.status, reply.getheader("x-s")) == (status, str(status))
+            assert body == (b"hello" if (method, status) == ("GET", 200) else b""), body
+    finally:
+        conn.close()
+
