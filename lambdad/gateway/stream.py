@@ -8,8 +8,8 @@ StreamReader's limit did). A read waits until a deadline with one timer per conn
 the timer stays armed while later deadlines come (a keep-alive connection's next one is
 always later), and is moved only when a deadline is earlier than the armed one. Writes
 apply back-pressure as `drain()` did: a slow client slows the upstream body down. A client
-that takes none of what is waiting for it for `send_timeout` seconds is cut (a write
-waiting for it, or a close whose bytes it never takes): `drain()` and `close()` waited for
+that stops taking what is sent is cut after `send_timeout` seconds (a write waiting for
+the buffer to drain, or a close whose last bytes are not taken by then): `drain()` and `close()` waited for
 ever, so a caller that never read its answer kept its connection, and its place under
 the cap, for as long as it liked.
 
