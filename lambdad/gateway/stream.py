@@ -9,9 +9,9 @@ the timer stays armed while later deadlines come (a keep-alive connection's next
 always later), and is moved only when a deadline is earlier than the armed one. Writes
 apply back-pressure as `drain()` did: a slow client slows the upstream body down. A client
 that stops taking what is sent is cut after `send_timeout` seconds (a write waiting for
-the buffer to drain, or a close whose last bytes are not taken by then): `drain()` and `close()` waited for
-ever, so a caller that never read its answer kept its connection, and its place under
-the cap, for as long as it liked.
+the buffer to drain, or a close whose last bytes are not taken by then): `drain()` and
+`close()` waited for ever, so a caller that never read its answer kept its connection,
+and its place under the cap, for as long as it liked.
 
 The client hanging up or half-closing is reported at once (`on_gone`), so an invocation
 can be cancelled without a second task per request watching the socket; `released` runs
