@@ -101,7 +101,8 @@ SETTINGS: tuple[Setting, ...] = (
        metavar="MiB", numeric=True),
     _s("body_timeout", "gateway", positive_seconds, 60,
        "a client has this many seconds to send a whole request body, however it trickles "
-       "it in, then gets 408 (default: 60, about 100 KiB/s for the largest body)",
+       "it in, then gets 408 (default: 60, about 100 KiB/s for the largest body); a client "
+       "whose answer's send buffer does not drain for as long is cut",
        metavar="SECONDS", numeric=True),
     _s("runtime_image", "build", image_name, "lambda-runtime/python:3.11",
        "base image of Python functions (default: lambda-runtime/python:3.11)", metavar="IMAGE"),

@@ -154,8 +154,9 @@ class ClientConnection:
         self.request_id = ""
         self.started = 0.0  # when the current request's head arrived
         self._target: Target | None = None  # where the request being read goes
-        # What admission said on the head, while no Read has been asked for since: with no
-        # await in between nothing it looks at can have changed, so the hand-over reuses it.
+        # What admission said on the head, while no Read or Send has been asked for since:
+        # with no await in between nothing it looks at can have changed, so the hand-over
+        # reuses it.
         self._admitted: Headers | None = None
         self._share: Hold | None = None  # the current body's part of the budget
         self._body = bytearray()
@@ -199,6 +200,7 @@ class ClientConnection:
     def next_action(self, now: float) -> Action:
         while True:
             if self.answer.pending:
+                self._admitted = None  # a Send awaits too (a 100 Continue to a slow reader)
                 return Send(self.answer.data_to_send())
             if self._phase is _Phase.CLOSING:
                 if self._linger:

@@ -148,7 +148,7 @@ class Gateway:
 
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: ClientStream(self._connected, gone), conn)
+                lambda: ClientStream(self._connected, gone, self.body_timeout), conn)
         except (asyncio.CancelledError, Exception) as exc:
             gone()
             conn.close()

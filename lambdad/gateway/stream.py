@@ -7,7 +7,11 @@ is busy are kept, up to `READ_SIZE` before reading pauses (the client is slowed 
 StreamReader's limit did). A read waits until a deadline with one timer per connection:
 the timer stays armed while later deadlines come (a keep-alive connection's next one is
 always later), and is moved only when a deadline is earlier than the armed one. Writes
-apply back-pressure as `drain()` did: a slow client slows the upstream body down.
+apply back-pressure as `drain()` did: a slow client slows the upstream body down. A client
+that stops taking what is sent is cut after `send_timeout` seconds (a write waiting for
+the buffer to drain, or a close whose last bytes are not taken by then): `drain()` and
+`close()` waited for ever, so a caller that never read its answer kept its connection,
+and its place under the cap, for as long as it liked.
 
 The client hanging up or half-closing is reported at once (`on_gone`), so an invocation
 can be cancelled without a second task per request watching the socket; `released` runs
@@ -28,9 +32,10 @@ class ReadTimeout(Exception):
 
 class ClientStream(asyncio.Protocol):
     def __init__(self, connected: Callable[[ClientStream], None],
-                 released: Callable[[], None]) -> None:
+                 released: Callable[[], None], send_timeout: float = 60.0) -> None:
         self._connected = connected
         self._released = released
+        self._send_timeout = send_timeout
         self.on_gone: Callable[[], None] | None = None  # the client hung up or half-closed
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -126,7 +131,11 @@ class ClientStream(asyncio.Protocol):
         self.transport.write(data)
         if self._write_paused:
             self._writable = self._loop.create_future()
-            await self._writable
+            stalled = self._loop.call_later(self._send_timeout, self._abort)
+            try:
+                await self._writable
+            finally:
+                stalled.cancel()
             if self._lost:
                 raise ConnectionResetError("the client connection was lost")
 
@@ -138,8 +147,16 @@ class ClientStream(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()  # kept open until the client has taken what is written...
+            if not self._lost and transport.get_write_buffer_size():
+                self._loop.call_later(self._send_timeout, self._abort)  # ...for so long
+
+    def _abort(self) -> None:
+        """The client took nothing for `send_timeout`: drop the connection and its bytes."""
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
 
     # --- inside --------------------------------------------------------------------------
 

@@ -441,3 +441,16 @@ def test_finish_gives_back_a_share_whatever_the_state() -> None:
     assert r.bodies.used == 10 and r.m.busy
     r.m.finish(5.0)  # the task was cancelled mid-body
     assert r.bodies.used == 0 and not r.m.busy
+
+
+def test_a_100_continue_write_is_an_await_so_admission_is_asked_again_after_it() -> None:
+    """Attack (issue 16's admission-once shortcut): a client sends `Expect: 100-continue`
+    with its body in the same packet. The 100 Continue is a Send, and a Send awaits (for
+    as long as the client does not read); a key revoked meanwhile must still count."""
+    r = Rules(admit=[None, errors.Unauthenticated("the key was revoked")])
+    r.m.receive(request("POST", body=b"data", Expect="100-continue"), 0.0)
+    action = r.m.next_action(0.0)
+    assert isinstance(action, Send) and action.data.startswith(b"HTTP/1.1 100 ")
+    sent, actions = r.until_blocked(now=1.0)  # after the await: the key is gone
+    assert not any(isinstance(a, Invoke) for a in actions), "invoked on a stale admission"
+    assert parse(sent).status == 401 and len(r.admitted) == 2 and r.bodies.used == 0

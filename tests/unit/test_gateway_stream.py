@@ -4,6 +4,7 @@ reads by a deadline on one timer, back-pressure both ways, the client's EOF and 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -188,3 +189,44 @@ def test_a_read_without_a_deadline_outlives_a_timer_armed_for_an_earlier_one() -
         assert await patient == b"late"
 
     run(test)
+
+
+async def _over_a_socketpair(send_timeout: float) -> tuple[ClientStream, list[str], Any]:
+    """A stream on a real (Unix) socket whose peer never reads."""
+    ours, theirs = socket.socketpair()
+    events: list[str] = []
+    loop = asyncio.get_running_loop()
+    _, stream = await loop.connect_accepted_socket(
+        lambda: ClientStream(lambda s: None, lambda: events.append("released"), send_timeout),
+        ours)
+    return stream, events, theirs
+
+
+def test_a_client_that_takes_nothing_of_a_write_is_cut_after_the_send_timeout() -> None:
+    """Attack: a caller that never reads its answer. `drain()` (and this write) waited
+    for ever, keeping the connection and its place under the cap."""
+    async def main() -> None:
+        stream, events, theirs = await _over_a_socketpair(0.3)
+        with theirs:
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(5):
+                    await stream.write(b"x" * (8 << 20))
+            await asyncio.sleep(0)
+            assert events == ["released"]
+    asyncio.run(main())
+
+
+def test_a_close_whose_bytes_the_client_never_takes_ends_after_the_send_timeout() -> None:
+    """The last bytes of an answer left in the transport (under the pause mark, so no
+    write waited) kept a closed connection open for ever: `close()` waits for them."""
+    async def main() -> None:
+        stream, events, theirs = await _over_a_socketpair(0.3)
+        with theirs:
+            assert stream.transport is not None
+            stream.transport.write(b"x" * (8 << 20))  # more than the socket buffers hold
+            stream.close()
+            async with asyncio.timeout(5):
+                while not events:
+                    await asyncio.sleep(0.05)
+            assert events == ["released"]
+    asyncio.run(main())
