@@ -35,8 +35,9 @@ _PROXY_CLAIMS = frozenset({b"forwarded", b"x-real-ip", b"true-client-ip", b"x-cl
 # The gateway answers `Expect` itself and the body arrives whole, so neither
 # means anything to the instance.
 _CONSUMED = frozenset({b"expect", b"content-length"})
-# Set on responses by the gateway; the instance's copies would be duplicates.
-_GATEWAY_RESPONSE = frozenset({b"lambda-request-id", b"lambda-version"})
+# Set on responses by the gateway; the instance's copies would be duplicates (or lies about
+# how it started). A function's own Server-Timing metrics are kept: that header is a list.
+_GATEWAY_RESPONSE = frozenset({b"lambda-request-id", b"lambda-version", b"lambda-cold-start"})
 
 
 def _named(value: bytes) -> set[bytes]:

@@ -126,12 +126,15 @@ def test_response_headers_drop_hop_by_hop_and_gateway_headers() -> None:
         (b"keep-alive", b"timeout=5"),
         (b"lambda-request-id", b"forged"),
         (b"lambda-version", b"99"),
+        (b"Lambda-Cold-Start", b"none"),  # a function cannot claim how it started
+        (b"server-timing", b"db;dur=3"),  # its own metrics are its to give
         (b"set-cookie", b"a=1"),
         (b"set-cookie", b"b=2"),
         (b"content-length", b"12"),
     ]
     assert response_headers(headers) == [
         (b"content-type", b"text/plain"),
+        (b"server-timing", b"db;dur=3"),
         (b"set-cookie", b"a=1"),
         (b"set-cookie", b"b=2"),
         (b"content-length", b"12"),
@@ -165,8 +168,8 @@ def _reference_forward(headers: Headers, client_ip: str) -> Headers:
 
 def _reference_response(headers: Headers) -> Headers:
     chunked = any(n.lower() == b"transfer-encoding" for n, _ in headers)
-    drop = {b"lambda-request-id", b"lambda-version"} | ({b"content-length"} if chunked
-                                                        else set())
+    drop = {b"lambda-request-id", b"lambda-version", b"lambda-cold-start"} | (
+        {b"content-length"} if chunked else set())
     return [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in drop]
 
 
