@@ -32,7 +32,7 @@ log = logging.getLogger("lambdad.queue")
 POLL_S = 1.0
 # How long ended attempts may wait in memory when nothing is queued behind them (no slot to
 # refill): the next cycle, started by an enqueue, usually writes them sooner.
-FLUSH_S = 0.02
+FLUSH_S = 0.005
 # A group commit's window: when events come from several callers at once (the last cycle
 # stored more than one, or more than one waits), a cycle waits this long for more before
 # it starts, so one store call and one commit serve several events (PostgreSQL's
