@@ -31,7 +31,8 @@ log = logging.getLogger("lambdad.queue")
 
 POLL_S = 1.0
 # How long ended attempts may wait in memory when nothing is queued behind them (no slot to
-# refill): the next cycle, started by an enqueue, usually writes them sooner.
+# refill) and other deliveries still run: the next cycle, started by an enqueue, usually
+# writes them sooner. The last delivery to end starts a cycle at once.
 FLUSH_S = 0.005
 # A group commit's window: when events come from several callers at once (the last cycle
 # stored more than one, or more than one waits), a cycle waits this long for more before
@@ -220,8 +221,8 @@ class AsyncWorker:
         if self._per_function[function] <= 0:  # bounded by the functions with work
             del self._per_function[function]
             self._served.pop(function, None)
-        if self._backlog:
-            self._wake.set()  # a freed slot for what waits
+        if self._backlog or not self._running:
+            self._wake.set()  # a freed slot for what waits; or the last end: write it now
         elif self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(FLUSH_S, self._flushed)
 
