@@ -14,6 +14,10 @@ _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_a
             "started_at, finished_at, status_code, result, last_error")
 
 
+# 13 columns each: 64 rows stay under SQLite's oldest limit of 999 variables a statement.
+_ROWS_PER_INSERT = 64
+
+
 def _row(r: Any) -> AsyncInvocation:
     return AsyncInvocation(
         id=r[0], function=r[1], payload=bytes(r[2]), source=r[3], status=r[4],
@@ -76,12 +80,18 @@ class InvocationTable:
         return accepted
 
     def _write(self, invocations: Sequence[AsyncInvocation]) -> None:
-        if invocations:
-            self._db.cursor().executemany(
-                f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
-                  inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
-                  inv.status_code, inv.result, inv.last_error) for inv in invocations])
+        """One INSERT statement per _ROWS_PER_INSERT events, not one per event: each
+        statement the sqlite3 module runs lets go of the GIL and takes it back, and with the
+        event loop busy each take is a hand-over between threads (issue 16)."""
+        for at in range(0, len(invocations), _ROWS_PER_INSERT):
+            chunk = invocations[at:at + _ROWS_PER_INSERT]
+            self._db.execute_sql(
+                f"INSERT INTO invocations ({_COLUMNS}) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)),
+                [value for inv in chunk for value in (
+                    inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
+                    inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
+                    inv.status_code, inv.result, inv.last_error)])
 
     def queued(self, function: str, at_most: int = -1) -> int:
         """Events of `function` not yet delivered (waiting to start, or for a retry),

@@ -337,3 +337,24 @@ def test_an_event_stored_and_claimed_by_one_cycle_is_written_running_after_older
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_cycle_stores_more_events_than_one_insert_statement_holds(tmp_path: Path) -> None:
+    """Events are written in multi-row INSERTs of at most 64 rows (SQLite's variable
+    limit): a batch of 150, none claimed, is stored whole."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a")
+        try:
+            table = store.invocations
+            now = time.time()
+            batch = [event("a", now + i / 1e4) for i in range(150)]
+            claim = await table.cycle([], now + 1, 1, {"a"}, lambda due: due,
+                                      [(e, 0) for e in batch])
+            assert claim.accepted == [True] * 150 and claim.claimed == []
+            assert await table.queued("a") == 150
+            assert (await table.get(batch[149].id)).created_at == batch[149].created_at
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
