@@ -1,7 +1,8 @@
 """Delivers queued asynchronous invocations within each function's concurrency.
 
-One task runs cycles against the durable queue, woken at once by a new event or a finished
-delivery, otherwise at the next due retry. A cycle is one store call and one transaction
+One task runs cycles against the durable queue, woken at once by a new event or by a finished
+delivery whose slot queued events wait for (otherwise its end waits up to FLUSH_S for the
+next cycle), else at the next due retry. A cycle is one store call and one transaction
 (`InvocationTable.cycle`): it stores the events accepted since the last cycle (the intake:
 each caller waits for that commit before its 202), records every attempt that ended, then
 claims a batch of due events, picked fairly between functions (`fair.select`), marking them
