@@ -7,7 +7,6 @@ with the worker (whose next cycle stores it and wakes on it), so neither needs t
 from __future__ import annotations
 
 import time
-import uuid
 
 from lambdad.control.invoke import Invoker, function_error
 from lambdad.control.ports import Runtime
@@ -25,6 +24,7 @@ from lambdad.jsontext import parse_json
 from lambdad.metrics import Metrics
 from lambdad.queue.intake import Intake
 from lambdad.queue.model import STATUSES, AsyncInvocation, RetryPolicy
+from lambdad.requestid import new_request_id
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.scheduler.cron import Schedule, event_payload
 from lambdad.store import Store
@@ -71,7 +71,7 @@ class AsyncQueue:
         parse_json(body, "an asynchronous invocation's payload")
         now = time.time()
         invocation = AsyncInvocation(
-            id=str(uuid.uuid4()), function=name, payload=body, source=source,
+            id=new_request_id(), function=name, payload=body, source=source,
             status="queued", attempts=0, created_at=now, next_attempt_at=now,
         )
         if not await self._intake.submit(invocation, self.max_queued_events):

@@ -58,6 +58,10 @@ class Intake:
     def waiting(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def count(self) -> int:
+        return len(self._pending)
+
     async def close(self) -> None:
         """No worker any more: what is still waiting is written on its own."""
         self.open = False

@@ -14,6 +14,10 @@ _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_a
             "started_at, finished_at, status_code, result, last_error")
 
 
+# 13 columns each: 64 rows stay under SQLite's oldest limit of 999 variables a statement.
+_ROWS_PER_INSERT = 64
+
+
 def _row(r: Any) -> AsyncInvocation:
     return AsyncInvocation(
         id=r[0], function=r[1], payload=bytes(r[2]), source=r[3], status=r[4],
@@ -33,6 +37,7 @@ class Claim:
     left: list[str]
     next_due: float | None
     accepted: list[bool] = dataclasses.field(default_factory=list)  # per insert: stored?
+    backlog: bool = True  # queued events may be left in the store (due or not)
 
 
 Choose = Callable[[list[AsyncInvocation]], list[AsyncInvocation]]
@@ -51,12 +56,18 @@ class InvocationTable:
             return self._insert([(inv, max_queued)])[0]
 
     def _insert(self, items: Sequence[tuple[AsyncInvocation, int]]) -> list[bool]:
+        """Inside the caller's transaction: checks the caps (`_admit`) and writes the
+        accepted events as they are."""
+        accepted = self._admit(items)
+        self._write([inv for (inv, _), ok in zip(items, accepted, strict=True) if ok])
+        return accepted
+
+    def _admit(self, items: Sequence[tuple[AsyncInvocation, int]]) -> list[bool]:
         """Inside the caller's transaction. Each event's cap counts its function's queued
         events, those of the batch included; count and insert are one transaction on the
         store's one thread, so concurrent enqueues cannot overshoot the cap."""
         queued: dict[str, int] = {}
         accepted: list[bool] = []
-        rows: list[tuple[Any, ...]] = []
         for inv, max_queued in items:
             if inv.function not in queued:
                 queued[inv.function] = (self.queued(inv.function, max_queued)
@@ -66,14 +77,21 @@ class InvocationTable:
                 continue
             queued[inv.function] += 1
             accepted.append(True)
-            rows.append((inv.id, inv.function, inv.payload, inv.source, inv.status,
-                         inv.attempts, inv.created_at, inv.next_attempt_at, inv.started_at,
-                         inv.finished_at, inv.status_code, inv.result, inv.last_error))
-        if rows:
-            self._db.cursor().executemany(
-                f"INSERT INTO invocations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows)
         return accepted
+
+    def _write(self, invocations: Sequence[AsyncInvocation]) -> None:
+        """One INSERT statement per _ROWS_PER_INSERT events, not one per event: each
+        statement the sqlite3 module runs lets go of the GIL and takes it back, and with the
+        event loop busy each take is a hand-over between threads (issue 16)."""
+        for at in range(0, len(invocations), _ROWS_PER_INSERT):
+            chunk = invocations[at:at + _ROWS_PER_INSERT]
+            self._db.execute_sql(
+                f"INSERT INTO invocations ({_COLUMNS}) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)),
+                [value for inv in chunk for value in (
+                    inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
+                    inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
+                    inv.status_code, inv.result, inv.last_error)])
 
     def queued(self, function: str, at_most: int = -1) -> int:
         """Events of `function` not yet delivered (waiting to start, or for a retry),
@@ -97,13 +115,14 @@ class InvocationTable:
         return [r[0] for r in rows]
 
     def due(self, now: float, per_function: int, skip: set[str],
-            exclude: set[str]) -> list[AsyncInvocation]:
+            exclude: set[str], functions: Sequence[str] | None = None
+            ) -> list[AsyncInvocation]:
         """The oldest `per_function` due events of every function not in `skip` (those at
         their limit), leaving out the ids in `exclude`. Per function, so a long backlog
         of one function never hides another's events from the worker, and each function's
         head is read from invocations_queue without touching the rest of its backlog."""
         found: list[AsyncInvocation] = []
-        for function in self.queued_functions():
+        for function in self.queued_functions() if functions is None else functions:
             if function in skip:
                 continue
             rows = self._db.execute_sql(
@@ -135,24 +154,54 @@ class InvocationTable:
         them running with their attempt counted, before any delivery starts (a crash turns
         them back into queued events: at-least-once). `choose` is pure (fair.select over a
         snapshot): it runs here so that reading and claiming are one transaction. None:
-        store and record only."""
+        store and record only.
+
+        The events given are candidates as they are, after the stored ones of their
+        function (they are the newest): one picked is written running at once, so an event
+        accepted and claimed by the same cycle costs one INSERT, not an INSERT, a read
+        back and an UPDATE."""
         with self._db.atomic():
-            accepted = self._insert(inserts)
             self._finish(finished)
             if choose is None:
-                return Claim([], [], None, accepted)
-            due = self.due(now, per_function, skip, set())
-            chosen = choose(due) if due else []
-            if chosen:
+                return Claim([], [], None, self._insert(inserts))
+            accepted = self._admit(inserts)
+            queued = self.queued_functions()
+            due = self.due(now, per_function, skip, set(), queued)
+            stored = {inv.id for inv in due}
+            room = {name: per_function for name in {inv.function for inv, _ in inserts}}
+            for inv in due:
+                if inv.function in room:
+                    room[inv.function] -= 1
+            fresh: list[AsyncInvocation] = []
+            for (inv, _), ok in zip(inserts, accepted, strict=True):
+                if (ok and inv.function not in skip and inv.next_attempt_at <= now
+                        and room[inv.function] > 0):
+                    room[inv.function] -= 1
+                    fresh.append(inv)
+            candidates = due + fresh
+            chosen = choose(candidates) if candidates else []
+            taken = {inv.id for inv in chosen}
+            claimed = [AsyncInvocation(
+                id=inv.id, function=inv.function, payload=inv.payload, source=inv.source,
+                status="running", attempts=inv.attempts + 1, created_at=inv.created_at,
+                next_attempt_at=inv.next_attempt_at, started_at=now, finished_at=inv.finished_at,
+                status_code=inv.status_code, result=inv.result, last_error=inv.last_error,
+            ) for inv in chosen]
+            self._write([inv for inv in claimed if inv.id not in stored] + [
+                inv for (inv, _), ok in zip(inserts, accepted, strict=True)
+                if ok and inv.id not in taken])
+            again = [(now, inv.id) for inv in chosen if inv.id in stored]
+            if again:
                 self._db.cursor().executemany(
                     "UPDATE invocations SET status = 'running', attempts = attempts + 1, "
-                    "started_at = ? WHERE id = ? AND status = 'queued'",
-                    [(now, inv.id) for inv in chosen])
-            taken = {inv.id for inv in chosen}
-            claimed = [dataclasses.replace(inv, status="running", attempts=inv.attempts + 1,
-                                           started_at=now) for inv in chosen]
-            left = sorted({inv.function for inv in due if inv.id not in taken})
-            return Claim(claimed, left, self.next_due(now), accepted)
+                    "started_at = ? WHERE id = ? AND status = 'queued'", again)
+            left = sorted({inv.function for inv in candidates if inv.id not in taken})
+            # Whether the store may still hold queued events (due or not): if not, an ended
+            # delivery frees a slot nothing waits for, and need not start a cycle at once.
+            backlog = (bool(queued) or len(taken) < len(candidates)
+                       or sum(accepted) > len(fresh))
+            return Claim(claimed, left, self.next_due(now) if backlog else None, accepted,
+                         backlog)
 
     def settle(self, finished: Sequence[Finish]) -> None:
         """Records ended attempts (a stop writes what the last cycle did not)."""

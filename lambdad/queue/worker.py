@@ -1,7 +1,8 @@
 """Delivers queued asynchronous invocations within each function's concurrency.
 
-One task runs cycles against the durable queue, woken at once by a new event or a finished
-delivery, otherwise at the next due retry. A cycle is one store call and one transaction
+One task runs cycles against the durable queue, woken at once by a new event or by a finished
+delivery whose slot queued events wait for (otherwise its end waits up to FLUSH_S for the
+next cycle), else at the next due retry. A cycle is one store call and one transaction
 (`InvocationTable.cycle`): it stores the events accepted since the last cycle (the intake:
 each caller waits for that commit before its 202), records every attempt that ended, then
 claims a batch of due events, picked fairly between functions (`fair.select`), marking them
@@ -30,6 +31,15 @@ from lambdad.queue.store import Claim
 log = logging.getLogger("lambdad.queue")
 
 POLL_S = 1.0
+# How long ended attempts may wait in memory when nothing is queued behind them (no slot to
+# refill) and other deliveries still run: the next cycle, started by an enqueue, usually
+# writes them sooner. The last delivery to end starts a cycle at once.
+FLUSH_S = 0.005
+# A group commit's window: when events come from several callers at once (the last cycle
+# stored more than one, or more than one waits), a cycle waits this long for more before
+# it starts, so one store call and one commit serve several events (PostgreSQL's
+# commit_delay, with commit_siblings). A lone caller, one event at a time, never waits.
+GATHER_S = 0.001
 
 # (ok, status code, response body, error text)
 Outcome = tuple[bool, int | None, bytes | None, str]
@@ -64,6 +74,11 @@ class AsyncWorker:
         # cron's overlap check read them here first).
         self._finished: dict[str, Finish] = {}
         self._cycling = False  # a cycle's store call is under way
+        # Whether the store may hold queued events (the last cycle's Claim.backlog): only
+        # then does an ended delivery, freeing a slot, start a cycle at once.
+        self._backlog = True
+        self._company = False  # the last cycle stored more than one event
+        self._flush: asyncio.TimerHandle | None = None  # writes ended attempts (FLUSH_S)
         self._cancelled: set[str] = set()  # cancelled while a cycle was under way
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -79,6 +94,7 @@ class AsyncWorker:
         self._task = asyncio.create_task(self._loop(), name="async-invocations")
 
     def wake(self) -> None:
+        self._backlog = True
         self._wake.set()
 
     async def stop(self) -> None:
@@ -89,6 +105,9 @@ class AsyncWorker:
         self._stopping = True
         self._intake.open = False
         self._wake.set()
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -126,12 +145,16 @@ class AsyncWorker:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
+            if self._intake.waiting and not self._stopping and (
+                    self._company or self._intake.count > 1):
+                await asyncio.sleep(GATHER_S)  # company for the commit (see GATHER_S)
             self._wake.clear()  # before the cycle: a wake during it means go again
             timeout = POLL_S
             try:
                 timeout = await self._cycle()
             except Exception:  # a store hiccup must not end delivery for good
                 log.exception("async dispatch failed")
+                self._backlog = True
                 self._wake.clear()
             if self._stopping or self._wake.is_set():
                 continue
@@ -156,6 +179,9 @@ class AsyncWorker:
             select, limits=dict(limits), running=dict(self._per_function), free=free,
             last_served=dict(self._served))
         inserts = self._intake.take()  # from here on, each is answered or failed
+        if self._flush is not None:  # this cycle writes them
+            self._flush.cancel()
+            self._flush = None
         self._cycling = True
         self.cycles += 1
         try:
@@ -169,6 +195,8 @@ class AsyncWorker:
             self._cycling = False
             cancelled, self._cancelled = self._cancelled, set()
         answer(inserts, claim.accepted)
+        self._backlog = claim.backlog
+        self._company = len(inserts) > 1
         for finish in finished:
             self._finished.pop(finish.id, None)
         chosen = [inv for inv in claim.claimed if inv.id not in cancelled]
@@ -194,6 +222,13 @@ class AsyncWorker:
         if self._per_function[function] <= 0:  # bounded by the functions with work
             del self._per_function[function]
             self._served.pop(function, None)
+        if self._backlog or not self._running:
+            self._wake.set()  # a freed slot for what waits; or the last end: write it now
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(FLUSH_S, self._flushed)
+
+    def _flushed(self) -> None:
+        self._flush = None
         self._wake.set()
 
     async def _attempt(self, invocation: AsyncInvocation) -> None:

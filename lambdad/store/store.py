@@ -6,10 +6,8 @@ writes), so the event loop never blocks on disk and SQLite never sees two writer
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +23,7 @@ from lambdad.queue.store import InvocationTable
 from lambdad.scheduler.table import ScheduleTable
 from lambdad.store.migrations import migrate
 from lambdad.store.models import ActivationRow, FunctionRow, VersionRow, database
+from lambdad.store.thread import StoreThread
 
 T = TypeVar("T")
 
@@ -38,7 +37,7 @@ class FunctionRecord:
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._thread = StoreThread("store")
         self._db: Any = SqliteDatabase(
             str(path),
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
@@ -55,7 +54,7 @@ class Store:
 
     async def close(self) -> None:
         await self._run(self._db.close)
-        self._executor.shutdown(wait=True)
+        self._thread.shutdown()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +63,7 @@ class Store:
         self._db.connect(reuse_if_open=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._thread.call(fn)
 
     # Reads
 

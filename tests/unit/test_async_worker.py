@@ -442,3 +442,51 @@ def test_a_wake_up_during_the_workers_store_call_is_not_lost(
                 await worker.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_ended_delivery_with_nothing_queued_is_written_by_the_flush_not_a_cycle_of_its_own(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing left queued, a freed slot has nothing to take: while other deliveries
+    run, an end is kept in memory (status() sees it) and written FLUSH_S later; the last
+    delivery to end is written at once. A lone caller's event is stored by one cycle
+    without waiting for company (GATHER_S applies only to several callers)."""
+    monkeypatch.setattr(worker_module, "FLUSH_S", 0.3)
+    monkeypatch.setattr(worker_module, "GATHER_S", 5.0)  # a wait would show
+    gates: dict[str, asyncio.Event] = {}
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        await gates.setdefault(inv.id, asyncio.Event()).wait()
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 4)
+            worker.start()
+            try:
+                first, second = event(), event()
+                async with asyncio.timeout(2.0):  # far below GATHER_S
+                    assert await worker.intake.submit(first, 0)
+                    assert await worker.intake.submit(second, 0)
+                for e in (first, second):
+                    assert (await store.invocations.get(e.id)).status == "running"
+                await asyncio.sleep(0.05)
+                cycles = worker.cycles
+                gates.setdefault(first.id, asyncio.Event()).set()
+                await until(lambda: status_is_async(worker, first.id, "succeeded"))
+                await asyncio.sleep(0.1)
+                assert worker.cycles == cycles  # no cycle yet: the end waits for the flush
+                assert (await store.invocations.get(first.id)).status == "running"
+                await until(lambda: status_is(store, first.id, "succeeded"))
+                assert worker.cycles == cycles + 1
+                gates.setdefault(second.id, asyncio.Event()).set()  # the last one: at once
+                async with asyncio.timeout(0.2):  # (below FLUSH_S)
+                    await until(lambda: status_is(store, second.id, "succeeded"))
+            finally:
+                await worker.stop()
+
+    asyncio.run(scenario())
+
+
+async def status_is_async(worker: AsyncWorker, inv_id: str, status: str) -> bool:
+    return await worker.status(inv_id) == status

@@ -294,3 +294,67 @@ def test_a_queue_written_before_migration_7_is_claimed_after_it(tmp_path: Path) 
         assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert check.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
                              "name = 'invocations_queue'").fetchone() is not None
+
+
+def test_an_event_stored_and_claimed_by_one_cycle_is_written_running_after_older_ones(
+        tmp_path: Path) -> None:
+    """The events given to a cycle are candidates after the stored ones of their function:
+    a stored event is claimed first; a picked new one is written running with its attempt
+    counted (as a stored one is updated); one not picked is written queued. Claim.backlog
+    says whether queued events may be left, so an ended delivery need not start a cycle."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a")
+        try:
+            table = store.invocations
+            now = time.time()
+            old = event("a", now - 5)
+            assert await table.insert(old)
+            new = [event("a", now + i / 1000) for i in range(3)]
+            claim = await table.cycle([], now + 1, 2, set(), lambda due: due,
+                                      [(e, 0) for e in new])
+            assert claim.accepted == [True] * 3
+            assert [e.id for e in claim.claimed] == [old.id, new[0].id]  # oldest first
+            for e in (old, new[0]):
+                row = await table.get(e.id)
+                assert (row.status, row.attempts, row.started_at) == ("running", 1, now + 1)
+            assert [(await table.get(e.id)).status for e in new[1:]] == ["queued", "queued"]
+            assert claim.backlog  # (not in `left`: per_function bounded the candidates)
+            rest = await table.cycle([], now + 1, 5, set(), lambda due: due, [])
+            assert {e.id for e in rest.claimed} == {e.id for e in new[1:]}
+            assert rest.backlog  # (it read queued events: one more cycle finds none)
+            fresh = event("a", now + 1)
+            done = await table.cycle([], now + 2, 5, set(), lambda due: due, [(fresh, 0)])
+            assert [e.id for e in done.claimed] == [fresh.id]
+            assert (await table.get(fresh.id)).status == "running"
+            assert not done.backlog and done.next_due is None  # nothing left queued
+            # A function at its limit (skip): its new event is stored queued, a backlog.
+            late = event("a", now + 2)
+            held = await table.cycle([], now + 3, 5, {"a"}, lambda due: due, [(late, 0)])
+            assert held.claimed == [] and held.backlog
+            assert (await table.get(late.id)).status == "queued"
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cycle_stores_more_events_than_one_insert_statement_holds(tmp_path: Path) -> None:
+    """Events are written in multi-row INSERTs of at most 64 rows (SQLite's variable
+    limit): a batch of 150, none claimed, is stored whole."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a")
+        try:
+            table = store.invocations
+            now = time.time()
+            batch = [event("a", now + i / 1e4) for i in range(150)]
+            claim = await table.cycle([], now + 1, 1, {"a"}, lambda due: due,
+                                      [(e, 0) for e in batch])
+            assert claim.accepted == [True] * 150 and claim.claimed == []
+            assert await table.queued("a") == 150
+            assert (await table.get(batch[149].id)).created_at == batch[149].created_at
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
