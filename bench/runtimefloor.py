@@ -48,6 +48,16 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _switches(pid: int) -> int:
+    """Voluntary context switches of `pid` so far: how often it slept and was woken."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in status.splitlines()
+               if line.startswith("voluntary_ctxt_switches:"))
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -110,6 +120,7 @@ def start(folder: str, channel: bool, runtime: Path = RUNTIME
 def measure(path: str, pid: int, connections: int, duration: float) -> dict[str, float]:
     pids = [pid, *_children(pid)]
     before = [_cpu_s(p) for p in pids]
+    switches = _switches(pid)
     command = [sys.executable, str(HERE / "loadgen.py"), "run", "--json", "--unix", path,
                "-c", str(connections), "--duration", str(duration), "--warmup", "0.5",
                "--path", QUERY, "--host-header", "greet.localhost",
@@ -119,6 +130,7 @@ def measure(path: str, pid: int, connections: int, duration: float) -> dict[str,
         command += ["--header", header]
     out = subprocess.run(command, capture_output=True, check=True, text=True).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    switches = _switches(pid) - switches
     pids_after = [pid, *_children(pid)]
     # The window's supervisor CPU is loadgen's; the children's is over the whole run (with
     # the 0.5 s warm-up), scaled to the window by its share of the run's requests.
@@ -127,6 +139,8 @@ def measure(path: str, pid: int, connections: int, duration: float) -> dict[str,
     share = result["window_s"] / (result["window_s"] + 0.5)
     result["workers_us"] = children * share / result["requests"] * 1e6
     result["supervisor_us"] = (result["pid_cpu_s"] or 0) / result["requests"] * 1e6
+    # over the whole run, warm-up included: per request, as the children's CPU
+    result["switches"] = switches * share / result["requests"]
     return result
 
 
@@ -151,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             reader = threading.Thread(target=_reader, args=(path, stop, counts), daemon=True)
             reader.start()
         try:
-            print(f"runtime: supervisor pid {proc.pid}, children {_children(proc.pid)}",
+            print(f"runtime: supervisor pid {proc.pid}, children {_children(proc.pid)}, socket {path}",
                   flush=True)
             time.sleep(args.hold)
             for _ in range(args.rounds):
@@ -161,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  mean "
                           f"{r['mean_ms']:.3f} ms  errors {r['errors']}  CPU/request: "
                           f"supervisor {r['supervisor_us']:.0f} us, zygote+workers "
-                          f"{r['workers_us']:.0f} us", flush=True)
+                          f"{r['workers_us']:.0f} us; supervisor sleeps "
+                          f"{r['switches']:.2f}", flush=True)
         finally:
             stop.set()
             proc.terminate()
