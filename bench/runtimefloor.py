@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             reader = threading.Thread(target=_reader, args=(path, stop, counts), daemon=True)
             reader.start()
         try:
-            print(f"runtime: supervisor pid {proc.pid}, children {_children(proc.pid)}, socket {path}",
-                  flush=True)
+            print(f"runtime: supervisor pid {proc.pid}, children {_children(proc.pid)}, "
+                  f"socket {path}", flush=True)
             time.sleep(args.hold)
             for _ in range(args.rounds):
                 for connections in args.connections:

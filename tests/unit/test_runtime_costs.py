@@ -13,11 +13,19 @@ import sys
 import time
 from pathlib import Path
 
+from lambdad.logs.channel import RecordDecoder
+
 sys.path.insert(0, str(Path(__file__).parents[2] / "packaging" / "runtime" / "python"))
 
-from lambdad.logs.channel import RecordDecoder
 from lambda_runtime import events, logchannel, logs, supervisor
-from lambda_runtime.supervisor import ChannelOutput, Loop, Output, Pipes, Worker, peak_due
+from lambda_runtime.supervisor import (
+    ChannelOutput,
+    Loop,
+    Output,
+    Pipes,
+    Worker,
+    peak_due,
+)
 
 
 def _attached() -> tuple[ChannelOutput, Loop, socket.socket]:
