@@ -1117,17 +1117,19 @@ class Supervisor:
         head_end = channel.REPLY.size + header_len
         headers, body = bytes(buf[channel.REPLY.size:head_end]), bytes(buf[head_end:])
         buf.clear()
+        checked = channel.checked_headers(headers)
+        if checked is None:
+            fault = events.MarshalError("Invalid response header")
+            status, checked, body = fault.status, _UNHANDLED, events.error_body(fault)
+        # The caller first, then the logs: the drain of the pipes, END and REPORT are off
+        # the request's path (the worker gets no new request before its END is written).
+        self._respond(job.conn, job.request, status, checked, body)
         worker.pipes.end(((OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb,
                                                worker.peak_mb(elapsed), job.init_ms,
                                                job.start)),))
         worker.job = None
         worker.state = "idle"
         self.pool.idle.append(worker)
-        checked = channel.checked_headers(headers)
-        if checked is None:
-            fault = events.MarshalError("Invalid response header")
-            status, checked, body = fault.status, _UNHANDLED, events.error_body(fault)
-        self._respond(job.conn, job.request, status, checked, body)
         self._schedule()
 
     def _broke(self, worker: Worker, exc: Exception | None) -> None:
