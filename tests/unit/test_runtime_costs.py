@@ -17,7 +17,7 @@ from lambdad.logs.channel import RecordDecoder
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "packaging" / "runtime" / "python"))
 
-from lambda_runtime import events, logchannel, logs, supervisor
+from lambda_runtime import events, http1, logchannel, logs, supervisor
 from lambda_runtime.supervisor import (
     ChannelOutput,
     Loop,
@@ -125,3 +125,15 @@ def test_the_request_time_is_the_same_text_as_formatted_each_time() -> None:
         assert events._clf_time(ms) == expected
         assert calendar.timegm(time.strptime(events._clf_time(ms)[:-6],
                                              "%d/%b/%Y:%H:%M:%S")) == ms // 1000
+
+
+def test_stray_crs_are_found_as_the_loop_over_lines_found_them() -> None:
+    def as_first_written(head: bytes) -> bool:
+        return any(b"\r" in line[:-1] for line in head.split(b"\n"))
+
+    rng = random.Random(1616)
+    heads = [b"", b"\r", b"\r\r", b"a\r\n\r\n", b"a\rb\r\n", b"GET / HTTP/1.1\r\n\r\r\n"]
+    heads += [bytes(rng.choice(b"\r\nab: ") for _ in range(rng.randrange(0, 24)))
+              for _ in range(5000)]
+    for head in heads:
+        assert http1.stray_crs(head) == as_first_written(head), head
