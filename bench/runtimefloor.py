@@ -72,8 +72,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _reader(path: str, stop: threading.Event, counts: list[int]) -> None:
-    """lambdad's side of the log channel: a read, then a rest (lambdad's BATCH_S)."""
+def _reader(path: str, stop: threading.Event, counts: list[int], decode: bool) -> None:
+    """lambdad's side of the log channel: a read, then a rest (lambdad's BATCH_S); with
+    `decode`, each read is also decoded into entries by lambdad's own decoder, so the
+    reader costs CPU in bursts as lambdad's does."""
+    decoder = None
+    if decode:
+        sys.path.insert(0, str(ROOT))
+        from lambdad.logs.channel import RecordDecoder
+
+        decoder = RecordDecoder("greet", 1, "bench")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     sock.sendall(b"GET /.lambda/logs HTTP/1.1\r\nHost: x\r\nLambda-Log-Channel: 1\r\n\r\n")
@@ -86,6 +94,9 @@ def _reader(path: str, stop: threading.Event, counts: list[int]) -> None:
         if not data:
             return
         counts[0] += len(data)
+        if decoder is not None:
+            for entry in decoder.feed(data):
+                entry.to_json()
         time.sleep(0.02)
     sock.close()
 
@@ -151,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="*", default=[1, 32])
     parser.add_argument("--no-channel", action="store_true",
                         help="the runtime writes its logs to stdout (discarded) instead")
+    parser.add_argument("--decode", action="store_true",
+                        help="the channel's reader decodes what it reads, as lambdad does")
     parser.add_argument("--runtime", type=Path, default=RUNTIME,
                         help="the folder holding lambda_runtime/ (another tree's, to compare)")
     parser.add_argument("--hold", type=float, default=0.0,
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = [0]
         reader = None
         if not args.no_channel:
-            reader = threading.Thread(target=_reader, args=(path, stop, counts), daemon=True)
+            reader = threading.Thread(target=_reader, args=(path, stop, counts, args.decode), daemon=True)
             reader.start()
         try:
             print(f"runtime: supervisor pid {proc.pid}, children {_children(proc.pid)}, "
