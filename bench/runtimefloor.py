@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = [0]
         reader = None
         if not args.no_channel:
-            reader = threading.Thread(target=_reader, args=(path, stop, counts, args.decode), daemon=True)
+            reader = threading.Thread(target=_reader, args=(path, stop, counts, args.decode),
+                                      daemon=True)
             reader.start()
         try:
             print(f"runtime: supervisor pid {proc.pid}, children {_children(proc.pid)}, "
