@@ -68,13 +68,22 @@ class MarshalError(RuntimeFault):
     status = 500
 
 
+_clf_last: list[Any] = [None, ""]  # (second, its text): a worker formats each second once
+
+
 def _clf_time(now_ms: int) -> str:
     """Formats by hand because strftime's %b follows the locale and AWS's format does not."""
-    t = time.gmtime(now_ms // 1000)
-    return (
+    second = now_ms // 1000
+    if _clf_last[0] == second:
+        text: str = _clf_last[1]
+        return text
+    t = time.gmtime(second)
+    text = (
         f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
     )
+    _clf_last[:] = [second, text]
+    return text
 
 
 def _is_textual(content_type: str | None) -> bool:

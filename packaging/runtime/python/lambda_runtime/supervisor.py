@@ -27,6 +27,7 @@ order in which the loop handles events: a worker's pipes are drained before its 
 from __future__ import annotations
 
 import collections
+import gc
 import heapq
 import os
 import select
@@ -57,6 +58,18 @@ SHUTDOWN_GRACE_S = 0.5
 # How long the log channel may take, at exit, to deliver what is queued; the rest goes to
 # the container's stdout and stderr.
 LOG_CLOSE_S = 0.2
+# The log channel sends what was queued this long after the first write, so the lines of a
+# few requests (START and a print, END and REPORT) go out in one sendmsg instead of two per
+# request; a queue past LOG_SEND_NOW_BYTES goes at once, so a flood fills no cap for it.
+# lambdad reads the channel every 20 ms (channel_stream.BATCH_S): the delay costs it nothing.
+LOG_SEND_DELAY_S = 0.002
+LOG_SEND_NOW_BYTES = 64 * 1024
+# REPORT's Max Memory Used (VmHWM) costs a read of /proc/PID/status, 25-30 us here: it is
+# read again after a request that ran PEAK_READ_AFTER_NS or more, or when the last read is
+# PEAK_FRESH_NS old. A shorter request can add little to the peak unnoticed (touching memory
+# costs about 60 us per MiB here), and the next read shows it.
+PEAK_READ_AFTER_NS = 1_000_000
+PEAK_FRESH_NS = 50_000_000
 MAX_WORKERS = 1000  # lambdad's highest per-instance concurrency
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
@@ -109,6 +122,8 @@ class ChannelOutput:
         self.queue = logchannel.Queue()
         self.sock: socket.socket | None = None
         self.sel: selectors.BaseSelector | None = None
+        self.later: Callable[[float, Callable[[], None]], None] | None = None
+        self.armed = False  # a send is due LOG_SEND_DELAY_S after the first write
         self.head: bytes | memoryview = b""  # the log request's answer, until sent
         self.watching = 0
         self.closed = False
@@ -118,15 +133,27 @@ class ChannelOutput:
             self.fallback.write(which, data)
             return
         self.queue.put(which + 1, data, time.time_ns())
+        if self.sock is None or self.watching & _WRITE:
+            return  # not attached yet, or EPOLLOUT says when the socket takes more
+        if self.later is None or self.queue.size >= LOG_SEND_NOW_BYTES:
+            self._send()
+        elif not self.armed:
+            self.armed = True
+            self.later(LOG_SEND_DELAY_S, self._due)
+
+    def _due(self) -> None:
+        self.armed = False
         if self.sock is not None and not self.watching & _WRITE:
             self._send()
 
-    def attach(self, sock: socket.socket, sel: selectors.BaseSelector) -> None:
+    def attach(self, sock: socket.socket, sel: selectors.BaseSelector,
+               later: Callable[[float, Callable[[], None]], None] | None = None) -> None:
         """`sock` carried lambdad's log request: from now on it is the channel. A previous
-        reader (lambdad before a restart) is dropped."""
+        reader (lambdad before a restart) is dropped. With `later` (the loop's timers),
+        writes are sent in batches (LOG_SEND_DELAY_S); without, each at once."""
         self.detach()
         sock.setblocking(False)
-        self.sock, self.sel = sock, sel
+        self.sock, self.sel, self.later = sock, sel, later
         self.head = logchannel.RESPONSE_HEAD
         self.watching = _READ
         sel.register(sock, _READ, (self._event, sock))
@@ -356,6 +383,13 @@ class Pipes:
         self.tag = logs.OUTSIDE
 
 
+def peak_due(now_ns: int, read_ns: int | None, elapsed_ns: int) -> bool:
+    """Whether REPORT's peak memory must be read again now (pure): never read yet, read
+    PEAK_FRESH_NS ago or more, or after a request that ran PEAK_READ_AFTER_NS or more."""
+    return (read_ns is None or elapsed_ns >= PEAK_READ_AFTER_NS
+            or now_ns - read_ns >= PEAK_FRESH_NS)
+
+
 class Worker:
     """The supervisor's handle on one worker process."""
 
@@ -372,17 +406,25 @@ class Worker:
         self.job: Job | None = None
         self.broken: Exception | None = None  # why its channel failed during a request
         self.status_fd = -1
+        self.peak_kb = 0  # VmHWM when last read, at peak_read_ns (monotonic)
+        self.peak_read_ns: int | None = None
 
-    def peak_mb(self) -> int:
-        """The kernel's figure for this process's peak memory (VmHWM), not the worker's."""
+    def peak_mb(self, elapsed_ns: int = PEAK_READ_AFTER_NS) -> int:
+        """The kernel's figure for this process's peak memory (VmHWM), not the worker's;
+        after a short request, the figure read at most PEAK_FRESH_NS ago (peak_due)."""
         if self.status is not None or self.status_fd < 0:
             return self.maxrss_kb // 1024
+        now = time.monotonic_ns()
+        if not peak_due(now, self.peak_read_ns, elapsed_ns):
+            return self.peak_kb // 1024
         try:
             status = os.pread(self.status_fd, 4096, 0)
             at = status.index(b"VmHWM:")
-            return int(status[at + 6:status.index(b"kB", at)]) // 1024
+            self.peak_kb = max(self.peak_kb, int(status[at + 6:status.index(b"kB", at)]))
+            self.peak_read_ns = now
         except (OSError, ValueError):
-            return self.maxrss_kb // 1024
+            return max(self.peak_kb, self.maxrss_kb) // 1024
+        return self.peak_kb // 1024
 
     def kill(self) -> None:
         if self.pid > 1 and self.status is None:
@@ -603,6 +645,10 @@ class Supervisor:
         self.socket_path = socket_path
         listener.setblocking(False)
         self.loop.sel.register(listener, _READ, (self._accept, listener))
+        # What start-up made lives as long as the process: out of the collector's sight, a
+        # full collection under load scans only what requests left. (No gc.collect() first:
+        # it costs ~7 ms here, before the first request; start-up leaves few cycles.)
+        gc.freeze()
         while self.fatal_code is None and not self.terminating:
             self.loop.once()
 
@@ -814,7 +860,7 @@ class Supervisor:
             return
         conn.closed = True  # the connection is the channel's now
         self.loop.sel.unregister(conn.sock)
-        self.channel.attach(conn.sock, self.loop.sel)
+        self.channel.attach(conn.sock, self.loop.sel, self.loop.later)
 
     def close_logs(self) -> None:
         """The last step before exit: the log channel delivers what it can."""
@@ -1071,16 +1117,19 @@ class Supervisor:
         head_end = channel.REPLY.size + header_len
         headers, body = bytes(buf[channel.REPLY.size:head_end]), bytes(buf[head_end:])
         buf.clear()
-        worker.pipes.end(((OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb,
-                                               worker.peak_mb(), job.init_ms, job.start)),))
-        worker.job = None
-        worker.state = "idle"
-        self.pool.idle.append(worker)
         checked = channel.checked_headers(headers)
         if checked is None:
             fault = events.MarshalError("Invalid response header")
             status, checked, body = fault.status, _UNHANDLED, events.error_body(fault)
+        # The caller first, then the logs: the drain of the pipes, END and REPORT are off
+        # the request's path (the worker gets no new request before its END is written).
         self._respond(job.conn, job.request, status, checked, body)
+        worker.pipes.end(((OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb,
+                                               worker.peak_mb(elapsed), job.init_ms,
+                                               job.start)),))
+        worker.job = None
+        worker.state = "idle"
+        self.pool.idle.append(worker)
         self._schedule()
 
     def _broke(self, worker: Worker, exc: Exception | None) -> None:
