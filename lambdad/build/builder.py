@@ -185,10 +185,6 @@ class ImageBuilder:
             raise
         log.info("artifact built function=%s version=%d %s", spec.function, spec.version,
                  " ".join(steps))
-        # What a deploy shows of its build, as docker build's lines did: what was made, on
-        # what, and where the time went.
-        emit(f"Code and wheels for {self.images.runtime_image} "
-             f"({runtime_id.removeprefix('sha256:')[:12]}), no image: {' '.join(steps)}")
         return BuiltImage(image="", image_id="")
 
     def _labels(self, spec: BuildSpec) -> dict[str, str]:
