@@ -24,6 +24,7 @@ from typing import Any
 from harness import ROOT, BenchDaemon, UnixHTTPConnection, executable, free_port
 from loadgen import LoadResult, canned_server, measure
 from stats import LoadRow, Result
+from tables import skipped
 
 SOURCE = ROOT / "functions" / "greet"
 WARM_FUNCTION = "bench-warm"
@@ -358,8 +359,7 @@ def bench_peer(daemon: BenchDaemon, report: LoadReport, *, duration: float,
     try:
         binary = _peer_venv()
     except LoadBenchError as exc:
-        report.verdicts.append(f"peer: skipped ({exc})")
-        print(f"  peer: skipped ({exc})", flush=True)
+        skipped(report.verdicts, "peer", exc)
         return
     if not report.gateway:  # --only peer: measure our side too
         print(f"  peer: deploying {WARM_FUNCTION} for our side", flush=True)
