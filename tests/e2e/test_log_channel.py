@@ -100,6 +100,13 @@ def _deploy(daemon: Lambdad, tmp_path: Path, name: str, extra: str = "") -> None
     deploy_function(daemon, tmp_path / name, ATTACKER, f'name = "{name}"\ntimeout = 60\n{extra}')
 
 
+def _answered(daemon: Lambdad, name: str, what: str) -> str:
+    """Asks the attacker for `what`; it must answer 200: the request's id."""
+    response = daemon.http(name, f"/?what={what}")
+    assert response.status == 200, response.body
+    return response.headers["lambda-request-id"]
+
+
 def _docker_logs(daemon: Lambdad, name: str) -> str:
     return "".join(c.logs().decode(errors="replace") for c in daemon.containers(name))
 
@@ -108,9 +115,7 @@ def test_descriptor_level_output_and_a_crash_arrive_over_the_channel_not_docker(
     lambdad: Lambdad, tmp_path: Path,
 ) -> None:
     _deploy(lambdad, tmp_path, "fds")
-    response = lambdad.http("fds", "/?what=fds")
-    assert response.status == 200
-    request_id = response.headers["lambda-request-id"]
+    request_id = _answered(lambdad, "fds", "fds")
     wanted = {"printed line", "raw fd line", "line from C", "child line"}
     entries = request_logs(lambdad, "fds", request_id,
                            lambda found: wanted <= {e["message"] for e in found})
@@ -148,9 +153,7 @@ def test_a_function_cannot_forge_frames_records_or_another_request_id(
 ) -> None:
     _deploy(lambdad, tmp_path, "forger")
     victim = lambdad.http("forger", "/?what=fds").headers["lambda-request-id"]
-    response = lambdad.http("forger", f"/?what=forge&victim={victim}")
-    assert response.status == 200
-    attacker = response.headers["lambda-request-id"]
+    attacker = _answered(lambdad, "forger", f"forge&victim={victim}")
     wait_logs(lambdad, "forger", lambda f: reported(victim)(f) and reported(attacker)(f))
     mine = function_logs(lambdad, "forger", "--request-id", attacker)
     assert sum("forged text of another request" in str(e["message"]) for e in mine) == 1
@@ -173,9 +176,7 @@ def test_binary_invalid_utf8_and_huge_lines_are_cut_not_fatal(
     lambdad: Lambdad, tmp_path: Path,
 ) -> None:
     _deploy(lambdad, tmp_path, "binary")
-    response = lambdad.http("binary", "/?what=binary")
-    assert response.status == 200
-    request_id = response.headers["lambda-request-id"]
+    request_id = _answered(lambdad, "binary", "binary")
     entries = request_logs(lambdad, "binary", request_id)
     messages = [str(e["message"]) for e in entries]
     assert any(m.startswith("bad utf8 ") and m.endswith(" end") for m in messages)
