@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import ROOT, BenchDaemon, UnixHTTPConnection, executable, free_port
-from loadgen import LoadResult, canned_server, measure
+from loadgen import LoadResult, canned_server, measure, proc_cpu_s
 from stats import LoadRow, Result
+from tables import skipped
 
 SOURCE = ROOT / "functions" / "greet"
 WARM_FUNCTION = "bench-warm"
@@ -230,24 +231,15 @@ def _containers(daemon: BenchDaemon, function: str) -> list[str]:
     return [str(c["Id"]) for c in daemon.function_containers(function)]
 
 
-def _proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _tree_cpu_s(pid: int) -> float | None:
     """CPU seconds of a process and its children (gunicorn's arbiter and workers)."""
-    total = _proc_cpu_s(pid)
+    total = proc_cpu_s(pid)
     if total is None:
         return None
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
-                total += _proc_cpu_s(int(child)) or 0.0
+                total += proc_cpu_s(int(child)) or 0.0
     return total
 
 
@@ -277,12 +269,12 @@ def _with_cpu(daemon: BenchDaemon, container_id: str | None, **kwargs: Any
     """measure(), plus the average CPU of lambdad and of the instance over the whole run;
     the generator also reads lambdad's CPU over its window (`pid_cpu_s`)."""
     pid = daemon.process.pid if daemon.process is not None else None
-    d0 = _proc_cpu_s(pid) if pid else None
+    d0 = proc_cpu_s(pid) if pid else None
     c0 = _container_cpu_s(container_id) if container_id else None
     t0 = time.monotonic()
     result = measure(cpu_pid=pid, **kwargs)
     wall = time.monotonic() - t0
-    d1 = _proc_cpu_s(pid) if pid else None
+    d1 = proc_cpu_s(pid) if pid else None
     c1 = _container_cpu_s(container_id) if container_id else None
     return result, _cpu_pct(d0, d1, wall), _cpu_pct(c0, c1, wall)
 
@@ -358,8 +350,7 @@ def bench_peer(daemon: BenchDaemon, report: LoadReport, *, duration: float,
     try:
         binary = _peer_venv()
     except LoadBenchError as exc:
-        report.verdicts.append(f"peer: skipped ({exc})")
-        print(f"  peer: skipped ({exc})", flush=True)
+        skipped(report.verdicts, "peer", exc)
         return
     if not report.gateway:  # --only peer: measure our side too
         print(f"  peer: deploying {WARM_FUNCTION} for our side", flush=True)

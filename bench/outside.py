@@ -37,6 +37,7 @@ from load import (
     _verdict,
 )
 from loadgen import measure, proc_cpu_s
+from tables import skipped, text_table
 
 EXTRA_DEPLOY = ("--concurrency", "32", "--max-instances", "1", "--min-instances", "1")
 MIN_RPS_RATIO_1 = 1.5
@@ -143,8 +144,7 @@ def bench_outside(daemon: BenchDaemon, report: OutsideReport, *, duration: float
     try:
         binary = _peer_venv()
     except LoadBenchError as exc:
-        report.verdicts.append(f"outside: skipped ({exc})")
-        print(f"  outside: skipped ({exc})", flush=True)
+        skipped(report.verdicts, "outside", exc)
         return
     if not _containers(daemon, WARM_FUNCTION):
         print(f"  outside: deploying {WARM_FUNCTION} ({' '.join(EXTRA_DEPLOY)})", flush=True)
@@ -211,11 +211,4 @@ def render_outside(results: list[OutsideResult]) -> str:
     cells = [[r.target, str(r.connections), str(r.requests), f"{r.rps:,.0f}",
               f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", str(r.errors),
               "-" if r.server_cpu_us is None else f"{r.server_cpu_us:.0f}"] for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
-
-    def line(items: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(items, widths, strict=True)))
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]),
-                      *(line(row) for row in cells)])
+    return text_table(headers, cells, left={0})

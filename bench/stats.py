@@ -7,6 +7,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from tables import text_table
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -65,16 +67,7 @@ def render_table(results: list[Result]) -> str:
         rows.append([r.name, str(s.count), f"{s.median_ms:.2f}", f"{s.p90_ms:.2f}",
                      f"{s.min_ms:.2f}", r.baseline_name, str(b.count), f"{b.median_ms:.2f}",
                      f"{b.p90_ms:.2f}", f"{b.min_ms:.2f}", f"{r.ratio:.2f}x"])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    left = {0, 5}  # text columns; numbers align right
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
-    out = [line(headers), line(["-" * w for w in widths])]
-    out.extend(line(row) for row in rows)
-    return "\n".join(out)
+    return text_table(headers, rows, left={0, 5})  # text columns; numbers align right
 
 
 @dataclass(frozen=True)
@@ -109,13 +102,4 @@ def render_load_table(rows: list[LoadRow]) -> str:
               "-" if r.daemon_us_per_request is None else f"{r.daemon_us_per_request:.0f}",
               _pct(r.instance_cpu_pct)]
              for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
-    left = {0, 1}
-
-    def line(items: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(items, widths, strict=True)))
-
-    out = [line(headers), line(["-" * w for w in widths])]
-    out.extend(line(row) for row in cells)
-    return "\n".join(out)
+    return text_table(headers, cells, left={0, 1})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,9 @@ import pytest
 
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
-from tests.support.daemon import Lambdad, wait_for
+from tests.support.daemon import Lambdad, running_daemon, wait_for
+from tests.support.functions import deploy_function
+from tests.support.gateway import connect, read_to_close
 
 BODY_TIMEOUT = 2  # seconds; the per-read timeout stays at the daemon's 10 s
 CAP = 200  # --max-queued-events for this module's daemon
@@ -27,21 +28,9 @@ CAP = 200  # --max-queued-events for this module's daemon
 
 @pytest.fixture(scope="module")
 def daemon(wheelhouse: Path) -> Iterator[Lambdad]:
-    started = Lambdad(extra_args=["--wheelhouse", str(wheelhouse),
-                                  "--body-timeout", str(BODY_TIMEOUT),
-                                  "--max-queued-events", str(CAP)])
-    try:
-        started.start()
+    with running_daemon("--wheelhouse", str(wheelhouse), "--body-timeout", str(BODY_TIMEOUT),
+                        "--max-queued-events", str(CAP)) as started:
         yield started
-    finally:
-        started.close()
-
-
-def _deploy(daemon: Lambdad, folder: Path, handler: str, manifest: str) -> None:
-    folder.mkdir(exist_ok=True)
-    (folder / "handler.py").write_text(handler)
-    (folder / "lambda.toml").write_text(manifest)
-    daemon.deploy(folder)
 
 
 def _key(daemon: Lambdad, name: str) -> str:
@@ -50,22 +39,11 @@ def _key(daemon: Lambdad, name: str) -> str:
     return result.stdout.strip()
 
 
-def _raw(daemon: Lambdad) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30)
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    out = b""
-    while chunk := sock.recv(65536):
-        out += chunk
-    return out
-
-
 def test_a_trickled_body_is_cut_at_the_body_deadline(daemon: Lambdad) -> None:
     """Slowloris on bodies: a byte every half second, far inside the 10 s per-read
     timeout, used to keep the connection for as long as the client liked."""
     daemon.deploy("echo", "--name", "trickle")
-    with _raw(daemon) as sock:
+    with connect(daemon) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: trickle.localhost\r\nContent-Length: 200\r\n"
                      b"Content-Type: application/json\r\n\r\n")
         sock.settimeout(0.5)
@@ -77,7 +55,7 @@ def test_a_trickled_body_is_cut_at_the_body_deadline(daemon: Lambdad) -> None:
                 sock.sendall(b" ")
                 sent += 1
         sock.settimeout(10)
-        out += _read_all(sock)  # the gateway closes the connection after its answer
+        out += read_to_close(sock)  # the gateway closes the connection after its answer
     assert out.startswith(b"HTTP/1.1 408 "), out[:200]
     head, _, body = out.partition(b"\r\n\r\n")
     assert b"connection: close" in head.lower()
@@ -98,8 +76,8 @@ def test_auth_is_decided_by_the_version_that_serves(daemon: Lambdad, tmp_path: P
     bearer = {"Authorization": f"Bearer {key}"}
     # v1 wanted a key; v2, now active, is public. v1's pinned URL must still want one.
     folder = tmp_path / "vault"
-    _deploy(daemon, folder, VERSIONED, 'name = "vault"\nauth = "key"\n')
-    _deploy(daemon, folder, VERSIONED, 'name = "vault"\nauth = "none"\n')
+    deploy_function(daemon, folder, VERSIONED, 'name = "vault"\nauth = "key"\n')
+    deploy_function(daemon, folder, VERSIONED, 'name = "vault"\nauth = "none"\n')
     old = daemon.http(None, host="v1.vault.localhost")
     assert old.status == 401 and old.json()["error"] == "unauthenticated", old.body
     allowed = daemon.http(None, host="v1.vault.localhost", headers=bearer)
@@ -107,22 +85,22 @@ def test_auth_is_decided_by_the_version_that_serves(daemon: Lambdad, tmp_path: P
     assert daemon.http("vault").json()["version"] == "2"  # public, no key
     assert daemon.http(None, host="v2.vault.localhost").status == 200
     # No 100 Continue (and no body read) before the key is checked.
-    with _raw(daemon) as sock:
+    with connect(daemon) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: v1.vault.localhost\r\nContent-Length: 2\r\n"
                      b"Expect: 100-continue\r\n\r\n")
-        refused = _read_all(sock)
+        refused = read_to_close(sock)
     assert refused.startswith(b"HTTP/1.1 401 ") and b"HTTP/1.1 100" not in refused
-    with _raw(daemon) as sock:
+    with connect(daemon) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: v1.vault.localhost\r\nContent-Length: 2\r\n"
                      b"Expect: 100-continue\r\nConnection: close\r\n"
                      + f"Authorization: Bearer {key}\r\n\r\n".encode())
         assert sock.recv(65536).startswith(b"HTTP/1.1 100 ")
         sock.sendall(b"{}")
-        assert _read_all(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_to_close(sock).startswith(b"HTTP/1.1 200 ")
     # The reverse: v1 was public, v2 (active) wants a key; v1's pinned URL wants one too.
     folder = tmp_path / "gate"
-    _deploy(daemon, folder, VERSIONED, 'name = "gate"\nauth = "none"\n')
-    _deploy(daemon, folder, VERSIONED, 'name = "gate"\nauth = "key"\n')
+    deploy_function(daemon, folder, VERSIONED, 'name = "gate"\nauth = "none"\n')
+    deploy_function(daemon, folder, VERSIONED, 'name = "gate"\nauth = "key"\n')
     assert daemon.http("gate").status == 401
     assert daemon.http(None, host="v1.gate.localhost").status == 401
     pinned = daemon.http(None, host="v1.gate.localhost", headers=bearer)
@@ -139,8 +117,8 @@ def test_a_key_in_any_form_never_reaches_a_public_function(daemon: Lambdad,
     """`Authorization: bearer<TAB>KEY` (schemes are case-insensitive, RFC 9110) or a key
     in another scheme was not seen as a key: a public function received it as sent."""
     key = _key(daemon, "careless-caller")
-    _deploy(daemon, tmp_path / "mirror", VERSIONED, 'name = "mirror"\nauth = "none"\n')
-    _deploy(daemon, tmp_path / "locked", VERSIONED, 'name = "locked"\nauth = "key"\n')
+    deploy_function(daemon, tmp_path / "mirror", VERSIONED, 'name = "mirror"\nauth = "none"\n')
+    deploy_function(daemon, tmp_path / "locked", VERSIONED, 'name = "locked"\nauth = "key"\n')
     basic = base64.b64encode(f"user:{key}".encode()).decode()
     for value in (f"bearer\t{key}", f"BEARER   {key}", f"Bearer \t {key}", f"Token {key}",
                   key, f"Basic {basic}"):
@@ -233,8 +211,8 @@ def test_a_flood_of_events_neither_starves_other_functions_nor_grows_the_queue(
     daemon: Lambdad, tmp_path: Path
 ) -> None:
     manifest = 'name = "{}"\ntimeout = 30\n[scaling]\nmax_instances = 1\nconcurrency = 1\n'
-    _deploy(daemon, tmp_path / "hog", SLOW, manifest.format("hog"))
-    _deploy(daemon, tmp_path / "bystander", SLOW, manifest.format("bystander"))
+    deploy_function(daemon, tmp_path / "hog", SLOW, manifest.format("hog"))
+    deploy_function(daemon, tmp_path / "bystander", SLOW, manifest.format("bystander"))
     # Anyone can queue events for a public function: flood it, over one connection.
     conn = http.client.HTTPConnection("127.0.0.1", daemon.gateway_port, timeout=30)
     accepted, refused = 0, None

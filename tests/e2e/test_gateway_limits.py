@@ -8,8 +8,6 @@ the floods are small enough for a test and still go past every limit."""
 from __future__ import annotations
 
 import contextlib
-import http.client
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -19,6 +17,8 @@ import pytest
 
 from lambdad.fds import FD_RESERVE
 from tests.support.daemon import Lambdad, wait_for
+from tests.support.gateway import connect
+from tests.support.metrics import sample
 
 MIB = 1024 * 1024
 SOFT, HARD = 400, 600
@@ -40,25 +40,9 @@ def daemon(wheelhouse: Path) -> Iterator[Lambdad]:
         started.close()
 
 
-def _metric(daemon: Lambdad, name: str, **labels: str) -> float:
-    """One sample from /metrics; a missing metric is a failure, not a zero."""
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.admin_port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name}{labels} is not in /metrics")
-
-
 def _stall(daemon: Lambdad) -> socket.socket:
     """A POST of a 2 MiB body that stops one byte short: the body_memory attack."""
-    sock = socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30)
+    sock = connect(daemon)
     sock.sendall(f"POST / HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: {BODY}\r\n"
                  "Content-Type: application/octet-stream\r\n\r\n".encode())
     with contextlib.suppress(OSError):  # a refused one may be closed before it all went
@@ -97,27 +81,27 @@ def test_stalled_uploads_cannot_pass_the_body_budget(daemon: Lambdad) -> None:
             assert head.startswith(b"HTTP/1.1 503 "), out[:300]
             assert b"retry-after: 2" in head.lower() and b"connection: close" in head.lower()
             assert b'"error": "unavailable"' in body and b"max_buffered_bodies" in body
-        assert _metric(daemon, "lambdad_gateway_buffered_body_bytes") == 3 * BODY
-        assert _metric(daemon, "lambdad_gateway_buffered_body_limit_bytes") == 8 * MIB
-        assert _metric(daemon, "lambdad_gateway_refused_total", reason="body_budget") >= 5
+        assert sample(daemon, "lambdad_gateway_buffered_body_bytes") == 3 * BODY
+        assert sample(daemon, "lambdad_gateway_buffered_body_limit_bytes") == 8 * MIB
+        assert sample(daemon, "lambdad_gateway_refused_total", reason="body_budget") >= 5
         # An ordinary request goes through while the large ones hold what they may.
         reply = daemon.http("echo", method="POST", body=b'{"still": "served"}',
                             headers={"Content-Type": "application/json"})
         assert reply.status == 200, reply.body
         assert b"served" in reply.body
-        assert _metric(daemon, "lambdad_gateway_buffered_body_peak_bytes") <= 8 * MIB
+        assert sample(daemon, "lambdad_gateway_buffered_body_peak_bytes") <= 8 * MIB
     finally:
         for sock in stalled:
             sock.close()
     # Connections that end give their bytes back.
-    assert wait_for(lambda: _metric(daemon, "lambdad_gateway_buffered_body_bytes") == 0,
+    assert wait_for(lambda: sample(daemon, "lambdad_gateway_buffered_body_bytes") == 0,
                     timeout=10)
 
 
 def _open_idle(daemon: Lambdad) -> socket.socket | None:
     """One complete request, then idle (kept open for the keep-alive timeout); None if the
     gateway closed the connection instead of answering."""
-    sock = socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=10)
+    sock = connect(daemon, timeout=10)
     try:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: nope.localhost\r\n\r\n")
         answer = sock.recv(4096)
@@ -148,7 +132,7 @@ def test_idle_connections_cannot_lock_out_the_control_api(daemon: Lambdad) -> No
     log = daemon.log()
     assert f"soft limit raised from {SOFT} to {HARD}" in log
     assert f"gateway: at most {CAP} client connections" in log
-    assert _metric(daemon, "lambdad_gateway_connection_limit") == CAP
+    assert sample(daemon, "lambdad_gateway_connection_limit") == CAP
     started = time.monotonic()
     held: list[socket.socket] = []
     closed = 0
@@ -161,7 +145,7 @@ def test_idle_connections_cannot_lock_out_the_control_api(daemon: Lambdad) -> No
                 held.append(sock)
         assert len(held) == CAP and closed == HARD - CAP, (len(held), closed)
         # One more client is closed at once, not left hanging.
-        with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=10) as extra:
+        with connect(daemon, timeout=10) as extra:
             extra.sendall(b"GET / HTTP/1.1\r\nHost: echo.localhost\r\n\r\n")
             assert _answer(extra) == b""
         # The control API, instances, Docker and the build spool still have descriptors.
@@ -178,7 +162,7 @@ def test_idle_connections_cannot_lock_out_the_control_api(daemon: Lambdad) -> No
     finally:
         for sock in held:
             sock.close()
-    assert wait_for(lambda: _metric(daemon, "lambdad_gateway_connections") == 0, timeout=10)
+    assert wait_for(lambda: sample(daemon, "lambdad_gateway_connections") == 0, timeout=10)
     assert daemon.http("echo").status == 200
     assert daemon.http("greet", "/?name=ops").status == 200
     # The log is not flooded: at most one refusal line a second, and no EMFILE at all.

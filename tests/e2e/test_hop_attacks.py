@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import http.client
 import secrets
-import socket
 import time
 
 import pytest
 
 from tests.support.daemon import Lambdad
+from tests.support.functions import deploy_raw_server
+from tests.support.gateway import connect, read_to_close
 
 HOSTILE_SERVER = r'''
-import os, socket, threading, time
-
 ANSWERS = {
     b"/cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
                    b"2\r\nhi\r\n0\r\n\r\n",
@@ -43,15 +42,7 @@ ANSWERS = {
 }
 
 def serve(conn):
-    buffer = b""
-    while True:
-        while b"\r\n\r\n" not in buffer:
-            data = conn.recv(65536)
-            if not data:
-                return
-            buffer += data
-        head, _, buffer = buffer.partition(b"\r\n\r\n")
-        method, path = head.split(b" ")[:2]
+    for method, path in heads(conn):
         if path.startswith(b"/broken-once"):
             print("delivered", path.decode(), flush=True)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nhi")
@@ -75,31 +66,13 @@ def serve(conn):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
         else:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
-
-path = os.environ["LAMBDA_SOCKET"]
-if os.path.exists(path):
-    os.unlink(path)
-listener = socket.socket(socket.AF_UNIX)
-listener.bind(path)
-os.chmod(path, 0o666)
-listener.listen(16)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
 '''
 
 
 @pytest.fixture(scope="module")
 def hostile(lambdad: Lambdad, tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("hostile-hop")
-    (folder / "server.py").write_text(HOSTILE_SERVER)
-    (folder / "Dockerfile").write_text(
-        "FROM lambda-runtime/python:3.11\nCOPY server.py /srv/server.py\n"
-        'CMD ["python3", "/srv/server.py"]\n')
-    (folder / "lambda.toml").write_text(
-        'name = "hostilehop"\nruntime = "docker"\n[scaling]\nmax_instances = 1\n')
-    lambdad.deploy(folder)
-    return "hostilehop"
+    return deploy_raw_server(lambdad, tmp_path_factory.mktemp("hostile-hop"), "hostilehop",
+                             HOSTILE_SERVER)
 
 
 def _own_answers_follow(lambdad: Lambdad, function: str) -> None:
@@ -179,13 +152,11 @@ def test_interim_chunked_no_content_and_head_answers_are_relayed(
     assert empty.status == 204 and empty.body == b""
     # HEAD and then GET on one client connection: the HEAD's answer has no body, and
     # the kept-alive hop does not read the GET's answer short or long.
-    with socket.create_connection(("127.0.0.1", lambdad.gateway_port), timeout=30) as sock:
+    with connect(lambdad) as sock:
         host = f"Host: {hostile}.localhost\r\n".encode()
         sock.sendall(b"HEAD /h HTTP/1.1\r\n" + host + b"\r\nGET /after HTTP/1.1\r\n" + host
                      + b"Connection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = read_to_close(sock)
     first, _, rest = data.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200") and b"content-length: 5" in first.lower()
     assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"\r\n\r\n/after"), data

@@ -8,13 +8,15 @@ import http.client
 import json
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Lambdad, wait_for
+from tests.support.daemon import Lambdad, running_daemon, wait_for
+from tests.support.functions import deploy_function
+from tests.support.gateway import connect
+from tests.support.metrics import sample
 
 BODY_TIMEOUT = 2  # seconds: also how long a client may leave an answer untaken
 
@@ -27,21 +29,9 @@ BIG = (
 
 @pytest.fixture(scope="module")
 def daemon(wheelhouse: Path) -> Iterator[Lambdad]:
-    started = Lambdad(extra_args=["--wheelhouse", str(wheelhouse),
-                                  "--body-timeout", str(BODY_TIMEOUT)])
-    try:
-        started.start()
+    with running_daemon("--wheelhouse", str(wheelhouse),
+                        "--body-timeout", str(BODY_TIMEOUT)) as started:
         yield started
-    finally:
-        started.close()
-
-
-def _deploy(daemon: Lambdad, folder: Path, handler: str, manifest: str) -> None:
-    folder.mkdir(exist_ok=True)
-    (folder / "handler.py").write_text(handler)
-    (folder / "lambda.toml").write_text(manifest)
-    result = daemon.deploy(folder)
-    assert result.code == 0, result.stderr
 
 
 def _rss_kib(daemon: Lambdad) -> int:
@@ -53,12 +43,7 @@ def _rss_kib(daemon: Lambdad) -> int:
 
 
 def _open_connections(daemon: Lambdad) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}/metrics",
-                                timeout=10) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith("lambdad_gateway_connections "):
-                return int(float(line.split()[1]))
-    raise AssertionError("no lambdad_gateway_connections")
+    return int(sample(daemon, "lambdad_gateway_connections"))
 
 
 HOGS = 6
@@ -70,14 +55,14 @@ def test_callers_that_never_read_their_answers_cannot_hold_memory_or_connections
     The gateway waited on the write for ever (no deadline on a client taking its
     answer): each connection kept its place under the cap and what lambdad had of the
     answer. Now a client that takes nothing of its answer for `--body-timeout` is cut."""
-    _deploy(daemon, tmp_path / "hog", BIG, 'name = "hog"\n')
+    deploy_function(daemon, tmp_path / "hog", BIG, 'name = "hog"\n')
     assert daemon.http("hog").status == 200  # warm, and the body is fine for a reader
     base = _open_connections(daemon)
     before = _rss_kib(daemon)
     hogs = []
     try:
         for _ in range(HOGS):
-            hog = socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30)
+            hog = connect(daemon)
             hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             hog.sendall(b"GET / HTTP/1.1\r\nHost: hog.localhost\r\n\r\n")
             hogs.append(hog)
@@ -130,7 +115,7 @@ def test_a_key_revoked_between_two_pipelined_requests_refuses_the_second(
     """The admission-once shortcut: two requests in one packet, the first slow; the key
     is revoked while it runs. The second request is admitted when it is read, after the
     first answer (an await), so it is refused."""
-    _deploy(daemon, tmp_path / "keyed", SLOW_ECHO, 'name = "keyed"\nauth = "key"\n')
+    deploy_function(daemon, tmp_path / "keyed", SLOW_ECHO, 'name = "keyed"\nauth = "key"\n')
     made = daemon.cli("keys", "create", "--name", "pipeliner", "--role", "invoker")
     assert made.code == 0, made.stderr
     key = made.stdout.strip()
@@ -138,7 +123,7 @@ def test_a_key_revoked_between_two_pipelined_requests_refuses_the_second(
            "\r\n")
     two = (f"POST /after HTTP/1.1\r\nHost: keyed.localhost\r\nAuthorization: Bearer {key}\r\n"
            "Content-Length: 2\r\n\r\n{}")
-    with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30) as sock:
+    with connect(daemon) as sock:
         sock.sendall((one + two).encode())
         assert daemon.cli("keys", "revoke", "pipeliner").code == 0
         (first, _), (second, body) = _responses(sock, 2)
@@ -150,13 +135,13 @@ def test_what_a_client_cannot_make_cross_to_the_function(daemon: Lambdad,
                                                           tmp_path: Path) -> None:
     """Lambda-* headers in any case, the ones a Connection header names, hop-by-hop and
     proxy claims never reach the function; Host stays whatever Connection says."""
-    _deploy(daemon, tmp_path / "mirror", SLOW_ECHO, 'name = "mirror"\n')
+    deploy_function(daemon, tmp_path / "mirror", SLOW_ECHO, 'name = "mirror"\n')
     head = ("GET /h HTTP/1.1\r\nHost: mirror.localhost\r\n"
             "LAMBDA-Request-Id: forged\r\nlambda-deadline-ms: 1\r\nLambda-Start: cell\r\n"
             "Lambda-Invocation-Type: http\r\nConnection: keep-alive, X-Secret, host\r\n"
             "X-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nForwarded: for=1.2.3.4\r\n"
             "Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30) as sock:
+    with connect(daemon) as sock:
         sock.sendall(head.encode())
         [(status, body)] = _responses(sock, 1)
     assert status == 200, body
@@ -193,8 +178,8 @@ def test_no_framing_trick_gets_a_second_request_past_the_gateway(
     """Smuggling against the one-pass head rules: each head the gateway cannot frame one
     way only is refused and the connection closed, so what follows it is never a request."""
     if daemon.http("mirror").status == 404:
-        _deploy(daemon, tmp_path / "mirror", SLOW_ECHO, 'name = "mirror"\n')
-    with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=30) as sock:
+        deploy_function(daemon, tmp_path / "mirror", SLOW_ECHO, 'name = "mirror"\n')
+    with connect(daemon) as sock:
         sock.sendall(FRAMINGS[name] + SMUGGLE)
         sock.settimeout(10)
         data = b""
@@ -220,7 +205,7 @@ def test_head_204_and_304_answers_keep_the_connection_framed(daemon: Lambdad,
     """A function that sends a body (and a Content-Length) where HTTP allows none: HEAD,
     204, 304, one after the other on one kept-alive connection, then an ordinary answer
     that must still be read as itself."""
-    _deploy(daemon, tmp_path / "bodiless", BODILESS, 'name = "bodiless"\n')
+    deploy_function(daemon, tmp_path / "bodiless", BODILESS, 'name = "bodiless"\n')
     conn = http.client.HTTPConnection("127.0.0.1", daemon.gateway_port, timeout=30)
     try:
         for method, path, status in (("HEAD", "/200", 200), ("GET", "/204", 204),

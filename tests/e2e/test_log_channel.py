@@ -9,7 +9,6 @@ writes while lambdad is away.
 from __future__ import annotations
 
 import http.client
-import json
 import re
 import signal
 import time
@@ -17,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import metrics
 from tests.support.daemon import Lambdad, wait_for
+from tests.support.functions import deploy_function
+from tests.support.logs import function_logs, reported, request_logs, wait_logs
 
 pytestmark = pytest.mark.slow
 
@@ -95,63 +97,28 @@ def handler(event, context):
 
 
 def _deploy(daemon: Lambdad, tmp_path: Path, name: str, extra: str = "") -> None:
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "handler.py").write_text(ATTACKER)
-    (folder / "lambda.toml").write_text(f'name = "{name}"\ntimeout = 60\n{extra}')
-    daemon.deploy(folder)
+    deploy_function(daemon, tmp_path / name, ATTACKER, f'name = "{name}"\ntimeout = 60\n{extra}')
 
 
-def _logs(daemon: Lambdad, name: str, *args: str) -> list[dict[str, object]]:
-    result = daemon.cli("logs", name, "-o", "json", *args)
-    assert result.code == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def _wait(daemon: Lambdad, name: str, predicate: object, *args: str,
-          timeout: float = 20) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = _logs(daemon, name, *args)
-        if predicate(entries) or time.monotonic() > deadline:  # type: ignore[operator]
-            return entries
-        time.sleep(0.2)
-
-
-def _reported(request_id: str) -> object:
-    return lambda entries: any(
-        e["request_id"] == request_id and e["stream"] == "runtime"
-        and str(e["message"]).startswith("REPORT ") for e in entries)
+def _answered(daemon: Lambdad, name: str, what: str) -> str:
+    """Asks the attacker for `what`; it must answer 200: the request's id."""
+    response = daemon.http(name, f"/?what={what}")
+    assert response.status == 200, response.body
+    return response.headers["lambda-request-id"]
 
 
 def _docker_logs(daemon: Lambdad, name: str) -> str:
     return "".join(c.logs().decode(errors="replace") for c in daemon.containers(name))
 
 
-def _metric(daemon: Lambdad, name: str, **labels: str) -> float:
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.admin_port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_descriptor_level_output_and_a_crash_arrive_over_the_channel_not_docker(
     lambdad: Lambdad, tmp_path: Path,
 ) -> None:
     _deploy(lambdad, tmp_path, "fds")
-    response = lambdad.http("fds", "/?what=fds")
-    assert response.status == 200
-    request_id = response.headers["lambda-request-id"]
+    request_id = _answered(lambdad, "fds", "fds")
     wanted = {"printed line", "raw fd line", "line from C", "child line"}
-    entries = _wait(lambdad, "fds", lambda found: _reported(request_id)(found) and wanted
-                    <= {e["message"] for e in found}, "--request-id", request_id)
+    entries = request_logs(lambdad, "fds", request_id,
+                           lambda found: wanted <= {e["message"] for e in found})
     texts = {str(e["message"]): e for e in entries}
     assert wanted <= set(texts), entries
     assert texts["line from C"]["stream"] == "stderr"
@@ -164,9 +131,8 @@ def test_descriptor_level_output_and_a_crash_arrive_over_the_channel_not_docker(
     crashed = lambdad.http("fds", "/?what=crash")
     assert crashed.status == 502
     crash_id = crashed.headers["lambda-request-id"]
-    entries = _wait(lambdad, "fds", lambda found: any(
-        "Fatal Python error" in str(e["message"]) for e in found) and _reported(crash_id)(found),
-        "--request-id", crash_id)
+    entries = request_logs(lambdad, "fds", crash_id, lambda found: any(
+        "Fatal Python error" in str(e["message"]) for e in found))
     messages = [str(e["message"]) for e in entries]
     assert "last words" in messages
     assert any("Fatal Python error: Segmentation fault" in m for m in messages), messages
@@ -174,7 +140,7 @@ def test_descriptor_level_output_and_a_crash_arrive_over_the_channel_not_docker(
 
     raised = lambdad.http("fds", "/?what=raise")
     raise_id = raised.headers["lambda-request-id"]
-    entries = _wait(lambdad, "fds", _reported(raise_id), "--request-id", raise_id)
+    entries = request_logs(lambdad, "fds", raise_id)
     assert any("ValueError: handler blew up" in str(e["message"]) for e in entries)
     # None of it went through Docker: the channel carried it (the old capture read Docker).
     docker_text = _docker_logs(lambdad, "fds")
@@ -187,22 +153,20 @@ def test_a_function_cannot_forge_frames_records_or_another_request_id(
 ) -> None:
     _deploy(lambdad, tmp_path, "forger")
     victim = lambdad.http("forger", "/?what=fds").headers["lambda-request-id"]
-    response = lambdad.http("forger", f"/?what=forge&victim={victim}")
-    assert response.status == 200
-    attacker = response.headers["lambda-request-id"]
-    _wait(lambdad, "forger", lambda f: _reported(victim)(f) and _reported(attacker)(f))
-    mine = _logs(lambdad, "forger", "--request-id", attacker)
+    attacker = _answered(lambdad, "forger", f"forge&victim={victim}")
+    wait_logs(lambdad, "forger", lambda f: reported(victim)(f) and reported(attacker)(f))
+    mine = function_logs(lambdad, "forger", "--request-id", attacker)
     assert sum("forged text of another request" in str(e["message"]) for e in mine) == 1
     assert any("injected record" in str(e["message"]) for e in mine)
     # Every forged frame is text of the attacker's request, never a frame of the runtime.
     runtime = [e for e in mine if e["stream"] == "runtime"]
     assert [str(e["message"]).split()[0] for e in runtime] == ["START", "END", "REPORT"]
     assert all(attacker in str(e["message"]) for e in runtime)
-    theirs = _logs(lambdad, "forger", "--request-id", victim)
+    theirs = function_logs(lambdad, "forger", "--request-id", victim)
     assert not any("forged" in str(e["message"]) or "injected" in str(e["message"])
                    for e in theirs)
     assert sum(str(e["message"]).startswith("START ") for e in theirs) == 1
-    everything = _logs(lambdad, "forger")
+    everything = function_logs(lambdad, "forger")
     drops = [e for e in everything if str(e["message"]).startswith("LOGS_DROPPED")]
     assert all(e["stream"] == "stdout" and e["request_id"] == attacker for e in drops)
     assert len(drops) == 1  # its own text only: no DROPPED record was forged
@@ -212,10 +176,8 @@ def test_binary_invalid_utf8_and_huge_lines_are_cut_not_fatal(
     lambdad: Lambdad, tmp_path: Path,
 ) -> None:
     _deploy(lambdad, tmp_path, "binary")
-    response = lambdad.http("binary", "/?what=binary")
-    assert response.status == 200
-    request_id = response.headers["lambda-request-id"]
-    entries = _wait(lambdad, "binary", _reported(request_id), "--request-id", request_id)
+    request_id = _answered(lambdad, "binary", "binary")
+    entries = request_logs(lambdad, "binary", request_id)
     messages = [str(e["message"]) for e in entries]
     assert any(m.startswith("bad utf8 ") and m.endswith(" end") for m in messages)
     assert any(m.startswith("nul ") for m in messages)
@@ -224,7 +186,7 @@ def test_binary_invalid_utf8_and_huge_lines_are_cut_not_fatal(
     assert huge and max(map(len, huge)) <= 64 * 1024  # cut, in pieces
     # The channel survived: later requests of the same instance are still logged.
     again = lambdad.http("binary", "/?what=fds").headers["lambda-request-id"]
-    found = _wait(lambdad, "binary", _reported(again), "--request-id", again)
+    found = request_logs(lambdad, "binary", again)
     assert "raw fd line" in [e["message"] for e in found]
 
 
@@ -240,7 +202,7 @@ def test_a_function_cannot_open_its_own_log_channel(lambdad: Lambdad, tmp_path: 
     assert through.status == 200 and through.json() == "?"  # the function ran, nothing else
     assert "vnd.lambda.log-records" not in through.headers.get("content-type", "")
     request_id = lambdad.http("dialer", "/?what=fds").headers["lambda-request-id"]
-    found = _wait(lambdad, "dialer", _reported(request_id), "--request-id", request_id)
+    found = request_logs(lambdad, "dialer", request_id)
     assert "raw fd line" in [e["message"] for e in found]  # lambdad's channel still reads
 
 
@@ -249,7 +211,7 @@ def test_a_flood_faster_than_the_budget_is_dropped_counted_and_blocks_nobody(
 ) -> None:
     _deploy(lambdad, tmp_path, "flooder", "[scaling]\nconcurrency = 2\n")
     lambdad.http("flooder", "/?what=fds")  # warm
-    before = _metric(lambdad, "lambdad_log_dropped_lines_total", function="flooder")
+    before = metrics.total(lambdad, "lambdad_log_dropped_lines_total", function="flooder")
     conn = http.client.HTTPConnection("127.0.0.1", lambdad.gateway_port, timeout=60)
     try:
         conn.request("GET", "/?what=flood&mib=64",
@@ -265,17 +227,17 @@ def test_a_flood_faster_than_the_budget_is_dropped_counted_and_blocks_nobody(
     assert quick.status == 200
     assert waited < 20, waited  # not stuck behind the flood's 64 MiB (a bound, not a target)
     flood_id = flood.headers["lambda-request-id"]
-    entries = _wait(lambdad, "flooder", lambda found: any(
+    entries = wait_logs(lambdad, "flooder", lambda found: any(
         str(e["message"]).startswith("LOGS_DROPPED") and e["stream"] == "runtime"
-        for e in found) and _reported(flood_id)(found))
+        for e in found) and reported(flood_id)(found))
     drops = [e for e in entries if e["stream"] == "runtime"
              and str(e["message"]).startswith("LOGS_DROPPED")]
     lines = sum(int(re.findall(r"Lines: (\d+)", str(e["message"]))[0]) for e in drops)
     assert 0 < lines < 64 * 1024
-    assert _reported(flood_id)(entries)  # the flood's frames survived its text
-    assert _metric(lambdad, "lambdad_log_dropped_lines_total", function="flooder",
+    assert reported(flood_id)(entries)  # the flood's frames survived its text
+    assert metrics.total(lambdad, "lambdad_log_dropped_lines_total", function="flooder",
                    where="runtime") >= before + lines
-    assert _metric(lambdad, "lambdad_log_dropped_bytes_total", function="flooder") > 0
+    assert metrics.total(lambdad, "lambdad_log_dropped_bytes_total", function="flooder") > 0
 
 
 def test_lines_written_while_lambdad_is_down_arrive_after_its_restart(
@@ -296,7 +258,7 @@ def test_lines_written_while_lambdad_is_down_arrive_after_its_restart(
         return {int(m.split()[1]): float(m.split()[2]) for m in
                 (str(e["message"]) for e in found) if m.startswith("tick ")}
 
-    seen = ticks(_wait(daemon, "ticker", lambda found: 14 in ticks(found)))
+    seen = ticks(wait_logs(daemon, "ticker", lambda found: 14 in ticks(found)))
     assert sorted(seen) == list(range(15)), seen  # none lost
     assert sum(killed < at < restarted for at in seen.values()) >= 10, (killed, seen)
     assert wait_for(lambda: daemon.http("ticker", "/?what=fds").status == 200)
@@ -367,7 +329,7 @@ def test_a_dockerfile_function_is_never_read_as_a_log_channel(
     daemon.start()
     assert "reconciled: adopted 1 instance(s)" in daemon.log()
     assert daemon.http("mimic", "/second").status == 200
-    entries = _wait(daemon, "mimic", lambda found: any(
+    entries = wait_logs(daemon, "mimic", lambda found: any(
         e["message"] == "served /second" for e in found))
     assert "served /second" in [e["message"] for e in entries]  # Docker's stream, read
     assert not [e for e in entries if e["stream"] == "runtime" or e["request_id"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import ROOT, Lambdad
+from tests.support.functions import deploy_function
+from tests.support.logs import function_logs, reported, request_logs, wait_logs
 
 pytestmark = pytest.mark.slow
 
@@ -30,33 +32,7 @@ CHATTY = (
 
 
 def _deploy_chatty(daemon: Lambdad, tmp_path: Path, name: str, extra: str = "") -> None:
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "handler.py").write_text(CHATTY)
-    (folder / "lambda.toml").write_text(f'name = "{name}"\n{extra}')
-    daemon.deploy(folder)
-
-
-def _logs(daemon: Lambdad, name: str, *args: str) -> list[dict[str, object]]:
-    result = daemon.cli("logs", name, "-o", "json", *args)
-    assert result.code == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def _wait_logs(daemon: Lambdad, name: str, predicate: object, *args: str,
-               timeout: float = 15) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = _logs(daemon, name, *args)
-        if predicate(entries) or time.monotonic() > deadline:  # type: ignore[operator]
-            return entries
-        time.sleep(0.2)
-
-
-def _reported(request_id: str) -> object:
-    return lambda entries: any(
-        e["request_id"] == request_id and e["stream"] == "runtime"
-        and str(e["message"]).startswith("REPORT ") for e in entries)
+    deploy_function(daemon, tmp_path / name, CHATTY, f'name = "{name}"\n{extra}')
 
 
 def test_each_invocation_is_framed_and_its_lines_carry_its_id(
@@ -66,11 +42,8 @@ def test_each_invocation_is_framed_and_its_lines_carry_its_id(
     response = lambdad.http("chatty", "/?tag=alpha&lines=2")
     request_id = response.headers["lambda-request-id"]
     # stdout and stderr arrive through separate readers: wait for both streams' lines.
-    entries = _wait_logs(
-        lambdad, "chatty",
-        lambda found: _reported(request_id)(found)  # type: ignore[operator]
-        and any("warned alpha" in str(e["message"]) for e in found),
-        "--request-id", request_id)
+    entries = request_logs(lambdad, "chatty", request_id, lambda found: any(
+        "warned alpha" in str(e["message"]) for e in found))
     # Order holds within the container's stdout, where the runtime writes its frames too;
     # across stdout and stderr it is only as good as Docker's timestamps.
     out = [e for e in entries if e["stream"] in ("stdout", "runtime")]
@@ -99,8 +72,7 @@ def test_concurrent_invocations_keep_their_own_request_ids(
     for response in responses:
         request_id = response.headers["lambda-request-id"]
         tag = response.json()
-        entries = _wait_logs(lambdad, "together", _reported(request_id),
-                             "--request-id", request_id)
+        entries = request_logs(lambdad, "together", request_id)
         lines = [str(e["message"]) for e in entries if str(e["message"]).startswith("line ")]
         assert lines == [f"line {i} of {tag}" for i in range(5)], entries
 
@@ -160,20 +132,20 @@ def test_logs_survive_instance_removal_and_restart_and_rotate(
     daemon.start()
     _deploy_chatty(daemon, tmp_path, "durable")
     first = daemon.http("durable", "/?tag=before&lines=2").headers["lambda-request-id"]
-    _wait_logs(daemon, "durable", _reported(first), "--request-id", first)
+    request_logs(daemon, "durable", first)
     daemon.stop(signal.SIGKILL)
     daemon.start()
-    entries = _logs(daemon, "durable", "--request-id", first)
+    entries = function_logs(daemon, "durable", "--request-id", first)
     assert any(e["message"] == "line 1 of before" for e in entries)
     # Rotation: ~10 KiB files, 3 kept: lots of output stays under the cap.
     for _ in range(6):
         daemon.http("durable", "/?tag=flood&lines=200")
     last = daemon.http("durable", "/?tag=end&lines=1").headers["lambda-request-id"]
-    _wait_logs(daemon, "durable", _reported(last), "--tail", "5")
+    wait_logs(daemon, "durable", reported(last), "--tail", "5")
     files = sorted((daemon.state_dir / "logs" / "durable").iterdir())
     assert len(files) <= 3, files
     assert sum(f.stat().st_size for f in files) < 3 * 12 * 1024 + 64 * 1024
-    assert len(_logs(daemon, "durable", "--tail", "5")) == 5
+    assert len(function_logs(daemon, "durable", "--tail", "5")) == 5
 
 
 FORGER = '''
@@ -283,13 +255,13 @@ def test_a_function_cannot_forge_frames_or_request_ids(lambdad: Lambdad, tmp_pat
     assert outcome["other"]["fd1"] == "written" and outcome["own"]["libc"] == "written"
     assert outcome["dial"] in ("", "ConnectionResetError", "BrokenPipeError"), outcome["dial"]
 
-    attackers = _wait_logs(
+    attackers = wait_logs(
         lambdad, "forger",
-        lambda found: _reported(attacker)(found)  # type: ignore[operator]
+        lambda found: reported(attacker)(found)
         and sum("forged-by=own/fd2" in str(e["message"]) for e in found) == 4,
         "--request-id", attacker)
-    victims = _logs(lambdad, "forger", "--request-id", victim)
-    everything = _logs(lambdad, "forger")
+    victims = function_logs(lambdad, "forger", "--request-id", victim)
+    everything = function_logs(lambdad, "forger")
 
     def frames(entries: list[dict[str, object]]) -> list[tuple[object, str]]:
         return [(e["request_id"], str(e["message"]).split(" ")[0]) for e in entries

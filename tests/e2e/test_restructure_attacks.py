@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import ROOT, Lambdad, daemon_env
+from tests.support.functions import deploy_raw_server
 
 EXIT_WITHIN = 10.0  # a failed start must say why and exit at once; slack for a loaded CI
 
@@ -156,21 +157,11 @@ def test_a_start_failing_on_its_tls_pair_still_clears_a_killed_daemons_pid_file(
 
 
 DESYNC_SERVER = r'''
-import os, socket, threading, time
-
 def answer(conn, body, extra=b""):
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s" % (len(body), body, extra))
 
 def serve(conn):
-    buffer = b""
-    while True:
-        while b"\r\n\r\n" not in buffer:
-            data = conn.recv(65536)
-            if not data:
-                return
-            buffer += data
-        head, _, buffer = buffer.partition(b"\r\n\r\n")
-        path = head.split(b" ")[1]
+    for _, path in heads(conn):
         forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
         if path == b"/past-its-length":  # a second answer right behind the first
             answer(conn, b"first", forged)
@@ -180,32 +171,13 @@ def serve(conn):
             conn.sendall(forged)
         else:
             answer(conn, path)
-
-path = os.environ["LAMBDA_SOCKET"]
-if os.path.exists(path):
-    os.unlink(path)
-listener = socket.socket(socket.AF_UNIX)
-listener.bind(path)
-os.chmod(path, 0o666)
-listener.listen(16)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
 '''
 
 
 @pytest.fixture(scope="module")
 def desync(lambdad: Lambdad, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A Dockerfile function that answers some requests twice, on one instance."""
-    folder = tmp_path_factory.mktemp("desync")
-    (folder / "server.py").write_text(DESYNC_SERVER)
-    (folder / "Dockerfile").write_text(
-        "FROM lambda-runtime/python:3.11\nCOPY server.py /srv/server.py\n"
-        'CMD ["python3", "/srv/server.py"]\n')
-    (folder / "lambda.toml").write_text(
-        'name = "desync"\nruntime = "docker"\n[scaling]\nmax_instances = 1\n')
-    lambdad.deploy(folder)
-    return "desync"
+    return deploy_raw_server(lambdad, tmp_path_factory.mktemp("desync"), "desync", DESYNC_SERVER)
 
 
 @pytest.mark.parametrize("path", ["/past-its-length", "/unasked"])

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.support import metrics
 from tests.support.daemon import Lambdad, wait_for
 
 pytestmark = pytest.mark.slow
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.slow
 EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 STALLING = '''
-import os, signal, time
+import os, signal, socket, time
 
 
 def on_sigterm(signum, frame):
@@ -39,7 +41,8 @@ signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def handler(event, context):
-    return {"pid": os.getpid()}
+    time.sleep(1)  # long enough for every instance to take one of the requests sent at once
+    return {"pid": os.getpid(), "container": socket.gethostname()}
 '''
 
 
@@ -55,8 +58,18 @@ def test_instances_that_stall_their_stop_get_their_sigterm_together(
         'name = "stall"\nhandler = "app.handler"\n'
         f"[scaling]\nmin_instances = {count}\nmax_instances = {count}\n")
     daemon.deploy(folder)
-    assert wait_for(lambda: len([c for c in daemon.containers("stall")
-                                 if c.status == "running"]) == count, 120)
+    # Every instance serves a request before the stop. A running container is not yet an
+    # instance with a handler: its runtime may still be loading the code, or (loaded) not
+    # have forked its first worker, the process whose SIGTERM handler runs. Stopped then,
+    # it has no worker to take the SIGTERM (and one whose load ends after the stop began is
+    # stopped on its own, not with the others): this test stopped such an instance about
+    # one run in four.
+    assert wait_for(lambda: metrics.total(daemon, "lambdad_instances", function="stall",
+                                          state="idle") == count, 120)
+    with ThreadPoolExecutor(count) as pool:
+        served = list(pool.map(lambda _: daemon.http("stall").json()["container"],
+                               range(count)))
+    assert len(set(served)) == count, served
     assert daemon.stop() == 0
 
     logs = daemon.state_dir / "logs" / "stall" / "current.jsonl"
