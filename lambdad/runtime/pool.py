@@ -212,22 +212,24 @@ class InstancePool:
         """The starts under way (cancelled by `close`; the caller awaits them)."""
         return list(self._starts)
 
-    async def _start_one(self, fresh: bool) -> None:
-        if self.closed:  # closed between its launch and its first step: nothing to do
-            self.starting -= 1
-            return
+    async def _cancellable(self, start: Awaitable[Instance]) -> Instance:
+        """`start`, which `close` cancels while it runs; never what follows it (a destroy
+        of what it started must end, or its container stays)."""
         task = asyncio.current_task()
         assert task is not None
         self._starts.add(task)
         try:
-            await self._started(fresh)
+            return await start
         finally:
             self._starts.discard(task)
 
-    async def _started(self, fresh: bool) -> None:
+    async def _start_one(self, fresh: bool) -> None:
+        if self.closed:  # closed between its launch and its first step: nothing to do
+            self.starting -= 1
+            return
         try:
-            instance = await self._start(self.version,
-                                         self._still_needed if fresh else _always)
+            instance = await self._cancellable(self._start(
+                self.version, self._still_needed if fresh else _always))
         except StartNotNeeded:
             self.starting -= 1
             return

@@ -293,3 +293,29 @@ def test_close_cancels_the_start_a_queued_request_was_waiting_for() -> None:
         assert start.cancelled() and h.started == [] and h.pool.starting == 0
 
     run(scenario())
+
+
+def test_close_never_cancels_the_destroy_of_an_instance_started_after_a_retire() -> None:
+    async def scenario() -> None:
+        h = Harness(_version(min_instances=1))
+        h.auto = False
+        h.pool.ensure_minimum()
+        await h.settle()
+        finishing = asyncio.Event()
+
+        async def slow_destroy(instance: Instance) -> None:
+            await finishing.wait()  # its grace
+            h.destroyed.append(instance)
+
+        h.pool._destroy = slow_destroy  # type: ignore[method-assign]
+        (start,) = h.pool.starts
+        h.pool.retire(None)  # a redeploy: the start goes on, its instance is then stopped
+        h.gates[0].set()
+        await h.settle()
+        assert h.pool.starts == [] and not start.done()  # in its destroy now
+        h.pool.close("is stopping with the daemon")
+        finishing.set()
+        await start
+        assert len(h.destroyed) == 1 and h.pool.starting == 0
+
+    run(scenario())
