@@ -9,11 +9,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lambdad.runtime.starts import MAX_CONTAINER_STARTS
 from tests.support.runtime import Runtime, run, until, version
 
 
-def test_a_stop_cancels_the_starts_in_flight_and_stops_what_they_created() -> None:
+@pytest.mark.parametrize("stop", ["daemon", "delete"])
+def test_a_stop_cancels_the_starts_in_flight_and_stops_what_they_created(stop: str) -> None:
     async def scenario(root: Path) -> None:
         rt = Runtime(root)
         docker = rt.docker
@@ -42,11 +45,13 @@ def test_a_stop_cancels_the_starts_in_flight_and_stops_what_they_created() -> No
         await rt.manager.reconcile()
         rt.manager.ensure_minimums()
         await until(lambda: len(asked) == MAX_CONTAINER_STARTS)
-        stopping = asyncio.create_task(rt.manager.shutdown())
+        stopping = asyncio.create_task(rt.manager.shutdown() if stop == "daemon"
+                                       else rt.manager.remove_function("fn"))
         await asyncio.sleep(0.05)
         assert not stopping.done()  # the creates under way must end: their containers
         engine_busy.set()  # the engine creates the containers it was asked for
         await stopping
+        await rt.manager.drain_background()
         assert len(asked) == MAX_CONTAINER_STARTS  # no create after the stop began
         assert len(created) == MAX_CONTAINER_STARTS
         assert docker.containers == {}  # every one it created is gone
