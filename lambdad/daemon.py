@@ -156,8 +156,10 @@ def components(config: Config, host: Host, engine: DockerEngine) -> list[Compone
         Database(p.store, p.control.flush_stats),
         Logs(p.logs, p.capture),
         Step("api keys", load_keys),
-        functions,                              # routes, reconciled containers, minimums
+        # Before functions, so it stops after them: their stop's graces end at each
+        # container's die event (stopped first, every instance took its whole grace).
         ExitWatcher(p.backend.watch_exits, p.backend.stop_watching, p.runtime.instance_exited),
+        functions,                              # routes, reconciled containers, minimums
         Delivery(p.store.invocations, p.worker),
         Step("cron", p.cron.start, p.cron.stop),  # with its catch-up of missed runs
         Serving(config, listeners, p.health),   # start-up work done: now answer

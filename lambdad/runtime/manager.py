@@ -193,9 +193,11 @@ class RuntimeManager:
         pools = self._routes.remove_function(name)
         self._update_cell_classes()
         instances = [i for pool in pools for i in pool.close("was deleted")]
+        starts = [task for pool in pools for task in pool.starts]  # cancelled by close
         results = await asyncio.gather(*(self._stopper.destroy(i) for i in instances),
-                                       return_exceptions=True)
-        for failure in (r for r in results if isinstance(r, BaseException)):
+                                       *starts, return_exceptions=True)
+        for failure in (r for r in results if isinstance(r, BaseException)
+                        and not isinstance(r, asyncio.CancelledError)):
             log.warning("could not remove an instance of %s: %s", name, failure)
         return len(instances)
 
@@ -252,11 +254,15 @@ class RuntimeManager:
                         instance.version.function, instance.version.number, instance.id, reason)
 
     async def shutdown(self) -> None:
-        """Stops every instance (a restarted daemon starts them again, cold)."""
+        """Stops every instance (a restarted daemon starts them again, cold), the ones
+        still starting with the others: their starts are cancelled, so none creates a
+        container from now on, and one that has a container stops it in the same batch,
+        with the same grace (its SIGTERM goes out with theirs)."""
         self._closing = True
         pools = self._routes.every_pool()
         instances = [i for pool in pools for i in pool.close("is stopping with the daemon")]
-        await asyncio.gather(*(self._stopper.destroy(i) for i in instances),
+        starts = [task for pool in pools for task in pool.starts]  # cancelled by close
+        await asyncio.gather(*(self._stopper.destroy(i) for i in instances), *starts,
                              *(self._stopper.destroy_cell(c) for c in self.cells.close()),
                              return_exceptions=True)
         await self.drain_background()

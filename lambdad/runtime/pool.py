@@ -10,6 +10,8 @@ unit-tested without Docker.
   cannot absorb, never beyond `max_instances`.
 - A freed slot or a newly ready instance goes to the oldest queued request.
 - A request that waits longer than the queue timeout gets Throttled (429).
+- `close` (a delete, the daemon's stop) cancels the starts in flight: one not yet at
+  Docker creates nothing, one with a container stops it as it unwinds (see `starts`).
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class InstancePool:
         self.instances: list[Instance] = []
         self.starting = 0
         self._waiters: deque[asyncio.Future[Grant]] = deque()
+        self._starts: set[asyncio.Task[None]] = set()  # the starts under way, to cancel
         self.retired = False
+        self.closed = False
 
     @property
     def concurrency(self) -> int:
@@ -203,10 +207,29 @@ class InstancePool:
     def _still_needed(self) -> bool:
         return not self.retired and self.queued > 0
 
-    async def _start_one(self, fresh: bool) -> None:
+    @property
+    def starts(self) -> list[asyncio.Task[None]]:
+        """The starts under way (cancelled by `close`; the caller awaits them)."""
+        return list(self._starts)
+
+    async def _cancellable(self, start: Awaitable[Instance]) -> Instance:
+        """`start`, which `close` cancels while it runs; never what follows it (a destroy
+        of what it started must end, or its container stays)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._starts.add(task)
         try:
-            instance = await self._start(self.version,
-                                         self._still_needed if fresh else _always)
+            return await start
+        finally:
+            self._starts.discard(task)
+
+    async def _start_one(self, fresh: bool) -> None:
+        if self.closed:  # closed between its launch and its first step: nothing to do
+            self.starting -= 1
+            return
+        try:
+            instance = await self._cancellable(self._start(
+                self.version, self._still_needed if fresh else _always))
         except StartNotNeeded:
             self.starting -= 1
             return
@@ -306,8 +329,13 @@ class InstancePool:
 
     def close(self, reason: str) -> list[Instance]:
         """Retires at once (function deleted, daemon stopping): queued requests fail,
-        and the caller gets every instance, busy or not, to destroy."""
+        starts under way are cancelled (awaited by the caller through `starts`: a start
+        that has a container stops it as it unwinds, with the grace the others get), and
+        the caller gets every instance, busy or not, to destroy."""
         self.retired = True
+        self.closed = True
+        for task in self._starts:
+            task.cancel()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(Unavailable(

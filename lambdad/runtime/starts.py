@@ -37,7 +37,7 @@ from lambdad.runtime.docker_backend import instance_name
 from lambdad.runtime.folder import CONTAINER_UID, InstanceFolder
 from lambdad.runtime.pool import Instance, StartNotNeeded
 from lambdad.runtime.readiness import Readiness
-from lambdad.runtime.stops import Stopper
+from lambdad.runtime.stops import Stopper, finish
 from lambdad.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("lambdad.runtime")
@@ -193,10 +193,10 @@ class Starter:
         standard = version.config.runtime != "docker"
         started = time.monotonic()
         try:
-            container_id = await asyncio.to_thread(
+            container_id = await finish(asyncio.to_thread(  # a cancel stops it below
                 functools.partial(self._backend.start, version, instance_id, folder.path,
                                   init_later=standard, code=code,
-                                  image=self._runtime_image))
+                                  image=self._runtime_image)))
         except BaseException:
             await self._stopper.remove_folder(folder)
             raise
@@ -210,9 +210,8 @@ class Starter:
             self._notify(instance, "connected")  # its socket answers: the log channel opens
             if standard:
                 conn = await self._readiness.load(version, folder, container_id, conn)
-        except BaseException:
-            instance.end_reason = instance.end_reason or "failed to start"
-            await self._stopper.destroy(instance, grace=0)
+        except BaseException as exc:
+            await self._stopper.unwind(instance, exc, "failed to start")
             raise
         self._ready(instance, conn, started)
         log.info("instance started function=%s version=%d instance=%s init_ms=%.0f",
@@ -272,11 +271,10 @@ class Starter:
             # cell that would answer NotInitialized. (Outside the folders the container
             # mounts.)
             await asyncio.to_thread(_write_owner, cell.code_dir / OWNER_FILE, version)
-        except BaseException:
+        except BaseException as exc:
             if conn is not None:
                 conn.close()
-            instance.end_reason = "failed to initialize"
-            await self._stopper.destroy(instance, grace=0)
+            await self._stopper.unwind(instance, exc, "failed to initialize")
             raise
         self._ready(instance, conn, started)
         # Named after its function for `docker ps` (labels cannot change), a moment later so

@@ -3,6 +3,10 @@
 A stop waits out its grace on the event loop (Docker's die event, passed in through
 `exited`, ends the wait early), never in a worker thread; folders go fd-based, with a
 cleanup container for what lambdad's user cannot remove.
+
+A start that is cancelled (lambdad stopping, its function deleted) stops its container
+like any graceful stop, with the others; `finish` lets a container's creation end first,
+so a cancelled start never leaves one that nobody knows of.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from lambdad.errors import Unavailable
 from lambdad.runtime.backend import Backend
@@ -21,6 +27,34 @@ from lambdad.runtime.pool import Instance
 
 log = logging.getLogger("lambdad.runtime")
 
+GRACE_S = 1.0  # a graceful stop's: from the stop signal to SIGKILL, unless it exits first
+
+T = TypeVar("T")
+
+
+async def finish(work: Awaitable[T]) -> T:
+    """Awaits `work` to its end even when cancelled meanwhile (a Docker call in a thread
+    goes on regardless: the container it creates must be known, to be stopped); the
+    cancellation then comes at the caller's next await."""
+    future = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+            break
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # taken back now, given again once the work has ended
+            cancelled = True
+    if cancelled:
+        task = asyncio.current_task()
+        if task is not None:
+            task.cancel()
+    return result
+
 
 class Stopper:
     def __init__(self, backend: Backend, *, instances_dir: Path, runtime_image: str) -> None:
@@ -29,7 +63,7 @@ class Stopper:
         self._runtime_image = runtime_image  # what a cleanup container runs
         self._exits: dict[str, asyncio.Event] = {}  # containers in their stop's grace
 
-    async def destroy(self, instance: Instance, grace: float = 1) -> None:
+    async def destroy(self, instance: Instance, grace: float = GRACE_S) -> None:
         instance.dead = True
         for conn in instance.idle:
             conn.close()
@@ -38,14 +72,23 @@ class Stopper:
             if instance.paused:  # a frozen process cannot take the stop signal
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._backend.unpause, instance.container_id)
-            await self.stop(instance.container_id, grace)
+            ended = await self.stop(instance.container_id, grace)
         finally:  # a failed removal is retried by the next start's reconcile
             await self.remove_folder(instance.folder)
             if instance.code_dir is not None:
                 await self.remove_tree(instance.code_dir)
-        log.info('instance stopped function=%s version=%d instance=%s reason="%s"',
+        log.info('instance stopped function=%s version=%d instance=%s reason="%s" ended=%s',
                  instance.version.function, instance.version.number, instance.id,
-                 instance.end_reason or "stopped")
+                 instance.end_reason or "stopped", ended)
+
+    async def unwind(self, instance: Instance, exc: BaseException, reason: str) -> None:
+        """Stops an instance whose start ended with `exc`: one that failed is killed at
+        once; one whose start was cancelled (lambdad stopping, its function deleted) is
+        stopped as the others are, with their grace."""
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        instance.end_reason = instance.end_reason or (
+            "stopped while starting" if cancelled else reason)
+        await self.destroy(instance, grace=GRACE_S if cancelled else 0)
 
     async def destroy_cell(self, cell: Cell) -> None:
         if cell.conn is not None:
@@ -62,14 +105,18 @@ class Stopper:
         if exited is not None:
             exited.set()
 
-    async def stop(self, container_id: str, grace: float) -> None:
+    async def stop(self, container_id: str, grace: float) -> str:
         """Stops and removes a container: its stop signal (SIGTERM unless its image says
         otherwise), up to `grace` seconds to exit (Docker's die event ends the wait), then
         SIGKILL with the removal. The grace passes here on
         the event loop, not in a worker thread as `docker stop` would pass it: every Docker
         call shares a few threads, and a function that takes its whole grace to stop (its
         SIGTERM handler, see the runtime's shutdown) must not hold them, stopping its
-        instances a few at a time while every other function's starts wait for a thread."""
+        instances a few at a time while every other function's starts wait for a thread.
+
+        Returns how it ended, for the log: "exited" (within its grace: the die event came),
+        "not running" (when the signal was to go), "killed" (no grace, or it ran out)."""
+        ended = "killed"
         if grace > 0:
             exited = self._exits.setdefault(container_id, asyncio.Event())
             try:
@@ -77,9 +124,13 @@ class Stopper:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(grace):
                             await exited.wait()
+                            ended = "exited"
+                else:
+                    ended = "not running"
             finally:
                 self._exits.pop(container_id, None)
         await asyncio.to_thread(self._backend.remove, container_id, grace=0)
+        return ended
 
     async def remove(self, container_id: str) -> None:
         """Removes a container at once (one left by an earlier run)."""

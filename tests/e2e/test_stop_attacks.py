@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from lambdad.runtime.starts import MAX_CONTAINER_STARTS
 from tests.support import metrics
-from tests.support.daemon import Lambdad, wait_for
+from tests.support.daemon import Lambdad, running_daemon, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +183,97 @@ def test_a_sigterm_handler_that_escapes_signals_everyone_and_forges_frames_is_co
     assert lambdad.http("wild", "/").status == 200
     lambdad.deploy(folder)
     assert lambdad.http("wild", "/").status == 200
+
+
+SLOW_START = '''
+import time
+
+time.sleep(4)  # the import: every start of an instance takes this long
+
+
+def handler(event, context):
+    return {"ok": True}
+'''
+
+
+def _stopped_lines(daemon: Lambdad, function: str) -> list[str]:
+    return [line for line in daemon.log().splitlines()
+            if f"instance stopped function={function} " in line]
+
+
+def test_a_daemon_stop_cancels_instance_starts_and_creates_no_container_after_it(
+    tmp_path: Path,
+) -> None:
+    """lambdad stops while `min_instances` starts are under way: MAX_CONTAINER_STARTS are
+    loading their code, one more waits for its turn to create a container. The stop must
+    create nothing (that one waiting used to create its container seconds after the stop
+    began, once a turn came free), stop the starting ones with the others, leave no
+    container and nothing a restart has to clean up."""
+    count = 1 + MAX_CONTAINER_STARTS + 1  # the deploy's, those loading, one waiting
+    folder = tmp_path / "slowstart"
+    folder.mkdir()
+    (folder / "app.py").write_text(SLOW_START)
+    (folder / "lambda.toml").write_text(
+        'name = "slowstart"\nhandler = "app.handler"\n'
+        f"[scaling]\nmin_instances = {count}\nmax_instances = {count}\n")
+    # No stem cells: a cell's start is not an instance's (cells refill on their own).
+    with running_daemon("--cell-pool-size", "0") as daemon:
+        began = datetime.now(UTC)
+        daemon.deploy(folder)  # its instance is up; the minimum's starts begin
+        assert wait_for(lambda: len(daemon.containers("slowstart")) == count - 1, 60)
+        assert metrics.total(daemon, "lambdad_instances", function="slowstart",
+                             state="idle") == 1  # the others are still starting
+        stop_began = time.time()
+        assert daemon.stop() == 0
+        events = list(daemon.docker.events(
+            since=began, until=datetime.now(UTC), decode=True,
+            filters={"type": "container", "event": ["create", "kill"],
+                     "label": f"lambda.daemon={daemon.daemon_id}"}))
+        created = {e["id"]: float(e["timeNano"]) / 1e9 for e in events
+                   if e["status"] == "create"}
+        assert len(created) == count - 1, created
+        assert [t for t in created.values() if t >= stop_began] == []  # none after it began
+        # Each, starting or not, got the stop signal of a graceful stop (not a bare kill).
+        signalled = {e["id"] for e in events if e["status"] == "kill"
+                     and e["Actor"]["Attributes"].get("signal") == "15"}
+        assert signalled == set(created), events
+        assert daemon.containers() == []
+        assert list((daemon.state_dir / "i").iterdir()) == []
+        stopped = _stopped_lines(daemon, "slowstart")
+        assert len([line for line in stopped if 'reason="stopped while starting"' in line]
+                   ) == MAX_CONTAINER_STARTS, stopped
+        assert len(stopped) == count - 1, stopped
+        # Nothing left for the next start to reconcile; the function is served again.
+        daemon.start()
+        assert "reconciled:" not in daemon.log()
+        assert daemon.http("slowstart", "/").json() == {"ok": True}
+
+
+QUICK = '''
+def handler(event, context):
+    return {"ok": True}
+'''
+
+
+def test_a_daemon_stop_ends_each_grace_when_the_instance_exits(fresh_lambdad: Lambdad,
+                                                              tmp_path: Path) -> None:
+    """The instances' runtimes exit as soon as they get SIGTERM (no handler to run): the
+    daemon's stop must see each one exit (Docker's die event ends its grace), not wait out
+    the whole grace and then kill. The event watcher used to stop before the instances, so
+    every one of them was "killed" after its full grace."""
+    daemon = fresh_lambdad
+    count = 3
+    folder = tmp_path / "quick"
+    folder.mkdir()
+    (folder / "app.py").write_text(QUICK)
+    (folder / "lambda.toml").write_text(
+        'name = "quick"\nhandler = "app.handler"\n'
+        f"[scaling]\nmin_instances = {count}\nmax_instances = {count}\n")
+    daemon.deploy(folder)
+    assert wait_for(lambda: metrics.total(daemon, "lambdad_instances", function="quick",
+                                          state="idle") == count, 120)
+    assert daemon.stop() == 0
+    stopped = _stopped_lines(daemon, "quick")
+    assert len(stopped) == count, daemon.log()[-3000:]
+    ended = [re.search(r" ended=(.+)$", line) for line in stopped]
+    assert [m.group(1) if m else None for m in ended] == ["exited"] * count, stopped

@@ -150,8 +150,11 @@ def test_the_daemon_starts_its_parts_in_this_order(tmp_path: Path) -> None:
     assert asyncio.run(scenario()) == [
         "listeners",  # every address bound first: a busy one fails before anything runs
         "store", "logs", "api keys",
+        # die events followed before any container starts, and until every one stopped:
+        # a stop's grace ends at its container's exit
+        "docker event watcher",
         "functions",  # routes and containers, once the store and logs are there
-        "docker event watcher", "async delivery", "cron",
+        "async delivery", "cron",
         "serving",  # only once the start-up work is done
         "housekeeping", "ready",  # ready last; its stop (STOPPING=1) comes first
     ]

@@ -244,3 +244,78 @@ def test_close_fails_queued_requests_and_returns_every_instance() -> None:
             await queued
 
     run(scenario())
+
+
+def test_close_cancels_the_starts_in_flight_and_none_starts_after_it() -> None:
+    async def scenario() -> None:
+        h = Harness(_version(min_instances=3, max_instances=3))
+        h.auto = False  # every start hangs (say, its runtime still loading the code)
+        assert h.pool.ensure_minimum() == 3
+        await h.settle()
+        starts = h.pool.starts
+        assert len(starts) == 3 and h.pool.starting == 3
+        assert h.pool.close("is stopping with the daemon") == []
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert h.pool.starts == [] and h.pool.starting == 0
+        for gate in h.gates:  # a start that would have ended now adds nothing
+            gate.set()
+        await h.settle()
+        assert h.started == [] and h.pool.instances == []
+        assert h.pool.ensure_minimum() == 0 and h.pool.idle_and_empty
+
+    run(scenario())
+
+
+def test_a_start_launched_just_before_close_never_begins() -> None:
+    async def scenario() -> None:
+        h = Harness(_version(min_instances=2, max_instances=2))
+        assert h.pool.ensure_minimum() == 2  # spawned, not yet run
+        h.pool.close("is stopping with the daemon")
+        await h.settle()
+        assert h.gates == [] and h.started == []  # `start` was never called
+        assert h.pool.starting == 0 and h.pool.starts == []
+
+    run(scenario())
+
+
+def test_close_cancels_the_start_a_queued_request_was_waiting_for() -> None:
+    async def scenario() -> None:
+        h = Harness(_version(max_instances=2))
+        h.auto = False
+        queued = asyncio.create_task(h.pool.acquire(5))
+        await h.settle()
+        (start,) = h.pool.starts
+        h.pool.close("was deleted")
+        with pytest.raises(Exception, match="was deleted"):
+            await queued
+        await asyncio.gather(start, return_exceptions=True)
+        assert start.cancelled() and h.started == [] and h.pool.starting == 0
+
+    run(scenario())
+
+
+def test_close_never_cancels_the_destroy_of_an_instance_started_after_a_retire() -> None:
+    async def scenario() -> None:
+        h = Harness(_version(min_instances=1))
+        h.auto = False
+        h.pool.ensure_minimum()
+        await h.settle()
+        finishing = asyncio.Event()
+
+        async def slow_destroy(instance: Instance) -> None:
+            await finishing.wait()  # its grace
+            h.destroyed.append(instance)
+
+        h.pool._destroy = slow_destroy  # type: ignore[method-assign]
+        (start,) = h.pool.starts
+        h.pool.retire(None)  # a redeploy: the start goes on, its instance is then stopped
+        h.gates[0].set()
+        await h.settle()
+        assert h.pool.starts == [] and not start.done()  # in its destroy now
+        h.pool.close("is stopping with the daemon")
+        finishing.set()
+        await start
+        assert len(h.destroyed) == 1 and h.pool.starting == 0
+
+    run(scenario())
