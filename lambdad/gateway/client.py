@@ -43,6 +43,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         self.gone = False  # the client closed (or half-closed) its connection
         self._invocation: asyncio.Task[Any] | None = None  # cancelled if the client goes
+        self._task: asyncio.Task[Any] | None = None  # the task running `serve`
 
     @property
     def busy(self) -> bool:
@@ -51,6 +52,7 @@ class Client:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()  # the connection's one task, for _watching
         try:
             while True:
                 action = self.rules.next_action(loop.time())
@@ -106,7 +108,7 @@ class Client:
         if self.gone:
             work_coro.close()
             raise Drop("client went away")
-        task = asyncio.current_task()
+        task = self._task  # serve's, which awaits this
         assert task is not None
         self._invocation = task
         try:

@@ -141,7 +141,7 @@ class Responses:
         return data
 
     def _queue(self, event: h11.Event) -> None:
-        if isinstance(event, h11.Response):
+        if type(event) is h11.Response:  # not isinstance: h11's events are ABCs (slow)
             self.head_status = event.status_code
         data = self._conn.send(event)
         if data:
