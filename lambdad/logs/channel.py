@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 
-from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, parse_line
+from lambdad.logs.entry import FRAME, FRAME_STARTS, RUNTIME_STREAM, TAG, LogEntry, parse_line
 
 # Lambda-Invocation-Type is not one a runtime invokes a function with: a runtime from before
 # the channel (a version image built on an older runtime image) answers 400 and runs nothing.
@@ -170,10 +170,22 @@ class RecordDecoder:
                 plain, framed = self._prefix, self._id_prefix
                 for raw in self._lines[self._at:stop]:
                     text = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
-                    request_id, message, frame = parse_line(text)
-                    lines.append(((framed if frame else plain) + encode_basestring_ascii(
-                        request_id) + ',"message":' + encode_basestring_ascii(message)
-                        + "}\n").encode())
+                    # parse_line, inline (a call and a tuple a line less); its request ids
+                    # are [0-9A-Za-z-] only, so they need no JSON escaping
+                    tag = TAG.match(text)
+                    if tag is not None:
+                        end = tag.end()
+                        request_id, message, frame = text[:end - 1], text[end:], False
+                    else:
+                        request_id, message, frame = "", text, False
+                        if text.startswith(FRAME_STARTS):
+                            match = FRAME.match(text)
+                            if match is not None:
+                                request_id, frame = match.group(1), True
+                        elif text.startswith("INIT_REPORT "):
+                            frame = True
+                    lines.append(((framed if frame else plain) + request_id + '","message":'
+                                  + encode_basestring_ascii(message) + "}\n").encode())
                     sizes.append(len(message))
                     if entries is not None:
                         entries.append(LogEntry(self._when, self.function, self.version,
@@ -199,7 +211,7 @@ class RecordDecoder:
             fixed = (f',"function":{encode_basestring_ascii(self.function)},'
                      f'"version":{int(self.version)},'
                      f'"instance":{encode_basestring_ascii(self.instance)},"stream":')
-            self._fixed = {name: f'{fixed}{encode_basestring_ascii(name)},"request_id":'
+            self._fixed = {name: f'{fixed}{encode_basestring_ascii(name)},"request_id":"'
                            for name in (*STREAMS.values(), RUNTIME_STREAM)}
         head = '{"time":"' + self._when.isoformat() + '"'  # ASCII digits, '-', ':', '+', 'T'
         self._prefix = head + self._fixed[self._stream]
