@@ -57,7 +57,8 @@ OTHER_LAMBDAD = "other lambdad (store, scheduler, api, ...)"
 OTHER = "other (no lambdad frame: grpc, threads, interpreter)"
 IDLE = "waits py-spy did not see as idle (left out)"
 # Leaves that are a thread blocked in C: a pool worker waiting for work, grpc's poller thread
-# (C code under Thread.run), the Docker events reader, the loop in epoll_wait. py-spy's idle
+# (C code under Thread.run), the Docker events reader, the loop in epoll_wait, the store's
+# thread waiting for a statement. py-spy's idle
 # test reads the thread's state when it samples, so a blocked thread it catches runnable
 # (just woken, or waiting for a CPU on a busy machine) is kept; these are left out.
 _WAIT_LEAVES = frozenset({
@@ -65,6 +66,9 @@ _WAIT_LEAVES = frozenset({
     ("threading.py", "_worker"), ("selectors.py", "EpollSelector.select"),
     ("threading.py", "Condition.wait"), ("threading.py", "Event.wait"),
     ("queue.py", "Queue.get"),
+    # the store's thread waiting in SimpleQueue.get (C, so _serve is the leaf); its work
+    # is in the frames above it (store.py, peewee, sqlite3)
+    ("lambdad/store/thread.py", "StoreThread._serve"),
 })
 AREAS = (H11_CLIENT, HOP, ASYNCIO_STREAMS, ASYNCIO_TRANSPORT, ASYNCIO_LOOP, GATEWAY, INVOKE,
          FORWARD, LOGGING, CAPTURE, OTHER_LAMBDAD, OTHER)

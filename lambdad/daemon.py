@@ -201,7 +201,8 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     metrics.log_followers.set_function(logs.subscriber_count)
     capture = LogCapture(client.api.api_version, logs.append,
                          congested=logs.congested_for,
-                         on_dropped=functools.partial(metrics.log_dropped, "runtime"))
+                         on_dropped=functools.partial(metrics.log_dropped, "runtime"),
+                         encoded=logs)
     backend = DockerBackend(client, daemon_id=host.daemon_id)
     artifacts = ArtifactStore(state / "artifacts")
     artifacts.prepare()

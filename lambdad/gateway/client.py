@@ -43,6 +43,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         self.gone = False  # the client closed (or half-closed) its connection
         self._invocation: asyncio.Task[Any] | None = None  # cancelled if the client goes
+        self._task: asyncio.Task[Any] | None = None  # the task running `serve`
 
     @property
     def busy(self) -> bool:
@@ -51,6 +52,7 @@ class Client:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()  # the connection's one task, for _watching
         try:
             while True:
                 action = self.rules.next_action(loop.time())
@@ -106,7 +108,7 @@ class Client:
         if self.gone:
             work_coro.close()
             raise Drop("client went away")
-        task = asyncio.current_task()
+        task = self._task  # serve's, which awaits this
         assert task is not None
         self._invocation = task
         try:
@@ -207,10 +209,12 @@ async def _dispose(response: InvocationResponse) -> None:
     read to its end is a finished generator (no frame): nothing to close or await."""
     try:
         body = response.body
-        if getattr(body, "ag_frame", None) is not None:
-            await cast("AsyncGenerator[bytes, None]", body).aclose()
-        elif not hasattr(body, "ag_frame") and isinstance(body, AsyncGenerator):
-            await body.aclose()  # another kind of async generator than Python's own
+        frame = getattr(body, "ag_frame", _NO_FRAME)
+        if frame is not _NO_FRAME:
+            if frame is not None:
+                await cast("AsyncGenerator[bytes, None]", body).aclose()
+        elif _is_async_generator(body):
+            await cast("AsyncGenerator[bytes, None]", body).aclose()  # not Python's own kind
     except Exception:
         log.exception("closing a response body failed")
     finally:
@@ -220,11 +224,25 @@ async def _dispose(response: InvocationResponse) -> None:
             log.exception("releasing an instance failed")
 
 
+_NO_FRAME = object()
+# Whether a type of body is an AsyncGenerator (the ABC's isinstance is a slow call, and was
+# asked for every response): one entry per type of body there is (a handful).
+_ASYNC_GENERATOR_TYPES: dict[type, bool] = {}
+
+
+def _is_async_generator(body: object) -> bool:
+    kind = type(body)
+    known = _ASYNC_GENERATOR_TYPES.get(kind)
+    if known is None:
+        known = _ASYNC_GENERATOR_TYPES[kind] = isinstance(body, AsyncGenerator)
+    return known
+
+
 def _server_timing(total_ms: float, response: InvocationResponse) -> bytes:
     """`Server-Timing` as browsers' devtools show it: our share, the function's, its init."""
-    function_ms = response.function_ms
-    parts = [f"gateway;dur={max(0.0, total_ms - function_ms - response.init_ms):.2f}",
-             f"function;dur={function_ms:.2f}"]
-    if response.init_ms:
-        parts.append(f"init;dur={response.init_ms:.2f}")
-    return ", ".join(parts).encode()
+    function_ms, init_ms = response.function_ms, response.init_ms
+    gateway_ms = max(0.0, total_ms - function_ms - init_ms)
+    if init_ms:
+        return b"gateway;dur=%.2f, function;dur=%.2f, init;dur=%.2f" % (
+            gateway_ms, function_ms, init_ms)
+    return b"gateway;dur=%.2f, function;dur=%.2f" % (gateway_ms, function_ms)

@@ -150,6 +150,9 @@ class ClientConnection:
         self._first = True  # the connection's first request: no keep-alive wait
         self._deadline: float | None = None  # of the head or of the whole body
         self._started_head = False  # some bytes of the next head arrived
+        # h11 may have something to say: bytes or the end came since it last said NEED_DATA
+        # (else asking it is a wasted call, once per request on a kept-alive connection)
+        self._unread = False
         self.request: h11.Request | None = None  # between a head and the end of its cycle
         self.request_id = ""
         self.started = 0.0  # when the current request's head arrived
@@ -171,6 +174,7 @@ class ClientConnection:
     def receive(self, data: bytes, now: float) -> None:
         """What the client sent; b"" when it ended (or half-closed) its stream."""
         self._conn.receive_data(data)
+        self._unread = True
         if self._phase is _Phase.HEAD:
             if data and not self._started_head and not self._first:
                 self._deadline = now + self.limits.header_timeout
@@ -216,18 +220,20 @@ class ClientConnection:
                 return action
 
     def _head(self, now: float) -> Action | None:
-        try:
-            event = self._conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            log.debug("%s: malformed request head: %s", self.peer, exc)
-            self._reject(malformed(exc, None))
-            return None
-        if isinstance(event, h11.Request):
-            self._begin(event, now)
-            return None
-        if event is not h11.NEED_DATA:
-            self._close()  # ConnectionClosed: the client left
-            return None
+        if self._unread:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                log.debug("%s: malformed request head: %s", self.peer, exc)
+                self._reject(malformed(exc, None))
+                return None
+            if type(event) is h11.Request:  # h11's events are ABCs: isinstance is slow
+                self._begin(event, now)
+                return None
+            if event is not h11.NEED_DATA:
+                self._close()  # ConnectionClosed: the client left
+                return None
+            self._unread = False
         if self._deadline is None:
             idle = self.limits.keepalive_timeout
             if self._first or self._started_head:
@@ -247,7 +253,9 @@ class ClientConnection:
         self._phase = _Phase.HEAD
         self._first = False
         self._deadline = None
-        self._started_head = bool(self._conn.trailing_data[0])
+        unread, closed = self._conn.trailing_data
+        self._started_head = bool(unread)
+        self._unread = bool(unread) or closed
         self.answer.begin(b"")
 
     def _begin(self, request: h11.Request, now: float) -> None:
@@ -305,7 +313,7 @@ class ClientConnection:
         if event is h11.NEED_DATA:
             self._admitted = None  # an await comes: admission is asked again at the end
             return Read(read_deadline(now, self._deadline, self.limits.header_timeout))
-        if isinstance(event, h11.Data):
+        if type(event) is h11.Data:
             size = len(self._body) + len(event.data)
             refusal: errors.LambdaError | None = None
             if size > self.limits.max_body_bytes:
@@ -319,7 +327,7 @@ class ClientConnection:
                 return None
             self._body += event.data
             return None
-        if not isinstance(event, h11.EndOfMessage):
+        if type(event) is not h11.EndOfMessage:
             self._give_back()  # ConnectionClosed: the client left mid-request
             self._close()
             return None

@@ -47,12 +47,15 @@ class LogCapture:
     def __init__(self, api_version: str, sink: Callable[[LogEntry], None], *,
                  socket_path: str | None = None,
                  congested: Callable[[str], bool] | None = None,
-                 on_dropped: Callable[[str, int, int], None] | None = None) -> None:
+                 on_dropped: Callable[[str, int, int], None] | None = None,
+                 encoded: channel_stream.EncodedSink | None = None) -> None:
         """`congested(function)` says when the store's buffer is full for that function's
         lines (its channels pause reading);
-        `on_dropped(function, lines, bytes)` is told what a runtime's queue dropped."""
+        `on_dropped(function, lines, bytes)` is told what a runtime's queue dropped;
+        `encoded` (the LogStore), when given, takes log channels' lines already encoded."""
         self._api_version = api_version
         self._sink = sink
+        self._encoded = encoded
         self._socket = socket_path or docker_socket()
         self._congested = congested
         self._on_dropped = on_dropped
@@ -96,7 +99,7 @@ class LogCapture:
         if self._congested is not None:
             congested = functools.partial(self._congested, source.function)
         protocol = await channel_stream.follow(folder, decoder, self._sink,
-                                               congested=congested)
+                                               congested=congested, encoded=self._encoded)
         if protocol is None or not decoder.head_done:
             log.info("log channel not answered instance=%s: following Docker's stream",
                      source.instance)

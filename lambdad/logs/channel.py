@@ -24,8 +24,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 
-from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, parse_line
+from lambdad.logs.entry import FRAME, FRAME_STARTS, RUNTIME_STREAM, TAG, LogEntry, parse_line
 
 # Lambda-Invocation-Type is not one a runtime invokes a function with: a runtime from before
 # the channel (a version image built on an older runtime image) answers 400 and runs nothing.
@@ -78,6 +79,9 @@ class RecordDecoder:
         self._at = 0
         self._when = datetime.fromtimestamp(0, UTC)
         self._stream = "stdout"
+        self._prefix = ""  # the current record's JSON up to a line's stream (take_encoded)
+        self._id_prefix = ""  # the same, for the runtime's frames (stream "runtime")
+        self._fixed: dict[str, str] | None = None
 
     @property
     def head_done(self) -> bool:
@@ -130,19 +134,88 @@ class RecordDecoder:
                                             request_id, message))
                 self._at = stop
                 continue
-            self._lines, self._at = [], 0
-            if not self._head_done or len(self._buffer) < HEADER.size:
+            loaded = self._load()
+            if loaded is None:
                 break
-            size, kind, stream, zero, time_ns = HEADER.unpack_from(self._buffer)
-            if size > MAX_PAYLOAD or zero:
-                raise ChannelBroken(f"a record of {size} bytes (flags {zero})")
-            end = HEADER.size + size
-            if len(self._buffer) < end:
-                break
-            payload = bytes(self._buffer[HEADER.size:end])
-            del self._buffer[:end]
-            entries.extend(self._entries(kind, stream, payload, time_ns))
+            entries.extend(loaded)
         return entries
+
+    def _load(self) -> list[LogEntry] | None:
+        """Decodes the next whole record, if one waits (else None): a DROPPED record's entry,
+        or nothing for a LINES record, whose lines are then the current ones."""
+        self._lines, self._at = [], 0
+        if not self._head_done or len(self._buffer) < HEADER.size:
+            return None
+        size, kind, stream, zero, time_ns = HEADER.unpack_from(self._buffer)
+        if size > MAX_PAYLOAD or zero:
+            raise ChannelBroken(f"a record of {size} bytes (flags {zero})")
+        end = HEADER.size + size
+        if len(self._buffer) < end:
+            return None
+        payload = bytes(self._buffer[HEADER.size:end])
+        del self._buffer[:end]
+        return self._entries(kind, stream, payload, time_ns)
+
+    def take_encoded(self, limit: int, entries: list[LogEntry] | None = None,
+                     ) -> tuple[list[bytes], list[int]]:
+        """As `take`, but each line as the LogStore files it (`LogEntry.to_json`'s bytes and a
+        newline) and its message's length, with no LogEntry unless `entries` is given (someone
+        follows the function's logs live): a record's time, function, version and instance
+        are encoded once for all its lines, not once a line."""
+        lines: list[bytes] = []
+        sizes: list[int] = []
+        while len(lines) < limit:
+            if self._at < len(self._lines):
+                stop = min(len(self._lines), self._at + limit - len(lines))
+                plain, framed = self._prefix, self._id_prefix
+                for raw in self._lines[self._at:stop]:
+                    text = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
+                    # parse_line, inline (a call and a tuple a line less); its request ids
+                    # are [0-9A-Za-z-] only, so they need no JSON escaping
+                    tag = TAG.match(text)
+                    if tag is not None:
+                        end = tag.end()
+                        request_id, message, frame = text[:end - 1], text[end:], False
+                    else:
+                        request_id, message, frame = "", text, False
+                        if text.startswith(FRAME_STARTS):
+                            match = FRAME.match(text)
+                            if match is not None:
+                                request_id, frame = match.group(1), True
+                        elif text.startswith("INIT_REPORT "):
+                            frame = True
+                    lines.append(((framed if frame else plain) + request_id + '","message":'
+                                  + encode_basestring_ascii(message) + "}\n").encode())
+                    sizes.append(len(message))
+                    if entries is not None:
+                        entries.append(LogEntry(self._when, self.function, self.version,
+                                                self.instance,
+                                                RUNTIME_STREAM if frame else self._stream,
+                                                request_id, message))
+                self._at = stop
+                continue
+            loaded = self._load()
+            if loaded is None:
+                break
+            if not loaded:  # a LINES record: its lines are next
+                self._encode_prefixes()
+            for entry in loaded:  # a DROPPED record's entry
+                lines.append(entry.to_json().encode() + b"\n")
+                sizes.append(len(entry.message))
+                if entries is not None:
+                    entries.append(entry)
+        return lines, sizes
+
+    def _encode_prefixes(self) -> None:
+        if self._fixed is None:  # the fields after the time, per stream: the same all along
+            fixed = (f',"function":{encode_basestring_ascii(self.function)},'
+                     f'"version":{int(self.version)},'
+                     f'"instance":{encode_basestring_ascii(self.instance)},"stream":')
+            self._fixed = {name: f'{fixed}{encode_basestring_ascii(name)},"request_id":"'
+                           for name in (*STREAMS.values(), RUNTIME_STREAM)}
+        head = '{"time":"' + self._when.isoformat() + '"'  # ASCII digits, '-', ':', '+', 'T'
+        self._prefix = head + self._fixed[self._stream]
+        self._id_prefix = head + self._fixed[RUNTIME_STREAM]
 
     def _entries(self, kind: int, stream: int, payload: bytes, time_ns: int) -> list[LogEntry]:
         when = datetime.fromtimestamp(time_ns / 1e9, UTC)

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from lambdad.logs.channel import REQUEST, ChannelBroken, RecordDecoder
 from lambdad.logs.entry import LogEntry
@@ -42,6 +43,16 @@ STEP_ENTRIES = 64
 LINE_COST = 256
 
 
+class EncodedSink(Protocol):
+    """Where a channel files its lines already encoded (the LogStore): entries as objects
+    only for a function someone follows."""
+
+    def follows(self, function: str) -> bool: ...
+
+    def append_encoded(self, function: str, lines: list[bytes], sizes: list[int],
+                       entries: list[LogEntry] | None = None) -> None: ...
+
+
 class ReadBudget:
     """A token bucket over bytes read (pure): how long to pause after reading `size`."""
 
@@ -63,9 +74,11 @@ class ChannelProtocol(asyncio.Protocol):
     """One instance's channel: sends the log request, decodes what comes back."""
 
     def __init__(self, decoder: RecordDecoder, sink: Callable[[LogEntry], None],
-                 budget: ReadBudget, congested: Callable[[], bool] | None = None) -> None:
+                 budget: ReadBudget, congested: Callable[[], bool] | None = None,
+                 encoded: EncodedSink | None = None) -> None:
         self.decoder = decoder
         self.sink = sink
+        self.encoded = encoded  # when set, lines go there encoded, not to `sink`
         self.budget = budget
         self.congested = congested
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -106,14 +119,22 @@ class ChannelProtocol(asyncio.Protocol):
         if self.broken is not None:
             return
         try:
-            entries = self.decoder.take(STEP_ENTRIES)
+            if self.encoded is not None:
+                function = self.decoder.function
+                wanted: list[LogEntry] | None = [] if self.encoded.follows(function) else None
+                lines, sizes = self.decoder.take_encoded(STEP_ENTRIES, wanted)
+                self.encoded.append_encoded(function, lines, sizes, wanted)
+                count = len(lines)
+            else:
+                entries = self.decoder.take(STEP_ENTRIES)
+                for entry in entries:
+                    self.sink(entry)
+                count = len(entries)
         except ChannelBroken as exc:
             self._refuse(exc)
             self._finish()
             return
-        for entry in entries:
-            self.sink(entry)
-        pause = self.budget.spend(self._owed + len(entries) * LINE_COST, time.monotonic())
+        pause = self.budget.spend(self._owed + count * LINE_COST, time.monotonic())
         self._owed = 0
         if pause > 0:
             self.paused_s += pause
@@ -156,9 +177,11 @@ class ChannelProtocol(asyncio.Protocol):
 
 async def follow(folder: InstanceFolder, decoder: RecordDecoder,
                  sink: Callable[[LogEntry], None], budget: ReadBudget | None = None,
-                 congested: Callable[[], bool] | None = None) -> ChannelProtocol | None:
+                 congested: Callable[[], bool] | None = None,
+                 encoded: EncodedSink | None = None) -> ChannelProtocol | None:
     """Reads the instance's channel until it ends (the instance stopped, or the channel
-    broke its format); None when the socket could not be reached."""
+    broke its format); None when the socket could not be reached. With `encoded`, lines
+    are filed there as the store's bytes (no object a line unless followed), not to `sink`."""
     try:
         sock = await folder.connect()
     except (OSError, Refused) as exc:
@@ -166,7 +189,8 @@ async def follow(folder: InstanceFolder, decoder: RecordDecoder,
         return None
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_unix_connection(
-        lambda: ChannelProtocol(decoder, sink, budget or ReadBudget(), congested), sock=sock)
+        lambda: ChannelProtocol(decoder, sink, budget or ReadBudget(), congested, encoded),
+        sock=sock)
     try:
         await protocol.done
     finally:

@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 RUNTIME_STREAM = "runtime"  # LogEntry.stream of the runtime's own frames
-_FRAME = re.compile(r"(?:START|END|REPORT) RequestId: ([0-9A-Za-z-]{1,64})(?:\s|$)")
-_TAG = re.compile(r"[0-9A-Za-z-]{0,64}\t")
-_FRAME_STARTS = ("START ", "END ", "REPORT ")
+# The runtime's line formats (below); the log channel's decoder applies them inline too.
+FRAME = re.compile(r"(?:START|END|REPORT) RequestId: ([0-9A-Za-z-]{1,64})(?:\s|$)")
+TAG = re.compile(r"[0-9A-Za-z-]{0,64}\t")
+FRAME_STARTS = ("START ", "END ", "REPORT ")
 
 
 class ParsedLine(NamedTuple):
@@ -41,12 +42,12 @@ def parse_line(line: str, *, framed: bool = True) -> ParsedLine:
     runtime, whose lines are all plain text of no request."""
     if not framed:
         return ParsedLine("", line, False)
-    tagged = _TAG.match(line)
+    tagged = TAG.match(line)
     if tagged:
         end = tagged.end()
         return ParsedLine(line[:end - 1], line[end:], False)
-    if line.startswith(_FRAME_STARTS):
-        frame = _FRAME.match(line)
+    if line.startswith(FRAME_STARTS):
+        frame = FRAME.match(line)
         if frame:
             return ParsedLine(frame.group(1), line, True)
     elif line.startswith("INIT_REPORT "):

@@ -97,6 +97,42 @@ class LogStore:
             if queue.qsize() < 10_000:  # a stuck follower must not hold the daemon's memory
                 queue.put_nowait(entry)
 
+    def follows(self, function: str) -> bool:
+        """Someone follows `function`'s logs live (`logs -f`): its entries are wanted as
+        objects, not only as the file's lines."""
+        return function in self._subscribers
+
+    def append_encoded(self, function: str, lines: list[bytes], sizes: list[int],
+                       entries: list[LogEntry] | None = None) -> None:
+        """`append` for lines a log channel encoded already (`RecordDecoder.take_encoded`:
+        `LogEntry.to_json` and a newline, and each message's length), with their entries
+        only when someone `follows` the function: the same caps, drops and order."""
+        pending: list[bytes] = []
+        own = self._pending_sizes.get(function, 0)
+        total = self._pending_bytes
+        kept: list[LogEntry] | None = [] if entries is not None else None
+        for index, line in enumerate(lines):
+            size = sizes[index] + ENTRY_BYTES
+            if total + size > self.max_pending_bytes or own + size > self.max_function_bytes:
+                dropped = self._dropped.setdefault(function, [0, 0])
+                dropped[0] += 1
+                dropped[1] += sizes[index]
+                continue
+            total += size
+            own += size
+            pending.append(line)
+            if kept is not None and entries is not None:
+                kept.append(entries[index])
+        if pending:
+            self._pending_bytes = total
+            self._pending_sizes[function] = own
+            self._pending.setdefault(function, []).extend(pending)
+        if kept:
+            for queue in self._subscribers.get(function, ()):
+                for entry in kept:
+                    if queue.qsize() < 10_000:
+                        queue.put_nowait(entry)
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)

@@ -6,8 +6,11 @@ caller learns whether the instance may have seen the request.
 
 The connection is the asyncio Protocol itself: bytes go straight from the transport
 into llhttp (`ResponseReader.feed`) in `data_received`, one wake-up per read and no
-StreamReader. One timer per request (`loop.call_at` at the invocation's deadline)
-replaces a timeout context per read.
+StreamReader. One timer per connection, not per request, replaces a timeout context per
+read: it is armed at a request's deadline and, when it fires after that request ended,
+re-armed at the deadline of the one under way (on a kept-alive connection each deadline is
+later than the last, so a request normally arms nothing: it fires once per timeout, not
+once per request).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._active = False  # a request is under way: bytes are its response
         self._answered = False  # bytes came for the request under way
         self._expired = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # of the request under way (loop time)
+        self._timer: asyncio.TimerHandle | None = None  # at or before that deadline
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
 
@@ -94,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _lost(self) -> None:
         self.closed = True
+        self._cancel_timer()
         self._wake()
 
     def _wake(self) -> None:
@@ -103,8 +108,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return  # armed for a request that has ended; none is under way
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:  # armed for an earlier request: the current one's now
+            self._timer = loop.call_at(deadline, self._expire)
+            return
         self._expired = True
         self._wake()
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
 
     # The exchange
 
@@ -154,8 +172,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._used = self._active = True
         self._expired = self._answered = False
         loop = asyncio.get_running_loop()
+        self._deadline = deadline
         if deadline is not None:
-            self._timer = loop.call_at(deadline, self._expire)
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(deadline, self._expire)
         try:
             self.transport.write(payload)
             while not reader.head_done:
@@ -206,10 +229,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _end(self) -> None:
         self._active = False
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            timer.cancel()
+        self._deadline = None  # the timer stays armed for the next request (or fires idle)
         if self._paused:  # the read that paused it may have completed the response
             self._paused = False
             if self.transport is not None and not self.closed:
@@ -219,5 +239,6 @@ class UpstreamConnection(asyncio.Protocol):
         """Closes without waiting: the transport finishes closing on its own."""
         self.broken = True
         self._end()
+        self._cancel_timer()
         if self.transport is not None:
             self.transport.close()

@@ -456,3 +456,52 @@ async def test_a_body_that_ended_in_the_read_that_paused_leaves_the_connection_r
         assert got == MAX_BUFFER + 1 and conn.recycle()
         assert await exchange(conn, b"/next", deadline=2.0) == (200, b"hi")
         conn.close()
+
+
+@run
+async def test_a_kept_alive_connection_arms_one_timer_and_each_request_its_own_deadline(
+        tmp_path: Path) -> None:
+    """The connection's one timer: a request after a quick one arms nothing new, yet times
+    out at its own deadline (not the first request's, nor never); an earlier deadline than
+    the armed one is honoured; a closed connection leaves no timer behind."""
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            target = await read_request(r)
+            if target != b"/hang":
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    loop = asyncio.get_running_loop()
+    async with instance(tmp_path, script) as connect:
+        conn = await connect()
+        assert await exchange(conn, b"/a", deadline=0.2) == (200, b"ok")
+        assert conn.recycle()
+        armed: list[float] = []
+        call_at = loop.call_at
+
+        def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+            armed.append(when)
+            return call_at(when, callback, *args, **kwargs)
+
+        loop.call_at = counting  # type: ignore[method-assign,assignment]
+        try:
+            for _ in range(20):  # later deadlines: no new timer, the armed one serves
+                assert await exchange(conn, b"/a", deadline=5.0) == (200, b"ok")
+                assert conn.recycle()
+        finally:
+            del loop.call_at
+        assert armed == []
+        started = loop.time()
+        with pytest.raises(TimeoutError):  # past the first request's 0.2 s, at its own 0.6 s
+            await exchange(conn, b"/hang", deadline=0.6)
+        assert 0.55 <= loop.time() - started < 2.0
+        conn.close()
+
+        conn = await connect()
+        assert await exchange(conn, b"/a", deadline=30.0) == (200, b"ok")
+        assert conn.recycle()
+        started = loop.time()
+        with pytest.raises(TimeoutError):  # earlier than the armed 30 s
+            await exchange(conn, b"/hang", deadline=0.2)
+        assert loop.time() - started < 2.0
+        conn.close()
+        assert conn._timer is None  # closed: nothing left armed for it
