@@ -284,6 +284,7 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
     _docker_run()  # warm-up: the runtime image's layers in the page cache
     samples: list[int] = []
     inits: list[float] = []
+    firsts: list[float] = []  # the first request, sent to its answer's head (Server-Timing)
     invalid: list[str] = []
     baseline: list[int] = []
     every = max(1, plan.rounds // plan.ref_rounds)
@@ -328,6 +329,8 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
         samples.append(reply.ns)
         if "init" in reply.timing:
             inits.append(reply.timing["init"])
+        if "function" in reply.timing:
+            firsts.append(reply.timing["function"])
         print(f"    round {attempt}: {name} {_ms(reply.ns):.1f} ms (lambdad's init "
               f"{reply.timing.get('init', float('nan')):.1f} ms; waited {refill:.2f} s for "
               "the pool)", flush=True)
@@ -367,17 +370,22 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
     report.verdicts.append(f"stem-cell rounds served by a cell: {served} of {attempt} "
                            f"(check) {_verdict(not invalid)}")
     init_p50 = statistics.median(inits) if inits else None
+    first_p50 = statistics.median(firsts) if firsts else None
     report.lines.append(
         f"stem cell: p50 {p50:.1f} ms, p90 {result.subject.p90_ms:.1f} ms, p99 {p99:.1f} ms, "
         f"max {_p(samples, 100):.1f} ms over {len(samples)} rounds"
         + (f"; lambdad's init (take + link + POST /init) p50 {init_p50:.1f} ms"
            if init_p50 is not None else "")
+        + (f", then the first request in the instance p50 {first_p50:.1f} ms"
+           if first_p50 is not None else "")
         + f"; rounds not served by a cell: {len(invalid)}")
     report.figures["cold"] = {
         "docker_run": {"n": len(baseline), "p50_ms": round(result.baseline.median_ms, 2)},
         "cell": {"n": len(samples), "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
                  "max_ms": round(_p(samples, 100), 2),
                  "init_p50_ms": round(init_p50, 2) if init_p50 is not None else None,
+                 "first_request_p50_ms": (round(first_p50, 2) if first_p50 is not None
+                                          else None),
                  "ratio_of_medians": round(result.ratio, 4), "invalid_rounds": len(invalid)},
     }
     return result.baseline

@@ -14,6 +14,11 @@ tested without Docker.
   crowd out the containers that requests are waiting for.
 - A start that fails is not retried at once: after consecutive failures `refill()`
   waits 1, 2, 4 ... up to 60 seconds, so a missing runtime image cannot spin the loop.
+- The refill after a take starts REFILL_DELAY_S later (with `later`, the loop's timer): the
+  cell just taken is serving a cold request then, and a container start at that moment
+  (the Docker SDK's thread holding the GIL for ~2 ms, dockerd, containerd and runc on the
+  same cores) lengthened that request by about 1 ms of lambdad's init alone
+  (docs/performance.md, "Issue 16: the cell cold start").
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ log = logging.getLogger("lambdad.runtime")
 # started already, so a function that sets one gets a container of its own instead.
 STARTUP_ONLY_PREFIXES = ("LD_", "PYTHON", "MALLOC_", "LC_")
 STARTUP_ONLY_NAMES = frozenset({"LANG", "LANGUAGE", "TZ", "GLIBC_TUNABLES"})
+# After a take, the pool refills this much later: past the cold request the cell serves
+# (p99 well under it on an idle host), long before a container start (hundreds of ms) ends.
+REFILL_DELAY_S = 0.05
 
 
 def needs_own_process(env: Mapping[str, str]) -> bool:
@@ -95,8 +103,13 @@ class CellPool:
         spawn: Callable[[Awaitable[None]], None],
         max_starting: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        later: Callable[[float, Callable[[], None]], object] | None = None,
     ) -> None:
+        """`later(delay, callback)` runs a callback after `delay` seconds (the loop's
+        call_later); without it a take refills at once."""
         self.size = size
+        self._later = later
+        self._refill_due = False  # a refill after a take is waiting for its timer
         self._clock = clock
         self._failures = 0  # consecutive failed starts
         self._retry_at = 0.0
@@ -137,8 +150,21 @@ class CellPool:
                         break
         if cell is not None:
             self._failures, self._retry_at = 0, 0.0  # a cell lived to be used: starts work
-            self.refill()
+            self._refill_after_take()
         return cell
+
+    def _refill_after_take(self) -> None:
+        """Refills REFILL_DELAY_S from now (one timer for a burst of takes), not while the
+        cell just taken serves its cold request."""
+        if self._later is None:
+            self.refill()
+        elif not self._refill_due:
+            self._refill_due = True
+            self._later(REFILL_DELAY_S, self._delayed_refill)
+
+    def _delayed_refill(self) -> None:
+        self._refill_due = False
+        self.refill()
 
     def _pop(self, cell_class: CellClass) -> Cell | None:
         ready = self._ready.get(cell_class)

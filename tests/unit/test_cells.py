@@ -6,14 +6,20 @@ import asyncio
 import itertools
 import os
 import stat
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from lambdad.build.artifacts import ArtifactStore, link_into
 from lambdad.functions import FunctionConfig
-from lambdad.runtime.cells import Cell, CellClass, CellPool, needs_own_process
+from lambdad.runtime.cells import (
+    REFILL_DELAY_S,
+    Cell,
+    CellClass,
+    CellPool,
+    needs_own_process,
+)
 
 SMALL = CellClass(128, "none", 1.0, 256)
 BIG = CellClass(512, "none", 1.0, 256)
@@ -21,8 +27,9 @@ NETWORKED = CellClass(128, "bridge", 1.0, 256)
 
 
 class Harness:
-    def __init__(self, size: int = 2, *, max_starting: int = 2) -> None:
+    def __init__(self, size: int = 2, *, max_starting: int = 2, delayed: bool = False) -> None:
         self.now = 0.0
+        self.timers: list[tuple[float, Callable[[], None]]] = []  # `later`'s, when delayed
         self.fail = 0
         self.gate: asyncio.Event | None = None
         self.started: list[Cell] = []
@@ -30,7 +37,11 @@ class Harness:
         self.tasks: set[asyncio.Task[None]] = set()
         self.ids = itertools.count(1)
         self.pool = CellPool(size, start=self.start, destroy=self.destroy, spawn=self.spawn,
-                             max_starting=max_starting, clock=lambda: self.now)
+                             max_starting=max_starting, clock=lambda: self.now,
+                             later=self.later if delayed else None)
+
+    def later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.timers.append((delay, callback))
 
     async def start(self, cell_class: CellClass) -> Cell:
         if self.gate is not None:
@@ -109,6 +120,46 @@ def test_pool_fills_each_class_in_use_and_refills_after_a_take() -> None:
         await h.settle()
         assert h.ready(SMALL) == 2 and len(h.started) == 5
         assert taken not in h.pool.ready_cells()  # a taken cell never comes back
+
+    run(scenario())
+
+
+def test_a_take_refills_later_not_while_the_cell_serves_its_cold_request() -> None:
+    """A container start right at the take competed with the cold request it was taken for
+    (the Docker SDK's thread for the GIL, dockerd for the cores): the refill waits for the
+    pool's timer, one timer for a burst of takes."""
+    async def scenario() -> None:
+        h = Harness(size=2, delayed=True)
+        h.pool.want([SMALL])
+        await h.settle()
+        assert h.ready(SMALL) == 2 and len(h.started) == 2 and not h.timers
+        assert h.pool.take(SMALL) is not None
+        assert h.pool.take(SMALL) is not None
+        await h.settle()
+        assert len(h.started) == 2 and h.ready(SMALL) == 0  # nothing started yet
+        assert sum(s.starting for s in h.pool.stats()) == 0
+        assert [delay for delay, _ in h.timers] == [REFILL_DELAY_S]
+        _, refill = h.timers.pop()
+        refill()
+        await h.settle()
+        assert h.ready(SMALL) == 2 and len(h.started) == 4
+        assert h.pool.take(SMALL) is not None  # the next take arms a new timer
+        assert [delay for delay, _ in h.timers] == [REFILL_DELAY_S]
+
+    run(scenario())
+
+
+def test_a_delayed_refill_after_close_starts_nothing() -> None:
+    async def scenario() -> None:
+        h = Harness(size=1, delayed=True)
+        h.pool.want([SMALL])
+        await h.settle()
+        assert h.pool.take(SMALL) is not None
+        h.pool.close()
+        _, refill = h.timers.pop()
+        refill()
+        await h.settle()
+        assert len(h.started) == 1 and not h.pool.ready_cells()
 
     run(scenario())
 
