@@ -81,6 +81,7 @@ def freezing() -> Iterator[Lambdad]:
         yield daemon
 
 
+@pytest.mark.slow  # a window to wait out, or a daemon of its own
 def test_an_idle_instance_is_frozen_thawed_by_the_next_request_then_stopped(
     freezing: Lambdad, tmp_path: Path
 ) -> None:
@@ -89,7 +90,7 @@ def test_an_idle_instance_is_frozen_thawed_by_the_next_request_then_stopped(
     host, start = _served(daemon, "thaw")
     container = _container(daemon, "thaw")
     assert container.startswith(host) and start == "warm"
-    # Idle for pause_after: paused, a live instance still.
+    # Idle for pause_after (0.5 s): paused.
     assert wait_for(lambda: _paused(container), timeout=10)
     # Past its idle timeout (1 s): frozen for the window instead of stopped.
     assert wait_for(lambda: _frozen(daemon, "thaw") == 1, timeout=10)
@@ -109,17 +110,25 @@ def test_an_idle_instance_is_frozen_thawed_by_the_next_request_then_stopped(
     assert start in ("cell", "container") and not container.startswith(host)
 
 
-def test_a_frozen_instance_stops_with_its_function(freezing: Lambdad, tmp_path: Path) -> None:
+def test_a_frozen_instance_stops_on_redeploy_and_with_its_function(
+    freezing: Lambdad, tmp_path: Path
+) -> None:
     daemon = freezing
     _deploy(daemon, tmp_path, "gone")
-    container = _container(daemon, "gone")
+    first = _container(daemon, "gone")
     assert wait_for(lambda: _frozen(daemon, "gone") == 1, timeout=10)
-    assert _paused(container)
+    assert _paused(first)
+    _deploy(daemon, tmp_path, "gone")  # a new version: the frozen old instance goes
+    assert wait_for(lambda: _state(first) is None, timeout=10)
+    second = _container(daemon, "gone")
+    assert wait_for(lambda: _frozen(daemon, "gone") == 1, timeout=10)
+    assert _paused(second)
     assert daemon.cli("delete", "gone").code == 0
-    assert _state(container) is None  # thawed and stopped, not left frozen
+    assert _state(second) is None  # thawed and stopped, not left frozen
     assert "could not remove an instance of gone" not in daemon.log()
 
 
+@pytest.mark.slow  # a window to wait out, or a daemon of its own
 def test_over_the_frozen_memory_bound_the_longest_frozen_stops_first(
     wheelhouse: Path, tmp_path: Path
 ) -> None:
@@ -141,6 +150,7 @@ def test_over_the_frozen_memory_bound_the_longest_frozen_stops_first(
         assert "frozen_memory_mb (100 MiB)" in daemon.log()
 
 
+@pytest.mark.slow  # a window to wait out, or a daemon of its own
 def test_a_frozen_instance_is_adopted_frozen_after_a_restart(
     wheelhouse: Path, tmp_path: Path
 ) -> None:

@@ -297,6 +297,29 @@ def test_over_the_frozen_memory_bound_the_longest_frozen_stops_first() -> None:
     run(scenario)
 
 
+def test_a_stop_waits_for_a_pause_under_way_then_thaws_before_its_signal() -> None:
+    """Thawing while `docker pause` is still running would leave the container frozen
+    through its stop signal."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager.register(version())
+        _, body = await rt.call()
+        container = body["container"]
+        [pool] = rt.manager._routes.every_pool()
+        [instance] = pool.instances
+        await instance.transition.acquire()  # a pause under way
+        instance.paused = True
+        removal = asyncio.create_task(rt.manager.remove_function("fn"))
+        await asyncio.sleep(0.1)
+        assert container in rt.docker.containers and rt.docker.unpaused == []
+        rt.docker.pause(container)  # the pause completes
+        instance.transition.release()
+        assert await removal == 1
+        assert rt.docker.unpaused == [container] and container in rt.docker.removed
+
+    run(scenario)
+
+
 def test_undeploy_stops_every_instance_busy_or_not() -> None:
     async def scenario(root: Path) -> None:
         rt = Runtime(root)
