@@ -211,6 +211,7 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
         on_instance=instance_observer(capture, metrics), artifacts=artifacts,
         cells_dir=state / "c", cell_pool_size=config.cell_pool_size,
         runtime_image=config.runtime_image, pause_after=config.pause_after,
+        freeze_window=config.freeze_window, frozen_memory=config.frozen_memory_bytes,
     )
     metrics.watch_pools(lambda: [
         PoolSample(name, *astuple(runtime.counts(name))) for name in runtime.routed()

@@ -87,6 +87,8 @@ class Config:
     max_event_bytes: int = 256 * 1024
     cell_pool_size: int = 2
     pause_after: float = 5.0
+    freeze_window: float = 600.0
+    frozen_memory_bytes: int = 512 * MIB
     build_timeout: float = 600.0
     build_memory_bytes: int = 2048 * MIB
     build_user: int = 65534

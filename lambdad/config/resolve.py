@@ -224,6 +224,8 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         log_level=values["log_level"],
         cell_pool_size=values["cell_pool_size"],
         pause_after=values["pause_after"],
+        freeze_window=values["freeze_window"],
+        frozen_memory_bytes=values["frozen_memory_mb"],
         build_timeout=values["build_timeout"],
         build_memory_bytes=values["build_memory"],
         build_user=values["build_user"],

@@ -156,9 +156,18 @@ SETTINGS: tuple[Setting, ...] = (
        "so a cold start of a standard-runtime function only loads its code; 0 disables "
        "(default: 2)", metavar="N", numeric=True),
     _s("pause_after", "runtime", seconds, 5,
-       "idle instances of Dockerfile functions are paused (cgroup freezer) after this many "
-       "seconds and unpaused by the next request; 0 disables (default: 5)",
+       "idle instances are paused (cgroup freezer) after this many seconds and unpaused by "
+       "the next request; 0 disables (default: 5)",
        metavar="SECONDS", numeric=True),
+    _s("freeze_window", "runtime", seconds, 600,
+       "an instance idle for its function's idle_timeout beyond min_instances is kept "
+       "frozen (cgroup freezer) this many seconds before it stops, so a request meanwhile "
+       "thaws it instead of starting and importing anew; 0 stops it at once (default: 600)",
+       metavar="SECONDS", numeric=True),
+    _s("frozen_memory_mb", "runtime", mib_or_zero, 512,
+       "memory, in MiB, all instances kept frozen for the freeze window may hold on this "
+       "host (as the container's cgroup reports it once frozen); beyond it the longest "
+       "frozen stop first; 0 keeps none (default: 512)", metavar="MiB", numeric=True),
     _s("function_log_size", "runtime", mib, 4,
        "size at which a function's log file rotates, in MiB (default: 4)", metavar="MiB",
        numeric=True),

@@ -32,6 +32,8 @@ class PoolSample:
     starting: int
     draining: int
     queued: int
+    paused: int = 0
+    frozen: int = 0
 
 
 COLD_PATHS = ("cell", "container")  # a new instance; "unpaused" is a thaw, not a start
@@ -114,7 +116,13 @@ class _PoolCollector(Collector):
             "lambdad_queue_depth", "Requests waiting for an instance slot", labels=["function"]
         )
         for pool in self._sample():
-            instances.add_metric([pool.function, "idle"], pool.running - pool.busy)
+            # Disjoint states: idle (running, not paused), paused (pause_after), frozen
+            # (past idle_timeout, kept for the freeze window), busy; starting and
+            # draining are not in `running`.
+            instances.add_metric([pool.function, "idle"],
+                                 pool.running - pool.busy - pool.paused - pool.frozen)
+            instances.add_metric([pool.function, "paused"], pool.paused)
+            instances.add_metric([pool.function, "frozen"], pool.frozen)
             instances.add_metric([pool.function, "busy"], pool.busy)
             instances.add_metric([pool.function, "starting"], pool.starting)
             instances.add_metric([pool.function, "draining"], pool.draining)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ class ManagedContainer:
     running: bool
     cell: bool = False  # a stem cell; the runtime manager finds its owner, if any
     log_channel: bool = False  # started with the log channel on (labels.LOGS)
+    paused: bool = False  # frozen (docker pause) when found: adopted frozen
 
 
 def managed_container(container_id: str, found: dict[str, str],
@@ -371,5 +372,5 @@ class DockerBackend:
             managed = managed_container(str(container.id), container.labels,
                                         container.status == "running")
             if managed is not None:
-                result.append(managed)
+                result.append(replace(managed, paused=container.status == "paused"))
         return result

@@ -158,11 +158,14 @@ class Forwarder:
                 and now >= instance.no_pause_until)
 
     async def pause(self, instance: Instance) -> None:
-        """Freezes an idle instance (cgroup freezer): no CPU, memory kept, ~ms to thaw."""
+        """Freezes an idle instance (cgroup freezer): no CPU, memory kept, ~ms to thaw.
+        Its memory is measured once frozen (it cannot change until a thaw), off the loop,
+        for the bound on frozen memory."""
         async with instance.transition:
             if instance.paused or instance.dead or instance.in_flight > 0:
                 return
             instance.paused = True
+            instance.pauses += 1
             try:
                 await asyncio.to_thread(self._backend.pause, instance.container_id)
             except Exception as exc:
@@ -171,8 +174,14 @@ class Forwarder:
                 log.warning("pause failed instance=%s retry_in_s=%d error=%s", instance.id,
                             PAUSE_RETRY_S, exc)
                 return
+            pauses = instance.pauses
         log.debug("instance paused function=%s instance=%s", instance.version.function,
                   instance.id)
+        size = await asyncio.to_thread(self._backend.memory_bytes, instance.container_id)
+        if instance.paused and instance.pauses == pauses:  # not thawed meanwhile
+            # Unknown (stats failed): its memory limit, an upper bound.
+            instance.paused_bytes = (size if size is not None
+                                     else instance.version.config.memory_mb * 1024 * 1024)
 
     async def _unpause(self, instance: Instance) -> bool:
         """Thaws a paused instance before a request uses it; True if it was paused."""
@@ -189,6 +198,7 @@ class Forwarder:
                     _pool(instance).discard(instance, f"could not be unpaused ({exc})")
                     raise Unavailable(f"could not unpause an instance: {exc}") from None
             instance.paused = False
+            instance.paused_bytes = None
             return True
 
 

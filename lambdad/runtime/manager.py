@@ -26,6 +26,7 @@ from lambdad.runtime.backend import Backend
 from lambdad.runtime.cells import CellClass, ClassStats
 from lambdad.runtime.folder import CONTAINER_UID
 from lambdad.runtime.forward import Forwarder
+from lambdad.runtime.freezing import Frozen, over_bound
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.pool import Instance, InstancePool
 from lambdad.runtime.readiness import Readiness
@@ -47,16 +48,22 @@ class RuntimeManager:
         on_instance: Callable[[Instance, str], None] | None = None,
         artifacts: ArtifactSource | None = None, cells_dir: Path | None = None,
         cell_pool_size: int = 0, runtime_image: str = "lambda-runtime/python:3.11",
-        pause_after: float = 0.0, socket_owner: int = CONTAINER_UID,
+        pause_after: float = 0.0, freeze_window: float = 0.0, frozen_memory: int = 0,
+        socket_owner: int = CONTAINER_UID,
     ) -> None:
         """`on_instance` is told of every instance: "started" (container running),
         "connected" (its socket answers, its code maybe not loaded yet), "ready" (serving)
-        and "adopted" (found running after a restart). `socket_owner` is
+        and "adopted" (found running after a restart). `pause_after`: idle seconds before
+        an instance is paused; `freeze_window`: seconds an instance past its idle timeout is
+        kept frozen before it stops (0: it stops at once); `frozen_memory`: bytes all those
+        frozen instances may hold, the longest frozen stop first beyond it. `socket_owner` is
         the uid an instance's socket must belong to (the containers' user; tests run a fake
         runtime as their own)."""
         self._backend = backend
         self._on_instance = on_instance
         self._pause_after = pause_after
+        self._freeze_window = freeze_window
+        self._frozen_memory = frozen_memory
         self._image_checked_at = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -206,25 +213,48 @@ class RuntimeManager:
             pool.ensure_minimum()
 
     def housekeeping(self) -> None:
-        """Periodic: scale idle instances down, pause idle Dockerfile instances, restore
-        minimums, refill the stem cells, forget drained pools."""
+        """Periodic: scale idle instances down (stopped, or frozen for the freeze window),
+        pause idle instances, stop the longest frozen beyond the frozen memory bound,
+        restore minimums, refill the stem cells, forget drained pools."""
         now = time.monotonic()
         for pool in self._routes.serving():
-            reaped = pool.reap_idle()
+            reaped = pool.reap_idle(self._freeze_window)
             if reaped:
                 log.info("scaled down function=%s version=%d idle_instances_stopped=%d",
                          pool.version.function, pool.version.number, reaped)
             pool.ensure_minimum()
-            if self._pause_after > 0 and pool.version.config.runtime == "docker":
-                for instance in pool.instances:
-                    if self._forwarder.may_pause(instance, now, self._pause_after):
+            for instance in pool.instances:
+                if instance.frozen_since is not None:  # frozen whatever pause_after says
+                    if self._forwarder.may_pause(instance, now, 0.0):
                         self._spawn(self._forwarder.pause(instance))
+                elif (self._pause_after > 0
+                      and self._forwarder.may_pause(instance, now, self._pause_after)):
+                    self._spawn(self._forwarder.pause(instance))
+        if self._freeze_window > 0:
+            self._bound_frozen()
         if not self._closing:
             self.cells.refill()
             if self.cells.enabled and now - self._image_checked_at >= IMAGE_CHECK_S:
                 self._image_checked_at = now
                 self._spawn(self._check_runtime_image())
         self._routes.sweep()
+
+    def _bound_frozen(self) -> None:
+        """Stops the longest frozen instances while all frozen ones hold more memory than
+        `frozen_memory` (as measured once each was paused)."""
+        frozen = [(pool, i) for pool in self._routes.serving() for i in pool.instances
+                  if i.frozen_since is not None and i.paused and i.paused_bytes is not None]
+        chosen = over_bound([Frozen(i.frozen_since or 0.0, i.paused_bytes or 0)
+                             for _, i in frozen], self._frozen_memory)
+        limit = self._frozen_memory / (1024 * 1024)
+        for index in chosen:
+            pool, instance = frozen[index]
+            if pool.evict_frozen(instance, f"stopped: frozen instances held more than "
+                                           f"frozen_memory_mb ({limit:g} MiB)"):
+                log.info("frozen instance stopped function=%s version=%d instance=%s "
+                         "memory_bytes=%d frozen_memory_bytes=%d", pool.version.function,
+                         pool.version.number, instance.id, instance.paused_bytes or 0,
+                         self._frozen_memory)
 
     async def _check_runtime_image(self) -> None:
         """Follows the runtime image's tag: after `make runtime-image` the cells of the old

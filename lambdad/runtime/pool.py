@@ -12,6 +12,9 @@ unit-tested without Docker.
 - A request that waits longer than the queue timeout gets Throttled (429).
 - `close` (a delete, the daemon's stop) cancels the starts in flight: one not yet at
   Docker creates nothing, one with a container stops it as it unwinds (see `starts`).
+- An instance idle for idle_timeout beyond the minimum stops, or with a freeze window is
+  kept frozen that long first (`freezing.idle_fates`); a request that takes a frozen
+  instance revives it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from lambdad.errors import LambdaError, Throttled, Unavailable
 from lambdad.functions import FunctionVersion
+from lambdad.runtime.freezing import IdleState, idle_fates
 
 if TYPE_CHECKING:
     from lambdad.runtime.folder import InstanceFolder
@@ -60,6 +64,11 @@ class Instance:
     paused: bool = False  # frozen (docker pause) while idle; unpaused by the next request
     no_pause_until: float = 0.0  # after a failed pause, not before this (monotonic)
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)  # pause/unpause in turn
+    # Past its idle timeout and kept frozen for the host's freeze window since (monotonic);
+    # None while it counts as a live instance. A request that takes it clears this.
+    frozen_since: float | None = None
+    paused_bytes: int | None = None  # its memory, measured once paused (constant while so)
+    pauses: int = 0  # pauses so far: a measurement taken before a thaw is not kept
 
 
 class StartNotNeeded(Exception):
@@ -115,8 +124,7 @@ class InstancePool:
     async def acquire(self, queue_timeout: float) -> Grant:
         instance = self._free_instance()
         if instance is not None and not self._waiters:
-            instance.in_flight += 1
-            instance.last_used = self._clock()
+            self._grant(instance)
             return instance, False
         waiter: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -155,6 +163,11 @@ class InstancePool:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
 
+    def _grant(self, instance: Instance) -> None:
+        instance.in_flight += 1
+        instance.last_used = self._clock()
+        instance.frozen_since = None  # wanted again: a live instance, thawed before use
+
     def _free_instance(self) -> Instance | None:
         best: Instance | None = None
         for instance in self.instances:
@@ -174,8 +187,7 @@ class InstancePool:
             if instance is None:
                 return
             self._waiters.popleft()
-            instance.in_flight += 1
-            instance.last_used = self._clock()
+            self._grant(instance)
             cold = instance.fresh
             instance.fresh = False
             waiter.set_result((instance, cold))
@@ -259,19 +271,38 @@ class InstancePool:
                 waiter.set_exception(exc)
                 return
 
-    def reap_idle(self) -> int:
-        """Stops instances idle for idle_timeout beyond the minimum; returns how many."""
+    def reap_idle(self, freeze_window: float = 0.0) -> int:
+        """Applies `idle_fates` to the instances idle for idle_timeout beyond the minimum:
+        they are marked frozen (the runtime manager freezes them) or stopped; returns how
+        many stopped."""
         scaling = self.version.config.scaling
         now = self._clock()
-        idle = [i for i in self.instances
-                if i.in_flight == 0 and not i.dead and now - i.last_used >= scaling.idle_timeout_s]
-        removable = len(self.instances) - scaling.min_instances
-        idle.sort(key=lambda i: i.last_used)  # the longest idle go first
-        reaped = idle[: max(0, removable)]
-        for instance in reaped:
-            instance.end_reason = "stopped after its idle timeout"
+        candidates = [i for i in self.instances if not i.dead]
+        fates = idle_fates(
+            [IdleState(i.last_used, i.in_flight > 0, i.frozen_since, i.no_pause_until > now)
+             for i in candidates],
+            now=now, idle_timeout=scaling.idle_timeout_s,
+            min_instances=scaling.min_instances, freeze_window=freeze_window)
+        for index in fates.revive:
+            candidates[index].frozen_since = None
+        for index in fates.freeze:
+            candidates[index].frozen_since = now
+        for index in fates.stop:
+            instance = candidates[index]
+            instance.end_reason = ("stopped after its idle timeout and freeze window"
+                                   if instance.frozen_since is not None
+                                   else "stopped after its idle timeout")
             self._remove(instance)
-        return len(reaped)
+        return len(fates.stop)
+
+    def evict_frozen(self, instance: Instance, reason: str) -> bool:
+        """Stops a frozen instance (the host's frozen memory is over its bound); False if
+        it is no longer frozen (a request took it) or already gone."""
+        if instance.frozen_since is None or instance.in_flight or instance not in self.instances:
+            return False
+        instance.end_reason = reason
+        self._remove(instance)
+        return True
 
     # Failures and retirement
 

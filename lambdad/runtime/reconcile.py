@@ -1,5 +1,6 @@
-"""What an earlier run left: its healthy instances of routed versions are adopted, every
-other container, instance folder and cell folder is removed.
+"""What an earlier run left: its healthy instances of routed versions are adopted (frozen
+ones stay frozen until a request thaws them), every other container, instance folder and
+cell folder is removed.
 
 A daemon killed with -9 leaves its instances running, and the ones of active versions
 can serve at once. A specialized stem cell is adopted by the owner file written when
@@ -50,7 +51,7 @@ class Reconciler:
                 container = replace(container, function=function, version=number)
             pool = self.routes.active.get(container.function)
             found = None
-            if (container.running and pool is not None
+            if ((container.running or container.paused) and pool is not None
                     and pool.version.number == container.version
                     and INSTANCE_ID.fullmatch(container.instance)):
                 found = await self._adoptable(container.instance)
@@ -64,6 +65,8 @@ class Reconciler:
                     log_channel=container.log_channel and pool.version.config.runtime != "docker",
                 )
                 instance.idle.append(conn)
+                if container.paused:  # frozen by the earlier run: adopted frozen, thawed
+                    await self._adopt_frozen(instance)  # by its next request
                 pool.add(instance)
                 self.notify(instance, "adopted")
                 adopted.add(container.instance)
@@ -81,6 +84,14 @@ class Reconciler:
             if name not in adopted:  # generic cells never outlive their daemon
                 await self.stopper.remove_tree(self.cells_dir / name)
         return len(adopted), removed
+
+    async def _adopt_frozen(self, instance: Instance) -> None:
+        """A container the earlier run paused: adopted paused (its socket accepts in the
+        kernel while it is frozen), its memory measured as a pause would have."""
+        instance.paused = True
+        size = await asyncio.to_thread(self.backend.memory_bytes, instance.container_id)
+        instance.paused_bytes = (size if size is not None
+                                 else instance.version.config.memory_mb * 1024 * 1024)
 
     def _cell_owner(self, cell_id: str) -> tuple[str, int]:
         """(function, version) of a specialized cell, from its owner file; ("", 0) if generic."""

@@ -23,6 +23,9 @@ class PoolCounts:
     starting: int
     draining: int
     queued: int
+    paused: int = 0  # idle and paused (pause_after), counted in running
+    frozen: int = 0  # past the idle timeout, kept frozen for the freeze window, in running
+    # (one in the window whose pause is not under way yet counts as idle)
 
 
 class Routes:
@@ -144,8 +147,11 @@ class Routes:
         draining = sum(len(p.instances) for p in self._retired if p.version.function == name)
         if pool is None:
             return PoolCounts(0, 0, 0, draining, 0)
+        frozen = sum(1 for i in pool.instances if i.frozen_since is not None and i.paused)
+        paused = sum(1 for i in pool.instances
+                     if i.paused and i.frozen_since is None and i.in_flight == 0)
         return PoolCounts(running=len(pool.instances), busy=pool.busy, starting=pool.starting,
-                          draining=draining, queued=pool.queued)
+                          draining=draining, queued=pool.queued, paused=paused, frozen=frozen)
 
     def serving(self) -> list[InstancePool]:
         """The pools that take requests: active and pinned."""

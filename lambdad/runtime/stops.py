@@ -69,9 +69,11 @@ class Stopper:
             conn.close()
         instance.idle.clear()
         try:
-            if instance.paused:  # a frozen process cannot take the stop signal
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self._backend.unpause, instance.container_id)
+            async with instance.transition:  # a pause under way ends first
+                if instance.paused:  # a frozen process cannot take the stop signal
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(self._backend.unpause, instance.container_id)
+                    instance.paused = False
             ended = await self.stop(instance.container_id, grace)
         finally:  # a failed removal is retried by the next start's reconcile
             await self.remove_folder(instance.folder)

@@ -128,6 +128,9 @@ class Lambdad:
             "--api-key-file", str(self.key_file),
             "--image-prefix", self.image_prefix,
             "--drain-grace", "3",
+            # An idle instance stops at its idle_timeout, as the tests of scaling to zero
+            # expect; tests/e2e/test_freeze.py sets a window of its own (a later flag wins).
+            "--freeze-window", "0",
             *runtime_image_args(),
             *self.extra_args,
         ]

@@ -210,7 +210,8 @@ class FakeDocker:
 
     def managed(self) -> list[ManagedContainer]:
         return [ManagedContainer(c.id, "" if c.cell else c.function, c.version, c.instance,
-                                 c.running, cell=c.cell) for c in self.containers.values()]
+                                 c.running and not c.paused, cell=c.cell, paused=c.paused)
+                for c in self.containers.values()]
 
     # The container's runtime
 

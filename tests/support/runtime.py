@@ -45,7 +45,8 @@ def version(name: str = "fn", number: int = 1, *, runtime: str = "python3.11",
 class Runtime:
     """The manager, its fake engine and what it reported, in one state folder."""
 
-    def __init__(self, root: Path, *, cells: int = 0, pause_after: float = 0.0) -> None:
+    def __init__(self, root: Path, *, cells: int = 0, pause_after: float = 0.0,
+                 freeze_window: float = 0.0, frozen_memory: int = 0) -> None:
         self.root = root
         self.instances_dir = root / "i"
         self.cells_dir = root / "c"
@@ -57,7 +58,8 @@ class Runtime:
         self.manager = RuntimeManager(
             self.docker, instances_dir=self.instances_dir, cells_dir=self.cells_dir,
             start_timeout=5, on_instance=self._on_instance, artifacts=self.artifacts,
-            cell_pool_size=cells, pause_after=pause_after, socket_owner=os.getuid(),
+            cell_pool_size=cells, pause_after=pause_after, freeze_window=freeze_window,
+            frozen_memory=frozen_memory, socket_owner=os.getuid(),
         )
         self.docker.on_exit = self.manager.instance_exited
 

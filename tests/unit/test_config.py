@@ -99,6 +99,7 @@ def test_every_setting_is_read_from_each_source() -> None:
         "start_timeout": "4", "drain_grace": "6", "function_log_size": "1",
         "function_log_files": "2", "async_backoff": "0.5", "schedule_catch_up": "0",
         "log_level": "debug", "cell_pool_size": "0", "pause_after": "1.5",
+        "freeze_window": "30", "frozen_memory_mb": "64",
         "body_timeout": "12", "max_queued_events": "5", "max_event_size": "0.5",
         "build_timeout": "30", "build_memory": "512", "build_user": "1234",
         "build_max_image_size": "300", "build_min_free_disk": "0",
@@ -121,6 +122,7 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.max_body_bytes == 2 * MIB and from_flags.async_backoff == 0.5
     assert from_flags.socket == Path("/srv/l.sock") and from_flags.log_level == "debug"
     assert from_flags.cell_pool_size == 0 and from_flags.pause_after == 1.5
+    assert from_flags.freeze_window == 30 and from_flags.frozen_memory_bytes == 64 * MIB
     assert from_flags.body_timeout == 12 and from_flags.max_queued_events == 5
     assert from_flags.max_event_bytes == MIB // 2
     assert from_flags.build_timeout == 30 and from_flags.build_memory_bytes == 512 * MIB

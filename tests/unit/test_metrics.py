@@ -43,6 +43,17 @@ def test_pool_states_are_read_at_scrape_time() -> None:
     assert 'function="f"' not in metrics.render().decode().split("lambdad_instances")[-1]
 
 
+def test_paused_and_frozen_instances_are_states_of_their_own() -> None:
+    """Disjoint states: a paused or frozen instance is not also counted idle."""
+    metrics = Metrics()
+    metrics.watch_pools(lambda: [PoolSample("f", running=6, busy=1, starting=0, draining=0,
+                                            queued=0, paused=2, frozen=2)])
+    text = metrics.render().decode()
+    assert 'lambdad_instances{function="f",state="idle"} 1.0' in text
+    assert 'lambdad_instances{function="f",state="paused"} 2.0' in text
+    assert 'lambdad_instances{function="f",state="frozen"} 2.0' in text
+
+
 def test_stem_cells_are_read_at_scrape_time() -> None:
     metrics = Metrics()
     metrics.watch_cells(lambda: [CellSample("128MiB/1cpu/256pids/none", ready=2, starting=1)])

@@ -189,24 +189,133 @@ def test_a_timeout_after_a_version_switch_stops_the_instance_in_its_new_pool() -
     run(scenario)
 
 
-def test_an_idle_dockerfile_instance_is_paused_and_the_next_request_thaws_it() -> None:
+def test_an_idle_instance_is_paused_and_the_next_request_thaws_it() -> None:
+    """Dockerfile and standard-runtime instances alike (issue 17: a standard runtime's
+    import is what a thaw saves)."""
     async def scenario(root: Path) -> None:
         rt = Runtime(root, pause_after=0.01)
         rt.manager.register(version("box", runtime="docker"))
         rt.manager.register(version("std"))
         _, box = await rt.call("box")
-        await rt.call("std")
+        _, std = await rt.call("std")
         await asyncio.sleep(0.05)
         rt.manager.housekeeping()
         await rt.manager.drain_background()
-        assert rt.docker.paused == [box["container"]]  # a standard runtime is never paused
+        assert sorted(rt.docker.paused) == sorted([box["container"], std["container"]])
         assert rt.docker.containers[box["container"]].paused
-        response, again = await rt.call("box")  # a frozen container would never answer
-        assert response.start == "unpaused" and again["start"] == "unpaused"
-        assert again["container"] == box["container"]
-        assert rt.docker.unpaused == [box["container"]]
-        response, _ = await rt.call("box")
-        assert response.start == "warm"
+        assert rt.docker.containers[std["container"]].paused
+        assert rt.manager.counts("std").paused == 1 and rt.manager.counts("std").frozen == 0
+        for name, first in (("box", box), ("std", std)):
+            response, again = await rt.call(name)  # a frozen container would never answer
+            assert response.start == "unpaused" and again["start"] == "unpaused"
+            assert again["container"] == first["container"]
+            response, _ = await rt.call(name)
+            assert response.start == "warm"
+        assert sorted(rt.docker.unpaused) == sorted([box["container"], std["container"]])
+        assert rt.manager.counts("std").paused == 0
+
+    run(scenario)
+
+
+def _age(rt: Runtime, name: str, seconds: float) -> None:
+    """Makes the function's instances idle for `seconds` longer (no real waiting)."""
+    for pool in rt.manager._routes.every_pool():
+        if pool.version.function == name:
+            for instance in pool.instances:
+                instance.last_used -= seconds
+                if instance.frozen_since is not None:
+                    instance.frozen_since -= seconds
+
+
+async def _tick(rt: Runtime) -> None:
+    rt.manager.housekeeping()
+    await rt.manager.drain_background()
+
+
+def test_past_its_idle_timeout_an_instance_is_frozen_thawed_by_a_request_then_stopped() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, freeze_window=60, frozen_memory=64 << 20)
+        rt.manager.register(version("std", idle_timeout_s=2))
+        _, first = await rt.call("std")
+        container = first["container"]
+        _age(rt, "std", 3)
+        await _tick(rt)
+        assert rt.docker.containers[container].paused  # frozen, not stopped
+        counts = rt.manager.counts("std")
+        assert (counts.running, counts.frozen, counts.paused) == (1, 1, 0)
+        response, again = await rt.call("std")
+        assert response.start == "unpaused" and again["container"] == container
+        assert rt.manager.counts("std").frozen == 0  # wanted again: a live instance
+        _age(rt, "std", 3)
+        await _tick(rt)
+        assert rt.docker.containers[container].paused
+        _age(rt, "std", 59)
+        await _tick(rt)
+        assert container in rt.docker.containers  # the window is not over yet
+        _age(rt, "std", 2)
+        await _tick(rt)
+        assert container not in rt.docker.containers and container in rt.docker.removed
+        assert rt.docker.unpaused[-1] == container  # thawed before its stop signal
+        assert rt.manager.counts("std").running == 0
+
+    run(scenario)
+
+
+def test_with_no_freeze_window_an_idle_instance_stops_at_once() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager.register(version("std", idle_timeout_s=2))
+        _, first = await rt.call("std")
+        _age(rt, "std", 3)
+        await _tick(rt)
+        assert first["container"] not in rt.docker.containers
+        assert rt.docker.paused == []
+
+    run(scenario)
+
+
+def test_over_the_frozen_memory_bound_the_longest_frozen_stops_first() -> None:
+    async def scenario(root: Path) -> None:
+        # The fake engine reports 1 MiB per container: two frozen exceed 1.5 MiB.
+        rt = Runtime(root, freeze_window=600, frozen_memory=3 << 19)
+        rt.manager.register(version("old", idle_timeout_s=2))
+        rt.manager.register(version("new", idle_timeout_s=2))
+        _, old = await rt.call("old")
+        _, new = await rt.call("new")
+        _age(rt, "old", 3)
+        await _tick(rt)
+        await _tick(rt)
+        assert rt.docker.containers[old["container"]].paused  # alone within the bound
+        _age(rt, "new", 3)
+        _age(rt, "old", 1)
+        await _tick(rt)  # new is frozen and measured
+        await _tick(rt)  # the bound is applied
+        assert old["container"] not in rt.docker.containers
+        assert rt.docker.containers[new["container"]].paused
+        assert rt.manager.counts("new").frozen == 1 and rt.manager.counts("old").running == 0
+
+    run(scenario)
+
+
+def test_a_stop_waits_for_a_pause_under_way_then_thaws_before_its_signal() -> None:
+    """Thawing while `docker pause` is still running would leave the container frozen
+    through its stop signal."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager.register(version())
+        _, body = await rt.call()
+        container = body["container"]
+        [pool] = rt.manager._routes.every_pool()
+        [instance] = pool.instances
+        await instance.transition.acquire()  # a pause under way
+        instance.paused = True
+        removal = asyncio.create_task(rt.manager.remove_function("fn"))
+        await asyncio.sleep(0.1)
+        assert container in rt.docker.containers and rt.docker.unpaused == []
+        rt.docker.pause(container)  # the pause completes
+        instance.transition.release()
+        assert await removal == 1
+        assert rt.docker.unpaused == [container] and container in rt.docker.removed
 
     run(scenario)
 

@@ -236,6 +236,24 @@ def test_reconcile_adopts_answering_instances_of_active_versions_and_removes_the
     run(scenario)
 
 
+def test_a_paused_leftover_is_adopted_paused_and_thawed_by_its_first_request() -> None:
+    """Docker lists a paused container as `paused`, not `running`: it used to be removed."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager.register(version())
+        frozen = await rt.docker.leftover("fn", 1, "a00000000001", rt.instances_dir)
+        rt.docker.pause(frozen.id)
+        await until(lambda: frozen.paused)
+        assert await rt.manager.reconcile() == (1, 0)
+        assert rt.docker.removed == [] and frozen.paused  # adopted as it was
+        assert rt.manager.counts("fn").paused == 1
+        response, body = await rt.call()
+        assert response.start == "unpaused" and body["container"] == frozen.id
+        assert rt.docker.unpaused == [frozen.id] and rt.manager.counts("fn").paused == 0
+
+    run(scenario)
+
+
 def test_a_leftover_whose_folder_holds_more_than_its_socket_is_removed() -> None:
     async def scenario(root: Path) -> None:
         rt = Runtime(root)
