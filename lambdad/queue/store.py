@@ -48,6 +48,14 @@ class InvocationTable:
 
     def __init__(self, db: Any) -> None:
         self._db = db
+        # Whether the table may hold queued rows. Every write that can leave one sets it
+        # (an insert of a queued event, a retry's end, recover, redrive; this table is the
+        # only writer of invocations); a committed cycle that read the queue and left
+        # nothing queued clears it. While it is clear a cycle skips its reads (the cap's
+        # count, the functions with queued events, their heads, the next due time): each
+        # statement is a round of the GIL between this thread and the busy event loop, and
+        # an event stored running and delivered at once never needs them (issue 16).
+        self._maybe_queued = True
 
     def insert(self, inv: AsyncInvocation, max_queued: int = 0) -> bool:
         """Stores the event unless its function already has `max_queued` queued ones
@@ -71,7 +79,7 @@ class InvocationTable:
         for inv, max_queued in items:
             if inv.function not in queued:
                 queued[inv.function] = (self.queued(inv.function, max_queued)
-                                        if max_queued > 0 else 0)
+                                        if max_queued > 0 and self._maybe_queued else 0)
             if 0 < max_queued <= queued[inv.function]:
                 accepted.append(False)
                 continue
@@ -83,6 +91,8 @@ class InvocationTable:
         """One INSERT statement per _ROWS_PER_INSERT events, not one per event: each
         statement the sqlite3 module runs lets go of the GIL and takes it back, and with the
         event loop busy each take is a hand-over between threads (issue 16)."""
+        if any(inv.status == "queued" for inv in invocations):
+            self._maybe_queued = True
         for at in range(0, len(invocations), _ROWS_PER_INSERT):
             chunk = invocations[at:at + _ROWS_PER_INSERT]
             self._db.execute_sql(
@@ -165,8 +175,8 @@ class InvocationTable:
             if choose is None:
                 return Claim([], [], None, self._insert(inserts))
             accepted = self._admit(inserts)
-            queued = self.queued_functions()
-            due = self.due(now, per_function, skip, set(), queued)
+            queued = self.queued_functions() if self._maybe_queued else []
+            due = self.due(now, per_function, skip, set(), queued) if queued else []
             stored = {inv.id for inv in due}
             room = {name: per_function for name in {inv.function for inv, _ in inserts}}
             for inv in due:
@@ -200,8 +210,10 @@ class InvocationTable:
             # delivery frees a slot nothing waits for, and need not start a cycle at once.
             backlog = (bool(queued) or len(taken) < len(candidates)
                        or sum(accepted) > len(fresh))
-            return Claim(claimed, left, self.next_due(now) if backlog else None, accepted,
-                         backlog)
+            claim = Claim(claimed, left, self.next_due(now) if backlog else None, accepted,
+                          backlog)
+        self._maybe_queued = backlog  # committed: what this cycle read and left
+        return claim
 
     def settle(self, finished: Sequence[Finish]) -> None:
         """Records ended attempts (a stop writes what the last cycle did not)."""
@@ -213,6 +225,8 @@ class InvocationTable:
         its cancellation, and writing the same outcome twice changes nothing."""
         if not finished:
             return
+        if any(f.status == "queued" for f in finished):  # a retry waits for its time
+            self._maybe_queued = True
         self._db.cursor().executemany(
             "UPDATE invocations SET status = ?, next_attempt_at = ?, finished_at = ?, "
             "status_code = ?, result = ?, last_error = ? WHERE id = ? AND status = 'running'",
@@ -232,6 +246,7 @@ class InvocationTable:
 
     def recover(self, now: float) -> int:
         """Attempts cut short by a crash go back to the queue (at-least-once)."""
+        self._maybe_queued = True
         cursor = self._db.execute_sql(
             "UPDATE invocations SET status = 'queued', next_attempt_at = ?, "
             "last_error = 'the daemon stopped during the attempt' WHERE status = 'running'",
@@ -256,6 +271,7 @@ class InvocationTable:
         return _row(row_by_prefix(self._db, "invocations", _COLUMNS, prefix, "invocation"))
 
     def redrive(self, ids: list[str], now: float) -> int:
+        self._maybe_queued = True
         count = 0
         for inv_id in ids:
             cursor = self._db.execute_sql(

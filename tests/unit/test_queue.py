@@ -358,3 +358,60 @@ def test_a_cycle_stores_more_events_than_one_insert_statement_holds(tmp_path: Pa
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_cycle_reads_the_queue_only_while_queued_events_may_be_stored(tmp_path: Path) -> None:
+    """A cycle after one that left nothing queued runs no SELECT (the cap's count, the
+    functions with queued events, their heads, the next due time): it stores, records and
+    claims with writes only. Every write that can leave a queued event (a retry's end, an
+    event no slot took, a redrive) makes the next cycle read again, so nothing is missed."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a")
+        try:
+            table = store.invocations
+            selects: list[str] = []
+
+            def trace(sql: str) -> None:
+                if sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                    selects.append(sql)
+
+            def tracing() -> None:
+                store._db.connection().set_trace_callback(trace)
+
+            await store._run(tracing)
+            now = time.time()
+            first = event("a", now)
+            claim = await table.cycle([], now, 5, set(), lambda due: due, [(first, 1000)])
+            assert [e.id for e in claim.claimed] == [first.id] and not claim.backlog
+            selects.clear()
+            second = event("a", now + 1)
+            done = Finish(first.id, "succeeded", now + 1, now + 1, 200, b"{}", "")
+            claim = await table.cycle([done], now + 1, 5, set(), lambda due: due,
+                                      [(second, 1000)])
+            assert [e.id for e in claim.claimed] == [second.id]
+            assert selects == []  # nothing queued: writes only
+            assert (await table.get(first.id)).status == "succeeded"
+            # A retry's end is a queued event: the next cycle reads it and its due time.
+            retry = Finish(second.id, "queued", now + 60, now + 2, 500, b"", "boom")
+            claim = await table.cycle([retry], now + 2, 5, set(), lambda due: due, [])
+            assert claim.claimed == [] and claim.next_due == now + 60 and claim.backlog
+            claim = await table.cycle([], now + 61, 5, set(), lambda due: due, [])
+            assert [(e.id, e.attempts) for e in claim.claimed] == [(second.id, 2)]
+            # An event no slot took is stored queued: the next cycle claims it.
+            held = event("a", now + 62)
+            claim = await table.cycle([], now + 62, 5, {"a"}, lambda due: due, [(held, 1000)])
+            assert claim.claimed == [] and claim.backlog
+            claim = await table.cycle([], now + 62, 5, set(), lambda due: due, [])
+            assert [e.id for e in claim.claimed] == [held.id]
+            # A redrive after a cycle that left nothing queued.
+            await table.cancel(held.id, "gave up", now + 63)
+            claim = await table.cycle([], now + 63, 5, set(), lambda due: due, [])
+            assert claim.claimed == [] and not claim.backlog
+            assert await table.redrive([held.id], now + 64) == 1
+            claim = await table.cycle([], now + 64, 5, set(), lambda due: due, [])
+            assert [e.id for e in claim.claimed] == [held.id]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
