@@ -415,3 +415,44 @@ def test_a_cycle_reads_the_queue_only_while_queued_events_may_be_stored(tmp_path
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_cycles_one_read_counts_the_cap_skips_full_functions_and_finds_the_next_retry(
+        tmp_path: Path) -> None:
+    """The cycle's reads are one statement (`_heads`): per function with queued events the
+    cap's count (the stored events), the due heads of those not skipped, and the earliest
+    not yet due; each as the separate queries said."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a", "b")
+        try:
+            table = store.invocations
+            now = time.time()
+            stored = [event("a", now - 3), event("a", now - 2)]
+            waiting = dataclass_replace(event("a", now - 1), next_attempt_at=now + 30)
+            other = event("b", now - 5)
+            later_b = dataclass_replace(event("b", now - 4), next_attempt_at=now + 20)
+            for e in (*stored, waiting, other, later_b):
+                assert await table.insert(e)
+            reads: list[str] = []
+
+            def tracing() -> None:
+                store._db.connection().set_trace_callback(
+                    lambda sql: reads.append(sql) if sql.lstrip().upper().startswith(
+                        ("SELECT", "WITH")) else None)
+
+            await store._run(tracing)
+            fresh = [event("a", now), event("a", now + 0.001)]
+            claim = await table.cycle([], now + 1, 1, {"b"}, lambda due: due,
+                                      [(e, 4) for e in fresh])
+            assert len(reads) == 1  # count, functions, heads and next due: one statement
+            assert claim.accepted == [True, False]  # 3 stored + 1 reach the cap of 4
+            assert [e.id for e in claim.claimed] == [stored[0].id]  # per_function 1, b full
+            assert claim.next_due == now + 20 and claim.backlog
+            assert await table.queued("a") == 3 and await table.queued("b") == 2
+            rest = await table.cycle([], now + 1, 5, set(), lambda due: due, [])
+            assert {e.id for e in rest.claimed} == {stored[1].id, fresh[0].id, other.id}
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
