@@ -152,10 +152,12 @@ class InvocationTable:
         found.sort(key=lambda inv: inv.next_attempt_at)
         return found
 
-    def _heads(self, now: float, per_function: int, skip: set[str], cap: int
+    def _heads(self, now: float, per_function: int, skip: set[str], cap: int,
+               counting: set[str]
                ) -> tuple[list[str], list[AsyncInvocation], float | None, dict[str, int]]:
         """What a cycle reads, in one statement: the functions with queued events (a loose
-        index scan), per function its queued events counted up to `cap` (for `_admit`),
+        index scan), per function in `counting` (those the cycle inserts for) its queued
+        events counted up to `cap` (for `_admit`; 0 for the others),
         its next waiting time (`next_due`) and, unless in `skip`, its `per_function` oldest
         due events (`due`); each an index range of invocations_queue. One statement, not
         three plus one per function: each statement is a round of the GIL between this
@@ -171,15 +173,17 @@ class InvocationTable:
             "g AS MATERIALIZED (SELECT name, "
             "(SELECT MIN(next_attempt_at) FROM invocations INDEXED BY invocations_queue "
             "WHERE status = 'queued' AND function = f.name AND next_attempt_at > ?1) AS later, "
+            "CASE WHEN name IN (SELECT value FROM json_each(?5)) THEN "
             "(SELECT COUNT(*) FROM (SELECT 1 FROM invocations INDEXED BY invocations_queue "
-            "WHERE status = 'queued' AND function = f.name LIMIT ?4)) AS queued "
+            "WHERE status = 'queued' AND function = f.name LIMIT ?4)) ELSE 0 END AS queued "
             "FROM f WHERE name IS NOT NULL) "
             f"SELECT g.name, g.later, g.queued, {_HEAD_COLUMNS} FROM g "
             "LEFT JOIN invocations AS i ON g.name NOT IN (SELECT value FROM json_each(?3)) "
             "AND i.rowid IN (SELECT rowid FROM invocations INDEXED BY invocations_queue "
             "WHERE status = 'queued' AND function = g.name AND next_attempt_at <= ?1 "
             "ORDER BY next_attempt_at, created_at LIMIT ?2) ORDER BY g.name",
-            (now, per_function, json.dumps(sorted(skip)), cap)).fetchall()
+            (now, per_function, json.dumps(sorted(skip)), cap,
+             json.dumps(sorted(counting)))).fetchall()
         functions: list[str] = []
         counted: dict[str, int] = {}
         due: list[AsyncInvocation] = []
@@ -227,7 +231,9 @@ class InvocationTable:
                 return Claim([], [], None, self._insert(inserts))
             if self._maybe_queued:
                 cap = max((max_queued for _, max_queued in inserts), default=0)
-                queued, due, later, counted = self._heads(now, per_function, skip, cap)
+                queued, due, later, counted = self._heads(
+                    now, per_function, skip, cap,
+                    {inv.function for inv, max_queued in inserts if max_queued > 0})
             else:  # writes only (see _maybe_queued)
                 queued, due, later, counted = [], [], None, {}
             accepted = self._admit(inserts, counted)
