@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from lambdad.queue.model import AsyncInvocation, Finish
 
 _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_attempt_at, "
             "started_at, finished_at, status_code, result, last_error")
+_HEAD_COLUMNS = ", ".join(f"i.{name.strip()}" for name in _COLUMNS.split(","))
 
 
 # 13 columns each: 64 rows stay under SQLite's oldest limit of 999 variables a statement.
@@ -48,6 +50,14 @@ class InvocationTable:
 
     def __init__(self, db: Any) -> None:
         self._db = db
+        # Whether the table may hold queued rows. Every write that can leave one sets it
+        # (an insert of a queued event, a retry's end, recover, redrive; this table is the
+        # only writer of invocations); a committed cycle that read the queue and left
+        # nothing queued clears it. While it is clear a cycle skips its reads (the cap's
+        # count, the functions with queued events, their heads, the next due time): each
+        # statement is a round of the GIL between this thread and the busy event loop, and
+        # an event stored running and delivered at once never needs them (issue 16).
+        self._maybe_queued = True
 
     def insert(self, inv: AsyncInvocation, max_queued: int = 0) -> bool:
         """Stores the event unless its function already has `max_queued` queued ones
@@ -62,16 +72,22 @@ class InvocationTable:
         self._write([inv for (inv, _), ok in zip(items, accepted, strict=True) if ok])
         return accepted
 
-    def _admit(self, items: Sequence[tuple[AsyncInvocation, int]]) -> list[bool]:
+    def _admit(self, items: Sequence[tuple[AsyncInvocation, int]],
+               counted: dict[str, int] | None = None) -> list[bool]:
         """Inside the caller's transaction. Each event's cap counts its function's queued
         events, those of the batch included; count and insert are one transaction on the
-        store's one thread, so concurrent enqueues cannot overshoot the cap."""
+        store's one thread, so concurrent enqueues cannot overshoot the cap. `counted`: the
+        queued events per function, already read in this transaction (`_heads`; a function
+        missing has none)."""
         queued: dict[str, int] = {}
         accepted: list[bool] = []
         for inv, max_queued in items:
             if inv.function not in queued:
-                queued[inv.function] = (self.queued(inv.function, max_queued)
-                                        if max_queued > 0 else 0)
+                if counted is not None:
+                    queued[inv.function] = counted.get(inv.function, 0)
+                else:
+                    queued[inv.function] = (self.queued(inv.function, max_queued)
+                                            if max_queued > 0 and self._maybe_queued else 0)
             if 0 < max_queued <= queued[inv.function]:
                 accepted.append(False)
                 continue
@@ -83,6 +99,8 @@ class InvocationTable:
         """One INSERT statement per _ROWS_PER_INSERT events, not one per event: each
         statement the sqlite3 module runs lets go of the GIL and takes it back, and with the
         event loop busy each take is a hand-over between threads (issue 16)."""
+        if any(inv.status == "queued" for inv in invocations):
+            self._maybe_queued = True
         for at in range(0, len(invocations), _ROWS_PER_INSERT):
             chunk = invocations[at:at + _ROWS_PER_INSERT]
             self._db.execute_sql(
@@ -134,6 +152,53 @@ class InvocationTable:
         found.sort(key=lambda inv: inv.next_attempt_at)
         return found
 
+    def _heads(self, now: float, per_function: int, skip: set[str], cap: int,
+               counting: set[str]
+               ) -> tuple[list[str], list[AsyncInvocation], float | None, dict[str, int]]:
+        """What a cycle reads, in one statement: the functions with queued events (a loose
+        index scan), per function in `counting` (those the cycle inserts for) its queued
+        events counted up to `cap` (for `_admit`; 0 for the others),
+        its next waiting time (`next_due`) and, unless in `skip`, its `per_function` oldest
+        due events (`due`); each an index range of invocations_queue. One statement, not
+        three plus one per function: each statement is a round of the GIL between this
+        thread and the busy event loop, and the cycle's wall time is how long freed
+        delivery slots wait when events are queued (issue 16)."""
+        rows = self._db.execute_sql(
+            "WITH RECURSIVE f(name) AS ("
+            "SELECT (SELECT MIN(function) FROM invocations INDEXED BY invocations_queue "
+            "WHERE status = 'queued') "
+            "UNION ALL SELECT (SELECT MIN(function) FROM invocations INDEXED BY "
+            "invocations_queue WHERE status = 'queued' AND function > f.name) "
+            "FROM f WHERE f.name IS NOT NULL), "
+            "g AS MATERIALIZED (SELECT name, "
+            "(SELECT MIN(next_attempt_at) FROM invocations INDEXED BY invocations_queue "
+            "WHERE status = 'queued' AND function = f.name AND next_attempt_at > ?1) AS later, "
+            "CASE WHEN name IN (SELECT value FROM json_each(?5)) THEN "
+            "(SELECT COUNT(*) FROM (SELECT 1 FROM invocations INDEXED BY invocations_queue "
+            "WHERE status = 'queued' AND function = f.name LIMIT ?4)) ELSE 0 END AS queued "
+            "FROM f WHERE name IS NOT NULL) "
+            f"SELECT g.name, g.later, g.queued, {_HEAD_COLUMNS} FROM g "
+            "LEFT JOIN invocations AS i ON g.name NOT IN (SELECT value FROM json_each(?3)) "
+            "AND i.rowid IN (SELECT rowid FROM invocations INDEXED BY invocations_queue "
+            "WHERE status = 'queued' AND function = g.name AND next_attempt_at <= ?1 "
+            "ORDER BY next_attempt_at, created_at LIMIT ?2) ORDER BY g.name",
+            (now, per_function, json.dumps(sorted(skip)), cap,
+             json.dumps(sorted(counting)))).fetchall()
+        functions: list[str] = []
+        counted: dict[str, int] = {}
+        due: list[AsyncInvocation] = []
+        later: float | None = None
+        for r in rows:
+            if r[0] not in counted:
+                functions.append(r[0])
+                counted[r[0]] = int(r[2])
+                if r[1] is not None and (later is None or r[1] < later):
+                    later = float(r[1])
+            if r[3] is not None:
+                due.append(_row(r[3:]))
+        due.sort(key=lambda inv: inv.next_attempt_at)
+        return functions, due, later, counted
+
     def next_due(self, after: float) -> float | None:
         """When the next event waiting for its time (a retry's backoff) becomes due.
 
@@ -164,9 +229,14 @@ class InvocationTable:
             self._finish(finished)
             if choose is None:
                 return Claim([], [], None, self._insert(inserts))
-            accepted = self._admit(inserts)
-            queued = self.queued_functions()
-            due = self.due(now, per_function, skip, set(), queued)
+            if self._maybe_queued:
+                cap = max((max_queued for _, max_queued in inserts), default=0)
+                queued, due, later, counted = self._heads(
+                    now, per_function, skip, cap,
+                    {inv.function for inv, max_queued in inserts if max_queued > 0})
+            else:  # writes only (see _maybe_queued)
+                queued, due, later, counted = [], [], None, {}
+            accepted = self._admit(inserts, counted)
             stored = {inv.id for inv in due}
             room = {name: per_function for name in {inv.function for inv, _ in inserts}}
             for inv in due:
@@ -200,8 +270,11 @@ class InvocationTable:
             # delivery frees a slot nothing waits for, and need not start a cycle at once.
             backlog = (bool(queued) or len(taken) < len(candidates)
                        or sum(accepted) > len(fresh))
-            return Claim(claimed, left, self.next_due(now) if backlog else None, accepted,
-                         backlog)
+            # (`later` was read before this cycle's writes: what they add is due now or
+            # running, so the next waiting event's time is unchanged.)
+            claim = Claim(claimed, left, later if backlog else None, accepted, backlog)
+        self._maybe_queued = backlog  # committed: what this cycle read and left
+        return claim
 
     def settle(self, finished: Sequence[Finish]) -> None:
         """Records ended attempts (a stop writes what the last cycle did not)."""
@@ -213,6 +286,8 @@ class InvocationTable:
         its cancellation, and writing the same outcome twice changes nothing."""
         if not finished:
             return
+        if any(f.status == "queued" for f in finished):  # a retry waits for its time
+            self._maybe_queued = True
         self._db.cursor().executemany(
             "UPDATE invocations SET status = ?, next_attempt_at = ?, finished_at = ?, "
             "status_code = ?, result = ?, last_error = ? WHERE id = ? AND status = 'running'",
@@ -232,6 +307,7 @@ class InvocationTable:
 
     def recover(self, now: float) -> int:
         """Attempts cut short by a crash go back to the queue (at-least-once)."""
+        self._maybe_queued = True
         cursor = self._db.execute_sql(
             "UPDATE invocations SET status = 'queued', next_attempt_at = ?, "
             "last_error = 'the daemon stopped during the attempt' WHERE status = 'running'",
@@ -256,6 +332,7 @@ class InvocationTable:
         return _row(row_by_prefix(self._db, "invocations", _COLUMNS, prefix, "invocation"))
 
     def redrive(self, ids: list[str], now: float) -> int:
+        self._maybe_queued = True
         count = 0
         for inv_id in ids:
             cursor = self._db.execute_sql(

@@ -36,9 +36,10 @@ POLL_S = 1.0
 # writes them sooner. The last delivery to end starts a cycle at once.
 FLUSH_S = 0.005
 # A group commit's window: when events come from several callers at once (the last cycle
-# stored more than one, or more than one waits), a cycle waits this long for more before
-# it starts, so one store call and one commit serve several events (PostgreSQL's
-# commit_delay, with commit_siblings). A lone caller, one event at a time, never waits.
+# stored more than one, or one arrived while it ran, or more than one waits), a cycle waits
+# this long for more before it starts, so one store call and one commit serve several
+# events (PostgreSQL's commit_delay, with commit_siblings). A lone caller, one event at a
+# time, never waits: its next event cannot arrive before its last one's commit.
 GATHER_S = 0.001
 
 # (ok, status code, response body, error text)
@@ -77,7 +78,7 @@ class AsyncWorker:
         # Whether the store may hold queued events (the last cycle's Claim.backlog): only
         # then does an ended delivery, freeing a slot, start a cycle at once.
         self._backlog = True
-        self._company = False  # the last cycle stored more than one event
+        self._company = False  # the last cycle saw more than one caller (see GATHER_S)
         self._flush: asyncio.TimerHandle | None = None  # writes ended attempts (FLUSH_S)
         self._cancelled: set[str] = set()  # cancelled while a cycle was under way
         self._stopping = False
@@ -196,7 +197,9 @@ class AsyncWorker:
             cancelled, self._cancelled = self._cancelled, set()
         answer(inserts, claim.accepted)
         self._backlog = claim.backlog
-        self._company = len(inserts) > 1
+        # Several callers at once: the cycle stored more than one event, or one arrived while
+        # it ran (its caller was not the one waiting for this commit).
+        self._company = len(inserts) > 1 or (bool(inserts) and self._intake.waiting)
         for finish in finished:
             self._finished.pop(finish.id, None)
         chosen = [inv for inv in claim.claimed if inv.id not in cancelled]

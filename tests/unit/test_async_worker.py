@@ -490,3 +490,62 @@ def test_an_ended_delivery_with_nothing_queued_is_written_by_the_flush_not_a_cyc
 
 async def status_is_async(worker: AsyncWorker, inv_id: str, status: str) -> bool:
     return await worker.status(inv_id) == status
+
+
+def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second caller's event that arrives while the first one's cycle runs shows that
+    several callers enqueue at once: the next cycle waits GATHER_S for company, so a third
+    event sent meanwhile is stored by the same cycle (one commit for both). It used to count
+    as a lone caller's (the last cycle stored one event, one waits) and go alone."""
+    monkeypatch.setattr(worker_module, "GATHER_S", 0.5)
+    monkeypatch.setattr(worker_module, "POLL_S", 3600.0)
+    stored: list[list[str]] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        return True, 200, b"{}", ""
+
+    class Gated:
+        """The worker's cycles, recorded; while the gate is shut a cycle waits there first."""
+
+        def __init__(self, table: Any) -> None:
+            self._table = table
+            self.gate = asyncio.Event()
+            self.gate.set()
+            self.waiting = asyncio.Event()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._table, name)
+
+        async def cycle(self, *args: Any) -> Any:
+            inserts = args[5]
+            if inserts:
+                stored.append([inv.id for inv, _ in inserts])
+            if not self.gate.is_set():
+                self.waiting.set()
+                await self.gate.wait()
+            return await self._table.cycle(*args)
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            table = Gated(store.invocations)
+            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 8)
+            worker.start()
+            try:
+                first, second, third = event(), event(), event()
+                await asyncio.sleep(0.1)  # the start's cycle has run: idle
+                table.gate.clear()
+                one = asyncio.create_task(worker.intake.submit(first, 0))
+                await asyncio.wait_for(table.waiting.wait(), GUARD)  # first's cycle runs
+                two = asyncio.create_task(worker.intake.submit(second, 0))
+                await asyncio.sleep(0.01)
+                table.gate.set()
+                assert await asyncio.wait_for(one, GUARD)
+                await asyncio.sleep(0.05)  # within the window: company for the next commit
+                three = asyncio.create_task(worker.intake.submit(third, 0))
+                assert await asyncio.wait_for(two, GUARD) and await asyncio.wait_for(three, GUARD)
+                assert stored == [[first.id], [second.id, third.id]]
+            finally:
+                await worker.stop()
+
+    asyncio.run(scenario())

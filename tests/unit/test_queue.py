@@ -358,3 +358,101 @@ def test_a_cycle_stores_more_events_than_one_insert_statement_holds(tmp_path: Pa
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_cycle_reads_the_queue_only_while_queued_events_may_be_stored(tmp_path: Path) -> None:
+    """A cycle after one that left nothing queued runs no SELECT (the cap's count, the
+    functions with queued events, their heads, the next due time): it stores, records and
+    claims with writes only. Every write that can leave a queued event (a retry's end, an
+    event no slot took, a redrive) makes the next cycle read again, so nothing is missed."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a")
+        try:
+            table = store.invocations
+            selects: list[str] = []
+
+            def trace(sql: str) -> None:
+                if sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                    selects.append(sql)
+
+            def tracing() -> None:
+                store._db.connection().set_trace_callback(trace)
+
+            await store._run(tracing)
+            now = time.time()
+            first = event("a", now)
+            claim = await table.cycle([], now, 5, set(), lambda due: due, [(first, 1000)])
+            assert [e.id for e in claim.claimed] == [first.id] and not claim.backlog
+            selects.clear()
+            second = event("a", now + 1)
+            done = Finish(first.id, "succeeded", now + 1, now + 1, 200, b"{}", "")
+            claim = await table.cycle([done], now + 1, 5, set(), lambda due: due,
+                                      [(second, 1000)])
+            assert [e.id for e in claim.claimed] == [second.id]
+            assert selects == []  # nothing queued: writes only
+            assert (await table.get(first.id)).status == "succeeded"
+            # A retry's end is a queued event: the next cycle reads it and its due time.
+            retry = Finish(second.id, "queued", now + 60, now + 2, 500, b"", "boom")
+            claim = await table.cycle([retry], now + 2, 5, set(), lambda due: due, [])
+            assert claim.claimed == [] and claim.next_due == now + 60 and claim.backlog
+            claim = await table.cycle([], now + 61, 5, set(), lambda due: due, [])
+            assert [(e.id, e.attempts) for e in claim.claimed] == [(second.id, 2)]
+            # An event no slot took is stored queued: the next cycle claims it.
+            held = event("a", now + 62)
+            claim = await table.cycle([], now + 62, 5, {"a"}, lambda due: due, [(held, 1000)])
+            assert claim.claimed == [] and claim.backlog
+            claim = await table.cycle([], now + 62, 5, set(), lambda due: due, [])
+            assert [e.id for e in claim.claimed] == [held.id]
+            # A redrive after a cycle that left nothing queued.
+            await table.cancel(held.id, "gave up", now + 63)
+            claim = await table.cycle([], now + 63, 5, set(), lambda due: due, [])
+            assert claim.claimed == [] and not claim.backlog
+            assert await table.redrive([held.id], now + 64) == 1
+            claim = await table.cycle([], now + 64, 5, set(), lambda due: due, [])
+            assert [e.id for e in claim.claimed] == [held.id]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cycles_one_read_counts_the_cap_skips_full_functions_and_finds_the_next_retry(
+        tmp_path: Path) -> None:
+    """The cycle's reads are one statement (`_heads`): per function with queued events the
+    cap's count (the stored events), the due heads of those not skipped, and the earliest
+    not yet due; each as the separate queries said."""
+
+    async def scenario() -> None:
+        store = await _store(tmp_path, "a", "b")
+        try:
+            table = store.invocations
+            now = time.time()
+            stored = [event("a", now - 3), event("a", now - 2)]
+            waiting = dataclass_replace(event("a", now - 1), next_attempt_at=now + 30)
+            other = event("b", now - 5)
+            later_b = dataclass_replace(event("b", now - 4), next_attempt_at=now + 20)
+            for e in (*stored, waiting, other, later_b):
+                assert await table.insert(e)
+            reads: list[str] = []
+
+            def tracing() -> None:
+                store._db.connection().set_trace_callback(
+                    lambda sql: reads.append(sql) if sql.lstrip().upper().startswith(
+                        ("SELECT", "WITH")) else None)
+
+            await store._run(tracing)
+            fresh = [event("a", now), event("a", now + 0.001)]
+            claim = await table.cycle([], now + 1, 1, {"b"}, lambda due: due,
+                                      [(e, 4) for e in fresh])
+            assert len(reads) == 1  # count, functions, heads and next due: one statement
+            assert claim.accepted == [True, False]  # 3 stored + 1 reach the cap of 4
+            assert [e.id for e in claim.claimed] == [stored[0].id]  # per_function 1, b full
+            assert claim.next_due == now + 20 and claim.backlog
+            assert await table.queued("a") == 3 and await table.queued("b") == 2
+            rest = await table.cycle([], now + 1, 5, set(), lambda due: due, [])
+            assert {e.id for e in rest.claimed} == {stored[1].id, fresh[0].id, other.id}
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
