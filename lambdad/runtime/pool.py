@@ -42,7 +42,8 @@ class Instance:
     version: FunctionVersion
     container_id: str
     folder: InstanceFolder  # its socket folder, STATE/i/<id>: every connection goes through it
-    init_ms: float = 0.0
+    init_ms: float = 0.0  # its start as lambdad timed it, import included
+    import_ms: float = 0.0  # the import alone, as its runtime timed it (POST /init's answer)
     idle: list[UpstreamConnection] = field(default_factory=list)
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)

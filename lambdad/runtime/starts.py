@@ -209,7 +209,8 @@ class Starter:
             )
             self._notify(instance, "connected")  # its socket answers: the log channel opens
             if standard:
-                conn = await self._readiness.load(version, folder, container_id, conn)
+                conn, instance.import_ms = await self._readiness.load(
+                    version, folder, container_id, conn)
         except BaseException:
             instance.end_reason = instance.end_reason or "failed to start"
             await self._stopper.destroy(instance, grace=0)
@@ -267,7 +268,8 @@ class Starter:
             await asyncio.to_thread(link_into, artifact, cell.code_dir)
             self._notify(instance, "started")
             self._notify(instance, "connected")  # what the cell kept since its start comes
-            conn = await self._readiness.load(version, cell.folder, cell.container_id, conn)
+            conn, instance.import_ms = await self._readiness.load(
+                version, cell.folder, cell.container_id, conn)
             # Whose it is, once its code is loaded: a restart adopts it by this, never a
             # cell that would answer NotInitialized. (Outside the folders the container
             # mounts.)

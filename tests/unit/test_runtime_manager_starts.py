@@ -34,7 +34,7 @@ def test_a_version_with_an_artifact_starts_in_a_stem_cell() -> None:
         plan = rt.manager.plan_start(v1)
         assert plan.path == "cell" and rt.manager.cells.ready_cells() == []
         instance = await rt.manager.start_instance(v1, plan=plan)
-        rt.manager.activate(v1, instance)
+        rt.manager.activate(v1, [instance])
         assert instance.container_id == cell.id and instance.start_path == "cell"
         assert cell.function == "fn" and cell.env["AWS_LAMBDA_FUNCTION_TIMEOUT"] == "7"
         code = rt.cells_dir / cell.instance
