@@ -263,9 +263,15 @@ class Starter:
         conn, cell.conn = cell.conn, None
         try:
             wanted = CellClass.of(version.config, cell.cell_class.image)
+            # Both must end before the import, neither needs the other: a cell of another
+            # size is resized (a Docker round trip, 25-50 ms) while its code is linked in.
+            steps = [asyncio.to_thread(link_into, artifact, cell.code_dir)]
             if cell.cell_class != wanted:
-                await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
-            await asyncio.to_thread(link_into, artifact, cell.code_dir)
+                steps.append(asyncio.to_thread(
+                    self._backend.update_limits, cell.container_id, wanted))
+            for outcome in await asyncio.gather(*steps, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             self._notify(instance, "started")
             self._notify(instance, "connected")  # what the cell kept since its start comes
             conn, instance.import_ms = await self._readiness.load(
