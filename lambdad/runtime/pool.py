@@ -102,8 +102,11 @@ class InstancePool:
         return sum(instance.in_flight for instance in self.instances)
 
     def add(self, instance: Instance) -> None:
-        """Takes in an instance started elsewhere (at deploy, or adopted after a restart)."""
+        """Takes in an instance started elsewhere (at deploy, or adopted after a restart).
+        Its idle time counts from now: a deploy's instance that took longer to import than
+        idle_timeout must not be reaped before its first request can come."""
         instance.owner = self
+        instance.last_used = self._clock()
         self.instances.append(instance)
         self._dispatch()
 
