@@ -425,3 +425,37 @@ def test_prewarm_count_is_one_by_default_and_at_most_max_instances() -> None:
     assert [prewarm_count(n, config) for n in (0, 1, 4)] == [1, 1, 4]
     with pytest.raises(InvalidArgument, match="max_instances"):
         prewarm_count(5, config)
+
+
+def test_a_deploy_cancelled_while_prewarming_removes_what_started(tmp_path: Path) -> None:
+    """The client goes away while one of two instances has loaded and the other is still
+    importing: the loaded one is removed, the other's start cancelled, nothing recorded,
+    and v1 keeps serving."""
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")
+        v1_instances = list(p.runtime.instances)
+        start = p.runtime.start_instance
+        importing = asyncio.Event()
+        calls = 0
+
+        async def second_never_loads(version: Any, *, plan: Any = None) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                importing.set()
+                await asyncio.Event().wait()
+            return await start(version, plan=plan)
+        p.runtime.start_instance = second_never_loads  # type: ignore[method-assign]
+        task = asyncio.ensure_future(p.deploy("greet", prewarm=2))
+        await importing.wait()
+        await asyncio.sleep(0.01)  # the first start ends
+        assert len(p.runtime.instances) == len(v1_instances) + 1
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert p.runtime.instances == v1_instances
+        assert [i.version.number for i in p.runtime.removed] == [2]
+        assert p.runtime.active["greet"].number == 1
+        assert [v.number for v in await p.store.versions("greet")] == [1]
+        assert p.artifacts.find("greet", 2) is None
+    run(tmp_path, scenario)
