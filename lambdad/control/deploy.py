@@ -215,7 +215,6 @@ class Deployer:
         yield Progress(3, starting, done=True)
         yield DeployResult(name=name, version=number, image=image, url=self._url(name))
 
-
     async def _start_all(self, version: FunctionVersion, plans: list[StartPlan]) -> list[Instance]:
         """Starts one instance per plan at once, each ready only once its code is imported.
         All or none: when one fails, the others are still waited for (an import error
