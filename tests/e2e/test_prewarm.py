@@ -26,7 +26,7 @@ import pytest
 from lambdactl.package import pack
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
-from tests.support.daemon import Lambdad, wait_for
+from tests.support.daemon import Lambdad, running_daemon, wait_for
 from tests.support.logs import reported, wait_logs
 
 pytestmark = pytest.mark.slow
@@ -115,28 +115,40 @@ def test_prewarmed_instances_serve_the_first_requests_warm(
     assert wait_for(lambda: len(lambdad.containers("prewarmed")) == 2)  # v1's went
 
 
+FAILING_IMPORTS = {
+    # an import that raises: the function's error, as Lambda words it
+    "raise": ("import time\ntime.sleep(0.5)\nraise RuntimeError('no database configured')\n",
+              "failed to initialize: Runtime.ImportModuleError: Unable to import module "
+              "'handler': no database configured", "Runtime.ImportModuleError"),
+    # a process that dies while importing
+    "crash": ("import os, time\ntime.sleep(0.5)\nos._exit(3)\n",
+              "failed to initialize: Runtime.ExitError", "Runtime.ExitError"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILING_IMPORTS))
 def test_a_prewarm_whose_import_fails_fails_the_deploy_and_v1_serves(
-    lambdad: Lambdad, tmp_path: Path
+    lambdad: Lambdad, tmp_path: Path, kind: str
 ) -> None:
-    folder = _function(tmp_path / "pf", "prewarmfail", "v1")
+    name = f"prewarmfail-{kind}"
+    code, error, error_type = FAILING_IMPORTS[kind]
+    folder = _function(tmp_path / "pf", name, "v1")
     lambdad.deploy(folder)
-    (folder / "handler.py").write_text(
-        "import time\ntime.sleep(0.5)\nraise RuntimeError('no database configured')\n")
+    (folder / "handler.py").write_text(code)
     result = lambdad.cli("deploy", str(folder), "--prewarm", "2")
     assert result.code == 9, result.stderr
     # The function's init error, once (both instances failed alike; the first is told).
-    assert ("prewarmfail v2 failed to initialize: Runtime.ImportModuleError: Unable to import "
-            "module 'handler': no database configured" in result.stderr), result.stderr
-    assert result.stderr.count("Runtime.ImportModuleError") == 1
+    assert f"{name} v2 {error}" in result.stderr, result.stderr
+    assert result.stderr.count(error_type) == 1, result.stderr
     assert "[3/3] Pre-warming 2 instances (" in result.stderr
-    assert lambdad.http("prewarmfail").json() == "v1"
-    versions = lambdad.cli("versions", "prewarmfail", "-o", "json").json()
+    assert lambdad.http(name).json() == "v1"
+    versions = lambdad.cli("versions", name, "-o", "json").json()
     assert [v["version"] for v in versions] == [1]
-    info = lambdad.cli("get", "prewarmfail", "-o", "json").json()
+    info = lambdad.cli("get", name, "-o", "json").json()
     assert info["version"] == 1
     # The pre-warmed containers are gone (stem cells or not): only v1's instance runs.
-    assert wait_for(lambda: [lambdad.owner(c) for c in lambdad.containers("prewarmfail")]
-                    == [("prewarmfail", 1)] and not _loaded_cells_without_owner(lambdad))
+    assert wait_for(lambda: [lambdad.owner(c) for c in lambdad.containers(name)]
+                    == [(name, 1)] and not _loaded_cells_without_owner(lambdad))
 
 
 def _loaded_cells_without_owner(lambdad: Lambdad) -> list[str]:
@@ -211,3 +223,24 @@ def test_a_cold_start_says_how_long_the_import_took(
     init = re.search(r"Init Duration: ([\d.]+) ms", report)
     assert init is not None, report
     assert IMPORT_S * 1000 <= float(init[1]) <= timing["init"], (report, timing)
+
+
+def test_a_prewarm_that_times_out_fails_the_deploy_and_v1_serves(tmp_path: Path) -> None:
+    """An import that outlasts the start timeout: the deploy says so, the instances still
+    importing are removed, and v1 serves on. (A daemon of its own, with a 2 s timeout.)"""
+    with running_daemon("--start-timeout", "2") as daemon:
+        folder = _function(tmp_path / "pt", "prewarmslow", "v1",
+                           code="def handler(event, context):\n    return 'v1'\n")
+        daemon.deploy(folder)
+        (folder / "handler.py").write_text(
+            "import time\ntime.sleep(30)\n\ndef handler(event, context):\n    return 'v2'\n")
+        started = time.monotonic()
+        result = daemon.cli("deploy", str(folder), "--prewarm", "2")
+        assert result.code == 1, result.stderr
+        assert "prewarmslow v2 did not finish loading its code within 2 s" in result.stderr
+        assert time.monotonic() - started < 30  # it did not wait for the import
+        assert daemon.http("prewarmslow").json() == "v1"
+        assert [v["version"] for v in
+                daemon.cli("versions", "prewarmslow", "-o", "json").json()] == [1]
+        assert wait_for(lambda: [daemon.owner(c) for c in daemon.containers("prewarmslow")]
+                        == [("prewarmslow", 1)] and not _loaded_cells_without_owner(daemon))
