@@ -14,7 +14,7 @@ _lambdactl() {
         config) words="--api-key-file --concurrency --context --cpu --env --handler --help --host --idle-timeout --max-instances --memory --min-instances --network --output --timeout --tls-ca" ;;
         context) words="--help --output add list remove show use" ;;
         delete) words="--api-key-file --context --help --host --output --tls-ca --yes" ;;
-        deploy) words="--api-key-file --concurrency --context --cpu --env --handler --help --host --idle-timeout --max-instances --memory --min-instances --name --network --no-cache --output --timeout --tls-ca" ;;
+        deploy) words="--api-key-file --concurrency --context --cpu --env --handler --help --host --idle-timeout --max-instances --memory --min-instances --name --network --no-cache --output --prewarm --timeout --tls-ca" ;;
         get) words="--api-key-file --context --help --host --output --show-env --tls-ca" ;;
         invocation) words="--api-key-file --context --help --host --output --tls-ca" ;;
         invocations) words="--api-key-file --context --help --host --output --status --tls-ca" ;;

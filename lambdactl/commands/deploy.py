@@ -35,7 +35,7 @@ def _stream_deploy(
     code = package.pack(root)
     header = pb.DeployHeader(
         name=name, size=code.size, sha256=code.sha256, overrides=_overrides(ctx.args),
-        no_cache=ctx.args.no_cache,
+        no_cache=ctx.args.no_cache, prewarm=ctx.args.prewarm or 0,
     )
     result: pb.DeployResult | None = None
     saw_output = False

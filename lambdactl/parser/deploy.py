@@ -30,6 +30,14 @@ def add_deploy(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         help="resolve requirements.txt again instead of reusing the daemon's build cache "
         "(it keeps what the same requirements resolved to last time)",
     )
+    deploy.add_argument(
+        "--prewarm", type=positive_int, metavar="N",
+        help="start N instances of the new version, each with the function's code imported, "
+        "before traffic moves to it, so no request waits for an import (default: the one "
+        "every deploy starts; at most max_instances; they are then scaled like any other, "
+        "stopped after idle_timeout beyond min_instances). If one fails to load, the deploy "
+        "fails and the live version keeps serving",
+    )
     add_config_flags(deploy)
 
 

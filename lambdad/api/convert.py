@@ -64,6 +64,7 @@ def deploy_header(header: pb.DeployHeader) -> DeployHeader:
         sha256=header.sha256.lower(),
         overrides=overrides(header.overrides),
         no_cache=header.no_cache,
+        prewarm=header.prewarm,
     )
 
 

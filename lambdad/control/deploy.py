@@ -1,7 +1,9 @@
-"""Deploy: receive an upload, validate it, build it, start its first instance, record it.
+"""Deploy: receive an upload, validate it, build it, start its first instances, record it.
 
-Nothing is left on failure: the spool file always goes; an image and artifact built for a
-version that never got its row are removed, and so is an instance started for it.
+Every deploy starts one instance of the new version, its code loaded (imported), before
+traffic moves to it; `--prewarm N` starts N. Nothing is left on failure: the spool file
+always goes; an image and artifact built for a version that never got its row are removed,
+and so are the instances started for it, and traffic stays on the version that was live.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from lambdad.errors import InvalidArgument, LambdaError, PayloadTooLarge
 from lambdad.functions import FunctionConfig, FunctionVersion, validate_name
 from lambdad.functions.manifest import apply_overrides, parse_manifest
 from lambdad.metrics import Metrics
+from lambdad.runtime.manager import StartPlan
+from lambdad.runtime.pool import Instance
 from lambdad.store import Store
 
 log = logging.getLogger("lambdad.control")
@@ -132,6 +136,7 @@ class Deployer:
                 raise InvalidArgument("no function name: pass --name or set name in lambda.toml")
             config = apply_overrides(manifest.config, header.overrides)
             check_handler(config, summary)
+            prewarm_count(header.prewarm, config)  # refused before anything is built
             timings["validate"] = time.monotonic() - mark
             async with self._locks.of(name):
                 async for event in self._build_and_start(
@@ -176,14 +181,16 @@ class Deployer:
                 config=config, code_sha256=header.sha256, code_size=header.size,
                 created_at=datetime.now(UTC), deployed_by=deployed_by,
             )
-            # The path is chosen before the step is announced, so the step names it.
-            plan = self._runtime.plan_start(version)
-            starting = f"Starting instance ({START_WORDS[plan.path]})"
+            # The paths are chosen before the step is announced, so the step names them.
+            plans = [self._runtime.plan_start(version)
+                     for _ in range(prewarm_count(header.prewarm, config))]
+            starting = start_title([plan.path for plan in plans], header.prewarm)
             try:
                 yield Progress(3, starting, done=False)
-                instance = await self._runtime.start_instance(version, plan=plan)
+                instances = await self._start_all(version, plans)
             finally:
-                self._runtime.abandon(plan)  # a cell taken but not used (the deploy ended)
+                for plan in plans:  # a cell taken but not used (the deploy ended)
+                    self._runtime.abandon(plan)
             fault_point("started")
             start_s = time.monotonic() - started - build_s
         except BaseException:
@@ -193,20 +200,71 @@ class Deployer:
             await self._store.add_version(version, activate=True)
             fault_point("recorded")
         except BaseException:
-            await self._runtime.remove_instance(instance)
+            await self._remove_all(instances)
             await self._builds.remove(name, number, image)
             raise
-        self._runtime.activate(version, instance)
+        self._runtime.activate(version, instances)
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
                  "receive_ms=%.0f validate_ms=%.0f build_ms=%.0f start_ms=%.0f "
                  "record_ms=%.0f start=%s", name, number, image or "-", header.size,
                  summary.unpacked_bytes, timings.get("receive", 0) * 1000,
                  timings.get("validate", 0) * 1000, build_s * 1000, start_s * 1000,
                  (time.monotonic() - started - build_s - start_s) * 1000,
-                 instance.start_path)
+                 ",".join(instance.start_path for instance in instances))
         await self._retain(name)
         yield Progress(3, starting, done=True)
         yield DeployResult(name=name, version=number, image=image, url=self._url(name))
+
+    async def _start_all(self, version: FunctionVersion, plans: list[StartPlan]) -> list[Instance]:
+        """Starts one instance per plan at once, each ready only once its code is imported.
+        All or none: when one fails, the others are still waited for (an import error
+        fails them all alike, and a start left to finish cannot leave a container
+        behind), then removed, and the first failure is raised."""
+        tasks = [asyncio.ensure_future(self._runtime.start_instance(version, plan=plan))
+                 for plan in plans]
+        try:
+            await asyncio.wait(tasks)
+        except BaseException:  # the deploy was cancelled: so are its starts
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._remove_all([t.result() for t in tasks
+                                    if not t.cancelled() and t.exception() is None])
+            raise
+        failures = [exc for t in tasks if (exc := t.exception()) is not None]
+        started = [t.result() for t in tasks if t.exception() is None]
+        if failures:
+            await self._remove_all(started)
+            raise failures[0]
+        return started
+
+    async def _remove_all(self, instances: list[Instance]) -> None:
+        await asyncio.gather(*(self._runtime.remove_instance(i) for i in instances))
+
+
+def prewarm_count(prewarm: int, config: FunctionConfig) -> int:
+    """How many instances a deploy starts before traffic moves: `--prewarm N`, else the
+    one every deploy starts; never more than the version may run."""
+    limit = config.scaling.max_instances
+    if prewarm > limit:
+        raise InvalidArgument(
+            f"--prewarm {prewarm} is more than the function's max_instances ({limit}): "
+            f"pre-warm at most {limit}, or raise max_instances")
+    return max(1, prewarm)
+
+
+def start_title(paths: list[str], prewarm: int) -> str:
+    """Step 3's title, naming how each instance starts: "Starting instance (stem cell)",
+    or with --prewarm "Pre-warming 3 instances (2 stem cells, 1 container)"."""
+    words = []
+    for path in dict.fromkeys(paths):  # cells first when the plans took any: their order
+        n = paths.count(path)
+        word = START_WORDS[path]
+        words.append(word if len(paths) == 1 else f"{n} {word}{'s' if n > 1 else ''}")
+    if not prewarm:
+        return f"Starting instance ({', '.join(words)})"
+    many = "s" if len(paths) > 1 else ""
+    return f"Pre-warming {len(paths)} instance{many} ({', '.join(words)})"
 
 
 def check_handler(config: FunctionConfig, summary: TarSummary) -> None:

@@ -18,6 +18,7 @@ class DeployHeader:
     sha256: str
     overrides: Overrides
     no_cache: bool = False  # resolve requirements.txt again, not from the build cache
+    prewarm: int = 0  # instances loaded before traffic moves; 0: the one every deploy starts
 
 
 @dataclass(frozen=True)

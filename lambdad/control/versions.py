@@ -109,7 +109,7 @@ class Versions:
                 if instance is not None:
                     await self._runtime.remove_instance(instance)
                 raise
-            self._runtime.activate(target, instance)
+            self._runtime.activate(target, [instance] if instance is not None else [])
         log.info("rolled back function=%s from_version=%d to_version=%d",
                  name, current, to_version)
         return to_version, current
@@ -147,7 +147,7 @@ class Versions:
                 await self._runtime.remove_instance(instance)
                 await self._builds.remove(name, number, image)
                 raise
-            self._runtime.activate(version, instance)
+            self._runtime.activate(version, [instance])
             log.info("configured function=%s version=%d image_of_version=%d",
                      name, number, version.source_version)
             await self.apply_retention(name)

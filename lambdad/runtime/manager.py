@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from lambdad.build.artifacts import ArtifactSource
@@ -102,9 +102,10 @@ class RuntimeManager:
         self._update_cell_classes()
         return pool
 
-    def activate(self, version: FunctionVersion, instance: Instance | None) -> None:
-        """Switches new requests to `version`; old instances drain, then stop."""
-        self._routes.activate(version, instance).ensure_minimum()
+    def activate(self, version: FunctionVersion, instances: Sequence[Instance] = ()) -> None:
+        """Switches new requests to `version`, served first by `instances` (started for
+        it and loaded: a deploy's pre-warmed ones); old instances drain, then stop."""
+        self._routes.activate(version, instances).ensure_minimum()
         self._update_cell_classes()
 
     def mark_pruned(self, version: FunctionVersion) -> None:

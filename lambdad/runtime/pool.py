@@ -48,7 +48,8 @@ class Instance:
     version: FunctionVersion
     container_id: str
     folder: InstanceFolder  # its socket folder, STATE/i/<id>: every connection goes through it
-    init_ms: float = 0.0
+    init_ms: float = 0.0  # its start as lambdad timed it, import included
+    import_ms: float = 0.0  # the import alone, as its runtime timed it (POST /init's answer)
     idle: list[UpstreamConnection] = field(default_factory=list)
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -114,8 +115,11 @@ class InstancePool:
         return sum(instance.in_flight for instance in self.instances)
 
     def add(self, instance: Instance) -> None:
-        """Takes in an instance started elsewhere (at deploy, or adopted after a restart)."""
+        """Takes in an instance started elsewhere (at deploy, or adopted after a restart).
+        Its idle time counts from now: a deploy's instance that took longer to import than
+        idle_timeout must not be reaped before its first request can come."""
         instance.owner = self
+        instance.last_used = self._clock()
         self.instances.append(instance)
         self._dispatch()
 

@@ -33,10 +33,13 @@ class Readiness:
         self._stopper = stopper
         self.start_timeout = start_timeout
 
-    async def load(self, version: FunctionVersion, folder: InstanceFolder, container_id: str,
-                   conn: UpstreamConnection | None) -> UpstreamConnection | None:
+    async def load(
+        self, version: FunctionVersion, folder: InstanceFolder, container_id: str,
+        conn: UpstreamConnection | None,
+    ) -> tuple[UpstreamConnection | None, float]:
         """POST /init: the runtime imports the version's handler with its environment.
-        Returns the connection when it can be reused; closes it on failure."""
+        Returns the connection when it can be reused (closes it on failure), and how long
+        the import took as the runtime measured it (ms; its REPORT's Init Duration)."""
         name = f"{version.function} v{version.number}"
         try:
             if conn is None or not conn.is_fresh:
@@ -69,10 +72,11 @@ class Readiness:
         except BaseException:
             conn.close()
             raise
+        import_ms = init_duration(reply)
         if conn.recycle():
-            return conn
+            return conn, import_ms
         conn.close()
-        return None
+        return None, import_ms
 
     async def wait_socket(
         self, folder: InstanceFolder, container_id: str, what: str, memory_mb: int
@@ -116,6 +120,18 @@ class Readiness:
                     f"{what} did not open its socket within {self.start_timeout:.0f} s"
                 )
             await asyncio.sleep(READY_POLL_S)
+
+
+def init_duration(reply: bytes) -> float:
+    """The import's duration from the runtime's answer to POST /init, `{"initDurationMs":
+    605.2}`; 0 when it does not say (a runtime image older than that answer)."""
+    try:
+        value = json.loads(reply)["initDurationMs"]
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+        return 0.0
+    return float(value)
 
 
 def init_error(reply: bytes) -> str:

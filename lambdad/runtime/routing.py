@@ -8,7 +8,7 @@ pools' business, so these rules need no Docker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from lambdad.errors import NotFound
@@ -51,15 +51,17 @@ class Routes:
             self.active[version.function] = pool
         return pool
 
-    def activate(self, version: FunctionVersion, instance: Instance | None) -> InstancePool:
-        """Switches new requests to `version`; old instances drain, then stop."""
+    def activate(self, version: FunctionVersion,
+                 instances: Sequence[Instance] = ()) -> InstancePool:
+        """Switches new requests to `version`, served first by `instances` (all added
+        before any request can see the pool); old instances drain, then stop."""
         name = version.function
         self.know(version)
         pool = self._new_pool(version)
         pinned = self._pinned.pop((name, version.number), None)
         if pinned is not None:
             pinned.transfer_to(pool)
-        if instance is not None:
+        for instance in instances:
             pool.add(instance)
         old = self.active.get(name)
         self.active[name] = pool

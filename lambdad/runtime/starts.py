@@ -211,7 +211,8 @@ class Starter:
             )
             self._notify(instance, "connected")  # its socket answers: the log channel opens
             if standard:
-                conn = await self._readiness.load(version, folder, container_id, conn)
+                conn, instance.import_ms = await self._readiness.load(
+                    version, folder, container_id, conn)
         except BaseException as exc:
             await self._stopper.unwind(instance, exc, "failed to start")
             raise
@@ -263,12 +264,19 @@ class Starter:
         conn, cell.conn = cell.conn, None
         try:
             wanted = CellClass.of(version.config, cell.cell_class.image)
+            # Both must end before the import, neither needs the other: a cell of another
+            # size is resized (a Docker round trip, 25-50 ms) while its code is linked in.
+            steps = [asyncio.to_thread(link_into, artifact, cell.code_dir)]
             if cell.cell_class != wanted:
-                await asyncio.to_thread(self._backend.update_limits, cell.container_id, wanted)
-            await asyncio.to_thread(link_into, artifact, cell.code_dir)
+                steps.append(asyncio.to_thread(
+                    self._backend.update_limits, cell.container_id, wanted))
+            for outcome in await asyncio.gather(*steps, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             self._notify(instance, "started")
             self._notify(instance, "connected")  # what the cell kept since its start comes
-            conn = await self._readiness.load(version, cell.folder, cell.container_id, conn)
+            conn, instance.import_ms = await self._readiness.load(
+                version, cell.folder, cell.container_id, conn)
             # Whose it is, once its code is loaded: a restart adopts it by this, never a
             # cell that would answer NotInitialized. (Outside the folders the container
             # mounts.) On the loop: a 20-byte file in lambdad's state folder, no fsync,

@@ -102,7 +102,7 @@ def test_instances_run_hardened_and_answer_over_their_socket(
         backend = DockerBackend(client, daemon_id=daemon_id)
         runtime = RuntimeManager(backend, instances_dir=socket_root)
         instance = await runtime.start_instance(version)
-        runtime.activate(version, instance)
+        runtime.activate(version, [instance])
         try:
             attrs = client.containers.get(instance.container_id).attrs
             host = attrs["HostConfig"]

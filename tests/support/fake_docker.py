@@ -82,6 +82,7 @@ class FakeDocker:
         self.refuse: set[str] = set()  # functions whose start the engine refuses
         self.crash: set[str] = set()  # functions whose container exits before its socket
         self.init_errors: dict[str, str] = {}  # function -> errorMessage of its POST /init
+        self.import_ms = 0.5  # what POST /init says the import took
         self.hold = asyncio.Event()  # invocations are answered once this is set
         self.hold.set()
         self.on_exit: Callable[[str], None] | None = None  # Docker's die event
@@ -294,7 +295,7 @@ class FakeDocker:
             container.env, container.initialized = env, True
             container.function = function
             container.version = int(env["AWS_LAMBDA_FUNCTION_VERSION"])
-            return 200, {}
+            return 200, {"initDurationMs": self.import_ms}  # as the runtime answers
         await container.thawed.wait()
         if not container.running:
             raise OSError("the container is gone")

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import io
 import tarfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ class FakeRuntime:
     def has_warm_pinned(self, version: FunctionVersion) -> bool:
         return (version.function, version.number) in self.warm_pinned
 
-    def activate(self, version: FunctionVersion, instance: FakeInstance | None) -> None:
+    def activate(self, version: FunctionVersion, instances: Sequence[FakeInstance] = ()) -> None:
         """As the real one: new requests go to `version`; the old instances drain and stop."""
         self.know(version)
         self.active[version.function] = version

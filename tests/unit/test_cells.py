@@ -6,12 +6,13 @@ import asyncio
 import itertools
 import os
 import stat
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from lambdad.build.artifacts import ArtifactStore, link_into
+from lambdad.build.artifacts import ArtifactStore, link_into, link_tree
 from lambdad.functions import FunctionConfig
 from lambdad.runtime.cells import (
     REFILL_DELAY_S,
@@ -325,6 +326,40 @@ def test_artifacts_are_read_only_copies_linked_into_cells(tmp_path: Path) -> Non
     assert not (cell / "runtime-image").exists()  # only code and dependencies go in
     assert (cell / "task" / "app.py").stat().st_ino == (saved / "task" / "app.py").stat().st_ino
     assert os.readlink(cell / "task" / "link.py") == "app.py"
+
+
+def test_link_tree_recreates_folders_links_files_and_keeps_symlinks(tmp_path: Path) -> None:
+    """Nested folders come out 0755 whatever the umask (uid 10001 must traverse them),
+    files are the same inodes, symlinks (to files and to folders) stay symlinks and are
+    not followed, and a tree on another file system is copied instead."""
+    source = tmp_path / "source"
+    (source / "pkg" / "sub").mkdir(parents=True)
+    (source / "pkg" / "sub" / "deep.py").write_text("z = 3\n")
+    (source / "top.py").write_text("t = 1\n")
+    (source / "pkg" / "alias.py").symlink_to("sub/deep.py")
+    (source / "pkg_link").symlink_to("pkg")
+    target = tmp_path / "target"
+    old = os.umask(0o077)
+    try:
+        link_tree(source, target)
+    finally:
+        os.umask(old)
+    assert _tree(target) == _tree(source)
+    for folder in (target, target / "pkg", target / "pkg" / "sub"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+    deep = target / "pkg" / "sub" / "deep.py"
+    assert deep.stat().st_ino == (source / "pkg" / "sub" / "deep.py").stat().st_ino
+    assert os.readlink(target / "pkg" / "alias.py") == "sub/deep.py"
+    assert os.readlink(target / "pkg_link") == "pkg"
+    assert not (target / "pkg_link").resolve().is_relative_to(source)
+    shm = Path("/dev/shm")  # a tmpfs: another file system than tmp_path's
+    assert shm.stat().st_dev != tmp_path.stat().st_dev
+    elsewhere = tmp_path / "copied"
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        (Path(other) / "pkg").mkdir()
+        (Path(other) / "pkg" / "m.py").write_text("m = 1\n")
+        link_tree(Path(other), elsewhere)
+        assert (elsewhere / "pkg" / "m.py").read_text() == "m = 1\n"
 
 
 def test_clone_retain_and_remove(tmp_path: Path) -> None:

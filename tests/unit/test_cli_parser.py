@@ -37,7 +37,7 @@ def test_deploy_all_options() -> None:
         "deploy", "fn", "--name", "greet", "--timeout", "30", "--memory", "256",
         "--env", "A=1", "--env", "B=x=y", "--env", "EMPTY=", "--handler", "app.main",
         "--network", "bridge", "--cpu", "0.5", "--concurrency", "4", "--min-instances", "0",
-        "--max-instances", "3", "--idle-timeout", "60",
+        "--max-instances", "3", "--idle-timeout", "60", "--prewarm", "2",
     )  # fmt: skip
     assert vars(args) == {
         "context": None,
@@ -48,6 +48,7 @@ def test_deploy_all_options() -> None:
         "command": "deploy",
         "path": "fn",
         "no_cache": False,
+        "prewarm": 2,
         "name": "greet",
         "timeout": 30,
         "memory": 256,

@@ -14,17 +14,20 @@ import pytest
 
 from lambdad.control import BuildOutput, DeployResult, Progress
 from lambdad.control.builds import Builds
+from lambdad.control.deploy import prewarm_count, start_title
 from lambdad.control.locks import FunctionLocks
 from lambdad.control.versions import Versions
 from lambdad.errors import (
     BuildFailed,
     FailedPrecondition,
+    InstanceFailed,
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
     Unavailable,
 )
 from lambdad.functions import Overrides
+from lambdad.functions.manifest import parse_manifest
 from tests.support.fakes import (
     ControlParts,
     chunked,
@@ -350,3 +353,109 @@ def test_a_standard_runtime_version_is_its_artifact_alone(tmp_path: Path) -> Non
         assert not p.artifacts.path("greet", 3).parent.exists()
         assert set(p.builder.removed) == {"lambda-fn/greet:v1"}  # never a "" image
     run(tmp_path, scenario, keep_versions=2)
+
+
+def test_prewarm_starts_every_instance_before_traffic_moves(tmp_path: Path) -> None:
+    """`--prewarm 3`: three instances of v2 are started (loaded) before v2 is activated,
+    and activation hands all three to it at once."""
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")
+        handed: list[int] = []
+        activate = p.runtime.activate
+
+        def recording(version: Any, instances: Any = ()) -> None:
+            handed.append(len(instances))
+            activate(version, instances)
+        p.runtime.activate = recording  # type: ignore[method-assign]
+        events = await p.deploy("greet", prewarm=3)
+        assert [e for e in events if isinstance(e, Progress) and e.step == 3] == [
+            Progress(3, "Pre-warming 3 instances (3 containers)", done=False),
+            Progress(3, "Pre-warming 3 instances (3 containers)", done=True),
+        ]
+        assert handed == [3]
+        assert p.runtime.active["greet"].number == 2
+        assert [i.version.number for i in p.runtime.instances] == [2, 2, 2]
+    run(tmp_path, scenario)
+
+
+def test_prewarm_above_max_instances_is_refused_before_building(tmp_path: Path) -> None:
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")
+        with pytest.raises(InvalidArgument, match=r"--prewarm 3 is more than the function's "
+                                                  r"max_instances \(2\)"):
+            await p.deploy("greet", prewarm=3, overrides=Overrides(max_instances=2))
+        assert len(p.builder.builds) == 1  # v1's only
+        assert [v.number for v in await p.store.versions("greet")] == [1]
+        assert deploys(p, "InvalidArgument") == 1
+    run(tmp_path, scenario)
+
+
+def test_a_failed_prewarm_removes_the_instances_that_did_start(tmp_path: Path) -> None:
+    """One of three pre-warmed instances fails to load: the two that did are removed,
+    nothing of v2 is recorded and v1 keeps serving."""
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")
+        v1_instances = list(p.runtime.instances)
+        p.runtime.fail_start = InstanceFailed(
+            "greet v2 failed to initialize: Runtime.ImportModuleError: boom")
+        with pytest.raises(InstanceFailed, match="ImportModuleError: boom"):
+            await p.deploy("greet", prewarm=3)
+        assert p.runtime.instances == v1_instances
+        assert sorted(i.version.number for i in p.runtime.removed) == [2, 2]
+        assert p.runtime.active["greet"].number == 1
+        assert [v.number for v in await p.store.versions("greet")] == [1]
+        assert p.artifacts.find("greet", 2) is None
+    run(tmp_path, scenario)
+
+
+@pytest.mark.parametrize(("paths", "prewarm", "title"), [
+    (["cell"], 0, "Starting instance (stem cell)"),
+    (["container"], 0, "Starting instance (container)"),
+    (["cell"], 1, "Pre-warming 1 instance (stem cell)"),
+    (["cell", "cell", "container"], 3, "Pre-warming 3 instances (2 stem cells, 1 container)"),
+    (["container", "container"], 2, "Pre-warming 2 instances (2 containers)"),
+])
+def test_start_title_names_each_path(paths: list[str], prewarm: int, title: str) -> None:
+    assert start_title(paths, prewarm) == title
+
+
+def test_prewarm_count_is_one_by_default_and_at_most_max_instances() -> None:
+    config = parse_manifest('handler = "h.h"\n[scaling]\nmax_instances = 4\n',
+                            has_dockerfile=False).config
+    assert [prewarm_count(n, config) for n in (0, 1, 4)] == [1, 1, 4]
+    with pytest.raises(InvalidArgument, match="max_instances"):
+        prewarm_count(5, config)
+
+
+def test_a_deploy_cancelled_while_prewarming_removes_what_started(tmp_path: Path) -> None:
+    """The client goes away while one of two instances has loaded and the other is still
+    importing: the loaded one is removed, the other's start cancelled, nothing recorded,
+    and v1 keeps serving."""
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")
+        v1_instances = list(p.runtime.instances)
+        start = p.runtime.start_instance
+        importing = asyncio.Event()
+        calls = 0
+
+        async def second_never_loads(version: Any, *, plan: Any = None) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                importing.set()
+                await asyncio.Event().wait()
+            return await start(version, plan=plan)
+        p.runtime.start_instance = second_never_loads  # type: ignore[method-assign]
+        task = asyncio.ensure_future(p.deploy("greet", prewarm=2))
+        await importing.wait()
+        await asyncio.sleep(0.01)  # the first start ends
+        assert len(p.runtime.instances) == len(v1_instances) + 1
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert p.runtime.instances == v1_instances
+        assert [i.version.number for i in p.runtime.removed] == [2]
+        assert p.runtime.active["greet"].number == 1
+        assert [v.number for v in await p.store.versions("greet")] == [1]
+        assert p.artifacts.find("greet", 2) is None
+    run(tmp_path, scenario)

@@ -190,6 +190,24 @@ def test_idle_instances_beyond_the_minimum_are_reaped() -> None:
     run(scenario())
 
 
+def test_an_added_instance_is_idle_from_when_it_joined_not_from_its_start() -> None:
+    """A deploy's (pre-warmed) instance whose import took longer than idle_timeout is
+    not reaped the moment traffic moves to it."""
+    async def scenario() -> None:
+        h = Harness(_version(idle_timeout_s=2))
+        h.now = 0  # the start began: Instance() is made then
+        instance = Instance("i1", h.pool.version, "c1", None)
+        instance.last_used = h.now
+        h.now = 5  # its import took 5 s; the deploy switches traffic now
+        h.pool.add(instance)
+        h.now = 6
+        assert h.pool.reap_idle() == 0 and h.pool.instances == [instance]
+        h.now = 7
+        assert h.pool.reap_idle() == 1
+
+    run(scenario())
+
+
 def test_busy_instances_are_never_reaped() -> None:
     async def scenario() -> None:
         h = Harness(_version(idle_timeout_s=1))

@@ -20,7 +20,7 @@ def test_a_request_goes_to_the_ready_instance_over_a_kept_connection() -> None:
         v1 = version()
         rt.manager.register(v1)
         instance = await rt.manager.start_instance(v1)
-        rt.manager.activate(v1, instance)
+        rt.manager.activate(v1, [instance])
         assert rt.events == [("started", instance.id), ("connected", instance.id),
                              ("ready", instance.id)]
         [container] = rt.docker.of("fn")
@@ -149,7 +149,7 @@ def test_a_new_version_takes_new_requests_and_the_old_instance_stops_once_idle()
         busy = asyncio.create_task(rt.call())
         await until(lambda: rt.manager.counts("fn").busy == 1)
         [old] = rt.docker.of("fn")
-        rt.manager.activate(v2, await rt.manager.start_instance(v2))
+        rt.manager.activate(v2, [await rt.manager.start_instance(v2)])
         assert rt.manager.active_version("fn") == v2
         assert rt.manager.counts("fn").draining == 1 and rt.manager.instance_count("fn") == 2
         rt.docker.hold.set()
@@ -178,7 +178,7 @@ def test_a_timeout_after_a_version_switch_stops_the_instance_in_its_new_pool() -
         rt.docker.hold.clear()
         late = asyncio.create_task(rt.call(number=2))
         await until(lambda: len(pinned.requests) == 2)
-        rt.manager.activate(v2, None)  # the busy instance moves to the new active pool
+        rt.manager.activate(v2)  # the busy instance moves to the new active pool
         with pytest.raises(FunctionTimeout):
             await late
         rt.docker.hold.set()

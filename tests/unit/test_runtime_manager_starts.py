@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def test_a_version_with_an_artifact_starts_in_a_stem_cell() -> None:
         plan = rt.manager.plan_start(v1)
         assert plan.path == "cell" and rt.manager.cells.ready_cells() == []
         instance = await rt.manager.start_instance(v1, plan=plan)
-        rt.manager.activate(v1, instance)
+        rt.manager.activate(v1, [instance])
         assert instance.container_id == cell.id and instance.start_path == "cell"
         assert cell.function == "fn" and cell.env["AWS_LAMBDA_FUNCTION_TIMEOUT"] == "7"
         code = rt.cells_dir / cell.instance
@@ -59,6 +60,8 @@ def test_a_cold_request_takes_a_ready_cell_and_a_cell_of_another_size_is_resized
         await _ready_cells(rt)
         response, body = await rt.call("small")
         assert response.start == "cell" and response.cold_start and body["cell"] is True
+        # The import's share of the start, as the runtime timed it (its POST /init answer).
+        assert response.import_ms == rt.docker.import_ms and response.init_ms > 0
         assert body["start"] == "cell" and rt.docker.updated == []
         assert [e for e, _ in rt.events] == ["started", "connected", "ready"]
         await until(lambda: len(rt.manager.cells.ready_cells()) == 1)
@@ -67,6 +70,38 @@ def test_a_cold_request_takes_a_ready_cell_and_a_cell_of_another_size_is_resized
         instance = await rt.manager.start_instance(big, plan=plan)
         assert rt.docker.updated == [(instance.container_id,
                                       CellClass.of(big.config, RUNTIME_IMAGE_ID))]
+
+    run(scenario)
+
+
+def test_a_cell_of_another_size_is_resized_while_its_code_is_linked_in() -> None:
+    """The resize does not wait for the link, nor the link for the resize: the resize
+    here lasts until the code is there, which a resize done first would never see."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=1)
+        small, big = version("small"), version("big", memory_mb=512)
+        for v in (small, big):
+            rt.save_artifact(v)
+        rt.manager.register(small)
+        await _ready_cells(rt)
+        resize = rt.docker.update_limits
+        saw_code: list[bool] = []
+
+        def slow_resize(container_id: str, limits: CellClass) -> None:
+            code = rt.cells_dir / rt.docker.containers[container_id].instance / "task"
+            deadline = time.monotonic() + 3
+            while not (code / "handler.py").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            saw_code.append((code / "handler.py").exists())
+            resize(container_id, limits)
+
+        rt.docker.update_limits = slow_resize  # type: ignore[method-assign]
+        plan = rt.manager.plan_start(big)
+        assert plan.path == "cell"
+        instance = await rt.manager.start_instance(big, plan=plan)
+        assert saw_code == [True]
+        assert rt.docker.containers[instance.container_id].limits == CellClass.of(
+            big.config, RUNTIME_IMAGE_ID)
 
     run(scenario)
 
@@ -95,6 +130,7 @@ def test_versions_a_cell_cannot_run_start_in_a_container_of_their_own() -> None:
             assert container.function == v.function
             # A standard runtime loads its handler by POST /init; a Dockerfile one does not.
             assert container.standard == (v.config.runtime != "docker")
+            assert instance.import_ms == (rt.docker.import_ms if container.standard else 0.0)
             await rt.manager.remove_instance(instance)
         assert len(rt.manager.cells.ready_cells()) == 1  # none of them took the cell
         assert rt.manager.plan_start(cellable).path == "cell"

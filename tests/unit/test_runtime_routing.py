@@ -86,7 +86,7 @@ def test_activating_a_pinned_version_keeps_its_warm_instances() -> None:
         warm = _instance(v2, 2)
         routes.pool_for("fn", 2).add(warm)
         assert routes.has_warm_pinned(v2)
-        pool = routes.activate(v2, None)
+        pool = routes.activate(v2)
         assert routes.active["fn"] is pool and pool.instances == [warm] and warm.owner is pool
         assert routes.active_version("fn") == v2 and not routes.has_warm_pinned(v2)
         assert old.dead  # idle in the replaced pool: stopped at once
@@ -102,7 +102,7 @@ def test_removing_a_function_hands_back_every_pool_it_had() -> None:
         routes.register(v1)
         routes.active["fn"].add(busy := _instance(v1, 1))
         busy.in_flight = 1
-        routes.activate(v2, None)  # v1's pool drains: retired
+        routes.activate(v2)  # v1's pool drains: retired
         routes.know(v3)
         routes.pool_for("fn", 3)  # pinned
         routes.register(version("other"))

@@ -125,18 +125,20 @@ class ConfigOverrides(_message.Message):
     def __init__(self, handler: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., memory_mb: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., network: _Optional[str] = ..., cpu: _Optional[float] = ..., concurrency: _Optional[int] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ..., idle_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class DeployHeader(_message.Message):
-    __slots__ = ("name", "size", "sha256", "overrides", "no_cache")
+    __slots__ = ("name", "size", "sha256", "overrides", "no_cache", "prewarm")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     NO_CACHE_FIELD_NUMBER: _ClassVar[int]
+    PREWARM_FIELD_NUMBER: _ClassVar[int]
     name: str
     size: int
     sha256: str
     overrides: ConfigOverrides
     no_cache: bool
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., overrides: _Optional[_Union[ConfigOverrides, _Mapping]] = ..., no_cache: _Optional[bool] = ...) -> None: ...
+    prewarm: int
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., overrides: _Optional[_Union[ConfigOverrides, _Mapping]] = ..., no_cache: _Optional[bool] = ..., prewarm: _Optional[int] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
     __slots__ = ("header", "chunk")
