@@ -156,8 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
        "so a cold start of a standard-runtime function only loads its code; 0 disables "
        "(default: 2)", metavar="N", numeric=True),
     _s("pause_after", "runtime", seconds, 5,
-       "idle instances are paused (cgroup freezer) after this many seconds and unpaused by "
-       "the next request; 0 disables (default: 5)",
+       "idle instances of Dockerfile functions are paused (cgroup freezer) after this many "
+       "seconds and unpaused by the next request; 0 disables (default: 5)",
        metavar="SECONDS", numeric=True),
     _s("freeze_window", "runtime", seconds, 600,
        "an instance idle for its function's idle_timeout beyond min_instances is kept "
