@@ -69,7 +69,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.isolate and os.sched_getscheduler(0) != os.SCHED_FIFO:
         parser.error("--isolate: run under `chrt -f 20` (lambdad inherits it)")
-    daemon = BenchDaemon(extra_args=["--cell-pool-size", "2", "--pause-after", "0.5"])
+    daemon = BenchDaemon(extra_args=["--cell-pool-size", "2", "--pause-after", "0.5",
+                                     "--freeze-window", "0"])
     daemon.start()
     try:
         assert daemon.process is not None

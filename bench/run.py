@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     daemon = BenchDaemon(extra_args=["--cell-pool-size", str(args.cell_pool_size),
                                      "--pause-after", f"{args.pause_after:g}",
+                                     # the cold group waits for scale to zero, then starts cold:
+                                     # an instance past its idle timeout stops, not frozen
+                                     "--freeze-window", "0",
                                      "--max-queued-events", str(max(1000, args.async_events)),
                                      *(["--wheelhouse", str(wheelhouse)] if wheelhouse else [])])
     results: list[Result] = []
