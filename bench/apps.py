@@ -511,6 +511,9 @@ def _summarize(app: App, s: _Samples, report: AppsReport) -> dict[str, Any]:
 def bench_apps(report: AppsReport, *, rounds: int, burst: int, pool_size: int,
                wheelhouse: Path) -> None:
     """Runs the group in a lambdad of its own (a freeze window); removes it all after."""
+    if os.geteuid() != 0:
+        raise ColdBenchError("the apps group reads the instances' /proc/<pid>/smaps_rollup and "
+                             "stops their workers (SIGSTOP) from the host: run it as root")
     daemon = BenchDaemon(extra_args=["--cell-pool-size", str(pool_size),
                                      "--freeze-window", str(FREEZE_WINDOW_S),
                                      "--wheelhouse", str(wheelhouse)])
