@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 import grpc
+from apps import AppsReport, bench_apps
 from async_bench import AsyncReport, bench_async
 from cold import ColdReport, bench_cold
 from harness import GRPC_OPTIONS, ROOT, BenchDaemon, UnixHTTPConnection, executable
@@ -45,7 +46,8 @@ RUNTIME_IMAGE = "lambda-runtime/python:3.11"
 PAYLOAD = b'{"name":"World"}'
 EXPECTED = b"Hello, World!"
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
-GROUPS = ("deploy", "deps", "http", "invoke", "warm", "cold", "peer", "outside", "async")
+GROUPS = ("deploy", "deps", "http", "invoke", "warm", "cold", "peer", "outside", "async",
+          "apps")
 # The example apps whose requirements.txt the deps group resolves, from the wheels
 # `make example-wheels` fetched (benchmarks talk to loopback only, never to an index).
 DEPS_APPS = ("fastapi-mangum", "flask-apig-wsgi", "powertools")
@@ -96,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pause-after", type=float, default=0.5, metavar="SECONDS",
                         help="lambdad --pause-after: idle Dockerfile instances are paused "
                         "after this long; only the cold group deploys any (default: 0.5)")
+    parser.add_argument("--apps-rounds", type=int, default=6, metavar="N",
+                        help="apps: rounds per app (fastapi-mangum, greet): from zero, three "
+                        "scale-out groups, memory, thaw (default: 6)")
     parser.add_argument("--async-events", type=int, default=2000, metavar="N",
                         help="async: events enqueued, and sync calls of its baseline, each "
                         "bounded by min(--budget, 8) seconds (default: 2000)")
@@ -110,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="print the daemon's log at the end")
     args = parser.parse_args(argv)
     for name in ("rounds", "requests", "deploys", "cold_rounds", "cold_ref_rounds", "burst",
-                 "cell_pool_size", "async_events", "async_threads"):
+                 "cell_pool_size", "async_events", "async_threads", "apps_rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.cron_window < 2:
@@ -414,7 +419,7 @@ def reproduce(args: argparse.Namespace) -> str:
             f"--cold-ref-rounds {args.cold_ref_rounds} --burst {args.burst} "
             f"--cell-pool-size {args.cell_pool_size} --pause-after {args.pause_after:g} "
             f"--async-events {args.async_events} --async-threads {args.async_threads} "
-            f"--cron-window {args.cron_window:g}{only}")
+            f"--cron-window {args.cron_window:g} --apps-rounds {args.apps_rounds}{only}")
 
 
 def preflight() -> None:
@@ -444,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     # The async group enqueues --async-events events to one function at once: more than the
     # default cap of queued events per function, which would refuse the rest.
     try:
-        wheelhouse = public_wheelhouse() if "deps" in args.only else None
+        wheelhouse = public_wheelhouse() if {"deps", "apps"} & set(args.only) else None
     except BenchError as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -460,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     outside = OutsideReport()
     asyncs = AsyncReport()
     colds = ColdReport()
+    apps = AppsReport()
     failed: str | None = None
     titles = {
         "deploy": "deploy with a warm build cache",
@@ -472,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         "outside": "outside generator (wrk): gateway vs functions-framework, 1 and 32 "
                    "connections",
         "async": "async: event enqueue and delivery vs sync Invoke; cron lag vs asyncio timers",
+        "apps": "apps (issue 17): fastapi-mangum and greet: from zero, scale-out, memory per "
+                "worker, thaw, burst",
     }
     try:
         print(f"bench: starting lambdad (state {daemon.state_dir}, images "
@@ -507,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
                             threads=args.async_threads, budget=min(args.budget, 8.0),
                             drain_timeout=15.0, cron_window=args.cron_window)
                 results.extend(asyncs.results)
+            elif group == "apps":
+                assert wheelhouse is not None
+                bench_apps(apps, rounds=args.apps_rounds, burst=args.burst,
+                           pool_size=args.cell_pool_size, wheelhouse=wheelhouse)
+                results.extend(apps.results)
     except (BenchError, RuntimeError, subprocess.TimeoutExpired, OSError,
             grpc.RpcError, ValueError) as exc:
         failed = f"{type(exc).__name__}: {exc}"
@@ -566,7 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         print("async:")
         for line in asyncs.lines:
             print(f"  {line}")
-    verdicts = [*load.verdicts, *outside.verdicts, *colds.verdicts, *asyncs.verdicts]
+    if apps.lines:
+        print()
+        print("apps (issue 17):")
+        for line in apps.lines:
+            print(f"  {line}")
+    verdicts = [*load.verdicts, *outside.verdicts, *colds.verdicts, *asyncs.verdicts,
+                *apps.verdicts]
     if verdicts:
         print()
         print("targets (printed, never asserted):")
@@ -586,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
             "results": [r.as_json() for r in results],
             "load": [vars(r) for r in load.rows],
             "targets": verdicts,
-            "figures": {**load.figures, **outside.figures, **colds.figures, **asyncs.figures},
+            "figures": {**load.figures, **outside.figures, **colds.figures, **asyncs.figures,
+                        **apps.figures},
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"results written to {path}")
