@@ -80,3 +80,53 @@ def newcomer_has_room(left: Iterable[str], known: Container[str], limit_for: Cal
         return False
     return any(name not in known and running.get(name, 0) < max(1, limit_for(name))
                for name in left)
+
+
+def select_ahead(
+    due: Sequence[AsyncInvocation],
+    limits: Mapping[str, int],
+    running: Mapping[str, int],
+    free: int,
+    last_served: Mapping[str, int],
+    ahead: Mapping[str, int],
+    budget: int,
+) -> tuple[list[AsyncInvocation], list[AsyncInvocation]]:
+    """(events to start now, events to claim ahead): `select`'s choice, then, per function,
+    up to its limit more of its oldest due events minus the `ahead` it holds already, round
+    robin, at most `budget` in all. An event claimed ahead waits in memory for a slot of its
+    own function (a delivery that ends starts the next at once, without a store cycle).
+
+    None is claimed ahead while two functions or more are left behind by the global cap
+    alone (with room under their own limits): a freed slot must then go round them through
+    a cycle, not to the function that ended (fairness, as `select`). One function alone
+    behind the global cap (the common case: one function's backlog) claims ahead; a
+    newcomer that comes later starts its first event at once (`select`) and its next ones
+    after at most `budget` events claimed ahead before it came."""
+    start = select(due, limits, running, free, last_served)
+    taken = {event.id for event in start}
+    busy = dict(running)
+    for event in start:
+        busy[event.function] = busy.get(event.function, 0) + 1
+    rest = [event for event in sorted(due, key=lambda e: (e.next_attempt_at, e.created_at))
+            if event.id not in taken]
+    if len({e.function for e in rest if busy.get(e.function, 0) < max(1, limits.get(e.function, 1))
+            }) > 1:
+        return start, []
+    queues: dict[str, deque[AsyncInvocation]] = {}
+    for event in rest:
+        queues.setdefault(event.function, deque()).append(event)
+    # Only for functions whose limit is known (a newcomer's is counted as 1 by `select`
+    # until its next cycle: see newcomer_has_room).
+    room = {name: limits[name] - ahead.get(name, 0) for name in queues if name in limits}
+    ring = sorted((name for name in room if room[name] > 0),
+                  key=lambda name: last_served.get(name, -1))
+    later: list[AsyncInvocation] = []
+    while budget > 0 and ring:
+        for name in ring:
+            if budget <= 0:
+                break
+            later.append(queues[name].popleft())
+            room[name] -= 1
+            budget -= 1
+        ring = [name for name in ring if room[name] > 0 and queues[name]]
+    return start, later

@@ -549,3 +549,167 @@ def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
                 await worker.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_function_at_its_limit_claims_ahead_and_an_ended_delivery_starts_the_next_without_a_cycle(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "POLL_S", 3600.0)
+    monkeypatch.setattr(worker_module, "FLUSH_S", 3600.0)  # only what the test says runs a cycle
+    gates: dict[str, asyncio.Event] = {}
+    started: list[str] = []
+    running = 0
+    peak = 0
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        nonlocal running, peak
+        started.append(inv.id)
+        running += 1
+        peak = max(peak, running)
+        try:
+            await gates.setdefault(inv.id, asyncio.Event()).wait()
+        finally:
+            running -= 1
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            events = [event() for _ in range(7)]
+            for queued in events:
+                await store.invocations.insert(queued)
+            async with started_worker(store, deliver, limit=lambda _: 2) as worker:
+                await until(lambda: asyncio.sleep(0, len(started) == 2))
+                worker.wake()  # the next cycle knows the limit: claims 2 ahead
+
+                async def claimed_ahead() -> bool:
+                    return await store.invocations.queued("f") == 3
+                await until(claimed_ahead)
+                assert started == [e.id for e in events[:2]] and running == 2
+                # Four are running in the store: two delivering, two waiting in memory.
+                assert len(await store.invocations.of_function("f", "running", 10)) == 4
+                cycles = worker.cycles
+                gates.setdefault(events[0].id, asyncio.Event()).set()
+                await until(lambda: asyncio.sleep(0, len(started) == 3))
+                assert started[2] == events[2].id  # claim order
+                assert worker.started_ahead == 1
+                # Started by the end itself: no store cycle in between (FLUSH_S is an hour,
+                # the end of a delivery with events ahead does not wake one).
+                assert worker.cycles == cycles
+                assert running == 2
+                for queued in events:
+                    gates.setdefault(queued.id, asyncio.Event()).set()
+                for queued in events:
+                    await until(lambda q=queued: status_is(store, q.id, "succeeded"))
+            assert peak == 2  # never beyond the function's limit
+            assert sorted(started) == sorted(e.id for e in events)  # each once
+
+    asyncio.run(scenario())
+
+
+def test_stop_queues_again_events_claimed_ahead_with_their_attempt_uncounted(
+        tmp_path: Path, clock: Clock) -> None:
+    started: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        started.append(inv.id)
+        await asyncio.Event().wait()
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            events = [event() for _ in range(4)]
+            for queued in events:
+                await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 1)
+            worker.start()
+            await until(lambda: asyncio.sleep(0, len(started) == 1))
+            worker.wake()
+
+            async def claimed_ahead() -> bool:
+                return await store.invocations.queued("f") == 2
+            await until(claimed_ahead)
+            ahead = (await store.invocations.get(events[1].id))
+            assert (ahead.status, ahead.attempts) == ("running", 1)
+            await asyncio.wait_for(worker.stop(), GUARD)
+            assert started == [events[0].id]  # the one claimed ahead never ran
+            back = await store.invocations.get(events[1].id)
+            assert (back.status, back.attempts, back.started_at) == ("queued", 0, None)
+            # The attempt under way stays running: the next start queues it again.
+            assert await status_is(store, events[0].id, "running")
+            assert await store.invocations.recover(clock.now) == 1
+            assert await store.invocations.queued("f") == 4
+
+    asyncio.run(scenario())
+
+
+def test_after_a_crash_recover_queues_again_events_claimed_ahead(
+        tmp_path: Path, clock: Clock) -> None:
+    """A kill -9 leaves events claimed ahead running in the store, as those delivering: the
+    next start queues them again (at-least-once), their claimed attempt counted."""
+    started: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        started.append(inv.id)
+        await asyncio.Event().wait()
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            events = [event() for _ in range(4)]
+            for queued in events:
+                await store.invocations.insert(queued)
+            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
+                                 lambda _: 1)
+            worker.start()
+            await until(lambda: asyncio.sleep(0, len(started) == 1))
+            worker.wake()
+
+            async def claimed_ahead() -> bool:
+                return await store.invocations.queued("f") == 2
+            await until(claimed_ahead)
+            # The crash: nothing of the worker's memory reaches the store.
+            worker._stopping = True  # (no stop and its last writes)
+            assert worker._task is not None
+            worker._task.cancel()
+            for task in list(worker._running.values()):
+                task.cancel()
+            await asyncio.sleep(0.05)
+            assert await store.invocations.recover(clock.now) == 2
+            again = await store.invocations.get(events[1].id)
+            assert (again.status, again.attempts) == ("queued", 1)
+            assert await store.invocations.queued("f") == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_event_claimed_ahead_is_never_delivered(tmp_path: Path, clock: Clock) -> None:
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        started.append(inv.id)
+        await gate.wait()
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with opened_store(tmp_path, "f") as store:
+            events = [event() for _ in range(3)]
+            for queued in events:
+                await store.invocations.insert(queued)
+            async with started_worker(store, deliver) as worker:
+                await until(lambda: asyncio.sleep(0, len(started) == 1))
+                worker.wake()
+
+                async def claimed_ahead() -> bool:
+                    return await store.invocations.queued("f") == 1
+                await until(claimed_ahead)
+                await worker.cancel(events[1].id, "replaced")
+                found = await store.invocations.get(events[1].id)
+                assert (found.status, found.last_error) == ("failed", "replaced")
+                gate.set()
+                await until(lambda: status_is(store, events[2].id, "succeeded"))
+                assert await status_is(store, events[0].id, "succeeded")
+            assert started == [events[0].id, events[2].id]
+            assert await status_is(store, events[1].id, "failed")
+
+    asyncio.run(scenario())
