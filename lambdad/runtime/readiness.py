@@ -127,7 +127,7 @@ def init_duration(reply: bytes) -> float:
     605.2}`; 0 when it does not say (a runtime image older than that answer)."""
     try:
         value = json.loads(reply)["initDurationMs"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # nesting: the runtime's
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
         return 0.0
@@ -139,5 +139,5 @@ def init_error(reply: bytes) -> str:
     try:
         data = json.loads(reply)
         return f"{data['errorType']}: {data['errorMessage']}"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # nesting: the runtime's
         return reply.decode(errors="replace")[:500] or "no reply"
