@@ -95,6 +95,32 @@ def test_a_kill_during_a_prewarm_then_a_restart_leaves_v1_and_nothing_else(
                 deploy.wait()
 
 
+def test_a_deploy_cancelled_by_its_client_during_a_prewarm_leaves_v1_and_nothing_else(
+    tmp_path: Path
+) -> None:
+    """lambdactl interrupted (Ctrl-C) while the new version imports: the call is cancelled,
+    so are its starts; their containers go, v1 serves, v2 is never recorded."""
+    with running_daemon("--start-timeout", "300") as daemon:
+        folder = write_function(tmp_path / "pwc", V1, PREWARM_MANIFEST.format(name="pwcancel"))
+        daemon.deploy(folder)
+        (folder / "handler.py").write_text(HANGING_IMPORT)
+        deploy = _deploying(daemon, folder)
+        try:
+            assert wait_for(lambda: _prewarming(daemon, "pwcancel"), timeout=60), daemon.log()
+            deploy.send_signal(signal.SIGINT)
+            deploy.wait(timeout=30)
+            assert deploy.returncode != 0
+            assert wait_for(lambda: [daemon.owner(c) for c in daemon.containers("pwcancel")]
+                            == [("pwcancel", 1)], timeout=30), daemon.log()[-3000:]
+            assert daemon.http("pwcancel").json() == "v1"
+            assert [v["version"] for v in
+                    daemon.cli("versions", "pwcancel", "-o", "json").json()] == [1]
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+                deploy.wait()
+
+
 FROZEN_HANDLER = "def handler(event, context):\n    return 'ok'\n"
 
 
