@@ -194,15 +194,15 @@ class Deployer:
                     self._runtime.abandon(plan)
             fault_point("started")
             start_s = time.monotonic() - started - build_s
-        except BaseException:
-            await self._builds.remove(name, number, image)
+        except BaseException:  # to its end even if cancelled meanwhile (see _remove_all)
+            await finish(self._builds.remove(name, number, image))
             raise
         try:
             await self._store.add_version(version, activate=True)
             fault_point("recorded")
         except BaseException:
             await self._remove_all(instances)
-            await self._builds.remove(name, number, image)
+            await finish(self._builds.remove(name, number, image))
             raise
         self._runtime.activate(version, instances)
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
