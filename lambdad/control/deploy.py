@@ -32,6 +32,7 @@ from lambdad.functions.manifest import apply_overrides, parse_manifest
 from lambdad.metrics import Metrics
 from lambdad.runtime.manager import StartPlan
 from lambdad.runtime.pool import Instance
+from lambdad.runtime.stops import finish
 from lambdad.store import Store
 
 log = logging.getLogger("lambdad.control")
@@ -193,15 +194,15 @@ class Deployer:
                     self._runtime.abandon(plan)
             fault_point("started")
             start_s = time.monotonic() - started - build_s
-        except BaseException:
-            await self._builds.remove(name, number, image)
+        except BaseException:  # to its end even if cancelled meanwhile (see _remove_all)
+            await finish(self._builds.remove(name, number, image))
             raise
         try:
             await self._store.add_version(version, activate=True)
             fault_point("recorded")
         except BaseException:
             await self._remove_all(instances)
-            await self._builds.remove(name, number, image)
+            await finish(self._builds.remove(name, number, image))
             raise
         self._runtime.activate(version, instances)
         log.info("deployed function=%s version=%d image=%s code_bytes=%d unpacked_bytes=%d "
@@ -239,7 +240,11 @@ class Deployer:
         return started
 
     async def _remove_all(self, instances: list[Instance]) -> None:
-        await asyncio.gather(*(self._runtime.remove_instance(i) for i in instances))
+        """Removes a deploy's instances to their end even if the deploy is cancelled
+        meanwhile (the client gone, the daemon's drain grace over: a stop's grace lasts up
+        to a second): no pool knows of them, so one cut short would run on until lambdad
+        restarts. The cancellation comes once they are removed."""
+        await finish(asyncio.gather(*(self._runtime.remove_instance(i) for i in instances)))
 
 
 def prewarm_count(prewarm: int, config: FunctionConfig) -> int:

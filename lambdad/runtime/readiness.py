@@ -14,8 +14,9 @@ import logging
 import os
 import time
 
-from lambdad.errors import InstanceFailed, Unavailable
+from lambdad.errors import InstanceFailed, InvalidArgument, Unavailable
 from lambdad.functions import FunctionVersion
+from lambdad.jsontext import parse_json
 from lambdad.runtime.backend import Backend
 from lambdad.runtime.docker_backend import TASK_DIR, function_environment
 from lambdad.runtime.folder import InstanceFolder, Refused, start_problem
@@ -125,9 +126,9 @@ class Readiness:
 def init_duration(reply: bytes) -> float:
     """The import's duration from the runtime's answer to POST /init, `{"initDurationMs":
     605.2}`; 0 when it does not say (a runtime image older than that answer)."""
-    try:
-        value = json.loads(reply)["initDurationMs"]
-    except (ValueError, KeyError, TypeError):
+    try:  # parse_json: nesting past the recursion limit is InvalidArgument too
+        value = parse_json(reply, "the runtime's /init answer")["initDurationMs"]
+    except (InvalidArgument, KeyError, TypeError):
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
         return 0.0
@@ -137,7 +138,7 @@ def init_duration(reply: bytes) -> float:
 def init_error(reply: bytes) -> str:
     """`Runtime.ImportModuleError: Unable to import module 'app': ...` from the cell's reply."""
     try:
-        data = json.loads(reply)
+        data = parse_json(reply, "the runtime's /init answer")
         return f"{data['errorType']}: {data['errorMessage']}"
-    except (ValueError, KeyError, TypeError):
+    except (InvalidArgument, KeyError, TypeError):
         return reply.decode(errors="replace")[:500] or "no reply"

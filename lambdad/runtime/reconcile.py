@@ -68,6 +68,13 @@ class Reconciler:
                 if container.paused:  # frozen by the earlier run: adopted frozen, thawed
                     await self._adopt_frozen(instance)  # by its next request
                 pool.add(instance)
+                if container.paused and pool.version.config.runtime != "docker":
+                    # A standard runtime is paused only to be frozen (past its idle
+                    # timeout): in the freeze window again from now, so the gauge says
+                    # frozen and the frozen memory bound counts it at once, not once its
+                    # idle timeout has passed again. (A Dockerfile instance may have been
+                    # paused live, after pause_after: it stays a paused live one.)
+                    instance.frozen_since = instance.last_used
                 self.notify(instance, "adopted")
                 adopted.add(container.instance)
             else:

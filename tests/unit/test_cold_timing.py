@@ -7,7 +7,7 @@ import pytest
 
 from lambdad.gateway.client import _server_timing
 from lambdad.runtime.invocation import InvocationResponse
-from lambdad.runtime.readiness import init_duration
+from lambdad.runtime.readiness import init_duration, init_error
 
 
 @pytest.mark.parametrize(("reply", "ms"), [
@@ -21,6 +21,14 @@ from lambdad.runtime.readiness import init_duration
     (b'{"initDurationMs": -1}', 0.0),
     (b'{"initDurationMs": 1e308}', 0.0),
     (b"[1]", 0.0),
+    # A hostile runtime's numbers (json reads NaN and Infinity) and nesting: ignored, never
+    # an exception out of the start (RecursionError is none of ValueError's kin).
+    (b'{"initDurationMs": NaN}', 0.0),
+    (b'{"initDurationMs": Infinity}', 0.0),
+    (b'{"initDurationMs": 1e999}', 0.0),
+    (b'{"initDurationMs": ' + b"9" * 5000 + b"}", 0.0),
+    (b"[" * 100_000, 0.0),
+    (b'{"initDurationMs": ' + b"[" * 100_000, 0.0),
 ])
 def test_init_duration_from_the_init_reply(reply: bytes, ms: float) -> None:
     assert init_duration(reply) == ms
@@ -51,3 +59,8 @@ def test_the_import_never_shows_longer_than_the_start_it_is_part_of() -> None:
     """Two clocks (the runtime's and lambdad's): import is capped at init."""
     assert _server_timing(40.0, _response(init_ms=30.0, import_ms=30.4)).endswith(
         b"init;dur=30.00, import;dur=30.00")
+
+
+def test_a_deeply_nested_init_error_reply_is_shown_raw_not_raised() -> None:
+    reply = b'{"errorType": ' + b"[" * 100_000
+    assert init_error(reply) == reply.decode()[:500]

@@ -459,3 +459,40 @@ def test_a_deploy_cancelled_while_prewarming_removes_what_started(tmp_path: Path
         assert [v.number for v in await p.store.versions("greet")] == [1]
         assert p.artifacts.find("greet", 2) is None
     run(tmp_path, scenario)
+
+
+def test_a_deploy_cancelled_while_removing_a_failed_prewarm_still_removes_it(
+    tmp_path: Path
+) -> None:
+    """A pre-warm fails (one import raised) and the deploy removes the instance that did
+    load; the client goes away (or the daemon's drain grace ends) during that removal, a
+    stop's grace of up to a second: the removal still ends. Cut short, it left a running
+    container that no pool knows of, so nothing stopped it until lambdad restarted."""
+    async def scenario(p: ControlParts) -> None:
+        await p.deploy("greet")
+        v1_instances = list(p.runtime.instances)
+        remove = p.runtime.remove_instance
+        removing = asyncio.Event()
+        stopped = asyncio.Event()
+
+        async def slow_remove(instance: Any) -> None:
+            removing.set()
+            await stopped.wait()  # its grace: the container has not exited yet
+            await remove(instance)
+        p.runtime.remove_instance = slow_remove  # type: ignore[method-assign]
+        p.runtime.fail_start = InstanceFailed(
+            "greet v2 failed to initialize: Runtime.ImportModuleError: boom")
+        task = asyncio.ensure_future(p.deploy("greet", prewarm=2))
+        await removing.wait()
+        task.cancel()
+        await asyncio.sleep(0.01)
+        stopped.set()
+        with contextlib.suppress(asyncio.CancelledError, InstanceFailed):
+            await task
+        assert task.done()  # ended (cancelled, or with the pre-warm's failure) once removed
+        assert p.runtime.instances == v1_instances
+        assert [i.version.number for i in p.runtime.removed] == [2]
+        assert p.runtime.active["greet"].number == 1
+        assert [v.number for v in await p.store.versions("greet")] == [1]
+        assert p.artifacts.find("greet", 2) is None  # and its build with them
+    run(tmp_path, scenario)
