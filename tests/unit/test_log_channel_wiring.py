@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lambdad import labels
+from lambdad.logs import channel_stream
 from lambdad.logs.capture import LogCapture, Source
 from lambdad.logs.channel import COUNTS, DROPPED, HEADER, REQUEST, RecordDecoder
 from lambdad.logs.entry import RUNTIME_STREAM, LogEntry, LogQuery
@@ -84,8 +85,6 @@ def test_reading_pauses_while_the_store_is_congested(
     congested = [True]
 
     async def scenario() -> tuple[list[LogEntry], object]:
-        from lambdad.logs import channel_stream
-
         entries: list[LogEntry] = []
         task = asyncio.create_task(channel_stream.follow(
             places[1], RecordDecoder("app", 7, "inst"), entries.append,
@@ -109,7 +108,10 @@ def test_reading_pauses_while_the_store_is_congested(
     # The first read (the head and the import line) came, then the store was full: the
     # request's lines waited in the runtime until it was not.
     assert held == []
-    assert protocol.paused_s >= 0.3  # type: ignore[attr-defined]
+    # paused_s sums the pauses as scheduled (CONGESTED_PAUSE_S each time the store was
+    # found congested), not wall time: on a loaded machine the loop's timers fire late and
+    # fewer of them fit in the 0.3 s, so only "paused for congestion, more than once" holds.
+    assert protocol.paused_s >= 2 * channel_stream.CONGESTED_PAUSE_S  # type: ignore[attr-defined]
 
 
 class Recording(LogCapture):
