@@ -223,6 +223,12 @@ class InstancePool:
     def _still_needed(self) -> bool:
         return not self.retired and self.queued > 0
 
+    def _cancel_starts(self) -> None:
+        """Cancels the starts under way: one not yet at Docker creates nothing, one with a
+        container stops it as it unwinds (a stop's grace). Never what follows a start."""
+        for task in self._starts:
+            task.cancel()
+
     @property
     def starts(self) -> list[asyncio.Task[None]]:
         """The starts under way (cancelled by `close`; the caller awaits them)."""
@@ -240,7 +246,7 @@ class InstancePool:
             self._starts.discard(task)
 
     async def _start_one(self, fresh: bool) -> None:
-        if self.closed:  # closed between its launch and its first step: nothing to do
+        if self.retired:  # retired between its launch and its first step: nothing to do
             self.starting -= 1
             return
         try:
@@ -328,8 +334,12 @@ class InstancePool:
 
     def retire(self, successor: InstancePool | None) -> None:
         """Stops taking requests: queued ones move to the successor, idle instances stop,
-        busy ones stop when their last request ends."""
+        busy ones stop when their last request ends. Its starts under way are cancelled
+        as `close` cancels them: the successor starts what its requests need, and a start
+        here would only be destroyed once done (a redeploy storm's retired versions kept
+        importing, holding container-start slots, CPU and memory, for nothing)."""
         self.retired = True
+        self._cancel_starts()
         waiters = [w for w in self._waiters if not w.done()]
         self._waiters.clear()
         if successor is not None:
@@ -369,8 +379,7 @@ class InstancePool:
         the caller gets every instance, busy or not, to destroy."""
         self.retired = True
         self.closed = True
-        for task in self._starts:
-            task.cancel()
+        self._cancel_starts()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(Unavailable(

@@ -327,7 +327,9 @@ def test_close_never_cancels_the_destroy_of_an_instance_started_after_a_retire()
 
         h.pool._destroy = slow_destroy  # type: ignore[method-assign]
         (start,) = h.pool.starts
-        h.pool.retire(None)  # a redeploy: the start goes on, its instance is then stopped
+        # a pinned version becoming the active one: this pool is retired, its start goes
+        # on (a redeploy's retire cancels it instead), and its instance is then stopped
+        h.pool.transfer_to(Harness(_version()).pool)
         h.gates[0].set()
         await h.settle()
         assert h.pool.starts == [] and not start.done()  # in its destroy now
@@ -335,5 +337,32 @@ def test_close_never_cancels_the_destroy_of_an_instance_started_after_a_retire()
         finishing.set()
         await start
         assert len(h.destroyed) == 1 and h.pool.starting == 0
+
+    run(scenario())
+
+
+def test_a_redeploy_cancels_the_starts_of_the_version_it_retires() -> None:
+    """Its queued requests move to the successor, which starts what they need: a start
+    here would only be destroyed once done, after holding a container start's slot, CPU
+    and memory for its whole import (once per deploy of a redeploy storm)."""
+    async def scenario() -> None:
+        old = Harness(_version(1, min_instances=3, max_instances=3))
+        old.auto = False  # every start hangs (its import takes long)
+        assert old.pool.ensure_minimum() == 3
+        await old.settle()
+        starts = old.pool.starts
+        assert len(starts) == 3
+        assert old.pool.ensure_minimum() == 0  # counted as starting: none more launched
+        old.pool._launch(fresh=False)  # one spawned, not yet run, when the retire comes
+        new = Harness(_version(2))
+        old.pool.retire(new.pool)
+        _, hanging = await asyncio.wait(starts, timeout=5)  # not cancelled: they hang
+        assert not hanging
+        assert all(start.cancelled() for start in starts)
+        for gate in old.gates:  # a start that would have ended now adds nothing
+            gate.set()
+        await old.settle()
+        assert len(old.gates) == 3 and old.started == [] and old.destroyed == []
+        assert old.pool.starting == 0 and old.pool.starts == [] and old.pool.drained
 
     run(scenario())
