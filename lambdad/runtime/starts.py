@@ -270,7 +270,9 @@ class Starter:
             if cell.cell_class != wanted:
                 steps.append(asyncio.to_thread(
                     self._backend.update_limits, cell.container_id, wanted))
-            for outcome in await asyncio.gather(*steps, return_exceptions=True):
+            # To their end even when cancelled (a delete, a stop): the link's thread goes
+            # on regardless, and the cell's code folder is removed only once it is done.
+            for outcome in await finish(asyncio.gather(*steps, return_exceptions=True)):
                 if isinstance(outcome, BaseException):
                     raise outcome
             self._notify(instance, "started")

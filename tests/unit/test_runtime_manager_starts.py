@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +103,44 @@ def test_a_cell_of_another_size_is_resized_while_its_code_is_linked_in() -> None
         assert saw_code == [True]
         assert rt.docker.containers[instance.container_id].limits == CellClass.of(
             big.config, RUNTIME_IMAGE_ID)
+
+    run(scenario)
+
+
+def test_a_cold_start_cancelled_while_its_cell_is_prepared_waits_for_the_threads() -> None:
+    """A delete or a stop cancels a start while its cell is resized and its code linked in
+    (threads, which go on regardless): the start ends only after them, then its cell and
+    its code folder are removed; nothing of it is left behind."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, cells=1)
+        small, big = version("small"), version("big", memory_mb=512)
+        for v in (small, big):
+            rt.save_artifact(v)
+        rt.manager.register(small)
+        await _ready_cells(rt)
+        [cell] = rt.docker.cells()
+        resize = rt.docker.update_limits
+        entered, release = threading.Event(), threading.Event()
+
+        def slow_resize(container_id: str, limits: CellClass) -> None:
+            entered.set()
+            release.wait(5)
+            resize(container_id, limits)
+
+        rt.docker.update_limits = slow_resize  # type: ignore[method-assign]
+        plan = rt.manager.plan_start(big)
+        assert plan.path == "cell"
+        start = asyncio.create_task(rt.manager.start_instance(big, plan=plan))
+        await until(entered.is_set)
+        start.cancel()
+        await asyncio.sleep(0.1)
+        assert not start.done()  # the resize's thread still runs: the start waits for it
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        await rt.manager.drain_background()
+        assert cell.id not in rt.docker.containers
+        assert not (rt.cells_dir / cell.instance).exists()
 
     run(scenario)
 
