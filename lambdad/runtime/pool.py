@@ -60,7 +60,9 @@ class Instance:
     # so whoever releases or discards it asks this, not the pool it was acquired from.
     owner: InstancePool | None = None
     start_path: str = "container"  # how it came to be: "container" or "cell" (specialized)
-    code_dir: Path | None = None  # a specialized cell's private copy of the version's code
+    # STATE/c/<id>: a specialized cell's code and owner file, or only the owner file of a
+    # standard runtime's own container (written once its code loaded)
+    code_dir: Path | None = None
     log_channel: bool = False  # its runtime keeps its logs for lambdad's log channel
     paused: bool = False  # frozen (docker pause) while idle; unpaused by the next request
     no_pause_until: float = 0.0  # after a failed pause, not before this (monotonic)

@@ -3,8 +3,9 @@ ones stay frozen until a request thaws them), every other container, instance fo
 cell folder is removed.
 
 A daemon killed with -9 leaves its instances running, and the ones of active versions
-can serve at once. A specialized stem cell is adopted by the owner file written when
-its code loaded; a generic one never outlives its daemon.
+can serve at once. A specialized stem cell, and a standard runtime's own container, is
+adopted by the owner file written in STATE/c/<id> once its code loaded (one killed before
+that would answer NotInitialized); a generic cell never outlives its daemon.
 """
 
 from __future__ import annotations
@@ -47,9 +48,18 @@ class Reconciler:
         removed = 0
         for container in await asyncio.to_thread(self.backend.managed):
             if container.cell:
-                function, number = await asyncio.to_thread(self._cell_owner, container.instance)
+                function, number = await asyncio.to_thread(self._owner, container.instance)
                 container = replace(container, function=function, version=number)
             pool = self.routes.active.get(container.function)
+            owned = container.cell or (pool is not None
+                                       and pool.version.config.runtime != "docker")
+            if (owned and not container.cell
+                    and await asyncio.to_thread(self._owner, container.instance)
+                    != (container.function, container.version)):
+                # A standard runtime's own container with no owner file: killed before its
+                # POST /init ended (its code never loaded: it would answer NotInitialized),
+                # or started by a lambdad from before the file. Replaced, not adopted.
+                pool = None
             found = None
             if ((container.running or container.paused) and pool is not None
                     and pool.version.number == container.version
@@ -60,7 +70,7 @@ class Reconciler:
                 instance = Instance(
                     container.instance, pool.version, container.id, folder,
                     start_path="cell" if container.cell else "container",
-                    code_dir=self.cells_dir / container.instance if container.cell else None,
+                    code_dir=self.cells_dir / container.instance if owned else None,
                     # only a standard runtime's: a Dockerfile function's is never trusted
                     log_channel=container.log_channel and pool.version.config.runtime != "docker",
                 )
@@ -100,12 +110,13 @@ class Reconciler:
         instance.paused_bytes = (size if size is not None
                                  else instance.version.config.memory_mb * 1024 * 1024)
 
-    def _cell_owner(self, cell_id: str) -> tuple[str, int]:
-        """(function, version) of a specialized cell, from its owner file; ("", 0) if generic."""
-        if not INSTANCE_ID.fullmatch(cell_id):
+    def _owner(self, instance_id: str) -> tuple[str, int]:
+        """(function, version) whose code the instance loaded, from its owner file; ("", 0)
+        without one (a generic cell, or a standard container killed before its load)."""
+        if not INSTANCE_ID.fullmatch(instance_id):
             return "", 0
         try:
-            function, number = _read_owner(self.cells_dir / cell_id / OWNER_FILE).split()
+            function, number = _read_owner(self.cells_dir / instance_id / OWNER_FILE).split()
             return function, int(number)
         except (OSError, ValueError):
             return "", 0

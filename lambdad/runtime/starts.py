@@ -46,7 +46,9 @@ log = logging.getLogger("lambdad.runtime")
 # a 2-core engine slower, and stem cells or freed instances usually serve the queue first.
 MAX_CONTAINER_STARTS = 4
 RENAME_DELAY_S = 0.05
-OWNER_FILE = "owner"  # in STATE/c/<cell>: "<function>\n<version>\n" once specialized
+# In STATE/c/<id>: "<function>\n<version>\n" once the instance's code loaded (a specialized
+# cell's, or a standard runtime's own container's, whose c/<id> holds only this file).
+OWNER_FILE = "owner"
 
 Notify = Callable[[Instance, str], None]
 
@@ -213,6 +215,12 @@ class Starter:
             if standard:
                 conn, instance.import_ms = await self._readiness.load(
                     version, folder, container_id, conn)
+                # Loaded: a restart adopts it by this owner file, as a specialized cell,
+                # never while its code is not loaded (a kill -9 before POST /init ended).
+                # In STATE/c/<id>, which the container does not mount (its socket folder
+                # must hold only invoke.sock); removed with the instance from here on.
+                instance.code_dir = self._cells_dir / instance_id
+                _mark_loaded(instance.code_dir, version)
         except BaseException as exc:
             await self._stopper.unwind(instance, exc, "failed to start")
             raise
@@ -307,6 +315,13 @@ def _real_folder(path: Path) -> bool:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
+
+
+def _mark_loaded(code_dir: Path, version: FunctionVersion) -> None:
+    """A standard runtime's own container loaded its code: STATE/c/<id>/owner, as a
+    specialized cell's. mkdir fails on anything already there, a link included."""
+    code_dir.mkdir(mode=0o700, parents=True)
+    _write_owner(code_dir / OWNER_FILE, version)
 
 
 def _write_owner(path: Path, version: FunctionVersion) -> None:

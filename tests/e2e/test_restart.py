@@ -63,6 +63,38 @@ def test_kill_9_then_restart_adopts_healthy_instances_and_removes_the_rest(
     ))
 
 
+def test_kill_9_adopts_a_container_only_by_the_owner_file_written_once_its_code_loaded(
+    fresh_lambdad: Lambdad,
+) -> None:
+    """A standard runtime's own container whose lambdad died before its POST /init ended
+    answers on its socket but never loaded its code (NotInitialized to every request).
+    Such a container has no owner file: the next lambdad replaces it. The gap itself
+    cannot be hit from outside, so the file of a loaded one is deleted by hand."""
+    daemon = fresh_lambdad
+    daemon.deploy("greet", "--name", "greet")  # no class in use yet: a new container
+    [greet] = daemon.containers("greet")
+    assert "lambda.cell" not in greet.labels
+    owner = daemon.state_dir / "c" / greet.labels["lambda.instance"] / "owner"
+    assert owner.read_text() == "greet\n1\n"
+    daemon.stop(signal.SIGKILL)
+    daemon.start()  # with its owner file: adopted, serves at once
+    last = [line for line in daemon.log().splitlines() if "reconciled: adopted" in line][-1]
+    assert "reconciled: adopted 1 instance(s)" in last
+    served = daemon.http("greet", "/?name=a")
+    assert served.status == 200 and served.headers["lambda-cold-start"] == "warm"
+    assert [c.id for c in daemon.containers("greet")] == [greet.id]
+    daemon.stop(signal.SIGKILL)
+    owner.unlink()  # as if killed between its socket opening and its code loading
+    daemon.start()
+    last = [line for line in daemon.log().splitlines() if "reconciled: adopted" in line][-1]
+    assert "reconciled: adopted 0 instance(s)" in last
+    assert not owner.parent.exists()
+    served = daemon.http("greet", "/?name=b")
+    assert served.status == 200 and served.json() == {"message": "Hello, b!"}
+    [replaced] = daemon.containers("greet")
+    assert replaced.id != greet.id
+
+
 def _generic_cells(daemon: Lambdad) -> list[object]:
     return [c for c in daemon.containers()
             if "lambda.cell" in c.labels and daemon.owner(c)[0] is None

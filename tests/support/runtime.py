@@ -73,6 +73,12 @@ class Runtime:
         (code / "handler.py").write_text("def handler(event, context):\n    return 1\n")
         self.artifacts.save(v.function, v.number, code, None, runtime_image=image_id)
 
+    def mark_loaded(self, instance_id: str, function: str = "fn", number: int = 1) -> None:
+        """The owner file lambdad writes once an instance's code loaded (STATE/c/<id>/owner):
+        what a restart adopts a specialized cell or a standard runtime's container by."""
+        (self.cells_dir / instance_id).mkdir(parents=True)
+        (self.cells_dir / instance_id / "owner").write_text(f"{function}\n{number}\n")
+
     def folders(self) -> list[str]:
         return sorted(os.listdir(self.instances_dir))
 

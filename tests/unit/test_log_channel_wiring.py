@@ -198,6 +198,8 @@ def test_reconcile_trusts_the_channel_label_only_on_a_standard_runtime() -> None
             rt.manager.register(v)
         await rt.docker.leftover("std", 1, "a00000000001", rt.instances_dir)
         await rt.docker.leftover("old", 1, "a00000000002", rt.instances_dir)
+        rt.mark_loaded("a00000000001", "std")
+        rt.mark_loaded("a00000000002", "old")
         await rt.docker.leftover("dock", 1, "a00000000003", rt.instances_dir)
         plain = rt.docker.managed
         rt.docker.managed = lambda: [  # type: ignore[method-assign]

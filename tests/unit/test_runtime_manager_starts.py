@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdad.errors import Unavailable
+from lambdad.errors import InstanceFailed, Unavailable
 from lambdad.runtime.cells import CellClass
 from tests.support.fake_docker import RUNTIME_IMAGE_ID
 from tests.support.runtime import Runtime, run, until, version
@@ -170,7 +170,12 @@ def test_versions_a_cell_cannot_run_start_in_a_container_of_their_own() -> None:
             # A standard runtime loads its handler by POST /init; a Dockerfile one does not.
             assert container.standard == (v.config.runtime != "docker")
             assert instance.import_ms == (rt.docker.import_ms if container.standard else 0.0)
+            # Its code loaded: the owner file a restart adopts it by, outside its folder.
+            owner = rt.cells_dir / instance.id / "owner"
+            assert owner.exists() == container.standard
+            assert os.listdir(rt.instances_dir / instance.id) == ["invoke.sock"]
             await rt.manager.remove_instance(instance)
+            assert not (rt.cells_dir / instance.id).exists()  # gone with the instance
         assert len(rt.manager.cells.ready_cells()) == 1  # none of them took the cell
         assert rt.manager.plan_start(cellable).path == "cell"
 
@@ -281,9 +286,9 @@ def test_reconcile_adopts_answering_instances_of_active_versions_and_removes_the
         rt.manager.register(v2)
         leftover = rt.docker.leftover
         kept = await leftover("fn", 2, "a00000000001", rt.instances_dir)
+        rt.mark_loaded("a00000000001", "fn", 2)
         cell_kept = await leftover("fn", 2, "a00000000002", rt.instances_dir, cell=True)
-        (rt.cells_dir / "a00000000002").mkdir(parents=True)
-        (rt.cells_dir / "a00000000002" / "owner").write_text("fn\n2\n")
+        rt.mark_loaded("a00000000002", "fn", 2)
         old = await leftover("fn", 1, "b00000000001", rt.instances_dir)
         stopped = await leftover("fn", 2, "b00000000002", rt.instances_dir, running=False)
         gone = await leftover("deleted", 1, "b00000000003", rt.instances_dir)
@@ -296,7 +301,7 @@ def test_reconcile_adopts_answering_instances_of_active_versions_and_removes_the
         assert set(rt.docker.removed) == removed
         assert set(rt.docker.containers) == {kept.id, cell_kept.id}
         assert rt.folders() == ["a00000000001", "a00000000002"]
-        assert os.listdir(rt.cells_dir) == ["a00000000002"]
+        assert sorted(os.listdir(rt.cells_dir)) == ["a00000000001", "a00000000002"]
         assert sorted(rt.events) == [("adopted", "a00000000001"), ("adopted", "a00000000002")]
         assert rt.manager.counts("fn").running == 2
         rt.docker.hold.clear()  # two requests at once: both adopted instances serve
@@ -317,6 +322,7 @@ def test_a_paused_leftover_is_adopted_paused_and_thawed_by_its_first_request() -
         rt = Runtime(root)
         rt.manager.register(version())
         frozen = await rt.docker.leftover("fn", 1, "a00000000001", rt.instances_dir)
+        rt.mark_loaded("a00000000001")
         rt.docker.pause(frozen.id)
         await until(lambda: frozen.paused)
         assert await rt.manager.reconcile() == (1, 0)
@@ -338,9 +344,59 @@ def test_a_leftover_whose_folder_holds_more_than_its_socket_is_removed() -> None
         rt = Runtime(root)
         rt.manager.register(version())
         hostile = await rt.docker.leftover("fn", 1, "c00000000001", rt.instances_dir)
+        rt.mark_loaded("c00000000001")  # loaded: refused for its folder alone
         (rt.instances_dir / "c00000000001" / "link").symlink_to("/var/run/docker.sock")
         assert await rt.manager.reconcile() == (0, 1)
         assert rt.docker.removed == [hostile.id] and rt.folders() == []
-        assert rt.events == []
+        assert rt.events == [] and os.listdir(rt.cells_dir) == []
+
+    run(scenario)
+
+
+def test_a_container_whose_code_fails_to_load_leaves_no_owner_file() -> None:
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        v = rt.manager.register(version()).version
+        await rt.manager.reconcile()
+        rt.docker.init_errors["fn"] = "No module named 'handler'"
+        with pytest.raises(InstanceFailed, match="handler"):
+            await rt.manager.start_instance(v)
+        assert rt.docker.containers == {} and rt.folders() == []
+        assert os.listdir(rt.cells_dir) == []
+
+    run(scenario)
+
+
+def test_a_standard_container_killed_before_its_code_loaded_is_replaced_not_adopted() -> None:
+    """lambdad killed (-9) between the container's socket opening and its POST /init's end:
+    the socket answers but the runtime never imported the code, so every request would get
+    NotInitialized (a 5xx). Only an owner file, written once the load succeeded, adopts it."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager.register(version())
+        rt.manager.register(version("box", runtime="docker"))
+        leftover = rt.docker.leftover
+        unloaded = await leftover("fn", 1, "a00000000001", rt.instances_dir)
+        unloaded.initialized = False  # its runtime answers, NotInitialized
+        loaded = await leftover("fn", 1, "a00000000002", rt.instances_dir)
+        rt.mark_loaded("a00000000002")
+        other = await leftover("fn", 1, "a00000000003", rt.instances_dir)
+        rt.mark_loaded("a00000000003", "fn", 2)  # another version's file: not its own
+        # A Dockerfile function has no POST /init: adopted by its socket as before.
+        box = await leftover("box", 1, "a00000000004", rt.instances_dir)
+
+        assert await rt.manager.reconcile() == (2, 2)
+        assert sorted(rt.docker.removed) == sorted([unloaded.id, other.id])
+        assert set(rt.docker.containers) == {loaded.id, box.id}
+        assert rt.folders() == ["a00000000002", "a00000000004"]
+        assert os.listdir(rt.cells_dir) == ["a00000000002"]
+        for _ in range(3):  # every request served by the loaded one, none NotInitialized
+            response, body = await rt.call()
+            assert response.start == "warm" and body["container"] == loaded.id
+        response, body = await rt.call("box")
+        assert body["container"] == box.id
+        # Its owner file goes with it when it stops.
+        assert await rt.manager.remove_function("fn") == 1
+        assert os.listdir(rt.cells_dir) == []
 
     run(scenario)
