@@ -15,7 +15,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -226,7 +226,7 @@ def test_a_daemon_stop_cancels_instance_starts_and_creates_no_container_after_it
         stop_began = time.time()
         assert daemon.stop() == 0
         events = list(daemon.docker.events(
-            since=began, until=datetime.now(UTC), decode=True,
+            since=began, until=datetime.now(UTC) + timedelta(seconds=2), decode=True,
             filters={"type": "container", "event": ["create", "kill"],
                      "label": f"lambda.daemon={daemon.daemon_id}"}))
         created = {e["id"]: float(e["timeNano"]) / 1e9 for e in events
