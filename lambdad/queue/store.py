@@ -276,18 +276,10 @@ class InvocationTable:
         self._maybe_queued = backlog  # committed: what this cycle read and left
         return claim
 
-    def settle(self, finished: Sequence[Finish], released: Sequence[str] = ()) -> None:
-        """Records ended attempts (a stop writes what the last cycle did not), and queues
-        again the events in `released`: claimed ahead by the worker but never started, so
-        their claimed attempt is taken back."""
+    def settle(self, finished: Sequence[Finish]) -> None:
+        """Records ended attempts (a stop writes what the last cycle did not)."""
         with self._db.atomic():
             self._finish(finished)
-            if released:
-                self._maybe_queued = True
-                self._db.cursor().executemany(
-                    "UPDATE invocations SET status = 'queued', attempts = attempts - 1, "
-                    "started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END "
-                    "WHERE id = ? AND status = 'running'", [(inv_id,) for inv_id in released])
 
     def _finish(self, finished: Sequence[Finish]) -> None:
         """Only over a running row: one cancelled meanwhile (a `replace` schedule) keeps

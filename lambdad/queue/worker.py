@@ -11,15 +11,6 @@ A claimed event is running in the store before its delivery starts, so a crash t
 back into a queued event at the next start (at-least-once); an ended attempt waits in
 memory only until the next cycle (milliseconds under load), and a crash in between
 delivers it again, as a crash during the attempt would.
-
-Claim ahead: when a function's deliveries fill its limit, a cycle also claims up to as many
-again of its next due events (`fair.select_ahead`; none while another function waits for
-the global cap). They are running in the store, wait in memory in claim order, and a
-delivery of that function that ends starts the next at once, without waiting for a cycle
-(whose wall time, 1-3 ms under a busy loop, otherwise paces every delivery once events
-queue up). They never run beyond the function's limit: they only wait. A stop writes those
-not started back as queued (their attempt uncounted); after a crash, recover queues them
-again as any running event (their claimed attempt stays counted).
 """
 
 from __future__ import annotations
@@ -29,11 +20,10 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lambdad.queue.fair import mark_served, newcomer_has_room, select_ahead
+from lambdad.queue.fair import mark_served, newcomer_has_room, select
 from lambdad.queue.intake import Intake, answer, fail
 from lambdad.queue.model import AsyncInvocation, Finish, RetryPolicy, finish_of
 from lambdad.queue.store import Claim
@@ -79,9 +69,6 @@ class AsyncWorker:
         self._wake = self._intake.wake
         self._running: dict[str, asyncio.Task[None]] = {}
         self._per_function: dict[str, int] = {}  # deliveries running, per function
-        # Events claimed ahead (running in the store, not started), per function, oldest first.
-        self._ahead: dict[str, deque[AsyncInvocation]] = {}
-        self._limits: dict[str, int] = {}  # the limits the last cycle used
         self._served: dict[str, int] = {}  # function -> the turn it was last served in
         self._turn = 0
         # Attempts that ended, until a cycle has written them (a `replace` cancel and the
@@ -97,7 +84,6 @@ class AsyncWorker:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.cycles = 0  # store calls made (for tests and the curious)
-        self.started_ahead = 0  # deliveries started from events claimed ahead (likewise)
 
     @property
     def intake(self) -> Intake:
@@ -126,25 +112,18 @@ class AsyncWorker:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        released = [inv.id for queue in self._ahead.values() for inv in queue]
-        self._ahead.clear()  # (a cancelled attempt's end must not start one)
         for task in list(self._running.values()):
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
-        if self._finished or released:
-            await self._table.settle(list(self._finished.values()), released)
+        if self._finished:
+            await self._table.settle(list(self._finished.values()))
             self._finished.clear()
         await self._intake.close()
 
     async def cancel(self, invocation_id: str, reason: str) -> None:
         """Ends a queued or running invocation as failed (a `replace` schedule). One that
         ended already keeps its outcome."""
-        for queue in self._ahead.values():  # claimed ahead, not started: forget it
-            for inv in queue:
-                if inv.id == invocation_id:
-                    queue.remove(inv)
-                    break
         task = self._running.get(invocation_id)
         if task is not None:
             task.cancel()
@@ -190,37 +169,16 @@ class AsyncWorker:
         """Stores accepted events, writes ended attempts and starts what `fair.select`
         picks: per function within its limit, round-robin; returns how long to wait for
         the next due retry."""
-        limits = {name: max(1, self._limit_for(name))
-                  for name in self._per_function.keys() | self._ahead.keys()}
-        self._limits = limits
-        # Claimed ahead first: a function with room (its limit grew, or the global cap has
-        # room again) starts those, oldest first.
-        for name, queue in list(self._ahead.items()):
-            while (queue and self._per_function.get(name, 0) < limits[name]
-                   and len(self._running) < self._concurrency):
-                self._start(queue.popleft())
-            if not queue:
-                del self._ahead[name]
         finished = list(self._finished.values())
         free = self._concurrency - len(self._running)
-        ahead = {name: len(queue) for name, queue in self._ahead.items()}
-        budget = max(0, self._concurrency - sum(ahead.values()))
-        # Nothing more to read for a function whose slots and claim-ahead room are full.
+        limits = {name: max(1, self._limit_for(name)) for name in self._per_function}
+        # At the global cap only functions with nothing running may start one.
         full = {name for name, count in self._per_function.items()
-                if count >= limits[name] and ahead.get(name, 0) >= limits[name]}
-        # A snapshot: select_ahead runs on the store thread, inside the claiming transaction;
-        # `split` hands back how many of its choice start now (the rest wait in memory).
-        split: list[int] = []
-        running, served = dict(self._per_function), dict(self._served)
-
-        def choose(due: list[AsyncInvocation]) -> list[AsyncInvocation]:
-            start, later = select_ahead(
-                due, limits=limits, running=running, free=free, last_served=served,
-                ahead=ahead, budget=budget)
-            split.append(len(start))
-            return start + later
-
-        room = max((limits[name] - ahead.get(name, 0) for name in limits), default=0)
+                if count >= limits[name] or (free <= 0 and count > 0)}
+        # A snapshot: select runs on the store thread, inside the claiming transaction.
+        choose = None if self._stopping else functools.partial(
+            select, limits=dict(limits), running=dict(self._per_function), free=free,
+            last_served=dict(self._served))
         inserts = self._intake.take()  # from here on, each is answered or failed
         if self._flush is not None:  # this cycle writes them
             self._flush.cancel()
@@ -229,8 +187,7 @@ class AsyncWorker:
         self.cycles += 1
         try:
             claim: Claim = await self._table.cycle(
-                finished, time.time(), max(1, free) + min(budget, max(0, room)), full,
-                None if self._stopping else choose,
+                finished, time.time(), max(1, free), full, choose,
                 [(p.invocation, p.max_queued) for p in inserts])
         except BaseException as exc:
             fail(inserts, exc)
@@ -245,14 +202,14 @@ class AsyncWorker:
         self._company = len(inserts) > 1 or (bool(inserts) and self._intake.waiting)
         for finish in finished:
             self._finished.pop(finish.id, None)
-        count = split[0] if split else len(claim.claimed)
-        chosen = [inv for inv in claim.claimed[:count] if inv.id not in cancelled]
+        chosen = [inv for inv in claim.claimed if inv.id not in cancelled]
         self._turn = mark_served(self._served, chosen, self._turn)
         for invocation in chosen:
-            self._start(invocation)
-        for invocation in claim.claimed[count:]:
-            if invocation.id not in cancelled:
-                self._ahead.setdefault(invocation.function, deque()).append(invocation)
+            function = invocation.function
+            self._per_function[function] = self._per_function.get(function, 0) + 1
+            task = asyncio.create_task(self._attempt(invocation))
+            self._running[invocation.id] = task
+            task.add_done_callback(functools.partial(self._done, invocation))
         if self._intake.waiting or newcomer_has_room(
                 claim.left, limits, self._limit_for, self._per_function,
                 self._concurrency - len(self._running)):
@@ -261,29 +218,11 @@ class AsyncWorker:
             return POLL_S
         return min(POLL_S, max(0.0, claim.next_due - time.time()))
 
-    def _start(self, invocation: AsyncInvocation) -> None:
-        function = invocation.function
-        self._per_function[function] = self._per_function.get(function, 0) + 1
-        task = asyncio.create_task(self._attempt(invocation))
-        self._running[invocation.id] = task
-        task.add_done_callback(functools.partial(self._done, invocation))
-
     def _done(self, invocation: AsyncInvocation, _task: object = None) -> None:
         self._running.pop(invocation.id, None)
         function = invocation.function
         self._per_function[function] -= 1
-        queue = self._ahead.get(function)
-        if (queue and not self._stopping and len(self._running) < self._concurrency
-                and self._per_function[function] < self._limits.get(function, 1)):
-            self._start(queue.popleft())  # claimed ahead: no cycle to wait for
-            self.started_ahead += 1
-            if not queue:
-                del self._ahead[function]
-                self._wake.set()  # claim the next ones
-            elif self._flush is None:
-                self._flush = asyncio.get_running_loop().call_later(FLUSH_S, self._flushed)
-            return
-        if self._per_function[function] <= 0 and not queue:  # bounded by the functions with work
+        if self._per_function[function] <= 0:  # bounded by the functions with work
             del self._per_function[function]
             self._served.pop(function, None)
         if self._backlog or not self._running:
