@@ -22,11 +22,12 @@ kind or stream, a cut line or a head that is not the channel's ends the channel
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 
-from lambdad.logs.entry import FRAME, FRAME_STARTS, RUNTIME_STREAM, TAG, LogEntry, parse_line
+from lambdad.logs.entry import FRAME, FRAME_STARTS, RUNTIME_STREAM, TAG, LogEntry
 
 # Lambda-Invocation-Type is not one a runtime invokes a function with: a runtime from before
 # the channel (a version image built on an older runtime image) answers 400 and runs nothing.
@@ -119,25 +120,10 @@ class RecordDecoder:
 
     def take(self, limit: int | None = None) -> list[LogEntry]:
         """At most `limit` entries of what was pushed: a record of a million two-byte lines
-        is decoded over many calls, so one instance never holds the loop for long."""
+        is decoded over many calls, so one instance never holds the loop for long. (The
+        entries of `take_encoded`: one decoding of the lines, the store's or a follower's.)"""
         entries: list[LogEntry] = []
-        while limit is None or len(entries) < limit:
-            if self._at < len(self._lines):
-                stop = len(self._lines) if limit is None else min(
-                    len(self._lines), self._at + limit - len(entries))
-                for raw in self._lines[self._at:stop]:
-                    text = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
-                    request_id, message, frame = parse_line(text)
-                    entries.append(LogEntry(self._when, self.function, self.version,
-                                            self.instance,
-                                            RUNTIME_STREAM if frame else self._stream,
-                                            request_id, message))
-                self._at = stop
-                continue
-            loaded = self._load()
-            if loaded is None:
-                break
-            entries.extend(loaded)
+        self.take_encoded(sys.maxsize if limit is None else limit, entries)
         return entries
 
     def _load(self) -> list[LogEntry] | None:
