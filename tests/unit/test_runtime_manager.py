@@ -373,8 +373,7 @@ def test_shutdown_stops_every_instance_and_stem_cell() -> None:
         rt.save_artifact(v1)
         rt.manager.register(v1)
         rt.manager.register(version("box", runtime="docker"))
-        await rt.manager.reconcile()
-        await until(lambda: len(rt.manager.cells.ready_cells()) == 1)
+        await rt.cells_ready()
         await rt.call("box")
         await rt.call("fn")  # takes the cell; the pool starts another
         await until(lambda: len(rt.manager.cells.ready_cells()) == 1)
