@@ -48,10 +48,21 @@ from appstats import (
     verdict,
     worker_memory,
 )
-from cold import ColdBenchError, _Containers, _deploy, _rotation, _server_timing, _wait
+from coldparts import (
+    Answer,
+    ColdBenchError,
+    Containers,
+    deploy,
+    exchange,
+    ms,
+    p,
+    request_bytes,
+    rotation,
+    wait,
+)
 from harness import ROOT, BenchDaemon, executable
 from load import _run
-from stats import Result, Summary, percentile
+from stats import Result, Summary
 
 FREEZE_WINDOW_S = 2  # the group's daemon: frozen this long, then stopped
 SCALE_STEPS = 4  # scale-out steps per round: 1 -> 2 workers, ..., 4 -> 5
@@ -83,67 +94,16 @@ class AppsReport:
     anomalies: list[str] = field(default_factory=list)
 
 
-def _ms(ns: float) -> float:
-    return ns / 1e6
-
-
-def _p(values_ns: list[int], pct: float) -> float:
-    return percentile(sorted(v / 1e6 for v in values_ns), pct)
-
-
 # Requests (gateway on 127.0.0.1)
-
-@dataclass(frozen=True)
-class Answer:
-    ns: int
-    start: str
-    timing: dict[str, float]
-    error: str
-    request_id: str = ""
-
-
-def _request_bytes(function: str, app: App) -> bytes:
-    return (f"GET {app.path} HTTP/1.1\r\nHost: {function}.localhost\r\n"
-            "Connection: close\r\n\r\n").encode()
-
-
-async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
-                    port: int, request: bytes, app: App) -> Answer:
-    """One request (on `conn`, else a new connection, inside the timed part) to its full
-    response."""
-    start = time.perf_counter_ns()
-    try:
-        reader, writer = conn or await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(request)
-            raw = await asyncio.wait_for(reader.read(-1), timeout=60)
-        finally:
-            writer.close()
-    except (OSError, TimeoutError) as exc:
-        return Answer(time.perf_counter_ns() - start, "", {}, f"{type(exc).__name__}: {exc}")
-    elapsed = time.perf_counter_ns() - start
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode(errors="replace").split("\r\n")
-    try:
-        status = int(lines[0].split()[1])
-    except (IndexError, ValueError):
-        return Answer(elapsed, "", {}, f"bad response {raw[:80]!r}")
-    headers = {k.strip().lower(): v.strip()
-               for k, _, v in (line.partition(":") for line in lines[1:])}
-    error = "" if status == 200 and app.expected in body else f"{status}: {body[:120]!r}"
-    return Answer(elapsed, headers.get("lambda-cold-start", ""),
-                  _server_timing(headers.get("server-timing", "")), error,
-                  headers.get("lambda-request-id", ""))
-
 
 async def _fetch(port: int, function: str, app: App, count: int, *, preconnect: bool
                  ) -> list[Answer]:
     """`count` GETs released at once, each on its own connection (opened before the gate
     with `preconnect`, else inside the timed part)."""
-    request = _request_bytes(function, app)
+    request = request_bytes(function, app.path)
     opened = [await asyncio.open_connection("127.0.0.1", port)
               for _ in range(count)] if preconnect else [None] * count
-    return list(await asyncio.gather(*(_exchange(c, port, request, app) for c in opened)))
+    return list(await asyncio.gather(*(exchange(c, port, request, app.expected) for c in opened)))
 
 
 async def _scale_step(port: int, function: str, app: App, workers: list[int],
@@ -152,16 +112,16 @@ async def _scale_step(port: int, function: str, app: App, workers: list[int],
     request each), then one more request comes: the supervisor must fork a worker for it.
     Returns its answer (to the full response) and how long after it was sent the held
     workers were let go (SIGCONT); the held requests then complete."""
-    request = _request_bytes(function, app)
+    request = request_bytes(function, app.path)
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(len(workers) + 1)]
     stopped: list[int] = []
     try:
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
-        held = [asyncio.ensure_future(_exchange(c, port, request, app)) for c in conns[:-1]]
+        held = [asyncio.ensure_future(exchange(c, port, request, app.expected)) for c in conns[:-1]]
         await asyncio.sleep(0.05)  # each held request is in a stopped worker's channel
-        probe = asyncio.ensure_future(_exchange(conns[-1], port, request, app))
+        probe = asyncio.ensure_future(exchange(conns[-1], port, request, app.expected))
         sent = time.perf_counter_ns()
         await asyncio.wait([probe], timeout=hold_s)
     finally:
@@ -249,14 +209,14 @@ class _Samples:
     durations: dict[str, float] = field(default_factory=dict)  # REPORT, by request id
 
 
-def _instance(docker: _Containers, function: str) -> str:
+def _instance(docker: Containers, function: str) -> str:
     live = [c for c in docker.instances(function) if c.get("State") in ("running", "paused")]
     if len(live) != 1:
         raise ColdBenchError(f"{function}: expected one instance, found {len(live)}")
     return str(live[0]["Id"])
 
 
-def _round(daemon: BenchDaemon, docker: _Containers, procs: Processes, app: App, name: str,
+def _round(daemon: BenchDaemon, docker: Containers, procs: Processes, app: App, name: str,
            s: _Samples, n: int) -> None:
     port = daemon.gateway_port
     cold = _get(port, name, app)
@@ -274,9 +234,9 @@ def _round(daemon: BenchDaemon, docker: _Containers, procs: Processes, app: App,
             found[:] = [_instance(docker, name)]
         return bool(found)
 
-    _wait(one_instance, f"{name}'s instance (one, named after it)", timeout=10)
+    wait(one_instance, f"{name}'s instance (one, named after it)", timeout=10)
     container = found[0]
-    _wait(lambda: procs.workers(container) == 1, f"{name}'s first worker", timeout=10)
+    wait(lambda: procs.workers(container) == 1, f"{name}'s first worker", timeout=10)
     try:
         s.first_memory.append(procs.memory(container))
     except (ValueError, OSError) as exc:
@@ -300,12 +260,12 @@ def _round(daemon: BenchDaemon, docker: _Containers, procs: Processes, app: App,
         s.warm.append(warm.ns)
         s.probes.append(probe)
         s.warms.append(warm)
-        forks.append(f"{len(held)}->{after} {_ms(sample):.1f} ms (warm {_ms(warm.ns):.1f})")
+        forks.append(f"{len(held)}->{after} {ms(sample):.1f} ms (warm {ms(warm.ns):.1f})")
     try:
         s.memory.append(procs.memory(container))
     except (ValueError, OSError) as exc:
         print(f"    {name}: memory not read: {exc}", flush=True)
-    waited = _wait(lambda: docker.paused(container),
+    waited = wait(lambda: docker.paused(container),
                    f"{name}'s instance to be frozen (idle timeout 1 s)", timeout=15)
     thaw = _get(port, name, app)
     again = _get(port, name, app)
@@ -315,14 +275,14 @@ def _round(daemon: BenchDaemon, docker: _Containers, procs: Processes, app: App,
         s.after_thaw.append(again.ns)
     else:
         s.not_thawed.append(thaw.start or "(none)")
-    print(f"    round {n}: {name} from zero {_ms(cold.ns):.0f} ms ({cold.start}; init "
+    print(f"    round {n}: {name} from zero {ms(cold.ns):.0f} ms ({cold.start}; init "
           f"{init if init is not None else float('nan'):.1f} ms, import "
           f"{imported if imported is not None else float('nan'):.1f} ms); "
           f"scale-out {'; '.join(forks)}; frozen after {waited:.1f} s, thawed "
-          f"{_ms(thaw.ns):.1f} ms ({thaw.start}), then {_ms(again.ns):.1f} ms", flush=True)
+          f"{ms(thaw.ns):.1f} ms ({thaw.start}), then {ms(again.ns):.1f} ms", flush=True)
 
 
-def _burst(daemon: BenchDaemon, docker: _Containers, procs: Processes, app: App, name: str,
+def _burst(daemon: BenchDaemon, docker: Containers, procs: Processes, app: App, name: str,
            count: int, report: AppsReport) -> dict[str, Any]:
     port = daemon.gateway_port
     _get(port, name, app)  # warm (thaws it if it froze meanwhile)
@@ -340,8 +300,8 @@ def _burst(daemon: BenchDaemon, docker: _Containers, procs: Processes, app: App,
         memory = procs.memory(container)
     except (ValueError, OSError) as exc:
         report.anomalies.append(f"{app.key} burst: memory not read: {exc}")
-    p50 = _p(ok, 50) if ok else float("nan")
-    p99 = _p(ok, 99) if ok else float("nan")
+    p50 = p(ok, 50) if ok else float("nan")
+    p99 = p(ok, 99) if ok else float("nan")
     print(f"    burst: {len(ok)} ok, {len(errors)} errors in {wall:.2f} s, p50 {p50:.0f} ms, "
           f"p99 {p99:.0f} ms; served {dict(paths)}; {workers} workers after", flush=True)
     if errors:
@@ -370,7 +330,7 @@ def _burst(daemon: BenchDaemon, docker: _Containers, procs: Processes, app: App,
     report.lines.append(f"{app.key}: {line}")
     return {"requests": count, "errors": len(errors), "p50_ms": round(p50, 1),
             "p99_ms": round(p99, 1), "wall_s": round(wall, 3), "workers_after": workers,
-            "warm_p50_ms": round(_p(warm, 50), 2),
+            "warm_p50_ms": round(p(warm, 50), 2),
             "extra_worker_uss_median_mib": (round(statistics.median(memory.extra_uss_kb)
                                                   / 1024, 2)
                                             if memory and memory.extra_uss_kb else None)}
@@ -413,7 +373,7 @@ def _summarize(app: App, s: _Samples, report: AppsReport) -> dict[str, Any]:
             baseline=Summary.of(s.warm),
             notes=["baseline: the next request, sent alone (a warm worker)"])
         report.results.append(result)
-        p50, p99 = result.subject.median_ms, _p(s.fresh, 99)
+        p50, p99 = result.subject.median_ms, p(s.fresh, 99)
         report.verdicts.append(
             f"{key}: scale-out p50 {p50:.1f} ms (target <= "
             f"{appstats.MAX_SCALE_OUT_P50_MS:g} ms) "
@@ -522,18 +482,18 @@ def bench_apps(report: AppsReport, *, rounds: int, burst: int, pool_size: int,
         print(f"  apps: own lambdad (--freeze-window {FREEZE_WINDOW_S}, state "
               f"{daemon.state_dir})", flush=True)
         daemon.start()
-        docker = _Containers(daemon)
+        docker = Containers(daemon)
         procs = Processes(daemon)
         for app in APPS:
             names = [f"bench-app-{app.key}-{i}" for i in range(2)]
             print(f"  apps: {app.key}: deploying {', '.join(names)} ({' '.join(SCALING)})",
                   flush=True)
             for name in names:
-                _deploy(daemon, app.source, name, *SCALING)
+                deploy(daemon, app.source, name, *SCALING)
             samples = _Samples()
             last = -1
             for n in range(1, rounds + 1):
-                index, _ = _rotation(docker, names, last)
+                index, _ = rotation(docker, names, last)
                 last = index
                 _round(daemon, docker, procs, app, names[index], samples, n)
             lambdactl = executable("lambdactl")

@@ -20,21 +20,19 @@ Targets are printed as PASS/MISS, never asserted. See docs/performance.md, "Cold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import http.client
-import json
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import coldparts
+from coldparts import ColdBenchError, Containers, deploy, ms, p, rotation, wait
 from harness import ROOT, BenchDaemon, executable
 from load import _run
-from stats import Result, Summary, percentile
+from stats import Result, Summary
 
 RUNTIME_IMAGE = "lambda-runtime/python:3.11"
 GREET = ROOT / "functions" / "greet"
@@ -49,7 +47,6 @@ PAUSE_FUNCTION = "bench-pause"
 IDLE_FUNCTION = "bench-idle"
 BURST_FUNCTION = "bench-burst"
 SCALE_TO_ZERO = ("--min-instances", "0", "--idle-timeout", "1")
-WAIT_S = 30.0  # longest wait for a state (zero instances, full pool, paused) before failing
 
 # Targets of issue 9 (printed as PASS/MISS, never asserted).
 MAX_CELL_P50_MS = 10.0
@@ -57,10 +54,6 @@ MAX_CELL_P99_MS = 30.0
 MAX_CELL_RATIO = 0.05
 MAX_BURST_P99_MS = 2000.0
 MAX_IDLE_INSTANCE_MIB = 12.0
-
-
-class ColdBenchError(RuntimeError):
-    """The cold benchmark could not run; the message says why."""
 
 
 @dataclass
@@ -76,15 +69,6 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def _ms(ns: float) -> float:
-    return ns / 1e6
-
-
-def _p(samples_ns: list[int], pct: float) -> float:
-    """Nearest-rank percentile in ms."""
-    return percentile(sorted(_ms(s) for s in samples_ns), pct)
-
-
 # Requests: one new connection to the gateway each, timed until the body is read.
 
 @dataclass(frozen=True)
@@ -94,18 +78,6 @@ class Reply:
     start: str  # Lambda-Cold-Start: warm, cell, unpaused or container
     timing: dict[str, float]  # Server-Timing: gateway, function, init (ms)
     body: bytes
-
-
-def _server_timing(value: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in value.split(","):
-        name, _, params = part.strip().partition(";")
-        for param in params.split(";"):
-            key, _, number = param.strip().partition("=")
-            if key == "dur":
-                with contextlib.suppress(ValueError):
-                    out[name] = float(number)
-    return out
 
 
 def _request(port: int, function: str, expected: bytes) -> Reply:
@@ -121,79 +93,10 @@ def _request(port: int, function: str, expected: bytes) -> Reply:
     if response.status != 200 or expected not in body:
         raise ColdBenchError(f"{function} answered {response.status}: {body[:200]!r}")
     return Reply(elapsed, response.status, response.getheader("Lambda-Cold-Start", ""),
-                 _server_timing(response.getheader("Server-Timing", "")), body)
+                 coldparts.server_timing(response.getheader("Server-Timing", "")), body)
 
 
 # What Docker shows of the daemon's containers (the low-level list: no inspect races).
-
-class _Containers:
-    def __init__(self, daemon: BenchDaemon) -> None:
-        if daemon.daemon_id is None:
-            raise ColdBenchError("lambdad wrote no daemon-id")
-        self.daemon = daemon
-        self.api = daemon.docker.api
-        self.label = f"lambda.daemon={daemon.daemon_id}"
-        self.instances_dir = daemon.state_dir / "i"
-
-    def all(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.api.containers(all=True, filters={"label": self.label})
-        return found
-
-    @staticmethod
-    def name(container: dict[str, Any]) -> str:
-        return str((container.get("Names") or ["?"])[0]).lstrip("/")
-
-    def instances(self, function: str) -> list[dict[str, Any]]:
-        """The function's containers in any state: labelled for it (started as containers)
-        or named after it (specialized cells keep their `lambda.cell` label)."""
-        return self.daemon.function_containers(function)
-
-    def ready_cells(self, cell_class: str | None = None) -> list[dict[str, Any]]:
-        """Generic cells: running, not yet renamed, their socket open."""
-        ready = []
-        for c in self.all():
-            labels = c.get("Labels") or {}
-            if ("lambda.cell" not in labels or c.get("State") != "running"
-                    or not self.name(c).startswith("lambda-cell-")):
-                continue
-            if cell_class is not None and labels["lambda.cell"] != cell_class:
-                continue
-            socket = self.instances_dir / labels.get("lambda.instance", "?") / "invoke.sock"
-            if socket.exists():
-                ready.append(c)
-        return ready
-
-    def paused(self, container_id: str) -> bool:
-        return bool(self.api.inspect_container(container_id)["State"].get("Paused"))
-
-    def memory_mib(self, container_id: str) -> float | None:
-        """As `docker stats` and lambdad's memory_bytes: usage minus the inactive file cache."""
-        stats = self.api.stats(container_id, stream=False, one_shot=True)
-        memory = stats.get("memory_stats") or {}
-        if memory.get("usage") is None:
-            return None
-        detail = memory.get("stats") or {}
-        cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
-        return max(0, int(memory["usage"]) - int(cache)) / 2**20
-
-
-def _wait(check: Callable[[], bool], what: str, timeout: float = WAIT_S) -> float:
-    """Polls `check` every 10 ms; the seconds it took. Raises if `timeout` passes."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise ColdBenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.01)
-    return time.monotonic() - start
-
-
-def _deploy(daemon: BenchDaemon, source: Path, name: str, *flags: str) -> dict[str, Any]:
-    lambdactl = executable("lambdactl")
-    _run([lambdactl, "deploy", str(source), "--name", name, *flags], env=daemon.env())
-    got = _run([lambdactl, "get", name, "-o", "json"], env=daemon.env())
-    info: dict[str, Any] = json.loads(got.stdout)
-    return info
-
 
 def _cell_class(info: dict[str, Any]) -> str:
     """The pool's label for the function's resource class (lambdad's CellClass.label)."""
@@ -222,7 +125,7 @@ class _Plan:
 def bench_cold(daemon: BenchDaemon, report: ColdReport, *, rounds: int, ref_rounds: int,
                burst: int, pool_size: int, budget: float) -> None:
     plan = _Plan(rounds, ref_rounds, burst, pool_size, budget)
-    docker = _Containers(daemon)
+    docker = Containers(daemon)
     cells = [f"bench-cell-{i}" for i in range(CELL_FUNCTIONS)]
     raws = [f"bench-raw-{i}" for i in range(RAW_FUNCTIONS)]
     print(f"  cold: deploying {', '.join(cells)} (greet), {', '.join(raws)} (raw-http) with "
@@ -231,12 +134,12 @@ def bench_cold(daemon: BenchDaemon, report: ColdReport, *, rounds: int, ref_roun
           f"--min-instances 0 --max-instances {burst} --idle-timeout 5)", flush=True)
     info: dict[str, dict[str, Any]] = {}
     for name in cells:
-        info[name] = _deploy(daemon, GREET, name, *SCALE_TO_ZERO)
+        info[name] = deploy(daemon, GREET, name, *SCALE_TO_ZERO)
     for name in raws:
-        info[name] = _deploy(daemon, RAW_HTTP, name, *SCALE_TO_ZERO)
-    _deploy(daemon, RAW_HTTP, PAUSE_FUNCTION, "--min-instances", "1")
-    _deploy(daemon, GREET, IDLE_FUNCTION, "--min-instances", "1")
-    burst_info = _deploy(daemon, GREET, BURST_FUNCTION, "--min-instances", "0",
+        info[name] = deploy(daemon, RAW_HTTP, name, *SCALE_TO_ZERO)
+    deploy(daemon, RAW_HTTP, PAUSE_FUNCTION, "--min-instances", "1")
+    deploy(daemon, GREET, IDLE_FUNCTION, "--min-instances", "1")
+    burst_info = deploy(daemon, GREET, BURST_FUNCTION, "--min-instances", "0",
                          "--max-instances", str(max(burst, 1)), "--idle-timeout", "5")
     cell_class = _cell_class(info[cells[0]])
     if _cell_class(burst_info) != cell_class:
@@ -253,30 +156,12 @@ def bench_cold(daemon: BenchDaemon, report: ColdReport, *, rounds: int, ref_roun
     report.figures["cold"]["anomalies"] = report.anomalies
 
 
-def _rotation(docker: _Containers, names: list[str], after: int) -> tuple[int, float]:
-    """The index of the next function (in turn, after `after`) with no container at all,
-    and how long we waited for one."""
-    found: list[int] = []
-
-    def any_at_zero() -> bool:
-        for step in range(1, len(names) + 1):
-            index = (after + step) % len(names)
-            if not docker.instances(names[index]):
-                found.append(index)
-                return True
-        return False
-
-    waited = _wait(any_at_zero, f"one of {', '.join(names)} to scale to zero "
-                   "(idle timeout 1 s)")
-    return found[0], waited
-
-
-def _renamed(docker: _Containers, function: str) -> bool:
+def _renamed(docker: Containers, function: str) -> bool:
     return any(docker.name(c).startswith(f"lambda-{function}-v")
                for c in docker.instances(function))
 
 
-def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, plan: _Plan,
+def _stem_cells(daemon: BenchDaemon, docker: Containers, report: ColdReport, plan: _Plan,
                 names: list[str], cell_class: str) -> Summary:
     """Stem-cell cold starts, with `docker run` baselines interleaved; the baseline."""
     print(f"  cold: stem cells, {plan.rounds} rounds (class {cell_class}, pool of "
@@ -299,31 +184,31 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
             break
         if warmed and len(baseline) < plan.ref_rounds and attempt % every == 0:
             baseline.append(_docker_run())  # while the others scale down; not timed together
-            print(f"    docker run {_ms(baseline[-1]):.0f} ms", flush=True)
-        index, _ = _rotation(docker, names, last)
+            print(f"    docker run {ms(baseline[-1]):.0f} ms", flush=True)
+        index, _ = rotation(docker, names, last)
         name = names[index]
-        refill = _wait(lambda: len(docker.ready_cells(cell_class)) >= plan.pool_size,
+        refill = wait(lambda: len(docker.ready_cells(cell_class)) >= plan.pool_size,
                        f"{plan.pool_size} ready cells of class {cell_class}")
         reply = _request(daemon.gateway_port, name, GREET_EXPECTED)
         last = index
         # A specialized cell is renamed after its function just after it answered: wait
         # for that, so the next round does not count it as a ready cell.
         try:
-            _wait(functools.partial(_renamed, docker, name),
+            wait(functools.partial(_renamed, docker, name),
                   f"the container serving {name} to be named after it", timeout=5)
         except ColdBenchError as exc:
             report.anomalies.append(f"stem cells: {exc}")
         if not warmed:
             warmed = True
-            print(f"    warm-up: {name} {_ms(reply.ns):.1f} ms ({reply.start}), not counted",
+            print(f"    warm-up: {name} {ms(reply.ns):.1f} ms ({reply.start}), not counted",
                   flush=True)
             continue
         attempt += 1
         if reply.start != "cell":
             invalid.append(f"{name}: Lambda-Cold-Start {reply.start or '(missing)'}, "
-                           f"{_ms(reply.ns):.1f} ms")
+                           f"{ms(reply.ns):.1f} ms")
             print(f"    round {attempt}: {name} NOT served by a cell (Lambda-Cold-Start: "
-                  f"{reply.start or '(missing)'}), {_ms(reply.ns):.1f} ms: not counted",
+                  f"{reply.start or '(missing)'}), {ms(reply.ns):.1f} ms: not counted",
                   flush=True)
             continue
         samples.append(reply.ns)
@@ -331,7 +216,7 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
             inits.append(reply.timing["init"])
         if "function" in reply.timing:
             firsts.append(reply.timing["function"])
-        print(f"    round {attempt}: {name} {_ms(reply.ns):.1f} ms (lambdad's init "
+        print(f"    round {attempt}: {name} {ms(reply.ns):.1f} ms (lambdad's init "
               f"{reply.timing.get('init', float('nan')):.1f} ms; waited {refill:.2f} s for "
               "the pool)", flush=True)
     while len(baseline) < plan.ref_rounds:
@@ -356,7 +241,7 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
                "create, start, wait, remove), interleaved with the rounds"],
     )
     report.results.append(result)
-    p50, p99 = result.subject.median_ms, _p(samples, 99)
+    p50, p99 = result.subject.median_ms, p(samples, 99)
     report.verdicts.append(f"stem-cell cold start p50: {p50:.1f} ms (target <= "
                            f"{MAX_CELL_P50_MS:g} ms) {_verdict(p50 <= MAX_CELL_P50_MS)}")
     report.verdicts.append(f"stem-cell cold start p99: {p99:.1f} ms of {len(samples)} rounds "
@@ -373,7 +258,7 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
     first_p50 = statistics.median(firsts) if firsts else None
     report.lines.append(
         f"stem cell: p50 {p50:.1f} ms, p90 {result.subject.p90_ms:.1f} ms, p99 {p99:.1f} ms, "
-        f"max {_p(samples, 100):.1f} ms over {len(samples)} rounds"
+        f"max {p(samples, 100):.1f} ms over {len(samples)} rounds"
         + (f"; lambdad's init (take + link + POST /init) p50 {init_p50:.1f} ms"
            if init_p50 is not None else "")
         + (f", then the first request in the instance p50 {first_p50:.1f} ms"
@@ -382,7 +267,7 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
     report.figures["cold"] = {
         "docker_run": {"n": len(baseline), "p50_ms": round(result.baseline.median_ms, 2)},
         "cell": {"n": len(samples), "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
-                 "max_ms": round(_p(samples, 100), 2),
+                 "max_ms": round(p(samples, 100), 2),
                  "init_p50_ms": round(init_p50, 2) if init_p50 is not None else None,
                  "first_request_p50_ms": (round(first_p50, 2) if first_p50 is not None
                                           else None),
@@ -391,7 +276,7 @@ def _stem_cells(daemon: BenchDaemon, docker: _Containers, report: ColdReport, pl
     return result.baseline
 
 
-def _new_containers(daemon: BenchDaemon, docker: _Containers, report: ColdReport,
+def _new_containers(daemon: BenchDaemon, docker: Containers, report: ColdReport,
                     plan: _Plan, names: list[str], baseline: Summary) -> None:
     print(f"  cold: new containers (raw-http, a Dockerfile function), {plan.ref_rounds} rounds",
           flush=True)
@@ -404,7 +289,7 @@ def _new_containers(daemon: BenchDaemon, docker: _Containers, report: ColdReport
             print(f"    budget of {plan.budget:.0f} s spent: stopping after {i} rounds",
                   flush=True)
             break
-        index, _ = _rotation(docker, names, last)
+        index, _ = rotation(docker, names, last)
         last = index
         reply = _request(daemon.gateway_port, names[index], RAW_EXPECTED)
         if reply.start != "container":
@@ -413,7 +298,7 @@ def _new_containers(daemon: BenchDaemon, docker: _Containers, report: ColdReport
                   f"{reply.start or '(missing)'}): not counted", flush=True)
             continue
         samples.append(reply.ns)
-        print(f"    round {i + 1}: {names[index]} {_ms(reply.ns):.0f} ms", flush=True)
+        print(f"    round {i + 1}: {names[index]} {ms(reply.ns):.0f} ms", flush=True)
     if not samples:
         raise ColdBenchError(f"no round was served by a new container: {'; '.join(invalid)}")
     if invalid:
@@ -438,7 +323,7 @@ def _new_containers(daemon: BenchDaemon, docker: _Containers, report: ColdReport
         "ratio_of_medians": round(result.ratio, 3), "invalid_rounds": len(invalid)}
 
 
-def _unpause(daemon: BenchDaemon, docker: _Containers, report: ColdReport,
+def _unpause(daemon: BenchDaemon, docker: Containers, report: ColdReport,
              plan: _Plan) -> None:
     rounds = max(plan.ref_rounds, 5)
     print(f"  cold: unpause ({PAUSE_FUNCTION}, raw-http, --min-instances 1), {rounds} rounds",
@@ -447,14 +332,14 @@ def _unpause(daemon: BenchDaemon, docker: _Containers, report: ColdReport,
         return [str(c["Id"]) for c in docker.instances(PAUSE_FUNCTION)
                 if c.get("State") in ("running", "paused")]
 
-    _wait(lambda: len(live()) == 1, f"{PAUSE_FUNCTION} to have exactly one instance")
+    wait(lambda: len(live()) == 1, f"{PAUSE_FUNCTION} to have exactly one instance")
     container_id = live()[0]
     samples: list[int] = []
     warm: list[int] = []
     invalid: list[str] = []
     waits: list[float] = []
     for i in range(rounds):
-        waits.append(_wait(lambda: docker.paused(container_id),
+        waits.append(wait(lambda: docker.paused(container_id),
                            f"{PAUSE_FUNCTION}'s instance to be paused (is lambdad running "
                            "with --pause-after?)"))
         reply = _request(daemon.gateway_port, PAUSE_FUNCTION, RAW_EXPECTED)
@@ -467,8 +352,8 @@ def _unpause(daemon: BenchDaemon, docker: _Containers, report: ColdReport,
                   f"{reply.start or '(missing)'}): not counted", flush=True)
             continue
         samples.append(reply.ns)
-        print(f"    round {i + 1}: unpaused {_ms(reply.ns):.1f} ms, then warm "
-              f"{_ms(again.ns):.1f} ms ({again.start}); paused after {waits[-1]:.1f} s",
+        print(f"    round {i + 1}: unpaused {ms(reply.ns):.1f} ms, then warm "
+              f"{ms(again.ns):.1f} ms ({again.start}); paused after {waits[-1]:.1f} s",
               flush=True)
     if live() != [container_id]:
         report.anomalies.append(f"unpause: {PAUSE_FUNCTION}'s instance was replaced "
@@ -500,9 +385,9 @@ def _unpause(daemon: BenchDaemon, docker: _Containers, report: ColdReport,
         "invalid_rounds": len(invalid)}
 
 
-def _memory(daemon: BenchDaemon, docker: _Containers, report: ColdReport) -> None:
+def _memory(daemon: BenchDaemon, docker: Containers, report: ColdReport) -> None:
     print("  cold: idle memory (docker stats, one shot, minus inactive file cache)", flush=True)
-    _wait(lambda: len(docker.instances(IDLE_FUNCTION)) == 1,
+    wait(lambda: len(docker.instances(IDLE_FUNCTION)) == 1,
           f"{IDLE_FUNCTION} to have exactly one instance")
     for _ in range(3):
         _request(daemon.gateway_port, IDLE_FUNCTION, GREET_EXPECTED)
@@ -531,36 +416,14 @@ def _memory(daemon: BenchDaemon, docker: _Containers, report: ColdReport) -> Non
         "instance_path": path}
 
 
-async def _burst_requests(port: int, function: str, count: int
-                          ) -> list[tuple[int, int, str, str]]:
-    """`count` GETs at once, each on its own connection: (ns, status, start, error)."""
-    request = (f"GET {QUERY} HTTP/1.1\r\nHost: {function}.localhost\r\n"
-               "Connection: close\r\n\r\n").encode()
+async def _burst_requests(port: int, function: str, count: int) -> list[coldparts.Answer]:
+    """`count` GETs at once, each on its own connection."""
+    request = coldparts.request_bytes(function, QUERY)
     gate = asyncio.Event()
 
-    async def one() -> tuple[int, int, str, str]:
+    async def one() -> coldparts.Answer:
         await gate.wait()
-        start = time.perf_counter_ns()
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(request)
-                raw = await asyncio.wait_for(reader.read(-1), timeout=60)
-            finally:
-                writer.close()
-        except (OSError, TimeoutError) as exc:
-            return time.perf_counter_ns() - start, 0, "", f"{type(exc).__name__}: {exc}"
-        elapsed = time.perf_counter_ns() - start
-        head, _, body = raw.partition(b"\r\n\r\n")
-        lines = head.decode(errors="replace").split("\r\n")
-        try:
-            status = int(lines[0].split()[1])
-        except (IndexError, ValueError):
-            return elapsed, 0, "", f"bad response {raw[:80]!r}"
-        headers = {k.strip().lower(): v.strip()
-                   for k, _, v in (line.partition(":") for line in lines[1:])}
-        error = "" if status == 200 and GREET_EXPECTED in body else f"{status}: {body[:120]!r}"
-        return elapsed, status, headers.get("lambda-cold-start", ""), error
+        return await coldparts.exchange(None, port, request, GREET_EXPECTED)
 
     tasks = [asyncio.ensure_future(one()) for _ in range(count)]
     await asyncio.sleep(0)  # every task is waiting at the gate
@@ -568,26 +431,26 @@ async def _burst_requests(port: int, function: str, count: int
     return list(await asyncio.gather(*tasks))
 
 
-def _burst(daemon: BenchDaemon, docker: _Containers, report: ColdReport, plan: _Plan,
+def _burst(daemon: BenchDaemon, docker: Containers, report: ColdReport, plan: _Plan,
            cell_class: str) -> None:
     print(f"  cold: burst of {plan.burst} concurrent requests to {BURST_FUNCTION} at zero "
           "instances", flush=True)
-    _wait(lambda: not docker.instances(BURST_FUNCTION),
+    wait(lambda: not docker.instances(BURST_FUNCTION),
           f"{BURST_FUNCTION} to scale to zero (idle timeout 5 s)")
-    _wait(lambda: len(docker.ready_cells(cell_class)) >= plan.pool_size,
+    wait(lambda: len(docker.ready_cells(cell_class)) >= plan.pool_size,
           f"{plan.pool_size} ready cells of class {cell_class}")
     started = time.perf_counter()
     replies = asyncio.run(_burst_requests(daemon.gateway_port, BURST_FUNCTION, plan.burst))
     wall = time.perf_counter() - started
     ended = time.monotonic()
-    served_by_cells = sum(1 for _, _, start, error in replies if start == "cell" and not error)
+    served_by_cells = sum(1 for r in replies if r.start == "cell" and not r.error)
 
     def specialized() -> int:  # cells renamed after the function (just after they answered)
         return sum(1 for c in docker.instances(BURST_FUNCTION)
                    if "lambda.cell" in (c.get("Labels") or {}))
 
     try:  # until then they would pass for ready cells
-        _wait(lambda: specialized() >= served_by_cells,
+        wait(lambda: specialized() >= served_by_cells,
               f"the {served_by_cells} cells that served the burst to be named after it",
               timeout=5)
     except ColdBenchError as exc:
@@ -596,7 +459,7 @@ def _burst(daemon: BenchDaemon, docker: _Containers, report: ColdReport, plan: _
     from_cells = sum(1 for c in made if "lambda.cell" in (c.get("Labels") or {}))
     refill: float | None = None
     try:
-        _wait(lambda: len(docker.ready_cells(cell_class)) >= plan.pool_size,
+        wait(lambda: len(docker.ready_cells(cell_class)) >= plan.pool_size,
               f"the pool to refill to {plan.pool_size} ready cells after the burst", timeout=60)
         refill = time.monotonic() - ended
     except ColdBenchError as exc:
@@ -607,7 +470,7 @@ def _burst(daemon: BenchDaemon, docker: _Containers, report: ColdReport, plan: _
     deleted = time.monotonic()
     gone: float | None = None
     try:
-        _wait(lambda: not docker.instances(BURST_FUNCTION),
+        wait(lambda: not docker.instances(BURST_FUNCTION),
               f"{BURST_FUNCTION}'s containers to go after delete")
         gone = time.monotonic() - deleted
     except ColdBenchError:
@@ -625,12 +488,12 @@ def _burst(daemon: BenchDaemon, docker: _Containers, report: ColdReport, plan: _
         time.sleep(0.1)
         stale = _stale()
 
-    samples = [ns for ns, _, _, error in replies if not error]
-    errors = [error for _, _, _, error in replies if error]
-    paths = Counter(start or "(none)" for _, _, start, error in replies if not error)
-    p50 = _p(samples, 50) if samples else float("nan")
-    p99 = _p(samples, 99) if samples else float("nan")
-    top = _p(samples, 100) if samples else float("nan")
+    samples = [r.ns for r in replies if not r.error]
+    errors = [r.error for r in replies if r.error]
+    paths = Counter(r.start or "(none)" for r in replies if not r.error)
+    p50 = p(samples, 50) if samples else float("nan")
+    p99 = p(samples, 99) if samples else float("nan")
+    top = p(samples, 100) if samples else float("nan")
     print(f"    {len(samples)} ok, {len(errors)} errors in {wall:.2f} s: p50 {p50:.0f} ms, "
           f"p99 {p99:.0f} ms, max {top:.0f} ms; served {dict(paths)}; {len(made)} instances "
           f"({from_cells} from cells)", flush=True)
@@ -639,7 +502,8 @@ def _burst(daemon: BenchDaemon, docker: _Containers, report: ColdReport, plan: _
         report.anomalies.append(f"burst: {len(errors)} of {plan.burst} requests failed: {shown}")
     if leaked:
         report.anomalies.append(f"burst: {len(leaked)} container(s) of {BURST_FUNCTION} still "
-                                f"there {WAIT_S:.0f} s after delete: {', '.join(leaked[:5])}")
+                                f"there {coldparts.WAIT_S:.0f} s after delete: "
+                                f"{', '.join(leaked[:5])}")
     if stale:
         report.anomalies.append(f"containers of this daemon neither running nor paused: "
                                 f"{', '.join(stale[:5])}")

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import cold
+import coldparts
 from harness import BenchDaemon
 
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
@@ -74,9 +75,9 @@ def main() -> int:
     daemon.start()
     try:
         assert daemon.process is not None
-        docker = cold._Containers(daemon)
+        docker = coldparts.Containers(daemon)
         names = [f"bench-cell-{i}" for i in range(cold.CELL_FUNCTIONS)]
-        infos = [cold._deploy(daemon, cold.GREET, name, *cold.SCALE_TO_ZERO) for name in names]
+        infos = [coldparts.deploy(daemon, cold.GREET, name, *cold.SCALE_TO_ZERO) for name in names]
         cell_class = cold._cell_class(infos[0])
         totals: list[float] = []
         inits: list[float] = []
@@ -86,9 +87,9 @@ def main() -> int:
         isolated: set[str] = set()
         last = -1
         for round_ in range(args.rounds + 1):  # the first is a warm-up
-            index, _ = cold._rotation(docker, names, last)
+            index, _ = coldparts.rotation(docker, names, last)
             last = index
-            cold._wait(lambda: len(docker.ready_cells(cell_class)) >= 2, "a full pool")
+            coldparts.wait(lambda: len(docker.ready_cells(cell_class)) >= 2, "a full pool")
             time.sleep(SETTLE_S)
             for cell in docker.ready_cells(cell_class):
                 if args.isolate and cell["Id"] not in isolated:
@@ -100,9 +101,9 @@ def main() -> int:
             reply = cold._request(daemon.gateway_port, names[index], cold.GREET_EXPECTED)
             containers1 = containers_cpu_ns(ids)
             lambdad1 = process_cpu_ns(daemon.process.pid)
-            with contextlib.suppress(cold.ColdBenchError):
-                cold._wait(functools.partial(cold._renamed, docker, names[index]),
-                           "the specialized cell's rename", timeout=5)
+            with contextlib.suppress(coldparts.ColdBenchError):
+                coldparts.wait(functools.partial(cold._renamed, docker, names[index]),
+                                "the specialized cell's rename", timeout=5)
             if round_ == 0 or reply.start != "cell":
                 continue
             totals.append(reply.ns / 1e6)

@@ -16,6 +16,18 @@ _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_a
 _HEAD_COLUMNS = ", ".join(f"i.{name.strip()}" for name in _COLUMNS.split(","))
 
 
+# The functions with queued events as the recursive CTE `f(name)` (a loose index scan: one
+# probe of invocations_queue per function, so one function's backlog costs nothing); its
+# last row is NULL, so a reader keeps `WHERE name IS NOT NULL`. Follows `WITH RECURSIVE`.
+_QUEUED_FUNCTIONS_CTE = (
+    "f(name) AS ("
+    "SELECT (SELECT MIN(function) FROM invocations INDEXED BY invocations_queue "
+    "WHERE status = 'queued') "
+    "UNION ALL SELECT (SELECT MIN(function) FROM invocations INDEXED BY "
+    "invocations_queue WHERE status = 'queued' AND function > f.name) "
+    "FROM f WHERE f.name IS NOT NULL)")
+
+
 # 13 columns each: 64 rows stay under SQLite's oldest limit of 999 variables a statement.
 _ROWS_PER_INSERT = 64
 
@@ -123,12 +135,7 @@ class InvocationTable:
         """The functions with queued events, one index probe each (a loose index scan:
         a backlog of one function costs nothing here)."""
         rows = self._db.execute_sql(
-            "WITH RECURSIVE f(name) AS ("
-            "SELECT (SELECT MIN(function) FROM invocations INDEXED BY invocations_queue "
-            "WHERE status = 'queued') "
-            "UNION ALL SELECT (SELECT MIN(function) FROM invocations INDEXED BY "
-            "invocations_queue WHERE status = 'queued' AND function > f.name) "
-            "FROM f WHERE f.name IS NOT NULL) "
+            f"WITH RECURSIVE {_QUEUED_FUNCTIONS_CTE} "
             "SELECT name FROM f WHERE name IS NOT NULL").fetchall()
         return [r[0] for r in rows]
 
@@ -164,12 +171,7 @@ class InvocationTable:
         thread and the busy event loop, and the cycle's wall time is how long freed
         delivery slots wait when events are queued (issue 16)."""
         rows = self._db.execute_sql(
-            "WITH RECURSIVE f(name) AS ("
-            "SELECT (SELECT MIN(function) FROM invocations INDEXED BY invocations_queue "
-            "WHERE status = 'queued') "
-            "UNION ALL SELECT (SELECT MIN(function) FROM invocations INDEXED BY "
-            "invocations_queue WHERE status = 'queued' AND function > f.name) "
-            "FROM f WHERE f.name IS NOT NULL), "
+            f"WITH RECURSIVE {_QUEUED_FUNCTIONS_CTE}, "
             "g AS MATERIALIZED (SELECT name, "
             "(SELECT MIN(next_attempt_at) FROM invocations INDEXED BY invocations_queue "
             "WHERE status = 'queued' AND function = f.name AND next_attempt_at > ?1) AS later, "

@@ -145,15 +145,21 @@ class Routes:
         return pinned is not None and any(not i.dead for i in pinned.instances)
 
     def counts(self, name: str) -> PoolCounts:
+        """The function's instances by state: those of its active version and of every
+        pinned version it serves (a pinned pool's idle instances are frozen and stopped as
+        the active one's are, so a gauge of the active pool alone missed them)."""
         pool = self.active.get(name)
         draining = sum(len(p.instances) for p in self._retired if p.version.function == name)
         if pool is None:
             return PoolCounts(0, 0, 0, draining, 0)
-        frozen = sum(1 for i in pool.instances if i.frozen_since is not None and i.paused)
-        paused = sum(1 for i in pool.instances
+        pools = [pool, *(p for (function, _), p in self._pinned.items() if function == name)]
+        instances = [i for p in pools for i in p.instances]
+        frozen = sum(1 for i in instances if i.frozen_since is not None and i.paused)
+        paused = sum(1 for i in instances
                      if i.paused and i.frozen_since is None and i.in_flight == 0)
-        return PoolCounts(running=len(pool.instances), busy=pool.busy, starting=pool.starting,
-                          draining=draining, queued=pool.queued, paused=paused, frozen=frozen)
+        return PoolCounts(running=len(instances), busy=sum(p.busy for p in pools),
+                          starting=sum(p.starting for p in pools), draining=draining,
+                          queued=sum(p.queued for p in pools), paused=paused, frozen=frozen)
 
     def serving(self) -> list[InstancePool]:
         """The pools that take requests: active and pinned."""

@@ -6,93 +6,55 @@ as frozen: the gauge says so and the frozen memory bound counts it at once)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import metrics
-from tests.support.daemon import ROOT, Lambdad, running_daemon, wait_for
-from tests.support.functions import write_function
+from tests.support.daemon import Lambdad, running_daemon, wait_for
+from tests.support.functions import PREWARM_V1, hanging_prewarm, write_function
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-# TZ keeps the function off the stem cells (a started process ignores it): each pre-warmed
-# instance is a container labelled with its function and version from its creation on.
-PREWARM_MANIFEST = ('name = "{name}"\nhandler = "handler.handler"\n[env]\nTZ = "UTC"\n'
-                    "[scaling]\nmax_instances = 3\nidle_timeout = 120\n")
-V1 = "def handler(event, context):\n    return 'v1'\n"
-HANGING_IMPORT = "import time\ntime.sleep(120)\n\ndef handler(event, context):\n    return 'v2'\n"
-
-
-def _deploying(daemon: Lambdad, folder: Path) -> subprocess.Popen[str]:
-    """`lambdactl deploy FOLDER --prewarm 2`, left running."""
-    return subprocess.Popen([sys.executable, "-m", "lambdactl", "deploy", str(folder),
-                             "--prewarm", "2"], env=daemon.env(), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _prewarming(daemon: Lambdad, name: str) -> bool:
-    """Both of v2's pre-warmed containers exist (their import hangs)."""
-    return sum(1 for c in daemon.containers(name) if daemon.owner(c) == (name, 2)) == 2
 
 
 def test_a_daemon_stop_during_a_prewarm_leaves_no_container(tmp_path: Path) -> None:
     """The deploy's starts are not any pool's: the daemon's stop must still cancel them
     and stop their containers, not leave them importing with nobody knowing of them."""
-    with running_daemon("--start-timeout", "300") as daemon:
-        folder = write_function(tmp_path / "pws", V1, PREWARM_MANIFEST.format(name="pwstop"))
-        daemon.deploy(folder)
-        (folder / "handler.py").write_text(HANGING_IMPORT)
-        deploy = _deploying(daemon, folder)
-        try:
-            assert wait_for(lambda: _prewarming(daemon, "pwstop"), timeout=60), daemon.log()
-            assert daemon.stop() == 0
-            deploy.wait(timeout=30)
-            assert deploy.returncode != 0, deploy.stderr
-            # Every container of this daemon is gone with it: v1's, the cells, v2's.
-            left = [(c.name, daemon.owner(c), c.status) for c in daemon.containers()]
-            assert left == [], (left, daemon.log()[-3000:])
-            # Started again: v1 is live, v2 was never recorded.
-            daemon.start()
-            assert daemon.http("pwstop").json() == "v1"
-            assert [v["version"] for v in
-                    daemon.cli("versions", "pwstop", "-o", "json").json()] == [1]
-        finally:
-            if deploy.poll() is None:
-                deploy.kill()
-                deploy.wait()
+    with running_daemon("--start-timeout", "300") as daemon, \
+            hanging_prewarm(daemon, tmp_path / "pws", "pwstop") as deploy:
+        assert daemon.stop() == 0
+        deploy.wait(timeout=30)
+        assert deploy.returncode != 0, deploy.stderr
+        # Every container of this daemon is gone with it: v1's, the cells, v2's.
+        left = [(c.name, daemon.owner(c), c.status) for c in daemon.containers()]
+        assert left == [], (left, daemon.log()[-3000:])
+        # Started again: v1 is live, v2 was never recorded.
+        daemon.start()
+        assert daemon.http("pwstop").json() == "v1"
+        assert [v["version"] for v in
+                daemon.cli("versions", "pwstop", "-o", "json").json()] == [1]
 
 
 def test_a_kill_during_a_prewarm_then_a_restart_leaves_v1_and_nothing_else(
     tmp_path: Path
 ) -> None:
-    with running_daemon("--start-timeout", "300") as daemon:
-        folder = write_function(tmp_path / "pwk", V1, PREWARM_MANIFEST.format(name="pwkill"))
-        daemon.deploy(folder)
-        (folder / "handler.py").write_text(HANGING_IMPORT)
-        deploy = _deploying(daemon, folder)
-        try:
-            assert wait_for(lambda: _prewarming(daemon, "pwkill"), timeout=60), daemon.log()
-            daemon.stop(signal.SIGKILL)
-            deploy.wait(timeout=30)
-            assert deploy.returncode != 0
-            daemon.start()
-            assert daemon.http("pwkill").json() == "v1"
-            assert [v["version"] for v in
-                    daemon.cli("versions", "pwkill", "-o", "json").json()] == [1]
-            assert wait_for(lambda: [daemon.owner(c) for c in daemon.containers("pwkill")]
-                            == [("pwkill", 1)]), daemon.log()[-3000:]
-            # A new deploy numbers v2 again and serves it.
-            (folder / "handler.py").write_text(V1.replace("'v1'", "'v2'"))
-            daemon.deploy(folder, "--prewarm", "2")
-            assert daemon.http("pwkill").json() == "v2"
-        finally:
-            if deploy.poll() is None:
-                deploy.kill()
-                deploy.wait()
+    folder = tmp_path / "pwk"
+    with running_daemon("--start-timeout", "300") as daemon, \
+            hanging_prewarm(daemon, folder, "pwkill") as deploy:
+        daemon.stop(signal.SIGKILL)
+        deploy.wait(timeout=30)
+        assert deploy.returncode != 0
+        daemon.start()
+        assert daemon.http("pwkill").json() == "v1"
+        assert [v["version"] for v in
+                daemon.cli("versions", "pwkill", "-o", "json").json()] == [1]
+        assert wait_for(lambda: [daemon.owner(c) for c in daemon.containers("pwkill")]
+                        == [("pwkill", 1)]), daemon.log()[-3000:]
+        # A new deploy numbers v2 again and serves it.
+        (folder / "handler.py").write_text(PREWARM_V1.replace("'v1'", "'v2'"))
+        daemon.deploy(folder, "--prewarm", "2")
+        assert daemon.http("pwkill").json() == "v2"
 
 
 def test_a_deploy_cancelled_by_its_client_during_a_prewarm_leaves_v1_and_nothing_else(
@@ -100,25 +62,16 @@ def test_a_deploy_cancelled_by_its_client_during_a_prewarm_leaves_v1_and_nothing
 ) -> None:
     """lambdactl interrupted (Ctrl-C) while the new version imports: the call is cancelled,
     so are its starts; their containers go, v1 serves, v2 is never recorded."""
-    with running_daemon("--start-timeout", "300") as daemon:
-        folder = write_function(tmp_path / "pwc", V1, PREWARM_MANIFEST.format(name="pwcancel"))
-        daemon.deploy(folder)
-        (folder / "handler.py").write_text(HANGING_IMPORT)
-        deploy = _deploying(daemon, folder)
-        try:
-            assert wait_for(lambda: _prewarming(daemon, "pwcancel"), timeout=60), daemon.log()
-            deploy.send_signal(signal.SIGINT)
-            deploy.wait(timeout=30)
-            assert deploy.returncode != 0
-            assert wait_for(lambda: [daemon.owner(c) for c in daemon.containers("pwcancel")]
-                            == [("pwcancel", 1)], timeout=30), daemon.log()[-3000:]
-            assert daemon.http("pwcancel").json() == "v1"
-            assert [v["version"] for v in
-                    daemon.cli("versions", "pwcancel", "-o", "json").json()] == [1]
-        finally:
-            if deploy.poll() is None:
-                deploy.kill()
-                deploy.wait()
+    with running_daemon("--start-timeout", "300") as daemon, \
+            hanging_prewarm(daemon, tmp_path / "pwc", "pwcancel") as deploy:
+        deploy.send_signal(signal.SIGINT)
+        deploy.wait(timeout=30)
+        assert deploy.returncode != 0
+        assert wait_for(lambda: [daemon.owner(c) for c in daemon.containers("pwcancel")]
+                        == [("pwcancel", 1)], timeout=30), daemon.log()[-3000:]
+        assert daemon.http("pwcancel").json() == "v1"
+        assert [v["version"] for v in
+                daemon.cli("versions", "pwcancel", "-o", "json").json()] == [1]
 
 
 FROZEN_HANDLER = "def handler(event, context):\n    return 'ok'\n"

@@ -23,6 +23,7 @@ import pytest
 from lambdad.runtime.starts import MAX_CONTAINER_STARTS
 from tests.support import metrics
 from tests.support.daemon import Lambdad, running_daemon, wait_for
+from tests.support.functions import manifest, write_function
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +56,8 @@ def test_instances_that_stall_their_stop_get_their_sigterm_together(
 ) -> None:
     daemon = fresh_lambdad
     count = EXECUTOR_THREADS + 2  # more instances than the threads Docker calls run on
-    folder = tmp_path / "stall"
-    folder.mkdir()
-    (folder / "app.py").write_text(STALLING)
-    (folder / "lambda.toml").write_text(
-        'name = "stall"\nhandler = "app.handler"\n'
-        f"[scaling]\nmin_instances = {count}\nmax_instances = {count}\n")
-    daemon.deploy(folder)
+    daemon.deploy(write_function(tmp_path / "stall", STALLING, manifest(
+        "stall", "app.handler", min_instances=count, max_instances=count), module="app"))
     # Every instance serves a request before the stop. A running container is not yet an
     # instance with a handler: its runtime may still be loading the code, or (loaded) not
     # have forked its first worker, the process whose SIGTERM handler runs. Stopped then,
@@ -156,11 +152,8 @@ def processes_of(container_id: str) -> list[int]:
 def test_a_sigterm_handler_that_escapes_signals_everyone_and_forges_frames_is_contained(
     lambdad: Lambdad, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "wild"
-    folder.mkdir()
-    (folder / "app.py").write_text(WILD)
-    (folder / "lambda.toml").write_text(
-        'name = "wild"\nhandler = "app.handler"\n[scaling]\nidle_timeout = 1\n')
+    folder = write_function(tmp_path / "wild", WILD,
+                            manifest("wild", "app.handler", idle_timeout=1), module="app")
     lambdad.deploy(folder)
     lambdad.deploy("greet", "--name", "calm")
     assert lambdad.http("wild", "/").status == 200
@@ -210,12 +203,8 @@ def test_a_daemon_stop_cancels_instance_starts_and_creates_no_container_after_it
     began, once a turn came free), stop the starting ones with the others, leave no
     container and nothing a restart has to clean up."""
     count = 1 + MAX_CONTAINER_STARTS + 1  # the deploy's, those loading, one waiting
-    folder = tmp_path / "slowstart"
-    folder.mkdir()
-    (folder / "app.py").write_text(SLOW_START)
-    (folder / "lambda.toml").write_text(
-        'name = "slowstart"\nhandler = "app.handler"\n'
-        f"[scaling]\nmin_instances = {count}\nmax_instances = {count}\n")
+    folder = write_function(tmp_path / "slowstart", SLOW_START, manifest(
+        "slowstart", "app.handler", min_instances=count, max_instances=count), module="app")
     # No stem cells: a cell's start is not an instance's (cells refill on their own).
     with running_daemon("--cell-pool-size", "0") as daemon:
         began = datetime.now(UTC)
@@ -263,13 +252,8 @@ def test_a_daemon_stop_ends_each_grace_when_the_instance_exits(fresh_lambdad: La
     every one of them was "killed" after its full grace."""
     daemon = fresh_lambdad
     count = 3
-    folder = tmp_path / "quick"
-    folder.mkdir()
-    (folder / "app.py").write_text(QUICK)
-    (folder / "lambda.toml").write_text(
-        'name = "quick"\nhandler = "app.handler"\n'
-        f"[scaling]\nmin_instances = {count}\nmax_instances = {count}\n")
-    daemon.deploy(folder)
+    daemon.deploy(write_function(tmp_path / "quick", QUICK, manifest(
+        "quick", "app.handler", min_instances=count, max_instances=count), module="app"))
     assert wait_for(lambda: metrics.total(daemon, "lambdad_instances", function="quick",
                                           state="idle") == count, 120)
     assert daemon.stop() == 0

@@ -205,6 +205,20 @@ class Lambdad:
         )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
+    @contextlib.contextmanager
+    def cli_running(self, *args: str) -> Iterator[subprocess.Popen[str]]:
+        """`lambdactl ARGS` left running while the block runs (for a test to interrupt it
+        or kill lambdad under it), killed on the way out if it has not ended."""
+        proc = subprocess.Popen([sys.executable, "-m", "lambdactl", *args], env=self.env(),
+                                cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
     def deploy(self, folder: Path | str, *args: str) -> CliResult:
         path = folder if isinstance(folder, Path) else FUNCTIONS / folder
         result = self.cli("deploy", str(path), *args)

@@ -8,9 +8,12 @@ writes only `serve(conn)` and this module adds the request reading and the liste
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.daemon import CliResult, Lambdad
+from tests.support.daemon import CliResult, Lambdad, wait_for
 
 # What a raw server's `serve(conn)` builds on: the imports it uses and `heads(conn)`, which
 # yields each request head's (method, target) until the caller closes (bodies are not
@@ -47,12 +50,21 @@ while True:
 '''
 
 
-def write_function(folder: Path, source: str, manifest: str) -> Path:
-    """`folder` with handler.py and lambda.toml (an existing folder is written over)."""
+def write_function(folder: Path, source: str, manifest: str, *, module: str = "handler"
+                   ) -> Path:
+    """`folder` with MODULE.py and lambda.toml (an existing folder is written over)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "handler.py").write_text(source)
+    (folder / f"{module}.py").write_text(source)
     (folder / "lambda.toml").write_text(manifest)
     return folder
+
+
+def manifest(name: str, handler: str = "handler.handler", **scaling: int) -> str:
+    """lambda.toml of a function `name` with these `[scaling]` settings (none: no table)."""
+    text = f'name = "{name}"\nhandler = "{handler}"\n'
+    if scaling:
+        text += "[scaling]\n" + "".join(f"{key} = {value}\n" for key, value in scaling.items())
+    return text
 
 
 def deploy_function(daemon: Lambdad, folder: Path, source: str, manifest: str) -> CliResult:
@@ -72,3 +84,28 @@ def deploy_raw_server(daemon: Lambdad, folder: Path, name: str, serve: str) -> s
         f'name = "{name}"\nruntime = "docker"\n[scaling]\nmax_instances = 1\n')
     daemon.deploy(folder)
     return name
+
+
+# A function pre-warmed on deploy (`--prewarm 2`, test_i17_attacks.py). TZ keeps it off the
+# stem cells (a started process ignores it): each pre-warmed instance is a container
+# labelled with its function and version from its creation on.
+PREWARM_MANIFEST = ('name = "{name}"\nhandler = "handler.handler"\n[env]\nTZ = "UTC"\n'
+                    "[scaling]\nmax_instances = 3\nidle_timeout = 120\n")
+PREWARM_V1 = "def handler(event, context):\n    return 'v1'\n"
+HANGING_IMPORT = "import time\ntime.sleep(120)\n\ndef handler(event, context):\n    return 'v2'\n"
+
+
+@contextlib.contextmanager
+def hanging_prewarm(daemon: Lambdad, folder: Path, name: str
+                    ) -> Iterator[subprocess.Popen[str]]:
+    """`name` v1 deployed from `folder`, then `lambdactl deploy FOLDER --prewarm 2` of a v2
+    whose import hangs, left running once both of v2's pre-warmed containers exist (the
+    moment to stop lambdad or the client under it); killed on the way out if it is still
+    running."""
+    daemon.deploy(write_function(folder, PREWARM_V1, PREWARM_MANIFEST.format(name=name)))
+    (folder / "handler.py").write_text(HANGING_IMPORT)
+    with daemon.cli_running("deploy", str(folder), "--prewarm", "2") as deploy:
+        assert wait_for(lambda: sum(1 for c in daemon.containers(name)
+                                    if daemon.owner(c) == (name, 2)) == 2,
+                        timeout=60), daemon.log()
+        yield deploy

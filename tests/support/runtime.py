@@ -18,7 +18,7 @@ from lambdad.functions import FunctionConfig, FunctionVersion, Scaling
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.manager import RuntimeManager
 from lambdad.runtime.pool import Instance
-from tests.support.fake_docker import RUNTIME_IMAGE_ID, FakeDocker
+from tests.support.fake_docker import RUNTIME_IMAGE_ID, FakeContainer, FakeDocker
 
 
 @contextmanager
@@ -79,6 +79,21 @@ class Runtime:
         (self.cells_dir / instance_id).mkdir(parents=True)
         (self.cells_dir / instance_id / "owner").write_text(f"{function}\n{number}\n")
 
+    async def loaded_leftover(self, function: str, number: int, instance_id: str, *,
+                              cell: bool = False) -> FakeContainer:
+        """A container an earlier run left serving `function` v`number`, with the owner
+        file of its loaded code (what a restart adopts it by)."""
+        container = await self.docker.leftover(function, number, instance_id,
+                                               self.instances_dir, cell=cell)
+        self.mark_loaded(instance_id, function, number)
+        return container
+
+    async def cells_ready(self, count: int = 1) -> None:
+        """Waits for `count` ready stem cells, reconciled first (cells start only once what
+        a last run left is gone)."""
+        await self.manager.reconcile()
+        await until(lambda: len(self.manager.cells.ready_cells()) == count)
+
     def folders(self) -> list[str]:
         return sorted(os.listdir(self.instances_dir))
 
@@ -88,6 +103,18 @@ class Runtime:
             function=name, method=b"GET", target=b"/hello", headers=[], body=b"",
             invocation_type="direct", request_id=request_id, version=number))
         return response, json.loads(await response.read())
+
+
+async def cell_runtime(root: Path, registered: FunctionVersion, *others: FunctionVersion
+                       ) -> Runtime:
+    """A runtime with one stem cell ready: `registered` routed (the cell is of its class),
+    and its artifact and each of `others`' saved, for a cell to load."""
+    rt = Runtime(root, cells=1)
+    for v in (registered, *others):
+        rt.save_artifact(v)
+    rt.manager.register(registered)
+    await rt.cells_ready()
+    return rt
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -7,9 +7,7 @@ storing none."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,18 @@ import lambdad.queue.worker as worker_module
 from lambdad.queue import AsyncInvocation, AsyncWorker, RetryPolicy
 from lambdad.queue.worker import Outcome
 from lambdad.store import Store
+from tests.support.queue import (
+    T0,
+    Clock,
+    event,
+    new_worker,
+    one_queued,
+    started_worker,
+    succeed,
+)
 from tests.support.store import opened_store
 
 GUARD = 10.0  # against a hang, not a speed target
-T0 = 1_000_000.0
-
-
-class Clock:
-    """Stands in for the worker's `time` module: the time moves only when the test says."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def time(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -42,29 +38,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def event(function: str = "f", payload: bytes = b'{"n": 1}') -> AsyncInvocation:
-    return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=payload,
-                           source="api", status="queued", attempts=0, created_at=T0,
-                           next_attempt_at=T0)
-
-
 async def until(check: Callable[[], Awaitable[bool]]) -> None:
     async with asyncio.timeout(GUARD):
         while not await check():
             await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def started_worker(store: Store, deliver: Callable[[AsyncInvocation], Awaitable[Outcome]], *,
-                  policy: RetryPolicy | None = None,
-                  limit: Callable[[str], int] = lambda _: 1) -> AsyncIterator[AsyncWorker]:
-    """A started worker on `store`, stopped on the way out whatever the test did."""
-    worker = AsyncWorker(store.invocations, deliver, lambda _: policy or RetryPolicy(), limit)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
 
 
 async def status_is(store: Store, inv_id: str, status: str) -> bool:
@@ -81,10 +58,8 @@ def test_a_queued_event_is_delivered_once_and_its_result_kept(tmp_path: Path,
         return True, 200, b'{"ok": true}', ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
-            queued = event()
-            await store.invocations.insert(queued)
-            async with started_worker(store, deliver):
+        async with one_queued(tmp_path) as (store, queued):
+            async with started_worker(store.invocations, deliver):
                 await until(lambda: status_is(store, queued.id, "succeeded"))
                 await asyncio.sleep(0.05)
             done = await store.invocations.get(queued.id)
@@ -106,10 +81,8 @@ def test_failures_retry_at_the_policys_backoff_then_become_dead_letters(
     policy = RetryPolicy(retries=2, backoff_s=10.0)
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
-            queued = event()
-            await store.invocations.insert(queued)
-            async with started_worker(store, deliver, policy=policy) as worker:
+        async with one_queued(tmp_path) as (store, queued):
+            async with started_worker(store.invocations, deliver, policy=policy) as worker:
                 await until(lambda: asyncio.sleep(0, len(attempts) == 1))
                 await until(lambda: status_is(store, queued.id, "queued"))
                 first = await store.invocations.get(queued.id)
@@ -141,10 +114,8 @@ def test_a_delivery_that_raises_is_a_failed_attempt_with_its_error(tmp_path: Pat
         raise RuntimeError("the instance vanished")
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
-            queued = event()
-            await store.invocations.insert(queued)
-            async with started_worker(store, deliver, policy=RetryPolicy(retries=0)):
+        async with one_queued(tmp_path) as (store, queued):
+            async with started_worker(store.invocations, deliver, policy=RetryPolicy(retries=0)):
                 await until(lambda: status_is(store, queued.id, "failed"))
             failed = await store.invocations.get(queued.id)
             assert failed.last_error == "RuntimeError: the instance vanished"
@@ -174,8 +145,8 @@ def test_deliveries_of_one_function_stay_within_its_limit(tmp_path: Path, clock:
             events = [event() for _ in range(6)]
             for queued in events:
                 await store.invocations.insert(queued)
-            async with started_worker(
-                    store, deliver, limit=lambda name: limit if name == "f" else 99) as worker:
+            async with started_worker(store.invocations, deliver,
+                                      limit=lambda name: limit if name == "f" else 99) as worker:
                 try:
                     await until(lambda: asyncio.sleep(0, running == limit))
                     for _ in range(3):  # woken again and again, it still waits for a slot
@@ -203,7 +174,7 @@ def test_a_new_event_is_taken_when_the_worker_is_woken_not_at_the_next_poll(
 
     async def scenario() -> None:
         async with opened_store(tmp_path, "f") as store:
-            async with started_worker(store, deliver) as worker:
+            async with started_worker(store.invocations, deliver) as worker:
                 await asyncio.sleep(0.1)  # idle: waiting for a wake-up
                 queued = event()
                 await store.invocations.insert(queued)
@@ -231,11 +202,8 @@ def test_stop_cancels_attempts_under_way_and_they_are_queued_again_at_the_next_s
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
-            queued = event()
-            await store.invocations.insert(queued)
-            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
-                                 lambda _: 1)
+        async with one_queued(tmp_path) as (store, queued):
+            worker = new_worker(store.invocations, deliver)
             worker.start()
             await asyncio.wait_for(started.wait(), GUARD)
             await asyncio.wait_for(worker.stop(), GUARD)
@@ -257,10 +225,8 @@ def test_cancel_ends_a_running_invocation_as_failed_with_the_reason(
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
-            queued = event()
-            await store.invocations.insert(queued)
-            async with started_worker(store, deliver) as worker:
+        async with one_queued(tmp_path) as (store, queued):
+            async with started_worker(store.invocations, deliver) as worker:
                 await asyncio.wait_for(started.wait(), GUARD)
                 await asyncio.wait_for(worker.cancel(queued.id, "replaced"), GUARD)
             ended = await store.invocations.get(queued.id)
@@ -303,9 +269,7 @@ def test_a_burst_is_stored_in_a_few_transactions_and_each_event_delivered_once(
     async def scenario() -> None:
         async with opened_store(tmp_path, "f") as store:
             table = Recording(store.invocations)
-            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 4)
-            worker.start()
-            try:
+            async with started_worker(table, deliver, limit=lambda _: 4) as worker:
                 burst = [event() for _ in range(50)]
                 assert await asyncio.gather(
                     *[worker.intake.submit(e, 0) for e in burst]) == [True] * 50
@@ -314,8 +278,6 @@ def test_a_burst_is_stored_in_a_few_transactions_and_each_event_delivered_once(
                 await until(lambda: asyncio.sleep(0, len(delivered) >= 50))
                 for queued in burst:
                     await until(lambda q=queued: status_is(store, q.id, "succeeded"))
-            finally:
-                await worker.stop()
             assert sorted(delivered) == sorted(e.id for e in burst)  # once each
             assert sum(table.inserted) == 50
             assert len([n for n in table.inserted if n]) <= 2, table.inserted
@@ -325,15 +287,10 @@ def test_a_burst_is_stored_in_a_few_transactions_and_each_event_delivered_once(
 
 def test_a_failed_cycle_stores_none_of_its_events_and_their_callers_hear_why(
         tmp_path: Path, clock: Clock) -> None:
-    async def deliver(inv: AsyncInvocation) -> Outcome:
-        return True, 200, b"{}", ""
-
     async def scenario() -> None:
         async with opened_store(tmp_path, "f") as store:
             table = Recording(store.invocations)
-            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 1)
-            worker.start()
-            try:
+            async with started_worker(table, succeed) as worker:
                 await asyncio.sleep(0.05)  # idle, waiting
                 table.fail_next = True
                 lost, kept = event(), event()
@@ -342,8 +299,6 @@ def test_a_failed_cycle_stores_none_of_its_events_and_their_callers_hear_why(
                 assert await worker.intake.submit(kept, 0)  # the next cycle works
                 await until(lambda: status_is(store, kept.id, "succeeded"))
                 assert await store.invocations.status(lost.id) == ""
-            finally:
-                await worker.stop()
 
     asyncio.run(scenario())
 
@@ -357,11 +312,8 @@ def test_a_clean_stop_writes_ended_attempts_so_the_next_start_delivers_nothing_a
         return True, 200, b'{"done": 1}', ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
-            queued = event()
-            await store.invocations.insert(queued)
-            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
-                                 lambda _: 1)
+        async with one_queued(tmp_path) as (store, queued):
+            worker = new_worker(store.invocations, deliver)
             worker.start()
             await asyncio.wait_for(ended.wait(), GUARD)
             await asyncio.sleep(0)  # the attempt has ended; its outcome may be unwritten
@@ -375,12 +327,9 @@ def test_a_clean_stop_writes_ended_attempts_so_the_next_start_delivers_nothing_a
 
 def test_after_stop_an_accepted_event_is_still_stored_before_the_answer(
         tmp_path: Path, clock: Clock) -> None:
-    async def deliver(inv: AsyncInvocation) -> Outcome:
-        return True, 200, b"{}", ""
-
     async def scenario() -> None:
         async with opened_store(tmp_path, "f") as store:
-            async with started_worker(store, deliver) as worker:
+            async with started_worker(store.invocations, succeed) as worker:
                 pass
             late = event()
             assert await worker.intake.submit(late, 0)  # no worker: written on its own
@@ -426,9 +375,7 @@ def test_a_wake_up_during_the_workers_store_call_is_not_lost(
     async def scenario() -> None:
         async with opened_store(tmp_path, "f") as store:
             table = Gated(store.invocations)
-            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 1)
-            worker.start()
-            try:
+            async with started_worker(table, deliver) as worker:
                 await asyncio.sleep(0.1)  # idle
                 table.gate.clear()
                 worker.wake()  # the worker goes into a store call and waits at the gate
@@ -438,8 +385,6 @@ def test_a_wake_up_during_the_workers_store_call_is_not_lost(
                 worker.wake()  # what an enqueue does, while the worker is in the store
                 table.gate.set()
                 await until(lambda: asyncio.sleep(0, delivered == [queued.id]))
-            finally:
-                await worker.stop()
 
     asyncio.run(scenario())
 
@@ -459,31 +404,26 @@ def test_an_ended_delivery_with_nothing_queued_is_written_by_the_flush_not_a_cyc
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
-            worker = AsyncWorker(store.invocations, deliver, lambda _: RetryPolicy(),
-                                 lambda _: 4)
-            worker.start()
-            try:
-                first, second = event(), event()
-                async with asyncio.timeout(2.0):  # far below GATHER_S
-                    assert await worker.intake.submit(first, 0)
-                    assert await worker.intake.submit(second, 0)
-                for e in (first, second):
-                    assert (await store.invocations.get(e.id)).status == "running"
-                await asyncio.sleep(0.05)
-                cycles = worker.cycles
-                gates.setdefault(first.id, asyncio.Event()).set()
-                await until(lambda: status_is_async(worker, first.id, "succeeded"))
-                await asyncio.sleep(0.1)
-                assert worker.cycles == cycles  # no cycle yet: the end waits for the flush
-                assert (await store.invocations.get(first.id)).status == "running"
-                await until(lambda: status_is(store, first.id, "succeeded"))
-                assert worker.cycles == cycles + 1
-                gates.setdefault(second.id, asyncio.Event()).set()  # the last one: at once
-                async with asyncio.timeout(0.2):  # (below FLUSH_S)
-                    await until(lambda: status_is(store, second.id, "succeeded"))
-            finally:
-                await worker.stop()
+        async with opened_store(tmp_path, "f") as store, \
+                started_worker(store.invocations, deliver, limit=lambda _: 4) as worker:
+            first, second = event(), event()
+            async with asyncio.timeout(2.0):  # far below GATHER_S
+                assert await worker.intake.submit(first, 0)
+                assert await worker.intake.submit(second, 0)
+            for e in (first, second):
+                assert (await store.invocations.get(e.id)).status == "running"
+            await asyncio.sleep(0.05)
+            cycles = worker.cycles
+            gates.setdefault(first.id, asyncio.Event()).set()
+            await until(lambda: status_is_async(worker, first.id, "succeeded"))
+            await asyncio.sleep(0.1)
+            assert worker.cycles == cycles  # no cycle yet: the end waits for the flush
+            assert (await store.invocations.get(first.id)).status == "running"
+            await until(lambda: status_is(store, first.id, "succeeded"))
+            assert worker.cycles == cycles + 1
+            gates.setdefault(second.id, asyncio.Event()).set()  # the last one: at once
+            async with asyncio.timeout(0.2):  # (below FLUSH_S)
+                await until(lambda: status_is(store, second.id, "succeeded"))
 
     asyncio.run(scenario())
 
@@ -501,9 +441,6 @@ def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
     monkeypatch.setattr(worker_module, "GATHER_S", 0.5)
     monkeypatch.setattr(worker_module, "POLL_S", 3600.0)
     stored: list[list[str]] = []
-
-    async def deliver(inv: AsyncInvocation) -> Outcome:
-        return True, 200, b"{}", ""
 
     class Gated:
         """The worker's cycles, recorded; while the gate is shut a cycle waits there first."""
@@ -529,9 +466,7 @@ def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
     async def scenario() -> None:
         async with opened_store(tmp_path, "f") as store:
             table = Gated(store.invocations)
-            worker = AsyncWorker(table, deliver, lambda _: RetryPolicy(), lambda _: 8)
-            worker.start()
-            try:
+            async with started_worker(table, succeed, limit=lambda _: 8) as worker:
                 first, second, third = event(), event(), event()
                 await asyncio.sleep(0.1)  # the start's cycle has run: idle
                 table.gate.clear()
@@ -545,7 +480,5 @@ def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
                 three = asyncio.create_task(worker.intake.submit(third, 0))
                 assert await asyncio.wait_for(two, GUARD) and await asyncio.wait_for(three, GUARD)
                 assert stored == [[first.id], [second.id, third.id]]
-            finally:
-                await worker.stop()
 
     asyncio.run(scenario())

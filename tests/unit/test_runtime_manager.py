@@ -262,6 +262,27 @@ def test_past_its_idle_timeout_an_instance_is_frozen_thawed_by_a_request_then_st
     run(scenario)
 
 
+def test_a_frozen_instance_of_a_pinned_version_is_counted_frozen() -> None:
+    """A pinned version's pool (vN.NAME) freezes its idle instances as the active one
+    does: the function's counts (the lambdad_instances gauge) must say so, not leave
+    them out because that version is not the live one."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, freeze_window=60, frozen_memory=64 << 20)
+        rt.manager.know(version("std", 1, idle_timeout_s=2))
+        rt.manager.register(version("std", 2, idle_timeout_s=2))
+        _, pinned = await rt.call("std", 1)
+        _age(rt, "std", 3)
+        await _tick(rt)
+        assert rt.docker.containers[pinned["container"]].paused  # frozen, not stopped
+        counts = rt.manager.counts("std")
+        assert (counts.running, counts.frozen, counts.paused, counts.busy) == (1, 1, 0, 0)
+        await rt.call("std")  # the live version's instance, idle: both counted
+        counts = rt.manager.counts("std")
+        assert (counts.running, counts.frozen) == (2, 1)
+
+    run(scenario)
+
+
 def test_with_no_freeze_window_an_idle_instance_stops_at_once() -> None:
     async def scenario(root: Path) -> None:
         rt = Runtime(root)
@@ -352,8 +373,7 @@ def test_shutdown_stops_every_instance_and_stem_cell() -> None:
         rt.save_artifact(v1)
         rt.manager.register(v1)
         rt.manager.register(version("box", runtime="docker"))
-        await rt.manager.reconcile()
-        await until(lambda: len(rt.manager.cells.ready_cells()) == 1)
+        await rt.cells_ready()
         await rt.call("box")
         await rt.call("fn")  # takes the cell; the pool starts another
         await until(lambda: len(rt.manager.cells.ready_cells()) == 1)

@@ -16,21 +16,13 @@ import pytest
 from lambdad.errors import InstanceFailed, Unavailable
 from lambdad.runtime.cells import CellClass
 from tests.support.fake_docker import RUNTIME_IMAGE_ID
-from tests.support.runtime import Runtime, run, until, version
-
-
-async def _ready_cells(rt: Runtime, count: int = 1) -> None:
-    await rt.manager.reconcile()  # cells start only once what a last run left is gone
-    await until(lambda: len(rt.manager.cells.ready_cells()) == count)
+from tests.support.runtime import Runtime, cell_runtime, run, until, version
 
 
 def test_a_version_with_an_artifact_starts_in_a_stem_cell() -> None:
     async def scenario(root: Path) -> None:
-        rt = Runtime(root, cells=1)
         v1 = version(timeout_s=7)
-        rt.save_artifact(v1)
-        rt.manager.register(v1)
-        await _ready_cells(rt)
+        rt = await cell_runtime(root, v1)
         [cell] = rt.docker.cells()
         assert cell.limits == CellClass.of(v1.config, RUNTIME_IMAGE_ID)
         plan = rt.manager.plan_start(v1)
@@ -53,12 +45,8 @@ def test_a_version_with_an_artifact_starts_in_a_stem_cell() -> None:
 
 def test_a_cold_request_takes_a_ready_cell_and_a_cell_of_another_size_is_resized() -> None:
     async def scenario(root: Path) -> None:
-        rt = Runtime(root, cells=1)
         small, big = version("small"), version("big", memory_mb=512)
-        for v in (small, big):
-            rt.save_artifact(v)
-        rt.manager.register(small)
-        await _ready_cells(rt)
+        rt = await cell_runtime(root, small, big)
         response, body = await rt.call("small")
         assert response.start == "cell" and response.cold_start and body["cell"] is True
         # The import's share of the start, as the runtime timed it (its POST /init answer).
@@ -79,12 +67,8 @@ def test_a_cell_of_another_size_is_resized_while_its_code_is_linked_in() -> None
     """The resize does not wait for the link, nor the link for the resize: the resize
     here lasts until the code is there, which a resize done first would never see."""
     async def scenario(root: Path) -> None:
-        rt = Runtime(root, cells=1)
         small, big = version("small"), version("big", memory_mb=512)
-        for v in (small, big):
-            rt.save_artifact(v)
-        rt.manager.register(small)
-        await _ready_cells(rt)
+        rt = await cell_runtime(root, small, big)
         resize = rt.docker.update_limits
         saw_code: list[bool] = []
 
@@ -112,12 +96,8 @@ def test_a_cold_start_cancelled_while_its_cell_is_prepared_waits_for_the_threads
     (threads, which go on regardless): the start ends only after them, then its cell and
     its code folder are removed; nothing of it is left behind."""
     async def scenario(root: Path) -> None:
-        rt = Runtime(root, cells=1)
         small, big = version("small"), version("big", memory_mb=512)
-        for v in (small, big):
-            rt.save_artifact(v)
-        rt.manager.register(small)
-        await _ready_cells(rt)
+        rt = await cell_runtime(root, small, big)
         [cell] = rt.docker.cells()
         resize = rt.docker.update_limits
         entered, release = threading.Event(), threading.Event()
@@ -159,7 +139,7 @@ def test_versions_a_cell_cannot_run_start_in_a_container_of_their_own() -> None:
         rt.save_artifact(old_image, image_id="sha256:" + "0" * 64)  # built on another image
         for v in (cellable, no_artifact, dockerfile, preload, old_image):
             rt.manager.register(v)
-        await _ready_cells(rt)
+        await rt.cells_ready()
         for v in (no_artifact, dockerfile, preload, old_image):
             plan = rt.manager.plan_start(v)
             assert plan.path == "container", v.function
@@ -244,7 +224,7 @@ def test_after_a_runtime_image_change_a_version_without_an_image_uses_the_new_ce
         rt.save_artifact(old)
         rt.manager.register(shared)
         rt.manager.register(old)
-        await _ready_cells(rt)
+        await rt.cells_ready()
         new_id = "sha256:" + "9" * 64
         rt.docker.image_ids["lambda-runtime/python:3.11"] = new_id
         await rt.manager._check_runtime_image()
@@ -264,11 +244,8 @@ def test_after_a_runtime_image_change_a_version_without_an_image_uses_the_new_ce
 
 def test_an_abandoned_plan_stops_its_cell() -> None:
     async def scenario(root: Path) -> None:
-        rt = Runtime(root, cells=1)
         v1 = version()
-        rt.save_artifact(v1)
-        rt.manager.register(v1)
-        await _ready_cells(rt)
+        rt = await cell_runtime(root, v1)
         [cell] = rt.docker.cells()
         rt.manager.abandon(rt.manager.plan_start(v1))
         await until(lambda: cell.id not in rt.docker.containers)
@@ -285,10 +262,8 @@ def test_reconcile_adopts_answering_instances_of_active_versions_and_removes_the
         v2 = version(number=2)
         rt.manager.register(v2)
         leftover = rt.docker.leftover
-        kept = await leftover("fn", 2, "a00000000001", rt.instances_dir)
-        rt.mark_loaded("a00000000001", "fn", 2)
-        cell_kept = await leftover("fn", 2, "a00000000002", rt.instances_dir, cell=True)
-        rt.mark_loaded("a00000000002", "fn", 2)
+        kept = await rt.loaded_leftover("fn", 2, "a00000000001")
+        cell_kept = await rt.loaded_leftover("fn", 2, "a00000000002", cell=True)
         old = await leftover("fn", 1, "b00000000001", rt.instances_dir)
         stopped = await leftover("fn", 2, "b00000000002", rt.instances_dir, running=False)
         gone = await leftover("deleted", 1, "b00000000003", rt.instances_dir)
@@ -321,8 +296,7 @@ def test_a_paused_leftover_is_adopted_paused_and_thawed_by_its_first_request() -
     async def scenario(root: Path) -> None:
         rt = Runtime(root)
         rt.manager.register(version())
-        frozen = await rt.docker.leftover("fn", 1, "a00000000001", rt.instances_dir)
-        rt.mark_loaded("a00000000001")
+        frozen = await rt.loaded_leftover("fn", 1, "a00000000001")
         rt.docker.pause(frozen.id)
         await until(lambda: frozen.paused)
         assert await rt.manager.reconcile() == (1, 0)
@@ -343,8 +317,8 @@ def test_a_leftover_whose_folder_holds_more_than_its_socket_is_removed() -> None
     async def scenario(root: Path) -> None:
         rt = Runtime(root)
         rt.manager.register(version())
-        hostile = await rt.docker.leftover("fn", 1, "c00000000001", rt.instances_dir)
-        rt.mark_loaded("c00000000001")  # loaded: refused for its folder alone
+        # Loaded: refused for its folder alone.
+        hostile = await rt.loaded_leftover("fn", 1, "c00000000001")
         (rt.instances_dir / "c00000000001" / "link").symlink_to("/var/run/docker.sock")
         assert await rt.manager.reconcile() == (0, 1)
         assert rt.docker.removed == [hostile.id] and rt.folders() == []
@@ -378,8 +352,7 @@ def test_a_standard_container_killed_before_its_code_loaded_is_replaced_not_adop
         leftover = rt.docker.leftover
         unloaded = await leftover("fn", 1, "a00000000001", rt.instances_dir)
         unloaded.initialized = False  # its runtime answers, NotInitialized
-        loaded = await leftover("fn", 1, "a00000000002", rt.instances_dir)
-        rt.mark_loaded("a00000000002")
+        loaded = await rt.loaded_leftover("fn", 1, "a00000000002")
         other = await leftover("fn", 1, "a00000000003", rt.instances_dir)
         rt.mark_loaded("a00000000003", "fn", 2)  # another version's file: not its own
         # A Dockerfile function has no POST /init: adopted by its socket as before.

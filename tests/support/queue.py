@@ -1,0 +1,69 @@
+"""The async queue's worker on a real Store (tests/support/store.py), for unit tests of its
+delivery: events at a fixed time, a worker started and always stopped, and the set-up of
+one queued event that most of them begin with."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from lambdad.queue import AsyncInvocation, AsyncWorker, RetryPolicy
+from lambdad.queue.worker import Outcome
+from lambdad.store import Store
+from tests.support.store import opened_store
+
+T0 = 1_000_000.0  # the time a test's clock starts at, and its events are created at
+
+Deliver = Callable[[AsyncInvocation], Awaitable[Outcome]]
+
+
+class Clock:
+    """Stands in for the worker's `time` module: the time moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def time(self) -> float:
+        return self.now
+
+
+def event(function: str = "f", payload: bytes = b'{"n": 1}') -> AsyncInvocation:
+    return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=payload,
+                           source="api", status="queued", attempts=0, created_at=T0,
+                           next_attempt_at=T0)
+
+
+async def succeed(inv: AsyncInvocation) -> Outcome:
+    """A delivery that succeeds at once with an empty JSON object."""
+    return True, 200, b"{}", ""
+
+
+def new_worker(table: Any, deliver: Deliver, *, policy: RetryPolicy | None = None,
+               limit: Callable[[str], int] = lambda _: 1) -> AsyncWorker:
+    """A worker (not started) on `table`: a store's invocations or a wrapper of them."""
+    return AsyncWorker(table, deliver, lambda _: policy or RetryPolicy(), limit)
+
+
+@contextlib.asynccontextmanager
+async def started_worker(table: Any, deliver: Deliver, *, policy: RetryPolicy | None = None,
+                         limit: Callable[[str], int] = lambda _: 1
+                         ) -> AsyncIterator[AsyncWorker]:
+    """A started worker on `table`, stopped on the way out whatever the test did."""
+    worker = new_worker(table, deliver, policy=policy, limit=limit)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+@contextlib.asynccontextmanager
+async def one_queued(folder: Path) -> AsyncIterator[tuple[Store, AsyncInvocation]]:
+    """An open store in `folder` with function "f" and one event of it queued."""
+    async with opened_store(folder, "f") as store:
+        queued = event()
+        await store.invocations.insert(queued)
+        yield store, queued
