@@ -8,8 +8,9 @@ real lambdad and its gateway: the zygote is the snapshot.
   request, in the order of registration;
 - their time: Server-Timing `hooks;dur=` after `import;dur=` within `init;dur=`, and the first
   REPORT's Before Snapshot Duration within its Init Duration;
-- a before-snapshot hook that raises fails the init (502, INIT_REPORT's Error Type
-  Runtime.BeforeSnapshotError, the traceback in the logs); an after-restore hook that raises
+- a before-snapshot hook that raises fails the init (the deploy fails with its error, as
+  Lambda's publish does; INIT_REPORT's Error Type Runtime.BeforeSnapshotError, the traceback
+  in the logs; the live version serves on); an after-restore hook that raises
   fails that worker's first request (Runtime.AfterRestoreError, the traceback under that
   request) and the worker exits: the next request gets a new worker.
 """
