@@ -21,6 +21,11 @@ round takes the next name with no container left and measures:
 Then a burst of N requests (default 100) at the warm instance (one instance, concurrency 50),
 each on its own connection; baseline: sequential warm requests.
 
+fastapi-nohook is functions/fastapi-mangum without its before-snapshot hook (the warm-up
+in the zygote), deployed from a copy: the hook's effect, measured in the same run.
+LAMBDA_BENCH_RUNTIME_IMAGE=<tag> runs the group's lambdad with that runtime image (a runtime
+built under its own tag: `make runtime-image RUNTIME_IMAGE=<tag>`).
+
 Traffic goes to the gateway on 127.0.0.1 only. Targets are printed as PASS/MISS, never
 asserted. See docs/performance.md, "Issue 17".
 """
@@ -30,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -77,10 +84,14 @@ class App:
     source: Path
     path: str
     expected: bytes
+    without: str = ""  # deployed from a copy of source without this text (it must be there)
 
 
 APPS = (
     App("fastapi", ROOT / "functions" / "fastapi-mangum", "/items/1", b'"hammer"'),
+    # The same app without its warm-up hook: what the hook changes, in the same run.
+    App("fastapi-nohook", ROOT / "functions" / "fastapi-mangum", "/items/1", b'"hammer"',
+        without="@register_before_snapshot\n"),
     App("greet", ROOT / "functions" / "greet", "/?name=World", b"Hello, World!"),
 )
 
@@ -193,6 +204,7 @@ class _Samples:
     cold_starts: Counter[str] = field(default_factory=Counter)
     inits: list[float] = field(default_factory=list)
     imports: list[float] = field(default_factory=list)
+    hooks: list[float] = field(default_factory=list)  # before-snapshot hooks (in init)
     overheads: list[float] = field(default_factory=list)
     fresh: list[int] = field(default_factory=list)  # requests served by a new worker
     warm: list[int] = field(default_factory=list)  # the next request after each
@@ -223,10 +235,12 @@ def _round(daemon: BenchDaemon, docker: Containers, procs: Processes, app: App, 
     s.cold_ns.append(cold.ns)
     s.cold_starts[cold.start or "(none)"] += 1
     init, imported = cold.timing.get("init"), cold.timing.get("import")
+    hooks = cold.timing.get("hooks", 0.0)  # the function's own warm-up, after its import
     if init is not None and imported is not None:
         s.inits.append(init)
         s.imports.append(imported)
-        s.overheads.append(appstats.from_zero_overhead(init, imported))
+        s.hooks.append(hooks)
+        s.overheads.append(appstats.from_zero_overhead(init, imported + hooks))
     found: list[str] = []
 
     def one_instance() -> bool:  # a specialized cell is renamed just after it answered
@@ -345,6 +359,7 @@ def _summarize(app: App, s: _Samples, report: AppsReport) -> dict[str, Any]:
     overhead = statistics.median(s.overheads) if s.overheads else float("nan")
     imp = statistics.median(s.imports) if s.imports else float("nan")
     init = statistics.median(s.inits) if s.inits else float("nan")
+    hooks = statistics.median(s.hooks) if s.hooks else float("nan")
     if s.imports:
         report.results.append(Result(
             name=f"{key}: from zero", what=f"first GET {app.path} at zero instances, to the "
@@ -354,12 +369,14 @@ def _summarize(app: App, s: _Samples, report: AppsReport) -> dict[str, Any]:
             notes=["baseline: the runtime's own timing of the handler's import, from the "
                    "same responses' Server-Timing import;dur"]))
     report.verdicts.append(
-        f"{key}: from zero, init - import p50 {overhead:.1f} ms (import p50 {imp:.1f} ms, "
-        f"init {init:.1f} ms; target overhead <= {appstats.MAX_FROM_ZERO_OVERHEAD_MS:g} ms) "
+        f"{key}: from zero, init - import - hooks p50 {overhead:.1f} ms (import p50 "
+        f"{imp:.1f} ms, before-snapshot hooks {hooks:.1f} ms, init {init:.1f} ms; target "
+        f"overhead <= {appstats.MAX_FROM_ZERO_OVERHEAD_MS:g} ms) "
         f"{verdict(bool(s.overheads) and overhead <= appstats.MAX_FROM_ZERO_OVERHEAD_MS)}")
     cold_p50 = statistics.median(s.cold_ns) / 1e6
     fig["from_zero"] = {"n": len(s.cold_ns), "p50_ms": round(cold_p50, 2),
                         "init_p50_ms": round(init, 2), "import_p50_ms": round(imp, 2),
+                        "hooks_p50_ms": round(hooks, 2),
                         "overhead_p50_ms": round(overhead, 2),
                         "overhead_max_ms": round(max(s.overheads), 2) if s.overheads else None,
                         "served": dict(s.cold_starts)}
@@ -468,19 +485,36 @@ def _summarize(app: App, s: _Samples, report: AppsReport) -> dict[str, Any]:
     return fig
 
 
+def _source(app: App, copies: Path) -> Path:
+    """The folder to deploy: app.source, or a copy of it without app.without."""
+    if not app.without:
+        return app.source
+    folder = copies / app.key
+    shutil.copytree(app.source, folder)
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        if app.without in text:
+            path.write_text(text.replace(app.without, ""))
+            return folder
+    raise ColdBenchError(f"{app.key}: {app.without!r} is not in {app.source}'s code")
+
+
 def bench_apps(report: AppsReport, *, rounds: int, burst: int, pool_size: int,
                wheelhouse: Path) -> None:
     """Runs the group in a lambdad of its own (a freeze window); removes it all after."""
     if os.geteuid() != 0:
         raise ColdBenchError("the apps group reads the instances' /proc/<pid>/smaps_rollup and "
                              "stops their workers (SIGSTOP) from the host: run it as root")
+    image = os.environ.get("LAMBDA_BENCH_RUNTIME_IMAGE", "")
     daemon = BenchDaemon(extra_args=["--cell-pool-size", str(pool_size),
                                      "--freeze-window", str(FREEZE_WINDOW_S),
-                                     "--wheelhouse", str(wheelhouse)])
+                                     "--wheelhouse", str(wheelhouse),
+                                     *(["--runtime-image", image] if image else [])])
     started = time.monotonic()
+    copies = Path(tempfile.mkdtemp(prefix="bench-apps-"))
     try:
         print(f"  apps: own lambdad (--freeze-window {FREEZE_WINDOW_S}, state "
-              f"{daemon.state_dir})", flush=True)
+              f"{daemon.state_dir}, runtime image {image or 'default'})", flush=True)
         daemon.start()
         docker = Containers(daemon)
         procs = Processes(daemon)
@@ -488,8 +522,9 @@ def bench_apps(report: AppsReport, *, rounds: int, burst: int, pool_size: int,
             names = [f"bench-app-{app.key}-{i}" for i in range(2)]
             print(f"  apps: {app.key}: deploying {', '.join(names)} ({' '.join(SCALING)})",
                   flush=True)
+            source = _source(app, copies)
             for name in names:
-                deploy(daemon, app.source, name, *SCALING)
+                deploy(daemon, source, name, *SCALING)
             samples = _Samples()
             last = -1
             for n in range(1, rounds + 1):
@@ -504,6 +539,7 @@ def bench_apps(report: AppsReport, *, rounds: int, burst: int, pool_size: int,
             figures["burst"] = _burst(daemon, docker, procs, app, names[last], burst, report)
             report.figures["apps"][app.key] = figures
     finally:
+        shutil.rmtree(copies, ignore_errors=True)
         removed = daemon.close()
         containers = [r for r in removed if r.startswith("container ")]
         report.lines.append(f"clean-up: the group's lambdad stopped after "

@@ -241,14 +241,19 @@ def _is_async_generator(body: object) -> bool:
 def _server_timing(total_ms: float, response: InvocationResponse) -> bytes:
     """`Server-Timing` as browsers' devtools show it: our share, the function's, and on a
     cold start its `init` (the whole start, as lambdad timed it) and, within it, `import`
-    (the function's code loading, as its runtime timed it): init minus import is
+    (the function's code loading, as its runtime timed it) and `hooks` (its before-snapshot
+    hooks, run after the import: snapshot_restore_py): init minus import minus hooks is
     lambdad's share of a cold start (a cell taken, the code linked, POST /init's way)."""
     function_ms, init_ms = response.function_ms, response.init_ms
     gateway_ms = max(0.0, total_ms - function_ms - init_ms)
     if not init_ms:
         return b"gateway;dur=%.2f, function;dur=%.2f" % (gateway_ms, function_ms)
     if response.import_ms:
-        return b"gateway;dur=%.2f, function;dur=%.2f, init;dur=%.2f, import;dur=%.2f" % (
-            gateway_ms, function_ms, init_ms, min(response.import_ms, init_ms))
+        import_ms = min(response.import_ms, init_ms)
+        timing = b"gateway;dur=%.2f, function;dur=%.2f, init;dur=%.2f, import;dur=%.2f" % (
+            gateway_ms, function_ms, init_ms, import_ms)
+        if response.hooks_ms:
+            timing += b", hooks;dur=%.2f" % min(response.hooks_ms, init_ms - import_ms)
+        return timing
     return b"gateway;dur=%.2f, function;dur=%.2f, init;dur=%.2f" % (
         gateway_ms, function_ms, init_ms)

@@ -123,6 +123,7 @@ class Forwarder:
                 function_ms=(loop.time() - sent_at) * 1000,
                 init_ms=instance.init_ms if start in ("cell", "container") else 0.0,
                 import_ms=instance.import_ms if start in ("cell", "container") else 0.0,
+                hooks_ms=instance.hooks_ms if start in ("cell", "container") else 0.0,
                 content=content,
             )
         raise Unavailable(f"no instance of {name!r} could take the request")

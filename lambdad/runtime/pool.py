@@ -50,6 +50,7 @@ class Instance:
     folder: InstanceFolder  # its socket folder, STATE/i/<id>: every connection goes through it
     init_ms: float = 0.0  # its start as lambdad timed it, import included
     import_ms: float = 0.0  # the import alone, as its runtime timed it (POST /init's answer)
+    hooks_ms: float = 0.0  # the before-snapshot hooks after the import (the same answer)
     idle: list[UpstreamConnection] = field(default_factory=list)
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)

@@ -37,10 +37,11 @@ class Readiness:
     async def load(
         self, version: FunctionVersion, folder: InstanceFolder, container_id: str,
         conn: UpstreamConnection | None,
-    ) -> tuple[UpstreamConnection | None, float]:
+    ) -> tuple[UpstreamConnection | None, float, float]:
         """POST /init: the runtime imports the version's handler with its environment.
-        Returns the connection when it can be reused (closes it on failure), and how long
-        the import took as the runtime measured it (ms; its REPORT's Init Duration)."""
+        Returns the connection when it can be reused (closes it on failure), how long the
+        import took as the runtime measured it (ms), and how long the function's
+        before-snapshot hooks took after it (ms; the two make its REPORT's Init Duration)."""
         name = f"{version.function} v{version.number}"
         try:
             if conn is None or not conn.is_fresh:
@@ -73,11 +74,12 @@ class Readiness:
         except BaseException:
             conn.close()
             raise
-        import_ms = init_duration(reply)
+        loaded_ms = init_duration(reply)
+        hooks_ms = min(hooks_duration(reply), loaded_ms)
         if conn.recycle():
-            return conn, import_ms
+            return conn, loaded_ms - hooks_ms, hooks_ms
         conn.close()
-        return None, import_ms
+        return None, loaded_ms - hooks_ms, hooks_ms
 
     async def wait_socket(
         self, folder: InstanceFolder, container_id: str, what: str, memory_mb: int
@@ -124,10 +126,21 @@ class Readiness:
 
 
 def init_duration(reply: bytes) -> float:
-    """The import's duration from the runtime's answer to POST /init, `{"initDurationMs":
-    605.2}`; 0 when it does not say (a runtime image older than that answer)."""
+    """The load's duration from the runtime's answer to POST /init, `{"initDurationMs":
+    605.2}` (the import and the before-snapshot hooks); 0 when it does not say (a runtime
+    image older than that answer)."""
+    return _duration(reply, "initDurationMs")
+
+
+def hooks_duration(reply: bytes) -> float:
+    """The before-snapshot hooks' share of it, `"hooksDurationMs": 40.1`; 0 when none ran
+    (or the runtime image is older than the hooks)."""
+    return _duration(reply, "hooksDurationMs")
+
+
+def _duration(reply: bytes, key: str) -> float:
     try:  # parse_json: nesting past the recursion limit is InvalidArgument too
-        value = parse_json(reply, "the runtime's /init answer")["initDurationMs"]
+        value = parse_json(reply, "the runtime's /init answer")[key]
     except (InvalidArgument, KeyError, TypeError):
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:

@@ -213,7 +213,7 @@ class Starter:
             )
             self._notify(instance, "connected")  # its socket answers: the log channel opens
             if standard:
-                conn, instance.import_ms = await self._readiness.load(
+                conn, instance.import_ms, instance.hooks_ms = await self._readiness.load(
                     version, folder, container_id, conn)
                 # Loaded: a restart adopts it by this owner file, as a specialized cell,
                 # never while its code is not loaded (a kill -9 before POST /init ended).
@@ -285,7 +285,7 @@ class Starter:
                     raise outcome
             self._notify(instance, "started")
             self._notify(instance, "connected")  # what the cell kept since its start comes
-            conn, instance.import_ms = await self._readiness.load(
+            conn, instance.import_ms, instance.hooks_ms = await self._readiness.load(
                 version, cell.folder, cell.container_id, conn)
             # Whose it is, once its code is loaded: a restart adopts it by this, never a
             # cell that would answer NotInitialized. (Outside the folders the container

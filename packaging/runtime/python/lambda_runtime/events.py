@@ -58,6 +58,14 @@ class LogChannelOff(RuntimeFault):
     status = 404
 
 
+class AfterRestoreError(RuntimeFault):
+    """A worker's after-restore hook raised (snapshot_restore_py): its first request fails,
+    as the function's error (like a crash: 502, Lambda-Function-Error: Unhandled)."""
+
+    error_type = "Runtime.AfterRestoreError"
+    status = 502
+
+
 class InvalidPayload(RuntimeFault):
     error_type = "Runtime.InvalidPayload"
     status = 400

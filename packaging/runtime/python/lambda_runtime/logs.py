@@ -126,8 +126,10 @@ def end_lines(
     max_used_mb: int,
     init_ms: float | None = None,
     start: str = "",
+    hooks_ms: float = 0.0,
 ) -> bytes:
-    """END and REPORT, in one write."""
+    """END and REPORT, in one write. The first REPORT's Init Duration includes the
+    before-snapshot hooks, as on Lambda; their share follows it when there were any."""
     report = (
         f"REPORT RequestId: {request_id}\tDuration: {elapsed_ns / 1e6:.2f} ms"
         f"\tBilled Duration: {-(-elapsed_ns // 1_000_000)} ms"
@@ -135,6 +137,8 @@ def end_lines(
     )
     if init_ms is not None:
         report += f"\tInit Duration: {init_ms:.2f} ms"
+        if hooks_ms:
+            report += f"\tBefore Snapshot Duration: {hooks_ms:.2f} ms"
     if start:
         report += f"\tStart: {_clean(start)}"
     return f"END RequestId: {request_id}\n{report}\n".encode()

@@ -437,7 +437,8 @@ class Worker:
 class Job:
     """One request on its way through a worker."""
 
-    __slots__ = ("conn", "init_ms", "message", "request", "request_id", "start", "started_ns")
+    __slots__ = ("conn", "hooks_ms", "init_ms", "message", "request", "request_id", "start",
+                 "started_ns")
 
     def __init__(self, conn: Conn, request: http1.Request, message: bytes, request_id: str,
                  start: str) -> None:
@@ -447,6 +448,7 @@ class Job:
         self.request_id = request_id
         self.start = start
         self.init_ms: float | None = None
+        self.hooks_ms = 0.0  # of init_ms, the before-snapshot hooks'
         self.started_ns = 0
 
 
@@ -508,6 +510,14 @@ class Loop:
             import traceback
 
             print(f"[ERROR] runtime: {traceback.format_exc()}", end="", file=sys.stderr)
+
+
+def hooks_duration(value: object, init_ms: float) -> float:
+    """The zygote's before-snapshot hooks' time (ms) as it claims it, within 0..init_ms: the
+    zygote runs the function's code, so its word is bounded by what the supervisor timed."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return 0.0
+    return min(float(value), init_ms)
 
 
 def describe_exit(status: int | None, oom: bool, memory_mb: int) -> tuple[str, str]:
@@ -613,6 +623,7 @@ class Supervisor:
         self.memory_mb = 128
         self._configure(env)
         self.init_ms: float | None = None  # reported by the first REPORT only
+        self.hooks_ms = 0.0  # of which the before-snapshot hooks (snapshot_restore_py)
         self.listener: socket.socket | None = None
         self.outside_only = os.getpid() == 1
         self.fatal_code: int | None = None
@@ -943,12 +954,14 @@ class Supervisor:
         if answer["ok"]:
             self.state = "ready"
             self.init_ms = init_ms
+            self.hooks_ms = hooks_duration(answer.get("hooksMs"), init_ms)
             self.init_result = {"ok": True, "ms": init_ms}
             self._start_worker()  # the first worker, before the first request asks
             if conn_request is not None:
                 conn, request = conn_request
                 self._respond(conn, request, 200, _JSON_HEADERS, events.json.dumps(
-                    {"initDurationMs": round(init_ms, 2)}).encode())
+                    {"initDurationMs": round(init_ms, 2),
+                     "hooksDurationMs": round(self.hooks_ms, 2)}).encode())
             return
         self.state = "failed"
         error_type = answer.get("type")
@@ -1054,6 +1067,7 @@ class Supervisor:
         worker.state = "busy"
         worker.job = job
         job.init_ms, self.init_ms = self.init_ms, None
+        job.hooks_ms, self.hooks_ms = self.hooks_ms, 0.0
         worker.pipes.begin(job.request_id.encode("ascii") + b"\t",
                            logs.start_line(job.request_id, self.version))
         job.started_ns = time.perf_counter_ns()
@@ -1126,7 +1140,7 @@ class Supervisor:
         self._respond(job.conn, job.request, status, checked, body)
         worker.pipes.end(((OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb,
                                                worker.peak_mb(elapsed), job.init_ms,
-                                               job.start)),))
+                                               job.start, job.hooks_ms)),))
         worker.job = None
         worker.state = "idle"
         self.pool.idle.append(worker)
@@ -1166,7 +1180,7 @@ class Supervisor:
         worker.pipes.end((
             (ERR, logs.in_request(job.request_id, f"{message}\n{error_type}")),
             (OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb, worker.peak_mb(),
-                                 job.init_ms, job.start)),
+                                 job.init_ms, job.start, job.hooks_ms)),
         ))
         self.pool.live -= 1
         self._drop(worker)

@@ -20,6 +20,21 @@ Fork rules (docs/architecture.md says the same to function authors):
 - `random` reseeds in each fork (Python does so); other generators seeded at import repeat;
 - memory is copy-on-write: REPORT's Max Memory Used is the worker's own peak, shared
   pages included.
+
+Runtime hooks (snapshot_restore_py, Lambda SnapStart's API; the module is in the runtime
+image): the zygote is the "snapshot". Before-snapshot hooks run once per instance in the
+zygote, after the import and before the first fork (reverse order of registration), so what
+they compute or warm (lazy imports, routes, caches, compiled validators) is inherited by every
+worker copy-on-write instead of being paid on each worker's first request; their time is part
+of the init (REPORT's Init Duration, Server-Timing `init`) and shown apart as `hooks`. They
+follow the fork rules above: no threads, sockets, connections or event loops left open for the
+workers (close what a warm-up opened), and no side effects outside the process (a warm-up
+request must not write anything), since the same hooks run again in every new instance.
+After-restore hooks run in each worker right after its fork, before its first request
+(registration order): the place to reopen connections, reseed generators, start threads.
+A before-snapshot hook that raises fails the init (Runtime.BeforeSnapshotError); an
+after-restore hook that raises fails that worker's first request (Runtime.AfterRestoreError)
+and the worker exits (the next request gets a new worker, which runs the hooks again).
 """
 
 from __future__ import annotations
@@ -44,8 +59,11 @@ if TYPE_CHECKING:
 # The init errors the supervisor reports; anything else a broken zygote claims is unknown.
 LOAD_ERRORS = frozenset({
     "Runtime.MalformedHandlerName", "Runtime.UserCodeSyntaxError",
-    "Runtime.ImportModuleError", "Runtime.HandlerNotFound",
+    "Runtime.ImportModuleError", "Runtime.HandlerNotFound", "Runtime.BeforeSnapshotError",
 })
+# The runtime hooks' registry (Lambda SnapStart's module name): the runtime image's copy, or
+# the PyPI package if the function vendors it; only read if the function's code imported it.
+HOOKS_MODULE = "snapshot_restore_py"
 # The kernel's OOM killer should pick a worker before the zygote, and either before the
 # supervisor (an unprivileged process can raise its score, not lower it below 0).
 ZYGOTE_OOM_SCORE = 200
@@ -227,8 +245,12 @@ def zygote_main(ctl_fd: int, init: dict[str, Any] | None = None) -> NoReturn:
             print(f"[WARNING] cannot restart the zygote with its environment: {exc}",
                   file=sys.stderr)
     started = time.monotonic()
+    hooks_ms = 0.0
     try:
         handler, contexts = _initialize(init)
+        imported = time.monotonic()
+        if run_before_snapshot():  # none registered: no hooks to show in REPORT
+            hooks_ms = (time.monotonic() - imported) * 1000
     except HandlerLoadError as exc:
         print(exc, file=sys.stderr)
         if exc.__cause__ is not None:
@@ -237,7 +259,7 @@ def zygote_main(ctl_fd: int, init: dict[str, Any] | None = None) -> NoReturn:
         _reply(ctl, {"ok": False, "type": exc.error_type, "message": exc.message})
         os._exit(1)
     cstdio.flush()
-    _reply(ctl, {"ok": True, "ms": (time.monotonic() - started) * 1000})
+    _reply(ctl, {"ok": True, "ms": (time.monotonic() - started) * 1000, "hooksMs": hooks_ms})
     import gc
 
     while True:
@@ -300,6 +322,50 @@ def _initialize(init: dict[str, Any]) -> tuple[Handler, ContextFactory]:
     return handler, ContextFactory(dict(os.environ))
 
 
+def registered_hooks(getter: str) -> list[tuple[Callable[..., Any], tuple[Any, ...],
+                                                 dict[str, Any]]]:
+    """The hooks the function registered through snapshot_restore_py's `getter` (none if
+    its code never imported the module); malformed entries are the function's error."""
+    module = sys.modules.get(HOOKS_MODULE)
+    get = getattr(module, getter, None) if module is not None else None
+    if get is None:
+        return []
+    return [(func, tuple(args), dict(kwargs)) for func, args, kwargs in get()]
+
+
+def _hook_name(func: object) -> str:
+    return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+               or repr(func))
+
+
+def _run_hooks(getter: str, error_type: str, what: str, reverse: bool) -> int:
+    try:
+        hooks = registered_hooks(getter)
+    except Exception as exc:
+        raise HandlerLoadError(error_type, f"cannot read the {what} hooks: {exc}") from exc
+    for func, args, kwargs in reversed(hooks) if reverse else hooks:
+        try:
+            func(*args, **kwargs)
+        except BaseException as exc:  # SystemExit too: the hooks did not finish
+            raise HandlerLoadError(
+                error_type, f"{what} hook '{_hook_name(func)}' failed: "
+                f"{type(exc).__name__}: {exc}") from exc
+    return len(hooks)
+
+
+def run_before_snapshot() -> int:
+    """The zygote's before-snapshot hooks, in the reverse order of registration (Lambda's);
+    how many ran."""
+    return _run_hooks("get_before_snapshot", "Runtime.BeforeSnapshotError", "before-snapshot",
+                      True)
+
+
+def run_after_restore() -> int:
+    """A new worker's after-restore hooks, in the order of registration (Lambda's); how
+    many ran."""
+    return _run_hooks("get_after_restore", "Runtime.AfterRestoreError", "after-restore", False)
+
+
 def _spawn(ctl: socket.socket, fds: list[int], handler: Handler, contexts: ContextFactory,
            cstdio: _CStdio) -> None:
     """Forks twice, so the worker's parent becomes the supervisor (a subreaper, or PID 1)
@@ -334,12 +400,31 @@ def _worker(ctl: socket.socket, fds: list[int], handler: Handler, contexts: Cont
         ctl.close()  # the zygote's channel is not a worker's business
         _set_oom_score(WORKER_OOM_SCORE)
         _fresh_event_loop()
+        restore_error: HandlerLoadError | None = None
+        try:
+            run_after_restore()
+        except HandlerLoadError as exc:
+            restore_error = exc
         chan = socket.socket(fileno=chan_fd)
         chan.sendall(channel.HELLO.pack(os.getpid()))
+        if restore_error is not None:
+            _fail_restore(chan, restore_error, cstdio)
         _serve(chan, handler, contexts, cstdio)
     except BaseException:
         pass
     os._exit(0)
+
+
+def _fail_restore(chan: socket.socket, exc: HandlerLoadError, cstdio: _CStdio) -> NoReturn:
+    """Fails the worker's first request with the after-restore hook's error (as Lambda fails
+    the invocation whose restore failed), its traceback in that request's logs; then exits."""
+    if _read_request(chan) is not None:
+        print(f"[ERROR] {exc}", file=sys.stderr)
+        if exc.__cause__ is not None:
+            print(format_exception(exc.__cause__), end="", file=sys.stderr)
+        cstdio.flush()
+        chan.sendall(_error_reply(events.AfterRestoreError(exc.message), function_error=True))
+    os._exit(1)
 
 
 def _fresh_event_loop() -> None:
@@ -372,22 +457,30 @@ def _fresh_event_loop() -> None:
     loop._default_executor = None  # its threads were not forked
 
 
+def _read_request(chan: socket.socket) -> bytes | None:
+    """The next request's payload; None once the supervisor closed the channel."""
+    data = chan.recv(RECV_SIZE)  # usually the whole request
+    if len(data) < channel.LENGTH.size:
+        rest = _recv_exact(chan, channel.LENGTH.size - len(data)) if data else None
+        if rest is None:
+            return None  # the supervisor closed the channel: this worker is done
+        data += rest
+    size = channel.LENGTH.unpack(data[:channel.LENGTH.size])[0]
+    payload = data[channel.LENGTH.size:]
+    if len(payload) < size:
+        rest = _recv_exact(chan, size - len(payload))
+        if rest is None:
+            return None
+        payload += rest
+    return payload
+
+
 def _serve(chan: socket.socket, handler: Handler, contexts: ContextFactory,
            cstdio: _CStdio) -> None:
     while True:
-        data = chan.recv(RECV_SIZE)  # usually the whole request
-        if len(data) < channel.LENGTH.size:
-            rest = _recv_exact(chan, channel.LENGTH.size - len(data)) if data else None
-            if rest is None:
-                return  # the supervisor closed the channel: this worker is done
-            data += rest
-        size = channel.LENGTH.unpack(data[:channel.LENGTH.size])[0]
-        payload = data[channel.LENGTH.size:]
-        if len(payload) < size:
-            rest = _recv_exact(chan, size - len(payload))
-            if rest is None:
-                return
-            payload += rest
+        payload = _read_request(chan)
+        if payload is None:
+            return
         reply = _invoke(handler, contexts, cstdio, channel.decode_request(payload))
         cstdio.flush()  # the request's output is in the pipes before its reply
         chan.sendall(reply)
