@@ -7,7 +7,8 @@ stream). Every line it writes there is one of:
     END RequestId: <id>                                              a frame (stdout)
     REPORT RequestId: <id>\\tDuration: <ms.2f> ms\\tBilled Duration: <ceil ms> ms\\t
         Memory Size: <MB> MB\\tMax Memory Used: <MB> MB[\\tInit Duration: <ms.2f> ms]
-        [\\tStart: warm|cell|unpaused|container]                       a frame (stdout)
+        [\\tStart: warm|cell|unpaused|container][\\tMemory Wait: <ms.2f> ms]
+                                                                     a frame (stdout)
     INIT_REPORT Init Duration: <ms.2f> ms\\tPhase: init\\tStatus: error\\tError Type: <type>
                                                                      a frame (stderr)
     <id>\\t<text>      text a worker wrote (stdout or stderr) while it served request <id>
@@ -126,8 +127,10 @@ def end_lines(
     max_used_mb: int,
     init_ms: float | None = None,
     start: str = "",
+    memory_wait_ms: float | None = None,
 ) -> bytes:
-    """END and REPORT, in one write."""
+    """END and REPORT, in one write. `memory_wait_ms`: how long the request waited for a
+    worker because the instance's memory held no more (Duration does not include it)."""
     report = (
         f"REPORT RequestId: {request_id}\tDuration: {elapsed_ns / 1e6:.2f} ms"
         f"\tBilled Duration: {-(-elapsed_ns // 1_000_000)} ms"
@@ -137,6 +140,8 @@ def end_lines(
         report += f"\tInit Duration: {init_ms:.2f} ms"
     if start:
         report += f"\tStart: {_clean(start)}"
+    if memory_wait_ms is not None:
+        report += f"\tMemory Wait: {memory_wait_ms:.2f} ms"
     return f"END RequestId: {request_id}\n{report}\n".encode()
 
 
