@@ -557,10 +557,19 @@ class _OomCounter:
         return 0
 
     def new_kill(self) -> bool:
+        """Whether an OOM kill is not yet blamed on a worker: each kill is claimed once, so
+        several workers killed at once are each reported as out of memory."""
         count = self.read()
-        new = count > self.seen
-        self.seen = max(count, self.seen)
-        return new
+        if count > self.seen:
+            self.seen += 1
+            return True
+        return False
+
+    def claim(self, status: int | None) -> bool:
+        """Whether a process that ended with `status` was the OOM killer's: only a
+        SIGKILL may claim one of its kills (a crash at the same moment claims none)."""
+        return (status is not None and os.WIFSIGNALED(status)
+                and os.WTERMSIG(status) == signal.SIGKILL and self.new_kill())
 
 
 class Pool:
@@ -1247,7 +1256,8 @@ class Supervisor:
             return
         worker.job = None
         elapsed = time.perf_counter_ns() - job.started_ns
-        error_type, detail = describe_exit(worker.status, self.oom.new_kill(), self.memory_mb)
+        error_type, detail = describe_exit(worker.status, self.oom.claim(worker.status),
+                                           self.memory_mb)
         if isinstance(worker.broken, channel.ProtocolError):
             error_type, detail = "Runtime.ExitError", f"sent an invalid reply ({worker.broken})"
         message = f"RequestId: {job.request_id} Error: Runtime exited with error: {detail}"
@@ -1275,7 +1285,7 @@ class Supervisor:
             self.pool.idle.remove(worker)
             self.pool.live -= 1
         worker.kill()
-        self.oom.new_kill()  # not to be blamed on a later request
+        self.oom.claim(worker.status)  # not to be blamed on a later request
         worker.pipes.end()
         self._drop(worker)
         self._replace()
@@ -1352,7 +1362,7 @@ class Supervisor:
             self._lost(worker)
 
     def _zygote_died(self, status: int) -> None:
-        _, detail = describe_exit(status, self.oom.new_kill(), self.memory_mb)
+        _, detail = describe_exit(status, self.oom.claim(status), self.memory_mb)
         self.zygote_pipes.wait_end(1.0)
         self.zygote_pipes.end(((ERR, logs.outside(
             f"[ERROR] the function's zygote process {detail}: no worker can start, "
