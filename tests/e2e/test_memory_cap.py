@@ -31,6 +31,7 @@ def handler(event, context):
     return {"pid": os.getpid(), "held": len(held)}
 '''
 CONCURRENT = 6
+COLD_BURST = 12  # killed several at once: the old runtime blamed only one on memory
 
 
 def _logs(daemon: Lambdad, name: str) -> list[str]:
@@ -66,3 +67,26 @@ def test_requests_beyond_what_memory_holds_wait_for_a_worker(lambdad: Lambdad,
     assert any(m.startswith("[WARNING] memory caps this instance at ") for m in messages), \
         messages
     assert not any("out of memory" in m for m in messages), messages
+
+
+def test_workers_the_oom_killer_ends_anyway_are_each_reported(lambdad: Lambdad,
+                                                             tmp_path: Path) -> None:
+    """The cap's limit: before any worker was measured after a request, a worker is assumed
+    to cost the zygote's resident size (~10 MiB here), so a burst at a fresh instance of this
+    40 MiB handler still outgrows the cgroup and the kernel kills several workers at once.
+    Each such request says Runtime.OutOfMemory (the runtime used to blame only the first on
+    memory, the others 'killed by signal 9'), and the instance serves on."""
+    folder = tmp_path / "hog40cold"
+    folder.mkdir()
+    (folder / "handler.py").write_text(HOG)
+    lambdad.deploy(folder, "--name", "hog40cold", "--memory", "128", "--concurrency",
+                   str(COLD_BURST), "--max-instances", "1", "--timeout", "30")
+    with concurrent.futures.ThreadPoolExecutor(COLD_BURST) as pool:
+        answers = list(pool.map(lambda _: lambdad.http("hog40cold"), range(COLD_BURST)))
+    failed = [a for a in answers if a.status != 200]
+    assert failed, "no worker was killed: the burst did not outgrow the instance"
+    assert [a.json()["errorType"] for a in failed] == ["Runtime.OutOfMemory"] * len(failed), \
+        [a.body[:200] for a in failed]
+    assert all("out of memory: limit 128 MiB" in a.json()["errorMessage"] for a in failed)
+    assert lambdad.http("hog40cold").status == 200
+    assert len(lambdad.containers("hog40cold")) == 1
