@@ -74,6 +74,10 @@ LOG_SEND_NOW_BYTES = 64 * 1024
 PEAK_READ_AFTER_NS = 1_000_000
 PEAK_FRESH_NS = 50_000_000
 MAX_WORKERS = 1000  # lambdad's highest per-instance concurrency
+# A worker's cost (capacity.py) is read after its first request, then again only once its
+# peak (VmHWM, as REPORT reads it) grew by this much: a slowly growing heap costs a
+# smaps_rollup read per MiB, not one per request.
+MEASURE_GROWTH_KB = 1024
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 _JSON_HEADERS = b"Content-Type: application/json\r\n"
@@ -1058,11 +1062,13 @@ class Supervisor:
             "wait for a free worker instead of another one starting"))
 
     def _measure(self, worker: Worker) -> None:
-        """After a request: the worker's cost, read again if its peak grew since (or
-        never read). Only when memory caps workers (in the instance's container)."""
+        """After a request: the worker's cost, read again (~120 us) if its peak grew by
+        MEASURE_GROWTH_KB since (or never read). Only when memory caps workers (in the
+        instance's container)."""
         if self.memory.fds is None or worker.status_fd < 0:
             return
-        if worker.cost_hwm_kb >= 0 and worker.peak_kb <= worker.cost_hwm_kb:
+        if (worker.cost_hwm_kb >= 0
+                and worker.peak_kb < worker.cost_hwm_kb + MEASURE_GROWTH_KB):
             return
         try:
             private = capacity.read_private(worker.pid)
@@ -1285,7 +1291,10 @@ class Supervisor:
             self.pool.idle.remove(worker)
             self.pool.live -= 1
         worker.kill()
-        self.oom.claim(worker.status)  # not to be blamed on a later request
+        if worker.status is None:  # not reaped yet: may be the OOM killer's
+            self.oom.new_kill()  # not to be blamed on a later request
+        else:
+            self.oom.claim(worker.status)
         worker.pipes.end()
         self._drop(worker)
         self._replace()
