@@ -19,7 +19,9 @@ round takes the next name with no container left and measures:
 4. Thaw: wait until lambdad froze the idle instance (docker inspect State.Paused), then a
    request, which must say `Lambda-Cold-Start: unpaused`; baseline: the next request.
 Then a burst of N requests (default 100) at the warm instance (one instance, concurrency 50),
-each on its own connection; baseline: sequential warm requests.
+each on its own connection; baseline: sequential warm requests. Then `lambdactl logs`:
+how many of them waited for a worker because the instance's memory capped its workers
+(REPORT's Memory Wait), and the caps the runtime logged.
 
 fastapi-nohook is functions/fastapi-mangum without its before-snapshot hook (the warm-up
 in the zygote), deployed from a copy: the hook's effect, measured in the same run.
@@ -51,6 +53,8 @@ from appstats import (
     WorkerMemory,
     extra_share,
     fresh_sample,
+    memory_caps,
+    memory_waits,
     report_durations,
     verdict,
     worker_memory,
@@ -309,6 +313,7 @@ def _burst(daemon: BenchDaemon, docker: Containers, procs: Processes, app: App, 
     paths = Counter(a.start or "(none)" for a in answers if not a.error)
     container = _instance(docker, name)
     workers = procs.workers(container)
+    waits, caps = _memory_waits(daemon, name, [a.request_id for a in answers if not a.error])
     memory: WorkerMemory | None = None
     try:
         memory = procs.memory(container)
@@ -336,7 +341,10 @@ def _burst(daemon: BenchDaemon, docker: Containers, procs: Processes, app: App, 
             notes=[f"baseline: {WARM_BASELINE} sequential requests, each on a new connection, "
                    "just before"]))
     line = (f"burst: {count} requests, {len(errors)} errors, p50 {p50:.0f} ms, p99 {p99:.0f} "
-            f"ms, all in {wall:.2f} s; {workers} workers in the instance after")
+            f"ms, all in {wall:.2f} s; {workers} workers in the instance after; "
+            f"{len(waits)} waited for a worker because memory capped them (REPORT Memory Wait"
+            + (f" p50 {statistics.median(waits):.0f} ms, max {max(waits):.0f} ms" if waits
+               else "") + f"; caps logged: {caps or 'none'})")
     if memory is not None:
         line += (f"; then each extra worker's USS median "
                  f"{statistics.median(memory.extra_uss_kb or [0]) / 1024:.1f} MiB, the "
@@ -345,9 +353,29 @@ def _burst(daemon: BenchDaemon, docker: Containers, procs: Processes, app: App, 
     return {"requests": count, "errors": len(errors), "p50_ms": round(p50, 1),
             "p99_ms": round(p99, 1), "wall_s": round(wall, 3), "workers_after": workers,
             "warm_p50_ms": round(p(warm, 50), 2),
+            "memory_waits": len(waits),
+            "memory_wait_p50_ms": round(statistics.median(waits), 1) if waits else None,
+            "memory_caps": caps,
             "extra_worker_uss_median_mib": (round(statistics.median(memory.extra_uss_kb)
                                                   / 1024, 2)
                                             if memory and memory.extra_uss_kb else None)}
+
+
+def _memory_waits(daemon: BenchDaemon, name: str, request_ids: list[str]
+                  ) -> tuple[list[float], list[int]]:
+    """The burst's REPORT Memory Wait figures (ms) and the worker caps the runtime logged,
+    once every request's REPORT is in `lambdactl logs` (at most 10 s)."""
+    lambdactl = executable("lambdactl")
+    deadline = time.monotonic() + 10
+    while True:
+        text = _run([lambdactl, "logs", name, "--tail", "5000"],
+                    env=daemon.env()).stdout.decode(errors="replace")
+        reported = report_durations(text)
+        if all(i in reported for i in request_ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    waited = memory_waits(text)
+    return [waited[i] for i in request_ids if i in waited], memory_caps(text)
 
 
 def _summarize(app: App, s: _Samples, report: AppsReport) -> dict[str, Any]:

@@ -114,6 +114,21 @@ def report_durations(log_text: str) -> dict[str, float]:
 _REPORT = re.compile(r"REPORT RequestId: (\S+)\s+Duration: ([0-9.]+) ms")
 
 
+def memory_waits(log_text: str) -> dict[str, float]:
+    """{request id: REPORT's Memory Wait in ms}: the requests that waited for a worker
+    because the instance's memory held no more (the runtime's worker cap)."""
+    return {m[1]: float(m[2]) for m in _MEMORY_WAIT.finditer(log_text)}
+
+
+def memory_caps(log_text: str) -> list[int]:
+    """The worker counts the runtime said memory capped an instance at, in log order."""
+    return [int(m[1]) for m in _CAP.finditer(log_text)]
+
+
+_MEMORY_WAIT = re.compile(r"REPORT RequestId: (\S+)\t[^\n]*\tMemory Wait: ([0-9.]+) ms")
+_CAP = re.compile(r"\[WARNING\] memory caps this instance at (\d+) workers?\b")
+
+
 def from_zero_overhead(init_ms: float, import_ms: float) -> float:
     """What a cold start adds to the function's import: Server-Timing init minus import."""
     return init_ms - import_ms

@@ -129,6 +129,19 @@ def test_report_durations_by_request_id() -> None:
     assert appstats.report_durations(logs) == {"abc": 61.25, "def": 0.40}
 
 
+def test_memory_waits_and_caps_from_the_logs() -> None:
+    logs = ("2026-11-28T06:40:00Z v1 - err [WARNING] memory caps this instance at 1 worker "
+            "(limit 128 MiB, ...)\n"
+            "2026-11-28T06:40:00Z v1 abc out REPORT RequestId: abc\tDuration: 61.25 ms\t"
+            "Billed Duration: 62 ms\tMemory Size: 256 MB\tMax Memory Used: 40 MB\t"
+            "Start: warm\tMemory Wait: 456.79 ms\n"
+            "REPORT RequestId: def\tDuration: 0.40 ms\tBilled Duration: 1 ms\n"
+            "v1 - err [WARNING] memory caps this instance at 12 workers (limit 256 MiB)\n"
+            "v1 ghi out ghi\tprint('Memory Wait: 3 ms') memory caps this instance at 7\n")
+    assert appstats.memory_waits(logs) == {"abc": 456.79}
+    assert appstats.memory_caps(logs) == [1, 12]
+
+
 def test_verdict() -> None:
     assert appstats.verdict(True) == "PASS"
     assert appstats.verdict(False) == "MISS"

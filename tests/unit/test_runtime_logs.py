@@ -104,6 +104,11 @@ def test_frames_and_request_ids() -> None:
                    "\tInit Duration: 12.35 ms\tStart: cell\n")
     for line in end.splitlines():
         assert parse_line(line) == ("req-3", line, True)
+    # A request that waited because memory capped the workers says how long, last.
+    waited = logs.end_lines("req-4", 2_000_000, 256, 30, None, "warm",
+                            memory_wait_ms=456.789).decode()
+    assert waited.endswith("\tMax Memory Used: 30 MB\tStart: warm\tMemory Wait: 456.79 ms\n")
+    assert parse_line(waited.splitlines()[1])[0] == "req-4"
     report = logs.init_report(3.5, "Runtime.ImportModuleError").decode().rstrip("\n")
     assert parse_line(report) == ("", report, True)
     for bad in ("", "a b", "a\tb", "x" * 65, "START RequestId: y", "é"):

@@ -16,7 +16,7 @@ from lambdad.logs.entry import parse_line
 sys.path.insert(0, str(Path(__file__).parents[2] / "packaging" / "runtime" / "python"))
 
 from lambda_runtime import channel, logs
-from lambda_runtime.supervisor import Loop, Pipes, Pool, describe_exit
+from lambda_runtime.supervisor import Loop, Pipes, Pool, _OomCounter, describe_exit
 
 
 def test_a_start_for_each_waiting_request_not_covered_up_to_the_cap() -> None:
@@ -161,3 +161,19 @@ def test_a_workers_output_is_tagged_by_the_request_it_serves_in_memory() -> None
     assert output.lines() == [(0, "\tafter")]
     assert all(parse_line(line).frame is line.startswith(("START", "END", "REPORT"))
                for _, line in output.lines())
+
+
+def test_each_oom_kill_is_blamed_on_one_killed_worker(tmp_path: Path) -> None:
+    """A burst that outgrows the cgroup may have several workers killed at once: each
+    SIGKILLed worker claims one of the cgroup's kills (not only the first), and a worker
+    that crashed otherwise claims none."""
+    events_file = tmp_path / "memory.events"
+    events_file.write_text("low 0\noom 0\noom_kill 0\n")
+    counter = _OomCounter(False)
+    counter.path = str(events_file)
+    killed, crashed = signal.SIGKILL, 3 << 8  # wait statuses: SIGKILL, exit code 3
+    events_file.write_text("oom 3\noom_kill 3\n")
+    assert not counter.claim(crashed) and not counter.claim(None)
+    assert [counter.claim(killed) for _ in range(4)] == [True, True, True, False]
+    events_file.write_text("oom_kill 4\n")
+    assert counter.claim(killed) and not counter.claim(killed)

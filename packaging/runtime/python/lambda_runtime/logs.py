@@ -7,7 +7,8 @@ stream). Every line it writes there is one of:
     END RequestId: <id>                                              a frame (stdout)
     REPORT RequestId: <id>\\tDuration: <ms.2f> ms\\tBilled Duration: <ceil ms> ms\\t
         Memory Size: <MB> MB\\tMax Memory Used: <MB> MB[\\tInit Duration: <ms.2f> ms]
-        [\\tStart: warm|cell|unpaused|container]                       a frame (stdout)
+        [\\tStart: warm|cell|unpaused|container][\\tMemory Wait: <ms.2f> ms]
+                                                                     a frame (stdout)
     INIT_REPORT Init Duration: <ms.2f> ms\\tPhase: init\\tStatus: error\\tError Type: <type>
                                                                      a frame (stderr)
     <id>\\t<text>      text a worker wrote (stdout or stderr) while it served request <id>
@@ -127,9 +128,12 @@ def end_lines(
     init_ms: float | None = None,
     start: str = "",
     hooks_ms: float = 0.0,
+    memory_wait_ms: float | None = None,
 ) -> bytes:
     """END and REPORT, in one write. The first REPORT's Init Duration includes the
-    before-snapshot hooks, as on Lambda; their share follows it when there were any."""
+    before-snapshot hooks, as on Lambda; their share follows it when there were any.
+    `memory_wait_ms`: how long the request waited for a worker because the instance's
+    memory held no more (Duration does not include it)."""
     report = (
         f"REPORT RequestId: {request_id}\tDuration: {elapsed_ns / 1e6:.2f} ms"
         f"\tBilled Duration: {-(-elapsed_ns // 1_000_000)} ms"
@@ -141,6 +145,8 @@ def end_lines(
             report += f"\tBefore Snapshot Duration: {hooks_ms:.2f} ms"
     if start:
         report += f"\tStart: {_clean(start)}"
+    if memory_wait_ms is not None:
+        report += f"\tMemory Wait: {memory_wait_ms:.2f} ms"
     return f"END RequestId: {request_id}\n{report}\n".encode()
 
 

@@ -13,7 +13,10 @@ Processes (worker.py runs the function's side):
 - the zygote, forked from the supervisor at start before anything else: it imports the
   handler when told to, then forks workers on request and never serves one;
 - up to one worker per request in flight (lambdad sends at most the function's
-  concurrency at once), started on demand and kept; a worker that dies is replaced.
+  concurrency at once), started on demand and kept; a worker that dies is replaced. A
+  worker starts only if the instance's memory holds it (capacity.py: the cgroup's limit and
+  use, what a worker was measured to take); else the request waits for the next free
+  worker, first come first served, and REPORT says how long (`Memory Wait`).
 If the zygote dies once the function is loaded, no worker can start any more: the supervisor
 exits non-zero and lambdad discards the instance. On SIGTERM (lambdad stopping the instance)
 every worker gets SIGTERM, as Lambda's runtime does at shutdown, and SHUTDOWN_GRACE_S to end
@@ -37,7 +40,7 @@ import socket
 import sys
 import time
 
-from . import channel, events, http1, logchannel, logs
+from . import capacity, channel, events, http1, logchannel, logs
 from .worker import LOAD_ERRORS, zygote_main
 
 TYPE_CHECKING = False
@@ -71,6 +74,10 @@ LOG_SEND_NOW_BYTES = 64 * 1024
 PEAK_READ_AFTER_NS = 1_000_000
 PEAK_FRESH_NS = 50_000_000
 MAX_WORKERS = 1000  # lambdad's highest per-instance concurrency
+# A worker's cost (capacity.py) is read after its first request, then again only once its
+# peak (VmHWM, as REPORT reads it) grew by this much: a slowly growing heap costs a
+# smaps_rollup read per MiB, not one per request.
+MEASURE_GROWTH_KB = 1024
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 _JSON_HEADERS = b"Content-Type: application/json\r\n"
@@ -408,6 +415,11 @@ class Worker:
         self.status_fd = -1
         self.peak_kb = 0  # VmHWM when last read, at peak_read_ns (monotonic)
         self.peak_read_ns: int | None = None
+        # capacity.worker_cost when last measured (after a request), the private bytes
+        # then, and the VmHWM (kB) it was measured at: measured again when the peak grows.
+        self.cost = 0
+        self.private = 0
+        self.cost_hwm_kb = -1
 
     def peak_mb(self, elapsed_ns: int = PEAK_READ_AFTER_NS) -> int:
         """The kernel's figure for this process's peak memory (VmHWM), not the worker's;
@@ -437,8 +449,8 @@ class Worker:
 class Job:
     """One request on its way through a worker."""
 
-    __slots__ = ("conn", "hooks_ms", "init_ms", "message", "request", "request_id", "start",
-                 "started_ns")
+    __slots__ = ("conn", "hooks_ms", "init_ms", "memory_wait", "message", "queued_ns",
+                 "request", "request_id", "start", "started_ns", "waited_ns")
 
     def __init__(self, conn: Conn, request: http1.Request, message: bytes, request_id: str,
                  start: str) -> None:
@@ -450,6 +462,9 @@ class Job:
         self.init_ms: float | None = None
         self.hooks_ms = 0.0  # of init_ms, the before-snapshot hooks'
         self.started_ns = 0
+        self.queued_ns = time.perf_counter_ns()
+        self.waited_ns = 0  # for a worker, from queued_ns until it ran
+        self.memory_wait = False  # a worker it needed was not started: memory was short
 
 
 class Conn:
@@ -555,10 +570,19 @@ class _OomCounter:
         return 0
 
     def new_kill(self) -> bool:
+        """Whether an OOM kill is not yet blamed on a worker: each kill is claimed once, so
+        several workers killed at once are each reported as out of memory."""
         count = self.read()
-        new = count > self.seen
-        self.seen = max(count, self.seen)
-        return new
+        if count > self.seen:
+            self.seen += 1
+            return True
+        return False
+
+    def claim(self, status: int | None) -> bool:
+        """Whether a process that ended with `status` was the OOM killer's: only a
+        SIGKILL may claim one of its kills (a crash at the same moment claims none)."""
+        return (status is not None and os.WIFSIGNALED(status)
+                and os.WTERMSIG(status) == signal.SIGKILL and self.new_kill())
 
 
 class Pool:
@@ -619,6 +643,9 @@ class Supervisor:
         self.by_pid: dict[int, Worker] = {}
         self.early: dict[int, tuple[int, int]] = {}  # exits of pids not registered yet
         self.oom = _OomCounter(os.getpid() == 1)
+        self.memory = capacity.CgroupMemory(os.getpid() == 1)
+        self.capped_at = 0  # the worker count memory capped the instance at, as last logged
+        self.capped_logged = 0.0  # when (monotonic)
         self.version = "$LATEST"
         self.memory_mb = 128
         self._configure(env)
@@ -988,17 +1015,90 @@ class Supervisor:
     # --- workers -------------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Pairs idle workers with waiting requests; starts workers the waiting need."""
+        """Pairs idle workers with waiting requests; starts the workers the waiting need
+        and the instance's memory holds (the others wait for the next free worker)."""
         pool = self.pool
         for worker, job in pool.pairs():
             self._run(worker, job)
-        for _ in range(pool.starts_wanted()):
-            self._start_worker()
+        wanted = pool.starts_wanted()
+        if wanted and self.state == "ready":
+            allowed = self._memory_allows(wanted)
+            for _ in range(allowed):
+                self._start_worker()
+            if allowed < wanted:
+                self._memory_capped()
         if pool.hopeless():
             while pool.waiting:
                 job = pool.waiting.popleft()
                 self._fault(job.conn, job.request,
                             events.RuntimeFault("could not start a process for the function"))
+
+    def _worker_cost(self) -> int:
+        """What one worker takes at its peak: the most any live worker was measured to
+        take; before any was measured, the zygote's resident size (capacity.py)."""
+        measured = [w.cost for w in self.by_pid.values() if w.cost_hwm_kb >= 0
+                    and w.state in ("idle", "busy")]
+        if measured:
+            return max(measured)
+        return capacity.read_rss(self.zygote_pid)
+
+    def _memory_allows(self, wanted: int) -> int:
+        """How many of `wanted` more workers the instance's memory holds now."""
+        limit, used = self.memory.read()
+        if limit >= capacity.UNLIMITED:
+            return wanted
+        cost = self._worker_cost()
+        pending = cost * self.pool.starting + sum(
+            max(0, cost - w.private) for w in self.by_pid.values() if w.state in ("idle", "busy"))
+        return capacity.starts_allowed(wanted, limit=limit, used=used, cost=cost,
+                                       pending=pending, workers=self.pool.live + self.pool.starting)
+
+    def _memory_capped(self) -> None:
+        """A worker a waiting request needed was not started: the requests that wait
+        beyond the starts under way say so in their REPORT (Memory Wait), and a line
+        outside any request says at how many workers memory capped the instance (once per
+        change, at most once a second)."""
+        pool = self.pool
+        for job in list(pool.waiting)[pool.starting:]:
+            job.memory_wait = True
+        cap = pool.live + pool.starting
+        now = time.monotonic()
+        if cap == self.capped_at or now - self.capped_logged < 1.0:
+            return
+        self.capped_at, self.capped_logged = cap, now
+        limit, used = self.memory.read()
+        self.output.write(ERR, logs.outside(
+            f"[WARNING] memory caps this instance at {cap} worker{'s' if cap != 1 else ''} "
+            f"(limit {limit / capacity.MIB:.0f} MiB, in use {used / capacity.MIB:.0f} MiB, "
+            f"a worker takes up to {self._worker_cost() / capacity.MIB:.1f} MiB): requests "
+            "wait for a free worker instead of another one starting"))
+
+    def _measure(self, worker: Worker) -> None:
+        """After a request: the worker's cost, read again (~120 us) if its peak grew by
+        MEASURE_GROWTH_KB since (or never read). Only when memory caps workers (in the
+        instance's container)."""
+        if self.memory.fds is None or worker.status_fd < 0:
+            return
+        if (worker.cost_hwm_kb >= 0
+                and worker.peak_kb < worker.cost_hwm_kb + MEASURE_GROWTH_KB):
+            return
+        try:
+            private = capacity.read_private(worker.pid)
+            status = os.pread(worker.status_fd, 4096, 0)
+            hwm = capacity.parse_status_kb(status, b"VmHWM")
+            rss = capacity.parse_status_kb(status, b"VmRSS")
+        except (OSError, ValueError):
+            return
+        worker.private = private
+        worker.cost = capacity.worker_cost(private, hwm, rss)
+        worker.cost_hwm_kb = max(worker.peak_kb, hwm // 1024)
+        worker.peak_kb = worker.cost_hwm_kb
+
+    def _replace(self) -> None:
+        """A worker ended: another takes its place now if none is left or memory holds it
+        (a worker the OOM killer ended may be replaced only when memory allows)."""
+        if self.pool.live + self.pool.starting == 0 or self._memory_allows(1):
+            self._start_worker()
 
     def _start_worker(self) -> None:
         """Asks the zygote for a worker; it is ready once it says hello."""
@@ -1068,6 +1168,7 @@ class Supervisor:
         worker.job = job
         job.init_ms, self.init_ms = self.init_ms, None
         job.hooks_ms, self.hooks_ms = self.hooks_ms, 0.0
+        job.waited_ns = time.perf_counter_ns() - job.queued_ns
         worker.pipes.begin(job.request_id.encode("ascii") + b"\t",
                            logs.start_line(job.request_id, self.version))
         job.started_ns = time.perf_counter_ns()
@@ -1140,7 +1241,9 @@ class Supervisor:
         self._respond(job.conn, job.request, status, checked, body)
         worker.pipes.end(((OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb,
                                                worker.peak_mb(elapsed), job.init_ms,
-                                               job.start, job.hooks_ms)),))
+                                               job.start, job.hooks_ms,
+                                               _memory_wait(job))),))
+        self._measure(worker)
         worker.job = None
         worker.state = "idle"
         self.pool.idle.append(worker)
@@ -1173,14 +1276,16 @@ class Supervisor:
             return
         worker.job = None
         elapsed = time.perf_counter_ns() - job.started_ns
-        error_type, detail = describe_exit(worker.status, self.oom.new_kill(), self.memory_mb)
+        error_type, detail = describe_exit(worker.status, self.oom.claim(worker.status),
+                                           self.memory_mb)
         if isinstance(worker.broken, channel.ProtocolError):
             error_type, detail = "Runtime.ExitError", f"sent an invalid reply ({worker.broken})"
         message = f"RequestId: {job.request_id} Error: Runtime exited with error: {detail}"
         worker.pipes.end((
             (ERR, logs.in_request(job.request_id, f"{message}\n{error_type}")),
             (OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb, worker.peak_mb(),
-                                 job.init_ms, job.start, job.hooks_ms)),
+                                 job.init_ms, job.start, job.hooks_ms,
+                                 _memory_wait(job))),
         ))
         self.pool.live -= 1
         self._drop(worker)
@@ -1192,7 +1297,7 @@ class Supervisor:
             return
         body = events.json.dumps({"errorMessage": message, "errorType": error_type}).encode()
         self._respond(job.conn, job.request, 502, _UNHANDLED, body)
-        self._start_worker()  # a fresh fork takes its place
+        self._replace()  # a fresh fork takes its place
         self._schedule()
 
     def _lost(self, worker: Worker) -> None:
@@ -1201,10 +1306,13 @@ class Supervisor:
             self.pool.idle.remove(worker)
             self.pool.live -= 1
         worker.kill()
-        self.oom.new_kill()  # not to be blamed on a later request
+        if worker.status is None:  # not reaped yet: may be the OOM killer's
+            self.oom.new_kill()  # not to be blamed on a later request
+        else:
+            self.oom.claim(worker.status)
         worker.pipes.end()
         self._drop(worker)
-        self._start_worker()
+        self._replace()
         self._schedule()
 
     def _drop(self, worker: Worker) -> None:
@@ -1278,13 +1386,19 @@ class Supervisor:
             self._lost(worker)
 
     def _zygote_died(self, status: int) -> None:
-        _, detail = describe_exit(status, self.oom.new_kill(), self.memory_mb)
+        _, detail = describe_exit(status, self.oom.claim(status), self.memory_mb)
         self.zygote_pipes.wait_end(1.0)
         self.zygote_pipes.end(((ERR, logs.outside(
             f"[ERROR] the function's zygote process {detail}: no worker can start, "
             "the instance stops")),))
         code = os.waitstatus_to_exitcode(status)
         self._fatal(code if code > 0 else (128 - code if code < 0 else 1))
+
+
+def _memory_wait(job: Job) -> float | None:
+    """REPORT's Memory Wait (ms): only for a request that waited because memory capped
+    the workers."""
+    return job.waited_ns / 1e6 if job.memory_wait else None
 
 
 def _fork_zygote() -> tuple[int, socket.socket, int, int]:
