@@ -1125,15 +1125,34 @@ class Supervisor:
         worker = Worker(mine, Pipes(self.loop, out_r, err_r))
         self.pool.starting += 1
         self.loop.sel.register(mine, _READ, (self._chan_event, worker))
-        self.loop.later(SPAWN_TIMEOUT_S, lambda: self._spawn_failed(worker))
+        self.loop.later(SPAWN_TIMEOUT_S, lambda: self._spawn_failed(
+            worker, f"did not start within {SPAWN_TIMEOUT_S:.0f} s"))
 
-    def _spawn_failed(self, worker: Worker) -> None:
+    def _spawn_failed(self, worker: Worker, why: str = "ended before its first request"
+                      ) -> None:
+        """A worker did not start. Another start now would most likely fail the same way
+        (an after-restore hook that exits or hangs, a zygote that cannot fork: the pids
+        limit), and starting one per failure looped forks until lambdad's timeout, which
+        then discarded the instance without a word. So no start follows a failed one: with
+        no worker left, the requests that wait fail now (Runtime.ExitError); with workers,
+        they wait for one of those. The next request tries a start again."""
         if worker.state != "starting":
             return
         worker.state = "gone"
         self.pool.starting -= 1
         self._drop(worker)
-        self._schedule()
+        pool = self.pool
+        if pool.live + pool.starting > 0 or not pool.waiting:
+            return
+        detail = (f"the function's worker process {why} (after-restore hooks run there; "
+                  "or no process could be forked)")
+        self.output.write(ERR, logs.outside(
+            f"[ERROR] {detail}: {len(pool.waiting)} waiting request(s) failed"))
+        while pool.waiting:
+            job = pool.waiting.popleft()
+            message = f"RequestId: {job.request_id} Error: Runtime exited with error: {detail}"
+            self._respond(job.conn, job.request, 502, _UNHANDLED, events.json.dumps(
+                {"errorMessage": message, "errorType": "Runtime.ExitError"}).encode())
 
     def _hello(self, worker: Worker) -> None:
         if len(worker.inbuf) < channel.HELLO.size:
@@ -1145,7 +1164,7 @@ class Supervisor:
         parent = _parent_of(pid)
         if (worker.inbuf or pid <= 1 or pid == os.getpid() or pid in self.by_pid
                 or not (parent == os.getpid() or _parent_of(parent) == self.zygote_pid)):
-            self._spawn_failed(worker)
+            self._spawn_failed(worker, "sent an invalid hello")
             return
         worker.pid = pid
         early = self.early.pop(pid, None)
