@@ -1125,23 +1125,27 @@ class Supervisor:
         worker = Worker(mine, Pipes(self.loop, out_r, err_r))
         self.pool.starting += 1
         self.loop.sel.register(mine, _READ, (self._chan_event, worker))
-        self.loop.later(SPAWN_TIMEOUT_S, lambda: self._spawn_failed(
-            worker, f"did not start within {SPAWN_TIMEOUT_S:.0f} s"))
+        self.loop.later(SPAWN_TIMEOUT_S, lambda: self._spawn_failed(worker, retry=True))
 
-    def _spawn_failed(self, worker: Worker, why: str = "ended before its first request"
-                      ) -> None:
-        """A worker did not start. Another start now would most likely fail the same way
-        (an after-restore hook that exits or hangs, a zygote that cannot fork: the pids
-        limit), and starting one per failure looped forks until lambdad's timeout, which
-        then discarded the instance without a word. So no start follows a failed one: with
-        no worker left, the requests that wait fail now (Runtime.ExitError); with workers,
-        they wait for one of those. The next request tries a start again."""
+    def _spawn_failed(self, worker: Worker, why: str = "ended before its first request", *,
+                      retry: bool = False) -> None:
+        """A worker did not start. One that ended (or spoke garbage) before its hello would
+        end again in its replacement (an after-restore hook that exits, a zygote that
+        cannot fork: the pids limit), and a replacement per failure looped forks until
+        lambdad's timeout, which then discarded the instance without a word. So no start
+        follows such a failure: with no worker left, the requests that wait fail now
+        (Runtime.ExitError); with workers, they wait for one of those; the next request
+        tries a start again. One that is slow (`retry`: SPAWN_TIMEOUT_S passed, perhaps
+        frozen meanwhile) is replaced, as before."""
         if worker.state != "starting":
             return
         worker.state = "gone"
         self.pool.starting -= 1
         self._drop(worker)
         pool = self.pool
+        if retry:
+            self._schedule()
+            return
         if pool.live + pool.starting > 0 or not pool.waiting:
             return
         detail = (f"the function's worker process {why} (after-restore hooks run there; "
