@@ -1148,15 +1148,20 @@ class Supervisor:
             return
         if pool.live + pool.starting > 0 or not pool.waiting:
             return
-        detail = (f"the function's worker process {why} (after-restore hooks run there; "
-                  "or no process could be forked)")
+        error_type, detail = "Runtime.ExitError", (
+            f"the function's worker process {why} (after-restore hooks run there; or no "
+            "process could be forked)")
+        if self.oom.new_kill():  # the kernel's OOM killer ended it (its pid is not known)
+            error_type, detail = "Runtime.OutOfMemory", (
+                f"out of memory: limit {self.memory_mb} MiB (a worker process was killed "
+                "before its first request)")
         self.output.write(ERR, logs.outside(
             f"[ERROR] {detail}: {len(pool.waiting)} waiting request(s) failed"))
         while pool.waiting:
             job = pool.waiting.popleft()
             message = f"RequestId: {job.request_id} Error: Runtime exited with error: {detail}"
             self._respond(job.conn, job.request, 502, _UNHANDLED, events.json.dumps(
-                {"errorMessage": message, "errorType": "Runtime.ExitError"}).encode())
+                {"errorMessage": message, "errorType": error_type}).encode())
 
     def _hello(self, worker: Worker) -> None:
         if len(worker.inbuf) < channel.HELLO.size:
