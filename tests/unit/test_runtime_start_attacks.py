@@ -9,12 +9,22 @@ tests/e2e/test_i17_attacks4.py.)"""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.unit.test_runtime_server import request, start, workdir  # noqa: F401
+from tests.unit.test_runtime_server import request, start
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="ls", dir="/tmp"))  # AF_UNIX paths are short
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 EXITS_IN_AFTER_RESTORE = '''
 import os
@@ -60,11 +70,11 @@ def handler(event, context):
 @pytest.mark.parametrize("code", [EXITS_IN_AFTER_RESTORE, GETTER_EXITS],
                          ids=["os._exit in a hook", "SystemExit from the registry"])
 def test_a_worker_that_ends_before_its_first_request_fails_that_request_at_once(
-    workdir: Path, code: str
+    folder: Path, code: str
 ) -> None:
-    mark = workdir / "let-live"
-    (workdir / "app.py").write_text(code.format(mark=mark))
-    rt = start(workdir)
+    mark = folder / "let-live"
+    (folder / "app.py").write_text(code.format(mark=mark))
+    rt = start(folder)
     try:
         conn = rt.conn()
         conn.timeout = 10  # the old runtime forked replacements until the caller gave up
