@@ -8,6 +8,10 @@ got a 504, the instance was discarded, the logs said nothing. Now the request fa
 with Runtime.ExitError, the instance stays, and a request after the hook relents is served.
 (Runtime changes: run with LAMBDA_TEST_RUNTIME_IMAGE set to a runtime image built from
 this tree until the shared one is rebuilt.)
+
+A worker that renames itself "VmHWM:999999kB": its REPORT said Max Memory Used: 976 MB (the
+supervisor took the first "VmHWM:" of /proc/PID/status, the Name line), and the forged peak
+kept its memory cost from being measured again. Now the kernel's figure is read.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 
 from tests.support.daemon import Lambdad
 from tests.support.functions import write_function
+from tests.support.logs import request_logs
 
 pytestmark = pytest.mark.docker
 
@@ -68,3 +73,29 @@ def test_a_worker_that_exits_in_its_after_restore_hook_fails_its_request_at_once
     messages = [str(json.loads(line)["message"]) for line in logs.stdout.splitlines()]
     assert any(m.startswith("[ERROR] the function's worker process ended before its first "
                             "request") for m in messages), messages
+
+
+RENAMED = '''
+def handler(event, context):
+    # /proc/PID/status begins "Name:\\t<comm>": the supervisor read the first "VmHWM:".
+    with open("/proc/self/comm", "w") as f:
+        f.write("VmHWM:999999kB")
+    return "renamed"
+'''
+
+
+def test_a_worker_cannot_forge_its_reports_max_memory_used(
+    lambdad: Lambdad, tmp_path: Path
+) -> None:
+    lambdad.deploy(write_function(tmp_path / "renamed", RENAMED, 'name = "renamed"\n'))
+    ids = []
+    for _ in range(2):  # the rename, then a request by the renamed worker
+        answer = lambdad.http("renamed")
+        assert answer.status == 200, answer.body
+        ids.append(answer.headers["lambda-request-id"])
+    for rid in ids:
+        reports = [str(e["message"]) for e in request_logs(lambdad, "renamed", rid)
+                   if str(e["message"]).startswith("REPORT ")]
+        assert len(reports) == 1, reports
+        used = int(reports[0].split("Max Memory Used: ")[1].split(" MB")[0])
+        assert used <= 128, reports  # the old supervisor: 976 MB

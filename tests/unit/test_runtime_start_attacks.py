@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_runtime_logs import Runtime
 from tests.unit.test_runtime_server import request, start
 
 
@@ -93,3 +94,37 @@ def test_a_worker_that_ends_before_its_first_request_fails_that_request_at_once(
     finally:
         _, err = rt.stop()
     assert "[ERROR] the function's worker process ended before its first request" in err
+
+
+RENAMED = '''
+import os
+
+
+def handler(event, context):
+    # The process name is the first line of /proc/PID/status: "Name:\\tVmHWM:999999kB".
+    with open("/proc/self/comm", "w") as f:
+        f.write("VmHWM:999999kB")
+    return {"pid": os.getpid()}
+'''
+
+
+def test_a_worker_cannot_forge_its_reports_peak_memory_by_its_process_name(
+    folder: Path,
+) -> None:
+    """REPORT's Max Memory Used is the kernel's VmHWM of the worker; the supervisor found
+    it as the first "VmHWM:" in /proc/PID/status, which a worker that renamed itself puts in
+    the Name line: 976 MB reported (a 192 MB function), and, kept as the worker's peak, its
+    memory cost was never measured again (capacity.py measures again once the peak grows)."""
+    (folder / "app.py").write_text(RENAMED)
+    rt = Runtime(folder)
+    try:
+        for rid in ("renames-itself", "after-the-rename"):
+            status, _ = rt.invoke(rid, {})
+            assert status == 200
+        lines = rt.out.wait(lambda ls: sum(line.startswith("REPORT ") for line in ls) == 2)
+    finally:
+        rt.stop()
+    reports = [line for line in lines if line.startswith("REPORT ")]
+    for report in reports:
+        used = int(report.split("Max Memory Used: ")[1].split(" MB")[0])
+        assert used < 192, reports

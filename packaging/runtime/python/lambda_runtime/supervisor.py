@@ -430,9 +430,11 @@ class Worker:
         if not peak_due(now, self.peak_read_ns, elapsed_ns):
             return self.peak_kb // 1024
         try:
-            status = os.pread(self.status_fd, 4096, 0)
-            at = status.index(b"VmHWM:")
-            self.peak_kb = max(self.peak_kb, int(status[at + 6:status.index(b"kB", at)]))
+            # At a line's start: the Name line, first, is the worker's to choose (its comm).
+            hwm = capacity.parse_status_kb(os.pread(self.status_fd, 4096, 0), b"VmHWM")
+            if not hwm:
+                raise ValueError("no VmHWM")
+            self.peak_kb = max(self.peak_kb, hwm // 1024)
             self.peak_read_ns = now
         except (OSError, ValueError):
             return max(self.peak_kb, self.maxrss_kb) // 1024
