@@ -3,7 +3,8 @@ code that breaks the start: an after-restore hook that exits its worker, a regis
 getter raises SystemExit. The supervisor used to fork a replacement for every worker that
 ended before its hello, in a loop, until lambdad's timeout; the caller got a 504 and the
 instance was discarded, with nothing in the logs. Now the waiting request fails at once
-with Runtime.ExitError and the runtime serves on. (The same through lambdad and Docker:
+with Runtime.ExitError and the runtime serves on. And a worker that renames itself cannot
+forge the peak memory its REPORT says. (The same through lambdad and Docker:
 tests/e2e/test_i17_attacks4.py.)"""
 
 from __future__ import annotations
