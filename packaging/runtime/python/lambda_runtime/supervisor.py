@@ -430,9 +430,11 @@ class Worker:
         if not peak_due(now, self.peak_read_ns, elapsed_ns):
             return self.peak_kb // 1024
         try:
-            status = os.pread(self.status_fd, 4096, 0)
-            at = status.index(b"VmHWM:")
-            self.peak_kb = max(self.peak_kb, int(status[at + 6:status.index(b"kB", at)]))
+            # At a line's start: the Name line, first, is the worker's to choose (its comm).
+            hwm = capacity.parse_status_kb(os.pread(self.status_fd, 4096, 0), b"VmHWM")
+            if not hwm:
+                raise ValueError("no VmHWM")
+            self.peak_kb = max(self.peak_kb, hwm // 1024)
             self.peak_read_ns = now
         except (OSError, ValueError):
             return max(self.peak_kb, self.maxrss_kb) // 1024
@@ -1125,15 +1127,43 @@ class Supervisor:
         worker = Worker(mine, Pipes(self.loop, out_r, err_r))
         self.pool.starting += 1
         self.loop.sel.register(mine, _READ, (self._chan_event, worker))
-        self.loop.later(SPAWN_TIMEOUT_S, lambda: self._spawn_failed(worker))
+        self.loop.later(SPAWN_TIMEOUT_S, lambda: self._spawn_failed(worker, retry=True))
 
-    def _spawn_failed(self, worker: Worker) -> None:
+    def _spawn_failed(self, worker: Worker, why: str = "ended before its first request", *,
+                      retry: bool = False) -> None:
+        """A worker did not start. One that ended (or spoke garbage) before its hello would
+        end again in its replacement (an after-restore hook that exits, a zygote that
+        cannot fork: the pids limit), and a replacement per failure looped forks until
+        lambdad's timeout, which then discarded the instance without a word. So no start
+        follows such a failure: with no worker left, the requests that wait fail now
+        (Runtime.ExitError); with workers, they wait for one of those; the next request
+        tries a start again. One that is slow (`retry`: SPAWN_TIMEOUT_S passed, perhaps
+        frozen meanwhile) is replaced, as before."""
         if worker.state != "starting":
             return
         worker.state = "gone"
         self.pool.starting -= 1
         self._drop(worker)
-        self._schedule()
+        pool = self.pool
+        if retry:
+            self._schedule()
+            return
+        if pool.live + pool.starting > 0 or not pool.waiting:
+            return
+        error_type, detail = "Runtime.ExitError", (
+            f"the function's worker process {why} (after-restore hooks run there; or no "
+            "process could be forked)")
+        if self.oom.new_kill():  # the kernel's OOM killer ended it (its pid is not known)
+            error_type, detail = "Runtime.OutOfMemory", (
+                f"out of memory: limit {self.memory_mb} MiB (a worker process was killed "
+                "before its first request)")
+        self.output.write(ERR, logs.outside(
+            f"[ERROR] {detail}: {len(pool.waiting)} waiting request(s) failed"))
+        while pool.waiting:
+            job = pool.waiting.popleft()
+            message = f"RequestId: {job.request_id} Error: Runtime exited with error: {detail}"
+            self._respond(job.conn, job.request, 502, _UNHANDLED, events.json.dumps(
+                {"errorMessage": message, "errorType": error_type}).encode())
 
     def _hello(self, worker: Worker) -> None:
         if len(worker.inbuf) < channel.HELLO.size:
@@ -1145,7 +1175,7 @@ class Supervisor:
         parent = _parent_of(pid)
         if (worker.inbuf or pid <= 1 or pid == os.getpid() or pid in self.by_pid
                 or not (parent == os.getpid() or _parent_of(parent) == self.zygote_pid)):
-            self._spawn_failed(worker)
+            self._spawn_failed(worker, "sent an invalid hello")
             return
         worker.pid = pid
         early = self.early.pop(pid, None)

@@ -34,7 +34,9 @@ After-restore hooks run in each worker right after its fork, before its first re
 (registration order): the place to reopen connections, reseed generators, start threads.
 A before-snapshot hook that raises fails the init (Runtime.BeforeSnapshotError); an
 after-restore hook that raises fails that worker's first request (Runtime.AfterRestoreError)
-and the worker exits (the next request gets a new worker, which runs the hooks again).
+and the worker exits (the next request gets a new worker, which runs the hooks again). A
+worker that ends before its hello (a hook that exits) fails the requests waiting for it
+(Runtime.ExitError, supervisor.py); it is not replaced in a loop.
 """
 
 from __future__ import annotations
