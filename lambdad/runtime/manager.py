@@ -227,7 +227,9 @@ class RuntimeManager:
                          pool.version.function, pool.version.number, reaped)
             pool.ensure_minimum()
             for instance in pool.instances:
-                if instance.frozen_since is not None:  # frozen whatever pause_after says
+                if self._forwarder.may_settle(instance, now):  # then paused on a later round
+                    self._spawn(self._forwarder.settle(instance))
+                elif instance.frozen_since is not None:  # frozen whatever pause_after says
                     if self._forwarder.may_pause(instance, now, 0.0):
                         self._spawn(self._forwarder.pause(instance))
                 elif (self._pause_after > 0 and pool.version.config.runtime == "docker"
