@@ -305,12 +305,14 @@ class DockerBackend:
             self._freezers[container_id] = cgroups.find(pid, container_id)
         return self._freezers[container_id]
 
-    def thaw(self, container_id: str) -> bool:
+    def thaw(self, container_id: str, *, find: bool = True) -> bool:
         """Thaws a paused container by writing its freezer file (microseconds, where
         `unpause` takes 12-48 ms); False when that cannot be done here, for the caller to
-        `unpause`. Docker still says Paused afterwards, until `settle`. Blocks only when
-        the file was not found at the pause (a container adopted paused)."""
-        freezer = self._freezer(container_id)
+        `unpause`. Docker still says Paused afterwards, until `settle`. Blocks (a Docker
+        call) only when the file was not found at the pause (a container adopted paused),
+        and not at all with `find=False`: then False unless the file is known."""
+        freezer = (self._freezer(container_id) if find
+                   else self._freezers.get(container_id))
         if freezer is None:
             return False
         try:

@@ -222,7 +222,10 @@ class Forwarder:
             if not instance.paused:
                 return False
             try:
-                if await asyncio.to_thread(self._backend.thaw, instance.container_id):
+                # On the loop when its freezer file is known (a write of a few bytes; a
+                # thread's round trip would cost more), else in a thread (found first).
+                if (self._backend.thaw(instance.container_id, find=False)
+                        or await asyncio.to_thread(self._backend.thaw, instance.container_id)):
                     instance.unsettled = True
                 else:
                     await asyncio.to_thread(self._backend.unpause, instance.container_id)

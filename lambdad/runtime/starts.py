@@ -283,10 +283,12 @@ class Starter:
             for outcome in await finish(asyncio.gather(*steps, return_exceptions=True)):
                 if isinstance(outcome, BaseException):
                     raise outcome
+            linked = time.monotonic()
             self._notify(instance, "started")
             self._notify(instance, "connected")  # what the cell kept since its start comes
             conn, instance.import_ms = await self._readiness.load(
                 version, cell.folder, cell.container_id, conn)
+            loaded = time.monotonic()
             # Whose it is, once its code is loaded: a restart adopts it by this, never a
             # cell that would answer NotInitialized. (Outside the folders the container
             # mounts.) On the loop: a 20-byte file in lambdad's state folder, no fsync,
@@ -304,9 +306,12 @@ class Starter:
             RENAME_DELAY_S, lambda: self._spawn(asyncio.to_thread(
                 self._backend.rename, cell.container_id,
                 instance_name(version.function, version.number, cell.id))))
+        # Where init minus import goes (issue 17's from-zero overhead): the link (and a
+        # resize), POST /init beyond the runtime's import, what follows it here.
         log.info("instance specialized function=%s version=%d instance=%s init_ms=%.1f "
-                 "cell_class=%s", version.function, version.number, instance.id,
-                 instance.init_ms, cell.cell_class.label())
+                 "link_ms=%.1f load_ms=%.1f import_ms=%.1f cell_class=%s", version.function,
+                 version.number, instance.id, instance.init_ms, (linked - started) * 1000,
+                 (loaded - linked) * 1000, instance.import_ms, cell.cell_class.label())
         return instance
 
 

@@ -175,9 +175,9 @@ class FakeDocker:
         self.unpaused.append(container_id)
         self._on_loop(lambda: self._freeze(container, False))
 
-    def thaw(self, container_id: str) -> bool:
+    def thaw(self, container_id: str, *, find: bool = True) -> bool:
         container = self.containers[container_id]
-        if not self.direct_thaw:
+        if not self.direct_thaw or not (find or container_id in self.paused):
             return False
         self.thawed.append(container_id)
         self._on_loop(lambda: self._freeze(container, False, docker=True))
