@@ -16,9 +16,9 @@ import docker
 import docker.errors
 
 from lambdad import labels
-from lambdad.runtime import cgroups
 from lambdad.errors import Unavailable
 from lambdad.functions import FunctionVersion
+from lambdad.runtime import cgroups
 from lambdad.runtime.cells import CellClass
 from lambdad.runtime.folder import CONTAINER_UID, SOCKET_NAME
 from lambdad.runtime.hostconfig import cleanup_options, instance_options, memory_in_use

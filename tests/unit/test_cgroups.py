@@ -15,9 +15,9 @@ HYBRID_MOUNTS = """\
 24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
 33 24 0:29 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
 34 33 0:30 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
-35 33 0:31 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
-39 33 0:35 / /sys/fs/cgroup/freezer rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,freezer
-40 33 0:36 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,memory
+35 33 0:31 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,xattr,name=systemd
+39 33 0:35 / /sys/fs/cgroup/freezer rw,nosuid,nodev shared:15 - cgroup cgroup rw,freezer
+40 33 0:36 / /sys/fs/cgroup/memory rw,nosuid,nodev shared:16 - cgroup cgroup rw,memory
 """
 V2_MOUNTS = ("26 21 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 "
              "- cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n")
