@@ -237,6 +237,7 @@ class RuntimeManager:
                     self._spawn(self._forwarder.pause(instance))
         if self._freeze_window > 0:
             self._bound_frozen()
+        self._starter.stages.sweep()
         if not self._closing:
             self.cells.refill()
             if self.cells.enabled and now - self._image_checked_at >= IMAGE_CHECK_S:
