@@ -107,6 +107,7 @@ class RuntimeManager:
         it and loaded: a deploy's pre-warmed ones); old instances drain, then stop."""
         self._routes.activate(version, instances).ensure_minimum()
         self._update_cell_classes()
+        self._starter.stage_ahead(version)
 
     def mark_pruned(self, version: FunctionVersion) -> None:
         self._routes.mark_pruned(version)

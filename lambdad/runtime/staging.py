@@ -31,12 +31,21 @@ STAGE_PREFIX = "stage-"
 @dataclass(frozen=True)
 class Staged:
     path: Path
-    stamp: tuple[int, int, int]  # the artifact's (device, inode, mtime) when linked
+    stamp: tuple[int, ...]  # the artifact's `stamp` when linked
 
 
-def stamp(artifact: Path) -> tuple[int, int, int]:
-    found = os.stat(artifact)
-    return (found.st_dev, found.st_ino, found.st_mtime_ns)
+def stamp(artifact: Path) -> tuple[int, ...]:
+    """What changes when the artifact's folder or its task/ or deps/ entries change (a
+    file's content is shared anyway: the copy's files are hard links to the artifact's)."""
+    found: list[int] = []
+    for folder in (artifact, artifact / TASK, artifact / DEPS):
+        try:
+            st = os.stat(folder)
+        except FileNotFoundError:
+            found += (0, 0, 0)
+            continue
+        found += (st.st_dev, st.st_ino, st.st_mtime_ns)
+    return tuple(found)
 
 
 def prepare(artifact: Path, path: Path) -> None:
@@ -100,7 +109,7 @@ class Stages:
         self._staging.add(artifact)
         return self._folder / f"{STAGE_PREFIX}{os.urandom(6).hex()}"
 
-    def staged(self, artifact: Path, path: Path, linked: tuple[int, int, int] | None) -> None:
+    def staged(self, artifact: Path, path: Path, linked: tuple[int, ...] | None) -> None:
         """Staging `artifact` at `path` ended (`linked`: its stamp; None: it failed)."""
         self._staging.discard(artifact)
         if linked is None:

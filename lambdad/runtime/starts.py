@@ -326,12 +326,18 @@ class Starter:
                  instance.import_ms, cell.cell_class.label())
         return instance
 
+    def stage_ahead(self, version: FunctionVersion) -> None:
+        """A deployed version's files linked ahead of its first cold start through a cell."""
+        artifact = self._artifact(version) if self.cells.enabled else None
+        if artifact is not None:
+            self._spawn(self._stage(artifact))
+
     async def _stage(self, artifact: Path) -> None:
         """Links `artifact` ahead of its next cold start through a cell."""
         path = self.stages.wanted(artifact)
         if path is None:
             return
-        before: tuple[int, int, int] | None = None
+        before: tuple[int, ...] | None = None
         done = False
         try:
             before = stamp(artifact)

@@ -91,6 +91,11 @@ def test_a_copy_of_an_artifact_that_changed_since_is_not_used(tmp_path: Path) ->
     stages.staged(artifact, path, stamp(artifact))
     os.utime(artifact, ns=(1, 1))  # rebuilt in the same folder
     assert stages.take(artifact) is None and discarded == [path]
+    path = stages.wanted(artifact)
+    assert path is not None
+    stages.staged(artifact, path, stamp(artifact))
+    (artifact / "task" / "broken.txt").write_text("")  # a file added to its task/
+    assert stages.take(artifact) is None and discarded[-1] == path
 
 
 def test_a_failed_staging_is_discarded_and_may_be_tried_again(tmp_path: Path) -> None:
