@@ -18,6 +18,7 @@ import docker.errors
 from lambdad import labels
 from lambdad.errors import Unavailable
 from lambdad.functions import FunctionVersion
+from lambdad.runtime import cgroups
 from lambdad.runtime.cells import CellClass
 from lambdad.runtime.folder import CONTAINER_UID, SOCKET_NAME
 from lambdad.runtime.hostconfig import cleanup_options, instance_options, memory_in_use
@@ -124,6 +125,9 @@ class DockerBackend:
         self.daemon_id = daemon_id
         self._tmp_size_mb = tmp_size_mb
         self._events: Any = None
+        # Each paused container's freezer file (runtime/cgroups.py), found once; None:
+        # it cannot be written directly, the Docker API thaws it.
+        self._freezers: dict[str, cgroups.FreezerFile | None] = {}
 
     def _host_config(self, limits: CellClass, binds: dict[str, dict[str, str]], *,
                      init: bool, volumes: tuple[str, ...] = ()) -> Any:
@@ -284,10 +288,56 @@ class DockerBackend:
         return bool(state.get("Running")) and not state.get("Paused")
 
     def pause(self, container_id: str) -> None:
+        """Freezes through the Docker API (so Docker knows: a `docker stop` of it works
+        even if lambdad dies), then finds its freezer file for the thaw."""
         self._client.api.pause(container_id)
+        self._freezer(container_id)
 
     def unpause(self, container_id: str) -> None:
         self._client.api.unpause(container_id)
+
+    def _freezer(self, container_id: str) -> cgroups.FreezerFile | None:
+        if container_id not in self._freezers:
+            try:
+                pid = int(self._client.api.inspect_container(container_id)["State"]["Pid"])
+            except (docker.errors.APIError, OSError, KeyError, TypeError, ValueError):
+                return None  # not remembered: asked again next time
+            self._freezers[container_id] = cgroups.find(pid, container_id)
+        return self._freezers[container_id]
+
+    def thaw(self, container_id: str, *, find: bool = True) -> bool:
+        """Thaws a paused container by writing its freezer file (microseconds, where
+        `unpause` takes 12-48 ms); False when that cannot be done here, for the caller to
+        `unpause`. Docker still says Paused afterwards, until `settle`. Blocks (a Docker
+        call) only when the file was not found at the pause (a container adopted paused),
+        and not at all with `find=False`: then False unless the file is known."""
+        freezer = (self._freezer(container_id) if find
+                   else self._freezers.get(container_id))
+        if freezer is None:
+            return False
+        try:
+            cgroups.write(freezer, freezer.thawed)
+        except OSError:
+            self._freezers.pop(container_id, None)
+            return False
+        return True
+
+    def settle(self, container_id: str) -> None:
+        """Brings Docker's view of a directly thawed container back to running: runc
+        resumes only a frozen one, so it is frozen again (directly, ~1 ms) and unpaused
+        through the API. Raises when it could not be done (the container is left
+        running either way)."""
+        freezer = self._freezer(container_id)
+        if freezer is None:
+            raise Unavailable("its freezer file is unknown")
+        if not cgroups.freeze(freezer):
+            raise Unavailable("it did not freeze within a second")
+        try:
+            self._client.api.unpause(container_id)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                cgroups.write(freezer, freezer.thawed)
+            raise
 
     def memory_bytes(self, container_id: str) -> int | None:
         """Memory in use, as `docker stats` shows it (the page cache it can drop excluded)."""
@@ -355,6 +405,7 @@ class DockerBackend:
 
     def remove(self, container_id: str, *, grace: float = 2.0) -> None:
         """Stops (SIGTERM, then SIGKILL after `grace`) and removes; a missing one is fine."""
+        self._freezers.pop(container_id, None)
         with contextlib.suppress(docker.errors.NotFound):
             container = self._client.containers.get(container_id)
             with contextlib.suppress(docker.errors.APIError):

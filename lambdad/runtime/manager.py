@@ -107,6 +107,7 @@ class RuntimeManager:
         it and loaded: a deploy's pre-warmed ones); old instances drain, then stop."""
         self._routes.activate(version, instances).ensure_minimum()
         self._update_cell_classes()
+        self._starter.stage_ahead(version)
 
     def mark_pruned(self, version: FunctionVersion) -> None:
         self._routes.mark_pruned(version)
@@ -227,7 +228,9 @@ class RuntimeManager:
                          pool.version.function, pool.version.number, reaped)
             pool.ensure_minimum()
             for instance in pool.instances:
-                if instance.frozen_since is not None:  # frozen whatever pause_after says
+                if self._forwarder.may_settle(instance, now):  # then paused on a later round
+                    self._spawn(self._forwarder.settle(instance))
+                elif instance.frozen_since is not None:  # frozen whatever pause_after says
                     if self._forwarder.may_pause(instance, now, 0.0):
                         self._spawn(self._forwarder.pause(instance))
                 elif (self._pause_after > 0 and pool.version.config.runtime == "docker"
@@ -235,6 +238,7 @@ class RuntimeManager:
                     self._spawn(self._forwarder.pause(instance))
         if self._freeze_window > 0:
             self._bound_frozen()
+        self._starter.stages.sweep()
         if not self._closing:
             self.cells.refill()
             if self.cells.enabled and now - self._image_checked_at >= IMAGE_CHECK_S:

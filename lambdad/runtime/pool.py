@@ -73,6 +73,10 @@ class Instance:
     frozen_since: float | None = None
     paused_bytes: int | None = None  # its memory, measured once paused (constant while so)
     pauses: int = 0  # pauses so far: a measurement taken before a thaw is not kept
+    # Thawed by a direct write of its freezer (Backend.thaw): Docker still says Paused
+    # until the forwarder settles it, idle (runtime/cgroups.py)
+    unsettled: bool = False
+    no_settle_until: float = 0.0  # after a failed settle, not before this (monotonic)
 
 
 class StartNotNeeded(Exception):

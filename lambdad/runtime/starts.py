@@ -37,6 +37,7 @@ from lambdad.runtime.docker_backend import instance_name
 from lambdad.runtime.folder import CONTAINER_UID, InstanceFolder
 from lambdad.runtime.pool import Instance, StartNotNeeded
 from lambdad.runtime.readiness import Readiness
+from lambdad.runtime.staging import Stages, move_into, prepare, stamp
 from lambdad.runtime.stops import Stopper, finish
 from lambdad.runtime.upstream import UpstreamConnection
 
@@ -46,6 +47,9 @@ log = logging.getLogger("lambdad.runtime")
 # a 2-core engine slower, and stem cells or freed instances usually serve the queue first.
 MAX_CONTAINER_STARTS = 4
 RENAME_DELAY_S = 0.05
+# After a specialization, its artifact is linked again for the next one (runtime/staging.py)
+# this much later: not while the new instance serves its first request.
+STAGE_DELAY_S = 1.0
 # In STATE/c/<id>: "<function>\n<version>\n" once the instance's code loaded (a specialized
 # cell's, or a standard runtime's own container's, whose c/<id> holds only this file).
 OWNER_FILE = "owner"
@@ -86,6 +90,7 @@ class Starter:
         self._spawn = spawn
         self._socket_owner = socket_owner
         self._container_starts = asyncio.Semaphore(MAX_CONTAINER_STARTS)
+        self.stages = Stages(cells_dir, lambda path: spawn(stopper.remove_tree(path)))
         self.cells = CellPool(
             cell_pool_size if artifacts is not None else 0,
             start=self.start_cell, destroy=stopper.destroy_cell, spawn=spawn,
@@ -270,11 +275,13 @@ class Starter:
         instance = Instance(cell.id, version, cell.container_id, cell.folder,
                             start_path="cell", code_dir=cell.code_dir, log_channel=True)
         conn, cell.conn = cell.conn, None
+        staged = self.stages.take(artifact)
         try:
             wanted = CellClass.of(version.config, cell.cell_class.image)
             # Both must end before the import, neither needs the other: a cell of another
             # size is resized (a Docker round trip, 25-50 ms) while its code is linked in.
-            steps = [asyncio.to_thread(link_into, artifact, cell.code_dir)]
+            steps = [asyncio.to_thread(move_into, staged, cell.code_dir) if staged is not None
+                     else asyncio.to_thread(link_into, artifact, cell.code_dir)]
             if cell.cell_class != wanted:
                 steps.append(asyncio.to_thread(
                     self._backend.update_limits, cell.container_id, wanted))
@@ -283,10 +290,12 @@ class Starter:
             for outcome in await finish(asyncio.gather(*steps, return_exceptions=True)):
                 if isinstance(outcome, BaseException):
                     raise outcome
+            linked = time.monotonic()
             self._notify(instance, "started")
             self._notify(instance, "connected")  # what the cell kept since its start comes
             conn, instance.import_ms, instance.hooks_ms = await self._readiness.load(
                 version, cell.folder, cell.container_id, conn)
+            loaded = time.monotonic()
             # Whose it is, once its code is loaded: a restart adopts it by this, never a
             # cell that would answer NotInitialized. (Outside the folders the container
             # mounts.) On the loop: a 20-byte file in lambdad's state folder, no fsync,
@@ -295,6 +304,8 @@ class Starter:
         except BaseException as exc:
             if conn is not None:
                 conn.close()
+            if staged is not None and os.path.lexists(staged):  # a move that failed midway
+                self._spawn(self._stopper.remove_tree(staged))
             await self._stopper.unwind(instance, exc, "failed to initialize")
             raise
         self._ready(instance, conn, started)
@@ -304,10 +315,38 @@ class Starter:
             RENAME_DELAY_S, lambda: self._spawn(asyncio.to_thread(
                 self._backend.rename, cell.container_id,
                 instance_name(version.function, version.number, cell.id))))
+        asyncio.get_running_loop().call_later(
+            STAGE_DELAY_S, lambda: self._spawn(self._stage(artifact)))
+        # Where init minus import goes (issue 17's from-zero overhead): the link (and a
+        # resize), POST /init beyond the runtime's import, what follows it here.
         log.info("instance specialized function=%s version=%d instance=%s init_ms=%.1f "
-                 "cell_class=%s", version.function, version.number, instance.id,
-                 instance.init_ms, cell.cell_class.label())
+                 "link_ms=%.1f staged=%s load_ms=%.1f import_ms=%.1f cell_class=%s",
+                 version.function, version.number, instance.id, instance.init_ms,
+                 (linked - started) * 1000, staged is not None, (loaded - linked) * 1000,
+                 instance.import_ms, cell.cell_class.label())
         return instance
+
+    def stage_ahead(self, version: FunctionVersion) -> None:
+        """A deployed version's files linked ahead of its first cold start through a cell."""
+        artifact = self._artifact(version) if self.cells.enabled else None
+        if artifact is not None:
+            self._spawn(self._stage(artifact))
+
+    async def _stage(self, artifact: Path) -> None:
+        """Links `artifact` ahead of its next cold start through a cell."""
+        path = self.stages.wanted(artifact)
+        if path is None:
+            return
+        before: tuple[int, ...] | None = None
+        done = False
+        try:
+            before = stamp(artifact)
+            await finish(asyncio.to_thread(prepare, artifact, path))  # its thread ends first
+            done = True
+        except OSError as exc:  # e.g. the version was deleted meanwhile
+            log.debug("staging an artifact failed artifact=%s error=%s", artifact, exc)
+        finally:
+            self.stages.staged(artifact, path, before if done else None)
 
 
 def _real_folder(path: Path) -> bool:

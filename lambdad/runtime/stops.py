@@ -72,7 +72,10 @@ class Stopper:
             async with instance.transition:  # a pause under way ends first
                 if instance.paused:  # a frozen process cannot take the stop signal
                     with contextlib.suppress(Exception):
-                        await asyncio.to_thread(self._backend.unpause, instance.container_id)
+                        if not await asyncio.to_thread(self._backend.thaw,
+                                                       instance.container_id):
+                            await asyncio.to_thread(self._backend.unpause,
+                                                    instance.container_id)
                     instance.paused = False
             ended = await self.stop(instance.container_id, grace)
         finally:  # a failed removal is retried by the next start's reconcile

@@ -78,6 +78,13 @@ def write_probe(folder: Path, name: str, *, memory: int = 128, deps: bool = Fals
 
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # moved into a cell or removed meanwhile
+        return ""
+
+
 def ready_cells(daemon: Lambdad) -> list[object]:
     return [c for c in daemon.containers()
             if "lambda.cell" in c.labels and daemon.owner(c)[0] is None
@@ -125,6 +132,36 @@ def test_dependencies_from_requirements_load_in_a_cell(lambdad: Lambdad, tmp_pat
     assert response.status == 200, response.body
     assert response.headers["lambda-cold-start"] == "cell"
     assert json.loads(response.body)["helper"] == "HI!"
+
+
+def test_cold_starts_move_in_a_copy_linked_ahead(lambdad: Lambdad, tmp_path: Path) -> None:
+    """A deployed version's files are linked ahead of its first cold start through a cell,
+    and again after each (runtime/staging.py); the start only moves them in: the same
+    files, read-only, deps importable. The copy of a deleted version is removed."""
+
+    def copies() -> list[Path]:  # other functions' copies lie beside: read each one's name
+        return [stage for stage in (lambdad.state_dir / "c").glob("stage-*")
+                if 'name = "cellstaged"' in _read(stage / "task" / "lambda.toml")]
+
+    lambdad.deploy(write_probe(tmp_path / "staged", "cellstaged", deps=True))
+    for _ in range(2):
+        assert wait_for(lambda: len(copies()) == 1)
+        response = cold_call(lambdad, "cellstaged", "/?deps=1")
+        assert response.status == 200, response.body
+        assert response.headers["lambda-cold-start"] == "cell"
+        event = json.loads(response.body)
+        assert event["helper"] == "HI!"
+        assert event["files"] == ["handler.py", "lambda.toml", "requirements.txt"]
+        assert event["write_own_code"] != "ok" and event["create_in_task"] != "ok"
+        assert event["write_deps"] != "ok"
+    lines = [line for line in lambdad.log().splitlines()
+             if "instance specialized function=cellstaged" in line]
+    # (the deploy's own start, before the version is active, may come first, linked)
+    assert len(lines) >= 2 and all("staged=True" in line for line in lines[-2:]), \
+        "\n".join(lines)
+    assert wait_for(lambda: len(copies()) == 1)  # for the next one
+    assert lambdad.cli("delete", "cellstaged").code == 0
+    assert wait_for(lambda: copies() == [], timeout=10)
 
 
 def test_a_cell_never_serves_another_function(lambdad: Lambdad, tmp_path: Path) -> None:
@@ -213,9 +250,15 @@ def test_dockerfile_functions_pause_when_idle_and_unpause_on_request(
 
     assert wait_for(paused, timeout=10)
     response = daemon.http("frozen", "/")
+    answered = time.time()
     assert response.status == 200 and response.headers["lambda-cold-start"] == "unpaused"
-    assert not paused()
     assert daemon.http("frozen", "/").headers["lambda-cold-start"] == "warm"
+    # Thawed through its cgroup freezer: Docker hears of it once the instance is idle
+    # (lambdad settles Docker's view: its unpause event), then it is frozen again.
+    (container,) = daemon.containers("frozen")
+    assert wait_for(lambda: list(client.events(
+        since=int(answered), until=int(time.time()) + 1, decode=True,
+        filters={"container": container.id, "event": "unpause"})), timeout=10)
     assert wait_for(paused, timeout=10)  # idle again: frozen again
     # A paused instance still stops cleanly with its function.
     assert daemon.cli("delete", "frozen").code == 0

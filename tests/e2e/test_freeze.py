@@ -7,6 +7,7 @@ a restart. Real Docker, real lambdad, real CLI and HTTP."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,19 @@ def _container(daemon: Lambdad, name: str) -> str:
     return str(container.id)
 
 
+def _events(container_id: str, since: float, action: str) -> list[float]:
+    """When (epoch seconds) Docker reported `action` for the container since `since`."""
+    found = docker.from_env().events(since=int(since), until=int(time.time()) + 2,
+                                     decode=True, filters={"container": container_id,
+                                                           "event": action})
+    return [event["timeNano"] / 1e9 for event in found]
+
+
+def _freezer_state(container_id: str) -> str:
+    """The container's own cgroup v1 freezer state (this host's cgroupfs driver)."""
+    return Path(f"/sys/fs/cgroup/freezer/docker/{container_id}/freezer.state").read_text().strip()
+
+
 def _frozen(daemon: Lambdad, name: str) -> float:
     return metrics.sample(daemon, "lambdad_instances", function=name, state="frozen")
 
@@ -96,11 +110,18 @@ def test_an_idle_instance_is_frozen_thawed_by_the_next_request_then_stopped(
     assert wait_for(lambda: _frozen(daemon, "thaw") == 1, timeout=10)
     assert _paused(container)
     assert metrics.sample(daemon, "lambdad_instances", function="thaw", state="idle") == 0
-    # The next request thaws the same container: no new start, no import.
+    # The next request thaws the same container: no new start, no import. It is thawed
+    # through its cgroup freezer, not Docker: Docker's unpause event comes after the
+    # answer (the settle, once idle), and Docker's view ends unpaused.
+    since = time.time()
     host, start = _served(daemon, "thaw")
+    answered = time.time()
     assert container.startswith(host) and start == "unpaused"
-    assert not _paused(container) and _frozen(daemon, "thaw") == 0
+    assert _frozen(daemon, "thaw") == 0
     assert _served(daemon, "thaw") == (host, "warm")
+    assert wait_for(lambda: not _paused(container), timeout=10)
+    assert _events(container, since, "unpause")[0] > answered
+    assert "settling a thawed instance failed" not in daemon.log()
     # Idle again: frozen again, and gone once the window (4 s) has passed.
     assert wait_for(lambda: _frozen(daemon, "thaw") == 1, timeout=10)
     assert wait_for(lambda: _state(container) is None, timeout=15)
@@ -171,3 +192,71 @@ def test_a_frozen_instance_is_adopted_frozen_after_a_restart(
             daemon.log()[-4000:]
         assert daemon.stop() == 0
         assert _state(container) is None
+
+
+def test_a_directly_thawed_instance_stops_with_its_function_before_docker_caught_up(
+    freezing: Lambdad, tmp_path: Path
+) -> None:
+    """Docker says Paused while it runs (thawed through its freezer, not settled yet):
+    deleting the function still stops and removes it."""
+    daemon = freezing
+    _deploy(daemon, tmp_path, "quick")
+    container = _container(daemon, "quick")
+    assert wait_for(lambda: _frozen(daemon, "quick") == 1, timeout=10)
+    assert _served(daemon, "quick")[1] == "unpaused"
+    assert daemon.cli("delete", "quick").code == 0
+    assert _state(container) is None
+    assert "could not remove an instance of quick" not in daemon.log()
+
+
+@pytest.mark.slow  # a daemon of its own
+def test_killed_between_the_thaw_and_the_settle_the_restart_settles_it(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    """lambdad killed -9 right after a direct thaw leaves a running container Docker
+    calls paused (and `docker unpause` refuses: runc sees it running). The next run
+    adopts it, serves from it, and brings Docker's view back."""
+    with running_daemon("--pause-after", "0.5", "--freeze-window", "600") as daemon:
+        _deploy(daemon, tmp_path, "torn")
+        container = _container(daemon, "torn")
+        assert wait_for(lambda: _frozen(daemon, "torn") == 1 and _paused(container),
+                        timeout=10)
+        assert _served(daemon, "torn")[1] == "unpaused"
+        daemon.stop(signal.SIGKILL)
+        assert _paused(container) and _freezer_state(container) == "THAWED"
+        with pytest.raises(docker.errors.APIError, match="not paused"):
+            docker.from_env().api.unpause(container)
+        daemon.start()
+        host, start = _served(daemon, "torn")
+        assert container.startswith(host) and start == "unpaused"
+        assert wait_for(lambda: not _paused(container), timeout=10), daemon.log()[-4000:]
+        assert _freezer_state(container) == "THAWED"
+        assert daemon.stop() == 0
+        assert _state(container) is None
+
+
+@pytest.mark.slow  # a daemon of its own
+def test_without_a_cgroup_mount_the_docker_api_thaws(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    """lambdad in a mount namespace without the host's cgroup mounts (as in a container
+    of its own): no freezer file to write, so the Docker API thaws, as before."""
+    daemon = Lambdad(extra_args=["--pause-after", "0.5", "--freeze-window", "600"])
+    daemon.command_prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             'umount -l /sys/fs/cgroup && exec "$@"', "sh"]
+    try:
+        daemon.start()
+        _deploy(daemon, tmp_path, "plain")
+        container = _container(daemon, "plain")
+        assert wait_for(lambda: _frozen(daemon, "plain") == 1 and _paused(container),
+                        timeout=10)
+        since = time.time()
+        host, start = _served(daemon, "plain")
+        answered = time.time()
+        assert container.startswith(host) and start == "unpaused"
+        assert not _paused(container)  # Docker unpaused it before the answer
+        assert _events(container, since, "unpause")[0] < answered
+        assert daemon.cli("delete", "plain").code == 0
+        assert _state(container) is None
+    finally:
+        daemon.close()

@@ -49,7 +49,8 @@ class FakeContainer:
     standard: bool  # waits for POST /init before it serves
     cell: bool = False
     running: bool = True
-    paused: bool = False
+    paused: bool = False  # frozen
+    docker_paused: bool = False  # what Docker says: a direct thaw leaves it True
     exit_code: int | None = None
     initialized: bool = False
     env: dict[str, str] = field(default_factory=dict)
@@ -74,6 +75,8 @@ class FakeDocker:
         self.removed: list[str] = []  # ids, in the order they went
         self.paused: list[str] = []
         self.unpaused: list[str] = []
+        self.thawed: list[str] = []  # thawed through the freezer file (Backend.thaw)
+        self.settled: list[str] = []
         self.renamed: dict[str, str] = {}
         self.updated: list[tuple[str, CellClass]] = []
         self.cleaned: list[str] = []
@@ -86,6 +89,7 @@ class FakeDocker:
         self.hold = asyncio.Event()  # invocations are answered once this is set
         self.hold.set()
         self.on_exit: Callable[[str], None] | None = None  # Docker's die event
+        self.direct_thaw = False  # thaw writes the freezer file (else: the API only)
 
     # What a test looks at
 
@@ -157,7 +161,7 @@ class FakeDocker:
 
     def is_running_unpaused(self, container_id: str) -> bool:
         container = self.containers.get(container_id)
-        return container is not None and container.running and not container.paused
+        return container is not None and container.running and not container.docker_paused
 
     def pause(self, container_id: str) -> None:
         container = self.containers[container_id]
@@ -166,12 +170,30 @@ class FakeDocker:
 
     def unpause(self, container_id: str) -> None:
         container = self.containers[container_id]
+        if not container.paused:  # as runc says of a container thawed directly
+            raise RuntimeError("OCI runtime resume failed: container not paused")
         self.unpaused.append(container_id)
         self._on_loop(lambda: self._freeze(container, False))
 
+    def thaw(self, container_id: str, *, find: bool = True) -> bool:
+        container = self.containers[container_id]
+        if not self.direct_thaw or not (find or container_id in self.paused):
+            return False
+        self.thawed.append(container_id)
+        self._on_loop(lambda: self._freeze(container, False, docker=True))
+        return True
+
+    def settle(self, container_id: str) -> None:
+        container = self.containers[container_id]
+        if container.paused or not container.docker_paused:
+            raise RuntimeError("nothing to settle")
+        self.settled.append(container_id)
+        container.docker_paused = False
+
     @staticmethod
-    def _freeze(container: FakeContainer, paused: bool) -> None:
+    def _freeze(container: FakeContainer, paused: bool, docker: bool | None = None) -> None:
         container.paused = paused
+        container.docker_paused = paused if docker is None else docker
         if paused:
             container.thawed.clear()
         else:
@@ -211,7 +233,8 @@ class FakeDocker:
 
     def managed(self) -> list[ManagedContainer]:
         return [ManagedContainer(c.id, "" if c.cell else c.function, c.version, c.instance,
-                                 c.running and not c.paused, cell=c.cell, paused=c.paused)
+                                 c.running and not c.docker_paused, cell=c.cell,
+                                 paused=c.docker_paused)
                 for c in self.containers.values()]
 
     # The container's runtime
