@@ -50,6 +50,9 @@ def check(config: Config) -> list[str]:
         problem = _writable_folder(folder)
         if problem:
             problems.append(f"{key}: {problem}")
+    problem = _database(config.database)
+    if problem:
+        problems.append(f"database: {problem}")
     listens = [(k, v) for k, v in (("gateway_listen", config.gateway_listen),
                                    ("grpc_listen", config.grpc_listen),
                                    ("admin_listen", config.admin_listen)) if v is not None]
@@ -58,6 +61,35 @@ def check(config: Config) -> list[str]:
             if listen.port == other.port and listen.port != 0 and _overlap(listen, other):
                 problems.append(f"{key} and {other_key} both use port {listen.port}")
     return problems
+
+
+def _database(database: str) -> str | None:
+    """A PostgreSQL database is reachable (3 s at most) and its schema not newer than this
+    lambdad's; every message names it without its password."""
+    from lambdad import dburl
+
+    if not dburl.is_postgres(database):
+        return None
+    import psycopg
+
+    from lambdad.store.migrations import SCHEMA_VERSION
+
+    where = dburl.redacted(database)
+    try:
+        with psycopg.connect(database, connect_timeout=3,
+                             application_name="lambdad:check-config") as conn:
+            migrated = conn.execute(
+                "SELECT to_regclass('lambda_schema') IS NOT NULL").fetchone() == (True,)
+            row = (conn.execute("SELECT version FROM lambda_schema").fetchone() if migrated
+                   else None)
+    except psycopg.Error as exc:
+        reason = dburl.scrub(str(exc).strip().replace("\n", " "), database)
+        return f"cannot use {where}: {reason}"
+    found = int(row[0]) if row is not None else 0
+    if found > SCHEMA_VERSION:
+        return (f"{where} has schema version {found}, newer than this lambdad "
+                f"({SCHEMA_VERSION})")
+    return None
 
 
 def _overlap(a: Listen, b: Listen) -> bool:
