@@ -8,8 +8,12 @@ from pathlib import Path
 from lambdad.config import INSTANCE_SOCKET_SUFFIX, MAX_SOCKET_PATH, MIB, Config, Listen
 
 
-def check(config: Config) -> list[str]:
-    """Problems that would stop lambdad or make it misbehave, each naming the setting."""
+def check(config: Config, *, reach_database: bool = False) -> list[str]:
+    """Problems that would stop lambdad or make it misbehave, each naming the setting.
+
+    `reach_database` (--check-config): also connect to a PostgreSQL database. Not at a
+    start: a database that is down for a moment is not a configuration error (exit 78
+    would keep systemd from restarting the node); the store says so and lambdad exits 1."""
     problems: list[str] = []
     for key, path in (("api_key_file", config.api_key_file), ("tls_cert", config.tls_cert),
                       ("tls_key", config.tls_key)):
@@ -50,7 +54,7 @@ def check(config: Config) -> list[str]:
         problem = _writable_folder(folder)
         if problem:
             problems.append(f"{key}: {problem}")
-    problem = _database(config.database)
+    problem = _database(config.database) if reach_database else None
     if problem:
         problems.append(f"database: {problem}")
     listens = [(k, v) for k, v in (("gateway_listen", config.gateway_listen),

@@ -114,7 +114,7 @@ class Store:
             self._drop_connection()
             self._retry_at = time.monotonic() + RECONNECT_PAUSE
             reason = scrub(str(exc).strip().replace("\n", " "), str(self.database))
-            self._down = (f"the database ({self.name}) is unreachable: {reason}; lambdad "
+            self._down = (f"the database ({self.name}) is unavailable: {reason}; lambdad "
                           "reconnects on its own, try again")
             raise DatabaseUnavailable(self._down) from None
 

@@ -54,7 +54,7 @@ def _is_clear_unavailable(exc: DatabaseUnavailable, store: Store) -> None:
     message = str(exc)
     assert PASSWORD not in message
     assert store.name in message and "***" in store.name
-    assert "unreachable" in message and "try again" in message
+    assert "is unavailable" in message and "try again" in message
     assert grpc_code(exc) == grpc.StatusCode.UNAVAILABLE
 
 
