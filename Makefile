@@ -8,12 +8,13 @@ BASE_IMAGE := lambda-runtime/base:bookworm
 PROTO := proto/lambdad/api/v1/functions.proto
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-tools example-wheels test-fast lint proto man completion config-example docker runtime-image bench clean install uninstall
+.PHONY: help venv run test test-tools example-wheels test-fast lint proto man completion config-example docker postgres runtime-image bench clean install uninstall
 
 help:
 	@echo "make run            start lambdad in the foreground (state: ~/.local/state/lambdad)"
 	@echo "make test           lint, then unit, integration and end-to-end tests"
-	@echo "make test-fast      unit tests only (no Docker engine needed)"
+	@echo "make test-fast      unit tests only (no Docker engine needed; PostgreSQL binaries)"
+	@echo "make postgres       install Debian's postgresql binaries for the tests (no server started)"
 	@echo "make example-wheels download the example functions' wheels from PyPI (for the tests)"
 	@echo "make lint           ruff and mypy"
 	@echo "make proto          regenerate the gRPC stubs from proto/"
@@ -36,6 +37,11 @@ venv: $(BIN)/.installed
 docker:
 	@bash packaging/ensure-docker.sh
 
+# The store's tests run on SQLite and on a private PostgreSQL server each session starts
+# on a Unix socket (tests/support/postgres.py); this only installs the binaries.
+postgres:
+	@bash packaging/ensure-postgres.sh
+
 runtime-image: docker
 	@bash packaging/runtime/python/build-base.sh $(BASE_IMAGE)
 	@docker build --quiet -t $(RUNTIME_IMAGE) packaging/runtime/python >/dev/null
@@ -49,7 +55,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check lambdad lambdactl tests bench packaging/runtime/python
 	$(BIN)/mypy
 
-test-fast: $(BIN)/.installed
+test-fast: $(BIN)/.installed postgres
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 # systemd-analyze checks the unit in tests/integration/test_install.py.
@@ -64,7 +70,7 @@ example-wheels: $(BIN)/.installed
 	@$(BIN)/python -m tests.support.fetch_wheels \
 		|| echo "warning: no example wheels; tests/e2e/test_adapters.py will fail" >&2
 
-test: $(BIN)/.installed runtime-image test-tools example-wheels lint
+test: $(BIN)/.installed runtime-image postgres test-tools example-wheels lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 proto: $(BIN)/.installed

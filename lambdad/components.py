@@ -29,7 +29,8 @@ log = logging.getLogger("lambdad")
 
 
 class Database:
-    """The SQLite store; on stop the last minute's stats are written before it closes."""
+    """The store (SQLite or PostgreSQL); on stop the last minute's stats are written
+    before it closes."""
 
     name = "store"
 

@@ -25,6 +25,7 @@ from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, T
 from lambdad.components import Database, Delivery, Functions, Housekeeping, Logs, Ready
 from lambdad.config import Config
 from lambdad.control import AsyncQueue, ControlPlane, Invoker
+from lambdad.dburl import SQLITE
 from lambdad.errors import LambdaError
 from lambdad.gateway import admission
 from lambdad.gateway.server import Gateway
@@ -147,7 +148,8 @@ def components(config: Config, host: Host, engine: DockerEngine) -> list[Compone
         p.keyring.load(await p.store.keys.all())
 
     def describe() -> str:
-        return (f"functions={functions.loaded} control=unix://{config.socket} "
+        return (f"functions={functions.loaded} database={p.store.name} "
+                f"control=unix://{config.socket} "
                 f"tcp={config.grpc_listen or 'off'} gateway=http://{config.gateway_listen} "
                 f"api_key={'none (TCP refuses calls)' if p.keyring.empty else 'configured'}")
 
@@ -193,7 +195,8 @@ class Parts:
 def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     client = engine.client
     state = config.state_dir
-    store = Store(state / "lambda.db")
+    store = Store(state / "lambda.db" if config.database == SQLITE else config.database,
+                  node_id=host.daemon_id)
     metrics = Metrics()
     logs = LogStore(state / "logs", max_file_bytes=config.log_file_bytes,
                     files_kept=config.log_files,

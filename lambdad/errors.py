@@ -78,6 +78,13 @@ class Overloaded(Unavailable):
         self.retry_after = retry_after
 
 
+class DatabaseUnavailable(Unavailable):
+    """The store's database cannot be reached (PostgreSQL down, restarted, or the
+    connection cut): gRPC UNAVAILABLE. The message names the database by its redacted
+    URL; the next call reconnects on its own. Its reason stays "Unavailable": clients
+    retry it as any other."""
+
+
 class InstanceFailed(Unavailable):
     """The instance serving a request died or broke the protocol (HTTP 502)."""
 

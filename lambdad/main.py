@@ -39,7 +39,7 @@ def _config_errors(problems: list[str], err: TextIO) -> int:
 def check_config(resolved: Resolved, out: TextIO, err: TextIO) -> int:
     """--check-config: the effective settings on stdout, problems on stderr."""
     out.write(effective_toml(resolved))
-    problems = check(resolved.config)
+    problems = check(resolved.config, reach_database=True)
     if problems:
         return _config_errors(problems, err)
     print("lambdad: configuration OK", file=err)
@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         install_signal_handlers(daemon)
         await daemon.run()
 
+    from lambdad.errors import DatabaseUnavailable
+
     try:
         asyncio.run(run())
-    except StartupError as exc:
+    except (StartupError, DatabaseUnavailable) as exc:  # a setting or a database down: no trace
         logging.getLogger("lambdad").error("cannot start: %s", exc)
         return 1
     except KeyboardInterrupt:

@@ -56,6 +56,7 @@ class Listen:
 @dataclass(frozen=True)
 class Config:
     state_dir: Path
+    database: str  # 'sqlite' or a postgresql:// URL (print it with lambdad.dburl.redacted)
     socket: Path
     grpc_listen: Listen | None
     api_key_file: Path | None

@@ -8,8 +8,12 @@ from pathlib import Path
 from lambdad.config import INSTANCE_SOCKET_SUFFIX, MAX_SOCKET_PATH, MIB, Config, Listen
 
 
-def check(config: Config) -> list[str]:
-    """Problems that would stop lambdad or make it misbehave, each naming the setting."""
+def check(config: Config, *, reach_database: bool = False) -> list[str]:
+    """Problems that would stop lambdad or make it misbehave, each naming the setting.
+
+    `reach_database` (--check-config): also connect to a PostgreSQL database. Not at a
+    start: a database that is down for a moment is not a configuration error (exit 78
+    would keep systemd from restarting the node); the store says so and lambdad exits 1."""
     problems: list[str] = []
     for key, path in (("api_key_file", config.api_key_file), ("tls_cert", config.tls_cert),
                       ("tls_key", config.tls_key)):
@@ -50,6 +54,9 @@ def check(config: Config) -> list[str]:
         problem = _writable_folder(folder)
         if problem:
             problems.append(f"{key}: {problem}")
+    problem = _database(config.database) if reach_database else None
+    if problem:
+        problems.append(f"database: {problem}")
     listens = [(k, v) for k, v in (("gateway_listen", config.gateway_listen),
                                    ("grpc_listen", config.grpc_listen),
                                    ("admin_listen", config.admin_listen)) if v is not None]
@@ -58,6 +65,35 @@ def check(config: Config) -> list[str]:
             if listen.port == other.port and listen.port != 0 and _overlap(listen, other):
                 problems.append(f"{key} and {other_key} both use port {listen.port}")
     return problems
+
+
+def _database(database: str) -> str | None:
+    """A PostgreSQL database is reachable (3 s at most) and its schema not newer than this
+    lambdad's; every message names it without its password."""
+    from lambdad import dburl
+
+    if not dburl.is_postgres(database):
+        return None
+    import psycopg
+
+    from lambdad.store.migrations import SCHEMA_VERSION
+
+    where = dburl.redacted(database)
+    try:
+        with psycopg.connect(database, connect_timeout=3,
+                             application_name="lambdad:check-config") as conn:
+            migrated = conn.execute(
+                "SELECT to_regclass('lambda_schema') IS NOT NULL").fetchone() == (True,)
+            row = (conn.execute("SELECT version FROM lambda_schema").fetchone() if migrated
+                   else None)
+    except psycopg.Error as exc:
+        reason = dburl.scrub(str(exc).strip().replace("\n", " "), database)
+        return f"cannot use {where}: {reason}"
+    found = int(row[0]) if row is not None else 0
+    if found > SCHEMA_VERSION:
+        return (f"{where} has schema version {found}, newer than this lambdad "
+                f"({SCHEMA_VERSION})")
+    return None
 
 
 def _overlap(a: Listen, b: Listen) -> bool:

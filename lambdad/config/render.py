@@ -29,8 +29,10 @@ def effective_toml(resolved: Resolved) -> str:
         source = resolved.sources[setting.key]
         if value is None:
             lines.append(f"# {setting.key} is not set ({source})")
-        else:
-            lines.append(f"{setting.key} = {toml_value(value)}  # {source}")
+            continue
+        if setting.printable is not None:
+            value = setting.printable(as_text(value))
+        lines.append(f"{setting.key} = {toml_value(value)}  # {source}")
     return "\n".join(lines) + "\n"
 
 

@@ -193,6 +193,7 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
     public_port: int | None = values["public_port"]
     return Config(
         state_dir=state_dir,
+        database=values["database"],
         socket=socket.expanduser().absolute(),
         grpc_listen=values["grpc_listen"],
         api_key_file=api_key_file,

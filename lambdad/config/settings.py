@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lambdad import dburl
 from lambdad.config import Listen, Raw
 from lambdad.config.values import (
     choice,
@@ -39,6 +40,8 @@ class Setting:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     numeric: bool = False  # accepts TOML numbers besides strings
+    # the form --check-config prints (a value holding a secret shows without it)
+    printable: Callable[[str], str] | None = None
 
     @property
     def flag(self) -> str:
@@ -59,6 +62,13 @@ SETTINGS: tuple[Setting, ...] = (
        "folder for lambda.db, the build spool, logs and instance sockets (default: "
        "$STATE_DIRECTORY under systemd, else $LAMBDA_STATE_DIR, else "
        "${XDG_STATE_HOME:-~/.local/state}/lambdad)", metavar="PATH"),
+    _s("database", "state", dburl.parse_setting, "sqlite",
+       "where functions, versions, keys, schedules and the async queue are stored: 'sqlite' "
+       "(STATE_DIR/lambda.db) or a postgresql://USER@HOST/DBNAME URL, for several lambdad "
+       "sharing one PostgreSQL (docs/cluster.md); a password in the URL is never printed, "
+       "but prefer a passfile (?passfile=PATH) or LAMBDAD_DATABASE to a flag, which other "
+       "local users can read in the process list (default: sqlite)", metavar="URL",
+       printable=dburl.redacted),
     _s("socket", "control API", path, None,
        "Unix socket of the control API; its folder is made 0750 and is its access control "
        "(default: $RUNTIME_DIRECTORY/lambdad.sock under systemd, else STATE_DIR/run/lambdad.sock)",

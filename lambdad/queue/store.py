@@ -264,7 +264,7 @@ class InvocationTable:
                 if ok and inv.id not in taken])
             again = [(now, inv.id) for inv in chosen if inv.id in stored]
             if again:
-                self._db.cursor().executemany(
+                self._db.executemany(
                     "UPDATE invocations SET status = 'running', attempts = attempts + 1, "
                     "started_at = ? WHERE id = ? AND status = 'queued'", again)
             left = sorted({inv.function for inv in candidates if inv.id not in taken})
@@ -290,7 +290,7 @@ class InvocationTable:
             return
         if any(f.status == "queued" for f in finished):  # a retry waits for its time
             self._maybe_queued = True
-        self._db.cursor().executemany(
+        self._db.executemany(
             "UPDATE invocations SET status = ?, next_attempt_at = ?, finished_at = ?, "
             "status_code = ?, result = ?, last_error = ? WHERE id = ? AND status = 'running'",
             [(f.status, f.next_attempt_at,

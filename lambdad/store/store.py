@@ -1,31 +1,41 @@
-"""The async facade over SQLite.
+"""The async facade over the database: SQLite (the default) or PostgreSQL.
 
 Every database call runs on one dedicated thread (one connection, serialized
 writes), so the event loop never blocks on disk and SQLite never sees two writers.
+On PostgreSQL a lost connection fails the call with DatabaseUnavailable (the URL
+redacted) and the next call reconnects (store/database.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from peewee import SqliteDatabase
+import peewee
 
 from lambdad.auth.table import KeyTable
-from lambdad.errors import NotFound
+from lambdad.errors import DatabaseUnavailable, NotFound
 from lambdad.functions import Activation, FunctionConfig, FunctionVersion
 from lambdad.metrics.stats import StatsRow
+from lambdad.queue.pg_table import PgInvocationTable
 from lambdad.queue.store import InvocationTable
 from lambdad.scheduler.table import ScheduleTable
+from lambdad.store.database import is_postgres, open_database, redacted, scrub
 from lambdad.store.migrations import migrate
 from lambdad.store.models import ActivationRow, FunctionRow, VersionRow, database
 from lambdad.store.thread import StoreThread
 
 T = TypeVar("T")
+
+# After a failed connection, calls fail at once for this long instead of each waiting
+# for libpq's connect timeout (a reconnect is tried by the first call after it).
+RECONNECT_PAUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,35 +45,94 @@ class FunctionRecord:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    """`database`: a SQLite file's path, or a postgresql:// URL; `node_id` names this
+    daemon's connections on PostgreSQL (application_name)."""
+
+    def __init__(self, database: Path | str, node_id: str = "") -> None:
+        self.database = database
+        self.postgres = is_postgres(database)
+        self.path: Path | None = None if self.postgres else Path(database)
+        self._node_id = node_id
         self._thread = StoreThread("store")
-        self._db: Any = SqliteDatabase(
-            str(path),
-            pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
-                     "busy_timeout": 5000},
-        )
+        self._db: Any = open_database(database, node_id)
+        self._retry_at = 0.0  # monotonic; see RECONNECT_PAUSE
+        self._down = ""  # why the last connection failed
         # The tables other packages own, there from the start (usable once open), so the
         # parts that hold them (the AsyncWorker, the CronRunner) can be made before it opens.
-        self.invocations = _Async(self, InvocationTable(self._db))
+        self.invocations = _Async(self, PgInvocationTable(self._db) if self.postgres
+                                  else InvocationTable(self._db))
         self.schedules = _Async(self, ScheduleTable(self._db))
         self.keys = _Async(self, KeyTable(self._db))
 
     async def open(self) -> None:
         await self._run(self._open)
 
+    @property
+    def name(self) -> str:
+        """The database as it may be printed: the file, or the URL without its password."""
+        return redacted(str(self.database)) if self.postgres else str(self.database)
+
     async def close(self) -> None:
-        await self._run(self._db.close)
+        def close() -> None:
+            if self.postgres:
+                self._drop_connection()
+            else:
+                self._db.close()
+
+        await self._thread.call(close)
         self._thread.shutdown()
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        migrate(self.path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            migrate(self.path)
+        else:
+            from lambdad.store.pg_migrations import pg_migrate
+
+            url = str(self.database)
+            pg_migrate(url, f"lambdad:{self._node_id}:migrate" if self._node_id
+                       else "lambdad:migrate")
         database.initialize(self._db)
         self._db.connect(reuse_if_open=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        if self.postgres:
+            return await self._thread.call(lambda: self._guarded(fn))
         return await self._thread.call(fn)
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        """Runs `fn` on the store thread; a lost PostgreSQL connection becomes
+        DatabaseUnavailable and is dropped, so the next call opens a new one. A write
+        whose commit may have happened is not retried: the caller hears UNAVAILABLE."""
+        if time.monotonic() < self._retry_at:
+            raise DatabaseUnavailable(self._down)
+        try:
+            return fn()
+        except Exception as exc:
+            if not self._lost(exc):
+                raise
+            self._drop_connection()
+            self._retry_at = time.monotonic() + RECONNECT_PAUSE
+            reason = scrub(str(exc).strip().replace("\n", " "), str(self.database))
+            self._down = (f"the database ({self.name}) is unavailable: {reason}; lambdad "
+                          "reconnects on its own, try again")
+            raise DatabaseUnavailable(self._down) from None
+
+    def _lost(self, exc: BaseException) -> bool:
+        import psycopg
+
+        if not isinstance(exc, peewee.OperationalError | peewee.InterfaceError
+                          | psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        conn = self._db._state.conn
+        return bool(self._db.is_closed() or conn is None or conn.closed or conn.broken)
+
+    def _drop_connection(self) -> None:
+        conn = self._db._state.conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._db._state.reset()
 
     # Reads
 
@@ -209,7 +278,12 @@ class Store:
                             {int(k): v for k, v in json.loads(found[4]).items()}, found[5]))
                     merged.merge(row)
                     self._db.execute_sql(
-                        "INSERT OR REPLACE INTO invocation_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO invocation_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (function, minute) DO UPDATE SET "
+                        "invocations = excluded.invocations, errors = excluded.errors, "
+                        "cold_starts = excluded.cold_starts, "
+                        "duration_sum = excluded.duration_sum, buckets = excluded.buckets, "
+                        "instances_max = excluded.instances_max",
                         (merged.function, merged.minute, merged.invocations, merged.errors,
                          merged.cold_starts, merged.duration_sum, json.dumps(merged.buckets),
                          merged.instances_max),

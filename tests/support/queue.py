@@ -61,9 +61,10 @@ async def started_worker(table: Any, deliver: Deliver, *, policy: RetryPolicy | 
 
 
 @contextlib.asynccontextmanager
-async def one_queued(folder: Path) -> AsyncIterator[tuple[Store, AsyncInvocation]]:
-    """An open store in `folder` with function "f" and one event of it queued."""
-    async with opened_store(folder, "f") as store:
+async def one_queued(database: Path | str) -> AsyncIterator[tuple[Store, AsyncInvocation]]:
+    """An open store on `database` (see opened_store) with function "f" and one event of
+    it queued."""
+    async with opened_store(database, "f") as store:
         queued = event()
         await store.invocations.insert(queued)
         yield store, queued

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from tests.support.queue import (
     started_worker,
     succeed,
 )
-from tests.support.store import opened_store
+from tests.support.store import StoreBackend, opened_store
 
 GUARD = 10.0  # against a hang, not a speed target
 
@@ -49,7 +48,7 @@ async def status_is(store: Store, inv_id: str, status: str) -> bool:
     return found == status
 
 
-def test_a_queued_event_is_delivered_once_and_its_result_kept(tmp_path: Path,
+def test_a_queued_event_is_delivered_once_and_its_result_kept(store_backend: StoreBackend,
                                                              clock: Clock) -> None:
     delivered: list[AsyncInvocation] = []
 
@@ -58,7 +57,7 @@ def test_a_queued_event_is_delivered_once_and_its_result_kept(tmp_path: Path,
         return True, 200, b'{"ok": true}', ""
 
     async def scenario() -> None:
-        async with one_queued(tmp_path) as (store, queued):
+        async with one_queued(store_backend.database) as (store, queued):
             async with started_worker(store.invocations, deliver):
                 await until(lambda: status_is(store, queued.id, "succeeded"))
                 await asyncio.sleep(0.05)
@@ -71,7 +70,7 @@ def test_a_queued_event_is_delivered_once_and_its_result_kept(tmp_path: Path,
 
 
 def test_failures_retry_at_the_policys_backoff_then_become_dead_letters(
-        tmp_path: Path, clock: Clock) -> None:
+        store_backend: StoreBackend, clock: Clock) -> None:
     attempts: list[float] = []
 
     async def deliver(inv: AsyncInvocation) -> Outcome:
@@ -81,7 +80,7 @@ def test_failures_retry_at_the_policys_backoff_then_become_dead_letters(
     policy = RetryPolicy(retries=2, backoff_s=10.0)
 
     async def scenario() -> None:
-        async with one_queued(tmp_path) as (store, queued):
+        async with one_queued(store_backend.database) as (store, queued):
             async with started_worker(store.invocations, deliver, policy=policy) as worker:
                 await until(lambda: asyncio.sleep(0, len(attempts) == 1))
                 await until(lambda: status_is(store, queued.id, "queued"))
@@ -108,13 +107,13 @@ def test_failures_retry_at_the_policys_backoff_then_become_dead_letters(
     asyncio.run(scenario())
 
 
-def test_a_delivery_that_raises_is_a_failed_attempt_with_its_error(tmp_path: Path,
+def test_a_delivery_that_raises_is_a_failed_attempt_with_its_error(store_backend: StoreBackend,
                                                                   clock: Clock) -> None:
     async def deliver(inv: AsyncInvocation) -> Outcome:
         raise RuntimeError("the instance vanished")
 
     async def scenario() -> None:
-        async with one_queued(tmp_path) as (store, queued):
+        async with one_queued(store_backend.database) as (store, queued):
             async with started_worker(store.invocations, deliver, policy=RetryPolicy(retries=0)):
                 await until(lambda: status_is(store, queued.id, "failed"))
             failed = await store.invocations.get(queued.id)
@@ -124,7 +123,7 @@ def test_a_delivery_that_raises_is_a_failed_attempt_with_its_error(tmp_path: Pat
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3])
-def test_deliveries_of_one_function_stay_within_its_limit(tmp_path: Path, clock: Clock,
+def test_deliveries_of_one_function_stay_within_its_limit(store_backend: StoreBackend, clock: Clock,
                                                           limit: int) -> None:
     running = 0
     peak = 0
@@ -141,7 +140,7 @@ def test_deliveries_of_one_function_stay_within_its_limit(tmp_path: Path, clock:
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
+        async with opened_store(store_backend.database, "f") as store:
             events = [event() for _ in range(6)]
             for queued in events:
                 await store.invocations.insert(queued)
@@ -164,7 +163,7 @@ def test_deliveries_of_one_function_stay_within_its_limit(tmp_path: Path, clock:
 
 
 def test_a_new_event_is_taken_when_the_worker_is_woken_not_at_the_next_poll(
-        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        store_backend: StoreBackend, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "POLL_S", 3600.0)  # no poll within the test
     delivered: list[str] = []
 
@@ -173,7 +172,7 @@ def test_a_new_event_is_taken_when_the_worker_is_woken_not_at_the_next_poll(
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
+        async with opened_store(store_backend.database, "f") as store:
             async with started_worker(store.invocations, deliver) as worker:
                 await asyncio.sleep(0.1)  # idle: waiting for a wake-up
                 queued = event()
@@ -188,7 +187,7 @@ def test_a_new_event_is_taken_when_the_worker_is_woken_not_at_the_next_poll(
 
 
 def test_stop_cancels_attempts_under_way_and_they_are_queued_again_at_the_next_start(
-        tmp_path: Path, clock: Clock) -> None:
+        store_backend: StoreBackend, clock: Clock) -> None:
     cancelled: list[str] = []
     started = asyncio.Event()
 
@@ -202,7 +201,7 @@ def test_stop_cancels_attempts_under_way_and_they_are_queued_again_at_the_next_s
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with one_queued(tmp_path) as (store, queued):
+        async with one_queued(store_backend.database) as (store, queued):
             worker = new_worker(store.invocations, deliver)
             worker.start()
             await asyncio.wait_for(started.wait(), GUARD)
@@ -216,7 +215,7 @@ def test_stop_cancels_attempts_under_way_and_they_are_queued_again_at_the_next_s
 
 
 def test_cancel_ends_a_running_invocation_as_failed_with_the_reason(
-        tmp_path: Path, clock: Clock) -> None:
+        store_backend: StoreBackend, clock: Clock) -> None:
     started = asyncio.Event()
 
     async def deliver(inv: AsyncInvocation) -> Outcome:
@@ -225,7 +224,7 @@ def test_cancel_ends_a_running_invocation_as_failed_with_the_reason(
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with one_queued(tmp_path) as (store, queued):
+        async with one_queued(store_backend.database) as (store, queued):
             async with started_worker(store.invocations, deliver) as worker:
                 await asyncio.wait_for(started.wait(), GUARD)
                 await asyncio.wait_for(worker.cancel(queued.id, "replaced"), GUARD)
@@ -256,7 +255,7 @@ class Recording:
 
 
 def test_a_burst_is_stored_in_a_few_transactions_and_each_event_delivered_once(
-        tmp_path: Path, clock: Clock) -> None:
+        store_backend: StoreBackend, clock: Clock) -> None:
     """Fifty events accepted at once: each caller returns once its event is committed, the
     cycles that store them are few (group commit), and each is delivered exactly once."""
     delivered: list[str] = []
@@ -267,7 +266,7 @@ def test_a_burst_is_stored_in_a_few_transactions_and_each_event_delivered_once(
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
+        async with opened_store(store_backend.database, "f") as store:
             table = Recording(store.invocations)
             async with started_worker(table, deliver, limit=lambda _: 4) as worker:
                 burst = [event() for _ in range(50)]
@@ -286,9 +285,9 @@ def test_a_burst_is_stored_in_a_few_transactions_and_each_event_delivered_once(
 
 
 def test_a_failed_cycle_stores_none_of_its_events_and_their_callers_hear_why(
-        tmp_path: Path, clock: Clock) -> None:
+        store_backend: StoreBackend, clock: Clock) -> None:
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
+        async with opened_store(store_backend.database, "f") as store:
             table = Recording(store.invocations)
             async with started_worker(table, succeed) as worker:
                 await asyncio.sleep(0.05)  # idle, waiting
@@ -304,7 +303,7 @@ def test_a_failed_cycle_stores_none_of_its_events_and_their_callers_hear_why(
 
 
 def test_a_clean_stop_writes_ended_attempts_so_the_next_start_delivers_nothing_again(
-        tmp_path: Path, clock: Clock) -> None:
+        store_backend: StoreBackend, clock: Clock) -> None:
     ended = asyncio.Event()
 
     async def deliver(inv: AsyncInvocation) -> Outcome:
@@ -312,7 +311,7 @@ def test_a_clean_stop_writes_ended_attempts_so_the_next_start_delivers_nothing_a
         return True, 200, b'{"done": 1}', ""
 
     async def scenario() -> None:
-        async with one_queued(tmp_path) as (store, queued):
+        async with one_queued(store_backend.database) as (store, queued):
             worker = new_worker(store.invocations, deliver)
             worker.start()
             await asyncio.wait_for(ended.wait(), GUARD)
@@ -326,9 +325,9 @@ def test_a_clean_stop_writes_ended_attempts_so_the_next_start_delivers_nothing_a
 
 
 def test_after_stop_an_accepted_event_is_still_stored_before_the_answer(
-        tmp_path: Path, clock: Clock) -> None:
+        store_backend: StoreBackend, clock: Clock) -> None:
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
+        async with opened_store(store_backend.database, "f") as store:
             async with started_worker(store.invocations, succeed) as worker:
                 pass
             late = event()
@@ -339,7 +338,7 @@ def test_after_stop_an_accepted_event_is_still_stored_before_the_answer(
 
 
 def test_a_wake_up_during_the_workers_store_call_is_not_lost(
-        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        store_backend: StoreBackend, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """An event queued while the worker is inside a store call (its wake-up set then) is
     delivered at once, not at the next poll. The worker used to clear its wake-up after its
     queries, losing this one until POLL_S."""
@@ -373,7 +372,7 @@ def test_a_wake_up_during_the_workers_store_call_is_not_lost(
             return call
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
+        async with opened_store(store_backend.database, "f") as store:
             table = Gated(store.invocations)
             async with started_worker(table, deliver) as worker:
                 await asyncio.sleep(0.1)  # idle
@@ -390,7 +389,7 @@ def test_a_wake_up_during_the_workers_store_call_is_not_lost(
 
 
 def test_an_ended_delivery_with_nothing_queued_is_written_by_the_flush_not_a_cycle_of_its_own(
-        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        store_backend: StoreBackend, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """With nothing left queued, a freed slot has nothing to take: while other deliveries
     run, an end is kept in memory (status() sees it) and written FLUSH_S later; the last
     delivery to end is written at once. A lone caller's event is stored by one cycle
@@ -404,7 +403,7 @@ def test_an_ended_delivery_with_nothing_queued_is_written_by_the_flush_not_a_cyc
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store, \
+        async with opened_store(store_backend.database, "f") as store, \
                 started_worker(store.invocations, deliver, limit=lambda _: 4) as worker:
             first, second = event(), event()
             async with asyncio.timeout(2.0):  # far below GATHER_S
@@ -433,7 +432,7 @@ async def status_is_async(worker: AsyncWorker, inv_id: str, status: str) -> bool
 
 
 def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
-        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        store_backend: StoreBackend, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second caller's event that arrives while the first one's cycle runs shows that
     several callers enqueue at once: the next cycle waits GATHER_S for company, so a third
     event sent meanwhile is stored by the same cycle (one commit for both). It used to count
@@ -464,7 +463,7 @@ def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
             return await self._table.cycle(*args)
 
     async def scenario() -> None:
-        async with opened_store(tmp_path, "f") as store:
+        async with opened_store(store_backend.database, "f") as store:
             table = Gated(store.invocations)
             async with started_worker(table, succeed, limit=lambda _: 8) as worker:
                 first, second, third = event(), event(), event()

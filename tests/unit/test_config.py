@@ -91,6 +91,7 @@ def test_every_setting_is_read_from_each_source() -> None:
     """A non-default value for every setting, through the file and through the environment."""
     values = {
         "state_dir": "/srv/l", "socket": "/srv/l.sock", "grpc_listen": "none",
+        "database": "postgresql://l@db.example/lambda",
         "api_key_file": "/k", "tcp_reflection": "open", "tls_cert": "/c", "tls_key": "/k2",
         "gateway_listen": "0.0.0.0:80", "admin_listen": "none", "domain": "fn.example.com",
         "public_port": "443", "max_connections": "7", "max_body_size": "2",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ import lambdad.scheduler.runner as runner_module
 from lambdad.errors import Throttled
 from lambdad.scheduler.cron import Schedule
 from lambdad.scheduler.runner import CronRunner
-from tests.support.store import opened_store
+from tests.support.store import StoreBackend, opened_store
 
 GUARD = 10.0  # against a hang, not a speed target
 HOUR = 1_800_000_000.0  # an hour boundary (divisible by 3600)
@@ -78,14 +77,14 @@ async def until(check: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-def run_with(tmp_path: Path, schedules: list[Schedule], queue: Queue,
+def run_with(backend: StoreBackend, schedules: list[Schedule], queue: Queue,
              scenario: Callable[[CronRunner, list[Schedule]], Awaitable[None]],
              window: float = 3600.0) -> list[Schedule]:
     """Starts a runner over `schedules` (stored first), runs `scenario`, stops it; returns
     the stored rows as they ended."""
 
     async def main() -> list[Schedule]:
-        async with opened_store(tmp_path, "f", "g") as store:
+        async with opened_store(backend.database, "f", "g") as store:
             for s in schedules:
                 await store.schedules.insert(s)
             runner = CronRunner(store.schedules, queue.enqueue, queue.status_of,
@@ -101,7 +100,7 @@ def run_with(tmp_path: Path, schedules: list[Schedule], queue: Queue,
     return asyncio.run(main())
 
 
-def test_a_schedule_fires_when_due_and_its_run_is_recorded(tmp_path: Path,
+def test_a_schedule_fires_when_due_and_its_run_is_recorded(store_backend: StoreBackend,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     minute = HOUR + 600
     clock = set_clock(monkeypatch, minute - LEAD)
@@ -115,13 +114,13 @@ def test_a_schedule_fires_when_due_and_its_run_is_recorded(tmp_path: Path,
         await until(lambda: bool(queue.enqueued))
         assert runner.next_run("s1") == minute + 60
 
-    rows = run_with(tmp_path, [schedule(last_run=minute - 60)], queue, scenario)
+    rows = run_with(store_backend, [schedule(last_run=minute - 60)], queue, scenario)
     assert queue.enqueued == [("s1", minute, False)]
     assert (rows[0].last_run, rows[0].last_result, rows[0].last_invocation) == (
         minute, "enqueued", "inv-1")
 
 
-def test_one_run_missed_while_down_is_caught_up_at_start(tmp_path: Path,
+def test_one_run_missed_while_down_is_caught_up_at_start(store_backend: StoreBackend,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     set_clock(monkeypatch, HOUR + 1800)  # half past; down since three hours
     queue = Queue()
@@ -130,7 +129,7 @@ def test_one_run_missed_while_down_is_caught_up_at_start(tmp_path: Path,
         assert queue.enqueued == [("s1", HOUR, True)]  # at start, once, the latest run
         assert runner.next_run("s1") == HOUR + 3600
 
-    rows = run_with(tmp_path, [schedule(cron="0 * * * *", last_run=HOUR - 3 * 3600)], queue,
+    rows = run_with(store_backend, [schedule(cron="0 * * * *", last_run=HOUR - 3 * 3600)], queue,
                     scenario)
     assert (rows[0].last_run, rows[0].last_result) == (HOUR, "catch-up")
 
@@ -142,7 +141,8 @@ def test_one_run_missed_while_down_is_caught_up_at_start(tmp_path: Path,
     (3600.0, HOUR + 60, False),  # created after the run it would catch up
 ])
 def test_the_catch_up_window_and_the_schedules_age_bound_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: float, created_at: float,
+        store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch, window: float,
+        created_at: float,
         caught_up: bool) -> None:
     set_clock(monkeypatch, HOUR + 1800)
     queue = Queue()
@@ -150,12 +150,12 @@ def test_the_catch_up_window_and_the_schedules_age_bound_it(
     async def scenario(runner: CronRunner, _: list[Schedule]) -> None:
         pass
 
-    run_with(tmp_path, [schedule(cron="0 * * * *", created_at=created_at)], queue, scenario,
+    run_with(store_backend, [schedule(cron="0 * * * *", created_at=created_at)], queue, scenario,
              window=window)
     assert queue.enqueued == ([("s1", HOUR, True)] if caught_up else [])
 
 
-def test_a_removed_schedule_does_not_fire(tmp_path: Path,
+def test_a_removed_schedule_does_not_fire(store_backend: StoreBackend,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     minute = HOUR + 600
     clock = set_clock(monkeypatch, minute - LEAD)
@@ -169,14 +169,14 @@ def test_a_removed_schedule_does_not_fire(tmp_path: Path,
         await until(lambda: bool(queue.enqueued))
         await asyncio.sleep(2 * LEAD)
 
-    run_with(tmp_path, [schedule("s1", last_run=minute - 60),
+    run_with(store_backend, [schedule("s1", last_run=minute - 60),
                         schedule("s2", last_run=minute - 60),
                         schedule("s3", function="g", last_run=minute - 60)], queue, scenario)
     assert queue.enqueued == [("s2", minute, False)]  # s1 removed, s3's function deleted
 
 
 def test_an_added_schedule_fires_without_waiting_for_the_old_timer(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     minute = HOUR + 600
     clock = set_clock(monkeypatch, minute - LEAD)
     queue = Queue()
@@ -187,7 +187,7 @@ def test_an_added_schedule_fires_without_waiting_for_the_old_timer(
         clock.now = minute
         await until(lambda: bool(queue.enqueued))
 
-    run_with(tmp_path, [], queue, scenario)
+    run_with(store_backend, [], queue, scenario)
     assert queue.enqueued == [("new", minute, False)]
 
 
@@ -199,7 +199,7 @@ def test_an_added_schedule_fires_without_waiting_for_the_old_timer(
     ("allow", "running", True, False, "catch-up"),
 ])
 def test_each_overlap_rule_when_the_previous_run_is_unfinished(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: str, previous: str,
+        store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch, overlap: str, previous: str,
         enqueued: bool, cancelled: bool, result: str) -> None:
     set_clock(monkeypatch, HOUR + 1800)
     queue = Queue(status=previous)
@@ -207,7 +207,7 @@ def test_each_overlap_rule_when_the_previous_run_is_unfinished(
     async def scenario(runner: CronRunner, _: list[Schedule]) -> None:
         pass
 
-    rows = run_with(tmp_path, [schedule(cron="0 * * * *", overlap=overlap,
+    rows = run_with(store_backend, [schedule(cron="0 * * * *", overlap=overlap,
                                         last_run=HOUR - 3600, last_invocation="prev")],
                     queue, scenario)
     assert queue.enqueued == ([("s1", HOUR, True)] if enqueued else [])
@@ -217,7 +217,7 @@ def test_each_overlap_rule_when_the_previous_run_is_unfinished(
     assert (rows[0].last_run, rows[0].last_result) == (HOUR, result)
 
 
-def test_a_full_queue_skips_the_run_instead_of_growing(tmp_path: Path,
+def test_a_full_queue_skips_the_run_instead_of_growing(store_backend: StoreBackend,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     set_clock(monkeypatch, HOUR + 1800)
     queue = Queue(full=True)
@@ -225,6 +225,6 @@ def test_a_full_queue_skips_the_run_instead_of_growing(tmp_path: Path,
     async def scenario(runner: CronRunner, _: list[Schedule]) -> None:
         pass
 
-    rows = run_with(tmp_path, [schedule(cron="0 * * * *", last_run=HOUR - 3600)], queue,
+    rows = run_with(store_backend, [schedule(cron="0 * * * *", last_run=HOUR - 3600)], queue,
                     scenario)
     assert (rows[0].last_run, rows[0].last_result) == (HOUR, "skipped")

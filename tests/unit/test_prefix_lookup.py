@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -17,12 +16,13 @@ from lambdad.functions import FunctionConfig, FunctionVersion
 from lambdad.queue.model import AsyncInvocation
 from lambdad.scheduler.cron import Schedule
 from lambdad.store import Store
+from tests.support.store import StoreBackend
 
 IDS = ("ab12cd34-0000-4000-8000-000000000001", "ab12ef00-0000-4000-8000-000000000002")
 
 
-async def _store(path: Path) -> Store:
-    store = Store(path / "lambda.db")
+async def _store(backend: StoreBackend) -> Store:
+    store = Store(backend.database)
     await store.open()
     await store.add_version(FunctionVersion(
         function="greet", number=1, image="lambda-fn/greet:v1", image_id="sha256:1",
@@ -32,9 +32,9 @@ async def _store(path: Path) -> Store:
 
 
 @pytest.mark.parametrize("kind", ["invocations", "schedules"])
-def test_wildcards_in_a_prefix_are_literal(tmp_path: Path, kind: str) -> None:
+def test_wildcards_in_a_prefix_are_literal(store_backend: StoreBackend, kind: str) -> None:
     async def scenario() -> None:
-        store = await _store(tmp_path)
+        store = await _store(store_backend)
         table = store.invocations if kind == "invocations" else store.schedules
         try:
             for ident in IDS:

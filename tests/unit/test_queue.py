@@ -19,6 +19,7 @@ from lambdad.queue.fair import mark_served, newcomer_has_room, select
 from lambdad.queue.model import Finish
 from lambdad.store import Store
 from lambdad.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from tests.support.store import StoreBackend
 
 
 def event(function: str, at: float, status: str = "queued") -> AsyncInvocation:
@@ -106,17 +107,18 @@ def _version(name: str) -> FunctionVersion:
                            code_size=1, created_at=datetime.now(UTC))
 
 
-async def _store(tmp_path: Path, *names: str) -> Store:
-    store = Store(tmp_path / "lambda.db")
+async def _store(backend: StoreBackend, *names: str) -> Store:
+    store = Store(backend.database)
     await store.open()
     for name in names:
         await store.add_version(_version(name), activate=True)
     return store
 
 
-def test_insert_refuses_past_the_cap_and_only_queued_events_count(tmp_path: Path) -> None:
+def test_insert_refuses_past_the_cap_and_only_queued_events_count(
+        store_backend: StoreBackend) -> None:
     async def scenario() -> None:
-        store = await _store(tmp_path, "a", "b")
+        store = await _store(store_backend, "a", "b")
         try:
             table = store.invocations
             now = time.time()
@@ -136,9 +138,9 @@ def test_insert_refuses_past_the_cap_and_only_queued_events_count(tmp_path: Path
     asyncio.run(scenario())
 
 
-def test_due_is_per_function_so_a_backlog_hides_nobody(tmp_path: Path) -> None:
+def test_due_is_per_function_so_a_backlog_hides_nobody(store_backend: StoreBackend) -> None:
     async def scenario() -> None:
-        store = await _store(tmp_path, "hog", "other")
+        store = await _store(store_backend, "hog", "other")
         try:
             table = store.invocations
             now = time.time()
@@ -175,12 +177,12 @@ class _Counting:
         return getattr(self._table, name)
 
 
-def test_worker_delivers_another_function_past_a_stuck_backlog(tmp_path: Path) -> None:
+def test_worker_delivers_another_function_past_a_stuck_backlog(store_backend: StoreBackend) -> None:
     """The oldest 100 events belong to a function whose one slot is stuck; another
     function's event is still delivered, and the blocked backlog costs no busy loop."""
 
     async def scenario() -> None:
-        store = await _store(tmp_path, "slow", "quick")
+        store = await _store(store_backend, "slow", "quick")
         stuck = asyncio.Event()
         delivered: list[str] = []
 
@@ -219,13 +221,13 @@ def test_worker_delivers_another_function_past_a_stuck_backlog(tmp_path: Path) -
     asyncio.run(scenario())
 
 
-def test_a_cycle_stores_records_and_claims_in_one_transaction(tmp_path: Path) -> None:
+def test_a_cycle_stores_records_and_claims_in_one_transaction(store_backend: StoreBackend) -> None:
     """Inserts (the cap counting the batch's own events), ended attempts and a claim of the
     picked due events, marked running with the attempt counted; a claimed event is never
     claimed again while it runs, and its recorded end frees it."""
 
     async def scenario() -> None:
-        store = await _store(tmp_path, "a", "b")
+        store = await _store(store_backend, "a", "b")
         try:
             table = store.invocations
             now = time.time()
@@ -297,14 +299,14 @@ def test_a_queue_written_before_migration_7_is_claimed_after_it(tmp_path: Path) 
 
 
 def test_an_event_stored_and_claimed_by_one_cycle_is_written_running_after_older_ones(
-        tmp_path: Path) -> None:
+        store_backend: StoreBackend) -> None:
     """The events given to a cycle are candidates after the stored ones of their function:
     a stored event is claimed first; a picked new one is written running with its attempt
     counted (as a stored one is updated); one not picked is written queued. Claim.backlog
     says whether queued events may be left, so an ended delivery need not start a cycle."""
 
     async def scenario() -> None:
-        store = await _store(tmp_path, "a")
+        store = await _store(store_backend, "a")
         try:
             table = store.invocations
             now = time.time()
@@ -339,12 +341,13 @@ def test_an_event_stored_and_claimed_by_one_cycle_is_written_running_after_older
     asyncio.run(scenario())
 
 
-def test_a_cycle_stores_more_events_than_one_insert_statement_holds(tmp_path: Path) -> None:
+def test_a_cycle_stores_more_events_than_one_insert_statement_holds(
+        store_backend: StoreBackend) -> None:
     """Events are written in multi-row INSERTs of at most 64 rows (SQLite's variable
     limit): a batch of 150, none claimed, is stored whole."""
 
     async def scenario() -> None:
-        store = await _store(tmp_path, "a")
+        store = await _store(store_backend, "a")
         try:
             table = store.invocations
             now = time.time()
@@ -364,10 +367,11 @@ def test_a_cycle_reads_the_queue_only_while_queued_events_may_be_stored(tmp_path
     """A cycle after one that left nothing queued runs no SELECT (the cap's count, the
     functions with queued events, their heads, the next due time): it stores, records and
     claims with writes only. Every write that can leave a queued event (a retry's end, an
-    event no slot took, a redrive) makes the next cycle read again, so nothing is missed."""
+    event no slot took, a redrive) makes the next cycle read again, so nothing is missed.
+    SQLite only: on PostgreSQL another node may queue events, so every cycle reads."""
 
     async def scenario() -> None:
-        store = await _store(tmp_path, "a")
+        store = await _store(StoreBackend("sqlite", tmp_path / "lambda.db"), "a")
         try:
             table = store.invocations
             selects: list[str] = []
@@ -418,13 +422,13 @@ def test_a_cycle_reads_the_queue_only_while_queued_events_may_be_stored(tmp_path
 
 
 def test_a_cycles_one_read_counts_the_cap_skips_full_functions_and_finds_the_next_retry(
-        tmp_path: Path) -> None:
+        store_backend: StoreBackend) -> None:
     """The cycle's reads are one statement (`_heads`): per function with queued events the
     cap's count (the stored events), the due heads of those not skipped, and the earliest
     not yet due; each as the separate queries said."""
 
     async def scenario() -> None:
-        store = await _store(tmp_path, "a", "b")
+        store = await _store(store_backend, "a", "b")
         try:
             table = store.invocations
             now = time.time()
@@ -436,12 +440,10 @@ def test_a_cycles_one_read_counts_the_cap_skips_full_functions_and_finds_the_nex
                 assert await table.insert(e)
             reads: list[str] = []
 
-            def tracing() -> None:
-                store._db.connection().set_trace_callback(
-                    lambda sql: reads.append(sql) if sql.lstrip().upper().startswith(
-                        ("SELECT", "WITH")) else None)
-
-            await store._run(tracing)
+            # Every statement the tables run goes through execute_sql, on both engines.
+            store._db.query_hooks.append(
+                lambda query: reads.append(query.sql) if query.sql.lstrip().upper().startswith(
+                    ("SELECT", "WITH")) else None)
             fresh = [event("a", now), event("a", now + 0.001)]
             claim = await table.cycle([], now + 1, 1, {"b"}, lambda due: due,
                                       [(e, 4) for e in fresh])
