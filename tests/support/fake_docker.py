@@ -90,6 +90,7 @@ class FakeDocker:
         self.hold.set()
         self.on_exit: Callable[[str], None] | None = None  # Docker's die event
         self.direct_thaw = False  # thaw writes the freezer file (else: the API only)
+        self.unfreezable = False  # the freeze of a settle fails (a task it cannot freeze)
 
     # What a test looks at
 
@@ -187,6 +188,8 @@ class FakeDocker:
         container = self.containers[container_id]
         if container.paused or not container.docker_paused:
             raise RuntimeError("nothing to settle")
+        if self.unfreezable:  # as the real one: thawed again, left running
+            raise RuntimeError("it did not freeze within a second")
         self.settled.append(container_id)
         container.docker_paused = False
 
