@@ -193,6 +193,15 @@ class FakeDocker:
         self.settled.append(container_id)
         container.docker_paused = False
 
+    def refreeze(self, container_id: str) -> bool:
+        container = self.containers[container_id]
+        if container.docker_paused and not container.paused:
+            if self.unfreezable:
+                return False
+            container.paused = True
+            container.thawed.clear()
+        return True
+
     @staticmethod
     def _freeze(container: FakeContainer, paused: bool, docker: bool | None = None) -> None:
         container.paused = paused
