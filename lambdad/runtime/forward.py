@@ -181,7 +181,11 @@ class Forwarder:
             try:
                 await asyncio.to_thread(self._backend.settle, instance.container_id)
             except Exception as exc:
+                # Neither settled nor pausable (Docker says Paused): as after a failed
+                # pause, it cannot be kept frozen, so its idle timeout stops it, not a
+                # freeze window it would spend running, outside the frozen memory bound.
                 instance.no_settle_until = time.monotonic() + PAUSE_RETRY_S
+                instance.no_pause_until = instance.no_settle_until
                 log.warning("settling a thawed instance failed instance=%s retry_in_s=%d "
                             "error=%s", instance.id, PAUSE_RETRY_S, exc)
                 return
