@@ -16,7 +16,7 @@ import time
 from lambdad.errors import FunctionTimeout, InstanceFailed, Unavailable
 from lambdad.runtime.backend import Backend
 from lambdad.runtime.folder import Refused
-from lambdad.runtime.hop import encode_request
+from lambdad.runtime.hop import RUNTIME_PREFIX, encode_request, runtime_control
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.pool import Instance, InstancePool
 from lambdad.runtime.routing import Routes
@@ -112,6 +112,18 @@ class Forwarder:
             except BaseException:
                 self._release(instance, conn)
                 raise
+            if (response_headers and response_headers[0][0].startswith(RUNTIME_PREFIX)
+                    and version.config.runtime != "docker"):  # the runtime's word first
+                workers, waited_out, response_headers = runtime_control(response_headers)
+                if workers is not None:
+                    _pool(instance).set_workers(instance, workers)
+                if waited_out:
+                    # It never ran: only this request timed out, the instance serves on.
+                    self._release(instance, conn)
+                    raise FunctionTimeout(
+                        f"function {name!r} did not respond within its timeout of {timeout} s"
+                        f" (it waited for a worker: the instance's memory holds "
+                        f"{workers or instance.workers or '?'})") from None
             reader = conn.reader
             content = reader.take_body() if reader.complete else None
             exchange = _Exchange(self, instance, conn, content)
