@@ -24,7 +24,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -175,19 +175,21 @@ class BlobStore:
         # Called after each chunk a fetch writes (tests slow a fetch down to kill it).
         self.on_chunk: Callable[[int], None] | None = None
 
-    def _connect(self) -> Any:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Any]:
+        """A connection of its own for one call, committed at the end; a lost database
+        (at connect or midway) is Unavailable, named without the URL's password."""
         import psycopg
 
-        from lambdad.store.database import connect_params
+        from lambdad.store.database import connect_params, redacted, scrub
 
         try:
-            return psycopg.connect(self._url, **connect_params(self._url, self._name))
-        except psycopg.OperationalError as exc:
-            from lambdad.store.database import redacted, scrub
-
+            with psycopg.connect(self._url, **connect_params(self._url, self._name)) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             reason = scrub(str(exc).strip().replace("\n", " "), self._url)
             raise Unavailable(f"the database ({redacted(self._url)}) is unavailable: "
-                              f"{reason}") from None
+                              f"{reason}; try again") from None
 
     def has(self, sha256: str) -> bool:
         with self._connect() as conn:
@@ -236,6 +238,23 @@ class BlobStore:
                         out.flush()
                         self.on_chunk(seq)
         verify(target, sha256, size)
+
+
+    def collect(self, older_than_s: float = 3600.0) -> int:
+        """Deletes the blobs no unpruned version names, stored more than `older_than_s`
+        ago (a deploy in progress stores its blob before its row); returns how many. For
+        the cluster's singleton housekeeping. (A put writes its chunks and its row in one
+        transaction, so there are no chunks without a row to look for.)"""
+        with self._connect() as conn:
+            gone = conn.execute(
+                "DELETE FROM blobs b WHERE b.created_at < now() - make_interval(secs => %s) "
+                "AND NOT EXISTS (SELECT 1 FROM versions v WHERE NOT v.pruned AND "
+                "(v.artifact_sha256 = b.sha256 OR v.context_sha256 = b.sha256)) "
+                "RETURNING sha256", (older_than_s,)).fetchall()
+            if gone:
+                conn.execute("DELETE FROM blob_chunks WHERE sha256 = ANY(%s)",
+                             ([row[0] for row in gone],))
+            return len(gone)
 
 
 def remove_quietly(*paths: Path) -> None:

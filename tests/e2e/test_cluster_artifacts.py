@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +119,20 @@ def test_a_node_serves_versions_deployed_through_another(postgres: Postgres,
         docked = b.http("dock", "/")
         assert docked.status == 200
         assert fetch_ms(docked.headers.get("server-timing", "")) is None  # built already
+
+
+def test_on_sqlite_a_deploy_stores_no_blob(tmp_path: Path) -> None:
+    """The embedded default is unchanged: one node has nothing to share."""
+    daemon = Lambdad()
+    try:
+        daemon.start()
+        daemon.deploy("greet", "--name", "greet")
+        served = daemon.http("greet", "/?name=x")
+        assert served.status == 200 and fetch_ms(served.headers["server-timing"]) is None
+        with sqlite3.connect(daemon.state_dir / "lambda.db") as db:
+            assert db.execute("SELECT count(*) FROM blobs").fetchone() == (0,)
+            assert db.execute("SELECT count(*) FROM blob_chunks").fetchone() == (0,)
+            assert db.execute("SELECT artifact_sha256, context_sha256 FROM versions"
+                              ).fetchall() == [("", "")]
+    finally:
+        daemon.close()

@@ -175,3 +175,42 @@ def test_a_blob_tampered_with_in_the_database_is_refused(tmp_path: Path, url: st
         asyncio.run(asyncio.wait_for(localizer.ensure(version), GUARD))
     assert time.monotonic() - started < GUARD
     assert os.listdir(artifacts.root / "greet") == []  # nothing extracted, nothing kept
+
+
+def test_collect_deletes_only_old_blobs_no_live_version_names(tmp_path: Path,
+                                                              url: str) -> None:
+    import psycopg
+
+    version, origin = deployed(tmp_path, url)
+    (origin.path("greet", 1) / "task" / "other.py").write_text("x = 2\n")
+    orphan = publish_artifact(BlobStore(url, "a"), origin.path("greet", 1), tmp_path / "s")
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO functions (name, created_at) VALUES ('greet', now())")
+        conn.execute("INSERT INTO versions (function, number, image, image_id, config, "
+                     "code_sha256, code_size, created_at, artifact_sha256) VALUES "
+                     "('greet', 1, '', '', '{}', '', 1, now(), %s)",
+                     (version.artifact_sha256,))
+    blobs = BlobStore(url, "a")
+    assert blobs.collect() == 0  # the orphan is young: maybe a deploy before its row
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE blobs SET created_at = now() - interval '2 hours'")
+    assert blobs.collect() == 1
+    assert not blobs.has(orphan) and blobs.has(version.artifact_sha256)
+    assert count_rows(url, "blob_chunks") == 1
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE versions SET pruned = TRUE")
+    assert blobs.collect() == 1
+    assert count_rows(url, "blobs") == count_rows(url, "blob_chunks") == 0
+
+
+def test_a_database_that_cannot_be_reached_is_unavailable_without_the_password(
+        tmp_path: Path, postgres: Postgres) -> None:
+    from lambdad.errors import Unavailable
+    from tests.support.postgres import PASSWORD
+
+    url = postgres.url("no_such_database", password=True)
+    with pytest.raises(Unavailable) as refused:
+        BlobStore(url, "b").fetch("ab" * 32, tmp_path / "blob")
+    assert "is unavailable" in str(refused.value)
+    assert PASSWORD not in str(refused.value)
+    assert not (tmp_path / "blob").exists()
