@@ -121,6 +121,13 @@ class Localizer:
         blob = final.with_name(final.name + ".blob.partial")
         staging = final.with_name(final.name + ".partial")
         remove_quietly(blob, staging)  # what a fetch cut short left
+        source = version.source_version
+        if source is not None and self._artifacts.find(version.function, source) is not None:
+            # A config-only version's files are its source's (the same blob): linked from
+            # the copy this node already has, nothing fetched.
+            cloned = self._artifacts.clone(version.function, source, version.number)
+            if cloned is not None:
+                return cloned
         try:
             self._blobs.fetch(version.artifact_sha256, blob)
             unpack(blob, staging)

@@ -214,3 +214,22 @@ def test_a_database_that_cannot_be_reached_is_unavailable_without_the_password(
     assert "is unavailable" in str(refused.value)
     assert PASSWORD not in str(refused.value)
     assert not (tmp_path / "blob").exists()
+
+
+def test_a_config_only_version_links_its_sources_local_copy(tmp_path: Path, url: str) -> None:
+    version, origin = deployed(tmp_path, url)
+    localizer, artifacts, blobs = node(tmp_path, url, "b")
+    calls: list[str] = []
+    fetch = blobs.fetch
+
+    def counted(sha: str, target: Path) -> None:
+        calls.append(sha)
+        fetch(sha, target)
+
+    blobs.fetch = counted  # type: ignore[method-assign]
+    v2 = replace(version, number=2, source_version=1)
+    asyncio.run(asyncio.wait_for(localizer.ensure(version), GUARD))
+    asyncio.run(asyncio.wait_for(localizer.ensure(v2), GUARD))
+    assert calls == [version.artifact_sha256]  # v1 fetched, v2 linked from it
+    v2_path = artifacts.find("greet", 2)
+    assert v2_path is not None and tree(v2_path) == tree(origin.path("greet", 1))
