@@ -139,6 +139,7 @@ class Forwarder:
                 init_ms=instance.init_ms if start in ("cell", "container") else 0.0,
                 import_ms=instance.import_ms if start in ("cell", "container") else 0.0,
                 hooks_ms=instance.hooks_ms if start in ("cell", "container") else 0.0,
+                fetch_ms=instance.fetch_ms if start in ("cell", "container") else 0.0,
                 content=content,
             )
         raise Unavailable(f"no instance of {name!r} could take the request")

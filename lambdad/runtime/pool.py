@@ -54,6 +54,7 @@ class Instance:
     init_ms: float = 0.0  # its start as lambdad timed it, import included
     import_ms: float = 0.0  # the import alone, as its runtime timed it (POST /init's answer)
     hooks_ms: float = 0.0  # the before-snapshot hooks after the import (the same answer)
+    fetch_ms: float = 0.0  # cluster mode: its artifact fetched or image built first (in init)
     idle: list[UpstreamConnection] = field(default_factory=list)
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)

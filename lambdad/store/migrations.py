@@ -159,6 +159,36 @@ def _v7_invocation_queue_index(db: sqlite3.Connection) -> None:
                "status, function, next_attempt_at, created_at)")
 
 
+def _v8_shared_blobs(db: sqlite3.Connection) -> None:
+    """Cluster mode's shared artifacts (build/blobs.py): each version names the blob of its
+    artifact (a standard runtime) or of its build context (a Dockerfile function), and
+    the blobs themselves, content-addressed and chunked. SQLite never writes them; they
+    exist so both engines have one schema."""
+    db.execute("ALTER TABLE versions ADD COLUMN artifact_sha256 TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE versions ADD COLUMN context_sha256 TEXT NOT NULL DEFAULT ''")
+    db.execute(
+        """
+        CREATE TABLE blobs (
+            sha256 TEXT PRIMARY KEY NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('artifact', 'context')),
+            size INTEGER NOT NULL,
+            chunks INTEGER NOT NULL,
+            created_at DATETIME NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE blob_chunks (
+            sha256 TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (sha256, seq)
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
@@ -167,6 +197,7 @@ MIGRATIONS: list[Migration] = [
     _v5_schedules,
     _v6_api_keys,
     _v7_invocation_queue_index,
+    _v8_shared_blobs,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -120,6 +120,30 @@ _V7 = (
 )
 
 
+# Cluster mode's shared artifacts (build/blobs.py); SQLite's _v8_shared_blobs.
+_V8_BLOBS = (
+    "ALTER TABLE versions ADD COLUMN artifact_sha256 TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE versions ADD COLUMN context_sha256 TEXT NOT NULL DEFAULT ''",
+    """
+    CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('artifact', 'context')),
+        size BIGINT NOT NULL,
+        chunks INTEGER NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE blob_chunks (
+        sha256 TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (sha256, seq)
+    )
+    """,
+)
+
+
 def _statements(*sql: str) -> Callable[[Any], None]:
     def run(cursor: Any) -> None:
         for statement in sql:
@@ -132,6 +156,7 @@ def _statements(*sql: str) -> Callable[[Any], None]:
 # SCHEMA_VERSION.
 PG_MIGRATIONS: list[tuple[int, Callable[[Any], None]]] = [
     (7, _statements(*_V7)),
+    (8, _statements(*_V8_BLOBS)),
 ]
 
 
