@@ -1147,7 +1147,12 @@ class Supervisor:
             if worker is None:
                 return  # answered already
             job.timed_out = True
-            worker.kill()  # its end (_crashed) writes the request's END and REPORT
+            # Answered here: its channel is not read again, so a reply it (or a child of it
+            # holding the channel) writes from now on is no second answer, and the killed
+            # worker never goes back among the idle ones. Its end (_crashed) writes the
+            # request's END and REPORT.
+            self._broke(worker, TimeoutError("timed out waiting for a worker"))
+            worker.kill()
             waited_ms, ran_ms = job.waited_ns / 1e6, (now_ns - job.started_ns) / 1e6
         held = self._workers_held()
         self.workers_told, self.workers_told_ns = held, now_ns
