@@ -170,6 +170,8 @@ import os
 import signal
 import stat
 import struct
+import subprocess
+import sys
 import time
 
 BALLAST = bytearray(b"\\x01" * (45 << 20))
@@ -202,6 +204,8 @@ def handler(event, context):
                     os.write(fd, reply)
             finally:
                 os._exit(0)
+    if query.get("child"):
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(987)"])
     time.sleep(float(query.get("sleep", "0")))
     return {"pid": os.getpid()}
 '''
@@ -248,3 +252,40 @@ def test_a_reply_after_the_wait_timeout_is_not_a_second_answer(lambdad: Lambdad,
         after = lambdad.http("latewait")
         assert after.status == 200 and b"pid" in after.body, after.body[:300]
         assert "x-late" not in after.headers, after.headers
+
+
+def test_a_request_late_for_memory_stops_what_its_worker_started(lambdad: Lambdad,
+                                                                tmp_path: Path) -> None:
+    """A request late for memory whose handler started a process (a subprocess that hangs):
+    its timeout stops that process with the worker, as lambdad's own timeout does by
+    stopping the container. The old runtime killed the worker alone, so the process ran on
+    in the instance lambdad keeps (holding memory the next requests wait for), and a
+    hanging handler's work was never cleaned up."""
+    lambdad.deploy(_function(tmp_path, "latechild", LATE), "--name", "latechild", "--memory",
+                   "128", "--concurrency", "4", "--max-instances", "1", "--timeout", "3",
+                   "--prewarm", "1")
+    assert wait_for(lambda: len(lambdad.containers("latechild")) == 1, timeout=30)
+    answers: dict[str, HttpResult] = {}
+
+    def call(key: str, path: str) -> None:
+        answers[key] = lambdad.http("latechild", path)
+
+    first = threading.Thread(target=call, args=("a", "/?sleep=1.5"))
+    second = threading.Thread(target=call, args=("b", "/?child=1&sleep=30"))
+    first.start()
+    time.sleep(0.3)
+    second.start()
+    for thread in (first, second):
+        thread.join(60)
+    assert answers["a"].status == 200, answers["a"].body[:300]
+    assert answers["b"].status == 504, answers["b"].body[:300]
+    assert b"waited for a worker" in answers["b"].body
+    [container] = lambdad.containers("latechild")
+
+    def started() -> list[str]:
+        return [" ".join(p) for p in container.top()["Processes"]
+                if "time.sleep(987)" in " ".join(p)]
+
+    assert wait_for(lambda: not started(), timeout=10), started()
+    assert lambdad.http("latechild").status == 200
+    assert [c.id for c in lambdad.containers("latechild")] == [container.id]

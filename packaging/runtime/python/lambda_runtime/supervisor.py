@@ -450,8 +450,15 @@ class Worker:
             return max(self.peak_kb, self.maxrss_kb) // 1024
         return self.peak_kb // 1024
 
-    def kill(self) -> None:
+    def kill(self, *, group: bool = False) -> None:
+        """SIGKILL; with `group`, the processes it started in its process group too."""
         if self.pid > 1 and self.status is None:
+            if group:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                    return
+                except OSError:
+                    pass
             try:  # noqa: SIM105
                 os.kill(self.pid, signal.SIGKILL)
             except OSError:
@@ -1152,7 +1159,7 @@ class Supervisor:
             # worker never goes back among the idle ones. Its end (_crashed) writes the
             # request's END and REPORT.
             self._broke(worker, TimeoutError("timed out waiting for a worker"))
-            worker.kill()
+            worker.kill(group=True)  # what it started goes too, as with lambdad's timeout
             waited_ms, ran_ms = job.waited_ns / 1e6, (now_ns - job.started_ns) / 1e6
         held = self._workers_held()
         self.workers_told, self.workers_told_ns = held, now_ns
