@@ -159,3 +159,133 @@ def test_a_function_cannot_speak_for_the_runtime(lambdad: Lambdad, tmp_path: Pat
         assert [a.status for a in answers] == [200, 200], [a.body for a in answers]
         assert all("lambda-workers" not in a.headers for a in answers)
     assert len(lambdad.containers("forger")) == 1
+
+
+# A worker whose request waited for memory leaves a child holding its channel, which writes
+# a whole reply the moment the worker is killed (PR_SET_PDEATHSIG): the runtime answered the
+# request already (504, Lambda-Wait-Timeout), so that reply must not be a second answer.
+LATE = '''
+import ctypes
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+BALLAST = bytearray(b"\\x01" * (45 << 20))
+
+
+def _sockets():
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if int(name) > 2 and stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                found.append(int(name))
+        except OSError:
+            pass
+    return found
+
+
+def handler(event, context):
+    query = event.get("queryStringParameters") or {}
+    if query.get("late"):
+        head, body = b"X-Late: 1\\r\\n", b"a second answer"
+        reply = struct.pack("<HII", 200, len(head), len(body)) + head + body
+        chans, parent = _sockets(), os.getpid()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        if os.fork() == 0:
+            try:
+                ctypes.CDLL(None).prctl(1, int(signal.SIGUSR1))  # PR_SET_PDEATHSIG
+                if os.getppid() == parent:
+                    signal.sigwaitinfo({signal.SIGUSR1})
+                for fd in chans:
+                    os.write(fd, reply)
+            finally:
+                os._exit(0)
+    if query.get("child"):
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(987)"])
+    time.sleep(float(query.get("sleep", "0")))
+    return {"pid": os.getpid()}
+'''
+
+
+def test_a_reply_after_the_wait_timeout_is_not_a_second_answer(lambdad: Lambdad,
+                                                              tmp_path: Path) -> None:
+    """Attack: the request that waited for memory and ran into its timeout is answered by the
+    runtime (504) and its worker killed; a child of the worker holding the worker's channel
+    writes a complete reply right then. The old runtime took it as the request's answer: it
+    answered the request a second time on lambdad's connection (the next request sent on it
+    could read it as its own), logged the request as ended normally (no timeout line), and
+    put the killed worker back among the idle ones."""
+    lambdad.deploy(_function(tmp_path, "latewait", LATE), "--name", "latewait", "--memory",
+                   "128", "--concurrency", "4", "--max-instances", "1", "--timeout", "3",
+                   "--prewarm", "1")
+    assert wait_for(lambda: len(lambdad.containers("latewait")) == 1, timeout=30)
+    answers: dict[str, HttpResult] = {}
+
+    def call(key: str, path: str) -> None:
+        answers[key] = lambdad.http("latewait", path)
+
+    # a: the one worker, 0-1.5 s; b waits for it, then runs past its deadline.
+    first = threading.Thread(target=call, args=("a", "/?sleep=1.5"))
+    second = threading.Thread(target=call, args=("b", "/?late=1&sleep=30"))
+    first.start()
+    time.sleep(0.3)
+    second.start()
+    for thread in (first, second):
+        thread.join(60)
+    assert answers["a"].status == 200, answers["a"].body[:300]
+    assert answers["b"].status == 504, answers["b"].body[:300]
+    assert b"waited for a worker" in answers["b"].body
+    b_id = answers["b"].headers["lambda-request-id"]
+
+    def stopped() -> list[str]:
+        return [m for m in _logs(lambdad, "latewait")
+                if b_id in m and "its worker was stopped" in m]
+
+    assert wait_for(stopped, timeout=15), [m for m in _logs(lambdad, "latewait") if b_id in m]
+    reports = [m for m in _logs(lambdad, "latewait") if m.startswith("REPORT ") and b_id in m]
+    assert len(reports) == 1, reports
+    for _ in range(3):  # the same instance serves on, each answer its own
+        after = lambdad.http("latewait")
+        assert after.status == 200 and b"pid" in after.body, after.body[:300]
+        assert "x-late" not in after.headers, after.headers
+
+
+def test_a_request_late_for_memory_stops_what_its_worker_started(lambdad: Lambdad,
+                                                                tmp_path: Path) -> None:
+    """A request late for memory whose handler started a process (a subprocess that hangs):
+    its timeout stops that process with the worker, as lambdad's own timeout does by
+    stopping the container. The old runtime killed the worker alone, so the process ran on
+    in the instance lambdad keeps (holding memory the next requests wait for), and a
+    hanging handler's work was never cleaned up."""
+    lambdad.deploy(_function(tmp_path, "latechild", LATE), "--name", "latechild", "--memory",
+                   "128", "--concurrency", "4", "--max-instances", "1", "--timeout", "3",
+                   "--prewarm", "1")
+    assert wait_for(lambda: len(lambdad.containers("latechild")) == 1, timeout=30)
+    answers: dict[str, HttpResult] = {}
+
+    def call(key: str, path: str) -> None:
+        answers[key] = lambdad.http("latechild", path)
+
+    first = threading.Thread(target=call, args=("a", "/?sleep=1.5"))
+    second = threading.Thread(target=call, args=("b", "/?child=1&sleep=30"))
+    first.start()
+    time.sleep(0.3)
+    second.start()
+    for thread in (first, second):
+        thread.join(60)
+    assert answers["a"].status == 200, answers["a"].body[:300]
+    assert answers["b"].status == 504, answers["b"].body[:300]
+    assert b"waited for a worker" in answers["b"].body
+    [container] = lambdad.containers("latechild")
+
+    def started() -> list[str]:
+        return [" ".join(p) for p in container.top()["Processes"]
+                if "time.sleep(987)" in " ".join(p)]
+
+    assert wait_for(lambda: not started(), timeout=10), started()
+    assert lambdad.http("latechild").status == 200
+    assert [c.id for c in lambdad.containers("latechild")] == [container.id]

@@ -450,8 +450,15 @@ class Worker:
             return max(self.peak_kb, self.maxrss_kb) // 1024
         return self.peak_kb // 1024
 
-    def kill(self) -> None:
+    def kill(self, *, group: bool = False) -> None:
+        """SIGKILL; with `group`, the processes it started in its process group too."""
         if self.pid > 1 and self.status is None:
+            if group:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                    return
+                except OSError:
+                    pass
             try:  # noqa: SIM105
                 os.kill(self.pid, signal.SIGKILL)
             except OSError:
@@ -1147,7 +1154,12 @@ class Supervisor:
             if worker is None:
                 return  # answered already
             job.timed_out = True
-            worker.kill()  # its end (_crashed) writes the request's END and REPORT
+            # Answered here: its channel is not read again, so a reply it (or a child of it
+            # holding the channel) writes from now on is no second answer, and the killed
+            # worker never goes back among the idle ones. Its end (_crashed) writes the
+            # request's END and REPORT.
+            self._broke(worker, TimeoutError("timed out waiting for a worker"))
+            worker.kill(group=True)  # what it started goes too, as with lambdad's timeout
             waited_ms, ran_ms = job.waited_ns / 1e6, (now_ns - job.started_ns) / 1e6
         held = self._workers_held()
         self.workers_told, self.workers_told_ns = held, now_ns
