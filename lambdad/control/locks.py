@@ -13,6 +13,10 @@ class FunctionLocks:
     def of(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
+    def local(self, name: str) -> asyncio.Lock:
+        """This node's lock alone (applying a change another node made and announced)."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
     def busy(self, name: str) -> bool:
         """A change to the function is under way (its status reads "deploying")."""
         lock = self._locks.get(name)

@@ -95,6 +95,14 @@ class ControlPlane:
     async def load(self) -> int:
         return await self._versions.load()
 
+    # Cluster mode: changes another node made (lambdad/cluster/changes.py)
+
+    async def sync_function(self, name: str) -> str:
+        return await self._versions.sync(name)
+
+    async def reload_functions(self) -> int:
+        return await self._versions.reload_all()
+
     async def prune_orphan_images(self) -> int:
         return await self._versions.prune_orphans()
 

@@ -53,6 +53,65 @@ class Versions:
                 self._runtime.register(record.active)
         return len(records)
 
+    async def sync(self, name: str) -> str:
+        """Makes this node's routing of `name` what the store says (cluster mode: another
+        node changed it). Idempotent: a repeated or stale announcement changes nothing.
+        Returns what it did: "removed", "activated", "updated" or "unchanged"."""
+        async with self._locks.local(name):  # not across nodes: the writer holds that
+            try:
+                record = await self._store.get_function(name)
+            except NotFound:
+                return await self._forget(name)
+            versions = await self._store.versions(name)
+            return self._route(record.active, versions)
+
+    async def reload_all(self) -> int:
+        """`sync` of every function, stored or routed here (cluster mode: after the
+        connection to the database came back, announcements may have been missed)."""
+        stored = await self._store.all_versions()
+        records = {r.name: r for r in await self._store.list_functions()}
+        changed = 0
+        for name in sorted(set(records) | set(self._runtime.routed())):
+            async with self._locks.local(name):
+                if name not in records:
+                    changed += await self._forget(name) == "removed"
+                else:
+                    changed += self._route(records[name].active,
+                                           stored.get(name, [])) != "unchanged"
+        return changed
+
+    def _route(self, active: FunctionVersion | None, versions: list[FunctionVersion]) -> str:
+        routed = self._runtime.active_version(active.function) if active else None
+        for version in versions:
+            if version.pruned:
+                self._runtime.mark_pruned(version)
+            else:
+                self._runtime.know(version)
+        if active is None:
+            return "updated"
+        if routed is not None and _same(routed, active):
+            return "unchanged"
+        self._runtime.activate(active)
+        log.info("function=%s version=%d is live (changed on another node)",
+                 active.function, active.number)
+        return "activated"
+
+    async def _forget(self, name: str) -> str:
+        """A function deleted through another node: its instances, logs and local
+        builds here go too."""
+        if name not in self._runtime.routed():
+            return "unchanged"
+        instances = await self._runtime.remove_function(name)
+        if self._logs is not None:
+            await self._logs.delete(name)
+        if self._cron is not None:
+            self._cron.remove_function(name)
+        if self._metrics is not None:
+            self._metrics.forget(name)
+        await self._builds.remove_function(name, [])
+        log.info("deleted function=%s instances=%d (deleted on another node)", name, instances)
+        return "removed"
+
     async def prune_orphans(self) -> int:
         """Removes images and artifacts that no live version row references."""
         live = [(v.function, v.number)
@@ -195,3 +254,9 @@ class Versions:
             await self._builds.remove_function(name, [v.image for v in versions])
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)
         return len(versions), instances
+
+
+def _same(a: FunctionVersion, b: FunctionVersion) -> bool:
+    """The same version as deployed (a function deleted and deployed again restarts at 1)."""
+    return (a.number, a.code_sha256, a.created_at, a.config) == (
+        b.number, b.code_sha256, b.created_at, b.config)
