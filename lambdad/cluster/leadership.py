@@ -9,6 +9,7 @@ gives up leadership as soon as its session fails."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,12 @@ RELEASE = "SELECT pg_advisory_unlock(%s, %s)"
 class Leadership:
     """`on_gained` and `on_lost` are called on the event loop, each once per change."""
 
-    def __init__(self) -> None:
+    def __init__(self, stand_back: float = 0.0) -> None:
         self.leader = False
+        # After losing its session a node lets the others try first for this long: the
+        # lock goes to a node whose session stayed up, not back to the flapping one.
+        self.stand_back = stand_back
+        self._wait_until = 0.0
         self._on_gained: list[Callable[[], None]] = []
         self._on_lost: list[Callable[[], None]] = []
 
@@ -41,6 +46,8 @@ class Leadership:
     async def tick(self, conn: Any) -> bool:
         """Tries to become leader, or checks it still is; returns whether it leads."""
         if not self.leader:
+            if time.monotonic() < self._wait_until:
+                return False
             row = await (await conn.execute(TRY, (LOCK_CLASS, LEADER_LOCK))).fetchone()
             if row is not None and row[0]:
                 self._set(True)
@@ -53,6 +60,7 @@ class Leadership:
 
     def lost(self) -> None:
         """The session failed: the lock is (or soon will be) free for others."""
+        self._wait_until = time.monotonic() + self.stand_back
         self._set(False)
 
     async def release(self, conn: Any) -> None:

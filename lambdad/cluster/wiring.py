@@ -93,7 +93,7 @@ def build_cluster(
     reload the keys); `reload` reloads everything after a reconnect."""
     if not cluster_mode(config):
         return Cluster(LocalLeadership())
-    leadership = Leadership()
+    leadership = Leadership(stand_back=2 * config.node_down_after / 5)
 
     applier = ChangeApplier(node_id, handlers, reload)
     node = NodeInfo(node_id, config.node_name, grpc_address(config),

@@ -1,0 +1,177 @@
+"""Membership on a real PostgreSQL, without Docker: several `Membership`s (as several
+nodes would run them) on one database. Heartbeats advance; the leader lock moves when
+the leader's session backend is killed; observers racing to mark one silent node down
+are exactly one winner, which releases the node's leases once; a session that lost its
+connection reconnects and asks for a full reload."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import psycopg
+
+from lambdad.cluster import table
+from lambdad.cluster.changes import ChangeApplier
+from lambdad.cluster.leadership import Leadership
+from lambdad.cluster.membership import Membership, NodeInfo
+from tests.support.postgres import Postgres
+
+GUARD = 20.0  # against a hang, not a speed target
+DOWN_AFTER = 1.5
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float = GUARD) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+class Node:
+    def __init__(self, url: str, node_id: str) -> None:
+        self.reloads = 0
+        self.synced: list[str] = []
+
+        async def fn(name: str) -> None:
+            self.synced.append(name)
+
+        async def reload() -> None:
+            self.reloads += 1
+
+        self.applier = ChangeApplier(node_id, {"fn": fn}, reload)
+        self.leadership = Leadership(stand_back=2 * DOWN_AFTER / 5)
+        self.membership = Membership(
+            url, NodeInfo(node_id, f"name-{node_id}", "127.0.0.1:1", "127.0.0.1:2", "t"),
+            down_after=DOWN_AFTER, applier=self.applier, leadership=self.leadership)
+
+    async def start(self) -> Node:
+        await self.membership.start()
+        self.applier.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.applier.stop()
+        await self.membership.stop()
+
+
+@asynccontextmanager
+async def nodes(postgres: Postgres, *ids: str) -> AsyncIterator[tuple[str, list[Node]]]:
+    db = postgres.create_database()
+    url = postgres.url(db)
+    started: list[Node] = []
+    try:
+        for node_id in ids:
+            started.append(await Node(url, node_id).start())
+        yield db, started
+    finally:
+        for node in started:
+            await node.stop()
+        postgres.drop_database(db)
+
+
+def test_heartbeats_advance(postgres: Postgres) -> None:
+    async def main() -> None:
+        async with nodes(postgres, "a1") as (db, _):
+            first = int(postgres.psql(db, "SELECT heartbeat_seq FROM nodes WHERE id = 'a1'"))
+            assert await until(lambda: int(postgres.psql(
+                db, "SELECT heartbeat_seq FROM nodes WHERE id = 'a1'")) >= first + 3)
+            assert postgres.psql(db, "SELECT state FROM nodes") == "up"
+
+    asyncio.run(main())
+
+
+def test_a_clean_stop_marks_the_node_left(postgres: Postgres) -> None:
+    async def main() -> None:
+        db = postgres.create_database()
+        try:
+            node = await Node(postgres.url(db), "c1").start()
+            await node.stop()
+            assert postgres.psql(db, "SELECT state FROM nodes WHERE id = 'c1'") == "left"
+        finally:
+            postgres.drop_database(db)
+
+    asyncio.run(main())
+
+
+def test_killing_the_leaders_session_moves_leadership(postgres: Postgres) -> None:
+    async def main() -> None:
+        async with nodes(postgres, "l1", "l2") as (db, (one, two)):
+            assert await until(lambda: one.leadership.leader or two.leadership.leader)
+            leader, other = (one, two) if one.leadership.leader else (two, one)
+            assert not other.leadership.leader
+            killed = postgres.psql(db, "SELECT count(pg_terminate_backend(pid)) FROM "
+                                       "pg_stat_activity WHERE application_name = "
+                                       f"'lambdad:{leader.membership.node.id}:session'")
+            assert killed == "1"
+            assert await until(lambda: other.leadership.leader)
+            assert await until(lambda: leader.membership.session.connects >= 2)
+            await asyncio.sleep(3 * DOWN_AFTER / 5)  # a few beats: it does not take it back
+            assert other.leadership.leader and not leader.leadership.leader
+            # one holder only, as the server sees it
+            assert postgres.psql(db, "SELECT count(*) FROM pg_locks WHERE locktype = "
+                                     "'advisory' AND classid = 1279348034 AND objid = 2 "
+                                     "AND granted") == "1"
+            # The reconnected session asked for a full reload.
+            assert await until(lambda: leader.reloads >= 1)
+
+    asyncio.run(main())
+
+
+def test_racing_observers_mark_a_silent_node_down_exactly_once(postgres: Postgres) -> None:
+    """Four observers see the same silent node at the same sequence and all try to mark
+    it down at once: one wins, its leases are released once, one announcement."""
+
+    async def main() -> None:
+        async with nodes(postgres, "o1", "o2", "o3", "o4") as (db, observers):
+            url = postgres.url(db)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute(table.REGISTER, {
+                    "id": "dead", "name": "dead", "grpc": "x:1", "gateway": "x:2",
+                    "version": "t"})
+                await conn.execute(
+                    "INSERT INTO instance_leases (instance, function, node, acquired_at) "
+                    "VALUES ('i1', 'f', 'dead', now()), ('i2', 'f', 'dead', now()), "
+                    "('i3', 'f', 'o1', now())")
+                await conn.execute("LISTEN lambda_changes")
+                sessions = [o.membership.session.conn for o in observers]
+                results = await asyncio.gather(*(
+                    o.membership.mark_down(c, "dead", 0)
+                    for o, c in zip(observers, sessions, strict=True)))
+                assert sorted(results) == [False, False, False, True]
+                assert postgres.psql(db, "SELECT state FROM nodes WHERE id = 'dead'") == "down"
+                assert postgres.psql(db, "SELECT string_agg(instance, ',') FROM "
+                                         "instance_leases") == "i3"
+                notes = [n.payload async for n in conn.notifies(timeout=1.0)]
+                assert sum('"k":"node","n":"dead"' in n for n in notes) == 1
+            # A stale sequence never marks a node that beat meanwhile.
+            assert await observers[0].membership.mark_down(sessions[0], "o2", 0) is False
+
+    asyncio.run(main())
+
+
+def test_a_silent_node_is_marked_down_by_its_peers(postgres: Postgres) -> None:
+    async def main() -> None:
+        async with nodes(postgres, "s1", "s2") as (db, (one, two)):
+            # s2 stops beating (its loop cancelled) but its sessions stay open.
+            beating = two.membership._beating
+            assert beating is not None
+            beating.cancel()
+            assert await until(lambda: postgres.psql(
+                db, "SELECT state FROM nodes WHERE id = 's2'") == "down",
+                timeout=DOWN_AFTER + 5)
+            assert one.membership.marked_down == ["name-s2"]
+            # its connections were terminated, so it reconnects, rejoins and is up again
+            assert await until(lambda: two.membership.session.connects >= 2)
+            two.membership._beating = asyncio.create_task(two.membership._beat_forever())
+            assert await until(lambda: postgres.psql(
+                db, "SELECT state FROM nodes WHERE id = 's2'") == "up")
+
+    asyncio.run(main())
