@@ -130,6 +130,11 @@ def cluster_parts(config: Config, host: Any, parts: Any,
     async def keys(_name: str) -> None:
         await load_keys()
 
-    return build_cluster(config, host.daemon_id,
-                         handlers={"fn": parts.control.sync_function, "keys": keys},
-                         reload=reload_everything, load=load)
+    cluster = build_cluster(config, host.daemon_id,
+                            handlers={"fn": parts.control.sync_function, "keys": keys},
+                            reload=reload_everything, load=load)
+    if cluster.membership is not None:
+        from lambdad.cluster.locks import SessionLocks
+
+        parts.control.locks.remote = SessionLocks(cluster.membership.session)
+    return cluster

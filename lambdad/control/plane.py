@@ -70,7 +70,7 @@ class ControlPlane:
             python_version=platform.python_version(), docker_version=docker_version,
             started_at=datetime.now(UTC), domain=domain, url_template=url_template,
         )
-        locks = FunctionLocks()
+        locks = self.locks = FunctionLocks()  # cluster mode adds the nodes' locks
         builds = Builds(builder, artifacts)
         self._versions = Versions(
             store=store, runtime=runtime, builds=builds, locks=locks,

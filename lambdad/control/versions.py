@@ -242,7 +242,7 @@ class Versions:
             raise FailedPrecondition(
                 f"function {name!r} is being deployed, rolled back, reconfigured or deleted; "
                 "try again when that ends")
-        async with self._locks.of(name):  # free, so taken at once: nothing can slip in
+        async with self._locks.of(name, wait=False):  # free, so taken at once
             versions = await self._store.delete_function(name)
             instances = await self._runtime.remove_function(name)
             if self._logs is not None:

@@ -175,3 +175,48 @@ def test_a_silent_node_is_marked_down_by_its_peers(postgres: Postgres) -> None:
                 db, "SELECT state FROM nodes WHERE id = 's2'") == "up")
 
     asyncio.run(main())
+
+
+def test_function_locks_span_the_nodes(postgres: Postgres) -> None:
+    from lambdad.cluster.locks import SessionLocks
+    from lambdad.control.locks import FunctionLocks
+
+    async def main() -> None:
+        async with nodes(postgres, "f1", "f2") as (_, (one, two)):
+            locks_one = FunctionLocks(SessionLocks(one.membership.session))
+            locks_two = FunctionLocks(SessionLocks(two.membership.session))
+            order: list[str] = []
+            async with locks_one.of("greet"):
+                order.append("one in")
+                waiting = asyncio.create_task(_hold(locks_two, "greet", order))
+                await asyncio.sleep(0.4)
+                assert order == ["one in"]  # two waits for one's lock
+                async with locks_two.of("other"):  # another function is free
+                    pass
+                order.append("one out")
+            await asyncio.wait_for(waiting, GUARD)
+            assert order == ["one in", "one out", "two in"]
+
+    asyncio.run(main())
+
+
+async def _hold(locks: object, name: str, order: list[str]) -> None:
+    async with locks.of(name):  # type: ignore[attr-defined]
+        order.append("two in")
+
+
+def test_the_nodes_table_reads(postgres: Postgres) -> None:
+    from lambdad.store import Store
+
+    async def main() -> None:
+        async with nodes(postgres, "r1", "r2") as (db, _):
+            store = Store(postgres.url(db), node_id="reader")
+            await store.open()
+            try:
+                rows = await store.nodes.all()
+                assert [(r.id, r.state) for r in rows] == [("r1", "up"), ("r2", "up")]
+                assert rows[0].name == "name-r1" and rows[0].grpc_address == "127.0.0.1:1"
+            finally:
+                await store.close()
+
+    asyncio.run(main())
