@@ -220,3 +220,20 @@ def test_the_nodes_table_reads(postgres: Postgres) -> None:
                 await store.close()
 
     asyncio.run(main())
+
+
+def test_a_database_restart_reconnects_reloads_and_marks_nobody_down(
+        postgres: Postgres) -> None:
+    async def main() -> None:
+        async with nodes(postgres, "p1", "p2") as (db, both):
+            await asyncio.sleep(2 * DOWN_AFTER / 5)
+            await asyncio.to_thread(postgres.restart)
+            for node in both:
+                assert await until(lambda n=node: n.membership.session.connects >= 2)
+                assert await until(lambda n=node: n.reloads >= 1)
+            await asyncio.sleep(DOWN_AFTER + 1)  # more than a window after the outage
+            assert [n.membership.marked_down for n in both] == [[], []]
+            assert postgres.psql(db, "SELECT string_agg(state, ',') FROM nodes") == "up,up"
+            assert await until(lambda: any(n.leadership.leader for n in both))
+
+    asyncio.run(main())
