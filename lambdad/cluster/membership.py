@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +29,11 @@ from lambdad.store.database import CHANGES_CHANNEL
 
 log = logging.getLogger("lambdad.cluster")
 
-# What a mark-down also releases, in its transaction: (cursor, dead node id) -> None.
-Release = Callable[[Any, str], Any]
+# What a mark-down also releases, in its transaction: (cursor, dead node id) -> awaitable.
+Release = Callable[[Any, str], Awaitable[object]]
+# What this node does when it is up again after a reconnect or after being marked down
+# while alive (re-take its leases: P5), given the session connection.
+Rejoin = Callable[[Any], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Membership:
         self.liveness = LivenessObserver(down_after)
         self.releases: list[Release] = [
             lambda cur, node_id: cur.execute(table.RELEASE_LEASES, {"id": node_id})]
+        self.rejoins: list[Rejoin] = []
         self.on_notify: dict[str, Callable[[str], object]] = {CHANGES_CHANNEL: applier.submit}
         self.session = Session(url, node.id, channels=[CHANGES_CHANNEL],
                                on_notify=self._notified, on_connected=self._connected,
@@ -110,6 +114,8 @@ class Membership:
         await self.leadership.tick(conn)
         if not first:  # announcements may have been missed: read everything again
             self.applier.reload_all()
+            for rejoin in self.rejoins:
+                await rejoin(conn)
 
     def _lost(self) -> None:
         self.leadership.lost()

@@ -9,6 +9,7 @@ test_cluster_artifacts.py (shared artifacts), not here."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -128,6 +129,26 @@ def test_a_change_made_while_a_was_not_listening_is_applied_after_its_reconnect(
     assert "cluster: session to" in a.log()
 
 
+def test_a_stalled_node_is_marked_down_and_rejoins_by_itself(cluster: Cluster) -> None:
+    """SIGSTOP (a stall, or a partition as its peers see it): marked down, its leftover
+    connections terminated so it leads nothing; SIGCONT: it finds out and is up again,
+    with the changes made meanwhile."""
+    b = cluster[1]
+    assert b.process is not None
+    b.process.send_signal(signal.SIGSTOP)
+    try:
+        assert cluster.wait_state("n1", "down", DOWN_AFTER + 5), cluster.states()
+        assert wait_for(lambda: cluster.leader() == "n0", 5)  # within a heartbeat or two
+        assert cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                           f"LIKE 'lambdad:{b.daemon_id}:%'") == "0"
+        key = _key(cluster[0], "made-while-stalled")
+    finally:
+        b.process.send_signal(signal.SIGCONT)
+    assert cluster.wait_state("n1", "up", 15), b.log()[-3000:]
+    assert wait_for(lambda: _accepted(b, key), 10)
+    assert "marked down" in cluster[0].log()
+
+
 def test_a_node_killed_is_down_within_node_down_after_then_up_after_restart(
         cluster: Cluster) -> None:
     assert cluster.states() == {"n0": "up", "n1": "up"}
@@ -135,7 +156,7 @@ def test_a_node_killed_is_down_within_node_down_after_then_up_after_restart(
     killed = time.monotonic()
     assert cluster.wait_state("n1", "down", DOWN_AFTER + 2 + 3), cluster.states()
     assert time.monotonic() - killed < DOWN_AFTER + 2
-    assert cluster.leader() == "n0"  # whoever led, the survivor leads now
+    assert wait_for(lambda: cluster.leader() == "n0", 5)  # whoever led, the survivor leads
     assert "n1 (" in cluster[0].log() and "marked down" in cluster[0].log()
     cluster.restart(1)
     assert cluster.wait_state("n1", "up", 10)
