@@ -29,6 +29,8 @@ from lambdad.store.database import CHANGES_CHANNEL
 
 log = logging.getLogger("lambdad.cluster")
 
+STOP_WAIT = 2.0  # seconds a clean stop waits to leave the nodes table
+
 # What a mark-down also releases, in its transaction: (cursor, dead node id) -> awaitable.
 Release = Callable[[Any, str], Awaitable[object]]
 # What this node does when it is up again after a reconnect or after being marked down
@@ -75,6 +77,7 @@ class Membership:
                                on_lost=self._lost)
         self._beating: asyncio.Task[None] | None = None
         self.marked_down: list[str] = []  # names this node marked down (logs, tests)
+        self._late: set[asyncio.Task[None]] = set()  # beats given up on, still ending
 
     async def start(self) -> None:
         try:
@@ -92,9 +95,21 @@ class Membership:
                 await self._beating
         conn = self.session.conn
         if conn is not None:
-            with contextlib.suppress(Exception):
+            async def leave() -> None:
                 await self.leadership.release(conn)
                 await conn.execute(table.LEAVE, {"id": self.node.id})
+
+            # Bounded: a database that does not answer must not hold up the stop (the
+            # row then goes `down` by its peers instead of `left`).
+            leaving = asyncio.create_task(leave())
+            await asyncio.wait({leaving}, timeout=STOP_WAIT)
+            if leaving.done():
+                with contextlib.suppress(Exception):
+                    leaving.result()
+            else:
+                leaving.cancel()
+                self._late.add(leaving)
+                leaving.add_done_callback(self._late_done)
         self.leadership.lost()
         await self.session.stop()
 
@@ -123,18 +138,38 @@ class Membership:
     # Heartbeats
 
     async def _beat_forever(self) -> None:
+        try:
+            await self._beat_loop()
+        finally:
+            for task in list(self._late):
+                task.cancel()
+
+    async def _beat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             conn = self.session.conn
             if conn is None:
                 continue
-            try:
-                await self.beat(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            # A beat that hangs (a partition: TCP keepalives take longer to tell, a
+            # Unix socket has none) must not leave this node leading while its peers
+            # mark it down. Not awaited once late: cancelling a query makes psycopg
+            # wait for the server, which may never answer.
+            beat = asyncio.create_task(self.beat(conn))
+            done, _ = await asyncio.wait({beat}, timeout=self.down_after / 2)
+            if not done:
+                beat.cancel()
+                self._late.add(beat)
+                beat.add_done_callback(self._late_done)
+                self.leadership.lost()
+                self.session.broken(f"no answer to a heartbeat for {self.down_after / 2:g} s")
+            elif (exc := beat.exception()) is not None:  # psycopg's: the session is gone
                 self.leadership.lost()
                 self.session.broken(f"heartbeat failed: {exc}")
+
+    def _late_done(self, task: asyncio.Task[None]) -> None:
+        self._late.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: it failed as expected
 
     async def beat(self, conn: Any) -> None:
         load = self._load()

@@ -237,3 +237,29 @@ def test_a_database_restart_reconnects_reloads_and_marks_nobody_down(
             assert await until(lambda: any(n.leadership.leader for n in both))
 
     asyncio.run(main())
+
+
+def test_a_leader_whose_heartbeat_hangs_steps_down(postgres: Postgres) -> None:
+    """Its session's backend stops answering (SIGSTOP: as a partition looks from the
+    node, before TCP keepalives tell, and a Unix socket has none): within
+    node_down_after/2 it leads no more, by itself (no peer here to mark it down)."""
+    import os
+    import signal
+
+    async def main() -> None:
+        async with nodes(postgres, "h1") as (db, (alone,)):
+            assert await until(lambda: alone.leadership.leader)
+            pid = int(postgres.psql(db, "SELECT pid FROM pg_stat_activity WHERE "
+                                        "application_name = 'lambdad:h1:session'"))
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                stopped = time.monotonic()
+                bound = DOWN_AFTER / 2 + DOWN_AFTER / 5
+                assert await until(lambda: not alone.leadership.leader, bound + 2)
+                assert time.monotonic() - stopped < bound + 1
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await until(lambda: alone.membership.session.connects >= 2)
+            assert await until(lambda: alone.leadership.leader)
+
+    asyncio.run(main())
