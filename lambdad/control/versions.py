@@ -63,6 +63,7 @@ class Versions:
             except NotFound:
                 return await self._forget(name)
             versions = await self._store.versions(name)
+            await self._drop_pruned(versions)
             return self._route(record.active, versions)
 
     async def reload_all(self) -> int:
@@ -76,6 +77,7 @@ class Versions:
                 if name not in records:
                     changed += await self._forget(name) == "removed"
                 else:
+                    await self._drop_pruned(stored.get(name, []))
                     changed += self._route(records[name].active,
                                            stored.get(name, [])) != "unchanged"
         return changed
@@ -95,6 +97,14 @@ class Versions:
         log.info("function=%s version=%d is live (changed on another node)",
                  active.function, active.number)
         return "activated"
+
+    async def _drop_pruned(self, versions: list[FunctionVersion]) -> None:
+        """The local files of versions another node's retention pruned (their images
+        here, if any, go with the start's orphan clean-up)."""
+        for version in versions:
+            known = self._runtime.known_version(version.function, version.number)
+            if version.pruned and known is not None and not known.pruned:
+                await self._builds.remove(version.function, version.number, "")
 
     async def _forget(self, name: str) -> str:
         """A function deleted through another node: its instances, logs and local

@@ -177,3 +177,23 @@ def test_reloading_the_keys_ends_calls_of_keys_revoked_elsewhere() -> None:
     assert ended == ["k1"] and ring.watching() == 1
     ring.load([])  # gone altogether (a restored backup): its calls end too
     assert ended == ["k1", "k2"] and ring.watching() == 0
+
+
+def test_sync_drops_the_local_files_of_versions_pruned_elsewhere(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with control_parts(tmp_path / "a", keep_versions=1) as a, \
+                control_parts(tmp_path / "b") as b:
+            b.control._versions._store = a.store
+            await a.deploy("greet")
+            assert await b.control.sync_function("greet") == "activated"
+            kept = b.artifacts.path("greet", 1)  # as if B had fetched v1's files
+            kept.mkdir(parents=True)
+            (kept / "handler.py").write_text("x")
+            await a.deploy("greet")  # keep_versions=1 on A: v1 is pruned
+            assert (await a.store.versions("greet"))[0].pruned
+            await b.control.sync_function("greet")
+            assert not kept.exists()
+            assert b.runtime.known[("greet", 1)].pruned
+            assert b.runtime.active["greet"].number == 2
+
+    asyncio.run(main())
