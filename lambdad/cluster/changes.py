@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -65,8 +66,11 @@ Handler = Callable[[str], Awaitable[object]]
 
 
 class ChangeApplier:
-    """Applies announced changes one at a time, in a task of its own (a slow sync never
-    holds up the LISTEN loop); the same change pending twice is applied once.
+    """Applies announced changes in tasks of their own (a slow sync never holds up the
+    LISTEN loop), one task per function (or the keys, or a full reload) at a time: a
+    change to one function that waits for this node's deploy of it holds up no other
+    change (a key revocation least of all). A change announced again while it is being
+    applied is applied once more after; pending twice, once.
 
     `handlers` maps a kind to what applies it (given the name); `reload` reloads all.
     Nothing is applied before `start` (the daemon's functions are loaded first); what
@@ -77,9 +81,10 @@ class ChangeApplier:
         self.node_id = node_id
         self._handlers = dict(handlers)
         self._reload = reload
-        self._pending: dict[tuple[str, str], None] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._pending: dict[tuple[str, str], None] = {}  # before start
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._rerun: set[tuple[str, str]] = set()
+        self._started = False
         self._failures: dict[tuple[str, str], int] = {}
         self.applied = 0
         self.refused = 0
@@ -95,38 +100,53 @@ class ChangeApplier:
             return None
         if change.origin == self.node_id or change.kind not in self._handlers:
             return None
-        self._pending[(change.kind, change.name)] = None
-        self._wake.set()
+        self._queue((change.kind, change.name))
         return change
 
     def reload_all(self) -> None:
-        """Queues a full reload; what was pending is covered by it."""
-        self._pending.clear()
-        self._pending[RELOAD] = None
-        self._wake.set()
+        """Queues a full reload (before `start`, it covers what was pending)."""
+        if not self._started:
+            self._pending.clear()
+        self._queue(RELOAD)
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cluster-changes")
+        self._started = True
+        pending, self._pending = list(self._pending), {}
+        for key in pending:
+            self._queue(key)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._started = False
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                key = next(iter(self._pending))
-                del self._pending[key]
-                await self._apply(*key)
+    def _queue(self, key: tuple[str, str]) -> None:
+        if not self._started:
+            self._pending[key] = None
+        elif key in self._running:
+            self._rerun.add(key)
+        else:
+            task = asyncio.create_task(self._apply(*key), name=f"cluster-change {key}")
+            self._running[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+
+    def _done(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
+        self._running.pop(key, None)
+        if key in self._rerun:
+            self._rerun.discard(key)
+            self._queue(key)
 
     async def _apply(self, kind: str, name: str) -> None:
         try:
@@ -143,10 +163,6 @@ class ChangeApplier:
             log.warning("cluster: could not apply a change (%s %s), try %d: %s",
                         kind, name, failures, exc)
             if failures < RETRIES:
-                asyncio.get_running_loop().call_later(RETRY_AFTER, self._again, (kind, name))
+                asyncio.get_running_loop().call_later(RETRY_AFTER, self._queue, (kind, name))
             return
         self._failures.pop((kind, name), None)
-
-    def _again(self, key: tuple[str, str]) -> None:
-        self._pending[key] = None
-        self._wake.set()

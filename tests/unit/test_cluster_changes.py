@@ -77,11 +77,19 @@ def test_the_applier_skips_its_own_refuses_bad_ones_and_coalesces() -> None:
         await asyncio.wait_for(done.wait(), 5)
         await asyncio.sleep(0.05)
         assert seen == [("fn", "greet"), ("keys", "")]
-        applier.submit(payload(o="other", k="fn", n="a"))
-        applier.reload_all()  # covers what was pending
+        applier.reload_all()
         await asyncio.sleep(0.05)
         assert seen[2:] == [("*", "")]
         await applier.stop()
+        # Before the start a full reload covers what was pending.
+        waiting = ChangeApplier("me", {"fn": fn, "keys": keys}, reload)
+        waiting.submit(payload(o="other", k="fn", n="a"))
+        waiting.reload_all()
+        assert waiting.pending == 1
+        waiting.start()
+        await asyncio.sleep(0.05)
+        assert seen[3:] == [("*", "")]
+        await waiting.stop()
 
     asyncio.run(main())
 
@@ -195,5 +203,42 @@ def test_sync_drops_the_local_files_of_versions_pruned_elsewhere(tmp_path: Path)
             assert not kept.exists()
             assert b.runtime.known[("greet", 1)].pruned
             assert b.runtime.active["greet"].number == 2
+
+    asyncio.run(main())
+
+
+def test_a_change_waiting_for_one_function_holds_up_no_other() -> None:
+    """B deploys `slow` (its lock held for minutes) while A's change of `slow` and then a
+    key revocation are announced: the revocation is applied at once; `slow`'s change,
+    announced again meanwhile, is applied after, once more."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+        seen: list[str] = []
+
+        async def fn(name: str) -> None:
+            if name == "slow":
+                await release.wait()
+            seen.append(name)
+
+        async def keys(name: str) -> None:
+            seen.append("keys")
+
+        async def reload() -> None:
+            pass
+
+        applier = ChangeApplier("me", {"fn": fn, "keys": keys}, reload)
+        applier.start()
+        applier.submit(payload(o="a", k="fn", n="slow"))
+        await asyncio.sleep(0.01)
+        applier.submit(payload(o="a", k="fn", n="slow"))  # again, while applying
+        applier.submit(payload(o="a", k="fn", n="slow"))
+        applier.submit(payload(o="a", k="keys"))
+        await asyncio.sleep(0.05)
+        assert seen == ["keys"]
+        release.set()
+        await asyncio.sleep(0.05)
+        assert seen == ["keys", "slow", "slow"] and applier.busy == 0
+        await applier.stop()
 
     asyncio.run(main())
