@@ -21,7 +21,7 @@ from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
 from tests.e2e.test_key_scope import Follower
 from tests.support.cluster import Cluster
-from tests.support.daemon import Lambdad, wait_for
+from tests.support.daemon import FUNCTIONS, Lambdad, wait_for
 from tests.support.postgres import Postgres
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,23 @@ def test_delete_through_b_of_a_function_on_a(cluster: Cluster) -> None:
     assert _within(lambda: a.http("doomed", "/").status == 404, WITHIN) is not None
     assert wait_for(lambda: not a.containers("doomed"), 30)
     assert a.cli("get", "doomed").code != 0
+
+
+def test_deploys_of_one_function_through_two_nodes_run_one_after_the_other(
+        cluster: Cluster) -> None:
+    """Without the lock across nodes both would read "next version: 1" and one would
+    fail on the version's primary key after its build."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = cluster[0], cluster[1]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda n: n.cli("deploy", str(FUNCTIONS / "greet"),
+                                                "--name", "raced"), (a, b)))
+    assert [r.code for r in results] == [0, 0], [r.stderr for r in results]
+    versions = cluster.sql("SELECT string_agg(number::text, ',' ORDER BY number) "
+                           "FROM versions WHERE function = 'raced'")
+    assert versions == "1,2"
+    assert a.cli("delete", "raced", "--yes").code == 0
 
 
 def test_a_change_made_while_a_was_not_listening_is_applied_after_its_reconnect(
