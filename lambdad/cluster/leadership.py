@@ -37,10 +37,13 @@ class Leadership:
         self._on_gained: list[Callable[[], None]] = []
         self._on_lost: list[Callable[[], None]] = []
 
-    def subscribe(self, on_gained: Callable[[], None], on_lost: Callable[[], None]) -> None:
+    def subscribe(self, on_gained: Callable[[], None], on_lost: Callable[[], None], *,
+                  now: bool = True) -> None:
+        """Calls back on each change from now on; with `now`, `on_gained` at once if
+        this node leads already."""
         self._on_gained.append(on_gained)
         self._on_lost.append(on_lost)
-        if self.leader:
+        if now and self.leader:
             on_gained()
 
     async def tick(self, conn: Any) -> bool:
