@@ -22,6 +22,8 @@ from lambdad.api.interceptors import BearerAuthInterceptor
 from lambdad.api.server import build_server
 from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
+from lambdad.build.blobs import BlobStore
+from lambdad.build.localize import Localizer
 from lambdad.cluster.wiring import check_cluster, cluster_parts
 from lambdad.components import Database, Delivery, Functions, Housekeeping, Logs, Ready
 from lambdad.config import Config
@@ -215,19 +217,6 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     backend = DockerBackend(client, daemon_id=host.daemon_id)
     artifacts = ArtifactStore(state / "artifacts")
     artifacts.prepare()
-    runtime = RuntimeManager(
-        backend, instances_dir=state / "i", start_timeout=config.start_timeout,
-        on_instance=instance_observer(capture, metrics), artifacts=artifacts,
-        cells_dir=state / "c", cell_pool_size=config.cell_pool_size,
-        runtime_image=config.runtime_image, pause_after=config.pause_after,
-        freeze_window=config.freeze_window, frozen_memory=config.frozen_memory_bytes,
-    )
-    metrics.watch_pools(lambda: [
-        PoolSample(name, *astuple(runtime.counts(name))) for name in runtime.routed()
-    ])
-    metrics.watch_cells(lambda: [
-        CellSample(c.cell_class.label(), c.ready, c.starting) for c in runtime.cell_stats()
-    ])
     builder = ImageBuilder(
         client, runtime_image=config.runtime_image, spool_dir=state / "spool",
         daemon_id=host.daemon_id, wheelhouse=config.wheelhouse, artifacts=artifacts,
@@ -236,9 +225,31 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
             user=config.build_user, max_image_bytes=config.build_max_image_bytes,
             min_free_disk_bytes=config.build_min_free_disk_bytes),
         cache=DepsCache(state / "build-cache", config.build_cache_bytes))
+    # Cluster mode: versions deployed through other nodes are fetched or built here at
+    # their first use (build/localize.py); on SQLite there is nothing to fetch.
+    blobs = BlobStore(config.database, host.daemon_id) if store.postgres else None
+    localizer = None if blobs is None else Localizer(
+        blobs, artifacts, image_prefix=config.image_prefix, spool_dir=state / "spool",
+        tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes), builder=builder,
+        image_id=backend.image_id,
+        observe=lambda kind, seconds: metrics.artifact_fetch.labels(kind).observe(seconds))
+    runtime = RuntimeManager(
+        backend, instances_dir=state / "i", start_timeout=config.start_timeout,
+        on_instance=instance_observer(capture, metrics), artifacts=artifacts,
+        cells_dir=state / "c", cell_pool_size=config.cell_pool_size,
+        runtime_image=config.runtime_image, pause_after=config.pause_after,
+        freeze_window=config.freeze_window, frozen_memory=config.frozen_memory_bytes,
+        localize=localizer.ensure if localizer is not None else None,
+    )
+    metrics.watch_pools(lambda: [
+        PoolSample(name, *astuple(runtime.counts(name))) for name in runtime.routed()
+    ])
+    metrics.watch_cells(lambda: [
+        CellSample(c.cell_class.label(), c.ready, c.starting) for c in runtime.cell_stats()
+    ])
     keyring = KeyRing(host.keys)
     parts = build_control(config, store, builder, runtime, metrics, logs, artifacts, keyring,
-                          engine.version)
+                          engine.version, blobs)
     control = parts.control
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gateway = Gateway(
@@ -294,7 +305,7 @@ class ControlParts:
 def build_control(
     config: Config, store: Store, builder: ImageBuilder, runtime: RuntimeManager,
     metrics: Metrics, logs: LogStore, artifacts: ArtifactStore, keyring: KeyRing,
-    docker_version: str,
+    docker_version: str, blobs: BlobStore | None = None,
 ) -> ControlParts:
     """In an order without cycles: what queues an event and the worker that delivers it
     share the intake (accepted events on their way into the store, and the wake-up);
@@ -323,6 +334,7 @@ def build_control(
         domain=config.domain,
         docker_version=docker_version,
         artifacts=artifacts,
+        blobs=blobs,
     )
     return ControlParts(control, invoker, queue, worker, cron)
 

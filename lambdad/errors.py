@@ -85,6 +85,13 @@ class DatabaseUnavailable(Unavailable):
     retry it as any other."""
 
 
+class BlobRefused(Unavailable):
+    """A blob fetched from the shared database is not what it should be (its size or
+    sha256 differs, or a member is a link, a device, absolute or leaves its folder): it
+    is refused before anything is extracted, and the start that needed it fails (503).
+    Its reason stays "Unavailable"."""
+
+
 class InstanceFailed(Unavailable):
     """The instance serving a request died or broke the protocol (HTTP 502)."""
 

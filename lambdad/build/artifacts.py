@@ -152,7 +152,10 @@ class ArtifactStore:
         for function in self.root.iterdir():
             for version in function.iterdir():
                 if version not in wanted:
-                    shutil.rmtree(version, ignore_errors=True)
+                    if version.is_dir() and not version.is_symlink():
+                        shutil.rmtree(version, ignore_errors=True)
+                    else:  # a cluster fetch's vN.blob.partial (build/localize.py)
+                        version.unlink(missing_ok=True)
                     removed += 1
             if not any(function.iterdir()):
                 function.rmdir()

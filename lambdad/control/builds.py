@@ -23,9 +23,14 @@ log = logging.getLogger("lambdad.control")
 
 
 class Builds:
-    def __init__(self, builder: Builder, artifacts: ArtifactStore | None) -> None:
+    def __init__(self, builder: Builder, artifacts: ArtifactStore | None,
+                 local_prefix: str = "") -> None:
         self._builder = builder
         self._artifacts = artifacts
+        # Cluster mode: this node's image prefix. A Dockerfile version deployed through
+        # another node is built here at first use under this node's own tag
+        # (build/localize.py), which no row names but which is referenced all the same.
+        self._local_prefix = local_prefix
 
     async def tag(self, name: str, base: int, image_id: str, number: int, image: str) -> None:
         """Version `number` shares version `base`'s image (a new tag, when it has one: a
@@ -55,6 +60,9 @@ class Builds:
         them behind. Returns the number of images removed."""
         if self._artifacts is not None:
             await asyncio.to_thread(self._artifacts.retain, live)
+        if self._local_prefix:
+            referenced = referenced | {f"{self._local_prefix}/{function}:v{number}"
+                                       for function, number in live}
         owned = await asyncio.to_thread(self._builder.owned_images)
         removed = 0
         for image_id, tags in owned:

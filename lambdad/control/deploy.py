@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from lambdad.build import BuildSpec, BuiltImage, TarLimits, TarSummary, tarball
+from lambdad.build import ArtifactStore, BuildSpec, BuiltImage, TarLimits, TarSummary, tarball
+from lambdad.build.blobs import BlobStore, publish_artifact
 from lambdad.control.builds import Builds
 from lambdad.control.faults import fault_point
 from lambdad.control.locks import FunctionLocks
@@ -74,8 +75,13 @@ class Deployer:
         self, *, store: Store, builder: Builder, runtime: Runtime, builds: Builds,
         locks: FunctionLocks, upload: Upload, image_prefix: str, url: Callable[[str], str],
         retain: Callable[[str], Awaitable[None]], metrics: Metrics | None = None,
+        blobs: BlobStore | None = None, artifacts: ArtifactStore | None = None,
     ) -> None:
         self._store = store
+        # Cluster mode: what other nodes need to run the version goes to the database
+        # before its row (build/blobs.py); None on SQLite.
+        self._blobs = blobs
+        self._artifacts = artifacts
         self._builder = builder
         self._runtime = runtime
         self._builds = builds
@@ -175,12 +181,14 @@ class Deployer:
             if self._metrics is not None:
                 self._metrics.build_duration.observe(build_s)
             fault_point("built")
+            artifact_sha, context_sha = await self._publish(name, number, config, archive)
             yield Progress(2, building, done=True)
             image = built.image  # "" when the version has no image of its own
             version = FunctionVersion(
                 function=name, number=number, image=image, image_id=built.image_id,
                 config=config, code_sha256=header.sha256, code_size=header.size,
                 created_at=datetime.now(UTC), deployed_by=deployed_by,
+                artifact_sha256=artifact_sha, context_sha256=context_sha,
             )
             # The paths are chosen before the step is announced, so the step names them.
             plans = [self._runtime.plan_start(version)
@@ -215,6 +223,30 @@ class Deployer:
         await self._retain(name)
         yield Progress(3, starting, done=True)
         yield DeployResult(name=name, version=number, image=image, url=self._url(name))
+
+    async def _publish(self, name: str, number: int, config: FunctionConfig,
+                       archive: Path) -> tuple[str, str]:
+        """Cluster mode: stores the version's artifact (a standard runtime) or its
+        validated build context (a Dockerfile function) as a blob; returns (artifact sha,
+        context sha). On its own connection in a worker thread, not the store thread. A
+        blob left by a deploy that fails later is shared by content or collected."""
+        if self._blobs is None:
+            return "", ""
+        started = time.monotonic()
+        if config.runtime == "docker":
+            sha = await asyncio.to_thread(self._blobs.put, "context", archive)
+            result = ("", sha)
+        else:
+            assert self._artifacts is not None
+            folder = self._artifacts.find(name, number)
+            if folder is None:
+                return "", ""
+            sha = await asyncio.to_thread(publish_artifact, self._blobs, folder,
+                                          self._upload.spool_dir)
+            result = (sha, "")
+        log.info("stored blob function=%s version=%d blob=%s store_ms=%.0f", name, number,
+                 sha[:12], (time.monotonic() - started) * 1000)
+        return result
 
     async def _start_all(self, version: FunctionVersion, plans: list[StartPlan]) -> list[Instance]:
         """Starts one instance per plan at once, each ready only once its code is imported.

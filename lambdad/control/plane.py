@@ -15,6 +15,7 @@ from pathlib import Path
 import lambdad
 from lambdad.auth import ApiKey, KeyRing
 from lambdad.build import ArtifactStore, TarLimits
+from lambdad.build.blobs import BlobStore
 from lambdad.control.admin import Keys, Schedules
 from lambdad.control.builds import Builds
 from lambdad.control.deploy import Deployer, Upload
@@ -64,6 +65,7 @@ class ControlPlane:
         domain: str = "localhost",
         docker_version: str = "",
         artifacts: ArtifactStore | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.info = DaemonInfo(
             version=lambdad.__version__, api_version="v1",
@@ -71,7 +73,8 @@ class ControlPlane:
             started_at=datetime.now(UTC), domain=domain, url_template=url_template,
         )
         locks = self.locks = FunctionLocks()  # cluster mode adds the nodes' locks
-        builds = Builds(builder, artifacts)
+        builds = Builds(builder, artifacts,
+                        local_prefix=image_prefix if blobs is not None else "")
         self._versions = Versions(
             store=store, runtime=runtime, builds=builds, locks=locks,
             image_prefix=image_prefix, url=self.url, keep_versions=keep_versions,
@@ -79,7 +82,8 @@ class ControlPlane:
         self._deployer = Deployer(
             store=store, builder=builder, runtime=runtime, builds=builds, locks=locks,
             upload=Upload(spool_dir, max_code_bytes, tar_limits), image_prefix=image_prefix,
-            url=self.url, retain=self._versions.apply_retention, metrics=metrics)
+            url=self.url, retain=self._versions.apply_retention, metrics=metrics,
+            blobs=blobs, artifacts=artifacts)
         self._direct = DirectInvoke(invoker)
         self._queue = queue
         self._queries = Queries(store=store, runtime=runtime, locks=locks, url=self.url,

@@ -119,6 +119,10 @@ class Versions:
         if self._metrics is not None:
             self._metrics.forget(name)
         await self._builds.remove_function(name, [])
+        try:  # images this node built for it (its own tags, which no row names)
+            await self.prune_orphans()
+        except Exception as exc:  # the next start's clean-up removes them
+            log.warning("could not remove the images of deleted function=%s: %s", name, exc)
         log.info("deleted function=%s instances=%d (deleted on another node)", name, instances)
         return "removed"
 

@@ -21,6 +21,10 @@ class FunctionVersion:
     deployed_by: str = "local"
     pruned: bool = False  # its image was removed by retention; the row stays as history
     source_version: int | None = None  # a config-only version reuses this version's image
+    # Cluster mode (build/blobs.py): the shared blob of the version's artifact (a standard
+    # runtime) or build context (a Dockerfile function); "" when none was stored.
+    artifact_sha256: str = ""
+    context_sha256: str = ""
 
     @property
     def shared_image(self) -> bool:

@@ -243,7 +243,16 @@ def _server_timing(total_ms: float, response: InvocationResponse) -> bytes:
     cold start its `init` (the whole start, as lambdad timed it) and, within it, `import`
     (the function's code loading, as its runtime timed it) and `hooks` (its before-snapshot
     hooks, run after the import: snapshot_restore_py): init minus import minus hooks is
-    lambdad's share of a cold start (a cell taken, the code linked, POST /init's way)."""
+    lambdad's share of a cold start (a cell taken, the code linked, POST /init's way).
+    In cluster mode a start on a node that first fetched the version's artifact (or built
+    its image) adds `fetch` (part of `init`)."""
+    timing = _timing(total_ms, response)
+    if response.fetch_ms and response.init_ms:
+        timing += b", fetch;dur=%.2f" % min(response.fetch_ms, response.init_ms)
+    return timing
+
+
+def _timing(total_ms: float, response: InvocationResponse) -> bytes:
     function_ms, init_ms = response.function_ms, response.init_ms
     gateway_ms = max(0.0, total_ms - function_ms - init_ms)
     if not init_ms:

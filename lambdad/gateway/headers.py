@@ -38,6 +38,9 @@ _CONSUMED = frozenset({b"expect", b"content-length"})
 # Set on responses by the gateway; the instance's copies would be duplicates (or lies about
 # how it started). A function's own Server-Timing metrics are kept: that header is a list.
 _GATEWAY_RESPONSE = frozenset({b"lambda-request-id", b"lambda-version", b"lambda-cold-start"})
+# The standard runtime's word to lambdad (runtime/hop.py), taken off before the gateway sees
+# a response; a function's own copies (a Dockerfile function's) are never relayed either.
+_RUNTIME_CONTROL = frozenset({b"lambda-workers", b"lambda-wait-timeout"})
 
 
 def _named(value: bytes) -> set[bytes]:
@@ -94,7 +97,7 @@ def forward_request_headers(headers: Headers, client_ip: str, proto: str = "http
     return out
 
 
-_NOT_RELAYED = HOP_BY_HOP | _GATEWAY_RESPONSE
+_NOT_RELAYED = HOP_BY_HOP | _GATEWAY_RESPONSE | _RUNTIME_CONTROL
 
 
 def response_headers(headers: Headers) -> Headers:

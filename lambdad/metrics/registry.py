@@ -171,6 +171,11 @@ class Metrics:
         self.build_duration = Histogram(
             "lambdad_image_build_duration_seconds", "Image build time", buckets=BUILD_BUCKETS,
             registry=r)
+        self.artifact_fetch = Histogram(
+            "lambdad_artifact_fetch_seconds", "Cluster mode: time a cold start spent making "
+            "a version runnable on this node: its artifact fetched from the database "
+            "(kind artifact), or its image built from the stored context (kind image)",
+            ["kind"], buckets=BUILD_BUCKETS, registry=r)
         self.log_followers = Gauge(
             "lambdad_log_followers", "Open `logs -f` streams", registry=r)
         self.log_dropped_lines = Counter(

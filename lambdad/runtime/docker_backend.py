@@ -339,6 +339,19 @@ class DockerBackend:
                 cgroups.write(freezer, freezer.thawed)
             raise
 
+    def refreeze(self, container_id: str) -> bool:
+        """Makes a container Docker says is Paused frozen in fact (a run killed between a
+        direct thaw and its settle left it running, Docker's view unchanged); False when
+        it runs still (it would not freeze). Without a freezer file nothing was thawed
+        directly: Docker's view holds."""
+        freezer = self._freezer(container_id)
+        if freezer is None:
+            return True
+        try:
+            return cgroups.is_frozen(freezer) or cgroups.freeze(freezer)
+        except OSError:  # gone: its exit is reported apart
+            return True
+
     def memory_bytes(self, container_id: str) -> int | None:
         """Memory in use, as `docker stats` shows it (the page cache it can drop excluded)."""
         try:

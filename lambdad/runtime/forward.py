@@ -16,7 +16,7 @@ import time
 from lambdad.errors import FunctionTimeout, InstanceFailed, Unavailable
 from lambdad.runtime.backend import Backend
 from lambdad.runtime.folder import Refused
-from lambdad.runtime.hop import encode_request
+from lambdad.runtime.hop import RUNTIME_PREFIX, encode_request, runtime_control
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.pool import Instance, InstancePool
 from lambdad.runtime.routing import Routes
@@ -112,6 +112,18 @@ class Forwarder:
             except BaseException:
                 self._release(instance, conn)
                 raise
+            if (response_headers and response_headers[0][0].startswith(RUNTIME_PREFIX)
+                    and version.config.runtime != "docker"):  # the runtime's word first
+                workers, waited_out, response_headers = runtime_control(response_headers)
+                if workers is not None:
+                    _pool(instance).set_workers(instance, workers)
+                if waited_out:
+                    # It never ran: only this request timed out, the instance serves on.
+                    self._release(instance, conn)
+                    raise FunctionTimeout(
+                        f"function {name!r} did not respond within its timeout of {timeout} s"
+                        f" (it waited for a worker: the instance's memory holds "
+                        f"{workers or instance.workers or '?'})") from None
             reader = conn.reader
             content = reader.take_body() if reader.complete else None
             exchange = _Exchange(self, instance, conn, content)
@@ -127,6 +139,7 @@ class Forwarder:
                 init_ms=instance.init_ms if start in ("cell", "container") else 0.0,
                 import_ms=instance.import_ms if start in ("cell", "container") else 0.0,
                 hooks_ms=instance.hooks_ms if start in ("cell", "container") else 0.0,
+                fetch_ms=instance.fetch_ms if start in ("cell", "container") else 0.0,
                 content=content,
             )
         raise Unavailable(f"no instance of {name!r} could take the request")
@@ -181,7 +194,11 @@ class Forwarder:
             try:
                 await asyncio.to_thread(self._backend.settle, instance.container_id)
             except Exception as exc:
+                # Neither settled nor pausable (Docker says Paused): as after a failed
+                # pause, it cannot be kept frozen, so its idle timeout stops it, not a
+                # freeze window it would spend running, outside the frozen memory bound.
                 instance.no_settle_until = time.monotonic() + PAUSE_RETRY_S
+                instance.no_pause_until = instance.no_settle_until
                 log.warning("settling a thawed instance failed instance=%s retry_in_s=%d "
                             "error=%s", instance.id, PAUSE_RETRY_S, exc)
                 return

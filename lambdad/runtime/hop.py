@@ -20,6 +20,13 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _END = b"\r\n\r\n"
 # Reason phrase: HTAB, SP, VCHAR, obs-text (RFC 9112); llhttp lets control bytes through.
 _BAD_REASON = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
+# The standard runtime's word to lambdad, first in a response's head (its supervisor drops a
+# function's own copies, and never sends these on every response): how many workers the
+# instance's memory holds, and that a request timed out waiting for one (it never ran).
+WORKERS = b"lambda-workers"
+WAIT_TIMEOUT = b"lambda-wait-timeout"
+RUNTIME_PREFIX = b"lambda-"
+_MAX_DIGITS = 9
 
 
 def encode_request(method: bytes, target: bytes, headers: Headers, lambda_headers: bytes,
@@ -261,3 +268,23 @@ def check_framing(headers: Headers) -> bool:
                 raise ValueError("only Transfer-Encoding: chunked is supported")
             framed = True
     return framed
+
+
+def parse_workers(value: bytes) -> int | None:
+    """A `Lambda-Workers` figure: decimal digits (below 1 means 1); None if not a number."""
+    value = value.strip()
+    if not value.isdigit() or len(value) > _MAX_DIGITS:
+        return None
+    return max(1, int(value))
+
+
+def runtime_control(headers: Headers) -> tuple[int | None, bool, Headers]:
+    """The runtime's control headers taken off a response: (the workers its memory holds,
+    None if not said; whether the request timed out waiting for a worker; the function's
+    headers). Only in the runtime's shape, first in the head: `lambda-workers`, then
+    perhaps `lambda-wait-timeout` (the supervisor drops a function's own copies; any
+    further down never count, and the gateway does not relay them)."""
+    if not headers or headers[0][0] != WORKERS:
+        return None, False, headers
+    waited_out = len(headers) > 1 and headers[1][0] == WAIT_TIMEOUT
+    return parse_workers(headers[0][1]), waited_out, headers[2 if waited_out else 1:]

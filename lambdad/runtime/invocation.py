@@ -57,6 +57,7 @@ class InvocationResponse:
     init_ms: float = 0.0  # the instance's start, when this request waited for it
     import_ms: float = 0.0  # of which the import of the function's code (the runtime's)
     hooks_ms: float = 0.0  # and the function's before-snapshot hooks after it (the runtime's)
+    fetch_ms: float = 0.0  # of which its artifact fetched or image built (cluster mode)
     start: str = "warm"  # how the instance was got: warm, cell, unpaused or container
     # The whole body, when it arrived with the head (most responses): a relay can send
     # it without iterating `body`, which then yields just these bytes. None: streamed.

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lambdad.build.artifacts import ArtifactSource
 from lambdad.functions import FunctionVersion
@@ -37,6 +38,9 @@ from lambdad.runtime.stops import Stopper
 
 __all__ = ["PoolCounts", "RuntimeManager", "StartPlan"]
 
+if TYPE_CHECKING:  # cluster mode's fetch at a cold start (build/localize.py)
+    from lambdad.build.localize import Localized
+
 log = logging.getLogger("lambdad.runtime")
 
 IMAGE_CHECK_S = 30.0
@@ -50,6 +54,7 @@ class RuntimeManager:
         cell_pool_size: int = 0, runtime_image: str = "lambda-runtime/python:3.11",
         pause_after: float = 0.0, freeze_window: float = 0.0, frozen_memory: int = 0,
         socket_owner: int = CONTAINER_UID,
+        localize: Callable[[FunctionVersion], Awaitable[Localized]] | None = None,
     ) -> None:
         """`on_instance` is told of every instance: "started" (container running),
         "connected" (its socket answers, its code maybe not loaded yet), "ready" (serving)
@@ -75,7 +80,7 @@ class RuntimeManager:
                                               start_timeout=start_timeout),
             instances_dir=instances_dir, cells_dir=cells_dir, artifacts=artifacts,
             cell_pool_size=cell_pool_size, runtime_image=runtime_image, notify=self._notify,
-            spawn=self._spawn, socket_owner=socket_owner,
+            spawn=self._spawn, socket_owner=socket_owner, localize=localize,
         )
         self._routes = Routes(self._new_pool)
         self._forwarder = Forwarder(self._routes, backend, self._stopper)

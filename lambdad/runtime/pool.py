@@ -5,9 +5,12 @@ delegated to the callables the runtime manager passes in, so the rules below are
 unit-tested without Docker.
 
 - A request takes a free slot on a live instance (the most recently used one, so
-  the others go idle and can be reaped); otherwise it queues.
+  the others go idle and can be reaped); otherwise it queues. An instance has
+  min(concurrency, the workers its memory holds) slots: its runtime says how many workers
+  fit (`set_workers`, from a response's `Lambda-Workers`), and an instance that has not said
+  yet is assumed to hold what the last one of its version said.
 - Instances start only for queued requests that the instances already starting
-  cannot absorb, never beyond `max_instances`.
+  cannot absorb (at that many slots each), never beyond `max_instances`.
 - A freed slot or a newly ready instance goes to the oldest queued request.
 - A request that waits longer than the queue timeout gets Throttled (429).
 - `close` (a delete, the daemon's stop) cancels the starts in flight: one not yet at
@@ -51,6 +54,7 @@ class Instance:
     init_ms: float = 0.0  # its start as lambdad timed it, import included
     import_ms: float = 0.0  # the import alone, as its runtime timed it (POST /init's answer)
     hooks_ms: float = 0.0  # the before-snapshot hooks after the import (the same answer)
+    fetch_ms: float = 0.0  # cluster mode: its artifact fetched or image built first (in init)
     idle: list[UpstreamConnection] = field(default_factory=list)
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -77,6 +81,9 @@ class Instance:
     # until the forwarder settles it, idle (runtime/cgroups.py)
     unsettled: bool = False
     no_settle_until: float = 0.0  # after a failed settle, not before this (monotonic)
+    # How many workers its memory holds, as its runtime last said (0: not said yet); its
+    # slots are min(concurrency, this), see InstancePool.slots.
+    workers: int = 0
 
 
 class StartNotNeeded(Exception):
@@ -104,10 +111,33 @@ class InstancePool:
         self._starts: set[asyncio.Task[None]] = set()  # the starts under way, to cancel
         self.retired = False
         self.closed = False
+        # What the last instance to say it said about its memory (Lambda-Workers): the
+        # slots of an instance that has not said yet, and of the instances a scale-out
+        # starts (0: nothing said, the function's concurrency).
+        self.workers_hint = 0
 
     @property
     def concurrency(self) -> int:
         return self.version.config.scaling.concurrency
+
+    def slots(self, instance: Instance | None = None) -> int:
+        """How many requests an instance takes at once (a new one's without `instance`):
+        the function's concurrency, or fewer if its memory holds fewer workers. A figure
+        above the concurrency is ignored."""
+        workers = (instance.workers if instance is not None else 0) or self.workers_hint
+        concurrency = self.concurrency
+        return workers if 0 < workers < concurrency else concurrency
+
+    def set_workers(self, instance: Instance, workers: int) -> None:
+        """The instance's runtime says its memory holds `workers` workers (1 at least):
+        its slots from now on, and the guess for instances that have not said. A rise
+        takes queued requests at once; a fall lets the scaler start instances for them."""
+        workers = max(1, workers)
+        instance.workers = workers
+        self.workers_hint = workers
+        if self._waiters:
+            self._dispatch()
+            self._scale_up()
 
     @property
     def queued(self) -> int:
@@ -181,8 +211,13 @@ class InstancePool:
 
     def _free_instance(self) -> Instance | None:
         best: Instance | None = None
+        concurrency = self.concurrency
+        hint = self.workers_hint
         for instance in self.instances:
-            if instance.dead or instance.in_flight >= self.concurrency:
+            if instance.dead:
+                continue
+            workers = instance.workers or hint
+            if instance.in_flight >= (workers if 0 < workers < concurrency else concurrency):
                 continue
             if best is None or instance.last_used > best.last_used:
                 best = instance
@@ -209,10 +244,11 @@ class InstancePool:
         if self.retired:
             return
         max_instances = self.version.config.scaling.max_instances
-        uncovered = self.queued - self.starting * self.concurrency
+        slots = self.slots()
+        uncovered = self.queued - self.starting * slots
         while uncovered > 0 and len(self.instances) + self.starting < max_instances:
             self._launch(fresh=True)
-            uncovered -= self.concurrency
+            uncovered -= slots
 
     def ensure_minimum(self) -> int:
         """Starts instances up to min_instances (also after one died); returns how many."""

@@ -104,7 +104,12 @@ class Reconciler:
 
     async def _adopt_frozen(self, instance: Instance) -> None:
         """A container the earlier run paused: adopted paused (its socket accepts in the
-        kernel while it is frozen), its memory measured as a pause would have."""
+        kernel while it is frozen), its memory measured as a pause would have. One that
+        run thawed directly and was killed before settling runs while Docker says Paused:
+        frozen again first, else (it would not freeze) adopted running, to be settled."""
+        if not await asyncio.to_thread(self.backend.refreeze, instance.container_id):
+            instance.unsettled = True
+            return
         instance.paused = True
         size = await asyncio.to_thread(self.backend.memory_bytes, instance.container_id)
         instance.paused_bytes = (size if size is not None

@@ -25,8 +25,9 @@ import secrets
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lambdad.build.artifacts import DEPS, TASK, ArtifactSource, ArtifactStore, link_into
 from lambdad.errors import Unavailable
@@ -40,6 +41,9 @@ from lambdad.runtime.readiness import Readiness
 from lambdad.runtime.staging import Stages, move_into, prepare, stamp
 from lambdad.runtime.stops import Stopper, finish
 from lambdad.runtime.upstream import UpstreamConnection
+
+if TYPE_CHECKING:  # cluster mode's fetch at a cold start (build/localize.py)
+    from lambdad.build.localize import Localized
 
 log = logging.getLogger("lambdad.runtime")
 
@@ -77,8 +81,10 @@ class Starter:
         instances_dir: Path, cells_dir: Path, artifacts: ArtifactSource | None,
         cell_pool_size: int, runtime_image: str, notify: Notify,
         spawn: Callable[[Awaitable[None]], None], socket_owner: int = CONTAINER_UID,
+        localize: Callable[[FunctionVersion], Awaitable[Localized]] | None = None,
     ) -> None:
         self._backend = backend
+        self._localize = localize  # cluster mode only (build/localize.py)
         self._stopper = stopper
         self._readiness = readiness
         self._instances_dir = instances_dir
@@ -164,14 +170,29 @@ class Starter:
         """An instance of `version`, ready to serve: a specialized stem cell when one is
         ready, else a new container. `wanted` lets a queued start give up (StartNotNeeded)
         once the requests it was for have been served by others. With a `plan`, the path
-        it chose is the one taken."""
+        it chose is the one taken.
+
+        In cluster mode a version this node never ran is made runnable first (its
+        artifact fetched, or its image built from the stored context: build/localize.py);
+        that time is the instance's `fetch_ms`, and part of its `init_ms`."""
+        if self._localize is None:
+            return await self._start(version, wanted, plan, "")
+        local = await self._localize(version)
+        instance = await self._start(version, wanted, plan, local.image)
+        if local.fetch_ms:
+            instance.fetch_ms = local.fetch_ms
+            instance.init_ms += local.fetch_ms
+        return instance
+
+    async def _start(self, version: FunctionVersion, wanted: Callable[[], bool] | None,
+                     plan: StartPlan | None, image: str) -> Instance:
         if plan is not None:
             cell, plan.cell = plan.cell, None
             if cell is not None:
                 assert plan.artifact is not None  # plan_start takes a cell only with one
                 return await self._specialize(cell, version, plan.artifact)
             async with self._container_starts:
-                return await self._start_container(version)
+                return await self._start_container(version, image)
         artifact = self._artifact(version)
         if artifact is not None:
             cell = self.cells.take(self.cell_class(version))
@@ -184,9 +205,9 @@ class Starter:
                     return await self._specialize(cell, version, artifact)
             if wanted is not None and not wanted():
                 raise StartNotNeeded
-            return await self._start_container(version)
+            return await self._start_container(version, image)
 
-    async def _start_container(self, version: FunctionVersion) -> Instance:
+    async def _start_container(self, version: FunctionVersion, image: str = "") -> Instance:
         """Starts a container (of the runtime image with the version's artifact mounted,
         or of the version's own image); ready once its socket answers in its locked folder
         and, for a standard runtime, its handler loaded.
@@ -194,7 +215,8 @@ class Starter:
         A standard runtime starts as a stem cell does (a cell's clean environment; the
         function's comes with POST /init) and loads the handler at POST /init, so no
         function code runs before the folder is locked; a Dockerfile function's code runs from the
-        start, and what it puts in the folder meanwhile is bounded.
+        start, and what it puts in the folder meanwhile is bounded. `image`: this node's
+        own build of a Dockerfile function's version deployed through another node.
         """
         code = self._mounted_code(version)
         instance_id = secrets.token_hex(6)
@@ -203,7 +225,9 @@ class Starter:
         started = time.monotonic()
         try:
             container_id = await finish(asyncio.to_thread(  # a cancel stops it below
-                functools.partial(self._backend.start, version, instance_id, folder.path,
+                functools.partial(self._backend.start,
+                                  replace(version, image=image) if image else version,
+                                  instance_id, folder.path,
                                   init_later=standard, code=code,
                                   image=self._runtime_image)))
         except BaseException:

@@ -159,15 +159,45 @@ def _v7_invocation_queue_index(db: sqlite3.Connection) -> None:
                "status, function, next_attempt_at, created_at)")
 
 
-def _v8_cluster_nodes(db: sqlite3.Connection) -> None:
+def _v8_shared_blobs(db: sqlite3.Connection) -> None:
+    """Cluster mode's shared artifacts (build/blobs.py): each version names the blob of its
+    artifact (a standard runtime) or of its build context (a Dockerfile function), and
+    the blobs themselves, content-addressed and chunked. SQLite never writes them; they
+    exist so both engines have one schema."""
+    db.execute("ALTER TABLE versions ADD COLUMN artifact_sha256 TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE versions ADD COLUMN context_sha256 TEXT NOT NULL DEFAULT ''")
+    db.execute(
+        """
+        CREATE TABLE blobs (
+            sha256 TEXT PRIMARY KEY NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('artifact', 'context')),
+            size INTEGER NOT NULL,
+            chunks INTEGER NOT NULL,
+            created_at DATETIME NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE blob_chunks (
+            sha256 TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (sha256, seq)
+        )
+        """
+    )
+
+
+def _v9_cluster_nodes(db: sqlite3.Connection) -> None:
     """Cluster mode's members (lambdad/cluster) and the instances they hold. Written only on
     PostgreSQL; here too so that both engines have one schema."""
-    for statement in CLUSTER_V8:
+    for statement in CLUSTER_V9:
         db.execute(statement)
 
 
 # The same statements on both engines (their types are portable).
-CLUSTER_V8 = (
+CLUSTER_V9 = (
     """
     CREATE TABLE nodes (
         id TEXT PRIMARY KEY NOT NULL,
@@ -206,7 +236,8 @@ MIGRATIONS: list[Migration] = [
     _v5_schedules,
     _v6_api_keys,
     _v7_invocation_queue_index,
-    _v8_cluster_nodes,
+    _v8_shared_blobs,
+    _v9_cluster_nodes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

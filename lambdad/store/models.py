@@ -44,6 +44,8 @@ class VersionRow(BaseModel):
     deployed_by = CharField(default="local")
     pruned = BooleanField(default=False)
     source_version = IntegerField(null=True)
+    artifact_sha256 = CharField(default="")  # cluster mode: the artifact's blob
+    context_sha256 = CharField(default="")  # cluster mode: a Dockerfile function's context
 
     class Meta:
         table_name = "versions"

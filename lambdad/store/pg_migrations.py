@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lambdad.store.database import connect_params, redacted, scrub
-from lambdad.store.migrations import CLUSTER_V8, SCHEMA_VERSION
+from lambdad.store.migrations import CLUSTER_V9, SCHEMA_VERSION
 
 # Advisory lock keys, two-int form: class 'LAMB', 1 = migrations.
 LOCK_CLASS = 1279348034
@@ -120,6 +120,30 @@ _V7 = (
 )
 
 
+# Cluster mode's shared artifacts (build/blobs.py); SQLite's _v8_shared_blobs.
+_V8_BLOBS = (
+    "ALTER TABLE versions ADD COLUMN artifact_sha256 TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE versions ADD COLUMN context_sha256 TEXT NOT NULL DEFAULT ''",
+    """
+    CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('artifact', 'context')),
+        size BIGINT NOT NULL,
+        chunks INTEGER NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE blob_chunks (
+        sha256 TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (sha256, seq)
+    )
+    """,
+)
+
+
 def _statements(*sql: str) -> Callable[[Any], None]:
     def run(cursor: Any) -> None:
         for statement in sql:
@@ -132,7 +156,8 @@ def _statements(*sql: str) -> Callable[[Any], None]:
 # SCHEMA_VERSION.
 PG_MIGRATIONS: list[tuple[int, Callable[[Any], None]]] = [
     (7, _statements(*_V7)),
-    (8, _statements(*(s.replace("TIMESTAMP", "TIMESTAMPTZ") for s in CLUSTER_V8))),
+    (8, _statements(*_V8_BLOBS)),
+    (9, _statements(*(s.replace("TIMESTAMP", "TIMESTAMPTZ") for s in CLUSTER_V9))),
 ]
 
 

@@ -207,6 +207,8 @@ class Store:
                     created_at=version.created_at,
                     deployed_by=version.deployed_by,
                     source_version=version.source_version,
+                    artifact_sha256=version.artifact_sha256,
+                    context_sha256=version.context_sha256,
                 )
                 if activate:
                     row.active_version = version.number
@@ -364,6 +366,8 @@ def _version(row: Any) -> FunctionVersion:
         deployed_by=row.deployed_by,
         pruned=bool(row.pruned),
         source_version=row.source_version,
+        artifact_sha256=row.artifact_sha256 or "",
+        context_sha256=row.context_sha256 or "",
     )
 
 

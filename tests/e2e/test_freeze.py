@@ -235,6 +235,53 @@ def test_killed_between_the_thaw_and_the_settle_the_restart_settles_it(
         assert _state(container) is None
 
 
+# A function that keeps computing once called: a thread spinning in its worker.
+SPINNER = '''
+import threading
+
+def spin():
+    while True:
+        pass
+
+def handler(event, context):
+    if not any(t.name == "spin" for t in threading.enumerate()):
+        threading.Thread(target=spin, name="spin", daemon=True).start()
+    return {"ok": True}
+'''
+
+
+def _cpu_ns(container_id: str) -> int:
+    return int(Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
+               .read_text())
+
+
+@pytest.mark.slow  # a daemon of its own
+def test_adopted_after_a_kill_between_thaw_and_settle_it_does_not_run_while_counted_frozen(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    """Attack: lambdad killed -9 between a direct thaw and its settle leaves a running
+    container Docker calls Paused. The next run adopted it as frozen (the gauge, the
+    frozen memory bound) while it went on computing, for the whole freeze window unless
+    a request came. Adopted, it is frozen in fact."""
+    with running_daemon("--pause-after", "0.5", "--freeze-window", "600") as daemon:
+        daemon.deploy(write_function(tmp_path / "spin", SPINNER, _manifest("spin")))
+        assert daemon.http("spin", "/").status == 200  # the spinner starts
+        container = _container(daemon, "spin")
+        assert wait_for(lambda: _frozen(daemon, "spin") == 1 and _paused(container),
+                        timeout=10)
+        assert daemon.http("spin", "/").headers["lambda-cold-start"] == "unpaused"
+        daemon.stop(signal.SIGKILL)  # before the settle (0.5 s idle)
+        assert _paused(container) and _freezer_state(container) == "THAWED"
+        daemon.start()
+        assert _frozen(daemon, "spin") == 1
+        before = _cpu_ns(container)
+        time.sleep(1)
+        spent_ms = (_cpu_ns(container) - before) / 1e6
+        assert _freezer_state(container) == "FROZEN" and spent_ms < 50, spent_ms
+        assert _paused(container)
+        assert daemon.http("spin", "/").headers["lambda-cold-start"] == "unpaused"
+
+
 @pytest.mark.slow  # a daemon of its own
 def test_without_a_cgroup_mount_the_docker_api_thaws(
     wheelhouse: Path, tmp_path: Path

@@ -39,6 +39,8 @@ ANSWERS = {
     b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n"
                  b"0\r\n\r\n",
     b"/no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+    b"/runtime-word": b"HTTP/1.1 200 OK\r\nLambda-Workers: 1\r\nLambda-Wait-Timeout: 1\r\n"
+                      b"Content-Length: 6\r\n\r\nserved",
 }
 
 def serve(conn):
@@ -98,6 +100,20 @@ def test_an_answer_smuggled_behind_the_first_never_reaches_the_next_caller(
 ) -> None:
     got = lambdad.http(hostile, "/longer")
     assert got.status == 200 and got.body == b"hi"
+    _own_answers_follow(lambdad, hostile)
+
+
+def test_a_dockerfile_function_cannot_speak_for_the_runtime(lambdad: Lambdad,
+                                                           hostile: str) -> None:
+    """Attack: a Dockerfile function's own server answers with the standard runtime's word
+    first in its head (`Lambda-Workers: 1`, `Lambda-Wait-Timeout`). lambdad takes nothing
+    from it (only the standard runtime's supervisor speaks so): the answer is relayed as the
+    200 it is, not turned into a timeout, and the client never sees those headers."""
+    for _ in range(2):
+        got = lambdad.http(hostile, "/runtime-word")
+        assert got.status == 200 and got.body == b"served", (got.status, got.body)
+        assert "lambda-workers" not in got.headers, got.headers
+        assert "lambda-wait-timeout" not in got.headers, got.headers
     _own_answers_follow(lambdad, hostile)
 
 

@@ -90,6 +90,7 @@ class FakeDocker:
         self.hold.set()
         self.on_exit: Callable[[str], None] | None = None  # Docker's die event
         self.direct_thaw = False  # thaw writes the freezer file (else: the API only)
+        self.unfreezable = False  # the freeze of a settle fails (a task it cannot freeze)
 
     # What a test looks at
 
@@ -187,8 +188,19 @@ class FakeDocker:
         container = self.containers[container_id]
         if container.paused or not container.docker_paused:
             raise RuntimeError("nothing to settle")
+        if self.unfreezable:  # as the real one: thawed again, left running
+            raise RuntimeError("it did not freeze within a second")
         self.settled.append(container_id)
         container.docker_paused = False
+
+    def refreeze(self, container_id: str) -> bool:
+        container = self.containers[container_id]
+        if container.docker_paused and not container.paused:
+            if self.unfreezable:
+                return False
+            container.paused = True
+            container.thawed.clear()
+        return True
 
     @staticmethod
     def _freeze(container: FakeContainer, paused: bool, docker: bool | None = None) -> None:

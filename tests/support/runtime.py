@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdad.build.artifacts import ArtifactStore
+from lambdad.build.localize import Localized
 from lambdad.functions import FunctionConfig, FunctionVersion, Scaling
 from lambdad.runtime.invocation import InvocationRequest, InvocationResponse
 from lambdad.runtime.manager import RuntimeManager
@@ -46,7 +47,9 @@ class Runtime:
     """The manager, its fake engine and what it reported, in one state folder."""
 
     def __init__(self, root: Path, *, cells: int = 0, pause_after: float = 0.0,
-                 freeze_window: float = 0.0, frozen_memory: int = 0) -> None:
+                 freeze_window: float = 0.0, frozen_memory: int = 0,
+                 localize: Callable[[FunctionVersion], Awaitable[Localized]] | None = None,
+                 ) -> None:
         self.root = root
         self.instances_dir = root / "i"
         self.cells_dir = root / "c"
@@ -59,7 +62,7 @@ class Runtime:
             self.docker, instances_dir=self.instances_dir, cells_dir=self.cells_dir,
             start_timeout=5, on_instance=self._on_instance, artifacts=self.artifacts,
             cell_pool_size=cells, pause_after=pause_after, freeze_window=freeze_window,
-            frozen_memory=frozen_memory, socket_owner=os.getuid(),
+            frozen_memory=frozen_memory, socket_owner=os.getuid(), localize=localize,
         )
         self.docker.on_exit = self.manager.instance_exited
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from lambdad.runtime import cgroups
 from lambdad.runtime.cgroups import FreezerFile, Mounts, freezer_file, own_cgroup, parse_mounts
 
 ID = "f2f6b4188e3381485f8cecf821244c52ce77d2cf8bb95913ee0f765abb6f1292"
@@ -104,3 +107,19 @@ def test_damaged_lines_are_skipped() -> None:
     text = f"garbage\n6:freezer\n0::/docker/{ID}\n"
     found = freezer_file(text, parse_mounts(V2_MOUNTS), ID)
     assert found is not None and found.version == 2
+
+
+def test_a_freeze_left_freezing_by_a_forking_task_is_written_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Attack: a function forking in a loop escapes a v1 freeze now and then (the kernel
+    walks the tasks once per write): the cgroup stays FREEZING, the settle failed after a
+    second and the instance stayed unsettled. Here the kernel freezes on the third write."""
+    writes: list[bytes] = []
+    monkeypatch.setattr(cgroups, "write", lambda _f, value: writes.append(value))
+    monkeypatch.setattr(cgroups, "is_frozen",
+                        lambda _f: writes.count(cgroups.V1_FROZEN) >= 3 and writes[-1]
+                        == cgroups.V1_FROZEN)
+    freezer = FreezerFile(tmp_path / "freezer.state", 1)
+    assert cgroups.freeze(freezer, timeout=0.5)
+    assert cgroups.V1_THAWED not in writes

@@ -64,3 +64,18 @@ def test_the_import_never_shows_longer_than_the_start_it_is_part_of() -> None:
 def test_a_deeply_nested_init_error_reply_is_shown_raw_not_raised() -> None:
     reply = b'{"errorType": ' + b"[" * 100_000
     assert init_error(reply) == reply.decode()[:500]
+
+
+def test_a_start_that_fetched_its_artifact_shows_fetch_within_init() -> None:
+    """Cluster mode: a node that first fetched the version's artifact (or built its image)
+    says how long that took; part of init, so never longer than it."""
+    response = _response(init_ms=300.0, import_ms=100.0)
+    response.fetch_ms = 150.0
+    assert _server_timing(310.0, response) == (
+        b"gateway;dur=8.00, function;dur=2.00, init;dur=300.00, import;dur=100.00, "
+        b"fetch;dur=150.00")
+    response.fetch_ms = 400.0
+    assert _server_timing(310.0, response).endswith(b"fetch;dur=300.00")
+    warm = _response()
+    warm.fetch_ms = 5.0  # never without a start
+    assert b"fetch" not in _server_timing(3.5, warm)

@@ -127,6 +127,8 @@ def test_response_headers_drop_hop_by_hop_and_gateway_headers() -> None:
         (b"lambda-request-id", b"forged"),
         (b"lambda-version", b"99"),
         (b"Lambda-Cold-Start", b"none"),  # a function cannot claim how it started
+        (b"lambda-workers", b"1"),  # the runtime's word to lambdad, never relayed
+        (b"Lambda-Wait-Timeout", b"1"),
         (b"server-timing", b"db;dur=3"),  # its own metrics are its to give
         (b"set-cookie", b"a=1"),
         (b"set-cookie", b"b=2"),

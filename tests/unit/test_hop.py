@@ -19,7 +19,14 @@ from typing import Any
 import h11
 import pytest
 
-from lambdad.runtime.hop import HEAD_LIMIT, ResponseReader, check_framing, encode_request
+from lambdad.runtime.hop import (
+    HEAD_LIMIT,
+    ResponseReader,
+    check_framing,
+    encode_request,
+    parse_workers,
+    runtime_control,
+)
 from lambdad.runtime.upstream import MAX_BUFFER, UpstreamConnection, UpstreamError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
@@ -505,3 +512,24 @@ async def test_a_kept_alive_connection_arms_one_timer_and_each_request_its_own_d
         assert loop.time() - started < 2.0
         conn.close()
         assert conn._timer is None  # closed: nothing left armed for it
+
+
+def test_the_runtimes_workers_figure_is_digits_and_at_least_one() -> None:
+    assert parse_workers(b"2") == 2
+    assert parse_workers(b" 7 ") == 7
+    assert parse_workers(b"0") == 1
+    for bad in (b"", b"-1", b"2.5", b"1e3", b"\xd9\xa3", b"12345678901", b"2, 3"):
+        assert parse_workers(bad) is None, bad
+
+
+def test_only_the_runtimes_first_headers_are_its_word() -> None:
+    rest = [(b"content-type", b"text/plain")]
+    assert runtime_control([(b"lambda-workers", b"2"), *rest]) == (2, False, rest)
+    assert runtime_control([(b"lambda-workers", b"2"), (b"lambda-wait-timeout", b"4900"),
+                            *rest]) == (2, True, rest)
+    # Not first: a function's, never the runtime's (and the gateway drops it).
+    later = [*rest, (b"lambda-workers", b"1"), (b"lambda-wait-timeout", b"1")]
+    assert runtime_control(later) == (None, False, later)
+    alone = [(b"lambda-wait-timeout", b"1"), *rest]
+    assert runtime_control(alone) == (None, False, alone)
+    assert runtime_control([]) == (None, False, [])

@@ -366,3 +366,72 @@ def test_a_redeploy_cancels_the_starts_of_the_version_it_retires() -> None:
         assert old.pool.starting == 0 and old.pool.starts == [] and old.pool.drained
 
     run(scenario())
+
+
+def test_an_instance_takes_only_the_requests_its_memory_holds_workers_for() -> None:
+    """The attack's reproduction in memory: concurrency 6, 128 MiB, a handler that holds
+    40 MiB: the instance's runtime says 2 workers fit, so of 6 requests 2 go to it and the
+    others start instances (at 2 slots each, the last figure heard), not queue behind it."""
+    async def scenario() -> None:
+        h = Harness(_version(concurrency=6, max_instances=3))
+        first, _ = await h.pool.acquire(5)
+        h.pool.set_workers(first, 2)
+        h.pool.release(first)
+        assert h.pool.slots(first) == 2 and h.pool.slots() == 2
+        h.auto = False
+        grants = [asyncio.create_task(h.pool.acquire(5)) for _ in range(6)]
+        await h.settle()
+        assert first.in_flight == 2 and h.pool.queued == 4
+        assert h.pool.starting == 2  # 4 queued, 2 slots per new instance
+        for gate in h.gates:
+            gate.set()
+        await h.settle()
+        assert all(t.done() for t in grants)
+        assert [i.in_flight for i in h.pool.instances] == [2, 2, 2]
+
+    run(scenario())
+
+
+def test_a_figure_above_the_concurrency_is_ignored_and_below_one_means_one() -> None:
+    async def scenario() -> None:
+        h = Harness(_version(concurrency=3))
+        instance, _ = await h.pool.acquire(5)
+        h.pool.set_workers(instance, 1000)
+        assert h.pool.slots(instance) == 3 and h.pool.slots() == 3
+        h.pool.set_workers(instance, 0)
+        assert instance.workers == 1 and h.pool.slots(instance) == 1
+        h.pool.release(instance)
+
+    run(scenario())
+
+
+def test_an_instance_that_said_nothing_takes_the_last_figure_and_its_own_wins() -> None:
+    async def scenario() -> None:
+        h = Harness(_version(concurrency=4, max_instances=2))
+        grants = [await h.pool.acquire(5) for _ in range(5)]
+        a, b = h.pool.instances
+        h.pool.set_workers(a, 2)
+        assert h.pool.slots(b) == 2  # b has not said: a's figure
+        h.pool.set_workers(b, 3)
+        assert h.pool.slots(b) == 3 and h.pool.slots(a) == 2 and h.pool.slots() == 3
+        for instance, _ in grants:
+            h.pool.release(instance)
+
+    run(scenario())
+
+
+def test_a_rising_figure_takes_queued_requests_at_once() -> None:
+    """The runtime says more room (a worker that cost much ended): queued requests go to
+    that instance without waiting for a release or a start."""
+    async def scenario() -> None:
+        h = Harness(_version(concurrency=4, max_instances=1))
+        first, _ = await h.pool.acquire(5)
+        h.pool.set_workers(first, 1)
+        waiting = [asyncio.create_task(h.pool.acquire(5)) for _ in range(2)]
+        await h.settle()
+        assert h.pool.queued == 2 and len(h.started) == 1
+        h.pool.set_workers(first, 3)
+        await h.settle()
+        assert all(t.done() for t in waiting) and first.in_flight == 3
+
+    run(scenario())

@@ -20,6 +20,7 @@ from lambda_runtime.capacity import (
     parse_status_kb,
     starts_allowed,
     worker_cost,
+    workers_held,
 )
 
 
@@ -132,3 +133,16 @@ def test_this_process_figures_read_from_proc() -> None:
     assert capacity.read_private(os.getpid()) > 0
     assert capacity.read_rss(os.getpid()) > 0
     assert capacity.read_rss(0) == 0
+
+
+def test_workers_held_counts_those_that_exist_and_those_that_fit() -> None:
+    """What lambdad is told: 128 MiB, 8 MiB margin, 20 MiB in use, one worker that will
+    grow by 40 MiB more and costs 42 MiB: 60 MiB of room, one more worker, 2 in all."""
+    assert workers_held(1, limit=128 * MIB, used=20 * MIB, cost=42 * MIB,
+                        pending=40 * MIB, most=1000) == 2
+    # Never below 1 (a full instance still serves one at a time), never above `most`.
+    assert workers_held(0, limit=16 * MIB, used=16 * MIB, cost=MIB, pending=0,
+                        most=1000) == 1
+    assert workers_held(3, limit=UNLIMITED, used=0, cost=MIB, pending=0, most=1000) == 1000
+    assert workers_held(5, limit=128 * MIB, used=120 * MIB, cost=MIB, pending=0,
+                        most=1000) == 5  # those that exist count, memory or not

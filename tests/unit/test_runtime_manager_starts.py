@@ -313,6 +313,31 @@ def test_a_paused_leftover_is_adopted_paused_and_thawed_by_its_first_request() -
     run(scenario)
 
 
+def test_a_leftover_thawed_directly_before_its_settle_is_adopted_frozen_in_fact() -> None:
+    """The earlier run was killed between a direct thaw and its settle: Docker says
+    Paused, the container runs. Adopted, it is frozen again (not left computing while
+    counted frozen); one that would not freeze is adopted running, to be settled."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root)
+        rt.manager.register(version())
+        torn = await rt.loaded_leftover("fn", 1, "a00000000001")
+        stuck = await rt.loaded_leftover("fn", 1, "a00000000002")
+        for leftover in (torn, stuck):
+            rt.docker.pause(leftover.id)
+            await until(lambda leftover=leftover: leftover.paused)  # type: ignore[misc]
+            leftover.paused = False  # thawed through its freezer file; Docker not told
+        real_refreeze = rt.docker.refreeze
+        rt.docker.refreeze = lambda cid: (  # type: ignore[method-assign]
+            False if cid == stuck.id else real_refreeze(cid))
+        assert await rt.manager.reconcile() == (2, 0)
+        assert torn.paused and torn.docker_paused
+        counts = rt.manager.counts("fn")
+        assert (counts.frozen, counts.running) == (1, 2)
+        assert not stuck.paused and stuck.docker_paused
+
+    run(scenario)
+
+
 def test_a_leftover_whose_folder_holds_more_than_its_socket_is_removed() -> None:
     async def scenario(root: Path) -> None:
         rt = Runtime(root)

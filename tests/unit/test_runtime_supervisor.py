@@ -67,6 +67,9 @@ def test_header_lines_from_a_worker_are_validated() -> None:
     assert channel.checked_headers(
         b"Content-Length: 5\r\nX: y\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
     ) == b"X: y\r\n"
+    # So is the runtime's word to lambdad: a handler cannot say how many workers fit.
+    assert channel.checked_headers(
+        b"Lambda-Workers: 1000\r\nX: y\r\nlambda-wait-timeout: 1\r\n") == b"X: y\r\n"
     for bad in (b"X: y", b"X: a\rb\r\n", b"X: a\nb\r\n", b"X: a\0\r\n", b"Bad Name: v\r\n",
                 b": v\r\n", b"NoColon\r\n", b"X: ok\r\n\r\nHTTP/1.1 200 OK\r\n",
                 b"X:v\r\n"):

@@ -106,3 +106,25 @@ def test_a_stop_thaws_a_frozen_instance_through_its_freezer_file() -> None:
         assert rt.docker.unpaused == []
 
     run(scenario)
+
+
+def test_an_instance_whose_settle_fails_is_stopped_not_kept_running_as_frozen() -> None:
+    """Attack: a function that keeps forking defeats a cgroup v1 freeze now and then (a
+    new task escapes it). Its settle failing, it could be neither paused nor settled, yet
+    past its idle timeout it was marked frozen: left running for the whole freeze window,
+    outside the frozen memory bound (only paused instances count). As a failed pause, a
+    failed settle makes it unfreezable: it stops at its idle timeout."""
+    async def scenario(root: Path) -> None:
+        rt = Runtime(root, freeze_window=60, frozen_memory=64 << 20)
+        rt.docker.direct_thaw = True
+        container = await _frozen_instance(rt)
+        await rt.call("std")  # thawed directly: Docker still says Paused
+        rt.docker.unfreezable = True
+        _age(rt, SETTLE_AFTER_S)
+        await _tick(rt)
+        assert rt.docker.settled == [] and not rt.docker.containers[container].paused
+        _age(rt, 3)  # past its idle timeout
+        await _tick(rt)
+        assert container in rt.docker.removed
+
+    run(scenario)

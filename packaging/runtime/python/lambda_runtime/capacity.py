@@ -69,6 +69,16 @@ def starts_allowed(wanted: int, *, limit: int, used: int, cost: int, pending: in
     return allowed
 
 
+def workers_held(workers: int, *, limit: int, used: int, cost: int, pending: int,
+                 most: int) -> int:
+    """How many workers the instance's memory holds in all, 1 <= n <= `most`: those that
+    exist (`workers`, live or starting) plus the starts it allows now. This is what lambdad
+    is told (`Lambda-Workers`), so it sends no more requests at once than workers fit."""
+    more = starts_allowed(max(0, most - workers), limit=limit, used=used, cost=cost,
+                          pending=pending, workers=workers)
+    return max(1, min(most, workers + more))
+
+
 def parse_limit(text: bytes) -> int:
     """memory.max (v2: bytes or "max") or memory.limit_in_bytes (v1: bytes, a huge number
     when there is no limit)."""

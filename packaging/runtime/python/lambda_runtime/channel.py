@@ -29,11 +29,13 @@ MAX_REPLY_HEADERS = 256 * 1024
 MAX_REPLY_BODY = 1 << 30  # far above any useful response; the memory limit comes first
 # RFC 9110 token characters: what a header name may consist of.
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-# The supervisor frames the response itself.
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# The supervisor frames the response itself, and alone tells lambdad how many workers the
+# instance's memory holds (a function's copy of that header would be a lie: dropped).
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection",
+                      b"lambda-workers", b"lambda-wait-timeout"})
 _VALID = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\r\n\0]*\r\n)+")
-_FRAMING_LINE = re.compile(rb"(?:^|\n)(?:content-length|transfer-encoding|connection):",
-                           re.IGNORECASE)
+_FRAMING_LINE = re.compile(rb"(?:^|\n)(?:content-length|transfer-encoding|connection"
+                           rb"|lambda-workers|lambda-wait-timeout):", re.IGNORECASE)
 
 Request = tuple[str, str, str, "Headers", bytes, str, int, int]
 

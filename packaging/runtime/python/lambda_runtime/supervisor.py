@@ -78,6 +78,16 @@ MAX_WORKERS = 1000  # lambdad's highest per-instance concurrency
 # peak (VmHWM, as REPORT reads it) grew by this much: a slowly growing heap costs a
 # smaps_rollup read per MiB, not one per request.
 MEASURE_GROWTH_KB = 1024
+# lambdad is told how many workers the instance's memory holds (`Lambda-Workers`, the first
+# header of a response) when a worker's cost was measured or a worker ended, and otherwise
+# at most once per WORKERS_EVERY_NS while memory caps the instance (a lambdad that restarted
+# or lost a response learns it again): one cgroup read a second, no cost per response.
+WORKERS_EVERY_NS = 1_000_000_000
+# A request that waited for memory and is still waiting, or running, this long before its
+# deadline is answered by the runtime (504, `Lambda-Wait-Timeout`), its worker (if it ran)
+# killed: the runtime made it late, so lambdad fails only that request instead of stopping
+# the instance and the requests running in it at its own timeout.
+WAIT_MARGIN_S = 0.1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 _JSON_HEADERS = b"Content-Type: application/json\r\n"
@@ -440,8 +450,15 @@ class Worker:
             return max(self.peak_kb, self.maxrss_kb) // 1024
         return self.peak_kb // 1024
 
-    def kill(self) -> None:
+    def kill(self, *, group: bool = False) -> None:
+        """SIGKILL; with `group`, the processes it started in its process group too."""
         if self.pid > 1 and self.status is None:
+            if group:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                    return
+                except OSError:
+                    pass
             try:  # noqa: SIM105
                 os.kill(self.pid, signal.SIGKILL)
             except OSError:
@@ -451,8 +468,9 @@ class Worker:
 class Job:
     """One request on its way through a worker."""
 
-    __slots__ = ("conn", "hooks_ms", "init_ms", "memory_wait", "message", "queued_ns",
-                 "request", "request_id", "start", "started_ns", "waited_ns")
+    __slots__ = ("conn", "deadline_ms", "hooks_ms", "init_ms", "memory_wait", "message",
+                 "queued_ns", "request", "request_id", "start", "started_ns", "timed_out",
+                 "waited_ns")
 
     def __init__(self, conn: Conn, request: http1.Request, message: bytes, request_id: str,
                  start: str) -> None:
@@ -467,6 +485,8 @@ class Job:
         self.queued_ns = time.perf_counter_ns()
         self.waited_ns = 0  # for a worker, from queued_ns until it ran
         self.memory_wait = False  # a worker it needed was not started: memory was short
+        self.deadline_ms = 0  # lambdad's deadline for it (Lambda-Deadline-Ms, wall clock)
+        self.timed_out = False  # answered by _wait_expired; its worker was killed
 
 
 class Conn:
@@ -648,6 +668,9 @@ class Supervisor:
         self.memory = capacity.CgroupMemory(os.getpid() == 1)
         self.capped_at = 0  # the worker count memory capped the instance at, as last logged
         self.capped_logged = 0.0  # when (monotonic)
+        self.workers_told = 0  # the Lambda-Workers figure last sent (0: none yet)
+        self.workers_told_ns = 0  # when it was worked out (perf_counter_ns)
+        self.workers_due = True  # a cost was measured or a worker ended since
         self.version = "$LATEST"
         self.memory_mb = 128
         self._configure(env)
@@ -887,7 +910,9 @@ class Supervisor:
             start = ""
         message = channel.encode_request((kind, request.method, request.target, request.headers,
                                           body, request_id, deadline_ms, now_ms))
-        self.pool.waiting.append(Job(conn, request, message, request_id, start))
+        job = Job(conn, request, message, request_id, start)
+        job.deadline_ms = deadline_ms
+        self.pool.waiting.append(job)
         self._schedule()
 
     def _log_request(self, conn: Conn, request: http1.Request) -> None:
@@ -1044,16 +1069,45 @@ class Supervisor:
             return max(measured)
         return capacity.read_rss(self.zygote_pid)
 
+    def _pending(self, cost: int) -> int:
+        """What the workers that exist will still grow by before each takes `cost`."""
+        return cost * self.pool.starting + sum(
+            max(0, cost - w.private) for w in self.by_pid.values() if w.state in ("idle", "busy"))
+
     def _memory_allows(self, wanted: int) -> int:
         """How many of `wanted` more workers the instance's memory holds now."""
         limit, used = self.memory.read()
         if limit >= capacity.UNLIMITED:
             return wanted
         cost = self._worker_cost()
-        pending = cost * self.pool.starting + sum(
-            max(0, cost - w.private) for w in self.by_pid.values() if w.state in ("idle", "busy"))
         return capacity.starts_allowed(wanted, limit=limit, used=used, cost=cost,
-                                       pending=pending, workers=self.pool.live + self.pool.starting)
+                                       pending=self._pending(cost),
+                                       workers=self.pool.live + self.pool.starting)
+
+    def _workers_held(self) -> int:
+        """How many workers the instance's memory holds in all (MAX_WORKERS: no limit)."""
+        limit, used = self.memory.read()
+        if limit >= capacity.UNLIMITED:
+            return MAX_WORKERS
+        cost = self._worker_cost()
+        return capacity.workers_held(self.pool.live + self.pool.starting, limit=limit,
+                                     used=used, cost=cost, pending=self._pending(cost),
+                                     most=MAX_WORKERS)
+
+    def _workers_line(self, now_ns: int) -> bytes:
+        """The `Lambda-Workers` header line for the response being sent, or b"": only when
+        a cost was measured or a worker ended since the last figure, or once per
+        WORKERS_EVERY_NS while memory caps the instance. A figure of MAX_WORKERS (no cap)
+        is sent only to lift a cap sent before."""
+        if not self.workers_due and now_ns - self.workers_told_ns < WORKERS_EVERY_NS:
+            return b""
+        self.workers_due = False
+        self.workers_told_ns = now_ns
+        held = self._workers_held()
+        if held >= MAX_WORKERS and self.workers_told in (0, MAX_WORKERS):
+            return b""
+        self.workers_told = held
+        return b"Lambda-Workers: %d\r\n" % held
 
     def _memory_capped(self) -> None:
         """A worker a waiting request needed was not started: the requests that wait
@@ -1061,8 +1115,13 @@ class Supervisor:
         outside any request says at how many workers memory capped the instance (once per
         change, at most once a second)."""
         pool = self.pool
+        self.workers_due = True  # lambdad sent more than fits: it learns the figure again
+        now_ms = int(time.time() * 1000)
         for job in list(pool.waiting)[pool.starting:]:
-            job.memory_wait = True
+            if not job.memory_wait:
+                job.memory_wait = True
+                delay = max(0.0, (job.deadline_ms - now_ms) / 1000 - WAIT_MARGIN_S)
+                self.loop.later(delay, lambda job=job: self._wait_expired(job))
         cap = pool.live + pool.starting
         now = time.monotonic()
         if cap == self.capped_at or now - self.capped_logged < 1.0:
@@ -1074,6 +1133,48 @@ class Supervisor:
             f"(limit {limit / capacity.MIB:.0f} MiB, in use {used / capacity.MIB:.0f} MiB, "
             f"a worker takes up to {self._worker_cost() / capacity.MIB:.1f} MiB): requests "
             "wait for a free worker instead of another one starting"))
+
+    def _wait_expired(self, job: Job) -> None:
+        """A request that waited for memory, WAIT_MARGIN_S before its deadline: if it is
+        still waiting or running, a timeout of that request alone (504, as lambdad's own
+        timeout; a running one's worker is killed, as Lambda resets an environment that
+        timed out), said with `Lambda-Wait-Timeout` (first in the head, which no function
+        can send) so that lambdad keeps the instance and the requests running in it."""
+        pool = self.pool
+        if self.state != "ready":
+            return
+        now_ns = time.perf_counter_ns()
+        if job in pool.waiting:
+            pool.waiting.remove(job)
+            waited_ms = (now_ns - job.queued_ns) / 1e6
+            ran_ms = 0.0
+        else:
+            worker = next((w for w in self.by_pid.values()
+                           if w.job is job and w.state == "busy" and w.broken is None), None)
+            if worker is None:
+                return  # answered already
+            job.timed_out = True
+            # Answered here: its channel is not read again, so a reply it (or a child of it
+            # holding the channel) writes from now on is no second answer, and the killed
+            # worker never goes back among the idle ones. Its end (_crashed) writes the
+            # request's END and REPORT.
+            self._broke(worker, TimeoutError("timed out waiting for a worker"))
+            worker.kill(group=True)  # what it started goes too, as with lambdad's timeout
+            waited_ms, ran_ms = job.waited_ns / 1e6, (now_ns - job.started_ns) / 1e6
+        held = self._workers_held()
+        self.workers_told, self.workers_told_ns = held, now_ns
+        message = (f"RequestId: {job.request_id} Error: Task timed out after "
+                   f"{(waited_ms + ran_ms) / 1000:.2f} seconds, {waited_ms / 1000:.2f} of them "
+                   f"waiting for a worker (the instance's memory holds {held})")
+        if not job.timed_out:
+            self.output.write(OUT, logs.start_line(job.request_id, self.version))
+            self.output.write(ERR, logs.in_request(job.request_id, message))
+            self.output.write(OUT, logs.end_lines(job.request_id, 0, self.memory_mb, 0, None,
+                                                  job.start, 0.0, waited_ms))
+        headers = (b"Lambda-Workers: %d\r\nLambda-Wait-Timeout: %d\r\n" % (held, waited_ms)
+                   + _JSON_HEADERS)
+        self._respond(job.conn, job.request, 504, headers, events.json.dumps(
+            {"errorMessage": message, "errorType": "Sandbox.Timedout"}).encode())
 
     def _measure(self, worker: Worker) -> None:
         """After a request: the worker's cost, read again (~120 us) if its peak grew by
@@ -1093,6 +1194,7 @@ class Supervisor:
             return
         worker.private = private
         worker.cost = capacity.worker_cost(private, hwm, rss)
+        self.workers_due = True
         worker.cost_hwm_kb = max(worker.peak_kb, hwm // 1024)
         worker.peak_kb = worker.cost_hwm_kb
 
@@ -1266,6 +1368,14 @@ class Supervisor:
         if checked is None:
             fault = events.MarshalError("Invalid response header")
             status, checked, body = fault.status, _UNHANDLED, events.error_body(fault)
+        if self.memory.fds is not None:  # in the instance's container: memory may cap it
+            if worker.cost_hwm_kb < 0:
+                # A worker's first cost, before its answer: lambdad learns what the memory
+                # holds with this response, before it sends the next burst.
+                self._measure(worker)
+            line = self._workers_line(job.started_ns + elapsed)
+            if line:
+                checked = line + checked  # first: lambdad looks at the first header only
         # The caller first, then the logs: the drain of the pipes, END and REPORT are off
         # the request's path (the worker gets no new request before its END is written).
         self._respond(job.conn, job.request, status, checked, body)
@@ -1311,6 +1421,10 @@ class Supervisor:
         if isinstance(worker.broken, channel.ProtocolError):
             error_type, detail = "Runtime.ExitError", f"sent an invalid reply ({worker.broken})"
         message = f"RequestId: {job.request_id} Error: Runtime exited with error: {detail}"
+        if job.timed_out:  # _wait_expired killed it and answered the request
+            message = (f"RequestId: {job.request_id} Error: Task timed out after waiting "
+                       f"{job.waited_ns / 1e9:.2f} seconds for a worker: its worker was stopped")
+            error_type = "Sandbox.Timedout"
         worker.pipes.end((
             (ERR, logs.in_request(job.request_id, f"{message}\n{error_type}")),
             (OUT, logs.end_lines(job.request_id, elapsed, self.memory_mb, worker.peak_mb(),
@@ -1319,6 +1433,10 @@ class Supervisor:
         ))
         self.pool.live -= 1
         self._drop(worker)
+        if job.timed_out:  # answered already; its connection may carry another request now
+            self._replace()
+            self._schedule()
+            return
         if self.state == "stopping":
             # Its end came with the instance's stop (SIGTERM, sent because lambdad stops the
             # instance, e.g. for another request's timeout): not the function's crash. No
@@ -1349,6 +1467,7 @@ class Supervisor:
         """Releases the supervisor's side of a worker; its pipes stay read until they end
         (a child of it may still hold them)."""
         worker.state = "gone"
+        self.workers_due = True  # the memory it held may hold another worker now
         if worker.chan.fileno() >= 0:
             try:  # noqa: SIM105
                 self.loop.sel.unregister(worker.chan)

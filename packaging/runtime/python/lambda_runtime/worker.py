@@ -41,6 +41,7 @@ worker that ends before its hello (a hook that exits) fails the requests waiting
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -394,6 +395,10 @@ def _spawn(ctl: socket.socket, fds: list[int], handler: Handler, contexts: Conte
 def _worker(ctl: socket.socket, fds: list[int], handler: Handler, contexts: ContextFactory,
             cstdio: _CStdio) -> NoReturn:
     try:
+        # Its own process group: a worker stopped at its timeout takes the processes it
+        # started (a subprocess, a pool) with it (Worker.kill(group=True)).
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
         out_w, err_w, chan_fd = fds
         os.dup2(out_w, 1)  # (fd 0 is the zygote's, /dev/null)
         os.dup2(err_w, 2)
