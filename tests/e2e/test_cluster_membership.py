@@ -1,11 +1,10 @@
 """Two real lambdad nodes (A, B) on one private PostgreSQL and one Docker engine, driven
 through the real CLI and raw gRPC: changes made through one node are live on the other
-within a second (API keys, delete), a revoked key ends the other node's open stream, a
+within a second (API keys, delete, rollback), a revoked key ends the other node's open stream, a
 node that was not listening reloads on reconnect, and a node killed -9 is `down` in the
-nodes table within node_down_after + 2 s, then `up` again after its restart.
-
-Deploy through A served by B needs the artifact on B: that is tests/e2e/
-test_cluster_artifacts.py (shared artifacts), not here."""
+nodes table within node_down_after + 2 s, then `up` again after its restart. A deploy
+through A is served by B (which fetches the artifact, tests/e2e/test_cluster_artifacts.py
+has the details) and a rollback through B is live on A within a second."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -112,6 +112,32 @@ def test_delete_through_b_of_a_function_on_a(cluster: Cluster) -> None:
     assert _within(lambda: a.http("doomed", "/").status == 404, WITHIN) is not None
     assert wait_for(lambda: not a.containers("doomed"), 30)
     assert a.cli("get", "doomed").code != 0
+
+
+def _tagged(folder: Path, name: str, tag: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / "handler.py").write_text(
+        f"def handler(event, context):\n    return {{'tag': '{tag}'}}\n")
+    (folder / "lambda.toml").write_text(f'name = "{name}"\n')
+    return folder
+
+
+def test_deploy_through_a_is_served_by_b_and_a_rollback_through_b_is_live_on_a(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Both nodes running: B learns each deploy from its announcement (and fetches the
+    artifact at its first use); a rollback through B is live on A within a second."""
+    a, b = cluster[0], cluster[1]
+    a.deploy(_tagged(tmp_path / "one", "flip", "one"))
+    assert wait_for(lambda: b.http("flip", "/").status == 200, 30), b.log()[-2000:]
+    assert b.http("flip", "/").json() == {"tag": "one"}
+    a.deploy(_tagged(tmp_path / "two", "flip", "two"))
+    assert _within(lambda: b.http("flip", "/").json() == {"tag": "two"}, 30) is not None
+    assert a.http("flip", "/").json() == {"tag": "two"}
+    rolled = b.cli("rollback", "flip")
+    assert rolled.code == 0, rolled.stderr
+    assert _within(lambda: a.http("flip", "/").json() == {"tag": "one"}, WITHIN) is not None
+    assert b.http("flip", "/").json() == {"tag": "one"}
+    assert a.cli("delete", "flip", "--yes").code == 0
 
 
 def test_deploys_of_one_function_through_two_nodes_run_one_after_the_other(
