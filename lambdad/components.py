@@ -7,17 +7,20 @@ them in start order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from lambdad.cluster.leadership import Leadership
 from lambdad.config import Config
 from lambdad.host.pidfile import write_pid_file
+from lambdad.lifecycle import Component
 from lambdad.logs import LogCapture, LogStore
 from lambdad.notify import Notifier
 from lambdad.queue import AsyncWorker
@@ -158,3 +161,60 @@ class Ready:
     async def stop(self) -> None:
         log.info("lambdad stopping: draining for up to %.0f s", self.config.drain_grace)
         self.notifier.stopping()
+
+
+class Singletons:
+    """Work that must run on one node of a cluster at a time (cron, retention, queue
+    recovery: wired by the packages that move them here): started while this node leads,
+    stopped when it stops leading and when the daemon stops. On SQLite the one daemon
+    leads from the start (LocalLeadership), so its jobs start with this component."""
+
+    name = "singletons"
+
+    def __init__(self, leadership: Leadership, jobs: Sequence[Component]) -> None:
+        self.leadership = leadership
+        self.jobs = list(jobs)
+        self.running = False
+        self._active = False
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._active = True
+        self.leadership.subscribe(self._changed, self._changed, now=False)
+        await self._settle()
+
+    async def stop(self) -> None:
+        self._active = False
+        await self._settle()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _changed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self) -> None:
+        async with self._lock:
+            want = self._active and self.leadership.leader
+            if want and not self.running:
+                started: list[Component] = []
+                try:
+                    for job in self.jobs:
+                        await job.start()
+                        started.append(job)
+                except Exception:
+                    log.exception("singletons: a job failed to start; stopping the others")
+                    for job in reversed(started):
+                        with contextlib.suppress(Exception):
+                            await job.stop()
+                    return
+                self.running = True
+            elif not want and self.running:
+                self.running = False
+                for job in reversed(self.jobs):
+                    try:
+                        await job.stop()
+                    except Exception:
+                        log.exception("singletons: %s failed to stop", job.name)

@@ -24,6 +24,7 @@ from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
 from lambdad.build.blobs import BlobStore
 from lambdad.build.localize import Localizer
+from lambdad.cluster.wiring import check_cluster, cluster_parts
 from lambdad.components import Database, Delivery, Functions, Housekeeping, Logs, Ready
 from lambdad.config import Config
 from lambdad.control import AsyncQueue, ControlPlane, Invoker
@@ -67,6 +68,7 @@ class Host:
     keys: list[str]
     credentials: grpc.ServerCredentials | None
     max_connections: int
+    cluster_key: str | None = None  # cluster mode's shared secret (lambdad/cluster)
 
 
 def check_host(config: Config) -> Host:
@@ -82,7 +84,7 @@ def check_host(config: Config) -> Host:
     if config.pid_file is not None:
         clear_stale_pid_file(config.pid_file)
     return Host(daemon_id, read_api_keys(config.api_key_file), tls_credentials(config),
-                max_connections)
+                max_connections, check_cluster(config))
 
 
 Assemble = Callable[[Config, Host, DockerEngine], Sequence[Component]]
@@ -149,6 +151,8 @@ def components(config: Config, host: Host, engine: DockerEngine) -> list[Compone
     async def load_keys() -> None:
         p.keyring.load(await p.store.keys.all())
 
+    cluster = cluster_parts(config, host, p, load_keys)
+
     def describe() -> str:
         return (f"functions={functions.loaded} database={p.store.name} "
                 f"control=unix://{config.socket} "
@@ -158,12 +162,14 @@ def components(config: Config, host: Host, engine: DockerEngine) -> list[Compone
     return [
         listeners,                              # bound, serving none: a busy address fails here
         Database(p.store, p.control.flush_stats),
+        *cluster.before_functions,              # listening before anything is loaded
         Logs(p.logs, p.capture),
         Step("api keys", load_keys),
         # Before functions, so it stops after them: their stop's graces end at each
         # container's die event (stopped first, every instance took its whole grace).
         ExitWatcher(p.backend.watch_exits, p.backend.stop_watching, p.runtime.instance_exited),
         functions,                              # routes, reconciled containers, minimums
+        *cluster.after_functions,               # then other nodes' changes are applied
         Delivery(p.store.invocations, p.worker),
         Step("cron", p.cron.start, p.cron.stop),  # with its catch-up of missed runs
         Serving(config, listeners, p.health),   # start-up work done: now answer

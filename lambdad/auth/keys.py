@@ -106,7 +106,14 @@ class KeyRing:
         self._next_watch = 0
 
     def load(self, keys: list[ApiKey]) -> None:
+        """Replaces every key by the stored ones (at start, and in cluster mode whenever
+        another node changed them): calls watching a key now revoked, or gone, end."""
         self._keys = {key.id: key for key in keys}
+        for key_id in list(self._watchers):
+            key = self._keys.get(key_id)
+            if key is None or key.revoked_at is not None:
+                for on_revoke in list(self._watchers.pop(key_id, {}).values()):
+                    on_revoke()
 
     def put(self, key: ApiKey) -> None:
         self._keys[key.id] = key

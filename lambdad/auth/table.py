@@ -10,11 +10,22 @@ from lambdad.errors import AlreadyExists, NotFound
 _COLUMNS = "id, name, role, salt, digest, created_at, revoked_at"
 
 
+def announce(db: Any, kind: str) -> None:
+    from lambdad.store.database import announce as notify  # lambdad.store imports this module
+
+    notify(db, kind)
+
+
 class KeyTable:
     def __init__(self, db: Any) -> None:
         self._db = db
 
     def insert(self, key: ApiKey) -> None:
+        with self._db.atomic():
+            self._insert(key)
+            announce(self._db, "keys")
+
+    def _insert(self, key: ApiKey) -> None:
         exists = self._db.execute_sql(
             "SELECT 1 FROM api_keys WHERE name = ?", (key.name,)).fetchone()
         if exists:
@@ -30,6 +41,12 @@ class KeyTable:
         return [ApiKey(*row) for row in rows]
 
     def revoke(self, name_or_id: str, now: float) -> ApiKey:
+        with self._db.atomic():
+            key = self._revoke(name_or_id, now)
+            announce(self._db, "keys")
+            return key
+
+    def _revoke(self, name_or_id: str, now: float) -> ApiKey:
         row = self._db.execute_sql(
             f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? OR id = ?",
             (name_or_id, name_or_id)).fetchone()

@@ -98,3 +98,8 @@ class Config:
     build_cache_bytes: int = 2048 * MIB
     pid_file: Path | None = None
     config_file: Path | None = None
+    # cluster mode (a postgresql database); see lambdad/cluster
+    node_name: str = ""  # "" until resolved: the host name
+    advertise_address: str | None = None
+    node_down_after: float = 10.0
+    cluster_key_file: Path | None = None

@@ -145,6 +145,7 @@ def resolve(
         "public_port": config.public_port,
         "api_key_file": None if config.api_key_file is None else str(config.api_key_file),
         "pid_file": NO_FILE if config.pid_file is None else str(config.pid_file),
+        "node_name": config.node_name,
     }
     for key, derived in derived_values.items():
         if sources[key] == "default":
@@ -235,7 +236,20 @@ def _build(values: dict[str, Any], env: Mapping[str, str], config_file: Path | N
         build_cache_bytes=values["build_cache_size"],
         pid_file=pid_file,
         config_file=config_file,
+        node_name=values["node_name"] or _host_name(),
+        advertise_address=values["advertise_address"],
+        node_down_after=values["node_down_after"],
+        cluster_key_file=values["cluster_key_file"],
     )
+
+
+def _host_name() -> str:
+    """The default node name: the host's short name, made fit for the setting."""
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0])[:63]
+    return name.lstrip("._-") or "node"
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:

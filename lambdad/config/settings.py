@@ -16,9 +16,11 @@ from lambdad.config.values import (
     choice,
     count,
     domain,
+    host_port,
     image_name,
     mib,
     mib_or_zero,
+    node_name,
     optional_listen,
     path,
     path_or_none,
@@ -199,6 +201,20 @@ SETTINGS: tuple[Setting, ...] = (
     _s("schedule_catch_up", "runtime", seconds, 3600,
        "a schedule run missed while lambdad was down runs once at start if it was due within "
        "this many seconds; 0 disables (default: 3600)", metavar="SECONDS", numeric=True),
+    _s("node_name", "cluster", node_name, None,
+       "this node's name in `lambdactl nodes`, log tags and the metrics' node label "
+       "(default: the host name)", metavar="NAME"),
+    _s("advertise_address", "cluster", host_port, None,
+       "HOST:PORT other nodes dial for this node's control API (log fan-out); needed with "
+       "a postgresql database when grpc_listen is a wildcard address or 'none' (default: "
+       "grpc_listen)", metavar="HOST:PORT"),
+    _s("node_down_after", "cluster", positive_seconds, 10,
+       "a node whose heartbeat stays silent this many seconds is marked down and what it "
+       "held is released; it beats every fifth of it (default: 10)", metavar="SECONDS",
+       numeric=True),
+    _s("cluster_key_file", "cluster", path, None,
+       "file holding the secret shared by the nodes of a cluster for their calls to each "
+       "other; required with a postgresql database", metavar="PATH"),
     _s("log_level", "daemon", choice("debug", "info", "warning", "error"), "info",
        "daemon log level (default: info)", choices=("debug", "info", "warning", "error")),
     _s("pid_file", "daemon", path_or_none, None,

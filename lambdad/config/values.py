@@ -103,6 +103,25 @@ def image_name(text: str) -> str:
     return text
 
 
+def node_name(text: str) -> str:
+    """A node's name: shown in tables and log tags, so short and printable."""
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62})", text):
+        raise ValueError(f"expected a name of letters, digits, '.', '_' and '-' (at most 63), "
+                         f"got {text!r}")
+    return text
+
+
+def host_port(text: str) -> str:
+    """HOST:PORT another node can dial (kept as text; parsed as a listen address)."""
+    from lambdad.config import Listen
+
+    address = Listen.parse(text)
+    if address.host in ("0.0.0.0", "::") or address.port == 0:
+        raise ValueError(f"expected an address other nodes can dial, not a wildcard, "
+                         f"got {text!r}")
+    return text
+
+
 def choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:

@@ -72,7 +72,7 @@ class ControlPlane:
             python_version=platform.python_version(), docker_version=docker_version,
             started_at=datetime.now(UTC), domain=domain, url_template=url_template,
         )
-        locks = FunctionLocks()
+        locks = self.locks = FunctionLocks()  # cluster mode adds the nodes' locks
         builds = Builds(builder, artifacts,
                         local_prefix=image_prefix if blobs is not None else "")
         self._versions = Versions(
@@ -98,6 +98,14 @@ class ControlPlane:
 
     async def load(self) -> int:
         return await self._versions.load()
+
+    # Cluster mode: changes another node made (lambdad/cluster/changes.py)
+
+    async def sync_function(self, name: str) -> str:
+        return await self._versions.sync(name)
+
+    async def reload_functions(self) -> int:
+        return await self._versions.reload_all()
 
     async def prune_orphan_images(self) -> int:
         return await self._versions.prune_orphans()

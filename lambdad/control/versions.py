@@ -53,6 +53,79 @@ class Versions:
                 self._runtime.register(record.active)
         return len(records)
 
+    async def sync(self, name: str) -> str:
+        """Makes this node's routing of `name` what the store says (cluster mode: another
+        node changed it). Idempotent: a repeated or stale announcement changes nothing.
+        Returns what it did: "removed", "activated", "updated" or "unchanged"."""
+        async with self._locks.local(name):  # not across nodes: the writer holds that
+            try:
+                record = await self._store.get_function(name)
+            except NotFound:
+                return await self._forget(name)
+            versions = await self._store.versions(name)
+            await self._drop_pruned(versions)
+            return self._route(record.active, versions)
+
+    async def reload_all(self) -> int:
+        """`sync` of every function, stored or routed here (cluster mode: after the
+        connection to the database came back, announcements may have been missed)."""
+        stored = await self._store.all_versions()
+        records = {r.name: r for r in await self._store.list_functions()}
+        changed = 0
+        for name in sorted(set(records) | set(self._runtime.routed())):
+            async with self._locks.local(name):
+                if name not in records:
+                    changed += await self._forget(name) == "removed"
+                else:
+                    await self._drop_pruned(stored.get(name, []))
+                    changed += self._route(records[name].active,
+                                           stored.get(name, [])) != "unchanged"
+        return changed
+
+    def _route(self, active: FunctionVersion | None, versions: list[FunctionVersion]) -> str:
+        routed = self._runtime.active_version(active.function) if active else None
+        for version in versions:
+            if version.pruned:
+                self._runtime.mark_pruned(version)
+            else:
+                self._runtime.know(version)
+        if active is None:
+            return "updated"
+        if routed is not None and _same(routed, active):
+            return "unchanged"
+        self._runtime.activate(active)
+        log.info("function=%s version=%d is live (changed on another node)",
+                 active.function, active.number)
+        return "activated"
+
+    async def _drop_pruned(self, versions: list[FunctionVersion]) -> None:
+        """The local files of versions another node's retention pruned (their images
+        here, if any, go with the start's orphan clean-up)."""
+        for version in versions:
+            known = self._runtime.known_version(version.function, version.number)
+            if version.pruned and known is not None and not known.pruned:
+                await self._builds.remove(version.function, version.number, "")
+
+    async def _forget(self, name: str) -> str:
+        """A function deleted through another node: its instances, logs and local
+        builds here go too."""
+        if name not in self._runtime.routed():
+            return "unchanged"
+        instances = await self._runtime.remove_function(name)
+        if self._logs is not None:
+            await self._logs.delete(name)
+        if self._cron is not None:
+            self._cron.remove_function(name)
+        if self._metrics is not None:
+            self._metrics.forget(name)
+        await self._builds.remove_function(name, [])
+        try:  # images this node built for it (its own tags, which no row names)
+            await self.prune_orphans()
+        except Exception as exc:  # the next start's clean-up removes them
+            log.warning("could not remove the images of deleted function=%s: %s", name, exc)
+        log.info("deleted function=%s instances=%d (deleted on another node)", name, instances)
+        return "removed"
+
     async def prune_orphans(self) -> int:
         """Removes images and artifacts that no live version row references."""
         live = [(v.function, v.number)
@@ -183,7 +256,7 @@ class Versions:
             raise FailedPrecondition(
                 f"function {name!r} is being deployed, rolled back, reconfigured or deleted; "
                 "try again when that ends")
-        async with self._locks.of(name):  # free, so taken at once: nothing can slip in
+        async with self._locks.of(name, wait=False):  # free, so taken at once
             versions = await self._store.delete_function(name)
             instances = await self._runtime.remove_function(name)
             if self._logs is not None:
@@ -195,3 +268,9 @@ class Versions:
             await self._builds.remove_function(name, [v.image for v in versions])
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)
         return len(versions), instances
+
+
+def _same(a: FunctionVersion, b: FunctionVersion) -> bool:
+    """The same version as deployed (a function deleted and deployed again restarts at 1)."""
+    return (a.number, a.code_sha256, a.created_at, a.config) == (
+        b.number, b.code_sha256, b.created_at, b.config)

@@ -15,6 +15,7 @@ is ever printed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from peewee import PostgresqlDatabase, SqliteDatabase
 
 from lambdad.dburl import SQLITE, is_postgres, redacted, scrub
 
-__all__ = ["SQLITE", "Postgres", "Sqlite", "is_postgres", "open_database", "redacted", "scrub"]
+__all__ = ["CHANGES_CHANNEL", "SQLITE", "Postgres", "Sqlite", "announce", "is_postgres",
+           "open_database", "redacted", "scrub"]
 
 # libpq defaults lambdad changes unless the URL sets them: a dead server is noticed in
 # seconds, not after the kernel's two hours of TCP silence.
@@ -62,10 +64,24 @@ class Sqlite(SqliteDatabase):
         return db.cursor().executemany(sql, rows)
 
 
+# The channel every node LISTENs on for changes to what it routes (lambdad/cluster).
+CHANGES_CHANNEL = "lambda_changes"
+
+
+def announce(db: Any, kind: str, name: str = "") -> None:
+    """Tells the other nodes that `kind` (`fn`, `keys`, ...) of `name` changed: a NOTIFY
+    in the caller's transaction, so it is delivered only if that commits. The payload is
+    a name, never data: each node reads the rows itself. Nothing on SQLite."""
+    if isinstance(db, Postgres):
+        payload = json.dumps({"o": db.node_id, "k": kind, "n": name}, separators=(",", ":"))
+        db.execute_sql("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, payload))
+
+
 class Postgres(PostgresqlDatabase):
     """PostgreSQL on psycopg 3; statements written with `?` are rewritten to `%s`."""
 
     engine = "postgresql"
+    node_id = ""  # who announces (lambdad/cluster ignores its own announcements)
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         if "?" in sql:
@@ -101,7 +117,9 @@ def open_database(database: str | Path, node_id: str = "") -> SqliteDatabase | P
         url = str(database)
         name = f"lambdad:{node_id}:data" if node_id else "lambdad:data"
         params: dict[str, Any] = connect_params(url, name)
-        return Postgres(url, **params)
+        db = Postgres(url, **params)
+        db.node_id = node_id
+        return db
     return Sqlite(
         str(database),
         pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",

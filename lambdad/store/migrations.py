@@ -189,6 +189,45 @@ def _v8_shared_blobs(db: sqlite3.Connection) -> None:
     )
 
 
+def _v9_cluster_nodes(db: sqlite3.Connection) -> None:
+    """Cluster mode's members (lambdad/cluster) and the instances they hold. Written only on
+    PostgreSQL; here too so that both engines have one schema."""
+    for statement in CLUSTER_V9:
+        db.execute(statement)
+
+
+# The same statements on both engines (their types are portable).
+CLUSTER_V9 = (
+    """
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL,
+        grpc_address TEXT NOT NULL,
+        gateway_address TEXT NOT NULL,
+        software_version TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('up', 'down', 'left')),
+        started_at TIMESTAMP NOT NULL,
+        heartbeat_at TIMESTAMP NOT NULL,
+        heartbeat_seq BIGINT NOT NULL DEFAULT 0,
+        instances INTEGER NOT NULL DEFAULT 0,
+        cells INTEGER NOT NULL DEFAULT 0,
+        load INTEGER NOT NULL DEFAULT 0,
+        down_at TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE instance_leases (
+        instance TEXT PRIMARY KEY NOT NULL,
+        function TEXT NOT NULL,
+        node TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        purpose TEXT NOT NULL DEFAULT 'demand',
+        acquired_at TIMESTAMP NOT NULL
+    )
+    """,
+    "CREATE INDEX instance_leases_function ON instance_leases(function)",
+)
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
@@ -198,6 +237,7 @@ MIGRATIONS: list[Migration] = [
     _v6_api_keys,
     _v7_invocation_queue_index,
     _v8_shared_blobs,
+    _v9_cluster_nodes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

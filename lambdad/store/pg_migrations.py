@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lambdad.store.database import connect_params, redacted, scrub
-from lambdad.store.migrations import SCHEMA_VERSION
+from lambdad.store.migrations import CLUSTER_V9, SCHEMA_VERSION
 
 # Advisory lock keys, two-int form: class 'LAMB', 1 = migrations.
 LOCK_CLASS = 1279348034
@@ -157,6 +157,7 @@ def _statements(*sql: str) -> Callable[[Any], None]:
 PG_MIGRATIONS: list[tuple[int, Callable[[Any], None]]] = [
     (7, _statements(*_V7)),
     (8, _statements(*_V8_BLOBS)),
+    (9, _statements(*(s.replace("TIMESTAMP", "TIMESTAMPTZ") for s in CLUSTER_V9))),
 ]
 
 

@@ -26,7 +26,7 @@ from lambdad.metrics.stats import StatsRow
 from lambdad.queue.pg_table import PgInvocationTable
 from lambdad.queue.store import InvocationTable
 from lambdad.scheduler.table import ScheduleTable
-from lambdad.store.database import is_postgres, open_database, redacted, scrub
+from lambdad.store.database import announce, is_postgres, open_database, redacted, scrub
 from lambdad.store.migrations import migrate
 from lambdad.store.models import ActivationRow, FunctionRow, VersionRow, database
 from lambdad.store.thread import StoreThread
@@ -63,6 +63,9 @@ class Store:
                                   else InvocationTable(self._db))
         self.schedules = _Async(self, ScheduleTable(self._db))
         self.keys = _Async(self, KeyTable(self._db))
+        from lambdad.cluster.table import NodeTable  # (it imports store.database)
+
+        self.nodes = _Async(self, NodeTable(self._db))  # cluster mode's members
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -212,6 +215,7 @@ class Store:
                     row.save()
                     ActivationRow.create(function=version.function, version=version.number,
                                          activated_at=version.created_at, reason=reason)
+                announce(self._db, "fn", version.function)
 
         await self._run(write)
 
@@ -228,6 +232,7 @@ class Store:
                 row.save()
                 ActivationRow.create(function=name, version=number, activated_at=_now(),
                                      reason=reason)
+                announce(self._db, "fn", name)
                 return previous
 
         return await self._run(write)
@@ -243,9 +248,11 @@ class Store:
 
     async def mark_pruned(self, name: str, numbers: list[int]) -> None:
         def write() -> None:
-            VersionRow.update(pruned=True).where(
-                (VersionRow.function == name) & (VersionRow.number.in_(numbers))
-            ).execute()
+            with self._db.atomic():
+                VersionRow.update(pruned=True).where(
+                    (VersionRow.function == name) & (VersionRow.number.in_(numbers))
+                ).execute()
+                announce(self._db, "fn", name)
 
         if numbers:
             await self._run(write)
@@ -327,6 +334,7 @@ class Store:
                 VersionRow.delete().where(VersionRow.function == name).execute()
                 self._db.execute_sql("DELETE FROM invocation_stats WHERE function = ?", (name,))
                 row.delete_instance()
+                announce(self._db, "fn", name)
                 return versions
 
         return await self._run(write)

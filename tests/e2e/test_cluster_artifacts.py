@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import Cluster
 from tests.support.daemon import Lambdad
 from tests.support.metrics import total
 from tests.support.postgres import Postgres
@@ -32,16 +33,11 @@ HANDLER = "def handler(event, context):\n    return {'served': 'docker-fn'}\n"
 @contextlib.contextmanager
 def two_nodes(postgres: Postgres) -> Iterator[tuple[Lambdad, Lambdad, str]]:
     """Nodes A and B (not started) on one fresh database, and the database's name."""
-    name = postgres.create_database()
-    url = postgres.url(name)
-    a = Lambdad(extra_args=["--database", url])
-    b = Lambdad(extra_args=["--database", url])
+    nodes = Cluster(postgres, 2)  # (with the cluster key and names cluster mode needs)
     try:
-        yield a, b, name
+        yield nodes[0], nodes[1], nodes.db
     finally:
-        for node in (a, b):
-            node.close()
-        postgres.drop_database(name)
+        nodes.close()
 
 
 def dockerfile_function(folder: Path, name: str) -> Path:

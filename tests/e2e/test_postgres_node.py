@@ -8,6 +8,7 @@ password, so a daemon that did not pass it on could not work at all."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,15 @@ def _deploy_echo(daemon: Lambdad, tmp_path: Path, name: str) -> None:
     assert daemon.deploy(folder).code == 0
 
 
+def _on_postgres(url: str) -> Lambdad:
+    """A daemon on PostgreSQL (cluster mode: it needs a cluster key)."""
+    daemon = Lambdad(extra_args=["--database", url])
+    key = daemon.state_dir / "cluster-key"
+    key.write_text(secrets.token_urlsafe(32) + "\n")
+    daemon.extra_args += ["--cluster-key-file", str(key)]
+    return daemon
+
+
 def _tcp(daemon: Lambdad, key: str) -> dict[str, str]:
     return daemon.env(LAMBDA_HOST=f"127.0.0.1:{daemon.grpc_port}", LAMBDA_API_KEY=key)
 
@@ -51,7 +61,7 @@ def _check_config(daemon: Lambdad, url: str) -> subprocess.CompletedProcess[str]
 def test_one_lambdad_on_postgresql_serves_and_keeps_everything_across_a_restart(
         postgres: Postgres, tmp_path: Path) -> None:
     url = postgres.url(postgres.create_database(migrated=False), password=True)
-    daemon = Lambdad(extra_args=["--database", url])
+    daemon = _on_postgres(url)
     outputs: list[str] = []
     try:
         daemon.start()  # migrates the empty database
@@ -112,7 +122,7 @@ def test_a_wrong_password_fails_without_showing_either_password(
     refused them, naming it redacted, and print neither the wrong password nor the URL."""
     wrong = "Wrong-" + PASSWORD[::-1]
     url = postgres.url(postgres.create_database(), password=True).replace(PASSWORD, wrong)
-    daemon = Lambdad(extra_args=["--database", url])
+    daemon = _on_postgres(url)
     try:
         checked = _check_config(daemon, url)
         assert checked.returncode != 0

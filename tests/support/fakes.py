@@ -15,7 +15,7 @@ import hashlib
 import io
 import tarfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,9 @@ class FakeRuntime:
 
     def active_version(self, name: str) -> FunctionVersion | None:
         return self.active.get(name)
+
+    def known_version(self, name: str, number: int) -> FunctionVersion | None:
+        return self.known.get((name, number))
 
     def routed(self) -> list[str]:
         return sorted(self.active)
@@ -120,6 +123,7 @@ class FakeRuntime:
 
     def mark_pruned(self, version: FunctionVersion) -> None:
         self.pruned.append((version.function, version.number))
+        self.known[(version.function, version.number)] = replace(version, pruned=True)
 
     async def remove_function(self, name: str) -> int:
         gone = [i for i in self.instances if i.version.function == name]

@@ -105,6 +105,8 @@ def test_every_setting_is_read_from_each_source() -> None:
         "build_timeout": "30", "build_memory": "512", "build_user": "1234",
         "build_max_image_size": "300", "build_min_free_disk": "0",
         "max_buffered_bodies": "64", "build_cache_size": "10", "pid_file": "/srv/l.pid",
+        "node_name": "n-1", "advertise_address": "10.0.0.5:50051", "node_down_after": "3",
+        "cluster_key_file": "/ck",
     }
     assert set(values) == {s.key for s in SETTINGS}
     text = "".join(f'{k} = "{v}"\n' for k, v in values.items())
@@ -132,6 +134,24 @@ def test_every_setting_is_read_from_each_source() -> None:
     assert from_flags.build_min_free_disk_bytes == 0
     assert from_flags.build_cache_bytes == 10 * MIB
     assert from_flags.pid_file == Path("/srv/l.pid")
+    assert from_flags.node_name == "n-1" and from_flags.advertise_address == "10.0.0.5:50051"
+    assert from_flags.node_down_after == 3 and from_flags.cluster_key_file == Path("/ck")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("node_name", "a b"), ("node_name", "x" * 64), ("node_name", "-lead"),
+    ("advertise_address", "0.0.0.0:50051"), ("advertise_address", "host"),
+    ("node_down_after", "0"),
+])
+def test_cluster_settings_refuse_bad_values(key: str, value: str) -> None:
+    with pytest.raises(ConfigError):
+        run([], {f"LAMBDAD_{key.upper()}": value})
+
+
+def test_node_name_defaults_to_the_host_name() -> None:
+    import socket
+
+    assert run([]).config.node_name.startswith(socket.gethostname().split(".")[0][:10])
 
 
 def test_file_accepts_toml_numbers_and_false_for_listeners() -> None:

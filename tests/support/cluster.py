@@ -1,0 +1,102 @@
+"""Several real lambdad nodes on one private PostgreSQL (tests/support/postgres.py).
+
+Each node is a `Lambdad` with its own ports, state folder and image prefix (so on the
+one Docker engine "never built here" is real), started with `--database` on one fresh
+database, its own `--node-name`, a short `--node-down-after` and the cluster key.
+`kill(i)` is kill -9; `restart(i)` starts it again on the same state folder and ports
+(same daemon id). `close()` removes each node's containers and images, then the
+database."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from tests.support.daemon import Lambdad, wait_for
+from tests.support.postgres import Postgres
+
+
+class Cluster:
+    def __init__(self, postgres: Postgres, n: int = 2, *, down_after: float = 3,
+                 extra_args: list[str] | None = None,
+                 env: dict[int, dict[str, str]] | None = None) -> None:
+        self.postgres = postgres
+        self.db = postgres.create_database()
+        self.url = postgres.url(self.db)
+        self.down_after = down_after
+        self.folder = Path(tempfile.mkdtemp(prefix="lt-cluster-", dir="/tmp"))
+        self.key_file = self.folder / "cluster-key"
+        self.key_file.write_text(secrets.token_urlsafe(32) + "\n")
+        self.nodes: list[Lambdad] = []
+        for i in range(n):
+            node = Lambdad()
+            node.extra_args = [
+                "--database", self.url, "--node-name", f"n{i}",
+                "--node-down-after", str(down_after), "--cluster-key-file", str(self.key_file),
+                "--advertise-address", f"127.0.0.1:{node.grpc_port}",
+                *(extra_args or [])]
+            node.start_env = dict((env or {}).get(i, {}))
+            self.nodes.append(node)
+
+    def __getitem__(self, i: int) -> Lambdad:
+        return self.nodes[i]
+
+    def start(self) -> Cluster:
+        try:
+            for node in self.nodes:
+                node.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def kill(self, i: int) -> None:
+        """kill -9: no clean stop, its connections and containers left as they are."""
+        node = self.nodes[i]
+        assert node.process is not None
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait(timeout=30)
+
+    def restart(self, i: int) -> None:
+        self.nodes[i].start()
+
+    def sql(self, query: str) -> str:
+        return self.postgres.psql(self.db, query)
+
+    def states(self) -> dict[str, str]:
+        """Node name -> state, as the nodes table has them."""
+        rows = self.sql("SELECT name || '=' || state FROM nodes ORDER BY name")
+        return dict(line.split("=", 1) for line in rows.splitlines() if line)
+
+    def leader(self) -> str | None:
+        """The name of the node holding the leader lock, by its session's backend."""
+        found = self.sql(
+            "SELECT split_part(a.application_name, ':', 2) FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.classid = 1279348034 AND l.objid = 2 AND l.granted")
+        if not found:
+            return None
+        return self.sql(f"SELECT name FROM nodes WHERE id = '{found}'") or None
+
+    def kill_session(self, i: int) -> int:
+        """Terminates node i's listen and session backends (a lost connection)."""
+        node_id = self.nodes[i].daemon_id
+        return int(self.sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE application_name IN ('lambdad:{node_id}:listen', "
+            f"'lambdad:{node_id}:session')") or 0)
+
+    def wait_state(self, name: str, state: str, timeout: float) -> bool:
+        return wait_for(lambda: self.states().get(name) == state, timeout)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.close()
+        with contextlib.suppress(Exception):
+            self.postgres.drop_database(self.db)
+        shutil.rmtree(self.folder, ignore_errors=True)
