@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +32,7 @@ BACKLOG_QUIET = 0.3  # s without a line that ends the backlog of a followed fan-
 BACKLOG_MAX = 3.0  # s the backlog of a followed fan-out is collected at most
 PEER_TIMEOUT = 10.0  # s a peer has to send its lines (not followed)
 MEMBERS_EVERY = 1.0  # s between looks at which nodes are up while following
+FOLLOW_BUFFER = 4096  # lines of a followed fan-out waiting for the follower
 
 
 class LogPeers(Protocol):
@@ -186,7 +186,8 @@ class Queries:
         cut to `tail` and sorted, then live lines go through a reorder window. Nodes
         that come up are joined (from when the follow began, or their last line), nodes
         that go down or whose stream breaks are dropped until they are up again."""
-        inbox: asyncio.Queue[tuple[str, LogEntry]] = asyncio.Queue()
+        # Bounded: a follower slower than the nodes slows their streams, not our memory.
+        inbox: asyncio.Queue[tuple[str, LogEntry]] = asyncio.Queue(FOLLOW_BUFFER)
         subscribed = datetime.now(UTC)
         last: dict[str, datetime] = {}
         pumps: dict[str, asyncio.Task[None]] = {}
@@ -248,11 +249,10 @@ class Queries:
                 for entry in buffer.release(time.monotonic()):
                     yield entry
         finally:
-            for task in [local, *pumps.values()]:
+            tasks = [local, *pumps.values()]
+            for task in tasks:
                 task.cancel()
-            for task in [local, *pumps.values()]:
-                with contextlib.suppress(BaseException):
-                    await task
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _rejoin(self, peers: LogPeers, pumps: dict[str, asyncio.Task[None]],
                       join: Callable[[NodeRow], None]) -> None:
