@@ -116,7 +116,7 @@ def cmd_unschedule(ctx: Ctx) -> int:
 
 def node_json(n: pb.NodeInfo) -> dict[str, object]:
     return {"id": n.id, "name": n.name, "state": n.state, "instances": n.instances,
-            "cells": n.cells, "load": n.load, "last_seen": rfc3339(n.last_seen),
+            "cells": n.cells, "load": n.load, "last_seen_at": rfc3339(n.last_seen),
             "started_at": rfc3339(n.started_at), "grpc_address": n.grpc_address,
             "gateway_address": n.gateway_address, "version": n.version, "leader": n.leader,
             "self": n.self}
