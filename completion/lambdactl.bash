@@ -7,7 +7,7 @@ _lambdactl() {
         case "${COMP_WORDS[i]}" in -*) ;; *) command="${COMP_WORDS[i]}"; break ;; esac
     done
     if [[ -z "$command" ]]; then
-        COMPREPLY=($(compgen -W "config context delete deploy get invocation invocations invoke keys list logs redrive rollback schedule schedules stats unschedule version versions --api-key-file --context --help --host --output --tls-ca --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "config context delete deploy get invocation invocations invoke keys list logs nodes redrive rollback schedule schedules stats unschedule version versions --api-key-file --context --help --host --output --tls-ca --version" -- "$cur"))
         return
     fi
     case "$command" in
@@ -22,6 +22,7 @@ _lambdactl() {
         keys) words="--api-key-file --context --help --host --output --tls-ca create list revoke" ;;
         list) words="--api-key-file --context --help --host --output --tls-ca" ;;
         logs) words="--api-key-file --context --follow --help --host --output --request-id --since --tail --tls-ca --version" ;;
+        nodes) words="--api-key-file --context --help --host --output --tls-ca" ;;
         redrive) words="--all-failed --api-key-file --context --help --host --output --tls-ca" ;;
         rollback) words="--api-key-file --context --help --host --output --tls-ca --to" ;;
         schedule) words="--api-key-file --context --cron --data --help --host --output --overlap --tls-ca --tz" ;;

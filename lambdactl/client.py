@@ -133,6 +133,11 @@ class Client:
         return cast(pb.DaemonInfo, self._stub.GetVersion(
             pb.GetVersionRequest(), metadata=self._metadata, timeout=CONTROL_TIMEOUT))
 
+    def list_nodes(self) -> list[pb.NodeInfo]:
+        reply = self._stub.ListNodes(pb.ListNodesRequest(), metadata=self._metadata,
+                                     timeout=CONTROL_TIMEOUT)
+        return list(reply.nodes)
+
     def list_functions(self) -> list[pb.Function]:
         reply = self._stub.ListFunctions(
             pb.ListFunctionsRequest(), metadata=self._metadata, timeout=CONTROL_TIMEOUT

@@ -24,6 +24,7 @@ from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
 from lambdad.build.blobs import BlobStore
 from lambdad.build.localize import Localizer
+from lambdad.cluster.peers import observe
 from lambdad.cluster.wiring import check_cluster, cluster_parts
 from lambdad.components import Database, Delivery, Functions, Housekeeping, Logs, Ready
 from lambdad.config import Config
@@ -205,7 +206,8 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     state = config.state_dir
     store = Store(state / "lambda.db" if config.database == SQLITE else config.database,
                   node_id=host.daemon_id)
-    metrics = Metrics()
+    # Cluster mode: every sample of this node's /metrics carries node="<node_name>".
+    metrics = Metrics(node=config.node_name if store.postgres else "")
     logs = LogStore(state / "logs", max_file_bytes=config.log_file_bytes,
                     files_kept=config.log_files,
                     on_dropped=functools.partial(metrics.log_dropped, "daemon"))
@@ -247,10 +249,11 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     metrics.watch_cells(lambda: [
         CellSample(c.cell_class.label(), c.ready, c.starting) for c in runtime.cell_stats()
     ])
-    keyring = KeyRing(host.keys)
+    keyring = KeyRing(host.keys, cluster_key=host.cluster_key)
     parts = build_control(config, store, builder, runtime, metrics, logs, artifacts, keyring,
                           engine.version, blobs)
     control = parts.control
+    observe(config, host, control, store)  # `lambdactl nodes`; logs fan-out in a cluster
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gateway = Gateway(
         parts.invoker, domain=config.domain, max_body_bytes=config.max_body_bytes,

@@ -17,6 +17,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "keys": admin.cmd_keys,
     "schedules": admin.cmd_schedules,
     "unschedule": admin.cmd_unschedule,
+    "nodes": admin.cmd_nodes,
     "invocation": invoke.cmd_invocation,
     "redrive": invoke.cmd_redrive,
     "stats": functions.cmd_stats,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from lambdactl.client import Client
 from lambdactl.commands.base import Ctx
 from lambdactl.exitcodes import CliError, ExitCode
-from lambdactl.render import json_or_text, local_time, print_table, rfc3339, table
+from lambdactl.render import is_unset, json_or_text, local_time, print_table, rfc3339, table
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.errors import InvalidArgument
 from lambdad.jsontext import parse_json
@@ -108,3 +112,37 @@ def cmd_unschedule(ctx: Ctx) -> int:
     else:
         ctx.message(f'Deleted schedule {deleted.id} of "{deleted.function}".')
     return ExitCode.OK
+
+
+def node_json(n: pb.NodeInfo) -> dict[str, object]:
+    return {"id": n.id, "name": n.name, "state": n.state, "instances": n.instances,
+            "cells": n.cells, "load": n.load, "last_seen_at": rfc3339(n.last_seen),
+            "started_at": rfc3339(n.started_at), "grpc_address": n.grpc_address,
+            "gateway_address": n.gateway_address, "version": n.version, "leader": n.leader,
+            "self": n.self}
+
+
+def cmd_nodes(ctx: Ctx) -> int:
+    with Client(ctx.target) as client:
+        nodes = client.list_nodes()
+    if ctx.json:
+        ctx.write_json([node_json(n) for n in nodes])
+        return ExitCode.OK
+    t = table("NAME", "STATE", "INSTANCES", "CELLS", "LOAD", "LAST SEEN")
+    for n in nodes:
+        t.add_row(n.name + (" *" if n.leader else ""), n.state, str(n.instances),
+                  str(n.cells), str(n.load), _ago(n.last_seen))
+    print_table(ctx.out, t)
+    return ExitCode.OK
+
+
+def _ago(ts: Timestamp) -> str:
+    """`3s ago`, `5m ago`; unset is `-`."""
+    if is_unset(ts):
+        return "-"
+    seconds = max(0, int(time.time() - ts.ToSeconds()))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return local_time(ts)

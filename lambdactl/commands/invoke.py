@@ -98,7 +98,8 @@ def log_line(entry: pb.LogEntry) -> str:
     stamp = to_datetime(entry.time).astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     request = entry.request_id[:8] if entry.request_id else "-"
     stream = _STREAMS.get(entry.stream, entry.stream[:3])
-    return f"{stamp} v{entry.version} {request} {stream:>3} {printable(entry.message)}"
+    node = f"{printable(entry.node)} " if entry.node else ""  # cluster mode: who served it
+    return f"{stamp} {node}v{entry.version} {request} {stream:>3} {printable(entry.message)}"
 
 
 def log_json(entry: pb.LogEntry) -> str:
@@ -106,6 +107,7 @@ def log_json(entry: pb.LogEntry) -> str:
         "logged_at": rfc3339(entry.time, "milliseconds"), "function": entry.function,
         "version": entry.version, "instance": entry.instance, "stream": entry.stream,
         "request_id": entry.request_id or None, "message": entry.message,
+        **({"node": entry.node} if entry.node else {}),
     })
 
 

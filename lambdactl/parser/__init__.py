@@ -35,8 +35,8 @@ _COMMANDS = (
     deploy.add_deploy, invoke.add_invoke, admin.add_keys, admin.add_schedule,
     admin.add_schedules, admin.add_unschedule, invoke.add_invocations, invoke.add_invocation,
     invoke.add_redrive, functions.add_list, functions.add_get, invoke.add_logs,
-    functions.add_stats, deploy.add_versions, deploy.add_rollback, deploy.add_config,
-    functions.add_delete, local.add_version, local.add_context,
+    functions.add_stats, admin.add_nodes, deploy.add_versions, deploy.add_rollback,
+    deploy.add_config, functions.add_delete, local.add_version, local.add_context,
 )
 
 

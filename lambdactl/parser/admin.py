@@ -72,3 +72,15 @@ def add_unschedule(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         description="Delete the schedule ID (a unique prefix is enough).",
     )
     unschedule.add_argument("id", metavar="ID", help="the schedule id (or a unique prefix)")
+
+
+def add_nodes(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    sub.add_parser(
+        "nodes",
+        parents=[common],
+        help="list the nodes of a cluster",
+        description="List the lambdad nodes sharing this daemon's PostgreSQL database: name, "
+        "state (up, down, left), instances, ready stem cells, requests in flight (LOAD) and "
+        "when its last heartbeat was seen; * marks the leader (cron and the other "
+        "singletons). With SQLite, this daemon alone.",
+    )

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lambdad.api.contract import function_status
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.auth import ApiKey
+from lambdad.cluster.table import NodeRow
 from lambdad.control import (
     BuildOutput,
     DaemonInfo,
@@ -105,8 +106,27 @@ def log_entry(entry: LogEntry) -> pb.LogEntry:
     return pb.LogEntry(
         time=timestamp(entry.time), function=entry.function, version=entry.version,
         instance=entry.instance, stream=entry.stream, request_id=entry.request_id,
-        message=entry.message,
+        message=entry.message, node=entry.node,
     )
+
+
+def from_log_entry(message: pb.LogEntry, node: str) -> LogEntry:
+    """A peer's line (its own node's, since it was asked local_only), tagged with the
+    peer's name as this node's table knows it."""
+    return LogEntry(
+        time=message.time.ToDatetime(tzinfo=UTC), function=message.function,
+        version=message.version, instance=message.instance, stream=message.stream,
+        request_id=message.request_id, message=message.message, node=node)
+
+
+def nodes(rows: list[NodeRow], leader: str, self_id: str) -> pb.ListNodesResponse:
+    return pb.ListNodesResponse(nodes=[
+        pb.NodeInfo(id=r.id, name=r.name, state=r.state, grpc_address=r.grpc_address,
+                    gateway_address=r.gateway_address, version=r.software_version,
+                    instances=r.instances, cells=r.cells, load=r.load,
+                    last_seen=timestamp(r.heartbeat_at), started_at=timestamp(r.started_at),
+                    leader=r.id == leader, self=r.id == self_id)
+        for r in rows])
 
 
 def stats(functions: list[FunctionStatsRow], cells: list[CellStatsRow]) -> pb.GetStatsResponse:

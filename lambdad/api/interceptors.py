@@ -18,7 +18,7 @@ import grpc
 from lambdad.api.contract import SERVICE_NAME
 from lambdad.api.status import REASON_KEY
 from lambdad.auth import Identity, KeyRing, allowed, required_role
-from lambdad.auth.keys import bearer_credentials
+from lambdad.auth.keys import CLUSTER_ROLE, bearer_credentials, cluster_may_call
 
 log = logging.getLogger("lambdad.api")
 
@@ -67,7 +67,14 @@ class BearerAuthInterceptor(_Interceptor):
         identity = self._keys.resolve(token)
         if identity is None:
             return grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key"
-        needed = required_role(method) if method.startswith(f"/{SERVICE_NAME}/") else "invoker"
+        ours = method.startswith(f"/{SERVICE_NAME}/")
+        if identity.role == CLUSTER_ROLE:
+            if ours and cluster_may_call(method):
+                return identity
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"the cluster key may call only Logs and ListNodes, not "
+                    f"{method.rsplit('/', 1)[-1]}")
+        needed = required_role(method) if ours else "invoker"
         if not allowed(identity.role, needed):
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"API key {identity.name!r} has role {identity.role}; "

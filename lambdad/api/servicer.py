@@ -23,6 +23,7 @@ from lambdad.api.status import REASON_KEY, grpc_code
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
 from lambdad.auth import READ_ENV_ROLE, KeyRing, allowed
+from lambdad.auth.keys import CLUSTER_ROLE
 from lambdad.control import ControlPlane
 from lambdad.errors import InvalidArgument, LambdaError, PermissionDenied
 from lambdad.logs import LogQuery
@@ -149,9 +150,12 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
                  if request.since_seconds else None)
         query = LogQuery(function=request.name, since=since, request_id=request.request_id,
                          version=request.version, tail=request.tail)
+        # The cluster key (another node) gets this node's lines only: no fan-out again.
+        local_only = request.local_only or _identity(context, self._keys)[1] == CLUSTER_ROLE
         code = "UNKNOWN"
         try:
-            async for entry in self._control.logs(query, follow=request.follow):
+            async for entry in self._control.logs(query, follow=request.follow,
+                                                  local_only=local_only):
                 yield convert.log_entry(entry)
             code = "OK"
         except LambdaError as exc:
@@ -252,6 +256,13 @@ class FunctionServicer(pb_grpc.FunctionServiceServicer):
     @_unary
     async def GetVersion(self, request: pb.GetVersionRequest, context: Context) -> pb.DaemonInfo:
         return convert.daemon_info(self._control.info)
+
+
+    @_unary
+    async def ListNodes(self, request: pb.ListNodesRequest,
+                        context: Context) -> pb.ListNodesResponse:
+        rows, leader = await self._control.nodes()
+        return convert.nodes(rows, leader, self._control.node_id)
 
 
 def _identity(context: Context, keys: KeyRing | None) -> tuple[str, str]:

@@ -24,7 +24,7 @@ METHOD_ROLES = {
     "Invoke": "invoker", "ListFunctions": "invoker", "GetFunction": "invoker",
     "Logs": "invoker", "GetStats": "invoker", "ListVersions": "invoker",
     "ListInvocations": "invoker", "GetInvocation": "invoker", "ListSchedules": "invoker",
-    "GetVersion": "invoker",
+    "GetVersion": "invoker", "ListNodes": "invoker",
     "Deploy": "deployer", "DeleteFunction": "deployer", "Rollback": "deployer",
     "UpdateConfig": "deployer", "Redrive": "deployer", "CreateSchedule": "deployer",
     "DeleteSchedule": "deployer",
@@ -33,6 +33,13 @@ METHOD_ROLES = {
 # Environment values are where secrets go, and whoever can deploy can read them anyway
 # (a deployed handler can print its environment); an invoker sees only the names.
 READ_ENV_ROLE = "deployer"
+# Cluster mode: the other nodes call with the shared cluster key (cluster_key_file), as
+# this role. It is outside the invoker < deployer < admin ranks: it may read this node's
+# own log lines (Logs, forced local_only by the servicer, so a peer never fans out again)
+# and the nodes table, and nothing else. A leaked cluster key reads logs; it deploys,
+# invokes and mints keys nowhere.
+CLUSTER_ROLE = "cluster"
+CLUSTER_METHODS = frozenset({"Logs", "ListNodes"})
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,11 @@ def allowed(role: str, needed: str) -> bool:
     return _RANK.get(role, -1) >= _RANK[needed]
 
 
+def cluster_may_call(method: str) -> bool:
+    """`/lambdad.api.v1.FunctionService/Logs` -> True: the cluster role's only methods."""
+    return method.rsplit("/", 1)[-1] in CLUSTER_METHODS
+
+
 class KeyRing:
     """The keys the daemon accepts on TCP, in memory: checking one costs no SQLite.
 
@@ -99,9 +111,10 @@ class KeyRing:
     their key; revoking it calls them back at once, so they can end.
     """
 
-    def __init__(self, bootstrap: list[str]) -> None:
+    def __init__(self, bootstrap: list[str], *, cluster_key: str | None = None) -> None:
         self._keys: dict[str, ApiKey] = {}
         self._bootstrap = [token.encode() for token in bootstrap]
+        self._cluster_key = cluster_key.encode() if cluster_key else None
         self._watchers: dict[str, dict[int, Callable[[], None]]] = {}
         self._next_watch = 0
 
@@ -147,7 +160,8 @@ class KeyRing:
 
     @property
     def empty(self) -> bool:
-        return not self._bootstrap and not any(k.revoked_at is None for k in self._keys.values())
+        return (not self._bootstrap and self._cluster_key is None
+                and not any(k.revoked_at is None for k in self._keys.values()))
 
     def identify(self, token: str) -> tuple[str, str] | None:
         """(key name, role) for a valid, unrevoked token; None otherwise."""
@@ -160,6 +174,8 @@ class KeyRing:
         for bootstrap in self._bootstrap:  # --api-key-file keys act as admin
             if hmac.compare_digest(raw, bootstrap):
                 return Identity("", "bootstrap", "admin")
+        if self._cluster_key is not None and hmac.compare_digest(raw, self._cluster_key):
+            return Identity("", "cluster", CLUSTER_ROLE)
         parsed = parse_token(token)
         if parsed is None:
             return None

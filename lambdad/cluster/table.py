@@ -96,3 +96,11 @@ class NodeTable:
         rows = self._db.execute_sql(
             f"SELECT {_COLUMNS} FROM nodes ORDER BY name, id").fetchall()
         return [NodeRow(*row) for row in rows]
+
+    def leader(self) -> str:
+        """The id of the node whose session holds the leader lock ("" if none)."""
+        row = self._db.execute_sql(
+            "SELECT split_part(a.application_name, ':', 2) FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.classid = 1279348034 AND l.objid = 2 AND l.granted LIMIT 1").fetchone()
+        return str(row[0]) if row else ""

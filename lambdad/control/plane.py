@@ -16,6 +16,7 @@ import lambdad
 from lambdad.auth import ApiKey, KeyRing
 from lambdad.build import ArtifactStore, TarLimits
 from lambdad.build.blobs import BlobStore
+from lambdad.cluster.table import NodeRow
 from lambdad.control.admin import Keys, Schedules
 from lambdad.control.builds import Builds
 from lambdad.control.deploy import Deployer, Upload
@@ -31,7 +32,7 @@ from lambdad.control.model import (
     FunctionView,
 )
 from lambdad.control.ports import Builder, Runtime
-from lambdad.control.queries import FunctionStats, Queries
+from lambdad.control.queries import FunctionStats, LogPeers, NodeSelf, Queries
 from lambdad.control.versions import Versions
 from lambdad.functions import Activation, FunctionVersion, Overrides
 from lambdad.logs import LogEntry, LogQuery, LogStore
@@ -162,8 +163,22 @@ class ControlPlane:
     ) -> tuple[list[FunctionStats], list[tuple[ClassStats, int]]]:
         return await self._queries.stats(name)
 
-    def logs(self, query: LogQuery, *, follow: bool) -> AsyncIterator[LogEntry]:
-        return self._queries.logs(query, follow=follow)
+    def logs(self, query: LogQuery, *, follow: bool,
+             local_only: bool = False) -> AsyncIterator[LogEntry]:
+        return self._queries.logs(query, follow=follow, local_only=local_only)
+
+    async def nodes(self) -> tuple[list[NodeRow], str]:
+        """The cluster's nodes and the leader's id (SQLite: this daemon alone)."""
+        return await self._queries.nodes()
+
+    @property
+    def node_id(self) -> str:
+        return self._queries.node.id if self._queries.node is not None else ""
+
+    def observe_cluster(self, node: NodeSelf, peers: LogPeers | None = None) -> None:
+        """Who this node is, and (cluster mode) the other nodes to fan logs out to."""
+        self._queries.node = node
+        self._queries.peers = peers
 
     # Administration
 

@@ -67,6 +67,7 @@ class LogEntry:
     stream: str  # "stdout" | "stderr" | "runtime" (the runtime's frames)
     request_id: str
     message: str
+    node: str = ""  # cluster mode: the node that captured it (set when read, never stored)
 
     def to_json(self) -> str:
         # Field by field: dataclasses.asdict deep-copies and costs ~10x more, per line.

@@ -131,8 +131,29 @@ class _PoolCollector(Collector):
         yield queued
 
 
+class _NodeLabelled:
+    """The registry's families again, with `node="<name>"` added to every sample: in a
+    cluster each node exports its own /metrics, and one Prometheus scraping them all
+    tells the nodes apart by it (beside its own `instance` label, which is an address)."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self._registry = registry
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, "node": self._node})
+                for sample in family.samples]
+            yield labelled
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, node: str = "") -> None:
+        """`node`: this node's name in cluster mode (every sample gets the label);
+        "" on SQLite, where the series stay as they were."""
+        self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         self.stats = StatsRecorder()
         r = self.registry
@@ -241,4 +262,6 @@ class Metrics:
         self.log_dropped_bytes.labels(function, where).inc(size)
 
     def render(self) -> bytes:
+        if self.node:
+            return bytes(generate_latest(_NodeLabelled(self.registry, self.node)))
         return bytes(generate_latest(self.registry))

@@ -98,6 +98,17 @@ class StatsRecorder:
         self._current.clear()  # the drained rows are the store's now: never count into them
         return rows
 
+    def restore(self, rows: list[StatsRow]) -> None:
+        """Drained rows the store could not take (the database away): merged back, so
+        the next flush writes them with what came since."""
+        for row in rows:
+            key = (row.function, row.minute)
+            kept = self._rows.get(key)
+            if kept is None:
+                self._rows[key] = row
+            else:
+                kept.merge(row)
+
 
 @dataclass(frozen=True)
 class WindowStats:

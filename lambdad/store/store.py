@@ -270,32 +270,38 @@ class Store:
         return await self._run(query)
 
     async def add_stats(self, rows: list[StatsRow]) -> None:
-        """Merges per-minute rows into what is stored (they add up)."""
+        """Merges per-minute rows into what is stored (they add up).
+
+        In a cluster every node flushes its own rows of the same minutes into the shared
+        table: the row is created empty if missing (a concurrent insert waits for the
+        other's commit), then read FOR UPDATE, so two nodes' flushes of one minute
+        serialize and both count. Sorted, so two flushes lock rows in one order."""
+        lock = " FOR UPDATE" if self.postgres else ""  # SQLite: one writer at a time
 
         def write() -> None:
             with self._db.atomic():
-                for row in rows:
+                for row in sorted(rows, key=lambda r: (r.function, r.minute)):
+                    self._db.execute_sql(
+                        "INSERT INTO invocation_stats VALUES (?, ?, 0, 0, 0, 0, '{}', 0) "
+                        "ON CONFLICT (function, minute) DO NOTHING",
+                        (row.function, row.minute))
                     found = self._db.execute_sql(
                         "SELECT invocations, errors, cold_starts, duration_sum, buckets, "
-                        "instances_max FROM invocation_stats WHERE function = ? AND minute = ?",
+                        "instances_max FROM invocation_stats WHERE function = ? AND minute = ?"
+                        + lock,
                         (row.function, row.minute),
                     ).fetchone()
-                    merged = StatsRow(row.function, row.minute)
-                    if found is not None:
-                        merged.merge(StatsRow(
-                            row.function, row.minute, found[0], found[1], found[2], found[3],
-                            {int(k): v for k, v in json.loads(found[4]).items()}, found[5]))
+                    merged = StatsRow(
+                        row.function, row.minute, found[0], found[1], found[2], found[3],
+                        {int(k): v for k, v in json.loads(found[4]).items()}, found[5])
                     merged.merge(row)
                     self._db.execute_sql(
-                        "INSERT INTO invocation_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (function, minute) DO UPDATE SET "
-                        "invocations = excluded.invocations, errors = excluded.errors, "
-                        "cold_starts = excluded.cold_starts, "
-                        "duration_sum = excluded.duration_sum, buckets = excluded.buckets, "
-                        "instances_max = excluded.instances_max",
-                        (merged.function, merged.minute, merged.invocations, merged.errors,
-                         merged.cold_starts, merged.duration_sum, json.dumps(merged.buckets),
-                         merged.instances_max),
+                        "UPDATE invocation_stats SET invocations = ?, errors = ?, "
+                        "cold_starts = ?, duration_sum = ?, buckets = ?, instances_max = ? "
+                        "WHERE function = ? AND minute = ?",
+                        (merged.invocations, merged.errors, merged.cold_starts,
+                         merged.duration_sum, json.dumps(merged.buckets),
+                         merged.instances_max, merged.function, merged.minute),
                     )
 
         if rows:

@@ -15,7 +15,8 @@ SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 USER_DATA = {"env", "payload", "result", "data"}  # their keys are the user's, not ours
 OLD_UNITS = ("_seconds", "_mb", "_size", "_s")
-LISTS = {"list", "versions", "stats", "invocations", "schedules", "keys list", "context list"}
+LISTS = {"list", "versions", "stats", "invocations", "schedules", "keys list", "context list",
+         "nodes"}
 STREAMS = {"logs"}  # JSON Lines: one object per line, so `logs -f -o json` can stream
 
 
@@ -209,6 +210,7 @@ def test_every_command_follows_the_json_conventions(lambdad: Lambdad, tmp_path: 
     assert "json-key" in [k["name"] for k in run("keys list")]
     assert run("keys revoke", "json-key")["revoked_at"] is not None
     assert run("version")["daemon"]["api_version"] == "v1"
+    assert [(n["state"], n["self"]) for n in run("nodes")] == [("up", True)]
     added = run("context add", "here", "--host", f"unix://{lambdad.socket_path}")
     assert (added["name"], added["current"]) == ("here", False)
     assert run("context use", "here")["current"] is True

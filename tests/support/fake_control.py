@@ -73,8 +73,9 @@ class FakeControl:
         for event in self.deploy_events:
             yield event
 
-    async def logs(self, query: LogQuery, *, follow: bool) -> AsyncIterator[LogEntry]:
-        self.calls.append(("logs", (query,), {"follow": follow}))
+    async def logs(self, query: LogQuery, *, follow: bool,
+                   local_only: bool = False) -> AsyncIterator[LogEntry]:
+        self.calls.append(("logs", (query,), {"follow": follow, "local_only": local_only}))
         if "logs" in self.errors:
             raise self.errors["logs"]
         for entry in self.log_entries:
@@ -96,6 +97,11 @@ class FakeControl:
 
     async def delete(self, name: str) -> Any:
         return await self._answer("delete", name)
+
+    node_id = "node-self"
+
+    async def nodes(self) -> Any:
+        return await self._answer("nodes")
 
     async def stats(self, name: str | None) -> Any:
         return await self._answer("stats", name)

@@ -451,7 +451,7 @@ def test_logs_turns_the_request_into_a_query_and_streams_the_entries() -> None:
 
     entries = _run(control, read)
     ((query,), kwargs) = control.called("logs")[0]
-    assert kwargs == {"follow": False}
+    assert kwargs == {"follow": False, "local_only": False}
     assert (query.function, query.request_id, query.version, query.tail) == (
         "greet", "req-1", 4, 10)
     assert query.since is not None
@@ -486,7 +486,7 @@ def test_following_logs_stream_lines_until_the_client_leaves() -> None:
         return str(first.message)
 
     assert _run(control, follow) == "backlog"
-    assert control.called("logs")[0][1] == {"follow": True}
+    assert control.called("logs")[0][1] == {"follow": True, "local_only": False}
 
 
 def test_logs_of_an_unknown_function_end_with_not_found() -> None:

@@ -115,3 +115,30 @@ def test_cached_children_count_into_the_same_series_and_go_with_forget() -> None
     assert 'lambdad_invocations_total{code="200",function="f",type="direct"} 1.0' in text
     assert 'lambdad_invocations_total{code="404",function="g",type="http"} 1.0' in text
     assert 'lambdad_invocation_duration_seconds_count{function="f"} 5.0' in text
+
+
+def _samples(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def _loaded(metrics: Metrics) -> Metrics:
+    metrics.invocation("greet", "http", 200, 0.01, start="cell")
+    metrics.invocation("greet", "http", 500, 0.02, function_error=True)
+    metrics.watch_pools(lambda: [PoolSample("greet", running=2, busy=1, starting=0,
+                                            draining=0, queued=1)])
+    metrics.watch_cells(lambda: [CellSample("128MiB/1cpu/256pids/none", ready=2,
+                                            starting=1)])
+    return metrics
+
+
+def test_in_cluster_mode_every_sample_carries_the_node_label() -> None:
+    samples = _samples(_loaded(Metrics(node="n1")).render().decode())
+    assert len(samples) > 20  # counters, histograms and the scrape-time collectors
+    assert all('node="n1"' in s for s in samples), [s for s in samples if 'node="n1"' not in s]
+    assert any(s.startswith("lambdad_invocations_total{") for s in samples)
+    assert any(s.startswith("lambdad_instances{") for s in samples)
+
+
+def test_on_sqlite_no_sample_has_a_node_label() -> None:
+    samples = _samples(_loaded(Metrics()).render().decode())
+    assert samples and not any("node=" in s for s in samples)

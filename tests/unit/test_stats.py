@@ -73,3 +73,44 @@ def test_rows_follow_the_minute_and_a_drain_starts_new_ones() -> None:
     (again,) = recorder.drain()
     assert (again.minute, again.invocations) == (2, 1)
     assert rows[("f", 2)].invocations == 1  # the drained row was not counted into
+
+
+def test_a_flush_the_store_refused_is_written_by_the_next_one() -> None:
+    """The database away (cluster mode): the drained rows are not lost."""
+    import asyncio
+    from typing import Any
+
+    from lambdad.control.queries import Queries
+    from lambdad.errors import DatabaseUnavailable
+    from lambdad.metrics import Metrics
+
+    class Store:
+        def __init__(self) -> None:
+            self.written: list[StatsRow] = []
+            self.fail = True
+
+        async def add_stats(self, rows: list[StatsRow]) -> None:
+            if self.fail:
+                raise DatabaseUnavailable("the database is unavailable; try again")
+            self.written.extend(rows)
+
+    class Runtime:
+        def routed(self) -> list[str]:
+            return []
+
+    metrics, store = Metrics(), Store()
+    queries = Queries(store=store, runtime=Runtime(), locks=None, url=str,  # type: ignore[arg-type]
+                      metrics=metrics)
+    metrics.stats.invocation("greet", 0.1, error=False, cold=True, at=600.0)
+
+    async def flushes() -> Any:
+        with pytest.raises(DatabaseUnavailable):
+            await queries.flush_stats()
+        metrics.stats.invocation("greet", 0.2, error=True, cold=False, at=610.0)
+        store.fail = False
+        await queries.flush_stats()
+
+    asyncio.run(flushes())
+    [row] = store.written
+    assert (row.function, row.minute, row.invocations, row.errors, row.cold_starts) == (
+        "greet", 10, 2, 1, 1)

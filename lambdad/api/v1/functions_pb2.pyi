@@ -368,23 +368,25 @@ class UpdateConfigRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., overrides: _Optional[_Union[ConfigOverrides, _Mapping]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("name", "follow", "since_seconds", "tail", "request_id", "version")
+    __slots__ = ("name", "follow", "since_seconds", "tail", "request_id", "version", "local_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     follow: bool
     since_seconds: int
     tail: int
     request_id: str
     version: int
-    def __init__(self, name: _Optional[str] = ..., follow: _Optional[bool] = ..., since_seconds: _Optional[int] = ..., tail: _Optional[int] = ..., request_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    local_only: bool
+    def __init__(self, name: _Optional[str] = ..., follow: _Optional[bool] = ..., since_seconds: _Optional[int] = ..., tail: _Optional[int] = ..., request_id: _Optional[str] = ..., version: _Optional[int] = ..., local_only: _Optional[bool] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("time", "function", "version", "instance", "stream", "request_id", "message")
+    __slots__ = ("time", "function", "version", "instance", "stream", "request_id", "message", "node")
     TIME_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -392,6 +394,7 @@ class LogEntry(_message.Message):
     STREAM_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     function: str
     version: int
@@ -399,7 +402,8 @@ class LogEntry(_message.Message):
     stream: str
     request_id: str
     message: str
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., function: _Optional[str] = ..., version: _Optional[int] = ..., instance: _Optional[str] = ..., stream: _Optional[str] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    node: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., function: _Optional[str] = ..., version: _Optional[int] = ..., instance: _Optional[str] = ..., stream: _Optional[str] = ..., request_id: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ("name",)
@@ -628,3 +632,43 @@ class RevokeKeyRequest(_message.Message):
     NAME_OR_ID_FIELD_NUMBER: _ClassVar[int]
     name_or_id: str
     def __init__(self, name_or_id: _Optional[str] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("id", "name", "state", "grpc_address", "gateway_address", "version", "instances", "cells", "load", "last_seen", "started_at", "leader", "self")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    SELF_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    state: str
+    grpc_address: str
+    gateway_address: str
+    version: str
+    instances: int
+    cells: int
+    load: int
+    last_seen: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    leader: bool
+    self: bool
+    def __init__(self_, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., grpc_address: _Optional[str] = ..., gateway_address: _Optional[str] = ..., version: _Optional[str] = ..., instances: _Optional[int] = ..., cells: _Optional[int] = ..., load: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., leader: _Optional[bool] = ..., self: _Optional[bool] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...

@@ -134,6 +134,11 @@ class FunctionServiceStub:
                 request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetVersionRequest.SerializeToString,
                 response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DaemonInfo.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/lambdad.api.v1.FunctionService/ListNodes',
+                request_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -275,6 +280,13 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """ListNodes lists the nodes of a cluster (on SQLite: this daemon alone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -377,6 +389,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.GetVersion,
                     request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.GetVersionRequest.FromString,
                     response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.DaemonInfo.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListNodesRequest.FromString,
+                    response_serializer=lambdad_dot_api_dot_v1_dot_functions__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -919,6 +936,33 @@ class FunctionService:
             '/lambdad.api.v1.FunctionService/GetVersion',
             lambdad_dot_api_dot_v1_dot_functions__pb2.GetVersionRequest.SerializeToString,
             lambdad_dot_api_dot_v1_dot_functions__pb2.DaemonInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lambdad.api.v1.FunctionService/ListNodes',
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListNodesRequest.SerializeToString,
+            lambdad_dot_api_dot_v1_dot_functions__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
