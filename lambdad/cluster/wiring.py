@@ -137,4 +137,28 @@ def cluster_parts(config: Config, host: Any, parts: Any,
         from lambdad.cluster.locks import SessionLocks
 
         parts.control.locks.remote = SessionLocks(cluster.membership.session)
+        queue_across_nodes(cluster.membership, host.daemon_id, parts.worker)
     return cluster
+
+
+def queue_across_nodes(membership: Membership, node_id: str, worker: Any) -> None:
+    """The async queue's part (queue/pg_table.py): another node's NOTIFY `lambda_queue`
+    (events it stored and left, slots it freed, attempts requeued) wakes this node's
+    worker; a node marked down has its running attempts requeued in the mark-down's
+    transaction, and the others are woken to take them."""
+    from lambdad.queue.pg_table import QUEUE_CHANNEL, REQUEUE_OF_NODE
+
+    membership.session.channels += (QUEUE_CHANNEL,)
+
+    def wake(origin: str) -> None:
+        if origin != node_id:
+            worker.wake()
+
+    async def requeue(cur: Any, dead: str) -> None:
+        await cur.execute(REQUEUE_OF_NODE, {"id": dead})
+        if cur.rowcount:
+            await cur.execute("SELECT pg_notify(%(channel)s, %(id)s)",
+                              {"channel": QUEUE_CHANNEL, "id": dead})
+
+    membership.on_notify[QUEUE_CHANNEL] = wake
+    membership.releases.append(requeue)
