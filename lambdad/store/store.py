@@ -66,6 +66,9 @@ class Store:
         from lambdad.cluster.table import NodeTable  # (it imports store.database)
 
         self.nodes = _Async(self, NodeTable(self._db))  # cluster mode's members
+        from lambdad.cluster.slots_table import SlotTable
+
+        self.slots = _Async(self, SlotTable(self._db, node_id))  # max_instances (cluster)
 
     async def open(self) -> None:
         await self._run(self._open)

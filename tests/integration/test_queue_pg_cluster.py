@@ -316,3 +316,66 @@ def test_attack_two_nodes_flooding_one_function_stop_at_the_cap(
     finally:
         a.close()
         b.close()
+
+
+def test_slot_leases_never_exceed_max_instances_with_three_racing_nodes(
+        postgres: Postgres, database: str) -> None:
+    """Three nodes take and give back instance leases of one function as fast as they can,
+    max_instances 3: a sampler never sees more than 3 leases, and each node got some. With
+    a plain count-then-insert (no slot lock) they overshoot."""
+    from lambdad.cluster.slots_table import SlotTable
+
+    url = postgres.url(database)
+    limit = 3
+    ids = ["s0", "s1", "s2"]
+    for node_id in ids:
+        postgres.psql(database, "INSERT INTO nodes (id, name, grpc_address, gateway_address, "
+                      "software_version, state, started_at, heartbeat_at) VALUES "
+                      f"('{node_id}', '{node_id}', 'x:1', 'x:2', 't', 'up', now(), now())")
+    dbs = [open_database(url, node_id) for node_id in ids]
+    tables = [SlotTable(db, node_id) for db, node_id in zip(dbs, ids, strict=True)]
+    sampler = psycopg.connect(url, autocommit=True)
+    done = threading.Event()
+    peak = [0]
+    granted: dict[str, int] = {}
+    try:
+        def sample() -> None:
+            while not done.is_set():
+                row = sampler.execute("SELECT count(*) FROM instance_leases "
+                                      "WHERE function = 'f'").fetchone()
+                assert row is not None
+                peak[0] = max(peak[0], int(row[0]))
+
+        def racer(slots: SlotTable) -> Callable[[], None]:
+            def run() -> None:
+                held: list[str] = []
+                count = 0
+                for _ in range(150):
+                    lease = uuid.uuid4().hex
+                    if slots.acquire("f", lease, limit):
+                        held.append(lease)
+                        count += 1
+                    if len(held) >= 2 or (held and random.random() < 0.5):
+                        slots.release(held.pop(0))
+                for lease in held:
+                    slots.release(lease)
+                granted[slots.node_id] = count
+            return run
+
+        watcher = threading.Thread(target=sample)
+        watcher.start()
+        try:
+            _run_together([racer(t) for t in tables])
+        finally:
+            done.set()
+            watcher.join(GUARD)
+        assert 0 < peak[0] <= limit
+        assert all(granted[node_id] > 0 for node_id in ids)
+        assert postgres.psql(database, "SELECT count(*) FROM instance_leases") == "0"
+        # A node restarting drops what its last run held; others' leases stay.
+        assert tables[0].acquire("f", "old", limit) and tables[1].acquire("f", "b", limit)
+        assert tables[0].reset() == 1 and tables[0].held("f") == 1
+    finally:
+        sampler.close()
+        for db in dbs:
+            db.close()
