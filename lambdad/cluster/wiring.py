@@ -130,11 +130,60 @@ def cluster_parts(config: Config, host: Any, parts: Any,
     async def keys(_name: str) -> None:
         await load_keys()
 
+    async def slots(name: str) -> None:
+        runtime.stop_idle(name)
+
     cluster = build_cluster(config, host.daemon_id,
-                            handlers={"fn": parts.control.sync_function, "keys": keys},
+                            handlers={"fn": parts.control.sync_function, "keys": keys,
+                                      "slots": slots},
                             reload=reload_everything, load=load)
     if cluster.membership is not None:
         from lambdad.cluster.locks import SessionLocks
 
         parts.control.locks.remote = SessionLocks(cluster.membership.session)
+        queue_across_nodes(cluster.membership, host.daemon_id, parts.worker)
+        slots_across_nodes(cluster.membership, host.daemon_id, parts.store, runtime)
     return cluster
+
+
+def slots_across_nodes(membership: Membership, node_id: str, store: Any,
+                       runtime: Any) -> None:
+    """max_instances across the cluster: every start holds an instance lease (table
+    instance_leases, cluster/slots_table.py); a start waiting for one announces `slots`
+    of its function, and the nodes holding an idle instance of it stop one."""
+    import contextlib
+
+    from lambdad.cluster import table
+    from lambdad.cluster.slots_table import TableSlots
+
+    async def ask(function: str) -> None:
+        conn = membership.session.conn
+        if conn is not None:
+            with contextlib.suppress(Exception):  # an ask is a hint; the wait goes on
+                await conn.execute(table.ANNOUNCE,
+                                   table.announcement(node_id, "slots", function))
+
+    runtime.use_slots(TableSlots(store.slots), ask)
+
+
+def queue_across_nodes(membership: Membership, node_id: str, worker: Any) -> None:
+    """The async queue's part (queue/pg_table.py): another node's NOTIFY `lambda_queue`
+    (events it stored and left, slots it freed, attempts requeued) wakes this node's
+    worker; a node marked down has its running attempts requeued in the mark-down's
+    transaction, and the others are woken to take them."""
+    from lambdad.queue.pg_table import QUEUE_CHANNEL, REQUEUE_OF_NODE
+
+    membership.session.channels += (QUEUE_CHANNEL,)
+
+    def wake(origin: str) -> None:
+        if origin != node_id:
+            worker.wake()
+
+    async def requeue(cur: Any, dead: str) -> None:
+        await cur.execute(REQUEUE_OF_NODE, {"id": dead})
+        if cur.rowcount:
+            await cur.execute("SELECT pg_notify(%(channel)s, %(id)s)",
+                              {"channel": QUEUE_CHANNEL, "id": dead})
+
+    membership.on_notify[QUEUE_CHANNEL] = wake
+    membership.releases.append(requeue)

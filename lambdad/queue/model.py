@@ -62,10 +62,14 @@ class Finish:
     status_code: int | None
     result: bytes | None
     error: str
+    # The attempt this ends (the invocation's attempts when it was claimed): on a shared
+    # database only that attempt, by its owner, may be recorded (queue/pg_table.py).
+    attempt: int = 0
 
 
 def finish_of(invocation: AsyncInvocation, policy: RetryPolicy, *, ok: bool, now: float,
               status_code: int | None, result: bytes | None, error: str) -> Finish:
     """The record of an ended attempt: what `next_step` says, with the attempt's result."""
     status, retry_at = next_step(invocation, policy, ok=ok, now=now)
-    return Finish(invocation.id, status, retry_at, now, status_code, result, error)
+    return Finish(invocation.id, status, retry_at, now, status_code, result, error,
+                  invocation.attempts)

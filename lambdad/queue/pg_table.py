@@ -7,15 +7,51 @@ function and delivery order) serves the same reads SQLite's full index does.
 
 `_maybe_queued` (skip the queue's reads while this table knows nothing is queued) is
 always set here: on a shared database another node may queue events this table never saw.
+
+Competing consumers (cluster mode: several nodes, one table each, on one database):
+- a claim marks the rows running with `owner_node` = this node, by an UPDATE over
+  `SELECT ... FOR UPDATE SKIP LOCKED` (a row another node is taking is skipped, never
+  waited for; one it took meanwhile is no longer queued and is not returned);
+- the limits hold across the cluster: per function, a transaction advisory lock
+  (QUEUE_LOCK_CLASS, fkey(function)) is held around the count of its running rows and
+  the claim, and around the count of its queued rows and the insert; under READ
+  COMMITTED a plain count-then-write lets two nodes both see room and both write;
+- an attempt's end is recorded only by its owner and only for that attempt (`Finish.
+  attempt`): an attempt requeued meanwhile (its node was marked down) and claimed again
+  elsewhere keeps the new owner's run;
+- `recover` at start takes back only this node's running rows; `hand_back` (a clean
+  stop) queues this node's cut-short attempts at once; a node marked down has its running
+  rows requeued by REQUEUE_OF_NODE in the mark-down transaction (cluster/membership.py);
+- a cycle that leaves due events for others (stored queued, or a freed slot with a
+  backlog) sends NOTIFY `lambda_queue` with this node's id; every node's worker wakes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from lambdad.queue.model import AsyncInvocation
-from lambdad.queue.store import _COLUMNS, InvocationTable, _row
+from lambdad.queue.model import AsyncInvocation, Finish
+from lambdad.queue.store import _COLUMNS, Choose, Claim, InvocationTable, _row
+
+log = logging.getLogger("lambdad.queue")
+
+QUEUE_CHANNEL = "lambda_queue"
+# Advisory lock class of a function's claim and cap (two-int form, 'LAMB' + 2).
+QUEUE_LOCK_CLASS = 1279348036
+
+# What a mark-down also does in its transaction: the dead node's attempts back to the
+# queue (at-least-once; the attempt stays counted).
+REQUEUE_OF_NODE = """
+UPDATE invocations SET status = 'queued', owner_node = NULL,
+       next_attempt_at = extract(epoch FROM now()),
+       last_error = 'its node went down during the attempt'
+ WHERE status = 'running' AND owner_node = %(id)s
+"""
+
+_ROWS_PER_INSERT = 256  # 14 columns: far under PostgreSQL's 65535 parameters
 
 _I_COLUMNS = ", ".join(f"i.{name.strip()}" for name in _COLUMNS.split(","))
 
@@ -29,8 +65,199 @@ _QUEUED_FUNCTIONS_CTE = (
     "FROM f WHERE f.name IS NOT NULL)")
 
 
+def fkey(name: str) -> int:
+    """A stable int4 of a function name (not PostgreSQL's undocumented hashtext); a
+    collision only serializes two functions."""
+    return zlib.crc32(name.encode()) - 2**31
+
+
 class PgInvocationTable(InvocationTable):
-    """Blocking calls on the store's thread, as InvocationTable's."""
+    """Blocking calls on the store's thread, as InvocationTable's. `node_id`: this node,
+    the owner of the attempts it claims."""
+
+    def __init__(self, db: Any, node_id: str = "") -> None:
+        super().__init__(db)
+        self.node_id = node_id
+        self.refused = 0  # ends of attempts this node no longer owned (logs, tests)
+
+    # Writes
+
+    def _lock(self, functions: set[str], wait: bool) -> set[str]:
+        """Takes the queue lock of each function (sorted: two waiters never deadlock) for
+        the rest of the transaction; with wait=False only those free now. Returns those
+        held."""
+        held: set[str] = set()
+        for name in sorted(functions):
+            if wait:
+                self._db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)",
+                                     (QUEUE_LOCK_CLASS, fkey(name)))
+                held.add(name)
+            else:
+                row = self._db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, %s)",
+                                           (QUEUE_LOCK_CLASS, fkey(name))).fetchone()
+                if row[0]:
+                    held.add(name)
+        return held
+
+    def insert(self, inv: AsyncInvocation, max_queued: int = 0) -> bool:
+        with self._db.atomic():
+            if max_queued > 0:
+                self._lock({inv.function}, wait=True)
+            return self._insert([(inv, max_queued)])[0]
+
+    def _write(self, invocations: Sequence[AsyncInvocation]) -> None:
+        """As InvocationTable's, with the owner of the rows written running."""
+        for at in range(0, len(invocations), _ROWS_PER_INSERT):
+            chunk = invocations[at:at + _ROWS_PER_INSERT]
+            self._db.execute_sql(
+                f"INSERT INTO invocations ({_COLUMNS}, owner_node) VALUES "
+                + ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(chunk)),
+                [value for inv in chunk for value in (
+                    inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
+                    inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
+                    inv.status_code, inv.result, inv.last_error,
+                    self.node_id if inv.status == "running" else None)])
+
+    def _finish(self, finished: Sequence[Finish]) -> None:
+        """Fenced: only this node's run of that very attempt is recorded."""
+        if not finished:
+            return
+        done = 0
+        for f in finished:
+            cursor = self._db.execute_sql(
+                "UPDATE invocations SET status = %s, next_attempt_at = %s, finished_at = %s, "
+                "status_code = %s, result = %s, last_error = %s, "
+                "owner_node = CASE WHEN %s::text = 'queued' THEN NULL ELSE owner_node END "
+                "WHERE id = %s AND status = 'running' AND owner_node = %s AND attempts = %s",
+                (f.status, f.next_attempt_at,
+                 f.finished_at if f.status in ("succeeded", "failed") else None,
+                 f.status_code, f.result, f.error, f.status, f.id, self.node_id, f.attempt))
+            done += max(0, int(cursor.rowcount))
+        if done < len(finished):
+            self.refused += len(finished) - done
+            log.warning("async: %d ended attempt(s) not recorded: no longer this node's "
+                        "(requeued while it ran, or cancelled)", len(finished) - done)
+
+    def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
+              skip: set[str], choose: Choose | None,
+              inserts: Sequence[tuple[AsyncInvocation, int]] = (),
+              limit_for: Callable[[str], int] | None = None) -> Claim:
+        """InvocationTable.cycle for competing consumers: the capped functions' queue
+        locks are taken before their count (waiting: an insert must not be refused for a
+        busy lock); after `choose`, each chosen function's lock is tried (busy: another
+        node is claiming it, skip it this cycle), its running rows across the cluster are
+        counted against `limit_for` (the delivery limit), and the stored rows are claimed
+        with SKIP LOCKED. `limit_for` runs on the store thread: it must only read."""
+        with self._db.atomic():
+            self._finish(finished)
+            self._lock({inv.function for inv, cap in inserts if cap > 0}, wait=True)
+            if choose is None:
+                accepted = self._insert(inserts)
+                self._wake_others(any(accepted) or bool(finished))
+                return Claim([], [], None, accepted)
+            cap = max((max_queued for _, max_queued in inserts), default=0)
+            queued, due, later, counted = self._heads(
+                now, per_function, skip, cap,
+                {inv.function for inv, max_queued in inserts if max_queued > 0})
+            accepted = self._admit(inserts, counted)
+            stored = {inv.id for inv in due}
+            room = {name: per_function for name in {inv.function for inv, _ in inserts}}
+            for inv in due:
+                if inv.function in room:
+                    room[inv.function] -= 1
+            fresh: list[AsyncInvocation] = []
+            for (inv, _), ok in zip(inserts, accepted, strict=True):
+                if (ok and inv.function not in skip and inv.next_attempt_at <= now
+                        and room[inv.function] > 0):
+                    room[inv.function] -= 1
+                    fresh.append(inv)
+            candidates = due + fresh
+            chosen = self._within_limits(choose(candidates) if candidates else [], limit_for)
+            ids = [inv.id for inv in chosen if inv.id in stored]
+            won: set[str] = set()
+            if ids:
+                rows = self._db.execute_sql(
+                    "UPDATE invocations i SET status = 'running', attempts = i.attempts + 1, "
+                    "started_at = %s, owner_node = %s FROM (SELECT id FROM invocations "
+                    "WHERE id = ANY(%s::text[]) AND status = 'queued' "
+                    "FOR UPDATE SKIP LOCKED) p WHERE i.id = p.id RETURNING i.id",
+                    (now, self.node_id, ids)).fetchall()
+                won = {r[0] for r in rows}
+            chosen = [inv for inv in chosen if inv.id in won or inv.id not in stored]
+            taken = {inv.id for inv in chosen}
+            claimed = [AsyncInvocation(
+                id=inv.id, function=inv.function, payload=inv.payload, source=inv.source,
+                status="running", attempts=inv.attempts + 1, created_at=inv.created_at,
+                next_attempt_at=inv.next_attempt_at, started_at=now, finished_at=inv.finished_at,
+                status_code=inv.status_code, result=inv.result, last_error=inv.last_error,
+            ) for inv in chosen]
+            self._write([inv for inv in claimed if inv.id not in stored] + [
+                inv for (inv, _), ok in zip(inserts, accepted, strict=True)
+                if ok and inv.id not in taken])
+            left = sorted({inv.function for inv in candidates if inv.id not in taken})
+            backlog = (bool(queued) or len(taken) < len(candidates)
+                       or sum(accepted) > len(fresh))
+            # Others may deliver what this cycle stored and did not take, or what waited
+            # for the slots its ended attempts freed.
+            self._wake_others(sum(accepted) > len([i for i in fresh if i.id in taken])
+                              or (bool(finished) and backlog))
+            return Claim(claimed, left, later if backlog else None, accepted, backlog)
+
+    def _within_limits(self, chosen: list[AsyncInvocation],
+                       limit_for: Callable[[str], int] | None) -> list[AsyncInvocation]:
+        """The chosen events whose function's queue lock this transaction got and whose
+        running deliveries across the cluster stay within its limit (in start order)."""
+        if not chosen:
+            return chosen
+        functions = {inv.function for inv in chosen}
+        held = self._lock(functions, wait=False)
+        room: dict[str, int] = {}
+        if limit_for is not None and held:
+            rows = self._db.execute_sql(
+                "SELECT function, count(*) FROM invocations WHERE status = 'running' "
+                "AND function = ANY(%s::text[]) GROUP BY function", (sorted(held),)).fetchall()
+            running = {r[0]: int(r[1]) for r in rows}
+            room = {name: max(1, limit_for(name)) - running.get(name, 0) for name in held}
+        kept: list[AsyncInvocation] = []
+        for inv in chosen:
+            if inv.function not in held:
+                continue
+            if limit_for is not None:
+                if room[inv.function] <= 0:
+                    continue
+                room[inv.function] -= 1
+            kept.append(inv)
+        return kept
+
+    def _wake_others(self, needed: bool) -> None:
+        if needed:
+            self._db.execute_sql("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, self.node_id))
+
+    def recover(self, now: float) -> int:
+        """This node's attempts cut short by its crash or stop (others' are theirs, or
+        requeued when they were marked down)."""
+        cursor = self._db.execute_sql(
+            "UPDATE invocations SET status = 'queued', next_attempt_at = %s, owner_node = NULL, "
+            "last_error = 'the daemon stopped during the attempt' "
+            "WHERE status = 'running' AND owner_node = %s", (now, self.node_id))
+        if cursor.rowcount:
+            self._wake_others(True)
+        return int(cursor.rowcount)
+
+    def hand_back(self, ids: Sequence[str], now: float) -> int:
+        """A clean stop's cut-short attempts go back to the queue at once, for the other
+        nodes (the attempt stays counted: it may have run in part)."""
+        if not ids:
+            return 0
+        with self._db.atomic():
+            cursor = self._db.execute_sql(
+                "UPDATE invocations SET status = 'queued', next_attempt_at = %s, "
+                "owner_node = NULL, last_error = 'its node stopped during the attempt' "
+                "WHERE id = ANY(%s::text[]) AND status = 'running' AND owner_node = %s",
+                (now, list(ids), self.node_id))
+            count = int(cursor.rowcount)
+            self._wake_others(count > 0)
+        return count
 
     @property
     def _maybe_queued(self) -> bool:

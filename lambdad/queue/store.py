@@ -214,7 +214,8 @@ class InvocationTable:
 
     def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
               skip: set[str], choose: Choose | None,
-              inserts: Sequence[tuple[AsyncInvocation, int]] = ()) -> Claim:
+              inserts: Sequence[tuple[AsyncInvocation, int]] = (),
+              limit_for: Callable[[str], int] | None = None) -> Claim:
         """One worker cycle in one transaction: stores the accepted events given (each with
         its function's cap), records the attempts that ended, then takes the due events
         `choose` picks (of the oldest `per_function` per function not in `skip`) and marks
@@ -226,7 +227,10 @@ class InvocationTable:
         The events given are candidates as they are, after the stored ones of their
         function (they are the newest): one picked is written running at once, so an event
         accepted and claimed by the same cycle costs one INSERT, not an INSERT, a read
-        back and an UPDATE."""
+        back and an UPDATE.
+
+        `limit_for` (a function's delivery limit) is for a shared database, where other
+        nodes' deliveries count (PgInvocationTable); here the worker's own count is all."""
         with self._db.atomic():
             self._finish(finished)
             if choose is None:
@@ -315,6 +319,11 @@ class InvocationTable:
             "last_error = 'the daemon stopped during the attempt' WHERE status = 'running'",
             (now,))
         return int(cursor.rowcount)
+
+    def hand_back(self, ids: Sequence[str], now: float) -> int:
+        """A clean stop's cut-short attempts: here they stay running until `recover` at
+        the next start (one daemon: nobody else could deliver them meanwhile)."""
+        return 0
 
     def of_function(self, function: str, status: str, limit: int) -> list[AsyncInvocation]:
         """Newest first. Queued and running events are few (bounded by the cap and the

@@ -101,8 +101,10 @@ class AsyncWorker:
     async def stop(self) -> None:
         """Stops taking events: the cycle under way ends (its store call is not cut short),
         then attempts under way are cancelled and, being recorded as running, are retried
-        at the next start (at-least-once). Attempts that ended are written, so a clean stop
-        delivers nothing twice, and events accepted meanwhile are written on their own."""
+        at the next start (at-least-once), or on a shared database handed back to the
+        queue at once (`hand_back`) for the other nodes. Attempts that ended are written,
+        so a clean stop delivers nothing twice, and events accepted meanwhile are written
+        on their own."""
         self._stopping = True
         self._intake.open = False
         self._wake.set()
@@ -114,11 +116,20 @@ class AsyncWorker:
             self._task = None
         for task in list(self._running.values()):
             task.cancel()
+        running = list(self._running)
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
         if self._finished:
             await self._table.settle(list(self._finished.values()))
-            self._finished.clear()
+        cut = [inv_id for inv_id in running if inv_id not in self._finished]
+        self._finished.clear()
+        if cut:
+            # On a shared database the other nodes deliver them now; if the database is
+            # away, `recover` at this node's next start or its mark-down requeues them.
+            try:
+                await self._table.hand_back(cut, time.time())
+            except Exception as exc:
+                log.warning("async: %d cut-short attempt(s) not handed back: %s", len(cut), exc)
         await self._intake.close()
 
     async def cancel(self, invocation_id: str, reason: str) -> None:
@@ -188,7 +199,7 @@ class AsyncWorker:
         try:
             claim: Claim = await self._table.cycle(
                 finished, time.time(), max(1, free), full, choose,
-                [(p.invocation, p.max_queued) for p in inserts])
+                [(p.invocation, p.max_queued) for p in inserts], self._limit_for)
         except BaseException as exc:
             fail(inserts, exc)
             raise

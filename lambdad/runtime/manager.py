@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from lambdad.runtime.pool import Instance, InstancePool
 from lambdad.runtime.readiness import Readiness
 from lambdad.runtime.reconcile import Reconciler
 from lambdad.runtime.routing import PoolCounts, Routes
+from lambdad.runtime.slots import LocalSlots, Slots, take
 from lambdad.runtime.starts import Starter, StartPlan
 from lambdad.runtime.stops import Stopper
 
@@ -73,6 +75,9 @@ class RuntimeManager:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         cells_dir = cells_dir or instances_dir.parent / "c"
+        self.slots: Slots = LocalSlots()
+        self._ask: Callable[[str], Awaitable[None]] | None = None
+        self._leases: dict[str, str] = {}  # instance id -> its slot lease
         self._stopper = Stopper(backend, instances_dir=instances_dir,
                                 runtime_image=runtime_image)
         self._starter = Starter(
@@ -92,8 +97,59 @@ class RuntimeManager:
         self.cells.held = True
 
     def _new_pool(self, version: FunctionVersion) -> InstancePool:
-        return InstancePool(version, start=self._starter.start_instance,
-                            destroy=self._stopper.destroy, spawn=self._spawn)
+        return InstancePool(version, start=self._start_leased, destroy=self._destroy_leased,
+                            spawn=self._spawn)
+
+    def use_slots(self, slots: Slots,
+                  ask: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """Cluster mode: every start holds a lease of its function's max_instances across
+        the nodes (runtime/slots.py); `ask` tells the others a start waits for one."""
+        self.slots = slots
+        self._ask = ask
+
+    async def _start_leased(self, version: FunctionVersion,
+                            wanted: Callable[[], bool]) -> Instance:
+        """A start within the function's max_instances across the cluster: the lease is
+        taken first (waiting while the requests still want the start) and given back if
+        the start fails."""
+        lease = await take(self.slots, version.function,
+                           version.config.scaling.max_instances, wanted, self._ask)
+        try:
+            instance = await self._starter.start_instance(version, wanted)
+        except BaseException:
+            self._spawn(self._release(lease))
+            raise
+        self._leases[instance.id] = lease
+        return instance
+
+    async def _destroy_leased(self, instance: Instance) -> None:
+        try:
+            await self._stopper.destroy(instance)
+        finally:
+            lease = self._leases.pop(instance.id, None)
+            if lease is not None:
+                await self._release(lease)
+
+    def stop_idle(self, name: str) -> bool:
+        """Another node waits for a slot of `name`: stops this node's longest idle instance
+        of it (none busy, the minimum kept) now instead of at its idle timeout."""
+        pool = self._routes.active.get(name)
+        if pool is None:
+            return False
+        live = [i for i in pool.instances if not i.dead]
+        if len(live) <= pool.version.config.scaling.min_instances:
+            return False
+        for instance in sorted(live, key=lambda i: i.last_used):
+            if instance.in_flight == 0:
+                instance.end_reason = "stopped for another node waiting for a slot"
+                return pool.discard(instance, instance.end_reason)
+        return False
+
+    async def _release(self, lease: str) -> None:
+        try:
+            await self.slots.release(lease)
+        except Exception as exc:  # the database is away: its row goes with a mark-down
+            log.warning("could not give back instance lease %s: %s", lease, exc)
 
     # Routing state
 
@@ -195,12 +251,27 @@ class RuntimeManager:
         self, version: FunctionVersion, wanted: Callable[[], bool] | None = None,
         *, plan: StartPlan | None = None,
     ) -> Instance:
-        """An instance of `version`, ready to serve, not routed yet (see `activate`)."""
-        return await self._starter.start_instance(version, wanted, plan=plan)
+        """An instance of `version`, ready to serve, not routed yet (see `activate`).
+
+        A deploy's, rollback's or config change's instance: it holds a slot lease if one is
+        free; if not it starts anyway, as on one node a deploy's pre-warmed instances may
+        run beside the old version's until those drain (they are leased and stop soon)."""
+        lease = uuid.uuid4().hex
+        granted = await self.slots.acquire(version.function, lease,
+                                           version.config.scaling.max_instances)
+        try:
+            instance = await self._starter.start_instance(version, wanted, plan=plan)
+        except BaseException:
+            if granted:
+                self._spawn(self._release(lease))
+            raise
+        if granted:
+            self._leases[instance.id] = lease
+        return instance
 
     async def remove_instance(self, instance: Instance) -> None:
         """Stops an instance that was started but never routed (a failed deploy)."""
-        await self._stopper.destroy(instance)
+        await self._destroy_leased(instance)
 
     async def remove_function(self, name: str) -> int:
         """Stops every instance of the function at once, busy or not."""
@@ -208,7 +279,7 @@ class RuntimeManager:
         self._update_cell_classes()
         instances = [i for pool in pools for i in pool.close("was deleted")]
         starts = [task for pool in pools for task in pool.starts]  # cancelled by close
-        results = await asyncio.gather(*(self._stopper.destroy(i) for i in instances),
+        results = await asyncio.gather(*(self._destroy_leased(i) for i in instances),
                                        *starts, return_exceptions=True)
         for failure in (r for r in results if isinstance(r, BaseException)
                         and not isinstance(r, asyncio.CancelledError)):
@@ -304,7 +375,7 @@ class RuntimeManager:
         pools = self._routes.every_pool()
         instances = [i for pool in pools for i in pool.close("is stopping with the daemon")]
         starts = [task for pool in pools for task in pool.starts]  # cancelled by close
-        await asyncio.gather(*(self._stopper.destroy(i) for i in instances), *starts,
+        await asyncio.gather(*(self._destroy_leased(i) for i in instances), *starts,
                              *(self._stopper.destroy_cell(c) for c in self.cells.close()),
                              return_exceptions=True)
         await self.drain_background()

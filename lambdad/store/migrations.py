@@ -228,6 +228,23 @@ CLUSTER_V9 = (
 )
 
 
+def _v10_queue_owners(db: sqlite3.Connection) -> None:
+    """Cluster mode's competing consumers (queue/pg_table.py): the node running each
+    attempt, so that only it may record its end and a dead node's attempts can be found."""
+    for statement in QUEUE_V10:
+        db.execute(statement)
+
+
+# The same statements on both engines. invocations_running: a node's own running rows
+# (recover, hand back, mark-down) and one function's running count (the delivery limit
+# across the cluster), without reading the history.
+QUEUE_V10 = (
+    "ALTER TABLE invocations ADD COLUMN owner_node TEXT",
+    "CREATE INDEX invocations_running ON invocations(function, owner_node) "
+    "WHERE status = 'running'",
+)
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
@@ -238,6 +255,7 @@ MIGRATIONS: list[Migration] = [
     _v7_invocation_queue_index,
     _v8_shared_blobs,
     _v9_cluster_nodes,
+    _v10_queue_owners,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

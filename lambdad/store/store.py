@@ -59,13 +59,16 @@ class Store:
         self._down = ""  # why the last connection failed
         # The tables other packages own, there from the start (usable once open), so the
         # parts that hold them (the AsyncWorker, the CronRunner) can be made before it opens.
-        self.invocations = _Async(self, PgInvocationTable(self._db) if self.postgres
+        self.invocations = _Async(self, PgInvocationTable(self._db, node_id) if self.postgres
                                   else InvocationTable(self._db))
         self.schedules = _Async(self, ScheduleTable(self._db))
         self.keys = _Async(self, KeyTable(self._db))
         from lambdad.cluster.table import NodeTable  # (it imports store.database)
 
         self.nodes = _Async(self, NodeTable(self._db))  # cluster mode's members
+        from lambdad.cluster.slots_table import SlotTable
+
+        self.slots = _Async(self, SlotTable(self._db, node_id))  # max_instances (cluster)
 
     async def open(self) -> None:
         await self._run(self._open)

@@ -130,7 +130,8 @@ def test_a_cycle_whose_connection_is_cut_leaves_nothing_half_written(
 
             fresh = _event("f", now)
             done = Finish(id=running.id, status="succeeded", next_attempt_at=now,
-                          finished_at=now, status_code=200, result=b"{}", error="")
+                          finished_at=now, status_code=200, result=b"{}", error="",
+                          attempt=1)
             with pytest.raises(DatabaseUnavailable):
                 await table.cycle([done], now, 1, set(), cut, [(fresh, 0)])
             assert await _eventually(lambda: table.status(running.id)) == "running"
