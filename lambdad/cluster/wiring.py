@@ -130,8 +130,12 @@ def cluster_parts(config: Config, host: Any, parts: Any,
     async def keys(_name: str) -> None:
         await load_keys()
 
+    async def schedules(_name: str) -> None:  # the leader's runner takes them
+        await parts.cron.reload()
+
     cluster = build_cluster(config, host.daemon_id,
-                            handlers={"fn": parts.control.sync_function, "keys": keys},
+                            handlers={"fn": parts.control.sync_function, "keys": keys,
+                                      "schedules": schedules},
                             reload=reload_everything, load=load)
     if cluster.membership is not None:
         from lambdad.cluster.locks import SessionLocks
