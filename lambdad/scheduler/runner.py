@@ -64,6 +64,9 @@ class CronRunner:
         self._next: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Python 3.11's wait_for can swallow a cancel that arrives as the wake-up is set
+        # (add/remove then stop): the loop also checks this, so a stop always ends it.
+        self._stopping = False
 
     @property
     def running(self) -> bool:
@@ -72,6 +75,7 @@ class CronRunner:
     async def start(self) -> None:
         """Loads the schedules and fires what was missed; if the store is away, the
         loop's task retries that first."""
+        self._stopping = False
         loaded = True
         try:
             await self._load()
@@ -82,7 +86,9 @@ class CronRunner:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
+            self._wake.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -152,7 +158,7 @@ class CronRunner:
         return self._next.get(schedule_id)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             now = time.time()
             due = sorted((when, sid) for sid, when in self._next.items() if when <= now)
             for when, schedule_id in due:
