@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 from apps import AppsReport, bench_apps
 from async_bench import AsyncReport, bench_async
+from cluster import ClusterReport, bench_cluster
 from cold import ColdReport, bench_cold
 from harness import GRPC_OPTIONS, ROOT, BenchDaemon, UnixHTTPConnection, executable
 from load import LoadReport, bench_peer, bench_warm
@@ -48,6 +49,8 @@ EXPECTED = b"Hello, World!"
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 GROUPS = ("deploy", "deps", "http", "invoke", "warm", "cold", "peer", "outside", "async",
           "apps")
+# Run only when asked (--only): `cluster` starts PostgreSQL and two more nodes (~1 min).
+EXTRA_GROUPS = ("cluster",)
 # The example apps whose requirements.txt the deps group resolves, from the wheels
 # `make example-wheels` fetched (benchmarks talk to loopback only, never to an index).
 DEPS_APPS = ("fastapi-mangum", "flask-apig-wsgi", "powertools")
@@ -125,11 +128,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup not negative")
     only = [g.strip() for g in args.only.split(",") if g.strip()]
-    unknown = sorted(set(only) - set(GROUPS))
+    unknown = sorted(set(only) - set(GROUPS) - set(EXTRA_GROUPS))
     if unknown or not only:
         parser.error(f"--only: unknown benchmark(s) {', '.join(unknown) or '(none given)'}; "
-                     f"choose from {', '.join(GROUPS)}")
-    args.only = [g for g in GROUPS if g in only]
+                     f"choose from {', '.join(GROUPS + EXTRA_GROUPS)}")
+    args.only = [g for g in GROUPS + EXTRA_GROUPS if g in only]
     return args
 
 
@@ -466,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncs = AsyncReport()
     colds = ColdReport()
     apps = AppsReport()
+    cluster = ClusterReport()
     failed: str | None = None
     titles = {
         "deploy": "deploy with a warm build cache",
@@ -480,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         "async": "async: event enqueue and delivery vs sync Invoke; cron lag vs asyncio timers",
         "apps": "apps (issue 17): fastapi-mangum and greet: from zero, scale-out, memory per "
                 "worker, thaw, burst",
+        "cluster": "cluster (issue 18): two nodes on PostgreSQL behind a TCP balancer vs one; "
+                   "deploy on A -> first success on B; cron fire lag",
     }
     try:
         print(f"bench: starting lambdad (state {daemon.state_dir}, images "
@@ -520,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench_apps(apps, rounds=args.apps_rounds, burst=args.burst,
                            pool_size=args.cell_pool_size, wheelhouse=wheelhouse)
                 results.extend(apps.results)
+            elif group == "cluster":
+                bench_cluster(cluster, duration=args.duration)
     except (BenchError, RuntimeError, subprocess.TimeoutExpired, OSError,
             grpc.RpcError, ValueError) as exc:
         failed = f"{type(exc).__name__}: {exc}"
@@ -542,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: FAILED: {failed}", file=sys.stderr)
         return 1
 
+    if cluster.lines:
+        print()
+        print("cluster (issue 18; bench/cluster.py):")
+        for line in cluster.lines:
+            print(f"- {line}")
     if results:
         print()
         print(render_table(results))

@@ -8,7 +8,6 @@ import functools
 import gc
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
@@ -25,8 +24,17 @@ from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, T
 from lambdad.build.blobs import BlobStore
 from lambdad.build.localize import Localizer
 from lambdad.cluster.peers import observe
+from lambdad.cluster.singletons import singleton_jobs
 from lambdad.cluster.wiring import check_cluster, cluster_parts
-from lambdad.components import Database, Delivery, Functions, Housekeeping, Logs, Ready
+from lambdad.components import (
+    Database,
+    Delivery,
+    Functions,
+    Housekeeping,
+    Logs,
+    Ready,
+    Singletons,
+)
 from lambdad.config import Config
 from lambdad.control import AsyncQueue, ControlPlane, Invoker
 from lambdad.dburl import SQLITE
@@ -52,7 +60,7 @@ from lambdad.runtime.docker_backend import DockerBackend
 from lambdad.runtime.manager import RuntimeManager
 from lambdad.runtime.pool import Instance
 from lambdad.scheduler import Housekeeper
-from lambdad.scheduler.runner import CronRunner
+from lambdad.scheduler.runner import CronRunner, scheduled_invocation
 from lambdad.store import Store
 
 __all__ = ["Daemon", "Host", "check_host", "components",
@@ -172,7 +180,9 @@ def components(config: Config, host: Host, engine: DockerEngine) -> list[Compone
         functions,                              # routes, reconciled containers, minimums
         *cluster.after_functions,               # then other nodes' changes are applied
         Delivery(p.store.invocations, p.worker),
-        Step("cron", p.cron.start, p.cron.stop),  # with its catch-up of missed runs
+        # cron (with its catch-up of missed runs) and shared clean-ups: on the leader
+        Singletons(cluster.leadership, singleton_jobs(
+            p.store, p.cron, p.blobs, catch_up_window_s=config.catch_up_window)),
         Serving(config, listeners, p.health),   # start-up work done: now answer
         Housekeeping(p.housekeeper),
         Ready(config, p.health, p.notifier, p.status_line, describe),
@@ -199,6 +209,7 @@ class Parts:
     notifier: Notifier
     housekeeper: Housekeeper
     status_line: Callable[[], str]
+    blobs: BlobStore | None = None
 
 
 def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
@@ -251,7 +262,7 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     ])
     keyring = KeyRing(host.keys, cluster_key=host.cluster_key)
     parts = build_control(config, store, builder, runtime, metrics, logs, artifacts, keyring,
-                          engine.version, blobs)
+                          engine.version, blobs, node=host.daemon_id)
     control = parts.control
     observe(config, host, control, store)  # `lambdactl nodes`; logs fan-out in a cluster
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -291,7 +302,7 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     housekeeper = housekeeping(runtime, control, store, notifier, status_line)
     return Parts(store, metrics, logs, capture, backend, runtime, keyring, control,
                  parts.worker, parts.cron, health_servicer, gateway, admin, local, remote,
-                 notifier, housekeeper, status_line)
+                 notifier, housekeeper, status_line, blobs)
 
 
 # --- The control plane and the two loops it feeds: built together, in one place. ---
@@ -308,7 +319,7 @@ class ControlParts:
 def build_control(
     config: Config, store: Store, builder: ImageBuilder, runtime: RuntimeManager,
     metrics: Metrics, logs: LogStore, artifacts: ArtifactStore, keyring: KeyRing,
-    docker_version: str, blobs: BlobStore | None = None,
+    docker_version: str, blobs: BlobStore | None = None, node: str = "",
 ) -> ControlParts:
     """In an order without cycles: what queues an event and the worker that delivers it
     share the intake (accepted events on their way into the store, and the wake-up);
@@ -323,8 +334,13 @@ def build_control(
                          queue.delivery_limit, intake=intake)
 
     # (the worker's view: an ended attempt counts before its outcome is written)
-    cron = CronRunner(store.schedules, queue.enqueue_scheduled, worker.status,
-                      worker.cancel, catch_up_window_s=config.catch_up_window)
+    # A fire commits its (schedule, tick) row with the event, then wakes the worker.
+    cron = CronRunner(
+        store.schedules, functools.partial(scheduled_invocation, runtime.active_version),
+        worker.status, worker.cancel, catch_up_window_s=config.catch_up_window,
+        fresh_s=3 * config.node_down_after, max_queued=lambda: config.max_queued_events,
+        node=node, fired=intake.wake.set,
+        refused=lambda s: metrics.async_refused.labels(s.function, "schedule").inc())
     control = ControlPlane(
         store=store, builder=builder, runtime=runtime, invoker=invoker, queue=queue,
         cron=cron, keyring=keyring, spool_dir=config.state_dir / "spool",
@@ -403,8 +419,7 @@ def housekeeping(runtime: RuntimeManager, control: ControlPlane, store: Store,
         return job
 
     housekeeper.every(10, spawn(control.flush_stats), "stats-flush")
-    housekeeper.every(3600, spawn(lambda: store.prune_stats(
-        int(time.time() // 60) - 2 * 1440)), "stats-prune")
+    # (stats prune: a singleton job, cluster/singletons.py)
     if notifier.enabled:
         housekeeper.every(10, lambda: notifier.status(status_line()), "notify-status")
         if notifier.watchdog_interval_s:

@@ -133,9 +133,12 @@ def cluster_parts(config: Config, host: Any, parts: Any,
     async def slots(name: str) -> None:
         runtime.stop_idle(name)
 
+    async def schedules(_name: str) -> None:  # the leader's runner takes them
+        await parts.cron.reload()
+
     cluster = build_cluster(config, host.daemon_id,
                             handlers={"fn": parts.control.sync_function, "keys": keys,
-                                      "slots": slots},
+                                      "slots": slots, "schedules": schedules},
                             reload=reload_everything, load=load)
     if cluster.membership is not None:
         from lambdad.cluster.locks import SessionLocks

@@ -101,9 +101,14 @@ class PgInvocationTable(InvocationTable):
 
     def insert(self, inv: AsyncInvocation, max_queued: int = 0) -> bool:
         with self._db.atomic():
-            if max_queued > 0:
-                self._lock({inv.function}, wait=True)
             return self._insert([(inv, max_queued)])[0]
+
+    def _insert(self, items: Sequence[tuple[AsyncInvocation, int]]) -> list[bool]:
+        """As InvocationTable's, with the capped functions' queue locks taken first (held
+        to the end of the caller's transaction), so that another node's count and insert
+        cannot interleave: every path in (insert, a cycle's batch, a cron fire) caps right."""
+        self._lock({inv.function for inv, cap in items if cap > 0}, wait=True)
+        return super()._insert(items)
 
     def _write(self, invocations: Sequence[AsyncInvocation]) -> None:
         """As InvocationTable's, with the owner of the rows written running."""

@@ -245,6 +245,27 @@ QUEUE_V10 = (
 )
 
 
+def _v11_schedule_fires(db: sqlite3.Connection) -> None:
+    """One row per fired cron tick (scheduler/table.py): its key refuses a second fire of a
+    tick, on one daemon and across a cluster's nodes (issue 18)."""
+    for statement in SCHEDULE_FIRES:
+        db.execute(statement)
+
+
+SCHEDULE_FIRES = (
+    """
+    CREATE TABLE schedule_fires (
+        schedule_id TEXT NOT NULL,
+        tick BIGINT NOT NULL,
+        node TEXT NOT NULL,
+        invocation TEXT NOT NULL,
+        fired_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (schedule_id, tick)
+    )
+    """,
+)
+
+
 MIGRATIONS: list[Migration] = [
     _v1_functions_and_versions,
     _v2_history_and_retention,
@@ -256,6 +277,7 @@ MIGRATIONS: list[Migration] = [
     _v8_shared_blobs,
     _v9_cluster_nodes,
     _v10_queue_owners,
+    _v11_schedule_fires,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lambdad.store.database import connect_params, redacted, scrub
-from lambdad.store.migrations import CLUSTER_V9, QUEUE_V10, SCHEMA_VERSION
+from lambdad.store.migrations import CLUSTER_V9, QUEUE_V10, SCHEDULE_FIRES, SCHEMA_VERSION
 
 # Advisory lock keys, two-int form: class 'LAMB', 1 = migrations.
 LOCK_CLASS = 1279348034
@@ -159,6 +159,7 @@ PG_MIGRATIONS: list[tuple[int, Callable[[Any], None]]] = [
     (8, _statements(*_V8_BLOBS)),
     (9, _statements(*(s.replace("TIMESTAMP", "TIMESTAMPTZ") for s in CLUSTER_V9))),
     (10, _statements(*QUEUE_V10)),
+    (11, _statements(*SCHEDULE_FIRES)),
 ]
 
 

@@ -61,7 +61,7 @@ class Store:
         # parts that hold them (the AsyncWorker, the CronRunner) can be made before it opens.
         self.invocations = _Async(self, PgInvocationTable(self._db, node_id) if self.postgres
                                   else InvocationTable(self._db))
-        self.schedules = _Async(self, ScheduleTable(self._db))
+        self.schedules = _Async(self, ScheduleTable(self._db, self.invocations._table))
         self.keys = _Async(self, KeyTable(self._db))
         from lambdad.cluster.table import NodeTable  # (it imports store.database)
 

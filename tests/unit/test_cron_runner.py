@@ -12,6 +12,7 @@ import pytest
 
 import lambdad.scheduler.runner as runner_module
 from lambdad.errors import Throttled
+from lambdad.queue.model import AsyncInvocation
 from lambdad.scheduler.cron import Schedule
 from lambdad.scheduler.runner import CronRunner
 from tests.support.store import StoreBackend, opened_store
@@ -57,11 +58,13 @@ class Queue:
         self.status = status
         self.full = full
 
-    async def enqueue(self, s: Schedule, when: float, catch_up: bool) -> str:
+    def prepare(self, s: Schedule, when: float, catch_up: bool) -> AsyncInvocation:
         if self.full:
             raise Throttled("function f has 100 queued events")
         self.enqueued.append((s.id, when, catch_up))
-        return f"inv-{len(self.enqueued)}"
+        return AsyncInvocation(id=f"inv-{len(self.enqueued)}", function=s.function,
+                               payload=b"{}", source="schedule", status="queued",
+                               attempts=0, created_at=when, next_attempt_at=when)
 
     async def status_of(self, invocation_id: str) -> str:
         self.asked.append(invocation_id)
@@ -87,7 +90,7 @@ def run_with(backend: StoreBackend, schedules: list[Schedule], queue: Queue,
         async with opened_store(backend.database, "f", "g") as store:
             for s in schedules:
                 await store.schedules.insert(s)
-            runner = CronRunner(store.schedules, queue.enqueue, queue.status_of,
+            runner = CronRunner(store.schedules, queue.prepare, queue.status_of,
                                 queue.cancel, catch_up_window_s=window)
             await runner.start()
             try:

@@ -154,7 +154,7 @@ def test_the_daemon_starts_its_parts_in_this_order(tmp_path: Path) -> None:
         # a stop's grace ends at its container's exit
         "docker event watcher",
         "functions",  # routes and containers, once the store and logs are there
-        "async delivery", "cron",
+        "async delivery", "singletons",  # cron and shared clean-ups (SQLite: at once)
         "serving",  # only once the start-up work is done
         "housekeeping", "ready",  # ready last; its stop (STOPPING=1) comes first
     ]
