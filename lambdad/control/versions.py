@@ -106,11 +106,10 @@ class Versions:
             if version.pruned and known is not None and not known.pruned:
                 await self._builds.remove(version.function, version.number, "")
 
-    async def _forget(self, name: str) -> str:
-        """A function deleted through another node: its instances, logs and local
-        builds here go too."""
-        if name not in self._runtime.routed():
-            return "unchanged"
+    async def _remove_here(self, name: str, images: list[str]) -> int:
+        """What a deleted function leaves on this node: its instances (how many were
+        stopped), logs, schedules, metrics and builds. One way for a delete made here and
+        one made through another node."""
         instances = await self._runtime.remove_function(name)
         if self._logs is not None:
             await self._logs.delete(name)
@@ -118,7 +117,15 @@ class Versions:
             self._cron.remove_function(name)
         if self._metrics is not None:
             self._metrics.forget(name)
-        await self._builds.remove_function(name, [])
+        await self._builds.remove_function(name, images)
+        return instances
+
+    async def _forget(self, name: str) -> str:
+        """A function deleted through another node: its instances, logs and local
+        builds here go too."""
+        if name not in self._runtime.routed():
+            return "unchanged"
+        instances = await self._remove_here(name, [])
         try:  # images this node built for it (its own tags, which no row names)
             await self.prune_orphans()
         except Exception as exc:  # the next start's clean-up removes them
@@ -258,14 +265,7 @@ class Versions:
                 "try again when that ends")
         async with self._locks.of(name, wait=False):  # free, so taken at once
             versions = await self._store.delete_function(name)
-            instances = await self._runtime.remove_function(name)
-            if self._logs is not None:
-                await self._logs.delete(name)
-            if self._cron is not None:
-                self._cron.remove_function(name)
-            if self._metrics is not None:
-                self._metrics.forget(name)
-            await self._builds.remove_function(name, [v.image for v in versions])
+            instances = await self._remove_here(name, [v.image for v in versions])
         log.info("deleted function=%s versions=%d instances=%d", name, len(versions), instances)
         return len(versions), instances
 
