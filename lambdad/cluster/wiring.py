@@ -131,7 +131,10 @@ def cluster_parts(config: Config, host: Any, parts: Any,
         await load_keys()
 
     async def slots(name: str) -> None:
-        runtime.stop_idle(name)
+        # Not while this node delivers its events: the asker's start would take the
+        # lease they need, and the instance would move from node to node.
+        if not parts.worker.delivering(name):
+            runtime.stop_idle(name)
 
     async def schedules(_name: str) -> None:  # the leader's runner takes them
         await parts.cron.reload()

@@ -16,6 +16,9 @@ Competing consumers (cluster mode: several nodes, one table each, on one databas
   (QUEUE_LOCK_CLASS, fkey(function)) is held around the count of its running rows and
   the claim, and around the count of its queued rows and the insert; under READ
   COMMITTED a plain count-then-write lets two nodes both see room and both write;
+- a node claims only what it can run without taking an instance lease away from
+  another node (queue/room.py, with the running rows and the leases read under that
+  lock): the free slots of its own instances and the leases nobody holds or needs;
 - an attempt's end is recorded only by its owner and only for that attempt (`Finish.
   attempt`): an attempt requeued meanwhile (its node was marked down) and claimed again
   elsewhere keeps the new owner's run;
@@ -34,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lambdad.queue.model import AsyncInvocation, Finish
+from lambdad.queue.room import Capacity, room
 from lambdad.queue.store import _COLUMNS, Choose, Claim, InvocationTable, _row
 
 log = logging.getLogger("lambdad.queue")
@@ -49,6 +53,16 @@ UPDATE invocations SET status = 'queued', owner_node = NULL,
        next_attempt_at = extract(epoch FROM now()),
        last_error = 'its node went down during the attempt'
  WHERE status = 'running' AND owner_node = %(id)s
+"""
+
+# What a claim reads under the functions' queue locks (queue/room.py): their running
+# attempts per owner node ('r') and their instance leases per node ('l'), cluster-wide.
+_USAGE = """
+SELECT 'r', function, owner_node, count(*) FROM invocations
+ WHERE status = 'running' AND function = ANY(%(functions)s::text[]) GROUP BY 2, 3
+UNION ALL
+SELECT 'l', function, node, count(*) FROM instance_leases
+ WHERE function = ANY(%(functions)s::text[]) GROUP BY 2, 3
 """
 
 _ROWS_PER_INSERT = 256  # 14 columns: far under PostgreSQL's 65535 parameters
@@ -146,13 +160,16 @@ class PgInvocationTable(InvocationTable):
     def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
               skip: set[str], choose: Choose | None,
               inserts: Sequence[tuple[AsyncInvocation, int]] = (),
-              limit_for: Callable[[str], int] | None = None) -> Claim:
+              limit_for: Callable[[str], int] | None = None,
+              capacity_for: Callable[[str], Capacity] | None = None) -> Claim:
         """InvocationTable.cycle for competing consumers: the capped functions' queue
         locks are taken before their count (waiting: an insert must not be refused for a
         busy lock); after `choose`, each chosen function's lock is tried (busy: another
-        node is claiming it, skip it this cycle), its running rows across the cluster are
-        counted against `limit_for` (the delivery limit), and the stored rows are claimed
-        with SKIP LOCKED. `limit_for` runs on the store thread: it must only read."""
+        node is claiming it, skip it this cycle), its running rows and instance leases
+        across the cluster are read and this node takes only its room (`room.room` with
+        `capacity_for`; with `limit_for` alone, the delivery limit less the running rows),
+        and the stored rows are claimed with SKIP LOCKED. `limit_for` and `capacity_for`
+        run on the store thread: they must only read."""
         with self._db.atomic():
             self._finish(finished)
             self._lock({inv.function for inv, cap in inserts if cap > 0}, wait=True)
@@ -177,7 +194,8 @@ class PgInvocationTable(InvocationTable):
                     room[inv.function] -= 1
                     fresh.append(inv)
             candidates = due + fresh
-            chosen = self._within_limits(choose(candidates) if candidates else [], limit_for)
+            chosen, held = self._within_limits(choose(candidates) if candidates else [],
+                                               self._capacities(limit_for, capacity_for))
             ids = [inv.id for inv in chosen if inv.id in stored]
             won: set[str] = set()
             if ids:
@@ -206,33 +224,51 @@ class PgInvocationTable(InvocationTable):
             # for the slots its ended attempts freed.
             self._wake_others(sum(accepted) > len([i for i in fresh if i.id in taken])
                               or (bool(finished) and backlog))
-            return Claim(claimed, left, later if backlog else None, accepted, backlog)
+            return Claim(claimed, left, later if backlog else None, accepted, backlog,
+                         frozenset(held))
+
+    @staticmethod
+    def _capacities(limit_for: Callable[[str], int] | None,
+                    capacity_for: Callable[[str], Capacity] | None
+                    ) -> Callable[[str], Capacity] | None:
+        if capacity_for is not None:
+            return capacity_for
+        if limit_for is not None:  # deliveries only: one slot per lease, none leased
+            return lambda name: Capacity(max(1, limit_for(name)), 1)
+        return None
 
     def _within_limits(self, chosen: list[AsyncInvocation],
-                       limit_for: Callable[[str], int] | None) -> list[AsyncInvocation]:
-        """The chosen events whose function's queue lock this transaction got and whose
-        running deliveries across the cluster stay within its limit (in start order)."""
+                       capacity_for: Callable[[str], Capacity] | None
+                       ) -> tuple[list[AsyncInvocation], set[str]]:
+        """The chosen events whose function's queue lock this transaction got and that
+        fit in this node's room (queue/room.py: its own instances' free slots and the
+        leases nobody needs, read here under that lock), in start order; and the
+        functions whose events were cut for lack of room."""
         if not chosen:
-            return chosen
+            return chosen, set()
         functions = {inv.function for inv in chosen}
         held = self._lock(functions, wait=False)
-        room: dict[str, int] = {}
-        if limit_for is not None and held:
-            rows = self._db.execute_sql(
-                "SELECT function, count(*) FROM invocations WHERE status = 'running' "
-                "AND function = ANY(%s::text[]) GROUP BY function", (sorted(held),)).fetchall()
-            running = {r[0]: int(r[1]) for r in rows}
-            room = {name: max(1, limit_for(name)) - running.get(name, 0) for name in held}
+        left: dict[str, int] = {}
+        if capacity_for is not None and held:
+            running: dict[str, dict[str, int]] = {name: {} for name in held}
+            leases: dict[str, dict[str, int]] = {name: {} for name in held}
+            for kind, function, node, count in self._db.execute_sql(
+                    _USAGE, {"functions": sorted(held)}).fetchall():
+                (running if kind == "r" else leases)[function][node or ""] = int(count)
+            left = {name: room(self.node_id, capacity_for(name), running[name], leases[name])
+                    for name in held}
         kept: list[AsyncInvocation] = []
+        full: set[str] = set()
         for inv in chosen:
             if inv.function not in held:
                 continue
-            if limit_for is not None:
-                if room[inv.function] <= 0:
+            if capacity_for is not None:
+                if left[inv.function] <= 0:
+                    full.add(inv.function)
                     continue
-                room[inv.function] -= 1
+                left[inv.function] -= 1
             kept.append(inv)
-        return kept
+        return kept, full
 
     def _wake_others(self, needed: bool) -> None:
         if needed:

@@ -10,6 +10,7 @@ from typing import Any
 
 from lambdad.idprefix import row_by_prefix
 from lambdad.queue.model import AsyncInvocation, Finish
+from lambdad.queue.room import Capacity
 
 _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_attempt_at, "
             "started_at, finished_at, status_code, result, last_error")
@@ -52,6 +53,10 @@ class Claim:
     next_due: float | None
     accepted: list[bool] = dataclasses.field(default_factory=list)  # per insert: stored?
     backlog: bool = True  # queued events may be left in the store (due or not)
+    # Functions of `left` this node may not deliver more of now because the cluster has
+    # no room for them here (queue/room.py): another node's NOTIFY or the poll retries
+    # them, not an immediate cycle (which would only find no room again).
+    held: frozenset[str] = frozenset()
 
 
 Choose = Callable[[list[AsyncInvocation]], list[AsyncInvocation]]
@@ -215,7 +220,8 @@ class InvocationTable:
     def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
               skip: set[str], choose: Choose | None,
               inserts: Sequence[tuple[AsyncInvocation, int]] = (),
-              limit_for: Callable[[str], int] | None = None) -> Claim:
+              limit_for: Callable[[str], int] | None = None,
+              capacity_for: Callable[[str], Capacity] | None = None) -> Claim:
         """One worker cycle in one transaction: stores the accepted events given (each with
         its function's cap), records the attempts that ended, then takes the due events
         `choose` picks (of the oldest `per_function` per function not in `skip`) and marks
@@ -229,8 +235,9 @@ class InvocationTable:
         accepted and claimed by the same cycle costs one INSERT, not an INSERT, a read
         back and an UPDATE.
 
-        `limit_for` (a function's delivery limit) is for a shared database, where other
-        nodes' deliveries count (PgInvocationTable); here the worker's own count is all."""
+        `limit_for` (a function's delivery limit) and `capacity_for` (its instances and
+        their concurrency) are for a shared database, where other nodes' deliveries and
+        instances count (PgInvocationTable); here the worker's own count is all."""
         with self._db.atomic():
             self._finish(finished)
             if choose is None:
