@@ -10,6 +10,7 @@ again).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from lambdad.cluster.membership import Load, Membership, NodeInfo
 from lambdad.config import Config
 from lambdad.dburl import is_postgres
 from lambdad.lifecycle import Component, Step
+
+log = logging.getLogger("lambdad.cluster")
 
 MIN_CLUSTER_KEY = 16  # characters
 
@@ -156,7 +159,8 @@ def slots_across_nodes(membership: Membership, node_id: str, store: Any,
                        runtime: Any) -> None:
     """max_instances across the cluster: every start holds an instance lease (table
     instance_leases, cluster/slots_table.py); a start waiting for one announces `slots`
-    of its function, and the nodes holding an idle instance of it stop one."""
+    of its function, and the nodes holding an idle instance of it stop one (unless they
+    deliver its events); on a rejoin this node leases its running instances again."""
     import contextlib
 
     from lambdad.cluster import table
@@ -169,7 +173,16 @@ def slots_across_nodes(membership: Membership, node_id: str, store: Any,
                 await conn.execute(table.ANNOUNCE,
                                    table.announcement(node_id, "slots", function))
 
+    async def rejoin(_conn: Any) -> None:
+        # Marked down while alive (a partition), its leases were released: it takes them
+        # again for its running instances, and stops those beyond max_instances now.
+        stopped = await runtime.keep_leased()
+        if stopped:
+            log.warning("cluster: %d instance(s) stopped on rejoin: their leases were "
+                        "taken by other nodes meanwhile", stopped)
+
     runtime.use_slots(TableSlots(store.slots), ask)
+    membership.rejoins.append(rejoin)
 
 
 def queue_across_nodes(membership: Membership, node_id: str, worker: Any) -> None:

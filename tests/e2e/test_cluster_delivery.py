@@ -110,13 +110,13 @@ def test_events_through_every_node_go_to_the_one_instance_without_moving_it(
 
         assert wait_for(lambda: outcome() == f"succeeded:{3 * EVENTS_PER_NODE}", GUARD), \
             outcome()
+        starts = {k: total(node, "lambdad_instance_init_duration_seconds_count",
+                           function="single") for k, node in enumerate(cluster.nodes)}
+        serving = [_serving_instances(node) for node in cluster.nodes]
+        assert 1 <= sum(starts.values()) <= 2, starts  # the deploy's instance, at most one more
+        assert sum(len(found) for found in serving) <= 2, (serving, starts)
         # Delivered in its first attempt: no delivery waited for a lease held elsewhere.
         assert cluster.sql("SELECT count(*) FROM invocations WHERE function = 'single' "
                            "AND attempts <> 1") == "0"
-        starts = {k: total(node, "lambdad_instance_init_duration_seconds_count",
-                                   function="single") for k, node in enumerate(cluster.nodes)}
-        serving = [_serving_instances(node) for node in cluster.nodes]
-        assert sum(len(found) for found in serving) <= 2, (serving, starts)
-        assert 1 <= sum(starts.values()) <= 2, starts  # the deploy's instance, at most one more
     finally:
         cluster.close()
