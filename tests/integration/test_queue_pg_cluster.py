@@ -432,3 +432,30 @@ def test_a_node_without_a_lease_leaves_a_capped_functions_events_to_the_holder(
     finally:
         for node in (a, b, c):
             node.close()
+
+
+def test_a_rejoining_node_retakes_its_leases_only_where_there_is_room(
+        postgres: Postgres, database: str) -> None:
+    """SlotTable.retake: a lease still there is kept (a reconnect); after a mark-down
+    released it, it is taken again while the function has room, refused once another
+    node took the last one."""
+    from lambdad.cluster import table as cluster_table
+    from lambdad.cluster.slots_table import SlotTable
+
+    url = postgres.url(database)
+    _register(postgres, database, "r1", "r2")
+    dbs = [open_database(url, node_id) for node_id in ("r1", "r2")]
+    mine, theirs = SlotTable(dbs[0], "r1"), SlotTable(dbs[1], "r2")
+    try:
+        assert mine.acquire("f", "one", 2) and mine.acquire("f", "two", 2)
+        assert mine.retake("f", "one", 2) and mine.retake("f", "two", 2)  # kept
+        assert mine.held("f") == 2
+        postgres.psql(database, cluster_table.RELEASE_LEASES.replace("%(id)s", "'r1'"))
+        assert theirs.acquire("f", "other", 2)
+        assert mine.retake("f", "one", 2) is True
+        assert mine.retake("f", "two", 2) is False
+        assert postgres.psql(database, "SELECT string_agg(instance || ':' || node, ' ' "
+                             "ORDER BY instance) FROM instance_leases") == "one:r1 other:r2"
+    finally:
+        for db in dbs:
+            db.close()
