@@ -542,16 +542,16 @@ def test_a_node_delivering_a_function_says_so_until_its_next_claim_is_due(
         return True, 200, b"{}", ""
 
     async def scenario() -> None:
-        async with opened_store(store_backend.database, "f") as store:
-            async with started_worker(store.invocations, deliver) as worker:
-                assert not worker.delivering("f")
-                await worker.intake.submit(event(), 0)
-                await until(lambda: asyncio.sleep(0, worker.delivering("f")))
-                assert not worker.delivering("g")
-                gate.set()
-                await until(lambda: asyncio.sleep(0, not worker._running))
-                assert worker.delivering("f")  # its next may be claimed any moment
-                await asyncio.sleep(worker_module.POLL_S + 0.1)
-                assert not worker.delivering("f")
+        async with (opened_store(store_backend.database, "f") as store,
+                    started_worker(store.invocations, deliver) as worker):
+            assert not worker.delivering("f")
+            await worker.intake.submit(event(), 0)
+            await until(lambda: asyncio.sleep(0, worker.delivering("f")))
+            assert not worker.delivering("g")
+            gate.set()
+            await until(lambda: asyncio.sleep(0, not worker._running))
+            assert worker.delivering("f")  # its next may be claimed any moment
+            await asyncio.sleep(worker_module.POLL_S + 0.1)
+            assert not worker.delivering("f")
 
     asyncio.run(scenario())
