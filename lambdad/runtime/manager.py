@@ -150,18 +150,15 @@ class RuntimeManager:
         after `reconcile` (`adopted`: the instances found from the last run, which hold
         none), and after a rejoin (this node was marked down while alive and its leases
         were released; another node may have taken them meanwhile). Busy instances are
-        kept first, then the most recently used. Returns how many were stopped."""
+        kept first, then the most recently used. Returns how many were stopped; raises
+        what the lease table raises (the database away)."""
         live = [i for pool in self._routes.every_pool() for i in pool.instances
                 if not i.dead and (adopted or i.id in self._leases)]
         live.sort(key=lambda i: (-i.in_flight, -i.last_used))
         leases = [self._leases.get(i.id) or uuid.uuid4().hex for i in live]
-        try:
-            kept = await keep_within(self.slots, [
-                (i.version.function, lease, i.version.config.scaling.max_instances)
-                for i, lease in zip(live, leases, strict=True)])
-        except Exception as exc:  # the database is away: a later rejoin tries again
-            log.warning("could not lease this node's running instances: %s", exc)
-            return 0
+        kept = await keep_within(self.slots, [
+            (i.version.function, lease, i.version.config.scaling.max_instances)
+            for i, lease in zip(live, leases, strict=True)])
         stopped = 0
         reason = ("stopped: beyond max_instances across the cluster (another node took "
                   "its lease)" if not adopted else
@@ -267,7 +264,10 @@ class RuntimeManager:
         """
         adopted, removed = await self._reconciler.run()
         if adopted:  # (cluster mode: within max_instances across the nodes)
-            adopted -= await self.keep_leased(adopted=True)
+            try:
+                adopted -= await self.keep_leased(adopted=True)
+            except Exception as exc:  # they run unleased until they stop (as before)
+                log.warning("could not lease the adopted instances: %s", exc)
         self.cells.held = False
         await self._check_runtime_image()
         self.cells.refill()
