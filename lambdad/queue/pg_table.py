@@ -38,7 +38,16 @@ from typing import Any
 
 from lambdad.queue.model import AsyncInvocation, Finish
 from lambdad.queue.room import Capacity, room
-from lambdad.queue.store import _COLUMNS, Choose, Claim, InvocationTable, _row
+from lambdad.queue.store import (
+    _COLUMNS,
+    Choose,
+    Claim,
+    InvocationTable,
+    _fresh,
+    _heads_of,
+    _started,
+    queued_functions_cte,
+)
 
 log = logging.getLogger("lambdad.queue")
 
@@ -71,12 +80,7 @@ _I_COLUMNS = ", ".join(f"i.{name.strip()}" for name in _COLUMNS.split(","))
 
 # The functions with queued events, one probe of invocations_queue each (a loose index
 # scan, as SQLite's): the recursive CTE `f(name)`, whose last row is NULL.
-_QUEUED_FUNCTIONS_CTE = (
-    "f(name) AS ("
-    "SELECT (SELECT MIN(function) FROM invocations WHERE status = 'queued') "
-    "UNION ALL SELECT (SELECT MIN(function) FROM invocations "
-    "WHERE status = 'queued' AND function > f.name) "
-    "FROM f WHERE f.name IS NOT NULL)")
+_QUEUED_FUNCTIONS_CTE = queued_functions_cte("")
 
 
 def fkey(name: str) -> int:
@@ -88,6 +92,10 @@ def fkey(name: str) -> int:
 class PgInvocationTable(InvocationTable):
     """Blocking calls on the store's thread, as InvocationTable's. `node_id`: this node,
     the owner of the attempts it claims."""
+
+    _hint = ""  # no index hints: the partial index invocations_queue serves
+    _rows_per_insert = _ROWS_PER_INSERT
+    _extra_columns = ("owner_node",)
 
     def __init__(self, db: Any, node_id: str = "") -> None:
         super().__init__(db)
@@ -124,18 +132,9 @@ class PgInvocationTable(InvocationTable):
         self._lock({inv.function for inv, cap in items if cap > 0}, wait=True)
         return super()._insert(items)
 
-    def _write(self, invocations: Sequence[AsyncInvocation]) -> None:
-        """As InvocationTable's, with the owner of the rows written running."""
-        for at in range(0, len(invocations), _ROWS_PER_INSERT):
-            chunk = invocations[at:at + _ROWS_PER_INSERT]
-            self._db.execute_sql(
-                f"INSERT INTO invocations ({_COLUMNS}, owner_node) VALUES "
-                + ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(chunk)),
-                [value for inv in chunk for value in (
-                    inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
-                    inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
-                    inv.status_code, inv.result, inv.last_error,
-                    self.node_id if inv.status == "running" else None)])
+    def _extra_values(self, inv: AsyncInvocation) -> tuple[Any, ...]:
+        """The owner of a row written running (a cycle's claim of a fresh event)."""
+        return (self.node_id if inv.status == "running" else None,)
 
     def _finish(self, finished: Sequence[Finish]) -> None:
         """Fenced: only this node's run of that very attempt is recorded."""
@@ -183,16 +182,7 @@ class PgInvocationTable(InvocationTable):
                 {inv.function for inv, max_queued in inserts if max_queued > 0})
             accepted = self._admit(inserts, counted)
             stored = {inv.id for inv in due}
-            room = {name: per_function for name in {inv.function for inv, _ in inserts}}
-            for inv in due:
-                if inv.function in room:
-                    room[inv.function] -= 1
-            fresh: list[AsyncInvocation] = []
-            for (inv, _), ok in zip(inserts, accepted, strict=True):
-                if (ok and inv.function not in skip and inv.next_attempt_at <= now
-                        and room[inv.function] > 0):
-                    room[inv.function] -= 1
-                    fresh.append(inv)
+            fresh = _fresh(inserts, accepted, due, skip, now, per_function)
             candidates = due + fresh
             chosen, held = self._within_limits(choose(candidates) if candidates else [],
                                                self._capacities(limit_for, capacity_for))
@@ -208,12 +198,7 @@ class PgInvocationTable(InvocationTable):
                 won = {r[0] for r in rows}
             chosen = [inv for inv in chosen if inv.id in won or inv.id not in stored]
             taken = {inv.id for inv in chosen}
-            claimed = [AsyncInvocation(
-                id=inv.id, function=inv.function, payload=inv.payload, source=inv.source,
-                status="running", attempts=inv.attempts + 1, created_at=inv.created_at,
-                next_attempt_at=inv.next_attempt_at, started_at=now, finished_at=inv.finished_at,
-                status_code=inv.status_code, result=inv.result, last_error=inv.last_error,
-            ) for inv in chosen]
+            claimed = _started(chosen, now)
             self._write([inv for inv in claimed if inv.id not in stored] + [
                 inv for (inv, _), ok in zip(inserts, accepted, strict=True)
                 if ok and inv.id not in taken])
@@ -315,28 +300,6 @@ class PgInvocationTable(InvocationTable):
         ).fetchone()
         return int(row[0])
 
-    def queued_functions(self) -> list[str]:
-        rows = self._db.execute_sql(
-            f"WITH RECURSIVE {_QUEUED_FUNCTIONS_CTE} "
-            "SELECT name FROM f WHERE name IS NOT NULL").fetchall()
-        return [r[0] for r in rows]
-
-    def due(self, now: float, per_function: int, skip: set[str],
-            exclude: set[str], functions: Sequence[str] | None = None
-            ) -> list[AsyncInvocation]:
-        found: list[AsyncInvocation] = []
-        for function in self.queued_functions() if functions is None else functions:
-            if function in skip:
-                continue
-            rows = self._db.execute_sql(
-                f"SELECT {_COLUMNS} FROM invocations WHERE status = 'queued' "
-                "AND function = %s AND next_attempt_at <= %s "
-                "ORDER BY next_attempt_at, created_at LIMIT %s",
-                (function, now, per_function + len(exclude))).fetchall()
-            found += [inv for inv in map(_row, rows) if inv.id not in exclude][:per_function]
-        found.sort(key=lambda inv: inv.next_attempt_at)
-        return found
-
     def _heads(self, now: float, per_function: int, skip: set[str], cap: int,
                counting: set[str]
                ) -> tuple[list[str], list[AsyncInvocation], float | None, dict[str, int]]:
@@ -358,26 +321,4 @@ class PgInvocationTable(InvocationTable):
             "ORDER BY next_attempt_at, created_at LIMIT %(per)s) i ON TRUE ORDER BY g.name",
             {"now": now, "per": per_function, "skip": sorted(skip), "cap": cap,
              "counting": sorted(counting)}).fetchall()
-        functions: list[str] = []
-        counted: dict[str, int] = {}
-        due: list[AsyncInvocation] = []
-        later: float | None = None
-        for r in rows:
-            if r[0] not in counted:
-                functions.append(r[0])
-                counted[r[0]] = int(r[2])
-                if r[1] is not None and (later is None or r[1] < later):
-                    later = float(r[1])
-            if r[3] is not None:
-                due.append(_row(r[3:]))
-        due.sort(key=lambda inv: inv.next_attempt_at)
-        return functions, due, later, counted
-
-    def of_function(self, function: str, status: str, limit: int) -> list[AsyncInvocation]:
-        sql = f"SELECT {_COLUMNS} FROM invocations WHERE function = %s"
-        params: tuple[Any, ...] = (function,)
-        if status:
-            sql += " AND status = %s"
-            params += (status,)
-        sql += " ORDER BY created_at DESC LIMIT %s"
-        return [_row(r) for r in self._db.execute_sql(sql, (*params, limit)).fetchall()]
+        return _heads_of(rows)
