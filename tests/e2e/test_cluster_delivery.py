@@ -17,15 +17,13 @@ between the nodes, one start per move."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, event_function, post_event, start_lines
 from tests.support.daemon import Lambdad, wait_for
 from tests.support.metrics import total
 from tests.support.postgres import Postgres
@@ -34,52 +32,25 @@ pytestmark = pytest.mark.slow
 
 EVENTS_PER_NODE = 30
 GUARD = 180.0  # against a hang, not a speed target
-HANDLER = (
-    "import time\n\n"
-    "def handler(event, context):\n"
-    "    time.sleep(0.02)\n"
-    "    return {'n': event.get('n')}\n"
-)
-
-
-def _function(folder: Path) -> Path:
-    folder.mkdir()
-    (folder / "handler.py").write_text(HANDLER)
-    (folder / "lambda.toml").write_text(
-        'name = "single"\n[scaling]\nmax_instances = 1\nconcurrency = 1\n'
-        "[async]\nretries = 5\n")
-    return folder
 
 
 def _post(port: int, n: int) -> int:
     """One event through the gateway at `port`; the HTTP status (202: accepted)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("POST", "/", body=json.dumps({"n": n}),
-                     headers={"Host": "single.localhost", "Lambda-Invocation-Type": "Event"})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+    return post_event(port, "single", n, timeout=30)[0]
 
 
 def _serving_instances(node: Lambdad) -> set[str]:
     """The instances whose runtime wrote a START line on this node (each delivery's)."""
-    found: set[str] = set()
-    for path in (node.state_dir / "logs" / "single").glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            if entry["stream"] == "runtime" and entry["message"].startswith("START RequestId:"):
-                found.add(entry["instance"])
-    return found
+    return {entry["instance"] for entry in start_lines(node, "single")}
 
 
 def test_events_through_every_node_go_to_the_one_instance_without_moving_it(
         postgres: Postgres, tmp_path: Path) -> None:
     cluster = Cluster(postgres, 3).start()
     try:
-        deployed = cluster[0].deploy(_function(tmp_path / "single"))
+        deployed = cluster[0].deploy(event_function(
+            tmp_path / "single", "single",
+            "[scaling]\nmax_instances = 1\nconcurrency = 1\n[async]\nretries = 5\n"))
         assert deployed.code == 0, deployed.stderr
         # No synchronous call through B or C (it would start an instance there): an
         # event sent before a node has the function routed is refused (404) and sent again.

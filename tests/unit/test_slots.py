@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,18 +103,28 @@ class SharedSlots:
         self.asked.append(function)
 
 
+def _sharing(root: Path, elsewhere: int) -> tuple[Any, SharedSlots]:
+    """A fake runtime whose function `fn` (max_instances 2) starts within a shared lease
+    table, `elsewhere` of its leases held by another node."""
+    from tests.support.runtime import Runtime, version
+
+    rt = Runtime(root)
+    slots = SharedSlots()
+    for k in range(elsewhere):
+        slots.held["elsewhere" if k == 0 else f"elsewhere{k}"] = "fn"
+    rt.manager.use_slots(slots, slots.ask)
+    rt.manager.register(version(max_instances=2))
+    return rt, slots
+
+
 def test_the_runtime_starts_within_the_leases_other_nodes_leave() -> None:
     """max_instances 2 with one lease held elsewhere: under load this node runs one
     instance, asks once, and starts its second when the other node gives its lease back;
     removing the function gives back every lease this node took."""
-    from tests.support.runtime import Runtime, run, until, version
+    from tests.support.runtime import run, until
 
     async def scenario(root: Path) -> None:
-        rt = Runtime(root)
-        slots = SharedSlots()
-        slots.held["elsewhere"] = "fn"
-        rt.manager.use_slots(slots, slots.ask)
-        rt.manager.register(version(max_instances=2))
+        rt, slots = _sharing(root, elsewhere=1)
         rt.docker.hold.clear()
         calls = [asyncio.create_task(rt.call(request_id=str(n))) for n in range(4)]
         await until(lambda: sum(len(c.requests) for c in rt.docker.containers.values()) == 1)
@@ -150,14 +161,10 @@ def test_running_instances_keep_their_leases_in_order_within_the_limit() -> None
 def test_adopted_instances_take_leases_or_stop() -> None:
     """A restart adopts two instances of a function with max_instances 2 while another
     node holds one lease: one adopted instance takes the free lease, the other stops."""
-    from tests.support.runtime import Runtime, run, until, version
+    from tests.support.runtime import run, until
 
     async def scenario(root: Path) -> None:
-        rt = Runtime(root)
-        slots = SharedSlots()
-        slots.held["elsewhere"] = "fn"
-        rt.manager.use_slots(slots, slots.ask)
-        rt.manager.register(version(max_instances=2))
+        rt, slots = _sharing(root, elsewhere=1)
         first = await rt.loaded_leftover("fn", 1, "a00000000001")
         second = await rt.loaded_leftover("fn", 1, "a00000000002")
         assert await rt.manager.reconcile() == (1, 0)
@@ -176,13 +183,10 @@ def test_a_rejoin_retakes_leases_and_stops_the_instances_beyond_the_limit() -> N
     leases released) and another node takes one lease meanwhile: on rejoin the busy
     instance keeps a lease, the idle one stops. A rejoin with the leases still there
     (a reconnect) changes nothing."""
-    from tests.support.runtime import Runtime, run, until, version
+    from tests.support.runtime import run, until
 
     async def scenario(root: Path) -> None:
-        rt = Runtime(root)
-        slots = SharedSlots()
-        rt.manager.use_slots(slots, slots.ask)
-        rt.manager.register(version(max_instances=2))
+        rt, slots = _sharing(root, elsewhere=0)
         rt.docker.hold.clear()
         calls = [asyncio.create_task(rt.call(request_id=str(n))) for n in range(2)]
         await until(lambda: rt.manager.counts("fn").busy == 2)
