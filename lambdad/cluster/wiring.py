@@ -139,7 +139,7 @@ def cluster_parts(config: Config, host: Any, parts: Any,
     async def slots(name: str) -> None:
         # Not while this node delivers its events: the asker's start would take the
         # lease they need, and the instance would move from node to node.
-        if not parts.worker.delivering(name):
+        if not parts.worker.delivering_function(name):
             runtime.stop_idle(name)
 
     async def schedules(_name: str) -> None:  # the leader's runner takes them

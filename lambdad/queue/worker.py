@@ -237,7 +237,7 @@ class AsyncWorker:
             return POLL_S
         return min(POLL_S, max(0.0, claim.next_due - time.time()))
 
-    def delivering(self, function: str) -> bool:
+    def delivering_function(self, function: str) -> bool:
         """Whether this node delivers events of `function` now: one runs, or one ended
         within the poll interval (its next is being claimed). Its idle instance is then
         kept for them, not stopped for another node's start (a `slots` ask)."""

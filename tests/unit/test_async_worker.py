@@ -533,8 +533,8 @@ def test_a_function_held_by_another_node_costs_no_busy_loop(held: bool) -> None:
 
 def test_a_node_delivering_a_function_says_so_until_its_next_claim_is_due(
         store_backend: StoreBackend) -> None:
-    """`delivering` (a `slots` ask is refused while it is true): during a delivery, and
-    for the poll interval after the last one ended; not for another function."""
+    """`delivering_function` (a `slots` ask is refused while it is true): during a
+    delivery, and for the poll interval after the last one ended; not for another one."""
     gate = asyncio.Event()
 
     async def deliver(inv: AsyncInvocation) -> Outcome:
@@ -544,14 +544,14 @@ def test_a_node_delivering_a_function_says_so_until_its_next_claim_is_due(
     async def scenario() -> None:
         async with (opened_store(store_backend.database, "f") as store,
                     started_worker(store.invocations, deliver) as worker):
-            assert not worker.delivering("f")
+            assert not worker.delivering_function("f")
             await worker.intake.submit(event(), 0)
-            await until(lambda: asyncio.sleep(0, worker.delivering("f")))
-            assert not worker.delivering("g")
+            await until(lambda: asyncio.sleep(0, worker.delivering_function("f")))
+            assert not worker.delivering_function("g")
             gate.set()
             await until(lambda: asyncio.sleep(0, not worker._running))
-            assert worker.delivering("f")  # its next may be claimed any moment
+            assert worker.delivering_function("f")  # its next may be claimed any moment
             await asyncio.sleep(worker_module.POLL_S + 0.1)
-            assert not worker.delivering("f")
+            assert not worker.delivering_function("f")
 
     asyncio.run(scenario())
