@@ -86,3 +86,80 @@ def test_deploy_through_a_invoke_through_b_and_c_rollback_through_c_live_on_a(
     for node in (a, b, c):
         assert node.containers("trio"), f"{node.daemon_id} ran no instance of its own"
     assert a.cli("delete", "trio", "--yes").code == 0
+
+
+SLOW = (
+    "import time\n\n"
+    "def handler(event, context):\n"
+    "    print('begin', context.aws_request_id, flush=True)\n"
+    "    time.sleep(float(event.get('sleep', 0)))\n"
+    "    print('end', context.aws_request_id, flush=True)\n"
+    "    return {'slept': event.get('sleep')}\n"
+)
+
+
+def _index(name: str) -> int:
+    return int(name.removeprefix("n"))
+
+
+def _busy(node: Lambdad, name: str) -> int:
+    """The node's own instances of `name` serving a request now (`lambdactl get`)."""
+    result = node.cli("get", name, "-o", "json")
+    assert result.code == 0, result.stderr
+    return int(result.json()["instances"]["busy"])
+
+
+def test_a_replace_schedule_cancels_its_previous_run_on_the_node_running_it(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """The leader delivers a run (60 s) itself; its session is then cut (it stops leading
+    but keeps delivering), another node leads and fires the next tick, which replaces the
+    run: the node running it stops its delivery (its instance is no longer busy). Before,
+    only the row said failed; the old leader kept the run to its end."""
+    folder = tmp_path / "slowpoke"
+    folder.mkdir()
+    (folder / "handler.py").write_text(SLOW)
+    (folder / "lambda.toml").write_text(
+        'name = "slowpoke"\ntimeout = 120\n[scaling]\nconcurrency = 1\nmax_instances = 3\n')
+    cluster[0].deploy(folder)
+    leader = cluster.leader()
+    assert leader is not None
+    old = cluster[_index(leader)]
+    made = old.cli("schedule", "slowpoke", "--cron", "*/6 * * * * *", "--overlap", "replace",
+                   "--data", '{"sleep": 60}')
+    assert made.code == 0, made.stderr
+    schedule_id = made.stdout.strip()
+
+    def running_on_old() -> str:
+        return cluster.sql(
+            "SELECT id FROM invocations WHERE function = 'slowpoke' AND status = 'running' "
+            f"AND owner_node = '{old.daemon_id}' LIMIT 1")
+
+    try:
+        assert wait_for(lambda: bool(running_on_old()), 20), cluster.sql(
+            "SELECT id, status, owner_node FROM invocations WHERE function = 'slowpoke'")
+        first = running_on_old()
+        assert wait_for(lambda: f"begin {first}" in old.cli("logs", "slowpoke").stdout, 10)
+        assert _busy(old, "slowpoke") == 1
+        assert cluster.kill_session(_index(leader)) == 2
+        assert wait_for(lambda: cluster.leader() not in (None, leader), 10), cluster.leader()
+        new = cluster[_index(cluster.leader() or "")]
+        assert wait_for(lambda: cluster.sql(
+            f"SELECT status FROM invocations WHERE id = '{first}'") == "failed", 15)
+        assert "replaced by a newer run" in cluster.sql(
+            f"SELECT last_error FROM invocations WHERE id = '{first}'")
+        assert new.daemon_id in cluster.sql(
+            f"SELECT node FROM schedule_fires WHERE schedule_id = '{schedule_id}'").split()
+        # The handler sleeps on for most of a minute: only the cancel frees its instance.
+        # (Old may deliver a newer run meanwhile, in an instance busy for that one.)
+        def others_on_old() -> int:
+            return int(cluster.sql(
+                "SELECT count(*) FROM invocations WHERE function = 'slowpoke' AND status = "
+                f"'running' AND owner_node = '{old.daemon_id}' AND id <> '{first}'"))
+
+        assert wait_for(lambda: _busy(old, "slowpoke") == others_on_old(), 5), \
+            old.log()[-3000:]
+        assert f"end {first}" not in old.cli("logs", "slowpoke").stdout
+        assert f"async invocation {first} cancelled here" in old.log()
+    finally:
+        assert old.cli("unschedule", schedule_id).code == 0
+        old.cli("delete", "slowpoke", "--yes")
