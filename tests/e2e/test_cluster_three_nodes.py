@@ -163,3 +163,46 @@ def test_a_replace_schedule_cancels_its_previous_run_on_the_node_running_it(
     finally:
         assert old.cli("unschedule", schedule_id).code == 0
         old.cli("delete", "slowpoke", "--yes")
+
+
+def _listed(node: Lambdad, name: str) -> dict[str, tuple[object, object]]:
+    """Schedule id -> (next run, last run) as `lambdactl schedules -o json` shows them."""
+    result = node.cli("schedules", name, "-o", "json")
+    assert result.code == 0, result.stderr
+    return {s["id"]: ((s["next_runs"] or [None])[0], s["last_run_at"]) for s in result.json()}
+
+
+def test_schedules_through_a_node_that_does_not_lead_show_the_leaders_next_and_last_run(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A node that does not lead runs no cron: before, it showed no next run for a schedule
+    made elsewhere and a stale one (its creation's) for a schedule made through it."""
+    leader_name = cluster.leader()
+    assert leader_name is not None
+    leader = cluster[_index(leader_name)]
+    others = [n for i, n in enumerate(cluster.nodes) if i != _index(leader_name)]
+    leader.deploy(_tagged(tmp_path / "clock", "clock", "tick"))
+    made = [node.cli("schedule", "clock", "--cron", "*/3 * * * * *", "--overlap", "allow")
+            for node in (leader, others[0])]
+    assert [m.code for m in made] == [0, 0], [m.stderr for m in made]
+    ids = {m.stdout.strip() for m in made}
+    try:
+        # each has fired at least twice: the creation's next run is in the past now
+        assert wait_for(lambda: all(last for _, last in _listed(leader, "clock").values())
+                        and int(cluster.sql("SELECT count(*) FROM schedule_fires")) >= 4, 20)
+        time.sleep(3)
+        for node in others:
+            for _attempt in range(3):  # a tick between the two listings moves both
+                before = _listed(leader, "clock")
+                seen = _listed(node, "clock")
+                after = _listed(leader, "clock")
+                if before == after:
+                    break
+            assert set(seen) == ids
+            assert seen == before == after, (node.daemon_id, seen, before, after)
+            assert all(next_run is not None for next_run, _ in seen.values())
+        text = others[1].cli("schedules", "clock")
+        assert text.code == 0 and all(i in text.stdout for i in ids), text.stdout
+    finally:
+        for schedule_id in ids:
+            leader.cli("unschedule", schedule_id)
+        leader.cli("delete", "clock", "--yes")
