@@ -87,7 +87,7 @@ class Schedules:
             validate_name(name)
             await self._store.get_function(name)
         found: list[Schedule] = await self._store.schedules.all(name)
-        result = []
+        result: list[tuple[Schedule, float | None, str]] = []
         now = time.time()
         for schedule in found:
             status = (await self._store.invocations.status(schedule.last_invocation)
