@@ -16,11 +16,12 @@ more daemons, about a minute). Ratios are taken within one run:
 3. Cron fire lag across nodes: schedules created through B (the other node leads, or
    not: the announcement reaches the leader), firing every second; lag = the invocation
    row's created_at - its tick, p50/p99.
-4. Async events/s, two consumers vs one: EVENTS events queued through A's control socket
-   (Invoke EVENT, a few threads) while both nodes consume (competing consumers), then the
-   same with B stopped (A alone); events/s = EVENTS / (first enqueue -> no event of the
-   batch queued or running). The enqueue runs during the drain in both (the same path),
-   so this is the system's delivered rate, not the consumers' alone.
+4. Async events/s, two consumers vs one: EVENTS events, with both nodes consuming
+   (competing consumers), then with B stopped (A alone); events/s = EVENTS / (first
+   enqueue -> no event of the batch queued or running). Twice each: queued ahead (rows
+   written queued in one transaction, then a NOTIFY lambda_queue: the consumers' drain
+   alone), and queued through A's control socket (Invoke EVENT, a few threads) during the
+   drain (the system's rate, the enqueue included).
 
 Everything listens on loopback; PostgreSQL only on a Unix socket (tests/support/postgres.py).
 """
@@ -200,46 +201,62 @@ def _cpu_line(figures: dict[str, float], count: int) -> str:
             f"loadgen {figures['loadgen_cpu_pct']:.0f}%")
 
 
-def _events(postgres: Postgres, db: str, a: BenchDaemon, tag: str
+def _events(postgres: Postgres, db: str, a: BenchDaemon, tag: str, *, ahead: bool
             ) -> tuple[dict[str, float], str]:
-    """EVENTS events queued through A; seconds from the first enqueue until none of them
-    is queued or running, and how many each node delivered."""
-    channel = grpc.insecure_channel(a.grpc_target)
-    stub = functions_pb2_grpc.FunctionServiceStub(channel)  # type: ignore[no-untyped-call]
-    request = pb.InvokeRequest(name=FUNCTION, payload=json.dumps({"name": tag}).encode(),
-                               type=pb.INVOCATION_TYPE_EVENT)
-    left = list(range(EVENTS))
-
-    def enqueue() -> None:
-        while True:
-            try:
-                left.pop()
-            except IndexError:
-                return
-            reply = stub.Invoke(request, timeout=30)
-            if reply.status_code != 202:
-                raise RuntimeError(f"Invoke(EVENT) answered {reply.status_code}")
-
+    """EVENTS events: queued through A's control socket while the nodes consume (`ahead`
+    False), or written queued in one transaction before anyone takes them (`ahead` True:
+    the consumers' drain alone, woken by a NOTIFY lambda_queue as any node's is); seconds
+    from the first enqueue (the commit) until none is queued or running, and how many
+    each node delivered."""
+    payload = json.dumps({"name": tag})
     batch = f"convert_from(payload, 'UTF8')::json->>'name' = '{tag}'"
     sql = postgres.psql
-    start = time.monotonic()
-    with ThreadPoolExecutor(ENQUEUE_THREADS) as pool:
-        for future in [pool.submit(enqueue) for _ in range(ENQUEUE_THREADS)]:
-            future.result()
-    enqueued = time.monotonic() - start
+    enqueued = 0.0
+    if ahead:
+        sql(db, "INSERT INTO invocations (id, function, payload, source, status, attempts, "
+                "created_at, next_attempt_at) SELECT md5(random()::text || g::text), "
+                f"'{FUNCTION}', convert_to('{payload}', 'UTF8'), 'bench', 'queued', 0, "
+                "extract(epoch FROM clock_timestamp()), extract(epoch FROM clock_timestamp()) "
+                f"FROM generate_series(1, {EVENTS}) g")
+        start = time.monotonic()
+        sql(db, "SELECT pg_notify('lambda_queue', 'bench')")
+    else:
+        channel = grpc.insecure_channel(a.grpc_target)
+        stub = functions_pb2_grpc.FunctionServiceStub(channel)  # type: ignore[no-untyped-call]
+        request = pb.InvokeRequest(name=FUNCTION, payload=payload.encode(),
+                                   type=pb.INVOCATION_TYPE_EVENT)
+        left = list(range(EVENTS))
+
+        def enqueue() -> None:
+            while True:
+                try:
+                    left.pop()
+                except IndexError:
+                    return
+                reply = stub.Invoke(request, timeout=30)
+                if reply.status_code != 202:
+                    raise RuntimeError(f"Invoke(EVENT) answered {reply.status_code}")
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(ENQUEUE_THREADS) as pool:
+            for future in [pool.submit(enqueue) for _ in range(ENQUEUE_THREADS)]:
+                future.result()
+        enqueued = time.monotonic() - start
+        channel.close()
     while int(sql(db, f"SELECT count(*) FROM invocations WHERE {batch} "
                       "AND status IN ('queued', 'running')")):
         if time.monotonic() - start > 300:
             raise RuntimeError(f"the {tag} events were not all delivered within 300 s")
-        time.sleep(0.05)
+        time.sleep(0.02)
     drained = time.monotonic() - start
-    channel.close()
     split = sql(db, f"SELECT coalesce(n.name, '?') || '=' || count(*) FROM invocations i "
                     f"LEFT JOIN nodes n ON n.id = i.owner_node WHERE {batch} "
                     "AND i.status = 'succeeded' GROUP BY coalesce(n.name, '?') ORDER BY 1")
     succeeded = sum(int(line.split("=")[1]) for line in split.split() if "=" in line)
-    return ({"eps": EVENTS / drained, "seconds": drained, "enqueue_s": enqueued,
-             "succeeded": float(succeeded)}, split.replace("\n", " "))
+    if succeeded != EVENTS:
+        raise RuntimeError(f"{succeeded} of the {EVENTS} {tag} events succeeded")
+    return ({"eps": EVENTS / drained, "seconds": drained, "enqueue_s": enqueued},
+            split.replace("\n", " "))
 
 
 def bench_cluster(report: ClusterReport, *, duration: float = 5.0) -> None:
@@ -315,18 +332,26 @@ def bench_cluster(report: ClusterReport, *, duration: float = 5.0) -> None:
                    f"by {nodes_fired} node): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         time.sleep(2)  # the last fires delivered
 
-        # 4. async events/s: two consumers (A and B), then A alone (B stopped cleanly)
-        both, split = _events(postgres, db, a, "two")
+        # 4. async events/s: two consumers (A and B), then A alone (B stopped cleanly);
+        # queued ahead (the consumers alone), then queued through A during the drain
+        runs: dict[str, tuple[dict[str, float], str]] = {}
+        for ahead in (True, False):
+            runs[f"two_{'ahead' if ahead else 'enqueued'}"] = _events(
+                postgres, db, a, f"two-{ahead}", ahead=ahead)
         b.stop()
-        alone, _ = _events(postgres, db, a, "one")
-        for tag, figures in (("two", both), ("one", alone)):
-            report.figures.update({f"async_{tag}_{k}": v for k, v in figures.items()})
-        report.add(f"async events/s ({EVENTS} events queued through A, {ENQUEUE_THREADS} "
-                   f"threads): two consumers {both['eps']:.0f} ({both['seconds']:.2f} s, "
-                   f"delivered by {split}), one consumer {alone['eps']:.0f} "
-                   f"({alone['seconds']:.2f} s): ratio {both['eps'] / alone['eps']:.2f}x")
-        report.add(f"  enqueue alone took {both['enqueue_s']:.2f} s (two) and "
-                   f"{alone['enqueue_s']:.2f} s (one) of those")
+        for ahead in (True, False):
+            runs[f"one_{'ahead' if ahead else 'enqueued'}"] = _events(
+                postgres, db, a, f"one-{ahead}", ahead=ahead)
+        for key, (figures, _) in runs.items():
+            report.figures.update({f"async_{key}_{k}": v for k, v in figures.items()})
+        for how, what in (("ahead", "queued ahead in one transaction: the drain alone"),
+                          ("enqueued", f"queued through A by {ENQUEUE_THREADS} threads "
+                                       "during the drain")):
+            (two, split), (one, _) = runs[f"two_{how}"], runs[f"one_{how}"]
+            report.add(f"async events/s, {EVENTS} events {what}: two consumers "
+                       f"{two['eps']:.0f} ({two['seconds']:.2f} s; delivered by {split}), "
+                       f"one consumer {one['eps']:.0f} ({one['seconds']:.2f} s): ratio "
+                       f"{two['eps'] / one['eps']:.2f}x")
     finally:
         for node in nodes:
             with contextlib.suppress(Exception):
