@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, tagged, within
 from tests.support.daemon import Lambdad, wait_for
 from tests.support.postgres import Postgres
 
@@ -33,22 +33,6 @@ def cluster(postgres: Postgres) -> Iterator[Cluster]:
         nodes.close()
 
 
-def _tagged(folder: Path, name: str, tag: str) -> Path:
-    folder.mkdir(exist_ok=True)
-    (folder / "handler.py").write_text(
-        f"def handler(event, context):\n    return {{'tag': '{tag}'}}\n")
-    (folder / "lambda.toml").write_text(f'name = "{name}"\n')
-    return folder
-
-
-def _within(predicate: object, seconds: float) -> float | None:
-    """Seconds until `predicate()` held, polled from now; None if not within `seconds`."""
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - start
-        time.sleep(0.02)
-    return None
 
 
 def _tag(node: Lambdad, name: str) -> object:
@@ -66,11 +50,11 @@ def _invoked(node: Lambdad, name: str) -> object:
 def test_deploy_through_a_invoke_through_b_and_c_rollback_through_c_live_on_a(
         cluster: Cluster, tmp_path: Path) -> None:
     a, b, c = cluster[0], cluster[1], cluster[2]
-    a.deploy(_tagged(tmp_path / "one", "trio", "one"))
+    a.deploy(tagged(tmp_path / "one", "trio", "one"))
     for node in (b, c):  # each learns the deploy by NOTIFY, fetches the artifact, cold-starts
         assert wait_for(lambda n=node: _tag(n, "trio") == "one", 30), node.log()[-2000:]
         assert _invoked(node, "trio") == "one"
-    a.deploy(_tagged(tmp_path / "two", "trio", "two"))
+    a.deploy(tagged(tmp_path / "two", "trio", "two"))
     for node in (b, c):
         assert wait_for(lambda n=node: _tag(n, "trio") == "two", 30), node.log()[-2000:]
         assert _invoked(node, "trio") == "two"
@@ -78,7 +62,7 @@ def test_deploy_through_a_invoke_through_b_and_c_rollback_through_c_live_on_a(
 
     rolled = c.cli("rollback", "trio")
     assert rolled.code == 0, rolled.stderr
-    seconds = _within(lambda: _tag(a, "trio") == "one", WITHIN)
+    seconds = within(lambda: _tag(a, "trio") == "one", WITHIN)
     assert seconds is not None, f"the rollback through C was not live on A within {WITHIN} s"
     assert _tag(b, "trio") == "one" and _tag(c, "trio") == "one"
     assert _invoked(a, "trio") == "one"
@@ -180,7 +164,7 @@ def test_schedules_through_a_node_that_does_not_lead_show_the_leaders_next_and_l
     assert leader_name is not None
     leader = cluster[_index(leader_name)]
     others = [n for i, n in enumerate(cluster.nodes) if i != _index(leader_name)]
-    leader.deploy(_tagged(tmp_path / "clock", "clock", "tick"))
+    leader.deploy(tagged(tmp_path / "clock", "clock", "tick"))
     made = [node.cli("schedule", "clock", "--cron", "*/3 * * * * *", "--overlap", "allow")
             for node in (leader, others[0])]
     assert [m.code for m in made] == [0, 0], [m.stderr for m in made]
