@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         "apps": "apps (issue 17): fastapi-mangum and greet: from zero, scale-out, memory per "
                 "worker, thaw, burst",
         "cluster": "cluster (issue 18): two nodes on PostgreSQL behind a TCP balancer vs one; "
-                   "deploy on A -> first success on B; cron fire lag",
+                   "deploy on A -> first success on B; cron fire lag; async events/s two "
+                   "consumers vs one",
     }
     try:
         print(f"bench: starting lambdad (state {daemon.state_dir}, images "

@@ -23,7 +23,7 @@ from lambdad.auth import KeyRing
 from lambdad.build import ArtifactStore, BuildLimits, DepsCache, ImageBuilder, TarLimits
 from lambdad.build.blobs import BlobStore
 from lambdad.build.localize import Localizer
-from lambdad.cluster.peers import observe
+from lambdad.cluster.peers import Peers, observe
 from lambdad.cluster.singletons import singleton_jobs
 from lambdad.cluster.wiring import check_cluster, cluster_parts
 from lambdad.components import (
@@ -169,6 +169,9 @@ def components(config: Config, host: Host, engine: DockerEngine) -> list[Compone
                 f"api_key={'none (TCP refuses calls)' if p.keyring.empty else 'configured'}")
 
     return [
+        # First, so its stop comes last: the channels to the other nodes close once no
+        # call (a `logs -f` fanned out) can use them.
+        *([Step("peer channels", stop=p.peers.close)] if p.peers is not None else []),
         listeners,                              # bound, serving none: a busy address fails here
         Database(p.store, p.control.flush_stats),
         *cluster.before_functions,              # listening before anything is loaded
@@ -210,6 +213,7 @@ class Parts:
     housekeeper: Housekeeper
     status_line: Callable[[], str]
     blobs: BlobStore | None = None
+    peers: Peers | None = None  # cluster mode: channels to the other nodes
 
 
 def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
@@ -264,7 +268,7 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     parts = build_control(config, store, builder, runtime, metrics, logs, artifacts, keyring,
                           engine.version, blobs, node=host.daemon_id)
     control = parts.control
-    observe(config, host, control, store)  # `lambdactl nodes`; logs fan-out in a cluster
+    peers = observe(config, host, control, store)  # `lambdactl nodes`; logs fan-out
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gateway = Gateway(
         parts.invoker, domain=config.domain, max_body_bytes=config.max_body_bytes,
@@ -302,7 +306,7 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     housekeeper = housekeeping(runtime, control, store, notifier, status_line)
     return Parts(store, metrics, logs, capture, backend, runtime, keyring, control,
                  parts.worker, parts.cron, health_servicer, gateway, admin, local, remote,
-                 notifier, housekeeper, status_line, blobs)
+                 notifier, housekeeper, status_line, blobs, peers)
 
 
 # --- The control plane and the two loops it feeds: built together, in one place. ---

@@ -11,6 +11,8 @@ again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -120,12 +122,19 @@ def cluster_parts(config: Config, host: Any, parts: Any,
                   load_keys: Callable[[], Awaitable[None]]) -> Cluster:
     """The daemon's cluster parts (lambdad.daemon's `Host` and `Parts`): announced
     function changes re-sync that function, key changes reload the keys (revoked ones
-    end the calls they authorized), a reconnect reloads both."""
+    end the calls they authorized), a cancelled run delivered here stops, a reconnect
+    reloads both and looks for cancels it missed."""
     runtime = parts.runtime
+
+    stop_cancelled = functools.partial(cancel_here, parts.worker,
+                                       parts.store.invocations.status)
 
     async def reload_everything() -> None:
         await parts.control.reload_functions()
         await load_keys()
+        # a `cancel` announced while this node was not listening
+        for invocation_id in parts.worker.deliveries():
+            await stop_cancelled(invocation_id)
 
     def load() -> Load:
         names = runtime.routed()
@@ -147,13 +156,16 @@ def cluster_parts(config: Config, host: Any, parts: Any,
 
     cluster = build_cluster(config, host.daemon_id,
                             handlers={"fn": parts.control.sync_function, "keys": keys,
-                                      "slots": slots, "schedules": schedules},
+                                      "slots": slots, "schedules": schedules,
+                                      "cancel": stop_cancelled},
                             reload=reload_everything, load=load)
     if cluster.membership is not None:
         from lambdad.cluster.locks import SessionLocks
 
         parts.control.locks.remote = SessionLocks(cluster.membership.session)
         queue_across_nodes(cluster.membership, host.daemon_id, parts.worker)
+        parts.cron.cancel_elsewhere = functools.partial(
+            announce_cancel, cluster.membership, host.daemon_id)
         slots_across_nodes(cluster.membership, host.daemon_id, parts.store, runtime)
     return cluster
 
@@ -164,8 +176,6 @@ def slots_across_nodes(membership: Membership, node_id: str, store: Any,
     instance_leases, cluster/slots_table.py); a start waiting for one announces `slots`
     of its function, and the nodes holding an idle instance of it stop one (unless they
     deliver its events); on a rejoin this node leases its running instances again."""
-    import contextlib
-
     from lambdad.cluster import table
     from lambdad.cluster.slots_table import TableSlots
 
@@ -229,3 +239,35 @@ def queue_across_nodes(membership: Membership, node_id: str, worker: Any) -> Non
 
     membership.on_notify[QUEUE_CHANNEL] = wake
     membership.releases.append(requeue)
+
+
+async def announce_cancel(membership: Membership, node_id: str, invocation_id: str) -> None:
+    """The leader cancelled a `replace` schedule's previous run (its row now says failed):
+    the node delivering it, whichever it is, stops (`cancel_here`). Sent after the
+    cancel's commit; lost if the session is down, and then that delivery runs on until its
+    end, which is refused (the row is no longer running): the outcome stands either way."""
+    from lambdad.cluster import table
+
+    conn = membership.session.conn
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.execute(table.ANNOUNCE,
+                               table.announcement(node_id, "cancel", invocation_id))
+
+
+async def cancel_here(worker: Any, status_of: Callable[[str], Awaitable[str]],
+                      invocation_id: str) -> None:
+    """Another node announced that it cancelled `invocation_id`: if this node delivers
+    it, and the row says it has ended (read here: an announcement is a hint, never the
+    truth), this node's delivery stops. A row queued or running again (requeued after a
+    mark-down, redriven) is left alone."""
+    if not invocation_id or len(invocation_id) > 64:
+        return
+    if not worker.delivering(invocation_id):
+        return
+    status = await status_of(invocation_id)
+    if status in ("queued", "running", ""):
+        return
+    if await worker.abandon(invocation_id):
+        log.info("async invocation %s cancelled here: ended by another node (%s)",
+                 invocation_id, status)

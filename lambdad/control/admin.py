@@ -15,7 +15,7 @@ from lambdad.auth.keys import digest as key_digest
 from lambdad.control.locks import FunctionLocks
 from lambdad.errors import InvalidArgument
 from lambdad.functions import validate_name
-from lambdad.scheduler.cron import Schedule
+from lambdad.scheduler.cron import Schedule, next_runs
 from lambdad.scheduler.cron import validate as cron_validate
 from lambdad.scheduler.runner import CronRunner
 from lambdad.store import Store
@@ -79,16 +79,23 @@ class Schedules:
         return schedule
 
     async def list(self, name: str) -> list[tuple[Schedule, float | None, str]]:
-        """(schedule, next run, status of its last invocation)."""
+        """(schedule, next run, status of its last invocation). The next run is the
+        runner's own plan where it runs (the leader); on a node that does not lead it is
+        computed from the stored row's cron expression, as the leader's runner computes
+        it, so every node shows the same (the last run is the shared row's anyway)."""
         if name:
             validate_name(name)
             await self._store.get_function(name)
         found: list[Schedule] = await self._store.schedules.all(name)
-        result = []
+        result: list[tuple[Schedule, float | None, str]] = []
+        now = time.time()
         for schedule in found:
             status = (await self._store.invocations.status(schedule.last_invocation)
                       if schedule.last_invocation else "")
-            result.append((schedule, self._cron.next_run(schedule.id), status))
+            planned = self._cron.next_run(schedule.id) if self._cron.running else None
+            if planned is None:
+                planned = next_runs(schedule.cron, schedule.tz, now, 1)[0]
+            result.append((schedule, planned, status))
         return result
 
     async def delete(self, prefix: str) -> Schedule:

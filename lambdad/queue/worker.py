@@ -152,6 +152,25 @@ class AsyncWorker:
             self._cancelled.add(invocation_id)  # a cycle under way may be claiming it
         await self._table.cancel(invocation_id, reason, time.time())
 
+    def delivering(self, invocation_id: str) -> bool:
+        return invocation_id in self._running
+
+    def deliveries(self) -> list[str]:
+        """The invocations this node is delivering now."""
+        return list(self._running)
+
+    async def abandon(self, invocation_id: str) -> bool:
+        """Cancels this node's delivery of an invocation that another node ended (a
+        `replace` schedule's cancel made on the leader, announced as `cancel`); writes
+        nothing, the row's outcome stands. False when it is not delivered here."""
+        task = self._running.get(invocation_id)
+        if task is None:
+            return False
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return True
+
     async def status(self, invocation_id: str) -> str:
         """The invocation's status, counting an ended attempt not yet written."""
         finish = self._finished.get(invocation_id)

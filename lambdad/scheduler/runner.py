@@ -2,7 +2,8 @@
 
 Each run enqueues an asynchronous invocation (same retries and history as any event).
 Overlap: `skip` records a skipped run while the previous run is queued or running;
-`allow` runs in parallel; `replace` cancels the previous run first. A run whose function
+`allow` runs in parallel; `replace` cancels the previous run first (in a cluster it may
+run on another node: the cancel is announced and that node stops its delivery). A run whose function
 already has its maximum of queued events is skipped too (logged, and counted in
 `lambdad_async_refused_total{source="schedule"}`): cron never grows a full queue.
 
@@ -60,6 +61,9 @@ class CronRunner:
         self._node = node
         self._fired = fired
         self._refused = refused
+        # Cluster mode: tells the other nodes a run this one cancelled has ended (the
+        # node delivering it stops; cluster/wiring.py). It must not raise.
+        self.cancel_elsewhere: Callable[[str], Awaitable[None]] | None = None
         self._schedules: dict[str, Schedule] = {}
         self._next: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -189,6 +193,8 @@ class CronRunner:
                     return
                 await self._cancel(schedule.last_invocation,
                                    "replaced by a newer run of its schedule")
+                if self.cancel_elsewhere is not None:  # it may run on another node
+                    await self.cancel_elsewhere(schedule.last_invocation)
         result = "catch-up" if catch_up else "enqueued"
         try:
             invocation = self._prepare(schedule, when, catch_up)

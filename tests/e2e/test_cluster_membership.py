@@ -20,7 +20,7 @@ import pytest
 from lambdad.api.v1 import functions_pb2 as pb
 from lambdad.api.v1 import functions_pb2_grpc as pb_grpc
 from tests.e2e.test_key_scope import Follower
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, tagged, within
 from tests.support.daemon import FUNCTIONS, Lambdad, wait_for
 from tests.support.postgres import Postgres
 
@@ -61,20 +61,11 @@ def _accepted(node: Lambdad, key: str) -> bool:
         return True
 
 
-def _within(predicate: object, seconds: float) -> float | None:
-    """Seconds until `predicate()` held, polled from now; None if not within `seconds`."""
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - start
-        time.sleep(0.02)
-    return None
-
 
 def test_a_key_created_through_a_works_on_b_within_a_second(cluster: Cluster) -> None:
     a, b = cluster[0], cluster[1]
     key = _key(a, "made-on-a")
-    assert _within(lambda: _accepted(b, key), WITHIN) is not None, b.log()[-2000:]
+    assert within(lambda: _accepted(b, key), WITHIN) is not None, b.log()[-2000:]
     assert _accepted(a, key)
 
 
@@ -91,7 +82,7 @@ def test_a_key_revoked_through_b_is_refused_on_a_and_ends_as_stream(
         follower.wait_streaming(a, "tailed")
         revoked = b.cli("keys", "revoke", "tailer")
         assert revoked.code == 0, revoked.stderr
-        assert _within(lambda: not _accepted(a, key), WITHIN) is not None
+        assert within(lambda: not _accepted(a, key), WITHIN) is not None
         try:
             code = follower.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -109,17 +100,10 @@ def test_delete_through_b_of_a_function_on_a(cluster: Cluster) -> None:
     assert a.containers("doomed")
     deleted = b.cli("delete", "doomed", "--yes")
     assert deleted.code == 0, deleted.stderr
-    assert _within(lambda: a.http("doomed", "/").status == 404, WITHIN) is not None
+    assert within(lambda: a.http("doomed", "/").status == 404, WITHIN) is not None
     assert wait_for(lambda: not a.containers("doomed"), 30)
     assert a.cli("get", "doomed").code != 0
 
-
-def _tagged(folder: Path, name: str, tag: str) -> Path:
-    folder.mkdir(exist_ok=True)
-    (folder / "handler.py").write_text(
-        f"def handler(event, context):\n    return {{'tag': '{tag}'}}\n")
-    (folder / "lambda.toml").write_text(f'name = "{name}"\n')
-    return folder
 
 
 def test_deploy_through_a_is_served_by_b_and_a_rollback_through_b_is_live_on_a(
@@ -127,15 +111,15 @@ def test_deploy_through_a_is_served_by_b_and_a_rollback_through_b_is_live_on_a(
     """Both nodes running: B learns each deploy from its announcement (and fetches the
     artifact at its first use); a rollback through B is live on A within a second."""
     a, b = cluster[0], cluster[1]
-    a.deploy(_tagged(tmp_path / "one", "flip", "one"))
+    a.deploy(tagged(tmp_path / "one", "flip", "one"))
     assert wait_for(lambda: b.http("flip", "/").status == 200, 30), b.log()[-2000:]
     assert b.http("flip", "/").json() == {"tag": "one"}
-    a.deploy(_tagged(tmp_path / "two", "flip", "two"))
-    assert _within(lambda: b.http("flip", "/").json() == {"tag": "two"}, 30) is not None
+    a.deploy(tagged(tmp_path / "two", "flip", "two"))
+    assert within(lambda: b.http("flip", "/").json() == {"tag": "two"}, 30) is not None
     assert a.http("flip", "/").json() == {"tag": "two"}
     rolled = b.cli("rollback", "flip")
     assert rolled.code == 0, rolled.stderr
-    assert _within(lambda: a.http("flip", "/").json() == {"tag": "one"}, WITHIN) is not None
+    assert within(lambda: a.http("flip", "/").json() == {"tag": "one"}, WITHIN) is not None
     assert b.http("flip", "/").json() == {"tag": "one"}
     assert a.cli("delete", "flip", "--yes").code == 0
 

@@ -211,26 +211,22 @@ def handler(event, context):
 '''
 
 
-def test_a_reply_after_the_wait_timeout_is_not_a_second_answer(lambdad: Lambdad,
-                                                              tmp_path: Path) -> None:
-    """Attack: the request that waited for memory and ran into its timeout is answered by the
-    runtime (504) and its worker killed; a child of the worker holding the worker's channel
-    writes a complete reply right then. The old runtime took it as the request's answer: it
-    answered the request a second time on lambdad's connection (the next request sent on it
-    could read it as its own), logged the request as ended normally (no timeout line), and
-    put the killed worker back among the idle ones."""
-    lambdad.deploy(_function(tmp_path, "latewait", LATE), "--name", "latewait", "--memory",
-                   "128", "--concurrency", "4", "--max-instances", "1", "--timeout", "3",
+def _late_for_memory(lambdad: Lambdad, tmp_path: Path, name: str,
+                     late_path: str) -> dict[str, HttpResult]:
+    """Deploys LATE as NAME (one instance, 128 MB, timeout 3 s): request a holds the one
+    worker for 1.5 s, b (`late_path`) waits for it, then runs past its deadline and is
+    answered 504 by the runtime. The answers, a's and b's, checked."""
+    lambdad.deploy(_function(tmp_path, name, LATE), "--name", name, "--memory", "128",
+                   "--concurrency", "4", "--max-instances", "1", "--timeout", "3",
                    "--prewarm", "1")
-    assert wait_for(lambda: len(lambdad.containers("latewait")) == 1, timeout=30)
+    assert wait_for(lambda: len(lambdad.containers(name)) == 1, timeout=30)
     answers: dict[str, HttpResult] = {}
 
     def call(key: str, path: str) -> None:
-        answers[key] = lambdad.http("latewait", path)
+        answers[key] = lambdad.http(name, path)
 
-    # a: the one worker, 0-1.5 s; b waits for it, then runs past its deadline.
     first = threading.Thread(target=call, args=("a", "/?sleep=1.5"))
-    second = threading.Thread(target=call, args=("b", "/?late=1&sleep=30"))
+    second = threading.Thread(target=call, args=("b", late_path))
     first.start()
     time.sleep(0.3)
     second.start()
@@ -239,6 +235,18 @@ def test_a_reply_after_the_wait_timeout_is_not_a_second_answer(lambdad: Lambdad,
     assert answers["a"].status == 200, answers["a"].body[:300]
     assert answers["b"].status == 504, answers["b"].body[:300]
     assert b"waited for a worker" in answers["b"].body
+    return answers
+
+
+def test_a_reply_after_the_wait_timeout_is_not_a_second_answer(lambdad: Lambdad,
+                                                              tmp_path: Path) -> None:
+    """Attack: the request that waited for memory and ran into its timeout is answered by the
+    runtime (504) and its worker killed; a child of the worker holding the worker's channel
+    writes a complete reply right then. The old runtime took it as the request's answer: it
+    answered the request a second time on lambdad's connection (the next request sent on it
+    could read it as its own), logged the request as ended normally (no timeout line), and
+    put the killed worker back among the idle ones."""
+    answers = _late_for_memory(lambdad, tmp_path, "latewait", "/?late=1&sleep=30")
     b_id = answers["b"].headers["lambda-request-id"]
 
     def stopped() -> list[str]:
@@ -261,25 +269,7 @@ def test_a_request_late_for_memory_stops_what_its_worker_started(lambdad: Lambda
     stopping the container. The old runtime killed the worker alone, so the process ran on
     in the instance lambdad keeps (holding memory the next requests wait for), and a
     hanging handler's work was never cleaned up."""
-    lambdad.deploy(_function(tmp_path, "latechild", LATE), "--name", "latechild", "--memory",
-                   "128", "--concurrency", "4", "--max-instances", "1", "--timeout", "3",
-                   "--prewarm", "1")
-    assert wait_for(lambda: len(lambdad.containers("latechild")) == 1, timeout=30)
-    answers: dict[str, HttpResult] = {}
-
-    def call(key: str, path: str) -> None:
-        answers[key] = lambdad.http("latechild", path)
-
-    first = threading.Thread(target=call, args=("a", "/?sleep=1.5"))
-    second = threading.Thread(target=call, args=("b", "/?child=1&sleep=30"))
-    first.start()
-    time.sleep(0.3)
-    second.start()
-    for thread in (first, second):
-        thread.join(60)
-    assert answers["a"].status == 200, answers["a"].body[:300]
-    assert answers["b"].status == 504, answers["b"].body[:300]
-    assert b"waited for a worker" in answers["b"].body
+    _late_for_memory(lambdad, tmp_path, "latechild", "/?child=1&sleep=30")
     [container] = lambdad.containers("latechild")
 
     def started() -> list[str]:

@@ -62,6 +62,19 @@ def node(root: Path, url: str, name: str) -> tuple[Localizer, ArtifactStore, Blo
                      tar_limits=TarLimits()), artifacts, blobs
 
 
+def counting_fetches(blobs: BlobStore) -> list[str]:
+    """The blob fetches `blobs` makes from now on (sha256 of each), as a list that grows."""
+    calls: list[str] = []
+    fetch = blobs.fetch
+
+    def counted(sha: str, target: Path) -> None:
+        calls.append(sha)
+        fetch(sha, target)
+
+    blobs.fetch = counted  # type: ignore[method-assign]
+    return calls
+
+
 def count_rows(url: str, table: str) -> int:
     import psycopg
 
@@ -90,14 +103,7 @@ def test_put_then_get_on_a_fresh_state_folder_gives_the_same_tree(tmp_path: Path
 def test_five_concurrent_first_uses_fetch_once(tmp_path: Path, url: str) -> None:
     version, _ = deployed(tmp_path, url)
     localizer, artifacts, blobs = node(tmp_path, url, "b")
-    calls: list[str] = []
-    fetch = blobs.fetch
-
-    def counted(sha: str, target: Path) -> None:
-        calls.append(sha)
-        fetch(sha, target)
-
-    blobs.fetch = counted  # type: ignore[method-assign]
+    calls = counting_fetches(blobs)
 
     async def five() -> None:
         results = await asyncio.gather(*(localizer.ensure(version) for _ in range(5)))
@@ -219,14 +225,7 @@ def test_a_database_that_cannot_be_reached_is_unavailable_without_the_password(
 def test_a_config_only_version_links_its_sources_local_copy(tmp_path: Path, url: str) -> None:
     version, origin = deployed(tmp_path, url)
     localizer, artifacts, blobs = node(tmp_path, url, "b")
-    calls: list[str] = []
-    fetch = blobs.fetch
-
-    def counted(sha: str, target: Path) -> None:
-        calls.append(sha)
-        fetch(sha, target)
-
-    blobs.fetch = counted  # type: ignore[method-assign]
+    calls = counting_fetches(blobs)
     v2 = replace(version, number=2, source_version=1)
     asyncio.run(asyncio.wait_for(localizer.ensure(version), GUARD))
     asyncio.run(asyncio.wait_for(localizer.ensure(v2), GUARD))

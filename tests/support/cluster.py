@@ -16,6 +16,8 @@ import secrets
 import shutil
 import signal
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,26 @@ class Cluster:
         with contextlib.suppress(Exception):
             self.postgres.drop_database(self.db)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def within(predicate: Callable[[], object], seconds: float) -> float | None:
+    """Seconds until `predicate()` held, polled from now; None if not within `seconds`
+    (for "live on every node within 1 s")."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+def tagged(folder: Path, name: str, tag: str) -> Path:
+    """A function NAME in `folder` answering {"tag": TAG}: which version serves."""
+    folder.mkdir(exist_ok=True)
+    (folder / "handler.py").write_text(
+        f"def handler(event, context):\n    return {{'tag': '{tag}'}}\n")
+    (folder / "lambda.toml").write_text(f'name = "{name}"\n')
+    return folder
 
 
 # A function for the queue's tests across nodes: each delivery takes 20 ms.

@@ -120,6 +120,23 @@ async def cell_runtime(root: Path, registered: FunctionVersion, *others: Functio
     return rt
 
 
+def age(rt: Runtime, seconds: float, name: str = "") -> None:
+    """Makes the instances (of function `name`, or all) idle, and frozen ones frozen,
+    `seconds` longer: no real waiting."""
+    for pool in rt.manager._routes.every_pool():
+        if not name or pool.version.function == name:
+            for instance in pool.instances:
+                instance.last_used -= seconds
+                if instance.frozen_since is not None:
+                    instance.frozen_since -= seconds
+
+
+async def tick(rt: Runtime) -> None:
+    """One housekeeping round and the work it started in the background."""
+    rt.manager.housekeeping()
+    await rt.manager.drain_background()
+
+
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     """Waits for something the manager does in the background."""
     async with asyncio.timeout(timeout):

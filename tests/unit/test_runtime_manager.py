@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lambdad.errors import FunctionTimeout, InstanceFailed, NotFound, Unavailable
-from tests.support.runtime import Runtime, run, until, version
+from tests.support.runtime import Runtime, age, run, tick, until, version
 
 
 def test_a_request_goes_to_the_ready_instance_over_a_kept_connection() -> None:
@@ -218,20 +218,6 @@ def test_an_idle_dockerfile_instance_is_paused_and_the_next_request_thaws_it() -
     run(scenario)
 
 
-def _age(rt: Runtime, name: str, seconds: float) -> None:
-    """Makes the function's instances idle for `seconds` longer (no real waiting)."""
-    for pool in rt.manager._routes.every_pool():
-        if pool.version.function == name:
-            for instance in pool.instances:
-                instance.last_used -= seconds
-                if instance.frozen_since is not None:
-                    instance.frozen_since -= seconds
-
-
-async def _tick(rt: Runtime) -> None:
-    rt.manager.housekeeping()
-    await rt.manager.drain_background()
-
 
 def test_past_its_idle_timeout_an_instance_is_frozen_thawed_by_a_request_then_stopped() -> None:
     async def scenario(root: Path) -> None:
@@ -239,22 +225,22 @@ def test_past_its_idle_timeout_an_instance_is_frozen_thawed_by_a_request_then_st
         rt.manager.register(version("std", idle_timeout_s=2))
         _, first = await rt.call("std")
         container = first["container"]
-        _age(rt, "std", 3)
-        await _tick(rt)
+        age(rt, name="std", seconds=3)
+        await tick(rt)
         assert rt.docker.containers[container].paused  # frozen, not stopped
         counts = rt.manager.counts("std")
         assert (counts.running, counts.frozen, counts.paused) == (1, 1, 0)
         response, again = await rt.call("std")
         assert response.start == "unpaused" and again["container"] == container
         assert rt.manager.counts("std").frozen == 0  # wanted again: a live instance
-        _age(rt, "std", 3)
-        await _tick(rt)
+        age(rt, name="std", seconds=3)
+        await tick(rt)
         assert rt.docker.containers[container].paused
-        _age(rt, "std", 59)
-        await _tick(rt)
+        age(rt, name="std", seconds=59)
+        await tick(rt)
         assert container in rt.docker.containers  # the window is not over yet
-        _age(rt, "std", 2)
-        await _tick(rt)
+        age(rt, name="std", seconds=2)
+        await tick(rt)
         assert container not in rt.docker.containers and container in rt.docker.removed
         assert rt.docker.unpaused[-1] == container  # thawed before its stop signal
         assert rt.manager.counts("std").running == 0
@@ -271,8 +257,8 @@ def test_a_frozen_instance_of_a_pinned_version_is_counted_frozen() -> None:
         rt.manager.know(version("std", 1, idle_timeout_s=2))
         rt.manager.register(version("std", 2, idle_timeout_s=2))
         _, pinned = await rt.call("std", 1)
-        _age(rt, "std", 3)
-        await _tick(rt)
+        age(rt, name="std", seconds=3)
+        await tick(rt)
         assert rt.docker.containers[pinned["container"]].paused  # frozen, not stopped
         counts = rt.manager.counts("std")
         assert (counts.running, counts.frozen, counts.paused, counts.busy) == (1, 1, 0, 0)
@@ -288,8 +274,8 @@ def test_with_no_freeze_window_an_idle_instance_stops_at_once() -> None:
         rt = Runtime(root)
         rt.manager.register(version("std", idle_timeout_s=2))
         _, first = await rt.call("std")
-        _age(rt, "std", 3)
-        await _tick(rt)
+        age(rt, name="std", seconds=3)
+        await tick(rt)
         assert first["container"] not in rt.docker.containers
         assert rt.docker.paused == []
 
@@ -304,14 +290,14 @@ def test_over_the_frozen_memory_bound_the_longest_frozen_stops_first() -> None:
         rt.manager.register(version("new", idle_timeout_s=2))
         _, old = await rt.call("old")
         _, new = await rt.call("new")
-        _age(rt, "old", 3)
-        await _tick(rt)
-        await _tick(rt)
+        age(rt, name="old", seconds=3)
+        await tick(rt)
+        await tick(rt)
         assert rt.docker.containers[old["container"]].paused  # alone within the bound
-        _age(rt, "new", 3)
-        _age(rt, "old", 1)
-        await _tick(rt)  # new is frozen and measured
-        await _tick(rt)  # the bound is applied
+        age(rt, name="new", seconds=3)
+        age(rt, name="old", seconds=1)
+        await tick(rt)  # new is frozen and measured
+        await tick(rt)  # the bound is applied
         assert old["container"] not in rt.docker.containers
         assert rt.docker.containers[new["container"]].paused
         assert rt.manager.counts("new").frozen == 1 and rt.manager.counts("old").running == 0

@@ -9,27 +9,14 @@ import asyncio
 from pathlib import Path
 
 from lambdad.runtime.forward import SETTLE_AFTER_S
-from tests.support.runtime import Runtime, run, version
-
-
-def _age(rt: Runtime, seconds: float) -> None:
-    for pool in rt.manager._routes.every_pool():
-        for instance in pool.instances:
-            instance.last_used -= seconds
-            if instance.frozen_since is not None:
-                instance.frozen_since -= seconds
-
-
-async def _tick(rt: Runtime) -> None:
-    rt.manager.housekeeping()
-    await rt.manager.drain_background()
+from tests.support.runtime import Runtime, age, run, tick, version
 
 
 async def _frozen_instance(rt: Runtime) -> str:
     rt.manager.register(version("std", idle_timeout_s=2))
     _, first = await rt.call("std")
-    _age(rt, 3)
-    await _tick(rt)
+    age(rt, 3)
+    await tick(rt)
     container: str = first["container"]
     assert rt.docker.containers[container].paused and rt.docker.paused == [container]
     return container
@@ -47,12 +34,12 @@ def test_a_frozen_instance_is_thawed_through_its_freezer_file_then_settled() -> 
         assert not fake.paused and fake.docker_paused  # Docker has not caught up yet
         response, _ = await rt.call("std")  # a burst right after: nothing in its way
         assert response.start == "warm" and rt.docker.settled == []
-        _age(rt, SETTLE_AFTER_S)
-        await _tick(rt)  # idle: settled, not paused in the same round
+        age(rt, SETTLE_AFTER_S)
+        await tick(rt)  # idle: settled, not paused in the same round
         assert rt.docker.settled == [container] and not fake.docker_paused
         assert rt.docker.paused == [container] and not fake.paused
-        _age(rt, 3)
-        await _tick(rt)  # frozen again through the API, as Docker now allows
+        age(rt, 3)
+        await tick(rt)  # frozen again through the API, as Docker now allows
         assert fake.paused and fake.docker_paused and rt.docker.paused == [container] * 2
 
     run(scenario)
@@ -68,8 +55,8 @@ def test_without_a_freezer_file_the_docker_api_thaws() -> None:
         assert rt.docker.thawed == [] and rt.docker.unpaused == [container]
         fake = rt.docker.containers[container]
         assert not fake.paused and not fake.docker_paused
-        _age(rt, SETTLE_AFTER_S)
-        await _tick(rt)
+        age(rt, SETTLE_AFTER_S)
+        await tick(rt)
         assert rt.docker.settled == []  # nothing to settle
 
     run(scenario)
@@ -84,13 +71,13 @@ def test_a_settle_waits_for_a_request_and_a_request_waits_for_a_settle() -> None
         rt.docker.hold.clear()  # the next request stays in flight
         busy = asyncio.ensure_future(rt.call("std"))
         await asyncio.sleep(0.05)
-        _age(rt, SETTLE_AFTER_S)
-        await _tick(rt)
+        age(rt, SETTLE_AFTER_S)
+        await tick(rt)
         assert rt.docker.settled == []  # not while a request is in flight
         rt.docker.hold.set()
         await busy
-        _age(rt, SETTLE_AFTER_S)
-        await _tick(rt)
+        age(rt, SETTLE_AFTER_S)
+        await tick(rt)
         assert rt.docker.settled == [container]
 
     run(scenario)
@@ -120,11 +107,11 @@ def test_an_instance_whose_settle_fails_is_stopped_not_kept_running_as_frozen() 
         container = await _frozen_instance(rt)
         await rt.call("std")  # thawed directly: Docker still says Paused
         rt.docker.unfreezable = True
-        _age(rt, SETTLE_AFTER_S)
-        await _tick(rt)
+        age(rt, SETTLE_AFTER_S)
+        await tick(rt)
         assert rt.docker.settled == [] and not rt.docker.containers[container].paused
-        _age(rt, 3)  # past its idle timeout
-        await _tick(rt)
+        age(rt, 3)  # past its idle timeout
+        await tick(rt)
         assert container in rt.docker.removed
 
     run(scenario)
