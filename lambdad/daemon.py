@@ -335,7 +335,8 @@ def build_control(
         backoff_s=config.async_backoff, max_queued_events=config.max_queued_events,
         max_event_bytes=config.max_event_bytes)
     worker = AsyncWorker(store.invocations, queue.deliver, queue.retry_policy,
-                         queue.delivery_limit, intake=intake)
+                         queue.delivery_limit, intake=intake,
+                         capacity_for=queue.delivery_capacity)
 
     # (the worker's view: an ended attempt counts before its outcome is written)
     # A fire commits its (schedule, tick) row with the event, then wakes the worker.

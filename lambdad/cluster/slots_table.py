@@ -36,6 +36,19 @@ class SlotTable:
                 (lease, function, self.node_id, function, limit))
             return int(cursor.rowcount) == 1
 
+    def retake(self, function: str, lease: str, limit: int) -> bool:
+        """The lease of a running instance of this node: kept if its row is there, else
+        taken again under the slot lock while the function has fewer than `limit`."""
+        with self._db.atomic():
+            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)",
+                                 (SLOT_LOCK_CLASS, fkey(function)))
+            held = self._db.execute_sql(
+                "SELECT 1 FROM instance_leases WHERE instance = %s AND node = %s",
+                (lease, self.node_id)).fetchone()
+            if held is not None:
+                return True
+            return self.acquire(function, lease, limit)
+
     def release(self, lease: str) -> None:
         self._db.execute_sql("DELETE FROM instance_leases WHERE instance = %s AND node = %s",
                              (lease, self.node_id))
@@ -60,15 +73,25 @@ class TableSlots:
         self._table = table
         self._reset = False
 
-    async def acquire(self, function: str, lease: str, limit: int) -> bool:
-        if not self._reset:  # (set first: a second start's acquire queues behind it)
+    async def _first(self) -> None:
+        """The first call of this run drops the leases of the last run (its instances
+        were reconciled away, or are adopted and leased again)."""
+        if not self._reset:  # (set first: a second call queues behind it)
             self._reset = True
             dropped = await self._table.reset()
             if dropped:
                 log.info("cluster: %d instance lease(s) of this node's last run dropped",
                          dropped)
+
+    async def acquire(self, function: str, lease: str, limit: int) -> bool:
+        await self._first()
         granted: bool = await self._table.acquire(function, lease, limit)
         return granted
+
+    async def retake(self, function: str, lease: str, limit: int) -> bool:
+        await self._first()
+        kept: bool = await self._table.retake(function, lease, limit)
+        return kept
 
     async def release(self, lease: str) -> None:
         await self._table.release(lease)

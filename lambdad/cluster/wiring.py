@@ -10,6 +10,7 @@ again).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -29,6 +30,8 @@ from lambdad.lifecycle import Component, Step
 log = logging.getLogger("lambdad.cluster")
 
 MIN_CLUSTER_KEY = 16  # characters
+REJOIN_TRIES = 10  # a rejoin's lease retake: tries, REJOIN_PAUSE apart
+REJOIN_PAUSE = 0.6  # s (the store reconnects 0.5 s after a failure)
 
 
 def cluster_mode(config: Config) -> bool:
@@ -143,7 +146,10 @@ def cluster_parts(config: Config, host: Any, parts: Any,
         await load_keys()
 
     async def slots(name: str) -> None:
-        runtime.stop_idle(name)
+        # Not while this node delivers its events: the asker's start would take the
+        # lease they need, and the instance would move from node to node.
+        if not parts.worker.delivering_function(name):
+            runtime.stop_idle(name)
 
     async def schedules(_name: str) -> None:  # the leader's runner takes them
         await parts.cron.reload()
@@ -168,9 +174,8 @@ def slots_across_nodes(membership: Membership, node_id: str, store: Any,
                        runtime: Any) -> None:
     """max_instances across the cluster: every start holds an instance lease (table
     instance_leases, cluster/slots_table.py); a start waiting for one announces `slots`
-    of its function, and the nodes holding an idle instance of it stop one."""
-    import contextlib
-
+    of its function, and the nodes holding an idle instance of it stop one (unless they
+    deliver its events); on a rejoin this node leases its running instances again."""
     from lambdad.cluster import table
     from lambdad.cluster.slots_table import TableSlots
 
@@ -181,7 +186,36 @@ def slots_across_nodes(membership: Membership, node_id: str, store: Any,
                 await conn.execute(table.ANNOUNCE,
                                    table.announcement(node_id, "slots", function))
 
+    retaking: set[asyncio.Task[None]] = set()
+
+    async def retake() -> None:
+        # The store's connection was likely terminated with the mark-down: its first call
+        # fails, and the next one (after RECONNECT_PAUSE) reconnects.
+        for attempt in range(REJOIN_TRIES):
+            try:
+                stopped = await runtime.keep_leased()
+            except Exception as exc:
+                if attempt == REJOIN_TRIES - 1:
+                    log.warning("cluster: could not lease this node's instances again "
+                                "after a rejoin: %s", exc)
+                    return
+                await asyncio.sleep(REJOIN_PAUSE)
+                continue
+            if stopped:
+                log.warning("cluster: %d instance(s) stopped on rejoin: their leases were "
+                            "taken by other nodes meanwhile", stopped)
+            return
+
+    async def rejoin(_conn: Any) -> None:
+        # Marked down while alive (a partition), its leases were released: it takes them
+        # again for its running instances, and stops those beyond max_instances. In a
+        # task of its own: the heartbeat that found this node up again goes on meanwhile.
+        task = asyncio.create_task(retake(), name="lease-rejoin")
+        retaking.add(task)
+        task.add_done_callback(retaking.discard)
+
     runtime.use_slots(TableSlots(store.slots), ask)
+    membership.rejoins.append(rejoin)
 
 
 def queue_across_nodes(membership: Membership, node_id: str, worker: Any) -> None:

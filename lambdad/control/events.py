@@ -24,6 +24,7 @@ from lambdad.jsontext import parse_json
 from lambdad.metrics import Metrics
 from lambdad.queue.intake import Intake
 from lambdad.queue.model import STATUSES, AsyncInvocation, RetryPolicy
+from lambdad.queue.room import Capacity
 from lambdad.requestid import new_request_id
 from lambdad.runtime.invocation import InvocationRequest
 from lambdad.scheduler.cron import Schedule, event_payload
@@ -117,11 +118,16 @@ class AsyncQueue:
 
     def delivery_limit(self, name: str) -> int:
         """At most as many deliveries at once as the function's instances can serve."""
+        return self.delivery_capacity(name).limit
+
+    def delivery_capacity(self, name: str) -> Capacity:
+        """Its max_instances and each instance's concurrency (on a shared database a node
+        claims by its own instances and the free leases: queue/room.py)."""
         version = self._runtime.active_version(name)
         if version is None:
-            return 1
+            return Capacity(1, 1)
         scaling = version.config.scaling
-        return scaling.max_instances * scaling.concurrency
+        return Capacity(scaling.max_instances, scaling.concurrency)
 
     async def invocations(self, name: str, status: str, limit: int) -> list[AsyncInvocation]:
         validate_name(name)

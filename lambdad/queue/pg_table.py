@@ -16,6 +16,9 @@ Competing consumers (cluster mode: several nodes, one table each, on one databas
   (QUEUE_LOCK_CLASS, fkey(function)) is held around the count of its running rows and
   the claim, and around the count of its queued rows and the insert; under READ
   COMMITTED a plain count-then-write lets two nodes both see room and both write;
+- a node claims only what it can run without taking an instance lease away from
+  another node (queue/room.py, with the running rows and the leases read under that
+  lock): the free slots of its own instances and the leases nobody holds or needs;
 - an attempt's end is recorded only by its owner and only for that attempt (`Finish.
   attempt`): an attempt requeued meanwhile (its node was marked down) and claimed again
   elsewhere keeps the new owner's run;
@@ -34,7 +37,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lambdad.queue.model import AsyncInvocation, Finish
-from lambdad.queue.store import _COLUMNS, Choose, Claim, InvocationTable, _row
+from lambdad.queue.room import Capacity, room
+from lambdad.queue.store import (
+    _COLUMNS,
+    Choose,
+    Claim,
+    InvocationTable,
+    _fresh,
+    _heads_of,
+    _started,
+    queued_functions_cte,
+)
 
 log = logging.getLogger("lambdad.queue")
 
@@ -51,18 +64,23 @@ UPDATE invocations SET status = 'queued', owner_node = NULL,
  WHERE status = 'running' AND owner_node = %(id)s
 """
 
+# What a claim reads under the functions' queue locks (queue/room.py): their running
+# attempts per owner node ('r') and their instance leases per node ('l'), cluster-wide.
+_USAGE = """
+SELECT 'r', function, owner_node, count(*) FROM invocations
+ WHERE status = 'running' AND function = ANY(%(functions)s::text[]) GROUP BY 2, 3
+UNION ALL
+SELECT 'l', function, node, count(*) FROM instance_leases
+ WHERE function = ANY(%(functions)s::text[]) GROUP BY 2, 3
+"""
+
 _ROWS_PER_INSERT = 256  # 14 columns: far under PostgreSQL's 65535 parameters
 
 _I_COLUMNS = ", ".join(f"i.{name.strip()}" for name in _COLUMNS.split(","))
 
 # The functions with queued events, one probe of invocations_queue each (a loose index
 # scan, as SQLite's): the recursive CTE `f(name)`, whose last row is NULL.
-_QUEUED_FUNCTIONS_CTE = (
-    "f(name) AS ("
-    "SELECT (SELECT MIN(function) FROM invocations WHERE status = 'queued') "
-    "UNION ALL SELECT (SELECT MIN(function) FROM invocations "
-    "WHERE status = 'queued' AND function > f.name) "
-    "FROM f WHERE f.name IS NOT NULL)")
+_QUEUED_FUNCTIONS_CTE = queued_functions_cte("")
 
 
 def fkey(name: str) -> int:
@@ -74,6 +92,10 @@ def fkey(name: str) -> int:
 class PgInvocationTable(InvocationTable):
     """Blocking calls on the store's thread, as InvocationTable's. `node_id`: this node,
     the owner of the attempts it claims."""
+
+    _hint = ""  # no index hints: the partial index invocations_queue serves
+    _rows_per_insert = _ROWS_PER_INSERT
+    _extra_columns = ("owner_node",)
 
     def __init__(self, db: Any, node_id: str = "") -> None:
         super().__init__(db)
@@ -110,18 +132,9 @@ class PgInvocationTable(InvocationTable):
         self._lock({inv.function for inv, cap in items if cap > 0}, wait=True)
         return super()._insert(items)
 
-    def _write(self, invocations: Sequence[AsyncInvocation]) -> None:
-        """As InvocationTable's, with the owner of the rows written running."""
-        for at in range(0, len(invocations), _ROWS_PER_INSERT):
-            chunk = invocations[at:at + _ROWS_PER_INSERT]
-            self._db.execute_sql(
-                f"INSERT INTO invocations ({_COLUMNS}, owner_node) VALUES "
-                + ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(chunk)),
-                [value for inv in chunk for value in (
-                    inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
-                    inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
-                    inv.status_code, inv.result, inv.last_error,
-                    self.node_id if inv.status == "running" else None)])
+    def _extra_values(self, inv: AsyncInvocation) -> tuple[Any, ...]:
+        """The owner of a row written running (a cycle's claim of a fresh event)."""
+        return (self.node_id if inv.status == "running" else None,)
 
     def _finish(self, finished: Sequence[Finish]) -> None:
         """Fenced: only this node's run of that very attempt is recorded."""
@@ -146,13 +159,16 @@ class PgInvocationTable(InvocationTable):
     def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
               skip: set[str], choose: Choose | None,
               inserts: Sequence[tuple[AsyncInvocation, int]] = (),
-              limit_for: Callable[[str], int] | None = None) -> Claim:
+              limit_for: Callable[[str], int] | None = None,
+              capacity_for: Callable[[str], Capacity] | None = None) -> Claim:
         """InvocationTable.cycle for competing consumers: the capped functions' queue
         locks are taken before their count (waiting: an insert must not be refused for a
         busy lock); after `choose`, each chosen function's lock is tried (busy: another
-        node is claiming it, skip it this cycle), its running rows across the cluster are
-        counted against `limit_for` (the delivery limit), and the stored rows are claimed
-        with SKIP LOCKED. `limit_for` runs on the store thread: it must only read."""
+        node is claiming it, skip it this cycle), its running rows and instance leases
+        across the cluster are read and this node takes only its room (`room.room` with
+        `capacity_for`; with `limit_for` alone, the delivery limit less the running rows),
+        and the stored rows are claimed with SKIP LOCKED. `limit_for` and `capacity_for`
+        run on the store thread: they must only read."""
         with self._db.atomic():
             self._finish(finished)
             self._lock({inv.function for inv, cap in inserts if cap > 0}, wait=True)
@@ -166,18 +182,10 @@ class PgInvocationTable(InvocationTable):
                 {inv.function for inv, max_queued in inserts if max_queued > 0})
             accepted = self._admit(inserts, counted)
             stored = {inv.id for inv in due}
-            room = {name: per_function for name in {inv.function for inv, _ in inserts}}
-            for inv in due:
-                if inv.function in room:
-                    room[inv.function] -= 1
-            fresh: list[AsyncInvocation] = []
-            for (inv, _), ok in zip(inserts, accepted, strict=True):
-                if (ok and inv.function not in skip and inv.next_attempt_at <= now
-                        and room[inv.function] > 0):
-                    room[inv.function] -= 1
-                    fresh.append(inv)
+            fresh = _fresh(inserts, accepted, due, skip, now, per_function)
             candidates = due + fresh
-            chosen = self._within_limits(choose(candidates) if candidates else [], limit_for)
+            chosen, held = self._within_limits(choose(candidates) if candidates else [],
+                                               self._capacities(limit_for, capacity_for))
             ids = [inv.id for inv in chosen if inv.id in stored]
             won: set[str] = set()
             if ids:
@@ -190,12 +198,7 @@ class PgInvocationTable(InvocationTable):
                 won = {r[0] for r in rows}
             chosen = [inv for inv in chosen if inv.id in won or inv.id not in stored]
             taken = {inv.id for inv in chosen}
-            claimed = [AsyncInvocation(
-                id=inv.id, function=inv.function, payload=inv.payload, source=inv.source,
-                status="running", attempts=inv.attempts + 1, created_at=inv.created_at,
-                next_attempt_at=inv.next_attempt_at, started_at=now, finished_at=inv.finished_at,
-                status_code=inv.status_code, result=inv.result, last_error=inv.last_error,
-            ) for inv in chosen]
+            claimed = _started(chosen, now)
             self._write([inv for inv in claimed if inv.id not in stored] + [
                 inv for (inv, _), ok in zip(inserts, accepted, strict=True)
                 if ok and inv.id not in taken])
@@ -206,33 +209,51 @@ class PgInvocationTable(InvocationTable):
             # for the slots its ended attempts freed.
             self._wake_others(sum(accepted) > len([i for i in fresh if i.id in taken])
                               or (bool(finished) and backlog))
-            return Claim(claimed, left, later if backlog else None, accepted, backlog)
+            return Claim(claimed, left, later if backlog else None, accepted, backlog,
+                         frozenset(held))
+
+    @staticmethod
+    def _capacities(limit_for: Callable[[str], int] | None,
+                    capacity_for: Callable[[str], Capacity] | None
+                    ) -> Callable[[str], Capacity] | None:
+        if capacity_for is not None:
+            return capacity_for
+        if limit_for is not None:  # deliveries only: one slot per lease, none leased
+            return lambda name: Capacity(max(1, limit_for(name)), 1)
+        return None
 
     def _within_limits(self, chosen: list[AsyncInvocation],
-                       limit_for: Callable[[str], int] | None) -> list[AsyncInvocation]:
-        """The chosen events whose function's queue lock this transaction got and whose
-        running deliveries across the cluster stay within its limit (in start order)."""
+                       capacity_for: Callable[[str], Capacity] | None
+                       ) -> tuple[list[AsyncInvocation], set[str]]:
+        """The chosen events whose function's queue lock this transaction got and that
+        fit in this node's room (queue/room.py: its own instances' free slots and the
+        leases nobody needs, read here under that lock), in start order; and the
+        functions whose events were cut for lack of room."""
         if not chosen:
-            return chosen
+            return chosen, set()
         functions = {inv.function for inv in chosen}
         held = self._lock(functions, wait=False)
-        room: dict[str, int] = {}
-        if limit_for is not None and held:
-            rows = self._db.execute_sql(
-                "SELECT function, count(*) FROM invocations WHERE status = 'running' "
-                "AND function = ANY(%s::text[]) GROUP BY function", (sorted(held),)).fetchall()
-            running = {r[0]: int(r[1]) for r in rows}
-            room = {name: max(1, limit_for(name)) - running.get(name, 0) for name in held}
+        left: dict[str, int] = {}
+        if capacity_for is not None and held:
+            running: dict[str, dict[str, int]] = {name: {} for name in held}
+            leases: dict[str, dict[str, int]] = {name: {} for name in held}
+            for kind, function, node, count in self._db.execute_sql(
+                    _USAGE, {"functions": sorted(held)}).fetchall():
+                (running if kind == "r" else leases)[function][node or ""] = int(count)
+            left = {name: room(self.node_id, capacity_for(name), running[name], leases[name])
+                    for name in held}
         kept: list[AsyncInvocation] = []
+        full: set[str] = set()
         for inv in chosen:
             if inv.function not in held:
                 continue
-            if limit_for is not None:
-                if room[inv.function] <= 0:
+            if capacity_for is not None:
+                if left[inv.function] <= 0:
+                    full.add(inv.function)
                     continue
-                room[inv.function] -= 1
+                left[inv.function] -= 1
             kept.append(inv)
-        return kept
+        return kept, full
 
     def _wake_others(self, needed: bool) -> None:
         if needed:
@@ -279,28 +300,6 @@ class PgInvocationTable(InvocationTable):
         ).fetchone()
         return int(row[0])
 
-    def queued_functions(self) -> list[str]:
-        rows = self._db.execute_sql(
-            f"WITH RECURSIVE {_QUEUED_FUNCTIONS_CTE} "
-            "SELECT name FROM f WHERE name IS NOT NULL").fetchall()
-        return [r[0] for r in rows]
-
-    def due(self, now: float, per_function: int, skip: set[str],
-            exclude: set[str], functions: Sequence[str] | None = None
-            ) -> list[AsyncInvocation]:
-        found: list[AsyncInvocation] = []
-        for function in self.queued_functions() if functions is None else functions:
-            if function in skip:
-                continue
-            rows = self._db.execute_sql(
-                f"SELECT {_COLUMNS} FROM invocations WHERE status = 'queued' "
-                "AND function = %s AND next_attempt_at <= %s "
-                "ORDER BY next_attempt_at, created_at LIMIT %s",
-                (function, now, per_function + len(exclude))).fetchall()
-            found += [inv for inv in map(_row, rows) if inv.id not in exclude][:per_function]
-        found.sort(key=lambda inv: inv.next_attempt_at)
-        return found
-
     def _heads(self, now: float, per_function: int, skip: set[str], cap: int,
                counting: set[str]
                ) -> tuple[list[str], list[AsyncInvocation], float | None, dict[str, int]]:
@@ -322,26 +321,4 @@ class PgInvocationTable(InvocationTable):
             "ORDER BY next_attempt_at, created_at LIMIT %(per)s) i ON TRUE ORDER BY g.name",
             {"now": now, "per": per_function, "skip": sorted(skip), "cap": cap,
              "counting": sorted(counting)}).fetchall()
-        functions: list[str] = []
-        counted: dict[str, int] = {}
-        due: list[AsyncInvocation] = []
-        later: float | None = None
-        for r in rows:
-            if r[0] not in counted:
-                functions.append(r[0])
-                counted[r[0]] = int(r[2])
-                if r[1] is not None and (later is None or r[1] < later):
-                    later = float(r[1])
-            if r[3] is not None:
-                due.append(_row(r[3:]))
-        due.sort(key=lambda inv: inv.next_attempt_at)
-        return functions, due, later, counted
-
-    def of_function(self, function: str, status: str, limit: int) -> list[AsyncInvocation]:
-        sql = f"SELECT {_COLUMNS} FROM invocations WHERE function = %s"
-        params: tuple[Any, ...] = (function,)
-        if status:
-            sql += " AND status = %s"
-            params += (status,)
-        sql += " ORDER BY created_at DESC LIMIT %s"
-        return [_row(r) for r in self._db.execute_sql(sql, (*params, limit)).fetchall()]
+        return _heads_of(rows)

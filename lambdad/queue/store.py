@@ -10,26 +10,76 @@ from typing import Any
 
 from lambdad.idprefix import row_by_prefix
 from lambdad.queue.model import AsyncInvocation, Finish
+from lambdad.queue.room import Capacity
 
 _COLUMNS = ("id, function, payload, source, status, attempts, created_at, next_attempt_at, "
             "started_at, finished_at, status_code, result, last_error")
 _HEAD_COLUMNS = ", ".join(f"i.{name.strip()}" for name in _COLUMNS.split(","))
 
 
-# The functions with queued events as the recursive CTE `f(name)` (a loose index scan: one
-# probe of invocations_queue per function, so one function's backlog costs nothing); its
-# last row is NULL, so a reader keeps `WHERE name IS NOT NULL`. Follows `WITH RECURSIVE`.
-_QUEUED_FUNCTIONS_CTE = (
-    "f(name) AS ("
-    "SELECT (SELECT MIN(function) FROM invocations INDEXED BY invocations_queue "
-    "WHERE status = 'queued') "
-    "UNION ALL SELECT (SELECT MIN(function) FROM invocations INDEXED BY "
-    "invocations_queue WHERE status = 'queued' AND function > f.name) "
-    "FROM f WHERE f.name IS NOT NULL)")
+# SQLite's hint for the reads of queued rows (its planner may otherwise walk the full
+# index); PostgreSQL has no hints, and its partial index serves them (queue/pg_table.py).
+SQLITE_QUEUE_INDEX = " INDEXED BY invocations_queue"
+
+
+def queued_functions_cte(hint: str) -> str:
+    """The functions with queued events as the recursive CTE `f(name)` (a loose index
+    scan: one probe of invocations_queue per function, so one function's backlog costs
+    nothing); its last row is NULL, so a reader keeps `WHERE name IS NOT NULL`. Follows
+    `WITH RECURSIVE`; `hint`: SQLITE_QUEUE_INDEX or ""."""
+    return ("f(name) AS ("
+            f"SELECT (SELECT MIN(function) FROM invocations{hint} WHERE status = 'queued') "
+            f"UNION ALL SELECT (SELECT MIN(function) FROM invocations{hint} "
+            "WHERE status = 'queued' AND function > f.name) "
+            "FROM f WHERE f.name IS NOT NULL)")
 
 
 # 13 columns each: 64 rows stay under SQLite's oldest limit of 999 variables a statement.
 _ROWS_PER_INSERT = 64
+
+
+def _heads_of(rows: Sequence[Any]
+              ) -> tuple[list[str], list[AsyncInvocation], float | None, dict[str, int]]:
+    """`_heads`' rows (name, later, queued, the due event's columns or NULLs) as
+    (functions with queued events, due events, next waiting time, queued per function)."""
+    functions: list[str] = []
+    counted: dict[str, int] = {}
+    due: list[AsyncInvocation] = []
+    later: float | None = None
+    for r in rows:
+        if r[0] not in counted:
+            functions.append(r[0])
+            counted[r[0]] = int(r[2])
+            if r[1] is not None and (later is None or r[1] < later):
+                later = float(r[1])
+        if r[3] is not None:
+            due.append(_row(r[3:]))
+    due.sort(key=lambda inv: inv.next_attempt_at)
+    return functions, due, later, counted
+
+
+def _fresh(inserts: Sequence[tuple[AsyncInvocation, int]], accepted: Sequence[bool],
+           due: Sequence[AsyncInvocation], skip: set[str], now: float,
+           per_function: int) -> list[AsyncInvocation]:
+    """The accepted events of a cycle that are candidates as they are: due, of a function
+    not skipped, within `per_function` with the stored due events of their function."""
+    room = {name: per_function for name in {inv.function for inv, _ in inserts}}
+    for inv in due:
+        if inv.function in room:
+            room[inv.function] -= 1
+    fresh: list[AsyncInvocation] = []
+    for (inv, _), ok in zip(inserts, accepted, strict=True):
+        if (ok and inv.function not in skip and inv.next_attempt_at <= now
+                and room[inv.function] > 0):
+            room[inv.function] -= 1
+            fresh.append(inv)
+    return fresh
+
+
+def _started(chosen: Sequence[AsyncInvocation], now: float) -> list[AsyncInvocation]:
+    """The chosen events as claimed: running from `now`, their attempt counted."""
+    return [dataclasses.replace(inv, status="running", attempts=inv.attempts + 1,
+                                started_at=now) for inv in chosen]
 
 
 def _row(r: Any) -> AsyncInvocation:
@@ -52,6 +102,10 @@ class Claim:
     next_due: float | None
     accepted: list[bool] = dataclasses.field(default_factory=list)  # per insert: stored?
     backlog: bool = True  # queued events may be left in the store (due or not)
+    # Functions of `left` this node may not deliver more of now because the cluster has
+    # no room for them here (queue/room.py): another node's NOTIFY or the poll retries
+    # them, not an immediate cycle (which would only find no room again).
+    held: frozenset[str] = frozenset()
 
 
 Choose = Callable[[list[AsyncInvocation]], list[AsyncInvocation]]
@@ -59,6 +113,10 @@ Choose = Callable[[list[AsyncInvocation]], list[AsyncInvocation]]
 
 class InvocationTable:
     """Blocking calls; the async Store facade runs them on its single thread."""
+
+    _hint = SQLITE_QUEUE_INDEX  # (PostgreSQL: none)
+    _rows_per_insert = _ROWS_PER_INSERT
+    _extra_columns: tuple[str, ...] = ()  # written after _COLUMNS (PostgreSQL: owner_node)
 
     def __init__(self, db: Any) -> None:
         self._db = db
@@ -108,20 +166,25 @@ class InvocationTable:
         return accepted
 
     def _write(self, invocations: Sequence[AsyncInvocation]) -> None:
-        """One INSERT statement per _ROWS_PER_INSERT events, not one per event: each
+        """One INSERT statement per `_rows_per_insert` events, not one per event: each
         statement the sqlite3 module runs lets go of the GIL and takes it back, and with the
         event loop busy each take is a hand-over between threads (issue 16)."""
         if any(inv.status == "queued" for inv in invocations):
             self._maybe_queued = True
-        for at in range(0, len(invocations), _ROWS_PER_INSERT):
-            chunk = invocations[at:at + _ROWS_PER_INSERT]
+        columns = _COLUMNS + "".join(f", {name}" for name in self._extra_columns)
+        row = "(" + ",".join("?" * (13 + len(self._extra_columns))) + ")"
+        for at in range(0, len(invocations), self._rows_per_insert):
+            chunk = invocations[at:at + self._rows_per_insert]
             self._db.execute_sql(
-                f"INSERT INTO invocations ({_COLUMNS}) VALUES "
-                + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)),
+                f"INSERT INTO invocations ({columns}) VALUES " + ",".join([row] * len(chunk)),
                 [value for inv in chunk for value in (
                     inv.id, inv.function, inv.payload, inv.source, inv.status, inv.attempts,
                     inv.created_at, inv.next_attempt_at, inv.started_at, inv.finished_at,
-                    inv.status_code, inv.result, inv.last_error)])
+                    inv.status_code, inv.result, inv.last_error, *self._extra_values(inv))])
+
+    def _extra_values(self, inv: AsyncInvocation) -> tuple[Any, ...]:
+        """The values of `_extra_columns` for a row written (a subclass's columns)."""
+        return ()
 
     def queued(self, function: str, at_most: int = -1) -> int:
         """Events of `function` not yet delivered (waiting to start, or for a retry),
@@ -135,7 +198,7 @@ class InvocationTable:
         """The functions with queued events, one index probe each (a loose index scan:
         a backlog of one function costs nothing here)."""
         rows = self._db.execute_sql(
-            f"WITH RECURSIVE {_QUEUED_FUNCTIONS_CTE} "
+            f"WITH RECURSIVE {queued_functions_cte(self._hint)} "
             "SELECT name FROM f WHERE name IS NOT NULL").fetchall()
         return [r[0] for r in rows]
 
@@ -151,7 +214,7 @@ class InvocationTable:
             if function in skip:
                 continue
             rows = self._db.execute_sql(
-                f"SELECT {_COLUMNS} FROM invocations INDEXED BY invocations_queue "
+                f"SELECT {_COLUMNS} FROM invocations{self._hint} "
                 "WHERE status = 'queued' AND function = ? AND next_attempt_at <= ? "
                 "ORDER BY next_attempt_at, created_at LIMIT ?",
                 (function, now, per_function + len(exclude))).fetchall()
@@ -171,7 +234,7 @@ class InvocationTable:
         thread and the busy event loop, and the cycle's wall time is how long freed
         delivery slots wait when events are queued (issue 16)."""
         rows = self._db.execute_sql(
-            f"WITH RECURSIVE {_QUEUED_FUNCTIONS_CTE}, "
+            f"WITH RECURSIVE {queued_functions_cte(SQLITE_QUEUE_INDEX)}, "
             "g AS MATERIALIZED (SELECT name, "
             "(SELECT MIN(next_attempt_at) FROM invocations INDEXED BY invocations_queue "
             "WHERE status = 'queued' AND function = f.name AND next_attempt_at > ?1) AS later, "
@@ -186,20 +249,7 @@ class InvocationTable:
             "ORDER BY next_attempt_at, created_at LIMIT ?2) ORDER BY g.name",
             (now, per_function, json.dumps(sorted(skip)), cap,
              json.dumps(sorted(counting)))).fetchall()
-        functions: list[str] = []
-        counted: dict[str, int] = {}
-        due: list[AsyncInvocation] = []
-        later: float | None = None
-        for r in rows:
-            if r[0] not in counted:
-                functions.append(r[0])
-                counted[r[0]] = int(r[2])
-                if r[1] is not None and (later is None or r[1] < later):
-                    later = float(r[1])
-            if r[3] is not None:
-                due.append(_row(r[3:]))
-        due.sort(key=lambda inv: inv.next_attempt_at)
-        return functions, due, later, counted
+        return _heads_of(rows)
 
     def next_due(self, after: float) -> float | None:
         """When the next event waiting for its time (a retry's backoff) becomes due.
@@ -215,7 +265,8 @@ class InvocationTable:
     def cycle(self, finished: Sequence[Finish], now: float, per_function: int,
               skip: set[str], choose: Choose | None,
               inserts: Sequence[tuple[AsyncInvocation, int]] = (),
-              limit_for: Callable[[str], int] | None = None) -> Claim:
+              limit_for: Callable[[str], int] | None = None,
+              capacity_for: Callable[[str], Capacity] | None = None) -> Claim:
         """One worker cycle in one transaction: stores the accepted events given (each with
         its function's cap), records the attempts that ended, then takes the due events
         `choose` picks (of the oldest `per_function` per function not in `skip`) and marks
@@ -229,8 +280,9 @@ class InvocationTable:
         accepted and claimed by the same cycle costs one INSERT, not an INSERT, a read
         back and an UPDATE.
 
-        `limit_for` (a function's delivery limit) is for a shared database, where other
-        nodes' deliveries count (PgInvocationTable); here the worker's own count is all."""
+        `limit_for` (a function's delivery limit) and `capacity_for` (its instances and
+        their concurrency) are for a shared database, where other nodes' deliveries and
+        instances count (PgInvocationTable); here the worker's own count is all."""
         with self._db.atomic():
             self._finish(finished)
             if choose is None:
@@ -244,25 +296,11 @@ class InvocationTable:
                 queued, due, later, counted = [], [], None, {}
             accepted = self._admit(inserts, counted)
             stored = {inv.id for inv in due}
-            room = {name: per_function for name in {inv.function for inv, _ in inserts}}
-            for inv in due:
-                if inv.function in room:
-                    room[inv.function] -= 1
-            fresh: list[AsyncInvocation] = []
-            for (inv, _), ok in zip(inserts, accepted, strict=True):
-                if (ok and inv.function not in skip and inv.next_attempt_at <= now
-                        and room[inv.function] > 0):
-                    room[inv.function] -= 1
-                    fresh.append(inv)
+            fresh = _fresh(inserts, accepted, due, skip, now, per_function)
             candidates = due + fresh
             chosen = choose(candidates) if candidates else []
             taken = {inv.id for inv in chosen}
-            claimed = [AsyncInvocation(
-                id=inv.id, function=inv.function, payload=inv.payload, source=inv.source,
-                status="running", attempts=inv.attempts + 1, created_at=inv.created_at,
-                next_attempt_at=inv.next_attempt_at, started_at=now, finished_at=inv.finished_at,
-                status_code=inv.status_code, result=inv.result, last_error=inv.last_error,
-            ) for inv in chosen]
+            claimed = _started(chosen, now)
             self._write([inv for inv in claimed if inv.id not in stored] + [
                 inv for (inv, _), ok in zip(inserts, accepted, strict=True)
                 if ok and inv.id not in taken])
@@ -331,7 +369,7 @@ class InvocationTable:
         the function's whole history (a poll for "is the queue empty" stays cheap)."""
         small = status in ("queued", "running")
         sql = (f"SELECT {_COLUMNS} FROM invocations"
-               f"{' INDEXED BY invocations_queue' if small else ''} WHERE function = ?")
+               f"{self._hint if small else ''} WHERE function = ?")
         params: tuple[Any, ...] = (function,)
         if status:
             sql += " AND status = ?"

@@ -26,6 +26,7 @@ from typing import Any
 from lambdad.queue.fair import mark_served, newcomer_has_room, select
 from lambdad.queue.intake import Intake, answer, fail
 from lambdad.queue.model import AsyncInvocation, Finish, RetryPolicy, finish_of
+from lambdad.queue.room import Capacity
 from lambdad.queue.store import Claim
 
 log = logging.getLogger("lambdad.queue")
@@ -57,11 +58,15 @@ class AsyncWorker:
         concurrency: int = 32,
         wake: asyncio.Event | None = None,
         intake: Intake | None = None,
+        capacity_for: Callable[[str], Capacity] | None = None,
     ) -> None:
+        """`limit_for`: a function's deliveries at once; `capacity_for`: its instances and
+        their concurrency, by which a node claims on a shared database (queue/room.py)."""
         self._table = table
         self._deliver = deliver
         self._policy_for = policy_for
         self._limit_for = limit_for
+        self._capacity_for = capacity_for
         self._concurrency = concurrency
         # Where accepted events wait for a cycle, shared with the queue's front door (so
         # the queue need not know the worker), with the wake-up whoever queues sets.
@@ -70,6 +75,7 @@ class AsyncWorker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._per_function: dict[str, int] = {}  # deliveries running, per function
         self._served: dict[str, int] = {}  # function -> the turn it was last served in
+        self._ended_at: dict[str, float] = {}  # function -> when its last delivery ended
         self._turn = 0
         # Attempts that ended, until a cycle has written them (a `replace` cancel and the
         # cron's overlap check read them here first).
@@ -218,7 +224,8 @@ class AsyncWorker:
         try:
             claim: Claim = await self._table.cycle(
                 finished, time.time(), max(1, free), full, choose,
-                [(p.invocation, p.max_queued) for p in inserts], self._limit_for)
+                [(p.invocation, p.max_queued) for p in inserts], self._limit_for,
+                self._capacity_for)
         except BaseException as exc:
             fail(inserts, exc)
             raise
@@ -241,16 +248,28 @@ class AsyncWorker:
             self._running[invocation.id] = task
             task.add_done_callback(functools.partial(self._done, invocation))
         if self._intake.waiting or newcomer_has_room(
-                claim.left, limits, self._limit_for, self._per_function,
+                [name for name in claim.left if name not in claim.held], limits,
+                self._limit_for, self._per_function,
                 self._concurrency - len(self._running)):
             self._wake.set()
         if claim.next_due is None:
             return POLL_S
         return min(POLL_S, max(0.0, claim.next_due - time.time()))
 
+    def delivering_function(self, function: str) -> bool:
+        """Whether this node delivers events of `function` now: one runs, or one ended
+        within the poll interval (its next is being claimed). Its idle instance is then
+        kept for them, not stopped for another node's start (a `slots` ask)."""
+        if self._per_function.get(function, 0) > 0:
+            return True
+        ended = self._ended_at.get(function)
+        return (ended is not None
+                and asyncio.get_running_loop().time() - ended < POLL_S)
+
     def _done(self, invocation: AsyncInvocation, _task: object = None) -> None:
         self._running.pop(invocation.id, None)
         function = invocation.function
+        self._ended_at[function] = asyncio.get_running_loop().time()
         self._per_function[function] -= 1
         if self._per_function[function] <= 0:  # bounded by the functions with work
             del self._per_function[function]

@@ -34,7 +34,7 @@ from lambdad.runtime.pool import Instance, InstancePool
 from lambdad.runtime.readiness import Readiness
 from lambdad.runtime.reconcile import Reconciler
 from lambdad.runtime.routing import PoolCounts, Routes
-from lambdad.runtime.slots import LocalSlots, Slots, take
+from lambdad.runtime.slots import LocalSlots, Slots, keep_within, take
 from lambdad.runtime.starts import Starter, StartPlan
 from lambdad.runtime.stops import Stopper
 
@@ -145,6 +145,36 @@ class RuntimeManager:
                 return pool.discard(instance, instance.end_reason)
         return False
 
+    async def keep_leased(self, *, adopted: bool = False) -> int:
+        """Every running instance of this node holds a lease of its function, or stops:
+        after `reconcile` (`adopted`: the instances found from the last run, which hold
+        none), and after a rejoin (this node was marked down while alive and its leases
+        were released; another node may have taken them meanwhile). Busy instances are
+        kept first, then the most recently used. Returns how many were stopped; raises
+        what the lease table raises (the database away)."""
+        live = [i for pool in self._routes.every_pool() for i in pool.instances
+                if not i.dead and (adopted or i.id in self._leases)]
+        live.sort(key=lambda i: (-i.in_flight, -i.last_used))
+        leases = [self._leases.get(i.id) or uuid.uuid4().hex for i in live]
+        kept = await keep_within(self.slots, [
+            (i.version.function, lease, i.version.config.scaling.max_instances)
+            for i, lease in zip(live, leases, strict=True)])
+        stopped = 0
+        reason = ("stopped: beyond max_instances across the cluster (another node took "
+                  "its lease)" if not adopted else
+                  "stopped at adoption: beyond max_instances across the cluster")
+        for instance, lease, ok in zip(live, leases, kept, strict=True):
+            if ok:
+                self._leases[instance.id] = lease
+                continue
+            self._leases.pop(instance.id, None)
+            if instance.owner is not None and instance.owner.discard(instance, reason):
+                log.warning("instance stopped function=%s version=%d instance=%s reason=%s",
+                            instance.version.function, instance.version.number, instance.id,
+                            reason)
+                stopped += 1
+        return stopped
+
     async def _release(self, lease: str) -> None:
         try:
             await self.slots.release(lease)
@@ -233,6 +263,11 @@ class RuntimeManager:
         running, and the ones of active versions can serve at once.
         """
         adopted, removed = await self._reconciler.run()
+        if adopted:  # (cluster mode: within max_instances across the nodes)
+            try:
+                adopted -= await self.keep_leased(adopted=True)
+            except Exception as exc:  # they run unleased until they stop (as before)
+                log.warning("could not lease the adopted instances: %s", exc)
         self.cells.held = False
         await self._check_runtime_image()
         self.cells.refill()

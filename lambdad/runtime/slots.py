@@ -5,13 +5,16 @@ function's leases on all nodes are fewer than its max_instances.
 
 `take` is the waiting rule, apart from the store: a start that finds no slot waits for one
 (a lease given back anywhere, polled) while the requests it is for still want it, asking
-the holders of idle instances to stop one (`ask`)."""
+the holders of idle instances to stop one (`ask`). `keep_within` is the rule for
+instances that run already and may hold no lease: the ones a restart adopts, and after a
+rejoin (this node was marked down while alive, its leases released) the ones it ran: each
+takes (or keeps) a lease in the order given, and those that find none are to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from lambdad.runtime.pool import StartNotNeeded
@@ -26,6 +29,11 @@ class Slots(Protocol):
 
     async def release(self, lease: str) -> None: ...
 
+    async def retake(self, function: str, lease: str, limit: int) -> bool:
+        """Lease `lease` of a running instance: True if it is held already, else as
+        `acquire` (a rejoin after the node's leases were released, an adoption)."""
+        ...
+
 
 class LocalSlots:
     """SQLite mode: the pools' own counts are the limit; nothing to record."""
@@ -35,6 +43,9 @@ class LocalSlots:
 
     async def release(self, lease: str) -> None:
         return None
+
+    async def retake(self, function: str, lease: str, limit: int) -> bool:
+        return True
 
 
 async def take(slots: Slots, function: str, limit: int, wanted: Callable[[], bool],
@@ -52,3 +63,10 @@ async def take(slots: Slots, function: str, limit: int, wanted: Callable[[], boo
             asked = True
         await asyncio.sleep(retry_s)
     return lease
+
+
+async def keep_within(slots: Slots, running: Sequence[tuple[str, str, int]]) -> list[bool]:
+    """Per running instance (function, lease, max_instances), in the order to keep them
+    (busy first): whether it holds a lease now. Those without one are beyond the
+    function's max_instances across the cluster, and should stop."""
+    return [await slots.retake(function, lease, limit) for function, lease, limit in running]

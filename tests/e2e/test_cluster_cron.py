@@ -65,7 +65,7 @@ def test_every_tick_fires_exactly_once_through_a_leader_kill_and_restart(
     folder.mkdir()
     (folder / "handler.py").write_text(HANDLER)
     (folder / "lambda.toml").write_text(
-        'name = "ticks"\ntimeout = 10\n[scaling]\nconcurrency = 16\nmax_instances = 3\n')
+        'name = "ticks"\ntimeout = 10\n[scaling]\nconcurrency = 16\nmax_instances = 1\n')
     assert cluster[0].deploy(folder).code == 0
     ids = []
     for i in range(SCHEDULES):  # through every node: the leader learns each by NOTIFY

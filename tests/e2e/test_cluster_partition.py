@@ -3,7 +3,8 @@ the host by a veth pair, and reaches PostgreSQL over TCP on the host side's addr
 only non-loopback addresses a test may use are those namespaces'). Taking the link down
 cuts C off without closing anything: its peers mark it down, its leftover connections
 are terminated (so it leads nothing), and C itself stops leading within
-node_down_after/2. Link up: C finds out and is up again, with a change made meanwhile.
+node_down_after/2. Link up: C finds out and is up again, with a change made meanwhile,
+and the instance it ran is stopped: its lease went with the mark-down, and A took it.
 
 A private PostgreSQL here, listening on the veth address besides its Unix socket."""
 
@@ -121,12 +122,32 @@ def test_a_partitioned_node_is_marked_down_leads_nothing_and_rejoins() -> None:
             assert wait_for(lambda: leader() == "c", 10), leader()
             assert server.psql(db, "SELECT count(*) FROM pg_stat_activity WHERE client_addr "
                                    "IS NOT NULL") != "0"  # C really is on TCP
+            # C runs the one instance max_instances allows (its deploy's, with the lease).
+            code = Path(folder) / "solo"
+            code.mkdir()
+            (code / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+            (code / "lambda.toml").write_text('name = "solo"\n[scaling]\nmax_instances = 1\n')
+            assert c.deploy(code).code == 0
+
+            def running(daemon: Lambdad) -> int:
+                return sum(1 for x in daemon.containers("solo") if x.status == "running")
+
+            def leases() -> str:
+                return server.psql(db, "SELECT coalesce(string_agg(n.name, ' '), '') FROM "
+                                       "instance_leases l JOIN nodes n ON n.id = l.node "
+                                       "WHERE l.function = 'solo'")
+
+            assert wait_for(lambda: running(c) == 1 and leases() == "c", 30), leases()
 
             ip("link", "set", host_link, "down")  # the partition: nothing is closed
             assert wait_for(lambda: states().get("c") == "down", DOWN_AFTER + 6), states()
             assert wait_for(lambda: leader() == "a", 5), leader()
             assert wait_for(lambda: "no answer to a heartbeat" in c.log()
                             and "is no longer the leader" in c.log(), 10), c.log()[-2000:]
+            # Its lease went with the mark-down: A takes it for an instance of its own.
+            assert wait_for(lambda: leases() == "", 5), leases()
+            assert a.cli("invoke", "solo").code == 0
+            assert leases() == "a" and running(a) == 1
             made = a.cli("keys", "create", "--name", "during-partition", "--role", "invoker")
             assert made.code == 0, made.stderr
             secret = made.stdout.strip()
@@ -134,6 +155,11 @@ def test_a_partitioned_node_is_marked_down_leads_nothing_and_rejoins() -> None:
             ip("link", "set", host_link, "up")
             assert wait_for(lambda: states().get("c") == "up", 30), c.log()[-3000:]
             assert leader() == "a"  # C does not take it back
+            # On rejoin C finds the function's one lease taken: its instance stops, and
+            # max_instances holds across the cluster again.
+            assert wait_for(lambda: running(c) == 0, 30), c.log()[-3000:]
+            assert leases() == "a" and running(a) == 1
+            assert "stopped on rejoin" in c.log()
             # the key made while C was cut off works on C: its reload after the reconnect
             env = c.env(LAMBDA_HOST=f"{ns_addr}:{c.grpc_port}", LAMBDA_API_KEY=secret)
             assert wait_for(lambda: c.cli("list", env=env).code == 0, 15), c.log()[-2000:]

@@ -9,7 +9,6 @@ nodes never exceed its max_instances (sampled)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, event_function, post_event, start_lines
 from tests.support.daemon import Lambdad, wait_for
 from tests.support.postgres import Postgres
 
@@ -26,50 +25,26 @@ pytestmark = pytest.mark.slow
 
 EVENTS = 2000
 MAX_INSTANCES = 3
-HANDLER = (
-    "import time\n\n"
-    "def handler(event, context):\n"
-    "    time.sleep(0.02)\n"
-    "    return {'n': event.get('n')}\n"
-)
-
-
 def _function(folder: Path) -> Path:
-    folder.mkdir()
-    (folder / "handler.py").write_text(HANDLER)
     # Retries for a delivery that found no free slot (another node held them all) within
     # its queue timeout: it is queued again, as any failed attempt.
-    (folder / "lambda.toml").write_text(
-        'name = "drain"\n[scaling]\n'
+    return event_function(
+        folder, "drain", "[scaling]\n"
         f"max_instances = {MAX_INSTANCES}\nconcurrency = 4\nqueue_timeout = 5\n"
         "[async]\nretries = 10\n")
-    return folder
 
 
 def _post(port: int, n: int) -> str | None:
     """One event through the gateway at `port`; its invocation id on a 202."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", "/", body=json.dumps({"n": n}),
-                     headers={"Host": "drain.localhost", "Lambda-Invocation-Type": "Event"})
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status != 202:
-        raise AssertionError(f"event {n}: {response.status} {body[:200]!r}")
+    status, body = post_event(port, "drain", n)
+    if status != 202:
+        raise AssertionError(f"event {n}: {status} {body[:200]!r}")
     return str(json.loads(body)["invocationId"])
 
 
 def _starts(node: Lambdad) -> Counter[str]:
     """Deliveries per request id, by the runtime's START frames in the node's log files."""
-    found: Counter[str] = Counter()
-    for path in (node.state_dir / "logs" / "drain").glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            if entry["stream"] == "runtime" and entry["message"].startswith("START RequestId:"):
-                found[entry["request_id"]] += 1
-    return found
+    return Counter(entry["request_id"] for entry in start_lines(node, "drain"))
 
 
 def _running_containers(nodes: list[Lambdad]) -> int:

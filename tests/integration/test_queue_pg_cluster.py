@@ -379,3 +379,83 @@ def test_slot_leases_never_exceed_max_instances_with_three_racing_nodes(
         sampler.close()
         for db in dbs:
             db.close()
+
+
+def _register(postgres: Postgres, database: str, *ids: str) -> None:
+    for node_id in ids:
+        postgres.psql(database, "INSERT INTO nodes (id, name, grpc_address, gateway_address, "
+                      "software_version, state, started_at, heartbeat_at) VALUES "
+                      f"('{node_id}', '{node_id}', 'x:1', 'x:2', 't', 'up', now(), now())")
+
+
+def test_a_node_without_a_lease_leaves_a_capped_functions_events_to_the_holder(
+        postgres: Postgres, database: str) -> None:
+    """max_instances 1 (concurrency 1), its lease held by A: B and C claim none of the
+    function's events (reported held, so their workers do not cycle again at once), A
+    claims one at a time. Once A's instance is gone (its lease given back) the first node
+    to claim takes the lease's worth, and the next finds that lease needed. With the
+    delivery limit alone (running rows, not leases) B claims while A holds the only
+    instance, and its start then waits for A's lease: the instance moves between nodes."""
+    from lambdad.cluster.slots_table import SlotTable
+    from lambdad.queue.room import Capacity
+
+    url = postgres.url(database)
+    _register(postgres, database, "A", "B", "C")
+    a, b, c = (Node(url, node_id) for node_id in "ABC")
+    slots = SlotTable(a.db, "A")
+    one = {"capacity_for": lambda _name: Capacity(1, 1)}
+    try:
+        assert slots.acquire("f", "lease-a", 1)
+        events = [_event("f", time.time() - 10 + i) for i in range(6)]
+        a.table.cycle([], time.time(), 1, set(), None, [(e, 0) for e in events])
+        for other in (b, c):
+            got = other.table.cycle([], time.time(), 5, set(), _take_all, [], None, **one)
+            assert got.claimed == [] and got.held == {"f"} and got.backlog
+        first = a.table.cycle([], time.time(), 5, set(), _take_all, [], None, **one)
+        assert [inv.id for inv in first.claimed] == [events[0].id]
+        assert a.table.cycle([], time.time(), 5, set(), _take_all, [], None,
+                             **one).claimed == []  # its one slot is busy
+        done = Finish(events[0].id, "succeeded", time.time(), time.time(), 200, b"{}", "", 1)
+        second = a.table.cycle([done], time.time(), 5, set(), _take_all, [], None, **one)
+        assert [inv.id for inv in second.claimed] == [events[1].id]
+        assert b.table.cycle([], time.time(), 5, set(), _take_all, [], None,
+                             **one).claimed == []
+        # A's instance stops: its lease is free; B claims its worth, C finds it needed.
+        a.table.cycle([Finish(events[1].id, "succeeded", time.time(), time.time(), 200,
+                              b"{}", "", 1)], time.time(), 1, set(), None, [])
+        slots.release("lease-a")
+        third = b.table.cycle([], time.time(), 5, set(), _take_all, [], None, **one)
+        assert [inv.id for inv in third.claimed] == [events[2].id]
+        for other in (c, a):
+            assert other.table.cycle([], time.time(), 5, set(), _take_all, [], None,
+                                     **one).claimed == []
+    finally:
+        for node in (a, b, c):
+            node.close()
+
+
+def test_a_rejoining_node_retakes_its_leases_only_where_there_is_room(
+        postgres: Postgres, database: str) -> None:
+    """SlotTable.retake: a lease still there is kept (a reconnect); after a mark-down
+    released it, it is taken again while the function has room, refused once another
+    node took the last one."""
+    from lambdad.cluster import table as cluster_table
+    from lambdad.cluster.slots_table import SlotTable
+
+    url = postgres.url(database)
+    _register(postgres, database, "r1", "r2")
+    dbs = [open_database(url, node_id) for node_id in ("r1", "r2")]
+    mine, theirs = SlotTable(dbs[0], "r1"), SlotTable(dbs[1], "r2")
+    try:
+        assert mine.acquire("f", "one", 2) and mine.acquire("f", "two", 2)
+        assert mine.retake("f", "one", 2) and mine.retake("f", "two", 2)  # kept
+        assert mine.held("f") == 2
+        postgres.psql(database, cluster_table.RELEASE_LEASES.replace("%(id)s", "'r1'"))
+        assert theirs.acquire("f", "other", 2)
+        assert mine.retake("f", "one", 2) is True
+        assert mine.retake("f", "two", 2) is False
+        assert postgres.psql(database, "SELECT string_agg(instance || ':' || node, ' ' "
+                             "ORDER BY instance) FROM instance_leases") == "one:r1 other:r2"
+    finally:
+        for db in dbs:
+            db.close()

@@ -10,6 +10,8 @@ database."""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import secrets
 import shutil
 import signal
@@ -17,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.support.daemon import Lambdad, wait_for
 from tests.support.postgres import Postgres
@@ -122,3 +125,45 @@ def tagged(folder: Path, name: str, tag: str) -> Path:
         f"def handler(event, context):\n    return {{'tag': '{tag}'}}\n")
     (folder / "lambda.toml").write_text(f'name = "{name}"\n')
     return folder
+
+
+# A function for the queue's tests across nodes: each delivery takes 20 ms.
+SLEEPY_HANDLER = (
+    "import time\n\n"
+    "def handler(event, context):\n"
+    "    time.sleep(0.02)\n"
+    "    return {'n': event.get('n')}\n"
+)
+
+
+def event_function(folder: Path, name: str, manifest: str) -> Path:
+    """A folder with SLEEPY_HANDLER and a lambda.toml: `name`, then `manifest`."""
+    folder.mkdir()
+    (folder / "handler.py").write_text(SLEEPY_HANDLER)
+    (folder / "lambda.toml").write_text(f'name = "{name}"\n{manifest}')
+    return folder
+
+
+def post_event(port: int, function: str, n: int, timeout: float = 10) -> tuple[int, bytes]:
+    """One event {"n": n} through the gateway at `port`: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/", body=json.dumps({"n": n}),
+                     headers={"Host": f"{function}.localhost",
+                              "Lambda-Invocation-Type": "Event"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def start_lines(node: Lambdad, function: str) -> list[dict[str, Any]]:
+    """The runtime's START frames (one per delivery) in the node's log files of
+    `function`, as entries (request_id, instance, ...)."""
+    found: list[dict[str, Any]] = []
+    for path in (node.state_dir / "logs" / function).glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            entry: dict[str, Any] = json.loads(line)
+            if entry["stream"] == "runtime" and entry["message"].startswith("START RequestId:"):
+                found.append(entry)
+    return found

@@ -489,3 +489,69 @@ def test_an_event_arriving_during_a_cycle_brings_the_group_commit_window(
                 assert stored == [[first.id], [second.id, third.id]]
 
     asyncio.run(scenario())
+
+
+class HeldElsewhere:
+    """A shared queue whose due events of `f` this node may not claim: another node holds
+    the function's instance (PgInvocationTable reports the function held)."""
+
+    def __init__(self, held: bool) -> None:
+        self.held = held
+        self.cycles = 0
+
+    async def cycle(self, *args: Any) -> Any:
+        from lambdad.queue.store import Claim
+
+        self.cycles += 1
+        await asyncio.sleep(0.001)  # (a store call takes a turn of the loop)
+        return Claim([], ["f"], None, [], True, frozenset({"f"} if self.held else ()))
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_function_held_by_another_node_costs_no_busy_loop(held: bool) -> None:
+    """Due events left because the cluster has no room for them here are retried by the
+    poll or another node's wake-up, not by a cycle at once (which finds no room again and
+    again: a busy loop of transactions on every node without the instance). A function
+    left for another reason (no limit known here yet) is tried again at once."""
+
+    async def scenario() -> int:
+        table = HeldElsewhere(held)
+        worker = AsyncWorker(table, succeed, lambda _: RetryPolicy(), lambda _: 4)
+        worker.start()
+        try:
+            await asyncio.sleep(0.3)
+        finally:
+            await worker.stop()
+        return table.cycles
+
+    cycles = asyncio.run(scenario())
+    if held:
+        assert cycles <= 2, cycles
+    else:
+        assert cycles > 10, cycles  # (why `held` is needed)
+
+
+def test_a_node_delivering_a_function_says_so_until_its_next_claim_is_due(
+        store_backend: StoreBackend) -> None:
+    """`delivering_function` (a `slots` ask is refused while it is true): during a
+    delivery, and for the poll interval after the last one ended; not for another one."""
+    gate = asyncio.Event()
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        await gate.wait()
+        return True, 200, b"{}", ""
+
+    async def scenario() -> None:
+        async with (opened_store(store_backend.database, "f") as store,
+                    started_worker(store.invocations, deliver) as worker):
+            assert not worker.delivering_function("f")
+            await worker.intake.submit(event(), 0)
+            await until(lambda: asyncio.sleep(0, worker.delivering_function("f")))
+            assert not worker.delivering_function("g")
+            gate.set()
+            await until(lambda: asyncio.sleep(0, not worker._running))
+            assert worker.delivering_function("f")  # its next may be claimed any moment
+            await asyncio.sleep(worker_module.POLL_S + 0.1)
+            assert not worker.delivering_function("f")
+
+    asyncio.run(scenario())
