@@ -84,10 +84,17 @@ class Localizer:
                 if found:  # built here at an earlier first use (a restart keeps it)
                     return Localized(local)
             return await self._once(version, "image", self._build_image)
-        if not version.artifact_sha256 or (
-                self._artifacts.find(version.function, version.number) is not None):
+        if not version.artifact_sha256 or self._current(version.function, version.number,
+                                                        version.artifact_sha256):
             return Localized()
         return await self._once(version, "artifact", self._fetch_artifact)
+
+    def _current(self, function: str, number: int, sha256: str) -> bool:
+        """Whether this node's copy of the version is the blob its row names. A node
+        that missed a delete and a new deploy of the same name (versions restart at 1)
+        holds another blob's `vN`: that one is stale and is fetched again."""
+        found = self._artifacts.find(function, number)
+        return found is not None and ArtifactStore.blob(found) == sha256
 
     async def _once(self, version: FunctionVersion, kind: str,
                     work: Callable[[FunctionVersion], Awaitable[str]]) -> Localized:
@@ -120,9 +127,10 @@ class Localizer:
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         blob = final.with_name(final.name + ".blob.partial")
         staging = final.with_name(final.name + ".partial")
-        remove_quietly(blob, staging)  # what a fetch cut short left
+        remove_quietly(blob, staging, final)  # what a fetch cut short left; a stale copy
         source = version.source_version
-        if source is not None and self._artifacts.find(version.function, source) is not None:
+        if source is not None and self._current(version.function, source,
+                                                version.artifact_sha256):
             # A config-only version's files are its source's (the same blob): linked from
             # the copy this node already has, nothing fetched.
             cloned = self._artifacts.clone(version.function, source, version.number)
@@ -131,6 +139,7 @@ class Localizer:
         try:
             self._blobs.fetch(version.artifact_sha256, blob)
             unpack(blob, staging)
+            ArtifactStore.mark_blob(staging, version.artifact_sha256)
             os.rename(staging, final)
         except BaseException:
             remove_quietly(staging)
