@@ -55,6 +55,7 @@ class Localizer:
         self, blobs: BlobStore, artifacts: ArtifactStore, *, image_prefix: str,
         spool_dir: Path, tar_limits: TarLimits, builder: ImageBuilder | None = None,
         image_id: Callable[[str], str] | None = None, observe: Observe | None = None,
+        image_stamp: Callable[[str], str] | None = None,
     ) -> None:
         self._blobs = blobs
         self._artifacts = artifacts
@@ -63,6 +64,7 @@ class Localizer:
         self._tar_limits = tar_limits
         self._builder = builder
         self._image_id = image_id
+        self._image_stamp = image_stamp  # (tag) -> the version stamp it was built for
         self._observe = observe
         self._pending: dict[tuple[str, int], asyncio.Future[str]] = {}
         self.fetches = 0  # artifacts fetched and images built by this node (tests read it)
@@ -81,13 +83,20 @@ class Localizer:
                 return Localized()
             if self._image_id is not None:
                 found: str = await asyncio.to_thread(self._image_id, local)
-                if found:  # built here at an earlier first use (a restart keeps it)
-                    return Localized(local)
+                if found and await self._same_version(local, version):
+                    return Localized(local)  # built here at an earlier first use
             return await self._once(version, "image", self._build_image)
         if not version.artifact_sha256 or self._current(version.function, version.number,
                                                         version.artifact_sha256):
             return Localized()
         return await self._once(version, "artifact", self._fetch_artifact)
+
+    async def _same_version(self, local: str, version: FunctionVersion) -> bool:
+        """Whether this node's image under `local` was built for this version, not for a
+        deleted one of the same name and number (see `_current`)."""
+        if self._image_stamp is None:
+            return True
+        return bool(await asyncio.to_thread(self._image_stamp, local) == version.stamp)
 
     def _current(self, function: str, number: int, sha256: str) -> bool:
         """Whether this node's copy of the version is the blob its row names. A node
@@ -161,7 +170,7 @@ class Localizer:
             summary = await asyncio.to_thread(tarball.validate, archive, self._tar_limits)
             spec = BuildSpec(function=version.function, version=version.number, image=local,
                              archive=archive, runtime="docker", archive_format=summary.format,
-                             tar_limits=self._tar_limits)
+                             tar_limits=self._tar_limits, stamp=version.stamp)
             built: BuiltImage | None = None
             async for item in self._builder.build(spec):
                 if isinstance(item, BuiltImage):

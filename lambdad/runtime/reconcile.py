@@ -22,7 +22,7 @@ from lambdad.runtime.backend import Backend
 from lambdad.runtime.folder import CONTAINER_UID, InstanceFolder, Refused
 from lambdad.runtime.pool import Instance
 from lambdad.runtime.routing import Routes
-from lambdad.runtime.starts import OWNER_FILE, Notify, version_stamp
+from lambdad.runtime.starts import OWNER_FILE, Notify
 from lambdad.runtime.stops import Stopper
 from lambdad.runtime.upstream import UpstreamConnection
 
@@ -47,7 +47,7 @@ class Reconciler:
         adopted: set[str] = set()
         removed = 0
         for container in await asyncio.to_thread(self.backend.managed):
-            stamp = ""
+            stamp = container.stamp  # its label (a Dockerfile function's; "" on a cell)
             if container.cell:
                 function, number, stamp = await asyncio.to_thread(self._owner,
                                                                   container.instance)
@@ -64,7 +64,7 @@ class Reconciler:
                     # NotInitialized), or started by a lambdad from before the file.
                     # Replaced, not adopted.
                     pool = None
-            if owned and pool is not None and stamp and stamp != version_stamp(pool.version):
+            if pool is not None and stamp and stamp != pool.version.stamp:
                 # The same name and number, another version: a function deleted and
                 # deployed again (it restarts at v1) while this node was down (cluster
                 # mode). Its code is the deleted one's: replaced, not adopted. (No stamp:

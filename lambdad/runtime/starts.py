@@ -26,7 +26,6 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +57,6 @@ STAGE_DELAY_S = 1.0
 # In STATE/c/<id>: "<function>\n<version>\n" once the instance's code loaded (a specialized
 # cell's, or a standard runtime's own container's, whose c/<id> holds only this file).
 OWNER_FILE = "owner"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Notify = Callable[[Instance, str], None]
 
@@ -389,15 +387,8 @@ def _mark_loaded(code_dir: Path, version: FunctionVersion) -> None:
     _write_owner(code_dir / OWNER_FILE, version)
 
 
-def version_stamp(version: FunctionVersion) -> str:
-    """Which version, beyond its name and number: its creation in microseconds. A function
-    deleted and deployed again restarts at v1; in cluster mode a node that was down
-    meanwhile must not adopt its instances of the deleted v1 as the new one."""
-    return str((version.created_at - EPOCH) // timedelta(microseconds=1))
-
-
 def _write_owner(path: Path, version: FunctionVersion) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644)
     with os.fdopen(fd, "w") as owner:
-        owner.write(f"{version.function}\n{version.number}\n{version_stamp(version)}\n")
+        owner.write(f"{version.function}\n{version.number}\n{version.stamp}\n")

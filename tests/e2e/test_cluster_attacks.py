@@ -62,3 +62,64 @@ def test_the_cluster_key_opens_no_private_function(postgres: Postgres,
         assert seen.status == 200 and seen.json()["authorization"] is None, seen.body
     finally:
         nodes.close()
+
+
+def test_forged_announcements_crash_no_listener(postgres: Postgres, tmp_path: Path) -> None:
+    """Anyone who can write to the database can NOTIFY (trusted, but a bad payload must
+    not end a node's LISTEN loop, which would cost it its session and its leadership)."""
+    nodes = Cluster(postgres, 2)
+    try:
+        a, b = nodes.start().nodes
+        payloads = [
+            "not json", "[" * 3900 + "]" * 3900, '{"o": 1}', "x" * 7990,
+            '{"o":"x","k":"fn","n":"../../etc"}', '{"o":"x","k":"fn","n":"\\ud800"}',
+            '{"o":"x","k":"slots","n":"\\ud800\\u0000' + "a" * 200 + '"}',
+            '{"o":"x","k":"node","n":""}', '{"o":"x","k":"cancel","n":"zz"}',
+            '{"o":"x","k":"keys","n":"","extra":1}', '{"o":"x","k":"nope","n":""}',
+        ]
+        for channel in ("lambda_changes", "lambda_queue"):
+            for payload in payloads:
+                quoted = payload.replace("'", "''")
+                nodes.sql(f"SELECT pg_notify('{channel}', '{quoted}')")
+        b.deploy(write_function(tmp_path / "after", MARKED % "after", 'name = "after"\n'))
+        served = a.http("after")  # A still listens: B's deploy is live on it
+        assert served.status == 200 and served.json()["code"] == "after", served.body
+        assert a.process is not None and a.process.poll() is None
+        log = a.log()
+        assert "session failed" not in log and "session lost" not in log, log[-2000:]
+        assert "ignored a malformed change announcement" in log
+    finally:
+        nodes.close()
+
+
+def dockerfile_function(folder: Path, name: str, code: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "handler.py").write_text(MARKED % code)
+    (folder / "Dockerfile").write_text(
+        "FROM lambda-runtime/python:3.11\nCOPY handler.py /var/task/handler.py\n")
+    (folder / "lambda.toml").write_text(
+        f'name = "{name}"\nruntime = "docker"\nhandler = "handler.handler"\n'
+        "[scaling]\nmax_instances = 1\n")
+    return folder
+
+
+def test_a_stale_node_never_serves_a_deleted_dockerfile_functions_image(
+        postgres: Postgres, tmp_path: Path) -> None:
+    """As above for a Dockerfile function: B built its own `PREFIX/dock:v1` from the
+    stored context of the deleted v1; that image (and its container) is not the new v1."""
+    nodes = Cluster(postgres, 2)
+    try:
+        a, b = nodes.start().nodes
+        a.deploy(dockerfile_function(tmp_path / "old", "dock", "old"))
+        first = b.http("dock")
+        assert first.status == 200 and first.json()["code"] == "old", first.body
+        nodes.kill(1)
+        assert a.cli("delete", "dock", "--yes").code == 0
+        a.deploy(dockerfile_function(tmp_path / "new", "dock", "new"))
+        assert a.http("dock").json()["code"] == "new"
+        nodes.restart(1)
+        served = b.http("dock")
+        assert served.status == 200, served.body
+        assert served.json()["code"] == "new", "node B ran the deleted function's image"
+    finally:
+        nodes.close()

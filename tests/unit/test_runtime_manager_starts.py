@@ -15,7 +15,6 @@ import pytest
 
 from lambdad.errors import InstanceFailed, Unavailable
 from lambdad.runtime.cells import CellClass
-from lambdad.runtime.starts import version_stamp
 from tests.support.fake_docker import RUNTIME_IMAGE_ID
 from tests.support.runtime import Runtime, cell_runtime, run, until, version
 
@@ -34,8 +33,8 @@ def test_a_version_with_an_artifact_starts_in_a_stem_cell() -> None:
         assert cell.function == "fn" and cell.env["AWS_LAMBDA_FUNCTION_TIMEOUT"] == "7"
         code = rt.cells_dir / cell.instance
         assert (code / "task" / "handler.py").is_file()  # the version's code, linked in
-        # whose it is, for a restart (and which fn v1: its stamp, see starts.version_stamp)
-        assert (code / "owner").read_text() == f"fn\n1\n{version_stamp(v1)}\n"
+        # whose it is, for a restart (and which fn v1: FunctionVersion.stamp)
+        assert (code / "owner").read_text() == f"fn\n1\n{v1.stamp}\n"
         await until(lambda: cell.id in rt.docker.renamed)
         assert rt.docker.renamed[cell.id] == f"lambda-fn-v1-{cell.instance}"
         _, body = await rt.call()
@@ -307,7 +306,7 @@ def test_reconcile_does_not_adopt_a_deleted_versions_instance_of_the_same_number
         stale = await rt.loaded_leftover("fn", 1, "a00000000002", cell=True)
         for instance_id, owner in (("a00000000001", v1), ("a00000000002", deleted)):
             (rt.cells_dir / instance_id / "owner").write_text(
-                f"fn\n1\n{version_stamp(owner)}\n")
+                f"fn\n1\n{owner.stamp}\n")
         assert await rt.manager.reconcile() == (1, 1)
         assert rt.docker.removed == [stale.id]
         assert set(rt.docker.containers) == {same.id}
