@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.daemon import wait_for
 from tests.support.functions import write_function
 from tests.support.postgres import Postgres
 
@@ -121,5 +122,36 @@ def test_a_stale_node_never_serves_a_deleted_dockerfile_functions_image(
         served = b.http("dock")
         assert served.status == 200, served.body
         assert served.json()["code"] == "new", "node B ran the deleted function's image"
+    finally:
+        nodes.close()
+
+
+def test_a_stalled_node_drops_its_warm_instances_of_a_deleted_function(
+        postgres: Postgres, tmp_path: Path) -> None:
+    """B stalls (SIGSTOP) with a warm instance of fn v1, is marked down (its connections
+    ended, so the announcements are lost), fn is deleted and deployed again (back at v1)
+    through A; B resumes and reloads: from then on its warm deleted v1 never answers.
+    (Until its reload B serves what it had in memory, as it does while the database is
+    away: docs/cluster.md.)"""
+    import signal
+
+    nodes = Cluster(postgres, 2)
+    try:
+        a, b = nodes.start().nodes
+        a.deploy(write_function(tmp_path / "old", MARKED % "old", 'name = "again"\n'))
+        assert b.http("again").json()["code"] == "old"
+        assert b.process is not None
+        b.process.send_signal(signal.SIGSTOP)
+        try:
+            assert nodes.wait_state("n1", "down", 30)
+            assert a.cli("delete", "again", "--yes").code == 0
+            a.deploy(write_function(tmp_path / "new", MARKED % "new", 'name = "again"\n'))
+        finally:
+            b.process.send_signal(signal.SIGCONT)
+        assert nodes.wait_state("n1", "up", 30)
+        assert wait_for(lambda: b.log().count("version=1 is live (changed on another node)") > 1,
+                        30)
+        codes = [b.http("again").json()["code"] for _ in range(20)]
+        assert set(codes) == {"new"}, codes
     finally:
         nodes.close()
