@@ -155,3 +155,66 @@ def test_a_stalled_node_drops_its_warm_instances_of_a_deleted_function(
         assert set(codes) == {"new"}, codes
     finally:
         nodes.close()
+
+
+SAYER = ("def handler(event, context):\n"
+         "    print('said ' + event['say'], flush=True)\n"
+         "    return {'said': event['say']}\n")
+
+
+def test_a_hung_peer_does_not_hang_logs_through_another_node(postgres: Postgres,
+                                                              tmp_path: Path) -> None:
+    """B stalls (SIGSTOP: its TCP port still accepts, nothing answers) but stays `up` in
+    the nodes table (a long node_down_after): `logs` through A still answers with A's
+    lines (B left out after its timeout), and `logs -f` through A shows A's new lines."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.support.daemon import ROOT
+
+    nodes = Cluster(postgres, 2, down_after=60)
+    try:
+        a, b = nodes.start().nodes
+        a.deploy(write_function(tmp_path / "sayer", SAYER, 'name = "sayer"\n'))
+        assert a.cli("invoke", "sayer", "--data", '{"say": "on-a"}').code == 0
+        assert wait_for(lambda: b.cli("invoke", "sayer", "--data", '{"say": "on-b"}').code
+                        == 0, 60)
+        assert b.process is not None
+        b.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            result = a.cli("-o", "json", "logs", "sayer", timeout=60)
+            took = time.monotonic() - started
+            assert result.code == 0, result.stderr
+            messages = [json.loads(line)["message"] for line in result.stdout.splitlines()
+                        if line.strip()]
+            assert "said on-a" in messages, messages
+            assert took < 30, took  # a bound against hanging, not a speed target
+            follow = subprocess.Popen(
+                [sys.executable, "-m", "lambdactl", "-o", "json", "logs", "sayer", "-f"],
+                env=a.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            seen: list[str] = []
+
+            def read() -> None:
+                assert follow.stdout is not None
+                for line in follow.stdout:
+                    if line.strip():
+                        seen.append(json.loads(line)["message"])
+
+            threading.Thread(target=read, daemon=True).start()
+            try:
+                assert wait_for(lambda: "said on-a" in seen, 30), seen
+                assert a.cli("invoke", "sayer", "--data", '{"say": "later-a"}').code == 0
+                assert wait_for(lambda: "said later-a" in seen, 30), (seen, a.log()[-2000:])
+            finally:
+                follow.kill()
+                follow.wait()
+        finally:
+            b.process.send_signal(signal.SIGCONT)
+    finally:
+        nodes.close()
