@@ -243,7 +243,6 @@ class Deployer:
                 return "", ""
             sha = await asyncio.to_thread(publish_artifact, self._blobs, folder,
                                           self._upload.spool_dir)
-            ArtifactStore.mark_blob(folder, sha)
             result = (sha, "")
         log.info("stored blob function=%s version=%d blob=%s store_ms=%.0f", name, number,
                  sha[:12], (time.monotonic() - started) * 1000)
