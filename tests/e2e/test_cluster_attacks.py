@@ -222,3 +222,53 @@ def test_a_hung_peer_does_not_hang_logs_through_another_node(postgres: Postgres,
             b.process.send_signal(signal.SIGCONT)
     finally:
         nodes.close()
+
+
+SLOW = ("import socket, time\n"
+        "def handler(event, context):\n"
+        "    time.sleep(event.get('sleep', 0))\n"
+        "    return {'host': socket.gethostname()}\n")
+
+
+def test_a_stalled_nodes_late_end_of_an_attempt_is_refused(postgres: Postgres,
+                                                           tmp_path: Path) -> None:
+    """B claims an event and stalls (SIGSTOP) mid-attempt; B is marked down, the attempt
+    is queued again and A delivers it. B resumes, its instance answers: B's late end of
+    the old attempt must not overwrite A's (fencing by owner and attempt)."""
+    import json
+    import signal
+
+    nodes = Cluster(postgres, 2)
+    try:
+        a, b = nodes.start().nodes
+        a.deploy(write_function(tmp_path / "slow", SLOW, 'name = "slow"\ntimeout = 30\n'))
+        assert wait_for(lambda: b.http("slow").status == 200, 30)
+        accepted = b.http("slow", method="POST", body=b'{"sleep": 6}',
+                          headers={"Lambda-Invocation-Type": "Event"})
+        assert accepted.status == 202, accepted.body
+        assert wait_for(lambda: nodes.sql(
+            "SELECT owner_node FROM invocations WHERE function = 'slow' AND status = "
+            "'running'") == b.daemon_id, 15), nodes.sql("SELECT * FROM invocations")
+        assert b.process is not None
+        b.process.send_signal(signal.SIGSTOP)
+        try:
+            assert nodes.wait_state("n1", "down", 30)
+            assert wait_for(lambda: nodes.sql(
+                "SELECT status FROM invocations WHERE function = 'slow'") == "succeeded",
+                60), nodes.sql("SELECT status, attempts, last_error FROM invocations")
+            delivered = nodes.sql("SELECT attempts || ' ' || convert_from(result, 'UTF8') "
+                                  "FROM invocations WHERE function = 'slow'")
+        finally:
+            b.process.send_signal(signal.SIGCONT)
+        assert nodes.wait_state("n1", "up", 30)
+        # B's instance finished its sleep long ago: once B runs again it has its answer,
+        # and its end of that attempt is refused (it is no longer B's).
+        assert wait_for(lambda: "not recorded: no longer this node's" in b.log(), 30), \
+            b.log()[-2500:]
+        after = nodes.sql("SELECT attempts || ' ' || convert_from(result, 'UTF8') "
+                          "FROM invocations WHERE function = 'slow'")
+        assert after == delivered, (delivered, after, b.log()[-2500:])
+        attempts, result = after.split(" ", 1)
+        assert int(attempts) == 2 and json.loads(result)["host"], after
+    finally:
+        nodes.close()
