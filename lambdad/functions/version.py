@@ -39,7 +39,10 @@ class FunctionVersion:
         function deleted and deployed again restarts at v1; in cluster mode a node that
         was down meanwhile must not take its instances or image of the deleted v1 for the
         new one (written in instances' owner files and labels, images' labels)."""
-        return str((self.created_at - _EPOCH) // timedelta(microseconds=1))
+        created = self.created_at
+        if created.tzinfo is None:  # stored in UTC (the store hands back aware ones)
+            created = created.replace(tzinfo=UTC)
+        return str((created - _EPOCH) // timedelta(microseconds=1))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
