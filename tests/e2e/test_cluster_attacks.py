@@ -272,3 +272,53 @@ def test_a_stalled_nodes_late_end_of_an_attempt_is_refused(postgres: Postgres,
         assert int(attempts) == 2 and json.loads(result)["host"], after
     finally:
         nodes.close()
+
+
+def test_the_database_password_shows_nowhere(postgres: Postgres, tmp_path: Path) -> None:
+    """Two nodes on a URL with a real password (scram-sha-256), given as LAMBDAD_DATABASE
+    as docs/cluster.md advises: through a deploy, a fetch on the other node, a fanned-out
+    `logs`, `nodes`, `stats`, /metrics, and the database going away and coming back, the
+    password is in no log line, CLI output, metric or process command line."""
+    from tests.support.metrics import scrape
+    from tests.support.postgres import PASSWORD
+
+    nodes = Cluster(postgres, 2)
+    url = postgres.url(nodes.db, password=True)
+    for node in nodes.nodes:
+        at = node.extra_args.index("--database")
+        del node.extra_args[at:at + 2]
+        node.start_env["LAMBDAD_DATABASE"] = url
+    try:
+        a, b = nodes.start().nodes
+        outputs: list[str] = []
+        a.deploy(write_function(tmp_path / "sayer", SAYER, 'name = "sayer"\n'))
+        assert wait_for(lambda: b.cli("invoke", "sayer", "--data", '{"say": "b"}').code
+                        == 0, 60)
+        for node in (a, b):
+            for args in (("logs", "sayer"), ("nodes",), ("-o", "json", "nodes"),
+                         ("stats",), ("version",)):
+                result = node.cli(*args)
+                outputs += [result.stdout, result.stderr]
+            outputs.append(scrape(node))
+            assert node.process is not None
+            outputs.append(Path(f"/proc/{node.process.pid}/cmdline").read_text())
+        postgres.halt()
+        try:
+            down = a.cli("invocations", "sayer")
+            assert down.code != 0
+            assert "unavailable" in down.stderr and "***" in down.stderr, down.stderr
+            outputs += [down.stdout, down.stderr]
+            refused = b.cli("deploy", str(tmp_path / "sayer"))
+            outputs += [refused.stdout, refused.stderr]
+            outputs.append(b.http("sayer", method="POST", body=b'{"say": "x"}',
+                                  headers={"Lambda-Invocation-Type": "Event"}).body.decode())
+        finally:
+            postgres.resume()
+        assert wait_for(lambda: a.cli("invocations", "sayer").code == 0, 60)
+        assert wait_for(lambda: "is back" in b.log(), 60)
+        outputs += [a.log(), b.log()]
+        leaked = [text[max(0, text.find(PASSWORD) - 200):text.find(PASSWORD) + 50]
+                  for text in outputs if PASSWORD in text]
+        assert not leaked, leaked
+    finally:
+        nodes.close()
