@@ -248,7 +248,7 @@ def build_parts(config: Config, host: Host, engine: DockerEngine) -> Parts:
     localizer = None if blobs is None else Localizer(
         blobs, artifacts, image_prefix=config.image_prefix, spool_dir=state / "spool",
         tar_limits=TarLimits(max_unpacked_bytes=config.max_unpacked_bytes), builder=builder,
-        image_id=backend.image_id,
+        image_id=backend.image_id, image_stamp=backend.image_stamp,
         observe=lambda kind, seconds: metrics.artifact_fetch.labels(kind).observe(seconds))
     runtime = RuntimeManager(
         backend, instances_dir=state / "i", start_timeout=config.start_timeout,

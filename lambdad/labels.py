@@ -3,6 +3,7 @@
 FUNCTION = "lambda.function"
 VERSION = "lambda.version"
 INSTANCE = "lambda.instance"
+STAMP = "lambda.stamp"  # which version of that number (FunctionVersion.stamp)
 DAEMON = "lambda.daemon"  # which lambdad (state folder) owns the object
 CELL = "lambda.cell"  # a stem cell: its class; it has no function label
 CLEANUP = "lambda.cleanup"  # a short-lived container emptying an instance folder

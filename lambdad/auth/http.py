@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from lambdad import errors
-from lambdad.auth.keys import bearer_credentials
+from lambdad.auth.keys import CLUSTER_ROLE, bearer_credentials
 
 # (key) -> who it is, or None for an unknown or revoked key
 Identify = Callable[[str], object | None]
@@ -30,6 +30,14 @@ def bearer_key(value: bytes, identify: Identify) -> bool:
     """`Bearer <a valid API key>`: the scheme in any case (RFC 9110), any blanks after it."""
     token = bearer_credentials(value.decode("latin-1"))
     return token is not None and identify(token) is not None
+
+
+def opens(value: bytes, identify: Identify) -> bool:
+    """`Bearer <an API key that may invoke>`: the cluster key (the nodes' shared secret,
+    role `cluster`) is recognized, so it is kept from functions, but it invokes nothing."""
+    token = bearer_credentials(value.decode("latin-1"))
+    who = identify(token) if token is not None else None
+    return who is not None and not (isinstance(who, tuple) and CLUSTER_ROLE in who[1:])
 
 
 def holds_key(value: bytes, identify: Identify) -> bool:
@@ -71,7 +79,7 @@ def authorize(
     tokens: no function ever sees a lambda key.
     """
     authorization = [value for name, value in headers if name.lower() == b"authorization"]
-    if needs_key and not any(bearer_key(value, identify) for value in authorization):
+    if needs_key and not any(opens(value, identify) for value in authorization):
         return errors.Unauthenticated(
             f"function {function!r} needs an API key: send 'Authorization: Bearer <key>'")
     keyed = {value for value in authorization if holds_key(value, identify)}

@@ -29,6 +29,7 @@ from typing import Protocol
 TASK = "task"
 DEPS = "deps"
 RUNTIME_IMAGE = "runtime-image"  # the id of the runtime image the version was built on
+BLOB = "blob-sha256"  # cluster mode: the sha256 of the blob this artifact is (not packed)
 
 
 class ArtifactSink(Protocol):
@@ -111,6 +112,20 @@ class ArtifactStore:
         except BaseException:
             self.discard(function, version)
             raise
+
+    @staticmethod
+    def blob(artifact: Path) -> str:
+        """The sha256 of the shared blob the artifact is (cluster mode), "" if unknown. A
+        function deleted and deployed again restarts at v1: a node that missed the delete
+        must see that its `v1` is another blob's, not the version's."""
+        try:
+            return (artifact / BLOB).read_text().strip()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def mark_blob(artifact: Path, sha256: str) -> None:
+        (artifact / BLOB).write_text(sha256 + "\n")
 
     @staticmethod
     def runtime_image(artifact: Path) -> str:

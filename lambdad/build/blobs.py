@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from lambdad.build.artifacts import DEPS, RUNTIME_IMAGE, TASK, normalize_modes
+from lambdad.build.artifacts import DEPS, RUNTIME_IMAGE, TASK, ArtifactStore, normalize_modes
 from lambdad.errors import BlobRefused, Unavailable
 
 CHUNK = 1 << 20  # bytes per blob_chunks row
@@ -274,6 +274,8 @@ def publish_artifact(blobs: BlobStore, artifact: Path, spool: Path) -> str:
     try:
         with packed.open("wb") as out:
             pack(artifact, out)
-        return blobs.put("artifact", packed)
+        sha256 = blobs.put("artifact", packed)
+        ArtifactStore.mark_blob(artifact, sha256)  # this copy is that blob (localize.py)
+        return sha256
     finally:
         remove_quietly(packed)

@@ -57,6 +57,7 @@ class BuildSpec:
     archive_format: str  # as `tarball.validate` reported it: the archive is read as that
     tar_limits: TarLimits = field(default_factory=TarLimits)  # what it was validated with
     no_cache: bool = False  # resolve requirements.txt again, not from the DepsCache
+    stamp: str = ""  # FunctionVersion.stamp, labelled (a node's own build of a stored context)
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,9 @@ class ImageBuilder:
         return BuiltImage(image="", image_id="")
 
     def _labels(self, spec: BuildSpec) -> dict[str, str]:
-        return {labels.FUNCTION: spec.function, labels.VERSION: str(spec.version),
-                labels.DAEMON: self._daemon_id}
+        found = {labels.FUNCTION: spec.function, labels.VERSION: str(spec.version),
+                 labels.DAEMON: self._daemon_id}
+        return {**found, labels.STAMP: spec.stamp} if spec.stamp else found
 
     def _install_requirements(
         self, code: Path, deps: Path, ctx: Path, deadline: float,

@@ -11,7 +11,7 @@ from lambdad import labels
 LABEL_PREFIX = "lambda."
 # What lambdad reads back from containers: never accepted from an image, inherited or not.
 CONTROL_LABELS = frozenset({labels.FUNCTION, labels.VERSION, labels.INSTANCE, labels.DAEMON,
-                            labels.CELL, labels.CLEANUP})
+                            labels.CELL, labels.CLEANUP, labels.STAMP})
 
 
 def generated_dockerfile(runtime_image: str, *, with_deps: bool) -> str:

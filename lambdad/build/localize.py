@@ -55,6 +55,7 @@ class Localizer:
         self, blobs: BlobStore, artifacts: ArtifactStore, *, image_prefix: str,
         spool_dir: Path, tar_limits: TarLimits, builder: ImageBuilder | None = None,
         image_id: Callable[[str], str] | None = None, observe: Observe | None = None,
+        image_stamp: Callable[[str], str] | None = None,
     ) -> None:
         self._blobs = blobs
         self._artifacts = artifacts
@@ -63,6 +64,7 @@ class Localizer:
         self._tar_limits = tar_limits
         self._builder = builder
         self._image_id = image_id
+        self._image_stamp = image_stamp  # (tag) -> the version stamp it was built for
         self._observe = observe
         self._pending: dict[tuple[str, int], asyncio.Future[str]] = {}
         self.fetches = 0  # artifacts fetched and images built by this node (tests read it)
@@ -81,13 +83,27 @@ class Localizer:
                 return Localized()
             if self._image_id is not None:
                 found: str = await asyncio.to_thread(self._image_id, local)
-                if found:  # built here at an earlier first use (a restart keeps it)
-                    return Localized(local)
+                if found and await self._same_version(local, version):
+                    return Localized(local)  # built here at an earlier first use
             return await self._once(version, "image", self._build_image)
-        if not version.artifact_sha256 or (
-                self._artifacts.find(version.function, version.number) is not None):
+        if not version.artifact_sha256 or self._current(version.function, version.number,
+                                                        version.artifact_sha256):
             return Localized()
         return await self._once(version, "artifact", self._fetch_artifact)
+
+    async def _same_version(self, local: str, version: FunctionVersion) -> bool:
+        """Whether this node's image under `local` was built for this version, not for a
+        deleted one of the same name and number (see `_current`)."""
+        if self._image_stamp is None:
+            return True
+        return bool(await asyncio.to_thread(self._image_stamp, local) == version.stamp)
+
+    def _current(self, function: str, number: int, sha256: str) -> bool:
+        """Whether this node's copy of the version is the blob its row names. A node
+        that missed a delete and a new deploy of the same name (versions restart at 1)
+        holds another blob's `vN`: that one is stale and is fetched again."""
+        found = self._artifacts.find(function, number)
+        return found is not None and ArtifactStore.blob(found) == sha256
 
     async def _once(self, version: FunctionVersion, kind: str,
                     work: Callable[[FunctionVersion], Awaitable[str]]) -> Localized:
@@ -120,9 +136,10 @@ class Localizer:
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         blob = final.with_name(final.name + ".blob.partial")
         staging = final.with_name(final.name + ".partial")
-        remove_quietly(blob, staging)  # what a fetch cut short left
+        remove_quietly(blob, staging, final)  # what a fetch cut short left; a stale copy
         source = version.source_version
-        if source is not None and self._artifacts.find(version.function, source) is not None:
+        if source is not None and self._current(version.function, source,
+                                                version.artifact_sha256):
             # A config-only version's files are its source's (the same blob): linked from
             # the copy this node already has, nothing fetched.
             cloned = self._artifacts.clone(version.function, source, version.number)
@@ -131,6 +148,7 @@ class Localizer:
         try:
             self._blobs.fetch(version.artifact_sha256, blob)
             unpack(blob, staging)
+            ArtifactStore.mark_blob(staging, version.artifact_sha256)
             os.rename(staging, final)
         except BaseException:
             remove_quietly(staging)
@@ -152,7 +170,7 @@ class Localizer:
             summary = await asyncio.to_thread(tarball.validate, archive, self._tar_limits)
             spec = BuildSpec(function=version.function, version=version.number, image=local,
                              archive=archive, runtime="docker", archive_format=summary.format,
-                             tar_limits=self._tar_limits)
+                             tar_limits=self._tar_limits, stamp=version.stamp)
             built: BuiltImage | None = None
             async for item in self._builder.build(spec):
                 if isinstance(item, BuiltImage):

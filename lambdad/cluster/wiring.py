@@ -67,6 +67,11 @@ def _read_key(path: Path) -> str:
     if len(key) < MIN_CLUSTER_KEY or any(c.isspace() for c in key):
         raise StartupError(f"cluster_key_file {path} must hold one secret of at least "
                            f"{MIN_CLUSTER_KEY} characters without blanks")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:  # warned, not refused: a Docker secret is mounted 0444 by default
+        logging.getLogger("lambdad.cluster").warning(
+            "cluster_key_file %s has mode %o: other local users can read the cluster key "
+            "(it reads every function's logs through any node); chmod 600 it", path, mode)
     return key
 
 

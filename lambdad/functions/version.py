@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from lambdad.functions.manifest import FunctionConfig
 
@@ -32,6 +32,20 @@ class FunctionVersion:
         version has no image of its own (`image` is ""), unless an earlier lambdad built
         one for it."""
         return not self.image
+
+    @property
+    def stamp(self) -> str:
+        """Which version, beyond its name and number: its creation in microseconds. A
+        function deleted and deployed again restarts at v1; in cluster mode a node that
+        was down meanwhile must not take its instances or image of the deleted v1 for the
+        new one (written in instances' owner files and labels, images' labels)."""
+        created = self.created_at
+        if created.tzinfo is None:  # stored in UTC (the store hands back aware ones)
+            created = created.replace(tzinfo=UTC)
+        return str((created - _EPOCH) // timedelta(microseconds=1))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class ManagedContainer:
     cell: bool = False  # a stem cell; the runtime manager finds its owner, if any
     log_channel: bool = False  # started with the log channel on (labels.LOGS)
     paused: bool = False  # frozen (docker pause) when found: adopted frozen
+    stamp: str = ""  # labels.STAMP: which version of that number ("" from an older lambdad)
 
 
 def managed_container(container_id: str, found: dict[str, str],
@@ -107,7 +108,7 @@ def managed_container(container_id: str, found: dict[str, str],
     try:
         return ManagedContainer(container_id, found[labels.FUNCTION],
                                 int(found[labels.VERSION]), found[labels.INSTANCE], running,
-                                log_channel=channel)
+                                log_channel=channel, stamp=found.get(labels.STAMP, ""))
     except (KeyError, ValueError):
         return None
 
@@ -190,6 +191,7 @@ class DockerBackend:
                 labels.FUNCTION: version.function,
                 labels.VERSION: str(version.number),
                 labels.INSTANCE: instance_id,
+                labels.STAMP: version.stamp,
                 labels.DAEMON: self.daemon_id,
                 **(LOG_CHANNEL_LABELS if init_later else {}),
             },
@@ -272,6 +274,13 @@ class DockerBackend:
         """The id of `image` (a tag), or "" when it is missing."""
         try:
             return str(self._client.images.get(image).id)
+        except (docker.errors.ImageNotFound, docker.errors.APIError, OSError):
+            return ""
+
+    def image_stamp(self, image: str) -> str:
+        """The version stamp (labels.STAMP) `image` was built for, "" when none or missing."""
+        try:
+            return str((self._client.images.get(image).labels or {}).get(labels.STAMP, ""))
         except (docker.errors.ImageNotFound, docker.errors.APIError, OSError):
             return ""
 

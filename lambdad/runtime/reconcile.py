@@ -47,18 +47,28 @@ class Reconciler:
         adopted: set[str] = set()
         removed = 0
         for container in await asyncio.to_thread(self.backend.managed):
+            stamp = container.stamp  # its label (a Dockerfile function's; "" on a cell)
             if container.cell:
-                function, number = await asyncio.to_thread(self._owner, container.instance)
+                function, number, stamp = await asyncio.to_thread(self._owner,
+                                                                  container.instance)
                 container = replace(container, function=function, version=number)
             pool = self.routes.active.get(container.function)
             owned = container.cell or (pool is not None
                                        and pool.version.config.runtime != "docker")
-            if (owned and not container.cell
-                    and await asyncio.to_thread(self._owner, container.instance)
-                    != (container.function, container.version)):
-                # A standard runtime's own container with no owner file: killed before its
-                # POST /init ended (its code never loaded: it would answer NotInitialized),
-                # or started by a lambdad from before the file. Replaced, not adopted.
+            if owned and not container.cell:
+                function, number, stamp = await asyncio.to_thread(self._owner,
+                                                                  container.instance)
+                if (function, number) != (container.function, container.version):
+                    # A standard runtime's own container with no owner file: killed before
+                    # its POST /init ended (its code never loaded: it would answer
+                    # NotInitialized), or started by a lambdad from before the file.
+                    # Replaced, not adopted.
+                    pool = None
+            if pool is not None and stamp and stamp != pool.version.stamp:
+                # The same name and number, another version: a function deleted and
+                # deployed again (it restarts at v1) while this node was down (cluster
+                # mode). Its code is the deleted one's: replaced, not adopted. (No stamp:
+                # loaded by a lambdad from before the stamp, adopted as it was then.)
                 pool = None
             found = None
             if ((container.running or container.paused) and pool is not None
@@ -115,16 +125,18 @@ class Reconciler:
         instance.paused_bytes = (size if size is not None
                                  else instance.version.config.memory_mb * 1024 * 1024)
 
-    def _owner(self, instance_id: str) -> tuple[str, int]:
-        """(function, version) whose code the instance loaded, from its owner file; ("", 0)
-        without one (a generic cell, or a standard container killed before its load)."""
+    def _owner(self, instance_id: str) -> tuple[str, int, str]:
+        """(function, version, version_stamp) whose code the instance loaded, from its
+        owner file; ("", 0, "") without one (a generic cell, or a standard container
+        killed before its load)."""
         if not INSTANCE_ID.fullmatch(instance_id):
-            return "", 0
+            return "", 0, ""
         try:
-            function, number = _read_owner(self.cells_dir / instance_id / OWNER_FILE).split()
-            return function, int(number)
+            function, number, *stamp = _read_owner(
+                self.cells_dir / instance_id / OWNER_FILE).split()
+            return function, int(number), "".join(stamp[:1])
         except (OSError, ValueError):
-            return "", 0
+            return "", 0, ""
 
     async def _adoptable(
         self, instance_id: str

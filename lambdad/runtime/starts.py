@@ -391,4 +391,4 @@ def _write_owner(path: Path, version: FunctionVersion) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644)
     with os.fdopen(fd, "w") as owner:
-        owner.write(f"{version.function}\n{version.number}\n")
+        owner.write(f"{version.function}\n{version.number}\n{version.stamp}\n")

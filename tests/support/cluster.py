@@ -36,6 +36,7 @@ class Cluster:
         self.folder = Path(tempfile.mkdtemp(prefix="lt-cluster-", dir="/tmp"))
         self.key_file = self.folder / "cluster-key"
         self.key_file.write_text(secrets.token_urlsafe(32) + "\n")
+        self.key_file.chmod(0o600)  # as docs/cluster.md says (lambdad warns otherwise)
         self.nodes: list[Lambdad] = []
         for i in range(n):
             node = Lambdad()

@@ -253,7 +253,7 @@ class Lambdad:
         if "lambda.cell" in container.labels:
             owner = self.state_dir / "c" / container.labels["lambda.instance"] / "owner"
             try:
-                function, version = owner.read_text().split()
+                function, version = owner.read_text().split()[:2]  # then its stamp
                 return function, int(version)
             except (OSError, ValueError):
                 return None, None

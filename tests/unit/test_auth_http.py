@@ -100,3 +100,16 @@ def test_a_crafted_header_costs_a_bounded_number_of_key_checks() -> None:
     assert authorize("fn", [(b"authorization", value)], needs_key=False,
                      identify=identify) == [(b"authorization", value)]
     assert len(looked_up) <= 16 + 1  # the bounded candidates, plus the Bearer check
+
+
+def test_the_cluster_key_opens_no_function_and_is_kept_from_all() -> None:
+    """The nodes' shared secret authenticates node-to-node Logs calls only: a real KeyRing
+    recognizes it (so no function ever sees it) but it is no API key on the gateway."""
+    from lambdad.auth.keys import KeyRing
+
+    cluster_key = "c" * 40
+    ring = KeyRing([], cluster_key=cluster_key)
+    headers = [(b"host", b"fn.localhost"), (b"authorization", f"Bearer {cluster_key}".encode())]
+    refused = authorize("fn", headers, needs_key=True, identify=ring.identify)
+    assert isinstance(refused, errors.Unauthenticated)
+    assert authorize("fn", headers, needs_key=False, identify=ring.identify) == headers[:1]

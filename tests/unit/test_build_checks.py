@@ -30,6 +30,7 @@ def test_our_labels_and_the_runtime_images_pass() -> None:
     ({"lambda.anything": "x", "lambda.cell": "c"}, ["lambda.anything", "lambda.cell"]),
     ({"lambda.runtime": "evil"}, ["lambda.runtime"]),  # not the runtime image's value
     ({"lambda.daemon": "another"}, ["lambda.daemon"]),  # not ours
+    ({"lambda.stamp": "1"}, ["lambda.stamp"]),  # a Dockerfile cannot pose as another build
 ])
 def test_a_lambda_label_lambdad_did_not_set_is_foreign(
     extra: dict[str, str], expected: list[str]

@@ -78,3 +78,19 @@ def test_postgresql_builds_membership_before_and_the_applier_after_functions(
     assert cluster.membership.node.grpc_address == "127.0.0.1:50051"
     assert cluster.membership.interval == 1.0
     assert not cluster.leadership.leader
+
+
+def test_a_cluster_key_others_can_read_is_warned_about(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    path = key_file(tmp_path)
+    Path(path).chmod(0o644)
+    with caplog.at_level("WARNING", logger="lambdad.cluster"):
+        assert check_cluster(config("--database", PG, "--cluster-key-file", path,
+                                    "--advertise-address", "10.0.0.5:50051")) == "k" * 32
+    assert "has mode 644" in caplog.text and "k" * 32 not in caplog.text
+    caplog.clear()
+    Path(path).chmod(0o600)
+    with caplog.at_level("WARNING", logger="lambdad.cluster"):
+        check_cluster(config("--database", PG, "--cluster-key-file", path,
+                             "--advertise-address", "10.0.0.5:50051"))
+    assert "has mode" not in caplog.text

@@ -33,7 +33,8 @@ def test_a_version_with_an_artifact_starts_in_a_stem_cell() -> None:
         assert cell.function == "fn" and cell.env["AWS_LAMBDA_FUNCTION_TIMEOUT"] == "7"
         code = rt.cells_dir / cell.instance
         assert (code / "task" / "handler.py").is_file()  # the version's code, linked in
-        assert (code / "owner").read_text() == "fn\n1\n"  # whose it is, for a restart
+        # whose it is, for a restart (and which fn v1: FunctionVersion.stamp)
+        assert (code / "owner").read_text() == f"fn\n1\n{v1.stamp}\n"
         await until(lambda: cell.id in rt.docker.renamed)
         assert rt.docker.renamed[cell.id] == f"lambda-fn-v1-{cell.instance}"
         _, body = await rt.call()
@@ -287,6 +288,28 @@ def test_reconcile_adopts_answering_instances_of_active_versions_and_removes_the
         assert all(response.start == "warm" for response, _ in results)
         assert {body["container"] for _, body in results} == {kept.id, cell_kept.id}
         assert len(rt.docker.containers) == 2  # and nothing started
+
+    run(scenario)
+
+
+def test_reconcile_does_not_adopt_a_deleted_versions_instance_of_the_same_number() -> None:
+    """Cluster mode: fn was deleted and deployed again (back at v1) through another node
+    while this one was down. Its leftover fn v1 runs the deleted code: replaced."""
+    async def scenario(root: Path) -> None:
+        from datetime import timedelta
+
+        rt = Runtime(root)
+        v1 = version(number=1)
+        rt.manager.register(v1)
+        deleted = replace(v1, created_at=v1.created_at - timedelta(minutes=5))
+        same = await rt.loaded_leftover("fn", 1, "a00000000001")
+        stale = await rt.loaded_leftover("fn", 1, "a00000000002", cell=True)
+        for instance_id, owner in (("a00000000001", v1), ("a00000000002", deleted)):
+            (rt.cells_dir / instance_id / "owner").write_text(
+                f"fn\n1\n{owner.stamp}\n")
+        assert await rt.manager.reconcile() == (1, 1)
+        assert rt.docker.removed == [stale.id]
+        assert set(rt.docker.containers) == {same.id}
 
     run(scenario)
 
