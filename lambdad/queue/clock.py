@@ -3,16 +3,18 @@
 Nodes' wall clocks differ: an event stored by a node whose clock runs an hour ahead would
 be "not due yet" for every other node for that hour (and max_event_age would compare
 times written by different clocks). So on PostgreSQL the invocation table moves every
-time on its way in by the database's clock less the node's (`offset`, read in the
-transaction that writes) and back on its way out (events claimed, the next due time):
-what is stored is in the database's clock, and the worker, the retry rule
-(model.next_step) and the front door keep reckoning in their node's own clock, each
-consistently. On SQLite (one daemon, one clock) the shift is 0 and nothing moves.
+time on its way in by the database's clock less the node's (`offset`, read in a
+transaction that writes, reused for a second while the node's clock is not set:
+`Offset`) and back on its way out (events claimed, the next due time): what is stored
+is in the database's clock, and the worker, the retry rule (model.next_step) and the
+front door keep reckoning in their node's own clock, each consistently. On SQLite (one
+daemon, one clock) nothing moves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from lambdad.queue.model import AsyncInvocation, Finish
 
@@ -35,6 +37,39 @@ def settled(previous: float | None, measured: float, within: float = STEADY_S) -
     if previous is not None and abs(measured - previous) <= within:
         return previous
     return measured
+
+
+# How long an offset read serves without a new reading (each is a round trip to the
+# database, a tenth of a small cycle's time). A node's clock being set is seen at once
+# (below); the database host's clock being set, within this.
+REREAD_S = 1.0
+
+
+@dataclass
+class Offset:
+    """The offset in use and when it was read: reused while it is fresh and this node's
+    wall clock has not been set since (its distance to the monotonic clock unchanged
+    within STEADY_S). From 0: a node whose clock agrees with the database's within the
+    jitter stores its times as they are."""
+
+    value: float = 0.0
+    wall_less_mono: float | None = None  # at the last reading (None: never read)
+    read_at: float = 0.0  # monotonic
+
+    def current(self, wall: float, mono: float) -> float | None:
+        """The offset to use now, or None when it must be read again."""
+        if self.wall_less_mono is None or mono - self.read_at >= REREAD_S:
+            return None
+        if abs((wall - mono) - self.wall_less_mono) > STEADY_S:
+            return None  # this node's clock was set
+        return self.value
+
+    def read(self, measured: float, wall: float, mono: float) -> float:
+        """Takes a new reading (`offset` at `wall`/`mono`); returns the offset to use."""
+        self.value = settled(self.value, measured)
+        self.wall_less_mono = wall - mono
+        self.read_at = mono
+        return self.value
 
 
 def _moved(at: float | None, shift: float) -> float | None:

@@ -27,7 +27,8 @@ Competing consumers (cluster mode: several nodes, one table each, on one databas
   rows requeued by REQUEUE_OF_NODE in the mark-down transaction (cluster/membership.py);
 - a cycle that leaves due events for others (stored queued, or a freed slot with a
   backlog) sends NOTIFY `lambda_queue` with this node's id; every node's worker wakes;
-- times are the database's clock (queue/clock.py): each transaction reads it, moves the
+- times are the database's clock (queue/clock.py): a transaction reads it (or its
+  offset read within the last second, while this node's clock was not set), moves the
   node's times given (events, ended attempts, `now`) onto it and the times it returns
   (events claimed, the next due time) back, so a node whose clock is off neither hides
   its events from the others nor sees theirs late.
@@ -41,7 +42,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lambdad.queue.clock import offset, settled, shifted, shifted_finish
+from lambdad.queue.clock import Offset, offset, shifted, shifted_finish
 from lambdad.queue.model import AsyncInvocation, Finish
 from lambdad.queue.room import Capacity, room
 from lambdad.queue.store import (
@@ -110,18 +111,19 @@ class PgInvocationTable(InvocationTable):
         self.node_id = node_id
         self.refused = 0  # ends of attempts this node no longer owned (logs, tests)
         self._clock = clock
-        # The offset in use (clock.settled). From 0: a node whose clock agrees with the
-        # database's within the jitter stores its times as they are.
-        self._offset = 0.0
+        self._offset = Offset()
 
     def _shift(self) -> float:
-        """The database's clock less this node's, read now (in the caller's transaction
-        where there is one): what moves this node's times onto the database's."""
-        before = self._clock()
+        """The database's clock less this node's: what moves this node's times onto the
+        database's. Read from the database (in the caller's transaction where there is
+        one) unless the last reading still serves (clock.Offset)."""
+        before, mono = self._clock(), time.monotonic()
+        known = self._offset.current(before, mono)
+        if known is not None:
+            return known
         row = self._db.execute_sql(
             "SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
-        self._offset = settled(self._offset, offset(before, float(row[0]), self._clock()))
-        return self._offset
+        return self._offset.read(offset(before, float(row[0]), self._clock()), before, mono)
 
     # Writes
 

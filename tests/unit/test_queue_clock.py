@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lambdad.queue.clock import offset, settled, shifted, shifted_finish
+from lambdad.queue.clock import REREAD_S, Offset, offset, settled, shifted, shifted_finish
 from lambdad.queue.model import AsyncInvocation, Finish
 
 
@@ -51,3 +51,24 @@ def test_a_reading_within_the_jitter_keeps_the_offset_in_use() -> None:
     assert settled(None, 0.0004) == 0.0004
     assert settled(0.0004, -0.003, within=0.01) == 0.0004
     assert settled(0.0004, 3600.0, within=0.01) == 3600.0  # the clock was set: follow it
+
+
+def test_an_offset_is_read_first_then_reused_while_fresh() -> None:
+    known = Offset()
+    assert known.current(1000.0, 10.0) is None  # never read
+    assert known.read(-3600.0, 1000.0, 10.0) == -3600.0
+    assert known.current(1000.5, 10.5) == -3600.0  # both clocks went on alike
+    assert known.current(1000.0 + REREAD_S, 10.0 + REREAD_S) is None  # stale: read again
+
+
+def test_an_offset_is_read_again_at_once_when_the_nodes_clock_is_set() -> None:
+    known = Offset()
+    known.read(-3600.0, 1000.0, 10.0)
+    assert known.current(1000.1 - 3600, 10.1) is None  # set back an hour: read again
+    assert known.read(0.0004, 1000.1 - 3600, 10.1) == 0.0004
+
+
+def test_a_new_reading_within_the_jitter_keeps_the_value() -> None:
+    known = Offset()
+    assert known.read(0.003, 5.0, 1.0) == 0.0  # from 0: synced clocks move nothing
+    assert known.read(0.5, 6.0, 2.0) == 0.5
