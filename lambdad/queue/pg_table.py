@@ -26,16 +26,23 @@ Competing consumers (cluster mode: several nodes, one table each, on one databas
   stop) queues this node's cut-short attempts at once; a node marked down has its running
   rows requeued by REQUEUE_OF_NODE in the mark-down transaction (cluster/membership.py);
 - a cycle that leaves due events for others (stored queued, or a freed slot with a
-  backlog) sends NOTIFY `lambda_queue` with this node's id; every node's worker wakes.
+  backlog) sends NOTIFY `lambda_queue` with this node's id; every node's worker wakes;
+- times are the database's clock (queue/clock.py): a transaction reads it (or its
+  offset read within the last second, while this node's clock was not set), moves the
+  node's times given (events, ended attempts, `now`) onto it and the times it returns
+  (events claimed, the next due time) back, so a node whose clock is off neither hides
+  its events from the others nor sees theirs late.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lambdad.queue.clock import Offset, offset, shifted, shifted_finish
 from lambdad.queue.model import AsyncInvocation, Finish
 from lambdad.queue.room import Capacity, room
 from lambdad.queue.store import (
@@ -97,10 +104,26 @@ class PgInvocationTable(InvocationTable):
     _rows_per_insert = _ROWS_PER_INSERT
     _extra_columns = ("owner_node",)
 
-    def __init__(self, db: Any, node_id: str = "") -> None:
+    def __init__(self, db: Any, node_id: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        """`clock`: this node's wall clock, the one the times handed in are read from."""
         super().__init__(db)
         self.node_id = node_id
         self.refused = 0  # ends of attempts this node no longer owned (logs, tests)
+        self._clock = clock
+        self._offset = Offset()
+
+    def _shift(self) -> float:
+        """The database's clock less this node's: what moves this node's times onto the
+        database's. Read from the database (in the caller's transaction where there is
+        one) unless the last reading still serves (clock.Offset)."""
+        before, mono = self._clock(), time.monotonic()
+        known = self._offset.current(before, mono)
+        if known is not None:
+            return known
+        row = self._db.execute_sql(
+            "SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        return self._offset.read(offset(before, float(row[0]), self._clock()), before, mono)
 
     # Writes
 
@@ -125,10 +148,16 @@ class PgInvocationTable(InvocationTable):
         with self._db.atomic():
             return self._insert([(inv, max_queued)])[0]
 
-    def _insert(self, items: Sequence[tuple[AsyncInvocation, int]]) -> list[bool]:
-        """As InvocationTable's, with the capped functions' queue locks taken first (held
-        to the end of the caller's transaction), so that another node's count and insert
-        cannot interleave: every path in (insert, a cycle's batch, a cron fire) caps right."""
+    def _insert(self, items: Sequence[tuple[AsyncInvocation, int]],
+                shift: float | None = None) -> list[bool]:
+        """As InvocationTable's, with the events' times moved onto the database's clock
+        (`shift`; None: read it now) and the capped functions' queue locks taken first
+        (held to the end of the caller's transaction), so that another node's count and
+        insert cannot interleave: every path in (insert, a cycle's batch, a cron fire)
+        caps right and stores the database's times."""
+        if items:
+            moved = self._shift() if shift is None else shift
+            items = [(shifted(inv, moved), cap) for inv, cap in items]
         self._lock({inv.function for inv, cap in items if cap > 0}, wait=True)
         return super()._insert(items)
 
@@ -168,12 +197,20 @@ class PgInvocationTable(InvocationTable):
         across the cluster are read and this node takes only its room (`room.room` with
         `capacity_for`; with `limit_for` alone, the delivery limit less the running rows),
         and the stored rows are claimed with SKIP LOCKED. `limit_for` and `capacity_for`
-        run on the store thread: they must only read."""
+        run on the store thread: they must only read.
+
+        The times given (`now`, the ended attempts', the events') are this node's clock;
+        they are stored in the database's, and the events claimed and the next due time
+        come back in this node's (queue/clock.py)."""
         with self._db.atomic():
+            shift = self._shift()
+            now += shift
+            finished = [shifted_finish(f, shift) for f in finished]
+            inserts = [(shifted(inv, shift), cap) for inv, cap in inserts]
             self._finish(finished)
             self._lock({inv.function for inv, cap in inserts if cap > 0}, wait=True)
             if choose is None:
-                accepted = self._insert(inserts)
+                accepted = self._insert(inserts, 0.0)
                 self._wake_others(any(accepted) or bool(finished))
                 return Claim([], [], None, accepted)
             cap = max((max_queued for _, max_queued in inserts), default=0)
@@ -209,8 +246,20 @@ class PgInvocationTable(InvocationTable):
             # for the slots its ended attempts freed.
             self._wake_others(sum(accepted) > len([i for i in fresh if i.id in taken])
                               or (bool(finished) and backlog))
-            return Claim(claimed, left, later if backlog else None, accepted, backlog,
-                         frozenset(held))
+            return Claim([shifted(inv, -shift) for inv in claimed], left,
+                         later - shift if backlog and later is not None else None,
+                         accepted, backlog, frozenset(held))
+
+    def settle(self, finished: Sequence[Finish]) -> None:
+        with self._db.atomic():
+            shift = self._shift()
+            self._finish([shifted_finish(f, shift) for f in finished])
+
+    def cancel(self, inv_id: str, reason: str, now: float) -> None:
+        super().cancel(inv_id, reason, now + self._shift())
+
+    def redrive(self, ids: list[str], now: float) -> int:
+        return super().redrive(ids, now + self._shift())
 
     @staticmethod
     def _capacities(limit_for: Callable[[str], int] | None,
@@ -265,7 +314,7 @@ class PgInvocationTable(InvocationTable):
         cursor = self._db.execute_sql(
             "UPDATE invocations SET status = 'queued', next_attempt_at = %s, owner_node = NULL, "
             "last_error = 'the daemon stopped during the attempt' "
-            "WHERE status = 'running' AND owner_node = %s", (now, self.node_id))
+            "WHERE status = 'running' AND owner_node = %s", (now + self._shift(), self.node_id))
         if cursor.rowcount:
             self._wake_others(True)
         return int(cursor.rowcount)
@@ -280,7 +329,7 @@ class PgInvocationTable(InvocationTable):
                 "UPDATE invocations SET status = 'queued', next_attempt_at = %s, "
                 "owner_node = NULL, last_error = 'its node stopped during the attempt' "
                 "WHERE id = ANY(%s::text[]) AND status = 'running' AND owner_node = %s",
-                (now, list(ids), self.node_id))
+                (now + self._shift(), list(ids), self.node_id))
             count = int(cursor.rowcount)
             self._wake_others(count > 0)
         return count

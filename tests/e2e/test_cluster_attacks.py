@@ -322,3 +322,45 @@ def test_the_database_password_shows_nowhere(postgres: Postgres, tmp_path: Path)
         assert not leaked, leaked
     finally:
         nodes.close()
+
+
+# Node 1's wall clock an hour ahead, as a host whose clock was set wrong: every
+# time.time() in that daemon (its front door, its worker) reads it.
+AHEAD = ("import time\n"
+         "_real = time.time\n"
+         "time.time = lambda: _real() + 3600\n")
+
+
+def test_an_event_accepted_by_a_node_an_hour_ahead_is_delivered_when_it_dies(
+        postgres: Postgres, tmp_path: Path) -> None:
+    """Node 1's clock runs an hour ahead. It accepts two events of a function with one
+    instance: it delivers the first (slow), the second waits in the queue. Node 1 is
+    killed: node 0 delivers both within a minute, not after the hour (the queue's times
+    are the database's clock, not the node's that stored them)."""
+    skew = tmp_path / "skew"
+    skew.mkdir()
+    (skew / "sitecustomize.py").write_text(AHEAD)
+    nodes = Cluster(postgres, 2, env={1: {"PYTHONPATH": str(skew)}})
+    try:
+        a, b = nodes.start().nodes
+        a.deploy(write_function(tmp_path / "slow", SLOW, 'name = "slow"\ntimeout = 30\n'
+                                "[scaling]\nmax_instances = 1\n"))
+        assert wait_for(lambda: b.http("slow").status == 200, 30)  # its instance: on B
+        for sleep in (6, 0):
+            accepted = b.http("slow", method="POST", body=b'{"sleep": %d}' % sleep,
+                              headers={"Lambda-Invocation-Type": "Event"})
+            assert accepted.status == 202, accepted.body
+        assert wait_for(lambda: nodes.sql(
+            "SELECT string_agg(status || ':' || coalesce(owner_node, '-'), ',' ORDER BY "
+            "created_at) FROM invocations WHERE function = 'slow'")
+            == f"running:{b.daemon_id},queued:-", 15), nodes.sql(
+            "SELECT status, owner_node FROM invocations")
+        nodes.kill(1)
+        assert nodes.wait_state("n1", "down", 30)
+        assert wait_for(lambda: nodes.sql(
+            "SELECT string_agg(status, ',') FROM invocations WHERE function = 'slow'")
+            == "succeeded,succeeded", 60), nodes.sql(
+            "SELECT status, attempts, next_attempt_at - extract(epoch FROM now()), "
+            "last_error FROM invocations")
+    finally:
+        nodes.close()
