@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, dockerfile_function
 from tests.support.daemon import Lambdad
 from tests.support.metrics import total
 from tests.support.postgres import Postgres
@@ -40,17 +40,6 @@ def two_nodes(postgres: Postgres) -> Iterator[tuple[Lambdad, Lambdad, str]]:
         nodes.close()
 
 
-def dockerfile_function(folder: Path, name: str) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "handler.py").write_text(HANDLER)
-    (folder / "Dockerfile").write_text(
-        "FROM lambda-runtime/python:3.11\nCOPY handler.py /var/task/handler.py\n")
-    (folder / "lambda.toml").write_text(
-        f'name = "{name}"\nruntime = "docker"\nhandler = "handler.handler"\n'
-        "[scaling]\nmax_instances = 1\n")
-    return folder
-
-
 def fetch_ms(server_timing: str) -> float | None:
     found = re.search(r"fetch;dur=([0-9.]+)", server_timing)
     return float(found.group(1)) if found else None
@@ -61,7 +50,7 @@ def test_a_node_serves_versions_deployed_through_another(postgres: Postgres,
     with two_nodes(postgres) as (a, b, db):
         a.start()
         a.deploy("greet", "--name", "greet")
-        a.deploy(dockerfile_function(tmp_path / "dock", "dock"))
+        a.deploy(dockerfile_function(tmp_path / "dock", "dock", HANDLER))
         # A stored one artifact blob and one context blob, named by the version rows.
         assert postgres.psql(db, "SELECT string_agg(kind, ',' ORDER BY kind) FROM blobs") \
             == "artifact,context"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, dockerfile_function
 from tests.support.daemon import Lambdad, wait_for
 from tests.support.functions import write_function
 from tests.support.postgres import Postgres
@@ -98,17 +98,6 @@ def test_forged_announcements_crash_no_listener(postgres: Postgres, tmp_path: Pa
         nodes.close()
 
 
-def dockerfile_function(folder: Path, name: str, code: str) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "handler.py").write_text(MARKED % code)
-    (folder / "Dockerfile").write_text(
-        "FROM lambda-runtime/python:3.11\nCOPY handler.py /var/task/handler.py\n")
-    (folder / "lambda.toml").write_text(
-        f'name = "{name}"\nruntime = "docker"\nhandler = "handler.handler"\n'
-        "[scaling]\nmax_instances = 1\n")
-    return folder
-
-
 def test_a_stale_node_never_serves_a_deleted_dockerfile_functions_image(
         postgres: Postgres, tmp_path: Path) -> None:
     """As above for a Dockerfile function: B built its own `PREFIX/dock:v1` from the
@@ -116,11 +105,11 @@ def test_a_stale_node_never_serves_a_deleted_dockerfile_functions_image(
     nodes = Cluster(postgres, 2)
     try:
         a, b = nodes.start().nodes
-        a.deploy(dockerfile_function(tmp_path / "old", "dock", "old"))
+        a.deploy(dockerfile_function(tmp_path / "old", "dock", MARKED % "old"))
         assert code_on(b, "dock") == "old"
         nodes.kill(1)
         assert a.cli("delete", "dock", "--yes").code == 0
-        a.deploy(dockerfile_function(tmp_path / "new", "dock", "new"))
+        a.deploy(dockerfile_function(tmp_path / "new", "dock", MARKED % "new"))
         assert a.http("dock").json()["code"] == "new"
         nodes.restart(1)
         served = b.http("dock")

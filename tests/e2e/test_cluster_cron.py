@@ -31,11 +31,8 @@ HANDLER = "def handler(event, context):\n    return {'ok': True}\n"
 
 @pytest.fixture(scope="module")
 def cluster(postgres: Postgres) -> Iterator[Cluster]:
-    nodes = Cluster(postgres, 3, down_after=3).start()
-    try:
+    with Cluster(postgres, 3, down_after=3) as nodes:
         yield nodes
-    finally:
-        nodes.close()
 
 
 def _fires(cluster: Cluster, start: int, end: int) -> Counter[tuple[str, int]]:

@@ -35,11 +35,8 @@ HANDLER = ("def handler(event, context):\n"
 
 @pytest.fixture(scope="module")
 def cluster(postgres: Postgres) -> Iterator[Cluster]:
-    nodes = Cluster(postgres, 2, down_after=DOWN_AFTER).start()
-    try:
+    with Cluster(postgres, 2, down_after=DOWN_AFTER) as nodes:
         yield nodes
-    finally:
-        nodes.close()
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,8 @@ WITHIN = 1.0  # the issue's bound for a change to be live on every node
 
 @pytest.fixture(scope="module")
 def cluster(postgres: Postgres) -> Iterator[Cluster]:
-    nodes = Cluster(postgres, 3, down_after=3).start()
-    try:
+    with Cluster(postgres, 3, down_after=3) as nodes:
         yield nodes
-    finally:
-        nodes.close()
 
 
 

@@ -6,7 +6,6 @@ sees theirs late, and max_event_age is not judged across two clocks (queue/clock
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from lambdad.queue.model import AsyncInvocation, RetryPolicy, finish_of
 from lambdad.queue.pg_table import PgInvocationTable
 from lambdad.store.database import open_database
 from tests.support.postgres import Postgres
+from tests.support.queue import fresh_event, take_all
 
 SKEW = 3600.0
 GUARD = 10.0  # far under the skew: a claim within it is "at once", not after the hour
@@ -27,16 +27,6 @@ def _ahead() -> float:
 
 def _behind() -> float:
     return time.time() - SKEW
-
-
-def _event(function: str, now: float) -> AsyncInvocation:
-    return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=b"{}",
-                           source="api", status="queued", attempts=0, created_at=now,
-                           next_attempt_at=now)
-
-
-def _take_all(due: list[AsyncInvocation]) -> list[AsyncInvocation]:
-    return due
 
 
 class Node:
@@ -52,7 +42,7 @@ class Node:
         got: list[AsyncInvocation] = []
         deadline = time.monotonic() + GUARD
         while not until(got) and time.monotonic() < deadline:
-            got += self.table.cycle([], self.clock(), 10, set(), _take_all, []).claimed
+            got += self.table.cycle([], self.clock(), 10, set(), take_all, []).claimed
             time.sleep(0.05)
         return got
 
@@ -77,7 +67,7 @@ def test_events_stored_by_a_node_an_hour_ahead_are_due_at_once_for_the_others(
     both at once, and their stored times are the database's (within seconds of it)."""
     skewed, right = Node(url, "ahead", _ahead), Node(url, "right", time.time)
     try:
-        batched, alone = _event("f", skewed.clock()), _event("f", skewed.clock())
+        batched, alone = fresh_event("f", skewed.clock()), fresh_event("f", skewed.clock())
         skewed.table.cycle([], skewed.clock(), 1, set(), None, [(batched, 0)])
         assert skewed.table.insert(alone, 10)
         stored = right.db.execute_sql(
@@ -98,7 +88,7 @@ def test_a_node_an_hour_behind_claims_the_others_events_at_once(url: str) -> Non
     (before, they were "not due yet" to it for an hour), and come back in its clock."""
     right, late = Node(url, "right", time.time), Node(url, "behind", _behind)
     try:
-        events = [_event("f", right.clock()) for _ in range(3)]
+        events = [fresh_event("f", right.clock()) for _ in range(3)]
         right.table.cycle([], right.clock(), 1, set(), None, [(e, 0) for e in events])
         got = late.claim(lambda got: len(got) == 3)
         assert sorted(inv.id for inv in got) == sorted(e.id for e in events)
@@ -117,14 +107,14 @@ def test_a_retry_from_a_node_an_hour_ahead_waits_its_backoff_not_the_skew(url: s
     not after the hour."""
     right, skewed = Node(url, "right", time.time), Node(url, "ahead", _ahead)
     try:
-        event = _event("f", right.clock())
+        event = fresh_event("f", right.clock())
         right.table.cycle([], right.clock(), 1, set(), None, [(event, 0)])
         [claimed] = skewed.claim(lambda got: len(got) == 1)
         policy = RetryPolicy(retries=2, max_event_age_s=60, backoff_s=1.0)
         finish = finish_of(claimed, policy, ok=False, now=skewed.clock(), status_code=500,
                            result=None, error="boom")
         assert finish.status == "queued"  # not failed as too old
-        after = skewed.table.cycle([finish], skewed.clock(), 1, set(), _take_all, [])
+        after = skewed.table.cycle([finish], skewed.clock(), 1, set(), take_all, [])
         assert after.claimed == []  # its backoff has not passed
         assert after.next_due is not None and 0 < after.next_due - skewed.clock() <= 1.5
         [again] = right.claim(lambda got: len(got) == 1)

@@ -26,19 +26,9 @@ from lambdad.queue.model import AsyncInvocation, Finish
 from lambdad.queue.pg_table import PgInvocationTable
 from lambdad.store.database import open_database
 from tests.support.postgres import Postgres
+from tests.support.queue import fresh_event, take_all
 
 GUARD = 60.0  # against a hang, not a speed target
-
-
-def _event(function: str, now: float | None = None) -> AsyncInvocation:
-    at = time.time() if now is None else now
-    return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=b"{}",
-                           source="api", status="queued", attempts=0, created_at=at,
-                           next_attempt_at=at)
-
-
-def _take_all(due: list[AsyncInvocation]) -> list[AsyncInvocation]:
-    return due
 
 
 class Node:
@@ -93,7 +83,7 @@ def test_concurrent_claims_are_disjoint(postgres: Postgres, database: str) -> No
     nodes = [Node(url, f"n{k}") for k in range(3)]
     seed = Node(url, "seed")
     try:
-        events = [_event(random.choice("fg")) for _ in range(300)]
+        events = [fresh_event(random.choice("fg")) for _ in range(300)]
         seed.table.cycle([], time.time(), 1, set(), None, [(e, 0) for e in events])
         got: dict[str, list[AsyncInvocation]] = {}
 
@@ -102,7 +92,7 @@ def test_concurrent_claims_are_disjoint(postgres: Postgres, database: str) -> No
                 mine: list[AsyncInvocation] = []
                 deadline = time.monotonic() + GUARD
                 while time.monotonic() < deadline:
-                    claim = node.table.cycle([], time.time(), 7, set(), _take_all, [])
+                    claim = node.table.cycle([], time.time(), 7, set(), take_all, [])
                     mine += claim.claimed
                     if not claim.claimed and not claim.backlog:
                         break  # nothing left queued (a busy function is backlog)
@@ -132,7 +122,7 @@ def test_the_delivery_limit_holds_across_four_claimers(postgres: Postgres,
     seed = Node(url, "seed")
     sampler = psycopg.connect(url, autocommit=True)
     try:
-        events = [_event("f") for _ in range(160)]
+        events = [fresh_event("f") for _ in range(160)]
         seed.table.cycle([], time.time(), 1, set(), None, [(e, 0) for e in events])
         done = threading.Event()
         peak = [0]
@@ -190,14 +180,14 @@ def test_a_stale_owners_finish_is_refused(postgres: Postgres, database: str) -> 
     url = postgres.url(database)
     a, b = Node(url, "a"), Node(url, "b")
     try:
-        event = _event("f")
-        first = a.table.cycle([], time.time(), 1, set(), _take_all, [(event, 0)])
+        event = fresh_event("f")
+        first = a.table.cycle([], time.time(), 1, set(), take_all, [(event, 0)])
         assert [inv.id for inv in first.claimed] == [event.id]
         with psycopg.connect(url, autocommit=True) as conn:
             from lambdad.queue.pg_table import REQUEUE_OF_NODE
 
             assert conn.execute(REQUEUE_OF_NODE, {"id": "a"}).rowcount == 1
-        again = b.table.cycle([], time.time(), 1, set(), _take_all, [])
+        again = b.table.cycle([], time.time(), 1, set(), take_all, [])
         assert [(inv.id, inv.attempts) for inv in again.claimed] == [(event.id, 2)]
         stale = Finish(event.id, "failed", time.time(), time.time(), 500, b"", "late", 1)
         a.table.cycle([stale], time.time(), 1, set(), None, [])
@@ -245,12 +235,12 @@ def test_marking_a_node_down_requeues_its_attempts_and_wakes_the_others(
                 await conn.execute(nodes_table.REGISTER, {
                     "id": "dead", "name": "dead", "grpc": "x:1", "gateway": "x:2",
                     "version": "t"})
-                theirs = [_event("f") for _ in range(3)]
-                mine = [_event("g") for _ in range(2)]
-                await asyncio.to_thread(dead.table.cycle, [], time.time(), 5, set(), _take_all,
+                theirs = [fresh_event("f") for _ in range(3)]
+                mine = [fresh_event("g") for _ in range(2)]
+                await asyncio.to_thread(dead.table.cycle, [], time.time(), 5, set(), take_all,
                                         [(e, 0) for e in theirs])
                 await asyncio.to_thread(alive.table.cycle, [], time.time(), 5, set(),
-                                        _take_all, [(e, 0) for e in mine])
+                                        take_all, [(e, 0) for e in mine])
                 session = membership.session.conn
                 assert session is not None
                 assert await membership.mark_down(session, "dead", 0) is True
@@ -266,7 +256,7 @@ def test_marking_a_node_down_requeues_its_attempts_and_wakes_the_others(
                     await asyncio.sleep(0.05)
                 assert worker.woken >= 1
                 taken = await asyncio.to_thread(alive.table.cycle, [], time.time(), 5, set(),
-                                                _take_all, [])
+                                                take_all, [])
                 assert sorted(inv.id for inv in taken.claimed) == sorted(e.id for e in theirs)
                 assert all(inv.attempts == 2 for inv in taken.claimed)
         finally:
@@ -298,13 +288,13 @@ def test_attack_two_nodes_flooding_one_function_stop_at_the_cap(
         def batch(node: Node) -> Callable[[], None]:
             def run() -> None:
                 claim = node.table.cycle([], time.time(), 1, set(), None,
-                                         [(_event("f"), cap) for _ in range(200)])
+                                         [(fresh_event("f"), cap) for _ in range(200)])
                 accepted.append(sum(claim.accepted))
             return run
 
         def singles(node: Node) -> Callable[[], None]:
             def run() -> None:
-                accepted.append(sum(node.table.insert(_event("f"), cap) for _ in range(200)))
+                accepted.append(sum(node.table.insert(fresh_event("f"), cap) for _ in range(200)))
             return run
 
         for way in [batch] * 5 + [singles]:
@@ -406,28 +396,28 @@ def test_a_node_without_a_lease_leaves_a_capped_functions_events_to_the_holder(
     one = {"capacity_for": lambda _name: Capacity(1, 1)}
     try:
         assert slots.acquire("f", "lease-a", 1)
-        events = [_event("f", time.time() - 10 + i) for i in range(6)]
+        events = [fresh_event("f", time.time() - 10 + i) for i in range(6)]
         a.table.cycle([], time.time(), 1, set(), None, [(e, 0) for e in events])
         for other in (b, c):
-            got = other.table.cycle([], time.time(), 5, set(), _take_all, [], None, **one)
+            got = other.table.cycle([], time.time(), 5, set(), take_all, [], None, **one)
             assert got.claimed == [] and got.held == {"f"} and got.backlog
-        first = a.table.cycle([], time.time(), 5, set(), _take_all, [], None, **one)
+        first = a.table.cycle([], time.time(), 5, set(), take_all, [], None, **one)
         assert [inv.id for inv in first.claimed] == [events[0].id]
-        assert a.table.cycle([], time.time(), 5, set(), _take_all, [], None,
+        assert a.table.cycle([], time.time(), 5, set(), take_all, [], None,
                              **one).claimed == []  # its one slot is busy
         done = Finish(events[0].id, "succeeded", time.time(), time.time(), 200, b"{}", "", 1)
-        second = a.table.cycle([done], time.time(), 5, set(), _take_all, [], None, **one)
+        second = a.table.cycle([done], time.time(), 5, set(), take_all, [], None, **one)
         assert [inv.id for inv in second.claimed] == [events[1].id]
-        assert b.table.cycle([], time.time(), 5, set(), _take_all, [], None,
+        assert b.table.cycle([], time.time(), 5, set(), take_all, [], None,
                              **one).claimed == []
         # A's instance stops: its lease is free; B claims its worth, C finds it needed.
         a.table.cycle([Finish(events[1].id, "succeeded", time.time(), time.time(), 200,
                               b"{}", "", 1)], time.time(), 1, set(), None, [])
         slots.release("lease-a")
-        third = b.table.cycle([], time.time(), 5, set(), _take_all, [], None, **one)
+        third = b.table.cycle([], time.time(), 5, set(), take_all, [], None, **one)
         assert [inv.id for inv in third.claimed] == [events[2].id]
         for other in (c, a):
-            assert other.table.cycle([], time.time(), 5, set(), _take_all, [], None,
+            assert other.table.cycle([], time.time(), 5, set(), take_all, [], None,
                                      **one).claimed == []
     finally:
         for node in (a, b, c):

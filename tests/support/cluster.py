@@ -60,6 +60,12 @@ class Cluster:
             raise
         return self
 
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def kill(self, i: int) -> None:
         """kill -9: no clean stop, its connections and containers left as they are."""
         node = self.nodes[i]
@@ -156,6 +162,18 @@ def post_event(port: int, function: str, n: int, timeout: float = 10) -> tuple[i
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def dockerfile_function(folder: Path, name: str, handler_source: str) -> Path:
+    """A Dockerfile function (one instance across the cluster) serving `handler_source`."""
+    folder.mkdir(parents=True)
+    (folder / "handler.py").write_text(handler_source)
+    (folder / "Dockerfile").write_text(
+        "FROM lambda-runtime/python:3.11\nCOPY handler.py /var/task/handler.py\n")
+    (folder / "lambda.toml").write_text(
+        f'name = "{name}"\nruntime = "docker"\nhandler = "handler.handler"\n'
+        "[scaling]\nmax_instances = 1\n")
+    return folder
 
 
 def start_lines(node: Lambdad, function: str) -> list[dict[str, Any]]:

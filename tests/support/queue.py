@@ -4,7 +4,9 @@ one queued event that most of them begin with."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -34,6 +36,37 @@ def event(function: str = "f", payload: bytes = b'{"n": 1}') -> AsyncInvocation:
     return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=payload,
                            source="api", status="queued", attempts=0, created_at=T0,
                            next_attempt_at=T0)
+
+
+def fresh_event(function: str, at: float | None = None) -> AsyncInvocation:
+    """An event created and due at `at` (now by default), for tests on a real clock."""
+    when = time.time() if at is None else at
+    return AsyncInvocation(id=str(uuid.uuid4()), function=function, payload=b"{}",
+                           source="api", status="queued", attempts=0, created_at=when,
+                           next_attempt_at=when)
+
+
+def take_all(due: list[AsyncInvocation]) -> list[AsyncInvocation]:
+    """A cycle's choice that takes every due event (no fairness to test)."""
+    return due
+
+
+def hanging_delivery() -> tuple[asyncio.Event, list[str], Deliver]:
+    """A delivery that never ends on its own: set `started` when it begins, and records
+    the invocation ids it was cancelled in."""
+    started = asyncio.Event()
+    cancelled: list[str] = []
+
+    async def deliver(inv: AsyncInvocation) -> Outcome:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(inv.id)
+            raise
+        return True, 200, b"{}", ""
+
+    return started, cancelled, deliver
 
 
 async def succeed(inv: AsyncInvocation) -> Outcome:

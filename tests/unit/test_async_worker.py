@@ -20,6 +20,7 @@ from tests.support.queue import (
     T0,
     Clock,
     event,
+    hanging_delivery,
     new_worker,
     one_queued,
     started_worker,
@@ -192,17 +193,7 @@ def test_stop_cancels_attempts_under_way_and_they_are_queued_again_at_the_next_s
     next start. On a shared database (PostgreSQL) the stop hands it back to the queue at
     once, for the other nodes, and this node's next start has nothing of its own to
     recover."""
-    cancelled: list[str] = []
-    started = asyncio.Event()
-
-    async def deliver(inv: AsyncInvocation) -> Outcome:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(inv.id)
-            raise
-        return True, 200, b"{}", ""
+    started, cancelled, deliver = hanging_delivery()
 
     async def scenario() -> None:
         async with one_queued(store_backend.database) as (store, queued):

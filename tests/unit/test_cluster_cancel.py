@@ -8,37 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 from lambdad.cluster.wiring import cancel_here
-from lambdad.queue import AsyncInvocation
-from lambdad.queue.worker import Outcome
-from tests.support.queue import one_queued, started_worker
+from tests.support.queue import hanging_delivery, one_queued, started_worker
 from tests.support.store import StoreBackend
 
 GUARD = 10.0  # against a hang, not a speed target
 
 
-def _hanging() -> tuple[asyncio.Event, list[str],
-                        Callable[[AsyncInvocation], Awaitable[Outcome]]]:
-    started = asyncio.Event()
-    cancelled: list[str] = []
-
-    async def deliver(inv: AsyncInvocation) -> Outcome:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(inv.id)
-            raise
-        return True, 200, b"{}", ""
-
-    return started, cancelled, deliver
-
-
 def test_a_delivery_ended_by_another_node_stops_here_and_its_outcome_stands(
         store_backend: StoreBackend) -> None:
-    started, cancelled, deliver = _hanging()
+    started, cancelled, deliver = hanging_delivery()
 
     async def scenario() -> None:
         async with one_queued(store_backend.database) as (store, queued):
@@ -59,7 +39,7 @@ def test_a_delivery_ended_by_another_node_stops_here_and_its_outcome_stands(
 
 def test_an_announcement_for_a_row_still_running_stops_nothing(
         store_backend: StoreBackend) -> None:
-    started, cancelled, deliver = _hanging()
+    started, cancelled, deliver = hanging_delivery()
     reads: list[str] = []
 
     async def scenario() -> None:
